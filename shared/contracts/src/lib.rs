@@ -1,0 +1,23 @@
+//! The vocabulary every legato service shares: validated identifiers, the
+//! runtime status of an instance, and the typed payloads that travel on the
+//! bus inside a CloudEvents 1.0 envelope.
+//!
+//! Everything here is parsed once at the edge ("parse, don't validate"):
+//! inner code holds an [`InstanceId`] or a [`StepId`], never a raw string that
+//! might be invalid.
+
+mod envelope;
+mod ids;
+mod payload;
+mod status;
+mod task;
+
+pub use envelope::{DecodeError, Envelope, SPEC_VERSION, TraceParent};
+pub use ids::{AgentName, EventName, IdError, InstanceId, StepId, WorkflowName};
+pub use payload::{
+    Payload, ProgressEvent, ProgressKind, RaiseEvent, RestartInstance, ResumeInstance,
+    StartInstance, SuspendInstance, TaskCancelled, TaskCompleted, TaskDispatched, TaskError,
+    TaskFailed, TaskHeartbeat, TerminateInstance, Topic,
+};
+pub use status::RuntimeStatus;
+pub use task::{TaskKey, TaskRole};

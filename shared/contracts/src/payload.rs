@@ -1,0 +1,281 @@
+//! Typed payloads, one per CloudEvents `type`, grouped by the topic they
+//! travel on. The mapping between a payload and its versioned type name lives
+//! only here, so no consumer ever matches on a type string by hand.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::{AgentName, EventName, RuntimeStatus, StepId, TaskKey, WorkflowName};
+
+/// The four topics of the architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Topic {
+    /// gateway -> orchestrator: start, raise event, terminate, suspend, resume, restart.
+    Commands,
+    /// orchestrator -> agents, routed by agent name.
+    AgentTasks,
+    /// agents -> orchestrator: completed, failed, heartbeat.
+    AgentResults,
+    /// orchestrator and agents -> notifier.
+    Progress,
+}
+
+impl Topic {
+    pub const ALL: [Topic; 4] = [
+        Self::Commands,
+        Self::AgentTasks,
+        Self::AgentResults,
+        Self::Progress,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Commands => "commands",
+            Self::AgentTasks => "agent-tasks",
+            Self::AgentResults => "agent-results",
+            Self::Progress => "progress",
+        }
+    }
+}
+
+/// Asks the orchestrator to start an instance of a registered definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartInstance {
+    pub workflow: WorkflowName,
+    /// The exact definition version to pin; the gateway resolves "latest".
+    pub version: u32,
+    #[serde(default)]
+    pub input: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+}
+
+/// An external event (typically a human approval) for a waiting instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RaiseEvent {
+    pub name: EventName,
+    #[serde(default)]
+    pub data: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TerminateInstance {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuspendInstance {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResumeInstance {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Starts the instance over with its pinned definition; `input` replaces the
+/// original input when given.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartInstance {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Value>,
+}
+
+/// One attempt of one task, sent to the agent named by the routing key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskDispatched {
+    pub key: TaskKey,
+    pub attempt: u32,
+    pub agent: AgentName,
+    pub workflow: WorkflowName,
+    #[serde(default)]
+    pub input: Value,
+    /// When the orchestrator stops waiting for this attempt (step `timeout_ms`).
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub deadline: Option<OffsetDateTime>,
+}
+
+/// Tells an agent to stop work whose result is no longer wanted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskCancelled {
+    pub key: TaskKey,
+    pub attempt: u32,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskCompleted {
+    pub key: TaskKey,
+    pub attempt: u32,
+    #[serde(default)]
+    pub output: Value,
+    /// Replaces the instance's custom status when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_status: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskError {
+    pub message: String,
+    /// A retryable error is retried under the step's retry policy; any other
+    /// fails the step at once.
+    pub retryable: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskFailed {
+    pub key: TaskKey,
+    pub attempt: u32,
+    pub error: TaskError,
+}
+
+/// An agent is still working; `progress` is relayed to watchers as is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskHeartbeat {
+    pub key: TaskKey,
+    pub attempt: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProgressKind {
+    InstanceStarted,
+    InstanceRestarted,
+    StepStarted,
+    StepCompleted,
+    StepSkipped,
+    StepRetrying,
+    StepFailed,
+    WaitingForEvent,
+    EventReceived,
+    CustomStatus,
+    Compensating,
+    InstanceSuspended,
+    InstanceResumed,
+    InstanceCompleted,
+    InstanceFailed,
+    InstanceTerminated,
+    /// Relayed from an agent's heartbeat.
+    AgentProgress,
+    /// An agent asks a person to raise an event (see the approval agent).
+    ApprovalRequested,
+}
+
+/// What watchers of an instance see. `seq` is the history sequence number of
+/// the event that caused it, so a client that missed some can ask for the
+/// history after the last `seq` it saw.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProgressEvent {
+    pub seq: u64,
+    pub kind: ProgressKind,
+    pub status: RuntimeStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<StepId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+}
+
+macro_rules! payloads {
+    ($($variant:ident($ty:ty) => $type_name:literal, $topic:ident;)*) => {
+        /// Every message legato sends, one variant per CloudEvents type.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum Payload {
+            $($variant($ty),)*
+        }
+
+        impl Payload {
+            /// Every CloudEvents type this version understands.
+            pub const TYPES: &'static [&'static str] = &[$($type_name,)*];
+
+            pub fn type_name(&self) -> &'static str {
+                match self {
+                    $(Self::$variant(_) => $type_name,)*
+                }
+            }
+
+            pub fn topic(&self) -> Topic {
+                match self {
+                    $(Self::$variant(_) => Topic::$topic,)*
+                }
+            }
+
+            pub(crate) fn to_data(&self) -> Result<Value, serde_json::Error> {
+                match self {
+                    $(Self::$variant(p) => serde_json::to_value(p),)*
+                }
+            }
+
+            /// `None` when the type is unknown to this version.
+            pub(crate) fn from_data(type_name: &str, data: Value) -> Option<Result<Self, serde_json::Error>> {
+                match type_name {
+                    $($type_name => Some(serde_json::from_value(data).map(Self::$variant)),)*
+                    _ => None,
+                }
+            }
+        }
+
+        $(impl From<$ty> for Payload {
+            fn from(p: $ty) -> Self {
+                Self::$variant(p)
+            }
+        })*
+    };
+}
+
+payloads! {
+    Start(StartInstance) => "legato.instance.start.v1", Commands;
+    RaiseEvent(RaiseEvent) => "legato.instance.raise-event.v1", Commands;
+    Terminate(TerminateInstance) => "legato.instance.terminate.v1", Commands;
+    Suspend(SuspendInstance) => "legato.instance.suspend.v1", Commands;
+    Resume(ResumeInstance) => "legato.instance.resume.v1", Commands;
+    Restart(RestartInstance) => "legato.instance.restart.v1", Commands;
+    TaskDispatched(TaskDispatched) => "legato.task.dispatched.v1", AgentTasks;
+    TaskCancelled(TaskCancelled) => "legato.task.cancelled.v1", AgentTasks;
+    TaskCompleted(TaskCompleted) => "legato.task.completed.v1", AgentResults;
+    TaskFailed(TaskFailed) => "legato.task.failed.v1", AgentResults;
+    TaskHeartbeat(TaskHeartbeat) => "legato.task.heartbeat.v1", AgentResults;
+    Progress(ProgressEvent) => "legato.progress.v1", Progress;
+}
+
+impl Payload {
+    /// The routing key this payload is published with: agent tasks go to the
+    /// agent's queue by name; everything else is keyed by instance id so a
+    /// broker that partitions (Service Bus sessions) keeps one instance's
+    /// messages in order.
+    pub fn routing_key<'a>(&'a self, instance: &'a str) -> &'a str {
+        match self {
+            Self::TaskDispatched(task) => task.agent.as_str(),
+            _ => instance,
+        }
+    }
+}

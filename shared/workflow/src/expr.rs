@@ -1,0 +1,504 @@
+//! `${{ expr }}` expressions and the templates that contain them.
+//!
+//! Expressions are CEL (the `cel` crate): a small, side-effect-free language
+//! made for exactly this, so evaluation is deterministic and safe to replay.
+//! They see `input` (the instance input), `steps.<id>.output` and
+//! `steps.<id>.status`, and `item` inside a `for_each`.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, OnceLock};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+const OPEN: &str = "${{";
+const CLOSE: &str = "}}";
+
+/// The variables an expression may read, and where.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variables {
+    /// `input` and `steps`.
+    Instance,
+    /// `input`, `steps` and `item` (the fields of a `for_each` step).
+    ForEachItem,
+}
+
+impl Variables {
+    fn allows(self, name: &str) -> bool {
+        match name {
+            "input" | "steps" => true,
+            "item" => self == Self::ForEachItem,
+            _ => false,
+        }
+    }
+}
+
+/// One compiled-and-checked CEL expression, kept as its source text so it
+/// serialises with the definition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub struct Expr {
+    source: String,
+}
+
+/// Why an expression could not be accepted or evaluated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ExprError(pub String);
+
+impl Expr {
+    /// Parses a field that must be exactly one `${{ expr }}`.
+    pub fn parse_wrapped(text: &str, vars: Variables) -> Result<Self, ExprError> {
+        let inner = text
+            .trim()
+            .strip_prefix(OPEN)
+            .and_then(|rest| rest.strip_suffix(CLOSE))
+            .filter(|inner| !inner.contains(OPEN))
+            .ok_or_else(|| {
+                ExprError(format!(
+                    "expected one `${{{{ expression }}}}`, got {text:?}"
+                ))
+            })?;
+        Self::parse_inner(inner, vars)
+    }
+
+    fn parse_inner(inner: &str, vars: Variables) -> Result<Self, ExprError> {
+        let source = inner.trim().to_owned();
+        if source.is_empty() {
+            return Err(ExprError("empty expression".into()));
+        }
+        let program = compile(&source)?;
+        let references = program.references();
+        let mut unknown: Vec<&str> = references
+            .variables()
+            .into_iter()
+            .filter(|v| !vars.allows(v))
+            .collect();
+        unknown.sort_unstable();
+        if !unknown.is_empty() {
+            let allowed = match vars {
+                Variables::Instance => "input, steps",
+                Variables::ForEachItem => "input, steps, item",
+            };
+            return Err(ExprError(format!(
+                "`{source}` reads unknown variable(s) {}; available here: {allowed}",
+                unknown.join(", ")
+            )));
+        }
+        Ok(Self { source })
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The step ids this expression reads as `steps.<id>`, so validation can
+    /// insist they are ancestors (their output exists when this runs).
+    pub fn step_references(&self) -> BTreeSet<String> {
+        step_references(&self.source)
+    }
+
+    pub fn evaluate(&self, scope: &Scope<'_>) -> Result<Value, ExprError> {
+        let program = compile(&self.source)?;
+        let mut context = cel::Context::with_env(environment());
+        context.add_variable_from_value("input", to_cel(scope.input)?);
+        context.add_variable_from_value("steps", to_cel(&scope.steps)?);
+        if let Some(item) = scope.item {
+            context.add_variable_from_value("item", to_cel(item)?);
+        }
+        let value = program
+            .execute(&context)
+            .map_err(|e| ExprError(format!("`{}` failed: {e}", self.source)))?;
+        value.json().map_err(|e| {
+            ExprError(format!(
+                "`{}` produced a value JSON cannot hold: {e:?}",
+                self.source
+            ))
+        })
+    }
+
+    pub fn evaluate_bool(&self, scope: &Scope<'_>) -> Result<bool, ExprError> {
+        match self.evaluate(scope)? {
+            Value::Bool(b) => Ok(b),
+            other => Err(ExprError(format!(
+                "`{}` must be a boolean, got {other}",
+                self.source
+            ))),
+        }
+    }
+
+    pub fn evaluate_list(&self, scope: &Scope<'_>) -> Result<Vec<Value>, ExprError> {
+        match self.evaluate(scope)? {
+            Value::Array(items) => Ok(items),
+            other => Err(ExprError(format!(
+                "`{}` must be a list, got {other}",
+                self.source
+            ))),
+        }
+    }
+}
+
+impl From<Expr> for String {
+    fn from(expr: Expr) -> String {
+        format!("{OPEN} {} {CLOSE}", expr.source)
+    }
+}
+
+impl TryFrom<String> for Expr {
+    type Error = ExprError;
+    fn try_from(text: String) -> Result<Self, ExprError> {
+        // Stored definitions were validated with their real scope at
+        // registration; reloading only needs the syntax back.
+        Self::parse_wrapped(&text, Variables::ForEachItem)
+    }
+}
+
+fn environment() -> Arc<cel::Env> {
+    static ENV: OnceLock<Arc<cel::Env>> = OnceLock::new();
+    ENV.get_or_init(|| Arc::new(cel::Env::stdlib())).clone()
+}
+
+fn compile(source: &str) -> Result<cel::Program, ExprError> {
+    cel::Program::compile(source)
+        .map_err(|e| ExprError(format!("`{source}` is not a valid CEL expression: {e}")))
+}
+
+/// JSON numbers become CEL `int` whenever they fit, so `input.n * 2` works:
+/// a generic serde conversion would make non-negative numbers `uint`, and
+/// CEL refuses to mix `uint` with `int` literals.
+fn to_cel(value: &Value) -> Result<cel::Value, ExprError> {
+    Ok(match value {
+        Value::Null => cel::Value::Null,
+        Value::Bool(b) => cel::Value::Bool(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => cel::Value::Int(i),
+            (None, Some(u), _) => cel::Value::UInt(u),
+            (_, _, Some(f)) => cel::Value::Float(f),
+            _ => {
+                return Err(ExprError(format!(
+                    "number {n} is not usable in an expression"
+                )));
+            }
+        },
+        Value::String(s) => cel::Value::String(Arc::new(s.clone())),
+        Value::Array(items) => cel::Value::List(Arc::new(
+            items.iter().map(to_cel).collect::<Result<Vec<_>, _>>()?,
+        )),
+        Value::Object(map) => {
+            let entries = map
+                .iter()
+                .map(|(k, v)| Ok((cel::objects::Key::String(Arc::new(k.clone())), to_cel(v)?)))
+                .collect::<Result<std::collections::HashMap<_, _>, ExprError>>()?;
+            cel::Value::Map(cel::objects::Map {
+                map: Arc::new(entries),
+            })
+        }
+    })
+}
+
+fn step_references(source: &str) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let bytes = source.as_bytes();
+    let mut start = 0;
+    while let Some(pos) = source[start..].find("steps.") {
+        let at = start + pos;
+        let preceded_by_ident = at > 0
+            && (bytes[at - 1].is_ascii_alphanumeric()
+                || bytes[at - 1] == b'_'
+                || bytes[at - 1] == b'.');
+        let id_start = at + "steps.".len();
+        let id_len = source[id_start..]
+            .bytes()
+            .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
+            .count();
+        if !preceded_by_ident && id_len > 0 {
+            found.insert(source[id_start..id_start + id_len].to_owned());
+        }
+        start = id_start;
+    }
+    found
+}
+
+/// What an expression can see while it is evaluated.
+#[derive(Debug, Clone)]
+pub struct Scope<'a> {
+    pub input: &'a Value,
+    /// `{ "<step id>": { "output": ..., "status": "Completed" }, ... }`
+    pub steps: Value,
+    pub item: Option<&'a Value>,
+}
+
+impl<'a> Scope<'a> {
+    pub fn new(input: &'a Value, steps: Map<String, Value>) -> Self {
+        Self {
+            input,
+            steps: Value::Object(steps),
+            item: None,
+        }
+    }
+
+    pub fn with_item(&self, item: &'a Value) -> Scope<'a> {
+        Scope {
+            input: self.input,
+            steps: self.steps.clone(),
+            item: Some(item),
+        }
+    }
+}
+
+/// A JSON value in which strings may contain `${{ expr }}`.
+///
+/// A string that is exactly one expression is replaced by the expression's
+/// value with its type kept (a list stays a list); expressions embedded in
+/// longer text are interpolated as text.
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+#[serde(transparent)]
+pub struct Template(Value);
+
+impl Template {
+    /// Checks every embedded expression; lists every problem found.
+    pub fn parse(value: Value, vars: Variables) -> Result<Self, Vec<ExprError>> {
+        let mut problems = Vec::new();
+        for_each_string(&value, &mut |text| {
+            for piece in split(text) {
+                match piece {
+                    Ok(Piece::Expr(inner)) => {
+                        if let Err(e) = Expr::parse_inner(inner, vars) {
+                            problems.push(e);
+                        }
+                    }
+                    Ok(Piece::Text(_)) => {}
+                    Err(e) => problems.push(e),
+                }
+            }
+        });
+        if problems.is_empty() {
+            Ok(Self(value))
+        } else {
+            Err(problems)
+        }
+    }
+
+    pub fn literal(value: Value) -> Self {
+        Self(value)
+    }
+
+    pub fn as_value(&self) -> &Value {
+        &self.0
+    }
+
+    pub fn step_references(&self) -> BTreeSet<String> {
+        let mut found = BTreeSet::new();
+        for_each_string(&self.0, &mut |text| {
+            for piece in split(text).flatten() {
+                if let Piece::Expr(inner) = piece {
+                    found.extend(step_references(inner));
+                }
+            }
+        });
+        found
+    }
+
+    pub fn render(&self, scope: &Scope<'_>) -> Result<Value, ExprError> {
+        render(&self.0, scope)
+    }
+}
+
+fn render(value: &Value, scope: &Scope<'_>) -> Result<Value, ExprError> {
+    Ok(match value {
+        Value::String(text) => render_string(text, scope)?,
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|v| render(v, scope))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| Ok((k.clone(), render(v, scope)?)))
+                .collect::<Result<_, ExprError>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+fn render_string(text: &str, scope: &Scope<'_>) -> Result<Value, ExprError> {
+    let pieces: Vec<Piece<'_>> = split(text).collect::<Result<_, _>>()?;
+    if let [Piece::Expr(inner)] = pieces.as_slice() {
+        return Expr {
+            source: inner.trim().to_owned(),
+        }
+        .evaluate(scope);
+    }
+    let mut out = String::new();
+    for piece in pieces {
+        match piece {
+            Piece::Text(t) => out.push_str(t),
+            Piece::Expr(inner) => match (Expr {
+                source: inner.trim().to_owned(),
+            })
+            .evaluate(scope)?
+            {
+                Value::String(s) => out.push_str(&s),
+                other => out.push_str(&other.to_string()),
+            },
+        }
+    }
+    Ok(Value::String(out))
+}
+
+fn for_each_string(value: &Value, visit: &mut dyn FnMut(&str)) {
+    match value {
+        Value::String(s) => visit(s),
+        Value::Array(items) => items.iter().for_each(|v| for_each_string(v, visit)),
+        Value::Object(map) => {
+            for (k, v) in map {
+                visit(k);
+                for_each_string(v, visit);
+            }
+        }
+        _ => {}
+    }
+}
+
+enum Piece<'a> {
+    Text(&'a str),
+    Expr(&'a str),
+}
+
+/// Splits `a ${{ x }} b` into text and expression pieces. An expression that
+/// is opened but never closed is an error, never silently left as text.
+fn split(text: &str) -> impl Iterator<Item = Result<Piece<'_>, ExprError>> {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let current = rest?;
+        if current.is_empty() {
+            rest = None;
+            return None;
+        }
+        match current.find(OPEN) {
+            Some(0) => match current[OPEN.len()..].find(CLOSE) {
+                Some(end) => {
+                    rest = Some(&current[OPEN.len() + end + CLOSE.len()..]);
+                    Some(Ok(Piece::Expr(&current[OPEN.len()..OPEN.len() + end])))
+                }
+                None => {
+                    rest = None;
+                    Some(Err(ExprError(format!("unclosed `${{{{` in {text:?}"))))
+                }
+            },
+            Some(pos) => {
+                rest = Some(&current[pos..]);
+                Some(Ok(Piece::Text(&current[..pos])))
+            }
+            None => {
+                rest = None;
+                Some(Ok(Piece::Text(current)))
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn scope_with<'a>(input: &'a Value) -> Scope<'a> {
+        let mut steps = Map::new();
+        steps.insert(
+            "plan".into(),
+            json!({"output": {"tasks": [1, 2, 3]}, "status": "Completed"}),
+        );
+        Scope::new(input, steps)
+    }
+
+    #[test]
+    fn whole_string_expression_keeps_its_type() {
+        let input = json!({"n": 2});
+        let t = Template::parse(
+            json!({"tasks": "${{ steps.plan.output.tasks }}", "double": "${{ input.n * 2 }}"}),
+            Variables::Instance,
+        )
+        .unwrap();
+        assert_eq!(
+            t.render(&scope_with(&input)).unwrap(),
+            json!({"tasks": [1, 2, 3], "double": 4})
+        );
+    }
+
+    #[test]
+    fn embedded_expressions_interpolate_text() {
+        let input = json!({"who": "billing"});
+        let t = Template::parse(
+            json!("fix ${{ input.who }} (${{ size(steps.plan.output.tasks) }} tasks)"),
+            Variables::Instance,
+        )
+        .unwrap();
+        assert_eq!(
+            t.render(&scope_with(&input)).unwrap(),
+            json!("fix billing (3 tasks)")
+        );
+    }
+
+    #[test]
+    fn item_is_only_visible_in_for_each() {
+        let err = Template::parse(json!("${{ item.x }}"), Variables::Instance).unwrap_err();
+        assert!(err[0].0.contains("unknown variable(s) item"), "{err:?}");
+        assert!(Template::parse(json!("${{ item.x }}"), Variables::ForEachItem).is_ok());
+    }
+
+    #[test]
+    fn syntax_errors_and_unclosed_markers_are_reported() {
+        let errs =
+            Template::parse(json!(["${{ 1 + }}", "${{ input.a"]), Variables::Instance).unwrap_err();
+        assert_eq!(errs.len(), 2);
+        assert!(errs[0].0.contains("not a valid CEL expression"), "{errs:?}");
+        assert!(errs[1].0.contains("unclosed"), "{errs:?}");
+    }
+
+    #[test]
+    fn finds_step_references() {
+        let e = Expr::parse_wrapped(
+            "${{ steps.a.output.x + size(steps.b_2.output) > 0 && mysteps.c }}",
+            Variables::Instance,
+        );
+        // `mysteps` is not a known variable, so this is rejected; the scan itself:
+        assert!(e.is_err());
+        let refs = step_references("steps.a.output.x + size(steps.b_2.output) + x.steps.c");
+        assert_eq!(refs.into_iter().collect::<Vec<_>>(), vec!["a", "b_2"]);
+    }
+
+    #[test]
+    fn bool_and_list_results_are_checked() {
+        let input = json!({"flag": true});
+        let s = scope_with(&input);
+        assert!(
+            Expr::parse_wrapped("${{ input.flag }}", Variables::Instance)
+                .unwrap()
+                .evaluate_bool(&s)
+                .unwrap()
+        );
+        let err = Expr::parse_wrapped("${{ 1 }}", Variables::Instance)
+            .unwrap()
+            .evaluate_bool(&s)
+            .unwrap_err();
+        assert!(err.0.contains("must be a boolean"));
+        let err = Expr::parse_wrapped("${{ input }}", Variables::Instance)
+            .unwrap()
+            .evaluate_list(&s)
+            .unwrap_err();
+        assert!(err.0.contains("must be a list"));
+    }
+
+    #[test]
+    fn missing_keys_fail_with_a_message() {
+        let input = json!({});
+        let err = Expr::parse_wrapped("${{ input.nope }}", Variables::Instance)
+            .unwrap()
+            .evaluate(&scope_with(&input))
+            .unwrap_err();
+        assert!(err.0.contains("input.nope"), "{err}");
+    }
+}

@@ -1,0 +1,559 @@
+//! Turns a YAML or JSON document into a [`Workflow`], collecting every
+//! problem instead of stopping at the first, so an author fixes a definition
+//! in one round trip.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use legato_contracts::{AgentName, EventName, StepId, WorkflowName};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::definition::{
+    Action, AgentRef, Compensation, OnTimeout, RetryPolicy, Step, TimerSpec, WaitForEvent, Workflow,
+};
+use crate::expr::{Expr, Template, Variables};
+use crate::{ValidationError, ValidationErrors};
+
+/// Parses YAML (a superset of JSON, so JSON documents parse too).
+pub fn parse(text: &str) -> Result<Workflow, ValidationErrors> {
+    let value: Value = serde_yaml_ng::from_str(text)
+        .map_err(|e| ValidationErrors::one("", format!("not a YAML or JSON document: {e}")))?;
+    from_value(value)
+}
+
+pub fn from_value(value: Value) -> Result<Workflow, ValidationErrors> {
+    let mut problems = Problems::default();
+    let Value::Object(mut doc) = value else {
+        return Err(ValidationErrors::one("", "a definition must be an object"));
+    };
+    const KNOWN: [&str; 6] = [
+        "name",
+        "version",
+        "description",
+        "input_schema",
+        "steps",
+        "output",
+    ];
+    for key in doc.keys().filter(|k| !KNOWN.contains(&k.as_str())) {
+        problems.add(
+            key,
+            format!("unknown field (expected one of {})", KNOWN.join(", ")),
+        );
+    }
+
+    let name = match doc.remove("name") {
+        Some(Value::String(s)) => WorkflowName::parse(s)
+            .map_err(|e| problems.add("name", e.to_string()))
+            .ok(),
+        Some(_) => problems.none("name", "must be a string"),
+        None => problems.none("name", "is required"),
+    };
+    let version = match doc.remove("version") {
+        Some(v) => match v
+            .as_u64()
+            .and_then(|v| u32::try_from(v).ok())
+            .filter(|v| *v >= 1)
+        {
+            Some(v) => Some(v),
+            None => problems.none("version", format!("must be a positive integer, got {v}")),
+        },
+        None => problems.none("version", "is required"),
+    };
+    let description = match doc.remove("description") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(_) => problems.none("description", "must be a string"),
+    };
+    let input_schema = doc.remove("input_schema").filter(|v| !v.is_null());
+    if let Some(schema) = &input_schema
+        && let Err(e) = jsonschema::validator_for(schema)
+    {
+        problems.add("input_schema", format!("not a valid JSON Schema: {e}"));
+    }
+
+    let raw_steps = match doc.remove("steps") {
+        Some(Value::Array(steps)) if !steps.is_empty() => steps,
+        Some(Value::Array(_)) => problems
+            .none("steps", "must list at least one step")
+            .unwrap_or_default(),
+        Some(_) => problems.none("steps", "must be a list").unwrap_or_default(),
+        None => problems.none("steps", "is required").unwrap_or_default(),
+    };
+    let steps: Vec<Step> = raw_steps
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, raw)| parse_step(i, raw, &mut problems))
+        .collect();
+
+    let output = doc.remove("output").filter(|v| !v.is_null()).and_then(|v| {
+        Template::parse(v, Variables::Instance)
+            .map_err(|errs| errs.into_iter().for_each(|e| problems.add("output", e.0)))
+            .ok()
+    });
+
+    check_graph(&steps, &mut problems);
+    if let Some(output) = &output {
+        let all: BTreeSet<String> = steps.iter().map(|s| s.id.to_string()).collect();
+        for missing in output.step_references().difference(&all) {
+            problems.add(
+                "output",
+                format!("reads steps.{missing}, which is not a step"),
+            );
+        }
+    }
+
+    match (name, version, problems.into_result()) {
+        (Some(name), Some(version), Ok(())) => Ok(Workflow {
+            name,
+            version,
+            description,
+            input_schema,
+            steps,
+            output,
+        }),
+        (_, _, Err(errors)) => Err(errors),
+        // Both are reported as problems when missing, so this is unreachable;
+        // answer with an error anyway rather than panic.
+        _ => Err(ValidationErrors::one("", "name and version are required")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    id: String,
+    #[serde(default)]
+    needs: Vec<String>,
+    #[serde(rename = "if")]
+    condition: Option<String>,
+    agent: Option<String>,
+    input: Option<Value>,
+    for_each: Option<String>,
+    max_parallel: Option<u32>,
+    wait_for_event: Option<RawWait>,
+    timer: Option<TimerSpec>,
+    retry: Option<RetryPolicy>,
+    timeout_ms: Option<u64>,
+    compensate: Option<RawCompensate>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWait {
+    name: String,
+    timeout_ms: Option<u64>,
+    on_timeout: Option<RawOnTimeout>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOnTimeout {
+    output: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCompensate {
+    agent: String,
+    #[serde(default)]
+    input: Value,
+}
+
+fn parse_step(index: usize, raw: Value, problems: &mut Problems) -> Option<Step> {
+    let fallback = format!("steps[{index}]");
+    let label = raw
+        .get("id")
+        .and_then(Value::as_str)
+        .map(|id| format!("{fallback} ({id})"))
+        .unwrap_or(fallback);
+    let raw: RawStep = match serde_json::from_value(raw) {
+        Ok(raw) => raw,
+        Err(e) => return problems.none(&label, e.to_string()),
+    };
+    let at = |field: &str| format!("{label}.{field}");
+    let before = problems.len();
+
+    let id = StepId::parse(raw.id)
+        .map_err(|e| problems.add(&at("id"), e.to_string()))
+        .ok();
+    let needs: Vec<StepId> = raw
+        .needs
+        .into_iter()
+        .filter_map(|n| {
+            StepId::parse(n)
+                .map_err(|e| problems.add(&at("needs"), e.to_string()))
+                .ok()
+        })
+        .collect();
+    let condition = raw.condition.and_then(|c| {
+        Expr::parse_wrapped(&c, Variables::Instance)
+            .map_err(|e| problems.add(&at("if"), e.0))
+            .ok()
+    });
+
+    let chosen: Vec<&str> = [
+        (raw.for_each.is_some(), "for_each"),
+        (raw.for_each.is_none() && raw.agent.is_some(), "agent"),
+        (raw.wait_for_event.is_some(), "wait_for_event"),
+        (raw.timer.is_some(), "timer"),
+    ]
+    .into_iter()
+    .filter_map(|(present, name)| present.then_some(name))
+    .collect();
+    if chosen.len() != 1 {
+        let found = if chosen.is_empty() {
+            "none".to_owned()
+        } else {
+            chosen.join(" and ")
+        };
+        problems.add(
+            &label,
+            format!(
+                "needs exactly one action of agent, for_each, wait_for_event, timer; found {found}"
+            ),
+        );
+    }
+    let is_agent_work = matches!(chosen.as_slice(), ["agent" | "for_each"]);
+    if !is_agent_work {
+        if raw.input.is_some() {
+            problems.add(&at("input"), "only agent and for_each steps take an input");
+        }
+        if raw.retry.is_some() {
+            problems.add(&at("retry"), "only agent and for_each steps are retried");
+        }
+    }
+    if raw.max_parallel.is_some() && raw.for_each.is_none() {
+        problems.add(&at("max_parallel"), "only applies to a for_each step");
+    }
+    if raw.max_parallel == Some(0) {
+        problems.add(&at("max_parallel"), "must be at least 1");
+    }
+    if raw.for_each.is_some() && raw.agent.is_none() {
+        problems.add(
+            &at("agent"),
+            "a for_each step names the agent each item goes to",
+        );
+    }
+    if let Some(retry) = &raw.retry {
+        check_retry(retry, &at("retry"), problems);
+    }
+    if raw.timeout_ms == Some(0) {
+        problems.add(&at("timeout_ms"), "must be at least 1");
+    }
+
+    let item_vars = if raw.for_each.is_some() {
+        Variables::ForEachItem
+    } else {
+        Variables::Instance
+    };
+    let agent = raw
+        .agent
+        .and_then(|a| parse_agent_ref(&a, item_vars, &at("agent"), problems));
+    let input = template(
+        raw.input.unwrap_or(Value::Null),
+        item_vars,
+        &at("input"),
+        problems,
+    );
+    let items = raw.for_each.and_then(|f| {
+        Expr::parse_wrapped(&f, Variables::Instance)
+            .map_err(|e| problems.add(&at("for_each"), e.0))
+            .ok()
+    });
+    let wait = raw.wait_for_event.and_then(|w| {
+        let name = EventName::parse(w.name)
+            .map_err(|e| problems.add(&at("wait_for_event.name"), e.to_string()))
+            .ok();
+        if w.timeout_ms == Some(0) {
+            problems.add(&at("wait_for_event.timeout_ms"), "must be at least 1");
+        }
+        if w.on_timeout.is_some() && w.timeout_ms.is_none() {
+            problems.add(&at("wait_for_event.on_timeout"), "needs timeout_ms");
+        }
+        let on_timeout = w.on_timeout.map(|o| OnTimeout {
+            output: template(
+                o.output,
+                Variables::Instance,
+                &at("wait_for_event.on_timeout.output"),
+                problems,
+            ),
+        });
+        name.map(|name| WaitForEvent {
+            name,
+            timeout_ms: w.timeout_ms,
+            on_timeout,
+        })
+    });
+    let compensate = raw.compensate.and_then(|c| {
+        let agent = AgentName::parse(c.agent)
+            .map_err(|e| problems.add(&at("compensate.agent"), e.to_string()))
+            .ok();
+        let input = template(
+            c.input,
+            Variables::Instance,
+            &at("compensate.input"),
+            problems,
+        );
+        agent.map(|agent| Compensation { agent, input })
+    });
+
+    let action = match chosen.as_slice() {
+        ["for_each"] => Action::ForEach {
+            for_each: items?,
+            agent: agent?,
+            input,
+            max_parallel: raw.max_parallel,
+        },
+        ["agent"] => Action::Agent {
+            agent: agent?,
+            input,
+        },
+        ["wait_for_event"] => Action::WaitForEvent {
+            wait_for_event: wait?,
+        },
+        ["timer"] => Action::Timer { timer: raw.timer? },
+        _ => return None,
+    };
+    if problems.len() > before {
+        return None;
+    }
+    Some(Step {
+        id: id?,
+        needs,
+        condition,
+        action,
+        retry: raw.retry,
+        timeout_ms: raw.timeout_ms,
+        compensate,
+    })
+}
+
+fn parse_agent_ref(
+    text: &str,
+    vars: Variables,
+    at: &str,
+    problems: &mut Problems,
+) -> Option<AgentRef> {
+    if text.contains("${{") {
+        return Expr::parse_wrapped(text, vars)
+            .map(AgentRef::Dynamic)
+            .map_err(|e| problems.add(at, e.0))
+            .ok();
+    }
+    AgentName::parse(text)
+        .map(AgentRef::Named)
+        .map_err(|e| problems.add(at, e.to_string()))
+        .ok()
+}
+
+fn template(value: Value, vars: Variables, at: &str, problems: &mut Problems) -> Template {
+    Template::parse(value, vars).unwrap_or_else(|errors| {
+        errors.into_iter().for_each(|e| problems.add(at, e.0));
+        Template::default()
+    })
+}
+
+fn check_retry(retry: &RetryPolicy, at: &str, problems: &mut Problems) {
+    if retry.max_attempts == 0 {
+        problems.add(&format!("{at}.max_attempts"), "must be at least 1");
+    }
+    if retry.initial_interval_ms == 0 {
+        problems.add(&format!("{at}.initial_interval_ms"), "must be at least 1");
+    }
+    if !retry.backoff.is_finite() || retry.backoff < 1.0 {
+        problems.add(
+            &format!("{at}.backoff"),
+            format!("must be a number >= 1, got {}", retry.backoff),
+        );
+    }
+    if retry
+        .max_interval_ms
+        .is_some_and(|max| max < retry.initial_interval_ms)
+    {
+        problems.add(
+            &format!("{at}.max_interval_ms"),
+            "must not be below initial_interval_ms",
+        );
+    }
+}
+
+/// Unique ids, known `needs`, no cycles, and expressions that read only
+/// ancestors' outputs (anything else may not exist yet when the step runs).
+fn check_graph(steps: &[Step], problems: &mut Problems) {
+    let mut seen = BTreeSet::new();
+    for step in steps {
+        if !seen.insert(step.id.as_str()) {
+            problems.add(&format!("steps ({})", step.id), "duplicate step id");
+        }
+    }
+    let mut by_id: BTreeMap<&str, &Step> = BTreeMap::new();
+    for step in steps {
+        by_id.entry(step.id.as_str()).or_insert(step);
+    }
+    for step in steps {
+        for need in &step.needs {
+            if !by_id.contains_key(need.as_str()) {
+                problems.add(
+                    &format!("steps ({}).needs", step.id),
+                    format!("unknown step \"{need}\""),
+                );
+            } else if need == &step.id {
+                problems.add(
+                    &format!("steps ({}).needs", step.id),
+                    "a step cannot need itself",
+                );
+            }
+        }
+    }
+    let cyclic = steps_on_cycles(&by_id);
+    if !cyclic.is_empty() {
+        problems.add(
+            "steps",
+            format!("needs form a cycle through: {}", cyclic.join(", ")),
+        );
+        return;
+    }
+    for step in steps {
+        let ancestors = ancestors(step, &by_id);
+        for (field, refs) in step_expression_references(step) {
+            for r in refs.iter().filter(|r| !ancestors.contains(r.as_str())) {
+                let why = if by_id.contains_key(r.as_str()) {
+                    "which is not among its needs (directly or transitively)"
+                } else {
+                    "which is not a step"
+                };
+                problems.add(
+                    &format!("steps ({}).{field}", step.id),
+                    format!("reads steps.{r}, {why}"),
+                );
+            }
+        }
+    }
+}
+
+fn step_expression_references(step: &Step) -> Vec<(&'static str, BTreeSet<String>)> {
+    let mut refs = Vec::new();
+    if let Some(c) = &step.condition {
+        refs.push(("if", c.step_references()));
+    }
+    match &step.action {
+        Action::ForEach {
+            for_each,
+            agent,
+            input,
+            ..
+        } => {
+            refs.push(("for_each", for_each.step_references()));
+            refs.push(("input", input.step_references()));
+            if let AgentRef::Dynamic(e) = agent {
+                refs.push(("agent", e.step_references()));
+            }
+        }
+        Action::Agent { agent, input } => {
+            refs.push(("input", input.step_references()));
+            if let AgentRef::Dynamic(e) = agent {
+                refs.push(("agent", e.step_references()));
+            }
+        }
+        Action::WaitForEvent { wait_for_event } => {
+            if let Some(o) = &wait_for_event.on_timeout {
+                refs.push(("wait_for_event.on_timeout", o.output.step_references()));
+            }
+        }
+        Action::Timer { .. } => {}
+    }
+    if let Some(c) = &step.compensate {
+        // A compensation runs after its own step completed, so it may read it.
+        let mut own = c.input.step_references();
+        own.remove(step.id.as_str());
+        refs.push(("compensate.input", own));
+    }
+    refs
+}
+
+fn ancestors<'a>(step: &'a Step, by_id: &BTreeMap<&'a str, &'a Step>) -> BTreeSet<&'a str> {
+    let mut found = BTreeSet::new();
+    let mut stack: Vec<&StepId> = step.needs.iter().collect();
+    while let Some(id) = stack.pop() {
+        if found.insert(id.as_str())
+            && let Some(s) = by_id.get(id.as_str())
+        {
+            stack.extend(s.needs.iter());
+        }
+    }
+    found
+}
+
+/// Kahn's algorithm: whatever cannot be ordered lies on or behind a cycle.
+fn steps_on_cycles(by_id: &BTreeMap<&str, &Step>) -> Vec<String> {
+    let mut pending: BTreeMap<&str, usize> = by_id
+        .iter()
+        .map(|(id, s)| {
+            (
+                *id,
+                s.needs
+                    .iter()
+                    .filter(|n| by_id.contains_key(n.as_str()))
+                    .count(),
+            )
+        })
+        .collect();
+    let mut ready: Vec<&str> = pending
+        .iter()
+        .filter(|(_, n)| **n == 0)
+        .map(|(id, _)| *id)
+        .collect();
+    while let Some(done) = ready.pop() {
+        pending.remove(done);
+        for (id, step) in by_id {
+            if step.needs.iter().any(|n| n.as_str() == done)
+                && let Some(count) = pending.get_mut(id)
+            {
+                *count -= 1;
+                if *count == 0 {
+                    ready.push(id);
+                }
+            }
+        }
+    }
+    pending.into_keys().map(str::to_owned).collect()
+}
+
+#[derive(Default)]
+struct Problems(Vec<ValidationError>);
+
+impl Problems {
+    fn add(&mut self, path: &str, message: impl Into<String>) {
+        self.0.push(ValidationError {
+            path: path.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    fn none<T>(&mut self, path: &str, message: impl Into<String>) -> Option<T> {
+        self.add(path, message);
+        None
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn into_result(self) -> Result<(), ValidationErrors> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ValidationErrors(self.0))
+        }
+    }
+}
+
+/// Used by [`Workflow`]'s default output: every step's output by id.
+pub(crate) fn default_output(steps: &Map<String, Value>) -> Value {
+    Value::Object(
+        steps
+            .iter()
+            .map(|(id, s)| (id.clone(), s.get("output").cloned().unwrap_or(Value::Null)))
+            .collect(),
+    )
+}

@@ -1,0 +1,156 @@
+use legato_workflow::{Action, AgentRef, parse};
+use serde_json::json;
+
+const FEATURE: &str = r#"
+name: feature-request
+version: 1
+input_schema:
+  type: object
+  required: [request]
+  properties:
+    request: { type: string, minLength: 1 }
+steps:
+  - id: plan
+    agent: planner
+    input: { request: "${{ input.request }}" }
+    retry: { max_attempts: 3, initial_interval_ms: 500, backoff: 2, max_interval_ms: 5000 }
+  - id: work
+    needs: [plan]
+    for_each: "${{ steps.plan.output.tasks }}"
+    agent: "${{ item.agent }}"
+    input: "${{ item.input }}"
+    max_parallel: 3
+  - id: approve
+    needs: [work]
+    wait_for_event: { name: approval, timeout_ms: 86400000 }
+  - id: finalize
+    needs: [approve]
+    if: "${{ steps.approve.output.approved }}"
+    agent: coder
+    input: { results: "${{ steps.work.output }}" }
+    compensate: { agent: coder, input: { revert: "${{ steps.finalize.output }}" } }
+output:
+  approved: "${{ steps.approve.output.approved }}"
+"#;
+
+#[test]
+fn parses_the_feature_request_shape() {
+    let wf = parse(FEATURE).unwrap();
+    assert_eq!(wf.name.as_str(), "feature-request");
+    assert_eq!(wf.steps.len(), 4);
+    assert!(matches!(
+        &wf.steps[1].action,
+        Action::ForEach {
+            agent: AgentRef::Dynamic(_),
+            max_parallel: Some(3),
+            ..
+        }
+    ));
+    assert!(wf.steps[3].compensate.is_some());
+}
+
+#[test]
+fn json_and_yaml_give_the_same_definition_and_hash() {
+    let yaml = parse(FEATURE).unwrap();
+    let as_json = serde_json::to_string(&yaml).unwrap();
+    let again = parse(&as_json).unwrap();
+    assert_eq!(yaml, again);
+    assert_eq!(yaml.content_hash(), again.content_hash());
+    let via_serde: legato_workflow::Workflow = serde_json::from_str(&as_json).unwrap();
+    assert_eq!(via_serde, yaml);
+}
+
+#[test]
+fn lists_every_problem_with_its_path() {
+    let doc = json!({
+        "name": "bad",
+        "version": 1,
+        "steps": [
+            {"id": "a", "agent": "echo", "needs": ["c"]},
+            {"id": "b", "agent": "echo", "needs": ["a", "ghost"]},
+            {"id": "c", "agent": "echo", "needs": ["b"], "input": "${{ steps.zzz.output }}"},
+            {"id": "a", "timer": {"delay_ms": 5}},
+            {"id": "d", "teleport": {}},
+            {"id": "e", "agent": "echo", "if": "${{ 1 + }}"},
+            {"id": "f", "agent": "echo", "timer": {"delay_ms": 1}},
+            {"id": "g", "agent": "echo", "retry": {"max_attempts": 0, "backoff": 0.5}}
+        ]
+    });
+    let errors = legato_workflow::from_value(doc).unwrap_err();
+    let text = errors.to_string();
+    for expected in [
+        "duplicate step id",
+        "unknown step \"ghost\"",
+        "needs form a cycle through: a, b, c",
+        "steps[4] (d): unknown field `teleport`",
+        "steps[5] (e).if: `1 +` is not a valid CEL expression",
+        "found agent and timer",
+        "retry.max_attempts: must be at least 1",
+        "retry.backoff: must be a number >= 1, got 0.5",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    assert!(errors.0.len() >= 8, "{text}");
+}
+
+#[test]
+fn expressions_may_only_read_ancestors() {
+    let doc = json!({
+        "name": "x", "version": 1,
+        "steps": [
+            {"id": "a", "agent": "echo"},
+            {"id": "b", "agent": "echo", "input": "${{ steps.a.output }}"},
+            {"id": "d", "agent": "echo", "needs": ["a"]},
+            {"id": "c", "agent": "echo", "needs": ["d"], "input": {"v": "${{ steps.a.output }}"}}
+        ]
+    });
+    let text = legato_workflow::from_value(doc).unwrap_err().to_string();
+    assert!(
+        text.contains("steps (b).input: reads steps.a, which is not among its needs"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("steps (c)"),
+        "a transitive ancestor is fine: {text}"
+    );
+}
+
+#[test]
+fn rejects_unknown_top_level_fields_and_bad_names() {
+    let text = parse("name: Bad Name\nversion: 0\nstepz: []\n")
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("stepz: unknown field"), "{text}");
+    assert!(text.contains("name: invalid workflow name"), "{text}");
+    assert!(
+        text.contains("version: must be a positive integer"),
+        "{text}"
+    );
+    assert!(text.contains("steps: is required"), "{text}");
+}
+
+#[test]
+fn input_schema_violations_name_the_field() {
+    let wf = parse(FEATURE).unwrap();
+    assert!(
+        wf.check_input(&json!({"request": "add CSV export"}))
+            .is_ok()
+    );
+    let errors = wf.check_input(&json!({"request": ""})).unwrap_err();
+    assert_eq!(errors[0].pointer, "/request");
+    let errors = wf.check_input(&json!({})).unwrap_err();
+    assert!(errors[0].message.contains("request"), "{errors:?}");
+}
+
+#[test]
+fn invalid_input_schema_is_rejected_at_registration() {
+    let text = parse(
+        "name: x\nversion: 1\ninput_schema: { type: 12 }\nsteps: [{id: a, timer: {delay_ms: 1}}]\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        text.contains("input_schema: not a valid JSON Schema"),
+        "{text}"
+    );
+}
