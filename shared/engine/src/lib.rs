@@ -1,1 +1,28 @@
+//! The pure workflow engine.
+//!
+//! [`decide`] takes an instance's state and one [`Event`] and returns the new
+//! state plus the [`Command`]s the caller must carry out (dispatch a task,
+//! schedule a timer, publish progress, ...). It does no I/O, reads no clock
+//! and draws no random numbers: time and ids arrive inside events. That is
+//! what makes an instance durable: its history of accepted events, replayed
+//! through `decide` from [`InstanceState::new`], rebuilds the same state.
+//!
+//! Delivery to the engine is at-least-once, so `decide` recognises duplicate
+//! and stale events (a second result for the same task attempt, a result
+//! after termination, a timer that was cancelled) and ignores them: the
+//! [`Decision`] says [`Outcome::Ignored`] and the state is unchanged.
 
+mod command;
+mod decide;
+mod event;
+mod lifecycle;
+mod scheduler;
+mod state;
+mod tasks;
+
+pub use command::Command;
+pub use decide::{Decision, Outcome, decide, replay};
+pub use event::{Event, TimerKey};
+pub use state::{
+    CompensationState, InstanceState, PendingEvent, SlotStatus, StepState, StepStatus, TaskSlot,
+};

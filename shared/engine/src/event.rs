@@ -1,0 +1,143 @@
+use std::fmt;
+use std::sync::Arc;
+
+use legato_contracts::{EventName, InstanceId, StepId, TaskError, TaskKey};
+use legato_workflow::Workflow;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use time::OffsetDateTime;
+
+/// Everything that can happen to an instance. Each accepted event is one
+/// history row; `at` is when the orchestrator received it, the engine's only
+/// source of time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    Started {
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+        instance: InstanceId,
+        /// The pinned definition: later registrations never change it.
+        workflow: Arc<Workflow>,
+        #[serde(default)]
+        input: Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tenant: Option<String>,
+    },
+    TaskCompleted {
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+        key: TaskKey,
+        attempt: u32,
+        #[serde(default)]
+        output: Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        custom_status: Option<Value>,
+    },
+    TaskFailed {
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+        key: TaskKey,
+        attempt: u32,
+        error: TaskError,
+    },
+    TimerFired {
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+        timer: TimerKey,
+    },
+    /// `id` (here and in the control events below) is the message id, so a
+    /// redelivered message counts once, even much later (a redelivered
+    /// suspend must not suspend the instance again after a resume), while
+    /// two separate raises of the same name both count.
+    EventRaised {
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+        id: String,
+        name: EventName,
+        #[serde(default)]
+        data: Value,
+    },
+    TerminateRequested {
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+        id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    SuspendRequested {
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+        id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    ResumeRequested {
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+        id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    RestartRequested {
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+        id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        input: Option<Value>,
+    },
+}
+
+impl Event {
+    pub fn at(&self) -> OffsetDateTime {
+        match self {
+            Self::Started { at, .. }
+            | Self::TaskCompleted { at, .. }
+            | Self::TaskFailed { at, .. }
+            | Self::TimerFired { at, .. }
+            | Self::EventRaised { at, .. }
+            | Self::TerminateRequested { at, .. }
+            | Self::SuspendRequested { at, .. }
+            | Self::ResumeRequested { at, .. }
+            | Self::RestartRequested { at, .. } => *at,
+        }
+    }
+
+    /// Identifies redeliveries of the same fact while an instance is
+    /// suspended and events wait in its backlog.
+    pub(crate) fn dedup_key(&self) -> Option<String> {
+        match self {
+            Self::TaskCompleted { key, attempt, .. } | Self::TaskFailed { key, attempt, .. } => {
+                Some(format!("task:{key}#{attempt}"))
+            }
+            Self::TimerFired { timer, .. } => Some(format!("timer:{timer}")),
+            Self::EventRaised { id, .. } => Some(format!("event:{id}")),
+            _ => None,
+        }
+    }
+}
+
+/// A durable timer. Its `Display` form is the timer's id in the store.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TimerKey {
+    /// Backoff before the attempt after `attempt`.
+    Retry { key: TaskKey, attempt: u32 },
+    /// The step's `timeout_ms` for one attempt.
+    AttemptTimeout { key: TaskKey, attempt: u32 },
+    /// A `wait_for_event` step's deadline.
+    EventTimeout { execution: u32, step: StepId },
+    /// A `timer` step.
+    Delay { execution: u32, step: StepId },
+}
+
+impl fmt::Display for TimerKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Retry { key, attempt } => write!(f, "retry:{key}#{attempt}"),
+            Self::AttemptTimeout { key, attempt } => write!(f, "timeout:{key}#{attempt}"),
+            Self::EventTimeout { execution, step } => write!(f, "wait:e{execution}/{step}"),
+            Self::Delay { execution, step } => write!(f, "delay:e{execution}/{step}"),
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! Instance-level transitions: start, completion, failure with saga
+//! compensation, external events, and the control operations (terminate,
+//! suspend, resume, restart).
+
+use std::sync::Arc;
+
+use legato_contracts::{
+    EventName, InstanceId, ProgressKind, RuntimeStatus, TaskCancelled, TaskKey, TaskRole,
+};
+use legato_workflow::{Scope, Workflow};
+use serde_json::{Value, json};
+
+use crate::decide::{Ctx, Ignored, apply_running, ignore};
+use crate::state::{CompensationState, PendingEvent, SlotStatus, StepState, StepStatus, TaskSlot};
+use crate::{Command, Event, scheduler, tasks};
+
+pub(crate) fn start(
+    ctx: &mut Ctx,
+    instance: &InstanceId,
+    workflow: &Arc<Workflow>,
+    input: &Value,
+    tenant: Option<&String>,
+) -> Result<(), Ignored> {
+    if instance != &ctx.state.id {
+        return ignore(format!("start event is for instance {instance}"));
+    }
+    if ctx.state.status != RuntimeStatus::Pending || ctx.state.workflow.is_some() {
+        return ignore("instance has already started");
+    }
+    ctx.state.definition_hash = workflow.content_hash();
+    ctx.state.workflow = Some(workflow.clone());
+    ctx.state.input = input.clone();
+    ctx.state.tenant = tenant.cloned();
+    ctx.state.created_at = Some(ctx.at);
+    ctx.state.steps = workflow
+        .steps
+        .iter()
+        .map(|s| (s.id.clone(), StepState::pending()))
+        .collect();
+    ctx.state.status = RuntimeStatus::Running;
+    ctx.progress(ProgressKind::InstanceStarted)
+        .data(json!({ "workflow": workflow.name, "version": workflow.version }));
+    scheduler::advance(ctx);
+    Ok(())
+}
+
+/// Every step is done: render the output and finish.
+pub(crate) fn complete(ctx: &mut Ctx) {
+    let Ok(workflow) = ctx.workflow() else { return };
+    match workflow.render_output(&ctx.state.input, ctx.state.steps_scope()) {
+        Ok(output) => {
+            ctx.state.status = RuntimeStatus::Completed;
+            ctx.state.output = Some(output.clone());
+            ctx.commands.push(Command::CompleteInstance {
+                output: output.clone(),
+            });
+            ctx.progress(ProgressKind::InstanceCompleted).data(output);
+        }
+        Err(e) => fail(ctx, format!("output: {e}")),
+    }
+}
+
+/// Stops all work, then compensates completed steps in reverse completion
+/// order before the instance is marked Failed.
+pub(crate) fn fail(ctx: &mut Ctx, error: String) {
+    cancel_all_work(ctx, &error);
+    let Ok(workflow) = ctx.workflow() else { return };
+    let remaining: Vec<_> = ctx
+        .state
+        .completion_order
+        .iter()
+        .rev()
+        .filter(|id| {
+            workflow
+                .step(id.as_str())
+                .is_some_and(|s| s.compensate.is_some())
+        })
+        .cloned()
+        .collect();
+    ctx.state.compensation = Some(CompensationState {
+        failure: error,
+        current: None,
+        remaining,
+        errors: Vec::new(),
+    });
+    next_compensation(ctx);
+}
+
+/// Dispatches the next compensation, or finishes the failure when none is left.
+pub(crate) fn next_compensation(ctx: &mut Ctx) {
+    let Ok(workflow) = ctx.workflow() else { return };
+    loop {
+        let Some(comp) = ctx.state.compensation.as_mut() else {
+            return;
+        };
+        if comp.remaining.is_empty() {
+            comp.current = None;
+            return finish_failed(ctx);
+        }
+        let id = comp.remaining.remove(0);
+        comp.current = Some(id.clone());
+        let Some(spec) = workflow
+            .step(id.as_str())
+            .and_then(|s| s.compensate.as_ref())
+        else {
+            continue;
+        };
+        let input = ctx.state.input.clone();
+        let scope = Scope::new(&input, ctx.state.steps_scope());
+        match spec.input.render(&scope) {
+            Ok(rendered) => {
+                if let Some(step) = ctx.state.steps.get_mut(&id) {
+                    step.compensation = Some(TaskSlot::queued(spec.agent.clone(), rendered));
+                }
+                let key = TaskKey {
+                    execution: ctx.state.execution,
+                    step: id.clone(),
+                    item: None,
+                    role: TaskRole::Compensation,
+                };
+                let timeout = workflow.step(id.as_str()).and_then(|s| s.timeout_ms);
+                return tasks::dispatch(ctx, &key, timeout);
+            }
+            Err(e) => {
+                if let Some(comp) = ctx.state.compensation.as_mut() {
+                    comp.errors
+                        .push(format!("compensation of {id}: input: {e}"));
+                }
+            }
+        }
+    }
+}
+
+fn finish_failed(ctx: &mut Ctx) {
+    let Some(comp) = ctx.state.compensation.take() else {
+        return;
+    };
+    let mut error = comp.failure;
+    if !comp.errors.is_empty() {
+        error = format!("{error}; rollback incomplete: {}", comp.errors.join("; "));
+    }
+    ctx.state.status = RuntimeStatus::Failed;
+    ctx.state.error = Some(error.clone());
+    ctx.commands.push(Command::FailInstance {
+        error: error.clone(),
+    });
+    ctx.progress(ProgressKind::InstanceFailed).message(error);
+}
+
+/// Cancels in-flight tasks (telling their agents) and every pending timer.
+fn cancel_all_work(ctx: &mut Ctx, reason: &str) {
+    let execution = ctx.state.execution;
+    let workflow = ctx.state.workflow.clone();
+    let mut cancels = Vec::new();
+    for (id, step) in ctx.state.steps.iter_mut() {
+        if matches!(step.status, StepStatus::Running | StepStatus::Waiting) {
+            step.status = StepStatus::Cancelled;
+        }
+        let for_each = workflow
+            .as_ref()
+            .and_then(|wf| wf.step(id.as_str()))
+            .is_some_and(|s| matches!(s.action, legato_workflow::Action::ForEach { .. }));
+        let slots = step.tasks.iter_mut().enumerate().map(|(i, s)| {
+            let item = if for_each {
+                u32::try_from(i).ok()
+            } else {
+                None
+            };
+            (item, TaskRole::Action, s)
+        });
+        let comp = step
+            .compensation
+            .iter_mut()
+            .map(|s| (None, TaskRole::Compensation, s));
+        for (item, role, slot) in slots.chain(comp) {
+            if slot.status == SlotStatus::Running {
+                cancels.push((
+                    TaskKey {
+                        execution,
+                        step: id.clone(),
+                        item,
+                        role,
+                    },
+                    slot.attempt,
+                ));
+            }
+            if matches!(
+                slot.status,
+                SlotStatus::Queued | SlotStatus::Running | SlotStatus::Backoff
+            ) {
+                slot.status = SlotStatus::Cancelled;
+            }
+        }
+    }
+    for (key, attempt) in cancels {
+        ctx.commands.push(Command::CancelTask(TaskCancelled {
+            key,
+            attempt,
+            reason: reason.to_owned(),
+        }));
+    }
+    for timer in std::mem::take(&mut ctx.state.timers) {
+        ctx.commands.push(Command::CancelTimer { timer });
+    }
+}
+
+pub(crate) fn event_raised(
+    ctx: &mut Ctx,
+    id: &str,
+    name: &EventName,
+    data: &Value,
+) -> Result<(), Ignored> {
+    first_delivery(ctx, id)?;
+    let waiting = ctx.state.waiting_for(name).cloned();
+    match waiting {
+        Some(step) => {
+            let execution = ctx.state.execution;
+            ctx.cancel_timer(crate::TimerKey::EventTimeout {
+                execution,
+                step: step.clone(),
+            });
+            ctx.progress(ProgressKind::EventReceived)
+                .step(&step)
+                .data(json!({ "event": name }));
+            tasks::complete_step(ctx, &step, data.clone());
+        }
+        None => {
+            // Durable Functions semantics: an event raised before anyone
+            // waits is kept for the first step that waits for its name.
+            ctx.state.pending_events.push(PendingEvent {
+                id: id.to_owned(),
+                name: name.clone(),
+                data: data.clone(),
+            });
+            ctx.progress(ProgressKind::EventReceived)
+                .data(json!({ "event": name, "buffered": true }));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn terminate(ctx: &mut Ctx, reason: Option<&str>) -> Result<(), Ignored> {
+    let status = ctx.state.status;
+    if status.is_terminal() {
+        return ignore(format!("instance is already {status}"));
+    }
+    let reason = reason.unwrap_or("terminated");
+    cancel_all_work(ctx, reason);
+    ctx.state.backlog.clear();
+    ctx.state.compensation = None;
+    ctx.state.status = RuntimeStatus::Terminated;
+    ctx.state.output = Some(Value::String(reason.to_owned()));
+    ctx.progress(ProgressKind::InstanceTerminated)
+        .message(reason);
+    Ok(())
+}
+
+pub(crate) fn suspend(ctx: &mut Ctx, reason: Option<&str>) -> Result<(), Ignored> {
+    if ctx.state.status != RuntimeStatus::Running {
+        return ignore(format!(
+            "only a Running instance can be suspended (it is {})",
+            ctx.state.status
+        ));
+    }
+    ctx.state.status = RuntimeStatus::Suspended;
+    ctx.progress(ProgressKind::InstanceSuspended)
+        .message_opt(reason);
+    Ok(())
+}
+
+/// While suspended nothing is dispatched; results, timers and events wait in
+/// the backlog, each once, and are applied in arrival order on resume.
+pub(crate) fn buffer_while_suspended(ctx: &mut Ctx, event: &Event) -> Result<(), Ignored> {
+    let key = event.dedup_key();
+    if ctx.state.backlog.iter().any(|e| e.dedup_key() == key) {
+        return ignore("already waiting in the suspended instance's backlog");
+    }
+    // A late redelivery of something applied before the suspension must not
+    // be kept either.
+    let stale = match event {
+        Event::TaskCompleted { key, attempt, .. } | Event::TaskFailed { key, attempt, .. } => {
+            !tasks::is_running(&ctx.state, key, *attempt)
+        }
+        Event::TimerFired { timer, .. } => !ctx.state.timers.contains(timer),
+        Event::EventRaised { id, .. } => ctx.state.seen_message_ids.contains(id),
+        _ => false,
+    };
+    if stale {
+        return ignore("already applied before the instance was suspended");
+    }
+    ctx.state.backlog.push(event.clone());
+    Ok(())
+}
+
+pub(crate) fn resume(ctx: &mut Ctx, reason: Option<&str>) -> Result<(), Ignored> {
+    if ctx.state.status != RuntimeStatus::Suspended {
+        return ignore(format!(
+            "only a Suspended instance can be resumed (it is {})",
+            ctx.state.status
+        ));
+    }
+    ctx.state.status = RuntimeStatus::Running;
+    ctx.progress(ProgressKind::InstanceResumed)
+        .message_opt(reason);
+    for event in std::mem::take(&mut ctx.state.backlog) {
+        if ctx.state.status != RuntimeStatus::Running {
+            break;
+        }
+        // A stale backlog entry is simply dropped, as it would have been
+        // had it arrived while running.
+        let _ignored = apply_running(ctx, &event);
+    }
+    scheduler::advance(ctx);
+    Ok(())
+}
+
+/// Control messages count once per message id, however late a redelivery.
+pub(crate) fn first_delivery(ctx: &mut Ctx, id: &str) -> Result<(), Ignored> {
+    if ctx.state.seen_message_ids.insert(id.to_owned()) {
+        Ok(())
+    } else {
+        ignore(format!("message {id} was already applied"))
+    }
+}
+
+pub(crate) fn restart(ctx: &mut Ctx, input: Option<&Value>) -> Result<(), Ignored> {
+    if ctx.state.status == RuntimeStatus::Pending {
+        return ignore("instance has not started");
+    }
+    let workflow = ctx.workflow()?;
+    cancel_all_work(ctx, "instance restarted");
+    let state = &mut ctx.state;
+    state.execution += 1;
+    if let Some(input) = input {
+        state.input = input.clone();
+    }
+    state.steps = workflow
+        .steps
+        .iter()
+        .map(|s| (s.id.clone(), StepState::pending()))
+        .collect();
+    state.completion_order.clear();
+    state.pending_events.clear();
+    state.backlog.clear();
+    state.compensation = None;
+    state.output = None;
+    state.error = None;
+    state.custom_status = None;
+    state.status = RuntimeStatus::Running;
+    let execution = state.execution;
+    ctx.progress(ProgressKind::InstanceRestarted)
+        .data(json!({ "execution": execution }));
+    scheduler::advance(ctx);
+    Ok(())
+}

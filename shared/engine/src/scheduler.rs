@@ -1,0 +1,181 @@
+//! Starting steps: which are ready, and what starting each kind means.
+
+use legato_contracts::{ProgressKind, RuntimeStatus, StepId, TaskKey, TaskRole};
+use legato_workflow::{Action, Scope, Step};
+use serde_json::{Value, json};
+
+use crate::decide::Ctx;
+use crate::state::{SlotStatus, StepStatus, TaskSlot};
+use crate::{TimerKey, lifecycle, tasks};
+
+/// Starts every step whose needs are done, repeatedly (a skipped step can
+/// make others ready at once), then completes the instance if all are done.
+/// Idempotent, so every handler can simply call it.
+pub(crate) fn advance(ctx: &mut Ctx) {
+    let Ok(workflow) = ctx.workflow() else { return };
+    loop {
+        if ctx.state.status != RuntimeStatus::Running || ctx.state.compensation.is_some() {
+            return;
+        }
+        let ready = workflow.steps.iter().find(|step| {
+            status_of(ctx, &step.id) == StepStatus::Pending
+                && step.needs.iter().all(|need| status_of(ctx, need).is_done())
+        });
+        match ready {
+            Some(step) => start_step(ctx, step),
+            None => break,
+        }
+    }
+    if workflow
+        .steps
+        .iter()
+        .all(|s| status_of(ctx, &s.id).is_done())
+    {
+        lifecycle::complete(ctx);
+    }
+}
+
+fn status_of(ctx: &Ctx, id: &StepId) -> StepStatus {
+    ctx.state
+        .steps
+        .get(id)
+        .map_or(StepStatus::Pending, |s| s.status)
+}
+
+fn start_step(ctx: &mut Ctx, step: &Step) {
+    let input = ctx.state.input.clone();
+    let scope = Scope::new(&input, ctx.state.steps_scope());
+    if let Some(condition) = &step.condition {
+        match condition.evaluate_bool(&scope) {
+            Ok(true) => {}
+            Ok(false) => {
+                set_status(ctx, &step.id, StepStatus::Skipped);
+                ctx.progress(ProgressKind::StepSkipped).step(&step.id);
+                return;
+            }
+            Err(e) => return tasks::step_failed(ctx, &step.id, format!("if: {e}")),
+        }
+    }
+    let at = ctx.at;
+    if let Some(s) = ctx.state.steps.get_mut(&step.id) {
+        s.started_at = Some(at);
+    }
+    match &step.action {
+        Action::Agent { agent, input } => {
+            let slot = agent
+                .resolve(&scope)
+                .and_then(|agent| Ok(TaskSlot::queued(agent, input.render(&scope)?)));
+            match slot {
+                Ok(slot) => start_tasks(ctx, step, vec![slot]),
+                Err(e) => tasks::step_failed(ctx, &step.id, e.to_string()),
+            }
+        }
+        Action::ForEach {
+            for_each,
+            agent,
+            input,
+            ..
+        } => {
+            let slots = for_each.evaluate_list(&scope).and_then(|items| {
+                items
+                    .iter()
+                    .map(|item| {
+                        let scope = scope.with_item(item);
+                        Ok(TaskSlot::queued(
+                            agent.resolve(&scope)?,
+                            input.render(&scope)?,
+                        ))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            });
+            match slots {
+                Ok(slots) if slots.is_empty() => {
+                    tasks::complete_step(ctx, &step.id, Value::Array(Vec::new()))
+                }
+                Ok(slots) => start_tasks(ctx, step, slots),
+                Err(e) => tasks::step_failed(ctx, &step.id, e.to_string()),
+            }
+        }
+        Action::WaitForEvent { wait_for_event } => {
+            set_status(ctx, &step.id, StepStatus::Waiting);
+            ctx.progress(ProgressKind::WaitingForEvent)
+                .step(&step.id)
+                .data(json!({ "event": wait_for_event.name, "timeout_ms": wait_for_event.timeout_ms }));
+            let buffered = ctx
+                .state
+                .pending_events
+                .iter()
+                .position(|e| e.name == wait_for_event.name);
+            if let Some(index) = buffered {
+                let event = ctx.state.pending_events.remove(index);
+                tasks::complete_step(ctx, &step.id, event.data);
+            } else if let Some(timeout) = wait_for_event.timeout_ms {
+                let timer = TimerKey::EventTimeout {
+                    execution: ctx.state.execution,
+                    step: step.id.clone(),
+                };
+                ctx.schedule(timer, ctx.at_plus(timeout));
+            }
+        }
+        Action::Timer { timer } => {
+            set_status(ctx, &step.id, StepStatus::Running);
+            let key = TimerKey::Delay {
+                execution: ctx.state.execution,
+                step: step.id.clone(),
+            };
+            ctx.schedule(key, ctx.at_plus(timer.delay_ms));
+        }
+    }
+}
+
+fn set_status(ctx: &mut Ctx, id: &StepId, status: StepStatus) {
+    if let Some(s) = ctx.state.steps.get_mut(id) {
+        s.status = status;
+    }
+}
+
+fn start_tasks(ctx: &mut Ctx, step: &Step, slots: Vec<TaskSlot>) {
+    if let Some(s) = ctx.state.steps.get_mut(&step.id) {
+        s.status = StepStatus::Running;
+        s.tasks = slots;
+    }
+    dispatch_queued(ctx, step);
+}
+
+/// Dispatches queued items while fewer than `max_parallel` are in flight. A
+/// task waiting out its retry backoff still holds its place.
+pub(crate) fn dispatch_queued(ctx: &mut Ctx, step: &Step) {
+    let (is_for_each, limit) = match &step.action {
+        Action::ForEach { max_parallel, .. } => {
+            (true, max_parallel.map_or(usize::MAX, |m| m as usize))
+        }
+        _ => (false, 1),
+    };
+    loop {
+        let Some(state) = ctx.state.steps.get(&step.id) else {
+            return;
+        };
+        let in_flight = state
+            .tasks
+            .iter()
+            .filter(|t| matches!(t.status, SlotStatus::Running | SlotStatus::Backoff))
+            .count();
+        if in_flight >= limit {
+            return;
+        }
+        let Some(next) = state
+            .tasks
+            .iter()
+            .position(|t| t.status == SlotStatus::Queued)
+        else {
+            return;
+        };
+        let key = TaskKey {
+            execution: ctx.state.execution,
+            step: step.id.clone(),
+            item: is_for_each.then(|| u32::try_from(next).unwrap_or(u32::MAX)),
+            role: TaskRole::Action,
+        };
+        tasks::dispatch(ctx, &key, step.timeout_ms);
+    }
+}

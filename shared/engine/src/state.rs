@@ -1,0 +1,266 @@
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use legato_contracts::{AgentName, EventName, InstanceId, RuntimeStatus, StepId};
+use legato_workflow::Workflow;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+use crate::{Event, TimerKey};
+
+/// Everything the engine knows about one instance. It is a fold of the
+/// instance's history, stored as a snapshot so nothing needs replaying on the
+/// hot path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceState {
+    pub id: InstanceId,
+    pub status: RuntimeStatus,
+    /// `None` only while Pending, before the Started event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<Arc<Workflow>>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub definition_hash: String,
+    #[serde(default)]
+    pub input: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_status: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub created_at: Option<OffsetDateTime>,
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub updated_at: Option<OffsetDateTime>,
+    /// Bumped by every restart; part of every task key and timer.
+    pub execution: u32,
+    /// Number of accepted events: the last history row's sequence number.
+    pub sequence: u64,
+    pub steps: BTreeMap<StepId, StepState>,
+    /// Completed steps in the order they completed; compensation walks it
+    /// backwards.
+    #[serde(default)]
+    pub completion_order: Vec<StepId>,
+    /// Timers scheduled and not yet fired or cancelled.
+    #[serde(default)]
+    pub timers: BTreeSet<TimerKey>,
+    /// External events raised before any step waited for them.
+    #[serde(default)]
+    pub pending_events: Vec<PendingEvent>,
+    /// Ids of accepted external events and control messages, so a redelivery
+    /// counts once.
+    #[serde(default)]
+    pub seen_message_ids: BTreeSet<String>,
+    /// Events that arrived while Suspended, applied in order on resume.
+    #[serde(default)]
+    pub backlog: Vec<Event>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensation: Option<CompensationState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingEvent {
+    pub id: String,
+    pub name: EventName,
+    pub data: Value,
+}
+
+/// Saga rollback in progress: `remaining` runs after `current`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompensationState {
+    /// Why the instance failed; the final error once rollback is done.
+    pub failure: String,
+    pub current: Option<StepId>,
+    pub remaining: Vec<StepId>,
+    /// Compensations that failed; rollback continues past them.
+    #[serde(default)]
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum StepStatus {
+    Pending,
+    Running,
+    /// A `wait_for_event` step waiting for its event.
+    Waiting,
+    Completed,
+    Skipped,
+    Failed,
+    /// Stopped because the instance failed, terminated or restarted.
+    Cancelled,
+}
+
+impl StepStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Running => "Running",
+            Self::Waiting => "Waiting",
+            Self::Completed => "Completed",
+            Self::Skipped => "Skipped",
+            Self::Failed => "Failed",
+            Self::Cancelled => "Cancelled",
+        }
+    }
+
+    /// Satisfies the `needs` of later steps.
+    pub fn is_done(self) -> bool {
+        matches!(self, Self::Completed | Self::Skipped)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepState {
+    pub status: StepStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// One slot for an agent step, one per item for `for_each`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<TaskSlot>,
+    /// The compensation task, once rollback reaches this step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensation: Option<TaskSlot>,
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub started_at: Option<OffsetDateTime>,
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub completed_at: Option<OffsetDateTime>,
+}
+
+impl StepState {
+    pub(crate) fn pending() -> Self {
+        Self {
+            status: StepStatus::Pending,
+            output: None,
+            error: None,
+            tasks: Vec::new(),
+            compensation: None,
+            started_at: None,
+            completed_at: None,
+        }
+    }
+
+    /// Attempts dispatched over all of the step's tasks.
+    pub fn attempts(&self) -> u32 {
+        self.tasks.iter().map(|t| t.attempt).sum()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SlotStatus {
+    /// Not dispatched yet (a `for_each` item beyond `max_parallel`).
+    Queued,
+    Running,
+    /// Failed with a retryable error; a retry timer is pending.
+    Backoff,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+/// One task: its agent and rendered input, and how far its attempts got.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSlot {
+    pub agent: AgentName,
+    pub input: Value,
+    pub status: SlotStatus,
+    /// The current (or last) attempt; 0 before the first dispatch.
+    pub attempt: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl TaskSlot {
+    pub(crate) fn queued(agent: AgentName, input: Value) -> Self {
+        Self {
+            agent,
+            input,
+            status: SlotStatus::Queued,
+            attempt: 0,
+            output: None,
+            error: None,
+        }
+    }
+}
+
+impl InstanceState {
+    /// The state before any event: what replay starts from.
+    pub fn new(id: InstanceId) -> Self {
+        Self {
+            id,
+            status: RuntimeStatus::Pending,
+            workflow: None,
+            definition_hash: String::new(),
+            input: Value::Null,
+            output: None,
+            error: None,
+            custom_status: None,
+            tenant: None,
+            created_at: None,
+            updated_at: None,
+            execution: 0,
+            sequence: 0,
+            steps: BTreeMap::new(),
+            completion_order: Vec::new(),
+            timers: BTreeSet::new(),
+            pending_events: Vec::new(),
+            seen_message_ids: BTreeSet::new(),
+            backlog: Vec::new(),
+            compensation: None,
+        }
+    }
+
+    /// What expressions see as `steps`: `{ id: { output, status } }`.
+    pub fn steps_scope(&self) -> Map<String, Value> {
+        self.steps
+            .iter()
+            .map(|(id, s)| {
+                let mut entry = Map::new();
+                entry.insert("output".into(), s.output.clone().unwrap_or(Value::Null));
+                entry.insert("status".into(), Value::String(s.status.as_str().into()));
+                (id.to_string(), Value::Object(entry))
+            })
+            .collect()
+    }
+
+    /// Steps currently waiting for the named external event.
+    pub fn waiting_for(&self, name: &EventName) -> Option<&StepId> {
+        let workflow = self.workflow.as_ref()?;
+        workflow.steps.iter().find_map(|step| {
+            let waiting = self
+                .steps
+                .get(&step.id)
+                .is_some_and(|s| s.status == StepStatus::Waiting);
+            match &step.action {
+                legato_workflow::Action::WaitForEvent { wait_for_event }
+                    if waiting && &wait_for_event.name == name =>
+                {
+                    Some(&step.id)
+                }
+                _ => None,
+            }
+        })
+    }
+}

@@ -1,0 +1,322 @@
+//! Agent task attempts: dispatch, results, retries, timeouts and timers.
+
+use legato_contracts::{
+    ProgressKind, StepId, TaskCancelled, TaskDispatched, TaskError, TaskKey, TaskRole,
+};
+use legato_workflow::Action;
+use serde_json::{Value, json};
+
+use crate::InstanceState;
+use crate::decide::{Ctx, Ignored, ignore};
+use crate::state::{SlotStatus, StepStatus, TaskSlot};
+use crate::{Command, TimerKey, lifecycle, scheduler};
+
+fn slot_mut<'a>(ctx: &'a mut Ctx, key: &TaskKey) -> Option<&'a mut TaskSlot> {
+    let step = ctx.state.steps.get_mut(&key.step)?;
+    match key.role {
+        TaskRole::Action => step.tasks.get_mut(key.item.unwrap_or(0) as usize),
+        TaskRole::Compensation => step.compensation.as_mut(),
+    }
+}
+
+/// Sends the next attempt of a queued or backing-off task.
+pub(crate) fn dispatch(ctx: &mut Ctx, key: &TaskKey, timeout_ms: Option<u64>) {
+    let Ok(workflow) = ctx.workflow() else { return };
+    let deadline = timeout_ms.map(|ms| ctx.at_plus(ms));
+    let Some(slot) = slot_mut(ctx, key) else {
+        return;
+    };
+    slot.attempt += 1;
+    slot.status = SlotStatus::Running;
+    let task = TaskDispatched {
+        key: key.clone(),
+        attempt: slot.attempt,
+        agent: slot.agent.clone(),
+        workflow: workflow.name.clone(),
+        input: slot.input.clone(),
+        deadline,
+    };
+    let attempt = task.attempt;
+    let agent = task.agent.to_string();
+    ctx.commands.push(Command::DispatchTask(task));
+    if let Some(deadline) = deadline {
+        ctx.schedule(
+            TimerKey::AttemptTimeout {
+                key: key.clone(),
+                attempt,
+            },
+            deadline,
+        );
+    }
+    let kind = match key.role {
+        TaskRole::Action => ProgressKind::StepStarted,
+        TaskRole::Compensation => ProgressKind::Compensating,
+    };
+    ctx.progress(kind)
+        .step(&key.step)
+        .item(key.item)
+        .attempt(attempt)
+        .data(json!({ "agent": agent }));
+}
+
+/// Whether `attempt` of the task is the one currently running.
+pub(crate) fn is_running(state: &InstanceState, key: &TaskKey, attempt: u32) -> bool {
+    let Some(step) = state.steps.get(&key.step) else {
+        return false;
+    };
+    let slot = match key.role {
+        TaskRole::Action => step.tasks.get(key.item.unwrap_or(0) as usize),
+        TaskRole::Compensation => step.compensation.as_ref(),
+    };
+    key.execution == state.execution
+        && slot.is_some_and(|s| s.status == SlotStatus::Running && s.attempt == attempt)
+}
+
+/// The slot for a result, if the result is for its current running attempt.
+fn running_slot<'a>(
+    ctx: &'a mut Ctx,
+    key: &TaskKey,
+    attempt: u32,
+) -> Result<&'a mut TaskSlot, Ignored> {
+    if key.execution != ctx.state.execution {
+        return ignore(format!("task {key} belongs to an earlier execution"));
+    }
+    match slot_mut(ctx, key) {
+        Some(slot) if slot.status == SlotStatus::Running && slot.attempt == attempt => Ok(slot),
+        Some(slot) => ignore(format!(
+            "task {key} attempt {attempt} is not running (attempt {} is {:?})",
+            slot.attempt, slot.status
+        )),
+        None => ignore(format!("unknown task {key}")),
+    }
+}
+
+pub(crate) fn completed(
+    ctx: &mut Ctx,
+    key: &TaskKey,
+    attempt: u32,
+    output: &Value,
+    custom_status: Option<&Value>,
+) -> Result<(), Ignored> {
+    let slot = running_slot(ctx, key, attempt)?;
+    slot.status = SlotStatus::Completed;
+    slot.output = Some(output.clone());
+    slot.error = None;
+    ctx.cancel_timer(TimerKey::AttemptTimeout {
+        key: key.clone(),
+        attempt,
+    });
+    if let Some(status) = custom_status {
+        ctx.state.custom_status = Some(status.clone());
+        ctx.progress(ProgressKind::CustomStatus)
+            .step(&key.step)
+            .data(status.clone());
+    }
+    match key.role {
+        TaskRole::Compensation => lifecycle::next_compensation(ctx),
+        TaskRole::Action => after_action_completed(ctx, key),
+    }
+    Ok(())
+}
+
+fn after_action_completed(ctx: &mut Ctx, key: &TaskKey) {
+    let Some(step_state) = ctx.state.steps.get(&key.step) else {
+        return;
+    };
+    if step_state
+        .tasks
+        .iter()
+        .all(|t| t.status == SlotStatus::Completed)
+    {
+        let outputs = step_state
+            .tasks
+            .iter()
+            .map(|t| t.output.clone().unwrap_or(Value::Null));
+        let output = match key.item {
+            Some(_) => Value::Array(outputs.collect()),
+            None => outputs.into_iter().next().unwrap_or(Value::Null),
+        };
+        complete_step(ctx, &key.step, output);
+    } else if let Ok(workflow) = ctx.workflow()
+        && let Some(step) = workflow.step(key.step.as_str())
+    {
+        scheduler::dispatch_queued(ctx, step);
+    }
+}
+
+pub(crate) fn failed(
+    ctx: &mut Ctx,
+    key: &TaskKey,
+    attempt: u32,
+    error: &TaskError,
+) -> Result<(), Ignored> {
+    running_slot(ctx, key, attempt)?;
+    ctx.cancel_timer(TimerKey::AttemptTimeout {
+        key: key.clone(),
+        attempt,
+    });
+    fail_attempt(ctx, key, attempt, error);
+    Ok(())
+}
+
+/// A failed attempt: back off and retry under the step's policy, or give up.
+fn fail_attempt(ctx: &mut Ctx, key: &TaskKey, attempt: u32, error: &TaskError) {
+    let policy = ctx
+        .workflow()
+        .ok()
+        .and_then(|wf| wf.step(key.step.as_str()).map(|s| s.retry_policy()));
+    let delay = policy
+        .filter(|_| error.retryable)
+        .and_then(|p| p.delay_after(attempt));
+    let retrying = delay.is_some();
+    if let Some(slot) = slot_mut(ctx, key) {
+        slot.status = if retrying {
+            SlotStatus::Backoff
+        } else {
+            SlotStatus::Failed
+        };
+        slot.error = Some(error.message.clone());
+    }
+    if let Some(delay) = delay {
+        ctx.schedule(
+            TimerKey::Retry {
+                key: key.clone(),
+                attempt,
+            },
+            ctx.at_plus(delay),
+        );
+        ctx.progress(ProgressKind::StepRetrying)
+            .step(&key.step)
+            .item(key.item)
+            .attempt(attempt)
+            .message(error.message.clone())
+            .data(json!({ "retry_in_ms": delay }));
+        return;
+    }
+    let attempts = if attempt == 1 {
+        "1 attempt".to_owned()
+    } else {
+        format!("{attempt} attempts")
+    };
+    let message = format!("{} (after {attempts})", error.message);
+    match key.role {
+        TaskRole::Compensation => {
+            if let Some(c) = ctx.state.compensation.as_mut() {
+                c.errors
+                    .push(format!("compensation of {}: {message}", key.step));
+            }
+            lifecycle::next_compensation(ctx);
+        }
+        TaskRole::Action => {
+            let item = key.item.map(|i| format!(" item {i}")).unwrap_or_default();
+            step_failed(ctx, &key.step, format!("task{item} failed: {message}"));
+        }
+    }
+}
+
+pub(crate) fn timer_fired(ctx: &mut Ctx, timer: &TimerKey) -> Result<(), Ignored> {
+    if !ctx.state.timers.remove(timer) {
+        return ignore(format!("timer {timer} is not pending"));
+    }
+    let workflow = ctx.workflow()?;
+    match timer {
+        TimerKey::Retry { key, attempt } => {
+            let backing_off = slot_mut(ctx, key)
+                .is_some_and(|s| s.status == SlotStatus::Backoff && s.attempt == *attempt);
+            if backing_off {
+                let timeout = workflow.step(key.step.as_str()).and_then(|s| s.timeout_ms);
+                dispatch(ctx, key, timeout);
+            }
+        }
+        TimerKey::AttemptTimeout { key, attempt } => {
+            if running_slot(ctx, key, *attempt).is_ok() {
+                let timeout = workflow
+                    .step(key.step.as_str())
+                    .and_then(|s| s.timeout_ms)
+                    .unwrap_or_default();
+                let message = format!("attempt timed out after {timeout} ms");
+                ctx.commands.push(Command::CancelTask(TaskCancelled {
+                    key: key.clone(),
+                    attempt: *attempt,
+                    reason: message.clone(),
+                }));
+                fail_attempt(
+                    ctx,
+                    key,
+                    *attempt,
+                    &TaskError {
+                        message,
+                        retryable: true,
+                    },
+                );
+            }
+        }
+        TimerKey::EventTimeout { step, .. } => {
+            let waiting = ctx
+                .state
+                .steps
+                .get(step)
+                .is_some_and(|s| s.status == StepStatus::Waiting);
+            if let (true, Some(Action::WaitForEvent { wait_for_event })) =
+                (waiting, workflow.step(step.as_str()).map(|s| &s.action))
+            {
+                match &wait_for_event.on_timeout {
+                    Some(on_timeout) => {
+                        let input = ctx.state.input.clone();
+                        let scope = legato_workflow::Scope::new(&input, ctx.state.steps_scope());
+                        match on_timeout.output.render(&scope) {
+                            Ok(output) => complete_step(ctx, step, output),
+                            Err(e) => step_failed(ctx, step, format!("on_timeout.output: {e}")),
+                        }
+                    }
+                    None => step_failed(
+                        ctx,
+                        step,
+                        format!(
+                            "timed out waiting for event {:?}",
+                            wait_for_event.name.as_str()
+                        ),
+                    ),
+                }
+            }
+        }
+        TimerKey::Delay { step, .. } => {
+            if ctx
+                .state
+                .steps
+                .get(step)
+                .is_some_and(|s| s.status == StepStatus::Running)
+            {
+                complete_step(ctx, step, Value::Null);
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn complete_step(ctx: &mut Ctx, id: &StepId, output: Value) {
+    let at = ctx.at;
+    if let Some(s) = ctx.state.steps.get_mut(id) {
+        s.status = StepStatus::Completed;
+        s.output = Some(output.clone());
+        s.completed_at = Some(at);
+    }
+    ctx.state.completion_order.push(id.clone());
+    ctx.progress(ProgressKind::StepCompleted)
+        .step(id)
+        .data(output);
+}
+
+/// A step failed for good: the instance fails (and compensates).
+pub(crate) fn step_failed(ctx: &mut Ctx, id: &StepId, error: String) {
+    let at = ctx.at;
+    if let Some(s) = ctx.state.steps.get_mut(id) {
+        s.status = StepStatus::Failed;
+        s.error = Some(error.clone());
+        s.completed_at = Some(at);
+    }
+    ctx.progress(ProgressKind::StepFailed)
+        .step(id)
+        .message(error.clone());
+    lifecycle::fail(ctx, format!("step {id} failed: {error}"));
+}

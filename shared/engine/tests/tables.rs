@@ -1,0 +1,604 @@
+//! Behaviour of each step kind as tables of events and expected commands.
+
+mod common;
+
+use common::{Harness, comp_key, key, scheduled};
+use legato_contracts::{ProgressKind, RuntimeStatus, StepId};
+use legato_engine::{Command, Event, StepStatus, TimerKey, replay};
+use serde_json::json;
+
+fn step(id: &str) -> StepId {
+    StepId::parse(id).unwrap()
+}
+
+#[test]
+fn sequence_dispatches_each_step_after_the_previous() {
+    let mut h = Harness::start(
+        r#"
+name: seq
+version: 1
+steps:
+  - { id: a, agent: echo, input: { value: "${{ input.x }}" } }
+  - { id: b, agent: echo, needs: [a], input: { value: "${{ steps.a.output.value + 1 }}" } }
+output: { result: "${{ steps.b.output.value }}" }
+"#,
+        json!({"x": 1}),
+    );
+    let first = h.dispatched();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].input, json!({"value": 1}));
+    h.complete(key("a", None), 1, json!({"value": 1}));
+    let second = h.dispatched();
+    assert_eq!(
+        (second[0].key.step.as_str(), second[0].input.clone()),
+        ("b", json!({"value": 2}))
+    );
+    h.complete(key("b", None), 1, json!({"value": 2}));
+    assert_eq!(h.state.status, RuntimeStatus::Completed);
+    assert_eq!(h.state.output, Some(json!({"result": 2})));
+    assert!(h.take().iter().any(
+        |c| matches!(c, Command::CompleteInstance { output } if output == &json!({"result": 2}))
+    ));
+}
+
+#[test]
+fn fan_out_then_fan_in_waits_for_all() {
+    let mut h = Harness::start(
+        r#"
+name: fan
+version: 1
+steps:
+  - { id: a, agent: echo }
+  - { id: b, agent: echo }
+  - { id: c, agent: echo }
+  - { id: d, agent: echo }
+  - { id: join, agent: echo, needs: [a, b, c, d], input: "${{ [steps.a.output, steps.d.output] }}" }
+"#,
+        json!({}),
+    );
+    assert_eq!(h.dispatched().len(), 4, "independent steps start together");
+    for (i, id) in ["d", "b", "a"].into_iter().enumerate() {
+        h.complete(key(id, None), 1, json!(i));
+        assert!(h.dispatched().is_empty(), "join must wait for all four");
+    }
+    h.complete(key("c", None), 1, json!(9));
+    let join = h.dispatched();
+    assert_eq!(join.len(), 1);
+    assert_eq!(join[0].input, json!([2, 0]));
+}
+
+#[test]
+fn for_each_respects_max_parallel_and_keeps_item_order() {
+    let mut h = Harness::start(
+        r#"
+name: each
+version: 1
+steps:
+  - id: each
+    for_each: "${{ input.items }}"
+    agent: echo
+    input: { value: "${{ item }}" }
+    max_parallel: 2
+"#,
+        json!({"items": [10, 20, 30, 40, 50]}),
+    );
+    let mut running: Vec<u32> = h.dispatched().iter().map(|t| t.key.item.unwrap()).collect();
+    assert_eq!(running, vec![0, 1]);
+    // Complete out of order; never more than two in flight.
+    let mut done = 0;
+    while let Some(item) = running.pop() {
+        h.complete(key("each", Some(item)), 1, json!(item * 100));
+        done += 1;
+        let next: Vec<u32> = h.dispatched().iter().map(|t| t.key.item.unwrap()).collect();
+        running.extend(next);
+        assert!(running.len() <= 2);
+    }
+    assert_eq!(done, 5);
+    assert_eq!(h.state.status, RuntimeStatus::Completed);
+    assert_eq!(
+        h.state.steps[&step("each")].output,
+        Some(json!([0, 100, 200, 300, 400]))
+    );
+}
+
+#[test]
+fn empty_for_each_completes_with_an_empty_list() {
+    let h = Harness::start(
+        "name: e\nversion: 1\nsteps: [{ id: each, for_each: '${{ input.items }}', agent: echo }]\n",
+        json!({"items": []}),
+    );
+    assert_eq!(h.state.status, RuntimeStatus::Completed);
+    assert_eq!(h.state.output, Some(json!({"each": []})));
+}
+
+#[test]
+fn retryable_failures_back_off_exponentially() {
+    let mut h = Harness::start(
+        r#"
+name: retry
+version: 1
+steps:
+  - id: a
+    agent: echo
+    retry: { max_attempts: 3, initial_interval_ms: 100, backoff: 2 }
+"#,
+        json!({}),
+    );
+    h.take();
+    h.fail(key("a", None), 1, true);
+    let timers = scheduled(&h.take());
+    assert_eq!(
+        timers,
+        vec![(
+            TimerKey::Retry {
+                key: key("a", None),
+                attempt: 1
+            },
+            h.now + time::Duration::milliseconds(100)
+        )]
+    );
+    assert!(
+        h.fire(TimerKey::Retry {
+            key: key("a", None),
+            attempt: 1
+        })
+        .applied()
+    );
+    assert_eq!(h.dispatched()[0].attempt, 2);
+    h.fail(key("a", None), 2, true);
+    let timers = scheduled(&h.take());
+    assert_eq!(timers[0].1, h.now + time::Duration::milliseconds(200));
+    h.fire(TimerKey::Retry {
+        key: key("a", None),
+        attempt: 2,
+    });
+    assert_eq!(h.dispatched()[0].attempt, 3);
+    h.complete(key("a", None), 3, json!("ok"));
+    assert_eq!(h.state.status, RuntimeStatus::Completed);
+    assert_eq!(h.state.steps[&step("a")].attempts(), 3);
+}
+
+#[test]
+fn exhausted_retries_fail_the_instance() {
+    let mut h = Harness::start(
+        "name: r\nversion: 1\nsteps: [{ id: a, agent: echo, retry: { max_attempts: 2, initial_interval_ms: 5 } }]\n",
+        json!({}),
+    );
+    h.fail(key("a", None), 1, true);
+    h.fire(TimerKey::Retry {
+        key: key("a", None),
+        attempt: 1,
+    });
+    h.fail(key("a", None), 2, true);
+    assert_eq!(h.state.status, RuntimeStatus::Failed);
+    assert_eq!(
+        h.state.error.as_deref(),
+        Some("step a failed: task failed: boom 2 (after 2 attempts)")
+    );
+}
+
+#[test]
+fn failure_compensates_completed_steps_in_reverse_order() {
+    let mut h = Harness::start(
+        r#"
+name: saga
+version: 1
+steps:
+  - { id: reserve, agent: echo, compensate: { agent: echo, input: { undo: "${{ steps.reserve.output }}" } } }
+  - { id: charge, agent: echo, needs: [reserve], compensate: { agent: echo, input: { undo: charge } } }
+  - { id: ship, agent: echo, needs: [charge] }
+"#,
+        json!({}),
+    );
+    h.complete(key("reserve", None), 1, json!("r1"));
+    h.complete(key("charge", None), 1, json!("c1"));
+    h.take();
+    h.fail(key("ship", None), 1, false);
+    assert_eq!(h.state.status, RuntimeStatus::Running, "still compensating");
+    let comp = h.dispatched();
+    assert_eq!(
+        (comp[0].key.clone(), comp[0].input.clone()),
+        (comp_key("charge"), json!({"undo": "charge"}))
+    );
+    h.complete(comp_key("charge"), 1, json!(null));
+    let comp = h.dispatched();
+    assert_eq!(
+        (comp[0].key.clone(), comp[0].input.clone()),
+        (comp_key("reserve"), json!({"undo": "r1"}))
+    );
+    h.complete(comp_key("reserve"), 1, json!(null));
+    assert_eq!(h.state.status, RuntimeStatus::Failed);
+    assert!(h.take().iter().any(
+        |c| matches!(c, Command::FailInstance { error } if error.starts_with("step ship failed"))
+    ));
+}
+
+const APPROVAL: &str = r#"
+name: approval
+version: 1
+steps:
+  - { id: ask, wait_for_event: { name: approval, timeout_ms: 60000 } }
+  - { id: done, agent: echo, needs: [ask], if: "${{ steps.ask.output.approved }}" }
+"#;
+
+#[test]
+fn approval_event_completes_the_wait_and_cancels_its_timer() {
+    let mut h = Harness::start(APPROVAL, json!({}));
+    let started = h.take();
+    assert!(started.iter().any(
+        |c| matches!(c, Command::PublishProgress(p) if p.kind == ProgressKind::WaitingForEvent)
+    ));
+    assert_eq!(
+        scheduled(&started)[0].0,
+        TimerKey::EventTimeout {
+            execution: 0,
+            step: step("ask")
+        }
+    );
+    h.raise("approval", json!({"approved": true}));
+    let cmds = h.take();
+    assert!(
+        cmds.iter()
+            .any(|c| matches!(c, Command::CancelTimer { .. }))
+    );
+    assert!(
+        cmds.iter()
+            .any(|c| matches!(c, Command::DispatchTask(t) if t.key.step.as_str() == "done"))
+    );
+    // The timer firing later is stale.
+    assert!(
+        !h.fire(TimerKey::EventTimeout {
+            execution: 0,
+            step: step("ask")
+        })
+        .applied()
+    );
+}
+
+#[test]
+fn rejected_approval_skips_the_conditional_step() {
+    let mut h = Harness::start(APPROVAL, json!({}));
+    h.raise("approval", json!({"approved": false}));
+    assert_eq!(h.state.steps[&step("done")].status, StepStatus::Skipped);
+    assert_eq!(h.state.status, RuntimeStatus::Completed);
+}
+
+#[test]
+fn approval_timeout_fails_or_takes_on_timeout_output() {
+    let mut h = Harness::start(APPROVAL, json!({}));
+    h.advance(60_000);
+    h.fire(TimerKey::EventTimeout {
+        execution: 0,
+        step: step("ask"),
+    });
+    assert_eq!(h.state.status, RuntimeStatus::Failed);
+    assert!(
+        h.state
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("timed out waiting for event \"approval\"")
+    );
+
+    let with_default = APPROVAL.replace(
+        "timeout_ms: 60000 }",
+        "timeout_ms: 60000, on_timeout: { output: { approved: false } } }",
+    );
+    let mut h = Harness::start(&with_default, json!({}));
+    h.fire(TimerKey::EventTimeout {
+        execution: 0,
+        step: step("ask"),
+    });
+    assert_eq!(h.state.status, RuntimeStatus::Completed);
+    assert_eq!(
+        h.state.steps[&step("ask")].output,
+        Some(json!({"approved": false}))
+    );
+}
+
+#[test]
+fn an_event_raised_early_is_kept_for_the_wait() {
+    let mut h = Harness::start(
+        "name: w\nversion: 1\nsteps:\n  - { id: a, agent: echo }\n  - { id: ask, needs: [a], wait_for_event: { name: go } }\n",
+        json!({}),
+    );
+    h.raise("go", json!(7));
+    h.complete(key("a", None), 1, json!(null));
+    assert_eq!(h.state.status, RuntimeStatus::Completed);
+    assert_eq!(h.state.steps[&step("ask")].output, Some(json!(7)));
+}
+
+#[test]
+fn duplicates_and_stale_results_change_nothing() {
+    let mut h = Harness::start(
+        "name: d\nversion: 1\nsteps: [{ id: a, agent: echo }, { id: b, agent: echo, needs: [a] }]\n",
+        json!({}),
+    );
+    assert!(h.complete(key("a", None), 1, json!(1)).applied());
+    assert!(
+        !h.complete(key("a", None), 1, json!(1)).applied(),
+        "same attempt twice"
+    );
+    assert!(
+        !h.complete(key("b", None), 2, json!(1)).applied(),
+        "attempt never dispatched"
+    );
+    assert!(
+        !h.complete(key("zzz", None), 1, json!(1)).applied(),
+        "unknown step"
+    );
+    let stale_execution = legato_contracts::TaskKey {
+        execution: 5,
+        ..key("b", None)
+    };
+    assert!(!h.complete(stale_execution, 1, json!(1)).applied());
+    let at = h.now;
+    assert!(
+        h.send(Event::TerminateRequested {
+            at,
+            id: "t1".into(),
+            reason: Some("stop".into())
+        })
+        .applied()
+    );
+    assert!(
+        !h.complete(key("b", None), 1, json!(1)).applied(),
+        "result after termination"
+    );
+    assert!(
+        !h.send(Event::TerminateRequested {
+            at,
+            id: "t2".into(),
+            reason: None
+        })
+        .applied()
+    );
+}
+
+#[test]
+fn terminate_cancels_running_tasks_and_timers() {
+    let mut h = Harness::start(
+        "name: t\nversion: 1\nsteps: [{ id: a, agent: echo, timeout_ms: 1000 }, { id: w, timer: { delay_ms: 5000 } }]\n",
+        json!({}),
+    );
+    h.take();
+    let at = h.now;
+    h.send(Event::TerminateRequested {
+        at,
+        id: "t1".into(),
+        reason: Some("user asked".into()),
+    });
+    let cmds = h.take();
+    assert!(
+        cmds.iter().any(
+            |c| matches!(c, Command::CancelTask(t) if t.key == key("a", None) && t.attempt == 1)
+        )
+    );
+    assert_eq!(
+        cmds.iter()
+            .filter(|c| matches!(c, Command::CancelTimer { .. }))
+            .count(),
+        2
+    );
+    assert_eq!(h.state.status, RuntimeStatus::Terminated);
+    assert!(h.state.timers.is_empty());
+}
+
+#[test]
+fn suspended_instances_dispatch_nothing_until_resumed() {
+    let mut h = Harness::start(
+        "name: s\nversion: 1\nsteps: [{ id: a, agent: echo }, { id: b, agent: echo, needs: [a] }]\n",
+        json!({}),
+    );
+    h.take();
+    let at = h.now;
+    h.send(Event::SuspendRequested {
+        at,
+        id: "s1".into(),
+        reason: None,
+    });
+    assert!(
+        h.complete(key("a", None), 1, json!(1)).applied(),
+        "kept in the backlog"
+    );
+    assert!(
+        !h.complete(key("a", None), 1, json!(1)).applied(),
+        "a redelivery is not kept twice"
+    );
+    assert!(h.dispatched().is_empty());
+    h.send(Event::ResumeRequested {
+        at,
+        id: "r1".into(),
+        reason: None,
+    });
+    let suspend_again = Event::SuspendRequested {
+        at,
+        id: "s1".into(),
+        reason: None,
+    };
+    assert!(
+        !h.send(suspend_again).applied(),
+        "a late redelivery of the suspend must not suspend again"
+    );
+    let next = h.dispatched();
+    assert_eq!(next[0].key, key("b", None));
+    assert!(h.state.backlog.is_empty());
+}
+
+#[test]
+fn attempt_timeout_cancels_and_retries() {
+    let mut h = Harness::start(
+        "name: to\nversion: 1\nsteps: [{ id: a, agent: echo, timeout_ms: 500, retry: { max_attempts: 2, initial_interval_ms: 10 } }]\n",
+        json!({}),
+    );
+    let first = h.dispatched();
+    assert_eq!(
+        first[0].deadline,
+        Some(h.now + time::Duration::milliseconds(500))
+    );
+    h.advance(500);
+    h.fire(TimerKey::AttemptTimeout {
+        key: key("a", None),
+        attempt: 1,
+    });
+    let cmds = h.take();
+    assert!(
+        cmds.iter()
+            .any(|c| matches!(c, Command::CancelTask(t) if t.reason.contains("timed out")))
+    );
+    assert!(
+        scheduled(&cmds)
+            .iter()
+            .any(|(t, _)| matches!(t, TimerKey::Retry { attempt: 1, .. }))
+    );
+    // The late result of the timed-out attempt is stale.
+    assert!(!h.complete(key("a", None), 1, json!(1)).applied());
+}
+
+#[test]
+fn restart_starts_a_new_execution_and_ignores_the_old_one() {
+    let mut h = Harness::start(
+        "name: rs\nversion: 1\nsteps: [{ id: a, agent: echo }]\n",
+        json!({"v": 1}),
+    );
+    h.take();
+    let at = h.now;
+    assert!(
+        h.send(Event::RestartRequested {
+            at,
+            id: "r1".into(),
+            input: Some(json!({"v": 2}))
+        })
+        .applied()
+    );
+    assert!(
+        !h.send(Event::RestartRequested {
+            at,
+            id: "r1".into(),
+            input: None
+        })
+        .applied(),
+        "same restart twice"
+    );
+    let cmds = h.take();
+    assert!(
+        cmds.iter()
+            .any(|c| matches!(c, Command::CancelTask(t) if t.key.execution == 0))
+    );
+    let new = cmds
+        .iter()
+        .find_map(|c| match c {
+            Command::DispatchTask(t) => Some(t.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(new.key.execution, 1);
+    assert!(!h.complete(key("a", None), 1, json!("old")).applied());
+    h.complete(new.key, 1, json!("new"));
+    assert_eq!(h.state.status, RuntimeStatus::Completed);
+    assert_eq!(h.state.input, json!({"v": 2}));
+}
+
+#[test]
+fn timer_step_completes_when_it_fires() {
+    let mut h = Harness::start(
+        "name: tm\nversion: 1\nsteps: [{ id: nap, timer: { delay_ms: 250 } }]\n",
+        json!({}),
+    );
+    let timers = scheduled(&h.take());
+    assert_eq!(timers[0].1, h.now + time::Duration::milliseconds(250));
+    h.fire(TimerKey::Delay {
+        execution: 0,
+        step: step("nap"),
+    });
+    assert_eq!(h.state.status, RuntimeStatus::Completed);
+}
+
+#[test]
+fn runtime_expression_errors_fail_the_step_with_the_reason() {
+    let h = Harness::start(
+        "name: x\nversion: 1\nsteps: [{ id: each, for_each: '${{ input.items }}', agent: echo }]\n",
+        json!({"items": 3}),
+    );
+    assert_eq!(h.state.status, RuntimeStatus::Failed);
+    assert!(
+        h.state.error.as_deref().unwrap().contains("must be a list"),
+        "{:?}",
+        h.state.error
+    );
+}
+
+#[test]
+fn custom_status_comes_from_agent_results() {
+    let mut h = Harness::start(
+        "name: c\nversion: 1\nsteps: [{ id: a, agent: echo }]\n",
+        json!({}),
+    );
+    let at = h.now;
+    h.send(Event::TaskCompleted {
+        at,
+        key: key("a", None),
+        attempt: 1,
+        output: json!(1),
+        custom_status: Some(json!({"phase": "done"})),
+    });
+    assert_eq!(h.state.custom_status, Some(json!({"phase": "done"})));
+}
+
+#[test]
+fn progress_carries_the_history_sequence_and_replay_matches() {
+    let mut h = Harness::start(
+        "name: p\nversion: 1\nsteps: [{ id: a, agent: echo }]\n",
+        json!({}),
+    );
+    h.complete(key("a", None), 1, json!(1));
+    let seqs: Vec<u64> = h
+        .take()
+        .iter()
+        .filter_map(|c| match c {
+            Command::PublishProgress(p) => Some(p.seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        seqs,
+        vec![1, 1, 2, 2],
+        "started+step started at 1, step+instance completed at 2"
+    );
+    assert_eq!(replay(h.state.id.clone(), &h.history), h.state);
+}
+
+#[test]
+fn dynamic_agents_come_from_the_planner_output() {
+    let mut h = Harness::start(
+        r#"
+name: plan
+version: 1
+steps:
+  - { id: plan, agent: planner }
+  - { id: work, needs: [plan], for_each: "${{ steps.plan.output.tasks }}", agent: "${{ item.agent }}", input: "${{ item.input }}" }
+"#,
+        json!({}),
+    );
+    h.take();
+    h.complete(
+        key("plan", None),
+        1,
+        json!({"tasks": [{"agent": "coder", "input": 1}, {"agent": "data", "input": 2}]}),
+    );
+    let tasks = h.dispatched();
+    let agents: Vec<&str> = tasks.iter().map(|t| t.agent.as_str()).collect();
+    assert_eq!(agents, vec!["coder", "data"]);
+}
+
+#[test]
+fn state_round_trips_through_json() {
+    let mut h = Harness::start(APPROVAL, json!({}));
+    h.raise("other", json!(1));
+    let json = serde_json::to_string(&h.state).unwrap();
+    let back: legato_engine::InstanceState = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, h.state);
+    let history = serde_json::to_string(&h.history).unwrap();
+    let back: Vec<Event> = serde_json::from_str(&history).unwrap();
+    assert_eq!(back, h.history);
+}
