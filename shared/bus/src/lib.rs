@@ -1,1 +1,240 @@
+//! The Bus port: topics with routing keys, consumer groups with manual
+//! acknowledgement, bounded prefetch, redelivery and dead letters.
+//!
+//! Semantics every adapter keeps (checked by [`conformance`]):
+//! - a message published to a topic reaches every consumer group with a
+//!   binding that matches its routing key (AMQP topic patterns: `*` is one
+//!   dot-separated word, `#` zero or more), and one consumer within a group;
+//! - delivery is at-least-once: a delivery that is nacked, or dropped without
+//!   being settled (a crashed consumer), is delivered again with a higher
+//!   `delivery_count`;
+//! - after `max_deliveries` unsuccessful deliveries, or when a consumer says
+//!   so, the message moves to the group's dead-letter queue with its reason
+//!   and never blocks the messages behind it.
 
+pub mod conformance;
+mod in_process;
+mod pattern;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use legato_contracts::{DecodeError, Envelope, Topic};
+
+pub use in_process::InProcessBus;
+pub use pattern::matches as routing_key_matches;
+
+/// Header carrying why a message was dead-lettered.
+pub const DEAD_LETTER_REASON: &str = "x-legato-dead-letter-reason";
+/// How many deliveries a poison message gets before it is dead-lettered.
+pub const DEFAULT_MAX_DELIVERIES: u32 = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+    #[error("message could not be encoded: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("subscription closed")]
+    Closed,
+}
+
+/// Bytes to publish plus the metadata every adapter carries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutgoingMessage {
+    /// The CloudEvents id; brokers with duplicate detection key on it.
+    pub id: String,
+    pub body: Bytes,
+    pub headers: BTreeMap<String, String>,
+}
+
+impl OutgoingMessage {
+    pub fn from_envelope(envelope: &Envelope) -> Result<Self, BusError> {
+        let mut headers = BTreeMap::new();
+        headers.insert(
+            "cloudEvents_type".to_owned(),
+            envelope.type_name().to_owned(),
+        );
+        headers.insert(
+            "cloudEvents_subject".to_owned(),
+            envelope.subject.to_string(),
+        );
+        if let Some(tp) = &envelope.traceparent {
+            headers.insert("traceparent".to_owned(), tp.as_str().to_owned());
+        }
+        Ok(Self {
+            id: envelope.id.clone(),
+            body: Bytes::from(envelope.encode()?),
+            headers,
+        })
+    }
+}
+
+/// Where a consumer group reads from and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionSpec {
+    pub topic: Topic,
+    /// The durable queue shared by all consumers of the group.
+    pub group: String,
+    /// Routing-key patterns the group's queue is bound with.
+    pub bindings: Vec<String>,
+    /// Most unsettled deliveries this consumer holds at once.
+    pub prefetch: usize,
+    pub max_deliveries: u32,
+}
+
+impl SubscriptionSpec {
+    pub fn new(topic: Topic, group: impl Into<String>) -> Self {
+        Self {
+            topic,
+            group: group.into(),
+            bindings: Vec::new(),
+            prefetch: 16,
+            max_deliveries: DEFAULT_MAX_DELIVERIES,
+        }
+    }
+
+    pub fn bind(mut self, pattern: impl Into<String>) -> Self {
+        self.bindings.push(pattern.into());
+        self
+    }
+
+    pub fn prefetch(mut self, prefetch: usize) -> Self {
+        self.prefetch = prefetch.max(1);
+        self
+    }
+
+    pub fn max_deliveries(mut self, max: u32) -> Self {
+        self.max_deliveries = max.max(1);
+        self
+    }
+}
+
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    async fn publish(
+        &self,
+        topic: Topic,
+        routing_key: &str,
+        message: OutgoingMessage,
+    ) -> Result<(), BusError>;
+
+    /// Declares the group's queue (idempotently) and starts consuming.
+    async fn subscribe(&self, spec: SubscriptionSpec) -> Result<Box<dyn Subscription>, BusError>;
+
+    /// Consumes the dead-letter queue of a consumer group.
+    async fn dead_letters(
+        &self,
+        topic: Topic,
+        group: &str,
+    ) -> Result<Box<dyn Subscription>, BusError>;
+
+    /// Publishes an envelope with its payload's routing key.
+    async fn publish_envelope(&self, envelope: &Envelope) -> Result<(), BusError> {
+        let key = envelope
+            .payload
+            .routing_key(envelope.subject.as_str())
+            .to_owned();
+        self.publish(
+            envelope.payload.topic(),
+            &key,
+            OutgoingMessage::from_envelope(envelope)?,
+        )
+        .await
+    }
+}
+
+#[async_trait]
+pub trait Subscription: Send {
+    /// Waits for the next delivery.
+    async fn next(&mut self) -> Result<Delivery, BusError>;
+}
+
+/// How an adapter settles one delivery.
+#[async_trait]
+pub trait Settle: Send {
+    async fn ack(self: Box<Self>) -> Result<(), BusError>;
+    /// Return for redelivery (dead-lettered instead once deliveries run out).
+    async fn nack(self: Box<Self>) -> Result<(), BusError>;
+    async fn dead_letter(self: Box<Self>, reason: &str) -> Result<(), BusError>;
+    /// Called when a delivery is dropped unsettled: redeliver it, as a
+    /// broker does when a consumer's connection drops.
+    fn abandon(self: Box<Self>);
+}
+
+/// One delivery of one message to one consumer. Settle it exactly once;
+/// dropping it unsettled returns it to the queue.
+pub struct Delivery {
+    pub message_id: String,
+    pub routing_key: String,
+    pub body: Bytes,
+    pub headers: BTreeMap<String, String>,
+    /// 1 on first delivery.
+    pub delivery_count: u32,
+    settle: Option<Box<dyn Settle>>,
+}
+
+impl Delivery {
+    pub fn new(
+        message_id: String,
+        routing_key: String,
+        body: Bytes,
+        headers: BTreeMap<String, String>,
+        delivery_count: u32,
+        settle: Box<dyn Settle>,
+    ) -> Self {
+        Self {
+            message_id,
+            routing_key,
+            body,
+            headers,
+            delivery_count,
+            settle: Some(settle),
+        }
+    }
+
+    pub fn decode(&self) -> Result<Envelope, DecodeError> {
+        Envelope::decode(&self.body)
+    }
+
+    pub async fn ack(mut self) -> Result<(), BusError> {
+        match self.settle.take() {
+            Some(s) => s.ack().await,
+            None => Ok(()),
+        }
+    }
+
+    pub async fn nack(mut self) -> Result<(), BusError> {
+        match self.settle.take() {
+            Some(s) => s.nack().await,
+            None => Ok(()),
+        }
+    }
+
+    pub async fn dead_letter(mut self, reason: &str) -> Result<(), BusError> {
+        match self.settle.take() {
+            Some(s) => s.dead_letter(reason).await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if let Some(settle) = self.settle.take() {
+            settle.abandon();
+        }
+    }
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("message_id", &self.message_id)
+            .field("routing_key", &self.routing_key)
+            .field("delivery_count", &self.delivery_count)
+            .field("bytes", &self.body.len())
+            .finish()
+    }
+}

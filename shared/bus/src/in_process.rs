@@ -1,0 +1,259 @@
+//! The in-process adapter for `legato up` and tests: the same semantics as a
+//! broker, inside one process. It is not durable across restarts; in
+//! `legato up` durability comes from the store's outbox, which republishes
+//! whatever had not been delivered.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use legato_contracts::Topic;
+use tokio::sync::Notify;
+
+use crate::{
+    Bus, BusError, DEAD_LETTER_REASON, Delivery, OutgoingMessage, Settle, Subscription,
+    SubscriptionSpec,
+};
+
+#[derive(Clone, Default)]
+pub struct InProcessBus {
+    groups: Arc<Mutex<HashMap<(Topic, String), Arc<Queue>>>>,
+}
+
+#[derive(Clone)]
+struct Stored {
+    id: String,
+    routing_key: String,
+    body: Bytes,
+    headers: BTreeMap<String, String>,
+    delivery_count: u32,
+}
+
+struct Queue {
+    bindings: Mutex<Vec<String>>,
+    ready: Mutex<VecDeque<Stored>>,
+    available: Notify,
+    max_deliveries: Mutex<u32>,
+    dead: Option<Arc<Queue>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks cannot leave the queue
+    // half-updated (every critical section is a single push or pop), so a
+    // poisoned lock is still safe to use.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Queue {
+    fn new(dead: Option<Arc<Queue>>) -> Self {
+        Self {
+            bindings: Mutex::new(Vec::new()),
+            ready: Mutex::new(VecDeque::new()),
+            available: Notify::new(),
+            max_deliveries: Mutex::new(crate::DEFAULT_MAX_DELIVERIES),
+            dead,
+        }
+    }
+
+    fn push(&self, message: Stored) {
+        lock(&self.ready).push_back(message);
+        self.available.notify_waiters();
+    }
+
+    fn requeue(&self, message: Stored) {
+        // Back to the front: a redelivery should not wait behind the backlog.
+        lock(&self.ready).push_front(message);
+        self.available.notify_waiters();
+    }
+
+    fn dead_letter(&self, mut message: Stored, reason: &str) {
+        message
+            .headers
+            .insert(DEAD_LETTER_REASON.to_owned(), reason.to_owned());
+        message.delivery_count = 0;
+        if let Some(dead) = &self.dead {
+            dead.push(message);
+        }
+    }
+
+    /// Returns a delivery for redelivery, or dead-letters it when its
+    /// deliveries are used up.
+    fn retry_or_dead_letter(&self, message: Stored) {
+        let max = *lock(&self.max_deliveries);
+        if message.delivery_count >= max {
+            let reason = format!("not settled after {} deliveries", message.delivery_count);
+            self.dead_letter(message, &reason);
+        } else {
+            self.requeue(message);
+        }
+    }
+}
+
+impl InProcessBus {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn queue(&self, topic: Topic, group: &str) -> Arc<Queue> {
+        lock(&self.groups)
+            .entry((topic, group.to_owned()))
+            .or_insert_with(|| Arc::new(Queue::new(Some(Arc::new(Queue::new(None))))))
+            .clone()
+    }
+}
+
+#[async_trait]
+impl Bus for InProcessBus {
+    async fn publish(
+        &self,
+        topic: Topic,
+        routing_key: &str,
+        message: OutgoingMessage,
+    ) -> Result<(), BusError> {
+        let groups: Vec<Arc<Queue>> = lock(&self.groups)
+            .iter()
+            .filter(|((t, _), q)| {
+                *t == topic
+                    && lock(&q.bindings)
+                        .iter()
+                        .any(|p| crate::pattern::matches(p, routing_key))
+            })
+            .map(|(_, q)| q.clone())
+            .collect();
+        for queue in groups {
+            queue.push(Stored {
+                id: message.id.clone(),
+                routing_key: routing_key.to_owned(),
+                body: message.body.clone(),
+                headers: message.headers.clone(),
+                delivery_count: 0,
+            });
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, spec: SubscriptionSpec) -> Result<Box<dyn Subscription>, BusError> {
+        let queue = self.queue(spec.topic, &spec.group);
+        {
+            let mut bindings = lock(&queue.bindings);
+            for b in spec.bindings {
+                if !bindings.contains(&b) {
+                    bindings.push(b);
+                }
+            }
+        }
+        *lock(&queue.max_deliveries) = spec.max_deliveries;
+        Ok(Box::new(Consumer::new(queue, spec.prefetch)))
+    }
+
+    async fn dead_letters(
+        &self,
+        topic: Topic,
+        group: &str,
+    ) -> Result<Box<dyn Subscription>, BusError> {
+        let queue = self.queue(topic, group);
+        let dead = queue.dead.clone().ok_or(BusError::Closed)?;
+        Ok(Box::new(Consumer::new(dead, usize::MAX)))
+    }
+}
+
+struct Consumer {
+    queue: Arc<Queue>,
+    prefetch: usize,
+    unsettled: Arc<(AtomicUsize, Notify)>,
+}
+
+impl Consumer {
+    fn new(queue: Arc<Queue>, prefetch: usize) -> Self {
+        Self {
+            queue,
+            prefetch,
+            unsettled: Arc::new((AtomicUsize::new(0), Notify::new())),
+        }
+    }
+}
+
+#[async_trait]
+impl Subscription for Consumer {
+    async fn next(&mut self) -> Result<Delivery, BusError> {
+        loop {
+            // Register interest before looking, so a settle or publish that
+            // happens in between is not missed.
+            let settled = self.unsettled.1.notified();
+            let published = self.queue.available.notified();
+            tokio::pin!(settled, published);
+            settled.as_mut().enable();
+            published.as_mut().enable();
+
+            if self.unsettled.0.load(Ordering::SeqCst) >= self.prefetch {
+                settled.await;
+                continue;
+            }
+            let message = lock(&self.queue.ready).pop_front();
+            let Some(mut message) = message else {
+                published.await;
+                continue;
+            };
+            message.delivery_count += 1;
+            self.unsettled.0.fetch_add(1, Ordering::SeqCst);
+            let settle = InProcessSettle {
+                queue: self.queue.clone(),
+                message: message.clone(),
+                unsettled: self.unsettled.clone(),
+            };
+            return Ok(Delivery::new(
+                message.id,
+                message.routing_key,
+                message.body,
+                message.headers,
+                message.delivery_count,
+                Box::new(settle),
+            ));
+        }
+    }
+}
+
+struct InProcessSettle {
+    queue: Arc<Queue>,
+    message: Stored,
+    unsettled: Arc<(AtomicUsize, Notify)>,
+}
+
+impl InProcessSettle {
+    fn release(&self) {
+        self.unsettled.0.fetch_sub(1, Ordering::SeqCst);
+        self.unsettled.1.notify_waiters();
+    }
+}
+
+#[async_trait]
+impl Settle for InProcessSettle {
+    async fn ack(self: Box<Self>) -> Result<(), BusError> {
+        self.release();
+        Ok(())
+    }
+
+    async fn nack(self: Box<Self>) -> Result<(), BusError> {
+        self.release();
+        self.queue.retry_or_dead_letter(self.message);
+        Ok(())
+    }
+
+    async fn dead_letter(self: Box<Self>, reason: &str) -> Result<(), BusError> {
+        self.release();
+        self.queue.dead_letter(self.message, reason);
+        Ok(())
+    }
+
+    fn abandon(self: Box<Self>) {
+        self.release();
+        self.queue.retry_or_dead_letter(self.message);
+    }
+}
+
+#[cfg(test)]
+mod conformance_tests {
+    crate::bus_conformance_tests!(crate::InProcessBus::new());
+}
