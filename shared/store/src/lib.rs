@@ -1,1 +1,218 @@
+//! The Store port: durable saga state for workflow instances.
+//!
+//! One instance is one unit of consistency (one Azure Table partition): its
+//! record, its append-only history, its outbox of messages to publish and its
+//! timers. [`Store::commit`] writes all of them atomically, guarded by the
+//! record's [`Version`] (an ETag in Azure Table), so any number of
+//! orchestrator replicas can work without locks: the loser of a race gets
+//! [`StoreError::Conflict`], reloads and decides again.
+//!
+//! Every adapter passes the same [`conformance`] suite.
 
+pub mod conformance;
+mod sqlite;
+mod token;
+
+use async_trait::async_trait;
+use legato_contracts::{InstanceId, RuntimeStatus, Topic, WorkflowName};
+use serde_json::Value;
+use time::OffsetDateTime;
+
+pub use sqlite::SqliteStore;
+
+/// Opaque optimistic-concurrency token of an instance record.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Version(pub String);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The record changed since it was loaded (or already exists): reload
+    /// and decide again.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A value is beyond what the store can hold; never truncated.
+    #[error("too large: {0}")]
+    TooLarge(String),
+    /// The backing service failed; the operation may be retried.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
+    #[error("invalid continuation token")]
+    InvalidToken,
+}
+
+/// The indexed facts about an instance, enough to list and filter it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceSummary {
+    pub id: InstanceId,
+    pub workflow: WorkflowName,
+    pub workflow_version: u32,
+    pub status: RuntimeStatus,
+    pub tenant: Option<String>,
+    /// Timestamps are kept to the millisecond.
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+/// The instance row: its summary plus the engine's state snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceRecord {
+    pub summary: InstanceSummary,
+    pub state: Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredInstance {
+    pub record: InstanceRecord,
+    pub version: Version,
+}
+
+/// One accepted event. `seq` starts at 1 and has no gaps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryRow {
+    pub seq: u64,
+    pub at: OffsetDateTime,
+    pub event: Value,
+}
+
+/// A message committed with the state that caused it, published afterwards
+/// by the outbox relay and then deleted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRow {
+    /// The message id (unique within the instance).
+    pub id: String,
+    pub topic: Topic,
+    pub routing_key: String,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxEntry {
+    pub instance: InstanceId,
+    pub row: OutboxRow,
+}
+
+/// A durable timer; `payload` says what fires (the engine's timer key).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimerRow {
+    pub instance: InstanceId,
+    pub id: String,
+    pub due_at: OffsetDateTime,
+    pub payload: Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Expected {
+    /// Create the instance; conflict if it exists.
+    New,
+    /// Update only if the record is still at this version.
+    Version(Version),
+}
+
+/// Everything one engine decision writes, atomically.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Commit {
+    pub record: InstanceRecord,
+    pub expected: Expected,
+    pub history: Vec<HistoryRow>,
+    pub outbox: Vec<OutboxRow>,
+    pub add_timers: Vec<TimerRow>,
+    /// Ids of this instance's timers to delete (fired or cancelled).
+    pub remove_timers: Vec<String>,
+}
+
+impl Commit {
+    pub fn new(record: InstanceRecord, expected: Expected) -> Self {
+        Self {
+            record,
+            expected,
+            history: Vec::new(),
+            outbox: Vec::new(),
+            add_timers: Vec::new(),
+            remove_timers: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct InstanceQuery {
+    pub status: Option<RuntimeStatus>,
+    pub workflow: Option<WorkflowName>,
+    pub tenant: Option<String>,
+    /// Inclusive.
+    pub created_from: Option<OffsetDateTime>,
+    /// Exclusive.
+    pub created_to: Option<OffsetDateTime>,
+    /// Page size; 0 means the default of 100.
+    pub top: usize,
+    pub continuation: Option<String>,
+}
+
+/// Newest first; `continuation` is set when more instances match.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstancePage {
+    pub items: Vec<InstanceSummary>,
+    pub continuation: Option<String>,
+}
+
+/// A registered workflow definition version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DefinitionRecord {
+    pub name: WorkflowName,
+    pub version: u32,
+    pub hash: String,
+    pub body: Value,
+    pub registered_at: OffsetDateTime,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn load(&self, id: &InstanceId) -> Result<Option<StoredInstance>, StoreError>;
+
+    /// Writes record, history, outbox and timer changes atomically if the
+    /// expectation holds; returns the record's new version.
+    async fn commit(&self, commit: Commit) -> Result<Version, StoreError>;
+
+    /// History rows with `seq > after`, in order, at most `limit`.
+    async fn history(
+        &self,
+        id: &InstanceId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<HistoryRow>, StoreError>;
+
+    async fn list(&self, query: &InstanceQuery) -> Result<InstancePage, StoreError>;
+
+    /// Removes an instance with its history, outbox and timers; `false` if
+    /// there was nothing to remove.
+    async fn purge(&self, id: &InstanceId) -> Result<bool, StoreError>;
+
+    /// Timers due at `now` or earlier, earliest first.
+    async fn due_timers(
+        &self,
+        now: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<TimerRow>, StoreError>;
+
+    /// Committed messages not yet published, oldest first.
+    async fn pending_outbox(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError>;
+
+    async fn delete_outbox(&self, instance: &InstanceId, ids: &[String]) -> Result<(), StoreError>;
+
+    /// Registers a definition version. Registering the same content again is
+    /// a no-op; different content under an existing version is a conflict.
+    async fn put_definition(&self, definition: &DefinitionRecord) -> Result<(), StoreError>;
+
+    /// A version, or the latest when `version` is `None`.
+    async fn get_definition(
+        &self,
+        name: &WorkflowName,
+        version: Option<u32>,
+    ) -> Result<Option<DefinitionRecord>, StoreError>;
+
+    /// The latest version of every registered definition, by name.
+    async fn list_definitions(&self) -> Result<Vec<DefinitionRecord>, StoreError>;
+}

@@ -1,0 +1,477 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test-support code: a failed step is a failed test
+//! The conformance suite every Store adapter runs unchanged:
+//! `legato_store::store_conformance_tests!(make_store())` inside a test
+//! module expands to one `#[tokio::test]` per case. Cases use fresh instance
+//! ids and workflow names, so they are safe against a shared database (an
+//! Azurite account) and in any order.
+
+use legato_contracts::{InstanceId, RuntimeStatus, Topic, WorkflowName};
+use serde_json::json;
+use time::OffsetDateTime;
+use time::macros::datetime;
+
+use crate::{
+    Commit, DefinitionRecord, Expected, HistoryRow, InstanceQuery, InstanceRecord, InstanceSummary,
+    OutboxRow, Store, StoreError, TimerRow,
+};
+
+const BASE: OffsetDateTime = datetime!(2026-01-01 00:00 UTC);
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A fresh record with a unique id and workflow name.
+pub fn record(prefix: &str, status: RuntimeStatus) -> InstanceRecord {
+    record_for(
+        &WorkflowName::parse(unique("w")).unwrap(),
+        prefix,
+        status,
+        BASE,
+    )
+}
+
+fn record_for(
+    workflow: &WorkflowName,
+    prefix: &str,
+    status: RuntimeStatus,
+    created_at: OffsetDateTime,
+) -> InstanceRecord {
+    InstanceRecord {
+        summary: InstanceSummary {
+            id: InstanceId::parse(unique(&format!("{prefix}-"))).unwrap(),
+            workflow: workflow.clone(),
+            workflow_version: 1,
+            status,
+            tenant: Some("tenant-a".into()),
+            created_at,
+            updated_at: created_at,
+        },
+        state: json!({"status": status.as_str(), "nested": {"list": [1, 2, 3]}}),
+    }
+}
+
+fn history(seqs: std::ops::RangeInclusive<u64>) -> Vec<HistoryRow> {
+    seqs.map(|seq| HistoryRow {
+        seq,
+        at: BASE + time::Duration::seconds(seq as i64),
+        event: json!({"type": "e", "seq": seq}),
+    })
+    .collect()
+}
+
+fn outbox(id: &str) -> OutboxRow {
+    OutboxRow {
+        id: id.to_owned(),
+        topic: Topic::AgentTasks,
+        routing_key: "echo".into(),
+        body: format!("body-{id}").into_bytes(),
+    }
+}
+
+fn timer(instance: &InstanceId, id: &str, due: OffsetDateTime) -> TimerRow {
+    TimerRow {
+        instance: instance.clone(),
+        id: id.to_owned(),
+        due_at: due,
+        payload: json!({"kind": id}),
+    }
+}
+
+pub async fn create_then_load_returns_the_record(store: &dyn Store) {
+    let record = record("create", RuntimeStatus::Pending);
+    let version = store
+        .commit(Commit::new(record.clone(), Expected::New))
+        .await
+        .unwrap();
+    let loaded = store
+        .load(&record.summary.id)
+        .await
+        .unwrap()
+        .expect("instance exists");
+    assert_eq!(loaded.record, record);
+    assert_eq!(loaded.version, version);
+    let unknown = InstanceId::parse(unique("nobody-")).unwrap();
+    assert!(store.load(&unknown).await.unwrap().is_none());
+}
+
+pub async fn creating_an_existing_instance_conflicts(store: &dyn Store) {
+    let record = record("dup", RuntimeStatus::Pending);
+    store
+        .commit(Commit::new(record.clone(), Expected::New))
+        .await
+        .unwrap();
+    let err = store
+        .commit(Commit::new(record, Expected::New))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+}
+
+pub async fn a_stale_version_conflicts_and_writes_nothing(store: &dyn Store) {
+    let mut record = record("stale", RuntimeStatus::Running);
+    let id = record.summary.id.clone();
+    let v1 = store
+        .commit(Commit::new(record.clone(), Expected::New))
+        .await
+        .unwrap();
+    record.summary.status = RuntimeStatus::Completed;
+    let mut first = Commit::new(record.clone(), Expected::Version(v1.clone()));
+    first.history = history(1..=1);
+    let v2 = store.commit(first).await.unwrap();
+    assert_ne!(v1, v2);
+
+    record.summary.status = RuntimeStatus::Failed;
+    let mut stale = Commit::new(record, Expected::Version(v1));
+    stale.history = history(2..=2);
+    stale.outbox = vec![outbox("lost")];
+    stale.add_timers = vec![timer(&id, "lost", BASE)];
+    let err = store.commit(stale).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+
+    let loaded = store.load(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (loaded.record.summary.status, loaded.version),
+        (RuntimeStatus::Completed, v2)
+    );
+    assert_eq!(store.history(&id, 0, 100).await.unwrap().len(), 1);
+    assert!(
+        !store
+            .pending_outbox(10_000)
+            .await
+            .unwrap()
+            .iter()
+            .any(|o| o.instance == id)
+    );
+    assert!(
+        !store
+            .due_timers(BASE, 10_000)
+            .await
+            .unwrap()
+            .iter()
+            .any(|t| t.instance == id)
+    );
+}
+
+pub async fn concurrent_commits_on_one_version_have_one_winner(store: &dyn Store) {
+    let record = record("race", RuntimeStatus::Running);
+    let v1 = store
+        .commit(Commit::new(record.clone(), Expected::New))
+        .await
+        .unwrap();
+    let attempt = |n: u64| {
+        let mut c = Commit::new(record.clone(), Expected::Version(v1.clone()));
+        c.history = history(n..=n);
+        c.history[0].seq = 1;
+        store.commit(c)
+    };
+    let (a, b, c, d) = tokio::join!(attempt(1), attempt(2), attempt(3), attempt(4));
+    let results = [a, b, c, d];
+    let winners = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(winners, 1, "{results:?}");
+    assert!(
+        results
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .all(|e| matches!(e, StoreError::Conflict(_)))
+    );
+    assert_eq!(
+        store
+            .history(&record.summary.id, 0, 100)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+pub async fn history_appends_in_order_and_reads_after_a_sequence(store: &dyn Store) {
+    let record = record("hist", RuntimeStatus::Running);
+    let id = record.summary.id.clone();
+    let mut c = Commit::new(record.clone(), Expected::New);
+    c.history = history(1..=3);
+    let v = store.commit(c).await.unwrap();
+    let mut c = Commit::new(record, Expected::Version(v));
+    c.history = history(4..=6);
+    store.commit(c).await.unwrap();
+    let all = store.history(&id, 0, 100).await.unwrap();
+    assert_eq!(all, history(1..=6));
+    let after = store.history(&id, 4, 1).await.unwrap();
+    assert_eq!(after, history(5..=5));
+}
+
+pub async fn outbox_rows_are_pending_until_deleted(store: &dyn Store) {
+    let record = record("outbox", RuntimeStatus::Running);
+    let id = record.summary.id.clone();
+    let mut c = Commit::new(record, Expected::New);
+    c.outbox = vec![outbox("m1"), outbox("m2"), outbox("m3")];
+    store.commit(c).await.unwrap();
+    let mine = |rows: Vec<crate::OutboxEntry>| {
+        rows.into_iter()
+            .filter(|o| o.instance == id)
+            .map(|o| o.row)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        mine(store.pending_outbox(10_000).await.unwrap()),
+        vec![outbox("m1"), outbox("m2"), outbox("m3")]
+    );
+    store
+        .delete_outbox(&id, &["m1".into(), "m3".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        mine(store.pending_outbox(10_000).await.unwrap()),
+        vec![outbox("m2")]
+    );
+}
+
+pub async fn timers_come_due_in_order_and_commits_remove_them(store: &dyn Store) {
+    let record = record("timers", RuntimeStatus::Running);
+    let id = record.summary.id.clone();
+    let mut c = Commit::new(record.clone(), Expected::New);
+    c.add_timers = vec![
+        timer(&id, "late", BASE + time::Duration::hours(1)),
+        timer(&id, "second", BASE + time::Duration::seconds(2)),
+        timer(&id, "first", BASE + time::Duration::seconds(1)),
+    ];
+    let v = store.commit(c).await.unwrap();
+    let due = |now| {
+        let id = id.clone();
+        async move {
+            store
+                .due_timers(now, 10_000)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|t| t.instance == id)
+                .collect::<Vec<_>>()
+        }
+    };
+    let at_5s = due(BASE + time::Duration::seconds(5)).await;
+    assert_eq!(
+        at_5s.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+        vec!["first", "second"]
+    );
+    assert_eq!(
+        at_5s[0],
+        timer(
+            &record.summary.id,
+            "first",
+            BASE + time::Duration::seconds(1)
+        )
+    );
+    let mut c = Commit::new(record.clone(), Expected::Version(v));
+    c.remove_timers = vec!["first".into()];
+    store.commit(c).await.unwrap();
+    let later = due(BASE + time::Duration::hours(2)).await;
+    assert_eq!(
+        later.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+        vec!["second", "late"]
+    );
+}
+
+pub async fn listing_filters_and_pages_without_gaps(store: &dyn Store) {
+    let workflow = WorkflowName::parse(unique("list")).unwrap();
+    let mut created = Vec::new();
+    for i in 0..25 {
+        let status = if i % 5 == 0 {
+            RuntimeStatus::Completed
+        } else {
+            RuntimeStatus::Running
+        };
+        // Pairs share a timestamp so paging must break ties by id.
+        let record = record_for(
+            &workflow,
+            "list",
+            status,
+            BASE + time::Duration::seconds(i / 2),
+        );
+        created.push(record.summary.clone());
+        store
+            .commit(Commit::new(record, Expected::New))
+            .await
+            .unwrap();
+    }
+    let mut query = InstanceQuery {
+        workflow: Some(workflow.clone()),
+        top: 10,
+        ..InstanceQuery::default()
+    };
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page = store.list(&query).await.unwrap();
+        pages += 1;
+        assert!(page.items.len() <= 10);
+        seen.extend(page.items);
+        match page.continuation {
+            Some(token) => query.continuation = Some(token),
+            None => break,
+        }
+        assert!(pages < 10, "paging does not end");
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen.len(), 25);
+    let mut expected = created.clone();
+    expected.sort_by(|a, b| (b.created_at, b.id.as_str()).cmp(&(a.created_at, a.id.as_str())));
+    assert_eq!(
+        seen, expected,
+        "newest first, ties by id, no gaps or repeats"
+    );
+
+    let completed = store
+        .list(&InstanceQuery {
+            workflow: Some(workflow.clone()),
+            status: Some(RuntimeStatus::Completed),
+            ..InstanceQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(completed.items.len(), 5);
+    assert!(completed.continuation.is_none());
+
+    let window = store
+        .list(&InstanceQuery {
+            workflow: Some(workflow.clone()),
+            created_from: Some(BASE + time::Duration::seconds(2)),
+            created_to: Some(BASE + time::Duration::seconds(4)),
+            ..InstanceQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(window.items.len(), 4, "seconds 2 and 3, two instances each");
+
+    let other_tenant = store
+        .list(&InstanceQuery {
+            workflow: Some(workflow),
+            tenant: Some("tenant-b".into()),
+            ..InstanceQuery::default()
+        })
+        .await
+        .unwrap();
+    assert!(other_tenant.items.is_empty());
+
+    let bad = store
+        .list(&InstanceQuery {
+            continuation: Some("not a token!".into()),
+            ..InstanceQuery::default()
+        })
+        .await;
+    assert!(matches!(bad, Err(StoreError::InvalidToken)), "{bad:?}");
+}
+
+pub async fn purge_removes_the_whole_instance(store: &dyn Store) {
+    let record = record("purge", RuntimeStatus::Completed);
+    let id = record.summary.id.clone();
+    let mut c = Commit::new(record, Expected::New);
+    c.history = history(1..=3);
+    c.outbox = vec![outbox("x")];
+    c.add_timers = vec![timer(&id, "t", BASE)];
+    store.commit(c).await.unwrap();
+    assert!(store.purge(&id).await.unwrap());
+    assert!(store.load(&id).await.unwrap().is_none());
+    assert!(store.history(&id, 0, 100).await.unwrap().is_empty());
+    assert!(
+        !store
+            .pending_outbox(10_000)
+            .await
+            .unwrap()
+            .iter()
+            .any(|o| o.instance == id)
+    );
+    assert!(
+        !store
+            .due_timers(BASE, 10_000)
+            .await
+            .unwrap()
+            .iter()
+            .any(|t| t.instance == id)
+    );
+    assert!(!store.purge(&id).await.unwrap(), "nothing left to purge");
+}
+
+pub async fn large_values_round_trip_intact(store: &dyn Store) {
+    let mut record = record("large", RuntimeStatus::Running);
+    // 2 MiB of varied text: beyond one Azure Table property and entity.
+    let big: String = (0..2 * 1024 * 1024)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    record.state = json!({"blob": big, "unicode": "żółć ✓"});
+    let id = record.summary.id.clone();
+    let mut c = Commit::new(record.clone(), Expected::New);
+    c.history = vec![HistoryRow {
+        seq: 1,
+        at: BASE,
+        event: record.state.clone(),
+    }];
+    store.commit(c).await.unwrap();
+    assert_eq!(store.load(&id).await.unwrap().unwrap().record, record);
+    assert_eq!(
+        store.history(&id, 0, 10).await.unwrap()[0].event,
+        record.state
+    );
+}
+
+pub async fn definitions_are_versioned_and_immutable(store: &dyn Store) {
+    let name = WorkflowName::parse(unique("def")).unwrap();
+    let def = |version: u32, hash: &str| DefinitionRecord {
+        name: name.clone(),
+        version,
+        hash: hash.to_owned(),
+        body: json!({"name": name.as_str(), "version": version}),
+        registered_at: BASE,
+    };
+    store.put_definition(&def(1, "h1")).await.unwrap();
+    store.put_definition(&def(2, "h2")).await.unwrap();
+    store.put_definition(&def(1, "h1")).await.unwrap();
+    let err = store.put_definition(&def(1, "changed")).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert_eq!(
+        store.get_definition(&name, None).await.unwrap(),
+        Some(def(2, "h2"))
+    );
+    assert_eq!(
+        store.get_definition(&name, Some(1)).await.unwrap(),
+        Some(def(1, "h1"))
+    );
+    assert_eq!(store.get_definition(&name, Some(3)).await.unwrap(), None);
+    let listed: Vec<_> = store
+        .list_definitions()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|d| d.name == name)
+        .collect();
+    assert_eq!(listed, vec![def(2, "h2")]);
+}
+
+/// Expands to one test per conformance case for the adapter built by `$make`
+/// (an expression, evaluated inside each async test).
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($make:expr) => {
+        $crate::store_conformance_tests!(@cases $make;
+            create_then_load_returns_the_record,
+            creating_an_existing_instance_conflicts,
+            a_stale_version_conflicts_and_writes_nothing,
+            concurrent_commits_on_one_version_have_one_winner,
+            history_appends_in_order_and_reads_after_a_sequence,
+            outbox_rows_are_pending_until_deleted,
+            timers_come_due_in_order_and_commits_remove_them,
+            listing_filters_and_pages_without_gaps,
+            purge_removes_the_whole_instance,
+            large_values_round_trip_intact,
+            definitions_are_versioned_and_immutable,
+        );
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let store = $make;
+                $crate::conformance::$case(&store).await;
+            }
+        )*
+    };
+}

@@ -1,0 +1,543 @@
+//! The embedded SQLite adapter for `legato up` and single-node use: a file
+//! (WAL mode) or in-memory database behind one connection. Calls run on the
+//! blocking pool so they never stall the async runtime.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use legato_contracts::{InstanceId, RuntimeStatus, Topic, WorkflowName};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::token::{self, ListPosition};
+use crate::{
+    Commit, DefinitionRecord, Expected, HistoryRow, InstancePage, InstanceQuery, InstanceRecord,
+    InstanceSummary, OutboxEntry, OutboxRow, Store, StoreError, StoredInstance, TimerRow, Version,
+};
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS instances (
+    id TEXT PRIMARY KEY,
+    workflow TEXT NOT NULL,
+    workflow_version INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    tenant TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    state TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instances_by_created ON instances (created_at DESC, id DESC);
+CREATE TABLE IF NOT EXISTS history (
+    instance_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    PRIMARY KEY (instance_id, seq)
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    position INTEGER PRIMARY KEY AUTOINCREMENT,
+    instance_id TEXT NOT NULL,
+    id TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    routing_key TEXT NOT NULL,
+    body BLOB NOT NULL,
+    UNIQUE (instance_id, id)
+);
+CREATE TABLE IF NOT EXISTS timers (
+    instance_id TEXT NOT NULL,
+    id TEXT NOT NULL,
+    due_at INTEGER NOT NULL,
+    payload TEXT NOT NULL,
+    PRIMARY KEY (instance_id, id)
+);
+CREATE INDEX IF NOT EXISTS timers_by_due ON timers (due_at);
+CREATE TABLE IF NOT EXISTS definitions (
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    body TEXT NOT NULL,
+    registered_at INTEGER NOT NULL,
+    PRIMARY KEY (name, version)
+);
+"#;
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) a database file.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let conn = Connection::open(path).map_err(unavailable)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(unavailable)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(unavailable)?;
+        Self::init(conn)
+    }
+
+    /// A private database that lives as long as this value.
+    pub fn in_memory() -> Result<Self, StoreError> {
+        Self::init(Connection::open_in_memory().map_err(unavailable)?)
+    }
+
+    fn init(conn: Connection) -> Result<Self, StoreError> {
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(unavailable)?;
+        conn.execute_batch(SCHEMA).map_err(unavailable)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    async fn with<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn
+                .lock()
+                .map_err(|_| StoreError::Unavailable("connection lock poisoned".into()))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+}
+
+fn unavailable(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn is_constraint(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(err, _) if err.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
+fn millis(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+fn from_millis(ms: i64) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .map_err(|e| StoreError::Corrupt(format!("timestamp {ms}: {e}")))
+}
+
+fn corrupt(what: &str) -> impl Fn(String) -> StoreError + '_ {
+    move |e| StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn json_text(value: &Value) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn parse_json(text: &str) -> Result<Value, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("stored JSON: {e}")))
+}
+
+fn topic_from(text: &str) -> Result<Topic, StoreError> {
+    Topic::ALL
+        .into_iter()
+        .find(|t| t.as_str() == text)
+        .ok_or_else(|| StoreError::Corrupt(format!("topic {text}")))
+}
+
+const SUMMARY_COLUMNS: &str =
+    "id, workflow, workflow_version, status, tenant, created_at, updated_at";
+
+fn summary(row: &Row<'_>) -> Result<InstanceSummary, StoreError> {
+    let get = |i: usize| -> Result<String, StoreError> { row.get(i).map_err(unavailable) };
+    Ok(InstanceSummary {
+        id: InstanceId::parse(get(0)?).map_err(|e| corrupt("instance id")(e.to_string()))?,
+        workflow: WorkflowName::parse(get(1)?).map_err(|e| corrupt("workflow")(e.to_string()))?,
+        workflow_version: row.get(2).map_err(unavailable)?,
+        status: RuntimeStatus::parse(&get(3)?)
+            .ok_or_else(|| StoreError::Corrupt("status".into()))?,
+        tenant: row.get(4).map_err(unavailable)?,
+        created_at: from_millis(row.get(5).map_err(unavailable)?)?,
+        updated_at: from_millis(row.get(6).map_err(unavailable)?)?,
+    })
+}
+
+fn definition(row: &Row<'_>) -> Result<DefinitionRecord, StoreError> {
+    let name: String = row.get(0).map_err(unavailable)?;
+    let body: String = row.get(3).map_err(unavailable)?;
+    Ok(DefinitionRecord {
+        name: WorkflowName::parse(name).map_err(|e| corrupt("definition name")(e.to_string()))?,
+        version: row.get(1).map_err(unavailable)?,
+        hash: row.get(2).map_err(unavailable)?,
+        body: parse_json(&body)?,
+        registered_at: from_millis(row.get(4).map_err(unavailable)?)?,
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn load(&self, id: &InstanceId) -> Result<Option<StoredInstance>, StoreError> {
+        let id = id.to_string();
+        self.with(move |conn| {
+            let sql =
+                format!("SELECT {SUMMARY_COLUMNS}, version, state FROM instances WHERE id = ?1");
+            let mut stmt = conn.prepare_cached(&sql).map_err(unavailable)?;
+            let mut rows = stmt.query(params![id]).map_err(unavailable)?;
+            let Some(row) = rows.next().map_err(unavailable)? else {
+                return Ok(None);
+            };
+            let version: i64 = row.get(7).map_err(unavailable)?;
+            let state: String = row.get(8).map_err(unavailable)?;
+            Ok(Some(StoredInstance {
+                record: InstanceRecord {
+                    summary: summary(row)?,
+                    state: parse_json(&state)?,
+                },
+                version: Version(version.to_string()),
+            }))
+        })
+        .await
+    }
+
+    async fn commit(&self, commit: Commit) -> Result<Version, StoreError> {
+        self.with(move |conn| {
+            let tx = conn.transaction().map_err(unavailable)?;
+            let s = &commit.record.summary;
+            let state = json_text(&commit.record.state)?;
+            let new_version = match &commit.expected {
+                Expected::New => {
+                    let inserted = tx.execute(
+                        "INSERT INTO instances (id, workflow, workflow_version, status, tenant, created_at, updated_at, version, state)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8)",
+                        params![s.id.as_str(), s.workflow.as_str(), s.workflow_version, s.status.as_str(), s.tenant,
+                                millis(s.created_at), millis(s.updated_at), state],
+                    );
+                    match inserted {
+                        Ok(_) => 1,
+                        Err(e) if is_constraint(&e) => return Err(StoreError::Conflict(format!("instance {} exists", s.id))),
+                        Err(e) => return Err(unavailable(e)),
+                    }
+                }
+                Expected::Version(Version(v)) => {
+                    let expected: i64 = v.parse().map_err(|_| StoreError::Conflict(format!("version {v:?} is not ours")))?;
+                    let updated = tx
+                        .execute(
+                            "UPDATE instances SET workflow = ?2, workflow_version = ?3, status = ?4, tenant = ?5, created_at = ?6,
+                                 updated_at = ?7, state = ?8, version = version + 1
+                             WHERE id = ?1 AND version = ?9",
+                            params![s.id.as_str(), s.workflow.as_str(), s.workflow_version, s.status.as_str(), s.tenant,
+                                    millis(s.created_at), millis(s.updated_at), state, expected],
+                        )
+                        .map_err(unavailable)?;
+                    if updated == 0 {
+                        return Err(StoreError::Conflict(format!("instance {} is not at version {v}", s.id)));
+                    }
+                    expected + 1
+                }
+            };
+            let id = s.id.as_str();
+            for h in &commit.history {
+                let inserted = tx.execute(
+                    "INSERT INTO history (instance_id, seq, at, event) VALUES (?1, ?2, ?3, ?4)",
+                    params![id, i64::try_from(h.seq).map_err(|_| StoreError::TooLarge("history sequence".into()))?, millis(h.at), json_text(&h.event)?],
+                );
+                match inserted {
+                    Ok(_) => {}
+                    Err(e) if is_constraint(&e) => return Err(StoreError::Conflict(format!("history row {} exists", h.seq))),
+                    Err(e) => return Err(unavailable(e)),
+                }
+            }
+            for o in &commit.outbox {
+                tx.execute(
+                    "INSERT INTO outbox (instance_id, id, topic, routing_key, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![id, o.id, o.topic.as_str(), o.routing_key, o.body],
+                )
+                .map_err(|e| if is_constraint(&e) { StoreError::Conflict(format!("outbox row {} exists", o.id)) } else { unavailable(e) })?;
+            }
+            for t in &commit.remove_timers {
+                tx.execute("DELETE FROM timers WHERE instance_id = ?1 AND id = ?2", params![id, t]).map_err(unavailable)?;
+            }
+            for t in &commit.add_timers {
+                tx.execute(
+                    "INSERT OR REPLACE INTO timers (instance_id, id, due_at, payload) VALUES (?1, ?2, ?3, ?4)",
+                    params![id, t.id, millis(t.due_at), json_text(&t.payload)?],
+                )
+                .map_err(unavailable)?;
+            }
+            tx.commit().map_err(unavailable)?;
+            Ok(Version(new_version.to_string()))
+        })
+        .await
+    }
+
+    async fn history(
+        &self,
+        id: &InstanceId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<HistoryRow>, StoreError> {
+        let id = id.to_string();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        self.with(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT seq, at, event FROM history WHERE instance_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3")
+                .map_err(unavailable)?;
+            let mut rows = stmt.query(params![id, after, limit]).map_err(unavailable)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(unavailable)? {
+                let event: String = row.get(2).map_err(unavailable)?;
+                let seq: i64 = row.get(0).map_err(unavailable)?;
+                out.push(HistoryRow {
+                    seq: u64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("history sequence {seq}")))?,
+                    at: from_millis(row.get(1).map_err(unavailable)?)?,
+                    event: parse_json(&event)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn list(&self, query: &InstanceQuery) -> Result<InstancePage, StoreError> {
+        let query = query.clone();
+        let position = query
+            .continuation
+            .as_deref()
+            .map(token::decode)
+            .transpose()?;
+        self.with(move |conn| {
+            let top = if query.top == 0 { 100 } else { query.top };
+            let sql = format!(
+                "SELECT {SUMMARY_COLUMNS} FROM instances
+                 WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR workflow = ?2) AND (?3 IS NULL OR tenant = ?3)
+                   AND (?4 IS NULL OR created_at >= ?4) AND (?5 IS NULL OR created_at < ?5)
+                   AND (?6 IS NULL OR created_at < ?6 OR (created_at = ?6 AND id < ?7))
+                 ORDER BY created_at DESC, id DESC LIMIT ?8"
+            );
+            let mut stmt = conn.prepare_cached(&sql).map_err(unavailable)?;
+            let mut rows = stmt
+                .query(params![
+                    query.status.map(RuntimeStatus::as_str),
+                    query.workflow.as_ref().map(WorkflowName::as_str),
+                    query.tenant,
+                    query.created_from.map(millis),
+                    query.created_to.map(millis),
+                    position.as_ref().map(|p| p.c),
+                    position.as_ref().map(|p| p.i.clone()),
+                    i64::try_from(top + 1).unwrap_or(i64::MAX),
+                ])
+                .map_err(unavailable)?;
+            let mut items = Vec::new();
+            while let Some(row) = rows.next().map_err(unavailable)? {
+                items.push(summary(row)?);
+            }
+            let continuation = if items.len() > top {
+                items.truncate(top);
+                items.last().map(|last| token::encode(&ListPosition { c: millis(last.created_at), i: last.id.to_string() }))
+            } else {
+                None
+            };
+            Ok(InstancePage { items, continuation })
+        })
+        .await
+    }
+
+    async fn purge(&self, id: &InstanceId) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        self.with(move |conn| {
+            let tx = conn.transaction().map_err(unavailable)?;
+            let removed = tx
+                .execute("DELETE FROM instances WHERE id = ?1", params![id])
+                .map_err(unavailable)?;
+            for table in ["history", "outbox", "timers"] {
+                tx.execute(
+                    &format!("DELETE FROM {table} WHERE instance_id = ?1"),
+                    params![id],
+                )
+                .map_err(unavailable)?;
+            }
+            tx.commit().map_err(unavailable)?;
+            Ok(removed > 0)
+        })
+        .await
+    }
+
+    async fn due_timers(
+        &self,
+        now: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<TimerRow>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT instance_id, id, due_at, payload FROM timers WHERE due_at <= ?1 ORDER BY due_at, instance_id, id LIMIT ?2")
+                .map_err(unavailable)?;
+            let mut rows = stmt.query(params![millis(now), limit]).map_err(unavailable)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(unavailable)? {
+                let instance: String = row.get(0).map_err(unavailable)?;
+                let payload: String = row.get(3).map_err(unavailable)?;
+                out.push(TimerRow {
+                    instance: InstanceId::parse(instance).map_err(|e| corrupt("timer instance")(e.to_string()))?,
+                    id: row.get(1).map_err(unavailable)?,
+                    due_at: from_millis(row.get(2).map_err(unavailable)?)?,
+                    payload: parse_json(&payload)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn pending_outbox(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT instance_id, id, topic, routing_key, body FROM outbox ORDER BY position LIMIT ?1")
+                .map_err(unavailable)?;
+            let mut rows = stmt.query(params![limit]).map_err(unavailable)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(unavailable)? {
+                let instance: String = row.get(0).map_err(unavailable)?;
+                let topic: String = row.get(2).map_err(unavailable)?;
+                out.push(OutboxEntry {
+                    instance: InstanceId::parse(instance).map_err(|e| corrupt("outbox instance")(e.to_string()))?,
+                    row: OutboxRow {
+                        id: row.get(1).map_err(unavailable)?,
+                        topic: topic_from(&topic)?,
+                        routing_key: row.get(3).map_err(unavailable)?,
+                        body: row.get(4).map_err(unavailable)?,
+                    },
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete_outbox(&self, instance: &InstanceId, ids: &[String]) -> Result<(), StoreError> {
+        let instance = instance.to_string();
+        let ids = ids.to_vec();
+        self.with(move |conn| {
+            let tx = conn.transaction().map_err(unavailable)?;
+            for id in &ids {
+                tx.execute(
+                    "DELETE FROM outbox WHERE instance_id = ?1 AND id = ?2",
+                    params![instance, id],
+                )
+                .map_err(unavailable)?;
+            }
+            tx.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn put_definition(&self, d: &DefinitionRecord) -> Result<(), StoreError> {
+        let d = d.clone();
+        self.with(move |conn| {
+            let existing: Option<String> = conn
+                .query_row(
+                    "SELECT hash FROM definitions WHERE name = ?1 AND version = ?2",
+                    params![d.name.as_str(), d.version],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            match existing {
+                Some(hash) if hash == d.hash => Ok(()),
+                Some(_) => Err(StoreError::Conflict(format!(
+                    "{} version {} is registered with different content; register a new version",
+                    d.name, d.version
+                ))),
+                None => conn
+                    .execute(
+                        "INSERT INTO definitions (name, version, hash, body, registered_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        params![d.name.as_str(), d.version, d.hash, json_text(&d.body)?, millis(d.registered_at)],
+                    )
+                    .map(|_| ())
+                    .map_err(|e| if is_constraint(&e) { StoreError::Conflict("registered concurrently".into()) } else { unavailable(e) }),
+            }
+        })
+        .await
+    }
+
+    async fn get_definition(
+        &self,
+        name: &WorkflowName,
+        version: Option<u32>,
+    ) -> Result<Option<DefinitionRecord>, StoreError> {
+        let name = name.to_string();
+        self.with(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT name, version, hash, body, registered_at FROM definitions
+                     WHERE name = ?1 AND (?2 IS NULL OR version = ?2) ORDER BY version DESC LIMIT 1",
+                )
+                .map_err(unavailable)?;
+            let mut rows = stmt.query(params![name, version]).map_err(unavailable)?;
+            match rows.next().map_err(unavailable)? {
+                Some(row) => Ok(Some(definition(row)?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn list_definitions(&self) -> Result<Vec<DefinitionRecord>, StoreError> {
+        self.with(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT d.name, d.version, d.hash, d.body, d.registered_at FROM definitions d
+                     WHERE d.version = (SELECT MAX(version) FROM definitions WHERE name = d.name) ORDER BY d.name",
+                )
+                .map_err(unavailable)?;
+            let mut rows = stmt.query([]).map_err(unavailable)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(unavailable)? {
+                out.push(definition(row)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod conformance_tests {
+    mod in_memory {
+        crate::store_conformance_tests!(crate::SqliteStore::in_memory().unwrap());
+    }
+
+    mod file {
+        crate::store_conformance_tests!({
+            let dir = std::env::temp_dir()
+                .join(format!("legato-store-{}", uuid::Uuid::new_v4().simple()));
+            std::fs::create_dir_all(&dir).unwrap();
+            crate::SqliteStore::open(dir.join("legato.db")).unwrap()
+        });
+    }
+
+    #[tokio::test]
+    async fn state_survives_reopening_the_file() {
+        use crate::Store;
+        let dir =
+            std::env::temp_dir().join(format!("legato-reopen-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("legato.db");
+        let record = crate::conformance::record("reopen", legato_contracts::RuntimeStatus::Running);
+        let id = record.summary.id.clone();
+        {
+            let store = crate::SqliteStore::open(&path).unwrap();
+            store
+                .commit(crate::Commit::new(record.clone(), crate::Expected::New))
+                .await
+                .unwrap();
+        }
+        let store = crate::SqliteStore::open(&path).unwrap();
+        assert_eq!(store.load(&id).await.unwrap().unwrap().record, record);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
