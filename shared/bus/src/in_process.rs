@@ -17,9 +17,12 @@ use crate::{
     SubscriptionSpec,
 };
 
+/// Consumer-group queues by topic and group name.
+type Groups = HashMap<(Topic, String), Arc<Queue>>;
+
 #[derive(Clone, Default)]
 pub struct InProcessBus {
-    groups: Arc<Mutex<HashMap<(Topic, String), Arc<Queue>>>>,
+    groups: Arc<Mutex<Groups>>,
 }
 
 #[derive(Clone)]

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 //! Properties over random DAGs and random event orders:
 //! - replaying the accepted history rebuilds the same state;
 //! - delivering any accepted event again (at once or much later) changes nothing;
@@ -181,7 +182,7 @@ impl Run {
         self.now += time::Duration::milliseconds(7);
         let at = self.now;
         let c = choice as usize;
-        if chaos && c % 23 == 0 && !self.history.is_empty() {
+        if chaos && c.is_multiple_of(23) && !self.history.is_empty() {
             let old = self.history[c % self.history.len()].clone();
             let decision = decide(&self.state, &old);
             assert!(
@@ -234,7 +235,7 @@ impl Run {
                     output: json!(attempt),
                     custom_status: None,
                 },
-                2 if chaos && c % 3 == 0 => Event::TaskFailed {
+                2 if chaos && c.is_multiple_of(3) => Event::TaskFailed {
                     at,
                     key,
                     attempt,
@@ -323,7 +324,7 @@ proptest! {
         let mut run = Run::new(&specs);
         // Bounded: a DAG of at most 7 steps with 4 items and 3 attempts each
         // needs far fewer than 400 + 1000 moves.
-        let mut moves = choices.into_iter().chain(std::iter::repeat(0u16).take(1000));
+        let mut moves = choices.into_iter().chain(std::iter::repeat_n(0u16, 1000));
         while run.state.status == RuntimeStatus::Running {
             let Some(c) = moves.next() else { break };
             run.step(c, false);

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 //! Behaviour of each step kind as tables of events and expected commands.
 
 mod common;

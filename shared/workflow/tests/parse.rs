@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 use legato_workflow::{Action, AgentRef, parse};
 use serde_json::json;
 
