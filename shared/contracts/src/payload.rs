@@ -8,6 +8,16 @@ use time::OffsetDateTime;
 
 use crate::{AgentName, EventName, RuntimeStatus, StepId, TaskKey, WorkflowName};
 
+/// Attempts count from 1; a 0 on the wire is a producer bug, refused at the
+/// edge like any other invalid field.
+fn attempt_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    let n = u32::deserialize(deserializer)?;
+    if n == 0 {
+        return Err(serde::de::Error::custom("attempt must be at least 1"));
+    }
+    Ok(n)
+}
+
 /// The four topics of the architecture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -97,6 +107,7 @@ pub struct RestartInstance {
 #[serde(deny_unknown_fields)]
 pub struct TaskDispatched {
     pub key: TaskKey,
+    #[serde(deserialize_with = "attempt_number")]
     pub attempt: u32,
     pub agent: AgentName,
     pub workflow: WorkflowName,
@@ -116,6 +127,7 @@ pub struct TaskDispatched {
 #[serde(deny_unknown_fields)]
 pub struct TaskCancelled {
     pub key: TaskKey,
+    #[serde(deserialize_with = "attempt_number")]
     pub attempt: u32,
     pub reason: String,
 }
@@ -124,6 +136,7 @@ pub struct TaskCancelled {
 #[serde(deny_unknown_fields)]
 pub struct TaskCompleted {
     pub key: TaskKey,
+    #[serde(deserialize_with = "attempt_number")]
     pub attempt: u32,
     #[serde(default)]
     pub output: Value,
@@ -145,6 +158,7 @@ pub struct TaskError {
 #[serde(deny_unknown_fields)]
 pub struct TaskFailed {
     pub key: TaskKey,
+    #[serde(deserialize_with = "attempt_number")]
     pub attempt: u32,
     pub error: TaskError,
 }
@@ -154,6 +168,7 @@ pub struct TaskFailed {
 #[serde(deny_unknown_fields)]
 pub struct TaskHeartbeat {
     pub key: TaskKey,
+    #[serde(deserialize_with = "attempt_number")]
     pub attempt: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Value>,
