@@ -603,3 +603,96 @@ fn state_round_trips_through_json() {
     let back: Vec<Event> = serde_json::from_str(&history).unwrap();
     assert_eq!(back, h.history);
 }
+
+/// One instance, one table: each row is an event and whether the engine must
+/// apply it, in order.
+#[test]
+fn event_acceptance_table() {
+    let mut h = Harness::start(
+        "name: t\nversion: 1\nsteps:\n  - { id: a, agent: echo, retry: { max_attempts: 2, initial_interval_ms: 10 } }\n  - { id: ask, needs: [a], wait_for_event: { name: go } }\n",
+        json!({}),
+    );
+    let at = h.now;
+    let ev = |id: &str, name: &str| Event::EventRaised {
+        at,
+        id: id.into(),
+        name: legato_contracts::EventName::parse(name).unwrap(),
+        data: json!(id),
+    };
+    let failed = |attempt| Event::TaskFailed {
+        at,
+        key: key("a", None),
+        attempt,
+        error: legato_contracts::TaskError {
+            message: "x".into(),
+            retryable: true,
+        },
+    };
+    let done = |attempt| Event::TaskCompleted {
+        at,
+        key: key("a", None),
+        attempt,
+        output: json!(attempt),
+        custom_status: None,
+    };
+    let retry = |attempt| Event::TimerFired {
+        at,
+        timer: TimerKey::Retry {
+            key: key("a", None),
+            attempt,
+        },
+    };
+    let rows: Vec<(&str, Event, bool)> = vec![
+        ("attempt 1 fails, retryable", failed(1), true),
+        ("the same failure again", failed(1), false),
+        ("a result for attempt 1 after it failed", done(1), false),
+        ("the retry timer fires", retry(1), true),
+        ("the retry timer fires twice", retry(1), false),
+        ("an early event is buffered", ev("e1", "go"), true),
+        ("the same event message again", ev("e1", "go"), false),
+        (
+            "suspend",
+            Event::SuspendRequested {
+                at,
+                id: "s".into(),
+                reason: None,
+            },
+            true,
+        ),
+        ("attempt 2 completes while suspended", done(2), true),
+        ("and is redelivered while suspended", done(2), false),
+        (
+            "suspend again",
+            Event::SuspendRequested {
+                at,
+                id: "s2".into(),
+                reason: None,
+            },
+            false,
+        ),
+        (
+            "resume: a completes, ask takes the buffered event",
+            Event::ResumeRequested {
+                at,
+                id: "r".into(),
+                reason: None,
+            },
+            true,
+        ),
+        ("attempt 2 redelivered after resume", done(2), false),
+        (
+            "a restart after completion",
+            Event::RestartRequested {
+                at,
+                id: "x".into(),
+                input: None,
+            },
+            true,
+        ),
+        ("the old execution's result", done(2), false),
+    ];
+    for (why, event, applies) in rows {
+        assert_eq!(h.send(event).applied(), applies, "{why}");
+    }
+    assert_eq!(h.state.execution, 1);
+}

@@ -78,6 +78,19 @@ fn timer(instance: &InstanceId, id: &str, due: OffsetDateTime) -> TimerRow {
     }
 }
 
+async fn assert_no_outbox_or_timers(store: &dyn Store, id: &InstanceId) {
+    let outbox = store.pending_outbox(10_000).await.unwrap();
+    assert!(
+        !outbox.iter().any(|o| &o.instance == id),
+        "outbox rows left for {id}"
+    );
+    let timers = store.due_timers(BASE, 10_000).await.unwrap();
+    assert!(
+        !timers.iter().any(|t| &t.instance == id),
+        "timers left for {id}"
+    );
+}
+
 pub async fn create_then_load_returns_the_record(store: &dyn Store) {
     let record = record("create", RuntimeStatus::Pending);
     let version = store
@@ -135,22 +148,7 @@ pub async fn a_stale_version_conflicts_and_writes_nothing(store: &dyn Store) {
         (RuntimeStatus::Completed, v2)
     );
     assert_eq!(store.history(&id, 0, 100).await.unwrap().len(), 1);
-    assert!(
-        !store
-            .pending_outbox(10_000)
-            .await
-            .unwrap()
-            .iter()
-            .any(|o| o.instance == id)
-    );
-    assert!(
-        !store
-            .due_timers(BASE, 10_000)
-            .await
-            .unwrap()
-            .iter()
-            .any(|t| t.instance == id)
-    );
+    assert_no_outbox_or_timers(store, &id).await;
 }
 
 pub async fn concurrent_commits_on_one_version_have_one_winner(store: &dyn Store) {
@@ -372,22 +370,7 @@ pub async fn purge_removes_the_whole_instance(store: &dyn Store) {
     assert!(store.purge(&id).await.unwrap());
     assert!(store.load(&id).await.unwrap().is_none());
     assert!(store.history(&id, 0, 100).await.unwrap().is_empty());
-    assert!(
-        !store
-            .pending_outbox(10_000)
-            .await
-            .unwrap()
-            .iter()
-            .any(|o| o.instance == id)
-    );
-    assert!(
-        !store
-            .due_timers(BASE, 10_000)
-            .await
-            .unwrap()
-            .iter()
-            .any(|t| t.instance == id)
-    );
+    assert_no_outbox_or_timers(store, &id).await;
     assert!(!store.purge(&id).await.unwrap(), "nothing left to purge");
 }
 
