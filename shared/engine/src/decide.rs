@@ -172,17 +172,21 @@ impl Ctx {
     pub fn progress(&mut self, kind: ProgressKind) -> ProgressBuilder<'_> {
         ProgressBuilder {
             ctx: self,
-            event: ProgressEvent {
-                seq: 0,
-                kind,
-                status: RuntimeStatus::Pending,
-                step: None,
-                item: None,
-                attempt: None,
-                message: None,
-                data: None,
-            },
+            event: blank_progress(kind),
         }
+    }
+}
+
+fn blank_progress(kind: ProgressKind) -> ProgressEvent {
+    ProgressEvent {
+        seq: 0,
+        kind,
+        status: RuntimeStatus::Pending,
+        step: None,
+        item: None,
+        attempt: None,
+        message: None,
+        data: None,
     }
 }
 
@@ -222,7 +226,9 @@ impl ProgressBuilder<'_> {
 
 impl Drop for ProgressBuilder<'_> {
     fn drop(&mut self) {
-        let mut event = self.event.clone();
+        // Taken, not cloned: `data` may hold a whole step output.
+        let blank = blank_progress(self.event.kind);
+        let mut event = std::mem::replace(&mut self.event, blank);
         event.seq = self.ctx.state.sequence;
         event.status = self.ctx.state.status;
         self.ctx.commands.push(Command::PublishProgress(event));

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use legato_contracts::{
     EventName, InstanceId, ProgressKind, RuntimeStatus, TaskCancelled, TaskKey, TaskRole,
 };
-use legato_workflow::{Scope, Workflow};
+use legato_workflow::Workflow;
 use serde_json::{Value, json};
 
 use crate::decide::{Ctx, Ignored, apply_running, ignore};
@@ -105,9 +105,11 @@ pub(crate) fn next_compensation(ctx: &mut Ctx) {
         else {
             continue;
         };
-        let input = ctx.state.input.clone();
-        let scope = Scope::new(&input, ctx.state.steps_scope());
-        match spec.input.render(&scope) {
+        match ctx
+            .state
+            .scope()
+            .and_then(|scope| spec.input.render(&scope))
+        {
             Ok(rendered) => {
                 if let Some(step) = ctx.state.steps.get_mut(&id) {
                     step.compensation = Some(TaskSlot::queued(spec.agent.clone(), rendered));
@@ -156,16 +158,9 @@ fn cancel_all_work(ctx: &mut Ctx, reason: &str) {
         if matches!(step.status, StepStatus::Running | StepStatus::Waiting) {
             step.status = StepStatus::Cancelled;
         }
-        let for_each = workflow
-            .as_ref()
-            .and_then(|wf| wf.step(id.as_str()))
-            .is_some_and(|s| matches!(s.action, legato_workflow::Action::ForEach { .. }));
+        let definition = workflow.as_ref().and_then(|wf| wf.step(id.as_str()));
         let slots = step.tasks.iter_mut().enumerate().map(|(i, s)| {
-            let item = if for_each {
-                u32::try_from(i).ok()
-            } else {
-                None
-            };
+            let item = definition.and_then(|d| tasks::item_of(d, i));
             (item, TaskRole::Action, s)
         });
         let comp = step
@@ -279,7 +274,7 @@ pub(crate) fn buffer_while_suspended(ctx: &mut Ctx, event: &Event) -> Result<(),
     // be kept either.
     let stale = match event {
         Event::TaskCompleted { key, attempt, .. } | Event::TaskFailed { key, attempt, .. } => {
-            !tasks::is_running(&ctx.state, key, *attempt)
+            tasks::check_running(&ctx.state, key, *attempt).is_err()
         }
         Event::TimerFired { timer, .. } => !ctx.state.timers.contains(timer),
         Event::EventRaised { id, .. } => ctx.state.seen_message_ids.contains(id),

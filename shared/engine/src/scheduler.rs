@@ -1,7 +1,7 @@
 //! Starting steps: which are ready, and what starting each kind means.
 
 use legato_contracts::{ProgressKind, RuntimeStatus, StepId, TaskKey, TaskRole};
-use legato_workflow::{Action, Scope, Step};
+use legato_workflow::{Action, Step};
 use serde_json::{Value, json};
 
 use crate::decide::Ctx;
@@ -43,8 +43,10 @@ fn status_of(ctx: &Ctx, id: &StepId) -> StepStatus {
 }
 
 fn start_step(ctx: &mut Ctx, step: &Step) {
-    let input = ctx.state.input.clone();
-    let scope = Scope::new(&input, ctx.state.steps_scope());
+    let scope = match ctx.state.scope() {
+        Ok(scope) => scope,
+        Err(e) => return tasks::step_failed(ctx, &step.id, e.to_string()),
+    };
     if let Some(condition) = &step.condition {
         match condition.evaluate_bool(&scope) {
             Ok(true) => {}
@@ -80,7 +82,7 @@ fn start_step(ctx: &mut Ctx, step: &Step) {
                 items
                     .iter()
                     .map(|item| {
-                        let scope = scope.with_item(item);
+                        let scope = scope.with_item(item)?;
                         Ok(TaskSlot::queued(
                             agent.resolve(&scope)?,
                             input.render(&scope)?,
@@ -145,11 +147,9 @@ fn start_tasks(ctx: &mut Ctx, step: &Step, slots: Vec<TaskSlot>) {
 /// Dispatches queued items while fewer than `max_parallel` are in flight. A
 /// task waiting out its retry backoff still holds its place.
 pub(crate) fn dispatch_queued(ctx: &mut Ctx, step: &Step) {
-    let (is_for_each, limit) = match &step.action {
-        Action::ForEach { max_parallel, .. } => {
-            (true, max_parallel.map_or(usize::MAX, |m| m as usize))
-        }
-        _ => (false, 1),
+    let limit = match &step.action {
+        Action::ForEach { max_parallel, .. } => max_parallel.map_or(usize::MAX, |m| m as usize),
+        _ => 1,
     };
     loop {
         let Some(state) = ctx.state.steps.get(&step.id) else {
@@ -173,7 +173,7 @@ pub(crate) fn dispatch_queued(ctx: &mut Ctx, step: &Step) {
         let key = TaskKey {
             execution: ctx.state.execution,
             step: step.id.clone(),
-            item: is_for_each.then(|| u32::try_from(next).unwrap_or(u32::MAX)),
+            item: tasks::item_of(step, next),
             role: TaskRole::Action,
         };
         tasks::dispatch(ctx, &key, step.timeout_ms);

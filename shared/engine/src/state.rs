@@ -245,6 +245,11 @@ impl InstanceState {
             .collect()
     }
 
+    /// The scope expressions are evaluated in: the input and `steps`.
+    pub fn scope(&self) -> Result<legato_workflow::Scope, legato_workflow::ExprError> {
+        legato_workflow::Scope::new(&self.input, self.steps_scope())
+    }
+
     /// Steps currently waiting for the named external event.
     pub fn waiting_for(&self, name: &EventName) -> Option<&StepId> {
         let workflow = self.workflow.as_ref()?;

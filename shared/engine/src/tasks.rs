@@ -3,7 +3,7 @@
 use legato_contracts::{
     ProgressKind, StepId, TaskCancelled, TaskDispatched, TaskError, TaskKey, TaskRole,
 };
-use legato_workflow::Action;
+use legato_workflow::{Action, Step};
 use serde_json::{Value, json};
 
 use crate::InstanceState;
@@ -11,12 +11,26 @@ use crate::decide::{Ctx, Ignored, ignore};
 use crate::state::{SlotStatus, StepStatus, TaskSlot};
 use crate::{Command, TimerKey, lifecycle, scheduler};
 
+fn slot<'a>(state: &'a InstanceState, key: &TaskKey) -> Option<&'a TaskSlot> {
+    let step = state.steps.get(&key.step)?;
+    match key.role {
+        TaskRole::Action => step.tasks.get(key.item.unwrap_or(0) as usize),
+        TaskRole::Compensation => step.compensation.as_ref(),
+    }
+}
+
 fn slot_mut<'a>(ctx: &'a mut Ctx, key: &TaskKey) -> Option<&'a mut TaskSlot> {
     let step = ctx.state.steps.get_mut(&key.step)?;
     match key.role {
         TaskRole::Action => step.tasks.get_mut(key.item.unwrap_or(0) as usize),
         TaskRole::Compensation => step.compensation.as_mut(),
     }
+}
+
+/// The `item` of a step's `index`-th action task: only `for_each` tasks
+/// carry their item index in the task key.
+pub(crate) fn item_of(step: &Step, index: usize) -> Option<u32> {
+    matches!(step.action, Action::ForEach { .. }).then(|| u32::try_from(index).unwrap_or(u32::MAX))
 }
 
 /// Sends the next attempt of a queued or backing-off task.
@@ -59,17 +73,23 @@ pub(crate) fn dispatch(ctx: &mut Ctx, key: &TaskKey, timeout_ms: Option<u64>) {
         .data(json!({ "agent": agent }));
 }
 
-/// Whether `attempt` of the task is the one currently running.
-pub(crate) fn is_running(state: &InstanceState, key: &TaskKey, attempt: u32) -> bool {
-    let Some(step) = state.steps.get(&key.step) else {
-        return false;
-    };
-    let slot = match key.role {
-        TaskRole::Action => step.tasks.get(key.item.unwrap_or(0) as usize),
-        TaskRole::Compensation => step.compensation.as_ref(),
-    };
-    key.execution == state.execution
-        && slot.is_some_and(|s| s.status == SlotStatus::Running && s.attempt == attempt)
+/// Accepts a result only for the task's current running attempt.
+pub(crate) fn check_running(
+    state: &InstanceState,
+    key: &TaskKey,
+    attempt: u32,
+) -> Result<(), Ignored> {
+    if key.execution != state.execution {
+        return ignore(format!("task {key} belongs to an earlier execution"));
+    }
+    match slot(state, key) {
+        Some(slot) if slot.status == SlotStatus::Running && slot.attempt == attempt => Ok(()),
+        Some(slot) => ignore(format!(
+            "task {key} attempt {attempt} is not running (attempt {} is {:?})",
+            slot.attempt, slot.status
+        )),
+        None => ignore(format!("unknown task {key}")),
+    }
 }
 
 /// The slot for a result, if the result is for its current running attempt.
@@ -78,15 +98,9 @@ fn running_slot<'a>(
     key: &TaskKey,
     attempt: u32,
 ) -> Result<&'a mut TaskSlot, Ignored> {
-    if key.execution != ctx.state.execution {
-        return ignore(format!("task {key} belongs to an earlier execution"));
-    }
+    check_running(&ctx.state, key, attempt)?;
     match slot_mut(ctx, key) {
-        Some(slot) if slot.status == SlotStatus::Running && slot.attempt == attempt => Ok(slot),
-        Some(slot) => ignore(format!(
-            "task {key} attempt {attempt} is not running (attempt {} is {:?})",
-            slot.attempt, slot.status
-        )),
+        Some(slot) => Ok(slot),
         None => ignore(format!("unknown task {key}")),
     }
 }
@@ -221,7 +235,7 @@ pub(crate) fn timer_fired(ctx: &mut Ctx, timer: &TimerKey) -> Result<(), Ignored
     let workflow = ctx.workflow()?;
     match timer {
         TimerKey::Retry { key, attempt } => {
-            let backing_off = slot_mut(ctx, key)
+            let backing_off = slot(&ctx.state, key)
                 .is_some_and(|s| s.status == SlotStatus::Backoff && s.attempt == *attempt);
             if backing_off {
                 let timeout = workflow.step(key.step.as_str()).and_then(|s| s.timeout_ms);
@@ -229,7 +243,7 @@ pub(crate) fn timer_fired(ctx: &mut Ctx, timer: &TimerKey) -> Result<(), Ignored
             }
         }
         TimerKey::AttemptTimeout { key, attempt } => {
-            if running_slot(ctx, key, *attempt).is_ok() {
+            if check_running(&ctx.state, key, *attempt).is_ok() {
                 let timeout = workflow
                     .step(key.step.as_str())
                     .and_then(|s| s.timeout_ms)
@@ -262,9 +276,11 @@ pub(crate) fn timer_fired(ctx: &mut Ctx, timer: &TimerKey) -> Result<(), Ignored
             {
                 match &wait_for_event.on_timeout {
                     Some(on_timeout) => {
-                        let input = ctx.state.input.clone();
-                        let scope = legato_workflow::Scope::new(&input, ctx.state.steps_scope());
-                        match on_timeout.output.render(&scope) {
+                        match ctx
+                            .state
+                            .scope()
+                            .and_then(|scope| on_timeout.output.render(&scope))
+                        {
                             Ok(output) => complete_step(ctx, step, output),
                             Err(e) => step_failed(ctx, step, format!("on_timeout.output: {e}")),
                         }

@@ -128,8 +128,8 @@ fn from_millis(ms: i64) -> Result<OffsetDateTime, StoreError> {
         .map_err(|e| StoreError::Corrupt(format!("timestamp {ms}: {e}")))
 }
 
-fn corrupt(what: &str) -> impl Fn(String) -> StoreError + '_ {
-    move |e| StoreError::Corrupt(format!("{what}: {e}"))
+fn corrupt(what: &str, error: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {error}"))
 }
 
 fn json_text(value: &Value) -> Result<String, StoreError> {
@@ -153,8 +153,8 @@ const SUMMARY_COLUMNS: &str =
 fn summary(row: &Row<'_>) -> Result<InstanceSummary, StoreError> {
     let get = |i: usize| -> Result<String, StoreError> { row.get(i).map_err(unavailable) };
     Ok(InstanceSummary {
-        id: InstanceId::parse(get(0)?).map_err(|e| corrupt("instance id")(e.to_string()))?,
-        workflow: WorkflowName::parse(get(1)?).map_err(|e| corrupt("workflow")(e.to_string()))?,
+        id: InstanceId::parse(get(0)?).map_err(|e| corrupt("instance id", e))?,
+        workflow: WorkflowName::parse(get(1)?).map_err(|e| corrupt("workflow", e))?,
         workflow_version: row.get(2).map_err(unavailable)?,
         status: RuntimeStatus::parse(&get(3)?)
             .ok_or_else(|| StoreError::Corrupt("status".into()))?,
@@ -168,7 +168,7 @@ fn definition(row: &Row<'_>) -> Result<DefinitionRecord, StoreError> {
     let name: String = row.get(0).map_err(unavailable)?;
     let body: String = row.get(3).map_err(unavailable)?;
     Ok(DefinitionRecord {
-        name: WorkflowName::parse(name).map_err(|e| corrupt("definition name")(e.to_string()))?,
+        name: WorkflowName::parse(name).map_err(|e| corrupt("definition name", e))?,
         version: row.get(1).map_err(unavailable)?,
         hash: row.get(2).map_err(unavailable)?,
         body: parse_json(&body)?,
@@ -381,7 +381,7 @@ impl Store for SqliteStore {
                 let instance: String = row.get(0).map_err(unavailable)?;
                 let payload: String = row.get(3).map_err(unavailable)?;
                 out.push(TimerRow {
-                    instance: InstanceId::parse(instance).map_err(|e| corrupt("timer instance")(e.to_string()))?,
+                    instance: InstanceId::parse(instance).map_err(|e| corrupt("timer instance", e))?,
                     id: row.get(1).map_err(unavailable)?,
                     due_at: from_millis(row.get(2).map_err(unavailable)?)?,
                     payload: parse_json(&payload)?,
@@ -404,7 +404,7 @@ impl Store for SqliteStore {
                 let instance: String = row.get(0).map_err(unavailable)?;
                 let topic: String = row.get(2).map_err(unavailable)?;
                 out.push(OutboxEntry {
-                    instance: InstanceId::parse(instance).map_err(|e| corrupt("outbox instance")(e.to_string()))?,
+                    instance: InstanceId::parse(instance).map_err(|e| corrupt("outbox instance", e))?,
                     row: OutboxRow {
                         id: row.get(1).map_err(unavailable)?,
                         topic: topic_from(&topic)?,

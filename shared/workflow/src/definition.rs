@@ -89,7 +89,7 @@ pub enum AgentRef {
 }
 
 impl AgentRef {
-    pub fn resolve(&self, scope: &Scope<'_>) -> Result<AgentName, ExprError> {
+    pub fn resolve(&self, scope: &Scope) -> Result<AgentName, ExprError> {
         match self {
             Self::Named(name) => Ok(name.clone()),
             Self::Dynamic(expr) => match expr.evaluate(scope)? {

@@ -5,8 +5,8 @@
 //! They see `input` (the instance input), `steps.<id>.output` and
 //! `steps.<id>.status`, and `item` inside a `for_each`.
 
-use std::collections::BTreeSet;
-use std::sync::{Arc, OnceLock};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -98,14 +98,10 @@ impl Expr {
         step_references(&self.source)
     }
 
-    pub fn evaluate(&self, scope: &Scope<'_>) -> Result<Value, ExprError> {
+    pub fn evaluate(&self, scope: &Scope) -> Result<Value, ExprError> {
         let program = compile(&self.source)?;
         let mut context = cel::Context::with_env(environment());
-        context.add_variable_from_value("input", to_cel(scope.input)?);
-        context.add_variable_from_value("steps", to_cel(&scope.steps)?);
-        if let Some(item) = scope.item {
-            context.add_variable_from_value("item", to_cel(item)?);
-        }
+        context.set_variable_resolver(scope);
         let value = program
             .execute(&context)
             .map_err(|e| ExprError(format!("`{}` failed: {e}", self.source)))?;
@@ -117,7 +113,7 @@ impl Expr {
         })
     }
 
-    pub fn evaluate_bool(&self, scope: &Scope<'_>) -> Result<bool, ExprError> {
+    pub fn evaluate_bool(&self, scope: &Scope) -> Result<bool, ExprError> {
         match self.evaluate(scope)? {
             Value::Bool(b) => Ok(b),
             other => Err(ExprError(format!(
@@ -127,7 +123,7 @@ impl Expr {
         }
     }
 
-    pub fn evaluate_list(&self, scope: &Scope<'_>) -> Result<Vec<Value>, ExprError> {
+    pub fn evaluate_list(&self, scope: &Scope) -> Result<Vec<Value>, ExprError> {
         match self.evaluate(scope)? {
             Value::Array(items) => Ok(items),
             other => Err(ExprError(format!(
@@ -158,9 +154,32 @@ fn environment() -> Arc<cel::Env> {
     ENV.get_or_init(|| Arc::new(cel::Env::stdlib())).clone()
 }
 
-fn compile(source: &str) -> Result<cel::Program, ExprError> {
-    cel::Program::compile(source)
-        .map_err(|e| ExprError(format!("`{source}` is not a valid CEL expression: {e}")))
+/// Compiled programs by source text. Definitions are few and long-lived
+/// while evaluations are many (every step start, every `for_each` item), so
+/// each distinct expression is parsed once per process. The bound keeps a
+/// process that sees endless distinct definitions from growing without end.
+fn compile(source: &str) -> Result<Arc<cel::Program>, ExprError> {
+    const MAX_CACHED: usize = 10_000;
+    static CACHE: OnceLock<Mutex<HashMap<String, Arc<cel::Program>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let lock = || {
+        cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    };
+    if let Some(program) = lock().get(source) {
+        return Ok(program.clone());
+    }
+    let program = Arc::new(
+        cel::Program::compile(source)
+            .map_err(|e| ExprError(format!("`{source}` is not a valid CEL expression: {e}")))?,
+    );
+    let mut cache = lock();
+    if cache.len() >= MAX_CACHED {
+        cache.clear();
+    }
+    cache.insert(source.to_owned(), program.clone());
+    Ok(program)
 }
 
 /// JSON numbers become CEL `int` whenever they fit, so `input.n * 2` works:
@@ -219,31 +238,53 @@ fn step_references(source: &str) -> BTreeSet<String> {
     found
 }
 
-/// What an expression can see while it is evaluated.
+/// What an expression can see while it is evaluated, converted to CEL once:
+/// a `for_each` renders one input per item from the same scope, and every
+/// evaluation borrows these values instead of converting the instance's
+/// input and step outputs again.
 #[derive(Debug, Clone)]
-pub struct Scope<'a> {
-    pub input: &'a Value,
+pub struct Scope {
+    input: Arc<dyn cel::common::value::Val>,
     /// `{ "<step id>": { "output": ..., "status": "Completed" }, ... }`
-    pub steps: Value,
-    pub item: Option<&'a Value>,
+    steps: Arc<dyn cel::common::value::Val>,
+    item: Option<Arc<dyn cel::common::value::Val>>,
 }
 
-impl<'a> Scope<'a> {
-    pub fn new(input: &'a Value, steps: Map<String, Value>) -> Self {
-        Self {
-            input,
-            steps: Value::Object(steps),
+impl Scope {
+    pub fn new(input: &Value, steps: Map<String, Value>) -> Result<Self, ExprError> {
+        Ok(Self {
+            input: to_val(input)?,
+            steps: to_val(&Value::Object(steps))?,
             item: None,
-        }
+        })
     }
 
-    pub fn with_item(&self, item: &'a Value) -> Scope<'a> {
-        Scope {
-            input: self.input,
+    pub fn with_item(&self, item: &Value) -> Result<Scope, ExprError> {
+        Ok(Scope {
+            input: self.input.clone(),
             steps: self.steps.clone(),
-            item: Some(item),
-        }
+            item: Some(to_val(item)?),
+        })
     }
+}
+
+impl cel::context::VariableResolver for Scope {
+    fn resolve<'b>(&'b self, variable: &str) -> Option<cel::common::value::CowVal<'b, 'b>> {
+        let value = match variable {
+            "input" => &self.input,
+            "steps" => &self.steps,
+            "item" => self.item.as_ref()?,
+            _ => return None,
+        };
+        Some(cel::common::value::CowVal::Borrowed(value.as_ref()))
+    }
+}
+
+fn to_val(value: &Value) -> Result<Arc<dyn cel::common::value::Val>, ExprError> {
+    let val: Box<dyn cel::common::value::Val> = to_cel(value)?
+        .try_into()
+        .map_err(|e| ExprError(format!("value not usable in an expression: {e}")))?;
+    Ok(Arc::from(val))
 }
 
 /// A JSON value in which strings may contain `${{ expr }}`.
@@ -299,12 +340,12 @@ impl Template {
         found
     }
 
-    pub fn render(&self, scope: &Scope<'_>) -> Result<Value, ExprError> {
+    pub fn render(&self, scope: &Scope) -> Result<Value, ExprError> {
         render(&self.0, scope)
     }
 }
 
-fn render(value: &Value, scope: &Scope<'_>) -> Result<Value, ExprError> {
+fn render(value: &Value, scope: &Scope) -> Result<Value, ExprError> {
     Ok(match value {
         Value::String(text) => render_string(text, scope)?,
         Value::Array(items) => Value::Array(
@@ -322,23 +363,22 @@ fn render(value: &Value, scope: &Scope<'_>) -> Result<Value, ExprError> {
     })
 }
 
-fn render_string(text: &str, scope: &Scope<'_>) -> Result<Value, ExprError> {
+fn render_string(text: &str, scope: &Scope) -> Result<Value, ExprError> {
     let pieces: Vec<Piece<'_>> = split(text).collect::<Result<_, _>>()?;
-    if let [Piece::Expr(inner)] = pieces.as_slice() {
-        return Expr {
+    let evaluate = |inner: &str| {
+        Expr {
             source: inner.trim().to_owned(),
         }
-        .evaluate(scope);
+        .evaluate(scope)
+    };
+    if let [Piece::Expr(inner)] = pieces.as_slice() {
+        return evaluate(inner);
     }
     let mut out = String::new();
     for piece in pieces {
         match piece {
             Piece::Text(t) => out.push_str(t),
-            Piece::Expr(inner) => match (Expr {
-                source: inner.trim().to_owned(),
-            })
-            .evaluate(scope)?
-            {
+            Piece::Expr(inner) => match evaluate(inner)? {
                 Value::String(s) => out.push_str(&s),
                 other => out.push_str(&other.to_string()),
             },
@@ -405,13 +445,13 @@ mod tests {
 
     use super::*;
 
-    fn scope_with<'a>(input: &'a Value) -> Scope<'a> {
+    fn scope_with(input: &Value) -> Scope {
         let mut steps = Map::new();
         steps.insert(
             "plan".into(),
             json!({"output": {"tasks": [1, 2, 3]}, "status": "Completed"}),
         );
-        Scope::new(input, steps)
+        Scope::new(input, steps).unwrap()
     }
 
     #[test]

@@ -115,8 +115,14 @@ impl Workflow {
         steps: Map<String, Value>,
     ) -> Result<Value, ExprError> {
         match &self.output {
-            Some(template) => template.render(&Scope::new(input, steps)),
-            None => Ok(parse::default_output(&steps)),
+            Some(template) => template.render(&Scope::new(input, steps)?),
+            // Every step's output by id.
+            None => Ok(Value::Object(
+                steps
+                    .into_iter()
+                    .map(|(id, s)| (id, s.get("output").cloned().unwrap_or(Value::Null)))
+                    .collect(),
+            )),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use legato_contracts::{AgentName, EventName, StepId, WorkflowName};
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::definition::{
     Action, AgentRef, Compensation, OnTimeout, RetryPolicy, Step, TimerSpec, WaitForEvent, Workflow,
@@ -546,14 +546,4 @@ impl Problems {
             Err(ValidationErrors(self.0))
         }
     }
-}
-
-/// Used by [`Workflow`]'s default output: every step's output by id.
-pub(crate) fn default_output(steps: &Map<String, Value>) -> Value {
-    Value::Object(
-        steps
-            .iter()
-            .map(|(id, s)| (id.clone(), s.get("output").cloned().unwrap_or(Value::Null)))
-            .collect(),
-    )
 }
