@@ -135,7 +135,7 @@ pub trait Bus: Send + Sync + 'static {
         let key = envelope
             .payload
             .routing_key(envelope.subject.as_str())
-            .to_owned();
+            .into_owned();
         self.publish(
             envelope.payload.topic(),
             &key,

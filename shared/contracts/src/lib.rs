@@ -15,9 +15,9 @@ mod task;
 pub use envelope::{DecodeError, Envelope, SPEC_VERSION, TraceParent};
 pub use ids::{AgentName, EventName, IdError, InstanceId, StepId, WorkflowName};
 pub use payload::{
-    Payload, ProgressEvent, ProgressKind, RaiseEvent, RestartInstance, ResumeInstance,
-    StartInstance, SuspendInstance, TaskCancelled, TaskCompleted, TaskDispatched, TaskError,
-    TaskFailed, TaskHeartbeat, TerminateInstance, Topic,
+    CANCEL_ROUTING_PREFIX, HeartbeatKind, Payload, ProgressEvent, ProgressKind, RaiseEvent,
+    RestartInstance, ResumeInstance, StartInstance, SuspendInstance, TaskCancelled, TaskCompleted,
+    TaskDispatched, TaskError, TaskFailed, TaskHeartbeat, TerminateInstance, Topic,
 };
 pub use status::RuntimeStatus;
 pub use task::{TaskKey, TaskRole};

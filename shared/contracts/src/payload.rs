@@ -2,6 +2,8 @@
 //! travel on. The mapping between a payload and its versioned type name lives
 //! only here, so no consumer ever matches on a type string by hand.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -17,6 +19,9 @@ fn attempt_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u
     }
     Ok(n)
 }
+
+/// Routing-key prefix of task cancellations on `agent-tasks`.
+pub const CANCEL_ROUTING_PREFIX: &str = "cancel.";
 
 /// The four topics of the architecture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -172,6 +177,29 @@ pub struct TaskHeartbeat {
     pub attempt: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Value>,
+    /// How watchers should read `progress`; absent means agent progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<HeartbeatKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The progress kinds an agent may report through a heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeartbeatKind {
+    AgentProgress,
+    /// A person is asked to raise an event; `progress` says which and why.
+    ApprovalRequested,
+}
+
+impl From<HeartbeatKind> for ProgressKind {
+    fn from(kind: HeartbeatKind) -> Self {
+        match kind {
+            HeartbeatKind::AgentProgress => Self::AgentProgress,
+            HeartbeatKind::ApprovalRequested => Self::ApprovalRequested,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -287,10 +315,15 @@ impl Payload {
     /// agent's queue by name; everything else is keyed by instance id so a
     /// broker that partitions (Service Bus sessions) keeps one instance's
     /// messages in order.
-    pub fn routing_key<'a>(&'a self, instance: &'a str) -> &'a str {
+    ///
+    /// Cancellations are keyed `cancel.<instance>`: every agent replica binds
+    /// `cancel.#` on its own queue, because only the replica running the task
+    /// can stop it and the orchestrator does not know which one that is.
+    pub fn routing_key<'a>(&'a self, instance: &'a str) -> Cow<'a, str> {
         match self {
-            Self::TaskDispatched(task) => task.agent.as_str(),
-            _ => instance,
+            Self::TaskDispatched(task) => Cow::Borrowed(task.agent.as_str()),
+            Self::TaskCancelled(_) => Cow::Owned(format!("{CANCEL_ROUTING_PREFIX}{instance}")),
+            _ => Cow::Borrowed(instance),
         }
     }
 }

@@ -118,7 +118,9 @@ fn samples() -> Vec<Payload> {
         TaskHeartbeat {
             key: key(),
             attempt: 1,
-            progress: None,
+            progress: Some(json!({"event": "approval"})),
+            kind: Some(HeartbeatKind::ApprovalRequested),
+            message: Some("approve?".into()),
         }
         .into(),
         ProgressEvent {

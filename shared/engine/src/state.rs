@@ -250,6 +250,52 @@ impl InstanceState {
         legato_workflow::Scope::new(&self.input, self.steps_scope())
     }
 
+    /// The attempts dispatched and not yet answered, as they were sent.
+    /// After a restart on a bus that does not keep messages (`legato up`),
+    /// sending them again is a redelivery of the same attempts, never new
+    /// ones. The deadline is left out: the attempt's timeout timer is
+    /// durable and still pending.
+    pub fn running_tasks(&self) -> Vec<legato_contracts::TaskDispatched> {
+        let Some(workflow) = self.workflow.as_ref() else {
+            return Vec::new();
+        };
+        let mut running = Vec::new();
+        for step in &workflow.steps {
+            let Some(state) = self.steps.get(&step.id) else {
+                continue;
+            };
+            let actions = state.tasks.iter().enumerate().map(|(i, slot)| {
+                (
+                    slot,
+                    crate::tasks::item_of(step, i),
+                    legato_contracts::TaskRole::Action,
+                )
+            });
+            let compensation = state
+                .compensation
+                .iter()
+                .map(|slot| (slot, None, legato_contracts::TaskRole::Compensation));
+            for (slot, item, role) in actions.chain(compensation) {
+                if slot.status == SlotStatus::Running {
+                    running.push(legato_contracts::TaskDispatched {
+                        key: legato_contracts::TaskKey {
+                            execution: self.execution,
+                            step: step.id.clone(),
+                            item,
+                            role,
+                        },
+                        attempt: slot.attempt,
+                        agent: slot.agent.clone(),
+                        workflow: workflow.name.clone(),
+                        input: slot.input.clone(),
+                        deadline: None,
+                    });
+                }
+            }
+        }
+        running
+    }
+
     /// Steps currently waiting for the named external event.
     pub fn waiting_for(&self, name: &EventName) -> Option<&StepId> {
         let workflow = self.workflow.as_ref()?;

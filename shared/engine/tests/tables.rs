@@ -696,3 +696,30 @@ fn event_acceptance_table() {
     }
     assert_eq!(h.state.execution, 1);
 }
+
+#[test]
+fn running_tasks_are_the_unanswered_attempts_exactly_as_dispatched() {
+    let mut h = Harness::start(
+        r#"
+name: each
+version: 1
+steps:
+  - id: each
+    for_each: "${{ input.items }}"
+    agent: echo
+    input: { value: "${{ item }}" }
+    max_parallel: 2
+    timeout_ms: 1000
+"#,
+        json!({"items": [1, 2, 3]}),
+    );
+    let mut sent = h.dispatched();
+    h.complete(key("each", Some(0)), 1, json!(1));
+    sent.retain(|t| t.key.item != Some(0));
+    sent.extend(h.dispatched());
+    for t in &mut sent {
+        t.deadline = None;
+    }
+    assert_eq!(h.state.running_tasks(), sent);
+    assert_eq!(sent.len(), 2);
+}

@@ -16,11 +16,14 @@ fn schema() -> jsonschema::Validator {
 }
 
 #[test]
-fn example_definitions_satisfy_schema_and_parser() {
+fn example_and_shipped_definitions_satisfy_schema_and_parser() {
     let schema = schema();
-    let dir = contracts().join("examples/workflows");
+    let dirs = [
+        contracts().join("examples/workflows"),
+        contracts().join("../workflows"),
+    ];
     let mut seen = 0;
-    for entry in std::fs::read_dir(&dir).unwrap() {
+    for entry in dirs.iter().flat_map(|dir| std::fs::read_dir(dir).unwrap()) {
         let path = entry.unwrap().path();
         let text = std::fs::read_to_string(&path).unwrap();
         let doc: Value = serde_yaml_ng::from_str(&text).unwrap();
@@ -39,11 +42,7 @@ fn example_definitions_satisfy_schema_and_parser() {
         );
         seen += 1;
     }
-    assert!(
-        seen >= 3,
-        "expected the example definitions in {}",
-        dir.display()
-    );
+    assert!(seen >= 4, "expected the example definitions in {dirs:?}");
 }
 
 #[test]

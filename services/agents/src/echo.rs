@@ -1,0 +1,62 @@
+//! The diagnostic agent: answers `{"value": <input.value>, "attempt": n}`.
+//! `sleep_ms` delays the answer, `fail_attempts: k` fails attempts 1..k
+//! with a retryable error, `fatal: true` fails without retry. Tests,
+//! benchmarks and operators use it to exercise the engine without models.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use legato_agent::{Agent, Task, TaskContext};
+use legato_contracts::{AgentName, TaskError};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::input;
+
+pub struct Echo {
+    name: AgentName,
+}
+
+impl Echo {
+    pub fn new(name: AgentName) -> Self {
+        Self { name }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct EchoInput {
+    value: Value,
+    sleep_ms: u64,
+    fail_attempts: u32,
+    fatal: bool,
+}
+
+#[async_trait]
+impl Agent for Echo {
+    fn name(&self) -> &AgentName {
+        &self.name
+    }
+
+    async fn run(&self, task: &Task, _ctx: &TaskContext) -> Result<Value, TaskError> {
+        let request: EchoInput = match &task.input {
+            Value::Null => EchoInput::default(),
+            other => input::parse("echo", other)?,
+        };
+        if request.sleep_ms > 0 {
+            // The worker stops waiting for this future when the task is
+            // cancelled, so the sleep needs no cancellation of its own.
+            tokio::time::sleep(Duration::from_millis(request.sleep_ms)).await;
+        }
+        if request.fatal {
+            return Err(input::fatal("echo: asked to fail (fatal: true)"));
+        }
+        if task.attempt <= request.fail_attempts {
+            return Err(input::retryable(format!(
+                "echo: attempt {} of the first {} fails on purpose",
+                task.attempt, request.fail_attempts
+            )));
+        }
+        Ok(json!({"value": request.value, "attempt": task.attempt}))
+    }
+}

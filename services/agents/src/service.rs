@@ -1,0 +1,115 @@
+//! Building an agent from settings and running it as its own process.
+
+use std::sync::Arc;
+
+use legato_agent::llm::{ChatClient, LlmSettings};
+use legato_agent::{Agent, Worker, WorkerSettings};
+use legato_contracts::AgentName;
+use legato_service::{
+    BusSettings, HttpSettings, Readiness, Shutdown, TelemetrySettings, health_router, wiring,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::approval::Approval;
+use crate::coder::Coder;
+use crate::data::{DataAgent, DataSettings};
+use crate::echo::Echo;
+use crate::planner::Planner;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentKind {
+    Echo,
+    Planner,
+    Coder,
+    Data,
+    Approval,
+}
+
+impl AgentKind {
+    pub const ALL: [AgentKind; 5] = [
+        Self::Echo,
+        Self::Planner,
+        Self::Coder,
+        Self::Data,
+        Self::Approval,
+    ];
+
+    /// The agent's name: its queue's routing key and what workflows call it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Echo => "echo",
+            Self::Planner => "planner",
+            Self::Coder => "coder",
+            Self::Data => "data",
+            Self::Approval => "approval",
+        }
+    }
+}
+
+/// Everything an agent process reads (file `config/agent-<name>.toml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    pub http: HttpSettings,
+    pub telemetry: TelemetrySettings,
+    pub bus: BusSettings,
+    pub worker: WorkerSettings,
+    /// For planner, coder and data; empty endpoint = offline backend.
+    pub llm: LlmSettings,
+    /// For the data agent.
+    pub data: DataSettings,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            http: HttpSettings::with_port(8090),
+            telemetry: TelemetrySettings::default(),
+            bus: BusSettings::default(),
+            worker: WorkerSettings::default(),
+            llm: LlmSettings::default(),
+            data: DataSettings::default(),
+        }
+    }
+}
+
+pub fn build(kind: AgentKind, config: &AgentConfig) -> anyhow::Result<Arc<dyn Agent>> {
+    let name = AgentName::parse(kind.name())?;
+    let model = || ChatClient::from_settings(&config.llm).map_err(|e| anyhow::anyhow!("llm: {e}"));
+    Ok(match kind {
+        AgentKind::Echo => Arc::new(Echo::new(name)),
+        AgentKind::Planner => Arc::new(Planner::new(name, model()?)),
+        AgentKind::Coder => Arc::new(Coder::new(name, model()?)),
+        AgentKind::Data => Arc::new(
+            DataAgent::new(name, config.data.clone(), model()?)
+                .map_err(|e| anyhow::anyhow!("settings: {e}"))?,
+        ),
+        AgentKind::Approval => Arc::new(Approval::new(name)),
+    })
+}
+
+/// `main` of every agent binary.
+pub async fn run_standalone(kind: AgentKind) -> anyhow::Result<()> {
+    let service = format!("agent-{}", kind.name());
+    let config: AgentConfig = legato_service::load(&service)?;
+    let _telemetry = legato_service::telemetry::init(&service, &config.telemetry)?;
+    let bus = wiring::open_bus(&config.bus)?;
+    let agent = build(kind, &config)?;
+    let shutdown = Shutdown::new();
+    shutdown.on_signals();
+    let readiness = Readiness::new(None);
+    let listener = tokio::net::TcpListener::bind(config.http.addr()?).await?;
+    let stop = shutdown.clone();
+    let health = health_router(readiness.clone());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, health)
+            .with_graceful_shutdown(async move { stop.wait().await })
+            .await
+    });
+    let worker = Worker::new(agent, bus, config.worker.clone(), shutdown.clone());
+    readiness.set_ready(true);
+    let result = worker.run().await;
+    shutdown.trigger();
+    server.await??;
+    result
+}

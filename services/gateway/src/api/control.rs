@@ -1,0 +1,179 @@
+//! Signals to a running instance: external events (approvals), terminate,
+//! suspend, resume and restart. Each becomes a command for the
+//! orchestrator; 202 means the command is on the bus, and the instance's
+//! status shows when it took effect.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use legato_contracts::{
+    Envelope, EventName, InstanceId, Payload, RaiseEvent, RestartInstance, ResumeInstance,
+    SuspendInstance, TerminateInstance,
+};
+use legato_service::problem::Problem;
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use super::{SOURCE, instance_id, load};
+use crate::GatewayState;
+use crate::body::{JsonBody, RawBody, parse_json};
+use crate::dto::{Accepted, ReasonBody, RestartBody};
+
+/// Sends a command about an existing instance. `live_only` refuses a
+/// finished instance with 410 Gone (nothing there would act on it).
+async fn send(
+    state: &GatewayState,
+    raw_id: String,
+    live_only: bool,
+    payload: impl Into<Payload>,
+) -> Result<(StatusCode, Json<Accepted>), Problem> {
+    let id: InstanceId = instance_id(raw_id)?;
+    let (stored, _) = load(state, &id).await?;
+    let status = stored.record.summary.status;
+    if live_only && status.is_terminal() {
+        return Err(Problem::new(
+            StatusCode::GONE,
+            "Instance finished",
+            format!("instance {id} is {}", status.as_str()),
+        ));
+    }
+    let envelope = Envelope::new(SOURCE, id.clone(), OffsetDateTime::now_utc(), payload)
+        .with_traceparent(legato_service::telemetry::current_traceparent());
+    state.bus.publish_envelope(&envelope).await.map_err(|e| {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Bus unavailable",
+            format!("{e}; retry the request"),
+        )
+    })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Accepted {
+            id: id.to_string(),
+            command_id: envelope.id,
+        }),
+    ))
+}
+
+/// Raise an external event (the body is the event's data; empty = null).
+#[utoipa::path(
+    post,
+    path = "/api/v1/instances/{id}/events/{name}",
+    tag = "control",
+    params(("id" = String, Path), ("name" = String, Path, description = "The event name a `wait_for_event` step waits for")),
+    request_body(content = Object, description = "Event data, any JSON"),
+    responses(
+        (status = 202, description = "Sent", body = Accepted),
+        (status = 400, description = "Bad name or malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown instance", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "The instance has finished", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn raise_event(
+    State(state): State<GatewayState>,
+    Path((id, name)): Path<(String, String)>,
+    RawBody(body): RawBody,
+) -> Result<(StatusCode, Json<Accepted>), Problem> {
+    let name = EventName::parse(name).map_err(|e| Problem::field("name", e.to_string()))?;
+    let data: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        parse_json(&body)?
+    };
+    send(&state, id, true, RaiseEvent { name, data }).await
+}
+
+/// Terminate: no more steps run, running tasks are cancelled, nothing is compensated.
+#[utoipa::path(
+    post, path = "/api/v1/instances/{id}/terminate", tag = "control",
+    params(("id" = String, Path)), request_body = ReasonBody,
+    responses(
+        (status = 202, description = "Sent", body = Accepted),
+        (status = 404, description = "Unknown instance", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "The instance has finished", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn terminate(
+    State(state): State<GatewayState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<ReasonBody, true>,
+) -> Result<(StatusCode, Json<Accepted>), Problem> {
+    send(
+        &state,
+        id,
+        true,
+        TerminateInstance {
+            reason: body.reason,
+        },
+    )
+    .await
+}
+
+/// Suspend: results and events are kept and applied on resume.
+#[utoipa::path(
+    post, path = "/api/v1/instances/{id}/suspend", tag = "control",
+    params(("id" = String, Path)), request_body = ReasonBody,
+    responses(
+        (status = 202, description = "Sent", body = Accepted),
+        (status = 404, description = "Unknown instance", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "The instance has finished", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn suspend(
+    State(state): State<GatewayState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<ReasonBody, true>,
+) -> Result<(StatusCode, Json<Accepted>), Problem> {
+    send(
+        &state,
+        id,
+        true,
+        SuspendInstance {
+            reason: body.reason,
+        },
+    )
+    .await
+}
+
+#[utoipa::path(
+    post, path = "/api/v1/instances/{id}/resume", tag = "control",
+    params(("id" = String, Path)), request_body = ReasonBody,
+    responses(
+        (status = 202, description = "Sent", body = Accepted),
+        (status = 404, description = "Unknown instance", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "The instance has finished", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn resume(
+    State(state): State<GatewayState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<ReasonBody, true>,
+) -> Result<(StatusCode, Json<Accepted>), Problem> {
+    send(
+        &state,
+        id,
+        true,
+        ResumeInstance {
+            reason: body.reason,
+        },
+    )
+    .await
+}
+
+/// Restart with the pinned definition (and optionally a new input), also
+/// after the instance finished.
+#[utoipa::path(
+    post, path = "/api/v1/instances/{id}/restart", tag = "control",
+    params(("id" = String, Path)), request_body = RestartBody,
+    responses(
+        (status = 202, description = "Sent", body = Accepted),
+        (status = 404, description = "Unknown instance", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn restart(
+    State(state): State<GatewayState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<RestartBody, true>,
+) -> Result<(StatusCode, Json<Accepted>), Problem> {
+    send(&state, id, false, RestartInstance { input: body.input }).await
+}

@@ -1,0 +1,293 @@
+//! Starting, reading, listing and purging instances.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use legato_contracts::{Envelope, InstanceId, RuntimeStatus, StartInstance};
+use legato_service::outbox::row_of;
+use legato_service::problem::{FieldError, Problem};
+use legato_service::records;
+use legato_store::{Commit, Expected, InstanceQuery, StoreError};
+use serde::Deserialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::{SOURCE, base_url, instance_id, load, workflow_name};
+use crate::GatewayState;
+use crate::body::JsonBody;
+use crate::dto::{InstancePage, InstanceView, StartRequest, StartResponse};
+
+/// Start an instance. The answer comes once the start is durable; the
+/// orchestrator takes it up right after.
+#[utoipa::path(
+    post,
+    path = "/api/v1/workflows/{name}/instances",
+    tag = "instances",
+    params(("name" = String, Path, description = "A registered workflow")),
+    request_body = StartRequest,
+    responses(
+        (status = 202, description = "Accepted; follow `Location`", body = StartResponse,
+            headers(("Location" = String, description = "The status URI"))),
+        (status = 400, description = "Malformed body, bad instanceId, or input that fails the input_schema (`errors[].field` is a JSON pointer such as `/input/request`)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown workflow or version", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`instanceId` names a live instance", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn start(
+    State(state): State<GatewayState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    JsonBody(request): JsonBody<StartRequest>,
+) -> Result<Response, Problem> {
+    let name = workflow_name(name)?;
+    let id = match request.instance_id {
+        Some(raw) => {
+            InstanceId::parse(raw).map_err(|e| Problem::field("/instanceId", e.to_string()))?
+        }
+        None => InstanceId::random(),
+    };
+    let definition = state
+        .store
+        .get_definition(&name, request.version)
+        .await?
+        .ok_or_else(|| match request.version {
+            Some(v) => Problem::not_found(format!("no workflow {name} version {v}")),
+            None => Problem::not_found(format!("no workflow {name}")),
+        })?;
+    let workflow = legato_workflow::from_value(definition.body)
+        .map_err(|e| Problem::from(StoreError::Corrupt(format!("workflow {name}: {e}"))))?;
+    if let Err(errors) = workflow.check_input(&request.input) {
+        let fields: Vec<FieldError> = errors
+            .into_iter()
+            .map(|e| FieldError {
+                field: format!("/input{}", e.pointer),
+                message: e.message,
+            })
+            .collect();
+        let detail = fields
+            .iter()
+            .map(|f| format!("{}: {}", f.field, f.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "Input does not match the workflow's input_schema",
+            detail,
+        )
+        .with_errors(fields));
+    }
+    replace_if_finished(&state, &id).await?;
+    let now = OffsetDateTime::now_utc();
+    let start = StartInstance {
+        workflow: name.clone(),
+        version: definition.version,
+        input: request.input,
+        tenant: None,
+    };
+    let record = records::pending(
+        id.clone(),
+        name,
+        definition.version,
+        start.input.clone(),
+        None,
+        now,
+    )?;
+    let envelope = Envelope::new(SOURCE, id.clone(), now, start)
+        .with_traceparent(legato_service::telemetry::current_traceparent());
+    let mut commit = Commit::new(record, Expected::New);
+    commit
+        .outbox
+        .push(row_of(&envelope).map_err(|e| Problem::from(StoreError::Corrupt(e.to_string())))?);
+    let outbox = commit.outbox.clone();
+    state.store.commit(commit).await.map_err(|e| match e {
+        StoreError::Conflict(_) => live_conflict(&id),
+        other => other.into(),
+    })?;
+    // Durable now; if this publish fails, the orchestrator's outbox sweep
+    // sends the start.
+    if let Err(e) = state.relay.publish(&id, &outbox).await {
+        tracing::warn!(instance = %id, "start committed but not yet published: {e}");
+    }
+    let body = StartResponse::new(&base_url(&state, &headers), id.as_str());
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, body.status_query_uri.clone())],
+        Json(body),
+    )
+        .into_response())
+}
+
+fn live_conflict(id: &InstanceId) -> Problem {
+    Problem::new(
+        StatusCode::CONFLICT,
+        "Instance exists",
+        format!("instance {id} exists and has not finished; choose another instanceId or wait"),
+    )
+}
+
+/// A finished instance's id may be reused (as in Durable Functions): the
+/// old instance is purged first. A live one is a conflict.
+async fn replace_if_finished(state: &GatewayState, id: &InstanceId) -> Result<(), Problem> {
+    if let Some(existing) = state.store.load(id).await? {
+        if !existing.record.summary.status.is_terminal() {
+            return Err(live_conflict(id));
+        }
+        state.store.purge(id).await?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct StatusQuery {
+    /// Include the instance's history.
+    #[serde(default)]
+    history: bool,
+    /// Only history after this sequence number (what a reconnecting
+    /// watcher missed).
+    #[serde(default)]
+    after: u64,
+    /// Most history rows returned (bounded by the service's maximum).
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// An instance's status, steps and (on request) history.
+#[utoipa::path(
+    get,
+    path = "/api/v1/instances/{id}",
+    tag = "instances",
+    params(("id" = String, Path), StatusQuery),
+    responses(
+        (status = 200, description = "The instance", body = InstanceView),
+        (status = 404, description = "Unknown instance", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn get_instance(
+    State(state): State<GatewayState>,
+    Path(id): Path<String>,
+    query: Result<Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<InstanceView>, Problem> {
+    let id = instance_id(id)?;
+    let Query(query) = query.map_err(|e| Problem::field("query", e.body_text()))?;
+    let (stored, engine_state) = load(&state, &id).await?;
+    let mut view = InstanceView::new(&stored.record.summary, &engine_state);
+    if query.history {
+        let limit = query
+            .limit
+            .unwrap_or(state.settings.max_history)
+            .min(state.settings.max_history);
+        let rows = state.store.history(&id, query.after, limit).await?;
+        view.history = Some(rows.into_iter().map(Into::into).collect());
+    }
+    Ok(Json(view))
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    /// Pending, Running, Suspended, Completed, Failed or Terminated.
+    status: Option<String>,
+    workflow: Option<String>,
+    /// RFC 3339; inclusive.
+    created_from: Option<String>,
+    /// RFC 3339; exclusive.
+    created_to: Option<String>,
+    /// Page size, 1..=1000 (default 100).
+    top: Option<usize>,
+    continuation_token: Option<String>,
+}
+
+fn timestamp(field: &str, value: Option<String>) -> Result<Option<OffsetDateTime>, Problem> {
+    value
+        .map(|v| {
+            OffsetDateTime::parse(&v, &Rfc3339)
+                .map_err(|e| Problem::field(field, format!("not an RFC 3339 time: {e}")))
+        })
+        .transpose()
+}
+
+/// Pages through instances, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/instances",
+    tag = "instances",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "One page", body = InstancePage),
+        (status = 400, description = "A bad filter, named", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn list_instances(
+    State(state): State<GatewayState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<InstancePage>, Problem> {
+    let Query(q) = query.map_err(|e| Problem::field("query", e.body_text()))?;
+    let status = q
+        .status
+        .map(|s| {
+            RuntimeStatus::parse(&s)
+                .ok_or_else(|| Problem::field("status", format!("{s:?} is not a runtime status")))
+        })
+        .transpose()?;
+    let workflow = q
+        .workflow
+        .map(workflow_name)
+        .transpose()
+        .map_err(|p| Problem::field("workflow", p.detail))?;
+    let top = q.top.unwrap_or(100);
+    if !(1..=1000).contains(&top) {
+        return Err(Problem::field("top", "must be between 1 and 1000"));
+    }
+    let page = state
+        .store
+        .list(&InstanceQuery {
+            status,
+            workflow,
+            tenant: None,
+            created_from: timestamp("createdFrom", q.created_from)?,
+            created_to: timestamp("createdTo", q.created_to)?,
+            top,
+            continuation: q.continuation_token,
+        })
+        .await?;
+    Ok(Json(InstancePage {
+        items: page.items.iter().map(Into::into).collect(),
+        continuation_token: page.continuation,
+    }))
+}
+
+/// Purge a finished instance with its history.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/instances/{id}",
+    tag = "instances",
+    params(("id" = String, Path)),
+    responses(
+        (status = 204, description = "Purged"),
+        (status = 404, description = "Unknown instance", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Still running: terminate it first", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn purge(
+    State(state): State<GatewayState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Problem> {
+    let id = instance_id(id)?;
+    let (stored, _) = load(&state, &id).await?;
+    let status = stored.record.summary.status;
+    if !status.is_terminal() {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "Instance not finished",
+            format!(
+                "instance {id} is {}; terminate it before purging",
+                status.as_str()
+            ),
+        ));
+    }
+    state.store.purge(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

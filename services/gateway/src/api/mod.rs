@@ -1,0 +1,82 @@
+mod control;
+mod instances;
+mod workflows;
+
+use axum::Router;
+use axum::http::{HeaderMap, header};
+use axum::routing::{get, post, put};
+use legato_contracts::{InstanceId, WorkflowName};
+use legato_engine::InstanceState;
+use legato_service::problem::Problem;
+use legato_service::records::state_of;
+use legato_store::StoredInstance;
+
+use crate::GatewayState;
+
+pub(crate) use control::__path_raise_event;
+pub(crate) use control::{__path_restart, __path_resume, __path_suspend, __path_terminate};
+pub(crate) use instances::{
+    __path_get_instance, __path_list_instances, __path_purge, __path_start,
+};
+pub(crate) use workflows::{__path_get_workflow, __path_list_workflows, __path_register};
+
+/// Every message the gateway sends says it came from here.
+pub(crate) const SOURCE: &str = "/legato/gateway";
+
+pub(crate) fn routes() -> Router<GatewayState> {
+    Router::new()
+        .route("/api/v1/openapi.json", get(crate::openapi::serve))
+        .route("/api/v1/workflows", get(workflows::list_workflows))
+        .route(
+            "/api/v1/workflows/{name}",
+            put(workflows::register).get(workflows::get_workflow),
+        )
+        .route("/api/v1/workflows/{name}/instances", post(instances::start))
+        .route("/api/v1/instances", get(instances::list_instances))
+        .route(
+            "/api/v1/instances/{id}",
+            get(instances::get_instance).delete(instances::purge),
+        )
+        .route(
+            "/api/v1/instances/{id}/events/{name}",
+            post(control::raise_event),
+        )
+        .route("/api/v1/instances/{id}/terminate", post(control::terminate))
+        .route("/api/v1/instances/{id}/suspend", post(control::suspend))
+        .route("/api/v1/instances/{id}/resume", post(control::resume))
+        .route("/api/v1/instances/{id}/restart", post(control::restart))
+}
+
+pub(crate) fn instance_id(raw: String) -> Result<InstanceId, Problem> {
+    InstanceId::parse(raw).map_err(|e| Problem::field("id", e.to_string()))
+}
+
+pub(crate) fn workflow_name(raw: String) -> Result<WorkflowName, Problem> {
+    WorkflowName::parse(raw).map_err(|e| Problem::field("name", e.to_string()))
+}
+
+/// The instance and its engine state, or 404.
+pub(crate) async fn load(
+    state: &GatewayState,
+    id: &InstanceId,
+) -> Result<(StoredInstance, InstanceState), Problem> {
+    let stored = state
+        .store
+        .load(id)
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("no instance {id}")))?;
+    let engine_state = state_of(&stored.record)?;
+    Ok((stored, engine_state))
+}
+
+/// Base of absolute URIs: the configured public URL, else the request's host.
+pub(crate) fn base_url(state: &GatewayState, headers: &HeaderMap) -> String {
+    if !state.settings.public_url.is_empty() {
+        return state.settings.public_url.trim_end_matches('/').to_owned();
+    }
+    headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|host| format!("http://{host}"))
+        .unwrap_or_default()
+}

@@ -1,0 +1,147 @@
+//! Registering and reading workflow definitions.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use legato_service::problem::{FieldError, Problem};
+use legato_store::DefinitionRecord;
+use serde::Deserialize;
+use time::OffsetDateTime;
+
+use super::workflow_name;
+use crate::GatewayState;
+use crate::body::RawBody;
+use crate::dto::{DefinitionList, DefinitionView};
+
+/// Register a definition version (YAML or JSON body). Registering the same
+/// content again is harmless; different content under an existing version
+/// is refused: bump `version`.
+#[utoipa::path(
+    put,
+    path = "/api/v1/workflows/{name}",
+    tag = "workflows",
+    params(("name" = String, Path, description = "Must equal the definition's `name`")),
+    request_body(content = String, description = "The definition, YAML or JSON (schema: contracts/workflow.schema.json)", content_type = "application/yaml"),
+    responses(
+        (status = 201, description = "Registered", body = DefinitionView),
+        (status = 200, description = "This exact version was already registered", body = DefinitionView),
+        (status = 400, description = "Invalid definition; `errors` lists every problem with its path", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "This version exists with different content", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn register(
+    State(state): State<GatewayState>,
+    Path(name): Path<String>,
+    RawBody(body): RawBody,
+) -> Result<(StatusCode, Json<DefinitionView>), Problem> {
+    let name = workflow_name(name)?;
+    let text = std::str::from_utf8(&body).map_err(|_| Problem::field("body", "is not UTF-8"))?;
+    let workflow = legato_workflow::parse(text).map_err(|errors| {
+        let fields = errors
+            .0
+            .iter()
+            .map(|e| FieldError {
+                field: e.path.clone(),
+                message: e.message.clone(),
+            })
+            .collect();
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "Invalid workflow definition",
+            errors.to_string(),
+        )
+        .with_errors(fields)
+    })?;
+    if workflow.name != name {
+        return Err(Problem::field(
+            "name",
+            format!(
+                "the path says {name} but the definition is named {}",
+                workflow.name
+            ),
+        ));
+    }
+    let existing = state
+        .store
+        .get_definition(&name, Some(workflow.version))
+        .await?;
+    let record = DefinitionRecord {
+        name,
+        version: workflow.version,
+        hash: workflow.content_hash(),
+        body: serde_json::to_value(&workflow).map_err(|e| Problem::field("body", e.to_string()))?,
+        registered_at: OffsetDateTime::now_utc(),
+    };
+    if let Some(existing) = existing {
+        if existing.hash == record.hash {
+            return Ok((StatusCode::OK, Json(DefinitionView::new(&existing, false))));
+        }
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "Version already registered",
+            format!(
+                "{} version {} exists with different content; register it as a new version",
+                record.name, record.version
+            ),
+        ));
+    }
+    state.store.put_definition(&record).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(DefinitionView::new(&record, false)),
+    ))
+}
+
+/// The latest version of every registered definition.
+#[utoipa::path(
+    get,
+    path = "/api/v1/workflows",
+    tag = "workflows",
+    responses((status = 200, description = "Definitions by name", body = DefinitionList))
+)]
+pub(crate) async fn list_workflows(
+    State(state): State<GatewayState>,
+) -> Result<Json<DefinitionList>, Problem> {
+    let items = state
+        .store
+        .list_definitions()
+        .await?
+        .iter()
+        .map(|d| DefinitionView::new(d, false))
+        .collect();
+    Ok(Json(DefinitionList { items }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct VersionQuery {
+    /// A specific version; the latest when absent.
+    version: Option<u32>,
+}
+
+/// One definition with its body.
+#[utoipa::path(
+    get,
+    path = "/api/v1/workflows/{name}",
+    tag = "workflows",
+    params(("name" = String, Path), VersionQuery),
+    responses(
+        (status = 200, description = "The definition", body = DefinitionView),
+        (status = 404, description = "Not registered", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn get_workflow(
+    State(state): State<GatewayState>,
+    Path(name): Path<String>,
+    query: Result<Query<VersionQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<DefinitionView>, Problem> {
+    let name = workflow_name(name)?;
+    let Query(query) = query.map_err(|e| Problem::field("version", e.body_text()))?;
+    let record = state
+        .store
+        .get_definition(&name, query.version)
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("no workflow {name}")))?;
+    Ok(Json(DefinitionView::new(&record, true)))
+}

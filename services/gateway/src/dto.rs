@@ -1,0 +1,265 @@
+//! The API's JSON shapes (camelCase), each with its OpenAPI schema.
+
+use legato_engine::{InstanceState, StepStatus};
+use legato_store::{DefinitionRecord, HistoryRow, InstanceSummary};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use utoipa::ToSchema;
+
+pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+/// `POST /api/v1/workflows/{name}/instances`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct StartRequest {
+    /// Checked against the definition's `input_schema`.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub input: Value,
+    /// Your id for the instance; a random one when absent. Reusing the id
+    /// of a finished instance replaces it; of a live one is a conflict.
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    /// The definition version to run; the latest when absent.
+    #[serde(default)]
+    pub version: Option<u32>,
+}
+
+/// Where to follow and steer a started instance.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct StartResponse {
+    pub id: String,
+    pub status_query_uri: String,
+    /// Replace `{eventName}`.
+    pub send_event_uri: String,
+    pub terminate_uri: String,
+    pub suspend_uri: String,
+    pub resume_uri: String,
+    pub restart_uri: String,
+    pub purge_uri: String,
+    pub stream_uri: String,
+}
+
+impl StartResponse {
+    pub(crate) fn new(base: &str, id: &str) -> Self {
+        let status = format!("{base}/api/v1/instances/{id}");
+        Self {
+            id: id.to_owned(),
+            send_event_uri: format!("{status}/events/{{eventName}}"),
+            terminate_uri: format!("{status}/terminate"),
+            suspend_uri: format!("{status}/suspend"),
+            resume_uri: format!("{status}/resume"),
+            restart_uri: format!("{status}/restart"),
+            purge_uri: status.clone(),
+            stream_uri: format!("{status}/stream"),
+            status_query_uri: status,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct StepView {
+    pub id: String,
+    /// Pending, Running, Waiting, Completed, Skipped, Failed or Cancelled.
+    pub status: String,
+    /// Attempts dispatched over all of the step's tasks.
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub output: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct HistoryEntry {
+    pub seq: u64,
+    pub at: String,
+    #[schema(value_type = Object)]
+    pub event: Value,
+}
+
+impl From<HistoryRow> for HistoryEntry {
+    fn from(row: HistoryRow) -> Self {
+        Self {
+            seq: row.seq,
+            at: rfc3339(row.at),
+            event: row.event,
+        }
+    }
+}
+
+/// An instance as the status query shows it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct InstanceView {
+    pub id: String,
+    pub workflow: String,
+    pub version: u32,
+    /// Pending, Running, Suspended, Completed, Failed or Terminated.
+    pub runtime_status: String,
+    #[schema(value_type = Object)]
+    pub input: Value,
+    #[schema(value_type = Option<Object>)]
+    pub output: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    pub custom_status: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    /// The history sequence number of the last accepted event.
+    pub seq: u64,
+    pub steps: Vec<StepView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<Vec<HistoryEntry>>,
+}
+
+impl InstanceView {
+    pub(crate) fn new(summary: &InstanceSummary, state: &InstanceState) -> Self {
+        // Steps in definition order, which is how people read a workflow.
+        let steps = state
+            .workflow
+            .iter()
+            .flat_map(|w| w.steps.iter())
+            .map(|step| {
+                let s = state.steps.get(&step.id);
+                StepView {
+                    id: step.id.to_string(),
+                    status: s
+                        .map_or(StepStatus::Pending, |s| s.status)
+                        .as_str()
+                        .to_owned(),
+                    attempts: s.map_or(0, |s| s.attempts()),
+                    output: s.and_then(|s| s.output.clone()),
+                    error: s.and_then(|s| s.error.clone()),
+                }
+            })
+            .collect();
+        Self {
+            id: summary.id.to_string(),
+            workflow: summary.workflow.to_string(),
+            version: summary.workflow_version,
+            runtime_status: summary.status.as_str().to_owned(),
+            input: state.input.clone(),
+            output: state.output.clone(),
+            custom_status: state.custom_status.clone(),
+            error: state.error.clone(),
+            tenant: summary.tenant.clone(),
+            created_at: rfc3339(summary.created_at),
+            updated_at: rfc3339(summary.updated_at),
+            seq: state.sequence,
+            steps,
+            history: None,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct InstanceListItem {
+    pub id: String,
+    pub workflow: String,
+    pub version: u32,
+    pub runtime_status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<&InstanceSummary> for InstanceListItem {
+    fn from(s: &InstanceSummary) -> Self {
+        Self {
+            id: s.id.to_string(),
+            workflow: s.workflow.to_string(),
+            version: s.workflow_version,
+            runtime_status: s.status.as_str().to_owned(),
+            tenant: s.tenant.clone(),
+            created_at: rfc3339(s.created_at),
+            updated_at: rfc3339(s.updated_at),
+        }
+    }
+}
+
+/// One page of instances, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct InstancePage {
+    pub items: Vec<InstanceListItem>,
+    /// Pass as `continuationToken` for the next page; absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub continuation_token: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DefinitionView {
+    pub name: String,
+    pub version: u32,
+    /// sha256 of the definition's content; instances pin it.
+    pub hash: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub registered_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub definition: Option<Value>,
+}
+
+impl DefinitionView {
+    pub(crate) fn new(record: &DefinitionRecord, with_body: bool) -> Self {
+        Self {
+            name: record.name.to_string(),
+            version: record.version,
+            hash: record.hash.clone(),
+            description: record
+                .body
+                .get("description")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            registered_at: rfc3339(record.registered_at),
+            definition: with_body.then(|| record.body.clone()),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct DefinitionList {
+    pub items: Vec<DefinitionView>,
+}
+
+/// Body of terminate, suspend and resume (optional).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct ReasonBody {
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Body of restart (optional): a new input replaces the original.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct RestartBody {
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub input: Option<Value>,
+}
+
+/// What an accepted signal returns.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Accepted {
+    pub id: String,
+    /// The message id of the command sent.
+    pub command_id: String,
+}

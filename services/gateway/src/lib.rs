@@ -1,0 +1,52 @@
+//! The gateway: legato's HTTP API (`/api/v1`). It validates everything at
+//! the edge, answers errors as `application/problem+json`, reads instance
+//! state straight from the store, and turns requests that change an
+//! instance into commands for the orchestrator. A start is committed as a
+//! Pending record together with its command (outbox), so an accepted start
+//! is never lost, even if the gateway dies before publishing.
+
+mod api;
+mod body;
+mod dto;
+pub mod openapi;
+mod settings;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use legato_bus::Bus;
+use legato_service::OutboxRelay;
+use legato_store::Store;
+use tower_http::trace::TraceLayer;
+
+pub use settings::{GatewayConfig, GatewaySettings};
+
+#[derive(Clone)]
+pub struct GatewayState {
+    pub store: Arc<dyn Store>,
+    pub bus: Arc<dyn Bus>,
+    pub relay: Arc<OutboxRelay>,
+    pub settings: Arc<GatewaySettings>,
+}
+
+impl GatewayState {
+    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>, settings: GatewaySettings) -> Self {
+        let relay = Arc::new(OutboxRelay::new(bus.clone(), store.clone()));
+        Self {
+            store,
+            bus,
+            relay,
+            settings: Arc::new(settings),
+        }
+    }
+}
+
+/// The API as a router, testable without a socket.
+pub fn router(state: GatewayState) -> Router {
+    let limit = state.settings.max_body_bytes;
+    api::routes()
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(TraceLayer::new_for_http())
+}

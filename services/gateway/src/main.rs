@@ -1,0 +1,27 @@
+//! The standalone gateway process.
+
+use legato_gateway::{GatewayConfig, GatewayState};
+use legato_service::{Readiness, Shutdown, health_router, wiring};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config: GatewayConfig = legato_service::load("gateway")?;
+    let _telemetry = legato_service::telemetry::init("gateway", &config.telemetry)?;
+    let bus = wiring::open_bus(&config.bus)?;
+    let store = wiring::open_store(&config.store)?;
+    let shutdown = Shutdown::new();
+    shutdown.on_signals();
+    let readiness = Readiness::new(Some(store.clone()));
+    let app = legato_gateway::router(GatewayState::new(store, bus, config.gateway))
+        .merge(health_router(readiness.clone()));
+    let listener = tokio::net::TcpListener::bind(config.http.addr()?).await?;
+    readiness.set_ready(true);
+    let stop = shutdown.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            stop.wait().await;
+            readiness.set_ready(false);
+        })
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,48 @@
+use legato_service::{BusSettings, HttpSettings, StoreSettings, TelemetrySettings};
+use serde::{Deserialize, Serialize};
+
+/// The `gateway` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewaySettings {
+    /// Largest request body accepted (definitions, inputs, event data).
+    pub max_body_bytes: usize,
+    /// Base of the URIs returned by a start (`https://legato.example.com`);
+    /// empty: built from the request's `Host`.
+    pub public_url: String,
+    /// Most history rows one status request returns.
+    pub max_history: usize,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            public_url: String::new(),
+            max_history: 1_000,
+        }
+    }
+}
+
+/// Everything the standalone `gateway` binary reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    pub http: HttpSettings,
+    pub telemetry: TelemetrySettings,
+    pub store: StoreSettings,
+    pub bus: BusSettings,
+    pub gateway: GatewaySettings,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            http: HttpSettings::with_port(8080),
+            telemetry: TelemetrySettings::default(),
+            store: StoreSettings::default(),
+            bus: BusSettings::default(),
+            gateway: GatewaySettings::default(),
+        }
+    }
+}

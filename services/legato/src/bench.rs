@@ -1,0 +1,277 @@
+//! `legato bench`: throughput and latency of the whole stack for a
+//! fan-out-4-then-1 echo workflow, next to the cost of the same number of
+//! raw store commits made in the same run, so the engine's overhead reads
+//! as a ratio rather than an absolute that depends on the machine.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use legato_contracts::{InstanceId, RuntimeStatus, WorkflowName};
+use legato_service::Shutdown;
+use legato_store::{
+    Commit, Expected, HistoryRow, InstanceRecord, InstanceSummary, OutboxRow, SqliteStore, Store,
+};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use crate::{LegatoConfig, Stack};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchOptions {
+    /// Instances to run.
+    #[arg(long, default_value_t = 1000)]
+    pub instances: usize,
+    /// Instances in flight at once.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// A running stack to measure; by default an embedded one is started
+    /// on a free port with its state in a temporary directory.
+    #[arg(long)]
+    pub url: Option<String>,
+}
+
+const WORKFLOW: &str = "bench-fan-out";
+
+fn definition() -> Value {
+    let leaf =
+        |id: &str| json!({"id": id, "agent": "echo", "input": {"value": "${{ input.value }}"}});
+    json!({
+        "name": WORKFLOW,
+        "version": 1,
+        "description": "legato bench: four echo steps in parallel, then one that needs them all",
+        "steps": [leaf("a"), leaf("b"), leaf("c"), leaf("d"), {
+            "id": "join", "needs": ["a", "b", "c", "d"], "agent": "echo",
+            "input": {"value": "${{ [steps.a.output.value, steps.b.output.value, steps.c.output.value, steps.d.output.value] }}"}
+        }],
+        "output": "${{ steps.join.output.value }}"
+    })
+}
+
+pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
+    let scratch = std::env::temp_dir().join(format!("legato-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let shutdown = Shutdown::new();
+    let (base, stack) = match &options.url {
+        Some(url) => (url.trim_end_matches('/').to_owned(), None),
+        None => {
+            let mut config = LegatoConfig::default();
+            config.http.port = 0;
+            config.data_dir = scratch.join("stack");
+            config.workflows_dir = scratch.join("no-catalogue");
+            let stack = Stack::start(config, shutdown.clone()).await?;
+            (format!("http://{}", stack.addr), Some(stack))
+        }
+    };
+    let client = reqwest::Client::new();
+    let put = client
+        .put(format!("{base}/api/v1/workflows/{WORKFLOW}"))
+        .header("content-type", "application/json")
+        .body(definition().to_string())
+        .send()
+        .await?;
+    anyhow::ensure!(
+        put.status().is_success(),
+        "registering the bench workflow: {}",
+        put.status()
+    );
+
+    // Warm up (connections, caches), then measure.
+    let warmup = options.concurrency.min(options.instances).max(1);
+    drive(&client, &base, warmup, options.concurrency).await?;
+    let started = Instant::now();
+    let outcome = drive(&client, &base, options.instances, options.concurrency).await?;
+    let elapsed = started.elapsed();
+
+    let sample = outcome
+        .sample
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("no instance completed"))?;
+    let status: Value = client
+        .get(format!("{base}/api/v1/instances/{sample}?history=true"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    // One commit for the accepted start plus one per accepted event.
+    let history = status["history"].as_array().map_or(0, Vec::len);
+    let commits_per_instance = history + 1;
+    let raw = raw_commits(
+        &scratch.join("raw.db"),
+        options.instances,
+        commits_per_instance,
+        options.concurrency,
+    )
+    .await?;
+
+    let rate = outcome.completed as f64 / elapsed.as_secs_f64();
+    let ms = |v: u64| v as f64 / 1000.0;
+    let raw_rate = (options.instances * commits_per_instance) as f64 / raw.as_secs_f64();
+    let ceiling = raw_rate / commits_per_instance as f64;
+    println!(
+        "legato bench: {} instances of {WORKFLOW} (4 parallel echo tasks, then 1), concurrency {}",
+        options.instances, options.concurrency
+    );
+    println!(
+        "  stack:    {} completed, {} failed in {:.2} s = {:.1} instances/s",
+        outcome.completed,
+        outcome.failed,
+        elapsed.as_secs_f64(),
+        rate
+    );
+    println!(
+        "  latency:  start-to-complete p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+        ms(outcome.latency_us.value_at_quantile(0.50)),
+        ms(outcome.latency_us.value_at_quantile(0.99)),
+        ms(outcome.latency_us.max())
+    );
+    println!(
+        "  store:    {} raw SQLite commits ({} per instance) in {:.2} s = {:.0} commits/s, a ceiling of {:.1} instances/s",
+        options.instances * commits_per_instance,
+        commits_per_instance,
+        raw.as_secs_f64(),
+        raw_rate,
+        ceiling
+    );
+    println!(
+        "  overhead: an instance costs {:.2}x its raw store commits",
+        ceiling / rate.max(f64::MIN_POSITIVE)
+    );
+    if let Some(stack) = stack {
+        stack.shutdown().trigger();
+        stack.wait().await?;
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    anyhow::ensure!(
+        outcome.failed == 0,
+        "{} instances did not complete",
+        outcome.failed
+    );
+    Ok(())
+}
+
+struct Outcome {
+    completed: usize,
+    failed: usize,
+    latency_us: Histogram<u64>,
+    sample: Option<String>,
+}
+
+async fn drive(
+    client: &reqwest::Client,
+    base: &str,
+    n: usize,
+    concurrency: usize,
+) -> anyhow::Result<Outcome> {
+    let mut outcome = Outcome {
+        completed: 0,
+        failed: 0,
+        latency_us: Histogram::new(3)?,
+        sample: None,
+    };
+    let mut runs = futures::stream::iter(0..n)
+        .map(|i| one(client, base, i))
+        .buffer_unordered(concurrency.max(1));
+    while let Some(result) = runs.next().await {
+        match result {
+            Ok((id, latency)) => {
+                outcome.completed += 1;
+                outcome.latency_us.record(latency.as_micros() as u64)?;
+                outcome.sample.get_or_insert(id);
+            }
+            Err(e) => {
+                outcome.failed += 1;
+                eprintln!("instance failed: {e:#}");
+            }
+        }
+    }
+    Ok(outcome)
+}
+
+/// Starts one instance and follows its progress stream to the end.
+async fn one(client: &reqwest::Client, base: &str, i: usize) -> anyhow::Result<(String, Duration)> {
+    let begin = Instant::now();
+    let started: Value = client
+        .post(format!("{base}/api/v1/workflows/{WORKFLOW}/instances"))
+        .json(&json!({"input": {"value": i}}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let id = started["id"].as_str().unwrap_or_default().to_owned();
+    let status = crate::sse::wait_for_end(
+        client,
+        &format!("{base}/api/v1/instances/{id}/stream"),
+        Duration::from_secs(120),
+    )
+    .await?;
+    anyhow::ensure!(
+        status == RuntimeStatus::Completed,
+        "instance {id} ended {}",
+        status.as_str()
+    );
+    Ok((id, begin.elapsed()))
+}
+
+/// The store work of `instances` instances without the engine: the same
+/// number of commits of records the size of a real one, each with one
+/// history row and one outbox row, the outbox then deleted.
+async fn raw_commits(
+    path: &std::path::Path,
+    instances: usize,
+    per_instance: usize,
+    concurrency: usize,
+) -> anyhow::Result<Duration> {
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(path)?);
+    let workflow = WorkflowName::parse(WORKFLOW)?;
+    let state = json!({"steps": {"a": {"status": "Completed", "output": {"value": 1, "attempt": 1}}, "b": {"status": "Completed"}, "c": {"status": "Completed"}, "d": {"status": "Completed"}, "join": {"status": "Running"}}, "input": {"value": 1}, "padding": "x".repeat(2_000)});
+    let started = Instant::now();
+    let mut runs = futures::stream::iter(0..instances)
+        .map(|i| {
+            let store = store.clone();
+            let workflow = workflow.clone();
+            let state = state.clone();
+            async move {
+                let id = InstanceId::parse(format!("raw-{i}"))?;
+                let now = OffsetDateTime::now_utc();
+                let mut expected = Expected::New;
+                for seq in 1..=per_instance as u64 {
+                    let record = InstanceRecord {
+                        summary: InstanceSummary {
+                            id: id.clone(),
+                            workflow: workflow.clone(),
+                            workflow_version: 1,
+                            status: RuntimeStatus::Running,
+                            tenant: None,
+                            created_at: now,
+                            updated_at: now,
+                        },
+                        state: state.clone(),
+                    };
+                    let mut commit = Commit::new(record, expected);
+                    commit.history.push(HistoryRow {
+                        seq,
+                        at: now,
+                        event: json!({"type": "task_completed", "seq": seq}),
+                    });
+                    let message = format!("m{seq}");
+                    commit.outbox.push(OutboxRow {
+                        id: message.clone(),
+                        topic: legato_contracts::Topic::AgentTasks,
+                        routing_key: "echo".into(),
+                        body: vec![b'x'; 600],
+                    });
+                    expected = Expected::Version(store.commit(commit).await?);
+                    store.delete_outbox(&id, &[message]).await?;
+                }
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(concurrency.max(1));
+    while let Some(result) = runs.next().await {
+        result?;
+    }
+    Ok(started.elapsed())
+}

@@ -1,0 +1,60 @@
+//! The shipped workflow catalogue (`workflows/`), registered at start. A
+//! file whose version is already registered with the same content is a
+//! no-op; with different content it is skipped with a warning (registered
+//! versions never change; bump `version`). A file that does not parse stops
+//! the start, naming the file and every problem in it.
+
+use std::path::Path;
+
+use legato_store::{DefinitionRecord, Store};
+use time::OffsetDateTime;
+
+pub(crate) async fn register(store: &dyn Store, dir: &Path) -> anyhow::Result<usize> {
+    if !dir.is_dir() {
+        tracing::info!(dir = %dir.display(), "no workflow catalogue directory; none registered");
+        return Ok(0);
+    }
+    let mut paths: Vec<_> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml" | "json")
+            )
+        })
+        .collect();
+    paths.sort();
+    let mut registered = 0;
+    for path in paths {
+        let text = std::fs::read_to_string(&path)?;
+        let workflow = legato_workflow::parse(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let hash = workflow.content_hash();
+        match store
+            .get_definition(&workflow.name, Some(workflow.version))
+            .await?
+        {
+            Some(existing) if existing.hash == hash => {}
+            Some(_) => tracing::warn!(
+                file = %path.display(),
+                "{} version {} is registered with different content; bump its version to register the change",
+                workflow.name,
+                workflow.version
+            ),
+            None => {
+                store
+                    .put_definition(&DefinitionRecord {
+                        name: workflow.name.clone(),
+                        version: workflow.version,
+                        hash,
+                        body: serde_json::to_value(&workflow)?,
+                        registered_at: OffsetDateTime::now_utc(),
+                    })
+                    .await?;
+                registered += 1;
+                tracing::info!(workflow = %workflow.name, version = workflow.version, "registered");
+            }
+        }
+    }
+    Ok(registered)
+}

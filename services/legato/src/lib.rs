@@ -1,0 +1,174 @@
+//! `legato up`: every legato service in one process, on the in-process bus
+//! and the embedded SQLite store. The services are the same code as the
+//! standalone binaries; only the wiring differs. The in-process bus keeps
+//! nothing across a restart, so the orchestrator re-sends in-flight work on
+//! start (`redispatch_on_start`) and the outbox sweep publishes what a crash
+//! left unsent: a killed `legato up` picks up where it stopped.
+
+pub mod bench;
+mod catalogue;
+mod demo_data;
+pub mod sse;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use legato_agent::llm::LlmSettings;
+use legato_agent::{Worker, WorkerSettings};
+use legato_agents::data::DataSettings;
+use legato_agents::{AgentConfig, AgentKind};
+use legato_bus::{Bus, InProcessBus};
+use legato_gateway::{GatewaySettings, GatewayState};
+use legato_notifier::{NotifierState, ProgressHub};
+use legato_orchestrator::{Orchestrator, OrchestratorSettings};
+use legato_service::{
+    HttpSettings, Readiness, Shutdown, StoreSettings, TelemetrySettings, health_router, wiring,
+};
+use legato_store::Store;
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
+
+/// Everything `legato up` reads (`config/legato.toml`, `LEGATO__...`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LegatoConfig {
+    /// Gateway, progress stream and health, on one port.
+    pub http: HttpSettings,
+    pub telemetry: TelemetrySettings,
+    /// Instance state (`legato.db`) and the demo database (`demo.db`).
+    pub data_dir: PathBuf,
+    /// Definitions registered at start (`*.yaml`, `*.yml`, `*.json`).
+    pub workflows_dir: PathBuf,
+    pub gateway: GatewaySettings,
+    pub orchestrator: OrchestratorSettings,
+    pub worker: WorkerSettings,
+    pub llm: LlmSettings,
+    /// The data agent's database; the default is the demo database in
+    /// `data_dir`.
+    pub data: DataSettings,
+}
+
+impl Default for LegatoConfig {
+    fn default() -> Self {
+        Self {
+            http: HttpSettings::with_port(8080),
+            telemetry: TelemetrySettings::default(),
+            data_dir: PathBuf::from(".legato"),
+            workflows_dir: PathBuf::from("workflows"),
+            gateway: GatewaySettings::default(),
+            orchestrator: OrchestratorSettings::default(),
+            worker: WorkerSettings::default(),
+            llm: LlmSettings::default(),
+            data: DataSettings::default(),
+        }
+    }
+}
+
+/// A running stack.
+pub struct Stack {
+    pub addr: SocketAddr,
+    pub store: Arc<dyn Store>,
+    shutdown: Shutdown,
+    tasks: JoinSet<anyhow::Result<()>>,
+}
+
+impl Stack {
+    pub async fn start(mut config: LegatoConfig, shutdown: Shutdown) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| anyhow::anyhow!("data_dir {}: {e}", config.data_dir.display()))?;
+        let store = wiring::open_store(&StoreSettings::Sqlite {
+            path: config.data_dir.join("legato.db"),
+        })?;
+        if config.data.url == DataSettings::default().url {
+            let demo = config.data_dir.join("demo.db");
+            demo_data::ensure(&demo)?;
+            config.data.url = format!("sqlite://{}", demo.display());
+        }
+        catalogue::register(&*store, &config.workflows_dir).await?;
+
+        let bus: Arc<dyn Bus> = Arc::new(InProcessBus::default());
+        let readiness = Readiness::new(Some(store.clone()));
+        let mut tasks = JoinSet::new();
+
+        let orchestrator_settings = OrchestratorSettings {
+            redispatch_on_start: true,
+            ..config.orchestrator.clone()
+        };
+        let orchestrator = Orchestrator::start(
+            bus.clone(),
+            store.clone(),
+            orchestrator_settings,
+            shutdown.clone(),
+            readiness.clone(),
+        )
+        .await?;
+        tasks.spawn(orchestrator.wait());
+
+        let agent_config = AgentConfig {
+            worker: config.worker.clone(),
+            llm: config.llm.clone(),
+            data: config.data.clone(),
+            ..AgentConfig::default()
+        };
+        for kind in AgentKind::ALL {
+            let agent = legato_agents::build(kind, &agent_config)?;
+            let worker = Worker::new(agent, bus.clone(), config.worker.clone(), shutdown.clone());
+            tasks.spawn(worker.run());
+        }
+
+        let hub = ProgressHub::default();
+        tasks.spawn(legato_notifier::relay(
+            bus.clone(),
+            hub.clone(),
+            shutdown.clone(),
+        ));
+
+        let app = legato_gateway::router(GatewayState::new(
+            store.clone(),
+            bus,
+            config.gateway.clone(),
+        ))
+        .merge(legato_notifier::router(NotifierState {
+            hub,
+            store: store.clone(),
+        }))
+        .merge(health_router(readiness.clone()));
+        let listener = tokio::net::TcpListener::bind(config.http.addr()?).await?;
+        let addr = listener.local_addr()?;
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    stop.wait().await;
+                    readiness.set_ready(false);
+                })
+                .await?;
+            Ok(())
+        });
+        Ok(Self {
+            addr,
+            store,
+            shutdown,
+            tasks,
+        })
+    }
+
+    pub fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
+    }
+
+    /// Runs until shutdown; a service that fails stops the rest.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        let mut first_error = None;
+        while let Some(joined) = self.tasks.join_next().await {
+            let result = joined.map_err(anyhow::Error::from).and_then(|r| r);
+            if let Err(e) = result {
+                tracing::error!("service stopped: {e:#}");
+                first_error.get_or_insert(e);
+                self.shutdown.trigger();
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}

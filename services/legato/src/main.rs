@@ -1,0 +1,82 @@
+//! `legato up` runs the whole stack in one process; `legato bench` measures it.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use legato::{LegatoConfig, Stack, bench};
+use legato_service::Shutdown;
+
+#[derive(Parser)]
+#[command(
+    name = "legato",
+    version,
+    about = "Durable, message-driven orchestration for teams of AI agents"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run gateway, orchestrator, agents and notifier in one process
+    /// (in-process bus, SQLite store). Settings: config/legato.toml and
+    /// LEGATO__... variables; these flags win.
+    Up {
+        /// Port of the API, progress stream and health (0 picks a free one).
+        #[arg(long)]
+        port: Option<u16>,
+        #[arg(long)]
+        host: Option<String>,
+        /// Where state is kept (default ./.legato).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The workflow catalogue registered at start (default ./workflows).
+        #[arg(long)]
+        workflows: Option<PathBuf>,
+    },
+    /// Start N instances of a fan-out-4-then-1 echo workflow with bounded
+    /// concurrency; print throughput, latency and the raw store cost.
+    Bench(bench::BenchOptions),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Up {
+            port,
+            host,
+            data_dir,
+            workflows,
+        } => {
+            let mut config: LegatoConfig = legato_service::load("legato")?;
+            if let Some(port) = port {
+                config.http.port = port;
+            }
+            if let Some(host) = host {
+                config.http.host = host;
+            }
+            if let Some(dir) = data_dir {
+                config.data_dir = dir;
+            }
+            if let Some(dir) = workflows {
+                config.workflows_dir = dir;
+            }
+            let _telemetry = legato_service::telemetry::init("legato", &config.telemetry)?;
+            let shutdown = Shutdown::new();
+            shutdown.on_signals();
+            let data_dir = config.data_dir.clone();
+            let stack = Stack::start(config, shutdown).await?;
+            // Tests and scripts read this line to find the port.
+            println!(
+                "legato up: listening on http://{} (state in {})",
+                stack.addr,
+                data_dir.display()
+            );
+            std::io::stdout().flush()?;
+            stack.wait().await
+        }
+        Command::Bench(options) => bench::run(options).await,
+    }
+}

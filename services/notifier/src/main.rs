@@ -1,0 +1,33 @@
+//! The standalone notifier process.
+
+use legato_notifier::{NotifierConfig, NotifierState, ProgressHub};
+use legato_service::{Readiness, Shutdown, health_router, wiring};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config: NotifierConfig = legato_service::load("notifier")?;
+    let _telemetry = legato_service::telemetry::init("notifier", &config.telemetry)?;
+    let bus = wiring::open_bus(&config.bus)?;
+    let store = wiring::open_store(&config.store)?;
+    let shutdown = Shutdown::new();
+    shutdown.on_signals();
+    let hub = ProgressHub::default();
+    let readiness = Readiness::new(Some(store.clone()));
+    let app = legato_notifier::router(NotifierState {
+        hub: hub.clone(),
+        store,
+    })
+    .merge(health_router(readiness.clone()));
+    let listener = tokio::net::TcpListener::bind(config.http.addr()?).await?;
+    let stop = shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.wait().await })
+            .await
+    });
+    readiness.set_ready(true);
+    let result = legato_notifier::relay(bus, hub, shutdown.clone()).await;
+    shutdown.trigger();
+    server.await??;
+    result
+}

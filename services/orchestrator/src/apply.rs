@@ -1,0 +1,185 @@
+//! Load, decide, commit, publish: one message's effect on one instance.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use legato_contracts::{InstanceId, RuntimeStatus, StartInstance, TraceParent};
+use legato_engine::{Event, InstanceState, Outcome, decide};
+use legato_service::OutboxRelay;
+use legato_service::records::state_of;
+use legato_store::{Commit, Expected, Store, StoreError, StoredInstance};
+use time::OffsetDateTime;
+use tokio::sync::Mutex;
+
+use crate::definitions::Definitions;
+use crate::effects;
+use crate::settings::OrchestratorSettings;
+
+/// Instance locks per process; several replicas still race safely through
+/// the store's version check, this only spares one process its own races.
+const LOCK_SHARDS: usize = 256;
+
+/// What a message asks of an instance.
+#[derive(Debug, Clone)]
+pub(crate) enum Input {
+    Event(Event),
+    /// The definition is looked up only here, so the gateway's message stays
+    /// small and the pinned version is read once per (name, version).
+    Start {
+        at: OffsetDateTime,
+        start: StartInstance,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Applied {
+    Accepted,
+    Ignored(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ApplyError {
+    /// Worth retrying later (conflicts kept losing, store unavailable).
+    #[error("transient: {0}")]
+    Transient(StoreError),
+    /// The message can never be applied; dead-letter it with this reason.
+    #[error("{0}")]
+    Rejected(String),
+}
+
+impl From<StoreError> for ApplyError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(_) | StoreError::Unavailable(_) => Self::Transient(e),
+            other => Self::Rejected(other.to_string()),
+        }
+    }
+}
+
+pub(crate) struct Applier {
+    pub(crate) store: Arc<dyn Store>,
+    relay: Arc<OutboxRelay>,
+    definitions: Definitions,
+    locks: Vec<Mutex<()>>,
+    retry: ExponentialBuilder,
+}
+
+impl Applier {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        relay: Arc<OutboxRelay>,
+        settings: OrchestratorSettings,
+    ) -> Self {
+        let retry = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(2))
+            .with_max_delay(Duration::from_millis(500))
+            .with_max_times(settings.store_attempts)
+            .with_jitter();
+        Self {
+            store,
+            relay,
+            definitions: Definitions::default(),
+            locks: (0..LOCK_SHARDS).map(|_| Mutex::new(())).collect(),
+            retry,
+        }
+    }
+
+    fn lock_for(&self, id: &InstanceId) -> &Mutex<()> {
+        let mut h = DefaultHasher::new();
+        id.hash(&mut h);
+        &self.locks[(h.finish() as usize) % LOCK_SHARDS]
+    }
+
+    /// Applies `input` to the instance, retrying conflicts with backoff.
+    pub(crate) async fn apply(
+        &self,
+        id: &InstanceId,
+        input: &Input,
+        traceparent: Option<&TraceParent>,
+    ) -> Result<Applied, ApplyError> {
+        let _guard = self.lock_for(id).lock().await;
+        (|| self.apply_once(id, input, traceparent))
+            .retry(self.retry)
+            .when(|e| matches!(e, ApplyError::Transient(_)))
+            .await
+    }
+
+    async fn apply_once(
+        &self,
+        id: &InstanceId,
+        input: &Input,
+        traceparent: Option<&TraceParent>,
+    ) -> Result<Applied, ApplyError> {
+        let stored = self.store.load(id).await?;
+        let (state, expected, pinned) = match (&stored, input) {
+            (Some(s), _) => (
+                state_of(&s.record)?,
+                Expected::Version(s.version.clone()),
+                (
+                    s.record.summary.workflow.clone(),
+                    s.record.summary.workflow_version,
+                ),
+            ),
+            // A start whose record the gateway did not write (another
+            // producer): create it here.
+            (None, Input::Start { start, .. }) => (
+                InstanceState::new(id.clone()),
+                Expected::New,
+                (start.workflow.clone(), start.version),
+            ),
+            (None, Input::Event(_)) => {
+                return Err(ApplyError::Rejected(format!(
+                    "instance {id} does not exist"
+                )));
+            }
+        };
+        let event = match input {
+            Input::Event(event) => event.clone(),
+            Input::Start { at, start } => {
+                if state.status != RuntimeStatus::Pending {
+                    return Ok(Applied::Ignored("already started".into()));
+                }
+                let workflow = self
+                    .definitions
+                    .get(&*self.store, &start.workflow, start.version)
+                    .await?;
+                Event::Started {
+                    at: *at,
+                    instance: id.clone(),
+                    workflow,
+                    input: start.input.clone(),
+                    tenant: start.tenant.clone(),
+                }
+            }
+        };
+        let decision = decide(&state, &event);
+        if let Outcome::Ignored(reason) = decision.outcome {
+            if let (Event::TimerFired { timer, .. }, Some(stored)) = (&event, &stored) {
+                self.forget_timer(stored, timer.to_string()).await?;
+            }
+            return Ok(Applied::Ignored(reason));
+        }
+        let commit = effects::commit(&decision, &event, expected, pinned, traceparent)?;
+        let outbox = commit.outbox.clone();
+        self.store.commit(commit).await?;
+        // Published while the instance lock is held, so one instance's
+        // messages leave in decision order.
+        if let Err(e) = self.relay.publish(id, &outbox).await {
+            tracing::warn!(instance = %id, "outbox publish failed, the sweeper will retry: {e}");
+        }
+        Ok(Applied::Accepted)
+    }
+
+    /// Deletes a timer row the engine no longer knows (fired twice, or
+    /// cancelled by a decision whose commit raced the poll).
+    async fn forget_timer(&self, stored: &StoredInstance, timer: String) -> Result<(), StoreError> {
+        let mut commit = Commit::new(
+            stored.record.clone(),
+            Expected::Version(stored.version.clone()),
+        );
+        commit.remove_timers.push(timer);
+        self.store.commit(commit).await.map(|_| ())
+    }
+}

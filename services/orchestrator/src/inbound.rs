@@ -1,0 +1,163 @@
+//! Consuming `commands` and `agent-results`: each delivery becomes an engine
+//! event (or a heartbeat to relay), is applied, and is acked only after its
+//! effects are committed. Undecodable and impossible messages are
+//! dead-lettered with the reason; transient store trouble returns the
+//! message to the queue.
+
+use std::sync::Arc;
+
+use legato_bus::{Bus, Delivery, Subscription};
+use legato_contracts::{Envelope, Payload};
+use legato_engine::Event;
+use legato_service::Shutdown;
+use time::OffsetDateTime;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::apply::{Applied, Applier, ApplyError, Input};
+use crate::heartbeat;
+
+pub(crate) async fn consume(
+    mut subscription: Box<dyn Subscription>,
+    applier: Arc<Applier>,
+    bus: Arc<dyn Bus>,
+    concurrency: usize,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let slots = Arc::new(Semaphore::new(concurrency.max(1)));
+    let mut running = JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.wait() => break,
+            p = slots.clone().acquire_owned() => p?,
+        };
+        let delivery = tokio::select! {
+            _ = shutdown.wait() => break,
+            d = subscription.next() => d?,
+        };
+        let applier = applier.clone();
+        let bus = bus.clone();
+        running.spawn(async move {
+            handle(&applier, &*bus, delivery).await;
+            drop(permit);
+        });
+        while running.try_join_next().is_some() {}
+    }
+    // Drain: what was taken is finished (each is one short commit).
+    while running.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn handle(applier: &Applier, bus: &dyn Bus, delivery: Delivery) {
+    let envelope = match delivery.decode() {
+        Ok(e) => e,
+        Err(e) => return settle(delivery.dead_letter(&e.to_string()).await),
+    };
+    let span = tracing::info_span!("message", instance = %envelope.subject, r#type = envelope.type_name(), id = %envelope.id);
+    legato_service::telemetry::continue_trace(&span, envelope.traceparent.as_ref());
+    async move {
+        let input = match to_input(&envelope) {
+            Routed::Apply(input) => input,
+            Routed::Heartbeat => {
+                heartbeat::relay(applier, bus, &envelope).await;
+                return settle(delivery.ack().await);
+            }
+            Routed::Reject(reason) => return settle(delivery.dead_letter(&reason).await),
+        };
+        let traceparent =
+            legato_service::telemetry::current_traceparent().or(envelope.traceparent.clone());
+        match applier
+            .apply(&envelope.subject, &input, traceparent.as_ref())
+            .await
+        {
+            Ok(Applied::Accepted) => settle(delivery.ack().await),
+            Ok(Applied::Ignored(reason)) => {
+                tracing::debug!(%reason, "ignored");
+                settle(delivery.ack().await)
+            }
+            Err(ApplyError::Rejected(reason)) => {
+                tracing::warn!(%reason, "dead-lettering");
+                settle(delivery.dead_letter(&reason).await)
+            }
+            Err(ApplyError::Transient(e)) => {
+                tracing::warn!("store trouble, returning the message: {e}");
+                settle(delivery.nack().await)
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn settle(result: Result<(), legato_bus::BusError>) {
+    if let Err(e) = result {
+        tracing::warn!("could not settle a delivery (it will be redelivered): {e}");
+    }
+}
+
+enum Routed {
+    Apply(Input),
+    Heartbeat,
+    Reject(String),
+}
+
+/// The engine event a message stands for. Time is stamped here: the engine
+/// never reads a clock. Control messages carry their message id so a
+/// redelivery counts once.
+fn to_input(envelope: &Envelope) -> Routed {
+    let at = OffsetDateTime::now_utc();
+    let id = envelope.id.clone();
+    let event = match &envelope.payload {
+        Payload::Start(start) => {
+            return Routed::Apply(Input::Start {
+                at,
+                start: start.clone(),
+            });
+        }
+        Payload::RaiseEvent(e) => Event::EventRaised {
+            at,
+            id,
+            name: e.name.clone(),
+            data: e.data.clone(),
+        },
+        Payload::Terminate(t) => Event::TerminateRequested {
+            at,
+            id,
+            reason: t.reason.clone(),
+        },
+        Payload::Suspend(s) => Event::SuspendRequested {
+            at,
+            id,
+            reason: s.reason.clone(),
+        },
+        Payload::Resume(r) => Event::ResumeRequested {
+            at,
+            id,
+            reason: r.reason.clone(),
+        },
+        Payload::Restart(r) => Event::RestartRequested {
+            at,
+            id,
+            input: r.input.clone(),
+        },
+        Payload::TaskCompleted(c) => Event::TaskCompleted {
+            at,
+            key: c.key.clone(),
+            attempt: c.attempt,
+            output: c.output.clone(),
+            custom_status: c.custom_status.clone(),
+        },
+        Payload::TaskFailed(f) => Event::TaskFailed {
+            at,
+            key: f.key.clone(),
+            attempt: f.attempt,
+            error: f.error.clone(),
+        },
+        Payload::TaskHeartbeat(_) => return Routed::Heartbeat,
+        other => {
+            return Routed::Reject(format!("{} is not for the orchestrator", other.type_name()));
+        }
+    };
+    Routed::Apply(Input::Event(event))
+}

@@ -1,0 +1,129 @@
+//! The orchestrator: the only writer of instance state.
+//!
+//! For every command (from the gateway) and agent result it loads the
+//! instance, asks the pure engine what follows ([`legato_engine::decide`]),
+//! commits the new state with its history row, outbox messages and timer
+//! changes in one atomic write guarded by the record's version, and then
+//! publishes the outbox. A conflicting writer (another replica, or the timer
+//! loop) loses the version check, reloads and decides again; no locks are
+//! held across processes. Messages are acked only after the commit, so a
+//! crash at any point means redelivery, and the engine recognises what it
+//! has already applied.
+
+mod apply;
+mod definitions;
+mod effects;
+mod heartbeat;
+mod inbound;
+mod recovery;
+mod settings;
+mod timers;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use legato_bus::{Bus, SubscriptionSpec};
+use legato_contracts::Topic;
+use legato_service::{OutboxRelay, Readiness, Shutdown};
+use legato_store::Store;
+use tokio::task::JoinSet;
+
+pub use settings::{OrchestratorConfig, OrchestratorSettings};
+
+use crate::apply::Applier;
+
+/// The consumer group every orchestrator replica joins.
+pub const GROUP: &str = "orchestrator";
+
+/// A running orchestrator; [`Orchestrator::wait`] returns once it drained.
+pub struct Orchestrator {
+    tasks: JoinSet<anyhow::Result<()>>,
+}
+
+impl Orchestrator {
+    /// Subscribes and starts every loop: commands, agent results, timers,
+    /// the outbox sweeper and (for buses that forget on restart) recovery.
+    pub async fn start(
+        bus: Arc<dyn Bus>,
+        store: Arc<dyn Store>,
+        settings: OrchestratorSettings,
+        shutdown: Shutdown,
+        readiness: Readiness,
+    ) -> anyhow::Result<Self> {
+        let relay = Arc::new(OutboxRelay::new(bus.clone(), store.clone()));
+        let applier = Arc::new(Applier::new(store.clone(), relay.clone(), settings.clone()));
+        let prefetch = settings.concurrency.max(1);
+        let commands = bus
+            .subscribe(
+                SubscriptionSpec::new(Topic::Commands, GROUP)
+                    .bind("#")
+                    .prefetch(prefetch),
+            )
+            .await?;
+        let results = bus
+            .subscribe(
+                SubscriptionSpec::new(Topic::AgentResults, GROUP)
+                    .bind("#")
+                    .prefetch(prefetch),
+            )
+            .await?;
+        let mut tasks = JoinSet::new();
+        if settings.redispatch_on_start {
+            // Before taking new messages: what this bus lost in the restart.
+            recovery::redispatch(&*store, &*bus).await?;
+        }
+        tasks.spawn(
+            relay
+                .clone()
+                .run(
+                    shutdown.clone(),
+                    Duration::from_millis(settings.outbox_tick_ms),
+                    Duration::from_millis(settings.outbox_safety_sweep_ms),
+                )
+                .map_ok(),
+        );
+        tasks.spawn(inbound::consume(
+            commands,
+            applier.clone(),
+            bus.clone(),
+            settings.concurrency,
+            shutdown.clone(),
+        ));
+        tasks.spawn(inbound::consume(
+            results,
+            applier.clone(),
+            bus.clone(),
+            settings.concurrency,
+            shutdown.clone(),
+        ));
+        tasks.spawn(timers::run(applier, settings.clone(), shutdown.clone()));
+        readiness.set_ready(true);
+        tracing::info!("orchestrator started");
+        Ok(Self { tasks })
+    }
+
+    /// Waits for every loop to end (after shutdown); the first error wins.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        let mut first_error = None;
+        while let Some(joined) = self.tasks.join_next().await {
+            let result = joined.map_err(anyhow::Error::from).and_then(|r| r);
+            if let Err(e) = result {
+                tracing::error!("orchestrator loop ended: {e:#}");
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Lets a `()` future sit in a set of fallible loops.
+trait MapOk: std::future::Future<Output = ()> + Sized {
+    fn map_ok(self) -> impl std::future::Future<Output = anyhow::Result<()>> {
+        async move {
+            self.await;
+            Ok(())
+        }
+    }
+}
+
+impl<F: std::future::Future<Output = ()>> MapOk for F {}

@@ -1,0 +1,62 @@
+use legato_service::{BusSettings, HttpSettings, StoreSettings, TelemetrySettings};
+use serde::{Deserialize, Serialize};
+
+/// How the orchestrator works; the `orchestrator` section of its settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrchestratorSettings {
+    /// Messages handled at once (and the prefetch of each subscription).
+    pub concurrency: usize,
+    /// How often due timers are looked for. Timers are the only polling;
+    /// results and commands are handled the moment they arrive.
+    pub timer_poll_ms: u64,
+    /// Timers fired per poll.
+    pub timer_batch: usize,
+    /// Attempts at one message when the store reports a conflict or is
+    /// unavailable, before the message is returned to the queue.
+    pub store_attempts: usize,
+    /// After a restart, re-send the attempts still running and the starts
+    /// still pending. Only for a bus that forgets messages on restart (the
+    /// in-process bus of `legato up`); agents treat the copies as
+    /// redeliveries.
+    pub redispatch_on_start: bool,
+    pub outbox_tick_ms: u64,
+    pub outbox_safety_sweep_ms: u64,
+}
+
+impl Default for OrchestratorSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 32,
+            timer_poll_ms: 200,
+            timer_batch: 256,
+            store_attempts: 20,
+            redispatch_on_start: false,
+            outbox_tick_ms: 500,
+            outbox_safety_sweep_ms: 30_000,
+        }
+    }
+}
+
+/// Everything the standalone `orchestrator` binary reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrchestratorConfig {
+    pub http: HttpSettings,
+    pub telemetry: TelemetrySettings,
+    pub store: StoreSettings,
+    pub bus: BusSettings,
+    pub orchestrator: OrchestratorSettings,
+}
+
+impl Default for OrchestratorConfig {
+    fn default() -> Self {
+        Self {
+            http: HttpSettings::with_port(8081),
+            telemetry: TelemetrySettings::default(),
+            store: StoreSettings::default(),
+            bus: BusSettings::default(),
+            orchestrator: OrchestratorSettings::default(),
+        }
+    }
+}

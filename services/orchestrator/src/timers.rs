@@ -1,0 +1,68 @@
+//! Durable timers: rows in the store, found by due time. The poll is the
+//! only periodic work in the orchestrator; everything else reacts to
+//! messages. Several replicas may fire the same timer; the engine accepts
+//! it once and the others find it gone.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use legato_engine::{Event, TimerKey};
+use legato_service::Shutdown;
+use legato_store::TimerRow;
+use time::OffsetDateTime;
+
+use crate::apply::{Applier, ApplyError, Input};
+use crate::settings::OrchestratorSettings;
+
+/// Timers fired at once within one poll.
+const FIRE_CONCURRENCY: usize = 16;
+
+pub(crate) async fn run(
+    applier: Arc<Applier>,
+    settings: OrchestratorSettings,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let poll = Duration::from_millis(settings.timer_poll_ms.max(10));
+    loop {
+        let now = OffsetDateTime::now_utc();
+        match applier.store.due_timers(now, settings.timer_batch).await {
+            Ok(due) => {
+                futures::stream::iter(due)
+                    .for_each_concurrent(FIRE_CONCURRENCY, |row| fire(&applier, row))
+                    .await
+            }
+            Err(e) => tracing::warn!("timer poll failed: {e}"),
+        }
+        tokio::select! {
+            _ = shutdown.wait() => return Ok(()),
+            _ = tokio::time::sleep(poll) => {}
+        }
+    }
+}
+
+async fn fire(applier: &Applier, row: TimerRow) {
+    let timer: TimerKey = match serde_json::from_value(row.payload.clone()) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(instance = %row.instance, timer = %row.id, "unreadable timer row left in place: {e}");
+            return;
+        }
+    };
+    let event = Event::TimerFired {
+        at: OffsetDateTime::now_utc(),
+        timer,
+    };
+    match applier
+        .apply(&row.instance, &Input::Event(event), None)
+        .await
+    {
+        Ok(_) => {}
+        Err(ApplyError::Transient(e)) => {
+            tracing::warn!(instance = %row.instance, timer = %row.id, "timer will fire on a later poll: {e}")
+        }
+        Err(ApplyError::Rejected(reason)) => {
+            tracing::error!(instance = %row.instance, timer = %row.id, "timer cannot fire: {reason}")
+        }
+    }
+}

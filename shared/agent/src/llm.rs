@@ -1,0 +1,297 @@
+//! A client for the OpenAI-compatible chat-completions API, which OpenAI,
+//! Azure OpenAI and local servers (llama.cpp, vLLM, Ollama) all speak.
+//! Agents that use it fall back to a deterministic offline backend when
+//! [`LlmSettings::endpoint`] is empty, so the stack runs with no network.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LlmSettings {
+    /// `openai` (also local servers) or `azure`.
+    pub provider: Provider,
+    /// OpenAI: the API base, e.g. `https://api.openai.com/v1`.
+    /// Azure: the resource, e.g. `https://my-res.openai.azure.com`.
+    /// Empty: use the offline backend.
+    pub endpoint: String,
+    /// Secret; from the environment (`LEGATO__LLM__API_KEY`), never logged.
+    pub api_key: String,
+    /// The model (OpenAI) or deployment name (Azure).
+    pub model: String,
+    /// Azure only.
+    pub api_version: String,
+    pub timeout_ms: u64,
+}
+
+impl Default for LlmSettings {
+    fn default() -> Self {
+        Self {
+            provider: Provider::OpenAi,
+            endpoint: String::new(),
+            api_key: String::new(),
+            model: "gpt-4o-mini".into(),
+            api_version: "2024-10-21".into(),
+            timeout_ms: 60_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    #[serde(rename = "openai")]
+    OpenAi,
+    Azure,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LlmError {
+    /// Network trouble, 429 or 5xx: worth another attempt.
+    #[error("chat endpoint unavailable: {0}")]
+    Transient(String),
+    /// 4xx or an answer that is not a chat completion.
+    #[error("chat endpoint refused the request: {0}")]
+    Refused(String),
+}
+
+impl LlmError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Transient(_))
+    }
+}
+
+#[derive(Clone)]
+pub struct ChatClient {
+    http: reqwest::Client,
+    settings: LlmSettings,
+}
+
+impl std::fmt::Debug for ChatClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key is a secret: never in logs.
+        f.debug_struct("ChatClient")
+            .field("endpoint", &self.settings.endpoint)
+            .field("model", &self.settings.model)
+            .finish()
+    }
+}
+
+impl ChatClient {
+    /// `None` when no endpoint is configured (use the offline backend).
+    pub fn from_settings(settings: &LlmSettings) -> Result<Option<Self>, LlmError> {
+        if settings.endpoint.trim().is_empty() {
+            return Ok(None);
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(settings.timeout_ms))
+            .build()
+            .map_err(|e| LlmError::Refused(e.to_string()))?;
+        Ok(Some(Self {
+            http,
+            settings: settings.clone(),
+        }))
+    }
+
+    fn url(&self) -> String {
+        let base = self.settings.endpoint.trim_end_matches('/');
+        match self.settings.provider {
+            Provider::OpenAi => format!("{base}/chat/completions"),
+            Provider::Azure => format!(
+                "{base}/openai/deployments/{}/chat/completions?api-version={}",
+                self.settings.model, self.settings.api_version
+            ),
+        }
+    }
+
+    /// One system + user exchange; returns the assistant's text. `json_mode`
+    /// asks for a JSON object answer.
+    pub async fn complete(
+        &self,
+        system: &str,
+        user: &str,
+        json_mode: bool,
+    ) -> Result<String, LlmError> {
+        let mut body = json!({
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": user},
+            ],
+            "temperature": 0,
+        });
+        if self.settings.provider == Provider::OpenAi {
+            body["model"] = json!(self.settings.model);
+        }
+        if json_mode {
+            body["response_format"] = json!({"type": "json_object"});
+        }
+        let mut request = self.http.post(self.url()).json(&body);
+        if !self.settings.api_key.is_empty() {
+            request = match self.settings.provider {
+                Provider::OpenAi => request.bearer_auth(&self.settings.api_key),
+                Provider::Azure => request.header("api-key", &self.settings.api_key),
+            };
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| LlmError::Transient(e.to_string()))?;
+        let status = response.status();
+        if status.as_u16() == 429 || status.is_server_error() {
+            return Err(LlmError::Transient(format!("HTTP {status}")));
+        }
+        if !status.is_success() {
+            let text = response.text().await.unwrap_or_default();
+            return Err(LlmError::Refused(format!(
+                "HTTP {status}: {}",
+                truncate(&text, 500)
+            )));
+        }
+        let answer: ChatResponse = response
+            .json()
+            .await
+            .map_err(|e| LlmError::Refused(format!("not a chat completion: {e}")))?;
+        answer
+            .choices
+            .into_iter()
+            .next()
+            .and_then(|c| c.message.content)
+            .ok_or_else(|| LlmError::Refused("the completion has no message content".into()))
+    }
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    match text.char_indices().nth(max) {
+        Some((i, _)) => &text[..i],
+        None => text,
+    }
+}
+
+#[derive(Deserialize)]
+struct ChatResponse {
+    choices: Vec<Choice>,
+}
+
+#[derive(Deserialize)]
+struct Choice {
+    message: Message,
+}
+
+#[derive(Deserialize)]
+struct Message {
+    content: Option<String>,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use axum::Json;
+    use axum::http::{HeaderMap, StatusCode, Uri};
+    use axum::routing::post;
+    use serde_json::Value;
+
+    use super::*;
+
+    type Seen = Arc<Mutex<Vec<(String, HeaderMap, Value)>>>;
+
+    /// A local chat endpoint that records what it was sent.
+    async fn serve(status: StatusCode) -> (String, Seen) {
+        let seen: Seen = Arc::default();
+        let record = seen.clone();
+        let app = axum::Router::new().fallback(post(move |uri: Uri, headers: HeaderMap, Json(body): Json<Value>| {
+            let record = record.clone();
+            async move {
+                record.lock().unwrap().push((uri.to_string(), headers, body));
+                (status, Json(json!({"choices": [{"message": {"role": "assistant", "content": "{\"ok\":true}"}}]})))
+            }
+        }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (format!("http://{addr}"), seen)
+    }
+
+    #[tokio::test]
+    async fn openai_shape_model_bearer_and_json_mode() {
+        let (endpoint, seen) = serve(StatusCode::OK).await;
+        let settings = LlmSettings {
+            endpoint: format!("{endpoint}/v1"),
+            api_key: "sk-test".into(),
+            ..LlmSettings::default()
+        };
+        let client = ChatClient::from_settings(&settings).unwrap().unwrap();
+        let text = client.complete("sys", "hello", true).await.unwrap();
+        assert_eq!(text, "{\"ok\":true}");
+        let seen = seen.lock().unwrap();
+        let (uri, headers, body) = &seen[0];
+        assert_eq!(uri, "/v1/chat/completions");
+        assert_eq!(headers["authorization"], "Bearer sk-test");
+        assert_eq!(body["model"], "gpt-4o-mini");
+        assert_eq!(body["messages"][1]["content"], "hello");
+        assert_eq!(body["response_format"]["type"], "json_object");
+    }
+
+    #[tokio::test]
+    async fn azure_shape_deployment_path_and_api_key_header() {
+        let (endpoint, seen) = serve(StatusCode::OK).await;
+        let settings = LlmSettings {
+            provider: Provider::Azure,
+            endpoint,
+            api_key: "azkey".into(),
+            model: "planner-deploy".into(),
+            ..LlmSettings::default()
+        };
+        let client = ChatClient::from_settings(&settings).unwrap().unwrap();
+        client.complete("sys", "hi", false).await.unwrap();
+        let seen = seen.lock().unwrap();
+        let (uri, headers, body) = &seen[0];
+        assert_eq!(
+            uri,
+            "/openai/deployments/planner-deploy/chat/completions?api-version=2024-10-21"
+        );
+        assert_eq!(headers["api-key"], "azkey");
+        assert!(body.get("model").is_none());
+        assert!(body.get("response_format").is_none());
+    }
+
+    #[tokio::test]
+    async fn throttling_is_retryable_and_a_bad_request_is_not() {
+        let (endpoint, _) = serve(StatusCode::TOO_MANY_REQUESTS).await;
+        let settings = LlmSettings {
+            endpoint,
+            ..LlmSettings::default()
+        };
+        let err = ChatClient::from_settings(&settings)
+            .unwrap()
+            .unwrap()
+            .complete("s", "u", false)
+            .await
+            .unwrap_err();
+        assert!(err.is_retryable(), "{err}");
+        let (endpoint, _) = serve(StatusCode::BAD_REQUEST).await;
+        let settings = LlmSettings {
+            endpoint,
+            ..LlmSettings::default()
+        };
+        let err = ChatClient::from_settings(&settings)
+            .unwrap()
+            .unwrap()
+            .complete("s", "u", false)
+            .await
+            .unwrap_err();
+        assert!(!err.is_retryable(), "{err}");
+    }
+
+    #[test]
+    fn no_endpoint_means_offline() {
+        assert!(
+            ChatClient::from_settings(&LlmSettings::default())
+                .unwrap()
+                .is_none()
+        );
+    }
+}

@@ -1,0 +1,121 @@
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use legato_bus::Bus;
+use legato_contracts::{
+    AgentName, Envelope, HeartbeatKind, InstanceId, TaskError, TaskHeartbeat, TaskKey, TraceParent,
+    WorkflowName,
+};
+use serde_json::Value;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+/// One capability. `run` may be called more than once for the same
+/// (instance, key, attempt) after a crash, so anything it changes outside
+/// should be keyed by [`Task::idempotency_key`].
+#[async_trait]
+pub trait Agent: Send + Sync + 'static {
+    fn name(&self) -> &AgentName;
+
+    /// Does the work. A retryable error is retried under the step's policy;
+    /// any other fails the step.
+    async fn run(&self, task: &Task, ctx: &TaskContext) -> Result<Value, TaskError>;
+}
+
+/// One attempt of one task, as dispatched by the orchestrator.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Task {
+    pub instance: InstanceId,
+    pub key: TaskKey,
+    pub attempt: u32,
+    pub workflow: WorkflowName,
+    pub input: Value,
+    pub deadline: Option<OffsetDateTime>,
+}
+
+impl Task {
+    /// Stable across redeliveries of the same attempt.
+    pub fn idempotency_key(&self) -> String {
+        format!("{}/{}#{}", self.instance, self.key, self.attempt)
+    }
+}
+
+/// What an agent can do while it runs: report progress, ask for approval,
+/// set the instance's custom status, and notice cancellation.
+#[derive(Clone)]
+pub struct TaskContext {
+    pub(crate) bus: Arc<dyn Bus>,
+    pub(crate) source: String,
+    pub(crate) instance: InstanceId,
+    pub(crate) key: TaskKey,
+    pub(crate) attempt: u32,
+    pub(crate) traceparent: Option<TraceParent>,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) custom_status: Arc<Mutex<Option<Value>>>,
+}
+
+impl TaskContext {
+    /// Relays progress to the instance's watchers. Best effort: progress
+    /// that cannot be sent is logged, never fails the task.
+    pub async fn progress(&self, message: impl Into<String>, data: Option<Value>) {
+        self.heartbeat(
+            Some(HeartbeatKind::AgentProgress),
+            Some(message.into()),
+            data,
+        )
+        .await;
+    }
+
+    /// Asks a person to raise an event on the instance; watchers get an
+    /// `approval_requested` progress event with `data`.
+    pub async fn request_approval(&self, question: impl Into<String>, data: Value) {
+        self.heartbeat(
+            Some(HeartbeatKind::ApprovalRequested),
+            Some(question.into()),
+            Some(data),
+        )
+        .await;
+    }
+
+    pub(crate) async fn heartbeat(
+        &self,
+        kind: Option<HeartbeatKind>,
+        message: Option<String>,
+        progress: Option<Value>,
+    ) {
+        let heartbeat = TaskHeartbeat {
+            key: self.key.clone(),
+            attempt: self.attempt,
+            progress,
+            kind,
+            message,
+        };
+        let envelope = Envelope::new(
+            self.source.clone(),
+            self.instance.clone(),
+            OffsetDateTime::now_utc(),
+            heartbeat,
+        )
+        .with_traceparent(self.traceparent.clone());
+        if let Err(e) = self.bus.publish_envelope(&envelope).await {
+            tracing::warn!(instance = %self.instance, key = %self.key, "heartbeat not sent: {e}");
+        }
+    }
+
+    /// Replaces the instance's custom status when the task completes.
+    pub fn set_custom_status(&self, status: Value) {
+        if let Ok(mut slot) = self.custom_status.lock() {
+            *slot = Some(status);
+        }
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Completes when the orchestrator no longer wants this attempt
+    /// (instance terminated, attempt timed out) or the worker is stopping.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await;
+    }
+}

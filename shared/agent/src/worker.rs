@@ -1,0 +1,381 @@
+//! The worker loop shared by every agent.
+//!
+//! Delivery is at-least-once, so the same attempt can arrive twice: while
+//! the first copy still runs (a broker redelivery after a reconnect), or
+//! after it finished (the result was published but the ack was lost). The
+//! worker keeps the attempts it is running and a bounded memory of results
+//! it sent; a repeat is answered from memory instead of running the agent
+//! again. The task delivery is acked only after its result is published, so
+//! a worker that dies mid-task leaves the task to be redelivered.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use legato_bus::{Bus, Delivery, Subscription, SubscriptionSpec};
+use legato_contracts::{
+    CANCEL_ROUTING_PREFIX, Envelope, Payload, TaskCompleted, TaskDispatched, TaskFailed, Topic,
+};
+use legato_service::Shutdown;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::{Agent, Task, TaskContext};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerSettings {
+    /// Tasks run at once by this worker (and its prefetch).
+    pub concurrency: usize,
+    /// A task running longer than this sends a heartbeat this often.
+    pub heartbeat_interval_ms: u64,
+    /// Results remembered to answer redeliveries without re-running.
+    pub dedup_capacity: usize,
+    /// How long a draining worker waits for running tasks before leaving
+    /// them to be redelivered.
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            heartbeat_interval_ms: 10_000,
+            dedup_capacity: 10_000,
+            drain_timeout_ms: 10_000,
+        }
+    }
+}
+
+type AttemptId = (String, String, u32);
+
+fn attempt_id(subject: &str, task: &TaskDispatched) -> AttemptId {
+    (subject.to_owned(), task.key.to_string(), task.attempt)
+}
+
+/// Attempts running now, and results recently sent.
+#[derive(Default)]
+struct Ledger {
+    running: HashMap<AttemptId, CancellationToken>,
+    sent: HashMap<AttemptId, Arc<Envelope>>,
+    sent_order: VecDeque<AttemptId>,
+}
+
+enum Admission {
+    Run(CancellationToken),
+    AlreadyRunning,
+    AlreadySent(Arc<Envelope>),
+}
+
+struct Shared {
+    agent: Arc<dyn Agent>,
+    bus: Arc<dyn Bus>,
+    settings: WorkerSettings,
+    source: String,
+    ledger: Mutex<Ledger>,
+    shutdown: Shutdown,
+}
+
+impl Shared {
+    fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        // Every critical section is a few map operations that cannot leave
+        // the ledger half-updated, so a poisoned lock is still usable.
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn admit(&self, id: &AttemptId) -> Admission {
+        let mut ledger = self.ledger();
+        if let Some(result) = ledger.sent.get(id) {
+            return Admission::AlreadySent(result.clone());
+        }
+        if ledger.running.contains_key(id) {
+            return Admission::AlreadyRunning;
+        }
+        let token = CancellationToken::new();
+        ledger.running.insert(id.clone(), token.clone());
+        Admission::Run(token)
+    }
+
+    fn finish(&self, id: &AttemptId, result: Option<Arc<Envelope>>) {
+        let mut ledger = self.ledger();
+        ledger.running.remove(id);
+        if let Some(result) = result {
+            if ledger.sent.insert(id.clone(), result).is_none() {
+                ledger.sent_order.push_back(id.clone());
+            }
+            while ledger.sent_order.len() > self.settings.dedup_capacity {
+                if let Some(old) = ledger.sent_order.pop_front() {
+                    ledger.sent.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn cancel(&self, id: &AttemptId) -> bool {
+        match self.ledger().running.get(id) {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+pub struct Worker {
+    shared: Arc<Shared>,
+}
+
+impl Worker {
+    pub fn new(
+        agent: Arc<dyn Agent>,
+        bus: Arc<dyn Bus>,
+        settings: WorkerSettings,
+        shutdown: Shutdown,
+    ) -> Self {
+        let source = format!("/legato/agent/{}", agent.name());
+        Self {
+            shared: Arc::new(Shared {
+                agent,
+                bus,
+                settings,
+                source,
+                ledger: Mutex::new(Ledger::default()),
+                shutdown,
+            }),
+        }
+    }
+
+    /// The queue every replica of this agent shares.
+    pub fn task_subscription(&self) -> SubscriptionSpec {
+        let name = self.shared.agent.name();
+        SubscriptionSpec::new(Topic::AgentTasks, format!("agent-{name}"))
+            .bind(name.as_str())
+            .prefetch(self.shared.settings.concurrency.max(1))
+    }
+
+    /// Runs until shutdown, then drains.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let shared = self.shared.clone();
+        let name = shared.agent.name().clone();
+        let mut tasks = shared.bus.subscribe(self.task_subscription()).await?;
+        // Only the replica running a task can stop it, so every replica
+        // hears every cancellation on a queue of its own.
+        let cancel_group = format!("agent-{name}-cancel-{}", uuid::Uuid::new_v4().simple());
+        let mut cancels = shared
+            .bus
+            .subscribe(
+                SubscriptionSpec::new(Topic::AgentTasks, cancel_group)
+                    .bind(format!("{CANCEL_ROUTING_PREFIX}#")),
+            )
+            .await?;
+        let slots = Arc::new(Semaphore::new(shared.settings.concurrency.max(1)));
+        let mut running = JoinSet::new();
+        tracing::info!(agent = %name, concurrency = shared.settings.concurrency, "agent worker started");
+        loop {
+            // Take a slot before taking a message, so a full worker leaves
+            // messages on the queue for other replicas.
+            let permit = tokio::select! {
+                _ = shared.shutdown.wait() => break,
+                permit = slots.clone().acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            tokio::select! {
+                _ = shared.shutdown.wait() => break,
+                delivery = tasks.next() => {
+                    let delivery = delivery?;
+                    let shared = shared.clone();
+                    running.spawn(async move {
+                        handle_task(&shared, delivery).await;
+                        drop(permit);
+                    });
+                }
+                cancel = cancels.next() => {
+                    drop(permit);
+                    handle_cancel(&shared, cancel?).await;
+                }
+            }
+            while running.try_join_next().is_some() {}
+        }
+        drain(&shared, running, cancels).await;
+        tracing::info!(agent = %name, "agent worker stopped");
+        Ok(())
+    }
+}
+
+async fn drain(shared: &Shared, mut running: JoinSet<()>, mut cancels: Box<dyn Subscription>) {
+    let deadline = Duration::from_millis(shared.settings.drain_timeout_ms);
+    let wait_all = async { while running.join_next().await.is_some() {} };
+    let keep_cancelling = async {
+        while let Ok(d) = cancels.next().await {
+            handle_cancel(shared, d).await;
+        }
+    };
+    tokio::select! {
+        _ = wait_all => {}
+        _ = keep_cancelling => {}
+        _ = tokio::time::sleep(deadline) => {
+            tracing::warn!(left = running.len(), "drain timed out; unfinished tasks go back to the queue");
+            // Aborting drops their deliveries unsettled: redelivered elsewhere.
+            running.abort_all();
+        }
+    }
+}
+
+async fn handle_cancel(shared: &Shared, delivery: Delivery) {
+    match delivery.decode() {
+        Ok(Envelope {
+            subject,
+            payload: Payload::TaskCancelled(c),
+            ..
+        }) => {
+            let id = (subject.to_string(), c.key.to_string(), c.attempt);
+            if shared.cancel(&id) {
+                tracing::info!(instance = %subject, key = %c.key, attempt = c.attempt, reason = %c.reason, "task cancelled");
+            }
+            settle(delivery.ack().await);
+        }
+        Ok(other) => {
+            let reason = format!("{} is not a cancellation", other.type_name());
+            settle(delivery.dead_letter(&reason).await);
+        }
+        Err(e) => settle(delivery.dead_letter(&e.to_string()).await),
+    }
+}
+
+fn settle(result: Result<(), legato_bus::BusError>) {
+    if let Err(e) = result {
+        // The broker redelivers an unsettled message; nothing is lost.
+        tracing::warn!("could not settle a delivery: {e}");
+    }
+}
+
+async fn handle_task(shared: &Shared, delivery: Delivery) {
+    let envelope = match delivery.decode() {
+        Ok(e) => e,
+        Err(e) => return settle(delivery.dead_letter(&e.to_string()).await),
+    };
+    let Payload::TaskDispatched(dispatched) = &envelope.payload else {
+        let reason = format!("{} does not belong on an agent queue", envelope.type_name());
+        return settle(delivery.dead_letter(&reason).await);
+    };
+    if &dispatched.agent != shared.agent.name() {
+        let reason = format!(
+            "task for agent {} reached agent {}",
+            dispatched.agent,
+            shared.agent.name()
+        );
+        return settle(delivery.dead_letter(&reason).await);
+    }
+    let id = attempt_id(envelope.subject.as_str(), dispatched);
+    let cancel = match shared.admit(&id) {
+        Admission::Run(token) => token,
+        // The copy already running will answer.
+        Admission::AlreadyRunning => return settle(delivery.ack().await),
+        Admission::AlreadySent(result) => {
+            return match shared.bus.publish_envelope(&result).await {
+                Ok(()) => settle(delivery.ack().await),
+                Err(e) => {
+                    tracing::warn!("republishing a result failed: {e}");
+                    settle(delivery.nack().await)
+                }
+            };
+        }
+    };
+    let task = Task {
+        instance: envelope.subject.clone(),
+        key: dispatched.key.clone(),
+        attempt: dispatched.attempt,
+        workflow: dispatched.workflow.clone(),
+        input: dispatched.input.clone(),
+        deadline: dispatched.deadline,
+    };
+    if task
+        .deadline
+        .is_some_and(|d| d <= OffsetDateTime::now_utc())
+    {
+        // The orchestrator has already given up on this attempt.
+        shared.finish(&id, None);
+        return settle(delivery.ack().await);
+    }
+    let ctx = TaskContext {
+        bus: shared.bus.clone(),
+        source: shared.source.clone(),
+        instance: task.instance.clone(),
+        key: task.key.clone(),
+        attempt: task.attempt,
+        traceparent: envelope.traceparent.clone(),
+        cancel: cancel.clone(),
+        custom_status: Arc::default(),
+    };
+    let span = tracing::info_span!("task", instance = %task.instance, key = %task.key, attempt = task.attempt);
+    legato_service::telemetry::continue_trace(&span, envelope.traceparent.as_ref());
+    let outcome = run_with_heartbeats(shared, &task, &ctx)
+        .instrument(span)
+        .await;
+    let Some(outcome) = outcome else {
+        // Cancelled: nobody wants the result.
+        shared.finish(&id, None);
+        return settle(delivery.ack().await);
+    };
+    let custom_status = ctx.custom_status.lock().ok().and_then(|mut s| s.take());
+    let payload: Payload = match outcome {
+        Ok(output) => TaskCompleted {
+            key: task.key.clone(),
+            attempt: task.attempt,
+            output,
+            custom_status,
+        }
+        .into(),
+        Err(error) => TaskFailed {
+            key: task.key.clone(),
+            attempt: task.attempt,
+            error,
+        }
+        .into(),
+    };
+    let result = Envelope::new(
+        shared.source.clone(),
+        task.instance.clone(),
+        OffsetDateTime::now_utc(),
+        payload,
+    )
+    .with_traceparent(envelope.traceparent.clone());
+    match shared.bus.publish_envelope(&result).await {
+        Ok(()) => {
+            shared.finish(&id, Some(Arc::new(result)));
+            settle(delivery.ack().await);
+        }
+        Err(e) => {
+            tracing::warn!(key = %task.key, "publishing a result failed; the task will be redelivered: {e}");
+            shared.finish(&id, None);
+            settle(delivery.nack().await);
+        }
+    }
+}
+
+/// Runs the agent, sending a heartbeat every interval while it works.
+/// `None` when the attempt was cancelled.
+async fn run_with_heartbeats(
+    shared: &Shared,
+    task: &Task,
+    ctx: &TaskContext,
+) -> Option<Result<serde_json::Value, legato_contracts::TaskError>> {
+    let interval = Duration::from_millis(shared.settings.heartbeat_interval_ms.max(1));
+    let work = shared.agent.run(task, ctx);
+    tokio::pin!(work);
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    loop {
+        tokio::select! {
+            result = &mut work => return Some(result),
+            _ = ctx.cancel.cancelled() => return None,
+            _ = ticker.tick() => ctx.heartbeat(None, None, None).await,
+        }
+    }
+}

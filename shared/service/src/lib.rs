@@ -1,0 +1,25 @@
+//! The service kit: what every legato binary needs around its own work.
+//!
+//! - [`settings`]: one typed settings struct per service, layered from
+//!   built-in defaults, `config/*.toml` and `LEGATO__SECTION__KEY`
+//!   environment variables, validated at start with the bad key named;
+//! - [`telemetry`]: tracing, with an OpenTelemetry OTLP exporter when an
+//!   endpoint is configured;
+//! - [`shutdown`]: one drain signal passed down to every loop;
+//! - [`health`]: `/healthz` and `/readyz`;
+//! - [`wiring`]: opens the bus and store the settings name;
+//! - [`outbox`]: publishes committed outbox rows and deletes them.
+
+pub mod health;
+pub mod outbox;
+pub mod problem;
+pub mod records;
+pub mod settings;
+pub mod shutdown;
+pub mod telemetry;
+pub mod wiring;
+
+pub use health::{Readiness, health_router};
+pub use outbox::OutboxRelay;
+pub use settings::{BusSettings, HttpSettings, StoreSettings, TelemetrySettings, load};
+pub use shutdown::Shutdown;

@@ -1,0 +1,197 @@
+//! The outbox relay. An orchestrator (or the gateway) commits the messages
+//! a decision causes together with the state, then calls [`OutboxRelay::publish`]
+//! to send them and delete the rows. If the process dies in between, the
+//! rows stay, and [`OutboxRelay::run`] publishes them on the next start.
+//! Consumers deduplicate, so publishing a row twice is harmless; losing one
+//! is impossible.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use legato_bus::{Bus, BusError, OutgoingMessage};
+use legato_contracts::{Envelope, InstanceId};
+use legato_store::{OutboxRow, Store, StoreError};
+
+use crate::Shutdown;
+
+/// Rows read per sweep round.
+const SWEEP_BATCH: usize = 500;
+/// Rounds per sweep, so one sweep always ends.
+const SWEEP_ROUNDS: usize = 1_000;
+
+/// The outbox row that publishes `envelope` with its payload's topic and
+/// routing key.
+pub fn row_of(envelope: &Envelope) -> Result<OutboxRow, serde_json::Error> {
+    Ok(OutboxRow {
+        id: envelope.id.clone(),
+        topic: envelope.payload.topic(),
+        routing_key: envelope
+            .payload
+            .routing_key(envelope.subject.as_str())
+            .into_owned(),
+        body: envelope.encode()?,
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct OutboxRelay {
+    bus: Arc<dyn Bus>,
+    store: Arc<dyn Store>,
+    /// Set when an inline publish failed, so the next tick sweeps at once.
+    dirty: AtomicBool,
+}
+
+impl OutboxRelay {
+    pub fn new(bus: Arc<dyn Bus>, store: Arc<dyn Store>) -> Self {
+        Self {
+            bus,
+            store,
+            dirty: AtomicBool::new(false),
+        }
+    }
+
+    /// Publishes one commit's rows in order, then deletes them. On failure
+    /// the rows stay for the sweeper.
+    pub async fn publish(
+        &self,
+        instance: &InstanceId,
+        rows: &[OutboxRow],
+    ) -> Result<(), RelayError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let result = self.send_and_delete(instance, rows).await;
+        if result.is_err() {
+            self.dirty.store(true, Ordering::Release);
+        }
+        result
+    }
+
+    async fn send_and_delete(
+        &self,
+        instance: &InstanceId,
+        rows: &[OutboxRow],
+    ) -> Result<(), RelayError> {
+        for row in rows {
+            let message = OutgoingMessage {
+                id: row.id.clone(),
+                body: row.body.clone().into(),
+                headers: Default::default(),
+            };
+            self.bus
+                .publish(row.topic, &row.routing_key, message)
+                .await?;
+        }
+        let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+        self.store.delete_outbox(instance, &ids).await?;
+        Ok(())
+    }
+
+    /// Publishes every row left behind; returns how many.
+    pub async fn sweep(&self) -> Result<usize, RelayError> {
+        self.dirty.store(false, Ordering::Release);
+        let mut total = 0;
+        for _ in 0..SWEEP_ROUNDS {
+            let entries = self.store.pending_outbox(SWEEP_BATCH).await?;
+            if entries.is_empty() {
+                break;
+            }
+            total += entries.len();
+            // Group consecutive rows of one instance so each group is one
+            // publish-then-delete, keeping per-instance order.
+            let mut start = 0;
+            while start < entries.len() {
+                let instance = &entries[start].instance;
+                let end = entries[start..]
+                    .iter()
+                    .position(|e| &e.instance != instance)
+                    .map_or(entries.len(), |n| start + n);
+                let rows: Vec<OutboxRow> =
+                    entries[start..end].iter().map(|e| e.row.clone()).collect();
+                self.send_and_delete(instance, &rows).await?;
+                start = end;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Sweeps at once, then whenever an inline publish failed (checked every
+    /// `tick`) and every `safety_interval` regardless, until shutdown.
+    pub async fn run(
+        self: Arc<Self>,
+        shutdown: Shutdown,
+        tick: Duration,
+        safety_interval: Duration,
+    ) {
+        let mut since_sweep = Duration::MAX;
+        loop {
+            if self.dirty.load(Ordering::Acquire) || since_sweep >= safety_interval {
+                since_sweep = Duration::ZERO;
+                match self.sweep().await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(rows = n, "outbox: published rows left by an earlier run")
+                    }
+                    Err(e) => {
+                        tracing::warn!("outbox sweep failed, retrying: {e}");
+                        self.dirty.store(true, Ordering::Release);
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = tokio::time::sleep(tick) => since_sweep = since_sweep.saturating_add(tick),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use legato_bus::Bus as _;
+    use legato_bus::{InProcessBus, SubscriptionSpec};
+    use legato_contracts::Topic;
+    use legato_store::{Commit, Expected, SqliteStore, conformance};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn rows_left_by_a_crash_are_published_by_the_sweep_then_deleted() {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+        let bus = InProcessBus::default();
+        let mut sub = bus
+            .subscribe(SubscriptionSpec::new(Topic::Progress, "watch").bind("#"))
+            .await
+            .unwrap();
+        let record = conformance::record("i", legato_contracts::RuntimeStatus::Running);
+        let instance = record.summary.id.clone();
+        let mut commit = Commit::new(record, Expected::New);
+        for n in 0..3 {
+            commit.outbox.push(OutboxRow {
+                id: format!("m{n}"),
+                topic: Topic::Progress,
+                routing_key: instance.to_string(),
+                body: format!("{n}").into_bytes(),
+            });
+        }
+        store.commit(commit).await.unwrap();
+        let relay = OutboxRelay::new(Arc::new(bus), store.clone());
+        assert_eq!(relay.sweep().await.unwrap(), 3);
+        for n in 0..3 {
+            let d = sub.next().await.unwrap();
+            assert_eq!(d.message_id, format!("m{n}"));
+            d.ack().await.unwrap();
+        }
+        assert!(store.pending_outbox(10).await.unwrap().is_empty());
+        assert_eq!(relay.sweep().await.unwrap(), 0);
+    }
+}

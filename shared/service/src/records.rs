@@ -1,0 +1,55 @@
+//! How an engine state is kept as a store record. The gateway writes the
+//! first (Pending) record when it accepts a start; from then on only the
+//! orchestrator writes.
+
+use legato_contracts::{InstanceId, WorkflowName};
+use legato_engine::InstanceState;
+use legato_store::{InstanceRecord, InstanceSummary, StoreError};
+use serde::Deserialize;
+use serde_json::Value;
+use time::OffsetDateTime;
+
+/// The record of an accepted start, before the orchestrator takes it up.
+/// The state keeps the input and tenant, so a start whose command was lost
+/// can be sent again from the record alone.
+pub fn pending(
+    id: InstanceId,
+    workflow: WorkflowName,
+    version: u32,
+    input: Value,
+    tenant: Option<String>,
+    now: OffsetDateTime,
+) -> Result<InstanceRecord, StoreError> {
+    let mut state = InstanceState::new(id);
+    state.input = input;
+    state.tenant = tenant;
+    state.created_at = Some(now);
+    state.updated_at = Some(now);
+    record(&state, workflow, version, now)
+}
+
+/// The record of a state; `workflow`/`version` are the pinned definition.
+pub fn record(
+    state: &InstanceState,
+    workflow: WorkflowName,
+    version: u32,
+    now: OffsetDateTime,
+) -> Result<InstanceRecord, StoreError> {
+    let summary = InstanceSummary {
+        id: state.id.clone(),
+        workflow,
+        workflow_version: version,
+        status: state.status,
+        tenant: state.tenant.clone(),
+        created_at: state.created_at.unwrap_or(now),
+        updated_at: state.updated_at.unwrap_or(now),
+    };
+    let state = serde_json::to_value(state).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(InstanceRecord { summary, state })
+}
+
+/// The engine state inside a stored record.
+pub fn state_of(record: &InstanceRecord) -> Result<InstanceState, StoreError> {
+    InstanceState::deserialize(&record.state)
+        .map_err(|e| StoreError::Corrupt(format!("state of instance {}: {e}", record.summary.id)))
+}

@@ -1,0 +1,159 @@
+//! Layered settings: built-in defaults, then `config/default.toml`, then
+//! `config/<service>.toml`, then environment variables `LEGATO__SECTION__KEY`
+//! (double underscores separate levels, e.g. `LEGATO__HTTP__PORT=9000`).
+//! A value that does not fit the typed struct fails start-up with the key
+//! named, before any work is taken.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use config::{Config, Environment, File};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Where the layered files are looked for; `LEGATO_CONFIG_DIR` overrides.
+const DEFAULT_CONFIG_DIR: &str = "config";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("settings: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("settings: `{key}` {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+impl SettingsError {
+    pub fn invalid(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self::Invalid {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Loads a service's settings. `T::default()` supplies every key, so a
+/// file or variable only needs the values it changes.
+pub fn load<T>(service: &str) -> Result<T, SettingsError>
+where
+    T: Default + Serialize + DeserializeOwned,
+{
+    let dir = std::env::var("LEGATO_CONFIG_DIR").unwrap_or_else(|_| DEFAULT_CONFIG_DIR.into());
+    let defaults = Config::try_from(&T::default())?;
+    let config = Config::builder()
+        .add_source(defaults)
+        .add_source(File::with_name(&format!("{dir}/default")).required(false))
+        .add_source(File::with_name(&format!("{dir}/{service}")).required(false))
+        .add_source(
+            Environment::with_prefix("LEGATO")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        )
+        .build()?;
+    Ok(config.try_deserialize()?)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub host: String,
+    pub port: u16,
+}
+
+impl HttpSettings {
+    pub fn with_port(port: u16) -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port,
+        }
+    }
+
+    pub fn addr(&self) -> Result<SocketAddr, SettingsError> {
+        format!("{}:{}", self.host, self.port)
+            .parse()
+            .map_err(|e| SettingsError::invalid("http.host", format!("is not an IP address: {e}")))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// A `tracing` filter such as `info` or `legato_orchestrator=debug,info`;
+    /// `RUST_LOG` wins when set.
+    pub log: String,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+    /// OTLP/HTTP endpoint (e.g. `http://127.0.0.1:4318`); empty disables export.
+    pub otlp_endpoint: String,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            log: "info".into(),
+            log_format: LogFormat::Text,
+            otlp_endpoint: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StoreSettings {
+    /// The embedded store: one SQLite file (created with its directory).
+    Sqlite { path: PathBuf },
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self::Sqlite {
+            path: PathBuf::from(".legato/legato.db"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum BusSettings {
+    /// Only meaningful inside `legato up`, where every service shares it.
+    #[default]
+    InProcess,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default, Serialize, Deserialize)]
+    struct Sample {
+        http: Option<HttpSettings>,
+        telemetry: TelemetrySettings,
+        store: StoreSettings,
+    }
+
+    #[test]
+    fn defaults_load_without_files_or_variables() {
+        let s: Sample = load("sample-that-has-no-file").unwrap();
+        assert_eq!(s.telemetry.log, "info");
+        assert_eq!(s.store, StoreSettings::default());
+    }
+
+    #[test]
+    fn a_bad_address_names_the_key() {
+        let err = HttpSettings {
+            host: "not an ip".into(),
+            port: 1,
+        }
+        .addr()
+        .unwrap_err();
+        assert!(err.to_string().contains("http.host"), "{err}");
+    }
+}

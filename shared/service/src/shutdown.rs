@@ -1,0 +1,65 @@
+//! Graceful shutdown as a value: one token, cloned into every loop. When it
+//! fires, consumers stop taking messages, finish (or leave unacked) what they
+//! hold, and return.
+
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Default, Debug)]
+pub struct Shutdown(CancellationToken);
+
+impl Shutdown {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn trigger(&self) {
+        self.0.cancel();
+    }
+
+    pub fn is_triggered(&self) -> bool {
+        self.0.is_cancelled()
+    }
+
+    /// Completes once shutdown has been triggered.
+    pub async fn wait(&self) {
+        self.0.cancelled().await;
+    }
+
+    /// A child that also fires on its own (e.g. one task's cancellation).
+    pub fn child(&self) -> Self {
+        Self(self.0.child_token())
+    }
+
+    /// Triggers this shutdown on SIGTERM or Ctrl-C.
+    pub fn on_signals(&self) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown signal received: draining");
+            me.trigger();
+        });
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM ({e}); Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
