@@ -91,6 +91,24 @@ impl Stack {
         let readiness = Readiness::new(Some(store.clone()));
         let mut tasks = JoinSet::new();
 
+        let agent_config = AgentConfig {
+            worker: config.worker.clone(),
+            llm: config.llm.clone(),
+            data: config.data.clone(),
+            ..AgentConfig::default()
+        };
+        for kind in AgentKind::ALL {
+            let agent = legato_agents::build(kind, &agent_config)?;
+            let worker = Worker::new(agent, bus.clone(), config.worker.clone(), shutdown.clone());
+            tasks.spawn(worker.start().await?);
+        }
+
+        let hub = ProgressHub::default();
+        tasks.spawn(legato_notifier::relay(bus.clone(), hub.clone(), shutdown.clone()).await?);
+
+        // Last, once every consumer is subscribed: the orchestrator re-sends
+        // in-flight work on start, and the in-process bus delivers only to
+        // queues that exist.
         let orchestrator_settings = OrchestratorSettings {
             redispatch_on_start: true,
             ..config.orchestrator.clone()
@@ -104,25 +122,6 @@ impl Stack {
         )
         .await?;
         tasks.spawn(orchestrator.wait());
-
-        let agent_config = AgentConfig {
-            worker: config.worker.clone(),
-            llm: config.llm.clone(),
-            data: config.data.clone(),
-            ..AgentConfig::default()
-        };
-        for kind in AgentKind::ALL {
-            let agent = legato_agents::build(kind, &agent_config)?;
-            let worker = Worker::new(agent, bus.clone(), config.worker.clone(), shutdown.clone());
-            tasks.spawn(worker.run());
-        }
-
-        let hub = ProgressHub::default();
-        tasks.spawn(legato_notifier::relay(
-            bus.clone(),
-            hub.clone(),
-            shutdown.clone(),
-        ));
 
         let app = legato_gateway::router(GatewayState::new(
             store.clone(),

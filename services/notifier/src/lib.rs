@@ -45,16 +45,29 @@ pub struct NotifierState {
     pub store: Arc<dyn Store>,
 }
 
-/// Consumes progress into the hub until shutdown.
-pub async fn relay(bus: Arc<dyn Bus>, hub: ProgressHub, shutdown: Shutdown) -> anyhow::Result<()> {
+/// Subscribes to progress now and returns the loop that feeds the hub
+/// until shutdown.
+pub async fn relay(
+    bus: Arc<dyn Bus>,
+    hub: ProgressHub,
+    shutdown: Shutdown,
+) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static> {
     let group = format!("notifier-{}", uuid::Uuid::new_v4().simple());
-    let mut progress = bus
+    let progress = bus
         .subscribe(
             SubscriptionSpec::new(Topic::Progress, group)
                 .bind("#")
                 .prefetch(256),
         )
         .await?;
+    Ok(feed(progress, hub, shutdown))
+}
+
+async fn feed(
+    mut progress: Box<dyn legato_bus::Subscription>,
+    hub: ProgressHub,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
     loop {
         let delivery = tokio::select! {
             _ = shutdown.wait() => return Ok(()),

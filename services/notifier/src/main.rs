@@ -26,7 +26,9 @@ async fn main() -> anyhow::Result<()> {
             .await
     });
     readiness.set_ready(true);
-    let result = legato_notifier::relay(bus, hub, shutdown.clone()).await;
+    let result = legato_notifier::relay(bus, hub, shutdown.clone())
+        .await?
+        .await;
     shutdown.trigger();
     server.await??;
     result

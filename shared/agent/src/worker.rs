@@ -158,55 +158,73 @@ impl Worker {
             .prefetch(self.shared.settings.concurrency.max(1))
     }
 
-    /// Runs until shutdown, then drains.
+    /// Subscribes and runs until shutdown, then drains.
     pub async fn run(self) -> anyhow::Result<()> {
+        self.start().await?.await
+    }
+
+    /// Subscribes now (so nothing sent from here on is missed) and returns
+    /// the loop to run.
+    pub async fn start(
+        self,
+    ) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static>
+    {
         let shared = self.shared.clone();
-        let name = shared.agent.name().clone();
-        let mut tasks = shared.bus.subscribe(self.task_subscription()).await?;
+        let tasks = shared.bus.subscribe(self.task_subscription()).await?;
         // Only the replica running a task can stop it, so every replica
         // hears every cancellation on a queue of its own.
+        let name = shared.agent.name();
         let cancel_group = format!("agent-{name}-cancel-{}", uuid::Uuid::new_v4().simple());
-        let mut cancels = shared
+        let cancels = shared
             .bus
             .subscribe(
                 SubscriptionSpec::new(Topic::AgentTasks, cancel_group)
                     .bind(format!("{CANCEL_ROUTING_PREFIX}#")),
             )
             .await?;
-        let slots = Arc::new(Semaphore::new(shared.settings.concurrency.max(1)));
-        let mut running = JoinSet::new();
-        tracing::info!(agent = %name, concurrency = shared.settings.concurrency, "agent worker started");
-        loop {
-            // Take a slot before taking a message, so a full worker leaves
-            // messages on the queue for other replicas.
-            let permit = tokio::select! {
-                _ = shared.shutdown.wait() => break,
-                permit = slots.clone().acquire_owned() => match permit {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-            };
-            tokio::select! {
-                _ = shared.shutdown.wait() => break,
-                delivery = tasks.next() => {
-                    let delivery = delivery?;
-                    let shared = shared.clone();
-                    running.spawn(async move {
-                        handle_task(&shared, delivery).await;
-                        drop(permit);
-                    });
-                }
-                cancel = cancels.next() => {
-                    drop(permit);
-                    handle_cancel(&shared, cancel?).await;
-                }
-            }
-            while running.try_join_next().is_some() {}
-        }
-        drain(&shared, running, cancels).await;
-        tracing::info!(agent = %name, "agent worker stopped");
-        Ok(())
+        Ok(work(shared, tasks, cancels))
     }
+}
+
+async fn work(
+    shared: Arc<Shared>,
+    mut tasks: Box<dyn Subscription>,
+    mut cancels: Box<dyn Subscription>,
+) -> anyhow::Result<()> {
+    let name = shared.agent.name().clone();
+    let slots = Arc::new(Semaphore::new(shared.settings.concurrency.max(1)));
+    let mut running = JoinSet::new();
+    tracing::info!(agent = %name, concurrency = shared.settings.concurrency, "agent worker started");
+    loop {
+        // Take a slot before taking a message, so a full worker leaves
+        // messages on the queue for other replicas.
+        let permit = tokio::select! {
+            _ = shared.shutdown.wait() => break,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        tokio::select! {
+            _ = shared.shutdown.wait() => break,
+            delivery = tasks.next() => {
+                let delivery = delivery?;
+                let shared = shared.clone();
+                running.spawn(async move {
+                    handle_task(&shared, delivery).await;
+                    drop(permit);
+                });
+            }
+            cancel = cancels.next() => {
+                drop(permit);
+                handle_cancel(&shared, cancel?).await;
+            }
+        }
+        while running.try_join_next().is_some() {}
+    }
+    drain(&shared, running, cancels).await;
+    tracing::info!(agent = %name, "agent worker stopped");
+    Ok(())
 }
 
 async fn drain(shared: &Shared, mut running: JoinSet<()>, mut cancels: Box<dyn Subscription>) {

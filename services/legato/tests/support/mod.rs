@@ -1,0 +1,207 @@
+//! Runs `legato up` as a real process on a free port and talks to it over
+//! HTTP, the way a user does. Every test gets its own data directory, so
+//! tests never share state and can run in any order.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+pub struct Legato {
+    child: Child,
+    pub base: String,
+    pub data_dir: PathBuf,
+    pub client: reqwest::Client,
+}
+
+fn workflows_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../workflows")
+}
+
+impl Legato {
+    pub fn start(data_dir: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_legato"))
+            .args(["up", "--port", "0", "--data-dir"])
+            .arg(data_dir)
+            .arg("--workflows")
+            .arg(workflows_dir())
+            .env("LEGATO__TELEMETRY__LOG", "warn")
+            .env("LEGATO_CONFIG_DIR", data_dir.join("no-config"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn legato up");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("legato up: listening on ") {
+                    let url = rest
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
+                    let _ = tx.send(url);
+                }
+            }
+        });
+        let base = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("legato up did not report its address within 60 s");
+        Self {
+            child,
+            base,
+            data_dir: data_dir.to_owned(),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// SIGKILL: no drain, no flush, like a crash.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn register(&self, definition: Value) {
+        let name = definition["name"].as_str().unwrap().to_owned();
+        let response = self
+            .client
+            .put(self.url(&format!("/api/v1/workflows/{name}")))
+            .header("content-type", "application/json")
+            .body(definition.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        assert!(
+            status.is_success(),
+            "register {name}: {status} {}",
+            response.text().await.unwrap()
+        );
+    }
+
+    pub async fn start_instance(&self, workflow: &str, body: Value) -> String {
+        let response = self
+            .client
+            .post(self.url(&format!("/api/v1/workflows/{workflow}/instances")))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        assert_eq!(status, StatusCode::ACCEPTED, "{text}");
+        serde_json::from_str::<Value>(&text).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    pub async fn status(&self, id: &str) -> Value {
+        self.get_json(&format!("/api/v1/instances/{id}?history=true"))
+            .await
+            .1
+    }
+
+    pub async fn get_json(&self, path: &str) -> (StatusCode, Value) {
+        let response = self.client.get(self.url(path)).send().await.unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Polls the status until `done` holds or the deadline passes.
+    pub async fn wait_for(
+        &self,
+        id: &str,
+        what: &str,
+        limit: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let status = self.status(id).await;
+            if done(&status) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{id}: not {what} within {limit:?}: {status:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub async fn wait_status(&self, id: &str, runtime_status: &str) -> Value {
+        self.wait_for(id, runtime_status, Duration::from_secs(30), |s| {
+            s["runtimeStatus"] == runtime_status
+        })
+        .await
+    }
+
+    pub async fn wait_step(&self, id: &str, step: &str, step_status: &str) -> Value {
+        self.wait_for(
+            id,
+            &format!("{step} {step_status}"),
+            Duration::from_secs(30),
+            |s| step_of(s, step)["status"] == step_status,
+        )
+        .await
+    }
+}
+
+impl Drop for Legato {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn step_of<'a>(status: &'a Value, id: &str) -> &'a Value {
+    status["steps"]
+        .as_array()
+        .and_then(|steps| steps.iter().find(|s| s["id"] == id))
+        .unwrap_or(&Value::Null)
+}
+
+/// History events of one type, in order.
+pub fn events<'a>(status: &'a Value, kind: &str) -> Vec<&'a Value> {
+    status["history"]
+        .as_array()
+        .map(|h| {
+            h.iter()
+                .filter(|row| row["event"]["type"] == kind)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn echo_step(id: &str, needs: &[&str], input: Value) -> Value {
+    json!({"id": id, "needs": needs, "agent": "echo", "input": input})
+}
+
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("legato-e2e-")
+        .tempdir()
+        .unwrap()
+}
