@@ -189,12 +189,16 @@ impl Worker {
 async fn work(
     shared: Arc<Shared>,
     mut tasks: Box<dyn Subscription>,
-    mut cancels: Box<dyn Subscription>,
+    cancels: Box<dyn Subscription>,
 ) -> anyhow::Result<()> {
     let name = shared.agent.name().clone();
+    // Cancellations are heard whatever the task slots are doing, and also
+    // while draining.
+    let listener = tokio::spawn(listen_for_cancels(shared.clone(), cancels));
     let slots = Arc::new(Semaphore::new(shared.settings.concurrency.max(1)));
     let mut running = JoinSet::new();
     tracing::info!(agent = %name, concurrency = shared.settings.concurrency, "agent worker started");
+    let mut result = Ok(());
     loop {
         // Take a slot before taking a message, so a full worker leaves
         // messages on the queue for other replicas.
@@ -205,44 +209,46 @@ async fn work(
                 Err(_) => break,
             },
         };
-        tokio::select! {
+        let delivery = tokio::select! {
             _ = shared.shutdown.wait() => break,
-            delivery = tasks.next() => {
-                let delivery = delivery?;
-                let shared = shared.clone();
-                running.spawn(async move {
-                    handle_task(&shared, delivery).await;
-                    drop(permit);
-                });
+            delivery = tasks.next() => delivery,
+        };
+        let delivery = match delivery {
+            Ok(d) => d,
+            Err(e) => {
+                result = Err(e.into());
+                break;
             }
-            cancel = cancels.next() => {
-                drop(permit);
-                handle_cancel(&shared, cancel?).await;
-            }
-        }
+        };
+        let task_shared = shared.clone();
+        running.spawn(async move {
+            handle_task(&task_shared, delivery).await;
+            drop(permit);
+        });
         while running.try_join_next().is_some() {}
     }
-    drain(&shared, running, cancels).await;
+    drain(&shared, running).await;
+    listener.abort();
     tracing::info!(agent = %name, "agent worker stopped");
-    Ok(())
+    result
 }
 
-async fn drain(shared: &Shared, mut running: JoinSet<()>, mut cancels: Box<dyn Subscription>) {
+async fn listen_for_cancels(shared: Arc<Shared>, mut cancels: Box<dyn Subscription>) {
+    while let Ok(delivery) = cancels.next().await {
+        handle_cancel(&shared, delivery).await;
+    }
+}
+
+async fn drain(shared: &Shared, mut running: JoinSet<()>) {
     let deadline = Duration::from_millis(shared.settings.drain_timeout_ms);
     let wait_all = async { while running.join_next().await.is_some() {} };
-    let keep_cancelling = async {
-        while let Ok(d) = cancels.next().await {
-            handle_cancel(shared, d).await;
-        }
-    };
-    tokio::select! {
-        _ = wait_all => {}
-        _ = keep_cancelling => {}
-        _ = tokio::time::sleep(deadline) => {
-            tracing::warn!(left = running.len(), "drain timed out; unfinished tasks go back to the queue");
-            // Aborting drops their deliveries unsettled: redelivered elsewhere.
-            running.abort_all();
-        }
+    if tokio::time::timeout(deadline, wait_all).await.is_err() {
+        tracing::warn!(
+            left = running.len(),
+            "drain timed out; unfinished tasks go back to the queue"
+        );
+        // Aborting drops their deliveries unsettled: redelivered elsewhere.
+        running.abort_all();
     }
 }
 

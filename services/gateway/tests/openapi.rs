@@ -1,0 +1,120 @@
+//! The OpenAPI document in `contracts/` is the one the gateway serves, and
+//! the router answers without a socket.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use legato_bus::InProcessBus;
+use legato_gateway::{GatewaySettings, GatewayState, router};
+use legato_store::SqliteStore;
+use serde_json::Value;
+use tower::ServiceExt;
+
+fn contract_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../contracts/openapi.json")
+}
+
+#[test]
+fn contracts_openapi_json_is_the_served_document() {
+    let generated =
+        serde_json::to_string_pretty(&legato_gateway::openapi::document()).unwrap() + "\n";
+    let path = contract_path();
+    if std::env::var_os("LEGATO_BLESS").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "contracts/openapi.json is out of date; run `LEGATO_BLESS=1 cargo test -p legato-gateway --test openapi` and commit it"
+    );
+    let doc: Value = serde_json::from_str(&generated).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let mut paths: Vec<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    paths.sort_unstable();
+    assert_eq!(
+        paths,
+        [
+            "/api/v1/instances",
+            "/api/v1/instances/{id}",
+            "/api/v1/instances/{id}/events/{name}",
+            "/api/v1/instances/{id}/restart",
+            "/api/v1/instances/{id}/resume",
+            "/api/v1/instances/{id}/stream",
+            "/api/v1/instances/{id}/suspend",
+            "/api/v1/instances/{id}/terminate",
+            "/api/v1/workflows",
+            "/api/v1/workflows/{name}",
+            "/api/v1/workflows/{name}/instances",
+        ]
+    );
+}
+
+fn app(max_body_bytes: usize) -> axum::Router {
+    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    let settings = GatewaySettings {
+        max_body_bytes,
+        ..GatewaySettings::default()
+    };
+    router(GatewayState::new(
+        store,
+        Arc::new(InProcessBus::default()),
+        settings,
+    ))
+}
+
+#[tokio::test]
+async fn errors_are_problem_details_naming_the_field() {
+    let response = app(1024)
+        .oneshot(
+            Request::get("/api/v1/instances?createdFrom=yesterday")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let body: Value = serde_json::from_slice(
+        &axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(body["errors"][0]["field"], "createdFrom");
+
+    let big = "x".repeat(2048);
+    let response = app(1024)
+        .oneshot(
+            Request::put("/api/v1/workflows/w")
+                .body(Body::from(big))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+
+    let response = app(1024)
+        .oneshot(
+            Request::get("/api/v1/instances/nope")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+}
