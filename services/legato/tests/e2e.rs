@@ -643,6 +643,9 @@ async fn the_stream_sends_progress_until_the_instance_finishes() {
         .expect("the stream ends with the instance")
         .unwrap();
     assert!(text.starts_with("event: status"), "{text}");
+    let snapshot: Value =
+        serde_json::from_str(text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap()).unwrap();
+    assert_eq!(snapshot["waitingFor"], json!(["approval"]), "{snapshot}");
     let kinds: Vec<String> = text
         .split("\n\n")
         .filter(|frame| frame.contains("event: progress"))
@@ -664,4 +667,18 @@ async fn the_stream_sends_progress_until_the_instance_finishes() {
         Some("instance_completed"),
         "{kinds:?}"
     );
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_exits_cleanly_and_state_survives() {
+    let dir = temp_dir();
+    let legato = Legato::start(dir.path());
+    let id = legato
+        .start_instance("fan-out-fan-in", json!({"input": {"value": 1}}))
+        .await;
+    legato.wait_status(&id, "Completed").await;
+    let status = legato.terminate(Duration::from_secs(20));
+    assert!(status.success(), "{status}");
+    let legato = Legato::start(dir.path());
+    assert_eq!(legato.status(&id).await["runtimeStatus"], "Completed");
 }

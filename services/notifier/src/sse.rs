@@ -19,6 +19,7 @@ use axum::routing::get;
 use futures::Stream;
 use legato_contracts::{InstanceId, ProgressKind};
 use legato_service::problem::Problem;
+use legato_service::records::state_of;
 use serde_json::json;
 use std::sync::Arc;
 
@@ -47,23 +48,27 @@ async fn stream(State(state): State<NotifierState>, Path(id): Path<String>) -> R
         Ok(None) => return Problem::not_found(format!("no instance {id}")).into_response(),
         Err(e) => return Problem::from(e).into_response(),
     };
-    let summary = stored.record.summary;
-    let seq = stored
-        .record
-        .state
-        .get("sequence")
-        .and_then(|s| s.as_u64())
-        .unwrap_or(0);
+    let state = match state_of(&stored.record) {
+        Ok(state) => state,
+        Err(e) => return Problem::from(e).into_response(),
+    };
+    let waiting_for: Vec<&str> = state.awaited_events().map(|(_, e)| e.as_str()).collect();
     let snapshot = Event::default()
         .event("status")
-        .id(seq.to_string())
-        .json_data(json!({"id": summary.id, "runtimeStatus": summary.status.as_str(), "seq": seq}))
+        .id(state.sequence.to_string())
+        .json_data(json!({
+            "id": state.id,
+            "runtimeStatus": state.status.as_str(),
+            "seq": state.sequence,
+            "customStatus": state.custom_status,
+            "waitingFor": waiting_for,
+        }))
         .unwrap_or_default();
     let watch = Watch {
         updates,
         id,
         first: Some(snapshot),
-        done: summary.status.is_terminal(),
+        done: state.status.is_terminal(),
     };
     Sse::new(events(watch))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))

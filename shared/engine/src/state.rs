@@ -298,17 +298,21 @@ impl InstanceState {
 
     /// Steps currently waiting for the named external event.
     pub fn waiting_for(&self, name: &EventName) -> Option<&StepId> {
-        let workflow = self.workflow.as_ref()?;
-        workflow.steps.iter().find_map(|step| {
+        self.awaited_events()
+            .find_map(|(step, event)| (event == name).then_some(step))
+    }
+
+    /// The events waiting steps wait for, as (step, event name).
+    pub fn awaited_events(&self) -> impl Iterator<Item = (&StepId, &EventName)> {
+        let steps = self.workflow.iter().flat_map(|w| w.steps.iter());
+        steps.filter_map(|step| {
             let waiting = self
                 .steps
                 .get(&step.id)
                 .is_some_and(|s| s.status == StepStatus::Waiting);
             match &step.action {
-                legato_workflow::Action::WaitForEvent { wait_for_event }
-                    if waiting && &wait_for_event.name == name =>
-                {
-                    Some(&step.id)
+                legato_workflow::Action::WaitForEvent { wait_for_event } if waiting => {
+                    Some((&step.id, &wait_for_event.name))
                 }
                 _ => None,
             }

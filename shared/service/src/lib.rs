@@ -21,5 +21,5 @@ pub mod wiring;
 
 pub use health::{Readiness, health_router};
 pub use outbox::OutboxRelay;
-pub use settings::{BusSettings, HttpSettings, StoreSettings, TelemetrySettings, load};
+pub use settings::{BusSettings, HttpSettings, StoreSettings, TelemetrySettings, load, load_from};
 pub use shutdown::Shutdown;

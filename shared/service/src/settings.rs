@@ -1,11 +1,14 @@
-//! Layered settings: built-in defaults, then `config/default.toml`, then
-//! `config/<service>.toml`, then environment variables `LEGATO__SECTION__KEY`
-//! (double underscores separate levels, e.g. `LEGATO__HTTP__PORT=9000`).
-//! A value that does not fit the typed struct fails start-up with the key
-//! named, before any work is taken.
+//! Layered settings: built-in defaults, then `config/<service>.toml` (the
+//! directory can be moved with `LEGATO_CONFIG_DIR`), then environment
+//! variables `LEGATO__SECTION__KEY` (double underscores separate levels,
+//! e.g. `LEGATO__HTTP__PORT=9000`). Unknown keys and values that do not fit
+//! the typed struct fail start-up with the key named, before any work is
+//! taken. There is deliberately no file shared by all services: each
+//! service's settings are a different struct, and a shared file would hold
+//! keys that are unknown to most of them.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use config::{Config, Environment, File};
 use serde::de::DeserializeOwned;
@@ -38,11 +41,18 @@ where
     T: Default + Serialize + DeserializeOwned,
 {
     let dir = std::env::var("LEGATO_CONFIG_DIR").unwrap_or_else(|_| DEFAULT_CONFIG_DIR.into());
+    load_from(Path::new(&dir), service)
+}
+
+/// [`load`] with the file directory given.
+pub fn load_from<T>(dir: &Path, service: &str) -> Result<T, SettingsError>
+where
+    T: Default + Serialize + DeserializeOwned,
+{
     let defaults = Config::try_from(&T::default())?;
     let config = Config::builder()
         .add_source(defaults)
-        .add_source(File::with_name(&format!("{dir}/default")).required(false))
-        .add_source(File::with_name(&format!("{dir}/{service}")).required(false))
+        .add_source(File::from(dir.join(format!("{service}.toml"))).required(false))
         .add_source(
             Environment::with_prefix("LEGATO")
                 .prefix_separator("__")
@@ -144,6 +154,27 @@ mod tests {
         let s: Sample = load("sample-that-has-no-file").unwrap();
         assert_eq!(s.telemetry.log, "info");
         assert_eq!(s.store, StoreSettings::default());
+    }
+
+    #[test]
+    fn a_file_overrides_defaults_and_a_bad_value_names_its_key() {
+        let dir = std::env::temp_dir().join(format!("legato-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("good.toml"), "[telemetry]\nlog = \"debug\"\n").unwrap();
+        let s: Sample = load_from(&dir, "good").unwrap();
+        assert_eq!(s.telemetry.log, "debug");
+        assert_eq!(s.telemetry.log_format, LogFormat::Text);
+        std::fs::write(
+            dir.join("bad.toml"),
+            "[http]\nhost = \"127.0.0.1\"\nport = \"eighty\"\n",
+        )
+        .unwrap();
+        let err = load_from::<Sample>(&dir, "bad").unwrap_err().to_string();
+        assert!(err.contains("http.port"), "{err}");
+        std::fs::write(dir.join("typo.toml"), "[telemetry]\nlevel = \"debug\"\n").unwrap();
+        let err = load_from::<Sample>(&dir, "typo").unwrap_err().to_string();
+        assert!(err.contains("level"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -60,6 +60,24 @@ impl Legato {
         }
     }
 
+    /// SIGTERM, then the exit status once the process has drained.
+    pub fn terminate(mut self, limit: Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success());
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "legato up did not exit within {limit:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL: no drain, no flush, like a crash.
     pub fn kill(mut self) {
         let _ = self.child.kill();
