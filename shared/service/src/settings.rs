@@ -19,10 +19,17 @@ const DEFAULT_CONFIG_DIR: &str = "config";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
+    /// The message already names the key; it is not repeated as a cause.
     #[error("settings: {0}")]
-    Load(#[from] config::ConfigError),
+    Load(config::ConfigError),
     #[error("settings: `{key}` {problem}")]
     Invalid { key: String, problem: String },
+}
+
+impl From<config::ConfigError> for SettingsError {
+    fn from(e: config::ConfigError) -> Self {
+        Self::Load(e)
+    }
 }
 
 impl SettingsError {
