@@ -5,9 +5,7 @@ use std::sync::Arc;
 use legato_agent::llm::{ChatClient, LlmSettings};
 use legato_agent::{Agent, Worker, WorkerSettings};
 use legato_contracts::AgentName;
-use legato_service::{
-    BusSettings, HttpSettings, Readiness, Shutdown, TelemetrySettings, health_router, wiring,
-};
+use legato_service::{BusSettings, HttpSettings, Readiness, Shutdown, TelemetrySettings, wiring};
 use serde::{Deserialize, Serialize};
 
 use crate::approval::Approval;
@@ -99,13 +97,12 @@ pub async fn run_standalone(kind: AgentKind) -> anyhow::Result<()> {
     shutdown.on_signals();
     let readiness = Readiness::new(None);
     let listener = tokio::net::TcpListener::bind(config.http.addr()?).await?;
-    let stop = shutdown.clone();
-    let health = health_router(readiness.clone());
-    let server = tokio::spawn(async move {
-        axum::serve(listener, health)
-            .with_graceful_shutdown(async move { stop.wait().await })
-            .await
-    });
+    let server = tokio::spawn(legato_service::serve(
+        listener,
+        axum::Router::new(),
+        readiness.clone(),
+        shutdown.clone(),
+    ));
     let worker = Worker::new(agent, bus, config.worker.clone(), shutdown.clone());
     readiness.set_ready(true);
     let result = worker.run().await;

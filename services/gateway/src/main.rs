@@ -1,7 +1,7 @@
 //! The standalone gateway process.
 
 use legato_gateway::{GatewayConfig, GatewayState};
-use legato_service::{Readiness, Shutdown, health_router, wiring};
+use legato_service::{Readiness, Shutdown, wiring};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -12,16 +12,8 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = Shutdown::new();
     shutdown.on_signals();
     let readiness = Readiness::new(Some(store.clone()));
-    let app = legato_gateway::router(GatewayState::new(store, bus, config.gateway))
-        .merge(health_router(readiness.clone()));
+    let app = legato_gateway::router(GatewayState::new(store, bus, config.gateway));
     let listener = tokio::net::TcpListener::bind(config.http.addr()?).await?;
     readiness.set_ready(true);
-    let stop = shutdown.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            stop.wait().await;
-            readiness.set_ready(false);
-        })
-        .await?;
-    Ok(())
+    legato_service::serve(listener, app, readiness, shutdown).await
 }

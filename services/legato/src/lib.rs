@@ -22,9 +22,7 @@ use legato_bus::{Bus, InProcessBus};
 use legato_gateway::{GatewaySettings, GatewayState};
 use legato_notifier::{NotifierState, ProgressHub};
 use legato_orchestrator::{Orchestrator, OrchestratorSettings};
-use legato_service::{
-    HttpSettings, Readiness, Shutdown, StoreSettings, TelemetrySettings, health_router, wiring,
-};
+use legato_service::{HttpSettings, Readiness, Shutdown, StoreSettings, TelemetrySettings, wiring};
 use legato_store::Store;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
@@ -131,20 +129,15 @@ impl Stack {
         .merge(legato_notifier::router(NotifierState {
             hub,
             store: store.clone(),
-        }))
-        .merge(health_router(readiness.clone()));
+        }));
         let listener = tokio::net::TcpListener::bind(config.http.addr()?).await?;
         let addr = listener.local_addr()?;
-        let stop = shutdown.clone();
-        tasks.spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    stop.wait().await;
-                    readiness.set_ready(false);
-                })
-                .await?;
-            Ok(())
-        });
+        tasks.spawn(legato_service::serve(
+            listener,
+            app,
+            readiness,
+            shutdown.clone(),
+        ));
         Ok(Self {
             addr,
             store,

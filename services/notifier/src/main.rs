@@ -1,7 +1,7 @@
 //! The standalone notifier process.
 
 use legato_notifier::{NotifierConfig, NotifierState, ProgressHub};
-use legato_service::{Readiness, Shutdown, health_router, wiring};
+use legato_service::{Readiness, Shutdown, wiring};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -16,15 +16,14 @@ async fn main() -> anyhow::Result<()> {
     let app = legato_notifier::router(NotifierState {
         hub: hub.clone(),
         store,
-    })
-    .merge(health_router(readiness.clone()));
-    let listener = tokio::net::TcpListener::bind(config.http.addr()?).await?;
-    let stop = shutdown.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.wait().await })
-            .await
     });
+    let listener = tokio::net::TcpListener::bind(config.http.addr()?).await?;
+    let server = tokio::spawn(legato_service::serve(
+        listener,
+        app,
+        readiness.clone(),
+        shutdown.clone(),
+    ));
     readiness.set_ready(true);
     let result = legato_notifier::relay(bus, hub, shutdown.clone())
         .await?

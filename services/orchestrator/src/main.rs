@@ -1,7 +1,7 @@
 //! The standalone orchestrator process.
 
 use legato_orchestrator::{Orchestrator, OrchestratorConfig};
-use legato_service::{Readiness, Shutdown, health_router, wiring};
+use legato_service::{Readiness, Shutdown, wiring};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -13,13 +13,12 @@ async fn main() -> anyhow::Result<()> {
     shutdown.on_signals();
     let readiness = Readiness::new(Some(store.clone()));
     let listener = tokio::net::TcpListener::bind(config.http.addr()?).await?;
-    let health = health_router(readiness.clone());
-    let stop = shutdown.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, health)
-            .with_graceful_shutdown(async move { stop.wait().await })
-            .await
-    });
+    let server = tokio::spawn(legato_service::serve(
+        listener,
+        axum::Router::new(),
+        readiness.clone(),
+        shutdown.clone(),
+    ));
     let orchestrator = Orchestrator::start(
         bus,
         store,

@@ -10,6 +10,8 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use legato_store::{InstanceQuery, Store};
 
+use crate::Shutdown;
+
 #[derive(Clone)]
 pub struct Readiness {
     ready: Arc<AtomicBool>,
@@ -51,6 +53,25 @@ pub fn health_router(readiness: Readiness) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(readiness)
+}
+
+/// Serves `app` with `/healthz` and `/readyz` until shutdown; readiness
+/// drops as soon as draining starts, so a load balancer stops sending work
+/// while in-flight requests finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    readiness: Readiness,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let app = app.merge(health_router(readiness.clone()));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.wait().await;
+            readiness.set_ready(false);
+        })
+        .await?;
+    Ok(())
 }
 
 async fn readyz(State(readiness): State<Readiness>) -> (StatusCode, String) {

@@ -19,7 +19,7 @@ pub mod shutdown;
 pub mod telemetry;
 pub mod wiring;
 
-pub use health::{Readiness, health_router};
+pub use health::{Readiness, health_router, serve};
 pub use outbox::OutboxRelay;
 pub use settings::{BusSettings, HttpSettings, StoreSettings, TelemetrySettings, load, load_from};
 pub use shutdown::Shutdown;
