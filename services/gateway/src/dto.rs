@@ -263,3 +263,22 @@ pub(crate) struct Accepted {
     /// The message id of the command sent.
     pub command_id: String,
 }
+
+/// Where a SignalR client connects.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct NegotiateResponse {
+    pub url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_token: Option<String>,
+}
+
+/// Exactly one of the two.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct SubscriptionRequest {
+    #[serde(default)]
+    pub connection_id: Option<String>,
+    #[serde(default)]
+    pub user_id: Option<String>,
+}

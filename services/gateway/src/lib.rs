@@ -17,6 +17,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use legato_bus::Bus;
 use legato_service::OutboxRelay;
+use legato_signalr::azure::AzureSignalR;
 use legato_store::Store;
 use tower_http::trace::TraceLayer;
 
@@ -28,6 +29,9 @@ pub struct GatewayState {
     pub bus: Arc<dyn Bus>,
     pub relay: Arc<OutboxRelay>,
     pub settings: Arc<GatewaySettings>,
+    /// Azure SignalR Service, when configured; otherwise clients use the
+    /// notifier's local hub.
+    pub signalr: Option<AzureSignalR>,
 }
 
 impl GatewayState {
@@ -38,7 +42,13 @@ impl GatewayState {
             bus,
             relay,
             settings: Arc::new(settings),
+            signalr: None,
         }
+    }
+
+    pub fn with_signalr(mut self, signalr: Option<AzureSignalR>) -> Self {
+        self.signalr = signalr;
+        self
     }
 }
 

@@ -12,7 +12,9 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = Shutdown::new();
     shutdown.on_signals();
     let readiness = Readiness::new(Some(store.clone()));
-    let app = legato_gateway::router(GatewayState::new(store, bus, config.gateway));
+    let signalr = config.signalr.azure()?;
+    let app =
+        legato_gateway::router(GatewayState::new(store, bus, config.gateway).with_signalr(signalr));
     let listener = tokio::net::TcpListener::bind(config.http.addr()?).await?;
     readiness.set_ready(true);
     legato_service::serve(listener, app, readiness, shutdown).await

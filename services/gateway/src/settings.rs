@@ -1,4 +1,5 @@
 use legato_service::{BusSettings, HttpSettings, StoreSettings, TelemetrySettings};
+use legato_signalr::SignalRSettings;
 use serde::{Deserialize, Serialize};
 
 /// The `gateway` section.
@@ -33,6 +34,7 @@ pub struct GatewayConfig {
     pub store: StoreSettings,
     pub bus: BusSettings,
     pub gateway: GatewaySettings,
+    pub signalr: SignalRSettings,
 }
 
 impl Default for GatewayConfig {
@@ -43,6 +45,7 @@ impl Default for GatewayConfig {
             store: StoreSettings::default(),
             bus: BusSettings::default(),
             gateway: GatewaySettings::default(),
+            signalr: SignalRSettings::default(),
         }
     }
 }

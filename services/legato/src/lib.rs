@@ -23,6 +23,7 @@ use legato_gateway::{GatewaySettings, GatewayState};
 use legato_notifier::{NotifierState, ProgressHub};
 use legato_orchestrator::{Orchestrator, OrchestratorSettings};
 use legato_service::{HttpSettings, Readiness, Shutdown, StoreSettings, TelemetrySettings, wiring};
+use legato_signalr::SignalRSettings;
 use legato_store::Store;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
@@ -42,6 +43,8 @@ pub struct LegatoConfig {
     pub orchestrator: OrchestratorSettings,
     pub worker: WorkerSettings,
     pub llm: LlmSettings,
+    /// Azure SignalR Service; empty: the local hub at `/hubs/progress`.
+    pub signalr: SignalRSettings,
     /// The data agent's database; the default is the demo database in
     /// `data_dir`.
     pub data: DataSettings,
@@ -58,6 +61,7 @@ impl Default for LegatoConfig {
             orchestrator: OrchestratorSettings::default(),
             worker: WorkerSettings::default(),
             llm: LlmSettings::default(),
+            signalr: SignalRSettings::default(),
             data: DataSettings::default(),
         }
     }
@@ -121,15 +125,19 @@ impl Stack {
         .await?;
         tasks.spawn(orchestrator.wait());
 
-        let app = legato_gateway::router(GatewayState::new(
-            store.clone(),
-            bus,
-            config.gateway.clone(),
-        ))
-        .merge(legato_notifier::router(NotifierState {
-            hub,
-            store: store.clone(),
-        }));
+        let azure = config.signalr.azure()?;
+        if let Some(azure) = azure.clone() {
+            tasks.spawn(legato_notifier::relay_to_azure(
+                hub.clone(),
+                azure,
+                shutdown.clone(),
+            ));
+        }
+        let gateway =
+            GatewayState::new(store.clone(), bus, config.gateway.clone()).with_signalr(azure);
+        let app = legato_gateway::router(gateway).merge(legato_notifier::router(
+            NotifierState::new(hub, store.clone(), shutdown.clone()),
+        ));
         let listener = tokio::net::TcpListener::bind(config.http.addr()?).await?;
         let addr = listener.local_addr()?;
         tasks.spawn(legato_service::serve(

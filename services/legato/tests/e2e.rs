@@ -657,15 +657,23 @@ async fn the_stream_sends_progress_until_the_instance_finishes() {
                 .to_owned()
         })
         .collect();
+    // What happened before the stream opened is replayed, then the rest.
     assert_eq!(
         kinds.first().map(String::as_str),
-        Some("event_received"),
+        Some("instance_started"),
         "{kinds:?}"
     );
+    let waiting = kinds.iter().position(|k| k == "waiting_for_event").unwrap();
+    let received = kinds.iter().position(|k| k == "event_received").unwrap();
+    assert!(waiting < received, "{kinds:?}");
     assert_eq!(
         kinds.last().map(String::as_str),
         Some("instance_completed"),
         "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "instance_completed").count(),
+        1
     );
 }
 

@@ -1,21 +1,33 @@
 //! The notifier: consumes the `progress` topic and relays each event to the
-//! clients watching its instance. Every notifier replica needs every event
+//! clients watching its instance: server-sent events
+//! (`/api/v1/instances/{id}/stream`), the local SignalR hub
+//! (`/hubs/progress`), and, with a connection string, Azure SignalR Service. Every notifier replica needs every event
 //! (its clients may watch any instance), so each consumes through a group
 //! of its own.
 
+mod azure;
 mod hub;
+mod signalr_hub;
 mod sse;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::Router;
+use axum::http::{HeaderName, Method, header};
+use axum::routing::{get, post};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use legato_bus::{Bus, SubscriptionSpec};
-use legato_contracts::{Payload, Topic};
+use legato_contracts::{Envelope, Payload, Topic};
 use legato_service::{BusSettings, HttpSettings, Shutdown, StoreSettings, TelemetrySettings};
+use legato_signalr::SignalRSettings;
 use legato_store::Store;
 use serde::{Deserialize, Serialize};
 
+pub use azure::relay_to_azure;
 pub use hub::{ProgressHub, Update};
-pub use sse::router;
 
 /// Everything the standalone `notifier` binary reads.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,6 +37,7 @@ pub struct NotifierConfig {
     pub telemetry: TelemetrySettings,
     pub store: StoreSettings,
     pub bus: BusSettings,
+    pub signalr: SignalRSettings,
 }
 
 impl Default for NotifierConfig {
@@ -34,6 +47,7 @@ impl Default for NotifierConfig {
             telemetry: TelemetrySettings::default(),
             store: StoreSettings::default(),
             bus: BusSettings::default(),
+            signalr: SignalRSettings::default(),
         }
     }
 }
@@ -41,8 +55,45 @@ impl Default for NotifierConfig {
 /// What the notifier's HTTP routes need.
 #[derive(Clone)]
 pub struct NotifierState {
-    pub hub: ProgressHub,
-    pub store: Arc<dyn Store>,
+    pub(crate) hub: ProgressHub,
+    pub(crate) store: Arc<dyn Store>,
+    /// Ends hub sessions and streams, so a draining server can close.
+    pub(crate) shutdown: Shutdown,
+    /// Connection tokens handed out by negotiate, not yet connected.
+    pub(crate) tokens: Arc<Mutex<HashMap<String, Instant>>>,
+}
+
+impl NotifierState {
+    pub fn new(hub: ProgressHub, store: Arc<dyn Store>, shutdown: Shutdown) -> Self {
+        Self {
+            hub,
+            store,
+            shutdown,
+            tokens: Arc::default(),
+        }
+    }
+}
+
+/// The notifier's routes: the progress stream (SSE) and the SignalR hub.
+/// Browsers reach the hub from other origins with credentials, so CORS
+/// echoes the origin rather than answering `*`.
+pub fn router(state: NotifierState) -> Router {
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::mirror_request())
+        .allow_credentials(true)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("x-requested-with"),
+            HeaderName::from_static("x-signalr-user-agent"),
+        ]);
+    Router::new()
+        .route("/api/v1/instances/{id}/stream", get(sse::stream))
+        .route("/hubs/progress/negotiate", post(signalr_hub::negotiate))
+        .route("/hubs/progress", get(signalr_hub::connect))
+        .layer(cors)
+        .with_state(state)
 }
 
 /// Subscribes to progress now and returns the loop that feeds the hub
@@ -74,19 +125,22 @@ async fn feed(
             d = progress.next() => d?,
         };
         let settled = match delivery.decode() {
-            Ok(envelope) => match envelope.payload {
-                Payload::Progress(event) => {
-                    hub.publish(envelope.subject, event);
-                    delivery.ack().await
-                }
-                other => {
-                    let reason = format!(
-                        "{} does not belong on the progress topic",
-                        other.type_name()
-                    );
-                    delivery.dead_letter(&reason).await
-                }
-            },
+            Ok(Envelope {
+                id,
+                subject,
+                payload: Payload::Progress(event),
+                ..
+            }) => {
+                hub.publish(subject, event, id);
+                delivery.ack().await
+            }
+            Ok(other) => {
+                let reason = format!(
+                    "{} does not belong on the progress topic",
+                    other.type_name()
+                );
+                delivery.dead_letter(&reason).await
+            }
             Err(e) => delivery.dead_letter(&e.to_string()).await,
         };
         if let Err(e) = settled {

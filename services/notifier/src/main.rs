@@ -13,10 +13,7 @@ async fn main() -> anyhow::Result<()> {
     shutdown.on_signals();
     let hub = ProgressHub::default();
     let readiness = Readiness::new(Some(store.clone()));
-    let app = legato_notifier::router(NotifierState {
-        hub: hub.clone(),
-        store,
-    });
+    let app = legato_notifier::router(NotifierState::new(hub.clone(), store, shutdown.clone()));
     let listener = tokio::net::TcpListener::bind(config.http.addr()?).await?;
     let server = tokio::spawn(legato_service::serve(
         listener,
@@ -24,6 +21,13 @@ async fn main() -> anyhow::Result<()> {
         readiness.clone(),
         shutdown.clone(),
     ));
+    if let Some(azure) = config.signalr.azure()? {
+        tokio::spawn(legato_notifier::relay_to_azure(
+            hub.clone(),
+            azure,
+            shutdown.clone(),
+        ));
+    }
     readiness.set_ready(true);
     let result = legato_notifier::relay(bus, hub, shutdown.clone())
         .await?

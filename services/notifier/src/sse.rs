@@ -2,25 +2,26 @@
 //! instance's progress, for curl and browsers.
 //!
 //! The stream opens with a `status` event (the instance as stored now), then
-//! sends every `progress` event (`id:` is the event's history sequence
+//! replays the instance's recent progress the notifier still holds, then
+//! sends every new `progress` event (`id:` is the event's history sequence
 //! number) and ends after the instance reaches a final status. If the
-//! instance had already finished, the `status` event is the whole stream. A
+//! instance had already finished, the stream is its status and whatever is
+//! still buffered. A
 //! watcher that fell behind gets a `lagged` event with the number missed and
 //! can read `GET /api/v1/instances/{id}?history=true&after=<last id>`.
 
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use futures::Stream;
-use legato_contracts::{InstanceId, ProgressKind};
+use legato_contracts::InstanceId;
 use legato_service::problem::Problem;
 use legato_service::records::state_of;
 use serde_json::json;
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use tokio::sync::broadcast;
@@ -30,19 +31,14 @@ use crate::Update;
 
 use crate::NotifierState;
 
-pub fn router(state: NotifierState) -> Router {
-    Router::new()
-        .route("/api/v1/instances/{id}/stream", get(stream))
-        .with_state(state)
-}
-
-async fn stream(State(state): State<NotifierState>, Path(id): Path<String>) -> Response {
+pub(crate) async fn stream(State(state): State<NotifierState>, Path(id): Path<String>) -> Response {
     let id = match InstanceId::parse(id) {
         Ok(id) => id,
         Err(e) => return Problem::field("id", e.to_string()).into_response(),
     };
-    // Subscribe before reading the snapshot, so nothing falls in between.
-    let updates = state.hub.subscribe();
+    // Watch before reading the snapshot, so nothing falls in between.
+    let (replay, updates) = state.hub.watch(&id);
+    let shutdown = state.shutdown.clone();
     let stored = match state.store.load(&id).await {
         Ok(Some(stored)) => stored,
         Ok(None) => return Problem::not_found(format!("no instance {id}")).into_response(),
@@ -64,10 +60,21 @@ async fn stream(State(state): State<NotifierState>, Path(id): Path<String>) -> R
             "waitingFor": waiting_for,
         }))
         .unwrap_or_default();
+    let mut replay: VecDeque<Arc<Update>> = replay.into();
+    if !state.status.is_terminal() {
+        // A live instance that ran before under this id (restart, reuse):
+        // replay only its current run.
+        if let Some(last_final) = replay.iter().rposition(|u| u.is_final()) {
+            replay.drain(..=last_final);
+        }
+    }
     let watch = Watch {
+        shutdown,
         updates,
         id,
         first: Some(snapshot),
+        replay,
+        after: 0,
         done: state.status.is_terminal(),
     };
     Sse::new(events(watch))
@@ -76,10 +83,23 @@ async fn stream(State(state): State<NotifierState>, Path(id): Path<String>) -> R
 }
 
 struct Watch {
+    shutdown: legato_service::Shutdown,
     updates: broadcast::Receiver<Arc<Update>>,
     id: InstanceId,
     first: Option<Event>,
+    /// Buffered events from before the stream opened, sent first.
+    replay: VecDeque<Arc<Update>>,
+    /// The last update sent; live updates up to it were in the replay.
+    after: u64,
     done: bool,
+}
+
+fn progress_event(update: &Update) -> Event {
+    Event::default()
+        .event("progress")
+        .id(update.event.seq.to_string())
+        .json_data(&update.event)
+        .unwrap_or_default()
 }
 
 fn events(watch: Watch) -> impl Stream<Item = Result<Event, Infallible>> {
@@ -87,24 +107,29 @@ fn events(watch: Watch) -> impl Stream<Item = Result<Event, Infallible>> {
         if let Some(first) = w.first.take() {
             return Some((Ok(first), w));
         }
+        if let Some(update) = w.replay.pop_front() {
+            w.after = update.n;
+            // A finished instance's stream is its status and what is buffered.
+            if update.is_final() {
+                w.done = true;
+                w.replay.clear();
+            }
+            return Some((Ok(progress_event(&update)), w));
+        }
         if w.done {
             return None;
         }
         loop {
-            match w.updates.recv().await {
-                Ok(update) if update.instance == w.id => {
-                    w.done = matches!(
-                        update.event.kind,
-                        ProgressKind::InstanceCompleted
-                            | ProgressKind::InstanceFailed
-                            | ProgressKind::InstanceTerminated
-                    );
-                    let event = Event::default()
-                        .event("progress")
-                        .id(update.event.seq.to_string())
-                        .json_data(&update.event)
-                        .unwrap_or_default();
-                    return Some((Ok(event), w));
+            let received = tokio::select! {
+                // A draining server ends open streams; clients reconnect.
+                _ = w.shutdown.wait() => return None,
+                received = w.updates.recv() => received,
+            };
+            match received {
+                Ok(update) if update.instance == w.id && update.n > w.after => {
+                    w.after = update.n;
+                    w.done = update.is_final();
+                    return Some((Ok(progress_event(&update)), w));
                 }
                 Ok(_) => continue,
                 Err(RecvError::Lagged(missed)) => {

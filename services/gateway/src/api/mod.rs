@@ -1,5 +1,6 @@
 mod control;
 mod instances;
+mod realtime;
 mod workflows;
 
 use axum::Router;
@@ -18,6 +19,7 @@ pub(crate) use control::{__path_restart, __path_resume, __path_suspend, __path_t
 pub(crate) use instances::{
     __path_get_instance, __path_list_instances, __path_purge, __path_start,
 };
+pub(crate) use realtime::{__path_negotiate, __path_subscribe};
 pub(crate) use workflows::{__path_get_workflow, __path_list_workflows, __path_register};
 
 /// Every message the gateway sends says it came from here.
@@ -45,6 +47,11 @@ pub(crate) fn routes() -> Router<GatewayState> {
         .route("/api/v1/instances/{id}/suspend", post(control::suspend))
         .route("/api/v1/instances/{id}/resume", post(control::resume))
         .route("/api/v1/instances/{id}/restart", post(control::restart))
+        .route("/api/v1/negotiate", post(realtime::negotiate))
+        .route(
+            "/api/v1/instances/{id}/subscriptions",
+            post(realtime::subscribe),
+        )
 }
 
 pub(crate) fn instance_id(raw: String) -> Result<InstanceId, Problem> {

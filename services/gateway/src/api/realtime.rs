@@ -1,0 +1,113 @@
+//! Where real-time clients connect. The stock SignalR client is pointed at
+//! `/api/v1`: its negotiate lands here and is redirected, to the notifier's
+//! local hub (`/hubs/progress`) or, with Azure SignalR configured, to the
+//! service with a signed token. In Azure (serverless) mode clients cannot
+//! invoke hub methods, so watching an instance is a gateway call that adds
+//! the connection (or user) to the instance's group after the checks.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use legato_service::problem::Problem;
+use legato_signalr::HUB;
+
+use super::{base_url, instance_id, load};
+use crate::GatewayState;
+use crate::body::JsonBody;
+use crate::dto::{NegotiateResponse, SubscriptionRequest};
+
+/// Header naming the user a client connects as (until the gateway
+/// authenticates callers, it is the client's own claim).
+const USER_HEADER: &str = "x-legato-user";
+
+/// Negotiate for the stock SignalR client (`withUrl("<gateway>/api/v1")`).
+#[utoipa::path(
+    post,
+    path = "/api/v1/negotiate",
+    tag = "realtime",
+    params(("x-legato-user" = Option<String>, Header, description = "The user id to connect as (Azure mode); a random one when absent")),
+    responses((status = 200, description = "Where to connect, and with which token (Azure mode)", body = NegotiateResponse))
+)]
+pub(crate) async fn negotiate(
+    State(state): State<GatewayState>,
+    headers: HeaderMap,
+) -> Result<Json<NegotiateResponse>, Problem> {
+    let Some(azure) = &state.signalr else {
+        return Ok(Json(NegotiateResponse {
+            url: format!("{}/hubs/{HUB}", base_url(&state, &headers)),
+            access_token: None,
+        }));
+    };
+    let user = headers
+        .get(USER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|u| !u.is_empty() && u.len() <= 128)
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let redirect = azure.negotiate(&user).map_err(|e| {
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Cannot sign a SignalR token",
+            e.to_string(),
+        )
+    })?;
+    Ok(Json(NegotiateResponse {
+        url: redirect.url,
+        access_token: Some(redirect.access_token),
+    }))
+}
+
+/// Watch an instance through Azure SignalR: adds a connection or user to
+/// the instance's group.
+#[utoipa::path(
+    post,
+    path = "/api/v1/instances/{id}/subscriptions",
+    tag = "realtime",
+    params(("id" = String, Path)),
+    request_body = SubscriptionRequest,
+    responses(
+        (status = 204, description = "Added to the instance's group"),
+        (status = 400, description = "Neither or both of connectionId and userId", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown instance", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Local mode: invoke Subscribe(instanceId) on /hubs/progress instead", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Azure SignalR unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn subscribe(
+    State(state): State<GatewayState>,
+    Path(id): Path<String>,
+    JsonBody(request): JsonBody<SubscriptionRequest>,
+) -> Result<StatusCode, Problem> {
+    let id = instance_id(id)?;
+    let Some(azure) = &state.signalr else {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "Local hub",
+            "no Azure SignalR is configured: invoke Subscribe(instanceId) on /hubs/progress",
+        ));
+    };
+    // 404 for an unknown instance, and (once callers have tenants) for
+    // another tenant's.
+    let (stored, _) = load(&state, &id).await?;
+    if stored.record.summary.tenant.is_some() {
+        return Err(Problem::not_found(format!("no instance {id}")));
+    }
+    let added = match (&request.connection_id, &request.user_id) {
+        (Some(connection), None) => azure.add_connection_to_group(id.as_str(), connection).await,
+        (None, Some(user)) => azure.add_user_to_group(id.as_str(), user).await,
+        _ => {
+            return Err(Problem::field(
+                "body",
+                "give exactly one of connectionId and userId",
+            ));
+        }
+    };
+    added.map_err(|e| {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Azure SignalR unavailable",
+            e.to_string(),
+        )
+    })?;
+    Ok(StatusCode::NO_CONTENT)
+}

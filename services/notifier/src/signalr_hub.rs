@@ -1,0 +1,356 @@
+//! The local SignalR hub at `/hubs/progress`, enough of ASP.NET Core
+//! SignalR for the stock `@microsoft/signalr` client: negotiate (versions
+//! 0 and 1, WebSockets only), the JSON hub protocol over WebSocket text
+//! frames, pings both ways, and close.
+//!
+//! Client methods: `Subscribe(instanceId)` answers `{instanceId,
+//! runtimeStatus, seq}`, then the instance's buffered progress, then every
+//! new event, each as a `progress` invocation whose argument is the
+//! progress event with `instanceId`; `Unsubscribe(instanceId)` stops them.
+//! A connection may only watch instances of its own tenant (connections
+//! have no tenant until the gateway authenticates callers, so for now they
+//! see instances without one).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use legato_contracts::InstanceId;
+use legato_service::problem::Problem;
+use legato_service::records::state_of;
+use legato_signalr::PROGRESS_TARGET;
+use legato_signalr::protocol::{HandshakeRequest, Message, handshake_response, records};
+use serde_json::{Value, json};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::{NotifierState, Update};
+
+/// The client pings every 15 s and gives up after 30 s of silence; the
+/// server does the same.
+const PING_INTERVAL: Duration = Duration::from_secs(15);
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a negotiated connection token may wait for its WebSocket.
+const TOKEN_TTL: Duration = Duration::from_secs(120);
+
+pub(crate) async fn negotiate(
+    State(state): State<NotifierState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Json<Value> {
+    let version = query
+        .get("negotiateVersion")
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(0)
+        .min(1);
+    let connection_id = uuid::Uuid::new_v4().simple().to_string();
+    let token = uuid::Uuid::new_v4().simple().to_string();
+    // Version 0 clients connect with the connection id, version 1 with the token.
+    let key = if version >= 1 {
+        token.clone()
+    } else {
+        connection_id.clone()
+    };
+    state.remember_token(key);
+    let mut body = json!({
+        "negotiateVersion": version,
+        "connectionId": connection_id,
+        "availableTransports": [{"transport": "WebSockets", "transferFormats": ["Text"]}],
+    });
+    if version >= 1 {
+        body["connectionToken"] = json!(token);
+    }
+    Json(body)
+}
+
+pub(crate) async fn connect(
+    State(state): State<NotifierState>,
+    Query(query): Query<HashMap<String, String>>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(e) => {
+            return Problem::new(StatusCode::BAD_REQUEST, "WebSocket required", e.body_text())
+                .into_response();
+        }
+    };
+    // Clients that skip negotiation connect without an id; a given id must
+    // be one this hub handed out.
+    if let Some(id) = query.get("id")
+        && !state.take_token(id)
+    {
+        return Problem::not_found("No Connection with that ID").into_response();
+    }
+    upgrade.on_upgrade(move |socket| session(socket, state))
+}
+
+impl NotifierState {
+    fn remember_token(&self, token: String) {
+        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        tokens.retain(|_, at| at.elapsed() < TOKEN_TTL);
+        tokens.insert(token, Instant::now());
+    }
+
+    fn take_token(&self, token: &str) -> bool {
+        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        tokens
+            .remove(token)
+            .is_some_and(|at| at.elapsed() < TOKEN_TTL)
+    }
+}
+
+/// Why a session ends.
+enum End {
+    /// The client closed or the socket failed; nothing more to send.
+    Gone,
+    /// Tell the client, then close.
+    Close {
+        error: Option<String>,
+        allow_reconnect: bool,
+    },
+}
+
+async fn session(mut socket: WebSocket, state: NotifierState) {
+    let pending = match handshake(&mut socket).await {
+        Ok(rest) => rest,
+        Err(reason) => {
+            tracing::debug!("signalr handshake refused: {reason}");
+            let _ = socket
+                .send(WsMessage::Text(handshake_response(Some(&reason)).into()))
+                .await;
+            return;
+        }
+    };
+    if socket
+        .send(WsMessage::Text(handshake_response(None).into()))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut conn = Connection {
+        socket,
+        state: state.clone(),
+        watching: HashMap::new(),
+    };
+    let end = conn.run(pending).await;
+    if let End::Close {
+        error,
+        allow_reconnect,
+    } = end
+    {
+        let _ = conn
+            .send(&Message::Close {
+                error,
+                allow_reconnect,
+            })
+            .await;
+        let _ = conn.socket.send(WsMessage::Close(None)).await;
+    }
+}
+
+/// Reads the handshake request; returns records that came in the same frame.
+async fn handshake(socket: &mut WebSocket) -> Result<Vec<String>, String> {
+    let frame = match tokio::time::timeout(HANDSHAKE_TIMEOUT, socket.recv()).await {
+        Ok(Some(Ok(WsMessage::Text(text)))) => text.to_string(),
+        Ok(Some(Ok(_))) => return Err("the handshake must be a text frame".into()),
+        Ok(_) => return Err("the connection closed before the handshake".into()),
+        Err(_) => return Err("no handshake within 15 s".into()),
+    };
+    let parts = records(&frame).map_err(|e| e.to_string())?;
+    let first = parts.first().ok_or("empty handshake")?;
+    let request: HandshakeRequest =
+        serde_json::from_str(first).map_err(|e| format!("not a handshake request: {e}"))?;
+    if request.protocol != "json" || request.version != 1 {
+        return Err(format!(
+            "Requested protocol '{}' version {} is not available; this hub speaks json version 1.",
+            request.protocol, request.version
+        ));
+    }
+    Ok(parts[1..].iter().map(|s| (*s).to_owned()).collect())
+}
+
+struct Connection {
+    socket: WebSocket,
+    state: NotifierState,
+    /// Instances watched, each with the last update number sent.
+    watching: HashMap<InstanceId, u64>,
+}
+
+impl Connection {
+    async fn send(&mut self, message: &Message) -> Result<(), End> {
+        self.socket
+            .send(WsMessage::Text(message.encode().into()))
+            .await
+            .map_err(|_| End::Gone)
+    }
+
+    async fn run(&mut self, pending: Vec<String>) -> End {
+        let mut updates = self.state.hub.subscribe();
+        for record in pending {
+            if let Err(end) = self.on_record(&record).await {
+                return end;
+            }
+        }
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
+        let mut last_heard = Instant::now();
+        let shutdown = self.state.shutdown.clone();
+        loop {
+            let step = tokio::select! {
+                _ = shutdown.wait() => Err(End::Close { error: Some("server shutting down".into()), allow_reconnect: true }),
+                frame = self.socket.recv() => {
+                    last_heard = Instant::now();
+                    self.on_frame(frame).await
+                }
+                update = updates.recv() => match update {
+                    Ok(update) => self.forward(&update).await,
+                    Err(RecvError::Lagged(missed)) => Err(End::Close {
+                        error: Some(format!("fell {missed} events behind; reconnect and read the history")),
+                        allow_reconnect: true,
+                    }),
+                    Err(RecvError::Closed) => Err(End::Close { error: None, allow_reconnect: true }),
+                },
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > CLIENT_TIMEOUT * 2 {
+                        Err(End::Close { error: Some("no message from the client in 60 s".into()), allow_reconnect: true })
+                    } else {
+                        self.send(&Message::Ping).await
+                    }
+                }
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    async fn on_frame(&mut self, frame: Option<Result<WsMessage, axum::Error>>) -> Result<(), End> {
+        match frame {
+            Some(Ok(WsMessage::Text(text))) => {
+                let parts = records(&text).map_err(|e| End::Close {
+                    error: Some(e.to_string()),
+                    allow_reconnect: false,
+                })?;
+                for record in parts {
+                    self.on_record(record).await?;
+                }
+                Ok(())
+            }
+            Some(Ok(WsMessage::Binary(_))) => Err(End::Close {
+                error: Some("binary frames are not supported; use the json protocol".into()),
+                allow_reconnect: false,
+            }),
+            Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => Err(End::Gone),
+            Some(Ok(_)) => Ok(()),
+        }
+    }
+
+    async fn on_record(&mut self, record: &str) -> Result<(), End> {
+        let message = Message::parse(record).map_err(|e| End::Close {
+            error: Some(e.to_string()),
+            allow_reconnect: false,
+        })?;
+        match message {
+            Message::Invocation {
+                invocation_id,
+                target,
+                arguments,
+            } => {
+                let outcome = match target.to_ascii_lowercase().as_str() {
+                    "subscribe" => self.subscribe(&arguments).await,
+                    "unsubscribe" => self.unsubscribe(&arguments),
+                    _ => Err(format!("Unknown hub method '{target}'")),
+                };
+                let (result, error, replay) = match outcome {
+                    Ok((result, replay)) => (Some(result), None, replay),
+                    Err(error) => (None, Some(error), Vec::new()),
+                };
+                if let Some(invocation_id) = invocation_id {
+                    self.send(&Message::Completion {
+                        invocation_id,
+                        result,
+                        error,
+                    })
+                    .await?;
+                }
+                for update in replay {
+                    self.send_update(&update).await?;
+                }
+                Ok(())
+            }
+            Message::Close { .. } => Err(End::Gone),
+            Message::Ping | Message::Completion { .. } | Message::Other(_) => Ok(()),
+        }
+    }
+
+    async fn subscribe(
+        &mut self,
+        arguments: &[Value],
+    ) -> Result<(Value, Vec<Arc<Update>>), String> {
+        let id = instance_argument(arguments)?;
+        let stored = self
+            .state
+            .store
+            .load(&id)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("instance {id} not found"))?;
+        // Connections carry no tenant until callers are authenticated.
+        let caller_tenant: Option<&str> = None;
+        if stored.record.summary.tenant.as_deref() != caller_tenant {
+            return Err(format!("instance {id} not found"));
+        }
+        let state = state_of(&stored.record).map_err(|e| e.to_string())?;
+        let mut replay = self.state.hub.replay(&id);
+        if !state.status.is_terminal()
+            && let Some(last_final) = replay.iter().rposition(|u| u.is_final())
+        {
+            replay.drain(..=last_final);
+        }
+        let after = replay.last().map_or(0, |u| u.n);
+        let entry = self.watching.entry(id.clone()).or_insert(0);
+        *entry = (*entry).max(after);
+        let result = json!({"instanceId": id, "runtimeStatus": state.status.as_str(), "seq": state.sequence});
+        Ok((result, replay))
+    }
+
+    fn unsubscribe(&mut self, arguments: &[Value]) -> Result<(Value, Vec<Arc<Update>>), String> {
+        let id = instance_argument(arguments)?;
+        self.watching.remove(&id);
+        Ok((Value::Null, Vec::new()))
+    }
+
+    async fn forward(&mut self, update: &Update) -> Result<(), End> {
+        match self.watching.get_mut(&update.instance) {
+            Some(after) if update.n > *after => {
+                *after = update.n;
+                self.send_update(update).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn send_update(&mut self, update: &Update) -> Result<(), End> {
+        self.send(&Message::Invocation {
+            invocation_id: None,
+            target: PROGRESS_TARGET.into(),
+            arguments: vec![update.to_client_json()],
+        })
+        .await
+    }
+}
+
+fn instance_argument(arguments: &[Value]) -> Result<InstanceId, String> {
+    let raw = arguments
+        .first()
+        .and_then(Value::as_str)
+        .ok_or("expected one argument: the instance id")?;
+    InstanceId::parse(raw).map_err(|e| e.to_string())
+}

@@ -1,0 +1,61 @@
+//! SignalR for legato's progress stream, both ways the stock
+//! `@microsoft/signalr` client can reach it:
+//!
+//! - [`protocol`]: the JSON hub protocol (records ended by 0x1E, handshake,
+//!   invocation, completion, ping, close) that the notifier's local hub
+//!   speaks over WebSockets;
+//! - [`azure`]: Azure SignalR Service in serverless mode: the notifier sends
+//!   to a group per instance through the REST API, the gateway hands
+//!   clients a negotiate answer that redirects them to the service; both
+//!   sign HS256 tokens with the connection string's access key.
+//!
+//! The wire facts follow Microsoft's documentation of the SignalR hub
+//! protocol and of the Azure SignalR REST API (v1 paths).
+
+pub mod azure;
+pub mod protocol;
+
+/// The hub clients connect to: `/hubs/progress` locally, `hub=progress` in Azure.
+pub const HUB: &str = "progress";
+/// The client method progress events invoke.
+pub const PROGRESS_TARGET: &str = "progress";
+
+use serde::{Deserialize, Serialize};
+
+/// The `signalr` settings section, shared by gateway, notifier and
+/// `legato up`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SignalRSettings {
+    /// Azure SignalR Service (`Endpoint=...;AccessKey=...;Version=1.0;`).
+    /// Empty: the notifier's own hub at `/hubs/progress` serves clients.
+    /// A secret: set it through `LEGATO__SIGNALR__CONNECTION_STRING`.
+    pub connection_string: String,
+    /// Lifetime of the tokens signed for the service and its clients.
+    pub token_lifetime_s: u64,
+}
+
+impl Default for SignalRSettings {
+    fn default() -> Self {
+        Self {
+            connection_string: String::new(),
+            token_lifetime_s: 3_600,
+        }
+    }
+}
+
+impl SignalRSettings {
+    /// The Azure client when a connection string is configured.
+    pub fn azure(&self) -> Result<Option<azure::AzureSignalR>, azure::AzureError> {
+        if self.connection_string.trim().is_empty() {
+            return Ok(None);
+        }
+        let connection = self.connection_string.parse()?;
+        azure::AzureSignalR::new(
+            connection,
+            HUB,
+            std::time::Duration::from_secs(self.token_lifetime_s.max(60)),
+        )
+        .map(Some)
+    }
+}
