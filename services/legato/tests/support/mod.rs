@@ -24,6 +24,10 @@ fn workflows_dir() -> PathBuf {
 
 impl Legato {
     pub fn start(data_dir: &Path) -> Self {
+        Self::start_with_env(data_dir, &[])
+    }
+
+    pub fn start_with_env(data_dir: &Path, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_legato"))
             .args(["up", "--port", "0", "--data-dir"])
             .arg(data_dir)
@@ -31,6 +35,7 @@ impl Legato {
             .arg(workflows_dir())
             .env("LEGATO__TELEMETRY__LOG", "warn")
             .env("LEGATO_CONFIG_DIR", data_dir.join("no-config"))
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
