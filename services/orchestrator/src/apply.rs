@@ -86,7 +86,7 @@ impl Applier {
         }
     }
 
-    fn lock_for(&self, id: &InstanceId) -> &Mutex<()> {
+    pub(crate) fn lock_for(&self, id: &InstanceId) -> &Mutex<()> {
         let mut h = DefaultHasher::new();
         id.hash(&mut h);
         &self.locks[(h.finish() as usize) % LOCK_SHARDS]

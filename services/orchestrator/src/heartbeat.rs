@@ -18,6 +18,10 @@ pub(crate) async fn relay(applier: &Applier, bus: &dyn Bus, envelope: &Envelope)
     if beat.progress.is_none() && beat.message.is_none() {
         return;
     }
+    // Under the instance's lock, so the relayed event takes its place among
+    // the instance's other progress (published under the same lock) and
+    // carries the sequence number current at that point.
+    let _guard = applier.lock_for(&envelope.subject).lock().await;
     let state = match applier.store.load(&envelope.subject).await {
         Ok(Some(stored)) => match state_of(&stored.record) {
             Ok(state) => state,
@@ -26,11 +30,14 @@ pub(crate) async fn relay(applier: &Applier, bus: &dyn Bus, envelope: &Envelope)
         Ok(None) => return,
         Err(e) => return tracing::warn!("heartbeat not relayed: {e}"),
     };
-    // A beat from an attempt that is no longer current is stale news.
-    let current = state
-        .running_tasks()
-        .iter()
-        .any(|t| t.key == beat.key && t.attempt == beat.attempt);
+    // News from an earlier run or an earlier attempt is stale. The current
+    // attempt's news is relayed even if its result was applied first (the
+    // two travel separately and may be taken in either order): an approval
+    // request must not be lost to that race.
+    let current = beat.key.execution == state.execution
+        && state
+            .task_slot(&beat.key)
+            .is_some_and(|slot| slot.attempt == beat.attempt);
     if !current {
         return;
     }

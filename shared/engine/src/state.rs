@@ -250,6 +250,17 @@ impl InstanceState {
         legato_workflow::Scope::new(&self.input, self.steps_scope())
     }
 
+    /// The task slot a key names (whatever its execution; compare
+    /// `key.execution` with [`InstanceState::execution`] to know whether it
+    /// belongs to the current run).
+    pub fn task_slot(&self, key: &legato_contracts::TaskKey) -> Option<&TaskSlot> {
+        let step = self.steps.get(&key.step)?;
+        match key.role {
+            legato_contracts::TaskRole::Action => step.tasks.get(key.item.unwrap_or(0) as usize),
+            legato_contracts::TaskRole::Compensation => step.compensation.as_ref(),
+        }
+    }
+
     /// The attempts dispatched and not yet answered, as they were sent.
     /// After a restart on a bus that does not keep messages (`legato up`),
     /// sending them again is a redelivery of the same attempts, never new

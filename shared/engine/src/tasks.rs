@@ -12,11 +12,7 @@ use crate::state::{SlotStatus, StepStatus, TaskSlot};
 use crate::{Command, TimerKey, lifecycle, scheduler};
 
 fn slot<'a>(state: &'a InstanceState, key: &TaskKey) -> Option<&'a TaskSlot> {
-    let step = state.steps.get(&key.step)?;
-    match key.role {
-        TaskRole::Action => step.tasks.get(key.item.unwrap_or(0) as usize),
-        TaskRole::Compensation => step.compensation.as_ref(),
-    }
+    state.task_slot(key)
 }
 
 fn slot_mut<'a>(ctx: &'a mut Ctx, key: &TaskKey) -> Option<&'a mut TaskSlot> {
