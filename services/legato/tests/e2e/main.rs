@@ -158,7 +158,7 @@ async fn a_fatal_failure_is_not_retried() {
     );
 }
 
-fn approval_workflow(timeout_ms: u64) -> Value {
+pub(crate) fn approval_workflow(timeout_ms: u64) -> Value {
     json!({
         "name": "approve", "version": 1,
         "steps": [

@@ -253,3 +253,144 @@ async fn local_mode_negotiate_redirects_to_the_hub_and_subscriptions_point_there
         .unwrap();
     assert_eq!(refused.status(), reqwest::StatusCode::CONFLICT);
 }
+
+mod hub_protocol {
+    use futures::{SinkExt, StreamExt};
+    use serde_json::{Value, json};
+    use tokio_tungstenite::tungstenite::Message as Ws;
+
+    use crate::support::{Legato, temp_dir};
+
+    type Socket = tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >;
+
+    const RS: char = '\u{1e}';
+
+    async fn open(
+        legato: &Legato,
+        query: &str,
+    ) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
+        let url = format!(
+            "{}/hubs/progress{query}",
+            legato.base.replace("http://", "ws://")
+        );
+        tokio_tungstenite::connect_async(url)
+            .await
+            .map(|(socket, _)| socket)
+    }
+
+    /// The next hub record that is not a ping.
+    async fn next(socket: &mut Socket) -> Value {
+        loop {
+            let frame = tokio::time::timeout(std::time::Duration::from_secs(10), socket.next())
+                .await
+                .expect("a frame within 10 s")
+                .expect("the socket is open")
+                .unwrap();
+            let Ws::Text(text) = frame else {
+                panic!("expected a text frame, got {frame:?}")
+            };
+            assert!(text.ends_with(RS), "every record ends with 0x1E: {text:?}");
+            for record in text.split(RS).filter(|r| !r.is_empty()) {
+                let value: Value = serde_json::from_str(record).unwrap();
+                if value["type"] != 6 {
+                    return value;
+                }
+            }
+        }
+    }
+
+    async fn send(socket: &mut Socket, value: Value) {
+        socket.send(Ws::text(format!("{value}{RS}"))).await.unwrap();
+    }
+
+    async fn invoke(socket: &mut Socket, id: &str, target: &str, arguments: Value) -> Value {
+        send(
+            socket,
+            json!({"type": 1, "invocationId": id, "target": target, "arguments": arguments}),
+        )
+        .await;
+        loop {
+            let message = next(socket).await;
+            if message["type"] == 3 && message["invocationId"] == id {
+                return message;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_hub_speaks_the_json_protocol_and_refuses_what_it_does_not() {
+        let dir = temp_dir();
+        let legato = Legato::start(dir.path());
+        legato
+            .register(super::super::approval_workflow(60_000))
+            .await;
+
+        // Only the JSON protocol, version 1.
+        let mut socket = open(&legato, "").await.unwrap();
+        socket
+            .send(Ws::text(format!(
+                "{{\"protocol\":\"messagepack\",\"version\":1}}{RS}"
+            )))
+            .await
+            .unwrap();
+        assert!(
+            next(&mut socket).await["error"]
+                .as_str()
+                .unwrap()
+                .contains("messagepack")
+        );
+
+        // An unknown connection token is refused before the upgrade.
+        assert!(open(&legato, "?id=never-negotiated").await.is_err());
+
+        // The handshake may share a frame with the first message.
+        let mut socket = open(&legato, "").await.unwrap();
+        socket
+            .send(Ws::text(format!(
+                "{{\"protocol\":\"json\",\"version\":1}}{RS}{{\"type\":6}}{RS}"
+            )))
+            .await
+            .unwrap();
+        assert_eq!(next(&mut socket).await, json!({}));
+
+        let missing = invoke(&mut socket, "1", "Subscribe", json!(["nobody"])).await;
+        assert!(
+            missing["error"].as_str().unwrap().contains("not found"),
+            "{missing}"
+        );
+        let unknown = invoke(&mut socket, "2", "Frobnicate", json!([])).await;
+        assert!(
+            unknown["error"]
+                .as_str()
+                .unwrap()
+                .contains("Unknown hub method"),
+            "{unknown}"
+        );
+
+        let id = legato.start_instance("approve", json!({})).await;
+        legato.wait_step(&id, "approve", "Waiting").await;
+        let subscribed = invoke(&mut socket, "3", "subscribe", json!([id])).await;
+        assert_eq!(
+            subscribed["result"]["runtimeStatus"], "Running",
+            "{subscribed}"
+        );
+        // Then the buffered events, as `progress` invocations.
+        let first = next(&mut socket).await;
+        assert_eq!(first["type"], 1);
+        assert_eq!(first["target"], "progress");
+        assert_eq!(first["arguments"][0]["kind"], "instance_started");
+        assert_eq!(first["arguments"][0]["instanceId"], id.as_str());
+
+        let unsubscribed = invoke(&mut socket, "4", "Unsubscribe", json!([id])).await;
+        assert_eq!(unsubscribed["result"], Value::Null);
+        assert!(unsubscribed.get("error").is_none());
+
+        // Binary frames (MessagePack) are refused with a close message.
+        socket.send(Ws::binary(vec![1, 2, 3])).await.unwrap();
+        let close = next(&mut socket).await;
+        assert_eq!(close["type"], 7, "{close}");
+        assert!(close["error"].as_str().unwrap().contains("binary"));
+    }
+}
