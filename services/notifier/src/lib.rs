@@ -108,7 +108,8 @@ pub async fn relay(
         .subscribe(
             SubscriptionSpec::new(Topic::Progress, group)
                 .bind("#")
-                .prefetch(256),
+                .prefetch(256)
+                .ephemeral(),
         )
         .await?;
     Ok(feed(progress, hub, shutdown))

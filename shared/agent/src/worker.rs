@@ -179,7 +179,8 @@ impl Worker {
             .bus
             .subscribe(
                 SubscriptionSpec::new(Topic::AgentTasks, cancel_group)
-                    .bind(format!("{CANCEL_ROUTING_PREFIX}#")),
+                    .bind(format!("{CANCEL_ROUTING_PREFIX}#"))
+                    .ephemeral(),
             )
             .await?;
         Ok(work(shared, tasks, cancels))

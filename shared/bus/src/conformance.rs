@@ -251,18 +251,23 @@ pub async fn a_message_that_keeps_failing_is_dead_lettered_after_max_deliveries(
     bus.publish(Topic::AgentResults, &key, message("next"))
         .await
         .unwrap();
+    // A broker may hand out "next" before or between the redeliveries
+    // (prefetch, requeue position); what counts is that the failing message
+    // gets exactly max_deliveries tries and the queue keeps flowing.
     let mut attempts = 0;
-    loop {
+    let mut saw_next = false;
+    while !(saw_next && attempts == 3) {
         let d = next(&mut sub).await;
         if d.body.as_ref() == b"next" {
+            assert!(!saw_next, "next delivered twice");
+            saw_next = true;
             d.ack().await.unwrap();
-            break;
+            continue;
         }
         attempts += 1;
         assert!(attempts <= 3, "delivered more than max_deliveries");
         d.nack().await.unwrap();
     }
-    assert_eq!(attempts, 3);
     let mut dead = bus.dead_letters(Topic::AgentResults, &group).await.unwrap();
     let d = next(&mut dead).await;
     assert!(

@@ -15,6 +15,7 @@
 pub mod conformance;
 mod in_process;
 mod pattern;
+mod rabbitmq;
 
 use std::collections::BTreeMap;
 
@@ -24,6 +25,7 @@ use legato_contracts::{DecodeError, Envelope, Topic};
 
 pub use in_process::InProcessBus;
 pub use pattern::matches as routing_key_matches;
+pub use rabbitmq::{RabbitMqBus, RabbitMqOptions};
 
 /// Header carrying why a message was dead-lettered.
 pub const DEAD_LETTER_REASON: &str = "x-legato-dead-letter-reason";
@@ -82,6 +84,10 @@ pub struct SubscriptionSpec {
     /// Most unsettled deliveries this consumer holds at once.
     pub prefetch: usize,
     pub max_deliveries: u32,
+    /// A queue of one process (a notifier replica's feed, an agent
+    /// replica's cancellations): it goes away with its consumer instead of
+    /// outliving it on the broker.
+    pub ephemeral: bool,
 }
 
 impl SubscriptionSpec {
@@ -92,6 +98,7 @@ impl SubscriptionSpec {
             bindings: Vec::new(),
             prefetch: 16,
             max_deliveries: DEFAULT_MAX_DELIVERIES,
+            ephemeral: false,
         }
     }
 
@@ -102,6 +109,11 @@ impl SubscriptionSpec {
 
     pub fn prefetch(mut self, prefetch: usize) -> Self {
         self.prefetch = prefetch.max(1);
+        self
+    }
+
+    pub fn ephemeral(mut self) -> Self {
+        self.ephemeral = true;
         self
     }
 

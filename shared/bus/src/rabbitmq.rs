@@ -1,0 +1,509 @@
+//! The RabbitMQ adapter (AMQP 0-9-1 through `lapin`).
+//!
+//! - One durable topic exchange per topic: `<prefix>commands`,
+//!   `<prefix>agent-tasks`, `<prefix>agent-results`, `<prefix>progress`.
+//! - One durable quorum queue per consumer group, `<prefix><topic>.<group>`,
+//!   bound with the group's routing-key patterns. Quorum queues count
+//!   deliveries (`x-delivery-count`), which is what `delivery_count` and
+//!   `max_deliveries` rest on. Ephemeral groups get an exclusive, auto-delete
+//!   classic queue instead.
+//! - Each group's dead letters go to `<prefix><topic>.<group>.dead`, with the
+//!   reason in the `x-legato-dead-letter-reason` header. The adapter moves
+//!   them itself (publish to the dead-letter queue, confirmed, then ack), so
+//!   the reason is ours and a poison message never blocks its queue.
+//! - Messages are persistent and every publish waits for the broker's
+//!   confirm; consumers use manual acks with a bounded prefetch.
+//! - The connection recovers on its own after the broker restarts
+//!   (`enable_auto_recover`); a publish or consumer that saw the failure
+//!   waits for the recovery and carries on. Unacked deliveries of a lost
+//!   connection return to their queue, so nothing is lost.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{
+    Acker, BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
+    ExchangeKind,
+};
+use legato_contracts::Topic;
+
+use crate::{
+    Bus, BusError, DEAD_LETTER_REASON, Delivery, OutgoingMessage, Settle, Subscription,
+    SubscriptionSpec,
+};
+
+/// Publishes retried across a broker restart before giving up.
+const PUBLISH_ATTEMPTS: usize = 5;
+const CONTENT_TYPE: &str = "application/cloudevents+json";
+const DELIVERY_COUNT: &str = "x-delivery-count";
+
+/// How the adapter names and keeps its broker objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RabbitMqOptions {
+    /// Prepended to every exchange and queue name (tests and tenants of a
+    /// shared broker use their own).
+    pub prefix: String,
+    /// Delete queues unused for this long (`x-expires`); `None` keeps them.
+    /// Tests set it so their unique queues do not pile up on the broker.
+    pub queue_expiry: Option<Duration>,
+}
+
+impl Default for RabbitMqOptions {
+    fn default() -> Self {
+        Self {
+            prefix: "legato.".into(),
+            queue_expiry: None,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RabbitMqBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    connection: Connection,
+    publisher: Channel,
+    options: RabbitMqOptions,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BusError {
+    BusError::Unavailable(e.to_string())
+}
+
+impl RabbitMqBus {
+    /// Connects (e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`) and declares
+    /// the topic exchanges.
+    pub async fn connect(uri: &str, options: RabbitMqOptions) -> Result<Self, BusError> {
+        let properties = ConnectionProperties::default()
+            .enable_auto_recover()
+            .with_connection_name(LongString::from("legato"));
+        let connection = Connection::connect(uri, properties)
+            .await
+            .map_err(unavailable)?;
+        let publisher = connection.create_channel().await.map_err(unavailable)?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(unavailable)?;
+        let bus = Self {
+            inner: Arc::new(Inner {
+                connection,
+                publisher,
+                options,
+            }),
+        };
+        for topic in Topic::ALL {
+            bus.inner
+                .publisher
+                .exchange_declare(
+                    bus.exchange(topic),
+                    ExchangeKind::Topic,
+                    ExchangeDeclareOptions {
+                        durable: true,
+                        ..ExchangeDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(bus)
+    }
+
+    fn exchange(&self, topic: Topic) -> ShortString {
+        format!("{}{}", self.inner.options.prefix, topic.as_str()).into()
+    }
+
+    fn queue(&self, topic: Topic, group: &str) -> String {
+        format!("{}{}.{}", self.inner.options.prefix, topic.as_str(), group)
+    }
+
+    fn dead_queue(&self, topic: Topic, group: &str) -> String {
+        format!("{}.dead", self.queue(topic, group))
+    }
+
+    fn durable_arguments(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        if let Some(expiry) = self.inner.options.queue_expiry {
+            args.insert(
+                "x-expires".into(),
+                AMQPValue::LongLongInt(expiry.as_millis() as i64),
+            );
+        }
+        args
+    }
+
+    async fn declare_durable(&self, channel: &Channel, name: &str) -> Result<(), BusError> {
+        channel
+            .queue_declare(
+                name.into(),
+                QueueDeclareOptions::durable(),
+                self.durable_arguments(),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Publishes with confirmation, waiting out a connection recovery.
+    async fn publish_raw(
+        &self,
+        exchange: ShortString,
+        routing_key: &str,
+        message: &OutgoingMessage,
+    ) -> Result<(), BusError> {
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type(CONTENT_TYPE.into())
+            .with_message_id(message.id.clone().into())
+            .with_headers(to_table(&message.headers));
+        let mut last_error = None;
+        for _ in 0..PUBLISH_ATTEMPTS {
+            let sent = async {
+                self.inner
+                    .publisher
+                    .basic_publish(
+                        exchange.clone(),
+                        routing_key.into(),
+                        BasicPublishOptions::default(),
+                        &message.body,
+                        properties.clone(),
+                    )
+                    .await?
+                    .await
+            }
+            .await;
+            match sent {
+                Ok(Confirmation::Ack(_) | Confirmation::NotRequested) => return Ok(()),
+                Ok(Confirmation::Nack(_)) => {
+                    return Err(BusError::Unavailable(
+                        "the broker refused the message".into(),
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!("publish failed, waiting for the connection to recover: {e}");
+                    last_error = Some(e.to_string());
+                    if self.inner.publisher.wait_for_recovery(e).await.is_err() {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+        }
+        Err(BusError::Unavailable(last_error.unwrap_or_default()))
+    }
+
+    async fn consume(
+        &self,
+        channel: Channel,
+        queue: &str,
+        prefetch: usize,
+    ) -> Result<Consumer, BusError> {
+        channel
+            .basic_qos(
+                prefetch.clamp(1, u16::MAX as usize) as u16,
+                BasicQosOptions::default(),
+            )
+            .await
+            .map_err(unavailable)?;
+        channel
+            .basic_consume(
+                queue.into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(unavailable)
+    }
+}
+
+fn to_table(headers: &BTreeMap<String, String>) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (k, v) in headers {
+        table.insert(k.as_str().into(), AMQPValue::LongString(v.as_str().into()));
+    }
+    table
+}
+
+fn from_table(table: Option<&FieldTable>) -> (BTreeMap<String, String>, Option<u32>) {
+    let mut headers = BTreeMap::new();
+    let mut previous_deliveries = None;
+    for (k, v) in table.map(|t| t.inner().iter()).into_iter().flatten() {
+        let number = match v {
+            AMQPValue::LongLongInt(n) => Some(*n),
+            AMQPValue::LongInt(n) => Some(i64::from(*n)),
+            AMQPValue::LongUInt(n) => Some(i64::from(*n)),
+            AMQPValue::ShortInt(n) => Some(i64::from(*n)),
+            _ => None,
+        };
+        if k.as_str() == DELIVERY_COUNT {
+            previous_deliveries = number.map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+            continue;
+        }
+        match v {
+            AMQPValue::LongString(s) => {
+                headers.insert(
+                    k.to_string(),
+                    String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                );
+            }
+            AMQPValue::ShortString(s) => {
+                headers.insert(k.to_string(), s.to_string());
+            }
+            _ => {}
+        }
+    }
+    (headers, previous_deliveries)
+}
+
+#[async_trait]
+impl Bus for RabbitMqBus {
+    async fn publish(
+        &self,
+        topic: Topic,
+        routing_key: &str,
+        message: OutgoingMessage,
+    ) -> Result<(), BusError> {
+        self.publish_raw(self.exchange(topic), routing_key, &message)
+            .await
+    }
+
+    async fn subscribe(&self, spec: SubscriptionSpec) -> Result<Box<dyn Subscription>, BusError> {
+        let channel = self
+            .inner
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)?;
+        let queue = self.queue(spec.topic, &spec.group);
+        let dead = self.dead_queue(spec.topic, &spec.group);
+        if spec.ephemeral {
+            channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions {
+                        exclusive: true,
+                        auto_delete: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(unavailable)?;
+        } else {
+            self.declare_durable(&channel, &queue).await?;
+        }
+        self.declare_durable(&channel, &dead).await?;
+        for pattern in &spec.bindings {
+            channel
+                .queue_bind(
+                    queue.as_str().into(),
+                    self.exchange(spec.topic),
+                    pattern.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(unavailable)?;
+        }
+        let consumer = self.consume(channel.clone(), &queue, spec.prefetch).await?;
+        Ok(Box::new(RabbitSubscription {
+            bus: self.clone(),
+            channel,
+            consumer,
+            dead_queue: Some(dead),
+            max_deliveries: spec.max_deliveries,
+        }))
+    }
+
+    async fn dead_letters(
+        &self,
+        topic: Topic,
+        group: &str,
+    ) -> Result<Box<dyn Subscription>, BusError> {
+        let channel = self
+            .inner
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)?;
+        let dead = self.dead_queue(topic, group);
+        self.declare_durable(&channel, &dead).await?;
+        let consumer = self.consume(channel.clone(), &dead, 16).await?;
+        Ok(Box::new(RabbitSubscription {
+            bus: self.clone(),
+            channel,
+            consumer,
+            dead_queue: None,
+            max_deliveries: u32::MAX,
+        }))
+    }
+}
+
+struct RabbitSubscription {
+    bus: RabbitMqBus,
+    channel: Channel,
+    consumer: Consumer,
+    /// Where this group's dead letters go (`None` when reading them).
+    dead_queue: Option<String>,
+    max_deliveries: u32,
+}
+
+impl Drop for RabbitSubscription {
+    fn drop(&mut self) {
+        // Closing the channel returns its unacked deliveries to the queue,
+        // as a crashed consumer's connection would.
+        let channel = self.channel.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = channel.close(200, "subscription dropped".into()).await;
+            });
+        }
+    }
+}
+
+#[async_trait]
+impl Subscription for RabbitSubscription {
+    async fn next(&mut self) -> Result<Delivery, BusError> {
+        loop {
+            let delivery = match self.consumer.next().await {
+                Some(Ok(d)) => d,
+                Some(Err(e)) => {
+                    tracing::warn!(
+                        "consumer interrupted, waiting for the connection to recover: {e}"
+                    );
+                    self.channel
+                        .wait_for_recovery(e)
+                        .await
+                        .map_err(unavailable)?;
+                    continue;
+                }
+                None => return Err(BusError::Closed),
+            };
+            let (headers, previous) = from_table(delivery.properties.headers().as_ref());
+            // Quorum queues count earlier deliveries; a classic (ephemeral)
+            // queue only says whether there was one.
+            let count = previous.map_or(if delivery.redelivered { 2 } else { 1 }, |p| {
+                p.saturating_add(1)
+            });
+            let message_id = delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|m| m.to_string())
+                .unwrap_or_default();
+            let settle = RabbitSettle {
+                bus: self.bus.clone(),
+                acker: delivery.acker,
+                dead_queue: self.dead_queue.clone(),
+                count,
+                max_deliveries: self.max_deliveries,
+                copy: OutgoingMessage {
+                    id: message_id.clone(),
+                    body: Bytes::from(delivery.data),
+                    headers,
+                },
+            };
+            if self.dead_queue.is_some() && count > self.max_deliveries {
+                // Redelivered past the limit without being settled (its
+                // consumers keep crashing): park it.
+                let reason = format!(
+                    "delivered {} times without being settled (max_deliveries {})",
+                    count - 1,
+                    self.max_deliveries
+                );
+                Box::new(settle).dead_letter(&reason).await?;
+                continue;
+            }
+            return Ok(Delivery::new(
+                message_id,
+                delivery.routing_key.to_string(),
+                settle.copy.body.clone(),
+                settle.copy.headers.clone(),
+                count,
+                Box::new(settle),
+            ));
+        }
+    }
+}
+
+struct RabbitSettle {
+    bus: RabbitMqBus,
+    acker: Acker,
+    dead_queue: Option<String>,
+    count: u32,
+    max_deliveries: u32,
+    copy: OutgoingMessage,
+}
+
+#[async_trait]
+impl Settle for RabbitSettle {
+    async fn ack(self: Box<Self>) -> Result<(), BusError> {
+        self.acker
+            .ack(BasicAckOptions::default())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn nack(self: Box<Self>) -> Result<(), BusError> {
+        if self.dead_queue.is_some() && self.count >= self.max_deliveries {
+            let reason = format!(
+                "failed {} deliveries (max_deliveries {})",
+                self.count, self.max_deliveries
+            );
+            return self.dead_letter(&reason).await;
+        }
+        self.acker
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            })
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn dead_letter(self: Box<Self>, reason: &str) -> Result<(), BusError> {
+        let Some(queue) = &self.dead_queue else {
+            // Reading the dead letters themselves: drop it from there.
+            return self.ack().await;
+        };
+        let mut copy = self.copy.clone();
+        copy.headers
+            .insert(DEAD_LETTER_REASON.to_owned(), reason.to_owned());
+        // Confirmed in the dead-letter queue before it leaves its own queue:
+        // a crash in between leaves a duplicate, never a loss.
+        self.bus.publish_raw("".into(), queue, &copy).await?;
+        self.ack().await
+    }
+
+    fn abandon(self: Box<Self>) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = self
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    })
+                    .await;
+            });
+        }
+    }
+}
