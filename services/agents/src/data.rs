@@ -24,6 +24,7 @@ use serde_json::{Map, Value, json};
 
 use crate::input;
 
+pub mod demo;
 mod postgres;
 mod sqlite;
 
@@ -34,6 +35,23 @@ pub struct DataSettings {
     pub url: String,
     pub statement_timeout_ms: u64,
     pub row_limit: usize,
+}
+
+impl DataSettings {
+    /// With the default (dev-mode) URL, creates the demo database if it is
+    /// missing, so the data agent has something to read out of the box.
+    pub fn ensure_demo_database(&self) -> anyhow::Result<()> {
+        if self.url == Self::default().url
+            && let Some(path) = self.url.strip_prefix("sqlite://")
+        {
+            let path = std::path::Path::new(path);
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            demo::ensure(path)?;
+        }
+        Ok(())
+    }
 }
 
 impl Default for DataSettings {

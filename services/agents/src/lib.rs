@@ -10,4 +10,4 @@ mod input;
 pub mod planner;
 mod service;
 
-pub use service::{AgentConfig, AgentKind, build, run_standalone};
+pub use service::{AgentConfig, AgentKind, build, run, run_standalone};

@@ -86,17 +86,39 @@ pub fn build(kind: AgentKind, config: &AgentConfig) -> anyhow::Result<Arc<dyn Ag
     })
 }
 
-/// `main` of every agent binary.
-pub async fn run_standalone(kind: AgentKind) -> anyhow::Result<()> {
-    let service = format!("agent-{}", kind.name());
-    let config: AgentConfig = legato_service::load(&service)?;
-    let _telemetry = legato_service::telemetry::init(&service, &config.telemetry)?;
-    let bus = wiring::open_bus(&config.bus)?;
+impl AgentKind {
+    /// The service name: `agent-<name>` (also its settings file).
+    pub fn service(self) -> String {
+        format!("agent-{}", self.name())
+    }
+
+    pub fn from_service(service: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.service() == service)
+    }
+
+    /// Health ports 8090-8094, so agents can share a host.
+    pub fn default_config(self) -> AgentConfig {
+        let port = 8090 + Self::ALL.iter().position(|k| *k == self).unwrap_or(0) as u16;
+        AgentConfig {
+            http: HttpSettings::with_port(port),
+            ..AgentConfig::default()
+        }
+    }
+
+    pub fn load_config(self) -> Result<AgentConfig, legato_service::settings::SettingsError> {
+        legato_service::load_with(&self.service(), self.default_config())
+    }
+}
+
+/// One agent as its own process.
+pub async fn run(kind: AgentKind, config: AgentConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+    if kind == AgentKind::Data {
+        config.data.ensure_demo_database()?;
+    }
+    let bus = wiring::open_bus(&config.bus).await?;
     let agent = build(kind, &config)?;
-    let shutdown = Shutdown::new();
-    shutdown.on_signals();
     let readiness = Readiness::new(None);
-    let listener = tokio::net::TcpListener::bind(config.http.addr()?).await?;
+    let listener = legato_service::listen(&kind.service(), &config.http).await?;
     let server = tokio::spawn(legato_service::serve(
         listener,
         axum::Router::new(),
@@ -104,9 +126,19 @@ pub async fn run_standalone(kind: AgentKind) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     let worker = Worker::new(agent, bus, config.worker.clone(), shutdown.clone());
+    let running = worker.start().await?;
     readiness.set_ready(true);
-    let result = worker.run().await;
+    let result = running.await;
     shutdown.trigger();
     server.await??;
     result
+}
+
+/// `main` of every agent binary.
+pub async fn run_standalone(kind: AgentKind) -> anyhow::Result<()> {
+    let config = kind.load_config()?;
+    let _telemetry = legato_service::telemetry::init(&kind.service(), &config.telemetry)?;
+    let shutdown = Shutdown::new();
+    shutdown.on_signals();
+    run(kind, config, shutdown).await
 }

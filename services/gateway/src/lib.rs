@@ -10,6 +10,7 @@ mod body;
 mod dto;
 pub mod openapi;
 mod settings;
+mod standalone;
 
 use std::sync::Arc;
 
@@ -22,6 +23,7 @@ use legato_store::Store;
 use tower_http::trace::TraceLayer;
 
 pub use settings::{GatewayConfig, GatewaySettings};
+pub use standalone::run;
 
 #[derive(Clone)]
 pub struct GatewayState {

@@ -7,7 +7,6 @@
 
 pub mod bench;
 mod catalogue;
-mod demo_data;
 pub mod sse;
 
 use std::net::SocketAddr;
@@ -84,7 +83,7 @@ impl Stack {
         })?;
         if config.data.url == DataSettings::default().url {
             let demo = config.data_dir.join("demo.db");
-            demo_data::ensure(&demo)?;
+            legato_agents::data::demo::ensure(&demo)?;
             config.data.url = format!("sqlite://{}", demo.display());
         }
         catalogue::register(&*store, &config.workflows_dir).await?;

@@ -36,6 +36,10 @@ enum Command {
         #[arg(long)]
         workflows: Option<PathBuf>,
     },
+    /// Run one service as its own process (what the standalone binaries
+    /// do): gateway, orchestrator, notifier, or agent-<echo|planner|coder|data|approval>.
+    /// Reads config/<service>.toml and LEGATO__... like they do.
+    Run { service: String },
     /// Start N instances of a fan-out-4-then-1 echo workflow with bounded
     /// concurrency; print throughput, latency and the raw store cost.
     Bench(bench::BenchOptions),
@@ -77,6 +81,37 @@ async fn main() -> anyhow::Result<()> {
             std::io::stdout().flush()?;
             stack.wait().await
         }
+        Command::Run { service } => run_service(&service).await,
         Command::Bench(options) => bench::run(options).await,
+    }
+}
+
+async fn run_service(service: &str) -> anyhow::Result<()> {
+    let shutdown = Shutdown::new();
+    shutdown.on_signals();
+    macro_rules! standalone {
+        ($config:ty, $run:path) => {{
+            let config: $config = legato_service::load(service)?;
+            let _telemetry = legato_service::telemetry::init(service, &config.telemetry)?;
+            $run(config, shutdown).await
+        }};
+    }
+    match service {
+        "gateway" => standalone!(legato_gateway::GatewayConfig, legato_gateway::run),
+        "orchestrator" => standalone!(
+            legato_orchestrator::OrchestratorConfig,
+            legato_orchestrator::run
+        ),
+        "notifier" => standalone!(legato_notifier::NotifierConfig, legato_notifier::run),
+        other => match legato_agents::AgentKind::from_service(other) {
+            Some(kind) => {
+                let config = kind.load_config()?;
+                let _telemetry = legato_service::telemetry::init(other, &config.telemetry)?;
+                legato_agents::run(kind, config, shutdown).await
+            }
+            None => anyhow::bail!(
+                "unknown service {other:?}: gateway, orchestrator, notifier, agent-echo, agent-planner, agent-coder, agent-data or agent-approval"
+            ),
+        },
     }
 }

@@ -9,6 +9,7 @@ mod azure;
 mod hub;
 mod signalr_hub;
 mod sse;
+mod standalone;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 pub use azure::relay_to_azure;
 pub use hub::{ProgressHub, Update};
+pub use standalone::run;
 
 /// Everything the standalone `notifier` binary reads.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

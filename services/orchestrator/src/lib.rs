@@ -17,6 +17,7 @@ mod heartbeat;
 mod inbound;
 mod recovery;
 mod settings;
+mod standalone;
 mod timers;
 
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use legato_store::Store;
 use tokio::task::JoinSet;
 
 pub use settings::{OrchestratorConfig, OrchestratorSettings};
+pub use standalone::run;
 
 use crate::apply::Applier;
 

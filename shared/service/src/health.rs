@@ -81,6 +81,19 @@ async fn readyz(State(readiness): State<Readiness>) -> (StatusCode, String) {
     }
 }
 
+/// Binds a service's HTTP port and says where, on stdout (scripts and
+/// tests read the line to find a port chosen with `port = 0`).
+pub async fn listen(
+    service: &str,
+    http: &crate::HttpSettings,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    let listener = tokio::net::TcpListener::bind(http.addr()?).await?;
+    let addr = listener.local_addr()?;
+    println!("{service}: listening on http://{addr}");
+    std::io::Write::flush(&mut std::io::stdout())?;
+    Ok(listener)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -19,7 +19,9 @@ pub mod shutdown;
 pub mod telemetry;
 pub mod wiring;
 
-pub use health::{Readiness, health_router, serve};
+pub use health::{Readiness, health_router, listen, serve};
 pub use outbox::OutboxRelay;
-pub use settings::{BusSettings, HttpSettings, StoreSettings, TelemetrySettings, load, load_from};
+pub use settings::{
+    BusSettings, HttpSettings, StoreSettings, TelemetrySettings, load, load_from, load_with,
+};
 pub use shutdown::Shutdown;

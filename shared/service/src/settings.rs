@@ -47,8 +47,17 @@ pub fn load<T>(service: &str) -> Result<T, SettingsError>
 where
     T: Default + Serialize + DeserializeOwned,
 {
+    load_with(service, T::default())
+}
+
+/// [`load`] over defaults of the caller's choosing (agents differ only in
+/// their default port).
+pub fn load_with<T>(service: &str, defaults: T) -> Result<T, SettingsError>
+where
+    T: Serialize + DeserializeOwned,
+{
     let dir = std::env::var("LEGATO_CONFIG_DIR").unwrap_or_else(|_| DEFAULT_CONFIG_DIR.into());
-    load_from(Path::new(&dir), service)
+    load_layers(Path::new(&dir), service, &defaults)
 }
 
 /// [`load`] with the file directory given.
@@ -56,7 +65,18 @@ pub fn load_from<T>(dir: &Path, service: &str) -> Result<T, SettingsError>
 where
     T: Default + Serialize + DeserializeOwned,
 {
-    let defaults = Config::try_from(&T::default())?;
+    load_layers(dir, service, &T::default())
+}
+
+fn load_layers<T>(dir: &Path, service: &str, defaults: &T) -> Result<T, SettingsError>
+where
+    T: Serialize + DeserializeOwned,
+{
+    let sections: Vec<String> = match serde_json::to_value(defaults) {
+        Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+        _ => Vec::new(),
+    };
+    let defaults = Config::try_from(defaults)?;
     let config = Config::builder()
         .add_source(defaults)
         .add_source(File::from(dir.join(format!("{service}.toml"))).required(false))
@@ -64,10 +84,46 @@ where
             Environment::with_prefix("LEGATO")
                 .prefix_separator("__")
                 .separator("__")
-                .try_parsing(true),
+                .try_parsing(true)
+                .source(Some(environment_for(&sections))),
         )
         .build()?;
     Ok(config.try_deserialize()?)
+}
+
+/// Sections some legato service reads. One environment (a compose file's
+/// shared block, a test's) may configure several services, so a variable
+/// for a section this service does not have is left out rather than
+/// refused; a variable naming no legato section at all still fails.
+const LEGATO_SECTIONS: [&str; 12] = [
+    "http",
+    "telemetry",
+    "store",
+    "bus",
+    "signalr",
+    "gateway",
+    "orchestrator",
+    "worker",
+    "llm",
+    "data",
+    "data_dir",
+    "workflows_dir",
+];
+
+fn environment_for(sections: &[String]) -> config::Map<String, String> {
+    std::env::vars()
+        .filter(|(key, _)| {
+            let Some(rest) = key.strip_prefix("LEGATO__") else {
+                return false;
+            };
+            let section = rest
+                .split("__")
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            sections.contains(&section) || !LEGATO_SECTIONS.contains(&section.as_str())
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,6 +198,26 @@ pub enum BusSettings {
     /// Only meaningful inside `legato up`, where every service shares it.
     #[default]
     InProcess,
+    /// RabbitMQ: `LEGATO__BUS__KIND=rabbitmq`, `LEGATO__BUS__URL=amqp://...`.
+    Rabbitmq {
+        #[serde(default = "default_amqp_url")]
+        url: String,
+        /// Prepended to exchange and queue names.
+        #[serde(default = "default_prefix")]
+        prefix: String,
+        /// Delete queues unused this long (RabbitMQ `x-expires`); 0 keeps
+        /// them. For throwaway environments such as tests.
+        #[serde(default)]
+        queue_expiry_ms: u64,
+    },
+}
+
+fn default_amqp_url() -> String {
+    "amqp://guest:guest@127.0.0.1:5672/%2f".into()
+}
+
+fn default_prefix() -> String {
+    "legato.".into()
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use legato_bus::Bus;
+use legato_bus::{Bus, RabbitMqBus, RabbitMqOptions};
 use legato_store::{SqliteStore, Store};
 
 use crate::settings::{BusSettings, SettingsError, StoreSettings};
@@ -22,12 +22,40 @@ pub fn open_store(settings: &StoreSettings) -> anyhow::Result<Arc<dyn Store>> {
 }
 
 /// The bus for a standalone service process.
-pub fn open_bus(settings: &BusSettings) -> Result<Arc<dyn Bus>, SettingsError> {
+pub async fn open_bus(settings: &BusSettings) -> anyhow::Result<Arc<dyn Bus>> {
     match settings {
         BusSettings::InProcess => Err(SettingsError::invalid(
             "bus.kind",
             "is in_process, which only connects services inside one process: run them all \
-             with `legato up`, or choose a broker bus",
-        )),
+             with `legato up`, or set LEGATO__BUS__KIND=rabbitmq",
+        )
+        .into()),
+        BusSettings::Rabbitmq {
+            url,
+            prefix,
+            queue_expiry_ms,
+        } => {
+            let options = RabbitMqOptions {
+                prefix: prefix.clone(),
+                queue_expiry: (*queue_expiry_ms > 0)
+                    .then(|| std::time::Duration::from_millis(*queue_expiry_ms)),
+            };
+            let bus = RabbitMqBus::connect(url, options)
+                .await
+                .map_err(|e| anyhow::anyhow!("bus (RabbitMQ at {}): {e}", redact(url)))?;
+            Ok(Arc::new(bus))
+        }
+    }
+}
+
+/// A URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            let user = credentials.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
     }
 }

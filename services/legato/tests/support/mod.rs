@@ -12,7 +12,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 pub struct Legato {
-    child: Child,
+    /// `None` when attached to a gateway started separately.
+    child: Option<Child>,
     pub base: String,
     pub data_dir: PathBuf,
     pub client: reqwest::Client,
@@ -58,7 +59,17 @@ impl Legato {
             .recv_timeout(Duration::from_secs(60))
             .expect("legato up did not report its address within 60 s");
         Self {
-            child,
+            child: Some(child),
+            base,
+            data_dir: data_dir.to_owned(),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// Talks to a gateway some other process runs.
+    pub fn attach(base: String, data_dir: &Path) -> Self {
+        Self {
+            child: None,
             base,
             data_dir: data_dir.to_owned(),
             client: reqwest::Client::new(),
@@ -67,12 +78,13 @@ impl Legato {
 
     /// SIGTERM, then the exit status once the process has drained.
     pub fn terminate(mut self, limit: Duration) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
+        let child = self.child.as_mut().expect("a legato up process");
+        let pid = child.id().to_string();
         let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         assert!(sent.success());
         let deadline = Instant::now() + limit;
         loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
+            if let Some(status) = child.try_wait().unwrap() {
                 return status;
             }
             assert!(
@@ -85,8 +97,10 @@ impl Legato {
 
     /// SIGKILL: no drain, no flush, like a crash.
     pub fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -194,8 +208,10 @@ impl Legato {
 
 impl Drop for Legato {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -227,4 +243,88 @@ pub fn temp_dir() -> tempfile::TempDir {
         .prefix("legato-e2e-")
         .tempdir()
         .unwrap()
+}
+
+/// One legato service as its own process (`legato run <service>`), for
+/// process-per-service runs over RabbitMQ.
+pub struct Service {
+    child: Child,
+    pub name: String,
+    pub base: String,
+}
+
+impl Service {
+    /// Runs in `dir`, so relative defaults (the data agent's demo
+    /// database) land there.
+    pub fn start(name: &str, dir: &Path, env: &[(String, String)]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_legato"))
+            .args(["run", name])
+            .current_dir(dir)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn legato run");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let prefix = format!("{name}: listening on ");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix(&prefix) {
+                    let _ = tx.send(rest.trim().to_owned());
+                }
+            }
+        });
+        let base = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("{name} did not report its address within 60 s"));
+        Self {
+            child,
+            name: name.to_owned(),
+            base,
+        }
+    }
+
+    /// SIGKILL, like a crash.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The settings every process of one process-per-service run shares: its
+/// own RabbitMQ names (expiring after use) and one SQLite store.
+pub fn services_env(data_dir: &Path) -> Vec<(String, String)> {
+    let prefix = format!("e2e-{}.", uuid::Uuid::new_v4().simple());
+    [
+        ("LEGATO__BUS__KIND", "rabbitmq".to_owned()),
+        ("LEGATO__BUS__PREFIX", prefix),
+        ("LEGATO__BUS__QUEUE_EXPIRY_MS", "120000".to_owned()),
+        ("LEGATO__STORE__KIND", "sqlite".to_owned()),
+        (
+            "LEGATO__STORE__PATH",
+            data_dir.join("legato.db").display().to_string(),
+        ),
+        ("LEGATO__HTTP__PORT", "0".to_owned()),
+        ("LEGATO__TELEMETRY__LOG", "warn".to_owned()),
+        (
+            "LEGATO_CONFIG_DIR",
+            data_dir.join("no-config").display().to_string(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// A [`Legato`]-like client for a process-per-service gateway.
+pub fn client_for(gateway: &Service, data_dir: &Path) -> Legato {
+    Legato::attach(gateway.base.clone(), data_dir)
 }

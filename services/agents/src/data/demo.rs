@@ -9,7 +9,7 @@ use time::{Date, Month, OffsetDateTime};
 
 const CUSTOMERS: [&str; 4] = ["acme", "globex", "initech", "umbrella"];
 
-pub(crate) fn ensure(path: &Path) -> anyhow::Result<()> {
+pub fn ensure(path: &Path) -> anyhow::Result<()> {
     if path.exists() {
         return Ok(());
     }

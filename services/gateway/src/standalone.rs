@@ -1,0 +1,16 @@
+//! The gateway as its own process.
+
+use legato_service::{Readiness, Shutdown, wiring};
+
+use crate::{GatewayConfig, GatewayState};
+
+pub async fn run(config: GatewayConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+    let bus = wiring::open_bus(&config.bus).await?;
+    let store = wiring::open_store(&config.store)?;
+    let readiness = Readiness::new(Some(store.clone()));
+    let signalr = config.signalr.azure()?;
+    let app = crate::router(GatewayState::new(store, bus, config.gateway).with_signalr(signalr));
+    let listener = legato_service::listen("gateway", &config.http).await?;
+    readiness.set_ready(true);
+    legato_service::serve(listener, app, readiness, shutdown).await
+}

@@ -1,0 +1,90 @@
+//! Process-per-service: every service its own process (`legato run
+//! <service>`), talking only over RabbitMQ, sharing one SQLite store.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::{Service, client_for, echo_step, events, services_env, step_of, temp_dir};
+
+const AGENTS: [&str; 5] = [
+    "agent-echo",
+    "agent-planner",
+    "agent-coder",
+    "agent-data",
+    "agent-approval",
+];
+
+#[tokio::test]
+async fn the_services_run_a_saga_over_rabbitmq_and_survive_a_killed_orchestrator() {
+    let dir = temp_dir();
+    let env = services_env(dir.path());
+    let mut orchestrator = Some(Service::start("orchestrator", dir.path(), &env));
+    let gateway = Service::start("gateway", dir.path(), &env);
+    let _notifier = Service::start("notifier", dir.path(), &env);
+    // Two echo replicas share the echo queue.
+    let _agents: Vec<Service> = AGENTS
+        .iter()
+        .chain(["agent-echo"].iter())
+        .map(|a| Service::start(a, dir.path(), &env))
+        .collect();
+    let legato = client_for(&gateway, dir.path());
+
+    // The gateway does not load the catalogue (legato up does): register it.
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../workflows/feature-request.yaml"
+    );
+    let definition: serde_json::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    legato.register(definition).await;
+    let id = legato
+        .start_instance(
+            "feature-request",
+            json!({"input": {"request": "add CSV export to billing and check last month totals"}}),
+        )
+        .await;
+    legato.wait_step(&id, "approve", "Waiting").await;
+    legato
+        .post(
+            &format!("/api/v1/instances/{id}/events/approval"),
+            json!({"approved": true}),
+        )
+        .await;
+    let done = legato.wait_status(&id, "Completed").await;
+    assert_eq!(done["output"]["finalized"].as_array().unwrap().len(), 1);
+
+    // Kill the orchestrator while slow steps run; a new one finishes them.
+    legato
+        .register(json!({"name": "slow-fan", "version": 1, "steps": [
+            echo_step("a", &[], json!({"value": 1, "sleep_ms": 1500})),
+            echo_step("b", &[], json!({"value": 2, "sleep_ms": 1500})),
+            echo_step("join", &["a", "b"], json!({"value": "${{ steps.a.output.value + steps.b.output.value }}"})),
+        ], "output": "${{ steps.join.output.value }}"}))
+        .await;
+    let ids: Vec<String> =
+        futures::future::join_all((0..5).map(|_| legato.start_instance("slow-fan", json!({}))))
+            .await;
+    for id in &ids {
+        legato.wait_step(id, "a", "Running").await;
+    }
+    orchestrator.take().unwrap().kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _orchestrator = Service::start("orchestrator", dir.path(), &env);
+    for id in &ids {
+        let status = legato.wait_status(id, "Completed").await;
+        assert_eq!(status["output"], json!(3));
+        for step in ["a", "b", "join"] {
+            assert_eq!(
+                step_of(&status, step)["attempts"],
+                1,
+                "{id}: {step} dispatched once"
+            );
+        }
+        assert_eq!(
+            events(&status, "task_completed").len(),
+            3,
+            "{id}: each result recorded once"
+        );
+    }
+}

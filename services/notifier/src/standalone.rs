@@ -1,0 +1,29 @@
+//! The notifier as its own process.
+
+use legato_service::{Readiness, Shutdown, wiring};
+
+use crate::{NotifierConfig, NotifierState, ProgressHub};
+
+pub async fn run(config: NotifierConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+    let bus = wiring::open_bus(&config.bus).await?;
+    let store = wiring::open_store(&config.store)?;
+    let hub = ProgressHub::default();
+    let readiness = Readiness::new(Some(store.clone()));
+    let feed = crate::relay(bus, hub.clone(), shutdown.clone()).await?;
+    let app = crate::router(NotifierState::new(hub.clone(), store, shutdown.clone()));
+    let listener = legato_service::listen("notifier", &config.http).await?;
+    let server = tokio::spawn(legato_service::serve(
+        listener,
+        app,
+        readiness.clone(),
+        shutdown.clone(),
+    ));
+    if let Some(azure) = config.signalr.azure()? {
+        tokio::spawn(crate::relay_to_azure(hub, azure, shutdown.clone()));
+    }
+    readiness.set_ready(true);
+    let result = feed.await;
+    shutdown.trigger();
+    server.await??;
+    result
+}
