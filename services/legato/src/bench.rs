@@ -6,8 +6,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use futures::StreamExt;
 use hdrhistogram::Histogram;
+use legato_bus::{
+    Bus, BusError, InProcessBus, OutgoingMessage, RabbitMqBus, RabbitMqOptions, Subscription,
+    SubscriptionSpec,
+};
+use legato_contracts::Topic;
 use legato_contracts::{InstanceId, RuntimeStatus, WorkflowName};
 use legato_service::Shutdown;
 use legato_store::{
@@ -30,6 +37,49 @@ pub struct BenchOptions {
     /// on a free port with its state in a temporary directory.
     #[arg(long)]
     pub url: Option<String>,
+    /// The embedded stack's bus: `in-process`, or `rabbitmq` (every message
+    /// through the broker, persistent and confirmed).
+    #[arg(long, default_value = "in-process")]
+    pub bus: BusChoice,
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    pub amqp_url: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BusChoice {
+    InProcess,
+    Rabbitmq,
+}
+
+/// Counts what the stack publishes, so the bus cost per instance is known.
+struct CountingBus {
+    inner: Arc<dyn Bus>,
+    published: AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl Bus for CountingBus {
+    async fn publish(
+        &self,
+        topic: Topic,
+        key: &str,
+        message: OutgoingMessage,
+    ) -> Result<(), BusError> {
+        self.published.fetch_add(1, Ordering::Relaxed);
+        self.inner.publish(topic, key, message).await
+    }
+
+    async fn subscribe(&self, spec: SubscriptionSpec) -> Result<Box<dyn Subscription>, BusError> {
+        self.inner.subscribe(spec).await
+    }
+
+    async fn dead_letters(
+        &self,
+        topic: Topic,
+        group: &str,
+    ) -> Result<Box<dyn Subscription>, BusError> {
+        self.inner.dead_letters(topic, group).await
+    }
 }
 
 const WORKFLOW: &str = "bench-fan-out";
@@ -53,6 +103,20 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     let scratch = std::env::temp_dir().join(format!("legato-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
     let shutdown = Shutdown::new();
+    let raw_bus: Arc<dyn Bus> = match options.bus {
+        BusChoice::InProcess => Arc::new(InProcessBus::default()),
+        BusChoice::Rabbitmq => {
+            let rabbit = RabbitMqOptions {
+                prefix: format!("bench-{}.", std::process::id()),
+                queue_expiry: Some(Duration::from_secs(60)),
+            };
+            Arc::new(RabbitMqBus::connect(&options.amqp_url, rabbit).await?)
+        }
+    };
+    let counting = Arc::new(CountingBus {
+        inner: raw_bus.clone(),
+        published: AtomicU64::new(0),
+    });
     let (base, stack) = match &options.url {
         Some(url) => (url.trim_end_matches('/').to_owned(), None),
         None => {
@@ -60,7 +124,9 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
             config.http.port = 0;
             config.data_dir = scratch.join("stack");
             config.workflows_dir = scratch.join("no-catalogue");
-            let stack = Stack::start(config, shutdown.clone()).await?;
+            let forgetful = options.bus == BusChoice::InProcess;
+            let stack =
+                Stack::start_on(config, counting.clone(), forgetful, shutdown.clone()).await?;
             (format!("http://{}", stack.addr), Some(stack))
         }
     };
@@ -80,9 +146,11 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     // Warm up (connections, caches), then measure.
     let warmup = options.concurrency.min(options.instances).max(1);
     drive(&client, &base, warmup, options.concurrency).await?;
+    let published_before = counting.published.load(Ordering::Relaxed);
     let started = Instant::now();
     let outcome = drive(&client, &base, options.instances, options.concurrency).await?;
     let elapsed = started.elapsed();
+    let messages = counting.published.load(Ordering::Relaxed) - published_before;
 
     let sample = outcome
         .sample
@@ -138,6 +206,22 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         "  overhead: an instance costs {:.2}x its raw store commits",
         ceiling / rate.max(f64::MIN_POSITIVE)
     );
+    if options.url.is_none() {
+        let per_instance = messages as f64 / outcome.completed.max(1) as f64;
+        let n = messages.max(1) as usize;
+        let raw = raw_round_trips(&*raw_bus, n, options.concurrency).await?;
+        let bus_rate = n as f64 / raw.as_secs_f64();
+        println!(
+            "  bus ({:?}): {:.1} messages per instance; {} raw publish-confirm-consume round trips in {:.2} s = {:.0} msg/s, a ceiling of {:.1} instances/s ({:.2}x)",
+            options.bus,
+            per_instance,
+            n,
+            raw.as_secs_f64(),
+            bus_rate,
+            bus_rate / per_instance,
+            (bus_rate / per_instance) / rate.max(f64::MIN_POSITIVE)
+        );
+    }
     if let Some(stack) = stack {
         stack.shutdown().trigger();
         stack.wait().await?;
@@ -272,6 +356,50 @@ async fn raw_commits(
         .buffer_unordered(concurrency.max(1));
     while let Some(result) = runs.next().await {
         result?;
+    }
+    Ok(started.elapsed())
+}
+
+/// `n` messages of a typical size published (each confirmed) with bounded
+/// concurrency while one consumer acks them; the time until the last is in.
+async fn raw_round_trips(bus: &dyn Bus, n: usize, concurrency: usize) -> anyhow::Result<Duration> {
+    let key = format!("bench-raw-{}", std::process::id());
+    let mut sub = bus
+        .subscribe(
+            SubscriptionSpec::new(
+                Topic::AgentResults,
+                format!("bench-raw-{}", std::process::id()),
+            )
+            .bind(&key)
+            .prefetch(256),
+        )
+        .await?;
+    let body = bytes::Bytes::from(vec![b'x'; 900]);
+    let started = Instant::now();
+    let consume = async {
+        for _ in 0..n {
+            let delivery = tokio::time::timeout(Duration::from_secs(60), sub.next())
+                .await
+                .map_err(|_| anyhow::anyhow!("raw round trips stalled"))??;
+            delivery.ack().await?;
+        }
+        anyhow::Ok(())
+    };
+    let publish = futures::stream::iter(0..n)
+        .map(|i| {
+            let message = OutgoingMessage {
+                id: format!("raw-{i}"),
+                body: body.clone(),
+                headers: Default::default(),
+            };
+            bus.publish(Topic::AgentResults, &key, message)
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect::<Vec<_>>();
+    let (consumed, published) = tokio::join!(consume, publish);
+    consumed?;
+    for p in published {
+        p?;
     }
     Ok(started.elapsed())
 }

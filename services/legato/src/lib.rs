@@ -21,7 +21,9 @@ use legato_bus::{Bus, InProcessBus};
 use legato_gateway::{GatewaySettings, GatewayState};
 use legato_notifier::{NotifierState, ProgressHub};
 use legato_orchestrator::{Orchestrator, OrchestratorSettings};
-use legato_service::{HttpSettings, Readiness, Shutdown, StoreSettings, TelemetrySettings, wiring};
+use legato_service::{
+    BusSettings, HttpSettings, Readiness, Shutdown, StoreSettings, TelemetrySettings, wiring,
+};
 use legato_signalr::SignalRSettings;
 use legato_store::Store;
 use serde::{Deserialize, Serialize};
@@ -34,6 +36,8 @@ pub struct LegatoConfig {
     /// Gateway, progress stream and health, on one port.
     pub http: HttpSettings,
     pub telemetry: TelemetrySettings,
+    /// `in_process` (default) or a broker (`kind = "rabbitmq"`).
+    pub bus: BusSettings,
     /// Instance state (`legato.db`) and the demo database (`demo.db`).
     pub data_dir: PathBuf,
     /// Definitions registered at start (`*.yaml`, `*.yml`, `*.json`).
@@ -54,6 +58,7 @@ impl Default for LegatoConfig {
         Self {
             http: HttpSettings::with_port(8080),
             telemetry: TelemetrySettings::default(),
+            bus: BusSettings::default(),
             data_dir: PathBuf::from(".legato"),
             workflows_dir: PathBuf::from("workflows"),
             gateway: GatewaySettings::default(),
@@ -75,7 +80,24 @@ pub struct Stack {
 }
 
 impl Stack {
-    pub async fn start(mut config: LegatoConfig, shutdown: Shutdown) -> anyhow::Result<Self> {
+    pub async fn start(config: LegatoConfig, shutdown: Shutdown) -> anyhow::Result<Self> {
+        // The in-process bus by default; a broker when configured (then
+        // messages survive a restart and nothing needs re-sending).
+        let (bus, forgetful): (Arc<dyn Bus>, bool) = match &config.bus {
+            BusSettings::InProcess => (Arc::new(InProcessBus::default()), true),
+            broker => (wiring::open_bus(broker).await?, false),
+        };
+        Self::start_on(config, bus, forgetful, shutdown).await
+    }
+
+    /// [`Stack::start`] on a bus the caller made; `forgetful` says it keeps
+    /// nothing across a restart (so in-flight work is re-sent on start).
+    pub async fn start_on(
+        mut config: LegatoConfig,
+        bus: Arc<dyn Bus>,
+        forgetful: bool,
+        shutdown: Shutdown,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| anyhow::anyhow!("data_dir {}: {e}", config.data_dir.display()))?;
         let store = wiring::open_store(&StoreSettings::Sqlite {
@@ -88,7 +110,6 @@ impl Stack {
         }
         catalogue::register(&*store, &config.workflows_dir).await?;
 
-        let bus: Arc<dyn Bus> = Arc::new(InProcessBus::default());
         let readiness = Readiness::new(Some(store.clone()));
         let mut tasks = JoinSet::new();
 
@@ -111,7 +132,7 @@ impl Stack {
         // in-flight work on start, and the in-process bus delivers only to
         // queues that exist.
         let orchestrator_settings = OrchestratorSettings {
-            redispatch_on_start: true,
+            redispatch_on_start: forgetful,
             ..config.orchestrator.clone()
         };
         let orchestrator = Orchestrator::start(
