@@ -7,6 +7,7 @@
 
 mod api;
 mod body;
+mod catalogue;
 mod dto;
 pub mod openapi;
 mod settings;
@@ -22,6 +23,7 @@ use legato_signalr::azure::AzureSignalR;
 use legato_store::Store;
 use tower_http::trace::TraceLayer;
 
+pub use catalogue::register_catalogue;
 pub use settings::{GatewayConfig, GatewaySettings};
 pub use standalone::run;
 

@@ -13,6 +13,9 @@ pub struct GatewaySettings {
     pub public_url: String,
     /// Most history rows one status request returns.
     pub max_history: usize,
+    /// Definitions (`*.yaml`, `*.yml`, `*.json`) registered at start; empty
+    /// registers none. `legato up` uses its own `workflows_dir`.
+    pub workflows_dir: String,
 }
 
 impl Default for GatewaySettings {
@@ -21,6 +24,7 @@ impl Default for GatewaySettings {
             max_body_bytes: 1024 * 1024,
             public_url: String::new(),
             max_history: 1_000,
+            workflows_dir: String::new(),
         }
     }
 }

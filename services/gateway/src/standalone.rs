@@ -7,6 +7,10 @@ use crate::{GatewayConfig, GatewayState};
 pub async fn run(config: GatewayConfig, shutdown: Shutdown) -> anyhow::Result<()> {
     let bus = wiring::open_bus(&config.bus).await?;
     let store = wiring::open_store(&config.store)?;
+    if !config.gateway.workflows_dir.is_empty() {
+        crate::register_catalogue(&*store, std::path::Path::new(&config.gateway.workflows_dir))
+            .await?;
+    }
     let readiness = Readiness::new(Some(store.clone()));
     let signalr = config.signalr.azure()?;
     let app = crate::router(GatewayState::new(store, bus, config.gateway).with_signalr(signalr));

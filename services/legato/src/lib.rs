@@ -6,7 +6,6 @@
 //! left unsent: a killed `legato up` picks up where it stopped.
 
 pub mod bench;
-mod catalogue;
 pub mod sse;
 
 use std::net::SocketAddr;
@@ -108,7 +107,7 @@ impl Stack {
             legato_agents::data::demo::ensure(&demo)?;
             config.data.url = format!("sqlite://{}", demo.display());
         }
-        catalogue::register(&*store, &config.workflows_dir).await?;
+        legato_gateway::register_catalogue(&*store, &config.workflows_dir).await?;
 
         let readiness = Readiness::new(Some(store.clone()));
         let mut tasks = JoinSet::new();

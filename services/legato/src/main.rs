@@ -40,6 +40,8 @@ enum Command {
     /// do): gateway, orchestrator, notifier, or agent-<echo|planner|coder|data|approval>.
     /// Reads config/<service>.toml and LEGATO__... like they do.
     Run { service: String },
+    /// Exit 0 when the URL answers 2xx (container health checks).
+    Probe { url: String },
     /// Start N instances of a fan-out-4-then-1 echo workflow with bounded
     /// concurrency; print throughput, latency and the raw store cost.
     Bench(bench::BenchOptions),
@@ -82,6 +84,20 @@ async fn main() -> anyhow::Result<()> {
             stack.wait().await
         }
         Command::Run { service } => run_service(&service).await,
+        Command::Probe { url } => {
+            let response = reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(5))
+                .build()?
+                .get(&url)
+                .send()
+                .await?;
+            anyhow::ensure!(
+                response.status().is_success(),
+                "{url}: {}",
+                response.status()
+            );
+            Ok(())
+        }
         Command::Bench(options) => bench::run(options).await,
     }
 }

@@ -18,7 +18,10 @@ const AGENTS: [&str; 5] = [
 #[tokio::test]
 async fn the_services_run_a_saga_over_rabbitmq_and_survive_a_killed_orchestrator() {
     let dir = temp_dir();
-    let env = services_env(dir.path());
+    let mut env = services_env(dir.path());
+    // As in docker-compose.yml: the gateway registers the catalogue.
+    let catalogue = concat!(env!("CARGO_MANIFEST_DIR"), "/../../workflows");
+    env.push(("LEGATO__GATEWAY__WORKFLOWS_DIR".into(), catalogue.into()));
     let mut orchestrator = Some(Service::start("orchestrator", dir.path(), &env));
     let gateway = Service::start("gateway", dir.path(), &env);
     let _notifier = Service::start("notifier", dir.path(), &env);
@@ -30,14 +33,6 @@ async fn the_services_run_a_saga_over_rabbitmq_and_survive_a_killed_orchestrator
         .collect();
     let legato = client_for(&gateway, dir.path());
 
-    // The gateway does not load the catalogue (legato up does): register it.
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../workflows/feature-request.yaml"
-    );
-    let definition: serde_json::Value =
-        serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    legato.register(definition).await;
     let id = legato
         .start_instance(
             "feature-request",

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use crate::support::{Legato, temp_dir};
 
 fn signalr_test_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/signalr")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/node")
 }
 
 #[tokio::test]
@@ -25,7 +25,7 @@ async fn the_stock_signalr_client_sees_a_feature_request_live_in_order() {
     let script = signalr_test_dir();
     assert!(
         script.join("node_modules/@microsoft/signalr").is_dir(),
-        "@microsoft/signalr is not installed: run `npm ci` in tests/signalr (./scripts/test does)"
+        "@microsoft/signalr is not installed: run `npm ci` in tests/node (./scripts/test does)"
     );
     let run = tokio::process::Command::new("node")
         .arg("progress.mjs")

