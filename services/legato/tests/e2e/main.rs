@@ -1,6 +1,7 @@
 //! End-to-end: `legato up` as a process on a random port, driven over HTTP.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod chaos;
 mod compose;
 mod services;
 mod signalr;
