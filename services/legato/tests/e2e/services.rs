@@ -83,3 +83,79 @@ async fn the_services_run_a_saga_over_rabbitmq_and_survive_a_killed_orchestrator
         );
     }
 }
+
+/// Undecodable bytes and a message type the orchestrator does not take land
+/// in its dead-letter queue with the reason, and the queue keeps flowing.
+#[tokio::test]
+async fn poison_commands_are_dead_lettered_with_their_reason() {
+    use legato_bus::{Bus, OutgoingMessage, RabbitMqBus, RabbitMqOptions};
+    use legato_contracts::Topic;
+
+    let dir = temp_dir();
+    let mut env = services_env(dir.path());
+    let catalogue = concat!(env!("CARGO_MANIFEST_DIR"), "/../../workflows");
+    env.push(("LEGATO__GATEWAY__WORKFLOWS_DIR".into(), catalogue.into()));
+    let _orchestrator = Service::start("orchestrator", dir.path(), &env);
+    let gateway = Service::start("gateway", dir.path(), &env);
+    let _echo = Service::start("agent-echo", dir.path(), &env);
+    let legato = client_for(&gateway, dir.path());
+
+    let prefix = env
+        .iter()
+        .find(|(k, _)| k == "LEGATO__BUS__PREFIX")
+        .unwrap()
+        .1
+        .clone();
+    let bus = RabbitMqBus::connect(
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+        RabbitMqOptions {
+            prefix,
+            queue_expiry: Some(Duration::from_secs(120)),
+        },
+    )
+    .await
+    .unwrap();
+    let poison = |id: &str, body: &'static [u8]| OutgoingMessage {
+        id: id.to_owned(),
+        body: bytes::Bytes::from_static(body),
+        headers: Default::default(),
+    };
+    bus.publish(Topic::Commands, "x", poison("poison-1", b"\x00not json"))
+        .await
+        .unwrap();
+    let progress = br#"{"specversion":"1.0","id":"poison-2","source":"/test","type":"legato.progress.v1","subject":"x","time":"2026-11-26T12:00:00Z","data":{"seq":1,"kind":"step_started","status":"Running"}}"#;
+    bus.publish(Topic::Commands, "x", poison("poison-2", progress))
+        .await
+        .unwrap();
+
+    // Work behind the poison still flows.
+    let id = legato
+        .start_instance("fan-out-fan-in", json!({"input": {"value": 1}}))
+        .await;
+    legato.wait_status(&id, "Completed").await;
+
+    let mut dead = bus
+        .dead_letters(Topic::Commands, "orchestrator")
+        .await
+        .unwrap();
+    let mut reasons = std::collections::BTreeMap::new();
+    for _ in 0..2 {
+        let d = tokio::time::timeout(Duration::from_secs(10), dead.next())
+            .await
+            .unwrap()
+            .unwrap();
+        reasons.insert(
+            d.message_id.clone(),
+            d.headers[legato_bus::DEAD_LETTER_REASON].clone(),
+        );
+        d.ack().await.unwrap();
+    }
+    assert!(
+        reasons["poison-1"].contains("not a CloudEvents JSON envelope"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons["poison-2"].contains("legato.progress.v1"),
+        "{reasons:?}"
+    );
+}
