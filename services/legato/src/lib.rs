@@ -179,15 +179,6 @@ impl Stack {
 
     /// Runs until shutdown; a service that fails stops the rest.
     pub async fn wait(mut self) -> anyhow::Result<()> {
-        let mut first_error = None;
-        while let Some(joined) = self.tasks.join_next().await {
-            let result = joined.map_err(anyhow::Error::from).and_then(|r| r);
-            if let Err(e) = result {
-                tracing::error!("service stopped: {e:#}");
-                first_error.get_or_insert(e);
-                self.shutdown.trigger();
-            }
-        }
-        first_error.map_or(Ok(()), Err)
+        legato_service::shutdown::join_all(&mut self.tasks, "service", Some(&self.shutdown)).await
     }
 }

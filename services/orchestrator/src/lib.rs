@@ -106,15 +106,7 @@ impl Orchestrator {
 
     /// Waits for every loop to end (after shutdown); the first error wins.
     pub async fn wait(mut self) -> anyhow::Result<()> {
-        let mut first_error = None;
-        while let Some(joined) = self.tasks.join_next().await {
-            let result = joined.map_err(anyhow::Error::from).and_then(|r| r);
-            if let Err(e) = result {
-                tracing::error!("orchestrator loop ended: {e:#}");
-                first_error.get_or_insert(e);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
+        legato_service::shutdown::join_all(&mut self.tasks, "orchestrator loop", None).await
     }
 }
 

@@ -442,6 +442,15 @@ impl Subscription for RabbitSubscription {
     }
 }
 
+async fn requeue(acker: &Acker) -> Result<(), BusError> {
+    let options = BasicNackOptions {
+        requeue: true,
+        ..BasicNackOptions::default()
+    };
+    acker.nack(options).await.map_err(unavailable)?;
+    Ok(())
+}
+
 struct RabbitSettle {
     bus: RabbitMqBus,
     acker: Acker,
@@ -469,14 +478,7 @@ impl Settle for RabbitSettle {
             );
             return self.dead_letter(&reason).await;
         }
-        self.acker
-            .nack(BasicNackOptions {
-                requeue: true,
-                ..BasicNackOptions::default()
-            })
-            .await
-            .map_err(unavailable)?;
-        Ok(())
+        requeue(&self.acker).await
     }
 
     async fn dead_letter(self: Box<Self>, reason: &str) -> Result<(), BusError> {
@@ -496,13 +498,7 @@ impl Settle for RabbitSettle {
     fn abandon(self: Box<Self>) {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                let _ = self
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..BasicNackOptions::default()
-                    })
-                    .await;
+                let _ = requeue(&self.acker).await;
             });
         }
     }

@@ -63,3 +63,25 @@ async fn wait_for_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+/// Waits for every task of a service to end; the first error wins and
+/// (when a shutdown is given) stops the others, so one failed loop never
+/// leaves a half-working process behind.
+pub async fn join_all(
+    tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+    what: &str,
+    stop_on_error: Option<&Shutdown>,
+) -> anyhow::Result<()> {
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        let result = joined.map_err(anyhow::Error::from).and_then(|r| r);
+        if let Err(e) = result {
+            tracing::error!("{what} stopped: {e:#}");
+            first_error.get_or_insert(e);
+            if let Some(shutdown) = stop_on_error {
+                shutdown.trigger();
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}

@@ -19,6 +19,35 @@ pub struct Legato {
     pub client: reqwest::Client,
 }
 
+/// Spawns a legato process and waits (bounded) for its
+/// `<what>: listening on <url>` line; returns the process and the URL.
+fn spawn_listening(mut command: Command, what: &str) -> (Child, String) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let prefix = format!("{what}: listening on ");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix(&prefix) {
+                let url = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                let _ = tx.send(url);
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("{what} did not report its address within 60 s"));
+    (child, url)
+}
+
 fn workflows_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../workflows")
 }
@@ -29,35 +58,16 @@ impl Legato {
     }
 
     pub fn start_with_env(data_dir: &Path, env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_legato"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_legato"));
+        command
             .args(["up", "--port", "0", "--data-dir"])
             .arg(data_dir)
             .arg("--workflows")
             .arg(workflows_dir())
             .env("LEGATO__TELEMETRY__LOG", "warn")
             .env("LEGATO_CONFIG_DIR", data_dir.join("no-config"))
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn legato up");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix("legato up: listening on ") {
-                    let url = rest
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned();
-                    let _ = tx.send(url);
-                }
-            }
-        });
-        let base = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("legato up did not report its address within 60 s");
+            .envs(env.iter().copied());
+        let (child, base) = spawn_listening(command, "legato up");
         Self {
             child: Some(child),
             base,
@@ -257,27 +267,12 @@ impl Service {
     /// Runs in `dir`, so relative defaults (the data agent's demo
     /// database) land there.
     pub fn start(name: &str, dir: &Path, env: &[(String, String)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_legato"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_legato"));
+        command
             .args(["run", name])
             .current_dir(dir)
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn legato run");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let prefix = format!("{name}: listening on ");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix(&prefix) {
-                    let _ = tx.send(rest.trim().to_owned());
-                }
-            }
-        });
-        let base = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("{name} did not report its address within 60 s"));
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let (child, base) = spawn_listening(command, name);
         Self {
             child,
             name: name.to_owned(),
