@@ -281,6 +281,29 @@ pub async fn a_message_that_keeps_failing_is_dead_lettered_after_max_deliveries(
     nothing(&mut sub).await;
 }
 
+/// Crashed consumers are not the message's fault: a few unsettled
+/// deliveries beyond `max_deliveries` still leave it deliverable.
+pub async fn deliveries_lost_to_crashes_count_against_a_higher_limit(bus: &dyn Bus) {
+    let key = unique("c");
+    let group = unique("g");
+    let spec = SubscriptionSpec::new(Topic::AgentTasks, &group)
+        .bind(&key)
+        .max_deliveries(2);
+    bus.subscribe(spec.clone()).await.unwrap();
+    bus.publish(Topic::AgentTasks, &key, message("survivor"))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let mut crashing = bus.subscribe(spec.clone()).await.unwrap();
+        drop(next(&mut crashing).await);
+        drop(crashing);
+    }
+    let mut last = bus.subscribe(spec).await.unwrap();
+    let d = next(&mut last).await;
+    assert!(d.delivery_count >= 4, "delivery_count {}", d.delivery_count);
+    assert_eq!(body(d).await, "survivor");
+}
+
 pub async fn prefetch_bounds_unsettled_deliveries(bus: &dyn Bus) {
     let key = unique("f");
     let mut sub = bus
@@ -330,6 +353,7 @@ macro_rules! bus_conformance_tests {
             an_unsettled_delivery_of_a_dropped_consumer_is_redelivered,
             dead_letter_keeps_the_reason_and_unblocks_the_queue,
             a_message_that_keeps_failing_is_dead_lettered_after_max_deliveries,
+            deliveries_lost_to_crashes_count_against_a_higher_limit,
             prefetch_bounds_unsettled_deliveries,
             messages_wait_in_a_declared_group_without_consumers,
         );

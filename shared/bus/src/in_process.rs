@@ -82,9 +82,9 @@ impl Queue {
     }
 
     /// Returns a delivery for redelivery, or dead-letters it when its
-    /// deliveries are used up.
-    fn retry_or_dead_letter(&self, message: Stored) {
-        let max = *lock(&self.max_deliveries);
+    /// deliveries are used up (`factor` times more for unsettled ones).
+    fn retry_or_dead_letter(&self, message: Stored, factor: u32) {
+        let max = lock(&self.max_deliveries).saturating_mul(factor);
         if message.delivery_count >= max {
             let reason = format!("not settled after {} deliveries", message.delivery_count);
             self.dead_letter(message, &reason);
@@ -240,7 +240,7 @@ impl Settle for InProcessSettle {
 
     async fn nack(self: Box<Self>) -> Result<(), BusError> {
         self.release();
-        self.queue.retry_or_dead_letter(self.message);
+        self.queue.retry_or_dead_letter(self.message, 1);
         Ok(())
     }
 
@@ -252,7 +252,8 @@ impl Settle for InProcessSettle {
 
     fn abandon(self: Box<Self>) {
         self.release();
-        self.queue.retry_or_dead_letter(self.message);
+        self.queue
+            .retry_or_dead_letter(self.message, crate::UNSETTLED_DELIVERY_FACTOR);
     }
 }
 

@@ -8,9 +8,14 @@
 //! - delivery is at-least-once: a delivery that is nacked, or dropped without
 //!   being settled (a crashed consumer), is delivered again with a higher
 //!   `delivery_count`;
-//! - after `max_deliveries` unsuccessful deliveries, or when a consumer says
-//!   so, the message moves to the group's dead-letter queue with its reason
-//!   and never blocks the messages behind it.
+//! - after `max_deliveries` failed deliveries (nacked), or when a consumer
+//!   says so, the message moves to the group's dead-letter queue with its
+//!   reason and never blocks the messages behind it. A delivery its consumer
+//!   never settled (the process crashed or lost its connection while holding
+//!   it) says little about the message, so those count against a limit
+//!   [`UNSETTLED_DELIVERY_FACTOR`] times higher: a message that keeps
+//!   killing its consumers is still parked, while one that was merely in
+//!   flight during a few crashes is not lost to them.
 
 pub mod conformance;
 mod in_process;
@@ -31,6 +36,9 @@ pub use rabbitmq::{RabbitMqBus, RabbitMqOptions};
 pub const DEAD_LETTER_REASON: &str = "x-legato-dead-letter-reason";
 /// How many deliveries a poison message gets before it is dead-lettered.
 pub const DEFAULT_MAX_DELIVERIES: u32 = 5;
+/// Deliveries never settled (consumer crashed) count against
+/// `max_deliveries` times this.
+pub const UNSETTLED_DELIVERY_FACTOR: u32 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {

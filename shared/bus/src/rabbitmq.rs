@@ -419,13 +419,16 @@ impl Subscription for RabbitSubscription {
                     headers,
                 },
             };
-            if self.dead_queue.is_some() && count > self.max_deliveries {
+            let unsettled_limit = self
+                .max_deliveries
+                .saturating_mul(crate::UNSETTLED_DELIVERY_FACTOR);
+            if self.dead_queue.is_some() && count > unsettled_limit {
                 // Redelivered past the limit without being settled (its
-                // consumers keep crashing): park it.
+                // consumers keep crashing): park it. Explicit failures are
+                // counted in `nack`, against max_deliveries itself.
                 let reason = format!(
-                    "delivered {} times without being settled (max_deliveries {})",
-                    count - 1,
-                    self.max_deliveries
+                    "delivered {} times without being settled (limit {unsettled_limit})",
+                    count - 1
                 );
                 Box::new(settle).dead_letter(&reason).await?;
                 continue;

@@ -100,12 +100,19 @@ async fn twenty_kills_during_fifty_instances_lose_and_duplicate_nothing() {
         kills += 1;
         assert!(Instant::now() < deadline, "the kills took too long");
     }
+    let finish_by = Instant::now() + Duration::from_secs(120);
     for id in &ids {
-        let status = legato
-            .wait_for(id, "Completed", Duration::from_secs(120), |s| {
-                s["runtimeStatus"] == "Completed"
-            })
-            .await;
+        let status = loop {
+            let status = legato.status(id).await;
+            if status["runtimeStatus"] == "Completed" {
+                break status;
+            }
+            if Instant::now() > finish_by {
+                let dead = dead_letters(&env).await;
+                panic!("seed {seed}: {id} not Completed: {status:#}\ndead letters: {dead:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         assert_eq!(status["output"], json!(3), "{id}");
         // Exactly one accepted result per task: a, b, three items, join.
         let completed = events(&status, "task_completed");
@@ -126,4 +133,42 @@ async fn twenty_kills_during_fifty_instances_lose_and_duplicate_nothing() {
         .await;
     assert_eq!(running["items"], json!([]), "no instance is left running");
     drop(gateway);
+}
+
+/// What the run's consumers dead-lettered, for the failure message.
+async fn dead_letters(env: &[(String, String)]) -> Vec<String> {
+    use legato_bus::{Bus, RabbitMqBus, RabbitMqOptions};
+    use legato_contracts::Topic;
+    let prefix = env
+        .iter()
+        .find(|(k, _)| k == "LEGATO__BUS__PREFIX")
+        .unwrap()
+        .1
+        .clone();
+    let options = RabbitMqOptions {
+        prefix,
+        queue_expiry: Some(Duration::from_secs(120)),
+    };
+    let bus = RabbitMqBus::connect("amqp://guest:guest@127.0.0.1:5672/%2f", options)
+        .await
+        .unwrap();
+    let mut found = Vec::new();
+    for (topic, group) in [
+        (Topic::AgentTasks, "agent-echo"),
+        (Topic::AgentResults, "orchestrator"),
+        (Topic::Commands, "orchestrator"),
+    ] {
+        let mut dead = bus.dead_letters(topic, group).await.unwrap();
+        while let Ok(Ok(d)) = tokio::time::timeout(Duration::from_millis(300), dead.next()).await {
+            found.push(format!(
+                "{}/{group}: {} {:?} {}",
+                topic.as_str(),
+                d.message_id,
+                d.headers.get(legato_bus::DEAD_LETTER_REASON),
+                String::from_utf8_lossy(&d.body)
+            ));
+            let _ = d.nack().await;
+        }
+    }
+    found
 }
