@@ -40,6 +40,7 @@ pub const GROUP: &str = "orchestrator";
 /// A running orchestrator; [`Orchestrator::wait`] returns once it drained.
 pub struct Orchestrator {
     tasks: JoinSet<anyhow::Result<()>>,
+    shutdown: Shutdown,
 }
 
 impl Orchestrator {
@@ -101,12 +102,19 @@ impl Orchestrator {
         tasks.spawn(timers::run(applier, settings.clone(), shutdown.clone()));
         readiness.set_ready(true);
         tracing::info!("orchestrator started");
-        Ok(Self { tasks })
+        Ok(Self { tasks, shutdown })
     }
 
-    /// Waits for every loop to end (after shutdown); the first error wins.
+    /// Waits for every loop to end: after shutdown, or after one loop
+    /// failed (a lost subscription), which stops the others, so the process
+    /// exits and its supervisor restarts it instead of it idling half-alive.
     pub async fn wait(mut self) -> anyhow::Result<()> {
-        legato_service::shutdown::join_all(&mut self.tasks, "orchestrator loop", None).await
+        legato_service::shutdown::join_all(
+            &mut self.tasks,
+            "orchestrator loop",
+            Some(&self.shutdown),
+        )
+        .await
     }
 }
 

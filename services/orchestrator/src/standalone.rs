@@ -23,9 +23,9 @@ pub async fn run(config: OrchestratorConfig, shutdown: Shutdown) -> anyhow::Resu
         readiness.clone(),
     )
     .await?;
-    shutdown.wait().await;
+    let result = orchestrator.wait().await;
     readiness.set_ready(false);
-    orchestrator.wait().await?;
+    shutdown.trigger();
     server.await??;
-    Ok(())
+    result
 }
