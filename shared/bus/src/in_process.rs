@@ -148,7 +148,11 @@ impl Bus for InProcessBus {
             }
         }
         *lock(&queue.max_deliveries) = spec.max_deliveries;
-        Ok(Box::new(Consumer::new(queue, spec.prefetch)))
+        let mut consumer = Consumer::new(queue, spec.prefetch);
+        if spec.ephemeral {
+            consumer.remove_on_drop = Some((self.groups.clone(), (spec.topic, spec.group)));
+        }
+        Ok(Box::new(consumer))
     }
 
     async fn dead_letters(
@@ -166,6 +170,9 @@ struct Consumer {
     queue: Arc<Queue>,
     prefetch: usize,
     unsettled: Arc<(AtomicUsize, Notify)>,
+    /// An ephemeral group's queue goes away with its consumer, as an
+    /// exclusive broker queue does with its connection.
+    remove_on_drop: Option<(Arc<Mutex<Groups>>, (Topic, String))>,
 }
 
 impl Consumer {
@@ -174,6 +181,15 @@ impl Consumer {
             queue,
             prefetch,
             unsettled: Arc::new((AtomicUsize::new(0), Notify::new())),
+            remove_on_drop: None,
+        }
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        if let Some((groups, key)) = self.remove_on_drop.take() {
+            lock(&groups).remove(&key);
         }
     }
 }
@@ -260,4 +276,30 @@ impl Settle for InProcessSettle {
 #[cfg(test)]
 mod conformance_tests {
     crate::bus_conformance_tests!(crate::InProcessBus::new());
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod ephemeral_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_ephemeral_group_goes_away_with_its_consumer() {
+        let bus = InProcessBus::new();
+        let spec = SubscriptionSpec::new(Topic::Progress, "feed-1")
+            .bind("#")
+            .ephemeral();
+        let sub = bus.subscribe(spec).await.unwrap();
+        assert_eq!(lock(&bus.groups).len(), 1);
+        drop(sub);
+        assert!(lock(&bus.groups).is_empty());
+        // Publishing afterwards keeps nothing for it.
+        let message = OutgoingMessage {
+            id: "m".into(),
+            body: Bytes::from_static(b"x"),
+            headers: BTreeMap::new(),
+        };
+        bus.publish(Topic::Progress, "k", message).await.unwrap();
+        assert!(lock(&bus.groups).is_empty());
+    }
 }
