@@ -150,7 +150,10 @@ impl Bus for InProcessBus {
         *lock(&queue.max_deliveries) = spec.max_deliveries;
         let mut consumer = Consumer::new(queue, spec.prefetch);
         if spec.ephemeral {
-            consumer.remove_on_drop = Some((self.groups.clone(), (spec.topic, spec.group)));
+            consumer.remove_on_drop = Some(Registration {
+                groups: self.groups.clone(),
+                key: (spec.topic, spec.group),
+            });
         }
         Ok(Box::new(consumer))
     }
@@ -172,7 +175,13 @@ struct Consumer {
     unsettled: Arc<(AtomicUsize, Notify)>,
     /// An ephemeral group's queue goes away with its consumer, as an
     /// exclusive broker queue does with its connection.
-    remove_on_drop: Option<(Arc<Mutex<Groups>>, (Topic, String))>,
+    remove_on_drop: Option<Registration>,
+}
+
+/// Where a consumer's group is registered, to unregister it.
+struct Registration {
+    groups: Arc<Mutex<Groups>>,
+    key: (Topic, String),
 }
 
 impl Consumer {
@@ -188,8 +197,8 @@ impl Consumer {
 
 impl Drop for Consumer {
     fn drop(&mut self) {
-        if let Some((groups, key)) = self.remove_on_drop.take() {
-            lock(&groups).remove(&key);
+        if let Some(registration) = self.remove_on_drop.take() {
+            lock(&registration.groups).remove(&registration.key);
         }
     }
 }
