@@ -13,7 +13,7 @@ use axum::routing::post;
 use legato_agent::llm::LlmSettings;
 use legato_agent::{Worker, WorkerSettings};
 use legato_agents::{AgentConfig, AgentKind, build};
-use legato_bus::{Bus, InProcessBus, Subscription, SubscriptionSpec};
+use legato_bus::{Bus, InProcessBus, SubscriptionSpec};
 use legato_contracts::{
     AgentName, Envelope, InstanceId, Payload, StepId, TaskDispatched, TaskKey, TaskRole, Topic,
     WorkflowName,
