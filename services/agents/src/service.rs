@@ -118,6 +118,10 @@ pub async fn run(kind: AgentKind, config: AgentConfig, shutdown: Shutdown) -> an
     let bus = wiring::open_bus(&config.bus).await?;
     let agent = build(kind, &config)?;
     let readiness = Readiness::new(None);
+    // Subscribed before the port says "listening", so whoever waits for
+    // that line knows the agent's queue exists.
+    let worker = Worker::new(agent, bus, config.worker.clone(), shutdown.clone());
+    let running = worker.start().await?;
     let listener = legato_service::listen(&kind.service(), &config.http).await?;
     let server = tokio::spawn(legato_service::serve(
         listener,
@@ -125,8 +129,6 @@ pub async fn run(kind: AgentKind, config: AgentConfig, shutdown: Shutdown) -> an
         readiness.clone(),
         shutdown.clone(),
     ));
-    let worker = Worker::new(agent, bus, config.worker.clone(), shutdown.clone());
-    let running = worker.start().await?;
     readiness.set_ready(true);
     let result = running.await;
     shutdown.trigger();

@@ -8,13 +8,7 @@ pub async fn run(config: OrchestratorConfig, shutdown: Shutdown) -> anyhow::Resu
     let bus = wiring::open_bus(&config.bus).await?;
     let store = wiring::open_store(&config.store)?;
     let readiness = Readiness::new(Some(store.clone()));
-    let listener = legato_service::listen("orchestrator", &config.http).await?;
-    let server = tokio::spawn(legato_service::serve(
-        listener,
-        axum::Router::new(),
-        readiness.clone(),
-        shutdown.clone(),
-    ));
+    // Subscribed before the port says "listening" (see the agents).
     let orchestrator = Orchestrator::start(
         bus,
         store,
@@ -23,6 +17,13 @@ pub async fn run(config: OrchestratorConfig, shutdown: Shutdown) -> anyhow::Resu
         readiness.clone(),
     )
     .await?;
+    let listener = legato_service::listen("orchestrator", &config.http).await?;
+    let server = tokio::spawn(legato_service::serve(
+        listener,
+        axum::Router::new(),
+        readiness.clone(),
+        shutdown.clone(),
+    ));
     let result = orchestrator.wait().await;
     readiness.set_ready(false);
     shutdown.trigger();

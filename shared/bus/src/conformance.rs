@@ -118,9 +118,14 @@ pub async fn topics_are_separate(bus: &dyn Bus) {
         .subscribe(SubscriptionSpec::new(Topic::Progress, unique("g")).bind(&key))
         .await
         .unwrap();
+    let mut commands = bus
+        .subscribe(SubscriptionSpec::new(Topic::Commands, unique("g")).bind(&key))
+        .await
+        .unwrap();
     bus.publish(Topic::Commands, &key, message("a command"))
         .await
         .unwrap();
+    assert_eq!(body(next(&mut commands).await).await, "a command");
     nothing(&mut progress).await;
 }
 
@@ -304,6 +309,22 @@ pub async fn deliveries_lost_to_crashes_count_against_a_higher_limit(bus: &dyn B
     assert_eq!(body(d).await, "survivor");
 }
 
+/// A work message nobody is bound for is refused, not lost; progress that
+/// nobody watches may be dropped.
+pub async fn a_work_message_no_group_takes_is_refused(bus: &dyn Bus) {
+    let key = unique("nobody");
+    for topic in [Topic::Commands, Topic::AgentTasks, Topic::AgentResults] {
+        let refused = bus.publish(topic, &key, message("lost?")).await;
+        assert!(
+            matches!(refused, Err(crate::BusError::Unroutable(_))),
+            "{topic:?}: {refused:?}"
+        );
+    }
+    bus.publish(Topic::Progress, &key, message("nobody watches"))
+        .await
+        .unwrap();
+}
+
 pub async fn prefetch_bounds_unsettled_deliveries(bus: &dyn Bus) {
     let key = unique("f");
     let mut sub = bus
@@ -354,6 +375,7 @@ macro_rules! bus_conformance_tests {
             dead_letter_keeps_the_reason_and_unblocks_the_queue,
             a_message_that_keeps_failing_is_dead_lettered_after_max_deliveries,
             deliveries_lost_to_crashes_count_against_a_higher_limit,
+            a_work_message_no_group_takes_is_refused,
             prefetch_bounds_unsettled_deliveries,
             messages_wait_in_a_declared_group_without_consumers,
         );

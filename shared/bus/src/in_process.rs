@@ -125,6 +125,12 @@ impl Bus for InProcessBus {
             })
             .map(|(_, q)| q.clone())
             .collect();
+        if groups.is_empty() && !crate::droppable_when_unrouted(topic) {
+            return Err(BusError::Unroutable(format!(
+                "{} with routing key {routing_key:?}",
+                topic.as_str()
+            )));
+        }
         for queue in groups {
             queue.push(Stored {
                 id: message.id.clone(),

@@ -5,6 +5,8 @@
 //! - a message published to a topic reaches every consumer group with a
 //!   binding that matches its routing key (AMQP topic patterns: `*` is one
 //!   dot-separated word, `#` zero or more), and one consumer within a group;
+//! - publishing a work message (any topic but `progress`) that no group is
+//!   bound for fails with [`BusError::Unroutable`] instead of vanishing;
 //! - delivery is at-least-once: a delivery that is nacked, or dropped without
 //!   being settled (a crashed consumer), is delivered again with a higher
 //!   `delivery_count`;
@@ -48,6 +50,16 @@ pub enum BusError {
     Encode(#[from] serde_json::Error),
     #[error("subscription closed")]
     Closed,
+    /// No consumer group is bound for the routing key. Work messages are
+    /// refused rather than lost (the outbox keeps them and retries); only
+    /// `progress`, which nobody may be watching, is dropped.
+    #[error("no consumer group is bound for {0}")]
+    Unroutable(String),
+}
+
+/// Whether a message nobody is bound for may be dropped.
+pub fn droppable_when_unrouted(topic: Topic) -> bool {
+    topic == Topic::Progress
 }
 
 /// Bytes to publish plus the metadata every adapter carries.

@@ -166,6 +166,7 @@ impl RabbitMqBus {
         exchange: ShortString,
         routing_key: &str,
         message: &OutgoingMessage,
+        mandatory: bool,
     ) -> Result<(), BusError> {
         let properties = BasicProperties::default()
             .with_delivery_mode(2)
@@ -180,7 +181,10 @@ impl RabbitMqBus {
                     .basic_publish(
                         exchange.clone(),
                         routing_key.into(),
-                        BasicPublishOptions::default(),
+                        BasicPublishOptions {
+                            mandatory,
+                            ..BasicPublishOptions::default()
+                        },
                         &message.body,
                         properties.clone(),
                     )
@@ -189,7 +193,13 @@ impl RabbitMqBus {
             }
             .await;
             match sent {
-                Ok(Confirmation::Ack(_) | Confirmation::NotRequested) => return Ok(()),
+                // A mandatory message no queue took comes back with the ack.
+                Ok(Confirmation::Ack(Some(_))) => {
+                    return Err(BusError::Unroutable(format!(
+                        "{exchange} with routing key {routing_key:?}"
+                    )));
+                }
+                Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => return Ok(()),
                 Ok(Confirmation::Nack(_)) => {
                     return Err(BusError::Unavailable(
                         "the broker refused the message".into(),
@@ -279,7 +289,8 @@ impl Bus for RabbitMqBus {
         routing_key: &str,
         message: OutgoingMessage,
     ) -> Result<(), BusError> {
-        self.publish_raw(self.exchange(topic), routing_key, &message)
+        let mandatory = !crate::droppable_when_unrouted(topic);
+        self.publish_raw(self.exchange(topic), routing_key, &message, mandatory)
             .await
     }
 
@@ -494,7 +505,7 @@ impl Settle for RabbitSettle {
             .insert(DEAD_LETTER_REASON.to_owned(), reason.to_owned());
         // Confirmed in the dead-letter queue before it leaves its own queue:
         // a crash in between leaves a duplicate, never a loss.
-        self.bus.publish_raw("".into(), queue, &copy).await?;
+        self.bus.publish_raw("".into(), queue, &copy, true).await?;
         self.ack().await
     }
 

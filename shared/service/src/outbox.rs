@@ -107,6 +107,7 @@ impl OutboxRelay {
             total += entries.len();
             // Group consecutive rows of one instance so each group is one
             // publish-then-delete, keeping per-instance order.
+            let mut failed = None;
             let mut start = 0;
             while start < entries.len() {
                 let instance = &entries[start].instance;
@@ -116,8 +117,18 @@ impl OutboxRelay {
                     .map_or(entries.len(), |n| start + n);
                 let rows: Vec<OutboxRow> =
                     entries[start..end].iter().map(|e| e.row.clone()).collect();
-                self.send_and_delete(instance, &rows).await?;
+                // One instance's undeliverable message (no consumer bound
+                // yet) must not hold back the others; it stays for later.
+                if let Err(e) = self.send_and_delete(instance, &rows).await {
+                    tracing::warn!(%instance, "outbox rows kept for a later sweep: {e}");
+                    failed = Some(e);
+                }
                 start = end;
+            }
+            // Rows that could not go would come first again: try them on
+            // the next sweep rather than looping over them now.
+            if let Some(e) = failed {
+                return Err(e);
             }
         }
         Ok(total)
