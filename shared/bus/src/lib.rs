@@ -32,7 +32,7 @@ use legato_contracts::{DecodeError, Envelope, Topic};
 
 pub use in_process::InProcessBus;
 pub use pattern::matches as routing_key_matches;
-pub use rabbitmq::{RabbitMqBus, RabbitMqOptions};
+pub use rabbitmq::{EPHEMERAL_DEAD_LETTERS, RabbitMqBus, RabbitMqOptions};
 
 /// Header carrying why a message was dead-lettered.
 pub const DEAD_LETTER_REASON: &str = "x-legato-dead-letter-reason";

@@ -45,6 +45,9 @@ use crate::{
 const PUBLISH_ATTEMPTS: usize = 5;
 const CONTENT_TYPE: &str = "application/cloudevents+json";
 const DELIVERY_COUNT: &str = "x-delivery-count";
+/// The group name whose dead-letter queue ephemeral groups share:
+/// `dead_letters(topic, EPHEMERAL_DEAD_LETTERS)` reads them.
+pub const EPHEMERAL_DEAD_LETTERS: &str = "ephemeral";
 
 /// How the adapter names and keeps its broker objects.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -302,7 +305,14 @@ impl Bus for RabbitMqBus {
             .await
             .map_err(unavailable)?;
         let queue = self.queue(spec.topic, &spec.group);
-        let dead = self.dead_queue(spec.topic, &spec.group);
+        // An ephemeral group's name is new with every process; its dead
+        // letters go to one durable queue per topic rather than leaving a
+        // queue behind for every process that ever ran.
+        let dead = if spec.ephemeral {
+            self.dead_queue(spec.topic, EPHEMERAL_DEAD_LETTERS)
+        } else {
+            self.dead_queue(spec.topic, &spec.group)
+        };
         if spec.ephemeral {
             channel
                 .queue_declare(

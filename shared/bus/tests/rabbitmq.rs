@@ -20,3 +20,42 @@ async fn rabbit() -> RabbitMqBus {
 }
 
 legato_bus::bus_conformance_tests!(rabbit().await);
+
+/// Ephemeral groups (one per process) share one dead-letter queue per topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ephemeral_groups_dead_letter_into_one_shared_queue() {
+    use legato_bus::{Bus, EPHEMERAL_DEAD_LETTERS, OutgoingMessage, SubscriptionSpec};
+    use legato_contracts::Topic;
+
+    let bus = rabbit().await;
+    let mut feed = bus
+        .subscribe(
+            SubscriptionSpec::new(Topic::Progress, "feed-1")
+                .bind("k")
+                .ephemeral(),
+        )
+        .await
+        .unwrap();
+    let message = OutgoingMessage {
+        id: "odd".into(),
+        body: bytes::Bytes::from_static(b"odd"),
+        headers: Default::default(),
+    };
+    bus.publish(Topic::Progress, "k", message).await.unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(10), feed.next())
+        .await
+        .unwrap()
+        .unwrap();
+    d.dead_letter("not progress").await.unwrap();
+    let mut dead = bus
+        .dead_letters(Topic::Progress, EPHEMERAL_DEAD_LETTERS)
+        .await
+        .unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(10), dead.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.message_id, "odd");
+    assert_eq!(d.headers[legato_bus::DEAD_LETTER_REASON], "not progress");
+    d.ack().await.unwrap();
+}
