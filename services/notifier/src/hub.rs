@@ -162,6 +162,16 @@ impl ProgressHub {
     }
 }
 
+/// The part of a replay that belongs to the instance's current run: for a
+/// live instance that ran before under the same id (restart, reuse of a
+/// finished id), what follows the last final event.
+pub(crate) fn current_run(mut replay: Vec<Arc<Update>>, instance_live: bool) -> Vec<Arc<Update>> {
+    if instance_live && let Some(last_final) = replay.iter().rposition(|u| u.is_final()) {
+        replay.drain(..=last_final);
+    }
+    replay
+}
+
 /// Makes room for one more instance: finished buffers past their retention
 /// first, then the oldest finished, then any.
 fn evict(replay: &mut HashMap<InstanceId, Replay>) {

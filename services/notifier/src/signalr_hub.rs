@@ -29,6 +29,7 @@ use legato_signalr::protocol::{HandshakeRequest, Message, handshake_response, re
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
+use crate::hub::current_run;
 use crate::{NotifierState, Update};
 
 /// The client pings every 15 s and gives up after 30 s of silence; the
@@ -308,12 +309,7 @@ impl Connection {
             return Err(format!("instance {id} not found"));
         }
         let state = state_of(&stored.record).map_err(|e| e.to_string())?;
-        let mut replay = self.state.hub.replay(&id);
-        if !state.status.is_terminal()
-            && let Some(last_final) = replay.iter().rposition(|u| u.is_final())
-        {
-            replay.drain(..=last_final);
-        }
+        let replay = current_run(self.state.hub.replay(&id), !state.status.is_terminal());
         let after = replay.last().map_or(0, |u| u.n);
         let entry = self.watching.entry(id.clone()).or_insert(0);
         *entry = (*entry).max(after);

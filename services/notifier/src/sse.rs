@@ -28,6 +28,7 @@ use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::Update;
+use crate::hub::current_run;
 
 use crate::NotifierState;
 
@@ -60,14 +61,7 @@ pub(crate) async fn stream(State(state): State<NotifierState>, Path(id): Path<St
             "waitingFor": waiting_for,
         }))
         .unwrap_or_default();
-    let mut replay: VecDeque<Arc<Update>> = replay.into();
-    if !state.status.is_terminal() {
-        // A live instance that ran before under this id (restart, reuse):
-        // replay only its current run.
-        if let Some(last_final) = replay.iter().rposition(|u| u.is_final()) {
-            replay.drain(..=last_final);
-        }
-    }
+    let replay: VecDeque<Arc<Update>> = current_run(replay, !state.status.is_terminal()).into();
     let watch = Watch {
         shutdown,
         updates,
