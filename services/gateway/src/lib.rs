@@ -19,6 +19,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use legato_bus::Bus;
 use legato_service::OutboxRelay;
+use legato_service::definitions::Definitions;
 use legato_signalr::azure::AzureSignalR;
 use legato_store::Store;
 use tower_http::trace::TraceLayer;
@@ -33,6 +34,7 @@ pub struct GatewayState {
     pub bus: Arc<dyn Bus>,
     pub relay: Arc<OutboxRelay>,
     pub settings: Arc<GatewaySettings>,
+    pub definitions: Arc<Definitions>,
     /// Azure SignalR Service, when configured; otherwise clients use the
     /// notifier's local hub.
     pub signalr: Option<AzureSignalR>,
@@ -46,6 +48,7 @@ impl GatewayState {
             bus,
             relay,
             settings: Arc::new(settings),
+            definitions: Arc::default(),
             signalr: None,
         }
     }

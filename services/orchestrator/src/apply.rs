@@ -8,12 +8,12 @@ use backon::{ExponentialBuilder, Retryable};
 use legato_contracts::{InstanceId, RuntimeStatus, StartInstance, TraceParent};
 use legato_engine::{Event, InstanceState, Outcome, decide};
 use legato_service::OutboxRelay;
+use legato_service::definitions::Definitions;
 use legato_service::records::state_of;
 use legato_store::{Commit, Expected, Store, StoreError, StoredInstance};
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
 
-use crate::definitions::Definitions;
 use crate::effects;
 use crate::settings::OrchestratorSettings;
 

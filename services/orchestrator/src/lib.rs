@@ -11,7 +11,6 @@
 //! has already applied.
 
 mod apply;
-mod definitions;
 mod effects;
 mod heartbeat;
 mod inbound;

@@ -56,8 +56,8 @@ pub(crate) async fn start(
             Some(v) => Problem::not_found(format!("no workflow {name} version {v}")),
             None => Problem::not_found(format!("no workflow {name}")),
         })?;
-    let workflow = legato_workflow::from_value(definition.body)
-        .map_err(|e| Problem::from(StoreError::Corrupt(format!("workflow {name}: {e}"))))?;
+    let version = definition.version;
+    let workflow = state.definitions.parse(definition)?;
     if let Err(errors) = workflow.check_input(&request.input) {
         let fields: Vec<FieldError> = errors
             .into_iter()
@@ -82,18 +82,11 @@ pub(crate) async fn start(
     let now = OffsetDateTime::now_utc();
     let start = StartInstance {
         workflow: name.clone(),
-        version: definition.version,
+        version,
         input: request.input,
         tenant: None,
     };
-    let record = records::pending(
-        id.clone(),
-        name,
-        definition.version,
-        start.input.clone(),
-        None,
-        now,
-    )?;
+    let record = records::pending(id.clone(), name, version, start.input.clone(), None, now)?;
     let envelope = Envelope::new(SOURCE, id.clone(), now, start)
         .with_traceparent(legato_service::telemetry::current_traceparent());
     let mut commit = Commit::new(record, Expected::New);
