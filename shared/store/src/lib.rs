@@ -9,6 +9,7 @@
 //!
 //! Every adapter passes the same [`conformance`] suite.
 
+mod azure;
 pub mod conformance;
 mod sqlite;
 mod token;
@@ -18,6 +19,7 @@ use legato_contracts::{InstanceId, RuntimeStatus, Topic, WorkflowName};
 use serde_json::Value;
 use time::OffsetDateTime;
 
+pub use azure::{AzureTableConnection, AzureTableStore, INDEX_GRACE};
 pub use sqlite::SqliteStore;
 
 /// Opaque optimistic-concurrency token of an instance record.
