@@ -6,7 +6,7 @@ use crate::{GatewayConfig, GatewayState};
 
 pub async fn run(config: GatewayConfig, shutdown: Shutdown) -> anyhow::Result<()> {
     let bus = wiring::open_bus(&config.bus).await?;
-    let store = wiring::open_store(&config.store)?;
+    let store = wiring::open_store(&config.store).await?;
     if !config.gateway.workflows_dir.is_empty() {
         crate::register_catalogue(&*store, std::path::Path::new(&config.gateway.workflows_dir))
             .await?;

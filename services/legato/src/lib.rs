@@ -39,6 +39,9 @@ pub struct LegatoConfig {
     pub bus: BusSettings,
     /// Instance state (`legato.db`) and the demo database (`demo.db`).
     pub data_dir: PathBuf,
+    /// Where instance state lives; unset: SQLite at `<data_dir>/legato.db`.
+    /// `kind = "azure_table"` keeps it in Azure Table Storage (Azurite).
+    pub store: Option<StoreSettings>,
     /// Definitions registered at start (`*.yaml`, `*.yml`, `*.json`).
     pub workflows_dir: PathBuf,
     pub gateway: GatewaySettings,
@@ -59,6 +62,7 @@ impl Default for LegatoConfig {
             telemetry: TelemetrySettings::default(),
             bus: BusSettings::default(),
             data_dir: PathBuf::from(".legato"),
+            store: None,
             workflows_dir: PathBuf::from("workflows"),
             gateway: GatewaySettings::default(),
             orchestrator: OrchestratorSettings::default(),
@@ -99,9 +103,10 @@ impl Stack {
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| anyhow::anyhow!("data_dir {}: {e}", config.data_dir.display()))?;
-        let store = wiring::open_store(&StoreSettings::Sqlite {
+        let store_settings = config.store.clone().unwrap_or(StoreSettings::Sqlite {
             path: config.data_dir.join("legato.db"),
-        })?;
+        });
+        let store = wiring::open_store(&store_settings).await?;
         if config.data.url == DataSettings::default().url {
             let demo = config.data_dir.join("demo.db");
             legato_agents::data::demo::ensure(&demo)?;

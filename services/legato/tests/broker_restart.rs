@@ -1,5 +1,6 @@
 //! RabbitMQ restarted (`rabbitmqctl stop_app` / `start_app`) in the middle
-//! of 20 running instances: every one completes, each result recorded once.
+//! of 20 running instances, state in Azurite: every one completes, each
+//! result recorded once.
 //! A test binary of its own, so no other test shares the outage.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{Legato, echo_step, events, temp_dir};
+use support::{Legato, azure_store_env, echo_step, events, temp_dir};
 
 fn rabbitmqctl(command: &str) {
     let status = Command::new("rabbitmqctl")
@@ -24,14 +25,17 @@ fn rabbitmqctl(command: &str) {
 async fn instances_finish_across_a_broker_restart() {
     let dir = temp_dir();
     let prefix = format!("restart-{}.", uuid::Uuid::new_v4().simple());
-    let legato = Legato::start_with_env(
-        dir.path(),
-        &[
-            ("LEGATO__BUS__KIND", "rabbitmq"),
-            ("LEGATO__BUS__PREFIX", &prefix),
-            ("LEGATO__BUS__QUEUE_EXPIRY_MS", "120000"),
-        ],
-    );
+    let mut env = vec![
+        ("LEGATO__BUS__KIND".to_owned(), "rabbitmq".to_owned()),
+        ("LEGATO__BUS__PREFIX".to_owned(), prefix),
+        (
+            "LEGATO__BUS__QUEUE_EXPIRY_MS".to_owned(),
+            "120000".to_owned(),
+        ),
+    ];
+    env.extend(azure_store_env());
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let legato = Legato::start_with_env(dir.path(), &env);
     legato
         .register(json!({"name": "steady", "version": 1, "steps": [
             echo_step("a", &[], json!({"value": 1, "sleep_ms": 700})),

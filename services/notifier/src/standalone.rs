@@ -6,7 +6,7 @@ use crate::{NotifierConfig, NotifierState, ProgressHub};
 
 pub async fn run(config: NotifierConfig, shutdown: Shutdown) -> anyhow::Result<()> {
     let bus = wiring::open_bus(&config.bus).await?;
-    let store = wiring::open_store(&config.store)?;
+    let store = wiring::open_store(&config.store).await?;
     let hub = ProgressHub::default();
     let readiness = Readiness::new(Some(store.clone()));
     let feed = crate::relay(bus, hub.clone(), shutdown.clone()).await?;

@@ -6,7 +6,7 @@ use crate::{Orchestrator, OrchestratorConfig};
 
 pub async fn run(config: OrchestratorConfig, shutdown: Shutdown) -> anyhow::Result<()> {
     let bus = wiring::open_bus(&config.bus).await?;
-    let store = wiring::open_store(&config.store)?;
+    let store = wiring::open_store(&config.store).await?;
     let readiness = Readiness::new(Some(store.clone()));
     // Subscribed before the port says "listening" (see the agents).
     let orchestrator = Orchestrator::start(

@@ -72,23 +72,42 @@ fn load_layers<T>(dir: &Path, service: &str, defaults: &T) -> Result<T, Settings
 where
     T: Serialize + DeserializeOwned,
 {
-    let sections: Vec<String> = match serde_json::to_value(defaults) {
-        Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+    let mut defaults = serde_json::to_value(defaults)
+        .map_err(|e| SettingsError::invalid("defaults", e.to_string()))?;
+    let sections: Vec<String> = match &defaults {
+        serde_json::Value::Object(map) => map.keys().cloned().collect(),
         _ => Vec::new(),
     };
-    let defaults = Config::try_from(defaults)?;
-    let config = Config::builder()
-        .add_source(defaults)
+    // A section tagged by `kind` (store, bus) whose kind a file or the
+    // environment changes must not inherit the default kind's fields.
+    let merged: serde_json::Value =
+        layered(dir, service, &defaults, &sections)?.try_deserialize()?;
+    if let serde_json::Value::Object(map) = &mut defaults {
+        map.retain(|section, value| {
+            let kind = value.get("kind");
+            kind.is_none() || merged.get(section).and_then(|m| m.get("kind")) == kind
+        });
+    }
+    Ok(layered(dir, service, &defaults, &sections)?.try_deserialize()?)
+}
+
+fn layered(
+    dir: &Path,
+    service: &str,
+    defaults: &serde_json::Value,
+    sections: &[String],
+) -> Result<Config, SettingsError> {
+    Ok(Config::builder()
+        .add_source(Config::try_from(defaults)?)
         .add_source(File::from(dir.join(format!("{service}.toml"))).required(false))
         .add_source(
             Environment::with_prefix("LEGATO")
                 .prefix_separator("__")
                 .separator("__")
                 .try_parsing(true)
-                .source(Some(environment_for(&sections))),
+                .source(Some(environment_for(sections))),
         )
-        .build()?;
-    Ok(config.try_deserialize()?)
+        .build()?)
 }
 
 /// Sections some legato service reads. One environment (a compose file's
@@ -182,6 +201,27 @@ pub enum LogFormat {
 pub enum StoreSettings {
     /// The embedded store: one SQLite file (created with its directory).
     Sqlite { path: PathBuf },
+    /// Azure Table Storage (Azurite locally): `LEGATO__STORE__KIND=azure_table`
+    /// with either `connection_string` (`UseDevelopmentStorage=true` works)
+    /// or `account` + `access_key` (+ `endpoint` off the public cloud).
+    AzureTable {
+        #[serde(default)]
+        connection_string: Option<String>,
+        #[serde(default)]
+        account: Option<String>,
+        #[serde(default)]
+        access_key: Option<String>,
+        /// The table service URL, e.g. `http://127.0.0.1:10002/devstoreaccount1`.
+        #[serde(default)]
+        endpoint: Option<String>,
+        /// Tables are `<prefix>instances`, `<prefix>index`, `<prefix>definitions`.
+        #[serde(default = "default_table_prefix")]
+        table_prefix: String,
+    },
+}
+
+fn default_table_prefix() -> String {
+    "legato".to_owned()
 }
 
 impl Default for StoreSettings {
@@ -237,6 +277,38 @@ mod tests {
         let s: Sample = load("sample-that-has-no-file").unwrap();
         assert_eq!(s.telemetry.log, "info");
         assert_eq!(s.store, StoreSettings::default());
+    }
+
+    #[test]
+    fn another_store_kind_does_not_inherit_the_default_kinds_fields() {
+        let dir = std::env::temp_dir().join(format!("legato-kind-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("tables.toml"),
+            "[store]\nkind = \"azure_table\"\nconnection_string = \"UseDevelopmentStorage=true\"\n",
+        )
+        .unwrap();
+        let s: Sample = load_from(&dir, "tables").unwrap();
+        assert_eq!(
+            s.store,
+            StoreSettings::AzureTable {
+                connection_string: Some("UseDevelopmentStorage=true".into()),
+                account: None,
+                access_key: None,
+                endpoint: None,
+                table_prefix: "legato".into(),
+            }
+        );
+        std::fs::write(
+            dir.join("stray.toml"),
+            "[store]\nkind = \"azure_table\"\npath = \"x.db\"\n",
+        )
+        .unwrap();
+        let err = load_from::<Sample>(&dir, "stray").unwrap_err().to_string();
+        assert!(
+            err.contains("path"),
+            "a field of another kind is still refused: {err}"
+        );
     }
 
     #[test]

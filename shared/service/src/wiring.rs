@@ -4,11 +4,11 @@
 use std::sync::Arc;
 
 use legato_bus::{Bus, RabbitMqBus, RabbitMqOptions};
-use legato_store::{SqliteStore, Store};
+use legato_store::{AzureTableConnection, AzureTableStore, SqliteStore, Store};
 
 use crate::settings::{BusSettings, SettingsError, StoreSettings};
 
-pub fn open_store(settings: &StoreSettings) -> anyhow::Result<Arc<dyn Store>> {
+pub async fn open_store(settings: &StoreSettings) -> anyhow::Result<Arc<dyn Store>> {
     match settings {
         StoreSettings::Sqlite { path } => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -17,6 +17,35 @@ pub fn open_store(settings: &StoreSettings) -> anyhow::Result<Arc<dyn Store>> {
                 })?;
             }
             Ok(Arc::new(SqliteStore::open(path)?))
+        }
+        StoreSettings::AzureTable {
+            connection_string,
+            account,
+            access_key,
+            endpoint,
+            table_prefix,
+        } => {
+            let connection = match (connection_string, account, access_key) {
+                (Some(text), None, None) => AzureTableConnection::ConnectionString(text.clone()),
+                (None, Some(account), Some(key)) => AzureTableConnection::AccountKey {
+                    account: account.clone(),
+                    key: key.clone(),
+                    endpoint: endpoint.clone(),
+                },
+                _ => {
+                    return Err(SettingsError::invalid(
+                        "store.connection_string",
+                        "set either store.connection_string or both store.account and \
+                         store.access_key (e.g. LEGATO__STORE__CONNECTION_STRING=UseDevelopmentStorage=true)",
+                    )
+                    .into());
+                }
+            };
+            // The message names the endpoint, never the key.
+            let store = AzureTableStore::connect(&connection, table_prefix)
+                .await
+                .map_err(|e| anyhow::anyhow!("store (Azure Table Storage): {e}"))?;
+            Ok(Arc::new(store))
         }
     }
 }

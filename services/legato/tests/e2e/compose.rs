@@ -68,10 +68,12 @@ fn every_service_runs_from_the_image_after_a_healthy_broker_and_checks_its_own_h
             serde_json::json!(["run", name]),
             "{name}"
         );
-        assert_eq!(
-            service["depends_on"]["rabbitmq"]["condition"], "service_healthy",
-            "{name}"
-        );
+        for dependency in ["rabbitmq", "azurite"] {
+            assert_eq!(
+                service["depends_on"][dependency]["condition"], "service_healthy",
+                "{name} waits for {dependency}"
+            );
+        }
         let probe = service["healthcheck"]["test"].as_array().unwrap();
         assert_eq!(probe[1], "legato", "{name}");
         assert_eq!(
@@ -96,6 +98,19 @@ fn every_service_runs_from_the_image_after_a_healthy_broker_and_checks_its_own_h
     assert_eq!(
         services["rabbitmq"]["healthcheck"]["test"][1],
         "rabbitmq-diagnostics"
+    );
+    let tables = services["orchestrator"]["environment"]["LEGATO__STORE__CONNECTION_STRING"]
+        .as_str()
+        .unwrap();
+    assert!(
+        tables.contains("TableEndpoint=http://azurite:10002/devstoreaccount1"),
+        "the services reach the azurite container: {tables}"
+    );
+    assert!(
+        services["azurite"]["command"]
+            .as_str()
+            .unwrap()
+            .contains("--tableHost 0.0.0.0")
     );
     assert_eq!(
         services["gateway"]["environment"]["LEGATO__GATEWAY__WORKFLOWS_DIR"],

@@ -1,19 +1,13 @@
 //! Process-per-service: every service its own process (`legato run
-//! <service>`), talking only over RabbitMQ, sharing one SQLite store.
+//! <service>`), talking only over RabbitMQ, keeping state in Azurite.
 
 use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{Service, client_for, echo_step, events, services_env, step_of, temp_dir};
-
-const AGENTS: [&str; 5] = [
-    "agent-echo",
-    "agent-planner",
-    "agent-coder",
-    "agent-data",
-    "agent-approval",
-];
+use crate::support::{
+    AGENTS, Service, client_for, echo_step, events, services_env, step_of, temp_dir,
+};
 
 #[tokio::test]
 async fn the_services_run_a_saga_over_rabbitmq_and_survive_a_killed_orchestrator() {

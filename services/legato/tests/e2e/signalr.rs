@@ -324,7 +324,7 @@ mod hub_protocol {
         let dir = temp_dir();
         let legato = Legato::start(dir.path());
         legato
-            .register(super::super::approval_workflow(60_000))
+            .register(crate::scenarios::approval_workflow(60_000))
             .await;
 
         // Only the JSON protocol, version 1.

@@ -14,7 +14,12 @@ use serde_json::{Value, json};
 pub struct Legato {
     /// `None` when attached to a gateway started separately.
     child: Option<Child>,
+    /// The processes of a process-per-service run, stopped on drop.
+    services: Vec<Service>,
     pub base: String,
+    /// Where the progress stream is served: the notifier's address when
+    /// it runs apart from the gateway.
+    pub stream_base: String,
     pub data_dir: PathBuf,
     pub client: reqwest::Client,
 }
@@ -70,16 +75,45 @@ impl Legato {
         let (child, base) = spawn_listening(command, "legato up");
         Self {
             child: Some(child),
+            services: Vec::new(),
+            stream_base: base.clone(),
             base,
             data_dir: data_dir.to_owned(),
             client: reqwest::Client::new(),
         }
     }
 
+    /// Every service its own process, over RabbitMQ and Azurite
+    /// ([`services_env`]); the gateway registers the catalogue.
+    pub fn start_services(data_dir: &Path) -> Self {
+        let mut env = services_env(data_dir);
+        env.push((
+            "LEGATO__GATEWAY__WORKFLOWS_DIR".into(),
+            workflows_dir().display().to_string(),
+        ));
+        let mut services: Vec<Service> = AGENTS
+            .iter()
+            .chain(&["orchestrator", "notifier"])
+            .map(|name| Service::start(name, data_dir, &env))
+            .collect();
+        let gateway = Service::start("gateway", data_dir, &env);
+        let mut legato = Self::attach(gateway.base.clone(), data_dir);
+        legato.stream_base = services
+            .iter()
+            .find(|s| s.name == "notifier")
+            .map(|s| s.base.clone())
+            .unwrap_or_default();
+        services.push(gateway);
+        legato.services = services;
+        legato
+    }
+
     /// Talks to a gateway some other process runs.
     pub fn attach(base: String, data_dir: &Path) -> Self {
         Self {
             child: None,
+            services: Vec::new(),
+            stream_base: base.clone(),
             base,
             data_dir: data_dir.to_owned(),
             client: reqwest::Client::new(),
@@ -115,6 +149,10 @@ impl Legato {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    pub fn stream_url(&self, id: &str) -> String {
+        format!("{}/api/v1/instances/{id}/stream", self.stream_base)
     }
 
     pub async fn register(&self, definition: Value) {
@@ -294,19 +332,41 @@ impl Drop for Service {
     }
 }
 
+pub const AGENTS: [&str; 5] = [
+    "agent-echo",
+    "agent-planner",
+    "agent-coder",
+    "agent-data",
+    "agent-approval",
+];
+
+/// The store settings of a run of its own in Azurite, which `scripts/test`
+/// starts (`LEGATO_TEST_TABLES` names another endpoint): fresh tables.
+pub fn azure_store_env() -> Vec<(String, String)> {
+    let connection = std::env::var("LEGATO_TEST_TABLES")
+        .unwrap_or_else(|_| "UseDevelopmentStorage=true".to_owned());
+    let simple = uuid::Uuid::new_v4().simple().to_string();
+    [
+        ("LEGATO__STORE__KIND", "azure_table".to_owned()),
+        ("LEGATO__STORE__CONNECTION_STRING", connection),
+        (
+            "LEGATO__STORE__TABLE_PREFIX",
+            format!("e2e{}", &simple[..16]),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
 /// The settings every process of one process-per-service run shares: its
-/// own RabbitMQ names (expiring after use) and one SQLite store.
+/// own RabbitMQ names (expiring after use) and its own Azurite tables.
 pub fn services_env(data_dir: &Path) -> Vec<(String, String)> {
     let prefix = format!("e2e-{}.", uuid::Uuid::new_v4().simple());
-    [
+    let mut env: Vec<(String, String)> = [
         ("LEGATO__BUS__KIND", "rabbitmq".to_owned()),
         ("LEGATO__BUS__PREFIX", prefix),
         ("LEGATO__BUS__QUEUE_EXPIRY_MS", "120000".to_owned()),
-        ("LEGATO__STORE__KIND", "sqlite".to_owned()),
-        (
-            "LEGATO__STORE__PATH",
-            data_dir.join("legato.db").display().to_string(),
-        ),
         ("LEGATO__HTTP__PORT", "0".to_owned()),
         ("LEGATO__TELEMETRY__LOG", "warn".to_owned()),
         (
@@ -316,7 +376,9 @@ pub fn services_env(data_dir: &Path) -> Vec<(String, String)> {
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
-    .collect()
+    .collect();
+    env.extend(azure_store_env());
+    env
 }
 
 /// A [`Legato`]-like client for a process-per-service gateway.

@@ -1,0 +1,613 @@
+//! The gateway scenarios, run by each topology that includes this file:
+//! `legato up` (`e2e/main.rs`) and one process per service over RabbitMQ
+//! and Azurite (`services.rs`). `crate::launch` starts the topology.
+
+use std::time::Duration;
+
+use legato_contracts::InstanceId;
+use legato_engine::{Event, InstanceState, SlotStatus};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::launch;
+use crate::support::{echo_step, events, step_of, temp_dir};
+
+fn at(row: &Value) -> OffsetDateTime {
+    OffsetDateTime::parse(row["at"].as_str().unwrap(), &Rfc3339).unwrap()
+}
+
+#[tokio::test]
+async fn a_sequence_runs_each_step_after_the_previous() {
+    let dir = temp_dir();
+    let legato = launch(dir.path());
+    legato
+        .register(json!({
+            "name": "seq", "version": 1,
+            "steps": [
+                echo_step("a", &[], json!({"value": "${{ input.x }}"})),
+                echo_step("b", &["a"], json!({"value": "${{ steps.a.output.value + 1 }}"})),
+                echo_step("c", &["b"], json!({"value": "${{ steps.b.output.value * 10 }}"})),
+            ],
+            "output": "${{ steps.c.output.value }}"
+        }))
+        .await;
+    let id = legato
+        .start_instance("seq", json!({"input": {"x": 4}}))
+        .await;
+    let status = legato.wait_status(&id, "Completed").await;
+    assert_eq!(status["output"], json!(50));
+    let order: Vec<&str> = events(&status, "task_completed")
+        .iter()
+        .map(|e| e["event"]["key"]["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(order, ["a", "b", "c"]);
+}
+
+#[tokio::test]
+async fn fan_out_of_four_then_a_fan_in() {
+    let dir = temp_dir();
+    let legato = launch(dir.path());
+    let id = legato
+        .start_instance("fan-out-fan-in", json!({"input": {"value": 7}}))
+        .await;
+    let status = legato.wait_status(&id, "Completed").await;
+    assert_eq!(status["output"], json!([7, 7, 7, 7]));
+    let completed = events(&status, "task_completed");
+    assert_eq!(completed.len(), 5);
+    // The join completes last, after all four branches.
+    assert_eq!(completed[4]["event"]["key"]["step"], "join");
+    let join_started = events(&status, "task_completed")[3]["seq"]
+        .as_u64()
+        .unwrap();
+    assert!(completed[4]["seq"].as_u64().unwrap() > join_started);
+}
+
+#[tokio::test]
+async fn for_each_over_20_items_never_has_more_than_3_in_flight() {
+    let dir = temp_dir();
+    let legato = launch(dir.path());
+    legato
+        .register(json!({
+            "name": "each", "version": 1,
+            "steps": [{
+                "id": "each", "for_each": "${{ input.items }}", "agent": "echo",
+                "input": {"value": "${{ item }}", "sleep_ms": 30}, "max_parallel": 3
+            }],
+            "output": "${{ steps.each.output }}"
+        }))
+        .await;
+    let items: Vec<u32> = (0..20).collect();
+    let id = legato
+        .start_instance("each", json!({"input": {"items": items}}))
+        .await;
+    let status = legato.wait_status(&id, "Completed").await;
+    let values: Vec<Value> = status["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["value"].clone())
+        .collect();
+    assert_eq!(values, items.iter().map(|i| json!(i)).collect::<Vec<_>>());
+    // Replay the recorded history through the engine and count the
+    // attempts in flight after every event.
+    let mut state = InstanceState::new(InstanceId::parse(&id).unwrap());
+    let mut most = 0;
+    for row in status["history"].as_array().unwrap() {
+        let event: Event = serde_json::from_value(row["event"].clone()).unwrap();
+        state = legato_engine::decide(&state, &event).state;
+        let running = state
+            .steps
+            .values()
+            .flat_map(|s| &s.tasks)
+            .filter(|t| t.status == SlotStatus::Running)
+            .count();
+        most = most.max(running);
+    }
+    assert_eq!(most, 3, "the cap is reached and never exceeded");
+    assert_eq!(events(&status, "task_completed").len(), 20);
+}
+
+#[tokio::test]
+async fn a_retry_succeeds_on_attempt_3_after_the_backoff() {
+    let dir = temp_dir();
+    let legato = launch(dir.path());
+    legato
+        .register(json!({
+            "name": "flaky", "version": 1,
+            "steps": [{
+                "id": "flaky", "agent": "echo", "input": {"value": 1, "fail_attempts": 2},
+                "retry": {"max_attempts": 3, "initial_interval_ms": 200, "backoff": 2.0}
+            }],
+            "output": "${{ steps.flaky.output }}"
+        }))
+        .await;
+    let id = legato.start_instance("flaky", json!({})).await;
+    let status = legato.wait_status(&id, "Completed").await;
+    assert_eq!(status["output"], json!({"value": 1, "attempt": 3}));
+    assert_eq!(step_of(&status, "flaky")["attempts"], 3);
+    let failed = events(&status, "task_failed");
+    let fired = events(&status, "timer_fired");
+    assert_eq!(failed.len(), 2);
+    assert_eq!(fired.len(), 2);
+    // Each retry waits its backoff: 200 ms after the first failure, 400 ms
+    // after the second.
+    assert!(at(fired[0]) - at(failed[0]) >= time::Duration::milliseconds(200));
+    assert!(at(fired[1]) - at(failed[1]) >= time::Duration::milliseconds(400));
+    assert!(at(failed[1]) > at(fired[0]));
+}
+
+#[tokio::test]
+async fn a_fatal_failure_is_not_retried() {
+    let dir = temp_dir();
+    let legato = launch(dir.path());
+    legato
+        .register(json!({
+            "name": "fatal", "version": 1,
+            "steps": [{"id": "boom", "agent": "echo", "input": {"fatal": true}, "retry": {"max_attempts": 5, "initial_interval_ms": 10}}]
+        }))
+        .await;
+    let id = legato.start_instance("fatal", json!({})).await;
+    let status = legato.wait_status(&id, "Failed").await;
+    assert_eq!(step_of(&status, "boom")["attempts"], 1);
+    assert!(
+        status["error"].as_str().unwrap().contains("fatal"),
+        "{status:#}"
+    );
+}
+
+pub(crate) fn approval_workflow(timeout_ms: u64) -> Value {
+    json!({
+        "name": "approve", "version": 1,
+        "steps": [
+            echo_step("prepare", &[], json!({"value": "draft"})),
+            {"id": "approve", "needs": ["prepare"], "wait_for_event": {"name": "approval", "timeout_ms": timeout_ms,
+                "on_timeout": {"output": {"approved": false, "reason": "timed out"}}}},
+            echo_step("after", &["approve"], json!({"value": "${{ steps.approve.output }}"})),
+        ],
+        "output": "${{ steps.after.output.value }}"
+    })
+}
+
+#[tokio::test]
+async fn an_approval_raised_through_the_gateway_moves_the_instance_on() {
+    let dir = temp_dir();
+    let legato = launch(dir.path());
+    legato.register(approval_workflow(60_000)).await;
+    let id = legato.start_instance("approve", json!({})).await;
+    legato.wait_step(&id, "approve", "Waiting").await;
+    let (code, _) = legato
+        .post(
+            &format!("/api/v1/instances/{id}/events/approval"),
+            json!({"approved": true, "by": "ana"}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::ACCEPTED);
+    let status = legato.wait_status(&id, "Completed").await;
+    assert_eq!(status["output"], json!({"approved": true, "by": "ana"}));
+    // A finished instance takes no more events.
+    let (code, body) = legato
+        .post(
+            &format!("/api/v1/instances/{id}/events/approval"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::GONE, "{body}");
+}
+
+#[tokio::test]
+async fn an_unanswered_approval_times_out_with_its_default() {
+    let dir = temp_dir();
+    let legato = launch(dir.path());
+    legato.register(approval_workflow(300)).await;
+    let id = legato.start_instance("approve", json!({})).await;
+    let status = legato.wait_status(&id, "Completed").await;
+    assert_eq!(
+        status["output"],
+        json!({"approved": false, "reason": "timed out"})
+    );
+    assert_eq!(events(&status, "timer_fired").len(), 1);
+}
+
+#[tokio::test]
+async fn feature_request_runs_planner_specialists_approval_and_finalize() {
+    let dir = temp_dir();
+    let legato = launch(dir.path());
+    let request = "add CSV export to billing and check last month's totals";
+    let id = legato
+        .start_instance("feature-request", json!({"input": {"request": request}}))
+        .await;
+    legato.wait_step(&id, "approve", "Waiting").await;
+    let (code, _) = legato
+        .post(
+            &format!("/api/v1/instances/{id}/events/approval"),
+            json!({"approved": true}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::ACCEPTED);
+    let status = legato.wait_status(&id, "Completed").await;
+    let plan = status["output"]["plan"].as_array().unwrap();
+    assert_eq!(plan.len(), 2);
+    assert_eq!(plan[0]["agent"], "coder");
+    assert_eq!(plan[1]["agent"], "data");
+    assert_eq!(status["output"]["finalized"].as_array().unwrap().len(), 1);
+    // The data agent read the demo database.
+    let rows = &status["output"]["results"][1]["rows"];
+    assert!(
+        rows.as_array()
+            .is_some_and(|r| r.iter().any(|t| t["table_name"] == "invoices")),
+        "{rows}"
+    );
+}
+
+#[tokio::test]
+async fn a_rejected_feature_request_rolls_back_through_compensation() {
+    let dir = temp_dir();
+    let legato = launch(dir.path());
+    let id = legato
+        .start_instance(
+            "feature-request",
+            json!({"input": {"request": "rename the invoices module"}}),
+        )
+        .await;
+    legato.wait_step(&id, "approve", "Waiting").await;
+    legato
+        .post(
+            &format!("/api/v1/instances/{id}/events/approval"),
+            json!({"approved": false, "reason": "not now"}),
+        )
+        .await;
+    let status = legato.wait_status(&id, "Failed").await;
+    assert!(
+        status["error"].as_str().unwrap().contains("not now"),
+        "{status:#}"
+    );
+    assert_eq!(step_of(&status, "finalize")["status"], "Pending");
+    let compensations: Vec<&Value> = events(&status, "task_completed")
+        .into_iter()
+        .filter(|e| e["event"]["key"]["role"] == "compensation")
+        .collect();
+    assert_eq!(compensations.len(), 1, "the work step was reverted once");
+    assert_eq!(
+        compensations[0]["event"]["output"]["reverted"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn terminate_while_a_task_runs_stops_the_instance() {
+    let dir = temp_dir();
+    let legato = launch(dir.path());
+    legato
+        .register(json!({"name": "slow", "version": 1, "steps": [
+            echo_step("slow", &[], json!({"value": 1, "sleep_ms": 60000})),
+            echo_step("never", &["slow"], json!({"value": 2})),
+        ]}))
+        .await;
+    let id = legato.start_instance("slow", json!({})).await;
+    legato.wait_step(&id, "slow", "Running").await;
+    let (code, _) = legato
+        .post(
+            &format!("/api/v1/instances/{id}/terminate"),
+            json!({"reason": "changed my mind"}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::ACCEPTED);
+    let status = legato.wait_status(&id, "Terminated").await;
+    assert_eq!(step_of(&status, "slow")["status"], "Cancelled");
+    assert_eq!(step_of(&status, "never")["status"], "Pending");
+    assert!(events(&status, "task_completed").is_empty());
+    // Terminated instances can be purged, and then they are gone.
+    let purge = legato
+        .client
+        .delete(legato.url(&format!("/api/v1/instances/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(purge.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        legato.get_json(&format!("/api/v1/instances/{id}")).await.0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn suspend_holds_results_until_resume() {
+    let dir = temp_dir();
+    let legato = launch(dir.path());
+    legato
+        .register(json!({"name": "pausable", "version": 1, "steps": [
+            echo_step("first", &[], json!({"value": 1, "sleep_ms": 400})),
+            echo_step("second", &["first"], json!({"value": 2})),
+        ]}))
+        .await;
+    let id = legato.start_instance("pausable", json!({})).await;
+    legato.wait_step(&id, "first", "Running").await;
+    legato
+        .post(
+            &format!("/api/v1/instances/{id}/suspend"),
+            json!({"reason": "lunch"}),
+        )
+        .await;
+    legato.wait_status(&id, "Suspended").await;
+    // Purging a live instance is refused.
+    let purge = legato
+        .client
+        .delete(legato.url(&format!("/api/v1/instances/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(purge.status(), StatusCode::CONFLICT);
+    // The first result arrives while suspended and is kept, not acted on.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let held = legato.status(&id).await;
+    assert_eq!(held["runtimeStatus"], "Suspended");
+    assert_eq!(step_of(&held, "second")["status"], "Pending");
+    legato
+        .post(&format!("/api/v1/instances/{id}/resume"), json!({}))
+        .await;
+    let status = legato.wait_status(&id, "Completed").await;
+    assert_eq!(step_of(&status, "second")["attempts"], 1);
+}
+
+async fn problem(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(content_type, "application/problem+json");
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn bad_requests_get_problem_details_and_persist_nothing() {
+    let dir = temp_dir();
+    let legato = launch(dir.path());
+    let start_url = legato.url("/api/v1/workflows/feature-request/instances");
+    let send = |body: String| {
+        legato
+            .client
+            .post(&start_url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+
+    let (code, body) = problem(send("{\"input\": {\"request\": ".into()).await.unwrap()).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert_eq!(body["errors"][0]["field"], "body", "{body}");
+
+    let (code, body) = problem(
+        send(json!({"input": {"request": 5}, "instanceId": "bad-schema"}).to_string())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert_eq!(body["errors"][0]["field"], "/input/request", "{body}");
+
+    let (code, body) = problem(
+        send(json!({"input": {}, "instanceId": "missing"}).to_string())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+
+    let (code, body) = problem(
+        send(json!({"input": {"request": "x"}, "instanceid": "typo"}).to_string())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert!(
+        body["detail"].as_str().unwrap().contains("instanceid"),
+        "{body}"
+    );
+
+    let (code, body) = problem(
+        send(json!({"input": {"request": "x"}, "instanceId": "no spaces"}).to_string())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert_eq!(body["errors"][0]["field"], "/instanceId", "{body}");
+
+    let huge = json!({"input": {"request": "x".repeat(2 * 1024 * 1024)}, "instanceId": "huge"})
+        .to_string();
+    // On its own connection: the server answers 413 without reading the
+    // rest of the body and closes the connection, which a pooled client
+    // could otherwise pick for the next request.
+    let own = reqwest::Client::new()
+        .post(&start_url)
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    let (code, _) = problem(own).await;
+    assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE);
+
+    let unknown = legato
+        .client
+        .post(legato.url("/api/v1/workflows/no-such-flow/instances"))
+        .json(&json!({"instanceId": "ghost"}))
+        .send()
+        .await
+        .unwrap();
+    let (code, _) = problem(unknown).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+
+    let bad_definition = legato
+        .client
+        .put(legato.url("/api/v1/workflows/broken"))
+        .body("name: broken\nversion: 1\nsteps:\n  - id: a\n    needs: [zzz]\n    agent: echo\n")
+        .send()
+        .await
+        .unwrap();
+    let (code, body) = problem(bad_definition).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert!(
+        body["errors"][0]["field"]
+            .as_str()
+            .unwrap()
+            .contains("needs"),
+        "{body}"
+    );
+
+    let (code, _) = problem(
+        legato
+            .client
+            .get(legato.url("/api/v1/instances?top=0"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    let (code, _) = problem(
+        legato
+            .client
+            .get(legato.url("/api/v1/instances?status=Sleeping"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+
+    // Nothing was persisted by any of them.
+    for id in ["bad-schema", "missing", "typo", "huge", "ghost"] {
+        assert_eq!(
+            legato.get_json(&format!("/api/v1/instances/{id}")).await.0,
+            StatusCode::NOT_FOUND,
+            "{id}"
+        );
+    }
+    let (_, page) = legato.get_json("/api/v1/instances").await;
+    assert_eq!(page["items"], json!([]));
+    let (code, _) = legato.get_json("/api/v1/workflows/broken").await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_live_instance_id_conflicts_and_a_finished_one_is_reused() {
+    let dir = temp_dir();
+    let legato = launch(dir.path());
+    legato.register(approval_workflow(60_000)).await;
+    let id = legato
+        .start_instance("approve", json!({"instanceId": "mine"}))
+        .await;
+    assert_eq!(id, "mine");
+    let again = legato
+        .client
+        .post(legato.url("/api/v1/workflows/approve/instances"))
+        .json(&json!({"instanceId": "mine"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(problem(again).await.0, StatusCode::CONFLICT);
+    legato
+        .post("/api/v1/instances/mine/terminate", json!({}))
+        .await;
+    legato.wait_status("mine", "Terminated").await;
+    legato
+        .start_instance("approve", json!({"instanceId": "mine"}))
+        .await;
+    let fresh = legato.wait_step("mine", "approve", "Waiting").await;
+    assert_eq!(
+        events(&fresh, "terminate_requested").len(),
+        0,
+        "the old history went with the old instance"
+    );
+}
+
+#[tokio::test]
+async fn the_openapi_document_and_health_are_served() {
+    let dir = temp_dir();
+    let legato = launch(dir.path());
+    let (code, doc) = legato.get_json("/api/v1/openapi.json").await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc["paths"]["/api/v1/workflows/{name}/instances"]["post"].is_object());
+    let health = legato
+        .client
+        .get(legato.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let ready = legato
+        .client
+        .get(legato.url("/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_stream_sends_progress_until_the_instance_finishes() {
+    let dir = temp_dir();
+    let legato = launch(dir.path());
+    legato.register(approval_workflow(60_000)).await;
+    let id = legato.start_instance("approve", json!({})).await;
+    legato.wait_step(&id, "approve", "Waiting").await;
+    let stream = legato
+        .client
+        .get(legato.stream_url(&id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    legato
+        .post(
+            &format!("/api/v1/instances/{id}/events/approval"),
+            json!({"approved": true}),
+        )
+        .await;
+    let text = tokio::time::timeout(Duration::from_secs(30), stream.text())
+        .await
+        .expect("the stream ends with the instance")
+        .unwrap();
+    assert!(text.starts_with("event: status"), "{text}");
+    let snapshot: Value =
+        serde_json::from_str(text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap()).unwrap();
+    assert_eq!(snapshot["waitingFor"], json!(["approval"]), "{snapshot}");
+    let kinds: Vec<String> = text
+        .split("\n\n")
+        .filter(|frame| frame.contains("event: progress"))
+        .filter_map(|frame| frame.lines().find_map(|l| l.strip_prefix("data: ")))
+        .map(|data| {
+            serde_json::from_str::<Value>(data).unwrap()["kind"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    // What happened before the stream opened is replayed, then the rest.
+    assert_eq!(
+        kinds.first().map(String::as_str),
+        Some("instance_started"),
+        "{kinds:?}"
+    );
+    let waiting = kinds.iter().position(|k| k == "waiting_for_event").unwrap();
+    let received = kinds.iter().position(|k| k == "event_received").unwrap();
+    assert!(waiting < received, "{kinds:?}");
+    assert_eq!(
+        kinds.last().map(String::as_str),
+        Some("instance_completed"),
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "instance_completed").count(),
+        1
+    );
+}
