@@ -16,9 +16,10 @@ use legato_bus::{
 };
 use legato_contracts::Topic;
 use legato_contracts::{InstanceId, RuntimeStatus, WorkflowName};
-use legato_service::Shutdown;
+use legato_service::{Shutdown, StoreSettings};
 use legato_store::{
-    Commit, Expected, HistoryRow, InstanceRecord, InstanceSummary, OutboxRow, SqliteStore, Store,
+    AzureTableConnection, AzureTableStore, Commit, Expected, HistoryRow, InstanceRecord,
+    InstanceSummary, OutboxRow, SqliteStore, Store,
 };
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -43,6 +44,19 @@ pub struct BenchOptions {
     pub bus: BusChoice,
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     pub amqp_url: String,
+    /// The embedded stack's store: `sqlite`, or `azure-table` (Azure Table
+    /// Storage at `--tables`, in tables of the run's own, deleted after).
+    #[arg(long, default_value = "sqlite")]
+    pub store: StoreChoice,
+    /// Table Storage connection string for `--store azure-table`.
+    #[arg(long, default_value = "UseDevelopmentStorage=true")]
+    pub tables: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreChoice {
+    Sqlite,
+    AzureTable,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -124,6 +138,15 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
             config.http.port = 0;
             config.data_dir = scratch.join("stack");
             config.workflows_dir = scratch.join("no-catalogue");
+            if options.store == StoreChoice::AzureTable {
+                config.store = Some(StoreSettings::AzureTable {
+                    connection_string: Some(options.tables.clone()),
+                    account: None,
+                    access_key: None,
+                    endpoint: None,
+                    table_prefix: bench_tables("stack"),
+                });
+            }
             let forgetful = options.bus == BusChoice::InProcess;
             let stack =
                 Stack::start_on(config, counting.clone(), forgetful, shutdown.clone()).await?;
@@ -165,13 +188,34 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     // One commit for the accepted start plus one per accepted event.
     let history = status["history"].as_array().map_or(0, Vec::len);
     let commits_per_instance = history + 1;
-    let raw = raw_commits(
-        &scratch.join("raw.db"),
-        options.instances,
-        commits_per_instance,
-        options.concurrency,
-    )
-    .await?;
+    let raw = match options.store {
+        StoreChoice::Sqlite => {
+            raw_commits(
+                &scratch.join("raw.db"),
+                options.instances,
+                commits_per_instance,
+                options.concurrency,
+            )
+            .await?
+        }
+        StoreChoice::AzureTable => {
+            let tables = tables(&options.tables, "raw").await?;
+            let raw = tables
+                .raw_entity_group_commits(
+                    options.instances,
+                    commits_per_instance,
+                    options.concurrency,
+                    RAW_STATE_BYTES,
+                )
+                .await?;
+            tables.delete_tables().await?;
+            raw
+        }
+    };
+    let raw_label = match options.store {
+        StoreChoice::Sqlite => "raw SQLite commits",
+        StoreChoice::AzureTable => "raw Table Storage entity-group commits (+ outbox deletes)",
+    };
 
     let rate = outcome.completed as f64 / elapsed.as_secs_f64();
     let ms = |v: u64| v as f64 / 1000.0;
@@ -195,7 +239,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         ms(outcome.latency_us.max())
     );
     println!(
-        "  store:    {} raw SQLite commits ({} per instance) in {:.2} s = {:.0} commits/s, a ceiling of {:.1} instances/s",
+        "  store:    {} {raw_label} ({} per instance) in {:.2} s = {:.0} commits/s, a ceiling of {:.1} instances/s",
         options.instances * commits_per_instance,
         commits_per_instance,
         raw.as_secs_f64(),
@@ -225,6 +269,12 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     if let Some(stack) = stack {
         stack.shutdown().trigger();
         stack.wait().await?;
+        if options.store == StoreChoice::AzureTable {
+            tables(&options.tables, "stack")
+                .await?
+                .delete_tables()
+                .await?;
+        }
     }
     let _ = std::fs::remove_dir_all(&scratch);
     anyhow::ensure!(
@@ -299,6 +349,22 @@ async fn one(client: &reqwest::Client, base: &str, i: usize) -> anyhow::Result<(
     Ok((id, begin.elapsed()))
 }
 
+/// The size of a real instance's state (the fan-out workflow's, measured).
+const RAW_STATE_BYTES: usize = 2_300;
+
+/// Table names of this run: `bench<pid><role>`.
+fn bench_tables(role: &str) -> String {
+    format!("bench{}{role}", std::process::id())
+}
+
+async fn tables(connection: &str, role: &str) -> anyhow::Result<AzureTableStore> {
+    Ok(AzureTableStore::connect(
+        &AzureTableConnection::ConnectionString(connection.to_owned()),
+        &bench_tables(role),
+    )
+    .await?)
+}
+
 /// The store work of `instances` instances without the engine: the same
 /// number of commits of records the size of a real one, each with one
 /// history row and one outbox row, the outbox then deleted.
@@ -310,7 +376,7 @@ async fn raw_commits(
 ) -> anyhow::Result<Duration> {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(path)?);
     let workflow = WorkflowName::parse(WORKFLOW)?;
-    let state = json!({"steps": {"a": {"status": "Completed", "output": {"value": 1, "attempt": 1}}, "b": {"status": "Completed"}, "c": {"status": "Completed"}, "d": {"status": "Completed"}, "join": {"status": "Running"}}, "input": {"value": 1}, "padding": "x".repeat(2_000)});
+    let state = json!({"steps": {"a": {"status": "Completed", "output": {"value": 1, "attempt": 1}}, "b": {"status": "Completed"}, "c": {"status": "Completed"}, "d": {"status": "Completed"}, "join": {"status": "Running"}}, "input": {"value": 1}, "padding": "x".repeat(RAW_STATE_BYTES - 300)});
     let started = Instant::now();
     let mut runs = futures::stream::iter(0..instances)
         .map(|i| {

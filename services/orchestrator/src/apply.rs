@@ -1,5 +1,6 @@
 //! Load, decide, commit, publish: one message's effect on one instance.
 
+use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,10 @@ use crate::settings::OrchestratorSettings;
 /// Instance locks per process; several replicas still race safely through
 /// the store's version check, this only spares one process its own races.
 const LOCK_SHARDS: usize = 256;
+/// Instances whose last commit this process remembers, so the next event
+/// needs no load. A record another replica changed meanwhile fails its
+/// version check, is forgotten and loaded again.
+const REMEMBERED: usize = 4_096;
 
 /// What a message asks of an instance.
 #[derive(Debug, Clone)]
@@ -64,6 +69,7 @@ pub(crate) struct Applier {
     definitions: Definitions,
     locks: Vec<Mutex<()>>,
     retry: ExponentialBuilder,
+    remembered: std::sync::Mutex<HashMap<InstanceId, StoredInstance>>,
 }
 
 impl Applier {
@@ -83,6 +89,30 @@ impl Applier {
             definitions: Definitions::default(),
             locks: (0..LOCK_SHARDS).map(|_| Mutex::new(())).collect(),
             retry,
+            remembered: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn recall(&self, id: &InstanceId) -> Option<StoredInstance> {
+        self.remembered.lock().ok()?.get(id).cloned()
+    }
+
+    fn forget(&self, id: &InstanceId) {
+        if let Ok(mut remembered) = self.remembered.lock() {
+            remembered.remove(id);
+        }
+    }
+
+    fn remember(&self, stored: StoredInstance) {
+        if let Ok(mut remembered) = self.remembered.lock() {
+            if stored.record.summary.status.is_terminal() {
+                remembered.remove(&stored.record.summary.id);
+                return;
+            }
+            if remembered.len() >= REMEMBERED {
+                remembered.clear();
+            }
+            remembered.insert(stored.record.summary.id.clone(), stored);
         }
     }
 
@@ -100,10 +130,16 @@ impl Applier {
         traceparent: Option<&TraceParent>,
     ) -> Result<Applied, ApplyError> {
         let _guard = self.lock_for(id).lock().await;
-        (|| self.apply_once(id, input, traceparent))
-            .retry(self.retry)
-            .when(|e| matches!(e, ApplyError::Transient(_)))
-            .await
+        (|| async {
+            let applied = self.apply_once(id, input, traceparent).await;
+            if applied.is_err() {
+                self.forget(id);
+            }
+            applied
+        })
+        .retry(self.retry)
+        .when(|e| matches!(e, ApplyError::Transient(_)))
+        .await
     }
 
     async fn apply_once(
@@ -112,7 +148,10 @@ impl Applier {
         input: &Input,
         traceparent: Option<&TraceParent>,
     ) -> Result<Applied, ApplyError> {
-        let stored = self.store.load(id).await?;
+        let stored = match self.recall(id) {
+            Some(known) => Some(known),
+            None => self.store.load(id).await?,
+        };
         let (state, expected, pinned) = match (&stored, input) {
             (Some(s), _) => (
                 state_of(&s.record)?,
@@ -163,7 +202,9 @@ impl Applier {
         }
         let commit = effects::commit(&decision, &event, expected, pinned, traceparent)?;
         let outbox = commit.outbox.clone();
-        self.store.commit(commit).await?;
+        let record = commit.record.clone();
+        let version = self.store.commit(commit).await?;
+        self.remember(StoredInstance { record, version });
         // Published while the instance lock is held, so one instance's
         // messages leave in decision order.
         if let Err(e) = self.relay.publish(id, &outbox).await {
@@ -180,6 +221,11 @@ impl Applier {
             Expected::Version(stored.version.clone()),
         );
         commit.remove_timers.push(timer);
-        self.store.commit(commit).await.map(|_| ())
+        let version = self.store.commit(commit).await?;
+        self.remember(StoredInstance {
+            record: stored.record.clone(),
+            version,
+        });
+        Ok(())
     }
 }
