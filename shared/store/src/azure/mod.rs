@@ -846,15 +846,14 @@ impl Store for AzureTableStore {
                 .ok_or_else(|| StoreError::Unavailable(format!("instance {id} vanished")))?,
         };
 
-        if let Some((op, mut group)) = outbox_group {
-            if let Some(etag) = response
+        if let Some((op, mut group)) = outbox_group
+            && let Some(etag) = response
                 .operation_responses
                 .get(op)
                 .and_then(|r| r.etag.as_ref())
-            {
-                group.etag = etag.to_string();
-                self.remember_group(&id, group);
-            }
+        {
+            group.etag = etag.to_string();
+            self.remember_group(&id, group);
         }
         if let Some(old) = old_state_ref.filter(|old| Some(old) != state_ref.as_ref()) {
             self.delete_blob(&self.instances, &id, &old).await;
