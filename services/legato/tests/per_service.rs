@@ -1,6 +1,7 @@
 //! The gateway scenarios again, with every service its own process
 //! (`legato run <service>`), talking over RabbitMQ and keeping state in
-//! Azure Table Storage (Azurite), as `docker compose up` runs them.
+//! Azure Table Storage (Azurite), as `docker compose up` runs them, with two
+//! orchestrator replicas and two echo agent replicas sharing the work.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "e2e/scenarios.rs"]

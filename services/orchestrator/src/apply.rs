@@ -131,7 +131,14 @@ impl Applier {
     ) -> Result<Applied, ApplyError> {
         let _guard = self.lock_for(id).lock().await;
         (|| async {
-            let applied = self.apply_once(id, input, traceparent).await;
+            let mut applied = self.apply_once(id, input, traceparent, true).await;
+            // A remembered record may be stale (another replica moved the
+            // instance on), and a stale state may wrongly ignore an event
+            // without any commit to catch it: only a loaded state may.
+            if matches!(applied, Ok(Applied::Ignored(_))) && self.recall(id).is_some() {
+                self.forget(id);
+                applied = self.apply_once(id, input, traceparent, false).await;
+            }
             if applied.is_err() {
                 self.forget(id);
             }
@@ -147,8 +154,9 @@ impl Applier {
         id: &InstanceId,
         input: &Input,
         traceparent: Option<&TraceParent>,
+        remembered: bool,
     ) -> Result<Applied, ApplyError> {
-        let stored = match self.recall(id) {
+        let stored = match self.recall(id).filter(|_| remembered) {
             Some(known) => Some(known),
             None => self.store.load(id).await?,
         };

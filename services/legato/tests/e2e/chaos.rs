@@ -1,6 +1,6 @@
-//! Kill -9 at random moments: the orchestrator, an agent replica and the
-//! gateway, at least 20 kills spread over 50 running instances, each killed
-//! service restarted. Every instance completes, every step's result is
+//! Kill -9 at random moments: one of two orchestrator replicas, one of two
+//! echo agent replicas and the gateway, at least 20 kills spread over 50
+//! running instances, each killed service restarted. Every instance completes, every step's result is
 //! recorded exactly once, and none is left stuck.
 
 use std::time::{Duration, Instant};
@@ -53,6 +53,8 @@ async fn twenty_kills_during_fifty_instances_lose_and_duplicate_nothing() {
         Service::start(name, dir.path(), env)
     };
     let mut orchestrator = start("orchestrator");
+    // A second replica that is never killed shares the orchestrator queues.
+    let _orchestrator_b = start("orchestrator");
     let mut gateway = start("gateway");
     let mut echo_a = start("agent-echo");
     let _echo_b = start("agent-echo");

@@ -84,16 +84,19 @@ impl Legato {
     }
 
     /// Every service its own process, over RabbitMQ and Azurite
-    /// ([`services_env`]); the gateway registers the catalogue.
+    /// ([`services_env`]), with two replicas of the orchestrator and of the
+    /// echo agent; the gateway registers the catalogue.
     pub fn start_services(data_dir: &Path) -> Self {
         let mut env = services_env(data_dir);
         env.push((
             "LEGATO__GATEWAY__WORKFLOWS_DIR".into(),
             workflows_dir().display().to_string(),
         ));
+        // Two orchestrators and two echo agents share their queues, so
+        // every scenario also checks that replicas never double-process.
         let mut services: Vec<Service> = AGENTS
             .iter()
-            .chain(&["orchestrator", "notifier"])
+            .chain(&["agent-echo", "orchestrator", "orchestrator", "notifier"])
             .map(|name| Service::start(name, data_dir, &env))
             .collect();
         let gateway = Service::start("gateway", data_dir, &env);
