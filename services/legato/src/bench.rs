@@ -170,10 +170,12 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     let warmup = options.concurrency.min(options.instances).max(1);
     drive(&client, &base, warmup, options.concurrency).await?;
     let published_before = counting.published.load(Ordering::Relaxed);
+    let requests_before = legato_store::table_requests();
     let started = Instant::now();
     let outcome = drive(&client, &base, options.instances, options.concurrency).await?;
     let elapsed = started.elapsed();
     let messages = counting.published.load(Ordering::Relaxed) - published_before;
+    let table_requests = legato_store::table_requests() - requests_before;
 
     let sample = outcome
         .sample
@@ -250,6 +252,13 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         "  overhead: an instance costs {:.2}x its raw store commits",
         ceiling / rate.max(f64::MIN_POSITIVE)
     );
+    if options.store == StoreChoice::AzureTable && options.url.is_none() {
+        println!(
+            "  tables:   {:.1} Table Storage requests per instance (the raw run: 2 per commit, {})",
+            table_requests as f64 / outcome.completed.max(1) as f64,
+            2 * commits_per_instance
+        );
+    }
     if options.url.is_none() {
         let per_instance = messages as f64 / outcome.completed.max(1) as f64;
         let n = messages.max(1) as usize;

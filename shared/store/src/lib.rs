@@ -19,7 +19,7 @@ use legato_contracts::{InstanceId, RuntimeStatus, Topic, WorkflowName};
 use serde_json::Value;
 use time::OffsetDateTime;
 
-pub use azure::{AzureTableConnection, AzureTableStore, INDEX_GRACE};
+pub use azure::{AzureTableConnection, AzureTableStore, INDEX_GRACE, table_requests};
 pub use sqlite::SqliteStore;
 
 /// Opaque optimistic-concurrency token of an instance record.

@@ -61,6 +61,11 @@ const MARKER_SCAN_LIMIT: usize = 5_000;
 const PARALLEL_READS: usize = 16;
 const MAX_BATCH: usize = 100;
 
+/// Requests this process has sent to Table Storage so far.
+pub fn table_requests() -> u64 {
+    transport::requests()
+}
+
 /// How to reach the storage account.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AzureTableConnection {

@@ -2,12 +2,20 @@
 //! `reqwest` 0.13, so the legacy SDK does not bring a second HTTP stack.
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use azure_core::error::{Error, ErrorKind, ResultExt};
 use azure_core::headers::{HeaderName, HeaderValue, Headers};
 use azure_core::{Body, HttpClient, Request, Response, StatusCode};
 use futures::TryStreamExt;
+
+/// Requests sent by every table store of this process, for `legato bench`.
+static REQUESTS: AtomicU64 = AtomicU64::new(0);
+
+pub(crate) fn requests() -> u64 {
+    REQUESTS.load(Ordering::Relaxed)
+}
 
 #[derive(Debug, Clone)]
 pub(crate) struct Transport {
@@ -29,6 +37,7 @@ impl Transport {
 #[async_trait::async_trait]
 impl HttpClient for Transport {
     async fn execute_request(&self, request: &Request) -> azure_core::Result<Response> {
+        REQUESTS.fetch_add(1, Ordering::Relaxed);
         let method = reqwest::Method::from_str(request.method().as_ref())
             .with_context(ErrorKind::DataConversion, || {
                 format!("unsupported method {}", request.method())
