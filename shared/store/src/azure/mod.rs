@@ -675,23 +675,17 @@ fn split_version(version: &Version) -> (String, Option<String>) {
 #[async_trait]
 impl Store for AzureTableStore {
     async fn load(&self, id: &InstanceId) -> Result<Option<StoredInstance>, StoreError> {
-        let Some((row, etag)) = self
-            .get(&self.instances, id.as_str(), keys::INSTANCE_ROW)
-            .await?
-        else {
-            return Ok(None);
-        };
-        let held = payload::held(&row, "S")?;
-        let reference = held.reference();
-        let state_bytes = self.resolve(&self.instances, id.as_str(), held).await?;
-        let state = serde_json::from_slice(&state_bytes).map_err(|e| corrupt("state", e))?;
-        Ok(Some(StoredInstance {
-            record: InstanceRecord {
-                summary: summary_from(&row)?,
-                state,
-            },
-            version: version(&etag, reference.as_deref()),
-        }))
+        // A claim-checked state is removed right after the commit that
+        // supersedes it, so a reader holding the older record may find its
+        // parts gone: the record it should read is the newer one.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.load_once(id).await {
+                Err(StoreError::NotFound(_)) if attempts < 5 => continue,
+                other => return other,
+            }
+        }
     }
 
     async fn commit(&self, commit: Commit) -> Result<Version, StoreError> {
@@ -1155,9 +1149,7 @@ impl Store for AzureTableStore {
                 }
                 let id = InstanceId::parse(instance).map_err(|e| corrupt("instance id", e))?;
                 for group in &groups {
-                    let messages: Vec<MessageDoc> =
-                        self.value(&self.instances, instance, group, "O").await?;
-                    for message in messages {
+                    for message in self.group_messages(instance, group).await? {
                         out.push(OutboxEntry {
                             instance: id.clone(),
                             row: message.into_row()?,
@@ -1197,8 +1189,7 @@ impl Store for AzureTableStore {
         for _ in 0..5 {
             let mut conflicted = false;
             for group in self.outbox_groups(partition).await? {
-                let messages: Vec<MessageDoc> =
-                    self.value(&self.instances, partition, &group, "O").await?;
+                let messages = self.group_messages(partition, &group).await?;
                 if !messages.iter().any(|m| ids.contains(m.id.as_str())) {
                     continue;
                 }
@@ -1436,6 +1427,45 @@ impl AzureTableStore {
 }
 
 impl AzureTableStore {
+    async fn load_once(&self, id: &InstanceId) -> Result<Option<StoredInstance>, StoreError> {
+        let Some((row, etag)) = self
+            .get(&self.instances, id.as_str(), keys::INSTANCE_ROW)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let held = payload::held(&row, "S")?;
+        let reference = held.reference();
+        let state_bytes = self.resolve(&self.instances, id.as_str(), held).await?;
+        let state = serde_json::from_slice(&state_bytes).map_err(|e| corrupt("state", e))?;
+        Ok(Some(StoredInstance {
+            record: InstanceRecord {
+                summary: summary_from(&row)?,
+                state,
+            },
+            version: version(&etag, reference.as_deref()),
+        }))
+    }
+
+    /// The messages of an outbox group; none if the group was deleted (with
+    /// its claim-checked parts) while it was being read.
+    async fn group_messages(
+        &self,
+        instance: &str,
+        group: &Entity,
+    ) -> Result<Vec<MessageDoc>, StoreError> {
+        match self.value(&self.instances, instance, group, "O").await {
+            Err(StoreError::NotFound(missing)) => {
+                let row = text(group, "RowKey")?;
+                match self.get(&self.instances, instance, row).await? {
+                    None => Ok(Vec::new()),
+                    Some(_) => Err(StoreError::Corrupt(missing)),
+                }
+            }
+            other => other,
+        }
+    }
+
     /// A listing entry with the summary of the instance it names, if any.
     async fn listed<'e>(
         &self,
@@ -1638,6 +1668,41 @@ mod tests {
         assert!(!remembered(&store));
         let left = store.pending_outbox(100_000).await.unwrap();
         assert!(left.iter().all(|o| o.instance != id));
+    }
+
+    #[tokio::test]
+    async fn a_reader_racing_commits_of_large_states_always_reads_a_whole_one() {
+        let store = azurite().await;
+        let mut record = conformance::record("racing", RuntimeStatus::Running);
+        let id = record.summary.id.clone();
+        record.state = json!(big(700_000, 0));
+        let mut version = store
+            .commit(Commit::new(record.clone(), Expected::New))
+            .await
+            .unwrap();
+        let writer = async {
+            for n in 1..=8u8 {
+                record.state = json!(big(700_000, n));
+                version = store
+                    .commit(Commit::new(
+                        record.clone(),
+                        Expected::Version(version.clone()),
+                    ))
+                    .await
+                    .unwrap();
+            }
+        };
+        let reader = async {
+            let mut reads = 0;
+            for _ in 0..200 {
+                let loaded = store.load(&id).await.unwrap().unwrap();
+                assert_eq!(loaded.record.state.as_str().map(str::len), Some(700_000));
+                reads += 1;
+            }
+            reads
+        };
+        let ((), reads) = tokio::join!(writer, reader);
+        assert_eq!(reads, 200);
     }
 
     #[tokio::test]

@@ -106,7 +106,9 @@ pub(crate) fn parse_reference(reference: &str) -> Result<Held, StoreError> {
 /// Reassembles a blob from its rows, in key order.
 pub(crate) fn join_blob(rows: &[Entity], parts: usize) -> Result<Vec<u8>, StoreError> {
     if rows.len() != parts {
-        return Err(StoreError::Corrupt(format!(
+        // NotFound, not Corrupt: the parts of a value its owner has just
+        // superseded and removed; the caller reads the owner again.
+        return Err(StoreError::NotFound(format!(
             "claim-checked value has {} of its {parts} parts",
             rows.len()
         )));
