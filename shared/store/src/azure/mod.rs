@@ -1706,6 +1706,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn account_and_key_work_and_a_wrong_key_is_refused() {
+        let account_key = |key: &str| AzureTableConnection::AccountKey {
+            account: azure_storage::EMULATOR_ACCOUNT.into(),
+            key: key.into(),
+            endpoint: Some("http://127.0.0.1:10002/devstoreaccount1/".into()),
+        };
+        let store = AzureTableStore::connect(
+            &account_key(azure_storage::EMULATOR_ACCOUNT_KEY),
+            "legatotest",
+        )
+        .await
+        .unwrap();
+        let record = conformance::record("keyed", RuntimeStatus::Running);
+        store
+            .commit(Commit::new(record.clone(), Expected::New))
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .load(&record.summary.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .record,
+            record
+        );
+        let wrong = AzureTableStore::connect(&account_key("d3Jvbmcga2V5"), "legatotest").await;
+        let Err(error) = wrong else {
+            panic!("a wrong key must be refused");
+        };
+        assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
+        assert!(
+            !error.to_string().contains("d3Jvbmcga2V5"),
+            "the key is not echoed: {error}"
+        );
+    }
+
+    #[tokio::test]
     async fn one_commit_may_carry_more_rows_than_a_batch_holds() {
         let store = azurite().await;
         let record = conformance::record("wide", RuntimeStatus::Running);
