@@ -43,6 +43,15 @@ use crate::{
 
 /// Publishes retried across a broker restart before giving up.
 const PUBLISH_ATTEMPTS: usize = 5;
+/// A confirm that has not come by then is taken as lost (a connection can
+/// fail between publish and confirm) and the message is sent again;
+/// consumers deduplicate by message id.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
+/// A subscription idle this long checks that its consumer still exists on
+/// the broker and opens a new one if a recovery left it without.
+const IDLE_CHECK: Duration = Duration::from_secs(5);
+/// Attempts, a second apart, to open a subscription again.
+const REOPEN_ATTEMPTS: usize = 60;
 const CONTENT_TYPE: &str = "application/cloudevents+json";
 const DELIVERY_COUNT: &str = "x-delivery-count";
 /// The group name whose dead-letter queue ephemeral groups share:
@@ -193,8 +202,12 @@ impl RabbitMqBus {
                     )
                     .await?
                     .await
-            }
-            .await;
+            };
+            let Ok(sent) = tokio::time::timeout(CONFIRM_TIMEOUT, sent).await else {
+                tracing::warn!("no confirm within {CONFIRM_TIMEOUT:?}; publishing again");
+                last_error = Some(format!("no confirm within {CONFIRM_TIMEOUT:?}"));
+                continue;
+            };
             match sent {
                 // A mandatory message no queue took comes back with the ack.
                 Ok(Confirmation::Ack(Some(_))) => {
@@ -298,57 +311,13 @@ impl Bus for RabbitMqBus {
     }
 
     async fn subscribe(&self, spec: SubscriptionSpec) -> Result<Box<dyn Subscription>, BusError> {
-        let channel = self
-            .inner
-            .connection
-            .create_channel()
-            .await
-            .map_err(unavailable)?;
-        let queue = self.queue(spec.topic, &spec.group);
-        // An ephemeral group's name is new with every process; its dead
-        // letters go to one durable queue per topic rather than leaving a
-        // queue behind for every process that ever ran.
-        let dead = if spec.ephemeral {
-            self.dead_queue(spec.topic, EPHEMERAL_DEAD_LETTERS)
-        } else {
-            self.dead_queue(spec.topic, &spec.group)
-        };
-        if spec.ephemeral {
-            channel
-                .queue_declare(
-                    queue.as_str().into(),
-                    QueueDeclareOptions {
-                        exclusive: true,
-                        auto_delete: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(unavailable)?;
-        } else {
-            self.declare_durable(&channel, &queue).await?;
-        }
-        self.declare_durable(&channel, &dead).await?;
-        for pattern in &spec.bindings {
-            channel
-                .queue_bind(
-                    queue.as_str().into(),
-                    self.exchange(spec.topic),
-                    pattern.as_str().into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(unavailable)?;
-        }
-        let consumer = self.consume(channel.clone(), &queue, spec.prefetch).await?;
+        let source = Source::Group(spec);
+        let (channel, consumer) = self.open(&source).await?;
         Ok(Box::new(RabbitSubscription {
             bus: self.clone(),
             channel,
             consumer,
-            dead_queue: Some(dead),
-            max_deliveries: spec.max_deliveries,
+            source,
         }))
     }
 
@@ -357,22 +326,106 @@ impl Bus for RabbitMqBus {
         topic: Topic,
         group: &str,
     ) -> Result<Box<dyn Subscription>, BusError> {
+        let source = Source::DeadLetters(self.dead_queue(topic, group));
+        let (channel, consumer) = self.open(&source).await?;
+        Ok(Box::new(RabbitSubscription {
+            bus: self.clone(),
+            channel,
+            consumer,
+            source,
+        }))
+    }
+}
+
+/// What a subscription reads, kept so that it can be opened again.
+enum Source {
+    Group(SubscriptionSpec),
+    /// A dead-letter queue, read to inspect or replay it.
+    DeadLetters(String),
+}
+
+impl Source {
+    /// Where this subscription's dead letters go (`None` when reading them).
+    fn dead_queue(&self, bus: &RabbitMqBus) -> Option<String> {
+        match self {
+            // An ephemeral group's name is new with every process; its dead
+            // letters go to one durable queue per topic rather than leaving
+            // a queue behind for every process that ever ran.
+            Source::Group(spec) if spec.ephemeral => {
+                Some(bus.dead_queue(spec.topic, EPHEMERAL_DEAD_LETTERS))
+            }
+            Source::Group(spec) => Some(bus.dead_queue(spec.topic, &spec.group)),
+            Source::DeadLetters(_) => None,
+        }
+    }
+
+    fn queue(&self, bus: &RabbitMqBus) -> String {
+        match self {
+            Source::Group(spec) => bus.queue(spec.topic, &spec.group),
+            Source::DeadLetters(queue) => queue.clone(),
+        }
+    }
+
+    fn max_deliveries(&self) -> u32 {
+        match self {
+            Source::Group(spec) => spec.max_deliveries,
+            Source::DeadLetters(_) => u32::MAX,
+        }
+    }
+}
+
+impl RabbitMqBus {
+    /// Declares what the subscription reads (idempotent) and starts a
+    /// consumer on a channel of its own.
+    async fn open(&self, source: &Source) -> Result<(Channel, Consumer), BusError> {
         let channel = self
             .inner
             .connection
             .create_channel()
             .await
             .map_err(unavailable)?;
-        let dead = self.dead_queue(topic, group);
-        self.declare_durable(&channel, &dead).await?;
-        let consumer = self.consume(channel.clone(), &dead, 16).await?;
-        Ok(Box::new(RabbitSubscription {
-            bus: self.clone(),
-            channel,
-            consumer,
-            dead_queue: None,
-            max_deliveries: u32::MAX,
-        }))
+        let queue = source.queue(self);
+        let prefetch = match source {
+            Source::Group(spec) => {
+                if spec.ephemeral {
+                    channel
+                        .queue_declare(
+                            queue.as_str().into(),
+                            QueueDeclareOptions {
+                                exclusive: true,
+                                auto_delete: true,
+                                ..QueueDeclareOptions::default()
+                            },
+                            FieldTable::default(),
+                        )
+                        .await
+                        .map_err(unavailable)?;
+                } else {
+                    self.declare_durable(&channel, &queue).await?;
+                }
+                for pattern in &spec.bindings {
+                    channel
+                        .queue_bind(
+                            queue.as_str().into(),
+                            self.exchange(spec.topic),
+                            pattern.as_str().into(),
+                            QueueBindOptions::default(),
+                            FieldTable::default(),
+                        )
+                        .await
+                        .map_err(unavailable)?;
+                }
+                spec.prefetch
+            }
+            Source::DeadLetters(_) => 16,
+        };
+        if let Some(dead) = source.dead_queue(self) {
+            self.declare_durable(&channel, &dead).await?;
+        } else {
+            self.declare_durable(&channel, &queue).await?;
+        }
+        let consumer = self.consume(channel.clone(), &queue, prefetch).await?;
+        Ok((channel, consumer))
     }
 }
 
@@ -380,9 +433,59 @@ struct RabbitSubscription {
     bus: RabbitMqBus,
     channel: Channel,
     consumer: Consumer,
-    /// Where this group's dead letters go (`None` when reading them).
-    dead_queue: Option<String>,
-    max_deliveries: u32,
+    source: Source,
+}
+
+impl RabbitSubscription {
+    /// Whether the broker still has this subscription's consumer. Automatic
+    /// recovery can come back without it (a quorum queue not yet available
+    /// when the consumer was restored), which would otherwise look like an
+    /// idle queue forever.
+    async fn consuming(&self) -> bool {
+        if !self.channel.status().connected() {
+            return false;
+        }
+        let queue = self.source.queue(&self.bus);
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        match self
+            .channel
+            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+            .await
+        {
+            Ok(declared) => declared.consumer_count() > 0,
+            Err(_) => false,
+        }
+    }
+
+    /// A new channel and consumer in place of a lost one, retried while the
+    /// connection recovers.
+    async fn reopen(&mut self) -> Result<(), BusError> {
+        let mut last = None;
+        for _ in 0..REOPEN_ATTEMPTS {
+            match self.bus.open(&self.source).await {
+                Ok((channel, consumer)) => {
+                    let old = std::mem::replace(&mut self.channel, channel);
+                    self.consumer = consumer;
+                    tokio::spawn(async move {
+                        let _ = old.close(200, "replaced".into()).await;
+                    });
+                    tracing::warn!(
+                        queue = %self.source.queue(&self.bus),
+                        "consumer opened again after the broker lost it"
+                    );
+                    return Ok(());
+                }
+                Err(e) => {
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        Err(last.unwrap_or(BusError::Closed))
+    }
 }
 
 impl Drop for RabbitSubscription {
@@ -402,19 +505,32 @@ impl Drop for RabbitSubscription {
 impl Subscription for RabbitSubscription {
     async fn next(&mut self) -> Result<Delivery, BusError> {
         loop {
-            let delivery = match self.consumer.next().await {
-                Some(Ok(d)) => d,
-                Some(Err(e)) => {
+            let delivery = match tokio::time::timeout(IDLE_CHECK, self.consumer.next()).await {
+                Ok(Some(Ok(d))) => d,
+                Ok(Some(Err(e))) => {
                     tracing::warn!(
                         "consumer interrupted, waiting for the connection to recover: {e}"
                     );
-                    self.channel
-                        .wait_for_recovery(e)
-                        .await
-                        .map_err(unavailable)?;
+                    if self.channel.wait_for_recovery(e).await.is_err() {
+                        self.reopen().await?;
+                    }
                     continue;
                 }
-                None => return Err(BusError::Closed),
+                Ok(None) if !self.bus.inner.connection.status().connected() => {
+                    return Err(BusError::Closed);
+                }
+                // The channel ended under a live connection (the broker
+                // cancelled the consumer or closed the channel).
+                Ok(None) => {
+                    self.reopen().await?;
+                    continue;
+                }
+                Err(_idle) => {
+                    if !self.consuming().await {
+                        self.reopen().await?;
+                    }
+                    continue;
+                }
             };
             let (headers, previous) = from_table(delivery.properties.headers().as_ref());
             // Quorum queues count earlier deliveries; a classic (ephemeral)
@@ -431,9 +547,9 @@ impl Subscription for RabbitSubscription {
             let settle = RabbitSettle {
                 bus: self.bus.clone(),
                 acker: delivery.acker,
-                dead_queue: self.dead_queue.clone(),
+                dead_queue: self.source.dead_queue(&self.bus),
                 count,
-                max_deliveries: self.max_deliveries,
+                max_deliveries: self.source.max_deliveries(),
                 copy: OutgoingMessage {
                     id: message_id.clone(),
                     body: Bytes::from(delivery.data),
@@ -441,9 +557,10 @@ impl Subscription for RabbitSubscription {
                 },
             };
             let unsettled_limit = self
-                .max_deliveries
+                .source
+                .max_deliveries()
                 .saturating_mul(crate::UNSETTLED_DELIVERY_FACTOR);
-            if self.dead_queue.is_some() && count > unsettled_limit {
+            if settle.dead_queue.is_some() && count > unsettled_limit {
                 // Redelivered past the limit without being settled (its
                 // consumers keep crashing): park it. Explicit failures are
                 // counted in `nack`, against max_deliveries itself.

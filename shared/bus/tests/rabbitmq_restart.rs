@@ -1,7 +1,9 @@
 //! Restarting RabbitMQ (`rabbitmqctl stop_app` / `start_app`) in the middle
 //! of a stream of messages loses none of them: publishes wait for the
 //! recovered connection, consumers resume, unacked deliveries come back.
-//! Its own test binary, so no other test shares the broker's outage.
+//! Ignored in the workspace run: `scripts/test` runs it first, before other
+//! suites leave hundreds of quorum queues for the broker to recover or
+//! expire, and with no other test sharing the outage.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
@@ -21,6 +23,7 @@ fn rabbitmqctl(command: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "restarts the shared broker: scripts/test runs it first, with the broker to itself"]
 async fn a_broker_restart_loses_nothing() {
     let options = RabbitMqOptions {
         prefix: format!("test-{}.", uuid::Uuid::new_v4().simple()),
@@ -38,8 +41,10 @@ async fn a_broker_restart_loses_nothing() {
         .await
         .unwrap();
     const N: usize = 60;
+    let published = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let publisher = {
         let bus = bus.clone();
+        let published = published.clone();
         tokio::spawn(async move {
             for i in 0..N {
                 let message = OutgoingMessage {
@@ -50,6 +55,7 @@ async fn a_broker_restart_loses_nothing() {
                 bus.publish(Topic::AgentTasks, "k", message)
                     .await
                     .expect("publish survives the restart");
+                published.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         })
@@ -65,7 +71,13 @@ async fn a_broker_restart_loses_nothing() {
     while seen.len() < N {
         let delivery = tokio::time::timeout_at(deadline, sub.next())
             .await
-            .unwrap_or_else(|_| panic!("only {} of {N} arrived", seen.len()))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "only {} of {N} arrived; {} were published",
+                    seen.len(),
+                    published.load(std::sync::atomic::Ordering::Relaxed)
+                )
+            })
             .unwrap();
         seen.insert(delivery.message_id.clone());
         let _ = delivery.ack().await;
