@@ -66,8 +66,8 @@ pub fn table_requests() -> u64 {
     transport::requests()
 }
 
-/// How to reach the storage account.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How to reach the storage account. Its `Debug` shows no key.
+#[derive(Clone, PartialEq, Eq)]
 pub enum AzureTableConnection {
     /// `UseDevelopmentStorage=true` (Azurite on 127.0.0.1:10002), or
     /// `AccountName=..;AccountKey=..` with optional `TableEndpoint` or
@@ -80,6 +80,22 @@ pub enum AzureTableConnection {
         key: String,
         endpoint: Option<String>,
     },
+}
+
+impl std::fmt::Debug for AzureTableConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::ConnectionString(_) => f.write_str("ConnectionString(***)"),
+            Self::AccountKey {
+                account, endpoint, ..
+            } => f
+                .debug_struct("AccountKey")
+                .field("account", account)
+                .field("key", &"***")
+                .field("endpoint", endpoint)
+                .finish(),
+        }
+    }
 }
 
 pub struct AzureTableStore {
@@ -699,7 +715,7 @@ impl Store for AzureTableStore {
             }
         };
         let mut blobs = Vec::new();
-        let mut ops: Vec<(Entity, Option<String>)> = Vec::new();
+        let mut ops: Vec<Entity> = Vec::new();
 
         let (mut record_row, state_blob) = entity(
             &id,
@@ -711,7 +727,7 @@ impl Store for AzureTableStore {
         let summary = serde_json::to_string(&summary_doc(&commit.record.summary))
             .map_err(|e| corrupt("summary", e))?;
         record_row.insert("Summary".into(), summary.into());
-        ops.push((record_row, Some(keys::INSTANCE_ROW.to_owned())));
+        ops.push(record_row);
 
         let mut removed_timers = Vec::new();
         if !commit.add_timers.is_empty() || !commit.remove_timers.is_empty() {
@@ -741,7 +757,7 @@ impl Store for AzureTableStore {
                 payload::encode("T", &to_json(&timers)?),
             );
             blobs.extend(blob);
-            ops.push((row, None));
+            ops.push(row);
         }
 
         if let (Some(first), Some(last)) = (commit.history.first(), commit.history.last()) {
@@ -761,7 +777,7 @@ impl Store for AzureTableStore {
             );
             row.insert("First".into(), first.seq.to_string().into());
             blobs.extend(blob);
-            ops.push((row, None));
+            ops.push(row);
         }
 
         let mut outbox_group = None;
@@ -781,7 +797,7 @@ impl Store for AzureTableStore {
                 },
             ));
             blobs.extend(blob);
-            ops.push((row, None));
+            ops.push(row);
         }
 
         // Everything the batch points at, and every index entry that makes
@@ -801,7 +817,7 @@ impl Store for AzureTableStore {
             .instances
             .partition_key_client(id.as_str())
             .transaction();
-        for (n, (row, _)) in ops.into_iter().enumerate() {
+        for (n, row) in ops.into_iter().enumerate() {
             let key = text(&row, "RowKey")?.to_owned();
             batch = match (n, &expected_etag) {
                 (0, Some(etag)) => batch.update(
@@ -815,23 +831,48 @@ impl Store for AzureTableStore {
             }
             .map_err(failure)?;
         }
-        let response = batch.await.map_err(failure)?;
-        if let Some(failed) = response
-            .operation_responses
-            .iter()
-            .find(|r| !r.status_code.is_success())
-        {
-            return Err(match failed.status_code as u16 {
-                409 | 412 => StoreError::Conflict(format!(
-                    "instance {id} changed since it was loaded ({})",
-                    failed.status_code
-                )),
-                413 => StoreError::TooLarge(format!("commit of instance {id}")),
-                other => {
-                    StoreError::Unavailable(format!("commit of instance {id}: status {other}"))
+        // Whether the batch surely did not land: an answer says so. A
+        // timeout or a dropped connection leaves it open.
+        let (outcome, refused) = match batch.await {
+            Err(e) => {
+                let refused = e.as_http_error().is_some();
+                (Err(failure(e)), refused)
+            }
+            Ok(response) => match response
+                .operation_responses
+                .iter()
+                .find(|r| !r.status_code.is_success())
+            {
+                None => (Ok(response), false),
+                Some(failed) => (
+                    Err(match failed.status_code as u16 {
+                        409 | 412 => StoreError::Conflict(format!(
+                            "instance {id} changed since it was loaded ({})",
+                            failed.status_code
+                        )),
+                        404 => StoreError::NotFound(format!("instance {id}")),
+                        413 => StoreError::TooLarge(format!("commit of instance {id}")),
+                        other => StoreError::Unavailable(format!(
+                            "commit of instance {id}: status {other}"
+                        )),
+                    }),
+                    true,
+                ),
+            },
+        };
+        let response = match outcome {
+            Ok(response) => response,
+            Err(e) => {
+                if refused {
+                    // The claim-checked values of a commit that did not land.
+                    for blob in &blobs {
+                        self.delete_blob(&self.instances, &id, &blob.reference())
+                            .await;
+                    }
                 }
-            });
-        }
+                return Err(e);
+            }
+        };
         let etag = match response
             .operation_responses
             .first()
@@ -1741,6 +1782,7 @@ mod tests {
             !error.to_string().contains("d3Jvbmcga2V5"),
             "the key is not echoed: {error}"
         );
+        assert!(!format!("{:?}", account_key("d3Jvbmcga2V5")).contains("d3Jvbmcga2V5"));
     }
 
     #[tokio::test]
@@ -1867,11 +1909,20 @@ mod tests {
         );
         record.state = json!("small");
         store
-            .commit(Commit::new(record.clone(), Expected::Version(v)))
+            .commit(Commit::new(record.clone(), Expected::Version(v.clone())))
             .await
             .unwrap();
         assert!(blobs().await.is_empty());
         assert_eq!(store.load(&id).await.unwrap().unwrap().record, record);
+        // A stale writer's large state is refused and leaves nothing behind.
+        let mut stale = record.clone();
+        stale.state = json!(big(700_000, 6));
+        let refused = store.commit(Commit::new(stale, Expected::Version(v))).await;
+        assert!(
+            matches!(refused, Err(StoreError::Conflict(_))),
+            "{refused:?}"
+        );
+        assert!(blobs().await.is_empty());
     }
 
     #[test]
