@@ -171,13 +171,33 @@ mod tests {
     use legato_bus::Bus as _;
     use legato_bus::{InProcessBus, SubscriptionSpec};
     use legato_contracts::Topic;
-    use legato_store::{Commit, Expected, SqliteStore, conformance};
+    use legato_store::{
+        AzureTableConnection, AzureTableStore, Commit, Expected, SqliteStore, conformance,
+    };
 
     use super::*;
 
     #[tokio::test]
     async fn rows_left_by_a_crash_are_published_by_the_sweep_then_deleted() {
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+        rows_left_by_a_crash_are_swept(Arc::new(SqliteStore::in_memory().unwrap())).await;
+    }
+
+    /// Against Azurite (`scripts/test` starts it), in tables of its own.
+    #[tokio::test]
+    async fn rows_left_by_a_crash_are_swept_from_azure_tables() {
+        let prefix = format!("outbox{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let connection = std::env::var("LEGATO_TEST_TABLES")
+            .unwrap_or_else(|_| "UseDevelopmentStorage=true".to_owned());
+        let store = Arc::new(
+            AzureTableStore::connect(&AzureTableConnection::ConnectionString(connection), &prefix)
+                .await
+                .unwrap(),
+        );
+        rows_left_by_a_crash_are_swept(store.clone()).await;
+        store.delete_tables().await.unwrap();
+    }
+
+    async fn rows_left_by_a_crash_are_swept(store: Arc<dyn Store>) {
         let bus = InProcessBus::default();
         let mut sub = bus
             .subscribe(SubscriptionSpec::new(Topic::Progress, "watch").bind("#"))
