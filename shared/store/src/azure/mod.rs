@@ -205,7 +205,13 @@ impl AzureTableStore {
         filter: String,
         limit: usize,
     ) -> Result<Vec<Entity>, StoreError> {
-        let mut pages = table.query().filter(filter).into_stream::<Entity>();
+        // The service returns at most 1,000 entities a page.
+        let page = u32::try_from(limit.min(1_000)).unwrap_or(1_000);
+        let mut pages = table
+            .query()
+            .filter(filter)
+            .top(page)
+            .into_stream::<Entity>();
         let mut out = Vec::new();
         while let Some(page) = pages.try_next().await.map_err(failure)? {
             out.extend(page.entities);
@@ -977,13 +983,20 @@ impl Store for AzureTableStore {
         if let Some(tenant) = &query.tenant {
             filter.push_str(&format!(" and Tenant eq {}", odata(tenant)));
         }
-        let candidates = self.query(&self.index, filter, LIST_SCAN_LIMIT + 1).await?;
-        let more_candidates = candidates.len() > LIST_SCAN_LIMIT;
+        // Without a status filter almost every entry is a match (only
+        // entries of lost races are not): read little more than a page.
+        let scan_limit = if query.status.is_some() {
+            LIST_SCAN_LIMIT
+        } else {
+            (top + 16).min(LIST_SCAN_LIMIT)
+        };
+        let candidates = self.query(&self.index, filter, scan_limit + 1).await?;
+        let more_candidates = candidates.len() > scan_limit;
         let mut items = Vec::new();
         let mut examined = 0;
         let mut last_examined = None;
         let mut dangling = Vec::new();
-        for chunk in candidates[..candidates.len().min(LIST_SCAN_LIMIT)].chunks(top + 1) {
+        for chunk in candidates[..candidates.len().min(scan_limit)].chunks(top + 1) {
             let reads: Vec<_> = chunk.iter().map(|entry| self.listed(entry)).collect();
             let found: Vec<_> = stream::iter(reads)
                 .buffered(PARALLEL_READS)
@@ -1022,7 +1035,7 @@ impl Store for AzureTableStore {
                 c: millis(last.created_at),
                 i: last.id.to_string(),
             })
-        } else if more_candidates && examined == LIST_SCAN_LIMIT {
+        } else if more_candidates && examined == scan_limit {
             // A sparse match: hand back a partial page and where to go on.
             last_examined
                 .map(|entry| -> Result<ListPosition, StoreError> {
