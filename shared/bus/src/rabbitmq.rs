@@ -311,14 +311,7 @@ impl Bus for RabbitMqBus {
     }
 
     async fn subscribe(&self, spec: SubscriptionSpec) -> Result<Box<dyn Subscription>, BusError> {
-        let source = Source::Group(spec);
-        let (channel, consumer) = self.open(&source).await?;
-        Ok(Box::new(RabbitSubscription {
-            bus: self.clone(),
-            channel,
-            consumer,
-            source,
-        }))
+        self.subscription(Source::Group(spec)).await
     }
 
     async fn dead_letters(
@@ -326,14 +319,8 @@ impl Bus for RabbitMqBus {
         topic: Topic,
         group: &str,
     ) -> Result<Box<dyn Subscription>, BusError> {
-        let source = Source::DeadLetters(self.dead_queue(topic, group));
-        let (channel, consumer) = self.open(&source).await?;
-        Ok(Box::new(RabbitSubscription {
-            bus: self.clone(),
-            channel,
-            consumer,
-            source,
-        }))
+        self.subscription(Source::DeadLetters(self.dead_queue(topic, group)))
+            .await
     }
 }
 
@@ -375,6 +362,16 @@ impl Source {
 }
 
 impl RabbitMqBus {
+    async fn subscription(&self, source: Source) -> Result<Box<dyn Subscription>, BusError> {
+        let (channel, consumer) = self.open(&source).await?;
+        Ok(Box::new(RabbitSubscription {
+            bus: self.clone(),
+            channel,
+            consumer,
+            source,
+        }))
+    }
+
     /// Declares what the subscription reads (idempotent) and starts a
     /// consumer on a channel of its own.
     async fn open(&self, source: &Source) -> Result<(Channel, Consumer), BusError> {
