@@ -12,6 +12,7 @@
 mod azure;
 pub mod conformance;
 mod sqlite;
+mod stored;
 mod token;
 
 use async_trait::async_trait;

@@ -6,11 +6,12 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use legato_contracts::{InstanceId, RuntimeStatus, Topic, WorkflowName};
+use legato_contracts::{InstanceId, RuntimeStatus, WorkflowName};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::Value;
 use time::OffsetDateTime;
 
+use crate::stored::{corrupt, from_millis, millis, topic_from};
 use crate::token::{self, ListPosition};
 use crate::{
     Commit, DefinitionRecord, Expected, HistoryRow, InstancePage, InstanceQuery, InstanceRecord,
@@ -119,32 +120,12 @@ fn is_constraint(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(err, _) if err.code == rusqlite::ErrorCode::ConstraintViolation)
 }
 
-fn millis(t: OffsetDateTime) -> i64 {
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
-}
-
-fn from_millis(ms: i64) -> Result<OffsetDateTime, StoreError> {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .map_err(|e| StoreError::Corrupt(format!("timestamp {ms}: {e}")))
-}
-
-fn corrupt(what: &str, error: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(format!("{what}: {error}"))
-}
-
 fn json_text(value: &Value) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 fn parse_json(text: &str) -> Result<Value, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("stored JSON: {e}")))
-}
-
-fn topic_from(text: &str) -> Result<Topic, StoreError> {
-    Topic::ALL
-        .into_iter()
-        .find(|t| t.as_str() == text)
-        .ok_or_else(|| StoreError::Corrupt(format!("topic {text}")))
 }
 
 const SUMMARY_COLUMNS: &str =

@@ -32,13 +32,14 @@ use azure_storage::{CloudLocation, ConnectionString, StorageCredentials};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use futures::{StreamExt, TryStreamExt, stream};
-use legato_contracts::{InstanceId, RuntimeStatus, Topic, WorkflowName};
+use legato_contracts::{InstanceId, RuntimeStatus, WorkflowName};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
 
 use self::keys::odata;
 use self::payload::{Encoded, Entity, Held, text};
+use crate::stored::{corrupt, from_millis, millis, topic_from};
 use crate::token::{self, ListPosition};
 use crate::{
     Commit, DefinitionRecord, Expected, HistoryRow, InstancePage, InstanceQuery, InstanceRecord,
@@ -583,10 +584,7 @@ impl MessageDoc {
 
     fn into_row(self) -> Result<OutboxRow, StoreError> {
         Ok(OutboxRow {
-            topic: Topic::ALL
-                .into_iter()
-                .find(|t| t.as_str() == self.topic)
-                .ok_or_else(|| StoreError::Corrupt(format!("topic {}", self.topic)))?,
+            topic: topic_from(&self.topic)?,
             body: STANDARD
                 .decode(&self.body)
                 .map_err(|e| corrupt("outbox body", e))?,
@@ -635,15 +633,6 @@ fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(|e| corrupt("value", e))
 }
 
-fn millis(t: OffsetDateTime) -> i64 {
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
-}
-
-fn from_millis(ms: i64) -> Result<OffsetDateTime, StoreError> {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .map_err(|e| StoreError::Corrupt(format!("timestamp {ms}: {e}")))
-}
-
 fn now_ms() -> i64 {
     millis(OffsetDateTime::now_utc())
 }
@@ -653,10 +642,6 @@ fn etag_of(entity: &Entity) -> Option<String> {
         .get("odata.etag")
         .and_then(Value::as_str)
         .map(str::to_owned)
-}
-
-fn corrupt(what: &str, error: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(format!("{what}: {error}"))
 }
 
 fn status(e: &azure_core::Error) -> Option<u16> {
@@ -1570,6 +1555,7 @@ impl AzureTableStore {
 mod tests {
     use super::*;
     use crate::conformance;
+    use legato_contracts::Topic;
     use serde_json::json;
 
     /// Azurite, which `scripts/test` installs and starts on 127.0.0.1:10002;
