@@ -186,10 +186,9 @@ mod tests {
     #[tokio::test]
     async fn rows_left_by_a_crash_are_swept_from_azure_tables() {
         let prefix = format!("outbox{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let connection = std::env::var("LEGATO_TEST_TABLES")
-            .unwrap_or_else(|_| "UseDevelopmentStorage=true".to_owned());
+        let connection = AzureTableConnection::ConnectionString(conformance::test_tables());
         let store = Arc::new(
-            AzureTableStore::connect(&AzureTableConnection::ConnectionString(connection), &prefix)
+            AzureTableStore::connect(&connection, &prefix)
                 .await
                 .unwrap(),
         );

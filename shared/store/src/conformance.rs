@@ -17,6 +17,13 @@ use crate::{
 
 const BASE: OffsetDateTime = datetime!(2026-01-01 00:00 UTC);
 
+/// The Table Storage endpoint tests use: Azurite on 127.0.0.1:10002, which
+/// `scripts/test` installs and starts, unless `LEGATO_TEST_TABLES` names
+/// another connection string.
+pub fn test_tables() -> String {
+    std::env::var("LEGATO_TEST_TABLES").unwrap_or_else(|_| "UseDevelopmentStorage=true".to_owned())
+}
+
 fn unique(prefix: &str) -> String {
     format!("{prefix}{}", uuid::Uuid::new_v4().simple())
 }

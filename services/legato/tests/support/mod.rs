@@ -343,11 +343,10 @@ pub const AGENTS: [&str; 5] = [
     "agent-approval",
 ];
 
-/// The store settings of a run of its own in Azurite, which `scripts/test`
-/// starts (`LEGATO_TEST_TABLES` names another endpoint): fresh tables.
+/// The store settings of a run of its own in Table Storage
+/// (`legato_store::conformance::test_tables`): fresh tables.
 pub fn azure_store_env() -> Vec<(String, String)> {
-    let connection = std::env::var("LEGATO_TEST_TABLES")
-        .unwrap_or_else(|_| "UseDevelopmentStorage=true".to_owned());
+    let connection = legato_store::conformance::test_tables();
     let simple = uuid::Uuid::new_v4().simple().to_string();
     [
         ("LEGATO__STORE__KIND", "azure_table".to_owned()),

@@ -1558,13 +1558,9 @@ mod tests {
     use legato_contracts::Topic;
     use serde_json::json;
 
-    /// Azurite, which `scripts/test` installs and starts on 127.0.0.1:10002;
-    /// `LEGATO_TEST_TABLES` names another endpoint.
     async fn azurite() -> AzureTableStore {
-        let connection = std::env::var("LEGATO_TEST_TABLES")
-            .unwrap_or_else(|_| "UseDevelopmentStorage=true".to_owned());
         AzureTableStore::connect(
-            &AzureTableConnection::ConnectionString(connection),
+            &AzureTableConnection::ConnectionString(conformance::test_tables()),
             "legatotest",
         )
         .await
