@@ -80,13 +80,19 @@ where
     };
     // A section tagged by `kind` (store, bus) whose kind a file or the
     // environment changes must not inherit the default kind's fields.
-    let merged: serde_json::Value =
-        layered(dir, service, &defaults, &sections)?.try_deserialize()?;
+    let config = layered(dir, service, &defaults, &sections)?;
+    let merged: serde_json::Value = config.clone().try_deserialize()?;
+    let mut changed_kind = false;
     if let serde_json::Value::Object(map) = &mut defaults {
         map.retain(|section, value| {
             let kind = value.get("kind");
-            kind.is_none() || merged.get(section).and_then(|m| m.get("kind")) == kind
+            let kept = kind.is_none() || merged.get(section).and_then(|m| m.get("kind")) == kind;
+            changed_kind |= !kept;
+            kept
         });
+    }
+    if !changed_kind {
+        return Ok(config.try_deserialize()?);
     }
     Ok(layered(dir, service, &defaults, &sections)?.try_deserialize()?)
 }

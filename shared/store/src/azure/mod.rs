@@ -950,17 +950,17 @@ impl Store for AzureTableStore {
             .map(token::decode)
             .transpose()?;
         let mut filter = format!("PartitionKey eq {}", odata(keys::LIST_PARTITION));
-        let mut lower = |key: String, op: &str| {
+        let mut key_bound = |op: &str, key: String| {
             filter.push_str(&format!(" and RowKey {op} {}", odata(&key)));
         };
         if let Some(p) = &position {
-            lower(keys::list_entry(p.c, &p.i), "gt");
+            key_bound("gt", keys::list_entry(p.c, &p.i));
         }
         if let Some(to) = query.created_to {
-            lower(keys::list_created_before(millis(to)), "ge");
+            key_bound("ge", keys::list_created_before(millis(to)));
         }
         if let Some(from) = query.created_from {
-            lower(keys::list_created_before(millis(from)), "lt");
+            key_bound("lt", keys::list_created_before(millis(from)));
         }
         if let Some(workflow) = &query.workflow {
             filter.push_str(&format!(" and Workflow eq {}", odata(workflow.as_str())));
