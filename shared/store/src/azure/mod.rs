@@ -249,9 +249,7 @@ impl AzureTableStore {
         row: &str,
         etag: Option<&str>,
     ) -> Result<(), StoreError> {
-        let condition = etag.map_or(IfMatchCondition::Any, |e| {
-            IfMatchCondition::Etag(Etag::from(e.to_owned()))
-        });
+        let condition = if_match(etag);
         let result = table
             .partition_key_client(partition)
             .entity_client(row)
@@ -637,6 +635,13 @@ fn now_ms() -> i64 {
     millis(OffsetDateTime::now_utc())
 }
 
+/// Only while the entity is at `etag`; any version when `None`.
+fn if_match(etag: Option<&str>) -> IfMatchCondition {
+    etag.map_or(IfMatchCondition::Any, |e| {
+        IfMatchCondition::Etag(Etag::from(e.to_owned()))
+    })
+}
+
 fn etag_of(entity: &Entity) -> Option<String> {
     entity
         .get("odata.etag")
@@ -811,11 +816,7 @@ impl Store for AzureTableStore {
         for (n, row) in ops.into_iter().enumerate() {
             let key = text(&row, "RowKey")?.to_owned();
             batch = match (n, &expected_etag) {
-                (0, Some(etag)) => batch.update(
-                    key,
-                    row,
-                    Some(IfMatchCondition::Etag(Etag::from(etag.clone()))),
-                ),
+                (0, Some(etag)) => batch.update(key, row, Some(if_match(Some(etag)))),
                 (0, None) => batch.insert(row),
                 (_, _) if key.starts_with('t') => batch.insert_or_replace(key, row),
                 _ => batch.insert(row),
@@ -1248,9 +1249,7 @@ impl Store for AzureTableStore {
                     if let Some(blob) = &blob {
                         self.write_blob(&self.instances, partition, blob).await?;
                     }
-                    let condition = etag.map_or(IfMatchCondition::Any, |e| {
-                        IfMatchCondition::Etag(Etag::from(e))
-                    });
+                    let condition = if_match(etag.as_deref());
                     self.instances
                         .partition_key_client(partition)
                         .entity_client(row)
@@ -1408,11 +1407,9 @@ impl AzureTableStore {
                         .transaction();
                     let batch = match &etag {
                         None => batch.insert(record),
-                        Some(e) => batch.update(
-                            keys::INSTANCE_ROW,
-                            record,
-                            Some(IfMatchCondition::Etag(Etag::from(e.clone()))),
-                        ),
+                        Some(e) => {
+                            batch.update(keys::INSTANCE_ROW, record, Some(if_match(Some(e))))
+                        }
                     }
                     .and_then(|b| {
                         b.insert(row(
