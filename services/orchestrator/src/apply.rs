@@ -97,6 +97,12 @@ impl Applier {
         self.remembered.lock().ok()?.get(id).cloned()
     }
 
+    fn remembers(&self, id: &InstanceId) -> bool {
+        self.remembered
+            .lock()
+            .is_ok_and(|remembered| remembered.contains_key(id))
+    }
+
     fn forget(&self, id: &InstanceId) {
         if let Ok(mut remembered) = self.remembered.lock() {
             remembered.remove(id);
@@ -135,7 +141,7 @@ impl Applier {
             // A remembered record may be stale (another replica moved the
             // instance on), and a stale state may wrongly ignore an event
             // without any commit to catch it: only a loaded state may.
-            if matches!(applied, Ok(Applied::Ignored(_))) && self.recall(id).is_some() {
+            if matches!(applied, Ok(Applied::Ignored(_))) && self.remembers(id) {
                 self.forget(id);
                 applied = self.apply_once(id, input, traceparent, false).await;
             }
@@ -156,7 +162,8 @@ impl Applier {
         traceparent: Option<&TraceParent>,
         remembered: bool,
     ) -> Result<Applied, ApplyError> {
-        let stored = match self.recall(id).filter(|_| remembered) {
+        let known = if remembered { self.recall(id) } else { None };
+        let stored = match known {
             Some(known) => Some(known),
             None => self.store.load(id).await?,
         };
