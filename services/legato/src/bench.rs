@@ -190,15 +190,16 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     // One commit for the accepted start plus one per accepted event.
     let history = status["history"].as_array().map_or(0, Vec::len);
     let commits_per_instance = history + 1;
-    let raw = match options.store {
+    let (raw, raw_label) = match options.store {
         StoreChoice::Sqlite => {
-            raw_commits(
+            let raw = raw_commits(
                 &scratch.join("raw.db"),
                 options.instances,
                 commits_per_instance,
                 options.concurrency,
             )
-            .await?
+            .await?;
+            (raw, "raw SQLite commits")
         }
         StoreChoice::AzureTable => {
             let tables = tables(&options.tables, "raw").await?;
@@ -211,12 +212,11 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
                 )
                 .await?;
             tables.delete_tables().await?;
-            raw
+            (
+                raw,
+                "raw Table Storage entity-group commits (+ outbox deletes)",
+            )
         }
-    };
-    let raw_label = match options.store {
-        StoreChoice::Sqlite => "raw SQLite commits",
-        StoreChoice::AzureTable => "raw Table Storage entity-group commits (+ outbox deletes)",
     };
 
     let rate = outcome.completed as f64 / elapsed.as_secs_f64();
