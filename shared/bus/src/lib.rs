@@ -23,6 +23,8 @@ pub mod conformance;
 mod in_process;
 mod pattern;
 mod rabbitmq;
+mod servicebus;
+pub mod topology;
 
 use std::collections::BTreeMap;
 
@@ -33,6 +35,10 @@ use legato_contracts::{DecodeError, Envelope, Topic};
 pub use in_process::InProcessBus;
 pub use pattern::matches as routing_key_matches;
 pub use rabbitmq::{EPHEMERAL_DEAD_LETTERS, RabbitMqBus, RabbitMqOptions};
+pub use servicebus::{
+    RuleFilter, ServiceBusAuth, ServiceBusBus, ServiceBusConnection, ServiceBusEntities,
+    ServiceBusOptions,
+};
 
 /// Header carrying why a message was dead-lettered.
 pub const DEAD_LETTER_REASON: &str = "x-legato-dead-letter-reason";
@@ -55,6 +61,10 @@ pub enum BusError {
     /// `progress`, which nobody may be watching, is dropped.
     #[error("no consumer group is bound for {0}")]
     Unroutable(String),
+    /// The broker refused this request for good (too large, malformed, a
+    /// routing pattern it cannot express): retrying it will not help.
+    #[error("refused: {0}")]
+    Rejected(String),
 }
 
 /// Whether a message nobody is bound for may be dropped.

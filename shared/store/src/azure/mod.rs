@@ -17,7 +17,6 @@
 
 mod keys;
 mod payload;
-mod transport;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -64,8 +63,10 @@ const MAX_BATCH: usize = 100;
 
 /// Requests this process has sent to Table Storage so far.
 pub fn table_requests() -> u64 {
-    transport::requests()
+    TABLE_REQUESTS.load(std::sync::atomic::Ordering::Relaxed)
 }
+
+static TABLE_REQUESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// How to reach the storage account. Its `Debug` shows no key.
 #[derive(Clone, PartialEq, Eq)]
@@ -135,7 +136,7 @@ impl AzureTableStore {
             )));
         }
         let (location, credentials) = location(connection)?;
-        let transport = transport::Transport::new(REQUEST_TIMEOUT)
+        let transport = legato_azure::Transport::new(Some(REQUEST_TIMEOUT), Some(&TABLE_REQUESTS))
             .map_err(|e| StoreError::Unavailable(format!("HTTP client: {e}")))?;
         // Commits are retried by the caller, who reloads first: a blind
         // retry of a batch that did land would report a false conflict.

@@ -10,34 +10,40 @@ use azure_core::headers::{HeaderName, HeaderValue, Headers};
 use azure_core::{Body, HttpClient, Request, Response, StatusCode};
 use futures::TryStreamExt;
 
-/// Requests sent by every table store of this process, for `legato bench`.
-static REQUESTS: AtomicU64 = AtomicU64::new(0);
-
-pub(crate) fn requests() -> u64 {
-    REQUESTS.load(Ordering::Relaxed)
-}
-
 #[derive(Debug, Clone)]
-pub(crate) struct Transport {
+pub struct Transport {
     client: reqwest::Client,
+    /// Requests sent, for `legato bench` (Azure bills by them).
+    counter: Option<&'static AtomicU64>,
 }
 
 impl Transport {
-    /// `timeout` bounds every request, so a commit is known to have landed
-    /// or failed well within the index grace period (see `index.rs`).
-    pub(crate) fn new(timeout: Duration) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
+    /// `timeout` bounds every request (`None`: the caller bounds each one,
+    /// as a long poll needs longer than a send).
+    pub fn new(
+        timeout: Option<Duration>,
+        counter: Option<&'static AtomicU64>,
+    ) -> Result<Self, reqwest::Error> {
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
-            .build()?;
-        Ok(Self { client })
+            // Requests are small and latency matters more than packets.
+            .tcp_nodelay(true);
+        if let Some(timeout) = timeout {
+            builder = builder.timeout(timeout);
+        }
+        Ok(Self {
+            client: builder.build()?,
+            counter,
+        })
     }
 }
 
 #[async_trait::async_trait]
 impl HttpClient for Transport {
     async fn execute_request(&self, request: &Request) -> azure_core::Result<Response> {
-        REQUESTS.fetch_add(1, Ordering::Relaxed);
+        if let Some(counter) = self.counter {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
         let method = reqwest::Method::from_str(request.method().as_ref())
             .with_context(ErrorKind::DataConversion, || {
                 format!("unsupported method {}", request.method())
@@ -51,19 +57,20 @@ impl HttpClient for Transport {
             Body::SeekableStream(_) => {
                 return Err(Error::message(
                     ErrorKind::Other,
-                    "streamed request bodies are not used by the table store",
+                    "streamed request bodies are not used by legato",
                 ));
             }
         };
+        let host = request.url().host_str().unwrap_or_default().to_owned();
         let response = builder
             .body(body)
             .send()
             .await
-            .context(ErrorKind::Io, "table storage request failed")?;
+            .with_context(ErrorKind::Io, || format!("request to {host} failed"))?;
         let status = StatusCode::try_from(response.status().as_u16()).map_err(|_| {
             Error::message(
                 ErrorKind::DataConversion,
-                "invalid HTTP status from table storage",
+                format!("invalid HTTP status from {host}"),
             )
         })?;
         let mut headers = Headers::new();
@@ -78,7 +85,7 @@ impl HttpClient for Transport {
         let body = Box::pin(
             response
                 .bytes_stream()
-                .map_err(|e| Error::full(ErrorKind::Io, e, "reading a table storage response")),
+                .map_err(move |e| Error::full(ErrorKind::Io, e, "reading a response")),
         );
         Ok(Response::new(status, headers, body))
     }

@@ -1,0 +1,510 @@
+//! The Azure Service Bus adapter, over the Service Bus REST API with
+//! `azure_messaging_servicebus` 0.21 (and the management API for
+//! entities, which the crate lacks).
+//!
+//! The port's semantics (see the crate root), and where Service Bus
+//! differs:
+//! - Topics `<prefix>commands`, `<prefix>agent-tasks`,
+//!   `<prefix>agent-results`, `<prefix>progress`, with duplicate detection
+//!   on `MessageId` (the CloudEvents id), so an outbox that republishes
+//!   after a crash does not enqueue twice within the window.
+//! - A consumer group is a subscription; its bindings are rules on the
+//!   message `Label`, which carries the routing key ([`names`]). Service
+//!   Bus drops a message no rule matches without telling the sender, so
+//!   the adapter checks a work message's key against the topic's
+//!   subscriptions and rules (listed through the management API, cached
+//!   for [`ROUTES_FRESH`], listed again on a miss) and answers
+//!   [`BusError::Unroutable`] when nobody would get it.
+//! - Delivery is peek-lock; `delivery_count` is Service Bus's
+//!   `DeliveryCount`; nack unlocks (abandons). A consumer that crashed
+//!   leaves its lock to expire: the message returns after at most
+//!   `lock_duration` (10 s by default), with the count raised.
+//! - Dead letters: REST cannot move a message to `$DeadLetterQueue`, so the
+//!   adapter sends a copy, reason included, to `<prefix>dead-letters`,
+//!   labelled `<topic>/<group>` (one subscription there per group), then
+//!   completes the original. The copy's id is derived from the subscription
+//!   and the sequence number, so duplicate detection keeps one copy even
+//!   if the adapter crashes between the two steps. The subscription's own
+//!   `MaxDeliveryCount` is set above the adapter's limits as a backstop;
+//!   what Service Bus dead-letters itself is read back from
+//!   `$DeadLetterQueue` by [`Bus::dead_letters`] too.
+//! - Ephemeral groups are subscriptions with `AutoDeleteOnIdle` (five
+//!   minutes, Service Bus's minimum) that the adapter also deletes when
+//!   the subscription is dropped; their dead letters share the
+//!   `ephemeral` group's, as with RabbitMQ.
+//! - With `manage_entities` off (identities without the Manage right) the
+//!   adapter creates nothing and cannot list subscriptions, so it cannot
+//!   tell an unroutable message from a routed one: every entity of
+//!   `legato topology --bus servicebus` must exist beforehand.
+
+mod connection;
+mod errors;
+mod http;
+mod management;
+mod message;
+mod names;
+mod receiver;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use azure_messaging_servicebus::service_bus::TopicClient;
+use legato_contracts::Topic;
+
+pub use connection::{ServiceBusAuth, ServiceBusConnection};
+pub use management::SubscriptionSettings;
+pub use names::RuleFilter;
+
+use crate::{
+    Bus, BusError, EPHEMERAL_DEAD_LETTERS, OutgoingMessage, Subscription, SubscriptionSpec,
+    UNSETTLED_DELIVERY_FACTOR,
+};
+use management::Management;
+use receiver::{DeadLetterTarget, Reader, ReaderSettings, Source};
+
+/// A topic's routes are listed again when older than this.
+pub const ROUTES_FRESH: Duration = Duration::from_secs(30);
+/// After a miss, the routes are listed again at most this often.
+const ROUTES_RECHECK: Duration = Duration::from_millis(500);
+/// Service Bus's minimum for `AutoDeleteOnIdle`.
+const EPHEMERAL_IDLE: Duration = Duration::from_secs(300);
+
+/// How the adapter names and keeps its entities.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceBusOptions {
+    /// Prepended to every topic name (tests and tenants of a shared
+    /// namespace use their own).
+    pub prefix: String,
+    /// Send requests here instead of `https://<namespace host>` (a local
+    /// stand-in); signatures still name the namespace's URL.
+    pub endpoint: Option<String>,
+    /// How long a received message stays locked without renewal; also
+    /// how soon a crashed consumer's message is delivered again.
+    pub lock_duration: Duration,
+    /// How long a receive waits for a message before asking again.
+    pub receive_wait: Duration,
+    /// Duplicate detection window of the topics.
+    pub duplicate_window: Duration,
+    /// Delete durable subscriptions unused this long (tests); `None` keeps
+    /// them.
+    pub auto_delete_on_idle: Option<Duration>,
+    /// Create topics, subscriptions and rules (needs the Manage right).
+    pub manage_entities: bool,
+}
+
+impl Default for ServiceBusOptions {
+    fn default() -> Self {
+        Self {
+            prefix: String::new(),
+            endpoint: None,
+            lock_duration: Duration::from_secs(10),
+            receive_wait: Duration::from_secs(30),
+            duplicate_window: Duration::from_secs(600),
+            auto_delete_on_idle: None,
+            manage_entities: true,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct ServiceBusBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    options: ServiceBusOptions,
+    connection: ServiceBusConnection,
+    management: Management,
+    clients: HashMap<String, TopicClient>,
+    routes: Mutex<HashMap<Topic, RouteCache>>,
+}
+
+/// What a topic's subscriptions take, as last listed.
+struct RouteCache {
+    listed: Instant,
+    subscriptions: Vec<Vec<Option<RuleFilter>>>,
+}
+
+impl RouteCache {
+    fn takes(&self, key: &str) -> bool {
+        self.subscriptions.iter().any(|rules| {
+            rules
+                .iter()
+                .any(|r| r.as_ref().is_none_or(|r| r.matches(key)))
+        })
+    }
+}
+
+/// The entities a deployment needs, for `legato topology` and templates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceBusEntities {
+    pub topics: Vec<String>,
+    /// (topic, subscription, settings, rules, ephemeral)
+    pub subscriptions: Vec<(String, String, SubscriptionSettings, Vec<RuleFilter>, bool)>,
+    pub duplicate_window: Duration,
+}
+
+impl ServiceBusEntities {
+    /// Every entity for these groups (durable and ephemeral ones).
+    pub fn plan(
+        options: &ServiceBusOptions,
+        groups: &[SubscriptionSpec],
+    ) -> Result<Self, BusError> {
+        let mut topics: Vec<String> = Topic::ALL
+            .iter()
+            .map(|t| names::topic_name(&options.prefix, *t))
+            .collect();
+        topics.push(names::dead_letter_topic(&options.prefix));
+        let mut subscriptions = Vec::new();
+        for spec in groups {
+            subscriptions.push((
+                names::topic_name(&options.prefix, spec.topic),
+                names::subscription_name(&spec.group),
+                settings_for(options, spec),
+                rules_for(spec)?,
+                spec.ephemeral,
+            ));
+            let dead_group = dead_group(spec);
+            let (name, label) = names::dead_letter_subscription(spec.topic, dead_group);
+            let dead = (
+                names::dead_letter_topic(&options.prefix),
+                name,
+                dead_letter_settings(options),
+                vec![RuleFilter::Label(label)],
+                false,
+            );
+            if !subscriptions.contains(&dead) {
+                subscriptions.push(dead);
+            }
+        }
+        Ok(Self {
+            topics,
+            subscriptions,
+            duplicate_window: options.duplicate_window,
+        })
+    }
+}
+
+fn dead_group(spec: &SubscriptionSpec) -> &str {
+    if spec.ephemeral {
+        EPHEMERAL_DEAD_LETTERS
+    } else {
+        &spec.group
+    }
+}
+
+fn rules_for(spec: &SubscriptionSpec) -> Result<Vec<RuleFilter>, BusError> {
+    let mut rules = spec
+        .bindings
+        .iter()
+        .map(|b| RuleFilter::from_binding(b))
+        .collect::<Result<Vec<_>, _>>()?;
+    rules.dedup();
+    if rules.is_empty() {
+        rules.push(RuleFilter::Nothing);
+    }
+    Ok(rules)
+}
+
+fn settings_for(options: &ServiceBusOptions, spec: &SubscriptionSpec) -> SubscriptionSettings {
+    SubscriptionSettings {
+        lock_duration: options.lock_duration,
+        // Above the adapter's own limits: Service Bus parks a message only
+        // if the adapter never got to.
+        max_delivery_count: spec
+            .max_deliveries
+            .saturating_mul(UNSETTLED_DELIVERY_FACTOR)
+            .saturating_add(1),
+        auto_delete_on_idle: if spec.ephemeral {
+            Some(EPHEMERAL_IDLE)
+        } else {
+            options.auto_delete_on_idle
+        },
+    }
+}
+
+fn dead_letter_settings(options: &ServiceBusOptions) -> SubscriptionSettings {
+    SubscriptionSettings {
+        lock_duration: options.lock_duration,
+        max_delivery_count: 100,
+        auto_delete_on_idle: options.auto_delete_on_idle,
+    }
+}
+
+impl ServiceBusBus {
+    /// Connects and (with `manage_entities`) creates the topics.
+    pub async fn connect(
+        connection: ServiceBusConnection,
+        options: ServiceBusOptions,
+    ) -> Result<Self, BusError> {
+        let endpoint = match &options.endpoint {
+            Some(text) => Some(url::Url::parse(text).map_err(|e| {
+                BusError::Rejected(format!("bus.endpoint {text:?} is not a URL: {e}"))
+            })?),
+            None => None,
+        };
+        let credential = match &connection.auth {
+            ServiceBusAuth::Entra(c) => Some(c.clone()),
+            ServiceBusAuth::SharedKey { .. } => None,
+        };
+        let http = Arc::new(
+            http::ServiceBusHttp::new(endpoint, credential)
+                .map_err(|e| BusError::Unavailable(format!("HTTP client: {e}")))?,
+        );
+        // With Entra ID the crate still wants a policy and key to sign
+        // with; the HTTP client replaces that signature with the token.
+        let (policy, key) = match &connection.auth {
+            ServiceBusAuth::SharedKey { policy, key } => (policy.clone(), key.clone()),
+            ServiceBusAuth::Entra(_) => ("entra".to_owned(), "unused".to_owned()),
+        };
+        let mut names: Vec<String> = Topic::ALL
+            .iter()
+            .map(|t| names::topic_name(&options.prefix, *t))
+            .collect();
+        names.push(names::dead_letter_topic(&options.prefix));
+        let mut clients = HashMap::new();
+        for name in &names {
+            let client = TopicClient::new(
+                http.clone() as Arc<dyn azure_core::HttpClient>,
+                connection.name(),
+                name.clone(),
+                policy.clone(),
+                key.clone(),
+            )
+            .map_err(|e| BusError::Unavailable(format!("Service Bus client: {e}")))?;
+            clients.insert(name.clone(), client);
+        }
+        let management = Management {
+            http,
+            host: connection.host.clone(),
+            auth: connection.auth.clone(),
+        };
+        let bus = Self {
+            inner: Arc::new(Inner {
+                options,
+                connection,
+                management,
+                clients,
+                routes: Mutex::new(HashMap::new()),
+            }),
+        };
+        if bus.inner.options.manage_entities {
+            for name in &names {
+                bus.inner
+                    .management
+                    .ensure_topic(name, bus.inner.options.duplicate_window)
+                    .await?;
+            }
+        }
+        Ok(bus)
+    }
+
+    /// Requests sent so far: each is an operation Azure bills.
+    pub fn requests(&self) -> u64 {
+        self.inner
+            .management
+            .http
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn host(&self) -> &str {
+        &self.inner.connection.host
+    }
+
+    fn client(&self, topic: &str) -> Result<&TopicClient, BusError> {
+        self.inner
+            .clients
+            .get(topic)
+            .ok_or_else(|| BusError::Rejected(format!("no topic {topic}")))
+    }
+
+    fn topic(&self, topic: Topic) -> String {
+        names::topic_name(&self.inner.options.prefix, topic)
+    }
+
+    fn dead_topic(&self) -> String {
+        names::dead_letter_topic(&self.inner.options.prefix)
+    }
+
+    /// Whether some subscription of `topic` takes `key`, listing the
+    /// routes again when the cache is old or does not know the key.
+    async fn routed(&self, topic: Topic, key: &str) -> Result<bool, BusError> {
+        if !self.inner.options.manage_entities {
+            return Ok(true);
+        }
+        let cached = {
+            let routes = self.inner.routes.lock().unwrap_or_else(|p| p.into_inner());
+            routes.get(&topic).map(|c| {
+                let age = c.listed.elapsed();
+                (
+                    age < ROUTES_FRESH && c.takes(key),
+                    age < ROUTES_RECHECK,
+                    c.takes(key),
+                )
+            })
+        };
+        match cached {
+            Some((true, ..)) => return Ok(true),
+            Some((false, true, takes)) => return Ok(takes),
+            _ => {}
+        }
+        let subscriptions = self.inner.management.routes(&self.topic(topic)).await?;
+        let cache = RouteCache {
+            listed: Instant::now(),
+            subscriptions,
+        };
+        let takes = cache.takes(key);
+        self.inner
+            .routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(topic, cache);
+        Ok(takes)
+    }
+
+    async fn send(
+        &self,
+        topic: &str,
+        message: &OutgoingMessage,
+        label: &str,
+    ) -> Result<(), BusError> {
+        let wire = message::outgoing(message, &message.id, label, None)?;
+        self.client(topic)?
+            .topic_sender()
+            .send_message(wire.body, Some(wire.options))
+            .await
+            .map_err(|e| errors::from_azure(e, &format!("sending to {topic}")))
+    }
+
+    fn reader_settings(&self, spec: Option<&SubscriptionSpec>) -> Result<ReaderSettings, BusError> {
+        let options = &self.inner.options;
+        let dead_letters = match spec {
+            Some(spec) => {
+                let (subscription, label) =
+                    names::dead_letter_subscription(spec.topic, dead_group(spec));
+                Some(DeadLetterTarget {
+                    sender: self.client(&self.dead_topic())?.topic_sender(),
+                    label,
+                    scope: names::fnv(&format!(
+                        "{}/{}/{subscription}",
+                        self.topic(spec.topic),
+                        names::subscription_name(&spec.group)
+                    )),
+                })
+            }
+            None => None,
+        };
+        Ok(ReaderSettings {
+            prefetch: spec.map_or(16, |s| s.prefetch),
+            max_deliveries: spec.map_or(u32::MAX, |s| s.max_deliveries),
+            poll: options.receive_wait,
+            dead_letters,
+        })
+    }
+
+    async fn ensure(&self, plan: &ServiceBusEntities) -> Result<(), BusError> {
+        for (topic, subscription, settings, rules, _) in &plan.subscriptions {
+            self.inner
+                .management
+                .ensure_subscription(topic, subscription, settings, rules)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Bus for ServiceBusBus {
+    async fn publish(
+        &self,
+        topic: Topic,
+        routing_key: &str,
+        message: OutgoingMessage,
+    ) -> Result<(), BusError> {
+        if !crate::droppable_when_unrouted(topic) && !self.routed(topic, routing_key).await? {
+            return Err(BusError::Unroutable(format!(
+                "{} with routing key {routing_key:?}",
+                self.topic(topic)
+            )));
+        }
+        self.send(&self.topic(topic), &message, routing_key).await
+    }
+
+    async fn subscribe(&self, spec: SubscriptionSpec) -> Result<Box<dyn Subscription>, BusError> {
+        let plan = ServiceBusEntities::plan(&self.inner.options, std::slice::from_ref(&spec))?;
+        if self.inner.options.manage_entities {
+            self.ensure(&plan).await?;
+            // What this process just created is routed from now on.
+            self.inner
+                .routes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&spec.topic);
+        }
+        let topic = self.topic(spec.topic);
+        let subscription = names::subscription_name(&spec.group);
+        let source = Source {
+            receiver: self.client(&topic)?.subscription_receiver(&subscription),
+            path: format!("{topic}/subscriptions/{subscription}"),
+        };
+        let reader = Reader::start(vec![source], self.reader_settings(Some(&spec))?);
+        if !spec.ephemeral || !self.inner.options.manage_entities {
+            return Ok(Box::new(reader));
+        }
+        // Gone with its consumer, not only after the idle timeout.
+        let bus = self.clone();
+        let path = format!("{topic}/subscriptions/{subscription}");
+        Ok(Box::new(reader.on_drop(move || {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    if let Err(e) = bus.inner.management.delete(&path).await {
+                        tracing::warn!("could not delete {path} (it goes after idling): {e}");
+                    }
+                });
+            }
+        })))
+    }
+
+    /// The group's dead letters: those the adapter moved (the dead-letter
+    /// topic) and those Service Bus moved itself (`$DeadLetterQueue`).
+    async fn dead_letters(
+        &self,
+        topic: Topic,
+        group: &str,
+    ) -> Result<Box<dyn Subscription>, BusError> {
+        let dead_topic = self.dead_topic();
+        let (subscription, label) = names::dead_letter_subscription(topic, group);
+        if self.inner.options.manage_entities {
+            self.inner
+                .management
+                .ensure_subscription(
+                    &dead_topic,
+                    &subscription,
+                    &dead_letter_settings(&self.inner.options),
+                    &[RuleFilter::Label(label)],
+                )
+                .await?;
+        }
+        let mut sources = vec![Source {
+            receiver: self
+                .client(&dead_topic)?
+                .subscription_receiver(&subscription),
+            path: format!("{dead_topic}/subscriptions/{subscription}"),
+        }];
+        if group != EPHEMERAL_DEAD_LETTERS {
+            let topic = self.topic(topic);
+            let native = format!("{}/$DeadLetterQueue", names::subscription_name(group));
+            sources.push(Source {
+                receiver: self.client(&topic)?.subscription_receiver(&native),
+                path: format!("{topic}/subscriptions/{native}"),
+            });
+        }
+        Ok(Box::new(Reader::start(
+            sources,
+            self.reader_settings(None)?,
+        )))
+    }
+}

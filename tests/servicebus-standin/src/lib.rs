@@ -1,0 +1,380 @@
+//! A local stand-in for the Azure Service Bus REST API, for tests and
+//! benchmarks on machines that cannot reach Azure. It is written from
+//! Microsoft's documentation of the runtime API (send, peek-lock, unlock,
+//! complete, renew, receive-and-delete; `BrokerProperties` and custom
+//! properties as headers; `Location` lock URLs), the Atom management API
+//! (topics, subscriptions, rules), shared access signatures and Entra ID
+//! bearer tokens, not from legato's adapter.
+//!
+//! What it models, and what it leaves out, is listed in
+//! `docs/operations.md` ("Service Bus stand-in"). Entity names are matched
+//! without regard to case, as Azure does.
+
+mod auth;
+mod clock;
+mod filter;
+mod management;
+mod model;
+mod runtime;
+mod xml;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+
+pub use auth::{AUDIENCE, Entra, Policy, Rights};
+pub use model::{Message, PropertyValue};
+
+/// The policy every stand-in has, with all rights (as a namespace's
+/// `RootManageSharedAccessKey` has).
+pub const ROOT_POLICY: &str = "RootManageSharedAccessKey";
+
+/// How a stand-in namespace starts.
+#[derive(Clone)]
+pub struct Config {
+    /// The namespace's name: its host is `<name>.servicebus.windows.net`.
+    pub namespace: String,
+    pub policies: Vec<Policy>,
+    pub entra: Option<Entra>,
+}
+
+impl Config {
+    /// A namespace with a root policy whose key is random.
+    pub fn new(namespace: &str) -> Self {
+        let key = base64_key();
+        Self {
+            namespace: namespace.to_owned(),
+            policies: vec![Policy {
+                name: ROOT_POLICY.into(),
+                key,
+                rights: Rights::ALL,
+            }],
+            entra: None,
+        }
+    }
+
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policies.push(policy);
+        self
+    }
+
+    pub fn entra(mut self, entra: Entra) -> Self {
+        self.entra = Some(entra);
+        self
+    }
+}
+
+fn base64_key() -> String {
+    use base64::Engine;
+    let bytes: Vec<u8> = uuid::Uuid::new_v4()
+        .as_bytes()
+        .iter()
+        .chain(uuid::Uuid::new_v4().as_bytes())
+        .copied()
+        .collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+pub(crate) struct Namespace {
+    pub(crate) host: String,
+    pub(crate) config: Config,
+    pub(crate) state: Mutex<model::State>,
+    pub(crate) clock: clock::Clock,
+    /// Woken on every event that can make a message available.
+    pub(crate) available: tokio::sync::Notify,
+    pub(crate) requests: AtomicU64,
+    pub(crate) by_kind: Mutex<HashMap<&'static str, u64>>,
+}
+
+impl Namespace {
+    pub(crate) fn state(&self) -> MutexGuard<'_, model::State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn count(&self, kind: &'static str) {
+        *self
+            .by_kind
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(kind)
+            .or_default() += 1;
+    }
+}
+
+/// A running stand-in on 127.0.0.1. Dropping it stops the server.
+pub struct StandIn {
+    namespace: Arc<Namespace>,
+    addr: SocketAddr,
+    server: tokio::task::JoinHandle<()>,
+    sweeper: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        self.server.abort();
+        self.sweeper.abort();
+    }
+}
+
+impl StandIn {
+    /// Serves on a free port of 127.0.0.1.
+    pub async fn start(config: Config) -> std::io::Result<Self> {
+        Self::start_on(config, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    pub async fn start_on(config: Config, addr: SocketAddr) -> std::io::Result<Self> {
+        let namespace = Arc::new(Namespace {
+            host: format!("{}.servicebus.windows.net", config.namespace),
+            config,
+            state: Mutex::new(model::State::default()),
+            clock: clock::Clock::default(),
+            available: tokio::sync::Notify::new(),
+            requests: AtomicU64::new(0),
+            by_kind: Mutex::new(HashMap::new()),
+        });
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let app = Router::new()
+            .fallback(dispatch)
+            .with_state(namespace.clone());
+        let server = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!("service bus stand-in stopped: {e}");
+            }
+        });
+        let sweeping = namespace.clone();
+        let sweeper = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                let now = sweeping.clock.now();
+                sweeping.state().housekeeping(now);
+                sweeping.available.notify_waiters();
+            }
+        });
+        Ok(Self {
+            namespace,
+            addr,
+            server,
+            sweeper,
+        })
+    }
+
+    /// Where requests go instead of `https://<namespace host>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `<name>.servicebus.windows.net`.
+    pub fn host(&self) -> &str {
+        &self.namespace.host
+    }
+
+    /// The root policy's connection string, as the portal shows it.
+    pub fn connection_string(&self) -> String {
+        self.connection_string_for(ROOT_POLICY).unwrap_or_default()
+    }
+
+    pub fn connection_string_for(&self, policy: &str) -> Option<String> {
+        let policy = self
+            .namespace
+            .config
+            .policies
+            .iter()
+            .find(|p| p.name == policy)?;
+        Some(format!(
+            "Endpoint=sb://{}/;SharedAccessKeyName={};SharedAccessKey={}",
+            self.namespace.host, policy.name, policy.key
+        ))
+    }
+
+    /// Moves the stand-in's clock forward (lock expiry, idle deletion,
+    /// duplicate windows, token expiry).
+    pub fn advance(&self, by: Duration) {
+        self.namespace.clock.advance(by);
+        let now = self.namespace.clock.now();
+        self.namespace.state().housekeeping(now);
+        self.namespace.available.notify_waiters();
+    }
+
+    /// Requests served (every one is a billed operation on Azure, failed
+    /// ones and empty receives included).
+    pub fn requests(&self) -> u64 {
+        self.namespace.requests.load(Ordering::Relaxed)
+    }
+
+    /// Requests by operation: `send`, `peek-lock`, `complete`, `abandon`,
+    /// `renew`, `receive-and-delete`, `management`.
+    pub fn requests_by_kind(&self) -> HashMap<&'static str, u64> {
+        self.namespace
+            .by_kind
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Names of a topic's subscriptions, as stored (`None`: no topic).
+    pub fn subscriptions(&self, topic: &str) -> Option<Vec<String>> {
+        let state = self.namespace.state();
+        let topic = state.topics.get(&model::key(topic))?;
+        Some(
+            topic
+                .subscriptions
+                .values()
+                .map(|s| s.name.clone())
+                .collect(),
+        )
+    }
+
+    pub fn topics(&self) -> Vec<String> {
+        self.namespace
+            .state()
+            .topics
+            .values()
+            .map(|t| t.name.clone())
+            .collect()
+    }
+
+    /// (messages in the subscription, messages in its dead-letter queue).
+    pub fn counts(&self, topic: &str, subscription: &str) -> Option<(usize, usize)> {
+        let mut state = self.namespace.state();
+        let sub = state.subscription_mut(topic, subscription).ok()?;
+        Some((sub.active_count(), sub.dead_letter_count()))
+    }
+}
+
+/// Every request: authorize for what it does, then run it.
+async fn dispatch(State(ns): State<Arc<Namespace>>, request: Request) -> Response {
+    ns.requests.fetch_add(1, Ordering::Relaxed);
+    let (parts, body) = request.into_parts();
+    let body = match axum::body::to_bytes(body, 1024 * 1024 * 1024).await {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("unreadable body: {e}")),
+    };
+    let call = Call {
+        method: parts.method,
+        uri: parts.uri,
+        headers: parts.headers,
+        body,
+    };
+    let Some(path) = call.segments() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the path is not valid percent-encoding",
+        );
+    };
+    let route =
+        runtime::route(&call.method, &path).or_else(|| management::route(&call.method, &path));
+    let Some(route) = route else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "{} {} is not an operation of this API",
+                call.method,
+                call.uri.path()
+            ),
+        );
+    };
+    ns.count(route.kind());
+    let resource = format!(
+        "https://{}{}",
+        ns.host,
+        call.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+    );
+    let authorization = call
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    if let Err(why) = auth::authorize(
+        authorization,
+        &resource,
+        route.needs(),
+        &ns.config.policies,
+        ns.config.entra.as_ref(),
+        ns.clock.wall().unix_timestamp(),
+    ) {
+        return error(StatusCode::UNAUTHORIZED, &why);
+    }
+    match route {
+        Route::Runtime(op) => runtime::run(&ns, op, &call).await,
+        Route::Management(op) => management::run(&ns, op, &call),
+    }
+}
+
+pub(crate) struct Call {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Call {
+    fn segments(&self) -> Option<Vec<String>> {
+        self.uri
+            .path()
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8()
+                    .ok()
+                    .map(|v| v.into_owned())
+            })
+            .collect()
+    }
+
+    pub(crate) fn query(&self, name: &str) -> Option<String> {
+        url::form_urlencoded::parse(self.uri.query().unwrap_or_default().as_bytes())
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.into_owned())
+    }
+
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub(crate) enum Route {
+    Runtime(runtime::Op),
+    Management(management::Op),
+}
+
+impl Route {
+    fn needs(&self) -> auth::Needed {
+        match self {
+            Route::Runtime(op) => op.needs(),
+            Route::Management(_) => auth::Needed::Manage,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Route::Runtime(op) => op.kind(),
+            Route::Management(_) => "management",
+        }
+    }
+}
+
+/// An error the way Service Bus sends one: a status and an XML body with
+/// the code and detail.
+pub(crate) fn error(status: StatusCode, detail: &str) -> Response {
+    let body = format!(
+        "<Error><Code>{}</Code><Detail>{}</Detail></Error>",
+        status.as_u16(),
+        xml::escape(detail)
+    );
+    (
+        status,
+        [("content-type", "application/xml; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
