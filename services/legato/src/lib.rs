@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod sse;
+pub mod topology;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use legato::{LegatoConfig, Stack, bench};
+use legato::{LegatoConfig, Stack, bench, topology};
 use legato_service::Shutdown;
 
 #[derive(Parser)]
@@ -45,6 +45,9 @@ enum Command {
     /// Start N instances of a fan-out-4-then-1 echo workflow with bounded
     /// concurrency; print throughput, latency and the raw store cost.
     Bench(bench::BenchOptions),
+    /// Print every broker entity (topics, subscriptions, rules) the
+    /// services use, as text or JSON.
+    Topology(topology::TopologyOptions),
 }
 
 #[tokio::main]
@@ -99,6 +102,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(options) => bench::run(options).await,
+        Command::Topology(options) => topology::run(options),
     }
 }
 

@@ -20,8 +20,8 @@ use axum::http::{HeaderName, Method, header};
 use axum::routing::{get, post};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use legato_bus::{Bus, SubscriptionSpec};
-use legato_contracts::{Envelope, Payload, Topic};
+use legato_bus::Bus;
+use legato_contracts::{Envelope, Payload};
 use legato_service::{BusSettings, HttpSettings, Shutdown, StoreSettings, TelemetrySettings};
 use legato_signalr::SignalRSettings;
 use legato_store::Store;
@@ -105,14 +105,9 @@ pub async fn relay(
     hub: ProgressHub,
     shutdown: Shutdown,
 ) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static> {
-    let group = format!("notifier-{}", uuid::Uuid::new_v4().simple());
+    let replica = uuid::Uuid::new_v4().simple().to_string();
     let progress = bus
-        .subscribe(
-            SubscriptionSpec::new(Topic::Progress, group)
-                .bind("#")
-                .prefetch(256)
-                .ephemeral(),
-        )
+        .subscribe(legato_bus::topology::notifier_progress(&replica).prefetch(256))
         .await?;
     Ok(feed(progress, hub, shutdown))
 }

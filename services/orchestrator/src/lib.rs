@@ -22,8 +22,7 @@ mod timers;
 use std::sync::Arc;
 use std::time::Duration;
 
-use legato_bus::{Bus, SubscriptionSpec};
-use legato_contracts::Topic;
+use legato_bus::Bus;
 use legato_service::{OutboxRelay, Readiness, Shutdown};
 use legato_store::Store;
 use tokio::task::JoinSet;
@@ -34,7 +33,7 @@ pub use standalone::run;
 use crate::apply::Applier;
 
 /// The consumer group every orchestrator replica joins.
-pub const GROUP: &str = "orchestrator";
+pub const GROUP: &str = legato_bus::topology::ORCHESTRATOR_GROUP;
 
 /// A running orchestrator; [`Orchestrator::wait`] returns once it drained.
 pub struct Orchestrator {
@@ -56,18 +55,10 @@ impl Orchestrator {
         let applier = Arc::new(Applier::new(store.clone(), relay.clone(), settings.clone()));
         let prefetch = settings.concurrency.max(1);
         let commands = bus
-            .subscribe(
-                SubscriptionSpec::new(Topic::Commands, GROUP)
-                    .bind("#")
-                    .prefetch(prefetch),
-            )
+            .subscribe(legato_bus::topology::orchestrator_commands().prefetch(prefetch))
             .await?;
         let results = bus
-            .subscribe(
-                SubscriptionSpec::new(Topic::AgentResults, GROUP)
-                    .bind("#")
-                    .prefetch(prefetch),
-            )
+            .subscribe(legato_bus::topology::orchestrator_results().prefetch(prefetch))
             .await?;
         let mut tasks = JoinSet::new();
         if settings.redispatch_on_start {

@@ -13,9 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use legato_bus::{Bus, Delivery, Subscription, SubscriptionSpec};
-use legato_contracts::{
-    CANCEL_ROUTING_PREFIX, Envelope, Payload, TaskCompleted, TaskDispatched, TaskFailed, Topic,
-};
+use legato_contracts::{Envelope, Payload, TaskCompleted, TaskDispatched, TaskFailed};
 use legato_service::Shutdown;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -153,8 +151,7 @@ impl Worker {
     /// The queue every replica of this agent shares.
     pub fn task_subscription(&self) -> SubscriptionSpec {
         let name = self.shared.agent.name();
-        SubscriptionSpec::new(Topic::AgentTasks, format!("agent-{name}"))
-            .bind(name.as_str())
+        legato_bus::topology::agent_tasks(name.as_str())
             .prefetch(self.shared.settings.concurrency.max(1))
     }
 
@@ -174,14 +171,13 @@ impl Worker {
         // Only the replica running a task can stop it, so every replica
         // hears every cancellation on a queue of its own.
         let name = shared.agent.name();
-        let cancel_group = format!("agent-{name}-cancel-{}", uuid::Uuid::new_v4().simple());
+        let replica = uuid::Uuid::new_v4().simple().to_string();
         let cancels = shared
             .bus
-            .subscribe(
-                SubscriptionSpec::new(Topic::AgentTasks, cancel_group)
-                    .bind(format!("{CANCEL_ROUTING_PREFIX}#"))
-                    .ephemeral(),
-            )
+            .subscribe(legato_bus::topology::agent_cancellations(
+                name.as_str(),
+                &replica,
+            ))
             .await?;
         Ok(work(shared, tasks, cancels))
     }

@@ -36,8 +36,8 @@ pub use in_process::InProcessBus;
 pub use pattern::matches as routing_key_matches;
 pub use rabbitmq::{EPHEMERAL_DEAD_LETTERS, RabbitMqBus, RabbitMqOptions};
 pub use servicebus::{
-    RuleFilter, ServiceBusAuth, ServiceBusBus, ServiceBusConnection, ServiceBusEntities,
-    ServiceBusOptions,
+    PlannedSubscription, RuleFilter, ServiceBusAuth, ServiceBusBus, ServiceBusConnection,
+    ServiceBusEntities, ServiceBusOptions, SubscriptionSettings,
 };
 
 /// Header carrying why a message was dead-lettered.

@@ -256,6 +256,47 @@ pub enum BusSettings {
         #[serde(default)]
         queue_expiry_ms: u64,
     },
+    /// Azure Service Bus: `LEGATO__BUS__KIND=servicebus` with either
+    /// `connection_string` (a shared access policy's) or `namespace` (the
+    /// host, `<name>.servicebus.windows.net`) for Microsoft Entra ID
+    /// tokens from the managed identity (`client_id` picks a user-assigned
+    /// one).
+    Servicebus {
+        #[serde(default)]
+        connection_string: Option<String>,
+        #[serde(default)]
+        namespace: Option<String>,
+        /// The user-assigned managed identity's client id.
+        #[serde(default)]
+        client_id: Option<String>,
+        /// Send requests here instead of `https://<namespace>` (tests
+        /// against a local stand-in).
+        #[serde(default)]
+        endpoint: Option<String>,
+        /// Prepended to topic names.
+        #[serde(default)]
+        prefix: String,
+        /// How long a received message stays locked without renewal, and
+        /// so how soon a crashed consumer's message is delivered again.
+        #[serde(default = "default_lock_duration_ms")]
+        lock_duration_ms: u64,
+        /// Delete durable subscriptions idle this long (at least 300000);
+        /// 0 keeps them. For throwaway environments such as tests.
+        #[serde(default)]
+        auto_delete_on_idle_ms: u64,
+        /// Create topics, subscriptions and rules at start (needs the
+        /// Manage right); off when the infrastructure created them.
+        #[serde(default = "default_true")]
+        manage_entities: bool,
+    },
+}
+
+fn default_lock_duration_ms() -> u64 {
+    10_000
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_amqp_url() -> String {

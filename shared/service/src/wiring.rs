@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use legato_bus::{Bus, RabbitMqBus, RabbitMqOptions};
+use legato_bus::{
+    Bus, RabbitMqBus, RabbitMqOptions, ServiceBusBus, ServiceBusConnection, ServiceBusOptions,
+};
 use legato_store::{AzureTableConnection, AzureTableStore, SqliteStore, Store};
 
 use crate::settings::{BusSettings, SettingsError, StoreSettings};
@@ -56,7 +58,7 @@ pub async fn open_bus(settings: &BusSettings) -> anyhow::Result<Arc<dyn Bus>> {
         BusSettings::InProcess => Err(SettingsError::invalid(
             "bus.kind",
             "is in_process, which only connects services inside one process: run them all \
-             with `legato up`, or set LEGATO__BUS__KIND=rabbitmq",
+             with `legato up`, or set LEGATO__BUS__KIND=rabbitmq or servicebus",
         )
         .into()),
         BusSettings::Rabbitmq {
@@ -74,7 +76,71 @@ pub async fn open_bus(settings: &BusSettings) -> anyhow::Result<Arc<dyn Bus>> {
                 .map_err(|e| anyhow::anyhow!("bus (RabbitMQ at {}): {e}", redact(url)))?;
             Ok(Arc::new(bus))
         }
+        BusSettings::Servicebus { .. } => Ok(Arc::new(open_servicebus(settings).await?)),
     }
+}
+
+/// The Service Bus adapter the settings describe (also for `legato bench`).
+pub async fn open_servicebus(settings: &BusSettings) -> anyhow::Result<ServiceBusBus> {
+    let BusSettings::Servicebus {
+        connection_string,
+        namespace,
+        client_id,
+        endpoint,
+        prefix,
+        lock_duration_ms,
+        auto_delete_on_idle_ms,
+        manage_entities,
+    } = settings
+    else {
+        return Err(SettingsError::invalid("bus.kind", "is not servicebus").into());
+    };
+    let connection = match (connection_string, namespace) {
+        (Some(text), None) => ServiceBusConnection::from_connection_string(text)
+            .map_err(|e| SettingsError::invalid("bus.connection_string", e.to_string()))?,
+        (None, Some(host)) => {
+            let credential =
+                legato_azure::ManagedIdentityCredential::from_environment(client_id.clone())
+                    .map_err(|e| SettingsError::invalid("bus.namespace", e.to_string()))?;
+            ServiceBusConnection::entra(host, Arc::new(credential))
+        }
+        _ => {
+            return Err(SettingsError::invalid(
+                "bus.connection_string",
+                "set either bus.connection_string (a shared access policy's) or bus.namespace \
+                 (<name>.servicebus.windows.net, with a managed identity), not both",
+            )
+            .into());
+        }
+    };
+    if !(5_000..=300_000).contains(lock_duration_ms) {
+        return Err(SettingsError::invalid(
+            "bus.lock_duration_ms",
+            "must lie between 5000 and 300000 (Service Bus's limits)",
+        )
+        .into());
+    }
+    if *auto_delete_on_idle_ms != 0 && *auto_delete_on_idle_ms < 300_000 {
+        return Err(SettingsError::invalid(
+            "bus.auto_delete_on_idle_ms",
+            "must be 0 (keep) or at least 300000 (Service Bus's minimum)",
+        )
+        .into());
+    }
+    let options = ServiceBusOptions {
+        prefix: prefix.clone(),
+        endpoint: endpoint.clone(),
+        lock_duration: std::time::Duration::from_millis(*lock_duration_ms),
+        auto_delete_on_idle: (*auto_delete_on_idle_ms > 0)
+            .then(|| std::time::Duration::from_millis(*auto_delete_on_idle_ms)),
+        manage_entities: *manage_entities,
+        ..ServiceBusOptions::default()
+    };
+    let host = connection.host.clone();
+    // The message names the namespace, never the key.
+    ServiceBusBus::connect(connection, options)
+        .await
+        .map_err(|e| anyhow::anyhow!("bus (Service Bus at {host}): {e}"))
 }
 
 /// A URL without its password, for messages.

@@ -22,6 +22,8 @@ pub struct Legato {
     pub stream_base: String,
     pub data_dir: PathBuf,
     pub client: reqwest::Client,
+    /// The Service Bus stand-in of a run over Service Bus.
+    servicebus: Option<ServiceBusStandIn>,
 }
 
 /// Spawns a legato process and waits (bounded) for its
@@ -80,6 +82,7 @@ impl Legato {
             base,
             data_dir: data_dir.to_owned(),
             client: reqwest::Client::new(),
+            servicebus: None,
         }
     }
 
@@ -87,7 +90,22 @@ impl Legato {
     /// ([`services_env`]), with two replicas of the orchestrator and of the
     /// echo agent; the gateway registers the catalogue.
     pub fn start_services(data_dir: &Path) -> Self {
-        let mut env = services_env(data_dir);
+        Self::start_services_with(data_dir, services_env(data_dir), None)
+    }
+
+    /// [`Self::start_services`] over Service Bus (a stand-in this process
+    /// serves) instead of RabbitMQ.
+    pub fn start_services_over_servicebus(data_dir: &Path) -> Self {
+        let standin = ServiceBusStandIn::start();
+        let env = servicebus_env(data_dir, &standin);
+        Self::start_services_with(data_dir, env, Some(standin))
+    }
+
+    fn start_services_with(
+        data_dir: &Path,
+        mut env: Vec<(String, String)>,
+        servicebus: Option<ServiceBusStandIn>,
+    ) -> Self {
         env.push((
             "LEGATO__GATEWAY__WORKFLOWS_DIR".into(),
             workflows_dir().display().to_string(),
@@ -108,6 +126,7 @@ impl Legato {
             .unwrap_or_default();
         services.push(gateway);
         legato.services = services;
+        legato.servicebus = servicebus;
         legato
     }
 
@@ -120,6 +139,7 @@ impl Legato {
             base,
             data_dir: data_dir.to_owned(),
             client: reqwest::Client::new(),
+            servicebus: None,
         }
     }
 
@@ -386,4 +406,85 @@ pub fn services_env(data_dir: &Path) -> Vec<(String, String)> {
 /// A [`Legato`]-like client for a process-per-service gateway.
 pub fn client_for(gateway: &Service, data_dir: &Path) -> Legato {
     Legato::attach(gateway.base.clone(), data_dir)
+}
+
+/// A Service Bus stand-in (`legato-servicebus-standin`) on a thread and
+/// runtime of its own, so that it keeps serving while a test blocks; it
+/// stops when dropped.
+pub struct ServiceBusStandIn {
+    pub url: String,
+    pub connection_string: String,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ServiceBusStandIn {
+    pub fn start() -> Self {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let config = legato_servicebus_standin::Config::new("legato-e2e");
+                let standin = legato_servicebus_standin::StandIn::start(config)
+                    .await
+                    .unwrap();
+                ready_tx
+                    .send((standin.url(), standin.connection_string()))
+                    .unwrap();
+                let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
+                drop(standin);
+            });
+        });
+        let (url, connection_string) = ready_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the Service Bus stand-in did not start");
+        Self {
+            url,
+            connection_string,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for ServiceBusStandIn {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The settings of a process-per-service run over the Service Bus
+/// stand-in: its own topic prefix, short locks (a killed consumer's
+/// message returns within 5 s), and its own Azurite tables.
+pub fn servicebus_env(data_dir: &Path, standin: &ServiceBusStandIn) -> Vec<(String, String)> {
+    let prefix = format!("e2e{}-", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let mut env: Vec<(String, String)> = [
+        ("LEGATO__BUS__KIND", "servicebus".to_owned()),
+        (
+            "LEGATO__BUS__CONNECTION_STRING",
+            standin.connection_string.clone(),
+        ),
+        ("LEGATO__BUS__ENDPOINT", standin.url.clone()),
+        ("LEGATO__BUS__PREFIX", prefix),
+        ("LEGATO__BUS__LOCK_DURATION_MS", "5000".to_owned()),
+        ("LEGATO__HTTP__PORT", "0".to_owned()),
+        ("LEGATO__TELEMETRY__LOG", "warn".to_owned()),
+        (
+            "LEGATO_CONFIG_DIR",
+            data_dir.join("no-config").display().to_string(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    env.extend(azure_store_env());
+    env
 }

@@ -141,9 +141,21 @@ impl RouteCache {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceBusEntities {
     pub topics: Vec<String>,
-    /// (topic, subscription, settings, rules, ephemeral)
-    pub subscriptions: Vec<(String, String, SubscriptionSettings, Vec<RuleFilter>, bool)>,
+    pub subscriptions: Vec<PlannedSubscription>,
     pub duplicate_window: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedSubscription {
+    pub topic: String,
+    pub name: String,
+    /// The consumer group it serves (`<replica>` stands in for the id of
+    /// an ephemeral group's replica).
+    pub group: String,
+    pub settings: SubscriptionSettings,
+    pub rules: Vec<RuleFilter>,
+    /// Created and deleted by each replica, not by the infrastructure.
+    pub ephemeral: bool,
 }
 
 impl ServiceBusEntities {
@@ -159,22 +171,24 @@ impl ServiceBusEntities {
         topics.push(names::dead_letter_topic(&options.prefix));
         let mut subscriptions = Vec::new();
         for spec in groups {
-            subscriptions.push((
-                names::topic_name(&options.prefix, spec.topic),
-                names::subscription_name(&spec.group),
-                settings_for(options, spec),
-                rules_for(spec)?,
-                spec.ephemeral,
-            ));
+            subscriptions.push(PlannedSubscription {
+                topic: names::topic_name(&options.prefix, spec.topic),
+                name: names::subscription_name(&spec.group),
+                group: spec.group.clone(),
+                settings: settings_for(options, spec),
+                rules: rules_for(spec)?,
+                ephemeral: spec.ephemeral,
+            });
             let dead_group = dead_group(spec);
             let (name, label) = names::dead_letter_subscription(spec.topic, dead_group);
-            let dead = (
-                names::dead_letter_topic(&options.prefix),
+            let dead = PlannedSubscription {
+                topic: names::dead_letter_topic(&options.prefix),
                 name,
-                dead_letter_settings(options),
-                vec![RuleFilter::Label(label)],
-                false,
-            );
+                group: format!("{}/{dead_group}", spec.topic.as_str()),
+                settings: dead_letter_settings(options),
+                rules: vec![RuleFilter::Label(label)],
+                ephemeral: false,
+            };
             if !subscriptions.contains(&dead) {
                 subscriptions.push(dead);
             }
@@ -406,10 +420,10 @@ impl ServiceBusBus {
     }
 
     async fn ensure(&self, plan: &ServiceBusEntities) -> Result<(), BusError> {
-        for (topic, subscription, settings, rules, _) in &plan.subscriptions {
+        for s in &plan.subscriptions {
             self.inner
                 .management
-                .ensure_subscription(topic, subscription, settings, rules)
+                .ensure_subscription(&s.topic, &s.name, &s.settings, &s.rules)
                 .await?;
         }
         Ok(())

@@ -115,7 +115,7 @@ impl RuleFilter {
     }
 
     /// The SQL expression of a SQL filter (`None` for a correlation one).
-    pub(super) fn sql(&self) -> Option<String> {
+    pub fn sql(&self) -> Option<String> {
         match self {
             Self::All => Some("1=1".into()),
             Self::Nothing => Some("1=0".into()),
@@ -156,7 +156,7 @@ impl RuleFilter {
 
     /// The rule's name: stable for the same binding, so subscribing again
     /// finds it instead of adding a second one.
-    pub(super) fn rule_name(&self) -> String {
+    pub fn rule_name(&self) -> String {
         match self {
             Self::All => "all".into(),
             Self::Nothing => "nothing".into(),

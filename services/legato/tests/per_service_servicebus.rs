@@ -1,0 +1,19 @@
+//! The gateway scenarios again, with every service its own process over
+//! Azure Service Bus (the REST stand-in, `legato-servicebus-standin`) and
+//! Azure Table Storage (Azurite), with two orchestrator replicas and two
+//! echo agent replicas sharing the work.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "e2e/scenarios.rs"]
+mod scenarios;
+#[path = "support/mod.rs"]
+mod support;
+
+use std::path::Path;
+
+use support::Legato;
+
+/// The topology `scenarios` runs on here.
+pub fn launch(data_dir: &Path) -> Legato {
+    Legato::start_services_over_servicebus(data_dir)
+}
