@@ -85,3 +85,200 @@ impl Bus for TestBus {
 }
 
 legato_bus::bus_conformance_tests!(servicebus().await);
+
+fn message(body: &str) -> OutgoingMessage {
+    OutgoingMessage {
+        id: uuid::Uuid::new_v4().to_string(),
+        body: bytes::Bytes::from(body.to_owned()),
+        headers: Default::default(),
+    }
+}
+
+async fn standin_bus(config: Config, lock: Duration) -> (StandIn, ServiceBusBus) {
+    let standin = StandIn::start(config).await.unwrap();
+    let connection =
+        ServiceBusConnection::from_connection_string(&standin.connection_string()).unwrap();
+    let mut options = options(Some(standin.url()));
+    options.lock_duration = lock;
+    let bus = ServiceBusBus::connect(connection, options).await.unwrap();
+    (standin, bus)
+}
+
+/// A handler that runs past the lock duration keeps its message: the
+/// lock is renewed, nothing is delivered twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_held_past_its_lock_is_renewed_not_redelivered() {
+    let (standin, bus) = standin_bus(Config::new("renew"), Duration::from_secs(5)).await;
+    let spec = SubscriptionSpec::new(Topic::AgentTasks, "slow").bind("slow");
+    let mut first = bus.subscribe(spec.clone()).await.unwrap();
+    let mut second = bus.subscribe(spec).await.unwrap();
+    bus.publish(Topic::AgentTasks, "slow", message("long task"))
+        .await
+        .unwrap();
+    // Either consumer may get it; the other must not while it is held.
+    let (held, mut other) = tokio::select! {
+        d = first.next() => (d.unwrap(), second),
+        d = second.next() => (d.unwrap(), first),
+        _ = tokio::time::sleep(Duration::from_secs(10)) => panic!("not delivered"),
+    };
+    let again = tokio::time::timeout(Duration::from_secs(12), other.next()).await;
+    assert!(again.is_err(), "delivered again while held: {again:?}");
+    held.ack().await.unwrap();
+    let renewals = standin
+        .requests_by_kind()
+        .get("renew")
+        .copied()
+        .unwrap_or(0);
+    assert!(renewals >= 3, "{renewals} renewals in 12 s with a 5 s lock");
+}
+
+/// An ephemeral group's subscription goes when its consumer does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ephemeral_subscription_is_deleted_with_its_consumer() {
+    let (standin, bus) = standin_bus(Config::new("ephemeral"), Duration::from_secs(5)).await;
+    let feed = bus
+        .subscribe(
+            SubscriptionSpec::new(Topic::Progress, "feed-1")
+                .bind("#")
+                .ephemeral(),
+        )
+        .await
+        .unwrap();
+    let topic = standin
+        .topics()
+        .into_iter()
+        .find(|t| t.ends_with("progress"))
+        .unwrap();
+    assert_eq!(
+        standin.subscriptions(&topic).unwrap(),
+        vec!["feed-1".to_owned()]
+    );
+    drop(feed);
+    for _ in 0..50 {
+        if standin.subscriptions(&topic).unwrap().is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the ephemeral subscription is still there");
+}
+
+/// Over the size limit is refused for good, and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_size_limit_is_rejected_not_retried() {
+    let (_standin, bus) = standin_bus(Config::new("size"), Duration::from_secs(5)).await;
+    let _sub = bus
+        .subscribe(SubscriptionSpec::new(Topic::Commands, "big").bind("big"))
+        .await
+        .unwrap();
+    let refused = bus
+        .publish(Topic::Commands, "big", message(&"x".repeat(300 * 1024)))
+        .await;
+    assert!(
+        matches!(&refused, Err(BusError::Rejected(why)) if why.contains("413")),
+        "{refused:?}"
+    );
+}
+
+/// Keyless: tokens from a managed-identity endpoint (a stand-in that
+/// checks the header and the resource), verified by the namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_managed_identity_token_is_fetched_cached_and_sent_as_bearer() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::extract::{Query, State};
+    use axum::http::HeaderMap;
+    use legato_servicebus_standin::{Rights, TestIssuer};
+
+    let issuer = Arc::new(TestIssuer::new());
+    let principals = std::collections::HashMap::from([("legato-app".to_owned(), Rights::ALL)]);
+    let standin = StandIn::start(Config::new("keyless").entra(issuer.entra(principals)))
+        .await
+        .unwrap();
+    // The Container Apps identity endpoint, as documented: GET with
+    // api-version, resource, client_id and the X-IDENTITY-HEADER secret.
+    let asked = Arc::new(AtomicUsize::new(0));
+    let identity = axum::Router::new()
+        .route(
+            "/msi/token",
+            axum::routing::get(
+                |State((issuer, asked)): State<(Arc<TestIssuer>, Arc<AtomicUsize>)>,
+                 Query(q): Query<std::collections::HashMap<String, String>>,
+                 headers: HeaderMap| async move {
+                    asked.fetch_add(1, Ordering::SeqCst);
+                    let ok = headers
+                        .get("x-identity-header")
+                        .is_some_and(|v| v == "rotating-secret")
+                        && q.get("api-version").map(String::as_str) == Some("2019-08-01")
+                        && q.get("resource").map(String::as_str)
+                            == Some("https://servicebus.azure.net")
+                        && q.get("client_id").map(String::as_str) == Some("user-assigned-id");
+                    if !ok {
+                        return (
+                            axum::http::StatusCode::BAD_REQUEST,
+                            "bad identity request".to_owned(),
+                        );
+                    }
+                    let expires = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
+                    let token = issuer.token(
+                        "https://servicebus.azure.net",
+                        "legato-app",
+                        Duration::from_secs(3600),
+                    );
+                    (
+                        axum::http::StatusCode::OK,
+                        serde_json::json!({"access_token": token, "expires_on": expires.to_string(),
+                            "resource": "https://servicebus.azure.net", "token_type": "Bearer",
+                            "client_id": "user-assigned-id"})
+                        .to_string(),
+                    )
+                },
+            ),
+        )
+        .with_state((issuer.clone(), asked.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}/msi/token", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, identity).await.unwrap() });
+    let credential = legato_azure::ManagedIdentityCredential::new(
+        endpoint,
+        "rotating-secret".into(),
+        Some("user-assigned-id".into()),
+    )
+    .unwrap();
+    let connection = ServiceBusConnection::entra(standin.host(), Arc::new(credential));
+    let bus = ServiceBusBus::connect(connection, options(Some(standin.url())))
+        .await
+        .unwrap();
+    let mut sub = bus
+        .subscribe(SubscriptionSpec::new(Topic::Commands, "keyless").bind("k"))
+        .await
+        .unwrap();
+    bus.publish(Topic::Commands, "k", message("signed by nobody"))
+        .await
+        .unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&d.body[..], b"signed by nobody");
+    d.ack().await.unwrap();
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        1,
+        "the token is cached, not fetched per request"
+    );
+    // A wrong identity secret gets no token, and the bus says why.
+    let wrong = legato_azure::ManagedIdentityCredential::new(
+        "http://127.0.0.1:1/msi/token".to_owned(),
+        "x".into(),
+        None,
+    )
+    .unwrap();
+    let refused = ServiceBusBus::connect(
+        ServiceBusConnection::entra(standin.host(), Arc::new(wrong)),
+        options(Some(standin.url())),
+    )
+    .await;
+    assert!(refused.is_err());
+}

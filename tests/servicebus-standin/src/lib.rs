@@ -378,3 +378,48 @@ pub(crate) fn error(status: StatusCode, detail: &str) -> Response {
     )
         .into_response()
 }
+
+/// An Entra ID issuer for tests: RS256 tokens signed with a key pair kept
+/// in `fixtures/` for nothing but tests, and the namespace configuration
+/// that trusts it.
+pub struct TestIssuer {
+    key: jsonwebtoken::EncodingKey,
+}
+
+impl TestIssuer {
+    pub fn new() -> Self {
+        Self {
+            key: jsonwebtoken::EncodingKey::from_rsa_der(include_bytes!(
+                "../fixtures/entra-test-key.der"
+            )),
+        }
+    }
+
+    /// Trusts this issuer, with these role assignments by object id.
+    pub fn entra(&self, principals: HashMap<String, Rights>) -> Entra {
+        Entra {
+            key: jsonwebtoken::DecodingKey::from_rsa_der(include_bytes!(
+                "../fixtures/entra-test-key.pub.der"
+            )),
+            principals,
+        }
+    }
+
+    /// A token for `audience` naming `oid`, valid for `lifetime`.
+    pub fn token(&self, audience: &str, oid: &str, lifetime: Duration) -> String {
+        let exp = time::OffsetDateTime::now_utc().unix_timestamp() + lifetime.as_secs() as i64;
+        let claims = serde_json::json!({"aud": audience, "oid": oid, "exp": exp, "iss": "https://sts.windows.net/test/"});
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+            &claims,
+            &self.key,
+        )
+        .unwrap_or_default()
+    }
+}
+
+impl Default for TestIssuer {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -372,13 +372,14 @@ fn describe(
             format!("MaxDeliveryCount {text} must be a whole number of at least 1")
         })?;
     }
-    if let Some(text) = fields.get(&format!("{p}/AutoDeleteOnIdle")) {
-        if text != FOREVER {
-            let idle = parse_duration(text)
-                .filter(|d| *d >= MIN_AUTO_DELETE)
-                .ok_or_else(|| format!("AutoDeleteOnIdle {text} must be at least 5 minutes"))?;
-            sub.auto_delete_on_idle = Some(idle);
-        }
+    if let Some(text) = fields
+        .get(&format!("{p}/AutoDeleteOnIdle"))
+        .filter(|t| *t != FOREVER)
+    {
+        let idle = parse_duration(text)
+            .filter(|d| *d >= MIN_AUTO_DELETE)
+            .ok_or_else(|| format!("AutoDeleteOnIdle {text} must be at least 5 minutes"))?;
+        sub.auto_delete_on_idle = Some(idle);
     }
     sub.dead_lettering_on_expiration =
         fields.get(&format!("{p}/DeadLetteringOnMessageExpiration")) == Some("true");

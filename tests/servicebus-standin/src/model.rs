@@ -462,14 +462,14 @@ impl Subscription {
             .map(|(seq, _)| *seq)
             .collect();
         for seq in expired {
-            if let Some(mut message) = self.main.ready.remove(&seq) {
-                if self.dead_lettering_on_expiration {
-                    message.set_property(
-                        "DeadLetterReason",
-                        PropertyValue::Str("TTLExpiredException".into()),
-                    );
-                    self.dead.ready.insert(seq, message);
-                }
+            if let Some(mut message) = self.main.ready.remove(&seq)
+                && self.dead_lettering_on_expiration
+            {
+                message.set_property(
+                    "DeadLetterReason",
+                    PropertyValue::Str("TTLExpiredException".into()),
+                );
+                self.dead.ready.insert(seq, message);
             }
         }
     }

@@ -34,6 +34,7 @@ impl Fields {
                     let name = local(e.name().as_ref());
                     path.push(name);
                     record_type(&e, &path, &mut fields);
+                    fields.entry(key(&path)).or_insert_with(String::new);
                 }
                 Ok(Event::Empty(e)) => {
                     path.push(local(e.name().as_ref()));
