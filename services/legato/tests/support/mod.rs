@@ -385,20 +385,31 @@ pub fn azure_store_env() -> Vec<(String, String)> {
 /// own RabbitMQ names (expiring after use) and its own Azurite tables.
 pub fn services_env(data_dir: &Path) -> Vec<(String, String)> {
     let prefix = format!("e2e-{}.", uuid::Uuid::new_v4().simple());
-    let mut env: Vec<(String, String)> = [
-        ("LEGATO__BUS__KIND", "rabbitmq".to_owned()),
-        ("LEGATO__BUS__PREFIX", prefix),
-        ("LEGATO__BUS__QUEUE_EXPIRY_MS", "120000".to_owned()),
-        ("LEGATO__HTTP__PORT", "0".to_owned()),
-        ("LEGATO__TELEMETRY__LOG", "warn".to_owned()),
-        (
-            "LEGATO_CONFIG_DIR",
-            data_dir.join("no-config").display().to_string(),
-        ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    run_env(
+        data_dir,
+        [
+            ("LEGATO__BUS__KIND", "rabbitmq".to_owned()),
+            ("LEGATO__BUS__PREFIX", prefix),
+            ("LEGATO__BUS__QUEUE_EXPIRY_MS", "120000".to_owned()),
+        ],
+    )
+}
+
+/// `bus` plus what every process of a run shares: free ports, quiet logs,
+/// no config files, its own Azurite tables.
+fn run_env<const N: usize>(data_dir: &Path, bus: [(&str, String); N]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = bus
+        .into_iter()
+        .chain([
+            ("LEGATO__HTTP__PORT", "0".to_owned()),
+            ("LEGATO__TELEMETRY__LOG", "warn".to_owned()),
+            (
+                "LEGATO_CONFIG_DIR",
+                data_dir.join("no-config").display().to_string(),
+            ),
+        ])
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
     env.extend(azure_store_env());
     env
 }
@@ -466,25 +477,17 @@ impl Drop for ServiceBusStandIn {
 /// message returns within 5 s), and its own Azurite tables.
 pub fn servicebus_env(data_dir: &Path, standin: &ServiceBusStandIn) -> Vec<(String, String)> {
     let prefix = format!("e2e{}-", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let mut env: Vec<(String, String)> = [
-        ("LEGATO__BUS__KIND", "servicebus".to_owned()),
-        (
-            "LEGATO__BUS__CONNECTION_STRING",
-            standin.connection_string.clone(),
-        ),
-        ("LEGATO__BUS__ENDPOINT", standin.url.clone()),
-        ("LEGATO__BUS__PREFIX", prefix),
-        ("LEGATO__BUS__LOCK_DURATION_MS", "5000".to_owned()),
-        ("LEGATO__HTTP__PORT", "0".to_owned()),
-        ("LEGATO__TELEMETRY__LOG", "warn".to_owned()),
-        (
-            "LEGATO_CONFIG_DIR",
-            data_dir.join("no-config").display().to_string(),
-        ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    env.extend(azure_store_env());
-    env
+    run_env(
+        data_dir,
+        [
+            ("LEGATO__BUS__KIND", "servicebus".to_owned()),
+            (
+                "LEGATO__BUS__CONNECTION_STRING",
+                standin.connection_string.clone(),
+            ),
+            ("LEGATO__BUS__ENDPOINT", standin.url.clone()),
+            ("LEGATO__BUS__PREFIX", prefix),
+            ("LEGATO__BUS__LOCK_DURATION_MS", "5000".to_owned()),
+        ],
+    )
 }
