@@ -13,6 +13,10 @@ use std::path::Path;
 
 use support::Legato;
 
+/// Whether a late cancellation of a reused instance id is known to
+/// break a scenario on this topology.
+pub const LATE_CANCEL_KNOWN: bool = false;
+
 /// The topology `scenarios` runs on here.
 pub fn launch(data_dir: &Path) -> Legato {
     Legato::start_services(data_dir)
