@@ -10,7 +10,8 @@
 //! - Time limits: the crate sets none. A long poll (`?timeout=N`) may take
 //!   N seconds plus a margin; anything else [`REQUEST_TIMEOUT`].
 //! - 64-bit sequence numbers: the crate reads `EnqueuedSequenceNumber` as
-//!   an `i32` and requires `State` and `TimeToLive`, so a message on a busy
+//!   an `i32` and requires `State` and `TimeToLive` (and `EnqueuedTimeUtc`,
+//!   which Service Bus always sends), so a message on a busy
 //!   or partitioned entity would fail to parse after it was locked. The
 //!   original `BrokerProperties` is kept under [`RAW_BROKER_PROPERTIES`]
 //!   for the adapter (which reads it with 64-bit numbers) and the crate is
@@ -154,7 +155,10 @@ mod tests {
 
     #[test]
     fn a_sequence_number_past_32_bits_does_not_break_the_crates_parse() {
-        let raw = r#"{"DeliveryCount":1,"EnqueuedSequenceNumber":41095346599755778,"LockToken":"a","LockedUntilUtc":"Wed, 02 Jul 2014 01:32:27 GMT","MessageId":"m","SequenceNumber":41095346599755778}"#;
+        // As a peek-lock answers (the documented example's fields), on an
+        // entity whose sequence numbers are past 32 bits, without `State`
+        // and `TimeToLive`.
+        let raw = r#"{"DeliveryCount":1,"EnqueuedSequenceNumber":41095346599755778,"EnqueuedTimeUtc":"Wed, 02 Jul 2014 01:32:27 GMT","LockToken":"a","LockedUntilUtc":"Wed, 02 Jul 2014 01:33:27 GMT","MessageId":"m","SequenceNumber":41095346599755778}"#;
         let fixed = for_the_crate(raw).unwrap();
         let parsed: azure_messaging_servicebus::service_bus::BrokerProperties =
             fixed.parse().unwrap();
