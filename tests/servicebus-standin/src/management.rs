@@ -180,6 +180,16 @@ fn page<'a, T: 'a>(call: &Call, items: impl Iterator<Item = &'a T>) -> impl Iter
     items.skip(skip).take(top)
 }
 
+/// The request body's `<kind>` description, or why there is none.
+fn description(call: &Call, kind: &str) -> Result<Fields, String> {
+    let fields = Fields::parse(&call.body)?;
+    if fields.has_prefix(kind) {
+        Ok(fields)
+    } else {
+        Err(format!("the body holds no {kind}"))
+    }
+}
+
 fn updating(call: &Call) -> bool {
     call.header("if-match") == Some("*")
 }
@@ -204,14 +214,8 @@ fn topic_op(ns: &Namespace, name: &str, method: Method, call: &Call) -> Response
                     &format!("invalid topic name {name:?}"),
                 );
             }
-            let fields = match Fields::parse(&call.body) {
-                Ok(f) if f.has_prefix("TopicDescription") => f,
-                Ok(_) => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "the body holds no TopicDescription",
-                    );
-                }
+            let fields = match description(call, "TopicDescription") {
+                Ok(f) => f,
                 Err(e) => return error(StatusCode::BAD_REQUEST, &e),
             };
             let exists = state.topics.contains_key(&key);
@@ -311,14 +315,8 @@ fn subscription_op(
                     ),
                 );
             }
-            let fields = match Fields::parse(&call.body) {
-                Ok(f) if f.has_prefix("SubscriptionDescription") => f,
-                Ok(_) => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "the body holds no SubscriptionDescription",
-                    );
-                }
+            let fields = match description(call, "SubscriptionDescription") {
+                Ok(f) => f,
                 Err(e) => return error(StatusCode::BAD_REQUEST, &e),
             };
             let exists = t.subscriptions.contains_key(&key);
@@ -519,11 +517,8 @@ fn rule_op(
             if sub.rules.contains_key(&key) && !updating(call) {
                 return error(StatusCode::CONFLICT, &format!("rule {name} already exists"));
             }
-            let filter = match Fields::parse(&call.body) {
-                Ok(f) if f.has_prefix("RuleDescription") => filter_of(&f, "RuleDescription/Filter"),
-                Ok(_) => Err("the body holds no RuleDescription".into()),
-                Err(e) => Err(e),
-            };
+            let filter = description(call, "RuleDescription")
+                .and_then(|f| filter_of(&f, "RuleDescription/Filter"));
             let filter = match filter {
                 Ok(f) => f,
                 Err(e) => return error(StatusCode::BAD_REQUEST, &e),

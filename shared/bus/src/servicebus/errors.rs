@@ -17,7 +17,13 @@ pub(super) fn status_of(e: &azure_core::Error) -> Option<u16> {
 /// A lock that is gone (settled by someone, expired, or its subscription
 /// deleted): the message will be delivered again, nothing is lost.
 pub(super) fn lock_lost(status: Option<u16>) -> bool {
-    matches!(status, Some(404 | 410))
+    status.is_some_and(gone)
+}
+
+/// What Service Bus answers for a lock, entity or collection that is not
+/// there (404, or 410 as the runtime API documents it).
+pub(super) fn gone(status: u16) -> bool {
+    matches!(status, 404 | 410)
 }
 
 pub(super) fn from_status(status: u16, doing: &str, detail: &str) -> BusError {

@@ -273,13 +273,17 @@ impl Management {
         }
     }
 
-    /// Every entry of a collection, page by page.
-    async fn list(&self, path: &str) -> Result<Vec<Entry>, BusError> {
+    /// Every entry of a collection, page by page; `None` when the entity
+    /// holding the collection does not exist (404 or 410).
+    async fn list(&self, path: &str) -> Result<Option<Vec<Entry>>, BusError> {
         let mut all = Vec::new();
         // Bounded: a namespace holds at most a few thousand of anything.
         for page in 0..1_000 {
             let url = self.url(path, &format!("&$skip={}&$top={PAGE}", page * PAGE))?;
             let (status, body) = self.call(Method::Get, url, None).await?;
+            if errors::gone(status) {
+                return Ok(None);
+            }
             if status != 200 {
                 return Err(errors::from_status(
                     status,
@@ -294,7 +298,7 @@ impl Management {
                 break;
             }
         }
-        Ok(all)
+        Ok(Some(all))
     }
 
     pub(super) async fn ensure_topic(
@@ -329,7 +333,10 @@ impl Management {
             .await?;
         let existing: Vec<Entry> = match created {
             Put::Created => Vec::new(),
-            Put::Existed => self.list(&format!("{path}/rules")).await?,
+            Put::Existed => self
+                .list(&format!("{path}/rules"))
+                .await?
+                .unwrap_or_default(),
         };
         let has = |name: &str| {
             existing
@@ -361,20 +368,21 @@ impl Management {
         &self,
         topic: &str,
     ) -> Result<Vec<Vec<Option<RuleFilter>>>, BusError> {
-        let subscriptions = self.list(&format!("{topic}/subscriptions")).await?;
+        let path = format!("{topic}/subscriptions");
+        let subscriptions = self.list(&path).await?.ok_or_else(|| {
+            BusError::Unavailable(format!("listing {path}: the topic does not exist"))
+        })?;
         let mut routes = Vec::with_capacity(subscriptions.len());
         for subscription in subscriptions {
             let Some(name) = subscription.get("title") else {
                 continue;
             };
-            let rules = match self
+            let Some(rules) = self
                 .list(&format!("{topic}/subscriptions/{name}/rules"))
-                .await
-            {
-                Ok(rules) => rules,
+                .await?
+            else {
                 // Deleted while we looked (an ephemeral one going away).
-                Err(BusError::Unavailable(e)) if e.contains("does not exist") => continue,
-                Err(e) => return Err(e),
+                continue;
             };
             routes.push(
                 rules

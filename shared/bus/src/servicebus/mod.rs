@@ -164,11 +164,7 @@ impl ServiceBusEntities {
         options: &ServiceBusOptions,
         groups: &[SubscriptionSpec],
     ) -> Result<Self, BusError> {
-        let mut topics: Vec<String> = Topic::ALL
-            .iter()
-            .map(|t| names::topic_name(&options.prefix, *t))
-            .collect();
-        topics.push(names::dead_letter_topic(&options.prefix));
+        let topics = names::all_topics(&options.prefix);
         let mut subscriptions = Vec::new();
         for spec in groups {
             subscriptions.push(PlannedSubscription {
@@ -179,16 +175,7 @@ impl ServiceBusEntities {
                 rules: rules_for(spec)?,
                 ephemeral: spec.ephemeral,
             });
-            let dead_group = dead_group(spec);
-            let (name, label) = names::dead_letter_subscription(spec.topic, dead_group);
-            let dead = PlannedSubscription {
-                topic: names::dead_letter_topic(&options.prefix),
-                name,
-                group: format!("{}/{dead_group}", spec.topic.as_str()),
-                settings: dead_letter_settings(options),
-                rules: vec![RuleFilter::Label(label)],
-                ephemeral: false,
-            };
+            let dead = dead_letter_subscription(options, spec.topic, dead_group(spec));
             if !subscriptions.contains(&dead) {
                 subscriptions.push(dead);
             }
@@ -239,11 +226,24 @@ fn settings_for(options: &ServiceBusOptions, spec: &SubscriptionSpec) -> Subscri
     }
 }
 
-fn dead_letter_settings(options: &ServiceBusOptions) -> SubscriptionSettings {
-    SubscriptionSettings {
-        lock_duration: options.lock_duration,
-        max_delivery_count: 100,
-        auto_delete_on_idle: options.auto_delete_on_idle,
+/// The dead-letter topic's subscription that keeps `group`'s dead letters.
+fn dead_letter_subscription(
+    options: &ServiceBusOptions,
+    topic: Topic,
+    group: &str,
+) -> PlannedSubscription {
+    let (name, label) = names::dead_letter_subscription(topic, group);
+    PlannedSubscription {
+        topic: names::dead_letter_topic(&options.prefix),
+        name,
+        group: format!("{}/{group}", topic.as_str()),
+        settings: SubscriptionSettings {
+            lock_duration: options.lock_duration,
+            max_delivery_count: 100,
+            auto_delete_on_idle: options.auto_delete_on_idle,
+        },
+        rules: vec![RuleFilter::Label(label)],
+        ephemeral: false,
     }
 }
 
@@ -273,11 +273,7 @@ impl ServiceBusBus {
             ServiceBusAuth::SharedKey { policy, key } => (policy.clone(), key.clone()),
             ServiceBusAuth::Entra(_) => ("entra".to_owned(), "unused".to_owned()),
         };
-        let mut names: Vec<String> = Topic::ALL
-            .iter()
-            .map(|t| names::topic_name(&options.prefix, *t))
-            .collect();
-        names.push(names::dead_letter_topic(&options.prefix));
+        let names = names::all_topics(&options.prefix);
         let mut clients = HashMap::new();
         for name in &names {
             let client = TopicClient::new(
@@ -351,18 +347,14 @@ impl ServiceBusBus {
         }
         let cached = {
             let routes = self.inner.routes.lock().unwrap_or_else(|p| p.into_inner());
-            routes.get(&topic).map(|c| {
-                let age = c.listed.elapsed();
-                (
-                    age < ROUTES_FRESH && c.takes(key),
-                    age < ROUTES_RECHECK,
-                    c.takes(key),
-                )
-            })
+            routes
+                .get(&topic)
+                .map(|c| (c.takes(key), c.listed.elapsed()))
         };
         match cached {
-            Some((true, ..)) => return Ok(true),
-            Some((false, true, takes)) => return Ok(takes),
+            Some((true, age)) if age < ROUTES_FRESH => return Ok(true),
+            // A miss is believed for a moment, not listed again per message.
+            Some((false, age)) if age < ROUTES_RECHECK => return Ok(false),
             _ => {}
         }
         let subscriptions = self.inner.management.routes(&self.topic(topic)).await?;
@@ -419,8 +411,8 @@ impl ServiceBusBus {
         })
     }
 
-    async fn ensure(&self, plan: &ServiceBusEntities) -> Result<(), BusError> {
-        for s in &plan.subscriptions {
+    async fn ensure(&self, subscriptions: &[PlannedSubscription]) -> Result<(), BusError> {
+        for s in subscriptions {
             self.inner
                 .management
                 .ensure_subscription(&s.topic, &s.name, &s.settings, &s.rules)
@@ -450,7 +442,7 @@ impl Bus for ServiceBusBus {
     async fn subscribe(&self, spec: SubscriptionSpec) -> Result<Box<dyn Subscription>, BusError> {
         let plan = ServiceBusEntities::plan(&self.inner.options, std::slice::from_ref(&spec))?;
         if self.inner.options.manage_entities {
-            self.ensure(&plan).await?;
+            self.ensure(&plan.subscriptions).await?;
             // What this process just created is routed from now on.
             self.inner
                 .routes
@@ -460,9 +452,10 @@ impl Bus for ServiceBusBus {
         }
         let topic = self.topic(spec.topic);
         let subscription = names::subscription_name(&spec.group);
+        let path = format!("{topic}/subscriptions/{subscription}");
         let source = Source {
             receiver: self.client(&topic)?.subscription_receiver(&subscription),
-            path: format!("{topic}/subscriptions/{subscription}"),
+            path: path.clone(),
         };
         let reader = Reader::start(vec![source], self.reader_settings(Some(&spec))?);
         if !spec.ephemeral || !self.inner.options.manage_entities {
@@ -470,7 +463,6 @@ impl Bus for ServiceBusBus {
         }
         // Gone with its consumer, not only after the idle timeout.
         let bus = self.clone();
-        let path = format!("{topic}/subscriptions/{subscription}");
         Ok(Box::new(reader.on_drop(move || {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 runtime.spawn(async move {
@@ -489,24 +481,13 @@ impl Bus for ServiceBusBus {
         topic: Topic,
         group: &str,
     ) -> Result<Box<dyn Subscription>, BusError> {
-        let dead_topic = self.dead_topic();
-        let (subscription, label) = names::dead_letter_subscription(topic, group);
+        let dead = dead_letter_subscription(&self.inner.options, topic, group);
         if self.inner.options.manage_entities {
-            self.inner
-                .management
-                .ensure_subscription(
-                    &dead_topic,
-                    &subscription,
-                    &dead_letter_settings(&self.inner.options),
-                    &[RuleFilter::Label(label)],
-                )
-                .await?;
+            self.ensure(std::slice::from_ref(&dead)).await?;
         }
         let mut sources = vec![Source {
-            receiver: self
-                .client(&dead_topic)?
-                .subscription_receiver(&subscription),
-            path: format!("{dead_topic}/subscriptions/{subscription}"),
+            receiver: self.client(&dead.topic)?.subscription_receiver(&dead.name),
+            path: format!("{}/subscriptions/{}", dead.topic, dead.name),
         }];
         if group != EPHEMERAL_DEAD_LETTERS {
             let topic = self.topic(topic);

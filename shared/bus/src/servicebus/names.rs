@@ -39,6 +39,15 @@ pub(super) fn dead_letter_topic(prefix: &str) -> String {
     format!("{prefix}{DEAD_LETTERS}")
 }
 
+/// Every topic the adapter uses: legato's four and the dead letters.
+pub(super) fn all_topics(prefix: &str) -> Vec<String> {
+    Topic::ALL
+        .iter()
+        .map(|t| topic_name(prefix, *t))
+        .chain([dead_letter_topic(prefix)])
+        .collect()
+}
+
 fn allowed(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')
 }

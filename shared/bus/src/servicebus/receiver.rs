@@ -168,40 +168,36 @@ async fn poll(shared: &Arc<Shared>, source: &Arc<Source>) {
         if shared.stopped.load(Ordering::SeqCst) {
             return;
         }
-        let response = source
+        let received = source
             .receiver
             .peek_lock_message2(Some(shared.settings.poll))
-            .await;
-        let response = match response {
+            .await
+            .map_err(|e| errors::from_azure(e, "receive"))
+            .and_then(|r| match u16::from(*r.status()) {
+                200..=299 => Ok(r),
+                status => Err(errors::from_status(
+                    status,
+                    &format!("receiving from {}", source.path),
+                    &r.body(),
+                )),
+            });
+        let response = match received {
             Ok(r) => r,
-            Err(e) => {
+            Err(error) => {
                 failures += 1;
-                tracing::warn!(subscription = %source.path, "receive failed: {}", errors::from_azure(e, "receive"));
+                tracing::warn!(subscription = %source.path, "{error}");
                 drop(permit);
                 tokio::time::sleep(BACKOFF[failures.min(BACKOFF.len()) - 1]).await;
                 continue;
             }
         };
-        let status = u16::from(*response.status());
-        if status == 204 {
+        if u16::from(*response.status()) == 204 {
             failures = 0;
             drop(permit);
             // Idle: one receive per subscription is enough.
             if shared.pollers.load(Ordering::SeqCst) > 1 {
                 return;
             }
-            continue;
-        }
-        if !(200..300).contains(&status) {
-            failures += 1;
-            let error = errors::from_status(
-                status,
-                &format!("receiving from {}", source.path),
-                &response.body(),
-            );
-            tracing::warn!(subscription = %source.path, "{error}");
-            drop(permit);
-            tokio::time::sleep(BACKOFF[failures.min(BACKOFF.len()) - 1]).await;
             continue;
         }
         failures = 0;
