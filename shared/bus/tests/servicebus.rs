@@ -282,3 +282,32 @@ async fn a_managed_identity_token_is_fetched_cached_and_sent_as_bearer() {
     .await;
     assert!(refused.is_err());
 }
+
+/// A group's dead letters come from two queues (the adapter's copies and
+/// Service Bus's own `$DeadLetterQueue`): going idle must leave each of
+/// them with a receive, not the pair with one between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_dead_letters_keeps_polling_both_queues_while_idle() {
+    let standin = StandIn::start(Config::new("idle")).await.unwrap();
+    let connection =
+        ServiceBusConnection::from_connection_string(&standin.connection_string()).unwrap();
+    let mut options = options(Some(standin.url()));
+    options.receive_wait = Duration::from_secs(1);
+    let prefix = options.prefix.clone();
+    let bus = ServiceBusBus::connect(connection, options).await.unwrap();
+    let _group = bus
+        .subscribe(SubscriptionSpec::new(Topic::Commands, "quiet").bind("q"))
+        .await
+        .unwrap();
+    let _dead = bus.dead_letters(Topic::Commands, "quiet").await.unwrap();
+    let copies = format!("{prefix}dead-letters/subscriptions/commands.quiet");
+    let native = format!("{prefix}commands/subscriptions/quiet/$DeadLetterQueue");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = (standin.receives(&copies), standin.receives(&native));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after = (standin.receives(&copies), standin.receives(&native));
+    assert!(
+        after.0 >= before.0 + 2 && after.1 >= before.1 + 2,
+        "receives went from {before:?} to {after:?}: a queue stopped being read"
+    );
+}

@@ -92,6 +92,8 @@ pub(crate) struct Namespace {
     pub(crate) available: tokio::sync::Notify,
     pub(crate) requests: AtomicU64,
     pub(crate) by_kind: Mutex<HashMap<&'static str, u64>>,
+    /// Receive requests by queue path (`topic/subscriptions/name[/$deadletterqueue]`).
+    pub(crate) receives: Mutex<HashMap<String, u64>>,
 }
 
 impl Namespace {
@@ -139,6 +141,7 @@ impl StandIn {
             available: tokio::sync::Notify::new(),
             requests: AtomicU64::new(0),
             by_kind: Mutex::new(HashMap::new()),
+            receives: Mutex::new(HashMap::new()),
         });
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
@@ -221,6 +224,19 @@ impl StandIn {
             .clone()
     }
 
+    /// Receive requests (peek-lock or receive-and-delete, empty ones
+    /// included) on `topic/subscriptions/name`, or on its
+    /// `…/$DeadLetterQueue`; names without regard to case.
+    pub fn receives(&self, queue: &str) -> u64 {
+        self.namespace
+            .receives
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&queue.to_ascii_lowercase())
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Names of a topic's subscriptions, as stored (`None`: no topic).
     pub fn subscriptions(&self, topic: &str) -> Option<Vec<String>> {
         let state = self.namespace.state();
@@ -284,6 +300,15 @@ async fn dispatch(State(ns): State<Arc<Namespace>>, request: Request) -> Respons
         );
     };
     ns.count(route.kind());
+    if let Route::Runtime(op) = &route
+        && let Some(queue) = op.receive_path()
+    {
+        *ns.receives
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(queue)
+            .or_default() += 1;
+    }
     let resource = format!(
         "https://{}{}",
         ns.host,

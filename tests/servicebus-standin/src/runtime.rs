@@ -63,6 +63,24 @@ impl Op {
         }
     }
 
+    /// The queue a receive reads, lower-cased.
+    pub(crate) fn receive_path(&self) -> Option<String> {
+        let Op::Receive {
+            topic,
+            subscription,
+            source,
+            ..
+        } = self
+        else {
+            return None;
+        };
+        let dead = match source {
+            Source::Main => "",
+            Source::DeadLetters => "/$deadletterqueue",
+        };
+        Some(format!("{topic}/subscriptions/{subscription}{dead}").to_ascii_lowercase())
+    }
+
     pub(crate) fn kind(&self) -> &'static str {
         match self {
             Op::Send { .. } => "send",

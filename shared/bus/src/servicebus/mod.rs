@@ -453,10 +453,10 @@ impl Bus for ServiceBusBus {
         let topic = self.topic(spec.topic);
         let subscription = names::subscription_name(&spec.group);
         let path = format!("{topic}/subscriptions/{subscription}");
-        let source = Source {
-            receiver: self.client(&topic)?.subscription_receiver(&subscription),
-            path: path.clone(),
-        };
+        let source = Source::new(
+            self.client(&topic)?.subscription_receiver(&subscription),
+            path.clone(),
+        );
         let reader = Reader::start(vec![source], self.reader_settings(Some(&spec))?);
         if !spec.ephemeral || !self.inner.options.manage_entities {
             return Ok(Box::new(reader));
@@ -485,17 +485,17 @@ impl Bus for ServiceBusBus {
         if self.inner.options.manage_entities {
             self.ensure(std::slice::from_ref(&dead)).await?;
         }
-        let mut sources = vec![Source {
-            receiver: self.client(&dead.topic)?.subscription_receiver(&dead.name),
-            path: format!("{}/subscriptions/{}", dead.topic, dead.name),
-        }];
+        let mut sources = vec![Source::new(
+            self.client(&dead.topic)?.subscription_receiver(&dead.name),
+            format!("{}/subscriptions/{}", dead.topic, dead.name),
+        )];
         if group != EPHEMERAL_DEAD_LETTERS {
             let topic = self.topic(topic);
             let native = format!("{}/$DeadLetterQueue", names::subscription_name(group));
-            sources.push(Source {
-                receiver: self.client(&topic)?.subscription_receiver(&native),
-                path: format!("{topic}/subscriptions/{native}"),
-            });
+            sources.push(Source::new(
+                self.client(&topic)?.subscription_receiver(&native),
+                format!("{topic}/subscriptions/{native}"),
+            ));
         }
         Ok(Box::new(Reader::start(
             sources,

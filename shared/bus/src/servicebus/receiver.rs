@@ -60,6 +60,18 @@ pub(super) struct Source {
     pub receiver: SubscriptionReceiver,
     /// `topic/subscriptions/name`, for logs.
     pub path: String,
+    /// Receives in flight on this source: one always stays while idle.
+    pub pollers: AtomicUsize,
+}
+
+impl Source {
+    pub(super) fn new(receiver: SubscriptionReceiver, path: String) -> Self {
+        Self {
+            receiver,
+            path,
+            pollers: AtomicUsize::new(0),
+        }
+    }
 }
 
 pub(super) struct ReaderSettings {
@@ -74,7 +86,6 @@ struct Shared {
     permits: Arc<Semaphore>,
     deliveries: mpsc::Sender<Delivery>,
     stopped: AtomicBool,
-    pollers: AtomicUsize,
     running: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
@@ -94,7 +105,6 @@ impl Reader {
             permits: Arc::new(Semaphore::new(prefetch)),
             deliveries: tx,
             stopped: AtomicBool::new(false),
-            pollers: AtomicUsize::new(0),
             running: std::sync::Mutex::new(Vec::new()),
         });
         for source in sources {
@@ -146,11 +156,11 @@ fn spawn_poller(shared: Arc<Shared>, source: Arc<Source>) {
     if shared.stopped.load(Ordering::SeqCst) {
         return;
     }
-    shared.pollers.fetch_add(1, Ordering::SeqCst);
+    source.pollers.fetch_add(1, Ordering::SeqCst);
     let running = shared.clone();
     let task = tokio::spawn(async move {
         poll(&shared, &source).await;
-        shared.pollers.fetch_sub(1, Ordering::SeqCst);
+        source.pollers.fetch_sub(1, Ordering::SeqCst);
     });
     let mut handles = running.running.lock().unwrap_or_else(|p| p.into_inner());
     handles.retain(|h| !h.is_finished());
@@ -194,8 +204,8 @@ async fn poll(shared: &Arc<Shared>, source: &Arc<Source>) {
         if u16::from(*response.status()) == 204 {
             failures = 0;
             drop(permit);
-            // Idle: one receive per subscription is enough.
-            if shared.pollers.load(Ordering::SeqCst) > 1 {
+            // Idle: one receive per source is enough.
+            if source.pollers.load(Ordering::SeqCst) > 1 {
                 return;
             }
             continue;
@@ -220,7 +230,7 @@ async fn poll(shared: &Arc<Shared>, source: &Arc<Source>) {
                 continue;
             }
         };
-        if shared.pollers.load(Ordering::SeqCst) < MAX_POLLERS.min(shared.settings.prefetch)
+        if source.pollers.load(Ordering::SeqCst) < MAX_POLLERS.min(shared.settings.prefetch)
             && shared.permits.available_permits() > 0
         {
             spawn_poller(shared.clone(), source.clone());
