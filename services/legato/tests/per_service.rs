@@ -13,9 +13,9 @@ use std::path::Path;
 
 use support::Legato;
 
-/// Whether a late cancellation of a reused instance id is known to
-/// break a scenario on this topology.
-pub const LATE_CANCEL_KNOWN: bool = false;
+/// Whether a reused instance id is known to hang on a remembered
+/// result of the old instance on this topology.
+pub const REUSED_ID_STALE_RESULT_KNOWN: bool = false;
 
 /// The topology `scenarios` runs on here.
 pub fn launch(data_dir: &Path) -> Legato {
