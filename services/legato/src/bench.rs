@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use legato_bus::{
-    Bus, BusError, InProcessBus, OutgoingMessage, RabbitMqBus, RabbitMqOptions, Subscription,
-    SubscriptionSpec,
+    Bus, BusError, InProcessBus, OutgoingMessage, RabbitMqBus, RabbitMqOptions, ServiceBusBus,
+    ServiceBusConnection, ServiceBusOperations, ServiceBusOptions, Subscription, SubscriptionSpec,
 };
 use legato_contracts::Topic;
 use legato_contracts::{InstanceId, RuntimeStatus, WorkflowName};
@@ -38,12 +38,22 @@ pub struct BenchOptions {
     /// on a free port with its state in a temporary directory.
     #[arg(long)]
     pub url: Option<String>,
-    /// The embedded stack's bus: `in-process`, or `rabbitmq` (every message
-    /// through the broker, persistent and confirmed).
+    /// The embedded stack's bus: `in-process`, `rabbitmq` (every message
+    /// through the broker, persistent and confirmed) or `servicebus` (Azure
+    /// Service Bus topics at `--servicebus`, counting billed operations).
     #[arg(long, default_value = "in-process")]
     pub bus: BusChoice,
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     pub amqp_url: String,
+    /// A Service Bus connection string (a shared access policy with
+    /// Manage) for `--bus servicebus`; the run's topics carry a prefix of
+    /// its own and its subscriptions delete themselves after 5 idle minutes.
+    #[arg(long, env = "LEGATO_BENCH_SERVICEBUS")]
+    pub servicebus: Option<String>,
+    /// Send Service Bus requests here instead of the namespace's URL (the
+    /// stand-in: `cargo run -p legato-servicebus-standin -- --port 5380`).
+    #[arg(long)]
+    pub servicebus_endpoint: Option<String>,
     /// The embedded stack's store: `sqlite`, or `azure-table` (Azure Table
     /// Storage at `--tables`, in tables of the run's own, deleted after).
     #[arg(long, default_value = "sqlite")]
@@ -63,6 +73,7 @@ pub enum StoreChoice {
 pub enum BusChoice {
     InProcess,
     Rabbitmq,
+    Servicebus,
 }
 
 /// Counts what the stack publishes, so the bus cost per instance is known.
@@ -117,6 +128,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     let scratch = std::env::temp_dir().join(format!("legato-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
     let shutdown = Shutdown::new();
+    let mut servicebus = None;
     let raw_bus: Arc<dyn Bus> = match options.bus {
         BusChoice::InProcess => Arc::new(InProcessBus::default()),
         BusChoice::Rabbitmq => {
@@ -125,6 +137,11 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
                 queue_expiry: Some(Duration::from_secs(60)),
             };
             Arc::new(RabbitMqBus::connect(&options.amqp_url, rabbit).await?)
+        }
+        BusChoice::Servicebus => {
+            let bus = connect_servicebus(&options).await?;
+            servicebus = Some(bus.clone());
+            Arc::new(bus)
         }
     };
     let counting = Arc::new(CountingBus {
@@ -171,11 +188,16 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     drive(&client, &base, warmup, options.concurrency).await?;
     let published_before = counting.published.load(Ordering::Relaxed);
     let requests_before = legato_store::table_requests();
+    let operations_before = servicebus.as_ref().map(ServiceBusBus::operations);
     let started = Instant::now();
     let outcome = drive(&client, &base, options.instances, options.concurrency).await?;
     let elapsed = started.elapsed();
     let messages = counting.published.load(Ordering::Relaxed) - published_before;
     let table_requests = legato_store::table_requests() - requests_before;
+    let operations = servicebus
+        .as_ref()
+        .zip(operations_before)
+        .map(|(bus, before)| bus.operations().since(&before));
 
     let sample = outcome
         .sample
@@ -259,6 +281,9 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
             2 * commits_per_instance
         );
     }
+    if let Some(operations) = operations {
+        print_operations(&operations, outcome.completed, elapsed);
+    }
     if options.url.is_none() {
         let per_instance = messages as f64 / outcome.completed.max(1) as f64;
         let n = messages.max(1) as usize;
@@ -292,6 +317,51 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         outcome.failed
     );
     Ok(())
+}
+
+async fn connect_servicebus(options: &BenchOptions) -> anyhow::Result<ServiceBusBus> {
+    let text = options.servicebus.as_deref().ok_or_else(|| {
+        anyhow::anyhow!(
+            "--bus servicebus needs --servicebus <connection string> (or \
+             LEGATO_BENCH_SERVICEBUS); for the local stand-in run \
+             `cargo run -p legato-servicebus-standin -- --port 5380` and pass the \
+             connection string it prints with --servicebus-endpoint http://127.0.0.1:5380"
+        )
+    })?;
+    let connection = ServiceBusConnection::from_connection_string(text)?;
+    let options = ServiceBusOptions {
+        prefix: format!("bench-{}-", std::process::id()),
+        endpoint: options.servicebus_endpoint.clone(),
+        auto_delete_on_idle: Some(Duration::from_secs(300)),
+        ..ServiceBusOptions::default()
+    };
+    Ok(ServiceBusBus::connect(connection, options).await?)
+}
+
+/// Billed Service Bus operations of the measured run, per instance and
+/// by kind, with the idle polling the run's length adds.
+fn print_operations(operations: &ServiceBusOperations, completed: usize, elapsed: Duration) {
+    let n = completed.max(1) as f64;
+    let each = |v: u64| v as f64 / n;
+    println!(
+        "  service bus: {:.1} billed operations per instance: {:.1} sends, {:.1} receives, \
+         {:.1} settlements, {:.1} lock renewals, {:.2} empty long polls, {:.2} management \
+         ({} in {:.2} s)",
+        each(operations.total()),
+        each(operations.sends),
+        each(operations.receives),
+        each(operations.settlements),
+        each(operations.renewals),
+        each(operations.empty_receives),
+        each(operations.management),
+        operations.total(),
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "               a million instances: {:.0} million operations (Standard includes 13 \
+         million a month; idle polling adds about 1 per subscription per 30 s)",
+        each(operations.total())
+    );
 }
 
 struct Outcome {

@@ -21,3 +21,51 @@ pub const REUSED_ID_STALE_RESULT_KNOWN: bool = true;
 pub fn launch(data_dir: &Path) -> Legato {
     Legato::start_services_over_servicebus(data_dir)
 }
+
+/// `legato bench --bus servicebus` runs the stack over the stand-in and
+/// prints the billed operations per instance: for this workflow each of
+/// its 23 messages (11 work, 12 progress, one notifier) is sent, received
+/// and completed exactly once.
+#[test]
+fn bench_over_servicebus_prints_billed_operations_per_instance() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let standin = support::ServiceBusStandIn::start();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_legato"))
+        .args(["bench", "--bus", "servicebus", "--instances", "12"])
+        .args(["--concurrency", "4", "--servicebus-endpoint", &standin.url])
+        .env("LEGATO_BENCH_SERVICEBUS", &standin.connection_string)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("legato bench did not finish within 240 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(status.success(), "legato bench failed:\n{out}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("billed operations per instance"))
+        .unwrap_or_else(|| panic!("no Service Bus line in:\n{out}"));
+    for expected in ["23.0 sends", "23.0 receives", "23.0 settlements"] {
+        assert!(line.contains(expected), "{expected:?} not in {line:?}");
+    }
+    assert!(out.contains("12 completed, 0 failed"), "{out}");
+}

@@ -37,7 +37,7 @@ pub use pattern::matches as routing_key_matches;
 pub use rabbitmq::{EPHEMERAL_DEAD_LETTERS, RabbitMqBus, RabbitMqOptions};
 pub use servicebus::{
     PlannedSubscription, RuleFilter, ServiceBusAuth, ServiceBusBus, ServiceBusConnection,
-    ServiceBusEntities, ServiceBusOptions, SubscriptionSettings,
+    ServiceBusEntities, ServiceBusOperations, ServiceBusOptions, SubscriptionSettings,
 };
 
 /// Header carrying why a message was dead-lettered.

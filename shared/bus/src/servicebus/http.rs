@@ -16,7 +16,8 @@
 //!   original `BrokerProperties` is kept under [`RAW_BROKER_PROPERTIES`]
 //!   for the adapter (which reads it with 64-bit numbers) and the crate is
 //!   given a copy it can parse.
-//! - Counting: every request is one billed operation.
+//! - Counting: every request is one billed operation, counted by kind
+//!   ([`Operations`]) so a bench can say where the bill comes from.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,7 +42,114 @@ pub(super) struct ServiceBusHttp {
     inner: legato_azure::Transport,
     endpoint: Option<Url>,
     credential: Option<Arc<dyn TokenCredential>>,
-    pub(super) requests: Arc<AtomicU64>,
+    pub(super) counters: Counters,
+}
+
+/// Service Bus requests made, by kind. Azure's Standard tier bills each
+/// one as an operation, empty long polls included.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Operations {
+    /// Messages sent to a topic (work, progress and dead-letter copies).
+    pub sends: u64,
+    /// Peek-lock receives that returned a message.
+    pub receives: u64,
+    /// Peek-lock receives that waited and returned nothing.
+    pub empty_receives: u64,
+    /// Completes and abandons.
+    pub settlements: u64,
+    /// Lock renewals of messages whose handling outlasts part of the lock.
+    pub renewals: u64,
+    /// Management API requests (entities, rules, listings).
+    pub management: u64,
+}
+
+impl Operations {
+    pub fn total(&self) -> u64 {
+        self.sends
+            + self.receives
+            + self.empty_receives
+            + self.settlements
+            + self.renewals
+            + self.management
+    }
+
+    /// What was made since `earlier`.
+    pub fn since(&self, earlier: &Operations) -> Operations {
+        Operations {
+            sends: self.sends - earlier.sends,
+            receives: self.receives - earlier.receives,
+            empty_receives: self.empty_receives - earlier.empty_receives,
+            settlements: self.settlements - earlier.settlements,
+            renewals: self.renewals - earlier.renewals,
+            management: self.management - earlier.management,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Send,
+    Receive,
+    Settle,
+    Renew,
+    Management,
+}
+
+/// Tells a runtime request from a management one by its documented path:
+/// `POST /{topic}/messages` sends, `…/messages/head` receives, and
+/// `…/messages/{seq}/{lock}` is complete (DELETE), abandon (PUT) or renew
+/// (POST); anything else is an entity request.
+fn kind(method: &azure_core::Method, path: &str) -> Kind {
+    let path = path.trim_end_matches('/');
+    if path.ends_with("/messages/head") {
+        return Kind::Receive;
+    }
+    if path.ends_with("/messages") && *method == azure_core::Method::Post {
+        return Kind::Send;
+    }
+    if path.contains("/messages/") {
+        return match *method {
+            azure_core::Method::Post => Kind::Renew,
+            _ => Kind::Settle,
+        };
+    }
+    Kind::Management
+}
+
+#[derive(Debug, Default, Clone)]
+pub(super) struct Counters(Arc<[AtomicU64; 6]>);
+
+impl Counters {
+    fn record(&self, kind: Kind, empty: bool) {
+        let slot = match (kind, empty) {
+            (Kind::Send, _) => 0,
+            (Kind::Receive, false) => 1,
+            (Kind::Receive, true) => 2,
+            (Kind::Settle, _) => 3,
+            (Kind::Renew, _) => 4,
+            (Kind::Management, _) => 5,
+        };
+        self.0[slot].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn snapshot(&self) -> Operations {
+        let [
+            sends,
+            receives,
+            empty_receives,
+            settlements,
+            renewals,
+            management,
+        ] = self.0.each_ref().map(|c| c.load(Ordering::Relaxed));
+        Operations {
+            sends,
+            receives,
+            empty_receives,
+            settlements,
+            renewals,
+            management,
+        }
+    }
 }
 
 impl ServiceBusHttp {
@@ -53,7 +161,7 @@ impl ServiceBusHttp {
             inner: legato_azure::Transport::new(None, None).map_err(|e| e.to_string())?,
             endpoint,
             credential,
-            requests: Arc::new(AtomicU64::new(0)),
+            counters: Counters::default(),
         })
     }
 }
@@ -103,7 +211,7 @@ fn for_the_crate(raw: &str) -> Option<String> {
 #[async_trait::async_trait]
 impl HttpClient for ServiceBusHttp {
     async fn execute_request(&self, request: &Request) -> azure_core::Result<Response> {
-        self.requests.fetch_add(1, Ordering::Relaxed);
+        let kind = kind(request.method(), request.url().path());
         let mut request = request.clone();
         if let Some(credential) = &self.credential {
             let token = credential.get_token(&[ENTRA_SCOPE]).await?;
@@ -124,6 +232,8 @@ impl HttpClient for ServiceBusHttp {
                     format!("no answer from Service Bus within {limit:?}"),
                 )
             })??;
+        self.counters
+            .record(kind, response.status() == azure_core::StatusCode::NoContent);
         let broker = HeaderName::from_static("brokerproperties");
         let Some(raw) = response
             .headers()
@@ -164,6 +274,25 @@ mod tests {
             fixed.parse().unwrap();
         assert_eq!(parsed.sequence_number, 41_095_346_599_755_778);
         assert_eq!(parsed.state, "Active");
+    }
+
+    #[test]
+    fn requests_are_counted_by_their_documented_paths() {
+        use azure_core::Method;
+        let base = "/legato-agent-tasks/subscriptions/echo/messages";
+        assert_eq!(kind(&Method::Post, "/legato-commands/messages"), Kind::Send);
+        assert_eq!(kind(&Method::Post, &format!("{base}/head")), Kind::Receive);
+        assert_eq!(
+            kind(&Method::Delete, &format!("{base}/12/abc")),
+            Kind::Settle
+        );
+        assert_eq!(kind(&Method::Put, &format!("{base}/12/abc")), Kind::Settle);
+        assert_eq!(kind(&Method::Post, &format!("{base}/12/abc")), Kind::Renew);
+        assert_eq!(
+            kind(&Method::Put, "/legato-commands/subscriptions/orchestrator"),
+            Kind::Management
+        );
+        assert_eq!(kind(&Method::Get, "/$Resources/Topics"), Kind::Management);
     }
 
     #[test]

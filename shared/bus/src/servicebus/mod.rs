@@ -54,6 +54,7 @@ use azure_messaging_servicebus::service_bus::TopicClient;
 use legato_contracts::Topic;
 
 pub use connection::{ServiceBusAuth, ServiceBusConnection};
+pub use http::Operations as ServiceBusOperations;
 pub use management::SubscriptionSettings;
 pub use names::RuleFilter;
 
@@ -311,13 +312,9 @@ impl ServiceBusBus {
         Ok(bus)
     }
 
-    /// Requests sent so far: each is an operation Azure bills.
-    pub fn requests(&self) -> u64 {
-        self.inner
-            .management
-            .http
-            .requests
-            .load(std::sync::atomic::Ordering::Relaxed)
+    /// Requests sent so far, by kind: each is an operation Azure bills.
+    pub fn operations(&self) -> ServiceBusOperations {
+        self.inner.management.http.counters.snapshot()
     }
 
     pub fn host(&self) -> &str {
