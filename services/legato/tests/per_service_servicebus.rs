@@ -4,6 +4,8 @@
 //! echo agent replicas sharing the work.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "e2e/chaos.rs"]
+mod chaos;
 #[path = "e2e/scenarios.rs"]
 mod scenarios;
 #[path = "support/mod.rs"]
@@ -20,6 +22,12 @@ pub const REUSED_ID_STALE_RESULT_KNOWN: bool = true;
 /// The topology `scenarios` runs on here.
 pub fn launch(data_dir: &Path) -> Legato {
     Legato::start_services_over_servicebus(data_dir)
+}
+
+#[tokio::test]
+async fn twenty_kills_during_fifty_instances_over_servicebus_lose_and_duplicate_nothing() {
+    let standin = support::ServiceBusStandIn::start();
+    chaos::twenty_kills_during_fifty_instances(|dir| support::servicebus_env(dir, &standin)).await;
 }
 
 /// `legato bench --bus servicebus` runs the stack over the stand-in and

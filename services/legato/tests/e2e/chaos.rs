@@ -1,13 +1,19 @@
 //! Kill -9 at random moments: one of two orchestrator replicas, one of two
 //! echo agent replicas and the gateway, at least 20 kills spread over 50
-//! running instances, each killed service restarted. Every instance completes, every step's result is
-//! recorded exactly once, and none is left stuck.
+//! running instances, each killed service restarted. Every instance
+//! completes, every step's result is recorded exactly once, and none is
+//! left stuck. Each bus's test file runs it with its own settings
+//! (`e2e/main.rs` over RabbitMQ, `per_service_servicebus.rs` over the
+//! Service Bus stand-in), state in Azurite either way.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use legato_bus::Bus;
 use serde_json::json;
 
-use crate::support::{Legato, Service, echo_step, events, services_env, step_of, temp_dir};
+use crate::support::{Legato, Service, echo_step, events, step_of, temp_dir};
 
 /// A small deterministic generator, so a failing run can be replayed from
 /// the seed it prints.
@@ -31,8 +37,10 @@ fn free_port() -> u16 {
         .port()
 }
 
-#[tokio::test]
-async fn twenty_kills_during_fifty_instances_lose_and_duplicate_nothing() {
+/// The run, with every process given `settings(data_dir)`.
+pub async fn twenty_kills_during_fifty_instances(
+    settings: impl FnOnce(&Path) -> Vec<(String, String)>,
+) {
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -40,7 +48,7 @@ async fn twenty_kills_during_fifty_instances_lose_and_duplicate_nothing() {
     println!("chaos seed {seed}");
     let mut rng = Lcg(seed);
     let dir = temp_dir();
-    let env = services_env(dir.path());
+    let env = settings(dir.path());
     let gateway_port = free_port();
     let mut gateway_env = env.clone();
     gateway_env.push(("LEGATO__HTTP__PORT".into(), gateway_port.to_string()));
@@ -134,26 +142,52 @@ async fn twenty_kills_during_fifty_instances_lose_and_duplicate_nothing() {
         .get_json("/api/v1/instances?status=Running&workflow=chaos")
         .await;
     assert_eq!(running["items"], json!([]), "no instance is left running");
+    let dead = dead_letters(&env).await;
+    assert!(dead.is_empty(), "seed {seed}: dead-lettered: {dead:#?}");
     drop(gateway);
+}
+
+/// The run's bus, as its settings name it, to read its dead letters.
+async fn bus_of(env: &[(String, String)]) -> Arc<dyn Bus> {
+    use legato_bus::{
+        RabbitMqBus, RabbitMqOptions, ServiceBusBus, ServiceBusConnection, ServiceBusOptions,
+    };
+    let setting = |name: &str| {
+        env.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("{name} is not set"))
+    };
+    let prefix = setting("LEGATO__BUS__PREFIX");
+    match setting("LEGATO__BUS__KIND").as_str() {
+        "rabbitmq" => {
+            let options = RabbitMqOptions {
+                prefix,
+                queue_expiry: Some(Duration::from_secs(120)),
+            };
+            let bus = RabbitMqBus::connect("amqp://guest:guest@127.0.0.1:5672/%2f", options);
+            Arc::new(bus.await.unwrap())
+        }
+        "servicebus" => {
+            let connection = ServiceBusConnection::from_connection_string(&setting(
+                "LEGATO__BUS__CONNECTION_STRING",
+            ))
+            .unwrap();
+            let options = ServiceBusOptions {
+                prefix,
+                endpoint: Some(setting("LEGATO__BUS__ENDPOINT")),
+                ..ServiceBusOptions::default()
+            };
+            Arc::new(ServiceBusBus::connect(connection, options).await.unwrap())
+        }
+        other => panic!("no dead-letter reader for bus {other}"),
+    }
 }
 
 /// What the run's consumers dead-lettered, for the failure message.
 async fn dead_letters(env: &[(String, String)]) -> Vec<String> {
-    use legato_bus::{Bus, RabbitMqBus, RabbitMqOptions};
     use legato_contracts::Topic;
-    let prefix = env
-        .iter()
-        .find(|(k, _)| k == "LEGATO__BUS__PREFIX")
-        .unwrap()
-        .1
-        .clone();
-    let options = RabbitMqOptions {
-        prefix,
-        queue_expiry: Some(Duration::from_secs(120)),
-    };
-    let bus = RabbitMqBus::connect("amqp://guest:guest@127.0.0.1:5672/%2f", options)
-        .await
-        .unwrap();
+    let bus = bus_of(env).await;
     let mut found = Vec::new();
     for (topic, group) in [
         (Topic::AgentTasks, "agent-echo"),

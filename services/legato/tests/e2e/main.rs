@@ -25,6 +25,11 @@ pub fn launch(data_dir: &Path) -> Legato {
 }
 
 #[tokio::test]
+async fn twenty_kills_during_fifty_instances_over_rabbitmq_lose_and_duplicate_nothing() {
+    chaos::twenty_kills_during_fifty_instances(support::services_env).await;
+}
+
+#[tokio::test]
 async fn a_killed_legato_up_finishes_the_run_after_restart_without_dispatching_twice() {
     let dir = temp_dir();
     let legato = Legato::start(dir.path());
