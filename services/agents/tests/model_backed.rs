@@ -62,6 +62,7 @@ async fn run_once(kind: AgentKind, endpoint: String, input: Value) -> Payload {
     tokio::spawn(worker.start().await.unwrap());
     let task = TaskDispatched {
         key: TaskKey {
+            run: 1,
             execution: 0,
             step: StepId::parse("s").unwrap(),
             item: None,

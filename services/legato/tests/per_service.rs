@@ -13,10 +13,6 @@ use std::path::Path;
 
 use support::Legato;
 
-/// Whether a reused instance id is known to hang on a remembered
-/// result of the old instance on this topology.
-pub const REUSED_ID_STALE_RESULT_KNOWN: bool = false;
-
 /// The topology `scenarios` runs on here.
 pub fn launch(data_dir: &Path) -> Legato {
     Legato::start_services(data_dir)

@@ -205,6 +205,7 @@ impl Applier {
                     workflow,
                     input: start.input.clone(),
                     tenant: start.tenant.clone(),
+                    run: new_run(),
                 }
             }
         };
@@ -243,4 +244,11 @@ impl Applier {
         });
         Ok(())
     }
+}
+
+/// A run id for a start: random, so a reused instance id never shares task
+/// keys with its earlier runs (the Started event records it for replay),
+/// and within 53 bits, so agents in any language read it exactly.
+fn new_run() -> u64 {
+    (uuid::Uuid::new_v4().as_u64_pair().0 >> 11).max(1)
 }

@@ -34,7 +34,7 @@ pub(crate) async fn relay(applier: &Applier, bus: &dyn Bus, envelope: &Envelope)
     // attempt's news is relayed even if its result was applied first (the
     // two travel separately and may be taken in either order): an approval
     // request must not be lost to that race.
-    let current = beat.key.execution == state.execution
+    let current = state.is_current(&beat.key)
         && state
             .task_slot(&beat.key)
             .is_some_and(|slot| slot.attempt == beat.attempt);

@@ -60,6 +60,7 @@ impl Agent for Slow {
 
 fn key(item: u32) -> TaskKey {
     TaskKey {
+        run: 1,
         execution: 0,
         step: StepId::parse("s").unwrap(),
         item: Some(item),

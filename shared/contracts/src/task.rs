@@ -20,10 +20,17 @@ pub enum TaskRole {
 /// Together with the instance id and the attempt number it is the idempotency
 /// key agents and the orchestrator use: delivery is at-least-once, so the same
 /// (instance, key, attempt) may arrive more than once and must count once.
-/// `execution` changes on every restart so late results of an earlier run are
-/// recognised as stale.
+/// `run` tells apart instances that reused one id (a finished or purged
+/// instance's id may be started again), and `execution` changes on every
+/// restart, so late results of an earlier run or execution are recognised
+/// as stale, and agents and brokers deduplicating by key never mistake a
+/// new instance's task for an old one's.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct TaskKey {
+    /// The instance's run id (random per start; 0 in keys written before
+    /// runs existed).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub run: u64,
     pub execution: u32,
     pub step: StepId,
     /// Index into a `for_each` list; absent for a plain agent step.
@@ -33,14 +40,22 @@ pub struct TaskKey {
     pub role: TaskRole,
 }
 
+fn is_zero(run: &u64) -> bool {
+    *run == 0
+}
+
 fn is_action(role: &TaskRole) -> bool {
     *role == TaskRole::Action
 }
 
 impl fmt::Display for TaskKey {
     /// A compact, stable form for logs and agent idempotency keys:
-    /// `e0/fetch[3]` or `e1/charge~compensation`.
+    /// `9f2c…41/e0/fetch[3]` or `9f2c…41/e1/charge~compensation` (the run
+    /// in hex, left out when 0).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.run != 0 {
+            write!(f, "{:016x}/", self.run)?;
+        }
         write!(f, "e{}/{}", self.execution, self.step)?;
         if let Some(item) = self.item {
             write!(f, "[{item}]")?;

@@ -47,6 +47,7 @@ fn assert_valid(validator: &jsonschema::Validator, value: &Value, what: &str) {
 
 fn key() -> TaskKey {
     TaskKey {
+        run: 9_007_199_254_740_991,
         execution: 1,
         step: StepId::parse("work").unwrap(),
         item: Some(3),

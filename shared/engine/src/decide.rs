@@ -75,8 +75,9 @@ fn apply(ctx: &mut Ctx, event: &Event) -> Result<(), Ignored> {
             workflow,
             input,
             tenant,
+            run,
             ..
-        } => lifecycle::start(ctx, instance, workflow, input, tenant.as_ref()),
+        } => lifecycle::start(ctx, instance, workflow, input, tenant.as_ref(), *run),
         Event::TerminateRequested { id, reason, .. } => {
             lifecycle::first_delivery(ctx, id)?;
             lifecycle::terminate(ctx, reason.as_deref())

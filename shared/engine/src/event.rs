@@ -23,6 +23,10 @@ pub enum Event {
         input: Value,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         tenant: Option<String>,
+        /// This run of the instance id, chosen by whoever turns the start
+        /// into this event; part of every task key.
+        #[serde(default)]
+        run: u64,
     },
     TaskCompleted {
         #[serde(with = "time::serde::rfc3339")]

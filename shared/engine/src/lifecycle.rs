@@ -20,6 +20,7 @@ pub(crate) fn start(
     workflow: &Arc<Workflow>,
     input: &Value,
     tenant: Option<&String>,
+    run: u64,
 ) -> Result<(), Ignored> {
     if instance != &ctx.state.id {
         return ignore(format!("start event is for instance {instance}"));
@@ -31,6 +32,7 @@ pub(crate) fn start(
     ctx.state.workflow = Some(workflow.clone());
     ctx.state.input = input.clone();
     ctx.state.tenant = tenant.cloned();
+    ctx.state.run = run;
     ctx.state.created_at = Some(ctx.at);
     ctx.state.steps = workflow
         .steps
@@ -114,12 +116,7 @@ pub(crate) fn next_compensation(ctx: &mut Ctx) {
                 if let Some(step) = ctx.state.steps.get_mut(&id) {
                     step.compensation = Some(TaskSlot::queued(spec.agent.clone(), rendered));
                 }
-                let key = TaskKey {
-                    execution: ctx.state.execution,
-                    step: id.clone(),
-                    item: None,
-                    role: TaskRole::Compensation,
-                };
+                let key = ctx.state.task_key(id.clone(), None, TaskRole::Compensation);
                 let timeout = workflow.step(id.as_str()).and_then(|s| s.timeout_ms);
                 return tasks::dispatch(ctx, &key, timeout);
             }
@@ -151,7 +148,7 @@ fn finish_failed(ctx: &mut Ctx) {
 
 /// Cancels in-flight tasks (telling their agents) and every pending timer.
 fn cancel_all_work(ctx: &mut Ctx, reason: &str) {
-    let execution = ctx.state.execution;
+    let (run, execution) = (ctx.state.run, ctx.state.execution);
     let workflow = ctx.state.workflow.clone();
     let mut cancels = Vec::new();
     for (id, step) in ctx.state.steps.iter_mut() {
@@ -171,6 +168,7 @@ fn cancel_all_work(ctx: &mut Ctx, reason: &str) {
             if slot.status == SlotStatus::Running {
                 cancels.push((
                     TaskKey {
+                        run,
                         execution,
                         step: id.clone(),
                         item,

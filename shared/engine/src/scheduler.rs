@@ -1,6 +1,6 @@
 //! Starting steps: which are ready, and what starting each kind means.
 
-use legato_contracts::{ProgressKind, RuntimeStatus, StepId, TaskKey, TaskRole};
+use legato_contracts::{ProgressKind, RuntimeStatus, StepId, TaskRole};
 use legato_workflow::{Action, Step};
 use serde_json::{Value, json};
 
@@ -170,12 +170,11 @@ pub(crate) fn dispatch_queued(ctx: &mut Ctx, step: &Step) {
         else {
             return;
         };
-        let key = TaskKey {
-            execution: ctx.state.execution,
-            step: step.id.clone(),
-            item: tasks::item_of(step, next),
-            role: TaskRole::Action,
-        };
+        let key = ctx.state.task_key(
+            step.id.clone(),
+            tasks::item_of(step, next),
+            TaskRole::Action,
+        );
         tasks::dispatch(ctx, &key, step.timeout_ms);
     }
 }

@@ -1,7 +1,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use legato_contracts::{AgentName, EventName, InstanceId, RuntimeStatus, StepId};
+use legato_contracts::{
+    AgentName, EventName, InstanceId, RuntimeStatus, StepId, TaskKey, TaskRole,
+};
 use legato_workflow::Workflow;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -43,6 +45,9 @@ pub struct InstanceState {
         skip_serializing_if = "Option::is_none"
     )]
     pub updated_at: Option<OffsetDateTime>,
+    /// Which run of this id the instance is (see [`TaskKey::run`]).
+    #[serde(default)]
+    pub run: u64,
     /// Bumped by every restart; part of every task key and timer.
     pub execution: u32,
     /// Number of accepted events: the last history row's sequence number.
@@ -220,6 +225,7 @@ impl InstanceState {
             tenant: None,
             created_at: None,
             updated_at: None,
+            run: 0,
             execution: 0,
             sequence: 0,
             steps: BTreeMap::new(),
@@ -250,9 +256,25 @@ impl InstanceState {
         legato_workflow::Scope::new(&self.input, self.steps_scope())
     }
 
-    /// The task slot a key names (whatever its execution; compare
-    /// `key.execution` with [`InstanceState::execution`] to know whether it
-    /// belongs to the current run).
+    /// The key of a task of this run and execution.
+    pub fn task_key(&self, step: StepId, item: Option<u32>, role: TaskRole) -> TaskKey {
+        TaskKey {
+            run: self.run,
+            execution: self.execution,
+            step,
+            item,
+            role,
+        }
+    }
+
+    /// Whether a key belongs to this run and execution (a late result of
+    /// an earlier one does not).
+    pub fn is_current(&self, key: &TaskKey) -> bool {
+        key.run == self.run && key.execution == self.execution
+    }
+
+    /// The task slot a key names (whatever its run and execution; ask
+    /// [`InstanceState::is_current`] whether it belongs to this one).
     pub fn task_slot(&self, key: &legato_contracts::TaskKey) -> Option<&TaskSlot> {
         let step = self.steps.get(&key.step)?;
         match key.role {
@@ -289,12 +311,7 @@ impl InstanceState {
             for (slot, item, role) in actions.chain(compensation) {
                 if slot.status == SlotStatus::Running {
                     running.push(legato_contracts::TaskDispatched {
-                        key: legato_contracts::TaskKey {
-                            execution: self.execution,
-                            step: step.id.clone(),
-                            item,
-                            role,
-                        },
+                        key: self.task_key(step.id.clone(), item, role),
                         attempt: slot.attempt,
                         agent: slot.agent.clone(),
                         workflow: workflow.name.clone(),

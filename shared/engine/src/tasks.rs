@@ -75,8 +75,10 @@ pub(crate) fn check_running(
     key: &TaskKey,
     attempt: u32,
 ) -> Result<(), Ignored> {
-    if key.execution != state.execution {
-        return ignore(format!("task {key} belongs to an earlier execution"));
+    if !state.is_current(key) {
+        return ignore(format!(
+            "task {key} belongs to an earlier run or execution of this id"
+        ));
     }
     match slot(state, key) {
         Some(slot) if slot.status == SlotStatus::Running && slot.attempt == attempt => Ok(()),

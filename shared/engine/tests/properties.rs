@@ -151,6 +151,7 @@ impl Run {
             workflow,
             input,
             tenant: None,
+            run: 42,
         });
         run
     }

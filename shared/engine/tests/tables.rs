@@ -333,6 +333,12 @@ fn duplicates_and_stale_results_change_nothing() {
         ..key("b", None)
     };
     assert!(!h.complete(stale_execution, 1, json!(1)).applied());
+    // The same step and attempt of an earlier instance that had this id.
+    let earlier_run = legato_contracts::TaskKey {
+        run: common::RUN + 1,
+        ..key("b", None)
+    };
+    assert!(!h.complete(earlier_run, 1, json!(1)).applied());
     let at = h.now;
     assert!(
         h.send(Event::TerminateRequested {

@@ -15,10 +15,6 @@ use std::time::Duration;
 use serde_json::json;
 use support::{Legato, echo_step, events, step_of, temp_dir};
 
-/// Whether a reused instance id is known to hang on a remembered
-/// result of the old instance on this topology.
-pub const REUSED_ID_STALE_RESULT_KNOWN: bool = false;
-
 /// The topology `scenarios` runs on here.
 pub fn launch(data_dir: &Path) -> Legato {
     Legato::start(data_dir)

@@ -499,17 +499,6 @@ async fn bad_requests_get_problem_details_and_persist_nothing() {
 
 #[tokio::test]
 async fn a_live_instance_id_conflicts_and_a_finished_one_is_reused() {
-    if crate::REUSED_ID_STALE_RESULT_KNOWN {
-        // Known defect (see the stop 9 note): an agent remembers results
-        // by (instance, task key, attempt), and a reused id starts again
-        // at the same keys, so the agent answers the new instance's first
-        // task with the old instance's result. Over Service Bus that
-        // answer keeps its message id and duplicate detection drops it, so
-        // the step never completes. Fix it (tell incarnations apart in
-        // task keys), then remove this.
-        eprintln!("skipped: a reused instance id gets the old instance's results (known defect)");
-        return;
-    }
     let dir = temp_dir();
     let legato = launch(dir.path());
     legato.register(approval_workflow(60_000)).await;
@@ -538,6 +527,31 @@ async fn a_live_instance_id_conflicts_and_a_finished_one_is_reused() {
         0,
         "the old history went with the old instance"
     );
+
+    // Same steps, same attempts, new input: each run of the id gets its
+    // own results, whether the old one finished or was purged (agents
+    // remember answers by task key; brokers deduplicate by message id).
+    legato
+        .register(json!({"name": "twice", "version": 1,
+            "steps": [echo_step("only", &[], json!({"value": "${{ input.x }}"}))],
+            "output": "${{ steps.only.output.value }}"}))
+        .await;
+    for x in 1..=3 {
+        if x == 3 {
+            let purged = legato
+                .client
+                .delete(legato.url("/api/v1/instances/again"))
+                .send()
+                .await
+                .unwrap();
+            assert!(purged.status().is_success(), "{}", purged.status());
+        }
+        legato
+            .start_instance("twice", json!({"instanceId": "again", "input": {"x": x}}))
+            .await;
+        let status = legato.wait_status("again", "Completed").await;
+        assert_eq!(status["output"], json!(x), "run {x} of the id");
+    }
 }
 
 #[tokio::test]

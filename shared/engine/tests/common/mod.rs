@@ -19,8 +19,12 @@ pub struct Harness {
     next_id: u32,
 }
 
+/// The run every harness instance starts as.
+pub const RUN: u64 = 0x5eed;
+
 pub fn key(step: &str, item: Option<u32>) -> TaskKey {
     TaskKey {
+        run: RUN,
         execution: 0,
         step: StepId::parse(step).unwrap(),
         item,
@@ -30,6 +34,7 @@ pub fn key(step: &str, item: Option<u32>) -> TaskKey {
 
 pub fn comp_key(step: &str) -> TaskKey {
     TaskKey {
+        run: RUN,
         execution: 0,
         step: StepId::parse(step).unwrap(),
         item: None,
@@ -55,6 +60,7 @@ impl Harness {
             workflow,
             input,
             tenant: None,
+            run: RUN,
         });
         h
     }
