@@ -161,6 +161,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
                     account: None,
                     access_key: None,
                     endpoint: None,
+                    client_id: None,
                     table_prefix: bench_tables("stack"),
                 });
             }
@@ -188,16 +189,19 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     drive(&client, &base, warmup, options.concurrency).await?;
     let published_before = counting.published.load(Ordering::Relaxed);
     let requests_before = legato_store::table_requests();
-    let operations_before = servicebus.as_ref().map(ServiceBusBus::operations);
+    let operations_before = match &servicebus {
+        Some(bus) => Some(settled_operations(bus).await),
+        None => None,
+    };
     let started = Instant::now();
     let outcome = drive(&client, &base, options.instances, options.concurrency).await?;
     let elapsed = started.elapsed();
     let messages = counting.published.load(Ordering::Relaxed) - published_before;
     let table_requests = legato_store::table_requests() - requests_before;
-    let operations = servicebus
-        .as_ref()
-        .zip(operations_before)
-        .map(|(bus, before)| bus.operations().since(&before));
+    let operations = match (&servicebus, operations_before) {
+        (Some(bus), Some(before)) => Some(settled_operations(bus).await.since(&before)),
+        _ => None,
+    };
 
     let sample = outcome
         .sample
@@ -336,6 +340,23 @@ async fn connect_servicebus(options: &BenchOptions) -> anyhow::Result<ServiceBus
         ..ServiceBusOptions::default()
     };
     Ok(ServiceBusBus::connect(connection, options).await?)
+}
+
+/// The operations once the run's last messages are settled: a client
+/// learns of the end from the stream before the notifier has completed
+/// the message that told it. Waits until the counts hold still for a
+/// moment, at most a few seconds.
+async fn settled_operations(bus: &ServiceBusBus) -> ServiceBusOperations {
+    let mut last = bus.operations();
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = bus.operations();
+        if now.sends == last.sends && now.settlements == last.settlements {
+            return now;
+        }
+        last = now;
+    }
+    last
 }
 
 /// Billed Service Bus operations of the measured run, per instance and
