@@ -6,4 +6,4 @@ mod managed_identity;
 mod transport;
 
 pub use managed_identity::{ManagedIdentityCredential, ManagedIdentityError};
-pub use transport::Transport;
+pub use transport::{EXTRA_CA_VARIABLE, Transport, TransportError};

@@ -1,5 +1,10 @@
 //! The HTTP transport the Azure SDK sends through: the workspace's own
 //! `reqwest` 0.13, so the legacy SDK does not bring a second HTTP stack.
+//!
+//! It trusts the system's certificate roots plus, when
+//! [`EXTRA_CA_VARIABLE`] names a PEM file, the certificates in it: an
+//! endpoint behind a private CA (a TLS-inspecting proxy, Azure Stack, or
+//! Azurite over HTTPS in the tests).
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,6 +14,17 @@ use azure_core::error::{Error, ErrorKind, ResultExt};
 use azure_core::headers::{HeaderName, HeaderValue, Headers};
 use azure_core::{Body, HttpClient, Request, Response, StatusCode};
 use futures::TryStreamExt;
+
+/// Names a PEM file of extra trusted certificate authorities.
+pub const EXTRA_CA_VARIABLE: &str = "LEGATO_TLS_CA_FILE";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("{EXTRA_CA_VARIABLE}={path}: {reason}")]
+    ExtraCa { path: String, reason: String },
+    #[error("HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
 
 #[derive(Debug, Clone)]
 pub struct Transport {
@@ -23,11 +39,14 @@ impl Transport {
     pub fn new(
         timeout: Option<Duration>,
         counter: Option<&'static AtomicU64>,
-    ) -> Result<Self, reqwest::Error> {
+    ) -> Result<Self, TransportError> {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             // Requests are small and latency matters more than packets.
             .tcp_nodelay(true);
+        if let Some(path) = std::env::var_os(EXTRA_CA_VARIABLE) {
+            builder = builder.tls_certs_merge(extra_roots(&path.to_string_lossy())?);
+        }
         if let Some(timeout) = timeout {
             builder = builder.timeout(timeout);
         }
@@ -36,6 +55,19 @@ impl Transport {
             counter,
         })
     }
+}
+
+fn extra_roots(path: &str) -> Result<Vec<reqwest::Certificate>, TransportError> {
+    let refuse = |reason: String| TransportError::ExtraCa {
+        path: path.to_owned(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|e| refuse(e.to_string()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| refuse(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(refuse("holds no PEM certificate".into()));
+    }
+    Ok(certs)
 }
 
 #[async_trait::async_trait]

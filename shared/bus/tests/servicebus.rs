@@ -185,63 +185,26 @@ async fn a_message_over_the_size_limit_is_rejected_not_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_managed_identity_token_is_fetched_cached_and_sent_as_bearer() {
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use axum::extract::{Query, State};
-    use axum::http::HeaderMap;
-    use legato_servicebus_standin::{Rights, TestIssuer};
+    use legato_servicebus_standin::{Identity, IdentityEndpoint, Rights, TestIssuer};
 
     let issuer = Arc::new(TestIssuer::new());
     let principals = std::collections::HashMap::from([("legato-app".to_owned(), Rights::ALL)]);
     let standin = StandIn::start(Config::new("keyless").entra(issuer.entra(principals)))
         .await
         .unwrap();
-    // The Container Apps identity endpoint, as documented: GET with
-    // api-version, resource, client_id and the X-IDENTITY-HEADER secret.
-    let asked = Arc::new(AtomicUsize::new(0));
-    let identity = axum::Router::new()
-        .route(
-            "/msi/token",
-            axum::routing::get(
-                |State((issuer, asked)): State<(Arc<TestIssuer>, Arc<AtomicUsize>)>,
-                 Query(q): Query<std::collections::HashMap<String, String>>,
-                 headers: HeaderMap| async move {
-                    asked.fetch_add(1, Ordering::SeqCst);
-                    let ok = headers
-                        .get("x-identity-header")
-                        .is_some_and(|v| v == "rotating-secret")
-                        && q.get("api-version").map(String::as_str) == Some("2019-08-01")
-                        && q.get("resource").map(String::as_str)
-                            == Some("https://servicebus.azure.net")
-                        && q.get("client_id").map(String::as_str) == Some("user-assigned-id");
-                    if !ok {
-                        return (
-                            axum::http::StatusCode::BAD_REQUEST,
-                            "bad identity request".to_owned(),
-                        );
-                    }
-                    let expires = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
-                    let token = issuer.token(
-                        "https://servicebus.azure.net",
-                        "legato-app",
-                        Duration::from_secs(3600),
-                    );
-                    (
-                        axum::http::StatusCode::OK,
-                        serde_json::json!({"access_token": token, "expires_on": expires.to_string(),
-                            "resource": "https://servicebus.azure.net", "token_type": "Bearer",
-                            "client_id": "user-assigned-id"})
-                        .to_string(),
-                    )
-                },
-            ),
-        )
-        .with_state((issuer.clone(), asked.clone()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}/msi/token", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, identity).await.unwrap() });
+    let identity = IdentityEndpoint::start(
+        issuer.clone(),
+        Identity {
+            secret: "rotating-secret".into(),
+            client_id: Some("user-assigned-id".into()),
+            object_id: "legato-app".into(),
+        },
+    )
+    .await
+    .unwrap();
     let credential = legato_azure::ManagedIdentityCredential::new(
-        endpoint,
+        identity.url(),
         "rotating-secret".into(),
         Some("user-assigned-id".into()),
     )
@@ -264,9 +227,9 @@ async fn a_managed_identity_token_is_fetched_cached_and_sent_as_bearer() {
     assert_eq!(&d.body[..], b"signed by nobody");
     d.ack().await.unwrap();
     assert_eq!(
-        asked.load(Ordering::SeqCst),
-        1,
-        "the token is cached, not fetched per request"
+        identity.issued(),
+        vec!["https://servicebus.azure.net".to_owned()],
+        "one token, for Service Bus's resource, cached rather than fetched per request"
     );
     // A wrong identity secret gets no token, and the bus says why.
     let wrong = legato_azure::ManagedIdentityCredential::new(

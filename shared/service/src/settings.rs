@@ -220,6 +220,11 @@ pub enum StoreSettings {
         /// The table service URL, e.g. `http://127.0.0.1:10002/devstoreaccount1`.
         #[serde(default)]
         endpoint: Option<String>,
+        /// With `account` and no key: the user-assigned managed identity
+        /// whose Entra ID tokens reach the account (empty: the
+        /// system-assigned one).
+        #[serde(default)]
+        client_id: Option<String>,
         /// Tables are `<prefix>instances`, `<prefix>index`, `<prefix>definitions`.
         #[serde(default = "default_table_prefix")]
         table_prefix: String,
@@ -343,6 +348,7 @@ mod tests {
                 account: None,
                 access_key: None,
                 endpoint: None,
+                client_id: None,
                 table_prefix: "legato".into(),
             }
         );

@@ -25,6 +25,7 @@ pub async fn open_store(settings: &StoreSettings) -> anyhow::Result<Arc<dyn Stor
             account,
             access_key,
             endpoint,
+            client_id,
             table_prefix,
         } => {
             let connection = match (connection_string, account, access_key) {
@@ -34,11 +35,23 @@ pub async fn open_store(settings: &StoreSettings) -> anyhow::Result<Arc<dyn Stor
                     key: key.clone(),
                     endpoint: endpoint.clone(),
                 },
+                (None, Some(account), None) => {
+                    let credential = legato_azure::ManagedIdentityCredential::from_environment(
+                        client_id.clone(),
+                    )
+                    .map_err(|e| SettingsError::invalid("store.account", e.to_string()))?;
+                    AzureTableConnection::Entra {
+                        account: account.clone(),
+                        endpoint: endpoint.clone(),
+                        credential: Arc::new(credential),
+                    }
+                }
                 _ => {
                     return Err(SettingsError::invalid(
                         "store.connection_string",
-                        "set either store.connection_string or both store.account and \
-                         store.access_key (e.g. LEGATO__STORE__CONNECTION_STRING=UseDevelopmentStorage=true)",
+                        "set store.connection_string, or store.account with store.access_key, \
+                         or store.account alone to use the managed identity (e.g. \
+                         LEGATO__STORE__CONNECTION_STRING=UseDevelopmentStorage=true)",
                     )
                     .into());
                 }

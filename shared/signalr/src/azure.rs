@@ -1,4 +1,5 @@
-//! Azure SignalR Service, serverless mode, with an access key.
+//! Azure SignalR Service, serverless mode, with an access key or with
+//! Microsoft Entra ID (a managed identity).
 //!
 //! - The notifier sends each progress event to the group named by the
 //!   instance id: `POST {endpoint}/api/v1/hubs/{hub}/groups/{group}` with
@@ -10,15 +11,23 @@
 //! - The gateway's negotiate answers `{url, accessToken}` so the stock
 //!   client connects to `{endpoint}/client/?hub={hub}`.
 //!
-//! Every REST call carries `Authorization: Bearer <JWT>` signed HS256 with
-//! the access key's UTF-8 bytes, `aud` = the request URL without query or
-//! trailing slash, and `exp`. A client token's `aud` is the client URL and
-//! `nameid` the user id.
+//! With an access key every REST call carries `Authorization: Bearer
+//! <JWT>` signed HS256 with the key's UTF-8 bytes, `aud` = the request URL
+//! without query or trailing slash, and `exp`; a client token's `aud` is
+//! the client URL and `nameid` the user id.
+//!
+//! With Entra ID (`AuthType=azure.msi`, the service's local auth disabled)
+//! REST calls carry the identity's token for `https://signalr.azure.com`
+//! (role SignalR REST API Owner), and client tokens come from the service:
+//! `POST {endpoint}/api/hubs/{hub}/:generateToken?api-version=2022-11-01
+//! &userId=…&minutesToExpire=…` answers `{"token": "…"}`.
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use azure_core::auth::TokenCredential;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -37,13 +46,29 @@ pub enum AzureError {
     Token(String),
 }
 
+/// The Entra ID scope of the service's data plane.
+pub const ENTRA_SCOPE: &str = "https://signalr.azure.com/.default";
+/// The API version of `:generateToken` (not in the 2022-06-01 one).
+const GENERATE_TOKEN_API: &str = "2022-11-01";
+
 /// `Endpoint=https://<name>.service.signalr.net;AccessKey=<key>;Version=1.0;`
-/// (optionally `Port=`).
+/// or, keyless, `Endpoint=…;AuthType=azure.msi;[ClientId=<id>;]Version=1.0;`
+/// (optionally `Port=`), as the service's SDKs read them.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ConnectionString {
     /// Scheme, host and port; no trailing slash.
     pub endpoint: String,
-    access_key: String,
+    pub auth: ConnectionAuth,
+}
+
+/// How the service is authenticated to.
+#[derive(Clone, PartialEq, Eq)]
+pub enum ConnectionAuth {
+    AccessKey(String),
+    /// The managed identity; `client_id` picks a user-assigned one.
+    ManagedIdentity {
+        client_id: Option<String>,
+    },
 }
 
 impl fmt::Debug for ConnectionString {
@@ -62,6 +87,8 @@ impl FromStr for ConnectionString {
         let mut endpoint = None;
         let mut key = None;
         let mut port = None;
+        let mut managed_identity = false;
+        let mut client_id = None;
         for part in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
             let (name, value) = part.split_once('=').ok_or_else(|| {
                 AzureError::ConnectionString(format!("{part:?} is not Name=Value"))
@@ -79,12 +106,13 @@ impl FromStr for ConnectionString {
                         "Version {value} (expected 1.0)"
                     )));
                 }
+                "authtype" if value.eq_ignore_ascii_case("azure.msi") => managed_identity = true,
                 "authtype" => {
-                    return Err(AzureError::ConnectionString(
-                        "AuthType (managed identity) is not supported yet; use an access key"
-                            .into(),
-                    ));
+                    return Err(AzureError::ConnectionString(format!(
+                        "AuthType {value:?} is not supported (azure.msi is, or an AccessKey)"
+                    )));
                 }
+                "clientid" => client_id = Some(value.to_owned()).filter(|v| !v.is_empty()),
                 _ => {}
             }
         }
@@ -98,13 +126,23 @@ impl FromStr for ConnectionString {
         if let Some(port) = port {
             endpoint = format!("{endpoint}:{port}");
         }
-        let access_key = key
-            .filter(|k| !k.is_empty())
-            .ok_or_else(|| AzureError::ConnectionString("AccessKey is missing".into()))?;
-        Ok(Self {
-            endpoint,
-            access_key,
-        })
+        let key = key.filter(|k| !k.is_empty());
+        let auth = match (managed_identity, key) {
+            (true, None) => ConnectionAuth::ManagedIdentity { client_id },
+            (false, Some(key)) => ConnectionAuth::AccessKey(key),
+            (true, Some(_)) => {
+                return Err(AzureError::ConnectionString(
+                    "AuthType=azure.msi and an AccessKey: choose one".into(),
+                ));
+            }
+            (false, None) => {
+                return Err(AzureError::ConnectionString(
+                    "AccessKey is missing (or set AuthType=azure.msi for the managed identity)"
+                        .into(),
+                ));
+            }
+        };
+        Ok(Self { endpoint, auth })
     }
 }
 
@@ -125,17 +163,62 @@ pub struct NegotiateRedirect {
     pub access_token: String,
 }
 
+/// What signs requests and client tokens.
+#[derive(Clone)]
+enum Signer {
+    AccessKey(String),
+    Entra(Arc<dyn TokenCredential>),
+}
+
 #[derive(Clone)]
 pub struct AzureSignalR {
     http: reqwest::Client,
-    connection: ConnectionString,
+    endpoint: String,
+    signer: Signer,
     hub: String,
     token_lifetime: Duration,
 }
 
+#[derive(serde::Deserialize)]
+struct GeneratedToken {
+    token: String,
+}
+
 impl AzureSignalR {
+    /// A client for the connection string; with `AuthType=azure.msi` the
+    /// managed identity of this container (`IDENTITY_ENDPOINT`,
+    /// `IDENTITY_HEADER`) signs.
     pub fn new(
         connection: ConnectionString,
+        hub: &str,
+        token_lifetime: Duration,
+    ) -> Result<Self, AzureError> {
+        let signer = match connection.auth {
+            ConnectionAuth::AccessKey(key) => Signer::AccessKey(key),
+            ConnectionAuth::ManagedIdentity { client_id } => {
+                let credential =
+                    legato_azure::ManagedIdentityCredential::from_environment(client_id)
+                        .map_err(|e| AzureError::ConnectionString(e.to_string()))?;
+                Signer::Entra(Arc::new(credential))
+            }
+        };
+        Self::build(connection.endpoint, signer, hub, token_lifetime)
+    }
+
+    /// A keyless client with a credential of the caller's.
+    pub fn with_credential(
+        endpoint: &str,
+        credential: Arc<dyn TokenCredential>,
+        hub: &str,
+        token_lifetime: Duration,
+    ) -> Result<Self, AzureError> {
+        let endpoint = endpoint.trim_end_matches('/').to_owned();
+        Self::build(endpoint, Signer::Entra(credential), hub, token_lifetime)
+    }
+
+    fn build(
+        endpoint: String,
+        signer: Signer,
         hub: &str,
         token_lifetime: Duration,
     ) -> Result<Self, AzureError> {
@@ -145,14 +228,15 @@ impl AzureSignalR {
             .map_err(|e| AzureError::Refused(e.to_string()))?;
         Ok(Self {
             http,
-            connection,
+            endpoint,
+            signer,
             hub: hub.to_ascii_lowercase(),
             token_lifetime,
         })
     }
 
     /// An HS256 token for `audience`, optionally naming a user.
-    pub fn token(&self, audience: &str, user: Option<&str>) -> Result<String, AzureError> {
+    fn signed(&self, key: &str, audience: &str, user: Option<&str>) -> Result<String, AzureError> {
         let now = OffsetDateTime::now_utc().unix_timestamp();
         let claims = Claims {
             aud: audience,
@@ -163,22 +247,64 @@ impl AzureSignalR {
         jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
             &claims,
-            &EncodingKey::from_secret(self.connection.access_key.as_bytes()),
+            &EncodingKey::from_secret(key.as_bytes()),
         )
         .map_err(|e| AzureError::Token(e.to_string()))
     }
 
-    fn hub_url(&self) -> String {
-        format!("{}/api/v1/hubs/{}", self.connection.endpoint, self.hub)
+    /// The bearer token for a REST call to `url`.
+    async fn bearer(&self, url: &str) -> Result<String, AzureError> {
+        match &self.signer {
+            Signer::AccessKey(key) => self.signed(key, url, None),
+            Signer::Entra(credential) => credential
+                .get_token(&[ENTRA_SCOPE])
+                .await
+                .map(|t| t.token.secret().to_owned())
+                .map_err(|e| AzureError::Transient(format!("no Entra ID token: {e}"))),
+        }
     }
 
-    /// Where clients connect, and a token for `user` to connect with.
-    pub fn negotiate(&self, user: &str) -> Result<NegotiateRedirect, AzureError> {
-        let url = format!("{}/client/?hub={}", self.connection.endpoint, self.hub);
-        Ok(NegotiateRedirect {
-            access_token: self.token(&url, Some(user))?,
-            url,
-        })
+    fn hub_url(&self) -> String {
+        format!("{}/api/v1/hubs/{}", self.endpoint, self.hub)
+    }
+
+    /// Where clients connect, and a token for `user` to connect with:
+    /// signed here with the key, or issued by the service for the identity.
+    pub async fn negotiate(&self, user: &str) -> Result<NegotiateRedirect, AzureError> {
+        let url = format!("{}/client/?hub={}", self.endpoint, self.hub);
+        let access_token = match &self.signer {
+            Signer::AccessKey(key) => self.signed(key, &url, Some(user))?,
+            Signer::Entra(_) => self.generate_token(user).await?,
+        };
+        Ok(NegotiateRedirect { access_token, url })
+    }
+
+    async fn generate_token(&self, user: &str) -> Result<String, AzureError> {
+        let url = format!(
+            "{}/api/hubs/{}/:generateToken",
+            self.endpoint,
+            segment(&self.hub)
+        );
+        let minutes = (self.token_lifetime.as_secs() / 60).max(1).to_string();
+        let with_query = url::Url::parse_with_params(
+            &url,
+            [
+                ("api-version", GENERATE_TOKEN_API),
+                ("userId", user),
+                ("minutesToExpire", &minutes),
+            ],
+        )
+        .map_err(|e| AzureError::ConnectionString(format!("{url}: {e}")))?;
+        let request = self
+            .http
+            .post(with_query)
+            .bearer_auth(self.bearer(&url).await?);
+        let response = checked(request.send().await, &url).await?;
+        let body: GeneratedToken = response
+            .json()
+            .await
+            .map_err(|e| AzureError::Transient(format!("{url} answered no token: {e}")))?;
+        Ok(body.token)
     }
 
     /// Invokes `target` with `arguments` on every connection in `group`.
@@ -223,29 +349,35 @@ impl AzureSignalR {
         url: &str,
         body: Option<Value>,
     ) -> Result<(), AzureError> {
-        let token = self.token(url, None)?;
+        let token = self.bearer(url).await?;
         let mut request = self.http.request(method, url).bearer_auth(token);
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| AzureError::Transient(e.to_string()))?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        let text = response.text().await.unwrap_or_default();
-        let message = format!(
-            "{status} from {url}: {}",
-            text.chars().take(300).collect::<String>()
-        );
-        if status.as_u16() == 429 || status.is_server_error() {
-            Err(AzureError::Transient(message))
-        } else {
-            Err(AzureError::Refused(message))
-        }
+        checked(request.send().await, url).await.map(drop)
+    }
+}
+
+/// The response if it succeeded; otherwise what went wrong, as transient
+/// (network, 429, 5xx) or refused.
+async fn checked(
+    sent: Result<reqwest::Response, reqwest::Error>,
+    url: &str,
+) -> Result<reqwest::Response, AzureError> {
+    let response = sent.map_err(|e| AzureError::Transient(e.to_string()))?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let text = response.text().await.unwrap_or_default();
+    let message = format!(
+        "{status} from {url}: {}",
+        text.chars().take(300).collect::<String>()
+    );
+    if status.as_u16() == 429 || status.is_server_error() {
+        Err(AzureError::Transient(message))
+    } else {
+        Err(AzureError::Refused(message))
     }
 }
 
@@ -279,7 +411,17 @@ mod tests {
             .unwrap();
         assert_eq!(c.endpoint, "http://localhost:8888");
         assert!(format!("{c:?}").contains("localhost") && !format!("{c:?}").contains("AccessKey"));
+        let c: ConnectionString =
+            "Endpoint=https://demo.service.signalr.net;AuthType=azure.msi;ClientId=abc;Version=1.0;"
+                .parse()
+                .unwrap();
+        assert!(matches!(
+            c.auth,
+            ConnectionAuth::ManagedIdentity { client_id: Some(ref id) } if id == "abc"
+        ));
         for bad in [
+            "Endpoint=https://x;AuthType=azure.app;Version=1.0;",
+            "Endpoint=https://x;AuthType=azure.msi;AccessKey=k;Version=1.0;",
             "AccessKey=k;Version=1.0;",
             "Endpoint=https://x;Version=1.0;",
             "Endpoint=https://x;AccessKey=k;Version=2.0;",

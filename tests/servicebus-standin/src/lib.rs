@@ -4,7 +4,8 @@
 //! complete, renew, receive-and-delete; `BrokerProperties` and custom
 //! properties as headers; `Location` lock URLs), the Atom management API
 //! (topics, subscriptions, rules), shared access signatures and Entra ID
-//! bearer tokens, not from legato's adapter.
+//! bearer tokens, not from legato's adapter. It also stands in for the
+//! Container Apps managed identity endpoint ([`IdentityEndpoint`]).
 //!
 //! What it models, and what it leaves out, is listed in
 //! `docs/operations.md` ("Service Bus stand-in"). Entity names are matched
@@ -13,6 +14,7 @@
 mod auth;
 mod clock;
 mod filter;
+mod identity;
 mod management;
 mod model;
 mod runtime;
@@ -31,6 +33,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
 pub use auth::{AUDIENCE, Entra, Policy, Rights};
+pub use identity::{Identity, IdentityEndpoint};
 pub use model::{Message, PropertyValue};
 
 /// The policy every stand-in has, with all rights (as a namespace's
@@ -430,16 +433,36 @@ impl TestIssuer {
         }
     }
 
-    /// A token for `audience` naming `oid`, valid for `lifetime`.
+    /// A token for `audience` naming `oid`, valid from now for `lifetime`,
+    /// with the claims Entra ID always sets (`iss`, `iat`, `nbf`, `exp`).
     pub fn token(&self, audience: &str, oid: &str, lifetime: Duration) -> String {
-        let exp = time::OffsetDateTime::now_utc().unix_timestamp() + lifetime.as_secs() as i64;
-        let claims = serde_json::json!({"aud": audience, "oid": oid, "exp": exp, "iss": "https://sts.windows.net/test/"});
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let exp = now + lifetime.as_secs() as i64;
+        let claims = serde_json::json!({"aud": audience, "oid": oid, "iat": now, "nbf": now,
+            "exp": exp, "iss": "https://sts.windows.net/72f988bf-86f1-41af-91ab-2d7cd011db47/"});
         jsonwebtoken::encode(
             &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
             &claims,
             &self.key,
         )
         .unwrap_or_default()
+    }
+}
+
+impl TestIssuer {
+    /// Checks a token as a service trusting this issuer does: RS256 with
+    /// the issuer's key, `aud` exactly `audience`, `exp` in the future.
+    /// Returns the claims, or why the token is refused.
+    pub fn verify(&self, token: &str, audience: &str) -> Result<serde_json::Value, String> {
+        let key = jsonwebtoken::DecodingKey::from_rsa_der(include_bytes!(
+            "../fixtures/entra-test-key.pub.der"
+        ));
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+        validation.set_audience(&[audience]);
+        validation.set_required_spec_claims(&["exp", "aud"]);
+        jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation)
+            .map(|data| data.claims)
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -10,6 +10,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use legato_service::problem::Problem;
 use legato_signalr::HUB;
+use legato_signalr::azure::AzureError;
 
 use super::{base_url, instance_id, load};
 use crate::GatewayState;
@@ -44,12 +45,12 @@ pub(crate) async fn negotiate(
         .filter(|u| !u.is_empty() && u.len() <= 128)
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let redirect = azure.negotiate(&user).map_err(|e| {
-        Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Cannot sign a SignalR token",
-            e.to_string(),
-        )
+    let redirect = azure.negotiate(&user).await.map_err(|e| {
+        let status = match e {
+            AzureError::Transient(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Problem::new(status, "Cannot get a SignalR client token", e.to_string())
     })?;
     Ok(Json(NegotiateResponse {
         url: redirect.url,

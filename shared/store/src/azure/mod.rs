@@ -15,6 +15,7 @@
 //!   entries that have pointed at nothing for longer than [`INDEX_GRACE`].
 //! - definitions: one partition per workflow name, one row per version.
 
+mod connection;
 mod keys;
 mod payload;
 
@@ -27,7 +28,6 @@ use azure_core::{Etag, RetryOptions, TransportOptions};
 use azure_data_tables::IfMatchCondition;
 use azure_data_tables::clients::TableServiceClientBuilder;
 use azure_data_tables::prelude::{TableClient, TableServiceClient};
-use azure_storage::{CloudLocation, ConnectionString, StorageCredentials};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use futures::{StreamExt, TryStreamExt, stream};
@@ -36,6 +36,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
 
+pub use self::connection::AzureTableConnection;
+use self::connection::location;
 use self::keys::odata;
 use self::payload::{Encoded, Entity, Held, text};
 use crate::stored::{corrupt, from_millis, millis, topic_from};
@@ -67,38 +69,6 @@ pub fn table_requests() -> u64 {
 }
 
 static TABLE_REQUESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// How to reach the storage account. Its `Debug` shows no key.
-#[derive(Clone, PartialEq, Eq)]
-pub enum AzureTableConnection {
-    /// `UseDevelopmentStorage=true` (Azurite on 127.0.0.1:10002), or
-    /// `AccountName=..;AccountKey=..` with optional `TableEndpoint` or
-    /// `EndpointSuffix`.
-    ConnectionString(String),
-    /// Shared-key access; `endpoint` overrides the public cloud's
-    /// `https://<account>.table.core.windows.net`.
-    AccountKey {
-        account: String,
-        key: String,
-        endpoint: Option<String>,
-    },
-}
-
-impl std::fmt::Debug for AzureTableConnection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::ConnectionString(_) => f.write_str("ConnectionString(***)"),
-            Self::AccountKey {
-                account, endpoint, ..
-            } => f
-                .debug_struct("AccountKey")
-                .field("account", account)
-                .field("key", &"***")
-                .field("endpoint", endpoint)
-                .finish(),
-        }
-    }
-}
 
 pub struct AzureTableStore {
     instances: TableClient,
@@ -476,68 +446,6 @@ impl AzureTableStore {
     }
 }
 
-fn location(
-    connection: &AzureTableConnection,
-) -> Result<(CloudLocation, StorageCredentials), StoreError> {
-    let invalid = |what: String| StoreError::Unavailable(format!("table storage settings: {what}"));
-    match connection {
-        AzureTableConnection::AccountKey {
-            account,
-            key,
-            endpoint,
-        } => {
-            let credentials = StorageCredentials::access_key(account.clone(), key.clone());
-            let location = match endpoint {
-                Some(uri) => CloudLocation::Custom {
-                    account: account.clone(),
-                    uri: uri.trim_end_matches('/').to_owned(),
-                },
-                None => CloudLocation::Public {
-                    account: account.clone(),
-                },
-            };
-            Ok((location, credentials))
-        }
-        AzureTableConnection::ConnectionString(text) => {
-            let parsed = ConnectionString::new(text)
-                .map_err(|e| invalid(format!("connection string: {e}")))?;
-            if parsed.use_development_storage == Some(true) {
-                return Ok((
-                    CloudLocation::Emulator {
-                        address: "127.0.0.1".into(),
-                        port: 10002,
-                    },
-                    StorageCredentials::emulator(),
-                ));
-            }
-            let account = parsed
-                .account_name
-                .ok_or_else(|| invalid("the connection string has no AccountName".into()))?;
-            let credentials = parsed
-                .storage_credentials()
-                .map_err(|e| invalid(format!("connection string: {e}")))?;
-            let protocol = match parsed.default_endpoints_protocol {
-                Some(azure_storage::EndpointProtocol::Http) => "http",
-                _ => "https",
-            };
-            let location = match (parsed.table_endpoint, parsed.endpoint_suffix) {
-                (Some(uri), _) => CloudLocation::Custom {
-                    account: account.to_owned(),
-                    uri: uri.trim_end_matches('/').to_owned(),
-                },
-                (None, Some(suffix)) => CloudLocation::Custom {
-                    account: account.to_owned(),
-                    uri: format!("{protocol}://{account}.table.{suffix}"),
-                },
-                (None, None) => CloudLocation::Public {
-                    account: account.to_owned(),
-                },
-            };
-            Ok((location, credentials))
-        }
-    }
-}
-
 /// The record's indexed facts, as the instance row keeps them.
 #[derive(Serialize, Deserialize)]
 struct SummaryDoc {
@@ -665,8 +573,23 @@ fn failure(e: azure_core::Error) -> StoreError {
         Some(413) => StoreError::TooLarge(e.to_string()),
         Some(400) if code.contains("TooLarge") => StoreError::TooLarge(e.to_string()),
         Some(404) => StoreError::NotFound(e.to_string()),
-        _ => StoreError::Unavailable(e.to_string()),
+        _ => StoreError::Unavailable(with_causes(&e)),
     }
+}
+
+/// The error and what caused it ("failed to get bearer token" alone does
+/// not say that the identity endpoint refused the client id).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(inner) = cause {
+        let more = inner.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = inner.source();
+    }
+    text
 }
 
 /// The ETag and the state's blob reference, both carried in the version so
@@ -1567,6 +1490,117 @@ mod tests {
 
     mod against_azurite {
         crate::store_conformance_tests!(super::azurite().await);
+    }
+
+    /// The Container Apps identity endpoint stand-in, for the whole test
+    /// process on a runtime of its own (each test has its own runtime).
+    fn identity_endpoint() -> &'static str {
+        static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        URL.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async move {
+                    let issuer = std::sync::Arc::new(legato_servicebus_standin::TestIssuer::new());
+                    let identity = legato_servicebus_standin::Identity {
+                        secret: "platform-secret".into(),
+                        client_id: Some("legato-identity".into()),
+                        object_id: "legato-app".into(),
+                    };
+                    let endpoint =
+                        legato_servicebus_standin::IdentityEndpoint::start(issuer, identity)
+                            .await
+                            .unwrap();
+                    tx.send(endpoint.url()).unwrap();
+                    std::future::pending::<()>().await;
+                });
+            });
+            rx.recv().unwrap()
+        })
+    }
+
+    /// Azurite's Table service in OAuth mode over HTTPS, which `scripts/test`
+    /// starts on 127.0.0.1:10012 with a certificate it makes (trusted
+    /// through `LEGATO_TLS_CA_FILE`); `LEGATO_TEST_TABLES_OAUTH` names
+    /// another endpoint.
+    fn oauth_endpoint() -> String {
+        std::env::var("LEGATO_TEST_TABLES_OAUTH")
+            .unwrap_or_else(|_| "https://127.0.0.1:10012/devstoreaccount1".to_owned())
+    }
+
+    async fn azurite_with_entra(client_id: &str) -> Result<AzureTableStore, StoreError> {
+        let credential = legato_azure::ManagedIdentityCredential::new(
+            identity_endpoint().to_owned(),
+            "platform-secret".into(),
+            Some(client_id.to_owned()),
+        )
+        .unwrap();
+        let connection = AzureTableConnection::Entra {
+            account: "devstoreaccount1".into(),
+            endpoint: Some(oauth_endpoint()),
+            credential: Arc::new(credential),
+        };
+        AzureTableStore::connect(&connection, "legatoentra").await
+    }
+
+    mod against_azurite_with_entra_tokens {
+        crate::store_conformance_tests!(super::azurite_with_entra("legato-identity").await.expect(
+            "Azurite in OAuth mode must be running on 127.0.0.1:10012 with its \
+                 certificate in LEGATO_TLS_CA_FILE (scripts/test starts it)"
+        ));
+    }
+
+    /// The OAuth Azurite checks tokens (issuer, audience, lifetime): an
+    /// identity the endpoint does not know gets no token and no table.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_a_token_from_the_identity_nothing_is_reached() {
+        let refused = azurite_with_entra("not-assigned-to-this-app").await;
+        let Err(e) = refused else {
+            panic!("connected without a token")
+        };
+        assert!(e.to_string().contains("client_id"), "{e}");
+    }
+
+    /// A token for another service (Service Bus's audience) is refused by
+    /// the emulator itself: the OAuth mode really checks what it is sent.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_token_for_another_audience_is_refused_by_the_account() {
+        #[derive(Debug)]
+        struct Fixed(String);
+        #[async_trait::async_trait]
+        impl azure_core::auth::TokenCredential for Fixed {
+            async fn get_token(
+                &self,
+                _scopes: &[&str],
+            ) -> azure_core::Result<azure_core::auth::AccessToken> {
+                Ok(azure_core::auth::AccessToken::new(
+                    self.0.clone(),
+                    time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+                ))
+            }
+            async fn clear_cache(&self) -> azure_core::Result<()> {
+                Ok(())
+            }
+        }
+        let issuer = legato_servicebus_standin::TestIssuer::new();
+        let wrong = issuer.token(
+            "https://servicebus.azure.net",
+            "legato-app",
+            Duration::from_secs(600),
+        );
+        let connection = AzureTableConnection::Entra {
+            account: "devstoreaccount1".into(),
+            endpoint: Some(oauth_endpoint()),
+            credential: Arc::new(Fixed(wrong)),
+        };
+        let refused = AzureTableStore::connect(&connection, "legatoentra").await;
+        let Err(e) = refused else {
+            panic!("a Service Bus token opened the tables")
+        };
+        assert!(e.to_string().contains("403"), "{e}");
     }
 
     async fn rows(store: &AzureTableStore, table: &TableClient, filter: String) -> Vec<String> {
