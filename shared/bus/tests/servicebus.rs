@@ -163,6 +163,78 @@ async fn an_ephemeral_subscription_is_deleted_with_its_consumer() {
     panic!("the ephemeral subscription is still there");
 }
 
+/// Infrastructure-made entities (`manage_entities` off): a durable group's
+/// subscription is not created by the service, but a replica's own
+/// (ephemeral) one still is, used, and deleted with its consumer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_managing_entities_only_a_replicas_own_subscription_is_made() {
+    let (standin, _infra) = standin_bus(Config::new("infra-made"), Duration::from_secs(5)).await;
+    let connection =
+        ServiceBusConnection::from_connection_string(&standin.connection_string()).unwrap();
+    let mut unmanaged = options(Some(standin.url()));
+    unmanaged.prefix = infra_prefix(&standin);
+    unmanaged.manage_entities = false;
+    let bus = ServiceBusBus::connect(connection, unmanaged).await.unwrap();
+    let topic = |suffix: &str| {
+        standin
+            .topics()
+            .into_iter()
+            .find(|t| t.ends_with(suffix))
+            .unwrap()
+    };
+    let _durable = bus
+        .subscribe(SubscriptionSpec::new(Topic::Commands, "orchestrator").bind("#"))
+        .await
+        .unwrap();
+    assert_eq!(
+        standin.subscriptions(&topic("commands")).unwrap(),
+        Vec::<String>::new()
+    );
+    let mut feed = bus
+        .subscribe(
+            SubscriptionSpec::new(Topic::Progress, "feed-2")
+                .bind("#")
+                .ephemeral(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        standin.subscriptions(&topic("progress")).unwrap(),
+        vec!["feed-2".to_owned()]
+    );
+    bus.publish(Topic::Progress, "i-1", message("step started"))
+        .await
+        .unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(10), feed.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&d.body[..], b"step started");
+    d.ack().await.unwrap();
+    drop(feed);
+    for _ in 0..50 {
+        if standin
+            .subscriptions(&topic("progress"))
+            .unwrap()
+            .is_empty()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the replica's subscription outlived it");
+}
+
+/// The prefix the stand-in's topics carry (one run's own).
+fn infra_prefix(standin: &StandIn) -> String {
+    let commands = standin
+        .topics()
+        .into_iter()
+        .find(|t| t.ends_with("commands"))
+        .unwrap();
+    commands.trim_end_matches("commands").to_owned()
+}
+
 /// Over the size limit is refused for good, and says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_over_the_size_limit_is_rejected_not_retried() {

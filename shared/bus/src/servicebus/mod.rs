@@ -32,10 +32,13 @@
 //!   minutes, Service Bus's minimum) that the adapter also deletes when
 //!   the subscription is dropped; their dead letters share the
 //!   `ephemeral` group's, as with RabbitMQ.
-//! - With `manage_entities` off (identities without the Manage right) the
-//!   adapter creates nothing and cannot list subscriptions, so it cannot
-//!   tell an unroutable message from a routed one: every entity of
-//!   `legato topology --bus servicebus` must exist beforehand.
+//! - With `manage_entities` off (identities with Manage on a few topics
+//!   only) the adapter creates no topic and no durable subscription and
+//!   lists no routes, so it cannot tell an unroutable message from a
+//!   routed one: every durable entity of `legato topology --bus
+//!   servicebus` must exist beforehand. Ephemeral subscriptions are still
+//!   created and deleted by their replica (nothing else can), which needs
+//!   Manage on their topics (`agent-tasks`, `progress`).
 
 mod connection;
 mod errors;
@@ -446,6 +449,16 @@ impl Bus for ServiceBusBus {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&spec.topic);
+        } else {
+            // A replica's own subscription cannot be made beforehand by the
+            // infrastructure: it is created here even so, which needs
+            // Manage on its topic only.
+            let own: Vec<PlannedSubscription> = plan
+                .subscriptions
+                .into_iter()
+                .filter(|s| s.ephemeral)
+                .collect();
+            self.ensure(&own).await?;
         }
         let topic = self.topic(spec.topic);
         let subscription = names::subscription_name(&spec.group);
@@ -455,7 +468,7 @@ impl Bus for ServiceBusBus {
             path.clone(),
         );
         let reader = Reader::start(vec![source], self.reader_settings(Some(&spec))?);
-        if !spec.ephemeral || !self.inner.options.manage_entities {
+        if !spec.ephemeral {
             return Ok(Box::new(reader));
         }
         // Gone with its consumer, not only after the idle timeout.
