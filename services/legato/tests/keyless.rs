@@ -192,16 +192,7 @@ async fn every_service_runs_on_managed_identity_tokens_alone() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Negotiate hands out the client token the service generated.
-    let negotiated: Value = legato
-        .client
-        .post(legato.url("/api/v1/negotiate"))
-        .header("x-legato-user", "ana")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let negotiated = legato.negotiate("ana").await;
     assert_eq!(negotiated["accessToken"], "client-token-for-ana");
     assert_eq!(
         negotiated["url"],

@@ -157,16 +157,7 @@ async fn azure_mode_follows_the_signalr_rest_contract() {
     assert!(sends.len() >= 10, "{} sends", sends.len());
 
     // Negotiate redirects the stock client to the service with a client token.
-    let negotiated: Value = legato
-        .client
-        .post(legato.url("/api/v1/negotiate"))
-        .header("x-legato-user", "ana")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let negotiated = legato.negotiate("ana").await;
     let client_url = format!("{endpoint}/client/?hub=progress");
     assert_eq!(negotiated["url"], client_url.as_str());
     let c = claims(

@@ -219,6 +219,19 @@ impl Legato {
             .1
     }
 
+    /// `POST /api/v1/negotiate` as `user` (the `x-legato-user` header).
+    pub async fn negotiate(&self, user: &str) -> Value {
+        self.client
+            .post(self.url("/api/v1/negotiate"))
+            .header("x-legato-user", user)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn get_json(&self, path: &str) -> (StatusCode, Value) {
         let response = self.client.get(self.url(path)).send().await.unwrap();
         let status = response.status();
