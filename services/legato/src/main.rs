@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use legato::{LegatoConfig, Stack, bench, topology};
+use legato::{LegatoConfig, Stack, bench, check, topology};
 use legato_service::Shutdown;
 
 #[derive(Parser)]
@@ -40,6 +40,9 @@ enum Command {
     /// do): gateway, orchestrator, notifier, or agent-<echo|planner|coder|data|approval>.
     /// Reads config/<service>.toml and LEGATO__... like they do.
     Run { service: String },
+    /// Load a service's settings as `run` would and check them (bus, store,
+    /// SignalR) without connecting; exit 1 with the reason if refused.
+    Check { service: String },
     /// Exit 0 when the URL answers 2xx (container health checks).
     Probe { url: String },
     /// Start N instances of a fan-out-4-then-1 echo workflow with bounded
@@ -87,6 +90,10 @@ async fn main() -> anyhow::Result<()> {
             stack.wait().await
         }
         Command::Run { service } => run_service(&service).await,
+        Command::Check { service } => {
+            println!("{}", check::check(&service)?);
+            Ok(())
+        }
         Command::Probe { url } => {
             let response = reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(5))

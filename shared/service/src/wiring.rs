@@ -20,42 +20,8 @@ pub async fn open_store(settings: &StoreSettings) -> anyhow::Result<Arc<dyn Stor
             }
             Ok(Arc::new(SqliteStore::open(path)?))
         }
-        StoreSettings::AzureTable {
-            connection_string,
-            account,
-            access_key,
-            endpoint,
-            client_id,
-            table_prefix,
-        } => {
-            let connection = match (connection_string, account, access_key) {
-                (Some(text), None, None) => AzureTableConnection::ConnectionString(text.clone()),
-                (None, Some(account), Some(key)) => AzureTableConnection::AccountKey {
-                    account: account.clone(),
-                    key: key.clone(),
-                    endpoint: endpoint.clone(),
-                },
-                (None, Some(account), None) => {
-                    let credential = legato_azure::ManagedIdentityCredential::from_environment(
-                        client_id.clone(),
-                    )
-                    .map_err(|e| SettingsError::invalid("store.account", e.to_string()))?;
-                    AzureTableConnection::Entra {
-                        account: account.clone(),
-                        endpoint: endpoint.clone(),
-                        credential: Arc::new(credential),
-                    }
-                }
-                _ => {
-                    return Err(SettingsError::invalid(
-                        "store.connection_string",
-                        "set store.connection_string, or store.account with store.access_key, \
-                         or store.account alone to use the managed identity (e.g. \
-                         LEGATO__STORE__CONNECTION_STRING=UseDevelopmentStorage=true)",
-                    )
-                    .into());
-                }
-            };
+        StoreSettings::AzureTable { table_prefix, .. } => {
+            let connection = azure_table_connection(settings)?;
             // The message names the endpoint, never the key.
             let store = AzureTableStore::connect(&connection, table_prefix)
                 .await
@@ -65,15 +31,79 @@ pub async fn open_store(settings: &StoreSettings) -> anyhow::Result<Arc<dyn Stor
     }
 }
 
+/// How the Azure Table store reaches its account, checked without I/O.
+pub fn azure_table_connection(settings: &StoreSettings) -> anyhow::Result<AzureTableConnection> {
+    let StoreSettings::AzureTable {
+        connection_string,
+        account,
+        access_key,
+        endpoint,
+        client_id,
+        ..
+    } = settings
+    else {
+        return Err(SettingsError::invalid("store.kind", "is not azure_table").into());
+    };
+    Ok(match (connection_string, account, access_key) {
+        (Some(text), None, None) => AzureTableConnection::ConnectionString(text.clone()),
+        (None, Some(account), Some(key)) => AzureTableConnection::AccountKey {
+            account: account.clone(),
+            key: key.clone(),
+            endpoint: endpoint.clone(),
+        },
+        (None, Some(account), None) => {
+            let credential =
+                legato_azure::ManagedIdentityCredential::from_environment(client_id.clone())
+                    .map_err(|e| SettingsError::invalid("store.account", e.to_string()))?;
+            AzureTableConnection::Entra {
+                account: account.clone(),
+                endpoint: endpoint.clone(),
+                credential: Arc::new(credential),
+            }
+        }
+        _ => {
+            return Err(SettingsError::invalid(
+                "store.connection_string",
+                "set store.connection_string, or store.account with store.access_key, \
+                 or store.account alone to use the managed identity (e.g. \
+                 LEGATO__STORE__CONNECTION_STRING=UseDevelopmentStorage=true)",
+            )
+            .into());
+        }
+    })
+}
+
+/// Checks the store settings as opening them would, without connecting;
+/// says which store they name.
+pub fn check_store(settings: &StoreSettings) -> anyhow::Result<&'static str> {
+    match settings {
+        StoreSettings::Sqlite { .. } => Ok("sqlite"),
+        StoreSettings::AzureTable { .. } => azure_table_connection(settings).map(|_| "azure_table"),
+    }
+}
+
+/// Checks the bus settings of a standalone service as opening them would,
+/// without connecting; says which bus they name.
+pub fn check_bus(settings: &BusSettings) -> anyhow::Result<&'static str> {
+    match settings {
+        BusSettings::InProcess => Err(in_process_outside_up().into()),
+        BusSettings::Rabbitmq { .. } => Ok("rabbitmq"),
+        BusSettings::Servicebus { .. } => servicebus_settings(settings).map(|_| "servicebus"),
+    }
+}
+
+fn in_process_outside_up() -> SettingsError {
+    SettingsError::invalid(
+        "bus.kind",
+        "is in_process, which only connects services inside one process: run them all \
+         with `legato up`, or set LEGATO__BUS__KIND=rabbitmq or servicebus",
+    )
+}
+
 /// The bus for a standalone service process.
 pub async fn open_bus(settings: &BusSettings) -> anyhow::Result<Arc<dyn Bus>> {
     match settings {
-        BusSettings::InProcess => Err(SettingsError::invalid(
-            "bus.kind",
-            "is in_process, which only connects services inside one process: run them all \
-             with `legato up`, or set LEGATO__BUS__KIND=rabbitmq or servicebus",
-        )
-        .into()),
+        BusSettings::InProcess => Err(in_process_outside_up().into()),
         BusSettings::Rabbitmq {
             url,
             prefix,
@@ -95,6 +125,18 @@ pub async fn open_bus(settings: &BusSettings) -> anyhow::Result<Arc<dyn Bus>> {
 
 /// The Service Bus adapter the settings describe (also for `legato bench`).
 pub async fn open_servicebus(settings: &BusSettings) -> anyhow::Result<ServiceBusBus> {
+    let (connection, options) = servicebus_settings(settings)?;
+    let host = connection.host.clone();
+    // The message names the namespace, never the key.
+    ServiceBusBus::connect(connection, options)
+        .await
+        .map_err(|e| anyhow::anyhow!("bus (Service Bus at {host}): {e}"))
+}
+
+/// The Service Bus connection and options, checked without I/O.
+fn servicebus_settings(
+    settings: &BusSettings,
+) -> anyhow::Result<(ServiceBusConnection, ServiceBusOptions)> {
     let BusSettings::Servicebus {
         connection_string,
         namespace,
@@ -149,11 +191,7 @@ pub async fn open_servicebus(settings: &BusSettings) -> anyhow::Result<ServiceBu
         manage_entities: *manage_entities,
         ..ServiceBusOptions::default()
     };
-    let host = connection.host.clone();
-    // The message names the namespace, never the key.
-    ServiceBusBus::connect(connection, options)
-        .await
-        .map_err(|e| anyhow::anyhow!("bus (Service Bus at {host}): {e}"))
+    Ok((connection, options))
 }
 
 /// A URL without its password, for messages.
