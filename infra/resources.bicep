@@ -132,6 +132,9 @@ var common = [
   }
 ]
 
+// An app's external address is <app name>.<environment domain>; the
+// gateway's URIs must name its own and the notifier's.
+var appSuffix = take(token, 10)
 var services = [
   {
     name: 'gateway'
@@ -143,6 +146,14 @@ var services = [
       {
         name: 'LEGATO__GATEWAY__WORKFLOWS_DIR'
         value: '/app/workflows'
+      }
+      {
+        name: 'LEGATO__GATEWAY__PUBLIC_URL'
+        value: 'https://ca-gateway-${appSuffix}.${environment.outputs.defaultDomain}'
+      }
+      {
+        name: 'LEGATO__GATEWAY__STREAM_URL'
+        value: 'https://ca-notifier-${appSuffix}.${environment.outputs.defaultDomain}'
       }
     ]
   }
@@ -207,7 +218,7 @@ var services = [
 module apps 'modules/app.bicep' = [for svc in services: {
   name: 'app-${svc.name}'
   params: {
-    name: 'ca-${svc.name}-${take(token, 10)}'
+    name: 'ca-${svc.name}-${appSuffix}'
     location: location
     tags: tags
     serviceName: svc.name

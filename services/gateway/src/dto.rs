@@ -46,7 +46,8 @@ pub(crate) struct StartResponse {
 }
 
 impl StartResponse {
-    pub(crate) fn new(base: &str, id: &str) -> Self {
+    /// `base` is the gateway's, `stream_base` the notifier's.
+    pub(crate) fn new(base: &str, stream_base: &str, id: &str) -> Self {
         let status = format!("{base}/api/v1/instances/{id}");
         Self {
             id: id.to_owned(),
@@ -56,7 +57,7 @@ impl StartResponse {
             resume_uri: format!("{status}/resume"),
             restart_uri: format!("{status}/restart"),
             purge_uri: status.clone(),
-            stream_uri: format!("{status}/stream"),
+            stream_uri: format!("{stream_base}/api/v1/instances/{id}/stream"),
             status_query_uri: status,
         }
     }

@@ -11,6 +11,11 @@ pub struct GatewaySettings {
     /// Base of the URIs returned by a start (`https://legato.example.com`);
     /// empty: built from the request's `Host`.
     pub public_url: String,
+    /// Where the notifier serves the progress stream and the SignalR hub
+    /// (`https://notifier.example.com`), for the `streamUri` of a start and
+    /// the local negotiate answer; empty: the gateway's own base (`legato
+    /// up`, where one process serves both).
+    pub stream_url: String,
     /// Most history rows one status request returns.
     pub max_history: usize,
     /// Definitions (`*.yaml`, `*.yml`, `*.json`) registered at start; empty
@@ -23,6 +28,7 @@ impl Default for GatewaySettings {
         Self {
             max_body_bytes: 1024 * 1024,
             public_url: String::new(),
+            stream_url: String::new(),
             max_history: 1_000,
             workflows_dir: String::new(),
         }

@@ -37,6 +37,10 @@ fn sample(expression: &str) -> String {
         "clientId" => "2f0c3d8e-6a55-4c8e-9d1e-0123456789ab".into(),
         "storage.outputs.name" => "stlegatoabc123".into(),
         "signalr.outputs.endpoint" => "https://sigr-legato-abc123.service.signalr.net".into(),
+        "appSuffix" => "abc123def4".into(),
+        "environment.outputs.defaultDomain" => {
+            "happy-river-1a2b3c4d.westeurope.azurecontainerapps.io".into()
+        }
         other => panic!("no sample for the Bicep expression {other:?}: add one"),
     }
 }

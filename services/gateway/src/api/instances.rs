@@ -13,7 +13,7 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::{SOURCE, base_url, instance_id, load, workflow_name};
+use super::{SOURCE, base_url, instance_id, load, stream_base_url, workflow_name};
 use crate::GatewayState;
 use crate::body::JsonBody;
 use crate::dto::{InstancePage, InstanceView, StartRequest, StartResponse};
@@ -103,7 +103,11 @@ pub(crate) async fn start(
     if let Err(e) = state.relay.publish(&id, &outbox).await {
         tracing::warn!(instance = %id, "start committed but not yet published: {e}");
     }
-    let body = StartResponse::new(&base_url(&state, &headers), id.as_str());
+    let body = StartResponse::new(
+        &base_url(&state, &headers),
+        &stream_base_url(&state, &headers),
+        id.as_str(),
+    );
     Ok((
         StatusCode::ACCEPTED,
         [(header::LOCATION, body.status_query_uri.clone())],

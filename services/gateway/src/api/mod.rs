@@ -77,6 +77,15 @@ pub(crate) async fn load(
 }
 
 /// Base of absolute URIs: the configured public URL, else the request's host.
+/// The base of the progress stream and the local hub: the notifier's
+/// `stream_url` when set, else the gateway's own.
+pub(crate) fn stream_base_url(state: &GatewayState, headers: &HeaderMap) -> String {
+    if !state.settings.stream_url.is_empty() {
+        return state.settings.stream_url.trim_end_matches('/').to_owned();
+    }
+    base_url(state, headers)
+}
+
 pub(crate) fn base_url(state: &GatewayState, headers: &HeaderMap) -> String {
     if !state.settings.public_url.is_empty() {
         return state.settings.public_url.trim_end_matches('/').to_owned();

@@ -12,7 +12,7 @@ use legato_service::problem::Problem;
 use legato_signalr::HUB;
 use legato_signalr::azure::AzureError;
 
-use super::{base_url, instance_id, load};
+use super::{instance_id, load, stream_base_url};
 use crate::GatewayState;
 use crate::body::JsonBody;
 use crate::dto::{NegotiateResponse, SubscriptionRequest};
@@ -35,7 +35,7 @@ pub(crate) async fn negotiate(
 ) -> Result<Json<NegotiateResponse>, Problem> {
     let Some(azure) = &state.signalr else {
         return Ok(Json(NegotiateResponse {
-            url: format!("{}/hubs/{HUB}", base_url(&state, &headers)),
+            url: format!("{}/hubs/{HUB}", stream_base_url(&state, &headers)),
             access_token: None,
         }));
     };

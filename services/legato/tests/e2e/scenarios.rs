@@ -554,6 +554,44 @@ async fn a_live_instance_id_conflicts_and_a_finished_one_is_reused() {
     }
 }
 
+/// What a start answers and negotiate hands out lead to the progress
+/// stream and the hub wherever they run (the notifier, in a deployment).
+#[tokio::test]
+async fn a_starts_stream_uri_and_negotiate_lead_to_the_stream_and_hub() {
+    let dir = temp_dir();
+    let legato = launch(dir.path());
+    let started: Value = legato
+        .client
+        .post(legato.url("/api/v1/workflows/fan-out-fan-in/instances"))
+        .json(&json!({"input": {"value": 2}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let stream = started["streamUri"].as_str().unwrap();
+    let ended = legato::sse::wait_for_end(&legato.client, stream, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        ended,
+        legato_contracts::RuntimeStatus::Completed,
+        "{stream}"
+    );
+    let hub = legato.negotiate("ana").await["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let negotiated = legato
+        .client
+        .post(format!("{hub}/negotiate?negotiateVersion=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(negotiated.status(), StatusCode::OK, "{hub}");
+}
+
 #[tokio::test]
 async fn the_openapi_document_and_health_are_served() {
     let dir = temp_dir();

@@ -117,13 +117,16 @@ impl Legato {
             .chain(&["agent-echo", "orchestrator", "orchestrator", "notifier"])
             .map(|name| Service::start(name, data_dir, &env))
             .collect();
-        let gateway = Service::start("gateway", data_dir, &env);
-        let mut legato = Self::attach(gateway.base.clone(), data_dir);
-        legato.stream_base = services
+        let stream_base = services
             .iter()
             .find(|s| s.name == "notifier")
             .map(|s| s.base.clone())
             .unwrap_or_default();
+        // The gateway points clients at the notifier, as a deployment does.
+        env.push(("LEGATO__GATEWAY__STREAM_URL".into(), stream_base.clone()));
+        let gateway = Service::start("gateway", data_dir, &env);
+        let mut legato = Self::attach(gateway.base.clone(), data_dir);
+        legato.stream_base = stream_base;
         services.push(gateway);
         legato.services = services;
         legato.servicebus = servicebus;
