@@ -79,6 +79,36 @@ def test_agents_scale_on_subscriptions_the_entity_list_has():
     ).read_text()
 
 
+def accessor(value) -> str:
+    """`a.b` as pycep reads a property access."""
+    operands = value["operator"]["operands"]
+    return f"{operands['operand_1']}.{operands['operand_2']}"
+
+
+def test_every_listed_entity_is_declared_with_the_lists_names_and_filters():
+    module = bicep(INFRA / "modules" / "servicebus.bicep")
+    assert module["variables"]["entities"]["value"]["function"]["type"] == "load_json_content"
+    resources = module["resources"]
+    expected = {
+        "topics": ("topic", "entities.topics"),
+        "subscriptions": ("sub", "entities.subscriptions"),
+        "rules": ("rule", "entities.rules"),
+    }
+    for name, (item, array) in expected.items():
+        loop = resources[name]["config"]["loop_type"]["detail"]
+        assert (loop["item_name"], accessor(loop["array_name"])) == (item, array), name
+    assert accessor(resources["topics"]["config"]["config"]["name"]) == "topic.name"
+    assert resources["subscriptions"]["config"]["config"]["name"] == "${namespace.name}/${sub.topic}/${sub.name}"
+    assert (
+        resources["rules"]["config"]["config"]["name"]
+        == "${namespace.name}/${rule.topic}/${rule.subscription}/${rule.name}"
+    )
+    text = (INFRA / "modules" / "servicebus.bicep").read_text()
+    for field in ("rule.correlationFilter", "rule.sqlFilter", "sub.lockDuration", "sub.maxDeliveryCount",
+                  "topic.requiresDuplicateDetection", "topic.duplicateDetectionHistoryTimeWindow"):
+        assert field in text, field
+
+
 def test_role_definition_ids_are_the_documented_built_in_ones():
     documented = {row[1]: row[0] for row in doc_table("Roles")}
     assert all(GUID.match(i) for i in documented), documented
