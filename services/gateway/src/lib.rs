@@ -38,6 +38,8 @@ pub struct GatewayState {
     /// Azure SignalR Service, when configured; otherwise clients use the
     /// notifier's local hub.
     pub signalr: Option<AzureSignalR>,
+    /// Browser origins allowed on negotiate and subscribe (empty: any).
+    pub allowed_origins: Arc<Vec<String>>,
 }
 
 impl GatewayState {
@@ -50,7 +52,13 @@ impl GatewayState {
             settings: Arc::new(settings),
             definitions: Arc::default(),
             signalr: None,
+            allowed_origins: Arc::default(),
         }
+    }
+
+    pub fn with_allowed_origins(mut self, origins: Vec<String>) -> Self {
+        self.allowed_origins = Arc::new(origins);
+        self
     }
 
     pub fn with_signalr(mut self, signalr: Option<AzureSignalR>) -> Self {
@@ -59,10 +67,17 @@ impl GatewayState {
     }
 }
 
-/// The API as a router, testable without a socket.
+/// The API as a router, testable without a socket. Origins that are not
+/// an origin were refused when the settings were checked; here they only
+/// leave the browser routes without CORS.
 pub fn router(state: GatewayState) -> Router {
     let limit = state.settings.max_body_bytes;
+    let cors = legato_service::cors::layer(&state.allowed_origins).unwrap_or_else(|e| {
+        tracing::error!("browser routes without CORS: {e}");
+        tower_http::cors::CorsLayer::new()
+    });
     api::routes()
+        .merge(api::browser_routes().layer(cors))
         .with_state(state)
         .layer(DefaultBodyLimit::max(limit))
         .layer(TraceLayer::new_for_http())

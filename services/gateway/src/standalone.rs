@@ -13,7 +13,11 @@ pub async fn run(config: GatewayConfig, shutdown: Shutdown) -> anyhow::Result<()
     }
     let readiness = Readiness::new(Some(store.clone()));
     let signalr = config.signalr.azure()?;
-    let app = crate::router(GatewayState::new(store, bus, config.gateway).with_signalr(signalr));
+    legato_service::cors::check(&config.signalr.allowed_origins)?;
+    let state = GatewayState::new(store, bus, config.gateway)
+        .with_signalr(signalr)
+        .with_allowed_origins(config.signalr.allowed_origins);
+    let app = crate::router(state);
     let listener = legato_service::listen("gateway", &config.http).await?;
     readiness.set_ready(true);
     legato_service::serve(listener, app, readiness, shutdown).await

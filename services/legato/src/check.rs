@@ -44,6 +44,7 @@ pub fn check(service: &str) -> anyhow::Result<String> {
 }
 
 fn signalr_mode(settings: &SignalRSettings) -> anyhow::Result<&'static str> {
+    legato_service::cors::check(&settings.allowed_origins)?;
     Ok(match settings.azure()? {
         Some(_) => "azure",
         None => "local hub",

@@ -159,10 +159,13 @@ impl Stack {
                 shutdown.clone(),
             ));
         }
-        let gateway =
-            GatewayState::new(store.clone(), bus, config.gateway.clone()).with_signalr(azure);
+        let origins = config.signalr.allowed_origins.clone();
+        legato_service::cors::check(&origins)?;
+        let gateway = GatewayState::new(store.clone(), bus, config.gateway.clone())
+            .with_signalr(azure)
+            .with_allowed_origins(origins.clone());
         let app = legato_gateway::router(gateway).merge(legato_notifier::router(
-            NotifierState::new(hub, store.clone(), shutdown.clone()),
+            NotifierState::new(hub, store.clone(), shutdown.clone()).with_allowed_origins(origins),
         ));
         let listener = tokio::net::TcpListener::bind(config.http.addr()?).await?;
         let addr = listener.local_addr()?;

@@ -1,17 +1,60 @@
 //! Azure mode: every progress event goes to the Azure SignalR group named
 //! by its instance id, in publication order. A send that keeps failing is
 //! logged and skipped (watchers can read the history for it); it never
-//! stops the relay.
+//! stops the relay. An event too large for the service (1 MB a request)
+//! goes as a summary that points at the history instead.
 
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use legato_service::Shutdown;
 use legato_signalr::PROGRESS_TARGET;
-use legato_signalr::azure::{AzureError, AzureSignalR};
+use legato_signalr::azure::{AzureError, AzureSignalR, MAX_BODY_BYTES};
+use serde_json::{Map, Value};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::ProgressHub;
+use crate::hub::Update;
+
+/// Room left for the `{target, arguments}` around the event.
+const ENVELOPE_BYTES: usize = 1024;
+/// What a summary keeps of an oversize event.
+const SUMMARY_FIELDS: [&str; 8] = [
+    "instanceId",
+    "seq",
+    "kind",
+    "status",
+    "step",
+    "item",
+    "attempt",
+    "at",
+];
+
+/// The event as sent to Azure: whole, or, when over the service's limit, a
+/// summary with `truncated: true` and where the whole event is
+/// (`historyUri`, relative to the gateway).
+pub(crate) fn for_azure(update: &Update) -> Value {
+    let full = update.to_client_json();
+    let size = serde_json::to_vec(&full).map_or(usize::MAX, |b| b.len());
+    if size + ENVELOPE_BYTES <= MAX_BODY_BYTES {
+        return full;
+    }
+    let mut summary: Map<String, Value> = SUMMARY_FIELDS
+        .iter()
+        .filter_map(|k| full.get(*k).map(|v| ((*k).to_owned(), v.clone())))
+        .collect();
+    summary.insert("truncated".into(), Value::Bool(true));
+    summary.insert(
+        "historyUri".into(),
+        Value::String(format!(
+            "/api/v1/instances/{}?history=true&after={}",
+            update.instance,
+            update.event.seq.saturating_sub(1)
+        )),
+    );
+    tracing::warn!(instance = %update.instance, seq = update.event.seq, size, "progress event over Azure SignalR's 1 MB limit: sent as a summary");
+    Value::Object(summary)
+}
 
 pub async fn relay_to_azure(
     hub: ProgressHub,
@@ -32,11 +75,16 @@ pub async fn relay_to_azure(
         match update {
             Ok(update) => {
                 let group = update.instance.to_string();
-                let send =
-                    || azure.send_to_group(&group, PROGRESS_TARGET, vec![update.to_client_json()]);
+                let event = for_azure(&update);
+                let send = || azure.send_to_group(&group, PROGRESS_TARGET, vec![event.clone()]);
                 let sent = send
                     .retry(retry)
-                    .when(|e| matches!(e, AzureError::Transient(_)))
+                    .when(AzureError::is_transient)
+                    // The service's Retry-After, when longer, wins.
+                    .adjust(|e, backoff| match (e.retry_after(), backoff) {
+                        (Some(asked), Some(planned)) => Some(asked.max(planned)),
+                        (_, planned) => planned,
+                    })
                     .await;
                 if let Err(e) = sent {
                     tracing::error!(instance = %group, seq = update.event.seq, "progress not relayed to Azure SignalR: {e}");
@@ -50,5 +98,51 @@ pub async fn relay_to_azure(
             }
             Err(RecvError::Closed) => return Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use legato_contracts::{InstanceId, ProgressEvent, ProgressKind, RuntimeStatus};
+
+    fn update(data: Value) -> Update {
+        Update {
+            instance: InstanceId::parse("big-1").unwrap(),
+            event: ProgressEvent {
+                seq: 9,
+                kind: ProgressKind::StepCompleted,
+                status: RuntimeStatus::Running,
+                step: None,
+                item: None,
+                attempt: Some(1),
+                message: None,
+                data: Some(data),
+            },
+            message_id: "m".into(),
+            n: 1,
+        }
+    }
+
+    #[test]
+    fn an_event_within_the_limit_goes_whole() {
+        let small = update(serde_json::json!({"rows": 3}));
+        assert_eq!(for_azure(&small), small.to_client_json());
+    }
+
+    #[test]
+    fn an_event_over_the_limit_goes_as_a_summary_pointing_at_the_history() {
+        let big = update(Value::String("x".repeat(MAX_BODY_BYTES)));
+        let sent = for_azure(&big);
+        assert!(serde_json::to_vec(&sent).unwrap().len() < 1024);
+        assert_eq!(sent["truncated"], true);
+        assert_eq!(sent["seq"], 9);
+        assert_eq!(sent["instanceId"], "big-1");
+        assert_eq!(
+            sent["historyUri"],
+            "/api/v1/instances/big-1?history=true&after=8"
+        );
+        assert!(sent.get("data").is_none());
     }
 }

@@ -16,9 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::Router;
-use axum::http::{HeaderName, Method, header};
 use axum::routing::{get, post};
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::cors::CorsLayer;
 
 use legato_bus::Bus;
 use legato_contracts::{Envelope, Payload};
@@ -63,6 +62,8 @@ pub struct NotifierState {
     pub(crate) shutdown: Shutdown,
     /// Connection tokens handed out by negotiate, not yet connected.
     pub(crate) tokens: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Browser origins allowed on the stream and the hub (empty: any).
+    pub(crate) allowed_origins: Arc<Vec<String>>,
 }
 
 impl NotifierState {
@@ -72,24 +73,24 @@ impl NotifierState {
             store,
             shutdown,
             tokens: Arc::default(),
+            allowed_origins: Arc::default(),
         }
+    }
+
+    pub fn with_allowed_origins(mut self, origins: Vec<String>) -> Self {
+        self.allowed_origins = Arc::new(origins);
+        self
     }
 }
 
-/// The notifier's routes: the progress stream (SSE) and the SignalR hub.
-/// Browsers reach the hub from other origins with credentials, so CORS
-/// echoes the origin rather than answering `*`.
+/// The notifier's routes: the progress stream (SSE) and the SignalR hub,
+/// under the same CORS as the gateway's browser routes
+/// (`signalr.allowed_origins`).
 pub fn router(state: NotifierState) -> Router {
-    let cors = CorsLayer::new()
-        .allow_origin(AllowOrigin::mirror_request())
-        .allow_credentials(true)
-        .allow_methods([Method::GET, Method::POST])
-        .allow_headers([
-            header::AUTHORIZATION,
-            header::CONTENT_TYPE,
-            HeaderName::from_static("x-requested-with"),
-            HeaderName::from_static("x-signalr-user-agent"),
-        ]);
+    let cors = legato_service::cors::layer(&state.allowed_origins).unwrap_or_else(|e| {
+        tracing::error!("stream and hub without CORS: {e}");
+        CorsLayer::new()
+    });
     Router::new()
         .route("/api/v1/instances/{id}/stream", get(sse::stream))
         .route("/hubs/progress/negotiate", post(signalr_hub::negotiate))

@@ -10,7 +10,11 @@ pub async fn run(config: NotifierConfig, shutdown: Shutdown) -> anyhow::Result<(
     let hub = ProgressHub::default();
     let readiness = Readiness::new(Some(store.clone()));
     let feed = crate::relay(bus, hub.clone(), shutdown.clone()).await?;
-    let app = crate::router(NotifierState::new(hub.clone(), store, shutdown.clone()));
+    legato_service::cors::check(&config.signalr.allowed_origins)?;
+    let app = crate::router(
+        NotifierState::new(hub.clone(), store, shutdown.clone())
+            .with_allowed_origins(config.signalr.allowed_origins.clone()),
+    );
     let listener = legato_service::listen("notifier", &config.http).await?;
     let server = tokio::spawn(legato_service::serve(
         listener,

@@ -111,6 +111,9 @@ fn layered(
                 .prefix_separator("__")
                 .separator("__")
                 .try_parsing(true)
+                // Lists in one variable, comma-separated.
+                .list_separator(",")
+                .with_list_parse_key("signalr.allowed_origins")
                 .source(Some(environment_for(sections))),
         )
         .build()?)

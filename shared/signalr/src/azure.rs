@@ -37,11 +37,17 @@ use time::OffsetDateTime;
 pub enum AzureError {
     #[error("signalr connection string: {0}")]
     ConnectionString(String),
-    /// Network trouble, 429 or 5xx: try again.
-    #[error("Azure SignalR unavailable: {0}")]
-    Transient(String),
-    #[error("Azure SignalR refused the request: {0}")]
-    Refused(String),
+    /// Network trouble, 408, 429 or 5xx: try again, not before
+    /// `retry_after` when the service said so.
+    #[error("Azure SignalR unavailable: {message}")]
+    Transient {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// Refused for good: `status` says why (404: no such connection, 400:
+    /// a bad request, 401/403: legato's credentials, 413: too large).
+    #[error("Azure SignalR refused the request: {message}")]
+    Refused { status: u16, message: String },
     #[error("signing a token: {0}")]
     Token(String),
 }
@@ -50,6 +56,30 @@ pub enum AzureError {
 pub const ENTRA_SCOPE: &str = "https://signalr.azure.com/.default";
 /// The API version of `:generateToken` (not in the 2022-06-01 one).
 const GENERATE_TOKEN_API: &str = "2022-11-01";
+/// The largest request body the service takes.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+impl AzureError {
+    fn transient(message: impl Into<String>) -> Self {
+        Self::Transient {
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// Whether trying again may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Transient { .. })
+    }
+
+    /// How long the service asked to wait before trying again.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Transient { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
 
 /// `Endpoint=https://<name>.service.signalr.net;AccessKey=<key>;Version=1.0;`
 /// or, keyless, `Endpoint=…;AuthType=azure.msi;[ClientId=<id>;]Version=1.0;`
@@ -177,6 +207,7 @@ pub struct AzureSignalR {
     signer: Signer,
     hub: String,
     token_lifetime: Duration,
+    membership_ttl: Duration,
 }
 
 #[derive(serde::Deserialize)]
@@ -225,14 +256,21 @@ impl AzureSignalR {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
-            .map_err(|e| AzureError::Refused(e.to_string()))?;
+            .map_err(|e| AzureError::ConnectionString(format!("HTTP client: {e}")))?;
         Ok(Self {
             http,
             endpoint,
             signer,
             hub: hub.to_ascii_lowercase(),
             token_lifetime,
+            membership_ttl: Duration::from_secs(86_400),
         })
+    }
+
+    /// How long a user added to a group stays in it.
+    pub fn with_membership_ttl(mut self, ttl: Duration) -> Self {
+        self.membership_ttl = ttl;
+        self
     }
 
     /// An HS256 token for `audience`, optionally naming a user.
@@ -260,7 +298,7 @@ impl AzureSignalR {
                 .get_token(&[ENTRA_SCOPE])
                 .await
                 .map(|t| t.token.secret().to_owned())
-                .map_err(|e| AzureError::Transient(format!("no Entra ID token: {e}"))),
+                .map_err(|e| AzureError::transient(format!("no Entra ID token: {e}"))),
         }
     }
 
@@ -303,7 +341,7 @@ impl AzureSignalR {
         let body: GeneratedToken = response
             .json()
             .await
-            .map_err(|e| AzureError::Transient(format!("{url} answered no token: {e}")))?;
+            .map_err(|e| AzureError::transient(format!("{url} answered no token: {e}")))?;
         Ok(body.token)
     }
 
@@ -333,14 +371,27 @@ impl AzureSignalR {
         self.call(reqwest::Method::PUT, &url, None).await
     }
 
+    /// Adds `user` for the membership TTL: without one Azure keeps a
+    /// membership up to a year, and only a user's 100 newest.
     pub async fn add_user_to_group(&self, group: &str, user: &str) -> Result<(), AzureError> {
+        let url = format!(
+            "{}/groups/{}/users/{}?ttl={}",
+            self.hub_url(),
+            segment(group),
+            segment(user),
+            self.membership_ttl.as_secs().max(1)
+        );
+        self.call(reqwest::Method::PUT, &url, None).await
+    }
+
+    pub async fn remove_user_from_group(&self, group: &str, user: &str) -> Result<(), AzureError> {
         let url = format!(
             "{}/groups/{}/users/{}",
             self.hub_url(),
             segment(group),
             segment(user)
         );
-        self.call(reqwest::Method::PUT, &url, None).await
+        self.call(reqwest::Method::DELETE, &url, None).await
     }
 
     async fn call(
@@ -349,7 +400,9 @@ impl AzureSignalR {
         url: &str,
         body: Option<Value>,
     ) -> Result<(), AzureError> {
-        let token = self.bearer(url).await?;
+        // The token's audience is the URL without its query.
+        let audience = url.split('?').next().unwrap_or(url);
+        let token = self.bearer(audience).await?;
         let mut request = self.http.request(method, url).bearer_auth(token);
         if let Some(body) = body {
             request = request.json(&body);
@@ -364,21 +417,44 @@ async fn checked(
     sent: Result<reqwest::Response, reqwest::Error>,
     url: &str,
 ) -> Result<reqwest::Response, AzureError> {
-    let response = sent.map_err(|e| AzureError::Transient(e.to_string()))?;
+    let response = sent.map_err(|e| AzureError::transient(e.to_string()))?;
     let status = response.status();
     if status.is_success() {
         return Ok(response);
     }
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(retry_after);
     let text = response.text().await.unwrap_or_default();
     let message = format!(
         "{status} from {url}: {}",
         text.chars().take(300).collect::<String>()
     );
-    if status.as_u16() == 429 || status.is_server_error() {
-        Err(AzureError::Transient(message))
+    // As the service's SDK does: 408, 429 and 5xx are worth another try.
+    if matches!(status.as_u16(), 408 | 429) || status.is_server_error() {
+        Err(AzureError::Transient {
+            message,
+            retry_after,
+        })
     } else {
-        Err(AzureError::Refused(message))
+        Err(AzureError::Refused {
+            status: status.as_u16(),
+            message,
+        })
     }
+}
+
+/// `Retry-After` as delta-seconds or an HTTP date.
+fn retry_after(value: &str) -> Option<Duration> {
+    if let Ok(seconds) = value.trim().parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at =
+        OffsetDateTime::parse(value.trim(), &time::format_description::well_known::Rfc2822).ok()?;
+    let wait = at - OffsetDateTime::now_utc();
+    Some(Duration::try_from(wait).unwrap_or(Duration::ZERO))
 }
 
 /// A path segment: unreserved characters pass, the rest is percent-encoded.
@@ -429,6 +505,16 @@ mod tests {
         ] {
             assert!(bad.parse::<ConnectionString>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        assert_eq!(retry_after("7"), Some(Duration::from_secs(7)));
+        assert_eq!(
+            retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(retry_after("soon"), None);
     }
 
     #[test]

@@ -33,6 +33,12 @@ pub struct SignalRSettings {
     pub connection_string: String,
     /// Lifetime of the tokens signed for the service and its clients.
     pub token_lifetime_s: u64,
+    /// How long a user added to an instance's group stays in it (Azure
+    /// keeps only a user's 100 newest memberships without one).
+    pub membership_ttl_s: u64,
+    /// Browser origins allowed to call negotiate, subscribe, the stream
+    /// and the hub (`https://app.example.com`); empty: any origin.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for SignalRSettings {
@@ -40,6 +46,8 @@ impl Default for SignalRSettings {
         Self {
             connection_string: String::new(),
             token_lifetime_s: 3_600,
+            membership_ttl_s: 86_400,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -56,6 +64,12 @@ impl SignalRSettings {
             HUB,
             std::time::Duration::from_secs(self.token_lifetime_s.max(60)),
         )
-        .map(Some)
+        .map(|azure| {
+            Some(
+                azure.with_membership_ttl(std::time::Duration::from_secs(
+                    self.membership_ttl_s.max(1),
+                )),
+            )
+        })
     }
 }

@@ -47,6 +47,11 @@ pub(crate) fn routes() -> Router<GatewayState> {
         .route("/api/v1/instances/{id}/suspend", post(control::suspend))
         .route("/api/v1/instances/{id}/resume", post(control::resume))
         .route("/api/v1/instances/{id}/restart", post(control::restart))
+}
+
+/// What a browser app on another origin calls (under CORS).
+pub(crate) fn browser_routes() -> Router<GatewayState> {
+    Router::new()
         .route("/api/v1/negotiate", post(realtime::negotiate))
         .route(
             "/api/v1/instances/{id}/subscriptions",

@@ -47,7 +47,7 @@ pub(crate) async fn negotiate(
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let redirect = azure.negotiate(&user).await.map_err(|e| {
         let status = match e {
-            AzureError::Transient(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AzureError::Transient { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Problem::new(status, "Cannot get a SignalR client token", e.to_string())
@@ -103,12 +103,33 @@ pub(crate) async fn subscribe(
             ));
         }
     };
-    added.map_err(|e| {
-        Problem::new(
+    added.map_err(subscribe_problem)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// What Azure's answer means for the caller: their mistake (an unknown
+/// connection, a bad id), legato's (credentials Azure refused), or a
+/// moment's unavailability (with when to try again).
+fn subscribe_problem(e: AzureError) -> Problem {
+    match &e {
+        AzureError::Refused { status: 404, .. } => Problem::new(
+            StatusCode::NOT_FOUND,
+            "No such SignalR connection",
+            format!("Azure SignalR knows no such connection: {e}"),
+        ),
+        AzureError::Refused { status: 400, .. } => {
+            Problem::field("body", format!("Azure SignalR refused it: {e}"))
+        }
+        AzureError::Transient { retry_after, .. } => Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "Azure SignalR unavailable",
             e.to_string(),
         )
-    })?;
-    Ok(StatusCode::NO_CONTENT)
+        .retry_after(retry_after.unwrap_or(std::time::Duration::from_secs(1))),
+        _ => Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Azure SignalR refused legato",
+            e.to_string(),
+        ),
+    }
 }

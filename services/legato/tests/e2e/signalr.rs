@@ -48,31 +48,115 @@ async fn the_stock_signalr_client_sees_a_feature_request_live_in_order() {
 
 type Seen = Arc<Mutex<Vec<(Method, String, HeaderMap, Bytes)>>>;
 
-/// Azure SignalR's data plane as far as legato uses it.
-async fn azure_stand_in() -> (String, Seen) {
+/// How the stand-in answers besides success: statuses queued for the next
+/// requests (with `Retry-After` seconds), and the connections it knows.
+#[derive(Default)]
+struct Script {
+    next: std::collections::VecDeque<(StatusCode, Option<u64>)>,
+    connections: Vec<String>,
+    /// Every answer: when, to what, with which status.
+    answered: Vec<(std::time::Instant, Method, String, StatusCode)>,
+}
+
+type Scripted = Arc<Mutex<Script>>;
+
+/// Azure SignalR's data plane (v1 REST) as far as legato uses it, and as
+/// Azure answers when things go wrong: 401 for a token the access key did
+/// not sign (or for another URL), 404 for adding a connection it does not
+/// know, 413 for a body over 1 MB, and whatever the script queues (429 with
+/// `Retry-After`, 5xx). Every request is recorded, answered or not.
+async fn azure_stand_in() -> (String, Seen, Scripted) {
     let seen: Seen = Arc::default();
-    let record = seen.clone();
+    let script: Scripted = Arc::new(Mutex::new(Script {
+        connections: vec!["conn-7".into()],
+        ..Script::default()
+    }));
+    let (record, scripted) = (seen.clone(), script.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let endpoint = format!("http://127.0.0.1:{}", addr.port());
+    let base = endpoint.clone();
     let app = axum::Router::new().fallback(
         move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-            let record = record.clone();
+            let (record, scripted, base) = (record.clone(), scripted.clone(), base.clone());
             async move {
-                let status = if method == Method::POST {
-                    StatusCode::ACCEPTED
-                } else {
-                    StatusCode::OK
-                };
-                record
-                    .lock()
-                    .unwrap()
-                    .push((method, uri.to_string(), headers, body));
-                status
+                use axum::response::IntoResponse;
+                record.lock().unwrap().push((
+                    method.clone(),
+                    uri.to_string(),
+                    headers.clone(),
+                    body.clone(),
+                ));
+                let (status, retry_after) =
+                    answer(&scripted, &base, &method, &uri, &headers, &body);
+                scripted.lock().unwrap().answered.push((
+                    std::time::Instant::now(),
+                    method,
+                    uri.to_string(),
+                    status,
+                ));
+                let mut response = status.into_response();
+                if let Some(seconds) = retry_after {
+                    response.headers_mut().insert("retry-after", seconds.into());
+                }
+                response
             }
         },
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (format!("http://127.0.0.1:{}", addr.port()), seen)
+    (endpoint, seen, script)
+}
+
+/// The stand-in's answer to one request, and its `Retry-After`.
+fn answer(
+    script: &Scripted,
+    base: &str,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> (StatusCode, Option<u64>) {
+    let audience = format!("{base}{}", uri.path());
+    let token_ok = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| verified(t, &audience));
+    if !token_ok {
+        return (StatusCode::UNAUTHORIZED, None);
+    }
+    let mut script = script.lock().unwrap();
+    if let Some(queued) = script.next.pop_front() {
+        return queued;
+    }
+    if body.len() > 1024 * 1024 {
+        return (StatusCode::PAYLOAD_TOO_LARGE, None);
+    }
+    let path = uri.path();
+    if *method == Method::PUT && path.contains("/connections/") {
+        let connection = path.rsplit('/').next().unwrap_or_default();
+        if !script.connections.iter().any(|c| c == connection) {
+            return (StatusCode::NOT_FOUND, None);
+        }
+        return (StatusCode::OK, None);
+    }
+    match *method {
+        Method::POST | Method::PUT => (StatusCode::ACCEPTED, None),
+        _ => (StatusCode::OK, None),
+    }
+}
+
+/// Whether `token` is HS256 with the access key, for `audience`, unexpired.
+fn verified(token: &str, audience: &str) -> bool {
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.set_audience(&[audience]);
+    validation.set_required_spec_claims(&["exp", "aud"]);
+    jsonwebtoken::decode::<Value>(
+        token,
+        &DecodingKey::from_secret(ACCESS_KEY.as_bytes()),
+        &validation,
+    )
+    .is_ok()
 }
 
 const ACCESS_KEY: &str = "c2VjcmV0LWtleS1mb3ItdGhlLXN0YW5kLWlu";
@@ -97,7 +181,7 @@ fn claims(authorization: Option<&str>, audience: &str) -> Value {
 
 #[tokio::test]
 async fn azure_mode_follows_the_signalr_rest_contract() {
-    let (endpoint, seen) = azure_stand_in().await;
+    let (endpoint, seen, _script) = azure_stand_in().await;
     let port = endpoint.rsplit(':').next().unwrap().to_owned();
     let connection_string =
         format!("Endpoint=http://127.0.0.1;Port={port};AccessKey={ACCESS_KEY};Version=1.0;");
@@ -200,6 +284,221 @@ async fn azure_mode_follows_the_signalr_rest_contract() {
         .await
         .unwrap();
     assert_eq!(unknown.status(), reqwest::StatusCode::NOT_FOUND);
+}
+
+fn azure_connection_string(endpoint: &str, key: &str) -> String {
+    let port = endpoint.rsplit(':').next().unwrap();
+    format!("Endpoint=http://127.0.0.1;Port={port};AccessKey={key};Version=1.0;")
+}
+
+async fn subscribe(legato: &Legato, id: &str, body: Value) -> reqwest::Response {
+    legato
+        .client
+        .post(legato.url(&format!("/api/v1/instances/{id}/subscriptions")))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Sends to Azure that fail for a moment (429 with `Retry-After`, 503) are
+/// tried again, no sooner than asked, and every event still arrives in
+/// order; subscribing maps Azure's answers (404, 429/5xx) for the caller,
+/// and users join a group for the configured TTL.
+#[tokio::test]
+async fn azure_failures_are_retried_and_mapped_for_callers() {
+    let (endpoint, seen, script) = azure_stand_in().await;
+    let dir = temp_dir();
+    let legato = Legato::start_with_env(
+        dir.path(),
+        &[
+            (
+                "LEGATO__SIGNALR__CONNECTION_STRING",
+                &azure_connection_string(&endpoint, ACCESS_KEY),
+            ),
+            ("LEGATO__SIGNALR__MEMBERSHIP_TTL_S", "600"),
+        ],
+    );
+    // The instance's first two sends fail, then Azure recovers.
+    script.lock().unwrap().next.extend([
+        (StatusCode::TOO_MANY_REQUESTS, Some(1)),
+        (StatusCode::SERVICE_UNAVAILABLE, None),
+    ]);
+    let id = legato
+        .start_instance(
+            "fan-out-fan-in",
+            json!({"input": {"value": 1}, "instanceId": "retried-1"}),
+        )
+        .await;
+    legato.wait_status(&id, "Completed").await;
+    let group = format!("/api/v1/hubs/progress/groups/{id}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let answered = loop {
+        let answered: Vec<_> = script
+            .lock()
+            .unwrap()
+            .answered
+            .iter()
+            .filter(|a| a.1 == Method::POST && a.2 == group)
+            .cloned()
+            .collect();
+        let bodies: Vec<Value> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.0 == Method::POST && r.1 == group)
+            .map(|r| serde_json::from_slice(&r.3).unwrap())
+            .collect();
+        if bodies
+            .iter()
+            .any(|b| b["arguments"][0]["kind"] == "instance_completed")
+        {
+            // Accepted sends are in order (by the causing event's seq);
+            // the two refused sends were the first event, tried again.
+            let accepted: Vec<u64> = answered
+                .iter()
+                .zip(&bodies)
+                .filter(|(a, _)| a.3 == StatusCode::ACCEPTED)
+                .map(|(_, b)| b["arguments"][0]["seq"].as_u64().unwrap())
+                .collect();
+            assert!(accepted.windows(2).all(|w| w[0] <= w[1]), "{accepted:?}");
+            assert_eq!(answered.len(), accepted.len() + 2);
+            assert_eq!(bodies[0], bodies[1]);
+            assert_eq!(bodies[1], bodies[2]);
+            break answered;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not all events reached Azure"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(answered[0].3, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(answered[1].3, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        answered[1].0 - answered[0].0 >= Duration::from_secs(1),
+        "retried {:?} after a Retry-After of 1 s",
+        answered[1].0 - answered[0].0
+    );
+
+    // Subscribing: an unknown connection is the caller's 404.
+    let unknown = subscribe(&legato, &id, json!({"connectionId": "nobody-knows-me"})).await;
+    assert_eq!(unknown.status(), reqwest::StatusCode::NOT_FOUND);
+    assert_eq!(
+        unknown.headers()["content-type"],
+        "application/problem+json"
+    );
+    // A user joins for the TTL.
+    let user = subscribe(&legato, &id, json!({"userId": "ana"})).await;
+    assert_eq!(user.status(), reqwest::StatusCode::NO_CONTENT);
+    assert!(seen.lock().unwrap().iter().any(|r| r.0 == Method::PUT
+        && r.1 == format!("/api/v1/hubs/progress/groups/{id}/users/ana?ttl=600")));
+    // Azure busy: 503 with when to come back.
+    script
+        .lock()
+        .unwrap()
+        .next
+        .push_back((StatusCode::TOO_MANY_REQUESTS, Some(7)));
+    let busy = subscribe(&legato, &id, json!({"userId": "bo"})).await;
+    assert_eq!(busy.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(busy.headers()["retry-after"], "7");
+}
+
+/// Credentials Azure refuses are legato's fault, not the caller's: 500 on
+/// subscribe, and sends are not retried against a 401.
+#[tokio::test]
+async fn azure_refusing_legatos_credentials_is_a_server_error_not_retried() {
+    let (endpoint, seen, script) = azure_stand_in().await;
+    let dir = temp_dir();
+    let legato = Legato::start_with_env(
+        dir.path(),
+        &[(
+            "LEGATO__SIGNALR__CONNECTION_STRING",
+            &azure_connection_string(&endpoint, "bm90LXRoZS1zZXJ2aWNlcy1rZXk="),
+        )],
+    );
+    let id = legato
+        .start_instance("fan-out-fan-in", json!({"input": {"value": 1}}))
+        .await;
+    legato.wait_status(&id, "Completed").await;
+    let refused = subscribe(&legato, &id, json!({"connectionId": "conn-7"})).await;
+    assert_eq!(refused.status(), reqwest::StatusCode::INTERNAL_SERVER_ERROR);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let script = script.lock().unwrap();
+    let sends: Vec<_> = script
+        .answered
+        .iter()
+        .filter(|a| a.1 == Method::POST)
+        .collect();
+    assert!(sends.iter().all(|a| a.3 == StatusCode::UNAUTHORIZED));
+    assert!(!sends.is_empty(), "nothing was sent");
+    drop(script);
+    // Each event was tried once: no body repeats.
+    let bodies: Vec<Bytes> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.0 == Method::POST)
+        .map(|r| r.3.clone())
+        .collect();
+    let mut distinct = bodies.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), bodies.len(), "a 401 was retried");
+}
+
+/// Browser apps on the configured origins may call negotiate, subscribe,
+/// the stream and the hub; other origins get no CORS grant, and the rest
+/// of the API none at all.
+#[tokio::test]
+async fn cors_admits_the_configured_origins_on_the_browser_routes_only() {
+    let dir = temp_dir();
+    let legato = Legato::start_with_env(
+        dir.path(),
+        &[(
+            "LEGATO__SIGNALR__ALLOWED_ORIGINS",
+            "https://app.example.com,https://admin.example.com",
+        )],
+    );
+    let preflight = |path: &str, origin: &str| {
+        legato
+            .client
+            .request(reqwest::Method::OPTIONS, legato.url(path))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "content-type,x-legato-user",
+            )
+            .send()
+    };
+    for path in [
+        "/api/v1/negotiate",
+        "/api/v1/instances/any/subscriptions",
+        "/hubs/progress/negotiate",
+    ] {
+        for origin in ["https://app.example.com", "https://admin.example.com"] {
+            let allowed = preflight(path, origin).await.unwrap();
+            assert_eq!(
+                allowed.headers()["access-control-allow-origin"],
+                origin,
+                "{path} from {origin}"
+            );
+            assert_eq!(
+                allowed.headers()["access-control-allow-credentials"],
+                "true"
+            );
+        }
+        let other = preflight(path, "https://evil.example.net").await.unwrap();
+        assert!(
+            other.headers().get("access-control-allow-origin").is_none(),
+            "{path} admitted another origin"
+        );
+    }
+    let api = preflight("/api/v1/workflows/x/instances", "https://app.example.com")
+        .await
+        .unwrap();
+    assert!(api.headers().get("access-control-allow-origin").is_none());
 }
 
 #[tokio::test]
