@@ -1,20 +1,34 @@
 //! Azure mode: every progress event goes to the Azure SignalR group named
-//! by its instance id, in publication order. A send that keeps failing is
-//! logged and skipped (watchers can read the history for it); it never
-//! stops the relay. An event too large for the service (1 MB a request)
-//! goes as a summary that points at the history instead.
+//! by its instance id. Each instance has its own lane: its events go in
+//! publication order, one at a time, while other instances' lanes send
+//! concurrently (at most [`CONCURRENT_SENDS`] requests in flight), so one
+//! instance's slow or failing sends delay nobody else. A send that keeps
+//! failing is logged with the instance and skipped (watchers can read the
+//! history for it); it never stops the relay. An event too large for the
+//! service (1 MB a request) goes as a summary that points at the history
+//! instead.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
+use legato_contracts::InstanceId;
 use legato_service::Shutdown;
 use legato_signalr::PROGRESS_TARGET;
 use legato_signalr::azure::{AzureError, AzureSignalR, MAX_BODY_BYTES};
 use serde_json::{Map, Value};
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{Semaphore, mpsc};
 
 use crate::ProgressHub;
 use crate::hub::Update;
+
+/// Requests to Azure in flight at once, over all instances.
+pub const CONCURRENT_SENDS: usize = 32;
+/// Events one instance may have waiting for their turn; beyond that an
+/// event is logged and left to the history.
+const LANE_CAPACITY: usize = 1_024;
 
 /// Room left for the `{target, arguments}` around the event.
 const ENVELOPE_BYTES: usize = 1024;
@@ -62,11 +76,8 @@ pub async fn relay_to_azure(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let mut updates = hub.subscribe();
-    let retry = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(2))
-        .with_max_times(5)
-        .with_jitter();
+    let permits = Arc::new(Semaphore::new(CONCURRENT_SENDS));
+    let mut lanes: HashMap<InstanceId, mpsc::Sender<Arc<Update>>> = HashMap::new();
     loop {
         let update = tokio::select! {
             _ = shutdown.wait() => return Ok(()),
@@ -74,20 +85,14 @@ pub async fn relay_to_azure(
         };
         match update {
             Ok(update) => {
-                let group = update.instance.to_string();
-                let event = for_azure(&update);
-                let send = || azure.send_to_group(&group, PROGRESS_TARGET, vec![event.clone()]);
-                let sent = send
-                    .retry(retry)
-                    .when(AzureError::is_transient)
-                    // The service's Retry-After, when longer, wins.
-                    .adjust(|e, backoff| match (e.retry_after(), backoff) {
-                        (Some(asked), Some(planned)) => Some(asked.max(planned)),
-                        (_, planned) => planned,
-                    })
-                    .await;
-                if let Err(e) = sent {
-                    tracing::error!(instance = %group, seq = update.event.seq, "progress not relayed to Azure SignalR: {e}");
+                // A lane ends after its instance's final event.
+                lanes.retain(|_, lane| !lane.is_closed());
+                let lane = lanes
+                    .entry(update.instance.clone())
+                    .or_insert_with(|| lane(azure.clone(), permits.clone()));
+                if let Err(e) = lane.try_send(update) {
+                    let update = e.into_inner();
+                    tracing::error!(instance = %update.instance, seq = update.event.seq, "progress not relayed to Azure SignalR: {LANE_CAPACITY} events of this instance are already waiting; watchers can read the history");
                 }
             }
             Err(RecvError::Lagged(missed)) => {
@@ -98,6 +103,51 @@ pub async fn relay_to_azure(
             }
             Err(RecvError::Closed) => return Ok(()),
         }
+    }
+}
+
+/// One instance's sends, in order.
+fn lane(azure: AzureSignalR, permits: Arc<Semaphore>) -> mpsc::Sender<Arc<Update>> {
+    let (sender, mut events) = mpsc::channel::<Arc<Update>>(LANE_CAPACITY);
+    tokio::spawn(async move {
+        while let Some(update) = events.recv().await {
+            send(&azure, &permits, &update).await;
+            if update.is_final() {
+                return;
+            }
+        }
+    });
+    sender
+}
+
+/// Sends one event, retrying what may pass later. A permit is held per
+/// request, not across the waits between tries, so instances waiting out
+/// a `Retry-After` leave the others room.
+async fn send(azure: &AzureSignalR, permits: &Semaphore, update: &Update) {
+    let retry = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(2))
+        .with_max_times(5)
+        .with_jitter();
+    let group = update.instance.to_string();
+    let event = for_azure(update);
+    let attempt = || async {
+        let _permit = permits.acquire().await;
+        azure
+            .send_to_group(&group, PROGRESS_TARGET, vec![event.clone()])
+            .await
+    };
+    let sent = attempt
+        .retry(retry)
+        .when(AzureError::is_transient)
+        // The service's Retry-After, when longer, wins.
+        .adjust(|e, backoff| match (e.retry_after(), backoff) {
+            (Some(asked), Some(planned)) => Some(asked.max(planned)),
+            (_, planned) => planned,
+        })
+        .await;
+    if let Err(e) = sent {
+        tracing::error!(instance = %group, seq = update.event.seq, "progress not relayed to Azure SignalR: {e}");
     }
 }
 

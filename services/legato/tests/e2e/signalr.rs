@@ -54,8 +54,11 @@ type Seen = Arc<Mutex<Vec<(Method, String, HeaderMap, Bytes)>>>;
 struct Script {
     next: std::collections::VecDeque<(StatusCode, Option<u64>)>,
     connections: Vec<String>,
-    /// Every answer: when, to what, with which status.
-    answered: Vec<(std::time::Instant, Method, String, StatusCode)>,
+    /// Statuses queued for the next requests to one path.
+    failing:
+        std::collections::HashMap<String, std::collections::VecDeque<(StatusCode, Option<u64>)>>,
+    /// Every answer: when, to what, with which status, and the body.
+    answered: Vec<(std::time::Instant, Method, String, StatusCode, Bytes)>,
 }
 
 type Scripted = Arc<Mutex<Script>>;
@@ -94,6 +97,7 @@ async fn azure_stand_in() -> (String, Seen, Scripted) {
                     method,
                     uri.to_string(),
                     status,
+                    body,
                 ));
                 let mut response = status.into_response();
                 if let Some(seconds) = retry_after {
@@ -127,6 +131,13 @@ fn answer(
     }
     let mut script = script.lock().unwrap();
     if let Some(queued) = script.next.pop_front() {
+        return queued;
+    }
+    if let Some(queued) = script
+        .failing
+        .get_mut(uri.path())
+        .and_then(|q| q.pop_front())
+    {
         return queued;
     }
     if body.len() > 1024 * 1024 {
@@ -402,6 +413,74 @@ async fn azure_failures_are_retried_and_mapped_for_callers() {
     let busy = subscribe(&legato, &id, json!({"userId": "bo"})).await;
     assert_eq!(busy.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(busy.headers()["retry-after"], "7");
+}
+
+/// Each instance's sends have their own lane: one whose sends Azure keeps
+/// refusing (429, `Retry-After: 2`) holds back nobody else's events.
+#[tokio::test]
+async fn one_instances_failing_sends_do_not_hold_back_another() {
+    let (endpoint, _seen, script) = azure_stand_in().await;
+    let dir = temp_dir();
+    let legato = Legato::start_with_env(
+        dir.path(),
+        &[(
+            "LEGATO__SIGNALR__CONNECTION_STRING",
+            &azure_connection_string(&endpoint, ACCESS_KEY),
+        )],
+    );
+    let slow_group = "/api/v1/hubs/progress/groups/slow-1";
+    script.lock().unwrap().failing.insert(
+        slow_group.into(),
+        std::iter::repeat_n((StatusCode::TOO_MANY_REQUESTS, Some(2)), 3).collect(),
+    );
+    for id in ["slow-1", "fast-1"] {
+        legato
+            .start_instance(
+                "fan-out-fan-in",
+                json!({"input": {"value": 1}, "instanceId": id}),
+            )
+            .await;
+    }
+    let accepted_completion = |group: &str| {
+        script
+            .lock()
+            .unwrap()
+            .answered
+            .iter()
+            .find(|a| {
+                a.2 == group
+                    && a.3 == StatusCode::ACCEPTED
+                    && String::from_utf8_lossy(&a.4).contains("instance_completed")
+            })
+            .map(|a| a.0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let (fast_done, slow_done) = loop {
+        match (
+            accepted_completion("/api/v1/hubs/progress/groups/fast-1"),
+            accepted_completion(slow_group),
+        ) {
+            (Some(fast), Some(slow)) => break (fast, slow),
+            _ => {
+                assert!(std::time::Instant::now() < deadline, "events missing");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let slow_first = script
+        .lock()
+        .unwrap()
+        .answered
+        .iter()
+        .find(|a| a.2 == slow_group && a.3 == StatusCode::ACCEPTED)
+        .map(|a| a.0)
+        .unwrap();
+    assert!(
+        fast_done < slow_first,
+        "fast-1 finished {:?} after slow-1's first accepted send",
+        fast_done - slow_first
+    );
+    assert!(slow_done >= slow_first);
 }
 
 /// Credentials Azure refuses are legato's fault, not the caller's: 500 on
