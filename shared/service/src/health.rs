@@ -8,6 +8,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use legato_store::{InstanceQuery, Store};
 
 use crate::Shutdown;
@@ -65,6 +66,14 @@ pub async fn serve(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let app = app.merge(health_router(readiness.clone()));
+    // Progress streams write small frames the client waits for: Nagle's
+    // algorithm would hold each one back until the previous is acked
+    // (tens of milliseconds against a delayed ACK).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY not set: {e}");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.wait().await;
