@@ -153,9 +153,12 @@ impl Stack {
 
         let azure = config.signalr.azure()?;
         if let Some(azure) = azure.clone() {
+            let leadership =
+                legato_notifier::leadership::Leadership::follow(store.clone(), shutdown.clone());
             tasks.spawn(legato_notifier::relay_to_azure(
                 hub.clone(),
                 azure,
+                leadership,
                 shutdown.clone(),
             ));
         }

@@ -1,5 +1,6 @@
 //! Azure mode: every progress event goes to the Azure SignalR group named
-//! by its instance id. Each instance has its own lane: its events go in
+//! by its instance id, sent by the one replica holding the relay lease
+//! ([`Leadership`]). Each instance has its own lane: its events go in
 //! publication order, one at a time, while other instances' lanes send
 //! concurrently (at most [`CONCURRENT_SENDS`] requests in flight), so one
 //! instance's slow or failing sends delay nobody else. A send that keeps
@@ -8,9 +9,9 @@
 //! service (1 MB a request) goes as a summary that points at the history
 //! instead.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 use legato_contracts::InstanceId;
@@ -23,6 +24,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::ProgressHub;
 use crate::hub::Update;
+use crate::leadership::{self, Leadership};
 
 /// Requests to Azure in flight at once, over all instances.
 pub const CONCURRENT_SENDS: usize = 32;
@@ -70,38 +72,78 @@ pub(crate) fn for_azure(update: &Update) -> Value {
     Value::Object(summary)
 }
 
+/// Relays the hub's events to Azure while this replica holds the lease.
+/// A replica that does not keeps the last lease period's events, and sends
+/// them when it takes over: around a failover an event may reach Azure
+/// twice, never not at all.
 pub async fn relay_to_azure(
     hub: ProgressHub,
     azure: AzureSignalR,
+    mut leadership: Leadership,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let mut updates = hub.subscribe();
-    let permits = Arc::new(Semaphore::new(CONCURRENT_SENDS));
-    let mut lanes: HashMap<InstanceId, mpsc::Sender<Arc<Update>>> = HashMap::new();
+    let mut lanes = Lanes::new(azure);
+    let mut recent: VecDeque<(Instant, Arc<Update>)> = VecDeque::new();
     loop {
-        let update = tokio::select! {
+        tokio::select! {
             _ = shutdown.wait() => return Ok(()),
-            update = updates.recv() => update,
-        };
-        match update {
-            Ok(update) => {
-                // A lane ends after its instance's final event.
-                lanes.retain(|_, lane| !lane.is_closed());
-                let lane = lanes
-                    .entry(update.instance.clone())
-                    .or_insert_with(|| lane(azure.clone(), permits.clone()));
-                if let Err(e) = lane.try_send(update) {
-                    let update = e.into_inner();
-                    tracing::error!(instance = %update.instance, seq = update.event.seq, "progress not relayed to Azure SignalR: {LANE_CAPACITY} events of this instance are already waiting; watchers can read the history");
+            _ = leadership.changed() => {
+                if leadership.holds() {
+                    tracing::info!(events = recent.len(), "took over the Azure SignalR relay; sending the last lease period's events again");
+                    for (_, update) in recent.drain(..) {
+                        lanes.send(update);
+                    }
                 }
             }
-            Err(RecvError::Lagged(missed)) => {
-                tracing::warn!(
-                    missed,
-                    "the Azure SignalR relay fell behind; watchers can read the history"
-                );
-            }
-            Err(RecvError::Closed) => return Ok(()),
+            update = updates.recv() => match update {
+                Ok(update) if leadership.holds() => lanes.send(update),
+                Ok(update) => {
+                    let now = Instant::now();
+                    while recent.front().is_some_and(|(at, _)| now - *at > leadership::TTL) {
+                        recent.pop_front();
+                    }
+                    recent.push_back((now, update));
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::warn!(
+                        missed,
+                        "the Azure SignalR relay fell behind; watchers can read the history"
+                    );
+                }
+                Err(RecvError::Closed) => return Ok(()),
+            },
+        }
+    }
+}
+
+/// One lane per instance, sharing [`CONCURRENT_SENDS`] permits.
+struct Lanes {
+    azure: AzureSignalR,
+    permits: Arc<Semaphore>,
+    lanes: HashMap<InstanceId, mpsc::Sender<Arc<Update>>>,
+}
+
+impl Lanes {
+    fn new(azure: AzureSignalR) -> Self {
+        Self {
+            azure,
+            permits: Arc::new(Semaphore::new(CONCURRENT_SENDS)),
+            lanes: HashMap::new(),
+        }
+    }
+
+    fn send(&mut self, update: Arc<Update>) {
+        // A lane ends after its instance's final event.
+        self.lanes.retain(|_, lane| !lane.is_closed());
+        let (azure, permits) = (&self.azure, &self.permits);
+        let lane = self
+            .lanes
+            .entry(update.instance.clone())
+            .or_insert_with(|| lane(azure.clone(), permits.clone()));
+        if let Err(e) = lane.try_send(update) {
+            let update = e.into_inner();
+            tracing::error!(instance = %update.instance, seq = update.event.seq, "progress not relayed to Azure SignalR: {LANE_CAPACITY} events of this instance are already waiting; watchers can read the history");
         }
     }
 }

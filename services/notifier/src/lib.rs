@@ -7,6 +7,7 @@
 
 mod azure;
 mod hub;
+pub mod leadership;
 mod signalr_hub;
 mod sse;
 mod standalone;

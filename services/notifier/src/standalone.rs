@@ -11,6 +11,7 @@ pub async fn run(config: NotifierConfig, shutdown: Shutdown) -> anyhow::Result<(
     let readiness = Readiness::new(Some(store.clone()));
     let feed = crate::relay(bus, hub.clone(), shutdown.clone()).await?;
     legato_service::cors::check(&config.signalr.allowed_origins)?;
+    let store_for_lease = store.clone();
     let app = crate::router(
         NotifierState::new(hub.clone(), store, shutdown.clone())
             .with_allowed_origins(config.signalr.allowed_origins.clone()),
@@ -23,7 +24,13 @@ pub async fn run(config: NotifierConfig, shutdown: Shutdown) -> anyhow::Result<(
         shutdown.clone(),
     ));
     if let Some(azure) = config.signalr.azure()? {
-        tokio::spawn(crate::relay_to_azure(hub, azure, shutdown.clone()));
+        let leadership = crate::leadership::Leadership::follow(store_for_lease, shutdown.clone());
+        tokio::spawn(crate::relay_to_azure(
+            hub,
+            azure,
+            leadership,
+            shutdown.clone(),
+        ));
     }
     readiness.set_ready(true);
     let result = feed.await;

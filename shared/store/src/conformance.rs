@@ -436,6 +436,46 @@ pub async fn definitions_are_versioned_and_immutable(store: &dyn Store) {
     assert_eq!(listed, vec![def(2, "h2")]);
 }
 
+/// A lease has one holder at a time: others wait until it expires, the
+/// holder renews it, and of many racing for a free one exactly one wins.
+pub async fn leases_have_one_holder_at_a_time(store: &dyn Store) {
+    use std::time::Duration;
+    let name = unique("lease");
+    let long = Duration::from_secs(60);
+    assert!(store.acquire_lease(&name, "a", long).await.unwrap());
+    assert!(!store.acquire_lease(&name, "b", long).await.unwrap());
+    assert!(
+        store.acquire_lease(&name, "a", long).await.unwrap(),
+        "renewal"
+    );
+    assert!(!store.acquire_lease(&name, "b", long).await.unwrap());
+
+    let short = unique("lease");
+    assert!(
+        store
+            .acquire_lease(&short, "a", Duration::from_millis(1))
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(
+        store.acquire_lease(&short, "b", long).await.unwrap(),
+        "expired"
+    );
+    assert!(!store.acquire_lease(&short, "a", long).await.unwrap());
+
+    let raced = unique("lease");
+    let attempts: Vec<_> = (0..8)
+        .map(|i| store.acquire_lease(&raced, ["p", "q", "r", "s", "t", "u", "v", "w"][i], long))
+        .collect();
+    let won = futures::future::join_all(attempts)
+        .await
+        .into_iter()
+        .filter(|r| *r.as_ref().unwrap())
+        .count();
+    assert_eq!(won, 1, "racing holders");
+}
+
 /// Expands to one test per conformance case for the adapter built by `$make`
 /// (an expression, evaluated inside each async test).
 #[macro_export]
@@ -453,6 +493,7 @@ macro_rules! store_conformance_tests {
             purge_removes_the_whole_instance,
             large_values_round_trip_intact,
             definitions_are_versioned_and_immutable,
+            leases_have_one_holder_at_a_time,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

@@ -218,4 +218,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// The latest version of every registered definition, by name.
     async fn list_definitions(&self) -> Result<Vec<DefinitionRecord>, StoreError>;
+
+    /// Takes or keeps the lease `name` for `holder` until `ttl` from now,
+    /// for work one replica at a time must do. True when `holder` holds it
+    /// afterwards (it was free, had expired, or was already `holder`'s);
+    /// false while another holder's lease runs. Two holders racing for a
+    /// free lease never both win. A holder keeps it by calling again well
+    /// within `ttl`.
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError>;
 }

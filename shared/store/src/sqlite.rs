@@ -55,6 +55,11 @@ CREATE TABLE IF NOT EXISTS timers (
     PRIMARY KEY (instance_id, id)
 );
 CREATE INDEX IF NOT EXISTS timers_by_due ON timers (due_at);
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS definitions (
     name TEXT NOT NULL,
     version INTEGER NOT NULL,
@@ -412,6 +417,30 @@ impl Store for SqliteStore {
                 .map_err(unavailable)?;
             }
             tx.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        let now = millis(OffsetDateTime::now_utc());
+        let expires = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        self.with(move |conn| {
+            // One statement: the row is taken only when free, expired or ours.
+            let taken = conn
+                .execute(
+                    "INSERT INTO leases (name, holder, expires_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+                     WHERE leases.holder = excluded.holder OR leases.expires_at <= ?4",
+                    params![name, holder, expires, now],
+                )
+                .map_err(unavailable)?;
+            Ok(taken == 1)
         })
         .await
     }

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Value, json};
 
-use crate::support::{Legato, temp_dir};
+use crate::support::{Legato, Service, client_for, services_env, temp_dir};
 
 fn signalr_test_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/node")
@@ -481,6 +481,140 @@ async fn one_instances_failing_sends_do_not_hold_back_another() {
         fast_done - slow_first
     );
     assert!(slow_done >= slow_first);
+}
+
+/// Three notifier replicas, each with its own feed of every event (for
+/// its own clients), send each event to Azure once: only the holder of the
+/// relay lease sends.
+#[tokio::test]
+async fn three_notifier_replicas_send_each_event_to_azure_once() {
+    let (endpoint, seen, _script) = azure_stand_in().await;
+    let dir = temp_dir();
+    let mut env = services_env(dir.path());
+    env.push((
+        "LEGATO__SIGNALR__CONNECTION_STRING".into(),
+        azure_connection_string(&endpoint, ACCESS_KEY),
+    ));
+    let catalogue = concat!(env!("CARGO_MANIFEST_DIR"), "/../../workflows");
+    env.push(("LEGATO__GATEWAY__WORKFLOWS_DIR".into(), catalogue.into()));
+    let _services: Vec<Service> = [
+        "orchestrator",
+        "agent-echo",
+        "notifier",
+        "notifier",
+        "notifier",
+    ]
+    .iter()
+    .map(|name| Service::start(name, dir.path(), &env))
+    .collect();
+    let gateway = Service::start("gateway", dir.path(), &env);
+    let legato = client_for(&gateway, dir.path());
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(
+            legato
+                .start_instance(
+                    "fan-out-fan-in",
+                    json!({"input": {"value": i}, "instanceId": format!("once-{i}")}),
+                )
+                .await,
+        );
+    }
+    for id in &ids {
+        legato.wait_status(id, "Completed").await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    for id in &ids {
+        let group = format!("/api/v1/hubs/progress/groups/{id}");
+        loop {
+            let bodies: Vec<Bytes> = seen
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|r| r.0 == Method::POST && r.1 == group)
+                .map(|r| r.3.clone())
+                .collect();
+            if bodies
+                .iter()
+                .any(|b| String::from_utf8_lossy(b).contains("instance_completed"))
+            {
+                let mut distinct = bodies.clone();
+                distinct.sort();
+                distinct.dedup();
+                assert_eq!(
+                    distinct.len(),
+                    bodies.len(),
+                    "{id}: {} sends for {} events",
+                    bodies.len(),
+                    distinct.len()
+                );
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{id}: not all events reached Azure"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The replica holding the relay lease dies (kill -9, no goodbye): another
+/// takes over once the lease lapses and sends what was published meanwhile.
+#[tokio::test]
+async fn a_killed_relay_holder_is_replaced_and_nothing_is_lost() {
+    let (endpoint, seen, _script) = azure_stand_in().await;
+    let dir = temp_dir();
+    let mut env = services_env(dir.path());
+    env.push((
+        "LEGATO__SIGNALR__CONNECTION_STRING".into(),
+        azure_connection_string(&endpoint, ACCESS_KEY),
+    ));
+    let catalogue = concat!(env!("CARGO_MANIFEST_DIR"), "/../../workflows");
+    env.push(("LEGATO__GATEWAY__WORKFLOWS_DIR".into(), catalogue.into()));
+    let _services: Vec<Service> = ["orchestrator", "agent-echo"]
+        .iter()
+        .map(|name| Service::start(name, dir.path(), &env))
+        .collect();
+    let first = Service::start("notifier", dir.path(), &env);
+    let gateway = Service::start("gateway", dir.path(), &env);
+    let legato = client_for(&gateway, dir.path());
+    let reached = |id: &str| {
+        let group = format!("/api/v1/hubs/progress/groups/{id}");
+        seen.lock().unwrap().iter().any(|r| {
+            r.0 == Method::POST
+                && r.1 == group
+                && String::from_utf8_lossy(&r.3).contains("instance_completed")
+        })
+    };
+    let until = |id: &'static str| async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(40);
+        while !reached(id) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{id} never reached Azure"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    // Alone, the first replica holds the lease.
+    legato
+        .start_instance(
+            "fan-out-fan-in",
+            json!({"input": {"value": 1}, "instanceId": "before"}),
+        )
+        .await;
+    until("before").await;
+    let _second = Service::start("notifier", dir.path(), &env);
+    first.kill();
+    legato
+        .start_instance(
+            "fan-out-fan-in",
+            json!({"input": {"value": 2}, "instanceId": "after"}),
+        )
+        .await;
+    legato.wait_status("after", "Completed").await;
+    until("after").await;
 }
 
 /// Credentials Azure refuses are legato's fault, not the caller's: 500 on

@@ -17,6 +17,7 @@
 
 mod connection;
 mod keys;
+mod lease;
 mod payload;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -1270,6 +1271,15 @@ impl Store for AzureTableStore {
             Some(row) => Ok(Some(self.definition(&row).await?)),
             None => Ok(None),
         }
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.lease(name, holder, ttl).await
     }
 
     async fn list_definitions(&self) -> Result<Vec<DefinitionRecord>, StoreError> {
