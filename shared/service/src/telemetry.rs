@@ -38,8 +38,12 @@ pub fn init(service: &str, settings: &TelemetrySettings) -> anyhow::Result<Telem
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.log))
         .map_err(|e| anyhow::anyhow!("settings: `telemetry.log` is not a filter: {e}"))?;
+    // Colour codes only for a person at a terminal: container logs and
+    // log collectors get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout())
+        && std::env::var_os("NO_COLOR").is_none();
     let fmt = match settings.log_format {
-        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_ansi(ansi).boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
     };
     let (otel, provider) = if settings.otlp_endpoint.is_empty() {
