@@ -9,6 +9,7 @@ mod api;
 mod body;
 mod catalogue;
 mod dto;
+pub mod memberships;
 pub mod openapi;
 mod settings;
 mod standalone;
@@ -40,6 +41,8 @@ pub struct GatewayState {
     pub signalr: Option<AzureSignalR>,
     /// Browser origins allowed on negotiate and subscribe (empty: any).
     pub allowed_origins: Arc<Vec<String>>,
+    /// Users added to groups, to remove when their instance finishes.
+    pub memberships: Arc<memberships::Memberships>,
 }
 
 impl GatewayState {
@@ -53,6 +56,7 @@ impl GatewayState {
             definitions: Arc::default(),
             signalr: None,
             allowed_origins: Arc::default(),
+            memberships: Arc::default(),
         }
     }
 

@@ -14,9 +14,17 @@ pub async fn run(config: GatewayConfig, shutdown: Shutdown) -> anyhow::Result<()
     let readiness = Readiness::new(Some(store.clone()));
     let signalr = config.signalr.azure()?;
     legato_service::cors::check(&config.signalr.allowed_origins)?;
-    let state = GatewayState::new(store, bus, config.gateway)
-        .with_signalr(signalr)
+    let state = GatewayState::new(store.clone(), bus, config.gateway)
+        .with_signalr(signalr.clone())
         .with_allowed_origins(config.signalr.allowed_origins);
+    if let Some(azure) = signalr {
+        tokio::spawn(state.memberships.clone().sweep(
+            store,
+            azure,
+            std::time::Duration::from_millis(config.signalr.membership_sweep_ms.max(100)),
+            shutdown.clone(),
+        ));
+    }
     let app = crate::router(state);
     let listener = legato_service::listen("gateway", &config.http).await?;
     readiness.set_ready(true);

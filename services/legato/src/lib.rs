@@ -165,8 +165,22 @@ impl Stack {
         let origins = config.signalr.allowed_origins.clone();
         legato_service::cors::check(&origins)?;
         let gateway = GatewayState::new(store.clone(), bus, config.gateway.clone())
-            .with_signalr(azure)
+            .with_signalr(azure.clone())
             .with_allowed_origins(origins.clone());
+        if let Some(azure) = azure {
+            tasks.spawn({
+                let sweep = gateway.memberships.clone().sweep(
+                    store.clone(),
+                    azure,
+                    std::time::Duration::from_millis(config.signalr.membership_sweep_ms.max(100)),
+                    shutdown.clone(),
+                );
+                async move {
+                    sweep.await;
+                    Ok(())
+                }
+            });
+        }
         let app = legato_gateway::router(gateway).merge(legato_notifier::router(
             NotifierState::new(hub, store.clone(), shutdown.clone()).with_allowed_origins(origins),
         ));

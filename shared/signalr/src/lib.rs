@@ -39,6 +39,9 @@ pub struct SignalRSettings {
     /// Browser origins allowed to call negotiate, subscribe, the stream
     /// and the hub (`https://app.example.com`); empty: any origin.
     pub allowed_origins: Vec<String>,
+    /// How often the gateway removes the users it added to groups of
+    /// instances that have since finished.
+    pub membership_sweep_ms: u64,
 }
 
 impl Default for SignalRSettings {
@@ -48,6 +51,7 @@ impl Default for SignalRSettings {
             token_lifetime_s: 3_600,
             membership_ttl_s: 86_400,
             allowed_origins: Vec::new(),
+            membership_sweep_ms: 10_000,
         }
     }
 }

@@ -95,7 +95,13 @@ pub(crate) async fn subscribe(
     }
     let added = match (&request.connection_id, &request.user_id) {
         (Some(connection), None) => azure.add_connection_to_group(id.as_str(), connection).await,
-        (None, Some(user)) => azure.add_user_to_group(id.as_str(), user).await,
+        (None, Some(user)) => {
+            let added = azure.add_user_to_group(id.as_str(), user).await;
+            if added.is_ok() {
+                state.memberships.track(&id, user);
+            }
+            added
+        }
         _ => {
             return Err(Problem::field(
                 "body",

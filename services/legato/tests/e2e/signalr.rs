@@ -328,6 +328,7 @@ async fn azure_failures_are_retried_and_mapped_for_callers() {
                 &azure_connection_string(&endpoint, ACCESS_KEY),
             ),
             ("LEGATO__SIGNALR__MEMBERSHIP_TTL_S", "600"),
+            ("LEGATO__SIGNALR__MEMBERSHIP_SWEEP_MS", "200"),
         ],
     );
     // The instance's first two sends fail, then Azure recovers.
@@ -405,14 +406,37 @@ async fn azure_failures_are_retried_and_mapped_for_callers() {
     assert!(seen.lock().unwrap().iter().any(|r| r.0 == Method::PUT
         && r.1 == format!("/api/v1/hubs/progress/groups/{id}/users/ana?ttl=600")));
     // Azure busy: 503 with when to come back.
-    script
-        .lock()
-        .unwrap()
-        .next
-        .push_back((StatusCode::TOO_MANY_REQUESTS, Some(7)));
+    script.lock().unwrap().failing.insert(
+        format!("/api/v1/hubs/progress/groups/{id}/users/bo"),
+        [(StatusCode::TOO_MANY_REQUESTS, Some(7))].into(),
+    );
     let busy = subscribe(&legato, &id, json!({"userId": "bo"})).await;
     assert_eq!(busy.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(busy.headers()["retry-after"], "7");
+    // The instance has finished: the gateway takes back the membership it
+    // gave (and only that one).
+    let removal = format!("/api/v1/hubs/progress/groups/{id}/users/ana");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !seen
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|r| r.0 == Method::DELETE && r.1 == removal)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ana was never removed from the group"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deletes: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.0 == Method::DELETE)
+        .map(|r| r.1.clone())
+        .collect();
+    assert_eq!(deletes, [removal]);
 }
 
 /// Each instance's sends have their own lane: one whose sends Azure keeps
