@@ -18,8 +18,8 @@ use legato_contracts::Topic;
 use legato_contracts::{InstanceId, RuntimeStatus, WorkflowName};
 use legato_service::{Shutdown, StoreSettings};
 use legato_store::{
-    AzureTableConnection, AzureTableStore, Commit, Expected, HistoryRow, InstanceRecord,
-    InstanceSummary, OutboxRow, SqliteStore, Store,
+    AzureTableConnection, AzureTableStore, Commit, Durability, Expected, HistoryRow,
+    InstanceRecord, InstanceSummary, OutboxRow, SqliteStore, Store,
 };
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -61,12 +61,32 @@ pub struct BenchOptions {
     /// Table Storage connection string for `--store azure-table`.
     #[arg(long, default_value = "UseDevelopmentStorage=true")]
     pub tables: String,
+    /// The SQLite store's durability: `normal` (a commit survives a process
+    /// crash) or `fsync` (it survives power loss too); the raw commits are
+    /// measured with the same.
+    #[arg(long, default_value = "normal")]
+    pub durability: DurabilityChoice,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum StoreChoice {
     Sqlite,
     AzureTable,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DurabilityChoice {
+    Normal,
+    Fsync,
+}
+
+impl From<DurabilityChoice> for Durability {
+    fn from(choice: DurabilityChoice) -> Self {
+        match choice {
+            DurabilityChoice::Normal => Durability::Normal,
+            DurabilityChoice::Fsync => Durability::Fsync,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -155,6 +175,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
             config.http.port = 0;
             config.data_dir = scratch.join("stack");
             config.workflows_dir = scratch.join("no-catalogue");
+            config.durability = options.durability.into();
             if options.store == StoreChoice::AzureTable {
                 config.store = Some(StoreSettings::AzureTable {
                     connection_string: Some(options.tables.clone()),
@@ -231,6 +252,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         StoreChoice::Sqlite => {
             let raw = raw_commits(
                 &scratch.join("raw.db"),
+                options.durability.into(),
                 options.instances,
                 commits_per_instance,
                 options.concurrency,
@@ -264,6 +286,18 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         "legato bench: {} instances of {WORKFLOW} (4 parallel echo tasks, then 1), concurrency {}",
         options.instances, options.concurrency
     );
+    if options.store == StoreChoice::Sqlite {
+        println!(
+            "  durability: SQLite {} ({})",
+            Durability::from(options.durability).as_str(),
+            match options.durability {
+                DurabilityChoice::Normal =>
+                    "WAL, synchronous NORMAL: commits survive a process crash, not a power loss",
+                DurabilityChoice::Fsync =>
+                    "WAL, synchronous FULL: every commit fsynced, survives power loss",
+            }
+        );
+    }
     println!(
         "  stack:    {} completed, {} failed in {:.2} s = {:.1} instances/s",
         outcome.completed,
@@ -519,11 +553,12 @@ async fn tables(connection: &str, role: &str) -> anyhow::Result<AzureTableStore>
 /// history row and one outbox row, the outbox then deleted.
 async fn raw_commits(
     path: &std::path::Path,
+    durability: Durability,
     instances: usize,
     per_instance: usize,
     concurrency: usize,
 ) -> anyhow::Result<Duration> {
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(path)?);
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open_with(path, durability)?);
     let workflow = WorkflowName::parse(WORKFLOW)?;
     let state = json!({"steps": {"a": {"status": "Completed", "output": {"value": 1, "attempt": 1}}, "b": {"status": "Completed"}, "c": {"status": "Completed"}, "d": {"status": "Completed"}, "join": {"status": "Running"}}, "input": {"value": 1}, "padding": "x".repeat(RAW_STATE_BYTES - 300)});
     let started = Instant::now();

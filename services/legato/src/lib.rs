@@ -41,6 +41,9 @@ pub struct LegatoConfig {
     pub bus: BusSettings,
     /// Instance state (`legato.db`) and the demo database (`demo.db`).
     pub data_dir: PathBuf,
+    /// When the default SQLite store's commits are on disk: `normal`
+    /// (survives a process crash) or `fsync` (survives power loss too).
+    pub durability: legato_store::Durability,
     /// Where instance state lives; unset: SQLite at `<data_dir>/legato.db`.
     /// `kind = "azure_table"` keeps it in Azure Table Storage (Azurite).
     pub store: Option<StoreSettings>,
@@ -64,6 +67,7 @@ impl Default for LegatoConfig {
             telemetry: TelemetrySettings::default(),
             bus: BusSettings::default(),
             data_dir: PathBuf::from(".legato"),
+            durability: legato_store::Durability::Normal,
             store: None,
             workflows_dir: PathBuf::from("workflows"),
             gateway: GatewaySettings::default(),
@@ -107,6 +111,7 @@ impl Stack {
             .map_err(|e| anyhow::anyhow!("data_dir {}: {e}", config.data_dir.display()))?;
         let store_settings = config.store.clone().unwrap_or(StoreSettings::Sqlite {
             path: config.data_dir.join("legato.db"),
+            durability: config.durability,
         });
         let store = wiring::open_store(&store_settings).await?;
         if config.data.url == DataSettings::default().url {

@@ -209,7 +209,13 @@ pub enum LogFormat {
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum StoreSettings {
     /// The embedded store: one SQLite file (created with its directory).
-    Sqlite { path: PathBuf },
+    Sqlite {
+        path: PathBuf,
+        /// `normal` (survives a process crash) or `fsync` (survives power
+        /// loss too); see `legato_store::Durability`.
+        #[serde(default)]
+        durability: legato_store::Durability,
+    },
     /// Azure Table Storage (Azurite locally): `LEGATO__STORE__KIND=azure_table`
     /// with either `connection_string` (`UseDevelopmentStorage=true` works)
     /// or `account` + `access_key` (+ `endpoint` off the public cloud).
@@ -242,6 +248,7 @@ impl Default for StoreSettings {
     fn default() -> Self {
         Self::Sqlite {
             path: PathBuf::from(".legato/legato.db"),
+            durability: legato_store::Durability::Normal,
         }
     }
 }

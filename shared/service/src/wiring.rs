@@ -12,13 +12,13 @@ use crate::settings::{BusSettings, SettingsError, StoreSettings};
 
 pub async fn open_store(settings: &StoreSettings) -> anyhow::Result<Arc<dyn Store>> {
     match settings {
-        StoreSettings::Sqlite { path } => {
+        StoreSettings::Sqlite { path, durability } => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).map_err(|e| {
                     anyhow::anyhow!("store.path: cannot create {}: {e}", dir.display())
                 })?;
             }
-            Ok(Arc::new(SqliteStore::open(path)?))
+            Ok(Arc::new(SqliteStore::open_with(path, *durability)?))
         }
         StoreSettings::AzureTable { table_prefix, .. } => {
             let connection = azure_table_connection(settings)?;

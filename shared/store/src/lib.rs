@@ -21,7 +21,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 pub use azure::{AzureTableConnection, AzureTableStore, INDEX_GRACE, table_requests};
-pub use sqlite::SqliteStore;
+pub use sqlite::{Durability, SqliteStore};
 
 /// Opaque optimistic-concurrency token of an instance record.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -70,20 +70,61 @@ CREATE TABLE IF NOT EXISTS definitions (
 );
 "#;
 
+/// When a commit is on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// WAL with `synchronous = NORMAL`: a commit survives the process
+    /// crashing; the last commits before a power loss or OS crash may be
+    /// lost (the database stays consistent).
+    #[default]
+    Normal,
+    /// WAL with `synchronous = FULL`: every commit is fsynced before it is
+    /// acknowledged, so it survives power loss too, at the cost of a disk
+    /// flush per commit.
+    Fsync,
+}
+
+impl Durability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Normal => "normal",
+            Self::Fsync => "fsync",
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) a database file.
+    /// Opens (creating if needed) a database file, `Durability::Normal`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(path, Durability::Normal)
+    }
+
+    pub fn open_with(path: impl AsRef<Path>, durability: Durability) -> Result<Self, StoreError> {
         let conn = Connection::open(path).map_err(unavailable)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(unavailable)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
+        let synchronous = match durability {
+            Durability::Normal => "NORMAL",
+            Durability::Fsync => "FULL",
+        };
+        conn.pragma_update(None, "synchronous", synchronous)
             .map_err(unavailable)?;
         Self::init(conn)
+    }
+
+    /// The `synchronous` level the connection runs with (1 NORMAL, 2 FULL).
+    pub async fn synchronous(&self) -> Result<i64, StoreError> {
+        self.with(|conn| {
+            conn.query_row("PRAGMA synchronous", [], |row| row.get(0))
+                .map_err(unavailable)
+        })
+        .await
     }
 
     /// A private database that lives as long as this value.
@@ -528,6 +569,22 @@ mod conformance_tests {
             std::fs::create_dir_all(&dir).unwrap();
             crate::SqliteStore::open(dir.join("legato.db")).unwrap()
         });
+    }
+
+    #[tokio::test]
+    async fn durability_sets_how_commits_reach_the_disk() {
+        use crate::Durability;
+        let dir = std::env::temp_dir().join(format!(
+            "legato-durability-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let normal = crate::SqliteStore::open_with(dir.join("n.db"), Durability::Normal).unwrap();
+        assert_eq!(normal.synchronous().await.unwrap(), 1, "NORMAL");
+        let fsync = crate::SqliteStore::open_with(dir.join("f.db"), Durability::Fsync).unwrap();
+        assert_eq!(fsync.synchronous().await.unwrap(), 2, "FULL");
+        drop((normal, fsync));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test]
