@@ -25,6 +25,13 @@ param agentApprovalExists bool = false
 @description('Most replicas an agent scales out to on its backlog.')
 param agentMaxReplicas int = 10
 
+@description('The Entra ID tenant whose tokens the gateway accepts (default: the subscription\'s).')
+param authTenantId string = tenant().tenantId
+
+@minLength(1)
+@description('The audience of the gateway\'s tokens: its app registration\'s application id or id URI (azd env set LEGATO_AUTH_AUDIENCE …).')
+param authAudience string
+
 var tags = {
   'azd-env-name': environmentName
 }
@@ -52,6 +59,8 @@ module resources 'resources.bicep' = {
     agentDataExists: agentDataExists
     agentApprovalExists: agentApprovalExists
     agentMaxReplicas: agentMaxReplicas
+    authTenantId: authTenantId
+    authAudience: authAudience
   }
 }
 

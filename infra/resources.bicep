@@ -15,6 +15,10 @@ param agentCoderExists bool = false
 param agentDataExists bool = false
 param agentApprovalExists bool = false
 param agentMaxReplicas int = 10
+@description('The Entra ID tenant whose tokens the gateway accepts.')
+param authTenantId string
+@description('The audience of those tokens: the gateway API\'s application id or id URI.')
+param authAudience string
 @description('Backlog per agent replica the scale rule aims for.')
 param messagesPerReplica int = 5
 
@@ -154,6 +158,22 @@ var services = [
       {
         name: 'LEGATO__GATEWAY__STREAM_URL'
         value: 'https://ca-notifier-${appSuffix}.${environment.outputs.defaultDomain}'
+      }
+      {
+        name: 'LEGATO__GATEWAY__AUTH__MODE'
+        value: 'jwt'
+      }
+      {
+        name: 'LEGATO__GATEWAY__AUTH__JWT__ISSUER'
+        value: 'https://login.microsoftonline.com/${authTenantId}/v2.0'
+      }
+      {
+        name: 'LEGATO__GATEWAY__AUTH__JWT__AUDIENCE'
+        value: authAudience
+      }
+      {
+        name: 'LEGATO__GATEWAY__AUTH__JWT__JWKS_URL'
+        value: 'https://login.microsoftonline.com/${authTenantId}/discovery/v2.0/keys'
       }
     ]
   }

@@ -6,6 +6,7 @@
 //! is never lost, even if the gateway dies before publishing.
 
 mod api;
+pub mod auth;
 mod body;
 mod catalogue;
 mod dto;
@@ -43,6 +44,8 @@ pub struct GatewayState {
     pub allowed_origins: Arc<Vec<String>>,
     /// Users added to groups, to remove when their instance finishes.
     pub memberships: Arc<memberships::Memberships>,
+    /// Who may call; everyone until [`GatewayState::with_auth`].
+    pub auth: Arc<auth::Authenticator>,
 }
 
 impl GatewayState {
@@ -57,7 +60,13 @@ impl GatewayState {
             signalr: None,
             allowed_origins: Arc::default(),
             memberships: Arc::default(),
+            auth: Arc::new(auth::Authenticator::Anyone),
         }
+    }
+
+    pub fn with_auth(mut self, auth: auth::Authenticator) -> Self {
+        self.auth = Arc::new(auth);
+        self
     }
 
     pub fn with_allowed_origins(mut self, origins: Vec<String>) -> Self {
@@ -80,8 +89,11 @@ pub fn router(state: GatewayState) -> Router {
         tracing::error!("browser routes without CORS: {e}");
         tower_http::cors::CorsLayer::new()
     });
+    let authorize = axum::middleware::from_fn_with_state(state.clone(), auth::authorize);
     api::routes()
         .merge(api::browser_routes().layer(cors))
+        .route_layer(authorize)
+        .route("/api/v1/openapi.json", axum::routing::get(openapi::serve))
         .with_state(state)
         .layer(DefaultBodyLimit::max(limit))
         .layer(TraceLayer::new_for_http())

@@ -18,6 +18,8 @@ pub struct GatewaySettings {
     pub stream_url: String,
     /// Most history rows one status request returns.
     pub max_history: usize,
+    /// Who may call the API (see `auth::AuthSettings`).
+    pub auth: crate::auth::AuthSettings,
     /// Definitions (`*.yaml`, `*.yml`, `*.json`) registered at start; empty
     /// registers none. `legato up` uses its own `workflows_dir`.
     pub workflows_dir: String,
@@ -30,6 +32,7 @@ impl Default for GatewaySettings {
             public_url: String::new(),
             stream_url: String::new(),
             max_history: 1_000,
+            auth: crate::auth::AuthSettings::default(),
             workflows_dir: String::new(),
         }
     }

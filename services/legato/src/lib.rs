@@ -169,7 +169,11 @@ impl Stack {
         }
         let origins = config.signalr.allowed_origins.clone();
         legato_service::cors::check(&origins)?;
+        let auth =
+            legato_gateway::auth::Authenticator::new(&config.gateway.auth, &config.http.host)
+                .map_err(|e| anyhow::anyhow!("settings: {e}"))?;
         let gateway = GatewayState::new(store.clone(), bus, config.gateway.clone())
+            .with_auth(auth)
             .with_signalr(azure.clone())
             .with_allowed_origins(origins.clone());
         if let Some(azure) = azure {

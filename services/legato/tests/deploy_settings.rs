@@ -38,6 +38,8 @@ fn sample(expression: &str) -> String {
         "storage.outputs.name" => "stlegatoabc123".into(),
         "signalr.outputs.endpoint" => "https://sigr-legato-abc123.service.signalr.net".into(),
         "appSuffix" => "abc123def4".into(),
+        "authTenantId" => "72f988bf-86f1-41af-91ab-2d7cd011db47".into(),
+        "authAudience" => "api://legato-gateway".into(),
         "environment.outputs.defaultDomain" => {
             "happy-river-1a2b3c4d.westeurope.azurecontainerapps.io".into()
         }

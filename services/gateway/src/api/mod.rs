@@ -27,7 +27,6 @@ pub(crate) const SOURCE: &str = "/legato/gateway";
 
 pub(crate) fn routes() -> Router<GatewayState> {
     Router::new()
-        .route("/api/v1/openapi.json", get(crate::openapi::serve))
         .route("/api/v1/workflows", get(workflows::list_workflows))
         .route(
             "/api/v1/workflows/{name}",

@@ -1,0 +1,200 @@
+//! Who may call the gateway, and what they may do: every API route needs
+//! a [`Role`]; the caller's roles come from an API key or a JWT
+//! ([`settings::AuthMode`]). A missing or bad credential is 401 with
+//! `WWW-Authenticate: Bearer`, a missing role 403, both as problem
+//! details. Health and the OpenAPI document stay open.
+
+mod jwt;
+pub mod settings;
+
+use std::sync::Arc;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use legato_service::problem::Problem;
+use sha2::{Digest, Sha256};
+
+use crate::GatewayState;
+pub use settings::{ApiKeySetting, AuthMode, AuthSettings, JwtSettings, Role};
+
+/// The caller, as its credential says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub subject: String,
+    pub tenant: Option<String>,
+    pub roles: Vec<Role>,
+}
+
+impl Principal {
+    pub fn may(&self, role: Role) -> bool {
+        self.roles.iter().any(|r| *r == role || *r == Role::Admin)
+    }
+}
+
+/// Why a request is not let in.
+#[derive(Debug)]
+pub enum Refusal {
+    Unauthenticated(String),
+    Unavailable(String),
+}
+
+/// Checks credentials as the settings say.
+pub enum Authenticator {
+    Anyone,
+    ApiKeys(Vec<ApiKeySetting>),
+    Jwt(Box<jwt::JwtVerifier>),
+}
+
+impl Authenticator {
+    /// Refuses settings that cannot work, and a gateway without
+    /// authentication on a non-loopback address unless explicitly allowed.
+    pub fn new(settings: &AuthSettings, host: &str) -> Result<Self, String> {
+        match settings.mode {
+            AuthMode::None => {
+                let loopback = host
+                    .parse::<std::net::IpAddr>()
+                    .map(|ip| ip.is_loopback())
+                    .unwrap_or(host == "localhost");
+                if !loopback && !settings.allow_anonymous_remote {
+                    return Err(format!(
+                        "gateway.auth.mode is none but the gateway listens on {host}: set \
+                         gateway.auth.mode to api_key or jwt, or \
+                         gateway.auth.allow_anonymous_remote = true for a private network"
+                    ));
+                }
+                Ok(Self::Anyone)
+            }
+            AuthMode::ApiKey => {
+                if settings.api_keys.is_empty() {
+                    return Err("gateway.auth.api_keys is empty in api_key mode".into());
+                }
+                for key in &settings.api_keys {
+                    let hex =
+                        key.sha256.len() == 64 && key.sha256.bytes().all(|b| b.is_ascii_hexdigit());
+                    if !hex {
+                        return Err(format!(
+                            "gateway.auth.api_keys {:?}: sha256 must be 64 hex digits",
+                            key.id
+                        ));
+                    }
+                }
+                Ok(Self::ApiKeys(settings.api_keys.clone()))
+            }
+            AuthMode::Jwt => Ok(Self::Jwt(Box::new(jwt::JwtVerifier::new(
+                settings.jwt.clone(),
+            )?))),
+        }
+    }
+
+    /// The caller a request's `Authorization` header names.
+    pub async fn principal(&self, authorization: Option<&str>) -> Result<Principal, Refusal> {
+        let bearer = authorization
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        match self {
+            Self::Anyone => Ok(Principal {
+                subject: "anonymous".into(),
+                tenant: None,
+                roles: vec![Role::Admin],
+            }),
+            Self::ApiKeys(keys) => {
+                let key = bearer.ok_or_else(|| {
+                    Refusal::Unauthenticated("no Authorization: Bearer <api key>".into())
+                })?;
+                let hash = Sha256::digest(key.as_bytes());
+                let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+                keys.iter()
+                    .find(|k| same(k.sha256.to_ascii_lowercase().as_bytes(), hex.as_bytes()))
+                    .map(|k| Principal {
+                        subject: k.id.clone(),
+                        tenant: k.tenant.clone(),
+                        roles: k.roles.clone(),
+                    })
+                    .ok_or_else(|| Refusal::Unauthenticated("unknown API key".into()))
+            }
+            Self::Jwt(verifier) => {
+                let token = bearer.ok_or_else(|| {
+                    Refusal::Unauthenticated("no Authorization: Bearer <token>".into())
+                })?;
+                verifier.verify(token).await
+            }
+        }
+    }
+}
+
+/// Equal without stopping at the first difference.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The role a route needs.
+pub fn required_role(method: &Method, path: &str) -> Role {
+    match (method.as_str(), path) {
+        ("PUT", "/api/v1/workflows/{name}") => Role::Manage,
+        ("POST", "/api/v1/workflows/{name}/instances") => Role::Start,
+        ("POST", "/api/v1/instances/{id}/events/{name}") => Role::Signal,
+        ("DELETE", "/api/v1/instances/{id}")
+        | ("POST", "/api/v1/instances/{id}/terminate")
+        | ("POST", "/api/v1/instances/{id}/suspend")
+        | ("POST", "/api/v1/instances/{id}/resume")
+        | ("POST", "/api/v1/instances/{id}/restart") => Role::Operate,
+        _ => Role::Read,
+    }
+}
+
+/// Lets a request through with its [`Principal`] as an extension, or
+/// answers 401/403/503.
+pub async fn authorize(
+    State(state): State<GatewayState>,
+    matched: Option<MatchedPath>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    // Preflights carry no credentials; CORS answers them.
+    if request.method() == Method::OPTIONS {
+        return next.run(request).await;
+    }
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let principal = match state.auth.principal(authorization.as_deref()).await {
+        Ok(principal) => principal,
+        Err(Refusal::Unauthenticated(why)) => {
+            let mut response =
+                Problem::new(StatusCode::UNAUTHORIZED, "Not signed in", why).into_response();
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return response;
+        }
+        Err(Refusal::Unavailable(why)) => {
+            return Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Cannot check credentials now",
+                why,
+            )
+            .retry_after(std::time::Duration::from_secs(5))
+            .into_response();
+        }
+    };
+    let path = matched.as_ref().map_or("", MatchedPath::as_str);
+    let role = required_role(request.method(), path);
+    if !principal.may(role) {
+        return Problem::new(
+            StatusCode::FORBIDDEN,
+            "Not allowed",
+            format!(
+                "{} may not {} {path}: it needs the {role:?} role",
+                principal.subject,
+                request.method()
+            ),
+        )
+        .into_response();
+    }
+    request.extensions_mut().insert(Arc::new(principal));
+    next.run(request).await
+}
