@@ -37,7 +37,14 @@ impl Drop for TelemetryGuard {
 pub fn init(service: &str, settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.log))
-        .map_err(|e| anyhow::anyhow!("settings: `telemetry.log` is not a filter: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("settings: `telemetry.log` is not a filter: {e}"))?
+        // The Azure SDK dumps whole requests at debug, signed
+        // `Authorization` headers (bearer tokens, SAS) included: never.
+        .add_directive(
+            "azure_core::policies::transport=info"
+                .parse()
+                .map_err(|e| anyhow::anyhow!("log filter: {e}"))?,
+        );
     // Colour codes only for a person at a terminal: container logs and
     // log collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout())

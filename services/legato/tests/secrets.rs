@@ -1,0 +1,181 @@
+//! Secrets stay out of the logs: a `legato up` run at debug level that
+//! uses an API key, an Azure SignalR access key, a Table Storage account
+//! key and a chat model API key (reaching a model that is not there), with
+//! requests that succeed and fail, logs none of them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use support::temp_dir;
+
+const API_KEY: &str = "lk_live_9f8e7d6c5b4a39281706f5e4d3c2b1a0";
+const SIGNALR_KEY: &str = "c2lnbmFsci1rZXktdGhhdC1tdXN0LW5vdC1sZWFr";
+const LLM_KEY: &str = "sk-proj-secret-model-key-0123456789abcdef";
+/// Azurite's published account key, standing in for a real one.
+const ACCOUNT_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+#[tokio::test]
+async fn a_run_that_uses_every_secret_logs_none_of_them() {
+    // Azure SignalR that accepts everything.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let signalr_port = listener.local_addr().unwrap().port();
+    let app = axum::Router::new().fallback(|| async { axum::http::StatusCode::ACCEPTED });
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let dir = temp_dir();
+    let config = dir.path().join("conf");
+    std::fs::create_dir_all(&config).unwrap();
+    let hash: String = Sha256::digest(API_KEY.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let prefix = format!(
+        "secrets{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    );
+    std::fs::write(
+        config.join("legato.toml"),
+        format!(
+            "[gateway.auth]\nmode = \"api_key\"\n[[gateway.auth.api_keys]]\nid = \"ops\"\n\
+             sha256 = \"{hash}\"\nroles = [\"admin\"]\n\
+             [store]\nkind = \"azure_table\"\ntable_prefix = \"{prefix}\"\n\
+             connection_string = \"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;\
+             AccountKey={ACCOUNT_KEY};TableEndpoint=http://127.0.0.1:10002/devstoreaccount1;\"\n"
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("legato.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_legato"))
+        .args(["up", "--port", "0", "--data-dir"])
+        .arg(dir.path())
+        .arg("--workflows")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../../workflows"))
+        .env("LEGATO_CONFIG_DIR", &config)
+        .env("LEGATO__TELEMETRY__LOG", "debug")
+        .env(
+            "LEGATO__SIGNALR__CONNECTION_STRING",
+            format!(
+                "Endpoint=http://127.0.0.1;Port={signalr_port};AccessKey={SIGNALR_KEY};Version=1.0;"
+            ),
+        )
+        .env("LEGATO__LLM__ENDPOINT", "http://127.0.0.1:9/v1")
+        .env("LEGATO__LLM__API_KEY", LLM_KEY)
+        .env("LEGATO__LLM__TIMEOUT_MS", "2000")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let base = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(url) = text
+            .lines()
+            .find_map(|l| l.split("legato up: listening on ").nth(1))
+        {
+            break url.split_whitespace().next().unwrap().to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "legato up did not start:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    let client = reqwest::Client::new();
+    let start = |workflow: &str, input: Value| {
+        client
+            .post(format!("{base}/api/v1/workflows/{workflow}/instances"))
+            .bearer_auth(API_KEY)
+            .json(&json!({ "input": input }))
+            .send()
+    };
+    let fanned: Value = start("fan-out-fan-in", json!({"value": 2}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // The planner asks the (absent) model, with the key, and fails.
+    let planned: Value = start(
+        "feature-request",
+        json!({"request": "add CSV export to billing"}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let refused = client
+        .get(format!("{base}/api/v1/instances"))
+        .bearer_auth(format!("{API_KEY}-wrong"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let subscribed = client
+        .post(format!(
+            "{base}/api/v1/instances/{}/subscriptions",
+            fanned["id"].as_str().unwrap()
+        ))
+        .bearer_auth(API_KEY)
+        .json(&json!({"userId": "ana"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(subscribed.status(), reqwest::StatusCode::NO_CONTENT);
+    // Until the planner has tried the model (it fails or retries).
+    let planned = format!(
+        "{base}/api/v1/instances/{}",
+        planned["id"].as_str().unwrap()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status: Value = client
+            .get(&planned)
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let tried = status["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s["attempts"].as_u64().unwrap_or(0) >= 1 && s["status"] != "Running");
+        if tried || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    let logs = format!(
+        "{}\n{}",
+        std::fs::read_to_string(&log).unwrap(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        logs.lines().count() > 20,
+        "too little logged to mean anything:\n{logs}"
+    );
+    for (what, secret) in [
+        ("the API key", API_KEY),
+        ("the Azure SignalR access key", SIGNALR_KEY),
+        ("the model API key", LLM_KEY),
+        ("the storage account key", ACCOUNT_KEY),
+        // Signed requests are credentials too, for their lifetime.
+        ("a shared key signature", "SharedKey devstoreaccount1:"),
+        ("a bearer token", "Bearer ey"),
+    ] {
+        assert!(!logs.contains(secret), "{what} is in the logs");
+    }
+}
