@@ -179,3 +179,55 @@ async fn a_run_that_uses_every_secret_logs_none_of_them() {
         assert!(!logs.contains(secret), "{what} is in the logs");
     }
 }
+
+/// Settings printed with `{:?}` (as a careless log line would) show no key,
+/// connection string or password.
+#[test]
+fn settings_debug_output_shows_no_secret() {
+    use legato_service::{BusSettings, StoreSettings};
+    let mut config = legato::LegatoConfig::default();
+    config.store = Some(StoreSettings::AzureTable {
+        connection_string: Some(format!("AccountName=a;AccountKey={ACCOUNT_KEY}")),
+        account: None,
+        access_key: Some(ACCOUNT_KEY.into()),
+        endpoint: None,
+        client_id: None,
+        table_prefix: "legato".into(),
+    });
+    config.bus = BusSettings::Rabbitmq {
+        url: "amqp://legato:rabbit-password-123@broker:5672/%2f".into(),
+        prefix: "legato.".into(),
+        queue_expiry_ms: 0,
+    };
+    config.signalr.connection_string =
+        format!("Endpoint=https://x.service.signalr.net;AccessKey={SIGNALR_KEY};Version=1.0;");
+    config.llm.api_key = LLM_KEY.into();
+    config.data.url = "postgres://reader:pg-password-456@db:5432/shop".into();
+    let servicebus = BusSettings::Servicebus {
+        connection_string: Some(format!(
+            "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=root;SharedAccessKey={SIGNALR_KEY}"
+        )),
+        namespace: None,
+        client_id: None,
+        endpoint: None,
+        prefix: String::new(),
+        lock_duration_ms: 10_000,
+        auto_delete_on_idle_ms: 0,
+        manage_entities: true,
+    };
+    let shown = format!("{config:?} {servicebus:?}");
+    for secret in [
+        ACCOUNT_KEY,
+        "rabbit-password-123",
+        SIGNALR_KEY,
+        LLM_KEY,
+        "pg-password-456",
+    ] {
+        assert!(!shown.contains(secret), "{secret} in {shown}");
+    }
+    // What is not secret stays readable.
+    assert!(
+        shown.contains("x.service.signalr.net") && shown.contains("broker:5672"),
+        "{shown}"
+    );
+}

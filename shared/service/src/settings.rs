@@ -205,7 +205,41 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Settings as `Debug` shows them: keys and connection strings replaced,
+/// passwords taken out of URLs, so logging settings never logs a secret.
+fn redacted(value: &impl Serialize, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    const SECRETS: [&str; 2] = ["connection_string", "access_key"];
+    let mut json = serde_json::to_value(value).unwrap_or(serde_json::Value::Null);
+    if let serde_json::Value::Object(map) = &mut json {
+        for (key, field) in map.iter_mut() {
+            if SECRETS.contains(&key.as_str()) && !field.is_null() {
+                *field = serde_json::Value::from("***");
+            }
+            if let Some(url) = field.as_str()
+                && let Some((scheme, rest)) = url.split_once("://")
+                && let Some((user, host)) = rest.split_once('@')
+                && let Some((name, _password)) = user.split_once(':')
+            {
+                *field = serde_json::Value::from(format!("{scheme}://{name}:***@{host}"));
+            }
+        }
+    }
+    write!(f, "{json}")
+}
+
+impl std::fmt::Debug for StoreSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        redacted(self, f)
+    }
+}
+
+impl std::fmt::Debug for BusSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        redacted(self, f)
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum StoreSettings {
     /// The embedded store: one SQLite file (created with its directory).
@@ -253,7 +287,7 @@ impl Default for StoreSettings {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum BusSettings {
     /// Only meaningful inside `legato up`, where every service shares it.

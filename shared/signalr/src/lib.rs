@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 /// The `signalr` settings section, shared by gateway, notifier and
 /// `legato up`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SignalRSettings {
     /// Azure SignalR Service (`Endpoint=...;AccessKey=...;Version=1.0;`).
@@ -42,6 +42,24 @@ pub struct SignalRSettings {
     /// How often the gateway removes the users it added to groups of
     /// instances that have since finished.
     pub membership_sweep_ms: u64,
+}
+
+impl std::fmt::Debug for SignalRSettings {
+    /// The connection string shows its endpoint only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let endpoint = self
+            .connection_string
+            .split(';')
+            .find(|p| p.trim().to_ascii_lowercase().starts_with("endpoint="))
+            .unwrap_or_default();
+        f.debug_struct("SignalRSettings")
+            .field("connection_string", &endpoint)
+            .field("token_lifetime_s", &self.token_lifetime_s)
+            .field("membership_ttl_s", &self.membership_ttl_s)
+            .field("allowed_origins", &self.allowed_origins)
+            .field("membership_sweep_ms", &self.membership_sweep_ms)
+            .finish()
+    }
 }
 
 impl Default for SignalRSettings {
