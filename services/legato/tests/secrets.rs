@@ -185,19 +185,21 @@ async fn a_run_that_uses_every_secret_logs_none_of_them() {
 #[test]
 fn settings_debug_output_shows_no_secret() {
     use legato_service::{BusSettings, StoreSettings};
-    let mut config = legato::LegatoConfig::default();
-    config.store = Some(StoreSettings::AzureTable {
-        connection_string: Some(format!("AccountName=a;AccountKey={ACCOUNT_KEY}")),
-        account: None,
-        access_key: Some(ACCOUNT_KEY.into()),
-        endpoint: None,
-        client_id: None,
-        table_prefix: "legato".into(),
-    });
-    config.bus = BusSettings::Rabbitmq {
-        url: "amqp://legato:rabbit-password-123@broker:5672/%2f".into(),
-        prefix: "legato.".into(),
-        queue_expiry_ms: 0,
+    let mut config = legato::LegatoConfig {
+        store: Some(StoreSettings::AzureTable {
+            connection_string: Some(format!("AccountName=a;AccountKey={ACCOUNT_KEY}")),
+            account: None,
+            access_key: Some(ACCOUNT_KEY.into()),
+            endpoint: None,
+            client_id: None,
+            table_prefix: "legato".into(),
+        }),
+        bus: BusSettings::Rabbitmq {
+            url: "amqp://legato:rabbit-password-123@broker:5672/%2f".into(),
+            prefix: "legato.".into(),
+            queue_expiry_ms: 0,
+        },
+        ..legato::LegatoConfig::default()
     };
     config.signalr.connection_string =
         format!("Endpoint=https://x.service.signalr.net;AccessKey={SIGNALR_KEY};Version=1.0;");
