@@ -72,7 +72,7 @@ pub(crate) struct StepView {
     /// Attempts dispatched over all of the step's tasks.
     pub attempts: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<Value>)]
     pub output: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -106,11 +106,11 @@ pub(crate) struct InstanceView {
     pub version: u32,
     /// Pending, Running, Suspended, Completed, Failed or Terminated.
     pub runtime_status: String,
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub input: Value,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<Value>)]
     pub output: Option<Value>,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<Value>)]
     pub custom_status: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -252,7 +252,7 @@ pub(crate) struct ReasonBody {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct RestartBody {
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<Value>)]
     pub input: Option<Value>,
 }
 
