@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use legato_contracts::{InstanceId, RuntimeStatus, StartInstance, TraceParent};
-use legato_engine::{Event, InstanceState, Outcome, decide};
+use legato_engine::{Event, Outcome, decide};
 use legato_service::OutboxRelay;
 use legato_service::definitions::Definitions;
 use legato_service::records::state_of;
@@ -176,13 +176,15 @@ impl Applier {
                     s.record.summary.workflow_version,
                 ),
             ),
-            // A start whose record the gateway did not write (another
-            // producer): create it here.
-            (None, Input::Start { start, .. }) => (
-                InstanceState::new(id.clone()),
-                Expected::New,
-                (start.workflow.clone(), start.version),
-            ),
+            // Every start is preceded by its Pending record (the gateway
+            // writes it; recovery sends starts from it). No record means the
+            // instance was purged since: a late or redelivered start must
+            // not bring it back (it would also occupy a reused id).
+            (None, Input::Start { .. }) => {
+                return Err(ApplyError::Rejected(format!(
+                    "instance {id} does not exist (purged, or its start was never accepted)"
+                )));
+            }
             (None, Input::Event(_)) => {
                 return Err(ApplyError::Rejected(format!(
                     "instance {id} does not exist"
@@ -251,4 +253,42 @@ impl Applier {
 /// and within 53 bits, so agents in any language read it exactly.
 fn new_run() -> u64 {
     (uuid::Uuid::new_v4().as_u64_pair().0 >> 11).max(1)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use legato_bus::InProcessBus;
+    use legato_contracts::WorkflowName;
+    use legato_store::SqliteStore;
+
+    /// A start that arrives after its instance was purged (redelivered, or
+    /// late from a replica that crashed holding it) is refused, not
+    /// obeyed: it would bring the purged instance back and occupy its id.
+    #[tokio::test]
+    async fn a_start_without_its_record_does_not_create_the_instance() {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+        let relay = Arc::new(OutboxRelay::new(
+            Arc::new(InProcessBus::default()),
+            store.clone(),
+        ));
+        let applier = Applier::new(store.clone(), relay, OrchestratorSettings::default());
+        let id = InstanceId::parse("purged-1").unwrap();
+        let start = Input::Start {
+            at: OffsetDateTime::now_utc(),
+            start: StartInstance {
+                workflow: WorkflowName::parse("anything").unwrap(),
+                version: 1,
+                input: serde_json::json!({}),
+                tenant: None,
+            },
+        };
+        let refused = applier.apply(&id, &start, None).await;
+        assert!(
+            matches!(&refused, Err(ApplyError::Rejected(why)) if why.contains("purged")),
+            "{refused:?}"
+        );
+        assert!(store.load(&id).await.unwrap().is_none());
+    }
 }
