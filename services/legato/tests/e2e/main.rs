@@ -114,3 +114,22 @@ async fn sigterm_drains_and_exits_cleanly_and_state_survives() {
     let legato = Legato::start(dir.path());
     assert_eq!(legato.status(&id).await["runtimeStatus"], "Completed");
 }
+
+/// `legato bench --sequence N` / `--fan-out N` run one large instance and
+/// print its per-event cost early and late and the peak memory.
+#[test]
+fn bench_scale_modes_report_growth_and_memory() {
+    for mode in [["--sequence", "20"], ["--fan-out", "60"]] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_legato"))
+            .arg("bench")
+            .args(mode)
+            .env("LEGATO__TELEMETRY__LOG", "warn")
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{mode:?}: {out}");
+        assert!(out.contains(": Completed in "), "{out}");
+        assert!(out.contains("mean gap between events"), "{out}");
+        assert!(out.contains("peak resident"), "{out}");
+    }
+}

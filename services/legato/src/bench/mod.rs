@@ -26,6 +26,8 @@ use time::OffsetDateTime;
 
 use crate::{LegatoConfig, Stack};
 
+mod scale;
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchOptions {
     /// Instances to run.
@@ -66,6 +68,15 @@ pub struct BenchOptions {
     /// measured with the same.
     #[arg(long, default_value = "normal")]
     pub durability: DurabilityChoice,
+    /// Instead of the throughput run: one instance of a `for_each` over N
+    /// echo items (`max_parallel` 100), reporting time, per-event cost early
+    /// and late in the run, and peak memory.
+    #[arg(long, conflicts_with = "sequence")]
+    pub fan_out: Option<usize>,
+    /// Instead of the throughput run: one instance of N sequential echo
+    /// steps, reported the same way.
+    #[arg(long)]
+    pub sequence: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -193,6 +204,15 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         }
     };
     let client = reqwest::Client::new();
+    if options.fan_out.is_some() || options.sequence.is_some() {
+        let result = scale::run(&client, &base, options.fan_out, options.sequence).await;
+        if let Some(stack) = stack {
+            stack.shutdown().trigger();
+            stack.wait().await?;
+        }
+        let _ = std::fs::remove_dir_all(&scratch);
+        return result;
+    }
     let put = client
         .put(format!("{base}/api/v1/workflows/{WORKFLOW}"))
         .header("content-type", "application/json")

@@ -1,0 +1,150 @@
+//! `legato bench --fan-out N` / `--sequence N`: one large instance, to see
+//! whether an event costs more as an instance grows. Prints the run's time,
+//! the mean time between committed events over the first and the last
+//! tenth of its history, and the process's peak resident memory (the
+//! embedded stack runs in this process).
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+const NAME: &str = "bench-scale";
+/// The longest a single scale run may take.
+const LIMIT: Duration = Duration::from_secs(30 * 60);
+
+fn definition(fan_out: Option<usize>, sequence: Option<usize>) -> Value {
+    match (fan_out, sequence) {
+        (Some(_), _) => json!({"name": NAME, "version": 1, "steps": [
+            {"id": "each", "for_each": "${{ input.items }}", "agent": "echo",
+             "input": {"value": "${{ item }}"}, "max_parallel": 100}
+        ]}),
+        (None, Some(n)) => {
+            let steps: Vec<Value> = (0..n)
+                .map(|i| {
+                    let mut step = json!({"id": format!("s{i}"), "agent": "echo",
+                        "input": {"value": i}});
+                    if i > 0 {
+                        step["needs"] = json!([format!("s{}", i - 1)]);
+                    }
+                    step
+                })
+                .collect();
+            json!({"name": NAME, "version": 1, "steps": steps})
+        }
+        (None, None) => json!({}),
+    }
+}
+
+pub async fn run(
+    client: &reqwest::Client,
+    base: &str,
+    fan_out: Option<usize>,
+    sequence: Option<usize>,
+) -> anyhow::Result<()> {
+    let (shape, n) = match (fan_out, sequence) {
+        (Some(n), _) => ("for_each over", n),
+        (None, Some(n)) => ("sequence of", n),
+        (None, None) => anyhow::bail!("give --fan-out N or --sequence N"),
+    };
+    let put = client
+        .put(format!("{base}/api/v1/workflows/{NAME}"))
+        .json(&definition(fan_out, sequence))
+        .send()
+        .await?;
+    anyhow::ensure!(put.status().is_success(), "registering: {}", put.status());
+    let input = match fan_out {
+        Some(n) => json!({"items": (0..n).collect::<Vec<_>>()}),
+        None => json!({}),
+    };
+    let began = Instant::now();
+    let started: Value = client
+        .post(format!("{base}/api/v1/workflows/{NAME}/instances"))
+        .json(&json!({ "input": input }))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let id = started["id"].as_str().unwrap_or_default().to_owned();
+    let url = format!("{base}/api/v1/instances/{id}");
+    let status = loop {
+        let status: Value = client.get(&url).send().await?.json().await?;
+        let runtime = status["runtimeStatus"].as_str().unwrap_or_default();
+        if matches!(runtime, "Completed" | "Failed" | "Terminated") {
+            break runtime.to_owned();
+        }
+        anyhow::ensure!(began.elapsed() < LIMIT, "{id} did not finish in {LIMIT:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let elapsed = began.elapsed();
+    let times = history_times(client, &url).await?;
+    let tenth = (times.len() / 10).max(1);
+    let mean_gap = |slice: &[OffsetDateTime]| {
+        let gaps: Vec<f64> = slice
+            .windows(2)
+            .map(|w| (w[1] - w[0]).as_seconds_f64() * 1000.0)
+            .collect();
+        gaps.iter().sum::<f64>() / gaps.len().max(1) as f64
+    };
+    println!(
+        "legato bench: one {shape} {n} echo tasks: {status} in {:.2} s",
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "  events:   {} committed; mean gap between events {:.2} ms over the first tenth, {:.2} ms over the last",
+        times.len(),
+        mean_gap(&times[..tenth.min(times.len())]),
+        mean_gap(&times[times.len().saturating_sub(tenth)..])
+    );
+    match peak_rss_mb() {
+        Some(mb) => println!(
+            "  memory:   peak resident {mb:.0} MB (this process, the embedded stack included)"
+        ),
+        None => println!("  memory:   peak resident size unavailable (no /proc)"),
+    }
+    anyhow::ensure!(status == "Completed", "the instance ended {status}");
+    Ok(())
+}
+
+/// When each history row was committed, paging through the history.
+async fn history_times(client: &reqwest::Client, url: &str) -> anyhow::Result<Vec<OffsetDateTime>> {
+    let mut times = Vec::new();
+    let mut after = 0u64;
+    loop {
+        let page: Value = client
+            .get(format!("{url}?history=true&after={after}&limit=1000"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let rows = page["history"].as_array().cloned().unwrap_or_default();
+        for row in &rows {
+            if let Some(at) = row["at"]
+                .as_str()
+                .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
+            {
+                times.push(at);
+            }
+            after = row["seq"].as_u64().unwrap_or(after);
+        }
+        if rows.len() < 1000 {
+            return Ok(times);
+        }
+    }
+}
+
+/// `VmHWM` of this process, in MB.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
