@@ -41,24 +41,10 @@ impl std::fmt::Debug for DataSettings {
     /// The URL without its password.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DataSettings")
-            .field("url", &without_password(&self.url))
+            .field("url", &legato_service::settings::redact_url(&self.url))
             .field("statement_timeout_ms", &self.statement_timeout_ms)
             .field("row_limit", &self.row_limit)
             .finish()
-    }
-}
-
-/// `scheme://user:secret@host/…` as `scheme://user:***@host/…`.
-fn without_password(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.split_once('@') {
-            Some((user, host)) if user.contains(':') => {
-                let name = user.split(':').next().unwrap_or_default();
-                format!("{scheme}://{name}:***@{host}")
-            }
-            _ => url.to_owned(),
-        },
-        None => url.to_owned(),
     }
 }
 

@@ -205,6 +205,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// A URL without its password, for messages and `Debug` output.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            let user = credentials.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
 /// Settings as `Debug` shows them: keys and connection strings replaced,
 /// passwords taken out of URLs, so logging settings never logs a secret.
 fn redacted(value: &impl Serialize, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -215,12 +227,8 @@ fn redacted(value: &impl Serialize, f: &mut std::fmt::Formatter<'_>) -> std::fmt
             if SECRETS.contains(&key.as_str()) && !field.is_null() {
                 *field = serde_json::Value::from("***");
             }
-            if let Some(url) = field.as_str()
-                && let Some((scheme, rest)) = url.split_once("://")
-                && let Some((user, host)) = rest.split_once('@')
-                && let Some((name, _password)) = user.split_once(':')
-            {
-                *field = serde_json::Value::from(format!("{scheme}://{name}:***@{host}"));
+            if let Some(url) = field.as_str() {
+                *field = serde_json::Value::from(redact_url(url));
             }
         }
     }

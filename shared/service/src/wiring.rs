@@ -114,9 +114,12 @@ pub async fn open_bus(settings: &BusSettings) -> anyhow::Result<Arc<dyn Bus>> {
                 queue_expiry: (*queue_expiry_ms > 0)
                     .then(|| std::time::Duration::from_millis(*queue_expiry_ms)),
             };
-            let bus = RabbitMqBus::connect(url, options)
-                .await
-                .map_err(|e| anyhow::anyhow!("bus (RabbitMQ at {}): {e}", redact(url)))?;
+            let bus = RabbitMqBus::connect(url, options).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "bus (RabbitMQ at {}): {e}",
+                    crate::settings::redact_url(url)
+                )
+            })?;
             Ok(Arc::new(bus))
         }
         BusSettings::Servicebus { .. } => Ok(Arc::new(open_servicebus(settings).await?)),
@@ -192,16 +195,4 @@ fn servicebus_settings(
         ..ServiceBusOptions::default()
     };
     Ok((connection, options))
-}
-
-/// A URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            let user = credentials.split(':').next().unwrap_or_default();
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
 }

@@ -542,7 +542,16 @@ async fn one(
             )
             .await?
         }
-        Follow::Poll => poll_for_end(client, &format!("{base}/api/v1/instances/{id}")).await?,
+        Follow::Poll => {
+            let url = format!("{base}/api/v1/instances/{id}");
+            poll_for_end(
+                client,
+                &url,
+                Duration::from_micros(500),
+                Duration::from_secs(120),
+            )
+            .await?
+        }
     };
     anyhow::ensure!(
         status == RuntimeStatus::Completed,
@@ -674,10 +683,15 @@ async fn raw_round_trips(bus: &dyn Bus, n: usize, concurrency: usize) -> anyhow:
     Ok(started.elapsed())
 }
 
-/// Asks for the status every half millisecond until the instance ends
-/// (at most two minutes).
-async fn poll_for_end(client: &reqwest::Client, url: &str) -> anyhow::Result<RuntimeStatus> {
-    let deadline = Instant::now() + Duration::from_secs(120);
+/// Asks for the status every `every` until the instance ends, for at most
+/// `limit`.
+async fn poll_for_end(
+    client: &reqwest::Client,
+    url: &str,
+    every: Duration,
+    limit: Duration,
+) -> anyhow::Result<RuntimeStatus> {
+    let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         let status: Value = client.get(url).send().await?.json().await?;
         if let Some(ended) = status["runtimeStatus"]
@@ -687,7 +701,7 @@ async fn poll_for_end(client: &reqwest::Client, url: &str) -> anyhow::Result<Run
         {
             return Ok(ended);
         }
-        tokio::time::sleep(Duration::from_micros(500)).await;
+        tokio::time::sleep(every).await;
     }
-    anyhow::bail!("{url} did not end within 2 minutes")
+    anyhow::bail!("{url} did not end within {limit:?}")
 }

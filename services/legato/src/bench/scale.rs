@@ -69,15 +69,9 @@ pub async fn run(
         .await?;
     let id = started["id"].as_str().unwrap_or_default().to_owned();
     let url = format!("{base}/api/v1/instances/{id}");
-    let status = loop {
-        let status: Value = client.get(&url).send().await?.json().await?;
-        let runtime = status["runtimeStatus"].as_str().unwrap_or_default();
-        if matches!(runtime, "Completed" | "Failed" | "Terminated") {
-            break runtime.to_owned();
-        }
-        anyhow::ensure!(began.elapsed() < LIMIT, "{id} did not finish in {LIMIT:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = super::poll_for_end(client, &url, Duration::from_millis(50), LIMIT)
+        .await?
+        .as_str();
     let elapsed = began.elapsed();
     let times = history_times(client, &url).await?;
     let tenth = (times.len() / 10).max(1);

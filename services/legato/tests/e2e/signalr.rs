@@ -302,6 +302,19 @@ fn azure_connection_string(endpoint: &str, key: &str) -> String {
     format!("Endpoint=http://127.0.0.1;Port={port};AccessKey={key};Version=1.0;")
 }
 
+/// Process-per-service settings (RabbitMQ, Azurite) relaying to the Azure
+/// SignalR stand-in at `endpoint`, the gateway registering the catalogue.
+fn azure_services_env(dir: &std::path::Path, endpoint: &str) -> Vec<(String, String)> {
+    let mut env = services_env(dir);
+    env.push((
+        "LEGATO__SIGNALR__CONNECTION_STRING".into(),
+        azure_connection_string(endpoint, ACCESS_KEY),
+    ));
+    let catalogue = concat!(env!("CARGO_MANIFEST_DIR"), "/../../workflows");
+    env.push(("LEGATO__GATEWAY__WORKFLOWS_DIR".into(), catalogue.into()));
+    env
+}
+
 async fn subscribe(legato: &Legato, id: &str, body: Value) -> reqwest::Response {
     legato
         .client
@@ -514,13 +527,7 @@ async fn one_instances_failing_sends_do_not_hold_back_another() {
 async fn three_notifier_replicas_send_each_event_to_azure_once() {
     let (endpoint, seen, _script) = azure_stand_in().await;
     let dir = temp_dir();
-    let mut env = services_env(dir.path());
-    env.push((
-        "LEGATO__SIGNALR__CONNECTION_STRING".into(),
-        azure_connection_string(&endpoint, ACCESS_KEY),
-    ));
-    let catalogue = concat!(env!("CARGO_MANIFEST_DIR"), "/../../workflows");
-    env.push(("LEGATO__GATEWAY__WORKFLOWS_DIR".into(), catalogue.into()));
+    let env = azure_services_env(dir.path(), &endpoint);
     let _services: Vec<Service> = [
         "orchestrator",
         "agent-echo",
@@ -589,13 +596,7 @@ async fn three_notifier_replicas_send_each_event_to_azure_once() {
 async fn a_killed_relay_holder_is_replaced_and_nothing_is_lost() {
     let (endpoint, seen, _script) = azure_stand_in().await;
     let dir = temp_dir();
-    let mut env = services_env(dir.path());
-    env.push((
-        "LEGATO__SIGNALR__CONNECTION_STRING".into(),
-        azure_connection_string(&endpoint, ACCESS_KEY),
-    ));
-    let catalogue = concat!(env!("CARGO_MANIFEST_DIR"), "/../../workflows");
-    env.push(("LEGATO__GATEWAY__WORKFLOWS_DIR".into(), catalogue.into()));
+    let env = azure_services_env(dir.path(), &endpoint);
     let _services: Vec<Service> = ["orchestrator", "agent-echo"]
         .iter()
         .map(|name| Service::start(name, dir.path(), &env))
