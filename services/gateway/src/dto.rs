@@ -147,8 +147,8 @@ impl InstanceView {
             })
             .collect();
         Self {
-            id: summary.id.to_string(),
-            workflow: summary.workflow.to_string(),
+            id: summary.id.local().to_owned(),
+            workflow: summary.workflow.local().to_owned(),
             version: summary.workflow_version,
             runtime_status: summary.status.as_str().to_owned(),
             input: state.input.clone(),
@@ -181,8 +181,8 @@ pub(crate) struct InstanceListItem {
 impl From<&InstanceSummary> for InstanceListItem {
     fn from(s: &InstanceSummary) -> Self {
         Self {
-            id: s.id.to_string(),
-            workflow: s.workflow.to_string(),
+            id: s.id.local().to_owned(),
+            workflow: s.workflow.local().to_owned(),
             version: s.workflow_version,
             runtime_status: s.status.as_str().to_owned(),
             tenant: s.tenant.clone(),
@@ -220,7 +220,7 @@ pub(crate) struct DefinitionView {
 impl DefinitionView {
     pub(crate) fn new(record: &DefinitionRecord, with_body: bool) -> Self {
         Self {
-            name: record.name.to_string(),
+            name: record.name.local().to_owned(),
             version: record.version,
             hash: record.hash.clone(),
             description: record

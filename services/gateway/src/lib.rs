@@ -6,10 +6,10 @@
 //! is never lost, even if the gateway dies before publishing.
 
 mod api;
-pub mod auth;
 mod body;
 mod catalogue;
 mod dto;
+pub mod limits;
 pub mod memberships;
 pub mod openapi;
 mod settings;
@@ -21,6 +21,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use legato_bus::Bus;
 use legato_service::OutboxRelay;
+use legato_service::auth::{Authenticator, Guard};
 use legato_service::definitions::Definitions;
 use legato_signalr::azure::AzureSignalR;
 use legato_store::Store;
@@ -45,7 +46,7 @@ pub struct GatewayState {
     /// Users added to groups, to remove when their instance finishes.
     pub memberships: Arc<memberships::Memberships>,
     /// Who may call; everyone until [`GatewayState::with_auth`].
-    pub auth: Arc<auth::Authenticator>,
+    pub auth: Arc<Authenticator>,
 }
 
 impl GatewayState {
@@ -60,11 +61,11 @@ impl GatewayState {
             signalr: None,
             allowed_origins: Arc::default(),
             memberships: Arc::default(),
-            auth: Arc::new(auth::Authenticator::Anyone),
+            auth: Arc::new(Authenticator::Anyone),
         }
     }
 
-    pub fn with_auth(mut self, auth: auth::Authenticator) -> Self {
+    pub fn with_auth(mut self, auth: Authenticator) -> Self {
         self.auth = Arc::new(auth);
         self
     }
@@ -89,12 +90,37 @@ pub fn router(state: GatewayState) -> Router {
         tracing::error!("browser routes without CORS: {e}");
         tower_http::cors::CorsLayer::new()
     });
-    let authorize = axum::middleware::from_fn_with_state(state.clone(), auth::authorize);
+    let guard = Guard {
+        auth: state.auth.clone(),
+        role_of: api::required_role,
+        query_token: false,
+    };
+    let authorize = axum::middleware::from_fn_with_state(guard, legato_service::auth::authorize);
+    let limits = &state.settings.limits;
+    let rate_limit =
+        axum::middleware::from_fn_with_state(limits::RateLimits::new(limits), limits::rate_limit);
+    let time_limit = axum::middleware::from_fn_with_state(
+        std::time::Duration::from_millis(limits.request_timeout_ms.max(1)),
+        limits::time_limit,
+    );
+    // Outermost first: the time limit, who is calling, then their rate.
     api::routes()
         .merge(api::browser_routes().layer(cors))
+        .route_layer(rate_limit)
         .route_layer(authorize)
+        .route_layer(time_limit)
         .route("/api/v1/openapi.json", axum::routing::get(openapi::serve))
         .with_state(state)
         .layer(DefaultBodyLimit::max(limit))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+}
+
+/// The request span without the query string, which may hold filters
+/// users consider private (and would hold a token if one were sent there).
+fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+    )
 }

@@ -3,6 +3,7 @@
 //! `LEGATO_BLESS=1 cargo test -p legato-gateway` rewrites the file).
 
 use axum::Json;
+use serde_json::{Value, json};
 use utoipa::OpenApi;
 
 use crate::api::*;
@@ -24,7 +25,7 @@ use legato_service::problem::{FieldError, Problem};
 pub struct ApiDoc;
 
 /// The document as served.
-pub fn document() -> utoipa::openapi::OpenApi {
+pub fn document() -> Value {
     let mut doc = ApiDoc::openapi();
     // The progress stream is served by the notifier (same port in `legato up`).
     if let Ok(extra) = serde_json::from_value::<utoipa::openapi::path::PathItem>(
@@ -45,9 +46,61 @@ pub fn document() -> utoipa::openapi::OpenApi {
             .paths
             .insert("/api/v1/instances/{id}/stream".into(), extra);
     }
-    doc
+    with_common_answers(doc)
 }
 
-pub(crate) async fn serve() -> Json<utoipa::openapi::OpenApi> {
+/// Adds what every operation may answer whatever it does (a bad
+/// parameter, no credentials, no permission, over a rate, unavailable)
+/// and the bearer scheme they need, so clients and the conformance run
+/// see every status the gateway can send.
+fn with_common_answers(doc: utoipa::openapi::OpenApi) -> Value {
+    let mut value = serde_json::to_value(&doc).unwrap_or_default();
+    let problem = |description: &str| {
+        json!({"description": description, "content": {"application/problem+json":
+            {"schema": {"$ref": "#/components/schemas/Problem"}}}})
+    };
+    if let Some(paths) = value["paths"].as_object_mut() {
+        for operation in paths
+            .values_mut()
+            .filter_map(Value::as_object_mut)
+            .flat_map(|item| item.values_mut())
+        {
+            let has_body = operation.get("requestBody").is_some();
+            let Some(responses) = operation["responses"].as_object_mut() else {
+                continue;
+            };
+            let mut add = |status: &str, description: &str| {
+                responses
+                    .entry(status)
+                    .or_insert_with(|| problem(description));
+            };
+            add("400", "A malformed parameter or body, named in the problem");
+            add(
+                "401",
+                "No credentials, or credentials refused (`WWW-Authenticate: Bearer`)",
+            );
+            add("403", "The caller's roles do not allow this");
+            add(
+                "429",
+                "Over the tenant's rate of starts or signals, or its cap of open streams; see `Retry-After`",
+            );
+            add(
+                "503",
+                "Timed out, or the store, the bus or the token issuer is unavailable; see `Retry-After`",
+            );
+            if has_body {
+                add("413", "Body too large");
+            }
+        }
+    }
+    value["components"]["securitySchemes"] = json!({
+        "bearer": {"type": "http", "scheme": "bearer",
+            "description": "An API key (`gateway.auth.mode = api_key`) or an OpenID Connect access token (`jwt`); not needed when `gateway.auth.mode = none`."}
+    });
+    value["security"] = json!([{"bearer": []}]);
+    value
+}
+
+pub(crate) async fn serve() -> Json<Value> {
     Json(document())
 }

@@ -19,7 +19,9 @@ pub struct GatewaySettings {
     /// Most history rows one status request returns.
     pub max_history: usize,
     /// Who may call the API (see `auth::AuthSettings`).
-    pub auth: crate::auth::AuthSettings,
+    pub auth: legato_service::auth::AuthSettings,
+    /// Rates, time and size limits (see `limits::LimitSettings`).
+    pub limits: crate::limits::LimitSettings,
     /// Definitions (`*.yaml`, `*.yml`, `*.json`) registered at start; empty
     /// registers none. `legato up` uses its own `workflows_dir`.
     pub workflows_dir: String,
@@ -32,7 +34,8 @@ impl Default for GatewaySettings {
             public_url: String::new(),
             stream_url: String::new(),
             max_history: 1_000,
-            auth: crate::auth::AuthSettings::default(),
+            auth: legato_service::auth::AuthSettings::default(),
+            limits: crate::limits::LimitSettings::default(),
             workflows_dir: String::new(),
         }
     }

@@ -14,8 +14,12 @@ pub async fn run(config: GatewayConfig, shutdown: Shutdown) -> anyhow::Result<()
     let readiness = Readiness::new(Some(store.clone()));
     let signalr = config.signalr.azure()?;
     legato_service::cors::check(&config.signalr.allowed_origins)?;
-    let auth = crate::auth::Authenticator::new(&config.gateway.auth, &config.http.host)
-        .map_err(|e| anyhow::anyhow!("settings: {e}"))?;
+    let auth = legato_service::auth::Authenticator::new(
+        &config.gateway.auth,
+        &config.http.host,
+        "gateway.auth",
+    )
+    .map_err(|e| anyhow::anyhow!("settings: {e}"))?;
     let state = GatewayState::new(store.clone(), bus, config.gateway)
         .with_auth(auth)
         .with_signalr(signalr.clone())

@@ -12,8 +12,12 @@ pub fn check(service: &str) -> anyhow::Result<String> {
     let (bus, store, signalr) = match service {
         "gateway" => {
             let config: legato_gateway::GatewayConfig = legato_service::load(service)?;
-            legato_gateway::auth::Authenticator::new(&config.gateway.auth, &config.http.host)
-                .map_err(|e| anyhow::anyhow!("settings: {e}"))?;
+            legato_service::auth::Authenticator::new(
+                &config.gateway.auth,
+                &config.http.host,
+                "gateway.auth",
+            )
+            .map_err(|e| anyhow::anyhow!("settings: {e}"))?;
             (config.bus, Some(config.store), Some(config.signalr))
         }
         "orchestrator" => {

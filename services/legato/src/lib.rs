@@ -22,6 +22,7 @@ use legato_bus::{Bus, InProcessBus};
 use legato_gateway::{GatewaySettings, GatewayState};
 use legato_notifier::{NotifierState, ProgressHub};
 use legato_orchestrator::{Orchestrator, OrchestratorSettings};
+use legato_service::auth::Authenticator;
 use legato_service::{
     BusSettings, HttpSettings, Readiness, Shutdown, StoreSettings, TelemetrySettings, wiring,
 };
@@ -169,9 +170,8 @@ impl Stack {
         }
         let origins = config.signalr.allowed_origins.clone();
         legato_service::cors::check(&origins)?;
-        let auth =
-            legato_gateway::auth::Authenticator::new(&config.gateway.auth, &config.http.host)
-                .map_err(|e| anyhow::anyhow!("settings: {e}"))?;
+        let auth = Authenticator::new(&config.gateway.auth, &config.http.host, "gateway.auth")
+            .map_err(|e| anyhow::anyhow!("settings: {e}"))?;
         let gateway = GatewayState::new(store.clone(), bus, config.gateway.clone())
             .with_auth(auth)
             .with_signalr(azure.clone())
@@ -190,9 +190,11 @@ impl Stack {
                 }
             });
         }
-        let app = legato_gateway::router(gateway).merge(legato_notifier::router(
-            NotifierState::new(hub, store.clone(), shutdown.clone()).with_allowed_origins(origins),
-        ));
+        // One authenticator for the API, the stream and the hub.
+        let notifier = NotifierState::new(hub, store.clone(), shutdown.clone())
+            .with_allowed_origins(origins)
+            .with_auth(gateway.auth.clone());
+        let app = legato_gateway::router(gateway).merge(legato_notifier::router(notifier));
         let listener = tokio::net::TcpListener::bind(config.http.addr()?).await?;
         let addr = listener.local_addr()?;
         tasks.spawn(legato_service::serve(

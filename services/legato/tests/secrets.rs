@@ -119,17 +119,21 @@ async fn a_run_that_uses_every_secret_logs_none_of_them() {
         .await
         .unwrap();
     assert_eq!(refused.status(), reqwest::StatusCode::UNAUTHORIZED);
-    let subscribed = client
-        .post(format!(
-            "{base}/api/v1/instances/{}/subscriptions",
-            fanned["id"].as_str().unwrap()
-        ))
-        .bearer_auth(API_KEY)
-        .json(&json!({"userId": "ana"}))
-        .send()
-        .await
-        .unwrap();
+    // An authenticated caller subscribes itself (the key's id), not others.
+    let subscribe = |user: &'static str| {
+        client
+            .post(format!(
+                "{base}/api/v1/instances/{}/subscriptions",
+                fanned["id"].as_str().unwrap()
+            ))
+            .bearer_auth(API_KEY)
+            .json(&json!({ "userId": user }))
+            .send()
+    };
+    let subscribed = subscribe("ops").await.unwrap();
     assert_eq!(subscribed.status(), reqwest::StatusCode::NO_CONTENT);
+    let someone_else = subscribe("ana").await.unwrap();
+    assert_eq!(someone_else.status(), reqwest::StatusCode::BAD_REQUEST);
     // Until the planner has tried the model (it fails or retries).
     let planned = format!(
         "{base}/api/v1/instances/{}",

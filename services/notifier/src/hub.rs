@@ -37,13 +37,14 @@ pub struct Update {
 }
 
 impl Update {
-    /// The event as clients receive it: the progress fields plus `instanceId`.
+    /// The event as clients receive it: the progress fields plus
+    /// `instanceId`, as the instance's tenant knows it.
     pub fn to_client_json(&self) -> Value {
         let mut value = serde_json::to_value(&self.event).unwrap_or(Value::Null);
         if let Value::Object(map) = &mut value {
             map.insert(
                 "instanceId".into(),
-                Value::String(self.instance.to_string()),
+                Value::String(self.instance.local().to_owned()),
             );
         }
         value

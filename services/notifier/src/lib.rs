@@ -8,6 +8,7 @@
 mod azure;
 mod hub;
 pub mod leadership;
+mod limits;
 mod signalr_hub;
 mod sse;
 mod standalone;
@@ -22,6 +23,8 @@ use tower_http::cors::CorsLayer;
 
 use legato_bus::Bus;
 use legato_contracts::{Envelope, Payload};
+use legato_service::auth::{AuthSettings, Authenticator, Guard, Role};
+use legato_service::problem::Problem;
 use legato_service::{BusSettings, HttpSettings, Shutdown, StoreSettings, TelemetrySettings};
 use legato_signalr::SignalRSettings;
 use legato_store::Store;
@@ -40,7 +43,16 @@ pub struct NotifierConfig {
     pub store: StoreSettings,
     pub bus: BusSettings,
     pub signalr: SignalRSettings,
+    /// Who may open streams and hub connections: the same settings as the
+    /// gateway's `gateway.auth`, so one token works on both.
+    pub auth: AuthSettings,
+    /// Streams and hub connections one tenant may hold open at once.
+    pub max_connections_per_tenant: usize,
 }
+
+/// Enough for every dashboard and watcher of a busy tenant; small enough
+/// that one tenant cannot take a replica's sockets.
+pub const DEFAULT_MAX_CONNECTIONS_PER_TENANT: usize = 1000;
 
 impl Default for NotifierConfig {
     fn default() -> Self {
@@ -50,6 +62,8 @@ impl Default for NotifierConfig {
             store: StoreSettings::default(),
             bus: BusSettings::default(),
             signalr: SignalRSettings::default(),
+            auth: AuthSettings::default(),
+            max_connections_per_tenant: DEFAULT_MAX_CONNECTIONS_PER_TENANT,
         }
     }
 }
@@ -65,6 +79,9 @@ pub struct NotifierState {
     pub(crate) tokens: Arc<Mutex<HashMap<String, Instant>>>,
     /// Browser origins allowed on the stream and the hub (empty: any).
     pub(crate) allowed_origins: Arc<Vec<String>>,
+    /// Who may watch; everyone until [`NotifierState::with_auth`].
+    pub(crate) auth: Arc<Authenticator>,
+    pub(crate) connections: limits::ConnectionCap,
 }
 
 impl NotifierState {
@@ -75,7 +92,37 @@ impl NotifierState {
             shutdown,
             tokens: Arc::default(),
             allowed_origins: Arc::default(),
+            auth: Arc::new(Authenticator::Anyone),
+            connections: limits::ConnectionCap::new(DEFAULT_MAX_CONNECTIONS_PER_TENANT),
         }
+    }
+
+    pub fn with_auth(mut self, auth: Arc<Authenticator>) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    pub fn with_max_connections_per_tenant(mut self, limit: usize) -> Self {
+        self.connections = limits::ConnectionCap::new(limit);
+        self
+    }
+
+    /// A place for one more of the tenant's open connections, or 429.
+    pub(crate) fn connection_slot(
+        &self,
+        tenant: Option<&legato_contracts::TenantId>,
+    ) -> Result<limits::Slot, Problem> {
+        self.connections.take(tenant).ok_or_else(|| {
+            Problem::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "Too many open connections",
+                format!(
+                    "this tenant already holds {} streams and hub connections open; close one",
+                    self.connections.limit()
+                ),
+            )
+            .retry_after(std::time::Duration::from_secs(5))
+        })
     }
 
     pub fn with_allowed_origins(mut self, origins: Vec<String>) -> Self {
@@ -92,10 +139,21 @@ pub fn router(state: NotifierState) -> Router {
         tracing::error!("stream and hub without CORS: {e}");
         CorsLayer::new()
     });
+    // Browsers cannot set headers on event streams and WebSockets: a token
+    // may come as `?access_token=`, as the SignalR client sends it.
+    let guard = Guard {
+        auth: state.auth.clone(),
+        role_of: |_, _| Role::Read,
+        query_token: true,
+    };
     Router::new()
         .route("/api/v1/instances/{id}/stream", get(sse::stream))
         .route("/hubs/progress/negotiate", post(signalr_hub::negotiate))
         .route("/hubs/progress", get(signalr_hub::connect))
+        .route_layer(axum::middleware::from_fn_with_state(
+            guard,
+            legato_service::auth::authorize,
+        ))
         .layer(cors)
         .with_state(state)
 }

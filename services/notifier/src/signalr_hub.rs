@@ -7,9 +7,10 @@
 //! runtimeStatus, seq}`, then the instance's buffered progress, then every
 //! new event, each as a `progress` invocation whose argument is the
 //! progress event with `instanceId`; `Unsubscribe(instanceId)` stops them.
-//! A connection may only watch instances of its own tenant (connections
-//! have no tenant until the gateway authenticates callers, so for now they
-//! see instances without one).
+//! Negotiate and connect are authenticated like the API (the client sends
+//! its token as `Authorization` on negotiate and `?access_token=` on the
+//! WebSocket); a connection watches only its caller's tenant's instances,
+//! and each tenant holds a bounded number of connections.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use legato_contracts::InstanceId;
+use legato_service::auth::{Caller, Principal};
 use legato_service::problem::Problem;
 use legato_service::records::state_of;
 use legato_signalr::PROGRESS_TARGET;
@@ -39,11 +41,14 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a negotiated connection token may wait for its WebSocket.
 const TOKEN_TTL: Duration = Duration::from_secs(120);
+/// Most negotiated connection tokens waiting at once: negotiating without
+/// connecting cannot grow the table without bound.
+const MAX_WAITING_TOKENS: usize = 10_000;
 
 pub(crate) async fn negotiate(
     State(state): State<NotifierState>,
     Query(query): Query<HashMap<String, String>>,
-) -> Json<Value> {
+) -> Response {
     let version = query
         .get("negotiateVersion")
         .and_then(|v| v.parse::<u32>().ok())
@@ -57,7 +62,15 @@ pub(crate) async fn negotiate(
     } else {
         connection_id.clone()
     };
-    state.remember_token(key);
+    if !state.remember_token(key) {
+        return Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many negotiations",
+            "too many negotiated connections have not connected yet; connect or retry later",
+        )
+        .retry_after(Duration::from_secs(5))
+        .into_response();
+    }
     let mut body = json!({
         "negotiateVersion": version,
         "connectionId": connection_id,
@@ -66,11 +79,12 @@ pub(crate) async fn negotiate(
     if version >= 1 {
         body["connectionToken"] = json!(token);
     }
-    Json(body)
+    Json(body).into_response()
 }
 
 pub(crate) async fn connect(
     State(state): State<NotifierState>,
+    Caller(caller): Caller,
     Query(query): Query<HashMap<String, String>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
@@ -88,14 +102,28 @@ pub(crate) async fn connect(
     {
         return Problem::not_found("No Connection with that ID").into_response();
     }
-    upgrade.on_upgrade(move |socket| session(socket, state))
+    let slot = match state.connection_slot(caller.tenant.as_ref()) {
+        Ok(slot) => slot,
+        Err(problem) => return problem.into_response(),
+    };
+    upgrade.on_upgrade(move |socket| async move {
+        session(socket, state, caller).await;
+        drop(slot);
+    })
 }
 
 impl NotifierState {
-    fn remember_token(&self, token: String) {
+    /// False when too many tokens are waiting.
+    fn remember_token(&self, token: String) -> bool {
         let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        tokens.retain(|_, at| at.elapsed() < TOKEN_TTL);
+        if tokens.len() >= MAX_WAITING_TOKENS {
+            tokens.retain(|_, at| at.elapsed() < TOKEN_TTL);
+            if tokens.len() >= MAX_WAITING_TOKENS {
+                return false;
+            }
+        }
         tokens.insert(token, Instant::now());
+        true
     }
 
     fn take_token(&self, token: &str) -> bool {
@@ -117,7 +145,7 @@ enum End {
     },
 }
 
-async fn session(mut socket: WebSocket, state: NotifierState) {
+async fn session(mut socket: WebSocket, state: NotifierState, caller: Arc<Principal>) {
     let pending = match handshake(&mut socket).await {
         Ok(rest) => rest,
         Err(reason) => {
@@ -137,6 +165,7 @@ async fn session(mut socket: WebSocket, state: NotifierState) {
     }
     let mut conn = Connection {
         socket,
+        caller,
         state: state.clone(),
         watching: HashMap::new(),
     };
@@ -179,6 +208,8 @@ async fn handshake(socket: &mut WebSocket) -> Result<Vec<String>, String> {
 
 struct Connection {
     socket: WebSocket,
+    /// Who connected: only its tenant's instances can be watched.
+    caller: Arc<Principal>,
     state: NotifierState,
     /// Instances watched, each with the last update number sent.
     watching: HashMap<InstanceId, u64>,
@@ -295,30 +326,26 @@ impl Connection {
         &mut self,
         arguments: &[Value],
     ) -> Result<(Value, Vec<Arc<Update>>), String> {
-        let id = instance_argument(arguments)?;
+        let id = instance_argument(&self.caller, arguments)?;
+        // Another tenant's instance cannot be named, so it is not found.
         let stored = self
             .state
             .store
             .load(&id)
             .await
             .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("instance {id} not found"))?;
-        // Connections carry no tenant until callers are authenticated.
-        let caller_tenant: Option<&str> = None;
-        if stored.record.summary.tenant.as_deref() != caller_tenant {
-            return Err(format!("instance {id} not found"));
-        }
+            .ok_or_else(|| format!("instance {} not found", id.local()))?;
         let state = state_of(&stored.record).map_err(|e| e.to_string())?;
         let replay = current_run(self.state.hub.replay(&id), !state.status.is_terminal());
         let after = replay.last().map_or(0, |u| u.n);
         let entry = self.watching.entry(id.clone()).or_insert(0);
         *entry = (*entry).max(after);
-        let result = json!({"instanceId": id, "runtimeStatus": state.status.as_str(), "seq": state.sequence});
+        let result = json!({"instanceId": id.local(), "runtimeStatus": state.status.as_str(), "seq": state.sequence});
         Ok((result, replay))
     }
 
     fn unsubscribe(&mut self, arguments: &[Value]) -> Result<(Value, Vec<Arc<Update>>), String> {
-        let id = instance_argument(arguments)?;
+        let id = instance_argument(&self.caller, arguments)?;
         self.watching.remove(&id);
         Ok((Value::Null, Vec::new()))
     }
@@ -343,10 +370,10 @@ impl Connection {
     }
 }
 
-fn instance_argument(arguments: &[Value]) -> Result<InstanceId, String> {
+fn instance_argument(caller: &Principal, arguments: &[Value]) -> Result<InstanceId, String> {
     let raw = arguments
         .first()
         .and_then(Value::as_str)
         .ok_or("expected one argument: the instance id")?;
-    InstanceId::parse(raw).map_err(|e| e.to_string())
+    InstanceId::scoped(caller.tenant.as_ref(), raw).map_err(|e| e.to_string())
 }

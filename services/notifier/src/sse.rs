@@ -18,6 +18,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use legato_contracts::InstanceId;
+use legato_service::auth::Caller;
 use legato_service::problem::Problem;
 use legato_service::records::state_of;
 use serde_json::json;
@@ -32,17 +33,28 @@ use crate::hub::current_run;
 
 use crate::NotifierState;
 
-pub(crate) async fn stream(State(state): State<NotifierState>, Path(id): Path<String>) -> Response {
-    let id = match InstanceId::parse(id) {
+pub(crate) async fn stream(
+    State(state): State<NotifierState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Response {
+    // The caller's tenant's instance: another tenant's answers as missing.
+    let id = match InstanceId::scoped(caller.tenant.as_ref(), id) {
         Ok(id) => id,
         Err(e) => return Problem::field("id", e.to_string()).into_response(),
+    };
+    let slot = match state.connection_slot(caller.tenant.as_ref()) {
+        Ok(slot) => slot,
+        Err(problem) => return problem.into_response(),
     };
     // Watch before reading the snapshot, so nothing falls in between.
     let (replay, updates) = state.hub.watch(&id);
     let shutdown = state.shutdown.clone();
     let stored = match state.store.load(&id).await {
         Ok(Some(stored)) => stored,
-        Ok(None) => return Problem::not_found(format!("no instance {id}")).into_response(),
+        Ok(None) => {
+            return Problem::not_found(format!("no instance {}", id.local())).into_response();
+        }
         Err(e) => return Problem::from(e).into_response(),
     };
     let state = match state_of(&stored.record) {
@@ -54,7 +66,7 @@ pub(crate) async fn stream(State(state): State<NotifierState>, Path(id): Path<St
         .event("status")
         .id(state.sequence.to_string())
         .json_data(json!({
-            "id": state.id,
+            "id": id.local(),
             "runtimeStatus": state.status.as_str(),
             "seq": state.sequence,
             "customStatus": state.custom_status,
@@ -63,6 +75,7 @@ pub(crate) async fn stream(State(state): State<NotifierState>, Path(id): Path<St
         .unwrap_or_default();
     let replay: VecDeque<Arc<Update>> = current_run(replay, !state.status.is_terminal()).into();
     let watch = Watch {
+        _slot: slot,
         shutdown,
         updates,
         id,
@@ -77,6 +90,8 @@ pub(crate) async fn stream(State(state): State<NotifierState>, Path(id): Path<St
 }
 
 struct Watch {
+    /// The stream's place under the tenant's cap, freed when it ends.
+    _slot: crate::limits::Slot,
     shutdown: legato_service::Shutdown,
     updates: broadcast::Receiver<Arc<Update>>,
     id: InstanceId,

@@ -11,10 +11,14 @@ pub async fn run(config: NotifierConfig, shutdown: Shutdown) -> anyhow::Result<(
     let readiness = Readiness::new(Some(store.clone()));
     let feed = crate::relay(bus, hub.clone(), shutdown.clone()).await?;
     legato_service::cors::check(&config.signalr.allowed_origins)?;
+    let auth = legato_service::auth::Authenticator::new(&config.auth, &config.http.host, "auth")
+        .map_err(|e| anyhow::anyhow!("settings: {e}"))?;
     let store_for_lease = store.clone();
     let app = crate::router(
         NotifierState::new(hub.clone(), store, shutdown.clone())
-            .with_allowed_origins(config.signalr.allowed_origins.clone()),
+            .with_allowed_origins(config.signalr.allowed_origins.clone())
+            .with_auth(std::sync::Arc::new(auth))
+            .with_max_connections_per_tenant(config.max_connections_per_tenant),
     );
     let listener = legato_service::listen("notifier", &config.http).await?;
     let server = tokio::spawn(legato_service::serve(

@@ -197,6 +197,17 @@ impl Applier {
                 if state.status != RuntimeStatus::Pending {
                     return Ok(Applied::Ignored("already started".into()));
                 }
+                // An instance runs its own tenant's definitions or shared
+                // ones, and belongs to the tenant its id names.
+                let tenant = id.tenant().map(String::from);
+                let workflow_tenant = start.workflow.tenant().map(String::from);
+                if start.tenant != tenant || workflow_tenant.is_some_and(|t| Some(t) != tenant) {
+                    return Err(ApplyError::Rejected(format!(
+                        "start of {id} names tenant {:?} and workflow {}, which do not belong to \
+                         the instance's tenant {tenant:?}",
+                        start.tenant, start.workflow
+                    )));
+                }
                 let workflow = self
                     .definitions
                     .get(&*self.store, &start.workflow, start.version)
@@ -290,5 +301,50 @@ mod tests {
             "{refused:?}"
         );
         assert!(store.load(&id).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_start_naming_another_tenant_is_refused() {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+        let relay = Arc::new(OutboxRelay::new(
+            Arc::new(InProcessBus::default()),
+            store.clone(),
+        ));
+        let applier = Applier::new(store.clone(), relay, OrchestratorSettings::default());
+        let id = InstanceId::parse("acme~order-1").unwrap();
+        let now = OffsetDateTime::now_utc();
+        let workflow = WorkflowName::parse("beta~private").unwrap();
+        let pending = legato_service::records::pending(
+            id.clone(),
+            workflow.clone(),
+            1,
+            serde_json::json!({}),
+            Some("acme".into()),
+            now,
+        )
+        .unwrap();
+        store
+            .commit(Commit::new(pending, Expected::New))
+            .await
+            .unwrap();
+        for (tenant, workflow) in [
+            (Some("acme"), workflow),
+            (None, WorkflowName::parse("shared").unwrap()),
+        ] {
+            let start = Input::Start {
+                at: now,
+                start: StartInstance {
+                    workflow,
+                    version: 1,
+                    input: serde_json::json!({}),
+                    tenant: tenant.map(str::to_owned),
+                },
+            };
+            let refused = applier.apply(&id, &start, None).await;
+            assert!(
+                matches!(&refused, Err(ApplyError::Rejected(why)) if why.contains("tenant")),
+                "{refused:?}"
+            );
+        }
     }
 }

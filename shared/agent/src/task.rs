@@ -3,8 +3,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use legato_bus::Bus;
 use legato_contracts::{
-    AgentName, Envelope, HeartbeatKind, InstanceId, TaskError, TaskHeartbeat, TaskKey, TraceParent,
-    WorkflowName,
+    AgentName, Envelope, HeartbeatKind, InstanceId, TaskError, TaskHeartbeat, TaskKey, TenantId,
+    TraceParent, WorkflowName,
 };
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -26,6 +26,9 @@ pub trait Agent: Send + Sync + 'static {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Task {
     pub instance: InstanceId,
+    /// The tenant the instance belongs to, for agents that keep tenants'
+    /// data apart.
+    pub tenant: Option<TenantId>,
     pub key: TaskKey,
     pub attempt: u32,
     pub workflow: WorkflowName,

@@ -311,6 +311,7 @@ async fn handle_task(shared: &Shared, delivery: Delivery) {
     };
     let task = Task {
         instance: envelope.subject.clone(),
+        tenant: envelope.tenant(),
         key: dispatched.key.clone(),
         attempt: dispatched.attempt,
         workflow: dispatched.workflow.clone(),

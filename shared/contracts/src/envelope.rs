@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use crate::{IdError, InstanceId, Payload};
+use crate::{IdError, InstanceId, Payload, TenantId};
 
 pub const SPEC_VERSION: &str = "1.0";
 const DATA_CONTENT_TYPE: &str = "application/json";
@@ -83,6 +83,11 @@ pub enum DecodeError {
     UnsupportedContentType(String),
     #[error("unknown message type {0:?}")]
     UnknownType(String),
+    #[error("tenant {attribute:?} does not own subject {subject:?}")]
+    TenantMismatch {
+        attribute: TenantId,
+        subject: InstanceId,
+    },
     #[error("invalid data for {type_name}: {error}")]
     InvalidData {
         type_name: String,
@@ -104,6 +109,10 @@ struct Wire {
     datacontenttype: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     traceparent: Option<TraceParent>,
+    /// Extension attribute: the tenant owning the subject, so a consumer
+    /// sees it without parsing ids (it must agree with the subject).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tenant: Option<TenantId>,
     #[serde(default)]
     data: Value,
 }
@@ -135,6 +144,11 @@ impl Envelope {
         self.payload.type_name()
     }
 
+    /// The tenant the message is about (its subject's).
+    pub fn tenant(&self) -> Option<TenantId> {
+        self.subject.tenant()
+    }
+
     pub fn to_json(&self) -> Result<Value, serde_json::Error> {
         serde_json::to_value(self.to_wire()?)
     }
@@ -163,6 +177,7 @@ impl Envelope {
             time: self.time,
             datacontenttype: Some(DATA_CONTENT_TYPE.to_owned()),
             traceparent: self.traceparent.clone(),
+            tenant: self.subject.tenant(),
             data: self.payload.to_data()?,
         })
     }
@@ -173,6 +188,15 @@ impl Envelope {
         }
         if let Some(content_type) = wire.datacontenttype.filter(|c| c != DATA_CONTENT_TYPE) {
             return Err(DecodeError::UnsupportedContentType(content_type));
+        }
+        if let Some(attribute) = wire
+            .tenant
+            .filter(|t| Some(t) != wire.subject.tenant().as_ref())
+        {
+            return Err(DecodeError::TenantMismatch {
+                attribute,
+                subject: wire.subject,
+            });
         }
         let payload = match Payload::from_data(&wire.type_name, wire.data) {
             None => return Err(DecodeError::UnknownType(wire.type_name)),
@@ -253,6 +277,29 @@ mod tests {
         assert!(matches!(
             Envelope::decode(b"\x00\x01 not json"),
             Err(DecodeError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn tenant_travels_as_an_attribute_that_must_match_the_subject() {
+        let mut envelope = sample();
+        envelope.subject = InstanceId::parse("acme~i-1").unwrap();
+        let json = envelope.to_json().unwrap();
+        assert_eq!(json["tenant"], "acme");
+        assert_eq!(
+            Envelope::from_json(json.clone())
+                .unwrap()
+                .tenant()
+                .unwrap()
+                .as_str(),
+            "acme"
+        );
+        assert!(sample().to_json().unwrap().get("tenant").is_none());
+        let mut forged = json;
+        forged["tenant"] = "beta".into();
+        assert!(matches!(
+            Envelope::from_json(forged),
+            Err(DecodeError::TenantMismatch { .. })
         ));
     }
 

@@ -79,24 +79,94 @@ fn bounded(value: &str, max: usize) -> bool {
     !value.is_empty() && value.len() <= max
 }
 
+/// Between a tenant and the name it owns in a scoped id (`acme~order-42`);
+/// no local id or name may contain it, so the split is unambiguous.
+pub const TENANT_SEPARATOR: char = '~';
+
+fn tenant_rule(v: &str) -> bool {
+    bounded(v, 64)
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn local_instance_rule(v: &str) -> bool {
+    bounded(v, 128)
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+fn local_workflow_rule(v: &str) -> bool {
+    bounded(v, 64)
+        && v.as_bytes()[0].is_ascii_lowercase()
+        && v.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_'))
+}
+
+/// `local`, or `tenant~local` with both parts valid.
+fn scoped_rule(v: &str, local: fn(&str) -> bool) -> bool {
+    match v.split_once(TENANT_SEPARATOR) {
+        Some((tenant, rest)) => tenant_rule(tenant) && local(rest),
+        None => local(v),
+    }
+}
+
 identifier!(
-    /// Identifies one workflow instance; chosen by the caller or a UUID.
-    InstanceId,
-    "instance id",
-    "1-128 characters of A-Z a-z 0-9 - _ . :",
-    |v| bounded(v, 128)
-        && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+    /// The tenant a caller acts for (a Microsoft Entra `tid`, an API key's
+    /// tenant). Definitions and instances belong to one; ids of theirs are
+    /// scoped by it.
+    TenantId,
+    "tenant",
+    "1-64 characters of A-Z a-z 0-9 - _ .",
+    tenant_rule
 );
 
 identifier!(
-    /// The registered name of a workflow definition.
+    /// Identifies one workflow instance: the id the caller chose (or a UUID),
+    /// prefixed with its tenant (`acme~order-42`) when it has one, so two
+    /// tenants' ids never meet.
+    InstanceId,
+    "instance id",
+    "1-128 characters of A-Z a-z 0-9 - _ . :, after an optional <tenant>~",
+    |v| scoped_rule(v, local_instance_rule)
+);
+
+identifier!(
+    /// The registered name of a workflow definition, prefixed with its
+    /// tenant (`acme~billing`) when a tenant registered it; unprefixed names
+    /// are shared by every tenant.
     WorkflowName,
     "workflow name",
-    "1-64 characters of a-z 0-9 - _, starting with a letter",
-    |v| bounded(v, 64)
-        && v.as_bytes()[0].is_ascii_lowercase()
-        && v.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_'))
+    "1-64 characters of a-z 0-9 - _, starting with a letter, after an optional <tenant>~",
+    |v| scoped_rule(v, local_workflow_rule)
 );
+
+/// The part of a scoped id that names the tenant, and the rest.
+fn split_scoped(v: &str) -> (Option<&str>, &str) {
+    match v.split_once(TENANT_SEPARATOR) {
+        Some((tenant, local)) => (Some(tenant), local),
+        None => (None, v),
+    }
+}
+
+fn scoped(
+    tenant: Option<&TenantId>,
+    local: String,
+    kind: &'static str,
+    rule: &'static str,
+    check: fn(&str) -> bool,
+) -> Result<String, IdError> {
+    if !check(&local) {
+        return Err(IdError {
+            kind,
+            value: local,
+            rule,
+        });
+    }
+    Ok(match tenant {
+        Some(tenant) => format!("{tenant}{TENANT_SEPARATOR}{local}"),
+        None => local,
+    })
+}
 
 identifier!(
     /// A step's id inside one definition. It must be a CEL identifier because
@@ -134,6 +204,55 @@ impl InstanceId {
     pub fn random() -> Self {
         Self(uuid::Uuid::new_v4().to_string())
     }
+
+    /// The id `local` names within `tenant`'s instances. `local` follows the
+    /// rule callers see: no tenant prefix of its own.
+    pub fn scoped(tenant: Option<&TenantId>, local: impl Into<String>) -> Result<Self, IdError> {
+        let rule = "1-128 characters of A-Z a-z 0-9 - _ . :";
+        scoped(
+            tenant,
+            local.into(),
+            "instance id",
+            rule,
+            local_instance_rule,
+        )
+        .map(Self)
+    }
+
+    /// The tenant the instance belongs to.
+    pub fn tenant(&self) -> Option<TenantId> {
+        split_scoped(&self.0).0.map(|t| TenantId(t.to_owned()))
+    }
+
+    /// The id as its tenant knows it.
+    pub fn local(&self) -> &str {
+        split_scoped(&self.0).1
+    }
+}
+
+impl WorkflowName {
+    /// The definition `local` names within `tenant`'s own (not shared) ones.
+    pub fn scoped(tenant: Option<&TenantId>, local: impl Into<String>) -> Result<Self, IdError> {
+        let rule = "1-64 characters of a-z 0-9 - _, starting with a letter";
+        scoped(
+            tenant,
+            local.into(),
+            "workflow name",
+            rule,
+            local_workflow_rule,
+        )
+        .map(Self)
+    }
+
+    /// The tenant that owns the definition; none for shared ones.
+    pub fn tenant(&self) -> Option<TenantId> {
+        split_scoped(&self.0).0.map(|t| TenantId(t.to_owned()))
+    }
+
+    /// The name as its tenant knows it.
+    pub fn local(&self) -> &str {
+        split_scoped(&self.0).1
+    }
 }
 
 #[cfg(test)]
@@ -158,6 +277,31 @@ mod tests {
         assert!(WorkflowName::parse("-x").is_err());
         assert!(EventName::parse("approval.granted").is_ok());
         assert!(EventName::parse("a b").is_err());
+    }
+
+    #[test]
+    fn scoped_ids_keep_tenants_apart() {
+        let acme = TenantId::parse("acme").unwrap();
+        let id = InstanceId::scoped(Some(&acme), "order-42").unwrap();
+        assert_eq!(id.as_str(), "acme~order-42");
+        assert_eq!(id.tenant(), Some(acme.clone()));
+        assert_eq!(id.local(), "order-42");
+        assert_eq!(InstanceId::parse("acme~order-42").unwrap(), id);
+        let bare = InstanceId::scoped(None, "order-42").unwrap();
+        assert_eq!((bare.tenant(), bare.local()), (None, "order-42"));
+        // A caller cannot name another tenant's instance through its own id.
+        let err = InstanceId::scoped(None, "acme~order-42").unwrap_err();
+        assert_eq!(err.rule, "1-128 characters of A-Z a-z 0-9 - _ . :");
+        assert!(InstanceId::scoped(Some(&acme), "beta~x").is_err());
+        assert!(InstanceId::parse("a~b~c").is_err());
+        assert!(InstanceId::parse("~x").is_err());
+        assert!(InstanceId::parse("x~").is_err());
+        let name = WorkflowName::scoped(Some(&acme), "billing").unwrap();
+        assert_eq!((name.as_str(), name.local()), ("acme~billing", "billing"));
+        assert!(WorkflowName::parse("Acme~billing").is_ok());
+        assert!(WorkflowName::scoped(None, "a~billing").is_err());
+        assert!(TenantId::parse("72f988bf-86f1-41af-91ab-2d7cd011db47").is_ok());
+        assert!(TenantId::parse("a~b").is_err());
     }
 
     #[test]

@@ -13,7 +13,9 @@ mod status;
 mod task;
 
 pub use envelope::{DecodeError, Envelope, SPEC_VERSION, TraceParent};
-pub use ids::{AgentName, EventName, IdError, InstanceId, StepId, WorkflowName};
+pub use ids::{
+    AgentName, EventName, IdError, InstanceId, StepId, TENANT_SEPARATOR, TenantId, WorkflowName,
+};
 pub use payload::{
     CANCEL_ROUTING_PREFIX, HeartbeatKind, Payload, ProgressEvent, ProgressKind, RaiseEvent,
     RestartInstance, ResumeInstance, StartInstance, SuspendInstance, TaskCancelled, TaskCompleted,

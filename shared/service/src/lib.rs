@@ -10,6 +10,7 @@
 //! - [`wiring`]: opens the bus and store the settings name;
 //! - [`outbox`]: publishes committed outbox rows and deletes them.
 
+pub mod auth;
 pub mod cors;
 pub mod definitions;
 pub mod health;

@@ -12,7 +12,7 @@ use time::macros::datetime;
 
 use crate::{
     Commit, DefinitionRecord, Expected, HistoryRow, InstanceQuery, InstanceRecord, InstanceSummary,
-    OutboxRow, Store, StoreError, TimerRow,
+    OutboxRow, Store, StoreError, TenantFilter, TimerRow,
 };
 
 const BASE: OffsetDateTime = datetime!(2026-01-01 00:00 UTC);
@@ -347,15 +347,37 @@ pub async fn listing_filters_and_pages_without_gaps(store: &dyn Store) {
         .unwrap();
     assert_eq!(window.items.len(), 4, "seconds 2 and 3, two instances each");
 
-    let other_tenant = store
-        .list(&InstanceQuery {
-            workflow: Some(workflow),
-            tenant: Some("tenant-b".into()),
-            ..InstanceQuery::default()
-        })
-        .await
-        .unwrap();
-    assert!(other_tenant.items.is_empty());
+    // Two more of the workflow: one without a tenant, one of tenant-b.
+    for tenant in [None, Some("tenant-b")] {
+        let mut other = record_for(&workflow, "list", RuntimeStatus::Running, BASE);
+        other.summary.tenant = tenant.map(str::to_owned);
+        store
+            .commit(Commit::new(other, Expected::New))
+            .await
+            .unwrap();
+    }
+    for (filter, expected) in [
+        (TenantFilter::All, 27),
+        (TenantFilter::Only(Some("tenant-a".into())), 25),
+        (TenantFilter::Only(Some("tenant-b".into())), 1),
+        (TenantFilter::Only(None), 1),
+        (TenantFilter::Only(Some("tenant-c".into())), 0),
+    ] {
+        let page = store
+            .list(&InstanceQuery {
+                workflow: Some(workflow.clone()),
+                tenant: filter.clone(),
+                ..InstanceQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.items.len(), expected, "{filter:?}");
+        assert!(
+            page.items
+                .iter()
+                .all(|s| filter.admits(s.tenant.as_deref()))
+        );
+    }
 
     let bad = store
         .list(&InstanceQuery {

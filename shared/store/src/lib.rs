@@ -144,7 +144,7 @@ impl Commit {
 pub struct InstanceQuery {
     pub status: Option<RuntimeStatus>,
     pub workflow: Option<WorkflowName>,
-    pub tenant: Option<String>,
+    pub tenant: TenantFilter,
     /// Inclusive.
     pub created_from: Option<OffsetDateTime>,
     /// Exclusive.
@@ -152,6 +152,25 @@ pub struct InstanceQuery {
     /// Page size; 0 means the default of 100.
     pub top: usize,
     pub continuation: Option<String>,
+}
+
+/// Whose instances a query sees.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum TenantFilter {
+    /// Every tenant's (services that sweep the whole store).
+    #[default]
+    All,
+    /// One tenant's; `None` is the instances that have no tenant.
+    Only(Option<String>),
+}
+
+impl TenantFilter {
+    pub fn admits(&self, tenant: Option<&str>) -> bool {
+        match self {
+            Self::All => true,
+            Self::Only(only) => only.as_deref() == tenant,
+        }
+    }
 }
 
 /// Newest first; `continuation` is set when more instances match.

@@ -15,7 +15,8 @@ use crate::stored::{corrupt, from_millis, millis, topic_from};
 use crate::token::{self, ListPosition};
 use crate::{
     Commit, DefinitionRecord, Expected, HistoryRow, InstancePage, InstanceQuery, InstanceRecord,
-    InstanceSummary, OutboxEntry, OutboxRow, Store, StoreError, StoredInstance, TimerRow, Version,
+    InstanceSummary, OutboxEntry, OutboxRow, Store, StoreError, StoredInstance, TenantFilter,
+    TimerRow, Version,
 };
 
 const SCHEMA: &str = r#"
@@ -339,17 +340,21 @@ impl Store for SqliteStore {
             let top = if query.top == 0 { 100 } else { query.top };
             let sql = format!(
                 "SELECT {SUMMARY_COLUMNS} FROM instances
-                 WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR workflow = ?2) AND (?3 IS NULL OR tenant = ?3)
-                   AND (?4 IS NULL OR created_at >= ?4) AND (?5 IS NULL OR created_at < ?5)
-                   AND (?6 IS NULL OR created_at < ?6 OR (created_at = ?6 AND id < ?7))
-                 ORDER BY created_at DESC, id DESC LIMIT ?8"
+                 WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR workflow = ?2) AND (?3 = 0 OR tenant IS ?4)
+                   AND (?5 IS NULL OR created_at >= ?5) AND (?6 IS NULL OR created_at < ?6)
+                   AND (?7 IS NULL OR created_at < ?7 OR (created_at = ?7 AND id < ?8))
+                 ORDER BY created_at DESC, id DESC LIMIT ?9"
             );
             let mut stmt = conn.prepare_cached(&sql).map_err(unavailable)?;
             let mut rows = stmt
                 .query(params![
                     query.status.map(RuntimeStatus::as_str),
                     query.workflow.as_ref().map(WorkflowName::as_str),
-                    query.tenant,
+                    matches!(query.tenant, TenantFilter::Only(_)),
+                    match &query.tenant {
+                        TenantFilter::Only(tenant) => tenant.clone(),
+                        TenantFilter::All => None,
+                    },
                     query.created_from.map(millis),
                     query.created_to.map(millis),
                     position.as_ref().map(|p| p.c),

@@ -10,6 +10,7 @@ use legato_contracts::{
     Envelope, EventName, InstanceId, Payload, RaiseEvent, RestartInstance, ResumeInstance,
     SuspendInstance, TerminateInstance,
 };
+use legato_service::auth::{Caller, Principal};
 use legato_service::problem::Problem;
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -23,18 +24,19 @@ use crate::dto::{Accepted, ReasonBody, RestartBody};
 /// finished instance with 410 Gone (nothing there would act on it).
 async fn send(
     state: &GatewayState,
+    caller: &Principal,
     raw_id: String,
     live_only: bool,
     payload: impl Into<Payload>,
 ) -> Result<(StatusCode, Json<Accepted>), Problem> {
-    let id: InstanceId = instance_id(raw_id)?;
+    let id: InstanceId = instance_id(caller, raw_id)?;
     let (stored, _) = load(state, &id).await?;
     let status = stored.record.summary.status;
     if live_only && status.is_terminal() {
         return Err(Problem::new(
             StatusCode::GONE,
             "Instance finished",
-            format!("instance {id} is {}", status.as_str()),
+            format!("instance {} is {}", id.local(), status.as_str()),
         ));
     }
     let envelope = Envelope::new(SOURCE, id.clone(), OffsetDateTime::now_utc(), payload)
@@ -49,10 +51,22 @@ async fn send(
     Ok((
         StatusCode::ACCEPTED,
         Json(Accepted {
-            id: id.to_string(),
+            id: id.local().to_owned(),
             command_id: envelope.id,
         }),
     ))
+}
+
+/// The reason, unless it is longer than `gateway.limits.max_reason_bytes`.
+fn bounded_reason(state: &GatewayState, reason: Option<String>) -> Result<Option<String>, Problem> {
+    let max = state.settings.limits.max_reason_bytes;
+    match reason {
+        Some(text) if text.len() > max => Err(Problem::field(
+            "/reason",
+            format!("is {} bytes; at most {max}", text.len()),
+        )),
+        other => Ok(other),
+    }
 }
 
 /// Raise an external event (the body is the event's data; empty = null).
@@ -71,6 +85,7 @@ async fn send(
 )]
 pub(crate) async fn raise_event(
     State(state): State<GatewayState>,
+    Caller(caller): Caller,
     Path((id, name)): Path<(String, String)>,
     RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<Accepted>), Problem> {
@@ -80,7 +95,7 @@ pub(crate) async fn raise_event(
     } else {
         parse_json(&body)?
     };
-    send(&state, id, true, RaiseEvent { name, data }).await
+    send(&state, &caller, id, true, RaiseEvent { name, data }).await
 }
 
 /// Terminate: no more steps run, running tasks are cancelled, nothing is compensated.
@@ -95,15 +110,17 @@ pub(crate) async fn raise_event(
 )]
 pub(crate) async fn terminate(
     State(state): State<GatewayState>,
+    Caller(caller): Caller,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<ReasonBody, true>,
 ) -> Result<(StatusCode, Json<Accepted>), Problem> {
     send(
         &state,
+        &caller,
         id,
         true,
         TerminateInstance {
-            reason: body.reason,
+            reason: bounded_reason(&state, body.reason)?,
         },
     )
     .await
@@ -121,15 +138,17 @@ pub(crate) async fn terminate(
 )]
 pub(crate) async fn suspend(
     State(state): State<GatewayState>,
+    Caller(caller): Caller,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<ReasonBody, true>,
 ) -> Result<(StatusCode, Json<Accepted>), Problem> {
     send(
         &state,
+        &caller,
         id,
         true,
         SuspendInstance {
-            reason: body.reason,
+            reason: bounded_reason(&state, body.reason)?,
         },
     )
     .await
@@ -146,15 +165,17 @@ pub(crate) async fn suspend(
 )]
 pub(crate) async fn resume(
     State(state): State<GatewayState>,
+    Caller(caller): Caller,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<ReasonBody, true>,
 ) -> Result<(StatusCode, Json<Accepted>), Problem> {
     send(
         &state,
+        &caller,
         id,
         true,
         ResumeInstance {
-            reason: body.reason,
+            reason: bounded_reason(&state, body.reason)?,
         },
     )
     .await
@@ -172,8 +193,16 @@ pub(crate) async fn resume(
 )]
 pub(crate) async fn restart(
     State(state): State<GatewayState>,
+    Caller(caller): Caller,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<RestartBody, true>,
 ) -> Result<(StatusCode, Json<Accepted>), Problem> {
-    send(&state, id, false, RestartInstance { input: body.input }).await
+    send(
+        &state,
+        &caller,
+        id,
+        false,
+        RestartInstance { input: body.input },
+    )
+    .await
 }

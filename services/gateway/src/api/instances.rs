@@ -5,15 +5,17 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use legato_contracts::{Envelope, InstanceId, RuntimeStatus, StartInstance};
+use legato_service::auth::Caller;
 use legato_service::outbox::row_of;
 use legato_service::problem::{FieldError, Problem};
 use legato_service::records;
-use legato_store::{Commit, Expected, InstanceQuery, StoreError};
+use legato_store::{Commit, Expected, InstanceQuery, StoreError, TenantFilter};
 use serde::Deserialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::{SOURCE, base_url, instance_id, load, stream_base_url, workflow_name};
+use super::workflows::find_definition;
+use super::{SOURCE, base_url, instance_id, load, stream_base_url, visible_workflow_names};
 use crate::GatewayState;
 use crate::body::JsonBody;
 use crate::dto::{InstancePage, InstanceView, StartRequest, StartResponse};
@@ -37,25 +39,19 @@ use crate::dto::{InstancePage, InstanceView, StartRequest, StartResponse};
 )]
 pub(crate) async fn start(
     State(state): State<GatewayState>,
+    Caller(caller): Caller,
     Path(name): Path<String>,
     headers: HeaderMap,
     JsonBody(request): JsonBody<StartRequest>,
 ) -> Result<Response, Problem> {
-    let name = workflow_name(name)?;
-    let id = match request.instance_id {
-        Some(raw) => {
-            InstanceId::parse(raw).map_err(|e| Problem::field("/instanceId", e.to_string()))?
-        }
-        None => InstanceId::random(),
-    };
-    let definition = state
-        .store
-        .get_definition(&name, request.version)
-        .await?
-        .ok_or_else(|| match request.version {
-            Some(v) => Problem::not_found(format!("no workflow {name} version {v}")),
-            None => Problem::not_found(format!("no workflow {name}")),
-        })?;
+    let tenant = caller.tenant.clone();
+    let local_id = request
+        .instance_id
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let id = InstanceId::scoped(tenant.as_ref(), local_id)
+        .map_err(|e| Problem::field("/instanceId", e.to_string()))?;
+    let definition = find_definition(&state, &caller, name, request.version).await?;
+    let name = definition.name.clone();
     let version = definition.version;
     let workflow = state.definitions.parse(definition)?;
     if let Err(errors) = workflow.check_input(&request.input) {
@@ -80,13 +76,14 @@ pub(crate) async fn start(
     }
     replace_if_finished(&state, &id).await?;
     let now = OffsetDateTime::now_utc();
+    let tenant = tenant.map(String::from);
     let start = StartInstance {
         workflow: name.clone(),
         version,
         input: request.input,
-        tenant: None,
+        tenant: tenant.clone(),
     };
-    let record = records::pending(id.clone(), name, version, start.input.clone(), None, now)?;
+    let record = records::pending(id.clone(), name, version, start.input.clone(), tenant, now)?;
     let envelope = Envelope::new(SOURCE, id.clone(), now, start)
         .with_traceparent(legato_service::telemetry::current_traceparent());
     let mut commit = Commit::new(record, Expected::New);
@@ -106,7 +103,7 @@ pub(crate) async fn start(
     let body = StartResponse::new(
         &base_url(&state, &headers),
         &stream_base_url(&state, &headers),
-        id.as_str(),
+        id.local(),
     );
     Ok((
         StatusCode::ACCEPTED,
@@ -120,7 +117,10 @@ fn live_conflict(id: &InstanceId) -> Problem {
     Problem::new(
         StatusCode::CONFLICT,
         "Instance exists",
-        format!("instance {id} exists and has not finished; choose another instanceId or wait"),
+        format!(
+            "instance {} exists and has not finished; choose another instanceId or wait",
+            id.local()
+        ),
     )
 }
 
@@ -164,10 +164,11 @@ pub(crate) struct StatusQuery {
 )]
 pub(crate) async fn get_instance(
     State(state): State<GatewayState>,
+    Caller(caller): Caller,
     Path(id): Path<String>,
     query: Result<Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<InstanceView>, Problem> {
-    let id = instance_id(id)?;
+    let id = instance_id(&caller, id)?;
     let Query(query) = query.map_err(|e| Problem::field("query", e.body_text()))?;
     let (stored, engine_state) = load(&state, &id).await?;
     let mut view = InstanceView::new(&stored.record.summary, &engine_state);
@@ -206,7 +207,7 @@ fn timestamp(field: &str, value: Option<String>) -> Result<Option<OffsetDateTime
         .transpose()
 }
 
-/// Pages through instances, newest first.
+/// Pages through the caller's tenant's instances, newest first.
 #[utoipa::path(
     get,
     path = "/api/v1/instances",
@@ -219,6 +220,7 @@ fn timestamp(field: &str, value: Option<String>) -> Result<Option<OffsetDateTime
 )]
 pub(crate) async fn list_instances(
     State(state): State<GatewayState>,
+    Caller(caller): Caller,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<InstancePage>, Problem> {
     let Query(q) = query.map_err(|e| Problem::field("query", e.body_text()))?;
@@ -229,11 +231,23 @@ pub(crate) async fn list_instances(
                 .ok_or_else(|| Problem::field("status", format!("{s:?} is not a runtime status")))
         })
         .transpose()?;
-    let workflow = q
-        .workflow
-        .map(workflow_name)
-        .transpose()
-        .map_err(|p| Problem::field("workflow", p.detail))?;
+    // The filter names what the caller would start under that name.
+    let workflow = match q.workflow {
+        Some(raw) => {
+            let names = visible_workflow_names(&caller, raw)
+                .map_err(|p| Problem::field("workflow", p.detail))?;
+            let mut chosen = None;
+            for name in names {
+                if state.store.get_definition(&name, None).await?.is_some() {
+                    chosen = Some(name);
+                    break;
+                }
+                chosen.get_or_insert(name);
+            }
+            chosen
+        }
+        None => None,
+    };
     let top = q.top.unwrap_or(100);
     if !(1..=1000).contains(&top) {
         return Err(Problem::field("top", "must be between 1 and 1000"));
@@ -243,7 +257,7 @@ pub(crate) async fn list_instances(
         .list(&InstanceQuery {
             status,
             workflow,
-            tenant: None,
+            tenant: TenantFilter::Only(caller.tenant.clone().map(String::from)),
             created_from: timestamp("createdFrom", q.created_from)?,
             created_to: timestamp("createdTo", q.created_to)?,
             top,
@@ -270,9 +284,10 @@ pub(crate) async fn list_instances(
 )]
 pub(crate) async fn purge(
     State(state): State<GatewayState>,
+    Caller(caller): Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, Problem> {
-    let id = instance_id(id)?;
+    let id = instance_id(&caller, id)?;
     let (stored, _) = load(&state, &id).await?;
     let status = stored.record.summary.status;
     if !status.is_terminal() {
@@ -280,7 +295,8 @@ pub(crate) async fn purge(
             StatusCode::CONFLICT,
             "Instance not finished",
             format!(
-                "instance {id} is {}; terminate it before purging",
+                "instance {} is {}; terminate it before purging",
+                id.local(),
                 status.as_str()
             ),
         ));

@@ -4,10 +4,11 @@ mod realtime;
 mod workflows;
 
 use axum::Router;
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, Method, header};
 use axum::routing::{get, post, put};
-use legato_contracts::{InstanceId, WorkflowName};
+use legato_contracts::{InstanceId, TenantId, WorkflowName};
 use legato_engine::InstanceState;
+use legato_service::auth::{Principal, Role};
 use legato_service::problem::Problem;
 use legato_service::records::state_of;
 use legato_store::StoredInstance;
@@ -21,6 +22,21 @@ pub(crate) use instances::{
 };
 pub(crate) use realtime::{__path_negotiate, __path_subscribe};
 pub(crate) use workflows::{__path_get_workflow, __path_list_workflows, __path_register};
+
+/// The role a route needs.
+pub(crate) fn required_role(method: &Method, path: &str) -> Role {
+    match (method.as_str(), path) {
+        ("PUT", "/api/v1/workflows/{name}") => Role::Manage,
+        ("POST", "/api/v1/workflows/{name}/instances") => Role::Start,
+        ("POST", "/api/v1/instances/{id}/events/{name}") => Role::Signal,
+        ("DELETE", "/api/v1/instances/{id}")
+        | ("POST", "/api/v1/instances/{id}/terminate")
+        | ("POST", "/api/v1/instances/{id}/suspend")
+        | ("POST", "/api/v1/instances/{id}/resume")
+        | ("POST", "/api/v1/instances/{id}/restart") => Role::Operate,
+        _ => Role::Read,
+    }
+}
 
 /// Every message the gateway sends says it came from here.
 pub(crate) const SOURCE: &str = "/legato/gateway";
@@ -58,12 +74,35 @@ pub(crate) fn browser_routes() -> Router<GatewayState> {
         )
 }
 
-pub(crate) fn instance_id(raw: String) -> Result<InstanceId, Problem> {
-    InstanceId::parse(raw).map_err(|e| Problem::field("id", e.to_string()))
+/// The instance `raw` names among the caller's tenant's: another
+/// tenant's instance can never be named, so it answers as a missing one.
+pub(crate) fn instance_id(caller: &Principal, raw: String) -> Result<InstanceId, Problem> {
+    InstanceId::scoped(caller.tenant.as_ref(), raw).map_err(|e| Problem::field("id", e.to_string()))
 }
 
-pub(crate) fn workflow_name(raw: String) -> Result<WorkflowName, Problem> {
-    WorkflowName::parse(raw).map_err(|e| Problem::field("name", e.to_string()))
+/// The caller's own definition name `raw` (where it registers).
+pub(crate) fn own_workflow_name(caller: &Principal, raw: String) -> Result<WorkflowName, Problem> {
+    scoped_workflow_name(caller.tenant.as_ref(), raw)
+}
+
+fn scoped_workflow_name(tenant: Option<&TenantId>, raw: String) -> Result<WorkflowName, Problem> {
+    WorkflowName::scoped(tenant, raw).map_err(|e| Problem::field("name", e.to_string()))
+}
+
+/// The names `raw` may mean for the caller, in the order they are looked
+/// up: its tenant's own definition, then the shared one.
+pub(crate) fn visible_workflow_names(
+    caller: &Principal,
+    raw: String,
+) -> Result<Vec<WorkflowName>, Problem> {
+    let shared = scoped_workflow_name(None, raw)?;
+    Ok(match &caller.tenant {
+        Some(tenant) => vec![
+            scoped_workflow_name(Some(tenant), shared.to_string())?,
+            shared,
+        ],
+        None => vec![shared],
+    })
 }
 
 /// The instance and its engine state, or 404.
@@ -75,7 +114,7 @@ pub(crate) async fn load(
         .store
         .load(id)
         .await?
-        .ok_or_else(|| Problem::not_found(format!("no instance {id}")))?;
+        .ok_or_else(|| Problem::not_found(format!("no instance {}", id.local())))?;
     let engine_state = state_of(&stored.record)?;
     Ok((stored, engine_state))
 }

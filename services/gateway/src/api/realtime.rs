@@ -8,6 +8,7 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
+use legato_service::auth::{Authenticator, Caller};
 use legato_service::problem::Problem;
 use legato_signalr::HUB;
 use legato_signalr::azure::AzureError;
@@ -17,8 +18,9 @@ use crate::GatewayState;
 use crate::body::JsonBody;
 use crate::dto::{NegotiateResponse, SubscriptionRequest};
 
-/// Header naming the user a client connects as (until the gateway
-/// authenticates callers, it is the client's own claim).
+/// Header naming the user a client connects as when the gateway does not
+/// authenticate callers (it is the client's own claim then); otherwise
+/// the caller's `tenant/subject` is the user.
 const USER_HEADER: &str = "x-legato-user";
 
 /// Negotiate for the stock SignalR client (`withUrl("<gateway>/api/v1")`).
@@ -26,11 +28,12 @@ const USER_HEADER: &str = "x-legato-user";
     post,
     path = "/api/v1/negotiate",
     tag = "realtime",
-    params(("x-legato-user" = Option<String>, Header, description = "The user id to connect as (Azure mode); a random one when absent")),
+    params(("x-legato-user" = Option<String>, Header, description = "Without authentication: the user id to connect as (Azure mode); a random one when absent. With authentication the user is the caller (`tenant/subject`).")),
     responses((status = 200, description = "Where to connect, and with which token (Azure mode)", body = NegotiateResponse))
 )]
 pub(crate) async fn negotiate(
     State(state): State<GatewayState>,
+    Caller(caller): Caller,
     headers: HeaderMap,
 ) -> Result<Json<NegotiateResponse>, Problem> {
     let Some(azure) = &state.signalr else {
@@ -39,12 +42,16 @@ pub(crate) async fn negotiate(
             access_token: None,
         }));
     };
-    let user = headers
-        .get(USER_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|u| !u.is_empty() && u.len() <= 128)
-        .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let user = if matches!(*state.auth, Authenticator::Anyone) {
+        headers
+            .get(USER_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|u| !u.is_empty() && u.len() <= 128)
+            .map(str::to_owned)
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+    } else {
+        caller.user_id()
+    };
     let redirect = azure.negotiate(&user).await.map_err(|e| {
         let status = match e {
             AzureError::Transient { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -59,7 +66,10 @@ pub(crate) async fn negotiate(
 }
 
 /// Watch an instance through Azure SignalR: adds a connection or user to
-/// the instance's group.
+/// the instance's group. Groups are per instance of a tenant, and only the
+/// gateway adds to them, after this tenant check: a client can never join
+/// another tenant's groups. With authentication a caller adds only itself
+/// as a user.
 #[utoipa::path(
     post,
     path = "/api/v1/instances/{id}/subscriptions",
@@ -76,10 +86,11 @@ pub(crate) async fn negotiate(
 )]
 pub(crate) async fn subscribe(
     State(state): State<GatewayState>,
+    Caller(caller): Caller,
     Path(id): Path<String>,
     JsonBody(request): JsonBody<SubscriptionRequest>,
 ) -> Result<StatusCode, Problem> {
-    let id = instance_id(id)?;
+    let id = instance_id(&caller, id)?;
     let Some(azure) = &state.signalr else {
         return Err(Problem::new(
             StatusCode::CONFLICT,
@@ -87,11 +98,17 @@ pub(crate) async fn subscribe(
             "no Azure SignalR is configured: invoke Subscribe(instanceId) on /hubs/progress",
         ));
     };
-    // 404 for an unknown instance, and (once callers have tenants) for
-    // another tenant's.
-    let (stored, _) = load(&state, &id).await?;
-    if stored.record.summary.tenant.is_some() {
-        return Err(Problem::not_found(format!("no instance {id}")));
+    // 404 for an unknown instance, which another tenant's is.
+    load(&state, &id).await?;
+    let authenticated = !matches!(*state.auth, Authenticator::Anyone);
+    if let Some(user) = &request.user_id
+        && authenticated
+        && *user != caller.user_id()
+    {
+        return Err(Problem::field(
+            "userId",
+            "a caller can subscribe only itself (the user its negotiate token names)",
+        ));
     }
     let added = match (&request.connection_id, &request.user_id) {
         (Some(connection), None) => azure.add_connection_to_group(id.as_str(), connection).await,

@@ -3,19 +3,22 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use legato_service::auth::{Caller, Principal};
 use legato_service::problem::{FieldError, Problem};
 use legato_store::DefinitionRecord;
 use serde::Deserialize;
 use time::OffsetDateTime;
 
-use super::workflow_name;
+use super::{own_workflow_name, visible_workflow_names};
 use crate::GatewayState;
 use crate::body::RawBody;
 use crate::dto::{DefinitionList, DefinitionView};
 
 /// Register a definition version (YAML or JSON body). Registering the same
 /// content again is harmless; different content under an existing version
-/// is refused: bump `version`.
+/// is refused: bump `version`. A caller with a tenant registers for its
+/// tenant only (shadowing a shared definition of the same name); one
+/// without registers shared definitions every tenant can start.
 #[utoipa::path(
     put,
     path = "/api/v1/workflows/{name}",
@@ -32,10 +35,11 @@ use crate::dto::{DefinitionList, DefinitionView};
 )]
 pub(crate) async fn register(
     State(state): State<GatewayState>,
+    Caller(caller): Caller,
     Path(name): Path<String>,
     RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<DefinitionView>), Problem> {
-    let name = workflow_name(name)?;
+    let name = own_workflow_name(&caller, name)?;
     let text = std::str::from_utf8(&body).map_err(|_| Problem::field("body", "is not UTF-8"))?;
     let workflow = legato_workflow::parse(text).map_err(|errors| {
         let fields = errors
@@ -53,11 +57,12 @@ pub(crate) async fn register(
         )
         .with_errors(fields)
     })?;
-    if workflow.name != name {
+    if workflow.name.as_str() != name.local() {
         return Err(Problem::field(
             "name",
             format!(
-                "the path says {name} but the definition is named {}",
+                "the path says {} but the definition is named {}",
+                name.local(),
                 workflow.name
             ),
         ));
@@ -82,7 +87,8 @@ pub(crate) async fn register(
             "Version already registered",
             format!(
                 "{} version {} exists with different content; register it as a new version",
-                record.name, record.version
+                record.name.local(),
+                record.version
             ),
         ));
     }
@@ -93,7 +99,8 @@ pub(crate) async fn register(
     ))
 }
 
-/// The latest version of every registered definition.
+/// The latest version of every definition the caller can start: its
+/// tenant's own and the shared ones it does not shadow.
 #[utoipa::path(
     get,
     path = "/api/v1/workflows",
@@ -102,12 +109,14 @@ pub(crate) async fn register(
 )]
 pub(crate) async fn list_workflows(
     State(state): State<GatewayState>,
+    Caller(caller): Caller,
 ) -> Result<Json<DefinitionList>, Problem> {
-    let items = state
-        .store
-        .list_definitions()
-        .await?
+    let all = state.store.list_definitions().await?;
+    let own = |d: &&DefinitionRecord| d.name.tenant().is_some() && d.name.tenant() == caller.tenant;
+    let shadowed: Vec<&str> = all.iter().filter(own).map(|d| d.name.local()).collect();
+    let items = all
         .iter()
+        .filter(|d| own(d) || (d.name.tenant().is_none() && !shadowed.contains(&d.name.local())))
         .map(|d| DefinitionView::new(d, false))
         .collect();
     Ok(Json(DefinitionList { items }))
@@ -133,15 +142,39 @@ pub(crate) struct VersionQuery {
 )]
 pub(crate) async fn get_workflow(
     State(state): State<GatewayState>,
+    Caller(caller): Caller,
     Path(name): Path<String>,
     query: Result<Query<VersionQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<DefinitionView>, Problem> {
-    let name = workflow_name(name)?;
     let Query(query) = query.map_err(|e| Problem::field("version", e.body_text()))?;
-    let record = state
-        .store
-        .get_definition(&name, query.version)
-        .await?
-        .ok_or_else(|| Problem::not_found(format!("no workflow {name}")))?;
+    let record = find_definition(&state, &caller, name, query.version).await?;
     Ok(Json(DefinitionView::new(&record, true)))
+}
+
+/// The definition `name` means for the caller (its own, else the shared
+/// one), or 404.
+pub(crate) async fn find_definition(
+    state: &GatewayState,
+    caller: &Principal,
+    name: String,
+    version: Option<u32>,
+) -> Result<DefinitionRecord, Problem> {
+    let names = visible_workflow_names(caller, name)?;
+    for name in &names {
+        // A tenant's own definition shadows the shared one by name, whatever
+        // versions either has.
+        let own = name.tenant().is_some();
+        if own && state.store.get_definition(name, None).await?.is_none() {
+            continue;
+        }
+        if let Some(record) = state.store.get_definition(name, version).await? {
+            return Ok(record);
+        }
+        break;
+    }
+    let local = names.first().map_or("", |n| n.local());
+    Err(Problem::not_found(match version {
+        Some(v) => format!("no workflow {local} version {v}"),
+        None => format!("no workflow {local}"),
+    }))
 }

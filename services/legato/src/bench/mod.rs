@@ -187,6 +187,10 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
             config.data_dir = scratch.join("stack");
             config.workflows_dir = scratch.join("no-catalogue");
             config.durability = options.durability.into();
+            // The bench measures the engine, not the per-tenant rate limit
+            // that protects a shared gateway.
+            config.gateway.limits.starts_per_second = 0;
+            config.gateway.limits.signals_per_second = 0;
             if options.store == StoreChoice::AzureTable {
                 config.store = Some(StoreSettings::AzureTable {
                     connection_string: Some(options.tables.clone()),

@@ -783,69 +783,12 @@ async fn local_mode_negotiate_redirects_to_the_hub_and_subscriptions_point_there
 }
 
 mod hub_protocol {
-    use futures::{SinkExt, StreamExt};
+    use futures::SinkExt;
     use serde_json::{Value, json};
     use tokio_tungstenite::tungstenite::Message as Ws;
 
+    use crate::support::hub::{RS, invoke, next, open};
     use crate::support::{Legato, temp_dir};
-
-    type Socket = tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >;
-
-    const RS: char = '\u{1e}';
-
-    async fn open(
-        legato: &Legato,
-        query: &str,
-    ) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
-        let url = format!(
-            "{}/hubs/progress{query}",
-            legato.base.replace("http://", "ws://")
-        );
-        tokio_tungstenite::connect_async(url)
-            .await
-            .map(|(socket, _)| socket)
-    }
-
-    /// The next hub record that is not a ping.
-    async fn next(socket: &mut Socket) -> Value {
-        loop {
-            let frame = tokio::time::timeout(std::time::Duration::from_secs(10), socket.next())
-                .await
-                .expect("a frame within 10 s")
-                .expect("the socket is open")
-                .unwrap();
-            let Ws::Text(text) = frame else {
-                panic!("expected a text frame, got {frame:?}")
-            };
-            assert!(text.ends_with(RS), "every record ends with 0x1E: {text:?}");
-            for record in text.split(RS).filter(|r| !r.is_empty()) {
-                let value: Value = serde_json::from_str(record).unwrap();
-                if value["type"] != 6 {
-                    return value;
-                }
-            }
-        }
-    }
-
-    async fn send(socket: &mut Socket, value: Value) {
-        socket.send(Ws::text(format!("{value}{RS}"))).await.unwrap();
-    }
-
-    async fn invoke(socket: &mut Socket, id: &str, target: &str, arguments: Value) -> Value {
-        send(
-            socket,
-            json!({"type": 1, "invocationId": id, "target": target, "arguments": arguments}),
-        )
-        .await;
-        loop {
-            let message = next(socket).await;
-            if message["type"] == 3 && message["invocationId"] == id {
-                return message;
-            }
-        }
-    }
 
     #[tokio::test]
     async fn the_hub_speaks_the_json_protocol_and_refuses_what_it_does_not() {

@@ -3,6 +3,8 @@
 //! tests never share state and can run in any order.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod hub;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -45,7 +45,8 @@ use crate::stored::{corrupt, from_millis, millis, topic_from};
 use crate::token::{self, ListPosition};
 use crate::{
     Commit, DefinitionRecord, Expected, HistoryRow, InstancePage, InstanceQuery, InstanceRecord,
-    InstanceSummary, OutboxEntry, OutboxRow, Store, StoreError, StoredInstance, TimerRow, Version,
+    InstanceSummary, OutboxEntry, OutboxRow, Store, StoreError, StoredInstance, TenantFilter,
+    TimerRow, Version,
 };
 
 /// How long an index entry may point at nothing before a reader removes
@@ -891,12 +892,15 @@ impl Store for AzureTableStore {
         if let Some(workflow) = &query.workflow {
             filter.push_str(&format!(" and Workflow eq {}", odata(workflow.as_str())));
         }
-        if let Some(tenant) = &query.tenant {
+        if let TenantFilter::Only(Some(tenant)) = &query.tenant {
             filter.push_str(&format!(" and Tenant eq {}", odata(tenant)));
         }
-        // Without a status filter almost every entry is a match (only
+        // Entries without a tenant have no Tenant property, which OData
+        // cannot ask for: those are filtered after reading, like status.
+        let filtered_after = query.status.is_some() || query.tenant == TenantFilter::Only(None);
+        // Without such a filter almost every entry is a match (only
         // entries of lost races are not): read little more than a page.
-        let scan_limit = if query.status.is_some() {
+        let scan_limit = if filtered_after {
             LIST_SCAN_LIMIT
         } else {
             (top + 16).min(LIST_SCAN_LIMIT)
@@ -920,7 +924,8 @@ impl Store for AzureTableStore {
                 match summary {
                     Some(s)
                         if millis(s.created_at) == created
-                            && query.status.is_none_or(|status| s.status == status) =>
+                            && query.status.is_none_or(|status| s.status == status)
+                            && query.tenant.admits(s.tenant.as_deref()) =>
                     {
                         items.push(s)
                     }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use legato_contracts::TenantId;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
@@ -28,14 +29,14 @@ pub struct JwtVerifier {
 }
 
 impl JwtVerifier {
-    pub fn new(settings: JwtSettings) -> Result<Self, String> {
+    pub fn new(settings: JwtSettings, section: &str) -> Result<Self, String> {
         for (name, value) in [
             ("issuer", &settings.issuer),
             ("audience", &settings.audience),
             ("jwks_url", &settings.jwks_url),
         ] {
             if value.is_empty() {
-                return Err(format!("gateway.auth.jwt.{name} is required in jwt mode"));
+                return Err(format!("{section}.jwt.{name} is required in jwt mode"));
             }
         }
         let http = reqwest::Client::builder()
@@ -88,11 +89,21 @@ impl JwtVerifier {
             Value::String(one) => Role::parse(one).into_iter().collect(),
             _ => Vec::new(),
         };
+        let tenant = match &claims[&self.settings.tenant_claim] {
+            Value::Null => None,
+            Value::String(text) => Some(TenantId::parse(text.as_str()).map_err(|e| {
+                Refusal::Unauthenticated(format!("claim {}: {e}", self.settings.tenant_claim))
+            })?),
+            _ => {
+                return Err(Refusal::Unauthenticated(format!(
+                    "claim {} is not a string",
+                    self.settings.tenant_claim
+                )));
+            }
+        };
         Ok(Principal {
             subject: claims["sub"].as_str().unwrap_or_default().to_owned(),
-            tenant: claims[&self.settings.tenant_claim]
-                .as_str()
-                .map(str::to_owned),
+            tenant,
             roles,
         })
     }

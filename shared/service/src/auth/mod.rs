@@ -1,29 +1,34 @@
-//! Who may call the gateway, and what they may do: every API route needs
-//! a [`Role`]; the caller's roles come from an API key or a JWT
+//! Who may call a service, and what they may do: every API route needs
+//! a [`Role`]; the caller's roles and tenant come from an API key or a JWT
 //! ([`settings::AuthMode`]). A missing or bad credential is 401 with
 //! `WWW-Authenticate: Bearer`, a missing role 403, both as problem
-//! details. Health and the OpenAPI document stay open.
+//! details. Health and the OpenAPI document stay open. The gateway and the
+//! notifier (its progress stream and hub) use the same [`Guard`].
 
 mod jwt;
 pub mod settings;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{FromRequestParts, MatchedPath, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use legato_service::problem::Problem;
+use legato_contracts::TenantId;
 use sha2::{Digest, Sha256};
 
-use crate::GatewayState;
+use crate::problem::Problem;
 pub use settings::{ApiKeySetting, AuthMode, AuthSettings, JwtSettings, Role};
 
 /// The caller, as its credential says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub subject: String,
-    pub tenant: Option<String>,
+    /// Whose instances and definitions the caller sees; `None` is the
+    /// instances without a tenant (every caller when auth is off).
+    pub tenant: Option<TenantId>,
     pub roles: Vec<Role>,
 }
 
@@ -31,8 +36,39 @@ impl Principal {
     pub fn may(&self, role: Role) -> bool {
         self.roles.iter().any(|r| *r == role || *r == Role::Admin)
     }
+
+    /// The caller as one user across tenants (`tenant/subject`): two
+    /// tenants' users with the same subject stay two users, for example
+    /// in Azure SignalR client tokens and groups.
+    pub fn user_id(&self) -> String {
+        match &self.tenant {
+            Some(tenant) => format!("{tenant}/{}", self.subject),
+            None => self.subject.clone(),
+        }
+    }
 }
 
+/// The request's [`Principal`], put there by [`authorize`].
+pub struct Caller(pub Arc<Principal>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Problem> {
+        parts
+            .extensions
+            .get::<Arc<Principal>>()
+            .cloned()
+            .map(Caller)
+            .ok_or_else(|| {
+                Problem::new(
+                    StatusCode::UNAUTHORIZED,
+                    "Not signed in",
+                    "the route is not behind authentication",
+                )
+            })
+    }
+}
 /// Why a request is not let in.
 #[derive(Debug)]
 pub enum Refusal {
@@ -50,7 +86,7 @@ pub enum Authenticator {
 impl Authenticator {
     /// Refuses settings that cannot work, and a gateway without
     /// authentication on a non-loopback address unless explicitly allowed.
-    pub fn new(settings: &AuthSettings, host: &str) -> Result<Self, String> {
+    pub fn new(settings: &AuthSettings, host: &str, section: &str) -> Result<Self, String> {
         match settings.mode {
             AuthMode::None => {
                 let loopback = host
@@ -59,23 +95,23 @@ impl Authenticator {
                     .unwrap_or(host == "localhost");
                 if !loopback && !settings.allow_anonymous_remote {
                     return Err(format!(
-                        "gateway.auth.mode is none but the gateway listens on {host}: set \
-                         gateway.auth.mode to api_key or jwt, or \
-                         gateway.auth.allow_anonymous_remote = true for a private network"
+                        "{section}.mode is none but the service listens on {host}: set \
+                         {section}.mode to api_key or jwt, or \
+                         {section}.allow_anonymous_remote = true for a private network"
                     ));
                 }
                 Ok(Self::Anyone)
             }
             AuthMode::ApiKey => {
                 if settings.api_keys.is_empty() {
-                    return Err("gateway.auth.api_keys is empty in api_key mode".into());
+                    return Err(format!("{section}.api_keys is empty in api_key mode"));
                 }
                 for key in &settings.api_keys {
                     let hex =
                         key.sha256.len() == 64 && key.sha256.bytes().all(|b| b.is_ascii_hexdigit());
                     if !hex {
                         return Err(format!(
-                            "gateway.auth.api_keys {:?}: sha256 must be 64 hex digits",
+                            "{section}.api_keys {:?}: sha256 must be 64 hex digits",
                             key.id
                         ));
                     }
@@ -84,6 +120,7 @@ impl Authenticator {
             }
             AuthMode::Jwt => Ok(Self::Jwt(Box::new(jwt::JwtVerifier::new(
                 settings.jwt.clone(),
+                section,
             )?))),
         }
     }
@@ -129,25 +166,21 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The role a route needs.
-pub fn required_role(method: &Method, path: &str) -> Role {
-    match (method.as_str(), path) {
-        ("PUT", "/api/v1/workflows/{name}") => Role::Manage,
-        ("POST", "/api/v1/workflows/{name}/instances") => Role::Start,
-        ("POST", "/api/v1/instances/{id}/events/{name}") => Role::Signal,
-        ("DELETE", "/api/v1/instances/{id}")
-        | ("POST", "/api/v1/instances/{id}/terminate")
-        | ("POST", "/api/v1/instances/{id}/suspend")
-        | ("POST", "/api/v1/instances/{id}/resume")
-        | ("POST", "/api/v1/instances/{id}/restart") => Role::Operate,
-        _ => Role::Read,
-    }
+/// What guards a set of routes: who checks credentials, the role each
+/// route needs, and whether a token may come as `?access_token=` (the
+/// SignalR client and `EventSource` cannot set headers on WebSockets and
+/// event streams).
+#[derive(Clone)]
+pub struct Guard {
+    pub auth: Arc<Authenticator>,
+    pub role_of: fn(&Method, &str) -> Role,
+    pub query_token: bool,
 }
 
 /// Lets a request through with its [`Principal`] as an extension, or
 /// answers 401/403/503.
 pub async fn authorize(
-    State(state): State<GatewayState>,
+    State(guard): State<Guard>,
     matched: Option<MatchedPath>,
     mut request: Request,
     next: Next,
@@ -156,12 +189,18 @@ pub async fn authorize(
     if request.method() == Method::OPTIONS {
         return next.run(request).await;
     }
-    let authorization = request
+    let mut authorization = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let principal = match state.auth.principal(authorization.as_deref()).await {
+    if authorization.is_none() && guard.query_token {
+        authorization = Query::<HashMap<String, String>>::try_from_uri(request.uri())
+            .ok()
+            .and_then(|Query(mut q)| q.remove("access_token"))
+            .map(|token| format!("Bearer {token}"));
+    }
+    let principal = match guard.auth.principal(authorization.as_deref()).await {
         Ok(principal) => principal,
         Err(Refusal::Unauthenticated(why)) => {
             let mut response =
@@ -182,7 +221,7 @@ pub async fn authorize(
         }
     };
     let path = matched.as_ref().map_or("", MatchedPath::as_str);
-    let role = required_role(request.method(), path);
+    let role = (guard.role_of)(request.method(), path);
     if !principal.may(role) {
         return Problem::new(
             StatusCode::FORBIDDEN,

@@ -1,5 +1,7 @@
-//! The `gateway.auth` settings: who may call the API, and with what.
+//! The `auth` settings (`gateway.auth` in the gateway and `legato up`,
+//! `auth` in the notifier): who may call, and with what.
 
+use legato_contracts::TenantId;
 use serde::{Deserialize, Serialize};
 
 /// How callers prove who they are.
@@ -59,9 +61,11 @@ pub struct ApiKeySetting {
     pub id: String,
     /// Lowercase hex SHA-256 of the key (`printf %s "$KEY" | sha256sum`).
     pub sha256: String,
-    /// The tenant the key acts for.
+    /// The tenant the key acts for: it sees only that tenant's instances
+    /// and definitions (and the shared definitions). Without one, the
+    /// key acts for the instances that have no tenant.
     #[serde(default)]
-    pub tenant: Option<String>,
+    pub tenant: Option<TenantId>,
     pub roles: Vec<Role>,
 }
 

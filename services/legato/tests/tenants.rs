@@ -1,0 +1,366 @@
+//! Two tenants on one gateway, each with its own API key: for every
+//! endpoint, neither can read, list, stream, subscribe to, signal, operate
+//! or purge the other's instance, and each refusal is the answer a missing
+//! instance gets (no existence leak, not even through `409` on a chosen
+//! `instanceId`). Definitions a tenant registers are its own; the shared
+//! catalogue is everyone's.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use support::hub::{connect, invoke, next};
+use support::{Legato, echo_step, temp_dir};
+
+const ACME: &str = "acme-key";
+const BETA: &str = "beta-key";
+/// The id both tenants choose.
+const ID: &str = "order-42";
+
+fn sha256(key: &str) -> String {
+    Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn start(dir: &Path) -> Legato {
+    let config = dir.join("conf");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("legato.toml"),
+        format!(
+            "[gateway.auth]\nmode = \"api_key\"\n\
+             [[gateway.auth.api_keys]]\nid = \"acme-admin\"\nsha256 = \"{}\"\ntenant = \"acme\"\nroles = [\"admin\"]\n\
+             [[gateway.auth.api_keys]]\nid = \"beta-admin\"\nsha256 = \"{}\"\ntenant = \"beta\"\nroles = [\"admin\"]\n",
+            sha256(ACME),
+            sha256(BETA)
+        ),
+    )
+    .unwrap();
+    Legato::start_with_env(dir, &[("LEGATO_CONFIG_DIR", config.to_str().unwrap())])
+}
+
+/// One call as a tenant: status and body (JSON, or the text).
+async fn call(
+    legato: &Legato,
+    key: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut request = legato
+        .client
+        .request(method.parse().unwrap(), legato.url(path))
+        .bearer_auth(key);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn waiting_workflow(name: &str) -> Value {
+    json!({
+        "name": name, "version": 1,
+        "steps": [
+            echo_step("prepare", &[], json!({"value": "draft"})),
+            {"id": "approve", "needs": ["prepare"], "wait_for_event": {"name": "approval", "timeout_ms": 600_000}},
+        ],
+        "output": "${{ steps.approve.output }}"
+    })
+}
+
+async fn register(legato: &Legato, key: &str, definition: Value) -> (StatusCode, Value) {
+    let name = definition["name"].as_str().unwrap().to_owned();
+    call(
+        legato,
+        key,
+        "PUT",
+        &format!("/api/v1/workflows/{name}"),
+        Some(definition),
+    )
+    .await
+}
+
+async fn wait_until_waiting(legato: &Legato, key: &str, id: &str) {
+    for _ in 0..200 {
+        let (_, status) = call(legato, key, "GET", &format!("/api/v1/instances/{id}"), None).await;
+        let waiting = status["steps"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["status"] == "Waiting"));
+        if waiting {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{id} never waited for its approval");
+}
+
+/// A problem body with the instance id replaced, to compare the answer
+/// about another tenant's instance with the one about a missing instance.
+fn anonymised(body: &Value, id: &str) -> String {
+    body.to_string().replace(id, "<id>")
+}
+
+#[tokio::test]
+async fn tenants_cannot_see_or_touch_each_others_instances() {
+    let dir = temp_dir();
+    let legato = start(dir.path());
+
+    // Each tenant registers a definition of its own under the same name.
+    assert_eq!(
+        register(&legato, ACME, waiting_workflow("hold")).await.0,
+        StatusCode::CREATED
+    );
+    let (status, _) = call(&legato, BETA, "GET", "/api/v1/workflows/hold", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "acme's definition is acme's");
+    let (_, listed) = call(&legato, BETA, "GET", "/api/v1/workflows", None).await;
+    let names: Vec<&str> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert!(!names.contains(&"hold"), "{names:?}");
+    assert!(
+        names.contains(&"feature-request"),
+        "the catalogue is shared"
+    );
+    assert_eq!(
+        register(&legato, BETA, waiting_workflow("hold")).await.0,
+        StatusCode::CREATED,
+        "beta's own 'hold' does not collide with acme's"
+    );
+
+    // acme starts order-42 and it waits; beta's view of it is a missing one.
+    let (status, started) = call(
+        &legato,
+        ACME,
+        "POST",
+        "/api/v1/workflows/hold/instances",
+        Some(json!({"instanceId": ID, "input": {}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{started}");
+    assert_eq!(started["id"], ID, "ids are shown as the tenant chose them");
+    wait_until_waiting(&legato, ACME, ID).await;
+
+    let missing = "never-started";
+    let endpoints: Vec<(&str, String, Option<Value>)> = vec![
+        ("GET", "/api/v1/instances/{id}".into(), None),
+        ("GET", "/api/v1/instances/{id}?history=true".into(), None),
+        ("GET", "/api/v1/instances/{id}/stream".into(), None),
+        (
+            "POST",
+            "/api/v1/instances/{id}/events/approval".into(),
+            Some(json!({"approved": true})),
+        ),
+        (
+            "POST",
+            "/api/v1/instances/{id}/terminate".into(),
+            Some(json!({})),
+        ),
+        (
+            "POST",
+            "/api/v1/instances/{id}/suspend".into(),
+            Some(json!({})),
+        ),
+        (
+            "POST",
+            "/api/v1/instances/{id}/resume".into(),
+            Some(json!({})),
+        ),
+        (
+            "POST",
+            "/api/v1/instances/{id}/restart".into(),
+            Some(json!({})),
+        ),
+        ("DELETE", "/api/v1/instances/{id}".into(), None),
+        (
+            "POST",
+            "/api/v1/instances/{id}/subscriptions".into(),
+            Some(json!({"connectionId": "c1"})),
+        ),
+    ];
+    for (method, path, body) in &endpoints {
+        let theirs = call(
+            &legato,
+            BETA,
+            method,
+            &path.replace("{id}", ID),
+            body.clone(),
+        )
+        .await;
+        let absent = call(
+            &legato,
+            BETA,
+            method,
+            &path.replace("{id}", missing),
+            body.clone(),
+        )
+        .await;
+        assert_eq!(theirs.0, absent.0, "{method} {path}: {theirs:?}");
+        assert!(
+            theirs.0 == StatusCode::NOT_FOUND || theirs.0 == StatusCode::CONFLICT,
+            "{method} {path}: {theirs:?}"
+        );
+        assert_eq!(
+            anonymised(&theirs.1, ID),
+            anonymised(&absent.1, missing),
+            "{method} {path}: the same answer as for a missing instance"
+        );
+    }
+
+    // Listing: each tenant sees its own only, whatever the filter.
+    let (_, beta_list) = call(&legato, BETA, "GET", "/api/v1/instances", None).await;
+    assert_eq!(beta_list["items"], json!([]), "{beta_list}");
+    let (_, filtered) = call(
+        &legato,
+        BETA,
+        "GET",
+        "/api/v1/instances?workflow=hold",
+        None,
+    )
+    .await;
+    assert_eq!(filtered["items"], json!([]));
+
+    // The hub: beta's connection cannot subscribe to acme's instance, and
+    // the refusal reads as for a missing one.
+    let mut beta_hub = connect(&legato, &format!("?access_token={BETA}")).await;
+    let refused = invoke(&mut beta_hub, "1", "Subscribe", json!([ID])).await;
+    let absent = invoke(&mut beta_hub, "2", "Subscribe", json!([missing])).await;
+    assert!(
+        refused["error"].as_str().unwrap().contains("not found"),
+        "{refused}"
+    );
+    assert_eq!(
+        anonymised(&refused["error"], ID),
+        anonymised(&absent["error"], missing)
+    );
+    // Nor can a connection without a credential be opened.
+    assert!(support::hub::open(&legato, "").await.is_err());
+
+    // beta chooses the same id: no 409, a separate instance of its own.
+    let (status, body) = call(
+        &legato,
+        BETA,
+        "POST",
+        "/api/v1/workflows/hold/instances",
+        Some(json!({"instanceId": ID, "input": {"who": "beta"}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    wait_until_waiting(&legato, BETA, ID).await;
+    let (_, acme_view) = call(
+        &legato,
+        ACME,
+        "GET",
+        &format!("/api/v1/instances/{ID}"),
+        None,
+    )
+    .await;
+    let (_, beta_view) = call(
+        &legato,
+        BETA,
+        "GET",
+        &format!("/api/v1/instances/{ID}"),
+        None,
+    )
+    .await;
+    assert_eq!(acme_view["input"], json!({}));
+    assert_eq!(acme_view["tenant"], "acme");
+    assert_eq!(beta_view["input"], json!({"who": "beta"}));
+    assert_eq!(beta_view["tenant"], "beta");
+    for (key, tenant) in [(ACME, "acme"), (BETA, "beta")] {
+        let (_, list) = call(&legato, key, "GET", "/api/v1/instances", None).await;
+        let items = list["items"].as_array().unwrap();
+        assert_eq!(items.len(), 1, "{list}");
+        assert_eq!(items[0]["tenant"], tenant);
+    }
+
+    // beta's own hub subscription sees beta's instance, with the id as
+    // beta knows it; acme approving its own touches only acme's.
+    let subscribed = invoke(&mut beta_hub, "3", "Subscribe", json!([ID])).await;
+    assert_eq!(subscribed["result"]["instanceId"], ID, "{subscribed}");
+    let (status, _) = call(
+        &legato,
+        ACME,
+        "POST",
+        &format!("/api/v1/instances/{ID}/events/approval"),
+        Some(json!({"approved": true})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let mut acme_done = false;
+    for _ in 0..200 {
+        let (_, view) = call(
+            &legato,
+            ACME,
+            "GET",
+            &format!("/api/v1/instances/{ID}"),
+            None,
+        )
+        .await;
+        if view["runtimeStatus"] == "Completed" {
+            acme_done = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(acme_done, "acme's instance completes on acme's approval");
+    let (_, beta_view) = call(
+        &legato,
+        BETA,
+        "GET",
+        &format!("/api/v1/instances/{ID}"),
+        None,
+    )
+    .await;
+    assert_eq!(beta_view["runtimeStatus"], "Running", "{beta_view}");
+    // Nothing of acme's reached beta's hub connection: every progress
+    // event it got is about beta's instance, which has not finished.
+    let mut received = 0;
+    while let Ok(message) =
+        tokio::time::timeout(Duration::from_millis(500), next(&mut beta_hub)).await
+    {
+        received += 1;
+        assert!(received < 100, "a bounded number of events");
+        if message["target"] == "progress" {
+            let event = &message["arguments"][0];
+            assert_eq!(event["instanceId"], ID);
+            assert_ne!(event["kind"], "instance_completed", "{event}");
+        }
+    }
+
+    // Purge: acme purges its finished instance; beta's stays.
+    let (status, _) = call(
+        &legato,
+        ACME,
+        "DELETE",
+        &format!("/api/v1/instances/{ID}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = call(
+        &legato,
+        BETA,
+        "GET",
+        &format!("/api/v1/instances/{ID}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+}
