@@ -29,7 +29,9 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     }
 }
 
-/// A JSON body; an empty body reads as `T::default()` when `EMPTY_OK`.
+/// A JSON object body; an empty body reads as `T::default()` when
+/// `EMPTY_OK`. Anything but an object is refused, also the arrays serde
+/// would otherwise read into a struct's fields by position.
 pub(crate) struct JsonBody<T, const EMPTY_OK: bool = false>(pub T);
 
 impl<S, T, const EMPTY_OK: bool> FromRequest<S> for JsonBody<T, EMPTY_OK>
@@ -43,6 +45,10 @@ where
         let RawBody(bytes) = RawBody::from_request(req, state).await?;
         if EMPTY_OK && bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self(T::default()));
+        }
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+        if first.is_some_and(|b| *b != b'{') {
+            return Err(Problem::field("body", "must be a JSON object"));
         }
         parse_json(&bytes).map(Self)
     }

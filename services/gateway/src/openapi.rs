@@ -26,47 +26,132 @@ pub struct ApiDoc;
 
 /// The document as served.
 pub fn document() -> Value {
-    let mut doc = ApiDoc::openapi();
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
     // The progress stream is served by the notifier (same port in `legato up`).
-    if let Ok(extra) = serde_json::from_value::<utoipa::openapi::path::PathItem>(
-        serde_json::json!({
+    doc["paths"]["/api/v1/instances/{id}/stream"] = json!({
             "get": {
+                "operationId": "stream",
                 "tags": ["instances"],
                 "summary": "Server-sent events of the instance's progress until it finishes",
                 "description": "Opens with a `status` event, then `progress` events (`id:` = history sequence number); `lagged` says how many were missed.",
                 "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
                 "responses": {
-                    "200": {"description": "text/event-stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                    "200": {"description": "text/event-stream", "content": {"text/event-stream": {"schema": {
+                        "description": "One server-sent event; `data` is JSON",
+                        "type": "object",
+                        "required": ["data"],
+                        "properties": {
+                            "event": {"enum": ["status", "progress", "lagged"]},
+                            "id": {"type": "string"},
+                            "data": {"type": "string", "contentMediaType": "application/json"}
+                        }
+                    }}}},
                     "404": {"description": "Unknown instance", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
                 }
             }
-        }),
-    ) {
-        doc.paths
-            .paths
-            .insert("/api/v1/instances/{id}/stream".into(), extra);
-    }
+    });
     with_common_answers(doc)
+}
+
+/// The rules the gateway checks parameters by, as schemas, so that
+/// generated clients and the conformance run know them.
+fn constrain_parameters(path: &str, operation: &mut Value) {
+    let Some(parameters) = operation
+        .get_mut("parameters")
+        .and_then(Value::as_array_mut)
+    else {
+        return;
+    };
+    for parameter in parameters {
+        let schema = match (parameter["in"].as_str(), parameter["name"].as_str()) {
+            (Some("path"), Some("id")) => {
+                json!({"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$"})
+            }
+            (Some("path"), Some("name")) if path.contains("/events/") => {
+                json!({"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,128}$"})
+            }
+            (Some("path"), Some("name")) => {
+                json!({"type": "string", "pattern": "^[a-z][a-z0-9_-]{0,63}$"})
+            }
+            (Some("query"), Some("status")) => json!({"type": "string",
+                "enum": ["Pending", "Running", "Suspended", "Completed", "Failed", "Terminated"]}),
+            (Some("query"), Some("workflow")) => {
+                json!({"type": "string", "pattern": "^[a-z][a-z0-9_-]{0,63}$"})
+            }
+            (Some("query"), Some("createdFrom" | "createdTo")) => {
+                json!({"type": "string", "format": "date-time"})
+            }
+            (Some("query"), Some("top")) => {
+                json!({"type": "integer", "minimum": 1, "maximum": 1000})
+            }
+            _ => continue,
+        };
+        parameter["schema"] = schema;
+    }
+}
+
+/// What a client can do next with what an answer names: a started
+/// instance's id leads to everything about it, a registered definition's
+/// name to starting it (and the conformance run follows these).
+fn add_links(value: &mut Value) {
+    let by_id = |operation: &str| json!({"operationId": operation, "parameters": {"id": "$response.body#/id"}});
+    let instance_links = json!({
+        "GetInstance": by_id("get_instance"),
+        "Stream": by_id("stream"),
+        "RaiseApproval": {"operationId": "raise_event",
+            "parameters": {"id": "$response.body#/id", "name": "approval"}},
+        "Terminate": by_id("terminate"),
+        "Suspend": by_id("suspend"),
+        "Resume": by_id("resume"),
+        "Restart": by_id("restart"),
+        "Purge": by_id("purge"),
+        "Subscribe": by_id("subscribe"),
+    });
+    let paths = &mut value["paths"];
+    if let Some(accepted) =
+        paths.pointer_mut("/~1api~1v1~1workflows~1{name}~1instances/post/responses/202")
+    {
+        accepted["links"] = instance_links;
+    }
+    let by_name = |operation: &str| json!({"operationId": operation, "parameters": {"name": "$response.body#/name"}});
+    for status in ["200", "201"] {
+        let pointer = format!("/~1api~1v1~1workflows~1{{name}}/put/responses/{status}");
+        if let Some(registered) = paths.pointer_mut(&pointer) {
+            registered["links"] =
+                json!({"Start": by_name("start"), "GetWorkflow": by_name("get_workflow")});
+        }
+    }
 }
 
 /// Adds what every operation may answer whatever it does (a bad
 /// parameter, no credentials, no permission, over a rate, unavailable)
 /// and the bearer scheme they need, so clients and the conformance run
 /// see every status the gateway can send.
-fn with_common_answers(doc: utoipa::openapi::OpenApi) -> Value {
-    let mut value = serde_json::to_value(&doc).unwrap_or_default();
+fn with_common_answers(mut value: Value) -> Value {
     let problem = |description: &str| {
         json!({"description": description, "content": {"application/problem+json":
             {"schema": {"$ref": "#/components/schemas/Problem"}}}})
     };
     if let Some(paths) = value["paths"].as_object_mut() {
+        for (path, item) in paths.iter_mut() {
+            for operation in item
+                .as_object_mut()
+                .into_iter()
+                .flat_map(|o| o.values_mut())
+            {
+                constrain_parameters(path, operation);
+            }
+        }
         for operation in paths
             .values_mut()
             .filter_map(Value::as_object_mut)
             .flat_map(|item| item.values_mut())
         {
             let has_body = operation.get("requestBody").is_some();
-            let Some(responses) = operation["responses"].as_object_mut() else {
+            let Some(responses) = operation
+                .get_mut("responses")
+                .and_then(Value::as_object_mut)
+            else {
                 continue;
             };
             let mut add = |status: &str, description: &str| {
@@ -92,6 +177,14 @@ fn with_common_answers(doc: utoipa::openapi::OpenApi) -> Value {
                 add("413", "Body too large");
             }
         }
+    }
+    add_links(&mut value);
+    // Event data is any JSON, or nothing (null); utoipa has no way to say so.
+    if let Some(event) =
+        value.pointer_mut("/paths/~1api~1v1~1instances~1{id}~1events~1{name}/post/requestBody")
+    {
+        *event = json!({"description": "Event data: any JSON; an empty body is null",
+            "required": false, "content": {"application/json": {"schema": {}}}});
     }
     value["components"]["securitySchemes"] = json!({
         "bearer": {"type": "http", "scheme": "bearer",

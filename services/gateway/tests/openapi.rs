@@ -119,4 +119,19 @@ async fn errors_are_problem_details_naming_the_field() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
+
+    // A body that is JSON but not an object is refused, not read into the
+    // request's fields by position.
+    for body in ["[]", "[null, null]", "0.0", "\"text\""] {
+        let response = app(1024)
+            .oneshot(
+                Request::post("/api/v1/instances/x/restart")
+                    .header("content-type", "application/json")
+                    .body(Body::from(body))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
+    }
 }

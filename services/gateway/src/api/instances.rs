@@ -137,6 +137,7 @@ async fn replace_if_finished(state: &GatewayState, id: &InstanceId) -> Result<()
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct StatusQuery {
     /// Include the instance's history.
@@ -184,6 +185,7 @@ pub(crate) async fn get_instance(
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct ListQuery {
     /// Pending, Running, Suspended, Completed, Failed or Terminated.

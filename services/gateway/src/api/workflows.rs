@@ -123,6 +123,7 @@ pub(crate) async fn list_workflows(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct VersionQuery {
     /// A specific version; the latest when absent.
