@@ -185,13 +185,31 @@ var services = [
     exists: orchestratorExists
     env: []
   }
+  // The notifier's progress stream checks the same tokens as the gateway.
   {
     name: 'notifier'
     port: 8083
     external: true
     agent: false
     exists: notifierExists
-    env: []
+    env: [
+      {
+        name: 'LEGATO__AUTH__MODE'
+        value: 'jwt'
+      }
+      {
+        name: 'LEGATO__AUTH__JWT__ISSUER'
+        value: 'https://login.microsoftonline.com/${authTenantId}/v2.0'
+      }
+      {
+        name: 'LEGATO__AUTH__JWT__AUDIENCE'
+        value: authAudience
+      }
+      {
+        name: 'LEGATO__AUTH__JWT__JWKS_URL'
+        value: 'https://login.microsoftonline.com/${authTenantId}/discovery/v2.0/keys'
+      }
+    ]
   }
   {
     name: 'agent-echo'

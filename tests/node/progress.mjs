@@ -3,9 +3,13 @@
 // hub), starts a feature-request, subscribes to it, approves it when the
 // approval request arrives, and checks that every progress event came, in
 // order, ending in Completed. Usage: node progress.mjs http://127.0.0.1:PORT
+// [API key]: with a key, every call and the hub connection authenticate
+// with it (the client's accessTokenFactory, as a dashboard would).
 import * as signalR from "@microsoft/signalr";
 
 const base = process.argv[2];
+const key = process.argv[3];
+const auth = key ? { authorization: `Bearer ${key}` } : {};
 if (!base) {
   console.error("usage: node progress.mjs <legato base url>");
   process.exit(2);
@@ -20,7 +24,7 @@ function check(condition, message) {
 async function post(path, body) {
   const response = await fetch(`${base}${path}`, {
     method: "POST",
-    headers: { "content-type": "application/json" },
+    headers: { "content-type": "application/json", ...auth },
     body: JSON.stringify(body),
   });
   const text = await response.text();
@@ -30,7 +34,7 @@ async function post(path, body) {
 
 const events = [];
 const connection = new signalR.HubConnectionBuilder()
-  .withUrl(`${base}/api/v1`)
+  .withUrl(`${base}/api/v1`, key ? { accessTokenFactory: () => key } : {})
   .configureLogging(signalR.LogLevel.Warning)
   .build();
 
@@ -80,7 +84,7 @@ for (const step of ["plan", "work", "ask", "approve", "verdict", "finalize"]) {
 check(kinds.indexOf("approval_requested") < kinds.indexOf("event_received"), "approval arrived before it was asked for");
 
 // Nothing was missed: the last event is the last entry of the history.
-const status = await (await fetch(`${base}/api/v1/instances/${id}?history=true`)).json();
+const status = await (await fetch(`${base}/api/v1/instances/${id}?history=true`, { headers: auth })).json();
 check(status.runtimeStatus === "Completed", `instance is ${status.runtimeStatus}`);
 check(status.history.at(-1).seq === events.at(-1).seq, `history ends at ${status.history.at(-1).seq}, events at ${events.at(-1).seq}`);
 console.log(JSON.stringify({ instance: id, events: events.length, kinds }));

@@ -29,7 +29,7 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     }
 }
 
-/// A JSON object body; an empty body reads as `T::default()` when
+/// A JSON object body; an empty (zero-byte) body reads as `T::default()` when
 /// `EMPTY_OK`. Anything but an object is refused, also the arrays serde
 /// would otherwise read into a struct's fields by position.
 pub(crate) struct JsonBody<T, const EMPTY_OK: bool = false>(pub T);
@@ -43,7 +43,7 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
         let RawBody(bytes) = RawBody::from_request(req, state).await?;
-        if EMPTY_OK && bytes.iter().all(u8::is_ascii_whitespace) {
+        if EMPTY_OK && bytes.is_empty() {
             return Ok(Self(T::default()));
         }
         let first = bytes.iter().find(|b| !b.is_ascii_whitespace());

@@ -1,7 +1,8 @@
 //! The API's JSON shapes (camelCase), each with its OpenAPI schema.
 
-use legato_engine::{InstanceState, StepStatus};
+use legato_engine::{InstanceState, SlotStatus, StepStatus, TaskSlot};
 use legato_store::{DefinitionRecord, HistoryRow, InstanceSummary};
+use legato_workflow::Action;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -76,6 +77,37 @@ pub(crate) struct StepView {
     pub output: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// A `for_each` step's items and how far they got.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub items: Option<ItemCounts>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<String>,
+}
+
+/// How far a `for_each` step's items got.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ItemCounts {
+    pub total: usize,
+    pub completed: usize,
+    pub failed: usize,
+    /// Dispatched and not finished (running or waiting to retry).
+    pub running: usize,
+}
+
+impl ItemCounts {
+    fn of(tasks: &[TaskSlot]) -> Self {
+        let count =
+            |wanted: &[SlotStatus]| tasks.iter().filter(|t| wanted.contains(&t.status)).count();
+        Self {
+            total: tasks.len(),
+            completed: count(&[SlotStatus::Completed]),
+            failed: count(&[SlotStatus::Failed]),
+            running: count(&[SlotStatus::Running, SlotStatus::Backoff]),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -143,6 +175,10 @@ impl InstanceView {
                     attempts: s.map_or(0, |s| s.attempts()),
                     output: s.and_then(|s| s.output.clone()),
                     error: s.and_then(|s| s.error.clone()),
+                    items: matches!(step.action, Action::ForEach { .. })
+                        .then(|| ItemCounts::of(s.map_or(&[][..], |s| &s.tasks))),
+                    started_at: s.and_then(|s| s.started_at).map(rfc3339),
+                    completed_at: s.and_then(|s| s.completed_at).map(rfc3339),
                 }
             })
             .collect();

@@ -26,6 +26,8 @@ pub fn check(service: &str) -> anyhow::Result<String> {
         }
         "notifier" => {
             let config: legato_notifier::NotifierConfig = legato_service::load(service)?;
+            legato_service::auth::Authenticator::new(&config.auth, &config.http.host, "auth")
+                .map_err(|e| anyhow::anyhow!("settings: {e}"))?;
             (config.bus, Some(config.store), Some(config.signalr))
         }
         other => match legato_agents::AgentKind::from_service(other) {

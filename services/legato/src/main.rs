@@ -1,10 +1,12 @@
-//! `legato up` runs the whole stack in one process; `legato bench` measures it.
+//! `legato up` runs the whole stack in one process; `legato bench` measures
+//! it; `legato start`, `watch`, `approve`, … drive a gateway.
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use legato::{LegatoConfig, Stack, bench, check, topology};
+use legato::{LegatoConfig, Stack, bench, check, cli, topology};
 use legato_service::Shutdown;
 
 #[derive(Parser)]
@@ -51,11 +53,32 @@ enum Command {
     /// Print every broker entity (topics, subscriptions, rules) the
     /// services use, as text or JSON.
     Topology(topology::TopologyOptions),
+    // Listed for `legato --help`; parsed by `cli::ClientCli`, whose
+    // `--url`, `--token` and `--output` apply to these alone.
+    #[command(flatten)]
+    Client(cli::ClientCommand),
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+async fn main() -> anyhow::Result<ExitCode> {
+    let first = std::env::args().nth(1).unwrap_or_default();
+    if <cli::ClientCommand as clap::Subcommand>::has_subcommand(&first) {
+        let client = cli::ClientCli::parse();
+        // A refusal is one line for the person or script, not a trace.
+        return Ok(cli::run(client.command, client.target)
+            .await
+            .unwrap_or_else(|e| {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }));
+    }
+    serve(Cli::parse().command)
+        .await
+        .map(|()| ExitCode::SUCCESS)
+}
+
+async fn serve(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Up {
             port,
             host,
@@ -110,6 +133,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Bench(options) => bench::run(options).await,
         Command::Topology(options) => topology::run(options),
+        Command::Client(_) => anyhow::bail!("client commands are run by cli::run"),
     }
 }
 

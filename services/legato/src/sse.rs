@@ -1,12 +1,86 @@
-//! A minimal reader of legato's progress stream, for the benchmark (and
-//! the end-to-end tests, which include this file): waits until the stream
-//! reports a final status.
+//! A reader of legato's progress stream (server-sent events), for the CLI's
+//! `watch`, the benchmark and the end-to-end tests.
 
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use legato_contracts::RuntimeStatus;
 use serde_json::Value;
+
+/// One event of the stream: `status`, `progress` or `lagged`, with its data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Frame {
+    pub event: String,
+    pub data: Value,
+}
+
+impl Frame {
+    fn parse(text: &str) -> Option<Self> {
+        let mut event = "message";
+        let mut data = String::new();
+        for line in text.lines() {
+            if let Some(v) = line.strip_prefix("event:") {
+                event = v.trim();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push_str(v.trim_start());
+            }
+        }
+        // Comments (keep-alives) carry no data.
+        let data = serde_json::from_str(&data).ok()?;
+        Some(Self {
+            event: event.to_owned(),
+            data,
+        })
+    }
+
+    /// The instance's final status, if this event says it ended.
+    pub fn final_status(&self) -> Option<RuntimeStatus> {
+        let status = match self.event.as_str() {
+            "status" => self.data["runtimeStatus"].as_str()?,
+            "progress" => match self.data["kind"].as_str()? {
+                "instance_completed" | "instance_failed" | "instance_terminated" => {
+                    self.data["status"].as_str()?
+                }
+                _ => return None,
+            },
+            _ => return None,
+        };
+        RuntimeStatus::parse(status).filter(|s| s.is_terminal())
+    }
+}
+
+/// The events of one open stream, in order.
+pub struct Events {
+    body: BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    /// Bytes, not text: a chunk may end inside a character.
+    buffer: Vec<u8>,
+}
+
+impl Events {
+    pub fn new(response: reqwest::Response) -> Self {
+        Self {
+            body: response.bytes_stream().boxed(),
+            buffer: Vec::new(),
+        }
+    }
+
+    /// The next event; `None` when the stream ended.
+    pub async fn next(&mut self) -> Option<anyhow::Result<Frame>> {
+        loop {
+            while let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
+                let raw: Vec<u8> = self.buffer.drain(..end + 2).collect();
+                if let Some(frame) = Frame::parse(&String::from_utf8_lossy(&raw)) {
+                    return Some(Ok(frame));
+                }
+            }
+            match self.body.next().await? {
+                Ok(chunk) => self.buffer.extend_from_slice(&chunk),
+                Err(e) => return Some(Err(e.into())),
+            }
+        }
+    }
+}
 
 /// Follows `GET .../stream` until the instance ends; returns its status.
 pub async fn wait_for_end(
@@ -15,16 +89,11 @@ pub async fn wait_for_end(
     limit: Duration,
 ) -> anyhow::Result<RuntimeStatus> {
     let response = client.get(url).send().await?.error_for_status()?;
-    let mut body = response.bytes_stream();
-    let mut buffer = String::new();
+    let mut events = Events::new(response);
     let read = async {
-        while let Some(chunk) = body.next().await {
-            buffer.push_str(&String::from_utf8_lossy(&chunk?));
-            while let Some(end) = buffer.find("\n\n") {
-                let frame: String = buffer.drain(..end + 2).collect();
-                if let Some(status) = final_status(&frame) {
-                    return Ok(status);
-                }
+        while let Some(frame) = events.next().await {
+            if let Some(status) = frame?.final_status() {
+                return Ok(status);
             }
         }
         anyhow::bail!("the stream ended before the instance did")
@@ -32,28 +101,4 @@ pub async fn wait_for_end(
     tokio::time::timeout(limit, read)
         .await
         .map_err(|_| anyhow::anyhow!("no final status within {limit:?}"))?
-}
-
-fn final_status(frame: &str) -> Option<RuntimeStatus> {
-    let mut event = "message";
-    let mut data = String::new();
-    for line in frame.lines() {
-        if let Some(v) = line.strip_prefix("event:") {
-            event = v.trim();
-        } else if let Some(v) = line.strip_prefix("data:") {
-            data.push_str(v.trim_start());
-        }
-    }
-    let value: Value = serde_json::from_str(&data).ok()?;
-    let status = match event {
-        "status" => value["runtimeStatus"].as_str()?,
-        "progress" => match value["kind"].as_str()? {
-            "instance_completed" | "instance_failed" | "instance_terminated" => {
-                value["status"].as_str()?
-            }
-            _ => return None,
-        },
-        _ => return None,
-    };
-    RuntimeStatus::parse(status).filter(|s| s.is_terminal())
 }

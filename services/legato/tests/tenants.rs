@@ -158,7 +158,7 @@ async fn tenants_cannot_see_or_touch_each_others_instances() {
     wait_until_waiting(&legato, ACME, ID).await;
 
     let missing = "never-started";
-    let endpoints: Vec<(&str, String, Option<Value>)> = vec![
+    let mut endpoints: Vec<(&str, String, Option<Value>)> = vec![
         ("GET", "/api/v1/instances/{id}".into(), None),
         ("GET", "/api/v1/instances/{id}?history=true".into(), None),
         ("GET", "/api/v1/instances/{id}/stream".into(), None),
@@ -167,26 +167,6 @@ async fn tenants_cannot_see_or_touch_each_others_instances() {
             "/api/v1/instances/{id}/events/approval".into(),
             Some(json!({"approved": true})),
         ),
-        (
-            "POST",
-            "/api/v1/instances/{id}/terminate".into(),
-            Some(json!({})),
-        ),
-        (
-            "POST",
-            "/api/v1/instances/{id}/suspend".into(),
-            Some(json!({})),
-        ),
-        (
-            "POST",
-            "/api/v1/instances/{id}/resume".into(),
-            Some(json!({})),
-        ),
-        (
-            "POST",
-            "/api/v1/instances/{id}/restart".into(),
-            Some(json!({})),
-        ),
         ("DELETE", "/api/v1/instances/{id}".into(), None),
         (
             "POST",
@@ -194,6 +174,10 @@ async fn tenants_cannot_see_or_touch_each_others_instances() {
             Some(json!({"connectionId": "c1"})),
         ),
     ];
+    for operation in ["terminate", "suspend", "resume", "restart"] {
+        let path = format!("/api/v1/instances/{{id}}/{operation}");
+        endpoints.push(("POST", path, Some(json!({}))));
+    }
     for (method, path, body) in &endpoints {
         let theirs = call(
             &legato,

@@ -274,17 +274,22 @@ mod tests {
     use legato_contracts::WorkflowName;
     use legato_store::SqliteStore;
 
-    /// A start that arrives after its instance was purged (redelivered, or
-    /// late from a replica that crashed holding it) is refused, not
-    /// obeyed: it would bring the purged instance back and occupy its id.
-    #[tokio::test]
-    async fn a_start_without_its_record_does_not_create_the_instance() {
+    fn applier_on_memory() -> (Arc<dyn Store>, Applier) {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
         let relay = Arc::new(OutboxRelay::new(
             Arc::new(InProcessBus::default()),
             store.clone(),
         ));
         let applier = Applier::new(store.clone(), relay, OrchestratorSettings::default());
+        (store, applier)
+    }
+
+    /// A start that arrives after its instance was purged (redelivered, or
+    /// late from a replica that crashed holding it) is refused, not
+    /// obeyed: it would bring the purged instance back and occupy its id.
+    #[tokio::test]
+    async fn a_start_without_its_record_does_not_create_the_instance() {
+        let (store, applier) = applier_on_memory();
         let id = InstanceId::parse("purged-1").unwrap();
         let start = Input::Start {
             at: OffsetDateTime::now_utc(),
@@ -305,12 +310,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_start_naming_another_tenant_is_refused() {
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
-        let relay = Arc::new(OutboxRelay::new(
-            Arc::new(InProcessBus::default()),
-            store.clone(),
-        ));
-        let applier = Applier::new(store.clone(), relay, OrchestratorSettings::default());
+        let (store, applier) = applier_on_memory();
         let id = InstanceId::parse("acme~order-1").unwrap();
         let now = OffsetDateTime::now_utc();
         let workflow = WorkflowName::parse("beta~private").unwrap();

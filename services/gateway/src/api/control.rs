@@ -90,7 +90,7 @@ pub(crate) async fn raise_event(
     RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<Accepted>), Problem> {
     let name = EventName::parse(name).map_err(|e| Problem::field("name", e.to_string()))?;
-    let data: Value = if body.iter().all(u8::is_ascii_whitespace) {
+    let data: Value = if body.is_empty() {
         Value::Null
     } else {
         parse_json(&body)?

@@ -11,6 +11,7 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Value, json};
+use sha2::Digest;
 
 use crate::support::{Legato, Service, client_for, services_env, temp_dir};
 
@@ -22,6 +23,40 @@ fn signalr_test_dir() -> PathBuf {
 async fn the_stock_signalr_client_sees_a_feature_request_live_in_order() {
     let dir = temp_dir();
     let legato = Legato::start(dir.path());
+    run_stock_client(&legato, None).await;
+}
+
+/// The same with API keys: the client authenticates through the gateway's
+/// negotiate, the hub's negotiate and the WebSocket with its
+/// `accessTokenFactory`, as the dashboard does, and sees its tenant's
+/// instance (by the id it chose).
+#[tokio::test]
+async fn the_stock_signalr_client_authenticates_with_an_api_key() {
+    let dir = temp_dir();
+    let config = dir.path().join("conf");
+    std::fs::create_dir_all(&config).unwrap();
+    let key = "node-client-key";
+    let hash: String = sha2::Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    std::fs::write(
+        config.join("legato.toml"),
+        format!(
+            "[gateway.auth]\nmode = \"api_key\"\n[[gateway.auth.api_keys]]\nid = \"node\"\n\
+             sha256 = \"{hash}\"\ntenant = \"acme\"\nroles = [\"read\", \"start\", \"signal\"]\n"
+        ),
+    )
+    .unwrap();
+    let legato = Legato::start_with_env(
+        dir.path(),
+        &[("LEGATO_CONFIG_DIR", config.to_str().unwrap())],
+    );
+    run_stock_client(&legato, Some(key)).await;
+}
+
+/// Runs tests/node/progress.mjs against `legato`, with an API key if given.
+async fn run_stock_client(legato: &Legato, key: Option<&str>) {
     let script = signalr_test_dir();
     assert!(
         script.join("node_modules/@microsoft/signalr").is_dir(),
@@ -30,6 +65,7 @@ async fn the_stock_signalr_client_sees_a_feature_request_live_in_order() {
     let run = tokio::process::Command::new("node")
         .arg("progress.mjs")
         .arg(&legato.base)
+        .args(key)
         .current_dir(&script)
         .output();
     let output = tokio::time::timeout(Duration::from_secs(90), run)

@@ -1,0 +1,305 @@
+//! The client commands of the `legato` binary: start, watch, signal and
+//! operate instances on a gateway (`--url` or `LEGATO_URL`), authenticated
+//! as the gateway requires (`--token` or `LEGATO_TOKEN`: an API key or an
+//! access token). `--output json` prints JSON for scripts. `start --watch`
+//! and `watch` exit 0 when the instance completed, 2 when it failed, 3
+//! when it was terminated; 1 is an error of the command itself.
+
+mod client;
+mod watch;
+
+use std::process::ExitCode;
+
+use legato_contracts::RuntimeStatus;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use client::segment;
+pub use client::{Gateway, Output, Target};
+
+/// The client commands with the options they share.
+#[derive(Debug, clap::Parser)]
+#[command(name = "legato", version)]
+pub struct ClientCli {
+    #[command(subcommand)]
+    pub command: ClientCommand,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ClientCommand {
+    /// Start an instance of a registered workflow.
+    Start {
+        workflow: String,
+        /// The input, as JSON.
+        #[arg(long, default_value = "{}")]
+        input: String,
+        /// Choose the instance id (a UUID otherwise).
+        #[arg(long)]
+        id: Option<String>,
+        /// A definition version (the latest otherwise).
+        #[arg(long)]
+        version: Option<u32>,
+        /// Follow it until it ends, as `watch` does.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Follow an instance live until it ends.
+    Watch { id: String },
+    /// Approve (or reject) what an instance waits for.
+    Approve {
+        id: String,
+        /// Reject, with this reason.
+        #[arg(long, value_name = "REASON")]
+        reject: Option<String>,
+        /// The event the approval step waits for.
+        #[arg(long, default_value = "approval")]
+        event: String,
+    },
+    /// Raise a named event with JSON data.
+    Raise {
+        id: String,
+        event: String,
+        #[arg(default_value = "null")]
+        data: String,
+    },
+    /// List instances, newest first.
+    Ls {
+        /// Pending, Running, Suspended, Completed, Failed or Terminated.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        workflow: Option<String>,
+        /// How many (1-1000).
+        #[arg(long, default_value_t = 50)]
+        top: u32,
+    },
+    /// Show an instance: status, steps, output (and its history).
+    Show {
+        id: String,
+        #[arg(long)]
+        history: bool,
+    },
+    /// Stop an instance: no more steps, running tasks cancelled.
+    Terminate {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Pause an instance; results and events wait for resume.
+    Suspend {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Resume a suspended instance.
+    Resume {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Run an instance again from the start (optionally with a new input).
+    Restart {
+        id: String,
+        #[arg(long)]
+        input: Option<String>,
+    },
+    /// Delete a finished instance and its history.
+    Purge { id: String },
+}
+
+/// The exit code that says how an instance ended.
+pub fn exit_code(status: RuntimeStatus) -> ExitCode {
+    match status {
+        RuntimeStatus::Completed => ExitCode::SUCCESS,
+        RuntimeStatus::Failed => ExitCode::from(2),
+        RuntimeStatus::Terminated => ExitCode::from(3),
+        _ => ExitCode::from(4),
+    }
+}
+
+fn json_arg(what: &str, text: &str) -> anyhow::Result<Value> {
+    serde_json::from_str(text).map_err(|e| anyhow::anyhow!("{what} is not JSON: {e}"))
+}
+
+pub async fn run(command: ClientCommand, target: Target) -> anyhow::Result<ExitCode> {
+    let gateway = Gateway::new(&target)?;
+    let output = target.output;
+    let instance = |id: &str| format!("/api/v1/instances/{}", segment(id));
+    let print = |text: String, value: &Value| match output {
+        Output::Json => println!("{value}"),
+        Output::Text => println!("{text}"),
+    };
+    match command {
+        ClientCommand::Start {
+            workflow,
+            input,
+            id,
+            version,
+            watch,
+        } => {
+            let mut body = json!({"input": json_arg("--input", &input)?});
+            if let Some(id) = id {
+                body["instanceId"] = json!(id);
+            }
+            if let Some(version) = version {
+                body["version"] = json!(version);
+            }
+            let path = format!("/api/v1/workflows/{}/instances", segment(&workflow));
+            let started = gateway.call(Method::POST, &path, Some(&body)).await?;
+            let id = started["id"].as_str().unwrap_or_default().to_owned();
+            print(format!("started {id}"), &started);
+            if watch {
+                return Ok(exit_code(watch::watch(&gateway, &id, output).await?));
+            }
+        }
+        ClientCommand::Watch { id } => {
+            return Ok(exit_code(watch::watch(&gateway, &id, output).await?));
+        }
+        ClientCommand::Approve { id, reject, event } => {
+            let data = match reject {
+                Some(reason) => json!({"approved": false, "reason": reason}),
+                None => json!({"approved": true}),
+            };
+            let path = format!("{}/events/{}", instance(&id), segment(&event));
+            let accepted = gateway.call(Method::POST, &path, Some(&data)).await?;
+            let verdict = if data["approved"] == true {
+                "approved"
+            } else {
+                "rejected"
+            };
+            print(format!("{verdict} {id}"), &accepted);
+        }
+        ClientCommand::Raise { id, event, data } => {
+            let data = json_arg("the event data", &data)?;
+            let path = format!("{}/events/{}", instance(&id), segment(&event));
+            let accepted = gateway.call(Method::POST, &path, Some(&data)).await?;
+            print(format!("raised {event} on {id}"), &accepted);
+        }
+        ClientCommand::Ls {
+            status,
+            workflow,
+            top,
+        } => {
+            let mut query = format!("?top={top}");
+            if let Some(status) = status {
+                query.push_str(&format!("&status={}", segment(&status)));
+            }
+            if let Some(workflow) = workflow {
+                query.push_str(&format!("&workflow={}", segment(&workflow)));
+            }
+            let page = gateway
+                .call(Method::GET, &format!("/api/v1/instances{query}"), None)
+                .await?;
+            let items = page["items"].as_array().map_or(&[][..], Vec::as_slice);
+            let mut text = format!("{:<38} {:<20} {:<11} CREATED", "ID", "WORKFLOW", "STATUS");
+            for item in items {
+                let field = |k: &str| item[k].as_str().unwrap_or_default().to_owned();
+                text.push_str(&format!(
+                    "\n{:<38} {:<20} {:<11} {}",
+                    field("id"),
+                    field("workflow"),
+                    field("runtimeStatus"),
+                    field("createdAt")
+                ));
+            }
+            print(text, &page);
+        }
+        ClientCommand::Show { id, history } => {
+            let path = format!("{}?history={history}", instance(&id));
+            let shown = gateway.call(Method::GET, &path, None).await?;
+            print(describe(&shown), &shown);
+        }
+        ClientCommand::Terminate { id, reason } => {
+            operate(
+                &gateway,
+                output,
+                &id,
+                "terminate",
+                json!({"reason": reason}),
+            )
+            .await?;
+        }
+        ClientCommand::Suspend { id, reason } => {
+            operate(&gateway, output, &id, "suspend", json!({"reason": reason})).await?;
+        }
+        ClientCommand::Resume { id, reason } => {
+            operate(&gateway, output, &id, "resume", json!({"reason": reason})).await?;
+        }
+        ClientCommand::Restart { id, input } => {
+            let input = input.map(|i| json_arg("--input", &i)).transpose()?;
+            operate(&gateway, output, &id, "restart", json!({"input": input})).await?;
+        }
+        ClientCommand::Purge { id } => {
+            gateway.call(Method::DELETE, &instance(&id), None).await?;
+            print(format!("purged {id}"), &json!({"id": id, "purged": true}));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn operate(
+    gateway: &Gateway,
+    output: Output,
+    id: &str,
+    operation: &str,
+    body: Value,
+) -> anyhow::Result<()> {
+    let path = format!("/api/v1/instances/{}/{operation}", segment(id));
+    let accepted = gateway.call(Method::POST, &path, Some(&body)).await?;
+    match output {
+        Output::Json => println!("{accepted}"),
+        Output::Text => println!("{operation} sent to {id}"),
+    }
+    Ok(())
+}
+
+/// An instance as text: its status, steps and output, then its history.
+fn describe(instance: &Value) -> String {
+    let field = |k: &str| instance[k].as_str().unwrap_or_default();
+    let mut text = format!(
+        "{} ({} v{}): {}\ncreated {}, updated {}",
+        field("id"),
+        field("workflow"),
+        instance["version"],
+        field("runtimeStatus"),
+        field("createdAt"),
+        field("updatedAt")
+    );
+    if let Some(error) = instance["error"].as_str() {
+        text.push_str(&format!("\nerror: {error}"));
+    }
+    for step in instance["steps"].as_array().map_or(&[][..], Vec::as_slice) {
+        let mut line = format!(
+            "\n  {:<20} {:<10} attempts {}",
+            step["id"].as_str().unwrap_or_default(),
+            step["status"].as_str().unwrap_or_default(),
+            step["attempts"]
+        );
+        if let Some(items) = step.get("items") {
+            line.push_str(&format!(
+                ", items {}/{} ({} failed)",
+                items["completed"], items["total"], items["failed"]
+            ));
+        }
+        text.push_str(&line);
+    }
+    for (label, key) in [("custom status", "customStatus"), ("output", "output")] {
+        if let Some(value) = instance.get(key).filter(|v| !v.is_null()) {
+            text.push_str(&format!("\n{label}: {value}"));
+        }
+    }
+    if let Some(history) = instance["history"].as_array() {
+        text.push_str("\nhistory:");
+        for entry in history {
+            text.push_str(&format!(
+                "\n  {:>4} {} {}",
+                entry["seq"],
+                entry["at"].as_str().unwrap_or_default(),
+                entry["event"]["type"].as_str().unwrap_or_default()
+            ));
+        }
+    }
+    text
+}

@@ -1,0 +1,235 @@
+//! The `legato` client commands end to end against `legato up` with API
+//! keys: start and watch to the end (the exit code says how it ended),
+//! approve and reject, raise, list, show, terminate, purge, `--output
+//! json` for scripts, and refusals as one line on stderr with exit 1.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use support::{Legato, temp_dir};
+
+const KEY: &str = "cli-test-key";
+
+fn start_legato(dir: &Path) -> Legato {
+    let config = dir.join("conf");
+    std::fs::create_dir_all(&config).unwrap();
+    let hash: String = Sha256::digest(KEY.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    std::fs::write(
+        config.join("legato.toml"),
+        format!(
+            "[gateway.auth]\nmode = \"api_key\"\n[[gateway.auth.api_keys]]\nid = \"cli\"\n\
+             sha256 = \"{hash}\"\ntenant = \"team-cli\"\nroles = [\"admin\"]\n"
+        ),
+    )
+    .unwrap();
+    Legato::start_with_env(dir, &[("LEGATO_CONFIG_DIR", config.to_str().unwrap())])
+}
+
+fn legato(base: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_legato"));
+    command
+        .args(args)
+        .env("LEGATO_URL", base)
+        .env("LEGATO_TOKEN", KEY)
+        .env_remove("LEGATO_STREAM_URL")
+        .stdin(Stdio::null());
+    command
+}
+
+/// Runs a client command to its end (bounded).
+fn run(base: &str, args: &[&str]) -> Output {
+    let child = legato(base, args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    finish(child, args)
+}
+
+fn finish(mut child: Child, what: &[&str]) -> Output {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("legato {what:?} did not finish within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn json_lines(output: &Output) -> Vec<Value> {
+    stdout(output)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect()
+}
+
+/// Waits until the instance's approval step waits.
+async fn wait_for_approval(legato: &Legato, id: &str) {
+    for _ in 0..400 {
+        let status: Value = legato
+            .client
+            .get(legato.url(&format!("/api/v1/instances/{id}")))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let waiting = status["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["id"] == "approve" && s["status"] == "Waiting");
+        if waiting {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{id} never waited for approval");
+}
+
+#[tokio::test]
+async fn the_cli_drives_instances_and_its_exit_code_says_how_they_ended() {
+    let dir = temp_dir();
+    let up = start_legato(dir.path());
+    let base = up.base.as_str();
+    let request = r#"{"request": "add CSV export to billing and check last month totals"}"#;
+
+    // start --watch: every step, the output, exit 0.
+    let watched = run(
+        base,
+        &[
+            "start",
+            "fan-out-fan-in",
+            "--input",
+            r#"{"value": 3}"#,
+            "--watch",
+        ],
+    );
+    let text = stdout(&watched);
+    assert_eq!(watched.status.code(), Some(0), "{text}");
+    for line in ["started ", "join ", "Completed", "output: [3,3,3,3]"] {
+        assert!(text.contains(line), "{line:?} missing from\n{text}");
+    }
+
+    // watch in the background, approve from another command: exit 0.
+    run(
+        base,
+        &[
+            "start",
+            "feature-request",
+            "--input",
+            request,
+            "--id",
+            "yes",
+        ],
+    );
+    let watcher = legato(base, &["watch", "yes"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_approval(&up, "yes").await;
+    let approved = run(base, &["approve", "yes"]);
+    assert!(stdout(&approved).contains("approved yes"));
+    let watched = finish(watcher, &["watch", "yes"]);
+    let text = stdout(&watched);
+    assert_eq!(watched.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("work") && text.contains("2/2 items"),
+        "{text}"
+    );
+    assert!(text.contains("instance yes: Completed"), "{text}");
+
+    // A rejection rolls back and the watch exits 2, with the reason.
+    run(
+        base,
+        &["start", "feature-request", "--input", request, "--id", "no"],
+    );
+    wait_for_approval(&up, "no").await;
+    run(base, &["approve", "no", "--reject", "not this quarter"]);
+    let watched = run(base, &["watch", "no"]);
+    assert_eq!(watched.status.code(), Some(2), "{}", stdout(&watched));
+    assert!(stdout(&watched).contains("not this quarter"));
+
+    // Terminated: exit 3; with --output json every line is JSON.
+    run(
+        base,
+        &[
+            "start",
+            "feature-request",
+            "--input",
+            request,
+            "--id",
+            "stop",
+        ],
+    );
+    wait_for_approval(&up, "stop").await;
+    let raised = run(
+        base,
+        &["raise", "stop", "nudge", r#"{"n": 1}"#, "--output", "json"],
+    );
+    assert_eq!(json_lines(&raised)[0]["id"], "stop");
+    run(base, &["terminate", "stop", "--reason", "enough"]);
+    let watched = run(base, &["watch", "stop", "--output", "json"]);
+    assert_eq!(watched.status.code(), Some(3));
+    let events = json_lines(&watched);
+    assert_eq!(events[0]["event"], "status");
+    assert!(events.iter().all(|e| e["data"].is_object()));
+
+    // ls and show, for people and for scripts.
+    let listed = run(base, &["ls", "--output", "json"]);
+    let page = json_lines(&listed).remove(0);
+    let ids: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    for id in ["yes", "no", "stop"] {
+        assert!(ids.contains(&id), "{ids:?}");
+    }
+    let failed = run(base, &["ls", "--status", "Failed"]);
+    let text = stdout(&failed);
+    assert!(text.contains("no ") && !text.contains("yes "), "{text}");
+    let shown = run(base, &["show", "yes", "--history", "--output", "json"]);
+    let shown = &json_lines(&shown)[0];
+    assert_eq!(shown["runtimeStatus"], "Completed");
+    assert!(shown["history"].as_array().unwrap().len() > 5);
+    let shown = run(base, &["show", "no"]);
+    assert!(stdout(&shown).contains("verdict"), "{}", stdout(&shown));
+
+    // purge, then it is gone: one line on stderr, exit 1.
+    assert!(run(base, &["purge", "yes"]).status.success());
+    let gone = run(base, &["show", "yes"]);
+    assert_eq!(gone.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&gone.stderr).trim(),
+        "error: Not found: no instance yes (404 Not Found)"
+    );
+
+    // A wrong key is refused the same way.
+    let refused = legato(base, &["ls"])
+        .env("LEGATO_TOKEN", "wrong")
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("Not signed in"));
+}
