@@ -68,6 +68,13 @@ impl StartResponse {
 #[serde(rename_all = "camelCase")]
 pub(crate) struct StepView {
     pub id: String,
+    /// The steps this one runs after (the workflow's graph).
+    pub needs: Vec<String>,
+    /// What the step does: `agent`, `for_each`, `wait_for_event` or `timer`.
+    pub kind: String,
+    /// The event a `wait_for_event` step waits for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
     /// Pending, Running, Waiting, Completed, Skipped, Failed or Cancelled.
     pub status: String,
     /// Attempts dispatched over all of the step's tasks.
@@ -168,6 +175,20 @@ impl InstanceView {
                 let s = state.steps.get(&step.id);
                 StepView {
                     id: step.id.to_string(),
+                    needs: step.needs.iter().map(ToString::to_string).collect(),
+                    kind: match &step.action {
+                        Action::ForEach { .. } => "for_each",
+                        Action::Agent { .. } => "agent",
+                        Action::WaitForEvent { .. } => "wait_for_event",
+                        Action::Timer { .. } => "timer",
+                    }
+                    .to_owned(),
+                    event: match &step.action {
+                        Action::WaitForEvent { wait_for_event } => {
+                            Some(wait_for_event.name.to_string())
+                        }
+                        _ => None,
+                    },
                     status: s
                         .map_or(StepStatus::Pending, |s| s.status)
                         .as_str()
@@ -268,6 +289,14 @@ impl DefinitionView {
             definition: with_body.then(|| record.body.clone()),
         }
     }
+}
+
+/// A definition's registered versions.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct VersionList {
+    pub name: String,
+    /// Newest first.
+    pub versions: Vec<u32>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -8,6 +8,7 @@
 mod api;
 mod body;
 mod catalogue;
+mod dashboard;
 mod dto;
 pub mod limits;
 pub mod memberships;
@@ -110,6 +111,7 @@ pub fn router(state: GatewayState) -> Router {
         .route_layer(authorize)
         .route_layer(time_limit)
         .route("/api/v1/openapi.json", axum::routing::get(openapi::serve))
+        .merge(dashboard::routes())
         .with_state(state)
         .layer(DefaultBodyLimit::max(limit))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))

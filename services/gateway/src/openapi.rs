@@ -13,8 +13,8 @@ use legato_service::problem::{FieldError, Problem};
 #[derive(OpenApi)]
 #[openapi(
     info(title = "legato gateway", version = "1", description = "Start, follow and steer durable multi-agent workflows. Errors are application/problem+json."),
-    paths(register, list_workflows, get_workflow, start, get_instance, list_instances, purge, raise_event, terminate, suspend, resume, restart, negotiate, subscribe),
-    components(schemas(Problem, FieldError, StartRequest, StartResponse, InstanceView, StepView, ItemCounts, HistoryEntry, InstancePage, InstanceListItem, DefinitionView, DefinitionList, ReasonBody, RestartBody, Accepted, NegotiateResponse, SubscriptionRequest)),
+    paths(register, list_workflows, get_workflow, list_versions, start, get_instance, list_instances, purge, raise_event, terminate, suspend, resume, restart, negotiate, subscribe),
+    components(schemas(Problem, FieldError, StartRequest, StartResponse, InstanceView, StepView, ItemCounts, HistoryEntry, InstancePage, InstanceListItem, DefinitionView, DefinitionList, VersionList, ReasonBody, RestartBody, Accepted, NegotiateResponse, SubscriptionRequest)),
     tags(
         (name = "workflows", description = "Definitions"),
         (name = "instances", description = "Start, read, list, purge"),

@@ -55,6 +55,7 @@ fn contracts_openapi_json_is_the_served_document() {
             "/api/v1/workflows",
             "/api/v1/workflows/{name}",
             "/api/v1/workflows/{name}/instances",
+            "/api/v1/workflows/{name}/versions",
         ]
     );
 }

@@ -456,6 +456,20 @@ pub async fn definitions_are_versioned_and_immutable(store: &dyn Store) {
         .filter(|d| d.name == name)
         .collect();
     assert_eq!(listed, vec![def(2, "h2")]);
+    store.put_definition(&def(10, "h10")).await.unwrap();
+    assert_eq!(
+        store.definition_versions(&name).await.unwrap(),
+        vec![10, 2, 1],
+        "newest first, numerically"
+    );
+    let unknown = WorkflowName::parse(unique("nodef")).unwrap();
+    assert!(
+        store
+            .definition_versions(&unknown)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// A lease has one holder at a time: others wait until it expires, the

@@ -238,6 +238,9 @@ pub trait Store: Send + Sync + 'static {
     /// The latest version of every registered definition, by name.
     async fn list_definitions(&self) -> Result<Vec<DefinitionRecord>, StoreError>;
 
+    /// The registered versions of one definition, newest first.
+    async fn definition_versions(&self, name: &WorkflowName) -> Result<Vec<u32>, StoreError>;
+
     /// Takes or keeps the lease `name` for `holder` until `ttl` from now,
     /// for work one replica at a time must do. True when `holder` holds it
     /// afterwards (it was free, had expired, or was already `holder`'s);

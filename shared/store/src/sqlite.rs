@@ -542,6 +542,24 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn definition_versions(&self, name: &WorkflowName) -> Result<Vec<u32>, StoreError> {
+        let name = name.to_string();
+        self.with(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT version FROM definitions WHERE name = ?1 ORDER BY version DESC",
+                )
+                .map_err(unavailable)?;
+            let versions = stmt
+                .query_map(params![name], |row| row.get::<_, u32>(0))
+                .map_err(unavailable)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(unavailable)?;
+            Ok(versions)
+        })
+        .await
+    }
+
     async fn list_definitions(&self) -> Result<Vec<DefinitionRecord>, StoreError> {
         self.with(move |conn| {
             let mut stmt = conn

@@ -21,7 +21,9 @@ pub(crate) use instances::{
     __path_get_instance, __path_list_instances, __path_purge, __path_start,
 };
 pub(crate) use realtime::{__path_negotiate, __path_subscribe};
-pub(crate) use workflows::{__path_get_workflow, __path_list_workflows, __path_register};
+pub(crate) use workflows::{
+    __path_get_workflow, __path_list_versions, __path_list_workflows, __path_register,
+};
 
 /// The role a route needs.
 pub(crate) fn required_role(method: &Method, path: &str) -> Role {
@@ -47,6 +49,10 @@ pub(crate) fn routes() -> Router<GatewayState> {
         .route(
             "/api/v1/workflows/{name}",
             put(workflows::register).get(workflows::get_workflow),
+        )
+        .route(
+            "/api/v1/workflows/{name}/versions",
+            get(workflows::list_versions),
         )
         .route("/api/v1/workflows/{name}/instances", post(instances::start))
         .route("/api/v1/instances", get(instances::list_instances))

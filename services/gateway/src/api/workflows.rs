@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use super::{own_workflow_name, visible_workflow_names};
 use crate::GatewayState;
 use crate::body::RawBody;
-use crate::dto::{DefinitionList, DefinitionView};
+use crate::dto::{DefinitionList, DefinitionView, VersionList};
 
 /// Register a definition version (YAML or JSON body). Registering the same
 /// content again is harmless; different content under an existing version
@@ -150,6 +150,30 @@ pub(crate) async fn get_workflow(
     let Query(query) = query.map_err(|e| Problem::field("version", e.body_text()))?;
     let record = find_definition(&state, &caller, name, query.version).await?;
     Ok(Json(DefinitionView::new(&record, true)))
+}
+
+/// The versions of the definition `name` means for the caller.
+#[utoipa::path(
+    get,
+    path = "/api/v1/workflows/{name}/versions",
+    tag = "workflows",
+    params(("name" = String, Path)),
+    responses(
+        (status = 200, description = "Its registered versions, newest first", body = VersionList),
+        (status = 404, description = "Not registered", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn list_versions(
+    State(state): State<GatewayState>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+) -> Result<Json<VersionList>, Problem> {
+    let latest = find_definition(&state, &caller, name, None).await?;
+    let versions = state.store.definition_versions(&latest.name).await?;
+    Ok(Json(VersionList {
+        name: latest.name.local().to_owned(),
+        versions,
+    }))
 }
 
 /// The definition `name` means for the caller (its own, else the shared

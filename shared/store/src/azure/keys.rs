@@ -77,6 +77,11 @@ pub(crate) fn definition_version(version: u32) -> String {
     format!("v{version:010}")
 }
 
+/// The version a definition row's key names.
+pub(crate) fn version_of_definition(key: &str) -> Option<u32> {
+    key.strip_prefix('v')?.parse().ok()
+}
+
 fn hex(text: &str) -> String {
     text.bytes().fold(String::new(), |mut out, b| {
         let _ = write!(out, "{b:02x}");

@@ -1287,6 +1287,29 @@ impl Store for AzureTableStore {
         self.lease(name, holder, ttl).await
     }
 
+    async fn definition_versions(&self, name: &WorkflowName) -> Result<Vec<u32>, StoreError> {
+        let rows = self
+            .query(
+                &self.definitions,
+                format!(
+                    "PartitionKey eq {} and RowKey ge 'v' and RowKey lt 'w'",
+                    odata(name.as_str())
+                ),
+                usize::MAX,
+            )
+            .await?;
+        let mut versions = rows
+            .iter()
+            .map(|row| {
+                let key = text(row, "RowKey")?;
+                keys::version_of_definition(key)
+                    .ok_or_else(|| StoreError::Corrupt(format!("definition row key {key:?}")))
+            })
+            .collect::<Result<Vec<u32>, _>>()?;
+        versions.reverse();
+        Ok(versions)
+    }
+
     async fn list_definitions(&self) -> Result<Vec<DefinitionRecord>, StoreError> {
         let rows = self
             .query(

@@ -1,0 +1,381 @@
+// The legato dashboard: instances, one instance live, definitions. Plain
+// modules, no build step; the gateway serves these files from its binary.
+// Every call goes to the gateway's own API with the signed-in token (an API
+// key or an access token) when the gateway asks for one; live updates come
+// through the stock SignalR client, which negotiates at /api/v1 and so
+// works unchanged against the local hub and Azure SignalR.
+
+const TOKEN_KEY = "legato.token";
+const view = document.getElementById("view");
+const banner = document.getElementById("banner");
+let live = null; // the open SignalR connection of the instance page
+let refreshTimer = null;
+
+// ---- small DOM helpers (text only: nothing from the API becomes HTML) ----
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else if (key === "class") node.className = value;
+    else if (key === "style") node.style.cssText = value; // CSSOM: allowed by the page's CSP
+    else node.setAttribute(key, value === true ? "" : value);
+  }
+  for (const child of children.flat()) {
+    if (child === undefined || child === null || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+const status = (s) => el("span", { class: `status ${s}`, "data-status": s }, s);
+const json = (v) => el("pre", {}, JSON.stringify(v, null, 2));
+const when = (t) => (t ? new Date(t).toLocaleString() : "");
+
+function duration(from, to) {
+  if (!from) return "";
+  const ms = (to ? new Date(to) : new Date()) - new Date(from);
+  if (ms < 1000) return `${ms} ms`;
+  if (ms < 60_000) return `${(ms / 1000).toFixed(1)} s`;
+  return `${Math.floor(ms / 60_000)} min ${Math.round((ms % 60_000) / 1000)} s`;
+}
+
+function show(...nodes) {
+  view.replaceChildren(...nodes.filter((n) => n !== null && n !== undefined && n !== false));
+}
+
+function alert(message) {
+  banner.textContent = message;
+  banner.hidden = !message;
+}
+
+// ---- the API ----
+
+class Refused extends Error {
+  constructor(status, problem) {
+    super(problem.detail || problem.title || `HTTP ${status}`);
+    this.status = status;
+    this.problem = problem;
+  }
+}
+
+function token() {
+  return sessionStorage.getItem(TOKEN_KEY) || "";
+}
+
+async function api(method, path, body) {
+  const headers = {};
+  if (token()) headers.authorization = `Bearer ${token()}`;
+  if (body !== undefined) headers["content-type"] = "application/json";
+  const response = await fetch(path, {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await response.text();
+  const data = text ? JSON.parse(text) : null;
+  if (!response.ok) throw new Refused(response.status, data || {});
+  return data;
+}
+
+// An action's outcome in the banner; sign-in and permission problems get
+// their own page.
+async function attempt(action) {
+  try {
+    alert("");
+    return await action();
+  } catch (error) {
+    if (error.status === 401) return signIn(error.message);
+    if (error.status === 403) return notAllowed(error.message);
+    alert(error.message);
+  }
+}
+
+// ---- sign-in ----
+
+function signIn(reason) {
+  closeLive();
+  document.getElementById("sign-out").hidden = !token();
+  const input = el("input", { type: "password", id: "token", placeholder: "API key or access token", autocomplete: "off" });
+  const submit = async (event) => {
+    event.preventDefault();
+    sessionStorage.setItem(TOKEN_KEY, input.value.trim());
+    route();
+  };
+  show(
+    el("form", { class: "signin", id: "sign-in", onsubmit: submit },
+      el("h1", {}, "Sign in"),
+      el("p", { class: "muted" }, reason || "This gateway asks who you are."),
+      el("label", { for: "token" }, "API key or access token"),
+      input,
+      el("button", { class: "primary", type: "submit" }, "Sign in"),
+    ),
+  );
+}
+
+function notAllowed(reason) {
+  closeLive();
+  show(
+    el("div", { class: "signin", id: "not-allowed" },
+      el("h1", {}, "Not allowed"),
+      el("p", {}, reason),
+      el("p", { class: "muted" }, "Your credential does not have the role this needs; ask for it, or sign in with another."),
+    ),
+  );
+}
+
+// ---- instances ----
+
+async function instancesPage(params) {
+  const filters = {
+    status: params.get("status") || "",
+    workflow: params.get("workflow") || "",
+    createdFrom: params.get("createdFrom") || "",
+    createdTo: params.get("createdTo") || "",
+  };
+  const query = new URLSearchParams({ top: "25" });
+  for (const [k, v] of Object.entries(filters)) {
+    if (v) query.set(k, k.startsWith("created") ? new Date(v).toISOString() : v);
+  }
+  if (params.get("continuationToken")) query.set("continuationToken", params.get("continuationToken"));
+  const page = await api("GET", `/api/v1/instances?${query}`);
+
+  const navigate = (changes) => {
+    const next = new URLSearchParams(params);
+    for (const [k, v] of Object.entries(changes)) v ? next.set(k, v) : next.delete(k);
+    location.hash = `#/?${next}`;
+  };
+  const statusSelect = el("select", { id: "filter-status", onchange: (e) => navigate({ status: e.target.value, continuationToken: "" }) },
+    ["", "Pending", "Running", "Suspended", "Completed", "Failed", "Terminated"].map((s) =>
+      el("option", { value: s, selected: s === filters.status }, s || "any status")));
+  const workflowInput = el("input", { id: "filter-workflow", placeholder: "workflow", value: filters.workflow });
+  const fromInput = el("input", { id: "filter-from", type: "datetime-local", value: filters.createdFrom, title: "created from" });
+  const toInput = el("input", { id: "filter-to", type: "datetime-local", value: filters.createdTo, title: "created before" });
+  const search = el("input", { id: "search", placeholder: "instance id" });
+
+  const rows = page.items.map((item) =>
+    el("tr", { class: "row", "data-id": item.id, onclick: () => (location.hash = `#/instances/${encodeURIComponent(item.id)}`) },
+      el("td", {}, item.id), el("td", {}, item.workflow), el("td", {}, status(item.runtimeStatus)),
+      el("td", {}, when(item.createdAt)), el("td", {}, when(item.updatedAt))));
+  show(
+    el("h1", {}, "Instances"),
+    el("div", { class: "filters" },
+      statusSelect, workflowInput, fromInput, toInput,
+      el("button", { onclick: () => navigate({ workflow: workflowInput.value, createdFrom: fromInput.value, createdTo: toInput.value, continuationToken: "" }) }, "Filter"),
+      el("form", { onsubmit: (e) => { e.preventDefault(); if (search.value) location.hash = `#/instances/${encodeURIComponent(search.value.trim())}`; } },
+        search, el("button", { type: "submit" }, "Open")),
+    ),
+    el("table", { id: "instances" },
+      el("thead", {}, el("tr", {}, ["id", "workflow", "status", "created", "updated"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { colspan: 5, class: "muted" }, "No instances match.")))),
+    el("div", { class: "actions" },
+      params.get("continuationToken") ? el("button", { onclick: () => history.back() }, "Previous") : null,
+      page.continuationToken ? el("button", { id: "next", onclick: () => navigate({ continuationToken: page.continuationToken }) }, "Next") : null),
+  );
+}
+
+// Steps by depth in the workflow's graph: a step sits one column after the
+// deepest step it needs.
+function levels(steps) {
+  const depth = new Map();
+  const byId = new Map(steps.map((s) => [s.id, s]));
+  const of = (step, seen = new Set()) => {
+    if (depth.has(step.id)) return depth.get(step.id);
+    if (seen.has(step.id)) return 0;
+    seen.add(step.id);
+    const d = Math.max(-1, ...step.needs.map((n) => (byId.has(n) ? of(byId.get(n), seen) : -1))) + 1;
+    depth.set(step.id, d);
+    return d;
+  };
+  const columns = [];
+  for (const step of steps) (columns[of(step)] ??= []).push(step);
+  return columns.filter(Boolean);
+}
+
+function stepCard(step) {
+  const items = step.items;
+  const retries = Math.max(0, step.attempts - (items ? Math.max(1, items.total) : 1));
+  return el("div", { class: `step ${step.status}`, "data-step": step.id, "data-status": step.status },
+    el("div", { class: "name" }, step.id, " ", status(step.status)),
+    el("div", { class: "meta" },
+      step.kind.replaceAll("_", " "),
+      step.event ? ` · waits for “${step.event}”` : "",
+      step.attempts ? ` · ${step.attempts} attempt${step.attempts === 1 ? "" : "s"}` : "",
+      retries ? ` (${retries} retried)` : "",
+      step.startedAt ? ` · ${duration(step.startedAt, step.completedAt)}` : ""),
+    items ? el("div", { class: "meta", "data-items": `${items.completed}/${items.total}` },
+      `${items.completed}/${items.total} items`, items.failed ? `, ${items.failed} failed` : "", items.running ? `, ${items.running} running` : "") : null,
+    items ? el("div", { class: "bar" }, el("span", { style: `width: ${items.total ? (100 * items.completed) / items.total : 0}%` })) : null,
+    step.error ? el("div", { class: "meta" }, step.error) : null);
+}
+
+async function instancePage(id) {
+  const path = `/api/v1/instances/${encodeURIComponent(id)}`;
+  const render = async () => {
+    const instance = await api("GET", `${path}?history=true`);
+    const finished = ["Completed", "Failed", "Terminated"].includes(instance.runtimeStatus);
+    const waiting = instance.steps.filter((s) => s.status === "Waiting" && s.event);
+    const reason = el("input", { id: "reason", placeholder: "reason (for a rejection)" });
+    const signal = (event, data) => attempt(async () => { await api("POST", `${path}/events/${encodeURIComponent(event)}`, data); });
+    const operate = (operation, question, body = {}) => attempt(async () => {
+      if (question && !confirm(question)) return;
+      if (operation === "purge") {
+        await api("DELETE", path);
+        location.hash = "#/";
+        return;
+      }
+      await api("POST", `${path}/${operation}`, body);
+    });
+    const eventName = el("input", { id: "event-name", placeholder: "event name" });
+    const eventData = el("textarea", { id: "event-data", rows: 2, cols: 40, placeholder: '{"any": "json"}' });
+    const raise = () => attempt(async () => {
+      let data = null;
+      if (eventData.value.trim()) {
+        try { data = JSON.parse(eventData.value); } catch (e) { throw new Error(`The event data is not JSON: ${e.message}`); }
+      }
+      await api("POST", `${path}/events/${encodeURIComponent(eventName.value.trim())}`, data);
+    });
+    show(
+      el("h1", {}, instance.id, " ", status(instance.runtimeStatus), " ",
+        el("span", { id: "live", class: live ? "live" : "live off" }, live ? "● live" : "○ not live")),
+      el("p", { class: "muted" }, `${instance.workflow} v${instance.version} · created ${when(instance.createdAt)} · updated ${when(instance.updatedAt)}`,
+        instance.tenant ? ` · tenant ${instance.tenant}` : ""),
+      instance.error ? el("p", { id: "error" }, el("strong", {}, "Error: "), instance.error) : null,
+      ...waiting.map((step) => el("div", { class: "wait", "data-waiting": step.event },
+        el("strong", {}, `Waiting for “${step.event}”`), " ",
+        el("button", { class: "primary", id: "approve", onclick: () => signal(step.event, { approved: true, by: "dashboard" }) }, "Approve"), " ",
+        reason, " ",
+        el("button", { class: "danger", id: "reject", onclick: () => signal(step.event, { approved: false, reason: reason.value || "rejected in the dashboard" }) }, "Reject"))),
+      el("h2", {}, "Steps"),
+      el("div", { class: "graph", id: "graph" }, levels(instance.steps).map((column) => el("div", { class: "level" }, column.map(stepCard)))),
+      el("h2", {}, "Actions"),
+      el("div", { class: "actions" },
+        eventName, eventData, el("button", { id: "raise", onclick: raise }, "Raise event"),
+        el("button", { id: "suspend", disabled: finished, onclick: () => operate("suspend") }, "Suspend"),
+        el("button", { id: "resume", disabled: finished, onclick: () => operate("resume") }, "Resume"),
+        el("button", { id: "restart", onclick: () => operate("restart", `Restart ${instance.id} from the start?`) }, "Restart"),
+        el("button", { class: "danger", id: "terminate", disabled: finished, onclick: () => operate("terminate", `Terminate ${instance.id}? Running tasks are cancelled.`, { reason: "terminated in the dashboard" }) }, "Terminate"),
+        el("button", { class: "danger", id: "purge", disabled: !finished, onclick: () => operate("purge", `Purge ${instance.id} and its history? This cannot be undone.`) }, "Purge")),
+      el("div", { class: "grid" },
+        el("div", {}, el("h2", {}, "Input"), json(instance.input)),
+        el("div", {}, el("h2", {}, "Output"), json(instance.output))),
+      instance.customStatus !== null && instance.customStatus !== undefined
+        ? el("div", {}, el("h2", {}, "Custom status"), json(instance.customStatus)) : null,
+      el("h2", {}, "History"),
+      el("table", { id: "history" },
+        el("thead", {}, el("tr", {}, ["seq", "at", "event", "details"].map((h) => el("th", {}, h)))),
+        el("tbody", {}, (instance.history || []).map((row) => {
+          const { type, at, ...details } = row.event;
+          return el("tr", {}, el("td", {}, row.seq), el("td", {}, when(row.at)), el("td", {}, type),
+            el("td", {}, el("code", {}, JSON.stringify(details).slice(0, 300))));
+        }))),
+    );
+  };
+  await render();
+  await follow(id, () => {
+    clearTimeout(refreshTimer);
+    refreshTimer = setTimeout(() => attempt(render), 150);
+  });
+}
+
+// Live: the stock client negotiates at the gateway (redirected to the local
+// hub or to Azure SignalR), then watches the instance: in Azure mode the
+// gateway adds the connection to the instance's group; the local hub
+// answers that with 409 and is asked directly.
+async function follow(id, onProgress) {
+  closeLive();
+  const options = token() ? { accessTokenFactory: () => token() } : {};
+  const connection = new signalR.HubConnectionBuilder()
+    .withUrl(`${location.origin}/api/v1`, options)
+    .withAutomaticReconnect()
+    .configureLogging(signalR.LogLevel.Warning)
+    .build();
+  connection.on("progress", (event) => {
+    if (event.instanceId === id) onProgress(event);
+  });
+  const subscribe = async () => {
+    const headers = { "content-type": "application/json" };
+    if (token()) headers.authorization = `Bearer ${token()}`;
+    const response = await fetch(`/api/v1/instances/${encodeURIComponent(id)}/subscriptions`, {
+      method: "POST", headers, body: JSON.stringify({ connectionId: connection.connectionId }),
+    });
+    if (response.status === 409) await connection.invoke("Subscribe", id);
+    else if (!response.ok) throw new Error(`cannot follow ${id}: HTTP ${response.status}`);
+    onProgress(null);
+  };
+  connection.onreconnected(subscribe);
+  try {
+    await connection.start();
+    live = connection;
+    await subscribe();
+  } catch (error) {
+    live = null;
+    alert(`Live updates are off: ${error.message}`);
+  }
+  const indicator = document.getElementById("live");
+  if (indicator) {
+    indicator.className = live ? "live" : "live off";
+    indicator.textContent = live ? "● live" : "○ not live";
+  }
+}
+
+function closeLive() {
+  clearTimeout(refreshTimer);
+  if (live) live.stop();
+  live = null;
+}
+
+// ---- workflows ----
+
+async function workflowsPage() {
+  const list = await api("GET", "/api/v1/workflows");
+  show(
+    el("h1", {}, "Workflows"),
+    el("table", { id: "workflows" },
+      el("thead", {}, el("tr", {}, ["name", "latest version", "description", "registered"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, list.items.map((d) =>
+        el("tr", { class: "row", "data-name": d.name, onclick: () => (location.hash = `#/workflows/${encodeURIComponent(d.name)}`) },
+          el("td", {}, d.name), el("td", {}, d.version), el("td", {}, d.description || ""), el("td", {}, when(d.registeredAt)))))),
+  );
+}
+
+async function workflowPage(name, version) {
+  const query = version ? `?version=${encodeURIComponent(version)}` : "";
+  const definition = await api("GET", `/api/v1/workflows/${encodeURIComponent(name)}${query}`);
+  const { versions } = await api("GET", `/api/v1/workflows/${encodeURIComponent(name)}/versions`);
+  show(
+    el("h1", {}, definition.name, " ", el("span", { class: "muted" }, `v${definition.version}`)),
+    el("p", { class: "muted" }, definition.description || "", ` · registered ${when(definition.registeredAt)} · sha256 ${definition.hash.slice(0, 12)}`),
+    el("div", { class: "actions" }, "Versions: ",
+      versions.map((v) => el("a", { href: `#/workflows/${encodeURIComponent(name)}/${v}`, "data-version": v }, `v${v}`))),
+    el("h2", {}, "Source"),
+    el("pre", { id: "source" }, JSON.stringify(definition.definition, null, 2)),
+  );
+}
+
+// ---- routing ----
+
+async function route() {
+  closeLive();
+  alert("");
+  document.getElementById("sign-out").hidden = !token();
+  const [path, query = ""] = location.hash.replace(/^#/, "").split("?");
+  const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+  for (const link of document.querySelectorAll("[data-nav]")) {
+    link.classList.toggle("active", link.dataset.nav === (parts[0] === "workflows" ? "workflows" : "instances"));
+  }
+  await attempt(async () => {
+    if (parts[0] === "instances" && parts[1]) return instancePage(parts[1]);
+    if (parts[0] === "workflows" && parts[1]) return workflowPage(parts[1], parts[2]);
+    if (parts[0] === "workflows") return workflowsPage();
+    return instancesPage(new URLSearchParams(query));
+  });
+}
+
+document.getElementById("sign-out").addEventListener("click", () => {
+  sessionStorage.removeItem(TOKEN_KEY);
+  route();
+});
+window.addEventListener("hashchange", route);
+route();

@@ -1,0 +1,122 @@
+// The dashboard in a real browser (Debian's chromium through
+// playwright-core; nothing downloads a browser) against a running `legato
+// up` that asks for API keys: sign in, list instances, start a
+// feature-request from the API and watch its plan and parallel work appear
+// live without a reload, approve it and see it complete, reject another and
+// see it roll back and fail, look at the workflows. A screenshot of each
+// page is written to the output directory.
+// Usage: node dashboard.mjs <base url> <admin api key> <output dir> <read-only api key>
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const [base, key, out, reader] = process.argv.slice(2);
+if (!base || !key || !out || !reader) {
+  console.error("usage: node dashboard.mjs <base url> <api key> <output dir> <read-only api key>");
+  process.exit(2);
+}
+mkdirSync(out, { recursive: true });
+const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
+const TIMEOUT = 30_000;
+const shots = [];
+
+function check(condition, message) {
+  if (!condition) throw new Error(message);
+}
+
+async function start(id) {
+  const response = await fetch(`${base}/api/v1/workflows/feature-request/instances`, {
+    method: "POST",
+    headers: { "content-type": "application/json", authorization: `Bearer ${key}` },
+    body: JSON.stringify({ instanceId: id, input: { request: "add CSV export to billing and check last month totals" } }),
+  });
+  check(response.status === 202, `start ${id}: ${response.status} ${await response.text()}`);
+}
+
+const browser = await chromium.launch({ executablePath, args: ["--no-sandbox", "--disable-gpu"] });
+try {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  page.setDefaultTimeout(TIMEOUT);
+  const errors = [];
+  page.on("pageerror", (error) => errors.push(error.message));
+  page.on("dialog", (dialog) => dialog.accept());
+  const shot = async (name) => {
+    const path = join(out, `${name}.png`);
+    await page.screenshot({ path, fullPage: true });
+    shots.push(path);
+  };
+
+  // Not signed in: the sign-in page, not an error.
+  await page.goto(`${base}/`);
+  await page.waitForSelector("#sign-in");
+  await shot("sign-in");
+  await page.fill("#token", "not-a-key");
+  await page.click("#sign-in button[type=submit]");
+  await page.waitForSelector("#sign-in >> text=unknown API key");
+  await page.fill("#token", key);
+  await page.click("#sign-in button[type=submit]");
+  await page.waitForSelector("#instances");
+  await shot("instances");
+
+  // Approve: the plan and the parallel work appear live, then completion.
+  await start("dash-yes");
+  await page.evaluate(() => (location.hash = "#/instances/dash-yes"));
+  await page.waitForSelector("#live.live:not(.off)");
+  await page.evaluate(() => (window.__notReloaded = true));
+  await page.waitForSelector('[data-step="plan"][data-status="Completed"]');
+  await page.waitForSelector('[data-step="work"] [data-items="2/2"]');
+  await page.waitForSelector('[data-waiting="approval"]');
+  await shot("instance-waiting");
+  await page.click("#approve");
+  await page.waitForSelector('h1 [data-status="Completed"]');
+  await page.waitForSelector('[data-step="finalize"][data-status="Completed"]');
+  check(await page.evaluate(() => window.__notReloaded === true), "the page reloaded");
+  await shot("instance-completed");
+
+  // Reject: the saga rolls back and the instance fails with the reason.
+  await start("dash-no");
+  await page.evaluate(() => (location.hash = "#/instances/dash-no"));
+  await page.waitForSelector('[data-waiting="approval"]');
+  await page.fill("#reason", "not this quarter");
+  await page.click("#reject");
+  await page.waitForSelector('h1 [data-status="Failed"]');
+  await page.waitForSelector("#error >> text=not this quarter");
+  await page.waitForSelector("#history >> text=compensation");
+  await shot("instance-rolled-back");
+
+  // The list shows both; the workflows and one definition's source.
+  await page.evaluate(() => (location.hash = "#/"));
+  await page.waitForSelector('#instances [data-id="dash-no"]');
+  await page.selectOption("#filter-status", "Failed");
+  await page.waitForSelector('#instances [data-id="dash-no"]');
+  check((await page.$('#instances [data-id="dash-yes"]')) === null, "the status filter let a Completed instance through");
+  await shot("instances-failed");
+  await page.evaluate(() => (location.hash = "#/workflows"));
+  await page.waitForSelector('#workflows [data-name="feature-request"]');
+  await shot("workflows");
+  await page.click('#workflows [data-name="feature-request"]');
+  await page.waitForSelector("#source >> text=wait_for_event");
+  await shot("workflow-source");
+
+  // Purge from the instance page, confirmed.
+  await page.evaluate(() => (location.hash = "#/instances/dash-no"));
+  await page.click("#purge");
+  await page.waitForSelector("#instances");
+  check((await page.$('#instances [data-id="dash-no"]')) === null, "the purged instance is still listed");
+
+  // A reader sees, and is told plainly what it may not do.
+  await page.click("#sign-out");
+  await page.waitForSelector("#sign-in");
+  await page.fill("#token", reader);
+  await page.click("#sign-in button[type=submit]");
+  await page.waitForSelector('#instances [data-id="dash-yes"]');
+  await page.evaluate(() => (location.hash = "#/instances/dash-yes"));
+  await page.click("#restart");
+  await page.waitForSelector("#not-allowed >> text=Operate");
+  await shot("not-allowed");
+
+  check(errors.length === 0, `errors in the page: ${errors.join("; ")}`);
+  console.log(JSON.stringify({ screenshots: shots }));
+} finally {
+  await browser.close();
+}
