@@ -186,10 +186,13 @@ async fn feed(
             Ok(Envelope {
                 id,
                 subject,
+                traceparent,
                 payload: Payload::Progress(event),
                 ..
             }) => {
-                hub.publish(subject, event, id);
+                let span = tracing::info_span!("relay", instance = %subject, kind = ?event.kind);
+                legato_service::telemetry::continue_trace(&span, traceparent.as_ref());
+                span.in_scope(|| hub.publish(subject, event, id));
                 delivery.ack().await
             }
             Ok(other) => {

@@ -14,6 +14,7 @@ use legato_service::records::state_of;
 use legato_store::{Commit, Expected, Store, StoreError, StoredInstance};
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
+use tracing::Instrument;
 
 use crate::effects;
 use crate::settings::OrchestratorSettings;
@@ -229,14 +230,21 @@ impl Applier {
             }
             return Ok(Applied::Ignored(reason));
         }
-        let commit = effects::commit(&decision, &event, expected, pinned, traceparent)?;
+        // The commit is a span of the request's trace, and what it sends
+        // (dispatches, progress) continues from it.
+        let span = tracing::info_span!("commit", instance = %id, messages = tracing::field::Empty);
+        let traceparent = span
+            .in_scope(legato_service::telemetry::current_traceparent)
+            .or_else(|| traceparent.cloned());
+        let commit = effects::commit(&decision, &event, expected, pinned, traceparent.as_ref())?;
         let outbox = commit.outbox.clone();
+        span.record("messages", outbox.len());
         let record = commit.record.clone();
-        let version = self.store.commit(commit).await?;
+        let version = self.store.commit(commit).instrument(span.clone()).await?;
         self.remember(StoredInstance { record, version });
         // Published while the instance lock is held, so one instance's
         // messages leave in decision order.
-        if let Err(e) = self.relay.publish(id, &outbox).await {
+        if let Err(e) = self.relay.publish(id, &outbox).instrument(span).await {
             tracing::warn!(instance = %id, "outbox publish failed, the sweeper will retry: {e}");
         }
         Ok(Applied::Accepted)

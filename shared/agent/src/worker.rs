@@ -326,18 +326,22 @@ async fn handle_task(shared: &Shared, delivery: Delivery) {
         shared.finish(&id, None);
         return settle(delivery.ack().await);
     }
+    let span = tracing::info_span!("task", instance = %task.instance, key = %task.key, attempt = task.attempt);
+    legato_service::telemetry::continue_trace(&span, envelope.traceparent.as_ref());
+    // What the task sends (heartbeats, its result) is the task span's child.
+    let traceparent = span
+        .in_scope(legato_service::telemetry::current_traceparent)
+        .or_else(|| envelope.traceparent.clone());
     let ctx = TaskContext {
         bus: shared.bus.clone(),
         source: shared.source.clone(),
         instance: task.instance.clone(),
         key: task.key.clone(),
         attempt: task.attempt,
-        traceparent: envelope.traceparent.clone(),
+        traceparent: traceparent.clone(),
         cancel: cancel.clone(),
         custom_status: Arc::default(),
     };
-    let span = tracing::info_span!("task", instance = %task.instance, key = %task.key, attempt = task.attempt);
-    legato_service::telemetry::continue_trace(&span, envelope.traceparent.as_ref());
     let outcome = run_with_heartbeats(shared, &task, &ctx)
         .instrument(span)
         .await;
@@ -368,7 +372,7 @@ async fn handle_task(shared: &Shared, delivery: Delivery) {
         OffsetDateTime::now_utc(),
         payload,
     )
-    .with_traceparent(envelope.traceparent.clone());
+    .with_traceparent(traceparent);
     match shared.bus.publish_envelope(&result).await {
         Ok(()) => {
             shared.finish(&id, Some(Arc::new(result)));

@@ -72,8 +72,19 @@ pub fn init(service: &str, settings: &TelemetrySettings) -> anyhow::Result<Telem
             )
             .build();
         let tracer = provider.tracer(service.to_owned());
+        // legato's own spans at info and above, whatever the log level:
+        // `telemetry.log = "warn"` quiets the logs, not the traces.
+        let ours = tracing_subscriber::filter::filter_fn(|meta| {
+            meta.is_span()
+                && meta.target().starts_with("legato")
+                && *meta.level() <= tracing::Level::INFO
+        });
         (
-            Some(tracing_opentelemetry::layer().with_tracer(tracer)),
+            Some(
+                tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    .with_filter(ours),
+            ),
             Some(provider),
         )
     };
@@ -82,8 +93,7 @@ pub fn init(service: &str, settings: &TelemetrySettings) -> anyhow::Result<Telem
     );
     // `try_init` fails only when a subscriber is already installed.
     let _already_installed = tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
+        .with(fmt.with_filter(filter))
         .with(otel)
         .try_init()
         .is_err();

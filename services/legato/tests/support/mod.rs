@@ -95,6 +95,17 @@ impl Legato {
         Self::start_services_with(data_dir, services_env(data_dir), None)
     }
 
+    /// [`Self::start_services`] with more environment for every service.
+    pub fn start_services_with_env(data_dir: &Path, extra: &[(&str, &str)]) -> Self {
+        let mut env = services_env(data_dir);
+        env.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        Self::start_services_with(data_dir, env, None)
+    }
+
     /// [`Self::start_services`] over Service Bus (a stand-in this process
     /// serves) instead of RabbitMQ.
     pub fn start_services_over_servicebus(data_dir: &Path) -> Self {

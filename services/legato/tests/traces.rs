@@ -1,0 +1,205 @@
+//! One trace per request: every service runs as its own process over
+//! RabbitMQ and Azurite and exports spans over OTLP/HTTP to a receiver this
+//! test serves (decoding the protobuf with opentelemetry-proto). One
+//! instance's start at the gateway, the orchestrator's handling and
+//! commits, the agents' tasks and the notifier's relays must be one trace,
+//! with every parent link pointing at a span of that trace.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
+use prost::Message;
+use serde_json::json;
+use support::{Legato, temp_dir};
+
+#[derive(Debug, Clone)]
+struct Span {
+    service: String,
+    name: String,
+    trace: Vec<u8>,
+    id: Vec<u8>,
+    parent: Vec<u8>,
+    attributes: HashMap<String, String>,
+}
+
+fn strings(attributes: &[KeyValue]) -> HashMap<String, String> {
+    attributes
+        .iter()
+        .filter_map(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            any_value::Value::StringValue(s) => Some((kv.key.clone(), s.clone())),
+            any_value::Value::IntValue(i) => Some((kv.key.clone(), i.to_string())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// An OTLP/HTTP trace receiver; returns its base URL and what it got.
+async fn receiver() -> (String, Arc<Mutex<Vec<Span>>>) {
+    let spans: Arc<Mutex<Vec<Span>>> = Arc::default();
+    let got = spans.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: Bytes| {
+            let got = got.clone();
+            async move {
+                let request = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
+                let mut got = got.lock().unwrap();
+                for resource in request.resource_spans {
+                    let service = resource
+                        .resource
+                        .map(|r| strings(&r.attributes))
+                        .and_then(|a| a.get("service.name").cloned())
+                        .unwrap_or_default();
+                    for span in resource.scope_spans.into_iter().flat_map(|s| s.spans) {
+                        got.push(Span {
+                            service: service.clone(),
+                            name: span.name,
+                            trace: span.trace_id,
+                            id: span.span_id,
+                            parent: span.parent_span_id,
+                            attributes: strings(&span.attributes),
+                        });
+                    }
+                }
+                (
+                    [("content-type", "application/x-protobuf")],
+                    ExportTraceServiceResponse::default().encode_to_vec(),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, spans)
+}
+
+#[tokio::test]
+async fn one_instance_is_one_trace_across_every_service() {
+    let (otlp, spans) = receiver().await;
+    let dir = temp_dir();
+    let legato = Legato::start_services_with_env(
+        dir.path(),
+        &[
+            ("LEGATO__TELEMETRY__OTLP_ENDPOINT", otlp.as_str()),
+            // Export every 100 ms instead of every 5 s.
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    let id = "traced-1";
+    legato
+        .start_instance(
+            "fan-out-fan-in",
+            json!({"instanceId": id, "input": {"value": 2}}),
+        )
+        .await;
+    legato.wait_status(id, "Completed").await;
+
+    // Spans arrive in batches: wait (bounded) for the last hop's.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let expected: BTreeSet<&str> = ["gateway", "orchestrator", "agent-echo", "notifier"].into();
+    let (trace, in_trace) = loop {
+        let all = spans.lock().unwrap().clone();
+        let of_instance: Vec<&Span> = all
+            .iter()
+            .filter(|s| s.attributes.get("instance").map(String::as_str) == Some(id))
+            .collect();
+        let traces: HashSet<&Vec<u8>> = of_instance.iter().map(|s| &s.trace).collect();
+        let relayed_final = of_instance.iter().any(|s| {
+            s.name == "relay"
+                && s.attributes
+                    .get("kind")
+                    .is_some_and(|k| k.contains("InstanceCompleted"))
+        });
+        if traces.len() == 1 && relayed_final {
+            let trace = (*traces.iter().next().unwrap()).clone();
+            let in_trace: Vec<Span> = all.iter().filter(|s| s.trace == trace).cloned().collect();
+            let services: BTreeSet<&str> = in_trace.iter().map(|s| s.service.as_str()).collect();
+            if expected.is_subset(&services) {
+                break (trace, in_trace);
+            }
+        }
+        assert!(
+            traces.len() <= 1,
+            "the instance's spans are in {} traces",
+            traces.len()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "not every service's spans arrived within 30 s: {:?}",
+            of_instance
+                .iter()
+                .map(|s| (&s.service, &s.name))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    // The root is the gateway's start request; every other span's parent
+    // is a span of this trace.
+    let ids: HashSet<&Vec<u8>> = in_trace.iter().map(|s| &s.id).collect();
+    let roots: Vec<&Span> = in_trace.iter().filter(|s| s.parent.is_empty()).collect();
+    assert_eq!(roots.len(), 1, "one root: {roots:?}");
+    assert_eq!(roots[0].service, "gateway");
+    assert_eq!(roots[0].name, "request");
+    assert!(
+        roots[0].attributes["path"].ends_with("/instances"),
+        "{:?}",
+        roots[0].attributes
+    );
+    for span in &in_trace {
+        assert!(
+            span.parent.is_empty() || ids.contains(&span.parent),
+            "{} {} has a parent outside the trace",
+            span.service,
+            span.name
+        );
+    }
+    // The shape: the start's message is handled by the orchestrator, its
+    // commits dispatch tasks that the agent runs, whose results come back.
+    let by_id: HashMap<&Vec<u8>, &Span> = in_trace.iter().map(|s| (&s.id, s)).collect();
+    let parent_of = |s: &Span| {
+        by_id
+            .get(&s.parent)
+            .map(|p| (p.service.as_str(), p.name.as_str()))
+    };
+    let tasks: Vec<&Span> = in_trace.iter().filter(|s| s.name == "task").collect();
+    assert_eq!(tasks.len(), 5, "four fan-out tasks and the join");
+    for task in &tasks {
+        assert_eq!(
+            parent_of(task),
+            Some(("orchestrator", "commit")),
+            "a task follows its dispatch"
+        );
+    }
+    let messages_after_tasks = in_trace
+        .iter()
+        .filter(|s| s.name == "message" && parent_of(s) == Some(("agent-echo", "task")))
+        .count();
+    assert_eq!(
+        messages_after_tasks, 5,
+        "every result is handled in its task's trace"
+    );
+    for relay in in_trace.iter().filter(|s| s.name == "relay") {
+        assert_eq!(parent_of(relay), Some(("orchestrator", "commit")));
+    }
+    println!(
+        "trace {}: {} spans from {:?}",
+        trace.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        in_trace.len(),
+        in_trace
+            .iter()
+            .map(|s| s.service.as_str())
+            .collect::<BTreeSet<_>>()
+    );
+}
