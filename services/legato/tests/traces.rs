@@ -1,9 +1,10 @@
 //! One trace per request: every service runs as its own process over
-//! RabbitMQ and Azurite and exports spans over OTLP/HTTP to a receiver this
-//! test serves (decoding the protobuf with opentelemetry-proto). One
-//! instance's start at the gateway, the orchestrator's handling and
-//! commits, the agents' tasks and the notifier's relays must be one trace,
-//! with every parent link pointing at a span of that trace.
+//! RabbitMQ and Azurite and exports spans and metrics over OTLP/HTTP to a
+//! receiver this test serves (decoding the protobuf with
+//! opentelemetry-proto). One instance's start at the gateway, the
+//! orchestrator's handling and commits, the agents' tasks and the
+//! notifier's relays must be one trace, with every parent link pointing at
+//! a span of that trace; the instance shows in the metrics.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "support/mod.rs"]
@@ -14,10 +15,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
+use opentelemetry_proto::tonic::metrics::v1::metric;
 use prost::Message;
 use serde_json::json;
 use support::{Legato, temp_dir};
@@ -43,11 +48,61 @@ fn strings(attributes: &[KeyValue]) -> HashMap<String, String> {
         .collect()
 }
 
-/// An OTLP/HTTP trace receiver; returns its base URL and what it got.
-async fn receiver() -> (String, Arc<Mutex<Vec<Span>>>) {
+/// One metric data point: service, name, attributes.
+type Point = (String, String, HashMap<String, String>);
+
+fn service_of(resource: Option<opentelemetry_proto::tonic::resource::v1::Resource>) -> String {
+    resource
+        .map(|r| strings(&r.attributes))
+        .and_then(|a| a.get("service.name").cloned())
+        .unwrap_or_default()
+}
+
+/// An OTLP/HTTP receiver; returns its base URL and the spans and metric
+/// points it got.
+async fn receiver() -> (String, Arc<Mutex<Vec<Span>>>, Arc<Mutex<Vec<Point>>>) {
     let spans: Arc<Mutex<Vec<Span>>> = Arc::default();
+    let points: Arc<Mutex<Vec<Point>>> = Arc::default();
     let got = spans.clone();
-    let app = axum::Router::new().route(
+    let got_points = points.clone();
+    let metrics = axum::routing::post(move |body: Bytes| {
+        let got = got_points.clone();
+        async move {
+            let request = ExportMetricsServiceRequest::decode(body).expect("OTLP protobuf");
+            let mut got = got.lock().unwrap();
+            for resource in request.resource_metrics {
+                let service = service_of(resource.resource);
+                for m in resource.scope_metrics.into_iter().flat_map(|s| s.metrics) {
+                    let attributes: Vec<HashMap<String, String>> = match m.data {
+                        Some(metric::Data::Sum(sum)) => sum
+                            .data_points
+                            .iter()
+                            .map(|p| strings(&p.attributes))
+                            .collect(),
+                        Some(metric::Data::Gauge(gauge)) => gauge
+                            .data_points
+                            .iter()
+                            .map(|p| strings(&p.attributes))
+                            .collect(),
+                        Some(metric::Data::Histogram(h)) => h
+                            .data_points
+                            .iter()
+                            .map(|p| strings(&p.attributes))
+                            .collect(),
+                        _ => Vec::new(),
+                    };
+                    for a in attributes {
+                        got.push((service.clone(), m.name.clone(), a));
+                    }
+                }
+            }
+            (
+                [("content-type", "application/x-protobuf")],
+                ExportMetricsServiceResponse::default().encode_to_vec(),
+            )
+        }
+    });
+    let app = axum::Router::new().route("/v1/metrics", metrics).route(
         "/v1/traces",
         axum::routing::post(move |body: Bytes| {
             let got = got.clone();
@@ -55,11 +110,7 @@ async fn receiver() -> (String, Arc<Mutex<Vec<Span>>>) {
                 let request = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
                 let mut got = got.lock().unwrap();
                 for resource in request.resource_spans {
-                    let service = resource
-                        .resource
-                        .map(|r| strings(&r.attributes))
-                        .and_then(|a| a.get("service.name").cloned())
-                        .unwrap_or_default();
+                    let service = service_of(resource.resource);
                     for span in resource.scope_spans.into_iter().flat_map(|s| s.spans) {
                         got.push(Span {
                             service: service.clone(),
@@ -81,19 +132,21 @@ async fn receiver() -> (String, Arc<Mutex<Vec<Span>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, spans)
+    (url, spans, points)
 }
 
 #[tokio::test]
 async fn one_instance_is_one_trace_across_every_service() {
-    let (otlp, spans) = receiver().await;
+    let (otlp, spans, points) = receiver().await;
     let dir = temp_dir();
     let legato = Legato::start_services_with_env(
         dir.path(),
         &[
             ("LEGATO__TELEMETRY__OTLP_ENDPOINT", otlp.as_str()),
-            // Export every 100 ms instead of every 5 s.
+            // Export every 100 ms instead of every 5 s (spans) and 60 s
+            // (metrics).
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
         ],
     );
     let id = "traced-1";
@@ -192,6 +245,50 @@ async fn one_instance_is_one_trace_across_every_service() {
     );
     for relay in in_trace.iter().filter(|s| s.name == "relay") {
         assert_eq!(parent_of(relay), Some(("orchestrator", "commit")));
+    }
+    // The metrics saw it too (bounded wait for the next export).
+    let wanted = [
+        (
+            "orchestrator",
+            "legato.instances.started",
+            ("workflow", "fan-out-fan-in"),
+        ),
+        (
+            "orchestrator",
+            "legato.instances.finished",
+            ("status", "Completed"),
+        ),
+        ("orchestrator", "legato.step.duration", ("step", "join")),
+        (
+            "orchestrator",
+            "legato.bus.lag",
+            ("consumer", "orchestrator"),
+        ),
+        ("agent-echo", "legato.bus.lag", ("consumer", "echo")),
+        ("notifier", "legato.bus.lag", ("consumer", "notifier")),
+        ("orchestrator", "legato.outbox.backlog", ("", "")),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = points.lock().unwrap().clone();
+        let missing: Vec<_> = wanted
+            .iter()
+            .filter(|(service, name, (key, value))| {
+                !got.iter().any(|(s, n, a)| {
+                    s == service
+                        && n == name
+                        && (key.is_empty() || a.get(*key).map(String::as_str) == Some(*value))
+                })
+            })
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics missing after 30 s: {missing:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     println!(
         "trace {}: {} spans from {:?}",

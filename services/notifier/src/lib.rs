@@ -186,10 +186,12 @@ async fn feed(
             Ok(Envelope {
                 id,
                 subject,
+                time,
                 traceparent,
                 payload: Payload::Progress(event),
                 ..
             }) => {
+                legato_service::metrics::received("notifier", time);
                 let span = tracing::info_span!("relay", instance = %subject, kind = ?event.kind);
                 legato_service::telemetry::continue_trace(&span, traceparent.as_ref());
                 span.in_scope(|| hub.publish(subject, event, id));
@@ -200,9 +202,11 @@ async fn feed(
                     "{} does not belong on the progress topic",
                     other.type_name()
                 );
-                delivery.dead_letter(&reason).await
+                legato_service::metrics::dead_letter(delivery, "notifier", &reason).await
             }
-            Err(e) => delivery.dead_letter(&e.to_string()).await,
+            Err(e) => {
+                legato_service::metrics::dead_letter(delivery, "notifier", &e.to_string()).await
+            }
         };
         if let Err(e) = settled {
             tracing::warn!("could not settle a progress delivery: {e}");

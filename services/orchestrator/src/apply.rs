@@ -241,6 +241,7 @@ impl Applier {
         span.record("messages", outbox.len());
         let record = commit.record.clone();
         let version = self.store.commit(commit).instrument(span.clone()).await?;
+        crate::metrics::record(&record.summary.workflow, &state, &decision);
         self.remember(StoredInstance { record, version });
         // Published while the instance lock is held, so one instance's
         // messages leave in decision order.

@@ -52,8 +52,9 @@ pub(crate) async fn consume(
 async fn handle(applier: &Applier, bus: &dyn Bus, delivery: Delivery) {
     let envelope = match delivery.decode() {
         Ok(e) => e,
-        Err(e) => return settle(delivery.dead_letter(&e.to_string()).await),
+        Err(e) => return settle(dead_letter(delivery, &e.to_string()).await),
     };
+    legato_service::metrics::received("orchestrator", envelope.time);
     let span = tracing::info_span!("message", instance = %envelope.subject, r#type = envelope.type_name(), id = %envelope.id);
     legato_service::telemetry::continue_trace(&span, envelope.traceparent.as_ref());
     async move {
@@ -63,7 +64,7 @@ async fn handle(applier: &Applier, bus: &dyn Bus, delivery: Delivery) {
                 heartbeat::relay(applier, bus, &envelope).await;
                 return settle(delivery.ack().await);
             }
-            Routed::Reject(reason) => return settle(delivery.dead_letter(&reason).await),
+            Routed::Reject(reason) => return settle(dead_letter(delivery, &reason).await),
         };
         let traceparent =
             legato_service::telemetry::current_traceparent().or(envelope.traceparent.clone());
@@ -78,7 +79,7 @@ async fn handle(applier: &Applier, bus: &dyn Bus, delivery: Delivery) {
             }
             Err(ApplyError::Rejected(reason)) => {
                 tracing::warn!(%reason, "dead-lettering");
-                settle(delivery.dead_letter(&reason).await)
+                settle(dead_letter(delivery, &reason).await)
             }
             Err(ApplyError::Transient(e)) => {
                 tracing::warn!("store trouble, returning the message: {e}");
@@ -88,6 +89,10 @@ async fn handle(applier: &Applier, bus: &dyn Bus, delivery: Delivery) {
     }
     .instrument(span)
     .await
+}
+
+async fn dead_letter(delivery: Delivery, reason: &str) -> Result<(), legato_bus::BusError> {
+    legato_service::metrics::dead_letter(delivery, "orchestrator", reason).await
 }
 
 fn settle(result: Result<(), legato_bus::BusError>) {

@@ -14,6 +14,7 @@ mod apply;
 mod effects;
 mod heartbeat;
 mod inbound;
+mod metrics;
 mod recovery;
 mod settings;
 mod standalone;

@@ -79,6 +79,14 @@ struct Shared {
 }
 
 impl Shared {
+    async fn dead_letter(
+        &self,
+        delivery: Delivery,
+        reason: &str,
+    ) -> Result<(), legato_bus::BusError> {
+        legato_service::metrics::dead_letter(delivery, self.agent.name().as_str(), reason).await
+    }
+
     fn ledger(&self) -> MutexGuard<'_, Ledger> {
         // Every critical section is a few map operations that cannot leave
         // the ledger half-updated, so a poisoned lock is still usable.
@@ -264,9 +272,9 @@ async fn handle_cancel(shared: &Shared, delivery: Delivery) {
         }
         Ok(other) => {
             let reason = format!("{} is not a cancellation", other.type_name());
-            settle(delivery.dead_letter(&reason).await);
+            settle(shared.dead_letter(delivery, &reason).await);
         }
-        Err(e) => settle(delivery.dead_letter(&e.to_string()).await),
+        Err(e) => settle(shared.dead_letter(delivery, &e.to_string()).await),
     }
 }
 
@@ -280,11 +288,12 @@ fn settle(result: Result<(), legato_bus::BusError>) {
 async fn handle_task(shared: &Shared, delivery: Delivery) {
     let envelope = match delivery.decode() {
         Ok(e) => e,
-        Err(e) => return settle(delivery.dead_letter(&e.to_string()).await),
+        Err(e) => return settle(shared.dead_letter(delivery, &e.to_string()).await),
     };
+    legato_service::metrics::received(shared.agent.name().as_str(), envelope.time);
     let Payload::TaskDispatched(dispatched) = &envelope.payload else {
         let reason = format!("{} does not belong on an agent queue", envelope.type_name());
-        return settle(delivery.dead_letter(&reason).await);
+        return settle(shared.dead_letter(delivery, &reason).await);
     };
     if &dispatched.agent != shared.agent.name() {
         let reason = format!(
@@ -292,7 +301,7 @@ async fn handle_task(shared: &Shared, delivery: Delivery) {
             dispatched.agent,
             shared.agent.name()
         );
-        return settle(delivery.dead_letter(&reason).await);
+        return settle(shared.dead_letter(delivery, &reason).await);
     }
     let id = attempt_id(envelope.subject.as_str(), dispatched);
     let cancel = match shared.admit(&id) {

@@ -14,6 +14,7 @@ pub mod auth;
 pub mod cors;
 pub mod definitions;
 pub mod health;
+pub mod metrics;
 pub mod outbox;
 pub mod problem;
 pub mod records;

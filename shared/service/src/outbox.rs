@@ -101,6 +101,10 @@ impl OutboxRelay {
         let mut total = 0;
         for _ in 0..SWEEP_ROUNDS {
             let entries = self.store.pending_outbox(SWEEP_BATCH).await?;
+            if total == 0 {
+                // What the sweep found waiting (a full batch: at least).
+                crate::metrics::outbox_backlog(entries.len());
+            }
             if entries.is_empty() {
                 break;
             }

@@ -1,6 +1,6 @@
 //! Tracing for every service: a fmt layer (text or JSON) filtered by the
-//! settings or `RUST_LOG`, and an OpenTelemetry layer exporting spans over
-//! OTLP/HTTP when an endpoint is configured. The W3C `traceparent` of the
+//! settings or `RUST_LOG`, and an OpenTelemetry layer exporting spans (and
+//! the [`crate::metrics`]) over OTLP/HTTP when an endpoint is configured. The W3C `traceparent` of the
 //! current span is what services put into the messages they send, so one
 //! request stays one trace across the bus.
 
@@ -8,6 +8,7 @@ use legato_contracts::TraceParent;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
@@ -20,6 +21,7 @@ use crate::settings::{LogFormat, TelemetrySettings};
 #[must_use = "dropping the guard stops span export"]
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
+    meters: Option<SdkMeterProvider>,
 }
 
 impl Drop for TelemetryGuard {
@@ -28,6 +30,11 @@ impl Drop for TelemetryGuard {
             && let Err(e) = provider.shutdown()
         {
             eprintln!("telemetry: flushing spans failed: {e}");
+        }
+        if let Some(meters) = self.meters.take()
+            && let Err(e) = meters.shutdown()
+        {
+            eprintln!("telemetry: flushing metrics failed: {e}");
         }
     }
 }
@@ -53,24 +60,34 @@ pub fn init(service: &str, settings: &TelemetrySettings) -> anyhow::Result<Telem
         LogFormat::Text => tracing_subscriber::fmt::layer().with_ansi(ansi).boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
     };
-    let (otel, provider) = if settings.otlp_endpoint.is_empty() {
-        (None, None)
+    let (otel, provider, meters) = if settings.otlp_endpoint.is_empty() {
+        (None, None, None)
     } else {
+        let endpoint = settings.otlp_endpoint.trim_end_matches('/');
+        let resource = || {
+            Resource::builder()
+                .with_service_name(service.to_owned())
+                .build()
+        };
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
-            .with_endpoint(format!(
-                "{}/v1/traces",
-                settings.otlp_endpoint.trim_end_matches('/')
-            ))
+            .with_endpoint(format!("{endpoint}/v1/traces"))
             .build()?;
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
-            .with_resource(
-                Resource::builder()
-                    .with_service_name(service.to_owned())
-                    .build(),
-            )
+            .with_resource(resource())
             .build();
+        // Metrics go the same way, every OTEL_METRIC_EXPORT_INTERVAL
+        // (60 s by default).
+        let metric_exporter = opentelemetry_otlp::MetricExporter::builder()
+            .with_http()
+            .with_endpoint(format!("{endpoint}/v1/metrics"))
+            .build()?;
+        let meters = SdkMeterProvider::builder()
+            .with_periodic_exporter(metric_exporter)
+            .with_resource(resource())
+            .build();
+        opentelemetry::global::set_meter_provider(meters.clone());
         let tracer = provider.tracer(service.to_owned());
         // legato's own spans at info and above, whatever the log level:
         // `telemetry.log = "warn"` quiets the logs, not the traces.
@@ -86,6 +103,7 @@ pub fn init(service: &str, settings: &TelemetrySettings) -> anyhow::Result<Telem
                     .with_filter(ours),
             ),
             Some(provider),
+            Some(meters),
         )
     };
     opentelemetry::global::set_text_map_propagator(
@@ -97,7 +115,7 @@ pub fn init(service: &str, settings: &TelemetrySettings) -> anyhow::Result<Telem
         .with(otel)
         .try_init()
         .is_err();
-    Ok(TelemetryGuard { provider })
+    Ok(TelemetryGuard { provider, meters })
 }
 
 /// The current span's trace context as a `traceparent`, when it has one.
