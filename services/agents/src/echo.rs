@@ -1,6 +1,8 @@
 //! The diagnostic agent: answers `{"value": <input.value>, "attempt": n}`.
 //! `sleep_ms` delays the answer, `fail_attempts: k` fails attempts 1..k
-//! with a retryable error, `fatal: true` fails without retry. Tests,
+//! with a retryable error, `fatal: true` fails without retry, and
+//! `hang_attempts: k` makes attempts 1..k hang without heartbeats (a
+//! wedged agent, for heartbeat leases) until they are cancelled. Tests,
 //! benchmarks and operators use it to exercise the engine without models.
 
 use std::time::Duration;
@@ -30,6 +32,7 @@ struct EchoInput {
     sleep_ms: u64,
     fail_attempts: u32,
     fatal: bool,
+    hang_attempts: u32,
 }
 
 #[async_trait]
@@ -38,11 +41,17 @@ impl Agent for Echo {
         &self.name
     }
 
-    async fn run(&self, task: &Task, _ctx: &TaskContext) -> Result<Value, TaskError> {
+    async fn run(&self, task: &Task, ctx: &TaskContext) -> Result<Value, TaskError> {
         let request: EchoInput = match &task.input {
             Value::Null => EchoInput::default(),
             other => input::parse("echo", other)?,
         };
+        if task.attempt <= request.hang_attempts {
+            ctx.stop_heartbeats();
+            // Until the orchestrator gives up on the attempt and cancels it.
+            ctx.cancelled().await;
+            return Err(input::retryable("echo: hung on purpose, then cancelled"));
+        }
         if request.sleep_ms > 0 {
             // The worker stops waiting for this future when the task is
             // cancelled, so the sleep needs no cancellation of its own.

@@ -73,6 +73,7 @@ async fn run_once(kind: AgentKind, endpoint: String, input: Value) -> Payload {
         workflow: WorkflowName::parse("w").unwrap(),
         input,
         deadline: None,
+        heartbeat_timeout_ms: None,
     };
     let envelope = Envelope::new(
         "/test",

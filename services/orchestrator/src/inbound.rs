@@ -60,7 +60,19 @@ async fn handle(applier: &Applier, bus: &dyn Bus, delivery: Delivery) {
     async move {
         let input = match to_input(&envelope) {
             Routed::Apply(input) => input,
-            Routed::Heartbeat => {
+            Routed::Heartbeat(lease) => {
+                // For a task with a heartbeat lease the beat is an event
+                // (the engine ignores others without a commit); either way
+                // its progress, if any, goes to the watchers.
+                let traceparent = legato_service::telemetry::current_traceparent()
+                    .or(envelope.traceparent.clone());
+                let renewed = applier
+                    .apply(&envelope.subject, &lease, traceparent.as_ref())
+                    .await;
+                if let Err(ApplyError::Transient(e)) = renewed {
+                    tracing::warn!("store trouble, returning the heartbeat: {e}");
+                    return settle(delivery.nack().await);
+                }
                 heartbeat::relay(applier, bus, &envelope).await;
                 return settle(delivery.ack().await);
             }
@@ -103,7 +115,8 @@ fn settle(result: Result<(), legato_bus::BusError>) {
 
 enum Routed {
     Apply(Input),
-    Heartbeat,
+    /// A heartbeat: the lease renewal it stands for, and progress to relay.
+    Heartbeat(Input),
     Reject(String),
 }
 
@@ -159,7 +172,13 @@ fn to_input(envelope: &Envelope) -> Routed {
             attempt: f.attempt,
             error: f.error.clone(),
         },
-        Payload::TaskHeartbeat(_) => return Routed::Heartbeat,
+        Payload::TaskHeartbeat(beat) => {
+            return Routed::Heartbeat(Input::Event(Event::TaskHeartbeat {
+                at,
+                key: beat.key.clone(),
+                attempt: beat.attempt,
+            }));
+        }
         other => {
             return Routed::Reject(format!("{} is not for the orchestrator", other.type_name()));
         }

@@ -53,6 +53,7 @@ pub struct TaskContext {
     pub(crate) key: TaskKey,
     pub(crate) attempt: u32,
     pub(crate) traceparent: Option<TraceParent>,
+    pub(crate) wedged: Arc<std::sync::atomic::AtomicBool>,
     pub(crate) cancel: CancellationToken,
     pub(crate) custom_status: Arc<Mutex<Option<Value>>>,
 }
@@ -114,6 +115,18 @@ impl TaskContext {
 
     pub fn is_cancelled(&self) -> bool {
         self.cancel.is_cancelled()
+    }
+
+    /// Stops the runtime's automatic heartbeats for this attempt, as if the
+    /// agent's process were wedged: the diagnostic echo agent's `hang`, for
+    /// testing heartbeat leases. Agents have no other use for it.
+    pub fn stop_heartbeats(&self) {
+        self.wedged
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn heartbeats_stopped(&self) -> bool {
+        self.wedged.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Completes when the orchestrator no longer wants this attempt

@@ -348,10 +348,12 @@ async fn handle_task(shared: &Shared, delivery: Delivery) {
         key: task.key.clone(),
         attempt: task.attempt,
         traceparent: traceparent.clone(),
+        wedged: Arc::default(),
         cancel: cancel.clone(),
         custom_status: Arc::default(),
     };
-    let outcome = run_with_heartbeats(shared, &task, &ctx)
+    let lease = dispatched.heartbeat_timeout_ms;
+    let outcome = run_with_heartbeats(shared, &task, &ctx, lease)
         .instrument(span)
         .await;
     let Some(outcome) = outcome else {
@@ -397,12 +399,19 @@ async fn handle_task(shared: &Shared, delivery: Delivery) {
 
 /// Runs the agent, sending a heartbeat every interval while it works.
 /// `None` when the attempt was cancelled.
+/// Runs the task, heartbeating every `heartbeat_interval_ms`, and three
+/// times per heartbeat lease when the step has one (so one lost heartbeat
+/// never costs the lease).
 async fn run_with_heartbeats(
     shared: &Shared,
     task: &Task,
     ctx: &TaskContext,
+    lease_ms: Option<u64>,
 ) -> Option<Result<serde_json::Value, legato_contracts::TaskError>> {
-    let interval = Duration::from_millis(shared.settings.heartbeat_interval_ms.max(1));
+    let every = lease_ms.map_or(shared.settings.heartbeat_interval_ms, |lease| {
+        shared.settings.heartbeat_interval_ms.min(lease / 3)
+    });
+    let interval = Duration::from_millis(every.max(1));
     let work = shared.agent.run(task, ctx);
     tokio::pin!(work);
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
@@ -410,7 +419,11 @@ async fn run_with_heartbeats(
         tokio::select! {
             result = &mut work => return Some(result),
             _ = ctx.cancel.cancelled() => return None,
-            _ = ticker.tick() => ctx.heartbeat(None, None, None).await,
+            _ = ticker.tick() => {
+                if !ctx.heartbeats_stopped() {
+                    ctx.heartbeat(None, None, None).await;
+                }
+            }
         }
     }
 }

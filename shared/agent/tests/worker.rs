@@ -80,6 +80,7 @@ fn dispatched(item: u32) -> Envelope {
             workflow: WorkflowName::parse("w").unwrap(),
             input: json!(item),
             deadline: None,
+            heartbeat_timeout_ms: None,
         },
     )
 }

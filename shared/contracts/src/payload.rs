@@ -125,6 +125,10 @@ pub struct TaskDispatched {
         skip_serializing_if = "Option::is_none"
     )]
     pub deadline: Option<OffsetDateTime>,
+    /// The step's heartbeat lease: the agent runtime heartbeats well within
+    /// it while the task runs, or the attempt is failed as hung.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_timeout_ms: Option<u64>,
 }
 
 /// Tells an agent to stop work whose result is no longer wanted.

@@ -88,6 +88,7 @@ fn samples() -> Vec<Payload> {
             workflow: WorkflowName::parse("feature-request").unwrap(),
             input: json!({"task": "t"}),
             deadline: Some(at),
+            heartbeat_timeout_ms: Some(30_000),
         }
         .into(),
         TaskCancelled {

@@ -94,6 +94,13 @@ fn apply(ctx: &mut Ctx, event: &Event) -> Result<(), Ignored> {
             lifecycle::first_delivery(ctx, id)?;
             lifecycle::restart(ctx, input.as_ref())
         }
+        // Not held back while suspended: a live agent keeps its lease.
+        Event::TaskHeartbeat { key, attempt, at } => match ctx.state.status {
+            RuntimeStatus::Running | RuntimeStatus::Suspended => {
+                tasks::heartbeat(ctx, key, *attempt, *at)
+            }
+            status => ignore(format!("instance is {status}")),
+        },
         Event::TaskCompleted { .. }
         | Event::TaskFailed { .. }
         | Event::TimerFired { .. }

@@ -50,6 +50,14 @@ pub enum Event {
         at: OffsetDateTime,
         timer: TimerKey,
     },
+    /// An agent's heartbeat for a task with a heartbeat lease: the attempt
+    /// is alive at `at`.
+    TaskHeartbeat {
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+        key: TaskKey,
+        attempt: u32,
+    },
     /// `id` (here and in the control events below) is the message id, so a
     /// redelivered message counts once, even much later (a redelivered
     /// suspend must not suspend the instance again after a resume), while
@@ -99,6 +107,7 @@ impl Event {
             | Self::TaskCompleted { at, .. }
             | Self::TaskFailed { at, .. }
             | Self::TimerFired { at, .. }
+            | Self::TaskHeartbeat { at, .. }
             | Self::EventRaised { at, .. }
             | Self::TerminateRequested { at, .. }
             | Self::SuspendRequested { at, .. }
@@ -133,6 +142,13 @@ pub enum TimerKey {
     EventTimeout { execution: u32, step: StepId },
     /// A `timer` step.
     Delay { execution: u32, step: StepId },
+    /// The `check`-th look at whether an attempt heartbeated within its
+    /// step's `heartbeat_timeout_ms`.
+    HeartbeatLease {
+        key: TaskKey,
+        attempt: u32,
+        check: u32,
+    },
 }
 
 impl fmt::Display for TimerKey {
@@ -142,6 +158,11 @@ impl fmt::Display for TimerKey {
             Self::AttemptTimeout { key, attempt } => write!(f, "timeout:{key}#{attempt}"),
             Self::EventTimeout { execution, step } => write!(f, "wait:e{execution}/{step}"),
             Self::Delay { execution, step } => write!(f, "delay:e{execution}/{step}"),
+            Self::HeartbeatLease {
+                key,
+                attempt,
+                check,
+            } => write!(f, "lease:{key}#{attempt}.{check}"),
         }
     }
 }

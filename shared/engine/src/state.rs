@@ -195,6 +195,22 @@ pub struct TaskSlot {
     pub output: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// When the current attempt last showed life (its dispatch or a
+    /// heartbeat), for a step with a heartbeat lease.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub heartbeat_at: Option<OffsetDateTime>,
+    /// Lease checks scheduled for the current attempt; the last one is
+    /// the pending one.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lease_checks: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl TaskSlot {
@@ -206,6 +222,8 @@ impl TaskSlot {
             attempt: 0,
             output: None,
             error: None,
+            heartbeat_at: None,
+            lease_checks: 0,
         }
     }
 }
@@ -317,6 +335,9 @@ impl InstanceState {
                         workflow: workflow.name.clone(),
                         input: slot.input.clone(),
                         deadline: None,
+                        heartbeat_timeout_ms: (role == legato_contracts::TaskRole::Action)
+                            .then_some(step.heartbeat_timeout_ms)
+                            .flatten(),
                     });
                 }
             }

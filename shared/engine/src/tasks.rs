@@ -29,15 +29,30 @@ pub(crate) fn item_of(step: &Step, index: usize) -> Option<u32> {
     matches!(step.action, Action::ForEach { .. }).then(|| u32::try_from(index).unwrap_or(u32::MAX))
 }
 
+/// The heartbeat lease of a task's step: only action tasks have one.
+fn lease_of(ctx: &Ctx, key: &TaskKey) -> Option<u64> {
+    if key.role != TaskRole::Action {
+        return None;
+    }
+    ctx.workflow()
+        .ok()?
+        .step(key.step.as_str())?
+        .heartbeat_timeout_ms
+}
+
 /// Sends the next attempt of a queued or backing-off task.
 pub(crate) fn dispatch(ctx: &mut Ctx, key: &TaskKey, timeout_ms: Option<u64>) {
     let Ok(workflow) = ctx.workflow() else { return };
     let deadline = timeout_ms.map(|ms| ctx.at_plus(ms));
+    let lease = lease_of(ctx, key);
+    let at = ctx.at;
     let Some(slot) = slot_mut(ctx, key) else {
         return;
     };
     slot.attempt += 1;
     slot.status = SlotStatus::Running;
+    slot.heartbeat_at = lease.map(|_| at);
+    slot.lease_checks = u32::from(lease.is_some());
     let task = TaskDispatched {
         key: key.clone(),
         attempt: slot.attempt,
@@ -45,10 +60,19 @@ pub(crate) fn dispatch(ctx: &mut Ctx, key: &TaskKey, timeout_ms: Option<u64>) {
         workflow: workflow.name.clone(),
         input: slot.input.clone(),
         deadline,
+        heartbeat_timeout_ms: lease,
     };
     let attempt = task.attempt;
     let agent = task.agent.to_string();
     ctx.commands.push(Command::DispatchTask(task));
+    if let Some(lease) = lease {
+        let check = TimerKey::HeartbeatLease {
+            key: key.clone(),
+            attempt,
+            check: 1,
+        };
+        ctx.schedule(check, ctx.at_plus(lease));
+    }
     if let Some(deadline) = deadline {
         ctx.schedule(
             TimerKey::AttemptTimeout {
@@ -118,6 +142,7 @@ pub(crate) fn completed(
         key: key.clone(),
         attempt,
     });
+    cancel_lease(ctx, key, attempt);
     if let Some(status) = custom_status {
         ctx.state.custom_status = Some(status.clone());
         ctx.progress(ProgressKind::CustomStatus)
@@ -171,8 +196,85 @@ pub(crate) fn failed(
     Ok(())
 }
 
+/// Stops watching an attempt's heartbeats: it ended.
+fn cancel_lease(ctx: &mut Ctx, key: &TaskKey, attempt: u32) {
+    let check = slot(&ctx.state, key).map_or(0, |s| s.lease_checks);
+    if check > 0 {
+        ctx.cancel_timer(TimerKey::HeartbeatLease {
+            key: key.clone(),
+            attempt,
+            check,
+        });
+    }
+}
+
+/// The running attempt's agent is alive: its lease runs from `at`.
+pub(crate) fn heartbeat(
+    ctx: &mut Ctx,
+    key: &TaskKey,
+    attempt: u32,
+    at: time::OffsetDateTime,
+) -> Result<(), Ignored> {
+    check_running(&ctx.state, key, attempt)?;
+    if lease_of(ctx, key).is_none() {
+        return ignore(format!("task {key} has no heartbeat lease"));
+    }
+    let slot = running_slot(ctx, key, attempt)?;
+    slot.heartbeat_at = Some(at);
+    Ok(())
+}
+
+/// A lease check: an attempt silent for its whole lease is hung; it is
+/// failed as retryable and its agent told to stop. One that heartbeated
+/// is checked again when its lease would run out.
+fn check_lease(ctx: &mut Ctx, key: &TaskKey, attempt: u32, check: u32) {
+    if check_running(&ctx.state, key, attempt).is_err() {
+        return;
+    }
+    let (Some(lease), Some(slot)) = (lease_of(ctx, key), slot(&ctx.state, key)) else {
+        return;
+    };
+    if slot.lease_checks != check {
+        return;
+    }
+    let last = slot.heartbeat_at.unwrap_or(ctx.at);
+    let expires = last + time::Duration::milliseconds(i64::try_from(lease).unwrap_or(i64::MAX));
+    if ctx.at < expires {
+        if let Some(slot) = slot_mut(ctx, key) {
+            slot.lease_checks += 1;
+        }
+        let next = TimerKey::HeartbeatLease {
+            key: key.clone(),
+            attempt,
+            check: check + 1,
+        };
+        ctx.schedule(next, expires);
+        return;
+    }
+    let message = format!("no heartbeat for {lease} ms: the agent is presumed hung");
+    ctx.cancel_timer(TimerKey::AttemptTimeout {
+        key: key.clone(),
+        attempt,
+    });
+    ctx.commands.push(Command::CancelTask(TaskCancelled {
+        key: key.clone(),
+        attempt,
+        reason: message.clone(),
+    }));
+    fail_attempt(
+        ctx,
+        key,
+        attempt,
+        &TaskError {
+            message,
+            retryable: true,
+        },
+    );
+}
+
 /// A failed attempt: back off and retry under the step's policy, or give up.
 fn fail_attempt(ctx: &mut Ctx, key: &TaskKey, attempt: u32, error: &TaskError) {
+    cancel_lease(ctx, key, attempt);
     let policy = ctx
         .workflow()
         .ok()
@@ -263,6 +365,11 @@ pub(crate) fn timer_fired(ctx: &mut Ctx, timer: &TimerKey) -> Result<(), Ignored
                 );
             }
         }
+        TimerKey::HeartbeatLease {
+            key,
+            attempt,
+            check,
+        } => check_lease(ctx, key, *attempt, *check),
         TimerKey::EventTimeout { step, .. } => {
             let waiting = ctx
                 .state

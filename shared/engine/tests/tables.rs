@@ -5,7 +5,7 @@ mod common;
 
 use common::{Harness, comp_key, key, scheduled};
 use legato_contracts::{ProgressKind, RuntimeStatus, StepId};
-use legato_engine::{Command, Event, StepStatus, TimerKey, replay};
+use legato_engine::{Command, Event, SlotStatus, StepStatus, TimerKey, replay};
 use serde_json::json;
 
 fn step(id: &str) -> StepId {
@@ -728,4 +728,124 @@ steps:
     }
     assert_eq!(h.state.running_tasks(), sent);
     assert_eq!(sent.len(), 2);
+}
+
+const LEASED: &str = r#"
+name: leased
+version: 1
+steps:
+  - { id: work, agent: echo, heartbeat_timeout_ms: 1000, retry: { max_attempts: 2, initial_interval_ms: 10 } }
+"#;
+
+fn lease(attempt: u32, check: u32) -> TimerKey {
+    TimerKey::HeartbeatLease {
+        key: key("work", None),
+        attempt,
+        check,
+    }
+}
+
+#[test]
+fn a_heartbeat_lease_is_renewed_by_heartbeats_and_lost_to_silence() {
+    let mut h = Harness::start(LEASED, json!({}));
+    let started = h.take();
+    let dispatched: Vec<_> = started
+        .iter()
+        .filter_map(|c| match c {
+            Command::DispatchTask(t) => Some(t.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dispatched[0].heartbeat_timeout_ms, Some(1000));
+    let first_check = scheduled(&started);
+    assert_eq!(
+        first_check,
+        vec![(lease(1, 1), h.now + time::Duration::seconds(1))]
+    );
+
+    // A heartbeat at +600 ms: the check at +1 s finds it alive and looks
+    // again when the renewed lease would run out (+1.6 s).
+    h.advance(600);
+    let at = h.now;
+    assert!(
+        h.send(Event::TaskHeartbeat {
+            at,
+            key: key("work", None),
+            attempt: 1
+        })
+        .applied()
+    );
+    assert!(h.take().is_empty(), "a heartbeat commands nothing");
+    h.advance(400);
+    h.fire(lease(1, 1));
+    let renewed = h.take();
+    assert_eq!(
+        scheduled(&renewed),
+        vec![(lease(1, 2), at + time::Duration::seconds(1))]
+    );
+    assert!(!renewed.iter().any(|c| matches!(c, Command::CancelTask(_))));
+
+    // Silence: the next check fails the attempt, cancels it and retries.
+    h.advance(600);
+    h.fire(lease(1, 2));
+    let lost = h.take();
+    assert!(
+        lost.iter()
+            .any(|c| matches!(c, Command::CancelTask(t) if t.attempt == 1))
+    );
+    assert!(lost.iter().any(|c| matches!(
+        c,
+        Command::PublishProgress(p) if p.kind == ProgressKind::StepRetrying
+            && p.message.as_deref().is_some_and(|m| m.contains("no heartbeat for 1000 ms"))
+    )));
+    assert_eq!(
+        h.state.steps[&step("work")].tasks[0].status,
+        SlotStatus::Backoff
+    );
+
+    // The abandoned attempt's late result and heartbeats change nothing.
+    let late = h.complete(key("work", None), 1, json!("late"));
+    assert!(!late.applied());
+    let at = h.now;
+    assert!(
+        !h.send(Event::TaskHeartbeat {
+            at,
+            key: key("work", None),
+            attempt: 1
+        })
+        .applied()
+    );
+
+    // The retry gets a lease of its own; finishing it cancels the check.
+    h.fire(TimerKey::Retry {
+        key: key("work", None),
+        attempt: 1,
+    });
+    assert_eq!(scheduled(&h.take())[0].0, lease(2, 1));
+    h.complete(key("work", None), 2, json!("done"));
+    let done = h.take();
+    assert!(
+        done.iter()
+            .any(|c| matches!(c, Command::CancelTimer { timer } if *timer == lease(2, 1)))
+    );
+    assert_eq!(h.state.status, RuntimeStatus::Completed);
+}
+
+#[test]
+fn steps_without_a_lease_ignore_heartbeats() {
+    let mut h = Harness::start(
+        "name: plain\nversion: 1\nsteps:\n  - { id: work, agent: echo }\n",
+        json!({}),
+    );
+    h.take();
+    let at = h.now;
+    let beat = h.send(Event::TaskHeartbeat {
+        at,
+        key: key("work", None),
+        attempt: 1,
+    });
+    assert!(
+        !beat.applied(),
+        "no commit for a heartbeat nothing waits on"
+    );
 }

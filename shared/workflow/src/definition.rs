@@ -46,6 +46,10 @@ pub struct Step {
     /// start-to-close timeout. A timed-out attempt is a retryable failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Heartbeat lease for agent work: an attempt whose agent has not
+    /// heartbeated for this long is failed as retryable (a hung agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_timeout_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compensate: Option<Compensation>,
 }

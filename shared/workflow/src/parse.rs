@@ -134,6 +134,7 @@ struct RawStep {
     timer: Option<TimerSpec>,
     retry: Option<RetryPolicy>,
     timeout_ms: Option<u64>,
+    heartbeat_timeout_ms: Option<u64>,
     compensate: Option<RawCompensate>,
 }
 
@@ -240,6 +241,17 @@ fn parse_step(index: usize, raw: Value, problems: &mut Problems) -> Option<Step>
     if raw.timeout_ms == Some(0) {
         problems.add(&at("timeout_ms"), "must be at least 1");
     }
+    if let Some(lease) = raw.heartbeat_timeout_ms {
+        if lease < 100 {
+            problems.add(&at("heartbeat_timeout_ms"), "must be at least 100");
+        }
+        if raw.agent.is_none() {
+            problems.add(
+                &at("heartbeat_timeout_ms"),
+                "only agent and for_each steps run agent work to heartbeat",
+            );
+        }
+    }
 
     let item_vars = if raw.for_each.is_some() {
         Variables::ForEachItem
@@ -324,6 +336,7 @@ fn parse_step(index: usize, raw: Value, problems: &mut Problems) -> Option<Step>
         action,
         retry: raw.retry,
         timeout_ms: raw.timeout_ms,
+        heartbeat_timeout_ms: raw.heartbeat_timeout_ms,
         compensate,
     })
 }

@@ -674,3 +674,57 @@ async fn the_stream_sends_progress_until_the_instance_finishes() {
         1
     );
 }
+
+fn leased(id: &str, lease_ms: u64, input: Value) -> Value {
+    let mut step = echo_step(id, &[], input);
+    step["heartbeat_timeout_ms"] = json!(lease_ms);
+    step["retry"] = json!({"max_attempts": 3, "initial_interval_ms": 50});
+    step
+}
+
+#[tokio::test]
+async fn a_hung_agent_loses_its_lease_and_the_retry_completes() {
+    let dir = temp_dir();
+    let legato = launch(dir.path());
+    legato
+        .register(json!({
+            "name": "hang", "version": 1,
+            "steps": [leased("wedged", 800, json!({"value": 7, "hang_attempts": 1}))],
+            "output": "${{ steps.wedged.output }}"
+        }))
+        .await;
+    let id = legato.start_instance("hang", json!({})).await;
+    let status = legato.wait_status(&id, "Completed").await;
+    // The first attempt went silent and was failed; the second answered.
+    assert_eq!(status["output"], json!({"value": 7, "attempt": 2}));
+    assert_eq!(step_of(&status, "wedged")["attempts"], 2);
+    // What failed it: the lease check, not a result.
+    assert!(events(&status, "task_failed").is_empty());
+    let checks: Vec<&Value> = events(&status, "timer_fired")
+        .into_iter()
+        .filter(|e| e["event"]["timer"]["kind"] == "heartbeat_lease")
+        .collect();
+    assert!(!checks.is_empty(), "{status}");
+}
+
+#[tokio::test]
+async fn a_live_agent_keeps_its_lease_past_it() {
+    let dir = temp_dir();
+    let legato = launch(dir.path());
+    legato
+        .register(json!({
+            "name": "slow", "version": 1,
+            "steps": [leased("long", 600, json!({"value": 1, "sleep_ms": 2500}))],
+            "output": "${{ steps.long.output }}"
+        }))
+        .await;
+    let id = legato.start_instance("slow", json!({})).await;
+    let status = legato.wait_status(&id, "Completed").await;
+    // Four leases long, one attempt: the runtime's heartbeats kept it.
+    assert_eq!(status["output"], json!({"value": 1, "attempt": 1}));
+    assert!(events(&status, "task_failed").is_empty());
+    assert!(
+        events(&status, "task_heartbeat").len() >= 3,
+        "the heartbeats renewed the lease"
+    );
+}
