@@ -178,7 +178,14 @@ async fn one_instance_is_one_trace_across_every_service() {
             let trace = (*traces.iter().next().unwrap()).clone();
             let in_trace: Vec<Span> = all.iter().filter(|s| s.trace == trace).cloned().collect();
             let services: BTreeSet<&str> = in_trace.iter().map(|s| s.service.as_str()).collect();
-            if expected.is_subset(&services) {
+            // A span is exported when it ends, so a child can arrive before
+            // its parent: wait until every parent has arrived too.
+            let ids: HashSet<&Vec<u8>> = in_trace.iter().map(|s| &s.id).collect();
+            let orphans = in_trace
+                .iter()
+                .filter(|s| !s.parent.is_empty() && !ids.contains(&s.parent))
+                .count();
+            if expected.is_subset(&services) && orphans == 0 {
                 break (trace, in_trace);
             }
         }
@@ -189,7 +196,7 @@ async fn one_instance_is_one_trace_across_every_service() {
         );
         assert!(
             Instant::now() < deadline,
-            "not every service's spans arrived within 30 s: {:?}",
+            "not every service's spans (or a parent) arrived within 30 s: {:?}",
             of_instance
                 .iter()
                 .map(|s| (&s.service, &s.name))

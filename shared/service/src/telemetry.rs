@@ -17,6 +17,22 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::settings::{LogFormat, TelemetrySettings};
 
+/// Libraries whose spans describe connections and frames, not work.
+const TRANSPORT_TARGETS: &[&str] = &[
+    "h2",
+    "hyper",
+    "tower",
+    "reqwest",
+    "rustls",
+    "lapin",
+    "amq_protocol",
+    "azure_",
+    "tokio",
+    "opentelemetry",
+    "tungstenite",
+    "tokio_tungstenite",
+];
+
 /// Flushes exported spans when dropped at the end of `main`.
 #[must_use = "dropping the guard stops span export"]
 pub struct TelemetryGuard {
@@ -89,12 +105,16 @@ pub fn init(service: &str, settings: &TelemetrySettings) -> anyhow::Result<Telem
             .build();
         opentelemetry::global::set_meter_provider(meters.clone());
         let tracer = provider.tracer(service.to_owned());
-        // legato's own spans at info and above, whatever the log level:
-        // `telemetry.log = "warn"` quiets the logs, not the traces.
+        // Spans at info and above, whatever the log level (`telemetry.log
+        // = "warn"` quiets the logs, not the traces), except the transport
+        // libraries' own: legato's and an agent author's spans are the
+        // story of a request.
         let ours = tracing_subscriber::filter::filter_fn(|meta| {
             meta.is_span()
-                && meta.target().starts_with("legato")
                 && *meta.level() <= tracing::Level::INFO
+                && !TRANSPORT_TARGETS
+                    .iter()
+                    .any(|quiet| meta.target().starts_with(quiet))
         });
         (
             Some(
