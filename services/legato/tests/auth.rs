@@ -19,8 +19,7 @@ use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
-use support::{Legato, temp_dir};
+use support::{ApiKey, Legato, temp_dir};
 
 const ISSUER: &str = "https://login.example.test/tenant-a/v2.0";
 const AUDIENCE: &str = "api://legato-gateway";
@@ -263,27 +262,22 @@ async fn jwt_mode_lets_in_only_valid_tokens_with_the_role() {
     );
 }
 
-fn sha256(key: &str) -> String {
-    Sha256::digest(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 #[tokio::test]
 async fn api_keys_carry_their_roles() {
     let dir = temp_dir();
-    let legato = start_with_auth(
+    let key = |id, key, roles| ApiKey {
+        id,
+        key,
+        tenant: None,
+        roles,
+    };
+    let legato = Legato::start_with_api_keys(
         dir.path(),
-        &format!(
-            "[gateway.auth]\nmode = \"api_key\"\n\
-             [[gateway.auth.api_keys]]\nid = \"viewer\"\nsha256 = \"{}\"\nroles = [\"read\"]\n\
-             [[gateway.auth.api_keys]]\nid = \"ops\"\nsha256 = \"{}\"\nroles = [\"read\", \"start\", \"operate\"]\n\
-             [[gateway.auth.api_keys]]\nid = \"owner\"\nsha256 = \"{}\"\nroles = [\"admin\"]\n",
-            sha256("viewer-key"),
-            sha256("ops-key"),
-            sha256("owner-key")
-        ),
+        &[
+            key("viewer", "viewer-key", &["read"]),
+            key("ops", "ops-key", &["read", "start", "operate"]),
+            key("owner", "owner-key", &["admin"]),
+        ],
     );
     let start = "/api/v1/workflows/fan-out-fan-in/instances";
     assert_eq!(

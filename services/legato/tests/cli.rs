@@ -12,27 +12,20 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
-use support::{Legato, temp_dir};
+use support::{ApiKey, Legato, temp_dir};
 
 const KEY: &str = "cli-test-key";
 
 fn start_legato(dir: &Path) -> Legato {
-    let config = dir.join("conf");
-    std::fs::create_dir_all(&config).unwrap();
-    let hash: String = Sha256::digest(KEY.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    std::fs::write(
-        config.join("legato.toml"),
-        format!(
-            "[gateway.auth]\nmode = \"api_key\"\n[[gateway.auth.api_keys]]\nid = \"cli\"\n\
-             sha256 = \"{hash}\"\ntenant = \"team-cli\"\nroles = [\"admin\"]\n"
-        ),
+    Legato::start_with_api_keys(
+        dir,
+        &[ApiKey {
+            id: "cli",
+            key: KEY,
+            tenant: Some("team-cli"),
+            roles: &["admin"],
+        }],
     )
-    .unwrap();
-    Legato::start_with_env(dir, &[("LEGATO_CONFIG_DIR", config.to_str().unwrap())])
 }
 
 fn legato(base: &str, args: &[&str]) -> Command {

@@ -12,39 +12,33 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
-use support::{Legato, temp_dir};
+use support::{ApiKey, Legato, temp_dir};
 
 const KEY: &str = "dashboard-admin-key";
 const READER: &str = "dashboard-reader-key";
-
-fn sha256(key: &str) -> String {
-    Sha256::digest(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 fn node_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/node")
 }
 
 fn start(dir: &std::path::Path) -> Legato {
-    let config = dir.join("conf");
-    std::fs::create_dir_all(&config).unwrap();
-    std::fs::write(
-        config.join("legato.toml"),
-        format!(
-            "[gateway.auth]\nmode = \"api_key\"\n[[gateway.auth.api_keys]]\nid = \"ops\"\n\
-             sha256 = \"{}\"\ntenant = \"acme\"\nroles = [\"admin\"]\n\
-             [[gateway.auth.api_keys]]\nid = \"viewer\"\n\
-             sha256 = \"{}\"\ntenant = \"acme\"\nroles = [\"read\"]\n",
-            sha256(KEY),
-            sha256(READER)
-        ),
+    Legato::start_with_api_keys(
+        dir,
+        &[
+            ApiKey {
+                id: "ops",
+                key: KEY,
+                tenant: Some("acme"),
+                roles: &["admin"],
+            },
+            ApiKey {
+                id: "viewer",
+                key: READER,
+                tenant: Some("acme"),
+                roles: &["read"],
+            },
+        ],
     )
-    .unwrap();
-    Legato::start_with_env(dir, &[("LEGATO_CONFIG_DIR", config.to_str().unwrap())])
 }
 
 #[tokio::test]

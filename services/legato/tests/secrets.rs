@@ -11,7 +11,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use support::temp_dir;
 
 const API_KEY: &str = "lk_live_9f8e7d6c5b4a39281706f5e4d3c2b1a0";
@@ -32,10 +31,7 @@ async fn a_run_that_uses_every_secret_logs_none_of_them() {
     let dir = temp_dir();
     let config = dir.path().join("conf");
     std::fs::create_dir_all(&config).unwrap();
-    let hash: String = Sha256::digest(API_KEY.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hash = support::sha256_hex(API_KEY);
     let prefix = format!(
         "secrets{}",
         &uuid::Uuid::new_v4().simple().to_string()[..10]

@@ -14,37 +14,28 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use support::hub::{connect, invoke, next};
-use support::{Legato, echo_step, temp_dir};
+use support::{ApiKey, Legato, echo_step, temp_dir};
 
 const ACME: &str = "acme-key";
 const BETA: &str = "beta-key";
 /// The id both tenants choose.
 const ID: &str = "order-42";
 
-fn sha256(key: &str) -> String {
-    Sha256::digest(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 fn start(dir: &Path) -> Legato {
-    let config = dir.join("conf");
-    std::fs::create_dir_all(&config).unwrap();
-    std::fs::write(
-        config.join("legato.toml"),
-        format!(
-            "[gateway.auth]\nmode = \"api_key\"\n\
-             [[gateway.auth.api_keys]]\nid = \"acme-admin\"\nsha256 = \"{}\"\ntenant = \"acme\"\nroles = [\"admin\"]\n\
-             [[gateway.auth.api_keys]]\nid = \"beta-admin\"\nsha256 = \"{}\"\ntenant = \"beta\"\nroles = [\"admin\"]\n",
-            sha256(ACME),
-            sha256(BETA)
-        ),
+    let admin = |id, key, tenant| ApiKey {
+        id,
+        key,
+        tenant: Some(tenant),
+        roles: &["admin"],
+    };
+    Legato::start_with_api_keys(
+        dir,
+        &[
+            admin("acme-admin", ACME, "acme"),
+            admin("beta-admin", BETA, "beta"),
+        ],
     )
-    .unwrap();
-    Legato::start_with_env(dir, &[("LEGATO_CONFIG_DIR", config.to_str().unwrap())])
 }
 
 /// One call as a tenant: status and body (JSON, or the text).

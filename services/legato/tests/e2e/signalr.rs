@@ -11,9 +11,8 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Value, json};
-use sha2::Digest;
 
-use crate::support::{Legato, Service, client_for, services_env, temp_dir};
+use crate::support::{ApiKey, Legato, Service, client_for, services_env, temp_dir};
 
 fn signalr_test_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/node")
@@ -33,24 +32,15 @@ async fn the_stock_signalr_client_sees_a_feature_request_live_in_order() {
 #[tokio::test]
 async fn the_stock_signalr_client_authenticates_with_an_api_key() {
     let dir = temp_dir();
-    let config = dir.path().join("conf");
-    std::fs::create_dir_all(&config).unwrap();
     let key = "node-client-key";
-    let hash: String = sha2::Sha256::digest(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    std::fs::write(
-        config.join("legato.toml"),
-        format!(
-            "[gateway.auth]\nmode = \"api_key\"\n[[gateway.auth.api_keys]]\nid = \"node\"\n\
-             sha256 = \"{hash}\"\ntenant = \"acme\"\nroles = [\"read\", \"start\", \"signal\"]\n"
-        ),
-    )
-    .unwrap();
-    let legato = Legato::start_with_env(
+    let legato = Legato::start_with_api_keys(
         dir.path(),
-        &[("LEGATO_CONFIG_DIR", config.to_str().unwrap())],
+        &[ApiKey {
+            id: "node",
+            key,
+            tenant: Some("acme"),
+            roles: &["read", "start", "signal"],
+        }],
     );
     run_stock_client(&legato, Some(key)).await;
 }

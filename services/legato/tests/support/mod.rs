@@ -65,9 +65,47 @@ fn workflows_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../workflows")
 }
 
+/// An API key `legato up` accepts (see [`Legato::start_with_api_keys`]).
+pub struct ApiKey<'a> {
+    pub id: &'a str,
+    pub key: &'a str,
+    pub tenant: Option<&'a str>,
+    pub roles: &'a [&'a str],
+}
+
+/// Lowercase hex SHA-256, as `gateway.auth.api_keys` take keys.
+pub fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 impl Legato {
     pub fn start(data_dir: &Path) -> Self {
         Self::start_with_env(data_dir, &[])
+    }
+
+    /// `legato up` asking callers for one of `keys` (`gateway.auth.mode =
+    /// "api_key"`), configured in a file under `data_dir`.
+    pub fn start_with_api_keys(data_dir: &Path, keys: &[ApiKey<'_>]) -> Self {
+        let config = data_dir.join("conf");
+        std::fs::create_dir_all(&config).unwrap();
+        let mut toml = String::from("[gateway.auth]\nmode = \"api_key\"\n");
+        for key in keys {
+            toml.push_str(&format!(
+                "[[gateway.auth.api_keys]]\nid = \"{}\"\nsha256 = \"{}\"\nroles = {:?}\n",
+                key.id,
+                sha256_hex(key.key),
+                key.roles
+            ));
+            if let Some(tenant) = key.tenant {
+                toml.push_str(&format!("tenant = \"{tenant}\"\n"));
+            }
+        }
+        std::fs::write(config.join("legato.toml"), toml).unwrap();
+        Self::start_with_env(data_dir, &[("LEGATO_CONFIG_DIR", config.to_str().unwrap())])
     }
 
     pub fn start_with_env(data_dir: &Path, env: &[(&str, &str)]) -> Self {

@@ -63,6 +63,8 @@ const MARKER_CACHE_LIMIT: usize = 100_000;
 const LIST_SCAN_LIMIT: usize = 1_000;
 const MARKER_SCAN_LIMIT: usize = 5_000;
 const PARALLEL_READS: usize = 16;
+/// Tries of a purge whose rows keep changing under it.
+const PURGE_ROUNDS: usize = 5;
 const MAX_BATCH: usize = 100;
 
 /// Requests this process has sent to Table Storage so far.
@@ -971,61 +973,49 @@ impl Store for AzureTableStore {
     }
 
     async fn purge(&self, id: &InstanceId) -> Result<bool, StoreError> {
-        let rows = self
-            .query(
-                &self.instances,
-                format!("PartitionKey eq {}", odata(id.as_str())),
-                usize::MAX,
-            )
-            .await?;
-        if rows.is_empty() {
-            return Ok(false);
-        }
+        // A transaction fails whole when one of its rows is already gone
+        // (the outbox relay deleting what it published, a moment before):
+        // then nothing of it was deleted, so read the rows again and go on.
+        let mut found = false;
         let mut index_entries = vec![(keys::OUTBOX_PARTITION.to_owned(), id.to_string())];
-        for row in &rows {
-            match row.get("RowKey").and_then(Value::as_str) {
-                Some(keys::INSTANCE_ROW) => {
-                    let s = summary_from(row)?;
-                    index_entries.push((
-                        keys::LIST_PARTITION.to_owned(),
-                        keys::list_entry(millis(s.created_at), id.as_str()),
-                    ));
+        for _ in 0..PURGE_ROUNDS {
+            let rows = self
+                .query(
+                    &self.instances,
+                    format!("PartitionKey eq {}", odata(id.as_str())),
+                    usize::MAX,
+                )
+                .await?;
+            if rows.is_empty() {
+                self.delete_quietly(&self.index, index_entries).await;
+                return Ok(found);
+            }
+            found = true;
+            index_entries.extend(self.index_entries_of(id, &rows).await?);
+            for chunk in rows.chunks(MAX_BATCH) {
+                let mut batch = self
+                    .instances
+                    .partition_key_client(id.as_str())
+                    .transaction();
+                for row in chunk {
+                    batch = batch.delete(text(row, "RowKey")?, None).map_err(failure)?;
                 }
-                Some(keys::TIMERS_ROW) => {
-                    let timers: BTreeMap<String, TimerDoc> =
-                        self.value(&self.instances, id.as_str(), row, "T").await?;
-                    index_entries.extend(timers.iter().map(|(timer, doc)| {
-                        (
-                            keys::TIMER_PARTITION.to_owned(),
-                            keys::timer_entry(doc.due_ms, id.as_str(), timer),
-                        )
-                    }));
+                let response = batch.await.map_err(failure)?;
+                if let Some(failed) = response
+                    .operation_responses
+                    .iter()
+                    .find(|r| !r.status_code.is_success() && r.status_code as u16 != 404)
+                {
+                    return Err(StoreError::Unavailable(format!(
+                        "purge of instance {id}: status {}",
+                        failed.status_code
+                    )));
                 }
-                _ => {}
             }
         }
-        for chunk in rows.chunks(MAX_BATCH) {
-            let mut batch = self
-                .instances
-                .partition_key_client(id.as_str())
-                .transaction();
-            for row in chunk {
-                batch = batch.delete(text(row, "RowKey")?, None).map_err(failure)?;
-            }
-            let response = batch.await.map_err(failure)?;
-            if let Some(failed) = response
-                .operation_responses
-                .iter()
-                .find(|r| !r.status_code.is_success() && r.status_code as u16 != 404)
-            {
-                return Err(StoreError::Unavailable(format!(
-                    "purge of instance {id}: status {}",
-                    failed.status_code
-                )));
-            }
-        }
-        self.delete_quietly(&self.index, index_entries).await;
-        Ok(true)
+        Err(StoreError::Unavailable(format!(
+            "purge of instance {id}: its rows kept changing"
+        )))
     }
 
     async fn due_timers(
@@ -1425,6 +1415,38 @@ impl AzureTableStore {
 }
 
 impl AzureTableStore {
+    /// The index entries that point at an instance's rows.
+    async fn index_entries_of(
+        &self,
+        id: &InstanceId,
+        rows: &[Entity],
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let mut entries = Vec::new();
+        for row in rows {
+            match row.get("RowKey").and_then(Value::as_str) {
+                Some(keys::INSTANCE_ROW) => {
+                    let s = summary_from(row)?;
+                    entries.push((
+                        keys::LIST_PARTITION.to_owned(),
+                        keys::list_entry(millis(s.created_at), id.as_str()),
+                    ));
+                }
+                Some(keys::TIMERS_ROW) => {
+                    let timers: BTreeMap<String, TimerDoc> =
+                        self.value(&self.instances, id.as_str(), row, "T").await?;
+                    entries.extend(timers.iter().map(|(timer, doc)| {
+                        (
+                            keys::TIMER_PARTITION.to_owned(),
+                            keys::timer_entry(doc.due_ms, id.as_str(), timer),
+                        )
+                    }));
+                }
+                _ => {}
+            }
+        }
+        Ok(entries)
+    }
+
     async fn load_once(&self, id: &InstanceId) -> Result<Option<StoredInstance>, StoreError> {
         let Some((row, etag)) = self
             .get(&self.instances, id.as_str(), keys::INSTANCE_ROW)
