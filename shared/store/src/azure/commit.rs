@@ -1,0 +1,308 @@
+//! One commit as one entity-group transaction: the rows it writes, the
+//! index entries written before it, and what the process remembers of it.
+
+use super::*;
+
+impl AzureTableStore {
+    pub(super) async fn commit_batch(&self, commit: Commit) -> Result<Version, StoreError> {
+        let id = commit.record.summary.id.as_str().to_owned();
+        let now = now_ms();
+        let (expected_etag, old_state_ref) = match &commit.expected {
+            Expected::New => (None, None),
+            Expected::Version(v) => {
+                let (etag, reference) = split_version(v);
+                (Some(etag), reference)
+            }
+        };
+        let mut blobs = Vec::new();
+        let mut ops: Vec<Entity> = Vec::new();
+
+        let (mut record_row, state_blob) = entity(
+            &id,
+            keys::INSTANCE_ROW,
+            payload::encode("S", &to_json(&commit.record.state)?),
+        );
+        let state_ref = state_blob.as_ref().map(payload::Blob::reference);
+        blobs.extend(state_blob);
+        let summary = serde_json::to_string(&summary_doc(&commit.record.summary))
+            .map_err(|e| corrupt("summary", e))?;
+        record_row.insert("Summary".into(), summary.into());
+        ops.push(record_row);
+
+        let mut removed_timers = Vec::new();
+        if !commit.add_timers.is_empty() || !commit.remove_timers.is_empty() {
+            let mut timers = match commit.expected {
+                Expected::New => BTreeMap::new(),
+                Expected::Version(_) => self.timers_of(&id).await?,
+            };
+            for timer in &commit.remove_timers {
+                if let Some(doc) = timers.remove(timer) {
+                    removed_timers.push((timer.clone(), doc.due_ms));
+                }
+            }
+            for timer in &commit.add_timers {
+                timers.insert(
+                    timer.id.clone(),
+                    TimerDoc {
+                        due_ms: millis(timer.due_at),
+                        payload: timer.payload.clone(),
+                    },
+                );
+            }
+            removed_timers
+                .retain(|(timer, due)| timers.get(timer).is_none_or(|kept| kept.due_ms != *due));
+            let (row, blob) = entity(
+                &id,
+                keys::TIMERS_ROW,
+                payload::encode("T", &to_json(&timers)?),
+            );
+            blobs.extend(blob);
+            ops.push(row);
+        }
+
+        if let (Some(first), Some(last)) = (commit.history.first(), commit.history.last()) {
+            let events: Vec<EventDoc> = commit
+                .history
+                .iter()
+                .map(|h| EventDoc {
+                    seq: h.seq,
+                    at_ms: millis(h.at),
+                    event: h.event.clone(),
+                })
+                .collect();
+            let (mut row, blob) = entity(
+                &id,
+                &keys::history_page(last.seq),
+                payload::encode("H", &to_json(&events)?),
+            );
+            row.insert("First".into(), first.seq.to_string().into());
+            blobs.extend(blob);
+            ops.push(row);
+        }
+
+        let mut outbox_group = None;
+        if !commit.outbox.is_empty() {
+            let messages: Vec<MessageDoc> =
+                commit.outbox.iter().map(MessageDoc::from_row).collect();
+            let nonce = &uuid::Uuid::new_v4().simple().to_string()[..8];
+            let key = keys::outbox_group(now, nonce);
+            let (row, blob) = entity(&id, &key, payload::encode("O", &to_json(&messages)?));
+            outbox_group = Some((
+                ops.len(),
+                RecentGroup {
+                    row: key,
+                    etag: String::new(),
+                    ids: commit.outbox.iter().map(|m| m.id.clone()).collect(),
+                    blob: blob.as_ref().map(payload::Blob::reference),
+                },
+            ));
+            blobs.extend(blob);
+            ops.push(row);
+        }
+
+        // Everything the batch points at, and every index entry that makes
+        // it findable, exists before the batch can land.
+        let (blob_writes, index_writes) = tokio::join!(
+            futures::future::try_join_all(blobs.iter().map(|blob| self.write_blob(
+                &self.instances,
+                &id,
+                blob
+            ))),
+            self.write_index_before(&commit, now)
+        );
+        blob_writes?;
+        index_writes?;
+
+        let mut batch = self
+            .instances
+            .partition_key_client(id.as_str())
+            .transaction();
+        for (n, row) in ops.into_iter().enumerate() {
+            let key = text(&row, "RowKey")?.to_owned();
+            batch = match (n, &expected_etag) {
+                (0, Some(etag)) => batch.update(key, row, Some(if_match(Some(etag)))),
+                (0, None) => batch.insert(row),
+                (_, _) if key.starts_with('t') => batch.insert_or_replace(key, row),
+                _ => batch.insert(row),
+            }
+            .map_err(failure)?;
+        }
+        // Whether the batch surely did not land: an answer says so. A
+        // timeout or a dropped connection leaves it open.
+        let (outcome, refused) = match batch.await {
+            Err(e) => {
+                let refused = e.as_http_error().is_some();
+                (Err(failure(e)), refused)
+            }
+            Ok(response) => match response
+                .operation_responses
+                .iter()
+                .find(|r| !r.status_code.is_success())
+            {
+                None => (Ok(response), false),
+                Some(failed) => (
+                    Err(match failed.status_code as u16 {
+                        409 | 412 => StoreError::Conflict(format!(
+                            "instance {id} changed since it was loaded ({})",
+                            failed.status_code
+                        )),
+                        404 => StoreError::NotFound(format!("instance {id}")),
+                        413 => StoreError::TooLarge(format!("commit of instance {id}")),
+                        other => StoreError::Unavailable(format!(
+                            "commit of instance {id}: status {other}"
+                        )),
+                    }),
+                    true,
+                ),
+            },
+        };
+        let response = match outcome {
+            Ok(response) => response,
+            Err(e) => {
+                if refused {
+                    // The claim-checked values of a commit that did not land.
+                    for blob in &blobs {
+                        self.delete_blob(&self.instances, &id, &blob.reference())
+                            .await;
+                    }
+                }
+                return Err(e);
+            }
+        };
+        let etag = match response
+            .operation_responses
+            .first()
+            .and_then(|r| r.etag.as_ref())
+        {
+            Some(etag) => etag.to_string(),
+            None => self
+                .get(&self.instances, &id, keys::INSTANCE_ROW)
+                .await?
+                .map(|(_, etag)| etag)
+                .ok_or_else(|| StoreError::Unavailable(format!("instance {id} vanished")))?,
+        };
+
+        if let Some((op, mut group)) = outbox_group
+            && let Some(etag) = response
+                .operation_responses
+                .get(op)
+                .and_then(|r| r.etag.as_ref())
+        {
+            group.etag = etag.to_string();
+            self.remember_group(&id, group);
+        }
+        if let Some(old) = old_state_ref.filter(|old| Some(old) != state_ref.as_ref()) {
+            self.delete_blob(&self.instances, &id, &old).await;
+        }
+        let stale: Vec<_> = removed_timers
+            .iter()
+            .map(|(timer, due)| {
+                (
+                    keys::TIMER_PARTITION.to_owned(),
+                    keys::timer_entry(*due, &id, timer),
+                )
+            })
+            .collect();
+        self.delete_quietly(&self.index, stale).await;
+        Ok(version(&etag, state_ref.as_deref()))
+    }
+
+    /// The index entries a commit needs before it lands.
+    pub(super) async fn write_index_before(
+        &self,
+        commit: &Commit,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let summary = &commit.record.summary;
+        let id = summary.id.as_str();
+        let mut writes: Vec<(&str, String, Entity)> = Vec::new();
+        if commit.expected == Expected::New {
+            let mut entry = Entity::new();
+            entry.insert("Instance".into(), id.into());
+            entry.insert("Workflow".into(), summary.workflow.as_str().into());
+            if let Some(tenant) = &summary.tenant {
+                entry.insert("Tenant".into(), tenant.as_str().into());
+            }
+            entry.insert(
+                "CreatedMs".into(),
+                millis(summary.created_at).to_string().into(),
+            );
+            entry.insert("WrittenMs".into(), now_ms.to_string().into());
+            writes.push((
+                keys::LIST_PARTITION,
+                keys::list_entry(millis(summary.created_at), id),
+                entry,
+            ));
+        }
+        for timer in &commit.add_timers {
+            let mut entry = Entity::new();
+            entry.insert("Instance".into(), id.into());
+            entry.insert("Timer".into(), timer.id.as_str().into());
+            entry.insert("DueMs".into(), millis(timer.due_at).to_string().into());
+            entry.insert("WrittenMs".into(), now_ms.to_string().into());
+            writes.push((
+                keys::TIMER_PARTITION,
+                keys::timer_entry(millis(timer.due_at), id, &timer.id),
+                entry,
+            ));
+        }
+        let marker = !commit.outbox.is_empty() && !self.marker_is_fresh(id);
+        if marker {
+            let mut entry = Entity::new();
+            entry.insert("WrittenMs".into(), now_ms.to_string().into());
+            writes.push((keys::OUTBOX_PARTITION, id.to_owned(), entry));
+        }
+        let upserts: Vec<_> = writes
+            .iter()
+            .map(|(partition, row, entity)| {
+                self.upsert(&self.index, partition, row, entity.clone())
+            })
+            .collect();
+        stream::iter(upserts)
+            .buffer_unordered(PARALLEL_READS)
+            .try_collect::<Vec<()>>()
+            .await?;
+        if marker {
+            self.remember_marker(id);
+        }
+        Ok(())
+    }
+
+    pub(super) fn remember_group(&self, instance: &str, group: RecentGroup) {
+        if let Ok(mut groups) = self.recent_groups.lock() {
+            // Groups the relay never deleted here (it crashed, or another
+            // replica swept them) must not pile up.
+            if groups.len() >= MARKER_CACHE_LIMIT {
+                groups.clear();
+            }
+            groups.insert(instance.to_owned(), group);
+        }
+    }
+
+    /// The group this process committed for `instance`, if `ids` are
+    /// exactly its messages.
+    pub(super) fn recent_group(&self, instance: &str, ids: &[String]) -> Option<RecentGroup> {
+        let mut groups = self.recent_groups.lock().ok()?;
+        let matches = groups
+            .get(instance)
+            .is_some_and(|g| g.ids.len() == ids.len() && ids.iter().all(|id| g.ids.contains(id)));
+        matches.then(|| groups.remove(instance)).flatten()
+    }
+
+    pub(super) fn marker_is_fresh(&self, instance: &str) -> bool {
+        self.markers
+            .lock()
+            .ok()
+            .and_then(|m| m.get(instance).copied())
+            .is_some_and(|at| at.elapsed() < MARKER_REFRESH)
+    }
+
+    pub(super) fn remember_marker(&self, instance: &str) {
+        if let Ok(mut markers) = self.markers.lock() {
+            if markers.len() >= MARKER_CACHE_LIMIT {
+                markers.retain(|_, at| at.elapsed() < MARKER_REFRESH);
+            }
+            markers.insert(instance.to_owned(), Instant::now());
+        }
+    }
+}
