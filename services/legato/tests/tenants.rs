@@ -170,22 +170,14 @@ async fn tenants_cannot_see_or_touch_each_others_instances() {
         endpoints.push(("POST", path, Some(json!({}))));
     }
     for (method, path, body) in &endpoints {
-        let theirs = call(
-            &legato,
-            BETA,
-            method,
-            &path.replace("{id}", ID),
-            body.clone(),
-        )
-        .await;
-        let absent = call(
-            &legato,
-            BETA,
-            method,
-            &path.replace("{id}", missing),
-            body.clone(),
-        )
-        .await;
+        let as_beta = |id: &str| {
+            let path = path.replace("{id}", id);
+            let body = body.clone();
+            let legato = &legato;
+            async move { call(legato, BETA, method, &path, body).await }
+        };
+        let theirs = as_beta(ID).await;
+        let absent = as_beta(missing).await;
         assert_eq!(theirs.0, absent.0, "{method} {path}: {theirs:?}");
         assert!(
             theirs.0 == StatusCode::NOT_FOUND || theirs.0 == StatusCode::CONFLICT,

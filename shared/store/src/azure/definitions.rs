@@ -3,6 +3,15 @@
 use super::*;
 
 impl AzureTableStore {
+    /// A definition's version rows, oldest first (row keys sort by version).
+    async fn version_rows(&self, name: &WorkflowName) -> Result<Vec<Entity>, StoreError> {
+        let filter = format!(
+            "PartitionKey eq {} and RowKey ge 'v' and RowKey lt 'w'",
+            odata(name.as_str())
+        );
+        self.query(&self.definitions, filter, usize::MAX).await
+    }
+
     pub(super) async fn put_definition_row(
         &self,
         definition: &DefinitionRecord,
@@ -58,17 +67,7 @@ impl AzureTableStore {
                 )
                 .await?
                 .map(|(row, _)| row),
-            None => self
-                .query(
-                    &self.definitions,
-                    format!(
-                        "PartitionKey eq {} and RowKey ge 'v' and RowKey lt 'w'",
-                        odata(name.as_str())
-                    ),
-                    usize::MAX,
-                )
-                .await?
-                .pop(),
+            None => self.version_rows(name).await?.pop(),
         };
         match row {
             Some(row) => Ok(Some(self.definition(&row).await?)),
@@ -80,16 +79,7 @@ impl AzureTableStore {
         &self,
         name: &WorkflowName,
     ) -> Result<Vec<u32>, StoreError> {
-        let rows = self
-            .query(
-                &self.definitions,
-                format!(
-                    "PartitionKey eq {} and RowKey ge 'v' and RowKey lt 'w'",
-                    odata(name.as_str())
-                ),
-                usize::MAX,
-            )
-            .await?;
+        let rows = self.version_rows(name).await?;
         let mut versions = rows
             .iter()
             .map(|row| {
