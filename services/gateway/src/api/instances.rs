@@ -14,7 +14,7 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::workflows::find_definition;
+use super::workflows::{find_definition, resolve_workflow};
 use super::{SOURCE, base_url, instance_id, load, stream_base_url, visible_workflow_names};
 use crate::GatewayState;
 use crate::body::JsonBody;
@@ -238,15 +238,7 @@ pub(crate) async fn list_instances(
         Some(raw) => {
             let names = visible_workflow_names(&caller, raw)
                 .map_err(|p| Problem::field("workflow", p.detail))?;
-            let mut chosen = None;
-            for name in names {
-                if state.store.get_definition(&name, None).await?.is_some() {
-                    chosen = Some(name);
-                    break;
-                }
-                chosen.get_or_insert(name);
-            }
-            chosen
+            Some(resolve_workflow(&state, names).await?.0)
         }
         None => None,
     };

@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use legato_contracts::WorkflowName;
 use legato_service::auth::{Caller, Principal};
 use legato_service::problem::{FieldError, Problem};
 use legato_store::DefinitionRecord;
@@ -185,21 +186,38 @@ pub(crate) async fn find_definition(
     version: Option<u32>,
 ) -> Result<DefinitionRecord, Problem> {
     let names = visible_workflow_names(caller, name)?;
+    let (name, latest) = resolve_workflow(state, names).await?;
+    let found = match (latest, version) {
+        (Some(latest), Some(v)) if latest.version != v => {
+            state.store.get_definition(&name, Some(v)).await?
+        }
+        (latest, _) => latest,
+    };
+    found.ok_or_else(|| {
+        let local = name.local();
+        Problem::not_found(match version {
+            Some(v) => format!("no workflow {local} version {v}"),
+            None => format!("no workflow {local}"),
+        })
+    })
+}
+
+/// Which of the caller's visible `names` (from [`visible_workflow_names`])
+/// it means, and its latest version: a tenant's own definition shadows the
+/// shared one by name, whatever versions either has. With neither
+/// registered, the caller's own name and no record.
+pub(crate) async fn resolve_workflow(
+    state: &GatewayState,
+    names: Vec<WorkflowName>,
+) -> Result<(WorkflowName, Option<DefinitionRecord>), Problem> {
     for name in &names {
-        // A tenant's own definition shadows the shared one by name, whatever
-        // versions either has.
-        let own = name.tenant().is_some();
-        if own && state.store.get_definition(name, None).await?.is_none() {
-            continue;
+        if let Some(latest) = state.store.get_definition(name, None).await? {
+            return Ok((name.clone(), Some(latest)));
         }
-        if let Some(record) = state.store.get_definition(name, version).await? {
-            return Ok(record);
-        }
-        break;
     }
-    let local = names.first().map_or("", |n| n.local());
-    Err(Problem::not_found(match version {
-        Some(v) => format!("no workflow {local} version {v}"),
-        None => format!("no workflow {local}"),
-    }))
+    let own = names
+        .into_iter()
+        .next()
+        .ok_or_else(|| Problem::field("name", "no workflow name"))?;
+    Ok((own, None))
 }
