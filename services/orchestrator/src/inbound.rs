@@ -58,28 +58,28 @@ async fn handle(applier: &Applier, bus: &dyn Bus, delivery: Delivery) {
     let span = tracing::info_span!("message", instance = %envelope.subject, r#type = envelope.type_name(), id = %envelope.id);
     legato_service::telemetry::continue_trace(&span, envelope.traceparent.as_ref());
     async move {
+        let traceparent =
+            legato_service::telemetry::current_traceparent().or(envelope.traceparent.clone());
         let input = match to_input(&envelope) {
             Routed::Apply(input) => input,
-            Routed::Heartbeat(lease) => {
-                // For a task with a heartbeat lease the beat is an event
-                // (the engine ignores others without a commit); either way
-                // its progress, if any, goes to the watchers.
-                let traceparent = legato_service::telemetry::current_traceparent()
-                    .or(envelope.traceparent.clone());
-                let renewed = applier
-                    .apply(&envelope.subject, &lease, traceparent.as_ref())
-                    .await;
-                if let Err(ApplyError::Transient(e)) = renewed {
-                    tracing::warn!("store trouble, returning the heartbeat: {e}");
-                    return settle(delivery.nack().await);
+            Routed::Heartbeat(renewal) => {
+                // A heartbeat that renews a lease is an event; any beat's
+                // progress goes to the watchers. Bare beats of tasks
+                // without a lease cost nothing here.
+                if let Some(renewal) = renewal {
+                    let renewed = applier
+                        .apply(&envelope.subject, &renewal, traceparent.as_ref())
+                        .await;
+                    if let Err(ApplyError::Transient(e)) = renewed {
+                        tracing::warn!("store trouble, returning the heartbeat: {e}");
+                        return settle(delivery.nack().await);
+                    }
                 }
                 heartbeat::relay(applier, bus, &envelope).await;
                 return settle(delivery.ack().await);
             }
             Routed::Reject(reason) => return settle(dead_letter(delivery, &reason).await),
         };
-        let traceparent =
-            legato_service::telemetry::current_traceparent().or(envelope.traceparent.clone());
         match applier
             .apply(&envelope.subject, &input, traceparent.as_ref())
             .await
@@ -115,8 +115,9 @@ fn settle(result: Result<(), legato_bus::BusError>) {
 
 enum Routed {
     Apply(Input),
-    /// A heartbeat: the lease renewal it stands for, and progress to relay.
-    Heartbeat(Input),
+    /// A heartbeat: the lease renewal it stands for (if its task has a
+    /// lease), and progress to relay.
+    Heartbeat(Option<Input>),
     Reject(String),
 }
 
@@ -173,10 +174,12 @@ fn to_input(envelope: &Envelope) -> Routed {
             error: f.error.clone(),
         },
         Payload::TaskHeartbeat(beat) => {
-            return Routed::Heartbeat(Input::Event(Event::TaskHeartbeat {
-                at,
-                key: beat.key.clone(),
-                attempt: beat.attempt,
+            return Routed::Heartbeat(beat.leased.then(|| {
+                Input::Event(Event::TaskHeartbeat {
+                    at,
+                    key: beat.key.clone(),
+                    attempt: beat.attempt,
+                })
             }));
         }
         other => {

@@ -54,6 +54,8 @@ pub struct TaskContext {
     pub(crate) attempt: u32,
     pub(crate) traceparent: Option<TraceParent>,
     pub(crate) wedged: Arc<std::sync::atomic::AtomicBool>,
+    /// The step has a heartbeat lease: heartbeats say they renew it.
+    pub(crate) leased: bool,
     pub(crate) cancel: CancellationToken,
     pub(crate) custom_status: Arc<Mutex<Option<Value>>>,
 }
@@ -93,6 +95,7 @@ impl TaskContext {
             progress,
             kind,
             message,
+            leased: self.leased,
         };
         let envelope = Envelope::new(
             self.source.clone(),

@@ -349,6 +349,7 @@ async fn handle_task(shared: &Shared, delivery: Delivery) {
         attempt: task.attempt,
         traceparent: traceparent.clone(),
         wedged: Arc::default(),
+        leased: dispatched.heartbeat_timeout_ms.is_some(),
         cancel: cancel.clone(),
         custom_status: Arc::default(),
     };

@@ -186,6 +186,10 @@ pub struct TaskHeartbeat {
     pub kind: Option<HeartbeatKind>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The task's step has a heartbeat lease this heartbeat renews; only
+    /// then does the orchestrator record it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leased: bool,
 }
 
 /// The progress kinds an agent may report through a heartbeat.

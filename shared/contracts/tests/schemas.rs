@@ -123,6 +123,7 @@ fn samples() -> Vec<Payload> {
             progress: Some(json!({"event": "approval"})),
             kind: Some(HeartbeatKind::ApprovalRequested),
             message: Some("approve?".into()),
+            leased: true,
         }
         .into(),
         ProgressEvent {
