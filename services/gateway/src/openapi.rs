@@ -90,6 +90,40 @@ fn constrain_parameters(path: &str, operation: &mut Value) {
     }
 }
 
+/// The answers any operation may give, whatever it does.
+fn add_common_responses(operation: &mut Value) {
+    let has_body = operation.get("requestBody").is_some();
+    let Some(responses) = operation
+        .get_mut("responses")
+        .and_then(Value::as_object_mut)
+    else {
+        return;
+    };
+    let mut add = |status: &str, description: &str| {
+        responses.entry(status).or_insert_with(|| {
+            json!({"description": description, "content": {"application/problem+json":
+                {"schema": {"$ref": "#/components/schemas/Problem"}}}})
+        });
+    };
+    add("400", "A malformed parameter or body, named in the problem");
+    add(
+        "401",
+        "No credentials, or credentials refused (`WWW-Authenticate: Bearer`)",
+    );
+    add("403", "The caller's roles do not allow this");
+    add(
+        "429",
+        "Over the tenant's rate of starts or signals, or its cap of open streams; see `Retry-After`",
+    );
+    add(
+        "503",
+        "Timed out, or the store, the bus or the token issuer is unavailable; see `Retry-After`",
+    );
+    if has_body {
+        add("413", "Body too large");
+    }
+}
+
 /// What a client can do next with what an answer names: a started
 /// instance's id leads to everything about it, a registered definition's
 /// name to starting it (and the conformance run follows these).
@@ -128,10 +162,6 @@ fn add_links(value: &mut Value) {
 /// and the bearer scheme they need, so clients and the conformance run
 /// see every status the gateway can send.
 fn with_common_answers(mut value: Value) -> Value {
-    let problem = |description: &str| {
-        json!({"description": description, "content": {"application/problem+json":
-            {"schema": {"$ref": "#/components/schemas/Problem"}}}})
-    };
     if let Some(paths) = value["paths"].as_object_mut() {
         for (path, item) in paths.iter_mut() {
             for operation in item
@@ -140,41 +170,7 @@ fn with_common_answers(mut value: Value) -> Value {
                 .flat_map(|o| o.values_mut())
             {
                 constrain_parameters(path, operation);
-            }
-        }
-        for operation in paths
-            .values_mut()
-            .filter_map(Value::as_object_mut)
-            .flat_map(|item| item.values_mut())
-        {
-            let has_body = operation.get("requestBody").is_some();
-            let Some(responses) = operation
-                .get_mut("responses")
-                .and_then(Value::as_object_mut)
-            else {
-                continue;
-            };
-            let mut add = |status: &str, description: &str| {
-                responses
-                    .entry(status)
-                    .or_insert_with(|| problem(description));
-            };
-            add("400", "A malformed parameter or body, named in the problem");
-            add(
-                "401",
-                "No credentials, or credentials refused (`WWW-Authenticate: Bearer`)",
-            );
-            add("403", "The caller's roles do not allow this");
-            add(
-                "429",
-                "Over the tenant's rate of starts or signals, or its cap of open streams; see `Retry-After`",
-            );
-            add(
-                "503",
-                "Timed out, or the store, the bus or the token issuer is unavailable; see `Retry-After`",
-            );
-            if has_body {
-                add("413", "Body too large");
+                add_common_responses(operation);
             }
         }
     }
