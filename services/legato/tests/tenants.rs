@@ -99,6 +99,11 @@ async fn wait_until_waiting(legato: &Legato, key: &str, id: &str) {
     panic!("{id} never waited for its approval");
 }
 
+/// The shared id's instance as the tenant with `key` sees it.
+async fn instance(legato: &Legato, key: &str) -> (StatusCode, Value) {
+    call(legato, key, "GET", &format!("/api/v1/instances/{ID}"), None).await
+}
+
 /// A problem body with the instance id replaced, to compare the answer
 /// about another tenant's instance with the one about a missing instance.
 fn anonymised(body: &Value, id: &str) -> String {
@@ -230,22 +235,8 @@ async fn tenants_cannot_see_or_touch_each_others_instances() {
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     wait_until_waiting(&legato, BETA, ID).await;
-    let (_, acme_view) = call(
-        &legato,
-        ACME,
-        "GET",
-        &format!("/api/v1/instances/{ID}"),
-        None,
-    )
-    .await;
-    let (_, beta_view) = call(
-        &legato,
-        BETA,
-        "GET",
-        &format!("/api/v1/instances/{ID}"),
-        None,
-    )
-    .await;
+    let (_, acme_view) = instance(&legato, ACME).await;
+    let (_, beta_view) = instance(&legato, BETA).await;
     assert_eq!(acme_view["input"], json!({}));
     assert_eq!(acme_view["tenant"], "acme");
     assert_eq!(beta_view["input"], json!({"who": "beta"}));
@@ -272,14 +263,7 @@ async fn tenants_cannot_see_or_touch_each_others_instances() {
     assert_eq!(status, StatusCode::ACCEPTED);
     let mut acme_done = false;
     for _ in 0..200 {
-        let (_, view) = call(
-            &legato,
-            ACME,
-            "GET",
-            &format!("/api/v1/instances/{ID}"),
-            None,
-        )
-        .await;
+        let (_, view) = instance(&legato, ACME).await;
         if view["runtimeStatus"] == "Completed" {
             acme_done = true;
             break;
@@ -287,14 +271,7 @@ async fn tenants_cannot_see_or_touch_each_others_instances() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(acme_done, "acme's instance completes on acme's approval");
-    let (_, beta_view) = call(
-        &legato,
-        BETA,
-        "GET",
-        &format!("/api/v1/instances/{ID}"),
-        None,
-    )
-    .await;
+    let (_, beta_view) = instance(&legato, BETA).await;
     assert_eq!(beta_view["runtimeStatus"], "Running", "{beta_view}");
     // Nothing of acme's reached beta's hub connection: every progress
     // event it got is about beta's instance, which has not finished.
@@ -321,13 +298,6 @@ async fn tenants_cannot_see_or_touch_each_others_instances() {
     )
     .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, _) = call(
-        &legato,
-        BETA,
-        "GET",
-        &format!("/api/v1/instances/{ID}"),
-        None,
-    )
-    .await;
+    let (status, _) = instance(&legato, BETA).await;
     assert_eq!(status, StatusCode::OK);
 }
