@@ -295,13 +295,12 @@ async function follow(id, onProgress) {
     if (event.instanceId === id) onProgress(event);
   });
   const subscribe = async () => {
-    const headers = { "content-type": "application/json" };
-    if (token()) headers.authorization = `Bearer ${token()}`;
-    const response = await fetch(`/api/v1/instances/${encodeURIComponent(id)}/subscriptions`, {
-      method: "POST", headers, body: JSON.stringify({ connectionId: connection.connectionId }),
-    });
-    if (response.status === 409) await connection.invoke("Subscribe", id);
-    else if (!response.ok) throw new Error(`cannot follow ${id}: HTTP ${response.status}`);
+    try {
+      await api("POST", `/api/v1/instances/${encodeURIComponent(id)}/subscriptions`, { connectionId: connection.connectionId });
+    } catch (error) {
+      if (error.status !== 409) throw error;
+      await connection.invoke("Subscribe", id);
+    }
     onProgress(null);
   };
   connection.onreconnected(subscribe);

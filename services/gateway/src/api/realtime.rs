@@ -8,7 +8,7 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use legato_service::auth::{Authenticator, Caller};
+use legato_service::auth::Caller;
 use legato_service::problem::Problem;
 use legato_signalr::HUB;
 use legato_signalr::azure::AzureError;
@@ -42,7 +42,7 @@ pub(crate) async fn negotiate(
             access_token: None,
         }));
     };
-    let user = if matches!(*state.auth, Authenticator::Anyone) {
+    let user = if !state.auth.asks_for_credentials() {
         headers
             .get(USER_HEADER)
             .and_then(|v| v.to_str().ok())
@@ -100,9 +100,8 @@ pub(crate) async fn subscribe(
     };
     // 404 for an unknown instance, which another tenant's is.
     load(&state, &id).await?;
-    let authenticated = !matches!(*state.auth, Authenticator::Anyone);
     if let Some(user) = &request.user_id
-        && authenticated
+        && state.auth.asks_for_credentials()
         && *user != caller.user_id()
     {
         return Err(Problem::field(

@@ -125,6 +125,11 @@ impl Authenticator {
         }
     }
 
+    /// False for `none`: everyone is let in, as an administrator.
+    pub fn asks_for_credentials(&self) -> bool {
+        !matches!(self, Self::Anyone)
+    }
+
     /// The caller a request's `Authorization` header names.
     pub async fn principal(&self, authorization: Option<&str>) -> Result<Principal, Refusal> {
         let bearer = authorization
