@@ -291,15 +291,20 @@ async function follow(id, onProgress) {
     .withAutomaticReconnect()
     .configureLogging(signalR.LogLevel.Warning)
     .build();
+  // The last progress position seen: after a reconnect the local hub sends
+  // exactly what came after it.
+  let seen = null;
   connection.on("progress", (event) => {
-    if (event.instanceId === id) onProgress(event);
+    if (event.instanceId !== id) return;
+    if (event.position) seen = event.position;
+    onProgress(event);
   });
   const subscribe = async () => {
     try {
       await api("POST", `/api/v1/instances/${encodeURIComponent(id)}/subscriptions`, { connectionId: connection.connectionId });
     } catch (error) {
       if (error.status !== 409) throw error;
-      await connection.invoke("Subscribe", id);
+      await connection.invoke("Subscribe", id, seen);
     }
     onProgress(null);
   };

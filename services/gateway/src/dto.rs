@@ -1,5 +1,6 @@
 //! The API's JSON shapes (camelCase), each with its OpenAPI schema.
 
+use legato_contracts::ProgressEvent;
 use legato_engine::{InstanceState, SlotStatus, StepStatus, TaskSlot};
 use legato_store::{DefinitionRecord, HistoryRow, InstanceSummary};
 use legato_workflow::Action;
@@ -124,14 +125,28 @@ pub(crate) struct HistoryEntry {
     pub at: String,
     #[schema(value_type = Object)]
     pub event: Value,
+    /// The instance's last progress position once this event was applied.
+    pub position: u64,
+    /// The progress events this event caused (as the stream and hub sent
+    /// them), after the position the read asked for.
+    #[schema(value_type = Vec<Object>)]
+    pub progress: Vec<ProgressEvent>,
 }
 
-impl From<HistoryRow> for HistoryEntry {
-    fn from(row: HistoryRow) -> Self {
+impl HistoryEntry {
+    /// The row as a watcher that saw everything up to progress position
+    /// `after` reads it.
+    pub(crate) fn after(row: HistoryRow, after: u64) -> Self {
         Self {
             seq: row.seq,
             at: rfc3339(row.at),
             event: row.event,
+            position: row.position,
+            progress: row
+                .progress
+                .into_iter()
+                .filter(|p| p.position > after)
+                .collect(),
         }
     }
 }
@@ -159,6 +174,9 @@ pub(crate) struct InstanceView {
     pub updated_at: String,
     /// The history sequence number of the last accepted event.
     pub seq: u64,
+    /// The position of the last progress event: a watcher that read this
+    /// view resumes the stream or history after it.
+    pub position: u64,
     pub steps: Vec<StepView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub history: Option<Vec<HistoryEntry>>,
@@ -216,6 +234,7 @@ impl InstanceView {
             created_at: rfc3339(summary.created_at),
             updated_at: rfc3339(summary.updated_at),
             seq: state.sequence,
+            position: state.position,
             steps,
             history: None,
         }

@@ -33,15 +33,19 @@ pub fn document() -> Value {
                 "operationId": "stream",
                 "tags": ["instances"],
                 "summary": "Server-sent events of the instance's progress until it finishes",
-                "description": "Opens with a `status` event, then `progress` events (`id:` = history sequence number); `lagged` says how many were missed.",
-                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "description": "Opens with a `status` event, then `progress` events whose `id:` is the event's position (unique and consecutive within the instance). `Last-Event-ID: N` or `?after=N` resumes exactly after position N.",
+                "parameters": [
+                    {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}},
+                    {"name": "after", "in": "query", "required": false, "description": "Resume after this progress position (as Last-Event-ID).", "schema": {"type": "integer", "minimum": 0}},
+                    {"name": "Last-Event-ID", "in": "header", "required": false, "description": "The last progress position the client saw.", "schema": {"type": "string", "pattern": "^[0-9]+$"}}
+                ],
                 "responses": {
                     "200": {"description": "text/event-stream", "content": {"text/event-stream": {"schema": {
                         "description": "One server-sent event; `data` is JSON",
                         "type": "object",
                         "required": ["data"],
                         "properties": {
-                            "event": {"enum": ["status", "progress", "lagged"]},
+                            "event": {"enum": ["status", "progress"]},
                             "id": {"type": "string"},
                             "data": {"type": "string", "contentMediaType": "application/json"}
                         }

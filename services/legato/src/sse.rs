@@ -8,20 +8,25 @@ use futures::stream::BoxStream;
 use legato_contracts::RuntimeStatus;
 use serde_json::Value;
 
-/// One event of the stream: `status`, `progress` or `lagged`, with its data.
+/// One event of the stream: `status` or `progress`, with its `id:` (a
+/// progress event's position) and data.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Frame {
     pub event: String,
+    pub id: Option<String>,
     pub data: Value,
 }
 
 impl Frame {
     fn parse(text: &str) -> Option<Self> {
         let mut event = "message";
+        let mut id = None;
         let mut data = String::new();
         for line in text.lines() {
             if let Some(v) = line.strip_prefix("event:") {
                 event = v.trim();
+            } else if let Some(v) = line.strip_prefix("id:") {
+                id = Some(v.trim().to_owned());
             } else if let Some(v) = line.strip_prefix("data:") {
                 data.push_str(v.trim_start());
             }
@@ -30,8 +35,14 @@ impl Frame {
         let data = serde_json::from_str(&data).ok()?;
         Some(Self {
             event: event.to_owned(),
+            id,
             data,
         })
+    }
+
+    /// A progress event's position (its `id:`).
+    pub fn position(&self) -> Option<u64> {
+        self.id.as_deref()?.parse().ok()
     }
 
     /// The instance's final status, if this event says it ended.

@@ -35,8 +35,9 @@ const LANE_CAPACITY: usize = 1_024;
 /// Room left for the `{target, arguments}` around the event.
 const ENVELOPE_BYTES: usize = 1024;
 /// What a summary keeps of an oversize event.
-const SUMMARY_FIELDS: [&str; 8] = [
+const SUMMARY_FIELDS: [&str; 9] = [
     "instanceId",
+    "position",
     "seq",
     "kind",
     "status",
@@ -48,7 +49,8 @@ const SUMMARY_FIELDS: [&str; 8] = [
 
 /// The event as sent to Azure: whole, or, when over the service's limit, a
 /// summary with `truncated: true` and where the whole event is
-/// (`historyUri`, relative to the gateway).
+/// (`historyUri`, relative to the gateway: the history row whose `progress`
+/// holds it, read as the tenant names the instance).
 pub(crate) fn for_azure(update: &Update) -> Value {
     let full = update.to_client_json();
     let size = serde_json::to_vec(&full).map_or(usize::MAX, |b| b.len());
@@ -63,12 +65,12 @@ pub(crate) fn for_azure(update: &Update) -> Value {
     summary.insert(
         "historyUri".into(),
         Value::String(format!(
-            "/api/v1/instances/{}?history=true&after={}",
-            update.instance,
-            update.event.seq.saturating_sub(1)
+            "/api/v1/instances/{}?history=true&after={}&limit=1",
+            update.instance.local(),
+            update.event.position.saturating_sub(1)
         )),
     );
-    tracing::warn!(instance = %update.instance, seq = update.event.seq, size, "progress event over Azure SignalR's 1 MB limit: sent as a summary");
+    tracing::warn!(instance = %update.instance, position = update.event.position, size, "progress event over Azure SignalR's 1 MB limit: sent as a summary");
     Value::Object(summary)
 }
 
@@ -143,7 +145,7 @@ impl Lanes {
             .or_insert_with(|| lane(azure.clone(), permits.clone()));
         if let Err(e) = lane.try_send(update) {
             let update = e.into_inner();
-            tracing::error!(instance = %update.instance, seq = update.event.seq, "progress not relayed to Azure SignalR: {LANE_CAPACITY} events of this instance are already waiting; watchers can read the history");
+            tracing::error!(instance = %update.instance, position = update.event.position, "progress not relayed to Azure SignalR: {LANE_CAPACITY} events of this instance are already waiting; watchers can read the history");
         }
     }
 }
@@ -189,7 +191,7 @@ async fn send(azure: &AzureSignalR, permits: &Semaphore, update: &Update) {
         })
         .await;
     if let Err(e) = sent {
-        tracing::error!(instance = %group, seq = update.event.seq, "progress not relayed to Azure SignalR: {e}");
+        tracing::error!(instance = %group, position = update.event.position, "progress not relayed to Azure SignalR: {e}");
     }
 }
 
@@ -201,8 +203,9 @@ mod tests {
 
     fn update(data: Value) -> Update {
         Update {
-            instance: InstanceId::parse("big-1").unwrap(),
+            instance: InstanceId::parse("acme~big-1").unwrap(),
             event: ProgressEvent {
+                position: 14,
                 seq: 9,
                 kind: ProgressKind::StepCompleted,
                 status: RuntimeStatus::Running,
@@ -229,11 +232,11 @@ mod tests {
         let sent = for_azure(&big);
         assert!(serde_json::to_vec(&sent).unwrap().len() < 1024);
         assert_eq!(sent["truncated"], true);
-        assert_eq!(sent["seq"], 9);
+        assert_eq!((&sent["position"], &sent["seq"]), (&14.into(), &9.into()));
         assert_eq!(sent["instanceId"], "big-1");
         assert_eq!(
             sent["historyUri"],
-            "/api/v1/instances/big-1?history=true&after=8"
+            "/api/v1/instances/big-1?history=true&after=13&limit=1"
         );
         assert!(sent.get("data").is_none());
     }

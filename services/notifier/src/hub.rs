@@ -20,7 +20,7 @@ use tokio::sync::broadcast;
 /// Events buffered in the channel for slow watchers before they lag.
 const CHANNEL_CAPACITY: usize = 16_384;
 /// Recent events kept per instance for late watchers.
-const REPLAY_PER_INSTANCE: usize = 1_024;
+pub(crate) const REPLAY_PER_INSTANCE: usize = 1_024;
 /// Instances with a replay buffer; finished ones are dropped first.
 const REPLAY_INSTANCES: usize = 10_000;
 /// How long a finished instance's buffer is kept for stragglers.
@@ -108,6 +108,14 @@ impl ProgressHub {
         {
             return;
         }
+        // A new life of the id (it was purged and started again): the old
+        // one's events are no longer this instance's.
+        if update_starts_anew(&event)
+            && let Some(replay) = inner.replay.get_mut(&instance)
+        {
+            replay.events.clear();
+            replay.finished_at = None;
+        }
         inner.next += 1;
         let update = Arc::new(Update {
             instance: instance.clone(),
@@ -163,14 +171,8 @@ impl ProgressHub {
     }
 }
 
-/// The part of a replay that belongs to the instance's current run: for a
-/// live instance that ran before under the same id (restart, reuse of a
-/// finished id), what follows the last final event.
-pub(crate) fn current_run(mut replay: Vec<Arc<Update>>, instance_live: bool) -> Vec<Arc<Update>> {
-    if instance_live && let Some(last_final) = replay.iter().rposition(|u| u.is_final()) {
-        replay.drain(..=last_final);
-    }
-    replay
+fn update_starts_anew(event: &ProgressEvent) -> bool {
+    event.position == 1 && event.kind == ProgressKind::InstanceStarted
 }
 
 /// Makes room for one more instance: finished buffers past their retention

@@ -6,6 +6,7 @@
 //! of its own.
 
 mod azure;
+mod cursor;
 mod hub;
 pub mod leadership;
 mod limits;

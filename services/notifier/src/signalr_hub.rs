@@ -4,9 +4,14 @@
 //! frames, pings both ways, and close.
 //!
 //! Client methods: `Subscribe(instanceId)` answers `{instanceId,
-//! runtimeStatus, seq}`, then the instance's buffered progress, then every
-//! new event, each as a `progress` invocation whose argument is the
-//! progress event with `instanceId`; `Unsubscribe(instanceId)` stops them.
+//! runtimeStatus, seq, position}`, then the current run's progress (its
+//! last 1,024 events at most), then every new event, each as a `progress` invocation
+//! whose argument is the progress event with `instanceId`;
+//! `Subscribe(instanceId, after)` sends exactly the events after position
+//! `after` instead (from the history where the notifier no longer holds
+//! them), so a client that reconnects misses and repeats nothing;
+//! `Unsubscribe(instanceId)` stops them. Positions run without a gap (see
+//! [`crate::cursor`]).
 //! Negotiate and connect are authenticated like the API (the client sends
 //! its token as `Authorization` on negotiate and `?access_token=` on the
 //! WebSocket); a connection watches only its caller's tenant's instances,
@@ -31,7 +36,7 @@ use legato_signalr::protocol::{HandshakeRequest, Message, handshake_response, re
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::hub::current_run;
+use crate::cursor::Cursor;
 use crate::{NotifierState, Update};
 
 /// The client pings every 15 s and gives up after 30 s of silence; the
@@ -211,8 +216,8 @@ struct Connection {
     /// Who connected: only its tenant's instances can be watched.
     caller: Arc<Principal>,
     state: NotifierState,
-    /// Instances watched, each with the last update number sent.
-    watching: HashMap<InstanceId, u64>,
+    /// Instances watched, each with where its watcher is.
+    watching: HashMap<InstanceId, Cursor>,
 }
 
 impl Connection {
@@ -242,11 +247,9 @@ impl Connection {
                     self.on_frame(frame).await
                 }
                 update = updates.recv() => match update {
-                    Ok(update) => self.forward(&update).await,
-                    Err(RecvError::Lagged(missed)) => Err(End::Close {
-                        error: Some(format!("fell {missed} events behind; reconnect and read the history")),
-                        allow_reconnect: true,
-                    }),
+                    Ok(update) => self.forward(update).await,
+                    // What it missed is in the history by now.
+                    Err(RecvError::Lagged(_)) => self.catch_up().await,
                     Err(RecvError::Closed) => Err(End::Close { error: None, allow_reconnect: true }),
                 },
                 _ = ping.tick() => {
@@ -327,20 +330,41 @@ impl Connection {
         arguments: &[Value],
     ) -> Result<(Value, Vec<Arc<Update>>), String> {
         let id = instance_argument(&self.caller, arguments)?;
+        let after = match arguments.get(1) {
+            None | Some(Value::Null) => None,
+            Some(after) => Some(after.as_u64().ok_or(
+                "the second argument, after, must be a progress position (a whole number)",
+            )?),
+        };
+        let store = self.state.store.clone();
         // Another tenant's instance cannot be named, so it is not found.
-        let stored = self
-            .state
-            .store
+        let stored = store
             .load(&id)
             .await
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("instance {} not found", id.local()))?;
         let state = state_of(&stored.record).map_err(|e| e.to_string())?;
-        let replay = current_run(self.state.hub.replay(&id), !state.status.is_terminal());
-        let after = replay.last().map_or(0, |u| u.n);
-        let entry = self.watching.entry(id.clone()).or_insert(0);
-        *entry = (*entry).max(after);
-        let result = json!({"instanceId": id.local(), "runtimeStatus": state.status.as_str(), "seq": state.sequence});
+        let held = self.state.hub.replay(&id);
+        let mut cursor = match after {
+            Some(after) => Cursor::after(id.clone(), after),
+            None => Cursor::new_watcher(id.clone(), state.run_position, state.position),
+        };
+        let mut replay = Vec::new();
+        for update in held {
+            replay.extend(cursor.admit(&*store, update).await);
+        }
+        replay.extend(
+            cursor
+                .catch_up(&*store, Some(state.position.saturating_add(1)))
+                .await,
+        );
+        self.watching.insert(id.clone(), cursor);
+        let result = json!({
+            "instanceId": id.local(),
+            "runtimeStatus": state.status.as_str(),
+            "seq": state.sequence,
+            "position": state.position,
+        });
         Ok((result, replay))
     }
 
@@ -350,14 +374,28 @@ impl Connection {
         Ok((Value::Null, Vec::new()))
     }
 
-    async fn forward(&mut self, update: &Update) -> Result<(), End> {
-        match self.watching.get_mut(&update.instance) {
-            Some(after) if update.n > *after => {
-                *after = update.n;
-                self.send_update(update).await
-            }
-            _ => Ok(()),
+    async fn forward(&mut self, update: Arc<Update>) -> Result<(), End> {
+        let Some(cursor) = self.watching.get_mut(&update.instance) else {
+            return Ok(());
+        };
+        let store = self.state.store.clone();
+        for update in cursor.admit(&*store, update).await {
+            self.send_update(&update).await?;
         }
+        Ok(())
+    }
+
+    /// After falling behind the hub: every watched instance's missed events.
+    async fn catch_up(&mut self) -> Result<(), End> {
+        let store = self.state.store.clone();
+        let mut missed = Vec::new();
+        for cursor in self.watching.values_mut() {
+            missed.extend(cursor.catch_up(&*store, None).await);
+        }
+        for update in missed {
+            self.send_update(&update).await?;
+        }
+        Ok(())
     }
 
     async fn send_update(&mut self, update: &Update) -> Result<(), End> {

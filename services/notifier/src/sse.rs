@@ -1,19 +1,24 @@
 //! `GET /api/v1/instances/{id}/stream`: server-sent events of one
 //! instance's progress, for curl and browsers.
 //!
-//! The stream opens with a `status` event (the instance as stored now), then
-//! replays the instance's recent progress the notifier still holds, then
-//! sends every new `progress` event (`id:` is the event's history sequence
-//! number) and ends after the instance reaches a final status. If the
-//! instance had already finished, the stream is its status and whatever is
-//! still buffered. A
-//! watcher that fell behind gets a `lagged` event with the number missed and
-//! can read `GET /api/v1/instances/{id}?history=true&after=<last id>`.
+//! The stream opens with a `status` event (the instance as stored now, with
+//! its last progress `position`; the event has no `id:`), then the
+//! instance's progress as `progress` events whose `id:` is the event's
+//! position, and ends after the instance reaches a final status. A new
+//! watcher first gets the current run's progress (its last 1,024 events at
+//! most); one that sends `Last-Event-ID: N` (browsers do on reconnect) or
+//! `?after=N` gets exactly the events after position N, from the history
+//! where the notifier no longer holds them. Positions run without a gap: a
+//! watcher that would skip some (it fell behind, or an event reached this
+//! notifier late) is sent the missing ones from the history first.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
@@ -21,23 +26,57 @@ use legato_contracts::InstanceId;
 use legato_service::auth::Caller;
 use legato_service::problem::Problem;
 use legato_service::records::state_of;
+use legato_store::Store;
+use serde::Deserialize;
 use serde_json::json;
-use std::collections::VecDeque;
-use std::sync::Arc;
-
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::Update;
-use crate::hub::current_run;
-
 use crate::NotifierState;
+use crate::Update;
+use crate::cursor::Cursor;
+
+/// Other parameters (`access_token`, which the authentication layer reads,
+/// and whatever a client library adds) are left alone.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct StreamQuery {
+    /// The last position the client saw (as `Last-Event-ID`).
+    after: Option<u64>,
+}
+
+/// Where a reconnecting client left off: `Last-Event-ID`, else `?after=`.
+fn resume_point(headers: &HeaderMap, query: &StreamQuery) -> Result<Option<u64>, Problem> {
+    match headers.get("last-event-id") {
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Some)
+            .ok_or_else(|| {
+                Problem::field(
+                    "Last-Event-ID",
+                    "must be a progress position (a whole number) from this stream",
+                )
+            }),
+        None => Ok(query.after),
+    }
+}
 
 pub(crate) async fn stream(
     State(state): State<NotifierState>,
     Caller(caller): Caller,
     Path(id): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
+    let Query(query) = match query {
+        Ok(query) => query,
+        Err(e) => return Problem::field("query", e.body_text()).into_response(),
+    };
+    let resume = match resume_point(&headers, &query) {
+        Ok(resume) => resume,
+        Err(problem) => return problem.into_response(),
+    };
     // The caller's tenant's instance: another tenant's answers as missing.
     let id = match InstanceId::scoped(caller.tenant.as_ref(), id) {
         Ok(id) => id,
@@ -50,39 +89,54 @@ pub(crate) async fn stream(
     // Watch before reading the snapshot, so nothing falls in between.
     let (replay, updates) = state.hub.watch(&id);
     let shutdown = state.shutdown.clone();
-    let stored = match state.store.load(&id).await {
+    let store = state.store.clone();
+    let stored = match store.load(&id).await {
         Ok(Some(stored)) => stored,
         Ok(None) => {
             return Problem::not_found(format!("no instance {}", id.local())).into_response();
         }
         Err(e) => return Problem::from(e).into_response(),
     };
-    let state = match state_of(&stored.record) {
+    let instance = match state_of(&stored.record) {
         Ok(state) => state,
         Err(e) => return Problem::from(e).into_response(),
     };
-    let waiting_for: Vec<&str> = state.awaited_events().map(|(_, e)| e.as_str()).collect();
+    let waiting_for: Vec<&str> = instance.awaited_events().map(|(_, e)| e.as_str()).collect();
     let snapshot = Event::default()
         .event("status")
-        .id(state.sequence.to_string())
         .json_data(json!({
             "id": id.local(),
-            "runtimeStatus": state.status.as_str(),
-            "seq": state.sequence,
-            "customStatus": state.custom_status,
+            "runtimeStatus": instance.status.as_str(),
+            "seq": instance.sequence,
+            "position": instance.position,
+            "customStatus": instance.custom_status,
             "waitingFor": waiting_for,
         }))
         .unwrap_or_default();
-    let replay: VecDeque<Arc<Update>> = current_run(replay, !state.status.is_terminal()).into();
+    let finished = instance.status.is_terminal();
+    let mut cursor = match resume {
+        Some(after) => Cursor::after(id.clone(), after),
+        None => Cursor::new_watcher(id.clone(), instance.run_position, instance.position),
+    };
+    let mut pending = VecDeque::new();
+    for update in replay {
+        pending.extend(cursor.admit(&*store, update).await);
+    }
+    // What the snapshot holds and this notifier does not (any more).
+    pending.extend(
+        cursor
+            .catch_up(&*store, Some(instance.position.saturating_add(1)))
+            .await,
+    );
     let watch = Watch {
         _slot: slot,
         shutdown,
+        store,
         updates,
-        id,
+        cursor,
         first: Some(snapshot),
-        replay,
-        after: 0,
-        done: state.status.is_terminal(),
+        pending,
+        done: finished,
     };
     Sse::new(events(watch))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
@@ -93,22 +147,24 @@ struct Watch {
     /// The stream's place under the tenant's cap, freed when it ends.
     _slot: crate::limits::Slot,
     shutdown: legato_service::Shutdown,
+    store: Arc<dyn Store>,
     updates: broadcast::Receiver<Arc<Update>>,
-    id: InstanceId,
+    cursor: Cursor,
     first: Option<Event>,
-    /// Buffered events from before the stream opened, sent first.
-    replay: VecDeque<Arc<Update>>,
-    /// The last update sent; live updates up to it were in the replay.
-    after: u64,
+    /// Events to send before taking more from the hub.
+    pending: VecDeque<Arc<Update>>,
+    /// The instance had finished when the stream opened: it ends with what
+    /// is pending.
     done: bool,
 }
 
 fn progress_event(update: &Update) -> Event {
-    Event::default()
-        .event("progress")
-        .id(update.event.seq.to_string())
-        .json_data(&update.event)
-        .unwrap_or_default()
+    let event = Event::default().event("progress");
+    let event = match update.event.position {
+        0 => event,
+        position => event.id(position.to_string()),
+    };
+    event.json_data(&update.event).unwrap_or_default()
 }
 
 fn events(watch: Watch) -> impl Stream<Item = Result<Event, Infallible>> {
@@ -116,37 +172,32 @@ fn events(watch: Watch) -> impl Stream<Item = Result<Event, Infallible>> {
         if let Some(first) = w.first.take() {
             return Some((Ok(first), w));
         }
-        if let Some(update) = w.replay.pop_front() {
-            w.after = update.n;
-            // A finished instance's stream is its status and what is buffered.
-            if update.is_final() {
-                w.done = true;
-                w.replay.clear();
-            }
-            return Some((Ok(progress_event(&update)), w));
-        }
-        if w.done {
-            return None;
-        }
         loop {
+            if let Some(update) = w.pending.pop_front() {
+                if update.is_final() {
+                    w.done = true;
+                    w.pending.clear();
+                }
+                return Some((Ok(progress_event(&update)), w));
+            }
+            if w.done {
+                return None;
+            }
             let received = tokio::select! {
                 // A draining server ends open streams; clients reconnect.
                 _ = w.shutdown.wait() => return None,
                 received = w.updates.recv() => received,
             };
             match received {
-                Ok(update) if update.instance == w.id && update.n > w.after => {
-                    w.after = update.n;
-                    w.done = update.is_final();
-                    return Some((Ok(progress_event(&update)), w));
+                Ok(update) if &update.instance == w.cursor.instance() => {
+                    let admitted = w.cursor.admit(&*w.store, update).await;
+                    w.pending.extend(admitted);
                 }
                 Ok(_) => continue,
-                Err(RecvError::Lagged(missed)) => {
-                    let event = Event::default()
-                        .event("lagged")
-                        .json_data(json!({ "missed": missed }))
-                        .unwrap_or_default();
-                    return Some((Ok(event), w));
+                // What it missed is in the history by now.
+                Err(RecvError::Lagged(_)) => {
+                    let missed = w.cursor.catch_up(&*w.store, None).await;
+                    w.pending.extend(missed);
                 }
                 Err(RecvError::Closed) => return None,
             }

@@ -7,6 +7,7 @@ use legato_notifier::ProgressHub;
 
 fn event(seq: u64, kind: ProgressKind) -> ProgressEvent {
     ProgressEvent {
+        position: seq,
         seq,
         kind,
         status: RuntimeStatus::Running,

@@ -1,4 +1,5 @@
-//! What an accepted decision writes: the new record, one history row, the
+//! What an accepted decision writes: the new record, one history row (with
+//! the progress it tells watchers), the
 //! messages its commands send (outbox rows, published after the commit)
 //! and the timers it schedules or cancels.
 
@@ -29,6 +30,15 @@ pub(crate) fn commit(
         seq: state.sequence,
         at,
         event: serde_json::to_value(event).map_err(corrupt)?,
+        position: state.position,
+        progress: decision
+            .commands
+            .iter()
+            .filter_map(|command| match command {
+                Command::PublishProgress(progress) => Some(progress.clone()),
+                _ => None,
+            })
+            .collect(),
     });
     if let Event::TimerFired { timer, .. } = event {
         commit.remove_timers.push(timer.to_string());

@@ -1,14 +1,14 @@
 //! Consuming `commands` and `agent-results`: each delivery becomes an engine
-//! event (or a heartbeat to relay), is applied, and is acked only after its
+//! event, is applied, and is acked only after its
 //! effects are committed. Undecodable and impossible messages are
 //! dead-lettered with the reason; transient store trouble returns the
 //! message to the queue.
 
 use std::sync::Arc;
 
-use legato_bus::{Bus, Delivery, Subscription};
-use legato_contracts::{Envelope, Payload};
-use legato_engine::Event;
+use legato_bus::{Delivery, Subscription};
+use legato_contracts::{Envelope, HeartbeatKind, Payload};
+use legato_engine::{AgentNews, Event};
 use legato_service::Shutdown;
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
@@ -16,12 +16,10 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::apply::{Applied, Applier, ApplyError, Input};
-use crate::heartbeat;
 
 pub(crate) async fn consume(
     mut subscription: Box<dyn Subscription>,
     applier: Arc<Applier>,
-    bus: Arc<dyn Bus>,
     concurrency: usize,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
@@ -37,9 +35,8 @@ pub(crate) async fn consume(
             d = subscription.next() => d?,
         };
         let applier = applier.clone();
-        let bus = bus.clone();
         running.spawn(async move {
-            handle(&applier, &*bus, delivery).await;
+            handle(&applier, delivery).await;
             drop(permit);
         });
         while running.try_join_next().is_some() {}
@@ -49,7 +46,7 @@ pub(crate) async fn consume(
     Ok(())
 }
 
-async fn handle(applier: &Applier, bus: &dyn Bus, delivery: Delivery) {
+async fn handle(applier: &Applier, delivery: Delivery) {
     let envelope = match delivery.decode() {
         Ok(e) => e,
         Err(e) => return settle(dead_letter(delivery, &e.to_string()).await),
@@ -62,22 +59,9 @@ async fn handle(applier: &Applier, bus: &dyn Bus, delivery: Delivery) {
             legato_service::telemetry::current_traceparent().or(envelope.traceparent.clone());
         let input = match to_input(&envelope) {
             Routed::Apply(input) => input,
-            Routed::Heartbeat(renewal) => {
-                // A heartbeat that renews a lease is an event; any beat's
-                // progress goes to the watchers. Bare beats of tasks
-                // without a lease cost nothing here.
-                if let Some(renewal) = renewal {
-                    let renewed = applier
-                        .apply(&envelope.subject, &renewal, traceparent.as_ref())
-                        .await;
-                    if let Err(ApplyError::Transient(e)) = renewed {
-                        tracing::warn!("store trouble, returning the heartbeat: {e}");
-                        return settle(delivery.nack().await);
-                    }
-                }
-                heartbeat::relay(applier, bus, &envelope).await;
-                return settle(delivery.ack().await);
-            }
+            // Bare beats of tasks without a lease prove only that the agent
+            // lives, which the broker's lease on the delivery already does.
+            Routed::Ignore => return settle(delivery.ack().await),
             Routed::Reject(reason) => return settle(dead_letter(delivery, &reason).await),
         };
         match applier
@@ -115,9 +99,8 @@ fn settle(result: Result<(), legato_bus::BusError>) {
 
 enum Routed {
     Apply(Input),
-    /// A heartbeat: the lease renewal it stands for (if its task has a
-    /// lease), and progress to relay.
-    Heartbeat(Option<Input>),
+    /// Nothing to apply: a heartbeat that renews no lease and has no news.
+    Ignore,
     Reject(String),
 }
 
@@ -174,13 +157,21 @@ fn to_input(envelope: &Envelope) -> Routed {
             error: f.error.clone(),
         },
         Payload::TaskHeartbeat(beat) => {
-            return Routed::Heartbeat(beat.leased.then(|| {
-                Input::Event(Event::TaskHeartbeat {
-                    at,
-                    key: beat.key.clone(),
-                    attempt: beat.attempt,
-                })
-            }));
+            let news = (beat.progress.is_some() || beat.message.is_some()).then(|| AgentNews {
+                id: id.clone(),
+                kind: beat.kind.unwrap_or(HeartbeatKind::AgentProgress),
+                message: beat.message.clone(),
+                data: beat.progress.clone(),
+            });
+            if !beat.leased && news.is_none() {
+                return Routed::Ignore;
+            }
+            Event::TaskHeartbeat {
+                at,
+                key: beat.key.clone(),
+                attempt: beat.attempt,
+                news,
+            }
         }
         other => {
             return Routed::Reject(format!("{} is not for the orchestrator", other.type_name()));

@@ -12,7 +12,6 @@
 
 mod apply;
 mod effects;
-mod heartbeat;
 mod inbound;
 mod metrics;
 mod recovery;
@@ -79,14 +78,12 @@ impl Orchestrator {
         tasks.spawn(inbound::consume(
             commands,
             applier.clone(),
-            bus.clone(),
             settings.concurrency,
             shutdown.clone(),
         ));
         tasks.spawn(inbound::consume(
             results,
             applier.clone(),
-            bus.clone(),
             settings.concurrency,
             shutdown.clone(),
         ));

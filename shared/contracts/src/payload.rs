@@ -235,12 +235,18 @@ pub enum ProgressKind {
     ApprovalRequested,
 }
 
-/// What watchers of an instance see. `seq` is the history sequence number of
-/// the event that caused it, so a client that missed some can ask for the
-/// history after the last `seq` it saw.
+/// What watchers of an instance see. `position` is the event's place among
+/// the instance's progress events: unique, and one more than the one before
+/// it, across restarts of the instance. A client that saw everything up to
+/// `position` N resumes exactly after it, from the stream (`Last-Event-ID`),
+/// the hub (`Subscribe` with `after`) or the history (`after=N`). `seq` is
+/// the history row of the event that caused it; one row may cause several
+/// progress events.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProgressEvent {
+    #[serde(default)]
+    pub position: u64,
     pub seq: u64,
     pub kind: ProgressKind,
     pub status: RuntimeStatus,

@@ -127,6 +127,7 @@ fn samples() -> Vec<Payload> {
         }
         .into(),
         ProgressEvent {
+            position: 12,
             seq: 3,
             kind: ProgressKind::ApprovalRequested,
             status: RuntimeStatus::Running,

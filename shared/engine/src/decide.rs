@@ -94,10 +94,16 @@ fn apply(ctx: &mut Ctx, event: &Event) -> Result<(), Ignored> {
             lifecycle::first_delivery(ctx, id)?;
             lifecycle::restart(ctx, input.as_ref())
         }
-        // Not held back while suspended: a live agent keeps its lease.
-        Event::TaskHeartbeat { key, attempt, at } => match ctx.state.status {
+        // Not held back while suspended: a live agent keeps its lease, and
+        // its news (an approval request) is news now.
+        Event::TaskHeartbeat {
+            key,
+            attempt,
+            at,
+            news,
+        } => match ctx.state.status {
             RuntimeStatus::Running | RuntimeStatus::Suspended => {
-                tasks::heartbeat(ctx, key, *attempt, *at)
+                tasks::heartbeat(ctx, key, *attempt, *at, news.as_ref())
             }
             status => ignore(format!("instance is {status}")),
         },
@@ -187,6 +193,7 @@ impl Ctx {
 
 fn blank_progress(kind: ProgressKind) -> ProgressEvent {
     ProgressEvent {
+        position: 0,
         seq: 0,
         kind,
         status: RuntimeStatus::Pending,
@@ -199,7 +206,8 @@ fn blank_progress(kind: ProgressKind) -> ProgressEvent {
 }
 
 /// Fills in a progress event; it is emitted when dropped, stamped with the
-/// instance's status and sequence number at that moment.
+/// instance's status and sequence number at that moment and the next
+/// progress position.
 pub(crate) struct ProgressBuilder<'a> {
     ctx: &'a mut Ctx,
     event: ProgressEvent,
@@ -237,6 +245,8 @@ impl Drop for ProgressBuilder<'_> {
         // Taken, not cloned: `data` may hold a whole step output.
         let blank = blank_progress(self.event.kind);
         let mut event = std::mem::replace(&mut self.event, blank);
+        self.ctx.state.position += 1;
+        event.position = self.ctx.state.position;
         event.seq = self.ctx.state.sequence;
         event.status = self.ctx.state.status;
         self.ctx.commands.push(Command::PublishProgress(event));

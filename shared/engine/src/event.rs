@@ -1,7 +1,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use legato_contracts::{EventName, InstanceId, StepId, TaskError, TaskKey};
+use legato_contracts::{EventName, HeartbeatKind, InstanceId, StepId, TaskError, TaskKey};
 use legato_workflow::Workflow;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -50,13 +50,15 @@ pub enum Event {
         at: OffsetDateTime,
         timer: TimerKey,
     },
-    /// An agent's heartbeat for a task with a heartbeat lease: the attempt
-    /// is alive at `at`.
+    /// An agent's heartbeat that renews the attempt's heartbeat lease (the
+    /// attempt is alive at `at`), carries news for the watchers, or both.
     TaskHeartbeat {
         #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
         key: TaskKey,
         attempt: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        news: Option<AgentNews>,
     },
     /// `id` (here and in the control events below) is the message id, so a
     /// redelivered message counts once, even much later (a redelivered
@@ -128,6 +130,20 @@ impl Event {
             _ => None,
         }
     }
+}
+
+/// What an agent tells the instance's watchers through a heartbeat. It is
+/// recorded like any event, so it takes its place (and progress position)
+/// among the instance's other progress and is in the history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentNews {
+    /// The heartbeat's message id: a redelivery is told once.
+    pub id: String,
+    pub kind: HeartbeatKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
 }
 
 /// A durable timer. Its `Display` form is the timer's id in the store.

@@ -22,7 +22,7 @@ mod tasks;
 
 pub use command::Command;
 pub use decide::{Decision, Outcome, decide, replay};
-pub use event::{Event, TimerKey};
+pub use event::{AgentNews, Event, TimerKey};
 pub use state::{
     CompensationState, InstanceState, PendingEvent, SlotStatus, StepState, StepStatus, TaskSlot,
 };

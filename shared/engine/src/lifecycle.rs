@@ -40,6 +40,7 @@ pub(crate) fn start(
         .map(|s| (s.id.clone(), StepState::pending()))
         .collect();
     ctx.state.status = RuntimeStatus::Running;
+    ctx.state.run_position = ctx.state.position;
     ctx.progress(ProgressKind::InstanceStarted)
         .data(json!({ "workflow": workflow.name, "version": workflow.version }));
     scheduler::advance(ctx);
@@ -340,6 +341,7 @@ pub(crate) fn restart(ctx: &mut Ctx, input: Option<&Value>) -> Result<(), Ignore
     state.error = None;
     state.custom_status = None;
     state.status = RuntimeStatus::Running;
+    state.run_position = state.position;
     let execution = state.execution;
     ctx.progress(ProgressKind::InstanceRestarted)
         .data(json!({ "execution": execution }));

@@ -52,6 +52,15 @@ pub struct InstanceState {
     pub execution: u32,
     /// Number of accepted events: the last history row's sequence number.
     pub sequence: u64,
+    /// The position of the last progress event (see
+    /// [`legato_contracts::ProgressEvent::position`]); never reset, so
+    /// positions keep rising across restarts.
+    #[serde(default)]
+    pub position: u64,
+    /// The position before the current run's first progress event (its
+    /// start, or its latest restart): what a new watcher is shown from.
+    #[serde(default)]
+    pub run_position: u64,
     pub steps: BTreeMap<StepId, StepState>,
     /// Completed steps in the order they completed; compensation walks it
     /// backwards.
@@ -207,6 +216,11 @@ pub struct TaskSlot {
     /// the pending one.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub lease_checks: u32,
+    /// Message ids of the latest news the agent sent through heartbeats
+    /// (at most [`TaskSlot::NEWS_REMEMBERED`]), so a redelivered one is
+    /// told once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub news: Vec<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -224,8 +238,13 @@ impl TaskSlot {
             error: None,
             heartbeat_at: None,
             lease_checks: 0,
+            news: Vec::new(),
         }
     }
+
+    /// Enough for the redeliveries a broker makes (a message returned
+    /// while the agent's next few beats are taken), bounded per task.
+    pub const NEWS_REMEMBERED: usize = 8;
 }
 
 impl InstanceState {
@@ -246,6 +265,8 @@ impl InstanceState {
             run: 0,
             execution: 0,
             sequence: 0,
+            position: 0,
+            run_position: 0,
             steps: BTreeMap::new(),
             completion_order: Vec::new(),
             timers: BTreeSet::new(),

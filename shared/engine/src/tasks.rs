@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use crate::InstanceState;
 use crate::decide::{Ctx, Ignored, ignore};
+use crate::event::AgentNews;
 use crate::state::{SlotStatus, StepStatus, TaskSlot};
 use crate::{Command, TimerKey, lifecycle, scheduler};
 
@@ -53,6 +54,7 @@ pub(crate) fn dispatch(ctx: &mut Ctx, key: &TaskKey, timeout_ms: Option<u64>) {
     slot.status = SlotStatus::Running;
     slot.heartbeat_at = lease.map(|_| at);
     slot.lease_checks = u32::from(lease.is_some());
+    slot.news.clear();
     let task = TaskDispatched {
         key: key.clone(),
         attempt: slot.attempt,
@@ -208,19 +210,50 @@ fn cancel_lease(ctx: &mut Ctx, key: &TaskKey, attempt: u32) {
     }
 }
 
-/// The running attempt's agent is alive: its lease runs from `at`.
+/// An agent's heartbeat: the running attempt's lease runs from `at`, and
+/// its news goes to the watchers. News of the current attempt counts even
+/// after its result was applied: the two travel separately and may be taken
+/// in either order, and an approval request must not be lost to that race.
 pub(crate) fn heartbeat(
     ctx: &mut Ctx,
     key: &TaskKey,
     attempt: u32,
     at: time::OffsetDateTime,
+    news: Option<&AgentNews>,
 ) -> Result<(), Ignored> {
-    check_running(&ctx.state, key, attempt)?;
-    if lease_of(ctx, key).is_none() {
-        return ignore(format!("task {key} has no heartbeat lease"));
+    let renewed = check_running(&ctx.state, key, attempt).is_ok() && lease_of(ctx, key).is_some();
+    if renewed && let Some(slot) = slot_mut(ctx, key) {
+        slot.heartbeat_at = Some(at);
     }
-    let slot = running_slot(ctx, key, attempt)?;
-    slot.heartbeat_at = Some(at);
+    let news = news.filter(|news| {
+        ctx.state.is_current(key)
+            && slot(&ctx.state, key)
+                .is_some_and(|s| s.attempt == attempt && !s.news.contains(&news.id))
+    });
+    let Some(news) = news else {
+        if renewed {
+            return Ok(());
+        }
+        return ignore(format!(
+            "heartbeat of task {key} attempt {attempt} renews no lease and carries no news not yet told"
+        ));
+    };
+    if let Some(slot) = slot_mut(ctx, key) {
+        if slot.news.len() == TaskSlot::NEWS_REMEMBERED {
+            slot.news.remove(0);
+        }
+        slot.news.push(news.id.clone());
+    }
+    let mut progress = ctx
+        .progress(news.kind.into())
+        .step(&key.step)
+        .item(key.item)
+        .attempt(attempt)
+        .message_opt(news.message.as_deref());
+    if let Some(data) = &news.data {
+        progress = progress.data(data.clone());
+    }
+    drop(progress);
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 //! Properties over random DAGs and random event orders:
 //! - replaying the accepted history rebuilds the same state;
+//! - progress positions run 1, 2, 3, ... with no gap and no repeat;
 //! - delivering any accepted event again (at once or much later) changes nothing;
 //! - with only recoverable failures every DAG completes, each task attempt
 //!   dispatched exactly once and never more than `max_parallel` in flight.
@@ -8,8 +9,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use legato_contracts::{EventName, InstanceId, RuntimeStatus, TaskError, TaskKey};
-use legato_engine::{Command, Event, InstanceState, TimerKey, decide, replay};
+use legato_contracts::{EventName, HeartbeatKind, InstanceId, RuntimeStatus, TaskError, TaskKey};
+use legato_engine::{AgentNews, Command, Event, InstanceState, TimerKey, decide, replay};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -87,6 +88,8 @@ struct World {
     timers: BTreeSet<TimerKey>,
     dispatches: BTreeMap<(TaskKey, u32), u32>,
     max_in_flight: BTreeMap<String, usize>,
+    /// Every progress event's position, in the order they were emitted.
+    positions: Vec<u64>,
 }
 
 impl World {
@@ -109,6 +112,7 @@ impl World {
                 Command::CancelTimer { timer } => {
                     self.timers.remove(timer);
                 }
+                Command::PublishProgress(p) => self.positions.push(p.position),
                 _ => {}
             }
         }
@@ -219,6 +223,22 @@ impl Run {
             self.deliver(event);
             return true;
         }
+        if chaos && c % 31 == 2 && !self.world.in_flight.is_empty() {
+            let (key, attempt) = self.world.in_flight[c % self.world.in_flight.len()].clone();
+            let id = self.next_id();
+            self.deliver(Event::TaskHeartbeat {
+                at,
+                key,
+                attempt,
+                news: Some(AgentNews {
+                    id,
+                    kind: HeartbeatKind::AgentProgress,
+                    message: Some("working".into()),
+                    data: None,
+                }),
+            });
+            return true;
+        }
         if !self.world.in_flight.is_empty() && c % 5 != 4 {
             let (key, attempt) = self
                 .world
@@ -317,7 +337,12 @@ proptest! {
             }
         }
         let rebuilt = replay(run.state.id.clone(), &run.history);
-        prop_assert_eq!(rebuilt, run.state);
+        prop_assert_eq!(&rebuilt, &run.state);
+        // Every progress event has its own position, one more than the
+        // last, through restarts, suspensions and agents' news.
+        let expected: Vec<u64> = (1..=run.world.positions.len() as u64).collect();
+        prop_assert_eq!(&run.world.positions, &expected);
+        prop_assert_eq!(run.state.position, expected.len() as u64);
     }
 
     #[test]

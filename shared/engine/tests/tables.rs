@@ -4,8 +4,8 @@
 mod common;
 
 use common::{Harness, comp_key, key, scheduled};
-use legato_contracts::{ProgressKind, RuntimeStatus, StepId};
-use legato_engine::{Command, Event, SlotStatus, StepStatus, TimerKey, replay};
+use legato_contracts::{HeartbeatKind, ProgressEvent, ProgressKind, RuntimeStatus, StepId};
+use legato_engine::{AgentNews, Command, Event, SlotStatus, StepStatus, TimerKey, replay};
 use serde_json::json;
 
 fn step(id: &str) -> StepId {
@@ -559,18 +559,97 @@ fn progress_carries_the_history_sequence_and_replay_matches() {
         json!({}),
     );
     h.complete(key("a", None), 1, json!(1));
-    let seqs: Vec<u64> = h
+    let told: Vec<(u64, u64)> = h
         .take()
         .iter()
         .filter_map(|c| match c {
-            Command::PublishProgress(p) => Some(p.seq),
+            Command::PublishProgress(p) => Some((p.seq, p.position)),
             _ => None,
         })
         .collect();
     assert_eq!(
-        seqs,
-        vec![1, 1, 2, 2],
-        "started+step started at 1, step+instance completed at 2"
+        told,
+        vec![(1, 1), (1, 2), (2, 3), (2, 4)],
+        "started+step started at seq 1, step+instance completed at seq 2; each its own position"
+    );
+    assert_eq!(h.state.position, 4);
+    assert_eq!(replay(h.state.id.clone(), &h.history), h.state);
+}
+
+fn news(id: &str, kind: HeartbeatKind) -> Option<AgentNews> {
+    Some(AgentNews {
+        id: id.into(),
+        kind,
+        message: Some("asking".into()),
+        data: Some(json!({"event": "approval"})),
+    })
+}
+
+fn told(h: &mut Harness) -> Vec<ProgressEvent> {
+    h.take()
+        .into_iter()
+        .filter_map(|c| match c {
+            Command::PublishProgress(p) => Some(p),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn agent_news_is_told_once_in_its_place() {
+    let mut h = Harness::start(
+        "name: n\nversion: 1\nsteps: [{ id: a, agent: echo }, { id: b, agent: echo, needs: [a] }]\n",
+        json!({}),
+    );
+    h.take();
+    let before = h.state.position;
+    let at = h.now;
+    let beat = |id: &str, attempt: u32| Event::TaskHeartbeat {
+        at,
+        key: key("a", None),
+        attempt,
+        news: news(id, HeartbeatKind::ApprovalRequested),
+    };
+    assert!(h.send(beat("m1", 1)).applied());
+    let progress = told(&mut h);
+    assert_eq!(progress.len(), 1);
+    let p = &progress[0];
+    assert_eq!(
+        (
+            p.kind,
+            p.position,
+            p.step.as_ref().map(|s| s.as_str()),
+            p.attempt
+        ),
+        (
+            ProgressKind::ApprovalRequested,
+            before + 1,
+            Some("a"),
+            Some(1)
+        )
+    );
+    assert_eq!(p.data, Some(json!({"event": "approval"})));
+    assert!(
+        !h.send(beat("m1", 1)).applied(),
+        "a redelivered beat is told once"
+    );
+    assert!(
+        !h.send(beat("m2", 2)).applied(),
+        "no attempt 2 was dispatched"
+    );
+
+    // The attempt's result may be taken before its last news: the news
+    // still counts (an approval request must not be lost to that race).
+    h.complete(key("a", None), 1, json!(1));
+    h.take();
+    assert!(h.send(beat("m3", 1)).applied());
+    assert_eq!(told(&mut h)[0].kind, ProgressKind::ApprovalRequested);
+
+    h.complete(key("b", None), 1, json!(2));
+    assert_eq!(h.state.status, RuntimeStatus::Completed);
+    assert!(
+        !h.send(beat("m4", 1)).applied(),
+        "nobody waits on a finished instance's news"
     );
     assert_eq!(replay(h.state.id.clone(), &h.history), h.state);
 }
@@ -769,6 +848,7 @@ fn a_heartbeat_lease_is_renewed_by_heartbeats_and_lost_to_silence() {
     let at = h.now;
     assert!(
         h.send(Event::TaskHeartbeat {
+            news: None,
             at,
             key: key("work", None),
             attempt: 1
@@ -809,6 +889,7 @@ fn a_heartbeat_lease_is_renewed_by_heartbeats_and_lost_to_silence() {
     let at = h.now;
     assert!(
         !h.send(Event::TaskHeartbeat {
+            news: None,
             at,
             key: key("work", None),
             attempt: 1
@@ -840,6 +921,7 @@ fn steps_without_a_lease_ignore_heartbeats() {
     h.take();
     let at = h.now;
     let beat = h.send(Event::TaskHeartbeat {
+        news: None,
         at,
         key: key("work", None),
         attempt: 1,

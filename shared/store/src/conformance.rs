@@ -5,14 +5,16 @@
 //! ids and workflow names, so they are safe against a shared database (an
 //! Azurite account) and in any order.
 
-use legato_contracts::{InstanceId, RuntimeStatus, Topic, WorkflowName};
+use legato_contracts::{
+    InstanceId, ProgressEvent, ProgressKind, RuntimeStatus, Topic, WorkflowName,
+};
 use serde_json::json;
 use time::OffsetDateTime;
 use time::macros::datetime;
 
 use crate::{
-    Commit, DefinitionRecord, Expected, HistoryRow, InstanceQuery, InstanceRecord, InstanceSummary,
-    OutboxRow, Store, StoreError, TenantFilter, TimerRow,
+    Commit, DefinitionRecord, Expected, HistoryFrom, HistoryRow, InstanceQuery, InstanceRecord,
+    InstanceSummary, OutboxRow, Store, StoreError, TenantFilter, TimerRow,
 };
 
 const BASE: OffsetDateTime = datetime!(2026-01-01 00:00 UTC);
@@ -58,11 +60,35 @@ fn record_for(
     }
 }
 
+/// Rows as the orchestrator writes them: row `seq` told watchers `seq % 3`
+/// things (so rows 3 and 6 told nothing), numbered on from the rows before.
 fn history(seqs: std::ops::RangeInclusive<u64>) -> Vec<HistoryRow> {
-    seqs.map(|seq| HistoryRow {
-        seq,
-        at: BASE + time::Duration::seconds(seq as i64),
-        event: json!({"type": "e", "seq": seq}),
+    let told = |seq: u64| seq % 3;
+    let mut position: u64 = (1..*seqs.start()).map(told).sum();
+    seqs.map(|seq| {
+        let progress = (0..told(seq))
+            .map(|_| {
+                position += 1;
+                ProgressEvent {
+                    position,
+                    seq,
+                    kind: ProgressKind::StepStarted,
+                    status: RuntimeStatus::Running,
+                    step: None,
+                    item: None,
+                    attempt: None,
+                    message: None,
+                    data: Some(json!({"n": position})),
+                }
+            })
+            .collect();
+        HistoryRow {
+            seq,
+            at: BASE + time::Duration::seconds(seq as i64),
+            event: json!({"type": "e", "seq": seq}),
+            position,
+            progress,
+        }
     })
     .collect()
 }
@@ -154,7 +180,14 @@ pub async fn a_stale_version_conflicts_and_writes_nothing(store: &dyn Store) {
         (loaded.record.summary.status, loaded.version),
         (RuntimeStatus::Completed, v2)
     );
-    assert_eq!(store.history(&id, 0, 100).await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .history(&id, HistoryFrom::default(), 100)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     assert_no_outbox_or_timers(store, &id).await;
 }
 
@@ -182,7 +215,7 @@ pub async fn concurrent_commits_on_one_version_have_one_winner(store: &dyn Store
     );
     assert_eq!(
         store
-            .history(&record.summary.id, 0, 100)
+            .history(&record.summary.id, HistoryFrom::default(), 100)
             .await
             .unwrap()
             .len(),
@@ -190,7 +223,7 @@ pub async fn concurrent_commits_on_one_version_have_one_winner(store: &dyn Store
     );
 }
 
-pub async fn history_appends_in_order_and_reads_after_a_sequence(store: &dyn Store) {
+pub async fn history_appends_in_order_and_reads_after_a_sequence_or_position(store: &dyn Store) {
     let record = record("hist", RuntimeStatus::Running);
     let id = record.summary.id.clone();
     let mut c = Commit::new(record.clone(), Expected::New);
@@ -199,10 +232,42 @@ pub async fn history_appends_in_order_and_reads_after_a_sequence(store: &dyn Sto
     let mut c = Commit::new(record, Expected::Version(v));
     c.history = history(4..=6);
     store.commit(c).await.unwrap();
-    let all = store.history(&id, 0, 100).await.unwrap();
+    let all = store
+        .history(&id, HistoryFrom::default(), 100)
+        .await
+        .unwrap();
     assert_eq!(all, history(1..=6));
-    let after = store.history(&id, 4, 1).await.unwrap();
+    assert_eq!(
+        all.iter().map(|h| h.position).collect::<Vec<_>>(),
+        [1, 3, 3, 4, 6, 6]
+    );
+    let after = store.history(&id, HistoryFrom::seq(4), 1).await.unwrap();
     assert_eq!(after, history(5..=5));
+    // A watcher that saw position 3 resumes at the row that told it 4:
+    // row 3, which told nothing after row 2's 3, is not repeated.
+    let seqs = |rows: Vec<HistoryRow>| rows.iter().map(|h| h.seq).collect::<Vec<_>>();
+    let resumed = store
+        .history(&id, HistoryFrom::position(3), 100)
+        .await
+        .unwrap();
+    assert_eq!(seqs(resumed), [4, 5, 6]);
+    let resumed = store
+        .history(&id, HistoryFrom::position(4), 100)
+        .await
+        .unwrap();
+    assert_eq!(seqs(resumed), [5, 6]);
+    let paged = HistoryFrom {
+        seq: 5,
+        position: 3,
+    };
+    assert_eq!(seqs(store.history(&id, paged, 100).await.unwrap()), [6]);
+    assert!(
+        store
+            .history(&id, HistoryFrom::position(6), 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 pub async fn outbox_rows_are_pending_until_deleted(store: &dyn Store) {
@@ -398,7 +463,13 @@ pub async fn purge_removes_the_whole_instance(store: &dyn Store) {
     store.commit(c).await.unwrap();
     assert!(store.purge(&id).await.unwrap());
     assert!(store.load(&id).await.unwrap().is_none());
-    assert!(store.history(&id, 0, 100).await.unwrap().is_empty());
+    assert!(
+        store
+            .history(&id, HistoryFrom::default(), 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_no_outbox_or_timers(store, &id).await;
     assert!(!store.purge(&id).await.unwrap(), "nothing left to purge");
 
@@ -435,11 +506,17 @@ pub async fn large_values_round_trip_intact(store: &dyn Store) {
         seq: 1,
         at: BASE,
         event: record.state.clone(),
+        position: 0,
+        progress: Vec::new(),
     }];
     store.commit(c).await.unwrap();
     assert_eq!(store.load(&id).await.unwrap().unwrap().record, record);
     assert_eq!(
-        store.history(&id, 0, 10).await.unwrap()[0].event,
+        store
+            .history(&id, HistoryFrom::default(), 10)
+            .await
+            .unwrap()[0]
+            .event,
         record.state
     );
 }
@@ -541,7 +618,7 @@ macro_rules! store_conformance_tests {
             creating_an_existing_instance_conflicts,
             a_stale_version_conflicts_and_writes_nothing,
             concurrent_commits_on_one_version_have_one_winner,
-            history_appends_in_order_and_reads_after_a_sequence,
+            history_appends_in_order_and_reads_after_a_sequence_or_position,
             outbox_rows_are_pending_until_deleted,
             timers_come_due_in_order_and_commits_remove_them,
             listing_filters_and_pages_without_gaps,

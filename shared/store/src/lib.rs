@@ -16,7 +16,7 @@ mod stored;
 mod token;
 
 use async_trait::async_trait;
-use legato_contracts::{InstanceId, RuntimeStatus, Topic, WorkflowName};
+use legato_contracts::{InstanceId, ProgressEvent, RuntimeStatus, Topic, WorkflowName};
 use serde_json::Value;
 use time::OffsetDateTime;
 
@@ -73,12 +73,41 @@ pub struct StoredInstance {
     pub version: Version,
 }
 
-/// One accepted event. `seq` starts at 1 and has no gaps.
+/// One accepted event. `seq` starts at 1 and has no gaps. `progress` is
+/// what watchers were told because of it, and `position` the instance's
+/// last progress position once it was applied (the last of `progress`, or
+/// the row before's when it told nothing).
 #[derive(Debug, Clone, PartialEq)]
 pub struct HistoryRow {
     pub seq: u64,
     pub at: OffsetDateTime,
     pub event: Value,
+    pub position: u64,
+    pub progress: Vec<ProgressEvent>,
+}
+
+/// Where a history read starts: rows after sequence number `seq` (paging)
+/// that told watchers something after progress position `position` (a
+/// watcher resuming); 0 leaves either out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HistoryFrom {
+    pub seq: u64,
+    pub position: u64,
+}
+
+impl HistoryFrom {
+    pub fn seq(seq: u64) -> Self {
+        Self { seq, position: 0 }
+    }
+
+    pub fn position(position: u64) -> Self {
+        Self { seq: 0, position }
+    }
+
+    /// Whether a row belongs to the read.
+    pub fn admits(&self, seq: u64, position: u64) -> bool {
+        seq > self.seq && (self.position == 0 || position > self.position)
+    }
 }
 
 /// A message committed with the state that caused it, published afterwards
@@ -198,11 +227,11 @@ pub trait Store: Send + Sync + 'static {
     /// expectation holds; returns the record's new version.
     async fn commit(&self, commit: Commit) -> Result<Version, StoreError>;
 
-    /// History rows with `seq > after`, in order, at most `limit`.
+    /// History rows [`HistoryFrom::admits`], in order, at most `limit`.
     async fn history(
         &self,
         id: &InstanceId,
-        after: u64,
+        from: HistoryFrom,
         limit: usize,
     ) -> Result<Vec<HistoryRow>, StoreError>;
 

@@ -14,9 +14,9 @@ use time::OffsetDateTime;
 use crate::stored::{corrupt, from_millis, millis, topic_from};
 use crate::token::{self, ListPosition};
 use crate::{
-    Commit, DefinitionRecord, Expected, HistoryRow, InstancePage, InstanceQuery, InstanceRecord,
-    InstanceSummary, OutboxEntry, OutboxRow, Store, StoreError, StoredInstance, TenantFilter,
-    TimerRow, Version,
+    Commit, DefinitionRecord, Expected, HistoryFrom, HistoryRow, InstancePage, InstanceQuery,
+    InstanceRecord, InstanceSummary, OutboxEntry, OutboxRow, Store, StoreError, StoredInstance,
+    TenantFilter, TimerRow, Version,
 };
 
 const SCHEMA: &str = r#"
@@ -37,6 +37,8 @@ CREATE TABLE IF NOT EXISTS history (
     seq INTEGER NOT NULL,
     at INTEGER NOT NULL,
     event TEXT NOT NULL,
+    position INTEGER NOT NULL DEFAULT 0,
+    progress TEXT,
     PRIMARY KEY (instance_id, seq)
 );
 CREATE TABLE IF NOT EXISTS outbox (
@@ -137,6 +139,7 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(unavailable)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
+        add_progress_columns(&conn)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -159,12 +162,33 @@ impl SqliteStore {
     }
 }
 
+/// Databases written before history rows carried progress get the columns
+/// (their old rows read as having told nothing).
+fn add_progress_columns(conn: &Connection) -> Result<(), StoreError> {
+    let has_position = conn
+        .prepare("SELECT 1 FROM pragma_table_info('history') WHERE name = 'position'")
+        .and_then(|mut stmt| stmt.exists([]))
+        .map_err(unavailable)?;
+    if !has_position {
+        conn.execute_batch(
+            "ALTER TABLE history ADD COLUMN position INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE history ADD COLUMN progress TEXT;",
+        )
+        .map_err(unavailable)?;
+    }
+    Ok(())
+}
+
 fn unavailable(e: rusqlite::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
 fn is_constraint(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(err, _) if err.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
+fn to_i64(n: u64, what: &str) -> Result<i64, StoreError> {
+    i64::try_from(n).map_err(|_| StoreError::TooLarge(what.into()))
 }
 
 fn json_text(value: &Value) -> Result<String, StoreError> {
@@ -267,9 +291,14 @@ impl Store for SqliteStore {
             };
             let id = s.id.as_str();
             for h in &commit.history {
+                let progress = if h.progress.is_empty() {
+                    None
+                } else {
+                    Some(serde_json::to_string(&h.progress).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+                };
                 let inserted = tx.execute(
-                    "INSERT INTO history (instance_id, seq, at, event) VALUES (?1, ?2, ?3, ?4)",
-                    params![id, i64::try_from(h.seq).map_err(|_| StoreError::TooLarge("history sequence".into()))?, millis(h.at), json_text(&h.event)?],
+                    "INSERT INTO history (instance_id, seq, at, event, position, progress) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![id, to_i64(h.seq, "history sequence")?, millis(h.at), json_text(&h.event)?, to_i64(h.position, "progress position")?, progress],
                 );
                 match inserted {
                     Ok(_) => {}
@@ -303,25 +332,42 @@ impl Store for SqliteStore {
     async fn history(
         &self,
         id: &InstanceId,
-        after: u64,
+        from: HistoryFrom,
         limit: usize,
     ) -> Result<Vec<HistoryRow>, StoreError> {
         let id = id.to_string();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let after_seq = i64::try_from(from.seq).unwrap_or(i64::MAX);
+        let after_position = i64::try_from(from.position).unwrap_or(i64::MAX);
         self.with(move |conn| {
             let mut stmt = conn
-                .prepare_cached("SELECT seq, at, event FROM history WHERE instance_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3")
+                .prepare_cached(
+                    "SELECT seq, at, event, position, progress FROM history \
+                     WHERE instance_id = ?1 AND seq > ?2 AND (?3 = 0 OR position > ?3) \
+                     ORDER BY seq LIMIT ?4",
+                )
                 .map_err(unavailable)?;
-            let mut rows = stmt.query(params![id, after, limit]).map_err(unavailable)?;
+            let mut rows = stmt
+                .query(params![id, after_seq, after_position, limit])
+                .map_err(unavailable)?;
             let mut out = Vec::new();
             while let Some(row) = rows.next().map_err(unavailable)? {
+                let count = |i: usize, what: &str| -> Result<u64, StoreError> {
+                    let n: i64 = row.get(i).map_err(unavailable)?;
+                    u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("{what} {n}")))
+                };
                 let event: String = row.get(2).map_err(unavailable)?;
-                let seq: i64 = row.get(0).map_err(unavailable)?;
+                let progress: Option<String> = row.get(4).map_err(unavailable)?;
                 out.push(HistoryRow {
-                    seq: u64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("history sequence {seq}")))?,
+                    seq: count(0, "history sequence")?,
                     at: from_millis(row.get(1).map_err(unavailable)?)?,
                     event: parse_json(&event)?,
+                    position: count(3, "progress position")?,
+                    progress: match progress {
+                        Some(text) => serde_json::from_str(&text)
+                            .map_err(|e| StoreError::Corrupt(format!("stored progress: {e}")))?,
+                        None => Vec::new(),
+                    },
                 });
             }
             Ok(out)

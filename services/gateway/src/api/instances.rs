@@ -9,7 +9,7 @@ use legato_service::auth::Caller;
 use legato_service::outbox::row_of;
 use legato_service::problem::{FieldError, Problem};
 use legato_service::records;
-use legato_store::{Commit, Expected, InstanceQuery, StoreError, TenantFilter};
+use legato_store::{Commit, Expected, HistoryFrom, InstanceQuery, StoreError, TenantFilter};
 use serde::Deserialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -18,7 +18,7 @@ use super::workflows::{find_definition, resolve_workflow};
 use super::{SOURCE, base_url, instance_id, load, stream_base_url, visible_workflow_names};
 use crate::GatewayState;
 use crate::body::JsonBody;
-use crate::dto::{InstancePage, InstanceView, StartRequest, StartResponse};
+use crate::dto::{HistoryEntry, InstancePage, InstanceView, StartRequest, StartResponse};
 
 /// Start an instance. The answer comes once the start is durable; the
 /// orchestrator takes it up right after.
@@ -143,10 +143,15 @@ pub(crate) struct StatusQuery {
     /// Include the instance's history.
     #[serde(default)]
     history: bool,
-    /// Only history after this sequence number (what a reconnecting
-    /// watcher missed).
+    /// Only history that told watchers something after this progress
+    /// position (the last one a reconnecting watcher saw), each row with
+    /// only the progress events after it.
     #[serde(default)]
     after: u64,
+    /// Only history rows after this sequence number (the next page: the
+    /// last row's `seq`).
+    #[serde(default)]
+    after_seq: u64,
     /// Most history rows returned (bounded by the service's maximum).
     #[serde(default)]
     limit: Option<usize>,
@@ -178,8 +183,16 @@ pub(crate) async fn get_instance(
             .limit
             .unwrap_or(state.settings.max_history)
             .min(state.settings.max_history);
-        let rows = state.store.history(&id, query.after, limit).await?;
-        view.history = Some(rows.into_iter().map(Into::into).collect());
+        let from = HistoryFrom {
+            seq: query.after_seq,
+            position: query.after,
+        };
+        let rows = state.store.history(&id, from, limit).await?;
+        view.history = Some(
+            rows.into_iter()
+                .map(|row| HistoryEntry::after(row, query.after))
+                .collect(),
+        );
     }
     Ok(Json(view))
 }

@@ -622,6 +622,8 @@ async fn raw_commits(
                         seq,
                         at: now,
                         event: json!({"type": "task_completed", "seq": seq}),
+                        position: seq,
+                        progress: Vec::new(),
                     });
                     let message = format!("m{seq}");
                     commit.outbox.push(OutboxRow {

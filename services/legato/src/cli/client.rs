@@ -94,17 +94,19 @@ impl Gateway {
     }
 
     /// The instance's progress stream (server-sent events), open.
-    pub async fn stream(&self, id: &str) -> anyhow::Result<reqwest::Response> {
+    /// The instance's progress stream; `after` resumes it after that
+    /// progress position.
+    pub async fn stream(&self, id: &str, after: Option<u64>) -> anyhow::Result<reqwest::Response> {
         let url = format!(
             "{}/api/v1/instances/{}/stream",
             self.stream_base,
             segment(id)
         );
-        let response = self
-            .request(Method::GET, url.clone())
-            .send()
-            .await
-            .with_context(|| format!("GET {url}"))?;
+        let mut request = self.request(Method::GET, url.clone());
+        if let Some(after) = after {
+            request = request.header("Last-Event-ID", after.to_string());
+        }
+        let response = request.send().await.with_context(|| format!("GET {url}"))?;
         let status = response.status();
         if !status.is_success() {
             let text = response.text().await.unwrap_or_default();

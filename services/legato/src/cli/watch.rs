@@ -27,14 +27,18 @@ pub async fn watch(gateway: &Gateway, id: &str, output: Output) -> anyhow::Resul
     let mut view = View::new(output);
     let status_path = format!("/api/v1/instances/{}", segment(id));
     let mut reconnects = 0;
+    // The last progress position seen: a reopened stream resumes after it,
+    // so `--output json` prints each event once.
+    let mut seen = None;
     loop {
-        let mut events = Events::new(gateway.stream(id).await?);
+        let mut events = Events::new(gateway.stream(id, seen).await?);
         let mut drawn_at: Option<Instant> = None;
         while let Some(frame) = events.next().await {
             let frame = match frame {
                 Ok(frame) => frame,
                 Err(_) => break,
             };
+            seen = frame.position().or(seen);
             if output == Output::Json {
                 println!("{}", json!({"event": frame.event, "data": frame.data}));
             }

@@ -56,6 +56,53 @@ async fn a_killed_legato_up_finishes_the_run_after_restart_without_dispatching_t
 }
 
 #[tokio::test]
+async fn after_a_restart_the_stream_and_hub_resume_from_the_history() {
+    let dir = temp_dir();
+    let legato = Legato::start(dir.path());
+    legato
+        .register(json!({"name": "fan", "version": 1, "steps": [
+            echo_step("a", &[], json!({"value": 1})),
+            echo_step("b", &["a"], json!({"value": 2})),
+            echo_step("c", &["a"], json!({"value": 3})),
+            echo_step("d", &["b", "c"], json!({"value": 4})),
+        ]}))
+        .await;
+    let id = legato.start_instance("fan", json!({})).await;
+    let seen: Vec<serde_json::Value> = scenarios::follow(&legato, &id, None, |_| async {})
+        .await
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
+    let n = seen.len();
+    assert!(n >= 10, "{seen:?}");
+    legato.terminate(Duration::from_secs(30));
+
+    // A new notifier holds nothing: what a watcher asks for comes from the
+    // history, the same events at the same positions.
+    let legato = Legato::start(dir.path());
+    let fresh = scenarios::follow(&legato, &id, None, |_| async {}).await;
+    assert_eq!(fresh.into_iter().map(|(_, e)| e).collect::<Vec<_>>(), seen);
+    let after = 3;
+    let resumed = scenarios::follow(&legato, &id, Some(after), |_| async {}).await;
+    assert_eq!(
+        resumed.into_iter().map(|(_, e)| e).collect::<Vec<_>>(),
+        &seen[after as usize..]
+    );
+    let mut socket = support::hub::connect(&legato, "").await;
+    support::hub::invoke(&mut socket, "1", "Subscribe", json!([id, after])).await;
+    for expected in &seen[after as usize..] {
+        let record = support::hub::next(&mut socket).await;
+        let mut event = record["arguments"][0].clone();
+        event.as_object_mut().unwrap().remove("instanceId");
+        assert_eq!(&event, expected);
+    }
+    assert_eq!(
+        scenarios::history_progress(&legato, &id, after).await,
+        &seen[after as usize..]
+    );
+}
+
+#[tokio::test]
 async fn a_thousand_concurrent_starts_all_complete() {
     let dir = temp_dir();
     let legato = Legato::start(dir.path());

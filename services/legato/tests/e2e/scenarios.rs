@@ -728,3 +728,138 @@ async fn a_live_agent_keeps_its_lease_past_it() {
         "the heartbeats renewed the lease"
     );
 }
+
+/// The progress events of a stream, as (`id:`, data), until the instance
+/// ends; `on_progress` may act on each (and is awaited before reading on).
+pub(crate) async fn follow<F, Fut>(
+    legato: &crate::support::Legato,
+    id: &str,
+    after: Option<u64>,
+    mut on_progress: F,
+) -> Vec<(Option<u64>, Value)>
+where
+    F: FnMut(&Value) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut request = legato.client.get(legato.stream_url(id));
+    if let Some(after) = after {
+        request = request.header("Last-Event-ID", after.to_string());
+    }
+    let response = request.send().await.unwrap().error_for_status().unwrap();
+    let mut events = legato::sse::Events::new(response);
+    let mut progress = Vec::new();
+    let read = async {
+        while let Some(frame) = events.next().await {
+            let frame = frame.unwrap();
+            if frame.event != "progress" {
+                continue;
+            }
+            on_progress(&frame.data).await;
+            progress.push((frame.position(), frame.data.clone()));
+            if frame.final_status().is_some() {
+                return;
+            }
+        }
+        panic!("the stream ended before the instance did");
+    };
+    tokio::time::timeout(Duration::from_secs(90), read)
+        .await
+        .expect("the instance ends within 90 s");
+    progress
+}
+
+/// Every progress event the history holds after position `after`, in order.
+pub(crate) async fn history_progress(
+    legato: &crate::support::Legato,
+    id: &str,
+    after: u64,
+) -> Vec<Value> {
+    let (code, status) = legato
+        .get_json(&format!(
+            "/api/v1/instances/{id}?history=true&after={after}"
+        ))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{status}");
+    status["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row["progress"].as_array().unwrap().clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn progress_positions_agree_across_the_stream_the_hub_and_the_history() {
+    let dir = temp_dir();
+    let legato = launch(dir.path());
+    let request = "add CSV export to billing and check last month's totals";
+    let id = legato
+        .start_instance("feature-request", json!({"input": {"request": request}}))
+        .await;
+    // Follow it from the start, approving when it asks.
+    let approve = |event: &Value| {
+        let asks = event["kind"] == "waiting_for_event";
+        let legato = &legato;
+        let path = format!("/api/v1/instances/{id}/events/approval");
+        async move {
+            if asks {
+                let (code, _) = legato.post(&path, json!({"approved": true})).await;
+                assert_eq!(code, StatusCode::ACCEPTED);
+            }
+        }
+    };
+    let seen = follow(&legato, &id, None, approve).await;
+    let positions: Vec<u64> = seen
+        .iter()
+        .map(|(_, e)| e["position"].as_u64().unwrap())
+        .collect();
+    let n = positions.len() as u64;
+    assert_eq!(
+        positions,
+        (1..=n).collect::<Vec<_>>(),
+        "one position each, no gap"
+    );
+    assert!(
+        seen.iter().all(|(id, e)| *id == e["position"].as_u64()),
+        "the stream's id: is the position"
+    );
+    let kinds: Vec<&str> = seen
+        .iter()
+        .map(|(_, e)| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"approval_requested"),
+        "agent news has its place: {kinds:?}"
+    );
+    assert_eq!(legato.status(&id).await["position"], n);
+
+    // The history tells the same events; read after N it tells the rest.
+    let events: Vec<Value> = seen.into_iter().map(|(_, e)| e).collect();
+    assert_eq!(history_progress(&legato, &id, 0).await, events);
+    let half = n / 2;
+    let rest = &events[half as usize..];
+    assert_eq!(history_progress(&legato, &id, half).await, rest);
+
+    // A stream resumed after N sends exactly the rest.
+    let resumed = follow(&legato, &id, Some(half), |_| async {}).await;
+    assert_eq!(
+        resumed.into_iter().map(|(_, e)| e).collect::<Vec<_>>(),
+        rest
+    );
+
+    // So does the hub, asked to subscribe after N.
+    use crate::support::hub;
+    let mut socket = hub::connect(&legato, "").await;
+    let done = hub::invoke(&mut socket, "1", "Subscribe", json!([id, half])).await;
+    assert_eq!(done["result"]["position"], n, "{done}");
+    let mut told = Vec::new();
+    for _ in half..n {
+        let mut record = hub::next(&mut socket).await;
+        assert_eq!(record["target"], "progress", "{record}");
+        let mut event = record["arguments"][0].take();
+        assert_eq!(event["instanceId"], id.as_str());
+        event.as_object_mut().unwrap().remove("instanceId");
+        told.push(event);
+    }
+    assert_eq!(told, rest);
+}

@@ -16,9 +16,10 @@ pub async fn open(
     legato: &Legato,
     query: &str,
 ) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
+    // The hub is the notifier's, wherever that runs.
     let url = format!(
         "{}/hubs/progress{query}",
-        legato.base.replace("http://", "ws://")
+        legato.stream_base.replace("http://", "ws://")
     );
     tokio_tungstenite::connect_async(url)
         .await

@@ -68,6 +68,8 @@ impl AzureTableStore {
                     seq: h.seq,
                     at_ms: millis(h.at),
                     event: h.event.clone(),
+                    position: h.position,
+                    progress: h.progress.clone(),
                 })
                 .collect();
             let (mut row, blob) = entity(
@@ -76,6 +78,9 @@ impl AzureTableStore {
                 payload::encode("H", &to_json(&events)?),
             );
             row.insert("First".into(), first.seq.to_string().into());
+            // The page's last position, so a resuming watcher's read skips
+            // the pages it saw.
+            row.insert("Position".into(), keys::position(last.position).into());
             blobs.extend(blob);
             ops.push(row);
         }

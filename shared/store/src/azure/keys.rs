@@ -19,6 +19,11 @@ pub(crate) fn history_page(last_seq: u64) -> String {
     format!("h{last_seq:020}")
 }
 
+/// A progress position as a property that compares like the number.
+pub(crate) fn position(position: u64) -> String {
+    format!("{position:020}")
+}
+
 pub(crate) fn history_from(seq: u64) -> String {
     history_page(seq)
 }

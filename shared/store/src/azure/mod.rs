@@ -39,7 +39,7 @@ use azure_data_tables::prelude::{TableClient, TableServiceClient};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use futures::{StreamExt, TryStreamExt, stream};
-use legato_contracts::{InstanceId, RuntimeStatus, WorkflowName};
+use legato_contracts::{InstanceId, ProgressEvent, RuntimeStatus, WorkflowName};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -51,9 +51,9 @@ use self::payload::{Encoded, Entity, Held, text};
 use crate::stored::{corrupt, from_millis, millis, topic_from};
 use crate::token::{self, ListPosition};
 use crate::{
-    Commit, DefinitionRecord, Expected, HistoryRow, InstancePage, InstanceQuery, InstanceRecord,
-    InstanceSummary, OutboxEntry, OutboxRow, Store, StoreError, StoredInstance, TenantFilter,
-    TimerRow, Version,
+    Commit, DefinitionRecord, Expected, HistoryFrom, HistoryRow, InstancePage, InstanceQuery,
+    InstanceRecord, InstanceSummary, OutboxEntry, OutboxRow, Store, StoreError, StoredInstance,
+    TenantFilter, TimerRow, Version,
 };
 
 /// How long an index entry may point at nothing before a reader removes
@@ -195,6 +195,10 @@ struct EventDoc {
     seq: u64,
     at_ms: i64,
     event: Value,
+    #[serde(default)]
+    position: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    progress: Vec<ProgressEvent>,
 }
 
 #[derive(Serialize, Deserialize, Clone)]
@@ -357,15 +361,21 @@ impl Store for AzureTableStore {
     async fn history(
         &self,
         id: &InstanceId,
-        after: u64,
+        from: HistoryFrom,
         limit: usize,
     ) -> Result<Vec<HistoryRow>, StoreError> {
-        let filter = format!(
+        let mut filter = format!(
             "PartitionKey eq {} and RowKey ge {} and RowKey lt {}",
             odata(id.as_str()),
-            odata(&keys::history_from(after.saturating_add(1))),
+            odata(&keys::history_from(from.seq.saturating_add(1))),
             odata(keys::HISTORY_END)
         );
+        if from.position > 0 {
+            filter.push_str(&format!(
+                " and Position gt {}",
+                odata(&keys::position(from.position))
+            ));
+        }
         let mut pages = self
             .instances
             .query()
@@ -376,7 +386,10 @@ impl Store for AzureTableStore {
             for row in page.entities {
                 let events: Vec<EventDoc> =
                     self.value(&self.instances, id.as_str(), &row, "H").await?;
-                for e in events.into_iter().filter(|e| e.seq > after) {
+                for e in events
+                    .into_iter()
+                    .filter(|e| from.admits(e.seq, e.position))
+                {
                     if out.len() == limit {
                         return Ok(out);
                     }
@@ -384,6 +397,8 @@ impl Store for AzureTableStore {
                         seq: e.seq,
                         at: from_millis(e.at_ms)?,
                         event: e.event,
+                        position: e.position,
+                        progress: e.progress,
                     });
                 }
             }

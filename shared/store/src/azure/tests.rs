@@ -349,6 +349,8 @@ async fn one_commit_may_carry_more_rows_than_a_batch_holds() {
             seq,
             at: OffsetDateTime::UNIX_EPOCH,
             event: json!({"seq": seq}),
+            position: seq,
+            progress: Vec::new(),
         })
         .collect();
     c.outbox = (0..150)
@@ -368,16 +370,32 @@ async fn one_commit_may_carry_more_rows_than_a_batch_holds() {
         })
         .collect();
     store.commit(c).await.unwrap();
-    assert_eq!(store.history(&id, 0, 1_000).await.unwrap().len(), 150);
     assert_eq!(
         store
-            .history(&id, 140, 5)
+            .history(&id, HistoryFrom::default(), 1_000)
+            .await
+            .unwrap()
+            .len(),
+        150
+    );
+    assert_eq!(
+        store
+            .history(&id, HistoryFrom::seq(140), 5)
             .await
             .unwrap()
             .iter()
             .map(|h| h.seq)
             .collect::<Vec<_>>(),
         vec![141, 142, 143, 144, 145]
+    );
+    // A resuming watcher's read finds its place inside a page.
+    let resumed = store
+        .history(&id, HistoryFrom::position(147), 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        resumed.iter().map(|h| h.seq).collect::<Vec<_>>(),
+        vec![148, 149, 150]
     );
     let mine = store
         .pending_outbox(100_000)
@@ -412,6 +430,8 @@ async fn values_near_every_limit_fit_one_batch_and_superseded_blobs_go() {
         seq: 1,
         at: OffsetDateTime::UNIX_EPOCH,
         event: json!(inline),
+        position: 0,
+        progress: Vec::new(),
     }];
     c.outbox = vec![OutboxRow {
         id: "m".into(),
