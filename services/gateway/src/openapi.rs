@@ -36,8 +36,8 @@ pub fn document() -> Value {
                 "description": "Opens with a `status` event, then `progress` events whose `id:` is the event's position (unique and consecutive within the instance). `Last-Event-ID: N` or `?after=N` resumes exactly after position N.",
                 "parameters": [
                     {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}},
-                    {"name": "after", "in": "query", "required": false, "description": "Resume after this progress position (as Last-Event-ID).", "schema": {"type": "integer", "minimum": 0}},
-                    {"name": "Last-Event-ID", "in": "header", "required": false, "description": "The last progress position the client saw.", "schema": {"type": "string", "pattern": "^[0-9]+$"}}
+                    {"name": "after", "in": "query", "required": false, "description": "Resume after this progress position (as Last-Event-ID).", "schema": {"type": "integer", "format": "int64", "minimum": 0}},
+                    {"name": "Last-Event-ID", "in": "header", "required": false, "description": "The last progress position the client saw.", "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"}}
                 ],
                 "responses": {
                     "200": {"description": "text/event-stream", "content": {"text/event-stream": {"schema": {

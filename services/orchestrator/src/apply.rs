@@ -55,6 +55,17 @@ pub(crate) enum ApplyError {
     Rejected(String),
 }
 
+impl ApplyError {
+    fn is_conflict(&self) -> bool {
+        matches!(self, Self::Transient(StoreError::Conflict(_)))
+    }
+
+    /// The store did not answer (as against losing races).
+    pub(crate) fn store_unavailable(&self) -> bool {
+        matches!(self, Self::Transient(StoreError::Unavailable(_)))
+    }
+}
+
 impl From<StoreError> for ApplyError {
     fn from(e: StoreError) -> Self {
         match e {
@@ -130,6 +141,7 @@ impl Applier {
     }
 
     /// Applies `input` to the instance, retrying conflicts with backoff.
+    /// An unavailable store is an error at once.
     pub(crate) async fn apply(
         &self,
         id: &InstanceId,
@@ -152,7 +164,9 @@ impl Applier {
             applied
         })
         .retry(self.retry)
-        .when(|e| matches!(e, ApplyError::Transient(_)))
+        // An unavailable store is waited out by the caller, which holds
+        // the message meanwhile (see `inbound`); conflicts pass at once.
+        .when(ApplyError::is_conflict)
         .await
     }
 

@@ -1,10 +1,15 @@
 //! Consuming `commands` and `agent-results`: each delivery becomes an engine
 //! event, is applied, and is acked only after its
 //! effects are committed. Undecodable and impossible messages are
-//! dead-lettered with the reason; transient store trouble returns the
-//! message to the queue.
+//! dead-lettered with the reason. While the store does not answer, a
+//! message is held and tried again with backoff (consumption pauses, as
+//! every slot is taken), and returned to its queue only after
+//! `store_outage_hold_ms` or when the service drains.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
 
 use legato_bus::{Delivery, Subscription};
 use legato_contracts::{Envelope, HeartbeatKind, Payload};
@@ -21,6 +26,7 @@ pub(crate) async fn consume(
     mut subscription: Box<dyn Subscription>,
     applier: Arc<Applier>,
     concurrency: usize,
+    outage_hold: Duration,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let slots = Arc::new(Semaphore::new(concurrency.max(1)));
@@ -35,8 +41,9 @@ pub(crate) async fn consume(
             d = subscription.next() => d?,
         };
         let applier = applier.clone();
+        let shutdown = shutdown.clone();
         running.spawn(async move {
-            handle(&applier, delivery).await;
+            handle(&applier, delivery, outage_hold, &shutdown).await;
             drop(permit);
         });
         while running.try_join_next().is_some() {}
@@ -46,7 +53,7 @@ pub(crate) async fn consume(
     Ok(())
 }
 
-async fn handle(applier: &Applier, delivery: Delivery) {
+async fn handle(applier: &Applier, delivery: Delivery, outage_hold: Duration, shutdown: &Shutdown) {
     let envelope = match delivery.decode() {
         Ok(e) => e,
         Err(e) => return settle(dead_letter(delivery, &e.to_string()).await),
@@ -64,10 +71,18 @@ async fn handle(applier: &Applier, delivery: Delivery) {
             Routed::Ignore => return settle(delivery.ack().await),
             Routed::Reject(reason) => return settle(dead_letter(delivery, &reason).await),
         };
-        match applier
-            .apply(&envelope.subject, &input, traceparent.as_ref())
-            .await
-        {
+        let applied = (|| applier.apply(&envelope.subject, &input, traceparent.as_ref()))
+            .retry(outage_backoff(outage_hold))
+            .when(ApplyError::store_unavailable)
+            .notify(|e, wait| {
+                tracing::debug!(?wait, "store unavailable, holding the message: {e}")
+            });
+        let applied = tokio::select! {
+            applied = applied => applied,
+            // Draining: what is held goes back to the queue.
+            _ = shutdown.wait() => return settle(delivery.nack().await),
+        };
+        match applied {
             Ok(Applied::Accepted) => settle(delivery.ack().await),
             Ok(Applied::Ignored(reason)) => {
                 tracing::debug!(%reason, "ignored");
@@ -85,6 +100,18 @@ async fn handle(applier: &Applier, delivery: Delivery) {
     }
     .instrument(span)
     .await
+}
+
+/// Waits for a store that does not answer: the message is held (it would
+/// only fail again elsewhere) and tried again, backing off with jitter, for
+/// `hold` in all; then it goes back to its queue.
+fn outage_backoff(hold: Duration) -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .with_total_delay(Some(hold))
 }
 
 async fn dead_letter(delivery: Delivery, reason: &str) -> Result<(), legato_bus::BusError> {

@@ -79,12 +79,14 @@ impl Orchestrator {
             commands,
             applier.clone(),
             settings.concurrency,
+            std::time::Duration::from_millis(settings.store_outage_hold_ms),
             shutdown.clone(),
         ));
         tasks.spawn(inbound::consume(
             results,
             applier.clone(),
             settings.concurrency,
+            std::time::Duration::from_millis(settings.store_outage_hold_ms),
             shutdown.clone(),
         ));
         tasks.spawn(timers::run(applier, settings.clone(), shutdown.clone()));

@@ -12,9 +12,14 @@ pub struct OrchestratorSettings {
     pub timer_poll_ms: u64,
     /// Timers fired per poll.
     pub timer_batch: usize,
-    /// Attempts at one message when the store reports a conflict or is
-    /// unavailable, before the message is returned to the queue.
+    /// Attempts at one message when its commit keeps losing version races
+    /// (another replica moved the instance on), before the message is
+    /// returned to the queue.
     pub store_attempts: usize,
+    /// How long a message is held, and tried again with backoff, while the
+    /// store does not answer, before it is returned to its queue. Held
+    /// messages fill the concurrency, so consumption pauses meanwhile.
+    pub store_outage_hold_ms: u64,
     /// After a restart, re-send the attempts still running and the starts
     /// still pending. Only for a bus that forgets messages on restart (the
     /// in-process bus of `legato up`); agents treat the copies as
@@ -31,6 +36,7 @@ impl Default for OrchestratorSettings {
             timer_poll_ms: 200,
             timer_batch: 256,
             store_attempts: 20,
+            store_outage_hold_ms: 300_000,
             redispatch_on_start: false,
             outbox_tick_ms: 500,
             outbox_safety_sweep_ms: 30_000,

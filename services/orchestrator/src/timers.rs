@@ -17,6 +17,8 @@ use crate::settings::OrchestratorSettings;
 
 /// Timers fired at once within one poll.
 const FIRE_CONCURRENCY: usize = 16;
+/// The longest wait between polls while the store does not answer.
+const OUTAGE_POLL: Duration = Duration::from_secs(5);
 
 pub(crate) async fn run(
     applier: Arc<Applier>,
@@ -24,19 +26,31 @@ pub(crate) async fn run(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let poll = Duration::from_millis(settings.timer_poll_ms.max(10));
+    // While the store is away the poll backs off (to OUTAGE_POLL at most)
+    // and says so once.
+    let mut wait = poll;
     loop {
         let now = OffsetDateTime::now_utc();
         match applier.store.due_timers(now, settings.timer_batch).await {
             Ok(due) => {
+                if wait > poll {
+                    tracing::info!("timer poll: the store answers again");
+                    wait = poll;
+                }
                 futures::stream::iter(due)
                     .for_each_concurrent(FIRE_CONCURRENCY, |row| fire(&applier, row))
                     .await
             }
-            Err(e) => tracing::warn!("timer poll failed: {e}"),
+            Err(e) => {
+                if wait == poll {
+                    tracing::warn!("timer poll failed, backing off until the store answers: {e}");
+                }
+                wait = (wait * 2).min(OUTAGE_POLL.max(poll));
+            }
         }
         tokio::select! {
             _ = shutdown.wait() => return Ok(()),
-            _ = tokio::time::sleep(poll) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }

@@ -1,5 +1,6 @@
 //! `/healthz` says the process is alive; `/readyz` says it should be sent
-//! work: its loops are running, it is not draining, and its store answers.
+//! work: its loops are running, it is not draining, and its store would
+//! take a write.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,7 +10,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::serve::ListenerExt;
-use legato_store::{InstanceQuery, Store};
+use legato_store::Store;
 
 use crate::Shutdown;
 
@@ -36,14 +37,7 @@ impl Readiness {
             return Err("not ready: starting or draining".into());
         }
         if let Some(store) = &self.store {
-            let probe = InstanceQuery {
-                top: 1,
-                ..InstanceQuery::default()
-            };
-            store
-                .list(&probe)
-                .await
-                .map_err(|e| format!("store: {e}"))?;
+            store.ping().await.map_err(|e| format!("store: {e}"))?;
         }
         Ok(())
     }

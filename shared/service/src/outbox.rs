@@ -147,16 +147,29 @@ impl OutboxRelay {
         safety_interval: Duration,
     ) {
         let mut since_sweep = Duration::MAX;
+        // Failed sweeps in a row: the first is worth a warning, the rest of
+        // an outage is not.
+        let mut failures = 0u32;
         loop {
             if self.dirty.load(Ordering::Acquire) || since_sweep >= safety_interval {
                 since_sweep = Duration::ZERO;
                 match self.sweep().await {
-                    Ok(0) => {}
                     Ok(n) => {
-                        tracing::info!(rows = n, "outbox: published rows left by an earlier run")
+                        if failures > 0 {
+                            tracing::info!(failures, "outbox sweep works again");
+                        }
+                        failures = 0;
+                        if n > 0 {
+                            tracing::info!(rows = n, "outbox: published rows left behind");
+                        }
                     }
                     Err(e) => {
-                        tracing::warn!("outbox sweep failed, retrying: {e}");
+                        if failures == 0 {
+                            tracing::warn!("outbox sweep failed, retrying every tick: {e}");
+                        } else {
+                            tracing::debug!("outbox sweep failed again: {e}");
+                        }
+                        failures += 1;
                         self.dirty.store(true, Ordering::Release);
                     }
                 }

@@ -90,6 +90,9 @@ impl IntoResponse for Problem {
     }
 }
 
+/// What a client is told to wait when the store is away.
+pub const STORE_RETRY_AFTER_S: u64 = 5;
+
 impl From<legato_store::StoreError> for Problem {
     fn from(e: legato_store::StoreError) -> Self {
         use legato_store::StoreError::*;
@@ -98,11 +101,13 @@ impl From<legato_store::StoreError> for Problem {
             NotFound(_) => Self::not_found(e.to_string()),
             TooLarge(_) => Self::new(StatusCode::PAYLOAD_TOO_LARGE, "Too large", e.to_string()),
             InvalidToken => Self::field("continuationToken", "is not a token this service issued"),
+            // Nothing was changed: the same request may simply be sent again.
             Unavailable(_) => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Store unavailable",
                 e.to_string(),
-            ),
+            )
+            .retry_after(std::time::Duration::from_secs(STORE_RETRY_AFTER_S)),
             Corrupt(_) => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "Stored data unreadable",

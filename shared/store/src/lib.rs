@@ -237,6 +237,19 @@ pub trait Store: Send + Sync + 'static {
 
     async fn list(&self, query: &InstanceQuery) -> Result<InstancePage, StoreError>;
 
+    /// Whether the store would take a commit now: what readiness reports.
+    /// By default a one-row read; a store that can be readable while it
+    /// refuses writes (SQLite, locked by another process or on a full
+    /// disk) checks that it can write.
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.list(&InstanceQuery {
+            top: 1,
+            ..InstanceQuery::default()
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// Removes an instance with its history, outbox and timers; `false` if
     /// there was nothing to remove.
     async fn purge(&self, id: &InstanceId) -> Result<bool, StoreError>;

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use legato_contracts::{InstanceId, RuntimeStatus, WorkflowName};
@@ -100,7 +101,17 @@ impl Durability {
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    /// Set when a write found the database locked or unwritable: until
+    /// then writes are refused at once instead of each waiting out the
+    /// busy timeout while holding the connection every read needs too.
+    writes_refused_until: Arc<Mutex<Option<Instant>>>,
 }
+
+/// How long another process may hold the write lock before a write gives
+/// up (a checkpoint or a backup step takes far less).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long writes are refused after one failed; then one tries again.
+const WRITE_PAUSE: Duration = Duration::from_secs(1);
 
 impl SqliteStore {
     /// Opens (creating if needed) a database file, `Durability::Normal`.
@@ -136,13 +147,42 @@ impl SqliteStore {
     }
 
     fn init(conn: Connection) -> Result<Self, StoreError> {
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(unavailable)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(unavailable)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
         add_progress_columns(&conn)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
+            writes_refused_until: Arc::default(),
         })
+    }
+
+    /// A call that writes: refused at once while writes are paused after a
+    /// failed one, and pausing them when it fails for want of the database.
+    /// Checked once the connection is this call's, so calls queued behind
+    /// a failing one do not each wait out the busy timeout too.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let gate = self.writes_refused_until.clone();
+        self.with(move |conn| {
+            let mut refused_until = gate.lock().unwrap_or_else(|p| p.into_inner());
+            if refused_until.is_some_and(|until| Instant::now() < until) {
+                return Err(StoreError::Unavailable(
+                    "the database refused the last write (locked by another process, or \
+                     not writable); writes resume when it takes one"
+                        .into(),
+                ));
+            }
+            let result = f(conn);
+            *refused_until = match &result {
+                Err(StoreError::Unavailable(_)) => Some(Instant::now() + WRITE_PAUSE),
+                _ => None,
+            };
+            result
+        })
+        .await
     }
 
     async fn with<T, F>(&self, f: F) -> Result<T, StoreError>
@@ -254,7 +294,7 @@ impl Store for SqliteStore {
     }
 
     async fn commit(&self, commit: Commit) -> Result<Version, StoreError> {
-        self.with(move |conn| {
+        self.write(move |conn| {
             let tx = conn.transaction().map_err(unavailable)?;
             let s = &commit.record.summary;
             let state = json_text(&commit.record.state)?;
@@ -325,6 +365,16 @@ impl Store for SqliteStore {
             }
             tx.commit().map_err(unavailable)?;
             Ok(Version(new_version.to_string()))
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.write(|conn| {
+            // Takes the write lock and lets it go: fails while another
+            // process holds it, or the database cannot be written.
+            conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
+                .map_err(unavailable)
         })
         .await
     }
@@ -425,7 +475,7 @@ impl Store for SqliteStore {
 
     async fn purge(&self, id: &InstanceId) -> Result<bool, StoreError> {
         let id = id.to_string();
-        self.with(move |conn| {
+        self.write(move |conn| {
             let tx = conn.transaction().map_err(unavailable)?;
             let removed = tx
                 .execute("DELETE FROM instances WHERE id = ?1", params![id])
@@ -499,7 +549,7 @@ impl Store for SqliteStore {
     async fn delete_outbox(&self, instance: &InstanceId, ids: &[String]) -> Result<(), StoreError> {
         let instance = instance.to_string();
         let ids = ids.to_vec();
-        self.with(move |conn| {
+        self.write(move |conn| {
             let tx = conn.transaction().map_err(unavailable)?;
             for id in &ids {
                 tx.execute(
@@ -522,7 +572,7 @@ impl Store for SqliteStore {
         let (name, holder) = (name.to_owned(), holder.to_owned());
         let now = millis(OffsetDateTime::now_utc());
         let expires = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
-        self.with(move |conn| {
+        self.write(move |conn| {
             // One statement: the row is taken only when free, expired or ours.
             let taken = conn
                 .execute(
@@ -539,7 +589,7 @@ impl Store for SqliteStore {
 
     async fn put_definition(&self, d: &DefinitionRecord) -> Result<(), StoreError> {
         let d = d.clone();
-        self.with(move |conn| {
+        self.write(move |conn| {
             let existing: Option<String> = conn
                 .query_row(
                     "SELECT hash FROM definitions WHERE name = ?1 AND version = ?2",

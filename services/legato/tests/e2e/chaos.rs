@@ -29,7 +29,7 @@ impl Lcg {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -185,7 +185,7 @@ async fn bus_of(env: &[(String, String)]) -> Arc<dyn Bus> {
 }
 
 /// What the run's consumers dead-lettered, for the failure message.
-async fn dead_letters(env: &[(String, String)]) -> Vec<String> {
+pub(crate) async fn dead_letters(env: &[(String, String)]) -> Vec<String> {
     use legato_contracts::Topic;
     let bus = bus_of(env).await;
     let mut found = Vec::new();

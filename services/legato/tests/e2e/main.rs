@@ -3,6 +3,7 @@
 
 mod chaos;
 mod compose;
+mod outage;
 mod scenarios;
 mod services;
 mod signalr;
