@@ -9,6 +9,7 @@ mod api;
 mod body;
 mod catalogue;
 mod dashboard;
+pub mod dead_letters;
 mod dto;
 pub mod limits;
 pub mod memberships;

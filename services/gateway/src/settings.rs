@@ -25,6 +25,9 @@ pub struct GatewaySettings {
     /// Definitions (`*.yaml`, `*.yml`, `*.json`) registered at start; empty
     /// registers none. `legato up` uses its own `workflows_dir`.
     pub workflows_dir: String,
+    /// The agents whose task queues' dead letters are parked for
+    /// `/api/v1/dead-letters` (the orchestrator's always are).
+    pub agents: Vec<String>,
 }
 
 impl Default for GatewaySettings {
@@ -37,6 +40,9 @@ impl Default for GatewaySettings {
             auth: legato_service::auth::AuthSettings::default(),
             limits: crate::limits::LimitSettings::default(),
             workflows_dir: String::new(),
+            agents: ["echo", "planner", "coder", "data", "approval"]
+                .map(String::from)
+                .to_vec(),
         }
     }
 }

@@ -20,6 +20,12 @@ pub async fn run(config: GatewayConfig, shutdown: Shutdown) -> anyhow::Result<()
         "gateway.auth",
     )
     .map_err(|e| anyhow::anyhow!("settings: {e}"))?;
+    tokio::spawn(crate::dead_letters::keep(
+        bus.clone(),
+        store.clone(),
+        crate::dead_letters::kept_groups(&config.gateway.agents),
+        shutdown.clone(),
+    ));
     let state = GatewayState::new(store.clone(), bus, config.gateway)
         .with_auth(auth)
         .with_signalr(signalr.clone())

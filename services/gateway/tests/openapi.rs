@@ -42,6 +42,9 @@ fn contracts_openapi_json_is_the_served_document() {
     assert_eq!(
         paths,
         [
+            "/api/v1/dead-letters",
+            "/api/v1/dead-letters/{id}",
+            "/api/v1/dead-letters/{id}/replay",
             "/api/v1/instances",
             "/api/v1/instances/{id}",
             "/api/v1/instances/{id}/events/{name}",

@@ -173,6 +173,18 @@ impl Stack {
         legato_service::cors::check(&origins)?;
         let auth = Authenticator::new(&config.gateway.auth, &config.http.host, "gateway.auth")
             .map_err(|e| anyhow::anyhow!("settings: {e}"))?;
+        tasks.spawn({
+            let keeper = legato_gateway::dead_letters::keep(
+                bus.clone(),
+                store.clone(),
+                legato_gateway::dead_letters::kept_groups(&config.gateway.agents),
+                shutdown.clone(),
+            );
+            async move {
+                keeper.await;
+                Ok(())
+            }
+        });
         let gateway = GatewayState::new(store.clone(), bus, config.gateway.clone())
             .with_auth(auth)
             .with_signalr(azure.clone())

@@ -13,8 +13,8 @@ use legato_contracts::Topic;
 use tokio::sync::Notify;
 
 use crate::{
-    Bus, BusError, DEAD_LETTER_REASON, Delivery, OutgoingMessage, Settle, Subscription,
-    SubscriptionSpec,
+    Bus, BusError, DEAD_LETTER_DELIVERIES, DEAD_LETTER_REASON, Delivery, OutgoingMessage, Settle,
+    Subscription, SubscriptionSpec,
 };
 
 /// Consumer-group queues by topic and group name.
@@ -75,6 +75,10 @@ impl Queue {
         message
             .headers
             .insert(DEAD_LETTER_REASON.to_owned(), reason.to_owned());
+        message.headers.insert(
+            DEAD_LETTER_DELIVERIES.to_owned(),
+            message.delivery_count.to_string(),
+        );
         message.delivery_count = 0;
         if let Some(dead) = &self.dead {
             dead.push(message);

@@ -42,6 +42,9 @@ pub use servicebus::{
 
 /// Header carrying why a message was dead-lettered.
 pub const DEAD_LETTER_REASON: &str = "x-legato-dead-letter-reason";
+/// Header carrying how many deliveries a message had when it was
+/// dead-lettered.
+pub const DEAD_LETTER_DELIVERIES: &str = "x-legato-dead-letter-deliveries";
 /// How many deliveries a poison message gets before it is dead-lettered.
 pub const DEFAULT_MAX_DELIVERIES: u32 = 5;
 /// Deliveries never settled (consumer crashed) count against

@@ -37,8 +37,8 @@ use lapin::{
 use legato_contracts::Topic;
 
 use crate::{
-    Bus, BusError, DEAD_LETTER_REASON, Delivery, OutgoingMessage, Settle, Subscription,
-    SubscriptionSpec,
+    Bus, BusError, DEAD_LETTER_DELIVERIES, DEAD_LETTER_REASON, Delivery, OutgoingMessage, Settle,
+    Subscription, SubscriptionSpec,
 };
 
 /// Publishes retried across a broker restart before giving up.
@@ -627,6 +627,8 @@ impl Settle for RabbitSettle {
         let mut copy = self.copy.clone();
         copy.headers
             .insert(DEAD_LETTER_REASON.to_owned(), reason.to_owned());
+        copy.headers
+            .insert(DEAD_LETTER_DELIVERIES.to_owned(), self.count.to_string());
         // Confirmed in the dead-letter queue before it leaves its own queue:
         // a crash in between leaves a duplicate, never a loss.
         self.bus.publish_raw("".into(), queue, &copy, true).await?;

@@ -13,8 +13,9 @@ use time::OffsetDateTime;
 use time::macros::datetime;
 
 use crate::{
-    Commit, DefinitionRecord, Expected, HistoryFrom, HistoryRow, InstanceQuery, InstanceRecord,
-    InstanceSummary, OutboxRow, Store, StoreError, TenantFilter, TimerRow,
+    Commit, DeadLetter, DeadLetterPage, DeadLetterQuery, DefinitionRecord, Expected, HistoryFrom,
+    HistoryRow, InstanceQuery, InstanceRecord, InstanceSummary, OutboxRow, Store, StoreError,
+    TenantFilter, TimerRow,
 };
 
 const BASE: OffsetDateTime = datetime!(2026-01-01 00:00 UTC);
@@ -608,6 +609,104 @@ pub async fn leases_have_one_holder_at_a_time(store: &dyn Store) {
     assert_eq!(won, 1, "racing holders");
 }
 
+/// Dead letters park once per id, list newest first in pages, filter by
+/// topic, group and tenant, keep a large body whole, and go when removed.
+pub async fn dead_letters_park_once_list_in_pages_and_go_when_removed(store: &dyn Store) {
+    let group = unique("g");
+    let letter = |n: i64, topic: Topic, tenant: Option<&str>, body: Vec<u8>| {
+        let message_id = format!("m{n}");
+        DeadLetter {
+            id: DeadLetter::id_of(topic, &group, &message_id),
+            topic,
+            group: group.clone(),
+            message_id,
+            routing_key: "echo".into(),
+            reason: format!("reason {n}"),
+            delivery_count: 5,
+            instance: Some(format!("i{n}")),
+            type_name: Some("legato.task.dispatched.v1".into()),
+            tenant: tenant.map(str::to_owned),
+            body,
+            parked_at: BASE + time::Duration::seconds(n),
+        }
+    };
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let letters = [
+        letter(1, Topic::AgentTasks, None, b"one".to_vec()),
+        letter(2, Topic::AgentResults, Some("acme"), b"two".to_vec()),
+        letter(3, Topic::AgentTasks, Some("acme"), big),
+    ];
+    for l in &letters {
+        store.park_dead_letter(l).await.unwrap();
+    }
+    let mut again = letters[0].clone();
+    again.parked_at = BASE + time::Duration::seconds(9);
+    store.park_dead_letter(&again).await.unwrap();
+
+    let mine = |top: usize, continuation: Option<String>| DeadLetterQuery {
+        group: Some(group.clone()),
+        top,
+        continuation,
+        ..DeadLetterQuery::default()
+    };
+    let ids = |page: &DeadLetterPage| {
+        page.items
+            .iter()
+            .map(|l| l.message_id.clone())
+            .collect::<Vec<_>>()
+    };
+    let all = store.dead_letters(&mine(0, None)).await.unwrap();
+    assert_eq!(ids(&all), ["m3", "m2", "m1"], "newest first, parked once");
+    assert_eq!(all.items[0], letters[2], "a large body comes back whole");
+    assert_eq!(all.continuation, None);
+    let first = store.dead_letters(&mine(2, None)).await.unwrap();
+    assert_eq!(ids(&first), ["m3", "m2"]);
+    let second = store
+        .dead_letters(&mine(2, first.continuation.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        (ids(&second), second.continuation),
+        (vec!["m1".to_owned()], None)
+    );
+    let tasks = DeadLetterQuery {
+        topic: Some(Topic::AgentTasks),
+        ..mine(0, None)
+    };
+    assert_eq!(
+        ids(&store.dead_letters(&tasks).await.unwrap()),
+        ["m3", "m1"]
+    );
+    let acme = DeadLetterQuery {
+        tenant: TenantFilter::Only(Some("acme".into())),
+        ..mine(0, None)
+    };
+    assert_eq!(ids(&store.dead_letters(&acme).await.unwrap()), ["m3", "m2"]);
+    let untenanted = DeadLetterQuery {
+        tenant: TenantFilter::Only(None),
+        ..mine(0, None)
+    };
+    assert_eq!(ids(&store.dead_letters(&untenanted).await.unwrap()), ["m1"]);
+    assert!(matches!(
+        store
+            .dead_letters(&mine(0, Some("not-a-token".into())))
+            .await,
+        Err(StoreError::InvalidToken)
+    ));
+
+    assert_eq!(
+        store.dead_letter(&letters[1].id).await.unwrap(),
+        Some(letters[1].clone())
+    );
+    assert!(store.remove_dead_letter(&letters[2].id).await.unwrap());
+    assert!(!store.remove_dead_letter(&letters[2].id).await.unwrap());
+    assert_eq!(store.dead_letter(&letters[2].id).await.unwrap(), None);
+    assert_eq!(
+        ids(&store.dead_letters(&mine(0, None)).await.unwrap()),
+        ["m2", "m1"]
+    );
+}
+
 /// Expands to one test per conformance case for the adapter built by `$make`
 /// (an expression, evaluated inside each async test).
 #[macro_export]
@@ -626,6 +725,7 @@ macro_rules! store_conformance_tests {
             large_values_round_trip_intact,
             definitions_are_versioned_and_immutable,
             leases_have_one_holder_at_a_time,
+            dead_letters_park_once_list_in_pages_and_go_when_removed,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

@@ -11,6 +11,7 @@
 
 mod azure;
 pub mod conformance;
+mod dead_letter;
 mod sqlite;
 mod stored;
 mod token;
@@ -21,6 +22,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 pub use azure::{AzureTableConnection, AzureTableStore, INDEX_GRACE, table_requests};
+pub use dead_letter::{DeadLetter, DeadLetterPage, DeadLetterQuery};
 pub use sqlite::{Durability, SqliteStore};
 
 /// Opaque optimistic-concurrency token of an instance record.
@@ -282,6 +284,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// The registered versions of one definition, newest first.
     async fn definition_versions(&self, name: &WorkflowName) -> Result<Vec<u32>, StoreError>;
+
+    /// Parks a dead letter; parking one with the same id again keeps one.
+    async fn park_dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError>;
+
+    /// A page of parked dead letters, newest first.
+    async fn dead_letters(&self, query: &DeadLetterQuery) -> Result<DeadLetterPage, StoreError>;
+
+    async fn dead_letter(&self, id: &str) -> Result<Option<DeadLetter>, StoreError>;
+
+    /// Discards a parked dead letter; `false` if there was none.
+    async fn remove_dead_letter(&self, id: &str) -> Result<bool, StoreError>;
 
     /// Takes or keeps the lease `name` for `holder` until `ttl` from now,
     /// for work one replica at a time must do. True when `holder` holds it

@@ -15,9 +15,9 @@ use time::OffsetDateTime;
 use crate::stored::{corrupt, from_millis, millis, topic_from};
 use crate::token::{self, ListPosition};
 use crate::{
-    Commit, DefinitionRecord, Expected, HistoryFrom, HistoryRow, InstancePage, InstanceQuery,
-    InstanceRecord, InstanceSummary, OutboxEntry, OutboxRow, Store, StoreError, StoredInstance,
-    TenantFilter, TimerRow, Version,
+    Commit, DeadLetter, DeadLetterPage, DeadLetterQuery, DefinitionRecord, Expected, HistoryFrom,
+    HistoryRow, InstancePage, InstanceQuery, InstanceRecord, InstanceSummary, OutboxEntry,
+    OutboxRow, Store, StoreError, StoredInstance, TenantFilter, TimerRow, Version,
 };
 
 const SCHEMA: &str = r#"
@@ -64,6 +64,22 @@ CREATE TABLE IF NOT EXISTS leases (
     holder TEXT NOT NULL,
     expires_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id TEXT PRIMARY KEY,
+    sort_key TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    grp TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    routing_key TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    delivery_count INTEGER NOT NULL,
+    instance_id TEXT,
+    type TEXT,
+    tenant TEXT,
+    body BLOB NOT NULL,
+    parked_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_by_time ON dead_letters (sort_key);
 CREATE TABLE IF NOT EXISTS definitions (
     name TEXT NOT NULL,
     version INTEGER NOT NULL,
@@ -253,6 +269,27 @@ fn summary(row: &Row<'_>) -> Result<InstanceSummary, StoreError> {
         tenant: row.get(4).map_err(unavailable)?,
         created_at: from_millis(row.get(5).map_err(unavailable)?)?,
         updated_at: from_millis(row.get(6).map_err(unavailable)?)?,
+    })
+}
+
+const DEAD_LETTER_COLUMNS: &str = "id, topic, grp, message_id, routing_key, reason, delivery_count, \
+     instance_id, type, tenant, body, parked_at";
+
+fn dead_letter(row: &Row<'_>) -> Result<DeadLetter, StoreError> {
+    let topic: String = row.get(1).map_err(unavailable)?;
+    Ok(DeadLetter {
+        id: row.get(0).map_err(unavailable)?,
+        topic: topic_from(&topic)?,
+        group: row.get(2).map_err(unavailable)?,
+        message_id: row.get(3).map_err(unavailable)?,
+        routing_key: row.get(4).map_err(unavailable)?,
+        reason: row.get(5).map_err(unavailable)?,
+        delivery_count: row.get(6).map_err(unavailable)?,
+        instance: row.get(7).map_err(unavailable)?,
+        type_name: row.get(8).map_err(unavailable)?,
+        tenant: row.get(9).map_err(unavailable)?,
+        body: row.get(10).map_err(unavailable)?,
+        parked_at: from_millis(row.get(11).map_err(unavailable)?)?,
     })
 }
 
@@ -559,6 +596,96 @@ impl Store for SqliteStore {
                 .map_err(unavailable)?;
             }
             tx.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn park_dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError> {
+        let letter = letter.clone();
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT OR IGNORE INTO dead_letters (id, sort_key, topic, grp, message_id, routing_key, \
+                 reason, delivery_count, instance_id, type, tenant, body, parked_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                params![
+                    letter.id,
+                    letter.sort_key(),
+                    letter.topic.as_str(),
+                    letter.group,
+                    letter.message_id,
+                    letter.routing_key,
+                    letter.reason,
+                    letter.delivery_count,
+                    letter.instance,
+                    letter.type_name,
+                    letter.tenant,
+                    letter.body,
+                    millis(letter.parked_at),
+                ],
+            )
+            .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn dead_letters(&self, query: &DeadLetterQuery) -> Result<DeadLetterPage, StoreError> {
+        let after = query.after()?.unwrap_or("").to_owned();
+        let size = query.page_size();
+        let query = query.clone();
+        self.with(move |conn| {
+            let (tenant_any, tenant) = match &query.tenant {
+                TenantFilter::All => (true, None),
+                TenantFilter::Only(tenant) => (false, tenant.clone()),
+            };
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE sort_key > ?1 \
+                     AND (?2 IS NULL OR topic = ?2) AND (?3 IS NULL OR grp = ?3) \
+                     AND (?4 OR tenant IS ?5) ORDER BY sort_key LIMIT ?6"
+                ))
+                .map_err(unavailable)?;
+            let limit = i64::try_from(size + 1).unwrap_or(i64::MAX);
+            let mut rows = stmt
+                .query(params![
+                    after,
+                    query.topic.map(|t| t.as_str()),
+                    query.group,
+                    tenant_any,
+                    tenant,
+                    limit
+                ])
+                .map_err(unavailable)?;
+            let mut letters = Vec::new();
+            while let Some(row) = rows.next().map_err(unavailable)? {
+                letters.push(dead_letter(row)?);
+            }
+            Ok(DeadLetterPage::of(letters, size))
+        })
+        .await
+    }
+
+    async fn dead_letter(&self, id: &str) -> Result<Option<DeadLetter>, StoreError> {
+        let id = id.to_owned();
+        self.with(move |conn| {
+            conn.query_row(
+                &format!("SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = ?1"),
+                params![id],
+                |row| Ok(dead_letter(row)),
+            )
+            .optional()
+            .map_err(unavailable)?
+            .transpose()
+        })
+        .await
+    }
+
+    async fn remove_dead_letter(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.write(move |conn| {
+            conn.execute("DELETE FROM dead_letters WHERE id = ?1", params![id])
+                .map(|n| n > 0)
+                .map_err(unavailable)
         })
         .await
     }

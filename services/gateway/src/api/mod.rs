@@ -1,4 +1,5 @@
 mod control;
+mod dead_letters;
 mod instances;
 mod realtime;
 mod workflows;
@@ -17,6 +18,10 @@ use crate::GatewayState;
 
 pub(crate) use control::__path_raise_event;
 pub(crate) use control::{__path_restart, __path_resume, __path_suspend, __path_terminate};
+pub(crate) use dead_letters::{
+    __path_discard_dead_letter, __path_list_dead_letters, __path_replay_dead_letter,
+    DeadLetterPage, DeadLetterView,
+};
 pub(crate) use instances::{
     __path_get_instance, __path_list_instances, __path_purge, __path_start,
 };
@@ -35,7 +40,10 @@ pub(crate) fn required_role(method: &Method, path: &str) -> Role {
         | ("POST", "/api/v1/instances/{id}/terminate")
         | ("POST", "/api/v1/instances/{id}/suspend")
         | ("POST", "/api/v1/instances/{id}/resume")
-        | ("POST", "/api/v1/instances/{id}/restart") => Role::Operate,
+        | ("POST", "/api/v1/instances/{id}/restart")
+        | ("GET", "/api/v1/dead-letters")
+        | ("POST", "/api/v1/dead-letters/{id}/replay")
+        | ("DELETE", "/api/v1/dead-letters/{id}") => Role::Operate,
         _ => Role::Read,
     }
 }
@@ -56,6 +64,15 @@ pub(crate) fn routes() -> Router<GatewayState> {
         )
         .route("/api/v1/workflows/{name}/instances", post(instances::start))
         .route("/api/v1/instances", get(instances::list_instances))
+        .route("/api/v1/dead-letters", get(dead_letters::list_dead_letters))
+        .route(
+            "/api/v1/dead-letters/{id}",
+            axum::routing::delete(dead_letters::discard_dead_letter),
+        )
+        .route(
+            "/api/v1/dead-letters/{id}/replay",
+            post(dead_letters::replay_dead_letter),
+        )
         .route(
             "/api/v1/instances/{id}",
             get(instances::get_instance).delete(instances::purge),

@@ -118,7 +118,7 @@ pub async fn twenty_kills_during_fifty_instances(
                 break status;
             }
             if Instant::now() > finish_by {
-                let dead = dead_letters(&env).await;
+                let dead = dead_letters(&env, Some(&legato)).await;
                 panic!("seed {seed}: {id} not Completed: {status:#}\ndead letters: {dead:#?}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -142,13 +142,13 @@ pub async fn twenty_kills_during_fifty_instances(
         .get_json("/api/v1/instances?status=Running&workflow=chaos")
         .await;
     assert_eq!(running["items"], json!([]), "no instance is left running");
-    let dead = dead_letters(&env).await;
+    let dead = dead_letters(&env, Some(&legato)).await;
     assert!(dead.is_empty(), "seed {seed}: dead-lettered: {dead:#?}");
     drop(gateway);
 }
 
 /// The run's bus, as its settings name it, to read its dead letters.
-async fn bus_of(env: &[(String, String)]) -> Arc<dyn Bus> {
+pub(crate) async fn bus_of(env: &[(String, String)]) -> Arc<dyn Bus> {
     use legato_bus::{
         RabbitMqBus, RabbitMqOptions, ServiceBusBus, ServiceBusConnection, ServiceBusOptions,
     };
@@ -184,11 +184,18 @@ async fn bus_of(env: &[(String, String)]) -> Arc<dyn Bus> {
     }
 }
 
-/// What the run's consumers dead-lettered, for the failure message.
-pub(crate) async fn dead_letters(env: &[(String, String)]) -> Vec<String> {
+/// What the run's consumers dead-lettered: what is still on the broker,
+/// and what the gateway's keeper parked (read through `legato`'s API).
+pub(crate) async fn dead_letters(env: &[(String, String)], legato: Option<&Legato>) -> Vec<String> {
     use legato_contracts::Topic;
     let bus = bus_of(env).await;
     let mut found = Vec::new();
+    if let Some(legato) = legato {
+        let (_, page) = legato.get_json("/api/v1/dead-letters").await;
+        for letter in page["items"].as_array().into_iter().flatten() {
+            found.push(format!("parked: {letter}"));
+        }
+    }
     for (topic, group) in [
         (Topic::AgentTasks, "agent-echo"),
         (Topic::AgentResults, "orchestrator"),

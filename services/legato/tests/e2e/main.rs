@@ -3,6 +3,7 @@
 
 mod chaos;
 mod compose;
+mod dead_letters;
 mod outage;
 mod scenarios;
 mod services;

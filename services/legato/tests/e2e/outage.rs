@@ -304,6 +304,6 @@ async fn thirty_seconds_without_azurite_under_fifty_running_instances() {
         .await;
     }
     all_complete_once(&legato, &ids, Duration::from_secs(180)).await;
-    let dead = dead_letters(&env).await;
+    let dead = dead_letters(&env, Some(&legato)).await;
     assert!(dead.is_empty(), "dead-lettered: {dead:#?}");
 }

@@ -30,8 +30,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use super::errors::{self, lock_lost, status_of};
 use super::message::{self, Received};
 use crate::{
-    BusError, DEAD_LETTER_REASON, Delivery, OutgoingMessage, Settle, Subscription,
-    UNSETTLED_DELIVERY_FACTOR,
+    BusError, DEAD_LETTER_DELIVERIES, DEAD_LETTER_REASON, Delivery, OutgoingMessage, Settle,
+    Subscription, UNSETTLED_DELIVERY_FACTOR,
 };
 
 /// Waits after a failed receive, doubling up to the last.
@@ -409,6 +409,8 @@ impl Settle for LockedMessage {
         let mut copy = self.copy.clone();
         copy.headers
             .insert(DEAD_LETTER_REASON.to_owned(), reason.to_owned());
+        copy.headers
+            .insert(DEAD_LETTER_DELIVERIES.to_owned(), self.count.to_string());
         let id = format!("dl-{:016x}-{}", target.scope, self.sequence_number);
         let original = if copy.id.is_empty() {
             id.clone()

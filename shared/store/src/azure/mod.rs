@@ -18,6 +18,7 @@
 mod bench;
 mod commit;
 mod connection;
+mod dead_letters;
 mod definitions;
 mod index_reads;
 mod keys;
@@ -51,9 +52,9 @@ use self::payload::{Encoded, Entity, Held, text};
 use crate::stored::{corrupt, from_millis, millis, topic_from};
 use crate::token::{self, ListPosition};
 use crate::{
-    Commit, DefinitionRecord, Expected, HistoryFrom, HistoryRow, InstancePage, InstanceQuery,
-    InstanceRecord, InstanceSummary, OutboxEntry, OutboxRow, Store, StoreError, StoredInstance,
-    TenantFilter, TimerRow, Version,
+    Commit, DeadLetter, DeadLetterPage, DeadLetterQuery, DefinitionRecord, Expected, HistoryFrom,
+    HistoryRow, InstancePage, InstanceQuery, InstanceRecord, InstanceSummary, OutboxEntry,
+    OutboxRow, Store, StoreError, StoredInstance, TenantFilter, TimerRow, Version,
 };
 
 /// How long an index entry may point at nothing before a reader removes
@@ -443,6 +444,22 @@ impl Store for AzureTableStore {
         version: Option<u32>,
     ) -> Result<Option<DefinitionRecord>, StoreError> {
         self.get_definition_row(name, version).await
+    }
+
+    async fn park_dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError> {
+        self.park_letter(letter).await
+    }
+
+    async fn dead_letters(&self, query: &DeadLetterQuery) -> Result<DeadLetterPage, StoreError> {
+        self.letters(query).await
+    }
+
+    async fn dead_letter(&self, id: &str) -> Result<Option<DeadLetter>, StoreError> {
+        self.letter_by_id(id).await
+    }
+
+    async fn remove_dead_letter(&self, id: &str) -> Result<bool, StoreError> {
+        self.remove_letter(id).await
     }
 
     async fn acquire_lease(
