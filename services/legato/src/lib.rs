@@ -6,6 +6,7 @@
 //! left unsent: a killed `legato up` picks up where it stopped.
 
 pub mod bench;
+pub mod chaos;
 pub mod check;
 pub mod cli;
 pub mod sse;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use legato::{LegatoConfig, Stack, bench, check, cli, topology};
+use legato::{LegatoConfig, Stack, bench, chaos, check, cli, topology};
 use legato_service::Shutdown;
 
 #[derive(Parser)]
@@ -50,6 +50,11 @@ enum Command {
     /// Start N instances of a fan-out-4-then-1 echo workflow with bounded
     /// concurrency; print throughput, latency and the raw store cost.
     Bench(bench::BenchOptions),
+    /// Soak the process-per-service stack (RabbitMQ, an Azurite of its
+    /// own) with kill -9s, broker and store restarts and hung agents while
+    /// instances run; check each completed with every result recorded once
+    /// and nothing dead-lettered; print the tally (exit 1 if a check fails).
+    Chaos(chaos::ChaosOptions),
     /// Print every broker entity (topics, subscriptions, rules) the
     /// services use, as text or JSON.
     Topology(topology::TopologyOptions),
@@ -72,9 +77,10 @@ async fn main() -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             }));
     }
-    serve(Cli::parse().command)
-        .await
-        .map(|()| ExitCode::SUCCESS)
+    match Cli::parse().command {
+        Command::Chaos(options) => chaos::run(options).await,
+        command => serve(command).await.map(|()| ExitCode::SUCCESS),
+    }
 }
 
 async fn serve(command: Command) -> anyhow::Result<()> {
@@ -132,6 +138,7 @@ async fn serve(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(options) => bench::run(options).await,
+        Command::Chaos(_) => anyhow::bail!("chaos is run by main"),
         Command::Topology(options) => topology::run(options),
         Command::Client(_) => anyhow::bail!("client commands are run by cli::run"),
     }

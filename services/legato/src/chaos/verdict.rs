@@ -1,0 +1,134 @@
+//! The soak's checks, read through the gateway once the faults stop: every
+//! instance completed with the right output, each of its tasks' results
+//! was recorded exactly once, and no dead letter was parked.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::Soak;
+
+/// Tasks an instance of the soak workflow runs: a, b, three items, join.
+const TASKS: usize = 6;
+/// How long dead letters are looked for after the last instance finished
+/// (the keeper parks what reaches a dead-letter queue within moments).
+const DEAD_LETTER_SETTLE: Duration = Duration::from_secs(5);
+
+#[derive(Default)]
+pub(super) struct Verdict {
+    instances: usize,
+    completed: usize,
+    results_expected: usize,
+    results_once: usize,
+    problems: Vec<String>,
+    dead_letters: Vec<String>,
+}
+
+impl Verdict {
+    pub(super) fn passed(&self) -> bool {
+        self.problems.is_empty() && self.dead_letters.is_empty()
+    }
+
+    pub(super) fn print(&self) {
+        println!(
+            "  {:<36} {:>6}/{}",
+            "instances completed", self.completed, self.instances
+        );
+        println!(
+            "  {:<36} {:>6}/{}",
+            "task results recorded exactly once", self.results_once, self.results_expected
+        );
+        println!("  {:<36} {:>6}", "dead letters", self.dead_letters.len());
+        for problem in self.problems.iter().take(20) {
+            println!("  problem: {problem}");
+        }
+        for letter in self.dead_letters.iter().take(20) {
+            println!("  dead letter: {letter}");
+        }
+        println!("chaos: {}", if self.passed() { "PASSED" } else { "FAILED" });
+    }
+}
+
+pub(super) async fn check(soak: &Soak, ids: &[String], limit: Duration) -> Verdict {
+    let mut verdict = Verdict {
+        instances: ids.len(),
+        results_expected: ids.len() * TASKS,
+        ..Verdict::default()
+    };
+    let deadline = Instant::now() + limit.max(Duration::from_secs(60));
+    for id in ids {
+        match finished(soak, id, deadline).await {
+            Ok(status) => judge(&mut verdict, id, &status),
+            Err(problem) => verdict.problems.push(problem),
+        }
+    }
+    tokio::time::sleep(DEAD_LETTER_SETTLE).await;
+    match soak
+        .send(
+            reqwest::Method::GET,
+            "/api/v1/dead-letters?top=1000",
+            &Value::Null,
+        )
+        .await
+    {
+        Ok(page) => {
+            for letter in page["items"].as_array().into_iter().flatten() {
+                verdict.dead_letters.push(format!(
+                    "{}/{} {}: {}",
+                    letter["topic"], letter["group"], letter["messageId"], letter["reason"]
+                ));
+            }
+        }
+        Err(e) => verdict.problems.push(format!("dead letters not read: {e}")),
+    }
+    verdict
+}
+
+/// The instance with its history once it is terminal.
+async fn finished(soak: &Soak, id: &str, deadline: Instant) -> Result<Value, String> {
+    let path = format!("/api/v1/instances/{id}?history=true");
+    loop {
+        let status = soak
+            .send(reqwest::Method::GET, &path, &Value::Null)
+            .await
+            .map_err(|e| format!("{id}: {e}"))?;
+        let runtime = status["runtimeStatus"].as_str().unwrap_or_default();
+        if matches!(runtime, "Completed" | "Failed" | "Terminated") {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{id} still {runtime} at the time limit"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn judge(verdict: &mut Verdict, id: &str, status: &Value) {
+    if status["runtimeStatus"] != "Completed" || status["output"] != 3 {
+        verdict.problems.push(format!(
+            "{id} ended {} with output {} ({})",
+            status["runtimeStatus"], status["output"], status["error"]
+        ));
+        return;
+    }
+    verdict.completed += 1;
+    let results: Vec<String> = status["history"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|row| row["event"]["type"] == "task_completed")
+        .map(|row| row["event"]["key"].to_string())
+        .collect();
+    let distinct: BTreeSet<&String> = results.iter().collect();
+    if results.len() == TASKS && distinct.len() == TASKS {
+        verdict.results_once += TASKS;
+    } else {
+        verdict.results_once += distinct.len().min(TASKS);
+        verdict.problems.push(format!(
+            "{id}: {} results recorded for {} tasks",
+            results.len(),
+            distinct.len()
+        ));
+    }
+}
