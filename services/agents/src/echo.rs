@@ -2,7 +2,10 @@
 //! `sleep_ms` delays the answer, `fail_attempts: k` fails attempts 1..k
 //! with a retryable error, `fatal: true` fails without retry, and
 //! `hang_attempts: k` makes attempts 1..k hang without heartbeats (a
-//! wedged agent, for heartbeat leases) until they are cancelled. Tests,
+//! wedged agent, for heartbeat leases) until they are cancelled;
+//! `fail_executions: k` fails (without retry) every attempt of the
+//! instance's first k executions, so a redrive (a new execution) passes.
+//! Tests,
 //! benchmarks and operators use it to exercise the engine without models.
 
 use std::time::Duration;
@@ -33,6 +36,7 @@ struct EchoInput {
     fail_attempts: u32,
     fatal: bool,
     hang_attempts: u32,
+    fail_executions: u32,
 }
 
 #[async_trait]
@@ -56,6 +60,12 @@ impl Agent for Echo {
             // The worker stops waiting for this future when the task is
             // cancelled, so the sleep needs no cancellation of its own.
             tokio::time::sleep(Duration::from_millis(request.sleep_ms)).await;
+        }
+        if task.key.execution < request.fail_executions {
+            return Err(input::fatal(format!(
+                "echo: execution {} of the first {} fails on purpose",
+                task.key.execution, request.fail_executions
+            )));
         }
         if request.fatal {
             return Err(input::fatal("echo: asked to fail (fatal: true)"));

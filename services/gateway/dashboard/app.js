@@ -255,6 +255,7 @@ async function instancePage(id) {
         el("button", { id: "suspend", disabled: finished, onclick: () => operate("suspend") }, "Suspend"),
         el("button", { id: "resume", disabled: finished, onclick: () => operate("resume") }, "Resume"),
         el("button", { id: "restart", onclick: () => operate("restart", `Restart ${instance.id} from the start?`) }, "Restart"),
+        el("button", { id: "redrive", disabled: !["Failed", "Terminated"].includes(instance.runtimeStatus), onclick: () => operate("redrive", `Redrive ${instance.id} from what did not complete?`) }, "Redrive"),
         el("button", { class: "danger", id: "terminate", disabled: finished, onclick: () => operate("terminate", `Terminate ${instance.id}? Running tasks are cancelled.`, { reason: "terminated in the dashboard" }) }, "Terminate"),
         el("button", { class: "danger", id: "purge", disabled: !finished, onclick: () => operate("purge", `Purge ${instance.id} and its history? This cannot be undone.`) }, "Purge")),
       el("div", { class: "grid" },

@@ -13,7 +13,7 @@ use legato_service::problem::{FieldError, Problem};
 #[derive(OpenApi)]
 #[openapi(
     info(title = "legato gateway", version = "1", description = "Start, follow and steer durable multi-agent workflows. Errors are application/problem+json."),
-    paths(register, list_workflows, get_workflow, list_versions, start, get_instance, list_instances, purge, raise_event, terminate, suspend, resume, restart, negotiate, subscribe, list_dead_letters, replay_dead_letter, discard_dead_letter),
+    paths(register, list_workflows, get_workflow, list_versions, start, get_instance, list_instances, purge, raise_event, terminate, suspend, resume, restart, redrive, negotiate, subscribe, list_dead_letters, replay_dead_letter, discard_dead_letter),
     components(schemas(Problem, FieldError, StartRequest, StartResponse, InstanceView, StepView, ItemCounts, HistoryEntry, InstancePage, InstanceListItem, DefinitionView, DefinitionList, VersionList, ReasonBody, RestartBody, Accepted, NegotiateResponse, SubscriptionRequest, DeadLetterPage, DeadLetterView)),
     tags(
         (name = "workflows", description = "Definitions"),
@@ -143,6 +143,7 @@ fn add_links(value: &mut Value) {
         "Suspend": by_id("suspend"),
         "Resume": by_id("resume"),
         "Restart": by_id("restart"),
+        "Redrive": by_id("redrive"),
         "Purge": by_id("purge"),
         "Subscribe": by_id("subscribe"),
     });

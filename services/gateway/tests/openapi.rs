@@ -48,6 +48,7 @@ fn contracts_openapi_json_is_the_served_document() {
             "/api/v1/instances",
             "/api/v1/instances/{id}",
             "/api/v1/instances/{id}/events/{name}",
+            "/api/v1/instances/{id}/redrive",
             "/api/v1/instances/{id}/restart",
             "/api/v1/instances/{id}/resume",
             "/api/v1/instances/{id}/stream",

@@ -165,6 +165,7 @@ fn to_input(envelope: &Envelope) -> Routed {
             id,
             reason: r.reason.clone(),
         },
+        Payload::Redrive(_) => Event::RedriveRequested { at, id },
         Payload::Restart(r) => Event::RestartRequested {
             at,
             id,

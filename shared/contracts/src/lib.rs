@@ -18,8 +18,9 @@ pub use ids::{
 };
 pub use payload::{
     CANCEL_ROUTING_PREFIX, HeartbeatKind, Payload, ProgressEvent, ProgressKind, RaiseEvent,
-    RestartInstance, ResumeInstance, StartInstance, SuspendInstance, TaskCancelled, TaskCompleted,
-    TaskDispatched, TaskError, TaskFailed, TaskHeartbeat, TerminateInstance, Topic,
+    RedriveInstance, RestartInstance, ResumeInstance, StartInstance, SuspendInstance,
+    TaskCancelled, TaskCompleted, TaskDispatched, TaskError, TaskFailed, TaskHeartbeat,
+    TerminateInstance, Topic,
 };
 pub use status::RuntimeStatus;
 pub use task::{TaskKey, TaskRole};

@@ -107,6 +107,12 @@ pub struct RestartInstance {
     pub input: Option<Value>,
 }
 
+/// Resume a Failed or Terminated instance from what did not complete: its
+/// completed steps (and a `for_each`'s completed items) keep their outputs.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedriveInstance {}
+
 /// One attempt of one task, sent to the agent named by the routing key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -215,6 +221,8 @@ impl From<HeartbeatKind> for ProgressKind {
 pub enum ProgressKind {
     InstanceStarted,
     InstanceRestarted,
+    /// A Failed or Terminated instance resumed from what did not complete.
+    InstanceRedriven,
     StepStarted,
     StepCompleted,
     StepSkipped,
@@ -316,6 +324,7 @@ payloads! {
     Suspend(SuspendInstance) => "legato.instance.suspend.v1", Commands;
     Resume(ResumeInstance) => "legato.instance.resume.v1", Commands;
     Restart(RestartInstance) => "legato.instance.restart.v1", Commands;
+    Redrive(RedriveInstance) => "legato.instance.redrive.v1", Commands;
     TaskDispatched(TaskDispatched) => "legato.task.dispatched.v1", AgentTasks;
     TaskCancelled(TaskCancelled) => "legato.task.cancelled.v1", AgentTasks;
     TaskCompleted(TaskCompleted) => "legato.task.completed.v1", AgentResults;

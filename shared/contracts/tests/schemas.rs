@@ -81,6 +81,7 @@ fn samples() -> Vec<Payload> {
         }
         .into(),
         RestartInstance { input: None }.into(),
+        RedriveInstance {}.into(),
         TaskDispatched {
             key: key(),
             attempt: 2,

@@ -94,6 +94,10 @@ fn apply(ctx: &mut Ctx, event: &Event) -> Result<(), Ignored> {
             lifecycle::first_delivery(ctx, id)?;
             lifecycle::restart(ctx, input.as_ref())
         }
+        Event::RedriveRequested { id, .. } => {
+            lifecycle::first_delivery(ctx, id)?;
+            lifecycle::redrive(ctx)
+        }
         // Not held back while suspended: a live agent keeps its lease, and
         // its news (an approval request) is news now.
         Event::TaskHeartbeat {

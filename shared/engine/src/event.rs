@@ -100,6 +100,12 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         input: Option<Value>,
     },
+    /// Resume a Failed or Terminated instance from what did not complete.
+    RedriveRequested {
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+        id: String,
+    },
 }
 
 impl Event {
@@ -114,7 +120,8 @@ impl Event {
             | Self::TerminateRequested { at, .. }
             | Self::SuspendRequested { at, .. }
             | Self::ResumeRequested { at, .. }
-            | Self::RestartRequested { at, .. } => *at,
+            | Self::RestartRequested { at, .. }
+            | Self::RedriveRequested { at, .. } => *at,
         }
     }
 

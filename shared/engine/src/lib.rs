@@ -16,6 +16,7 @@ mod command;
 mod decide;
 mod event;
 mod lifecycle;
+pub use lifecycle::redrive_refused;
 mod scheduler;
 mod state;
 mod tasks;

@@ -317,6 +317,82 @@ pub(crate) fn first_delivery(ctx: &mut Ctx, id: &str) -> Result<(), Ignored> {
     }
 }
 
+/// Why an instance cannot be redriven, if it cannot: only a Failed or
+/// Terminated one can, and not after its saga rolled back (the completed
+/// steps' effects were undone; restart it instead).
+pub fn redrive_refused(state: &crate::InstanceState) -> Option<String> {
+    if !matches!(
+        state.status,
+        RuntimeStatus::Failed | RuntimeStatus::Terminated
+    ) {
+        return Some(format!(
+            "instance is {}: only a Failed or Terminated instance can be redriven",
+            state.status
+        ));
+    }
+    let rolled_back = state
+        .steps
+        .values()
+        .any(|s| s.compensation.as_ref().is_some_and(|c| c.attempt > 0));
+    rolled_back.then(|| {
+        "the instance rolled back (compensations ran): redriving would build on undone \
+         steps; restart it instead"
+            .to_owned()
+    })
+}
+
+/// Resumes a Failed or Terminated instance as a new execution that keeps
+/// what completed: completed and skipped steps keep their outputs, a
+/// `for_each` keeps its completed items and runs only the others, and every
+/// other step starts again with a fresh retry budget.
+pub(crate) fn redrive(ctx: &mut Ctx) -> Result<(), Ignored> {
+    if let Some(reason) = redrive_refused(&ctx.state) {
+        return ignore(reason);
+    }
+    let workflow = ctx.workflow()?;
+    let state = &mut ctx.state;
+    state.execution += 1;
+    let mut partial = Vec::new();
+    for step in &workflow.steps {
+        let Some(s) = state.steps.get_mut(&step.id) else {
+            continue;
+        };
+        if s.status.is_done() {
+            continue;
+        }
+        s.error = None;
+        s.completed_at = None;
+        s.compensation = None;
+        let kept = s.tasks.iter().any(|t| t.status == SlotStatus::Completed);
+        if matches!(step.action, legato_workflow::Action::ForEach { .. }) && kept {
+            for slot in s
+                .tasks
+                .iter_mut()
+                .filter(|t| t.status != SlotStatus::Completed)
+            {
+                *slot = TaskSlot::queued(slot.agent.clone(), slot.input.clone());
+            }
+            s.status = StepStatus::Running;
+            partial.push(step.clone());
+        } else {
+            *s = StepState::pending();
+        }
+    }
+    state.compensation = None;
+    state.output = None;
+    state.error = None;
+    state.status = RuntimeStatus::Running;
+    state.run_position = state.position;
+    let execution = state.execution;
+    ctx.progress(ProgressKind::InstanceRedriven)
+        .data(json!({ "execution": execution }));
+    for step in &partial {
+        scheduler::dispatch_queued(ctx, step);
+    }
+    scheduler::advance(ctx);
+    Ok(())
+}
+
 pub(crate) fn restart(ctx: &mut Ctx, input: Option<&Value>) -> Result<(), Ignored> {
     if ctx.state.status == RuntimeStatus::Pending {
         return ignore("instance has not started");

@@ -198,7 +198,7 @@ impl Run {
         }
         if chaos && c % 29 == 1 {
             let id = self.next_id();
-            let event = match c % 4 {
+            let event = match c % 5 {
                 0 => Event::SuspendRequested {
                     at,
                     id,
@@ -214,6 +214,7 @@ impl Run {
                     id,
                     input: None,
                 },
+                3 => Event::RedriveRequested { at, id },
                 _ => Event::TerminateRequested {
                     at,
                     id,

@@ -931,3 +931,107 @@ fn steps_without_a_lease_ignore_heartbeats() {
         "no commit for a heartbeat nothing waits on"
     );
 }
+
+fn redrive(h: &mut Harness, id: &str) -> legato_engine::Decision {
+    let at = h.now;
+    h.send(Event::RedriveRequested { at, id: id.into() })
+}
+
+fn in_execution(mut key: legato_contracts::TaskKey, execution: u32) -> legato_contracts::TaskKey {
+    key.execution = execution;
+    key
+}
+
+#[test]
+fn redrive_reruns_only_the_failed_items_of_a_for_each() {
+    let mut h = Harness::start(
+        r#"
+name: r
+version: 1
+steps:
+  - { id: first, agent: echo }
+  - { id: each, needs: [first], for_each: "${{ [1, 2, 3] }}", agent: echo, input: "${{ item }}" }
+  - { id: last, needs: [each], agent: echo }
+"#,
+        json!({}),
+    );
+    h.complete(key("first", None), 1, json!("f"));
+    h.complete(key("each", Some(0)), 1, json!(10));
+    h.fail(key("each", Some(1)), 1, false);
+    assert_eq!(h.state.status, RuntimeStatus::Failed);
+    h.take();
+
+    assert!(redrive(&mut h, "r1").applied());
+    assert_eq!(h.state.status, RuntimeStatus::Running);
+    assert_eq!(h.state.execution, 1);
+    // Item 0 kept its output; items 1 and 2 run again, as a new execution.
+    let sent: Vec<_> = h
+        .dispatched()
+        .iter()
+        .map(|t| (t.key.clone(), t.attempt))
+        .collect();
+    assert_eq!(
+        sent,
+        vec![
+            (in_execution(key("each", Some(1)), 1), 1),
+            (in_execution(key("each", Some(2)), 1), 1)
+        ]
+    );
+    assert!(!redrive(&mut h, "r1").applied(), "a redelivery counts once");
+    h.complete(in_execution(key("each", Some(1)), 1), 1, json!(11));
+    h.complete(in_execution(key("each", Some(2)), 1), 1, json!(12));
+    assert_eq!(
+        h.state.steps[&step("each")].output,
+        Some(json!([10, 11, 12]))
+    );
+    h.complete(in_execution(key("last", None), 1), 1, json!("done"));
+    assert_eq!(h.state.status, RuntimeStatus::Completed);
+    assert_eq!(replay(h.state.id.clone(), &h.history), h.state);
+}
+
+#[test]
+fn redrive_of_a_sequence_keeps_completed_steps_and_ignores_the_old_attempt() {
+    let mut h = Harness::start(
+        "name: s\nversion: 1\nsteps:\n  - { id: a, agent: echo }\n  - { id: b, agent: echo, needs: [a] }\n",
+        json!({}),
+    );
+    h.complete(key("a", None), 1, json!(1));
+    h.fail(key("b", None), 1, false);
+    assert_eq!(h.state.status, RuntimeStatus::Failed);
+    h.take();
+    let started = h.state.position;
+    assert!(redrive(&mut h, "r").applied());
+    let told: Vec<_> = h.take();
+    assert!(told.iter().any(|c| matches!(c, Command::PublishProgress(p) if p.kind == ProgressKind::InstanceRedriven && p.position > started)));
+    assert_eq!(h.state.steps[&step("a")].status, StepStatus::Completed);
+    // A late answer from before the redrive changes nothing.
+    assert!(!h.complete(key("b", None), 1, json!("late")).applied());
+    h.complete(in_execution(key("b", None), 1), 1, json!(2));
+    assert_eq!(h.state.status, RuntimeStatus::Completed);
+}
+
+#[test]
+fn redrive_is_refused_after_a_rollback_and_for_live_instances() {
+    let mut h = Harness::start(
+        r#"
+name: saga
+version: 1
+steps:
+  - { id: a, agent: echo, compensate: { agent: echo } }
+  - { id: b, agent: echo, needs: [a] }
+"#,
+        json!({}),
+    );
+    assert!(
+        legato_engine::redrive_refused(&h.state).is_some(),
+        "running"
+    );
+    assert!(!redrive(&mut h, "r0").applied());
+    h.complete(key("a", None), 1, json!(1));
+    h.fail(key("b", None), 1, false);
+    h.complete(comp_key("a"), 1, json!("undone"));
+    assert_eq!(h.state.status, RuntimeStatus::Failed);
+    let reason = legato_engine::redrive_refused(&h.state).unwrap();
+    assert!(reason.contains("rolled back"), "{reason}");
+    assert!(!redrive(&mut h, "r1").applied());
+}

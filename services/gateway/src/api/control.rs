@@ -7,8 +7,8 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use legato_contracts::{
-    Envelope, EventName, InstanceId, Payload, RaiseEvent, RestartInstance, ResumeInstance,
-    SuspendInstance, TerminateInstance,
+    Envelope, EventName, InstanceId, Payload, RaiseEvent, RedriveInstance, RestartInstance,
+    ResumeInstance, SuspendInstance, TerminateInstance,
 };
 use legato_service::auth::{Caller, Principal};
 use legato_service::problem::Problem;
@@ -22,21 +22,40 @@ use crate::dto::{Accepted, ReasonBody, RestartBody};
 
 /// Sends a command about an existing instance. `live_only` refuses a
 /// finished instance with 410 Gone (nothing there would act on it).
+/// Which instances a signal is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum For {
+    /// Live ones: a finished one answers 410.
+    Live,
+    Any,
+    /// Failed or Terminated ones that did not roll back: else 409.
+    Redrive,
+}
+
 async fn send(
     state: &GatewayState,
     caller: &Principal,
     raw_id: String,
-    live_only: bool,
+    target: For,
     payload: impl Into<Payload>,
 ) -> Result<(StatusCode, Json<Accepted>), Problem> {
     let id: InstanceId = instance_id(caller, raw_id)?;
-    let (stored, _) = load(state, &id).await?;
+    let (stored, instance) = load(state, &id).await?;
     let status = stored.record.summary.status;
-    if live_only && status.is_terminal() {
+    if target == For::Live && status.is_terminal() {
         return Err(Problem::new(
             StatusCode::GONE,
             "Instance finished",
             format!("instance {} is {}", id.local(), status.as_str()),
+        ));
+    }
+    if target == For::Redrive
+        && let Some(reason) = legato_engine::redrive_refused(&instance)
+    {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "Cannot be redriven",
+            format!("instance {}: {reason}", id.local()),
         ));
     }
     let envelope = Envelope::new(SOURCE, id.clone(), OffsetDateTime::now_utc(), payload)
@@ -95,7 +114,7 @@ pub(crate) async fn raise_event(
     } else {
         parse_json(&body)?
     };
-    send(&state, &caller, id, true, RaiseEvent { name, data }).await
+    send(&state, &caller, id, For::Live, RaiseEvent { name, data }).await
 }
 
 /// Terminate: no more steps run, running tasks are cancelled, nothing is compensated.
@@ -118,7 +137,7 @@ pub(crate) async fn terminate(
         &state,
         &caller,
         id,
-        true,
+        For::Live,
         TerminateInstance {
             reason: bounded_reason(&state, body.reason)?,
         },
@@ -146,7 +165,7 @@ pub(crate) async fn suspend(
         &state,
         &caller,
         id,
-        true,
+        For::Live,
         SuspendInstance {
             reason: bounded_reason(&state, body.reason)?,
         },
@@ -173,7 +192,7 @@ pub(crate) async fn resume(
         &state,
         &caller,
         id,
-        true,
+        For::Live,
         ResumeInstance {
             reason: bounded_reason(&state, body.reason)?,
         },
@@ -201,8 +220,30 @@ pub(crate) async fn restart(
         &state,
         &caller,
         id,
-        false,
+        For::Any,
         RestartInstance { input: body.input },
     )
     .await
+}
+
+/// Resume a Failed or Terminated instance from what did not complete: its
+/// completed steps (and a `for_each`'s completed items) keep their outputs
+/// and are not run again; the rest runs as a new execution with a fresh
+/// retry budget. Refused (409) for a live instance and for one whose saga
+/// rolled back (restart that one).
+#[utoipa::path(
+    post, path = "/api/v1/instances/{id}/redrive", tag = "control",
+    params(("id" = String, Path)),
+    responses(
+        (status = 202, description = "Sent", body = Accepted),
+        (status = 404, description = "Unknown instance", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not Failed or Terminated, or rolled back", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn redrive(
+    State(state): State<GatewayState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Accepted>), Problem> {
+    send(&state, &caller, id, For::Redrive, RedriveInstance {}).await
 }

@@ -17,7 +17,9 @@ use legato_store::StoredInstance;
 use crate::GatewayState;
 
 pub(crate) use control::__path_raise_event;
-pub(crate) use control::{__path_restart, __path_resume, __path_suspend, __path_terminate};
+pub(crate) use control::{
+    __path_redrive, __path_restart, __path_resume, __path_suspend, __path_terminate,
+};
 pub(crate) use dead_letters::{
     __path_discard_dead_letter, __path_list_dead_letters, __path_replay_dead_letter,
     DeadLetterPage, DeadLetterView,
@@ -41,6 +43,7 @@ pub(crate) fn required_role(method: &Method, path: &str) -> Role {
         | ("POST", "/api/v1/instances/{id}/suspend")
         | ("POST", "/api/v1/instances/{id}/resume")
         | ("POST", "/api/v1/instances/{id}/restart")
+        | ("POST", "/api/v1/instances/{id}/redrive")
         | ("GET", "/api/v1/dead-letters")
         | ("POST", "/api/v1/dead-letters/{id}/replay")
         | ("DELETE", "/api/v1/dead-letters/{id}") => Role::Operate,
@@ -85,6 +88,7 @@ pub(crate) fn routes() -> Router<GatewayState> {
         .route("/api/v1/instances/{id}/suspend", post(control::suspend))
         .route("/api/v1/instances/{id}/resume", post(control::resume))
         .route("/api/v1/instances/{id}/restart", post(control::restart))
+        .route("/api/v1/instances/{id}/redrive", post(control::redrive))
 }
 
 /// What a browser app on another origin calls (under CORS).

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::{Value, json};
 
-use stack::{Azurite, Process};
+pub use stack::Azurite;
+use stack::Process;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ChaosOptions {
@@ -303,6 +304,12 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<std::process::ExitCode
             hang = fault == Fault::HungAgent;
             *tally.entry(fault).or_default() += 1;
             faults += 1;
+            if faults % 100 == 0 {
+                println!(
+                    "chaos: {faults} faults, {next} instances started, {:.0?}",
+                    began.elapsed()
+                );
+            }
         }
         // Starts spread over the faults, so both end together.
         let left = (options.faults - faults).max(1);

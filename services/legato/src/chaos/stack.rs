@@ -58,8 +58,10 @@ impl Drop for Process {
     }
 }
 
-/// Azurite's Table service on a port and folder of the soak's own.
-pub(crate) struct Azurite {
+/// Azurite's Table service on a port and folder of its own (the soak's,
+/// or a test's), so stopping it disturbs nobody; its data is on disk and
+/// survives a restart.
+pub struct Azurite {
     binary: PathBuf,
     pub port: u16,
     location: PathBuf,

@@ -105,6 +105,9 @@ pub enum ClientCommand {
         #[arg(long)]
         input: Option<String>,
     },
+    /// Resume a Failed or Terminated instance from what did not complete
+    /// (completed steps keep their outputs).
+    Redrive { id: String },
     /// Delete a finished instance and its history.
     Purge { id: String },
 }
@@ -230,6 +233,9 @@ pub async fn run(command: ClientCommand, target: Target) -> anyhow::Result<ExitC
         ClientCommand::Restart { id, input } => {
             let input = input.map(|i| json_arg("--input", &i)).transpose()?;
             operate(&gateway, output, &id, "restart", json!({"input": input})).await?;
+        }
+        ClientCommand::Redrive { id } => {
+            operate(&gateway, output, &id, "redrive", json!({})).await?;
         }
         ClientCommand::Purge { id } => {
             gateway.call(Method::DELETE, &instance(&id), None).await?;

@@ -6,14 +6,15 @@
 //! instance completes with each step's result recorded once and nothing
 //! dead-lettered.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::chaos::{dead_letters, free_port};
+use legato::chaos::Azurite;
+
+use crate::chaos::dead_letters;
 use crate::support::{Legato, Service, echo_step, events, services_env, temp_dir};
 
 /// A workflow whose instances are mid-way when the store goes.
@@ -158,96 +159,22 @@ async fn a_locked_sqlite_database_pauses_the_work_and_loses_nothing() {
     all_complete_once(&legato, &ids, Duration::from_secs(120)).await;
 }
 
-/// Azurite on a port and in a folder of its own, so stopping it disturbs
-/// no other test; its data is on disk and survives a restart.
-struct PrivateAzurite {
-    port: u16,
-    location: PathBuf,
-    child: Option<Child>,
-}
-
-impl PrivateAzurite {
-    fn start(location: &Path) -> Self {
-        let mut azurite = Self {
-            port: free_port(),
-            location: location.to_owned(),
-            child: None,
-        };
-        azurite.resume();
-        azurite
-    }
-
-    fn binary() -> PathBuf {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../tests/node/node_modules/.bin/azurite-table");
-        assert!(
-            path.exists(),
-            "{} is missing: scripts/test installs Azurite",
-            path.display()
-        );
-        path
-    }
-
-    /// Starts it (again) and waits until it takes connections.
-    fn resume(&mut self) {
-        let child = Command::new(Self::binary())
-            .args(["--tableHost", "127.0.0.1", "--tablePort"])
-            .arg(self.port.to_string())
-            .arg("--location")
-            .arg(&self.location)
-            .args(["--skipApiVersionCheck", "--disableTelemetry", "--silent"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "Azurite did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Stops it as an operator would: Ctrl-C (SIGINT), on which Azurite
-    /// writes its data out (it saves only every 5 s otherwise, and does not
-    /// handle SIGTERM).
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-INT", &child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn connection_string(&self) -> String {
-        format!(
-            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;\
-             AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;\
-             TableEndpoint=http://127.0.0.1:{}/devstoreaccount1;",
-            self.port
-        )
-    }
-}
-
-impl Drop for PrivateAzurite {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+/// Azurite's Table service as `scripts/test` installs it.
+fn azurite_binary() -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/node/node_modules/.bin/azurite-table");
+    assert!(
+        path.exists(),
+        "{} is missing: scripts/test installs Azurite",
+        path.display()
+    );
+    path
 }
 
 #[tokio::test]
 async fn thirty_seconds_without_azurite_under_fifty_running_instances() {
     let dir = temp_dir();
-    let mut azurite = PrivateAzurite::start(&dir.path().join("azurite"));
+    let mut azurite = Azurite::start(&azurite_binary(), &dir.path().join("azurite")).unwrap();
     let mut env = services_env(dir.path());
     for (key, value) in &mut env {
         if key == "LEGATO__STORE__CONNECTION_STRING" {
@@ -292,7 +219,7 @@ async fn thirty_seconds_without_azurite_under_fifty_running_instances() {
     }
     refused_politely(&legato, &ids[0]).await;
     tokio::time::sleep(Duration::from_secs(30).saturating_sub(stopped.elapsed())).await;
-    azurite.resume();
+    azurite.resume().unwrap();
 
     for service in [&gateway, &orchestrator, &notifier] {
         wait_for_answer(

@@ -863,3 +863,62 @@ async fn progress_positions_agree_across_the_stream_the_hub_and_the_history() {
     }
     assert_eq!(told, rest);
 }
+
+#[tokio::test]
+async fn a_redrive_reruns_only_what_failed_and_keeps_what_completed() {
+    let dir = temp_dir();
+    let legato = launch(dir.path());
+    legato
+        .register(json!({"name": "redrive", "version": 1, "steps": [
+            echo_step("first", &[], json!({"value": "kept"})),
+            {"id": "each", "needs": ["first"], "for_each": "${{ [0, 1, 2] }}", "agent": "echo",
+             "input": {"value": "${{ item }}", "fail_executions": "${{ item == 1 ? 1 : 0 }}"}},
+            echo_step("last", &["each"], json!({"value": "${{ steps.each.output }}"})),
+        ], "output": "${{ steps.last.output.value }}"}))
+        .await;
+    let id = legato.start_instance("redrive", json!({})).await;
+    let failed = legato.wait_status(&id, "Failed").await;
+    assert!(
+        failed["error"].as_str().unwrap().contains("each"),
+        "{failed:#}"
+    );
+
+    let (code, body) = legato
+        .post(&format!("/api/v1/instances/{id}/redrive"), json!({}))
+        .await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    let done = legato.wait_status(&id, "Completed").await;
+    let values: Vec<&Value> = done["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| &o["value"])
+        .collect();
+    assert_eq!(values, [&json!(0), &json!(1), &json!(2)], "{done:#}");
+    // "first" and items 0 and 2 ran once; item 1 ran again, in the new
+    // execution; the history records the redrive.
+    let completed = events(&done, "task_completed");
+    let keys: Vec<String> = completed
+        .iter()
+        .map(|e| {
+            let key = &e["event"]["key"];
+            format!("{}/{}", key["step"].as_str().unwrap(), key["item"])
+        })
+        .collect();
+    for once in ["first/null", "each/0", "each/2", "each/1", "last/null"] {
+        assert_eq!(
+            keys.iter().filter(|k| *k == once).count(),
+            1,
+            "{once} in {keys:?}"
+        );
+    }
+    assert_eq!(events(&done, "redrive_requested").len(), 1);
+    let (code, problem) = legato
+        .post(&format!("/api/v1/instances/{id}/redrive"), json!({}))
+        .await;
+    assert_eq!(
+        code,
+        StatusCode::CONFLICT,
+        "a completed instance: {problem}"
+    );
+}
