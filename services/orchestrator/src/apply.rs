@@ -234,6 +234,7 @@ impl Applier {
                     input: start.input.clone(),
                     tenant: start.tenant.clone(),
                     run: new_run(),
+                    created_at: state.created_at,
                 }
             }
         };

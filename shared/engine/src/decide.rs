@@ -76,8 +76,17 @@ fn apply(ctx: &mut Ctx, event: &Event) -> Result<(), Ignored> {
             input,
             tenant,
             run,
+            created_at,
             ..
-        } => lifecycle::start(ctx, instance, workflow, input, tenant.as_ref(), *run),
+        } => {
+            lifecycle::start(ctx, instance, workflow, input, tenant.as_ref(), *run)?;
+            // The instance was created when its start was accepted (the
+            // Azure store lists it by that time).
+            if let Some(created_at) = created_at {
+                ctx.state.created_at = Some(*created_at);
+            }
+            Ok(())
+        }
         Event::TerminateRequested { id, reason, .. } => {
             lifecycle::first_delivery(ctx, id)?;
             lifecycle::terminate(ctx, reason.as_deref())

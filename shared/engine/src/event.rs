@@ -27,6 +27,14 @@ pub enum Event {
         /// into this event; part of every task key.
         #[serde(default)]
         run: u64,
+        /// When the instance was created (its start accepted), which the
+        /// instance keeps; `at` when absent.
+        #[serde(
+            default,
+            with = "time::serde::rfc3339::option",
+            skip_serializing_if = "Option::is_none"
+        )]
+        created_at: Option<OffsetDateTime>,
     },
     TaskCompleted {
         #[serde(with = "time::serde::rfc3339")]

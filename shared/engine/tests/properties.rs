@@ -156,6 +156,7 @@ impl Run {
             input,
             tenant: None,
             run: 42,
+            created_at: None,
         });
         run
     }

@@ -1035,3 +1035,36 @@ steps:
     assert!(reason.contains("rolled back"), "{reason}");
     assert!(!redrive(&mut h, "r1").applied());
 }
+
+/// The instance keeps the time its start was accepted (the Pending record's,
+/// by which the Azure store lists it), not the time the orchestrator took
+/// the start up: a listing entry whose time no longer matched was removed
+/// as dangling a minute later (the soak found instances missing from
+/// `GET /instances`).
+#[test]
+fn a_started_instance_keeps_its_creation_time() {
+    let accepted = time::macros::datetime!(2026-11-26 11:59:58 UTC);
+    let workflow = std::sync::Arc::new(
+        legato_workflow::parse("name: c\nversion: 1\nsteps: [{ id: a, agent: echo }]\n").unwrap(),
+    );
+    let id = legato_contracts::InstanceId::parse("created-1").unwrap();
+    let mut state = legato_engine::InstanceState::new(id.clone());
+    state.created_at = Some(accepted);
+    let started = Event::Started {
+        at: accepted + time::Duration::seconds(2),
+        instance: id,
+        workflow,
+        input: json!({}),
+        tenant: None,
+        run: 7,
+        created_at: state.created_at,
+    };
+    let decision = legato_engine::decide(&state, &started);
+    assert!(decision.applied());
+    assert_eq!(decision.state.created_at, Some(accepted));
+    assert_eq!(
+        replay(decision.state.id.clone(), [&started]).created_at,
+        Some(accepted),
+        "replay agrees"
+    );
+}

@@ -21,6 +21,7 @@ pub(super) struct Verdict {
     completed: usize,
     results_expected: usize,
     results_once: usize,
+    listed: usize,
     problems: Vec<String>,
     dead_letters: Vec<String>,
 }
@@ -38,6 +39,10 @@ impl Verdict {
         println!(
             "  {:<36} {:>6}/{}",
             "task results recorded exactly once", self.results_once, self.results_expected
+        );
+        println!(
+            "  {:<36} {:>6}/{}",
+            "instances listed by GET /instances", self.listed, self.instances
         );
         println!("  {:<36} {:>6}", "dead letters", self.dead_letters.len());
         for problem in self.problems.iter().take(20) {
@@ -63,6 +68,17 @@ pub(super) async fn check(soak: &Soak, ids: &[String], limit: Duration) -> Verdi
             Err(problem) => verdict.problems.push(problem),
         }
     }
+    match listed(soak, ids).await {
+        Ok(n) => verdict.listed = n,
+        Err(e) => verdict.problems.push(format!("instances not listed: {e}")),
+    }
+    if verdict.listed != ids.len() {
+        verdict.problems.push(format!(
+            "GET /instances lists {} of the {} instances",
+            verdict.listed,
+            ids.len()
+        ));
+    }
     tokio::time::sleep(DEAD_LETTER_SETTLE).await;
     match soak
         .send(
@@ -83,6 +99,31 @@ pub(super) async fn check(soak: &Soak, ids: &[String], limit: Duration) -> Verdi
         Err(e) => verdict.problems.push(format!("dead letters not read: {e}")),
     }
     verdict
+}
+
+/// How many of the run's instances the listing shows, page by page.
+async fn listed(soak: &Soak, ids: &[String]) -> anyhow::Result<usize> {
+    let wanted: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
+    let mut seen = BTreeSet::new();
+    let mut token: Option<String> = None;
+    // Bounded: each page holds up to 1,000 and the run has `ids.len()`.
+    for _ in 0..(ids.len() / 100 + 10) {
+        let mut path = "/api/v1/instances?workflow=soak&top=1000".to_owned();
+        if let Some(token) = &token {
+            path.push_str(&format!("&continuationToken={token}"));
+        }
+        let page = soak.send(reqwest::Method::GET, &path, &Value::Null).await?;
+        for item in page["items"].as_array().into_iter().flatten() {
+            if let Some(id) = item["id"].as_str().filter(|id| wanted.contains(id)) {
+                seen.insert(id.to_owned());
+            }
+        }
+        match page["continuationToken"].as_str() {
+            Some(next) => token = Some(next.to_owned()),
+            None => return Ok(seen.len()),
+        }
+    }
+    Ok(seen.len())
 }
 
 /// The instance with its history once it is terminal.

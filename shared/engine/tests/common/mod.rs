@@ -61,6 +61,7 @@ impl Harness {
             input,
             tenant: None,
             run: RUN,
+            created_at: None,
         });
         h
     }
