@@ -87,15 +87,6 @@ impl DeadLetterQuery {
             Err(StoreError::InvalidToken)
         }
     }
-
-    pub fn admits(&self, letter: &DeadLetter) -> bool {
-        self.topic.is_none_or(|t| t == letter.topic)
-            && self.group.as_ref().is_none_or(|g| g == &letter.group)
-            && match &self.tenant {
-                TenantFilter::All => true,
-                TenantFilter::Only(tenant) => tenant == &letter.tenant,
-            }
-    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

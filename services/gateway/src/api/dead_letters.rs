@@ -7,7 +7,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use legato_bus::OutgoingMessage;
 use legato_contracts::{Envelope, InstanceId, Topic};
 use legato_service::auth::{Caller, Principal};
 use legato_service::problem::Problem;
@@ -177,8 +176,9 @@ pub(crate) async fn replay_dead_letter(
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<DeadLetterView>), Problem> {
     let letter = visible(&state, &caller, &id).await?;
-    // Where the message goes is worked out again from the message: a
-    // dead-letter queue's copy no longer carries its original routing.
+    // Where the message goes is worked out again from the message (its
+    // payload's topic and routing key): a dead-letter queue's copy no
+    // longer carries its original routing.
     let envelope = Envelope::decode(&letter.body).map_err(|e| {
         Problem::new(
             StatusCode::CONFLICT,
@@ -186,27 +186,16 @@ pub(crate) async fn replay_dead_letter(
             format!("dead letter {id} is not a legato message ({e}); discard it instead"),
         )
     })?;
-    let routing_key = envelope
-        .payload
-        .routing_key(envelope.subject.as_str())
-        .into_owned();
-    let message = OutgoingMessage {
-        id: letter.message_id.clone(),
-        body: letter.body.clone().into(),
-        headers: Default::default(),
-    };
-    state
-        .bus
-        .publish(envelope.payload.topic(), &routing_key, message)
-        .await
-        .map_err(|e| {
-            Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Bus unavailable",
-                format!("dead letter {id} was not sent back: {e}"),
-            )
-            .retry_after(std::time::Duration::from_secs(5))
-        })?;
+    // Sent as any message is, so it carries its id, its CloudEvents
+    // headers and its trace again.
+    state.bus.publish_envelope(&envelope).await.map_err(|e| {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Bus unavailable",
+            format!("dead letter {id} was not sent back: {e}"),
+        )
+        .retry_after(std::time::Duration::from_secs(5))
+    })?;
     state.store.remove_dead_letter(&id).await?;
     tracing::info!(%id, topic = letter.topic.as_str(), group = %letter.group, "dead letter replayed");
     Ok((StatusCode::ACCEPTED, Json(letter.into())))
