@@ -15,6 +15,7 @@ mod effects;
 mod inbound;
 mod metrics;
 mod recovery;
+mod schedules;
 mod settings;
 mod standalone;
 mod timers;
@@ -43,7 +44,7 @@ pub struct Orchestrator {
 
 impl Orchestrator {
     /// Subscribes and starts every loop: commands, agent results, timers,
-    /// the outbox sweeper and (for buses that forget on restart) recovery.
+    /// schedules, the outbox sweeper and (for buses that forget on restart) recovery.
     pub async fn start(
         bus: Arc<dyn Bus>,
         store: Arc<dyn Store>,
@@ -90,6 +91,16 @@ impl Orchestrator {
             shutdown.clone(),
         ));
         tasks.spawn(timers::run(applier, settings.clone(), shutdown.clone()));
+        let scheduler = Arc::new(schedules::Scheduler {
+            store: store.clone(),
+            bus: bus.clone(),
+            relay: relay.clone(),
+        });
+        tasks.spawn(schedules::run(
+            scheduler,
+            settings.clone(),
+            shutdown.clone(),
+        ));
         readiness.set_ready(true);
         tracing::info!("orchestrator started");
         Ok(Self { tasks, shutdown })

@@ -27,6 +27,9 @@ pub struct OrchestratorSettings {
     pub redispatch_on_start: bool,
     pub outbox_tick_ms: u64,
     pub outbox_safety_sweep_ms: u64,
+    /// How often due schedules are looked for: the latest a scheduled run
+    /// starts after its time (plus its jitter).
+    pub schedule_poll_ms: u64,
 }
 
 impl Default for OrchestratorSettings {
@@ -40,6 +43,7 @@ impl Default for OrchestratorSettings {
             redispatch_on_start: false,
             outbox_tick_ms: 500,
             outbox_safety_sweep_ms: 30_000,
+            schedule_poll_ms: 1_000,
         }
     }
 }

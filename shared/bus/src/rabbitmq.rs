@@ -15,8 +15,12 @@
 //!   confirm; consumers use manual acks with a bounded prefetch.
 //! - The connection recovers on its own after the broker restarts
 //!   (`enable_auto_recover`); a publish or consumer that saw the failure
-//!   waits for the recovery and carries on. Unacked deliveries of a lost
-//!   connection return to their queue, so nothing is lost.
+//!   waits for the recovery and carries on. When the recovery itself fails
+//!   (it gives up if the broker is not back in time, or a quorum queue is
+//!   not yet available to restore a consumer on), the adapter opens a new
+//!   connection in its place and every subscription reopens on it. Unacked
+//!   deliveries of a lost connection return to their queue, so nothing is
+//!   lost.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -50,8 +54,9 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
 /// A subscription idle this long checks that its consumer still exists on
 /// the broker and opens a new one if a recovery left it without.
 const IDLE_CHECK: Duration = Duration::from_secs(5);
-/// Attempts, a second apart, to open a subscription again.
-const REOPEN_ATTEMPTS: usize = 60;
+/// Attempts, a second apart, to open a subscription again (on a new
+/// connection if need be) before its consumer reports the bus unavailable.
+const REOPEN_ATTEMPTS: usize = 300;
 const CONTENT_TYPE: &str = "application/cloudevents+json";
 const DELIVERY_COUNT: &str = "x-delivery-count";
 /// The group name whose dead-letter queue ephemeral groups share:
@@ -84,9 +89,23 @@ pub struct RabbitMqBus {
 }
 
 struct Inner {
+    uri: String,
+    link: std::sync::RwLock<Arc<Link>>,
+    /// Held while a new connection is opened, so that many callers who saw
+    /// the old one fail open one between them.
+    relinking: tokio::sync::Mutex<()>,
+    options: RabbitMqOptions,
+}
+
+/// A connection and the channel everything is published on.
+struct Link {
     connection: Connection,
     publisher: Channel,
-    options: RabbitMqOptions,
+    generation: u64,
+}
+
+fn exchange_name(options: &RabbitMqOptions, topic: Topic) -> ShortString {
+    format!("{}{}", options.prefix, topic.as_str()).into()
 }
 
 fn unavailable(e: impl std::fmt::Display) -> BusError {
@@ -97,6 +116,22 @@ impl RabbitMqBus {
     /// Connects (e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`) and declares
     /// the topic exchanges.
     pub async fn connect(uri: &str, options: RabbitMqOptions) -> Result<Self, BusError> {
+        let link = Self::open_link(uri, &options, 0).await?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                uri: uri.to_owned(),
+                link: std::sync::RwLock::new(Arc::new(link)),
+                relinking: tokio::sync::Mutex::new(()),
+                options,
+            }),
+        })
+    }
+
+    async fn open_link(
+        uri: &str,
+        options: &RabbitMqOptions,
+        generation: u64,
+    ) -> Result<Link, BusError> {
         let properties = ConnectionProperties::default()
             .enable_auto_recover()
             .with_connection_name(LongString::from("legato"));
@@ -108,18 +143,10 @@ impl RabbitMqBus {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(unavailable)?;
-        let bus = Self {
-            inner: Arc::new(Inner {
-                connection,
-                publisher,
-                options,
-            }),
-        };
         for topic in Topic::ALL {
-            bus.inner
-                .publisher
+            publisher
                 .exchange_declare(
-                    bus.exchange(topic),
+                    exchange_name(options, topic),
                     ExchangeKind::Topic,
                     ExchangeDeclareOptions {
                         durable: true,
@@ -130,11 +157,47 @@ impl RabbitMqBus {
                 .await
                 .map_err(unavailable)?;
         }
-        Ok(bus)
+        Ok(Link {
+            connection,
+            publisher,
+            generation,
+        })
+    }
+
+    fn link(&self) -> Arc<Link> {
+        match self.inner.link.read() {
+            Ok(link) => link.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces a connection whose own recovery failed with a new one,
+    /// unless another caller already did.
+    async fn relink(&self, failed: &Link) -> Result<Arc<Link>, BusError> {
+        let _one_at_a_time = self.inner.relinking.lock().await;
+        let current = self.link();
+        if current.generation != failed.generation {
+            return Ok(current);
+        }
+        let link = Arc::new(
+            Self::open_link(&self.inner.uri, &self.inner.options, failed.generation + 1).await?,
+        );
+        let old = {
+            let mut slot = match self.inner.link.write() {
+                Ok(slot) => slot,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            std::mem::replace(&mut *slot, link.clone())
+        };
+        tracing::warn!("opened a new broker connection after the old one failed to recover");
+        tokio::spawn(async move {
+            let _ = old.connection.close(200, "replaced".into()).await;
+        });
+        Ok(link)
     }
 
     fn exchange(&self, topic: Topic) -> ShortString {
-        format!("{}{}", self.inner.options.prefix, topic.as_str()).into()
+        exchange_name(&self.inner.options, topic)
     }
 
     fn queue(&self, topic: Topic, group: &str) -> String {
@@ -186,10 +249,11 @@ impl RabbitMqBus {
             .with_message_id(message.id.clone().into())
             .with_headers(to_table(&message.headers));
         let mut last_error = None;
+        let mut link = self.link();
         for _ in 0..PUBLISH_ATTEMPTS {
+            let publisher = link.publisher.clone();
             let sent = async {
-                self.inner
-                    .publisher
+                publisher
                     .basic_publish(
                         exchange.clone(),
                         routing_key.into(),
@@ -224,8 +288,11 @@ impl RabbitMqBus {
                 Err(e) => {
                     tracing::warn!("publish failed, waiting for the connection to recover: {e}");
                     last_error = Some(e.to_string());
-                    if self.inner.publisher.wait_for_recovery(e).await.is_err() {
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    if link.publisher.wait_for_recovery(e).await.is_err() {
+                        match self.relink(&link).await {
+                            Ok(new) => link = new,
+                            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                        }
                     }
                 }
             }
@@ -375,12 +442,22 @@ impl RabbitMqBus {
     /// Declares what the subscription reads (idempotent) and starts a
     /// consumer on a channel of its own.
     async fn open(&self, source: &Source) -> Result<(Channel, Consumer), BusError> {
-        let channel = self
-            .inner
-            .connection
-            .create_channel()
-            .await
-            .map_err(unavailable)?;
+        let link = self.link();
+        let channel = match link.connection.create_channel().await {
+            Ok(channel) => channel,
+            // A connection that is neither up nor recovering will not come
+            // back by itself.
+            Err(e) if !link.connection.status().connected() => {
+                tracing::warn!("cannot open a channel ({e}); opening a new connection");
+                self.relink(&link)
+                    .await?
+                    .connection
+                    .create_channel()
+                    .await
+                    .map_err(unavailable)?
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
         let queue = source.queue(self);
         let prefetch = match source {
             Source::Group(spec) => {
@@ -513,11 +590,9 @@ impl Subscription for RabbitSubscription {
                     }
                     continue;
                 }
-                Ok(None) if !self.bus.inner.connection.status().connected() => {
-                    return Err(BusError::Closed);
-                }
-                // The channel ended under a live connection (the broker
-                // cancelled the consumer or closed the channel).
+                // The channel ended: the broker cancelled the consumer or
+                // closed the channel, or the connection went and did not
+                // recover (`open` replaces it then).
                 Ok(None) => {
                     self.reopen().await?;
                     continue;

@@ -140,6 +140,15 @@ identifier!(
     |v| scoped_rule(v, local_workflow_rule)
 );
 
+identifier!(
+    /// The name of a schedule, prefixed with its tenant (`acme~nightly`)
+    /// when it has one.
+    ScheduleName,
+    "schedule name",
+    "1-64 characters of a-z 0-9 - _, starting with a letter, after an optional <tenant>~",
+    |v| scoped_rule(v, local_workflow_rule)
+);
+
 /// The part of a scoped id that names the tenant, and the rest.
 fn split_scoped(v: &str) -> (Option<&str>, &str) {
     match v.split_once(TENANT_SEPARATOR) {
@@ -225,6 +234,30 @@ impl InstanceId {
     }
 
     /// The id as its tenant knows it.
+    pub fn local(&self) -> &str {
+        split_scoped(&self.0).1
+    }
+}
+
+impl ScheduleName {
+    /// The schedule `local` names within `tenant`'s.
+    pub fn scoped(tenant: Option<&TenantId>, local: impl Into<String>) -> Result<Self, IdError> {
+        let rule = "1-64 characters of a-z 0-9 - _, starting with a letter";
+        scoped(
+            tenant,
+            local.into(),
+            "schedule name",
+            rule,
+            local_workflow_rule,
+        )
+        .map(Self)
+    }
+
+    pub fn tenant(&self) -> Option<TenantId> {
+        split_scoped(&self.0).0.map(|t| TenantId(t.to_owned()))
+    }
+
+    /// The name as its tenant knows it.
     pub fn local(&self) -> &str {
         split_scoped(&self.0).1
     }

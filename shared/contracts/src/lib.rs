@@ -14,7 +14,8 @@ mod task;
 
 pub use envelope::{DecodeError, Envelope, SPEC_VERSION, TraceParent};
 pub use ids::{
-    AgentName, EventName, IdError, InstanceId, StepId, TENANT_SEPARATOR, TenantId, WorkflowName,
+    AgentName, EventName, IdError, InstanceId, ScheduleName, StepId, TENANT_SEPARATOR, TenantId,
+    WorkflowName,
 };
 pub use payload::{
     CANCEL_ROUTING_PREFIX, HeartbeatKind, Payload, ProgressEvent, ProgressKind, RaiseEvent,

@@ -2,9 +2,9 @@
 //! first (Pending) record when it accepts a start; from then on only the
 //! orchestrator writes.
 
-use legato_contracts::{InstanceId, WorkflowName};
+use legato_contracts::{Envelope, InstanceId, StartInstance, WorkflowName};
 use legato_engine::InstanceState;
-use legato_store::{InstanceRecord, InstanceSummary, StoreError};
+use legato_store::{Commit, Expected, InstanceRecord, InstanceSummary, StoreError};
 use serde::Deserialize;
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -26,6 +26,31 @@ pub fn pending(
     state.created_at = Some(now);
     state.updated_at = Some(now);
     record(&state, workflow, version, now)
+}
+
+/// The commit that accepts a start: the Pending record, created only if
+/// no instance has the id, with the start command in its outbox.
+pub fn accept_start(
+    source: &str,
+    id: InstanceId,
+    start: StartInstance,
+    now: OffsetDateTime,
+) -> Result<Commit, StoreError> {
+    let record = pending(
+        id.clone(),
+        start.workflow.clone(),
+        start.version,
+        start.input.clone(),
+        start.tenant.clone(),
+        now,
+    )?;
+    let envelope = Envelope::new(source, id, now, start)
+        .with_traceparent(crate::telemetry::current_traceparent());
+    let mut commit = Commit::new(record, Expected::New);
+    commit
+        .outbox
+        .push(crate::outbox::row_of(&envelope).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+    Ok(commit)
 }
 
 /// The record of a state; `workflow`/`version` are the pinned definition.

@@ -6,7 +6,7 @@
 //! Azurite account) and in any order.
 
 use legato_contracts::{
-    InstanceId, ProgressEvent, ProgressKind, RuntimeStatus, Topic, WorkflowName,
+    InstanceId, ProgressEvent, ProgressKind, RuntimeStatus, ScheduleName, Topic, WorkflowName,
 };
 use serde_json::json;
 use time::OffsetDateTime;
@@ -14,8 +14,8 @@ use time::macros::datetime;
 
 use crate::{
     Commit, DeadLetter, DeadLetterPage, DeadLetterQuery, DefinitionRecord, Expected, HistoryFrom,
-    HistoryRow, InstanceQuery, InstanceRecord, InstanceSummary, OutboxRow, Store, StoreError,
-    TenantFilter, TimerRow,
+    HistoryRow, InstanceQuery, InstanceRecord, InstanceSummary, OutboxRow, ScheduleRecord, Store,
+    StoreError, TenantFilter, TimerRow,
 };
 
 const BASE: OffsetDateTime = datetime!(2026-01-01 00:00 UTC);
@@ -707,6 +707,113 @@ pub async fn dead_letters_park_once_list_in_pages_and_go_when_removed(store: &dy
     );
 }
 
+pub async fn schedules_are_written_at_the_version_read_and_found_when_due(store: &dyn Store) {
+    let tenant = unique("t").replace('-', "");
+    let name = |local: &str| ScheduleName::parse(format!("{tenant}~{local}")).unwrap();
+    let record = |local: &str, due: Option<OffsetDateTime>, n: i64| ScheduleRecord {
+        name: name(local),
+        tenant: Some(tenant.clone()),
+        next_due: due,
+        body: json!({"spec": {"workflow": "w"}, "n": n}),
+    };
+    let long_ago = datetime!(1990-01-01 00:00 UTC);
+    let a = record("a", Some(long_ago + time::Duration::seconds(2)), 0);
+    let v1 = store.put_schedule(&a, &Expected::New).await.unwrap();
+    assert!(matches!(
+        store.put_schedule(&a, &Expected::New).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let read = store.get_schedule(&a.name).await.unwrap().unwrap();
+    assert_eq!(
+        (read.record.clone(), read.version.clone()),
+        (a.clone(), v1.clone())
+    );
+    // A write at the version read wins once; the same version again loses.
+    let a2 = record("a", Some(long_ago + time::Duration::seconds(1)), 1);
+    let v2 = store
+        .put_schedule(&a2, &Expected::Version(v1.clone()))
+        .await
+        .unwrap();
+    assert_ne!(v1, v2);
+    assert!(matches!(
+        store.put_schedule(&a, &Expected::Version(v1.clone())).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let racers = [record("a", None, 2), record("a", None, 3)];
+    let at_v2 = Expected::Version(v2.clone());
+    let results =
+        futures::future::join_all(racers.iter().map(|r| store.put_schedule(r, &at_v2))).await;
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{results:?}"
+    );
+    let after_race = store.get_schedule(&a.name).await.unwrap().unwrap();
+    assert_eq!(after_race.record.next_due, None);
+    // Put back as due, with two more: one due later, one never.
+    let a3 = record("a", Some(long_ago + time::Duration::seconds(1)), 4);
+    store
+        .put_schedule(&a3, &Expected::Version(after_race.version))
+        .await
+        .unwrap();
+    let b = record("b", Some(long_ago), 0);
+    let c = record("c", None, 0);
+    let d = record(
+        "d",
+        Some(OffsetDateTime::now_utc() + time::Duration::days(1)),
+        0,
+    );
+    for r in [&b, &c, &d] {
+        store.put_schedule(r, &Expected::New).await.unwrap();
+    }
+    let due: Vec<String> = store
+        .due_schedules(long_ago + time::Duration::seconds(5), 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.record.name.to_string())
+        .filter(|n| n.starts_with(&tenant))
+        .collect();
+    assert_eq!(
+        due,
+        [b.name.to_string(), a.name.to_string()],
+        "earliest first"
+    );
+    let listed: Vec<String> = store
+        .list_schedules(&TenantFilter::Only(Some(tenant.clone())))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.record.name.to_string())
+        .collect();
+    assert_eq!(
+        listed,
+        [&a.name, &b.name, &c.name, &d.name].map(|n| n.to_string())
+    );
+    assert!(
+        store
+            .list_schedules(&TenantFilter::Only(Some(unique("nobody"))))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Deleting at a stale version conflicts; at the current one it goes.
+    assert!(matches!(
+        store.delete_schedule(&a.name, Some(&v1)).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let current = store.get_schedule(&a.name).await.unwrap().unwrap().version;
+    assert!(
+        store
+            .delete_schedule(&a.name, Some(&current))
+            .await
+            .unwrap()
+    );
+    assert!(!store.delete_schedule(&a.name, None).await.unwrap());
+    assert!(store.delete_schedule(&b.name, None).await.unwrap());
+    assert_eq!(store.get_schedule(&a.name).await.unwrap(), None);
+}
+
 /// Expands to one test per conformance case for the adapter built by `$make`
 /// (an expression, evaluated inside each async test).
 #[macro_export]
@@ -726,6 +833,7 @@ macro_rules! store_conformance_tests {
             definitions_are_versioned_and_immutable,
             leases_have_one_holder_at_a_time,
             dead_letters_park_once_list_in_pages_and_go_when_removed,
+            schedules_are_written_at_the_version_read_and_found_when_due,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

@@ -12,17 +12,21 @@
 mod azure;
 pub mod conformance;
 mod dead_letter;
+mod schedule;
 mod sqlite;
 mod stored;
 mod token;
 
 use async_trait::async_trait;
-use legato_contracts::{InstanceId, ProgressEvent, RuntimeStatus, Topic, WorkflowName};
+use legato_contracts::{
+    InstanceId, ProgressEvent, RuntimeStatus, ScheduleName, Topic, WorkflowName,
+};
 use serde_json::Value;
 use time::OffsetDateTime;
 
 pub use azure::{AzureTableConnection, AzureTableStore, INDEX_GRACE, table_requests};
 pub use dead_letter::{DeadLetter, DeadLetterPage, DeadLetterQuery};
+pub use schedule::{MAX_SCHEDULES_LISTED, ScheduleRecord, StoredSchedule};
 pub use sqlite::{Durability, SqliteStore};
 
 /// Opaque optimistic-concurrency token of an instance record.
@@ -295,6 +299,38 @@ pub trait Store: Send + Sync + 'static {
 
     /// Discards a parked dead letter; `false` if there was none.
     async fn remove_dead_letter(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// Creates (`Expected::New`; conflict if it exists) or replaces (only at
+    /// the version given; conflict otherwise) a schedule.
+    async fn put_schedule(
+        &self,
+        record: &ScheduleRecord,
+        expected: &Expected,
+    ) -> Result<Version, StoreError>;
+
+    async fn get_schedule(&self, name: &ScheduleName)
+    -> Result<Option<StoredSchedule>, StoreError>;
+
+    /// A tenant's schedules by name, at most [`MAX_SCHEDULES_LISTED`].
+    async fn list_schedules(
+        &self,
+        tenant: &TenantFilter,
+    ) -> Result<Vec<StoredSchedule>, StoreError>;
+
+    /// Schedules due at `now` or earlier, earliest first, at most `limit`.
+    async fn due_schedules(
+        &self,
+        now: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<StoredSchedule>, StoreError>;
+
+    /// Removes a schedule (only at `expected` when given); `false` if there
+    /// was none.
+    async fn delete_schedule(
+        &self,
+        name: &ScheduleName,
+        expected: Option<&Version>,
+    ) -> Result<bool, StoreError>;
 
     /// Takes or keeps the lease `name` for `holder` until `ttl` from now,
     /// for work one replica at a time must do. True when `holder` holds it

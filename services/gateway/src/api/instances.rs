@@ -4,12 +4,11 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use legato_contracts::{Envelope, InstanceId, RuntimeStatus, StartInstance};
+use legato_contracts::{InstanceId, RuntimeStatus, StartInstance};
 use legato_service::auth::Caller;
-use legato_service::outbox::row_of;
 use legato_service::problem::{FieldError, Problem};
 use legato_service::records;
-use legato_store::{Commit, Expected, HistoryFrom, InstanceQuery, StoreError, TenantFilter};
+use legato_store::{HistoryFrom, InstanceQuery, StoreError, TenantFilter};
 use serde::Deserialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -76,20 +75,13 @@ pub(crate) async fn start(
     }
     replace_if_finished(&state, &id).await?;
     let now = OffsetDateTime::now_utc();
-    let tenant = tenant.map(String::from);
     let start = StartInstance {
-        workflow: name.clone(),
+        workflow: name,
         version,
         input: request.input,
-        tenant: tenant.clone(),
+        tenant: tenant.map(String::from),
     };
-    let record = records::pending(id.clone(), name, version, start.input.clone(), tenant, now)?;
-    let envelope = Envelope::new(SOURCE, id.clone(), now, start)
-        .with_traceparent(legato_service::telemetry::current_traceparent());
-    let mut commit = Commit::new(record, Expected::New);
-    commit
-        .outbox
-        .push(row_of(&envelope).map_err(|e| Problem::from(StoreError::Corrupt(e.to_string())))?);
+    let commit = records::accept_start(SOURCE, id.clone(), start, now)?;
     let outbox = commit.outbox.clone();
     state.store.commit(commit).await.map_err(|e| match e {
         StoreError::Conflict(_) => live_conflict(&id),

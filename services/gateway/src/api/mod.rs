@@ -2,6 +2,7 @@ mod control;
 mod dead_letters;
 mod instances;
 mod realtime;
+mod schedules;
 mod workflows;
 
 use axum::Router;
@@ -28,6 +29,11 @@ pub(crate) use instances::{
     __path_get_instance, __path_list_instances, __path_purge, __path_start,
 };
 pub(crate) use realtime::{__path_negotiate, __path_subscribe};
+pub(crate) use schedules::{
+    __path_backfill_schedule, __path_delete_schedule, __path_get_schedule, __path_list_schedules,
+    __path_pause_schedule, __path_put_schedule, __path_resume_schedule, __path_trigger_schedule,
+    BackfillBody, NoteBody, RecentRun, RunsRequested, ScheduleList, ScheduleView, TriggerBody,
+};
 pub(crate) use workflows::{
     __path_get_workflow, __path_list_versions, __path_list_workflows, __path_register,
 };
@@ -35,7 +41,9 @@ pub(crate) use workflows::{
 /// The role a route needs.
 pub(crate) fn required_role(method: &Method, path: &str) -> Role {
     match (method.as_str(), path) {
-        ("PUT", "/api/v1/workflows/{name}") => Role::Manage,
+        ("PUT", "/api/v1/workflows/{name}")
+        | ("PUT", "/api/v1/schedules/{name}")
+        | ("DELETE", "/api/v1/schedules/{name}") => Role::Manage,
         ("POST", "/api/v1/workflows/{name}/instances") => Role::Start,
         ("POST", "/api/v1/instances/{id}/events/{name}") => Role::Signal,
         ("DELETE", "/api/v1/instances/{id}")
@@ -46,7 +54,11 @@ pub(crate) fn required_role(method: &Method, path: &str) -> Role {
         | ("POST", "/api/v1/instances/{id}/redrive")
         | ("GET", "/api/v1/dead-letters")
         | ("POST", "/api/v1/dead-letters/{id}/replay")
-        | ("DELETE", "/api/v1/dead-letters/{id}") => Role::Operate,
+        | ("DELETE", "/api/v1/dead-letters/{id}")
+        | ("POST", "/api/v1/schedules/{name}/pause")
+        | ("POST", "/api/v1/schedules/{name}/resume")
+        | ("POST", "/api/v1/schedules/{name}/trigger")
+        | ("POST", "/api/v1/schedules/{name}/backfill") => Role::Operate,
         _ => Role::Read,
     }
 }
@@ -89,6 +101,29 @@ pub(crate) fn routes() -> Router<GatewayState> {
         .route("/api/v1/instances/{id}/resume", post(control::resume))
         .route("/api/v1/instances/{id}/restart", post(control::restart))
         .route("/api/v1/instances/{id}/redrive", post(control::redrive))
+        .route("/api/v1/schedules", get(schedules::list_schedules))
+        .route(
+            "/api/v1/schedules/{name}",
+            put(schedules::put_schedule)
+                .get(schedules::get_schedule)
+                .delete(schedules::delete_schedule),
+        )
+        .route(
+            "/api/v1/schedules/{name}/pause",
+            post(schedules::pause_schedule),
+        )
+        .route(
+            "/api/v1/schedules/{name}/resume",
+            post(schedules::resume_schedule),
+        )
+        .route(
+            "/api/v1/schedules/{name}/trigger",
+            post(schedules::trigger_schedule),
+        )
+        .route(
+            "/api/v1/schedules/{name}/backfill",
+            post(schedules::backfill_schedule),
+        )
 }
 
 /// What a browser app on another origin calls (under CORS).

@@ -27,6 +27,7 @@ mod outbox;
 mod payload;
 mod purge;
 mod rows;
+mod schedules;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -40,7 +41,7 @@ use azure_data_tables::prelude::{TableClient, TableServiceClient};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use futures::{StreamExt, TryStreamExt, stream};
-use legato_contracts::{InstanceId, ProgressEvent, RuntimeStatus, WorkflowName};
+use legato_contracts::{InstanceId, ProgressEvent, RuntimeStatus, ScheduleName, WorkflowName};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -54,7 +55,8 @@ use crate::token::{self, ListPosition};
 use crate::{
     Commit, DeadLetter, DeadLetterPage, DeadLetterQuery, DefinitionRecord, Expected, HistoryFrom,
     HistoryRow, InstancePage, InstanceQuery, InstanceRecord, InstanceSummary, OutboxEntry,
-    OutboxRow, Store, StoreError, StoredInstance, TenantFilter, TimerRow, Version,
+    OutboxRow, ScheduleRecord, Store, StoreError, StoredInstance, StoredSchedule, TenantFilter,
+    TimerRow, Version,
 };
 
 /// How long an index entry may point at nothing before a reader removes
@@ -460,6 +462,44 @@ impl Store for AzureTableStore {
 
     async fn remove_dead_letter(&self, id: &str) -> Result<bool, StoreError> {
         self.remove_letter(id).await
+    }
+
+    async fn put_schedule(
+        &self,
+        record: &ScheduleRecord,
+        expected: &Expected,
+    ) -> Result<Version, StoreError> {
+        self.put_schedule_row(record, expected).await
+    }
+
+    async fn get_schedule(
+        &self,
+        name: &ScheduleName,
+    ) -> Result<Option<StoredSchedule>, StoreError> {
+        self.schedule_row(name).await
+    }
+
+    async fn list_schedules(
+        &self,
+        tenant: &TenantFilter,
+    ) -> Result<Vec<StoredSchedule>, StoreError> {
+        self.schedule_rows(tenant).await
+    }
+
+    async fn due_schedules(
+        &self,
+        now: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<StoredSchedule>, StoreError> {
+        self.due_schedule_rows(now, limit).await
+    }
+
+    async fn delete_schedule(
+        &self,
+        name: &ScheduleName,
+        expected: Option<&Version>,
+    ) -> Result<bool, StoreError> {
+        self.delete_schedule_row(name, expected).await
     }
 
     async fn acquire_lease(

@@ -2,12 +2,14 @@
 //! (WAL mode) or in-memory database behind one connection. Calls run on the
 //! blocking pool so they never stall the async runtime.
 
+mod schedules;
+
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use legato_contracts::{InstanceId, RuntimeStatus, WorkflowName};
+use legato_contracts::{InstanceId, RuntimeStatus, ScheduleName, WorkflowName};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -17,7 +19,8 @@ use crate::token::{self, ListPosition};
 use crate::{
     Commit, DeadLetter, DeadLetterPage, DeadLetterQuery, DefinitionRecord, Expected, HistoryFrom,
     HistoryRow, InstancePage, InstanceQuery, InstanceRecord, InstanceSummary, OutboxEntry,
-    OutboxRow, Store, StoreError, StoredInstance, TenantFilter, TimerRow, Version,
+    OutboxRow, ScheduleRecord, Store, StoreError, StoredInstance, StoredSchedule, TenantFilter,
+    TimerRow, Version,
 };
 
 const SCHEMA: &str = r#"
@@ -80,6 +83,14 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     parked_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dead_letters_by_time ON dead_letters (sort_key);
+CREATE TABLE IF NOT EXISTS schedules (
+    name TEXT PRIMARY KEY,
+    tenant TEXT,
+    next_due INTEGER,
+    body TEXT NOT NULL,
+    version INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS schedules_by_due ON schedules (next_due) WHERE next_due IS NOT NULL;
 CREATE TABLE IF NOT EXISTS definitions (
     name TEXT NOT NULL,
     version INTEGER NOT NULL,
@@ -688,6 +699,44 @@ impl Store for SqliteStore {
                 .map_err(unavailable)
         })
         .await
+    }
+
+    async fn put_schedule(
+        &self,
+        record: &ScheduleRecord,
+        expected: &Expected,
+    ) -> Result<Version, StoreError> {
+        self.put_schedule_row(record, expected).await
+    }
+
+    async fn get_schedule(
+        &self,
+        name: &ScheduleName,
+    ) -> Result<Option<StoredSchedule>, StoreError> {
+        self.schedule_row(name).await
+    }
+
+    async fn list_schedules(
+        &self,
+        tenant: &TenantFilter,
+    ) -> Result<Vec<StoredSchedule>, StoreError> {
+        self.schedule_rows(tenant).await
+    }
+
+    async fn due_schedules(
+        &self,
+        now: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<StoredSchedule>, StoreError> {
+        self.due_schedule_rows(now, limit).await
+    }
+
+    async fn delete_schedule(
+        &self,
+        name: &ScheduleName,
+        expected: Option<&Version>,
+    ) -> Result<bool, StoreError> {
+        self.delete_schedule_row(name, expected).await
     }
 
     async fn acquire_lease(
