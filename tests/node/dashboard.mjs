@@ -3,7 +3,8 @@
 // up` that asks for API keys: sign in, list instances, start a
 // feature-request from the API and watch its plan and parallel work appear
 // live without a reload, approve it and see it complete, reject another and
-// see it roll back and fail, look at the workflows. A screenshot of each
+// see it roll back and fail, look at the workflows, pause, resume and
+// trigger a schedule and open the run it started. A screenshot of each
 // page is written to the output directory.
 // Usage: node dashboard.mjs <base url> <admin api key> <output dir> <read-only api key>
 import { mkdirSync } from "node:fs";
@@ -97,6 +98,38 @@ try {
   await page.click('#workflows [data-name="feature-request"]');
   await page.waitForSelector("#source >> text=wait_for_event");
   await shot("workflow-source");
+
+  // A schedule (made through the API): listed, paused with a note,
+  // resumed, triggered; its run is linked from the recent runs.
+  const put = await fetch(`${base}/api/v1/schedules/nightly`, {
+    method: "PUT",
+    headers: { "content-type": "application/json", authorization: `Bearer ${key}` },
+    body: JSON.stringify({ workflow: "fan-out-fan-in", cron: "0 2 * * *", timeZone: "Europe/Paris", input: { value: 1 } }),
+  });
+  check(put.status === 201, `put schedule: ${put.status} ${await put.text()}`);
+  await page.evaluate(() => (location.hash = "#/schedules"));
+  await page.waitForSelector('#schedules [data-name="nightly"]');
+  await shot("schedules");
+  await page.click('#schedules [data-name="nightly"]');
+  await page.waitForSelector("#next-runs li");
+  await page.fill("#note", "billing freeze");
+  await page.click("#pause");
+  await page.waitForSelector("#schedule-note >> text=billing freeze");
+  check((await page.textContent("#schedule-state")) === "paused", "the schedule is not shown paused");
+  await page.click("#resume");
+  await page.waitForSelector("#schedule-state >> text=active");
+  await page.click("#trigger");
+  await page.waitForSelector("#banner >> text=Triggered");
+  const deadline = Date.now() + TIMEOUT;
+  while (!(await page.$("#recent-runs a"))) {
+    check(Date.now() < deadline, "the triggered run never appeared");
+    await new Promise((r) => setTimeout(r, 300));
+    await page.evaluate(() => window.dispatchEvent(new HashChangeEvent("hashchange")));
+  }
+  await shot("schedule");
+  await page.click("#recent-runs a");
+  await page.waitForSelector("#live");
+  check((await page.textContent("h1")).startsWith("nightly:"), "the run's page is not the run's");
 
   // Purge from the instance page, confirmed.
   await page.evaluate(() => (location.hash = "#/instances/dash-no"));

@@ -1,4 +1,5 @@
-// The legato dashboard: instances, one instance live, definitions. Plain
+// The legato dashboard: instances, one instance live, definitions,
+// schedules. Plain
 // modules, no build step; the gateway serves these files from its binary.
 // Every call goes to the gateway's own API with the signed-in token (an API
 // key or an access token) when the gateway asks for one; live updates come
@@ -359,6 +360,69 @@ async function workflowPage(name, version) {
   );
 }
 
+// ---- schedules ----
+
+const timetable = (spec) => spec.cron
+  ? `cron ${spec.cron} (${spec.timeZone || "UTC"})`
+  : `every ${spec.intervalSeconds} s`;
+
+async function schedulesPage() {
+  const list = await api("GET", "/api/v1/schedules");
+  show(
+    el("h1", {}, "Schedules"),
+    el("table", { id: "schedules" },
+      el("thead", {}, el("tr", {}, ["name", "workflow", "when", "overlap", "state", "next run"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, list.items.length ? list.items.map((s) =>
+        el("tr", { class: "row", "data-name": s.name, onclick: () => (location.hash = `#/schedules/${encodeURIComponent(s.name)}`) },
+          el("td", {}, s.name), el("td", {}, s.spec.workflow), el("td", {}, timetable(s.spec)), el("td", {}, s.spec.overlap),
+          el("td", {}, s.spec.paused ? "paused" : "active"), el("td", {}, when(s.nextRuns[0]))))
+        : el("tr", {}, el("td", { colspan: 6, class: "muted" }, "No schedules. Create one with PUT /api/v1/schedules/{name} or `legato schedule put`."))),
+    ),
+  );
+}
+
+async function schedulePage(name) {
+  const path = `/api/v1/schedules/${encodeURIComponent(name)}`;
+  const render = async () => {
+    const s = await api("GET", path);
+    const note = el("input", { id: "note", placeholder: "note (why)" });
+    const act = (operation, body = {}) => attempt(async () => {
+      const answer = await api("POST", `${path}/${operation}`, body);
+      if (operation === "trigger") alert(`Triggered ${answer.instanceIds.join(", ")}: it starts at the scheduler's next poll.`);
+      await render();
+    });
+    const remove = () => attempt(async () => {
+      if (!confirm(`Delete schedule ${s.name}? The runs it started stay.`)) return;
+      await api("DELETE", path);
+      location.hash = "#/schedules";
+    });
+    show(
+      el("h1", {}, s.name, " ", el("span", { class: "muted", id: "schedule-state" }, s.spec.paused ? "paused" : "active")),
+      el("p", { class: "muted" }, `${s.spec.workflow}${s.spec.version ? ` v${s.spec.version}` : ""} · ${timetable(s.spec)} · overlap ${s.spec.overlap}`,
+        ` · catch-up ${s.spec.catchupWindowSeconds} s · jitter ${s.spec.jitterSeconds} s · missed ${s.missed}`),
+      s.spec.note ? el("p", { id: "schedule-note" }, el("strong", {}, "Note: "), s.spec.note) : null,
+      el("h2", {}, "Actions"),
+      el("div", { class: "actions" }, note,
+        el("button", { id: "pause", disabled: s.spec.paused, onclick: () => act("pause", { note: note.value || null }) }, "Pause"),
+        el("button", { id: "resume", disabled: !s.spec.paused, onclick: () => act("resume", { note: note.value || null }) }, "Resume"),
+        el("button", { class: "primary", id: "trigger", onclick: () => act("trigger") }, "Trigger now"),
+        el("button", { class: "danger", id: "delete", onclick: remove }, "Delete")),
+      el("div", { class: "grid" },
+        el("div", {}, el("h2", {}, "Next runs"),
+          el("ul", { id: "next-runs" }, s.nextRuns.length ? s.nextRuns.map((t) => el("li", {}, when(t))) : el("li", { class: "muted" }, "none while paused"))),
+        el("div", {}, el("h2", {}, "Input"), json(s.spec.input))),
+      el("h2", {}, "Recent runs"),
+      el("table", { id: "recent-runs" },
+        el("thead", {}, el("tr", {}, ["nominal time", "outcome", "instance", "at"].map((h) => el("th", {}, h)))),
+        el("tbody", {}, s.recentRuns.map((run) => el("tr", {},
+          el("td", {}, when(run.nominalTime)), el("td", {}, run.outcome),
+          el("td", {}, run.instanceId ? el("a", { href: `#/instances/${encodeURIComponent(run.instanceId)}` }, run.instanceId) : ""),
+          el("td", {}, when(run.at)))))),
+    );
+  };
+  await render();
+}
+
 // ---- routing ----
 
 async function route() {
@@ -368,12 +432,14 @@ async function route() {
   const [path, query = ""] = location.hash.replace(/^#/, "").split("?");
   const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
   for (const link of document.querySelectorAll("[data-nav]")) {
-    link.classList.toggle("active", link.dataset.nav === (parts[0] === "workflows" ? "workflows" : "instances"));
+    link.classList.toggle("active", link.dataset.nav === (["workflows", "schedules"].includes(parts[0]) ? parts[0] : "instances"));
   }
   await attempt(async () => {
     if (parts[0] === "instances" && parts[1]) return instancePage(parts[1]);
     if (parts[0] === "workflows" && parts[1]) return workflowPage(parts[1], parts[2]);
     if (parts[0] === "workflows") return workflowsPage();
+    if (parts[0] === "schedules" && parts[1]) return schedulePage(parts[1]);
+    if (parts[0] === "schedules") return schedulesPage();
     return instancesPage(new URLSearchParams(query));
   });
 }

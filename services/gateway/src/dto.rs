@@ -331,6 +331,14 @@ pub(crate) struct ReasonBody {
     pub reason: Option<String>,
 }
 
+/// Body of redrive (optional).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct RedriveBody {
+    /// Move the instance onto this later version of its definition first.
+    pub version: Option<u32>,
+}
+
 /// Body of restart (optional): a new input replaces the original.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

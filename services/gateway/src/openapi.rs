@@ -14,7 +14,7 @@ use legato_service::problem::{FieldError, Problem};
 #[openapi(
     info(title = "legato gateway", version = "1", description = "Start, follow and steer durable multi-agent workflows. Errors are application/problem+json."),
     paths(register, list_workflows, get_workflow, list_versions, start, get_instance, list_instances, purge, raise_event, terminate, suspend, resume, restart, redrive, negotiate, subscribe, list_dead_letters, replay_dead_letter, discard_dead_letter, put_schedule, list_schedules, get_schedule, delete_schedule, pause_schedule, resume_schedule, trigger_schedule, backfill_schedule),
-    components(schemas(Problem, FieldError, StartRequest, StartResponse, InstanceView, StepView, ItemCounts, HistoryEntry, InstancePage, InstanceListItem, DefinitionView, DefinitionList, VersionList, ReasonBody, RestartBody, Accepted, NegotiateResponse, SubscriptionRequest, DeadLetterPage, DeadLetterView, ScheduleView, RecentRun, ScheduleList, NoteBody, TriggerBody, BackfillBody, RunsRequested, legato_schedule::ScheduleSpec, legato_schedule::Overlap)),
+    components(schemas(Problem, FieldError, StartRequest, StartResponse, InstanceView, StepView, ItemCounts, HistoryEntry, InstancePage, InstanceListItem, DefinitionView, DefinitionList, VersionList, ReasonBody, RestartBody, RedriveBody, Accepted, NegotiateResponse, SubscriptionRequest, DeadLetterPage, DeadLetterView, ScheduleView, RecentRun, ScheduleList, NoteBody, TriggerBody, BackfillBody, RunsRequested, legato_schedule::ScheduleSpec, legato_schedule::Overlap)),
     tags(
         (name = "workflows", description = "Definitions"),
         (name = "instances", description = "Start, read, list, purge"),

@@ -226,3 +226,91 @@ async fn the_cli_drives_instances_and_its_exit_code_says_how_they_ended() {
     assert_eq!(refused.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("Not signed in"));
 }
+
+#[tokio::test]
+async fn the_cli_creates_steers_and_deletes_a_schedule() {
+    let dir = temp_dir();
+    let up = start_legato(dir.path());
+    let base = up.base.as_str();
+    let bad = run(
+        base,
+        &[
+            "schedule",
+            "put",
+            "hourly",
+            "fan-out-fan-in",
+            "--cron",
+            "61 * * * *",
+        ],
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("/cron"),
+        "{bad:?}"
+    );
+
+    let put = run(
+        base,
+        &[
+            "schedule",
+            "put",
+            "hourly",
+            "fan-out-fan-in",
+            "--cron",
+            "0 * * * *",
+            "--time-zone",
+            "Europe/Paris",
+            "--input",
+            r#"{"value": 2}"#,
+        ],
+    );
+    let text = stdout(&put);
+    assert_eq!(
+        put.status.code(),
+        Some(0),
+        "{text} {}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    assert!(
+        text.contains("cron \"0 * * * *\" in Europe/Paris"),
+        "{text}"
+    );
+    assert_eq!(text.matches("next ").count(), 5, "{text}");
+    assert!(stdout(&run(base, &["schedule", "ls"])).contains("hourly"));
+
+    let triggered = run(base, &["schedule", "trigger", "hourly", "--output", "json"]);
+    let runs: Value = serde_json::from_str(stdout(&triggered).trim()).unwrap();
+    let id = runs["instanceIds"][0].as_str().unwrap().to_owned();
+    assert!(id.starts_with("hourly:"), "{id}");
+    // The scheduler starts it at its next poll (202 said so).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while run(base, &["show", &id]).status.code() != Some(0) {
+        assert!(Instant::now() < deadline, "{id} was not started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let watched = run(base, &["watch", &id]);
+    assert_eq!(watched.status.code(), Some(0), "{}", stdout(&watched));
+
+    let paused = run(base, &["schedule", "pause", "hourly", "--note", "freeze"]);
+    assert_eq!(paused.status.code(), Some(0));
+    let shown = stdout(&run(base, &["schedule", "show", "hourly"]));
+    assert!(
+        shown.contains("(paused)") && shown.contains("note: freeze"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("triggered ") && shown.contains(&id),
+        "{shown}"
+    );
+
+    assert_eq!(
+        run(base, &["schedule", "rm", "hourly"]).status.code(),
+        Some(0)
+    );
+    let gone = run(base, &["schedule", "show", "hourly"]);
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("404"),
+        "{gone:?}"
+    );
+}

@@ -37,6 +37,13 @@ pub(crate) enum Input {
         at: OffsetDateTime,
         start: StartInstance,
     },
+    /// A redrive onto another version of the instance's definition, looked
+    /// up here for the same reason.
+    RedriveOnto {
+        at: OffsetDateTime,
+        id: String,
+        version: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,7 +207,7 @@ impl Applier {
                     "instance {id} does not exist (purged, or its start was never accepted)"
                 )));
             }
-            (None, Input::Event(_)) => {
+            (None, Input::Event(_) | Input::RedriveOnto { .. }) => {
                 return Err(ApplyError::Rejected(format!(
                     "instance {id} does not exist"
                 )));
@@ -208,6 +215,17 @@ impl Applier {
         };
         let event = match input {
             Input::Event(event) => event.clone(),
+            Input::RedriveOnto { at, id, version } => {
+                let workflow = self
+                    .definitions
+                    .get(&*self.store, &pinned.0, *version)
+                    .await?;
+                Event::RedriveRequested {
+                    at: *at,
+                    id: id.clone(),
+                    workflow: Some(workflow),
+                }
+            }
             Input::Start { at, start } => {
                 if state.status != RuntimeStatus::Pending {
                     return Ok(Applied::Ignored("already started".into()));

@@ -24,7 +24,12 @@ pub(crate) fn commit(
 ) -> Result<Commit, StoreError> {
     let state = &decision.state;
     let at = event.at();
-    let record = legato_service::records::record(state, pinned.0, pinned.1, at)?;
+    // A redrive may have moved the instance onto another version.
+    let (workflow, version) = state
+        .workflow
+        .as_ref()
+        .map_or(pinned, |w| (w.name.clone(), w.version));
+    let record = legato_service::records::record(state, workflow, version, at)?;
     let mut commit = Commit::new(record, expected);
     commit.history.push(HistoryRow {
         seq: state.sequence,

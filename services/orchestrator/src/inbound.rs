@@ -165,7 +165,14 @@ fn to_input(envelope: &Envelope) -> Routed {
             id,
             reason: r.reason.clone(),
         },
-        Payload::Redrive(_) => Event::RedriveRequested { at, id },
+        Payload::Redrive(r) => match r.version {
+            Some(version) => return Routed::Apply(Input::RedriveOnto { at, id, version }),
+            None => Event::RedriveRequested {
+                at,
+                id,
+                workflow: None,
+            },
+        },
         Payload::Restart(r) => Event::RestartRequested {
             at,
             id,

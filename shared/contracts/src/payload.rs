@@ -109,9 +109,14 @@ pub struct RestartInstance {
 
 /// Resume a Failed or Terminated instance from what did not complete: its
 /// completed steps (and a `for_each`'s completed items) keep their outputs.
+/// `version` moves it onto that version of its definition first, which must
+/// keep the step ids of what completed.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RedriveInstance {}
+pub struct RedriveInstance {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+}
 
 /// One attempt of one task, sent to the agent named by the routing key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -81,7 +81,7 @@ fn samples() -> Vec<Payload> {
         }
         .into(),
         RestartInstance { input: None }.into(),
-        RedriveInstance {}.into(),
+        RedriveInstance { version: Some(2) }.into(),
         TaskDispatched {
             key: key(),
             attempt: 2,

@@ -103,9 +103,9 @@ fn apply(ctx: &mut Ctx, event: &Event) -> Result<(), Ignored> {
             lifecycle::first_delivery(ctx, id)?;
             lifecycle::restart(ctx, input.as_ref())
         }
-        Event::RedriveRequested { id, .. } => {
+        Event::RedriveRequested { id, workflow, .. } => {
             lifecycle::first_delivery(ctx, id)?;
-            lifecycle::redrive(ctx)
+            lifecycle::redrive(ctx, workflow.as_ref())
         }
         // Not held back while suspended: a live agent keeps its lease, and
         // its news (an approval request) is news now.

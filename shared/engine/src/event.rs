@@ -108,11 +108,14 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         input: Option<Value>,
     },
-    /// Resume a Failed or Terminated instance from what did not complete.
+    /// Resume a Failed or Terminated instance from what did not complete,
+    /// on `workflow` (a newer version of its definition) when given.
     RedriveRequested {
         #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
         id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        workflow: Option<Arc<Workflow>>,
     },
 }
 

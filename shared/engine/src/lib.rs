@@ -16,7 +16,7 @@ mod command;
 mod decide;
 mod event;
 mod lifecycle;
-pub use lifecycle::redrive_refused;
+pub use lifecycle::{redrive_onto_refused, redrive_refused};
 mod scheduler;
 mod state;
 mod tasks;

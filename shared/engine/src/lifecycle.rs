@@ -341,13 +341,81 @@ pub fn redrive_refused(state: &crate::InstanceState) -> Option<String> {
     })
 }
 
+/// Why an instance cannot be moved onto `workflow` as it is redriven, if
+/// it cannot: it must be a later version of the same definition, and every
+/// step that completed or was skipped (or a `for_each` with completed
+/// items) must be there under the same id and of the same kind, so what it
+/// kept still means the same.
+pub fn redrive_onto_refused(
+    state: &crate::InstanceState,
+    workflow: &legato_workflow::Workflow,
+) -> Option<String> {
+    let current = state.workflow.as_ref()?;
+    if workflow.name != current.name {
+        return Some(format!(
+            "version {} is of workflow {}, not {}",
+            workflow.version, workflow.name, current.name
+        ));
+    }
+    if workflow.version < current.version {
+        return Some(format!(
+            "version {} is older than the instance's version {}",
+            workflow.version, current.version
+        ));
+    }
+    let kind = |action: &legato_workflow::Action| std::mem::discriminant(action);
+    for step in &current.steps {
+        let Some(s) = state.steps.get(&step.id) else {
+            continue;
+        };
+        let kept = s.status.is_done() || s.tasks.iter().any(|t| t.status == SlotStatus::Completed);
+        if !kept {
+            continue;
+        }
+        match workflow.steps.iter().find(|n| n.id == step.id) {
+            None => {
+                return Some(format!(
+                    "step {} completed, and version {} has no step {}",
+                    step.id, workflow.version, step.id
+                ));
+            }
+            Some(new) if kind(&new.action) != kind(&step.action) => {
+                return Some(format!(
+                    "step {} completed as one kind of step, and is another in version {}",
+                    step.id, workflow.version
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    None
+}
+
 /// Resumes a Failed or Terminated instance as a new execution that keeps
 /// what completed: completed and skipped steps keep their outputs, a
 /// `for_each` keeps its completed items and runs only the others, and every
-/// other step starts again with a fresh retry budget.
-pub(crate) fn redrive(ctx: &mut Ctx) -> Result<(), Ignored> {
+/// other step starts again with a fresh retry budget. `onto` moves it to a
+/// later version of its definition first: steps new there start pending,
+/// and steps gone from it (none of which completed) are dropped.
+pub(crate) fn redrive(ctx: &mut Ctx, onto: Option<&Arc<Workflow>>) -> Result<(), Ignored> {
     if let Some(reason) = redrive_refused(&ctx.state) {
         return ignore(reason);
+    }
+    if let Some(workflow) = onto {
+        if let Some(reason) = redrive_onto_refused(&ctx.state, workflow) {
+            return ignore(reason);
+        }
+        let state = &mut ctx.state;
+        state
+            .steps
+            .retain(|id, _| workflow.steps.iter().any(|s| &s.id == id));
+        for step in &workflow.steps {
+            state
+                .steps
+                .entry(step.id.clone())
+                .or_insert_with(StepState::pending);
+        }
+        state.workflow = Some(workflow.clone());
     }
     let workflow = ctx.workflow()?;
     let state = &mut ctx.state;
@@ -384,8 +452,9 @@ pub(crate) fn redrive(ctx: &mut Ctx) -> Result<(), Ignored> {
     state.status = RuntimeStatus::Running;
     state.run_position = state.position;
     let execution = state.execution;
+    let version = workflow.version;
     ctx.progress(ProgressKind::InstanceRedriven)
-        .data(json!({ "execution": execution }));
+        .data(json!({ "execution": execution, "version": version }));
     for step in &partial {
         scheduler::dispatch_queued(ctx, step);
     }

@@ -215,7 +215,11 @@ impl Run {
                     id,
                     input: None,
                 },
-                3 => Event::RedriveRequested { at, id },
+                3 => Event::RedriveRequested {
+                    at,
+                    id,
+                    workflow: None,
+                },
                 _ => Event::TerminateRequested {
                     at,
                     id,

@@ -934,7 +934,11 @@ fn steps_without_a_lease_ignore_heartbeats() {
 
 fn redrive(h: &mut Harness, id: &str) -> legato_engine::Decision {
     let at = h.now;
-    h.send(Event::RedriveRequested { at, id: id.into() })
+    h.send(Event::RedriveRequested {
+        at,
+        id: id.into(),
+        workflow: None,
+    })
 }
 
 fn in_execution(mut key: legato_contracts::TaskKey, execution: u32) -> legato_contracts::TaskKey {
@@ -1067,4 +1071,60 @@ fn a_started_instance_keeps_its_creation_time() {
         Some(accepted),
         "replay agrees"
     );
+}
+
+#[test]
+fn redrive_onto_a_later_version_keeps_completed_steps_and_adds_new_ones() {
+    let v1 = "name: s\nversion: 1\nsteps:\n  - { id: first, agent: echo }\n  - { id: second, needs: [first], agent: echo }\n  - { id: gone, needs: [first], agent: echo }\n";
+    let mut h = Harness::start(v1, json!({}));
+    h.complete(key("first", None), 1, json!("f"));
+    h.fail(key("second", None), 1, false);
+    assert_eq!(h.state.status, RuntimeStatus::Failed);
+    h.take();
+    let parse = |yaml: &str| std::sync::Arc::new(legato_workflow::parse(yaml).unwrap());
+    // Refused: an older version, another workflow, a completed step gone
+    // or of another kind.
+    let renamed = parse("name: s\nversion: 2\nsteps:\n  - { id: other, agent: echo }\n");
+    let rekinded = parse(
+        "name: s\nversion: 2\nsteps:\n  - { id: first, for_each: \"${{ [1] }}\", agent: echo }\n",
+    );
+    let foreign = parse("name: t\nversion: 2\nsteps:\n  - { id: first, agent: echo }\n");
+    for (workflow, why) in [
+        (renamed, "no step first"),
+        (rekinded, "another"),
+        (foreign, "not s"),
+    ] {
+        let refused = legato_engine::redrive_onto_refused(&h.state, &workflow).unwrap();
+        assert!(refused.contains(why), "{refused}");
+        let at = h.now;
+        let decision = h.send(Event::RedriveRequested {
+            at,
+            id: format!("x-{why}"),
+            workflow: Some(workflow),
+        });
+        assert!(!decision.applied());
+    }
+    // Accepted: `first` kept, `second` runs again, `gone` dropped, `third` new.
+    let v2 = parse(
+        "name: s\nversion: 2\nsteps:\n  - { id: first, agent: echo }\n  - { id: second, needs: [first], agent: echo }\n  - { id: third, needs: [second], agent: echo }\n",
+    );
+    assert_eq!(legato_engine::redrive_onto_refused(&h.state, &v2), None);
+    let at = h.now;
+    assert!(
+        h.send(Event::RedriveRequested {
+            at,
+            id: "r".into(),
+            workflow: Some(v2)
+        })
+        .applied()
+    );
+    assert_eq!(h.state.workflow.as_ref().unwrap().version, 2);
+    assert!(!h.state.steps.contains_key(&step("gone")));
+    let sent: Vec<_> = h.dispatched().iter().map(|t| t.key.clone()).collect();
+    assert_eq!(sent, vec![in_execution(key("second", None), 1)]);
+    h.complete(in_execution(key("second", None), 1), 1, json!("s"));
+    h.complete(in_execution(key("third", None), 1), 1, json!("t"));
+    assert_eq!(h.state.status, RuntimeStatus::Completed);
+    assert_eq!(h.state.steps[&step("first")].output, Some(json!("f")));
+    assert_eq!(replay(h.state.id.clone(), &h.history), h.state);
 }

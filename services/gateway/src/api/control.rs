@@ -18,7 +18,7 @@ use time::OffsetDateTime;
 use super::{SOURCE, instance_id, load};
 use crate::GatewayState;
 use crate::body::{JsonBody, RawBody, parse_json};
-use crate::dto::{Accepted, ReasonBody, RestartBody};
+use crate::dto::{Accepted, ReasonBody, RedriveBody, RestartBody};
 
 /// Sends a command about an existing instance. `live_only` refuses a
 /// finished instance with 410 Gone (nothing there would act on it).
@@ -230,20 +230,49 @@ pub(crate) async fn restart(
 /// completed steps (and a `for_each`'s completed items) keep their outputs
 /// and are not run again; the rest runs as a new execution with a fresh
 /// retry budget. Refused (409) for a live instance and for one whose saga
-/// rolled back (restart that one).
+/// rolled back (restart that one). With `version`, the instance moves onto
+/// that later version of its definition first; refused (409) unless every
+/// step that completed is there under the same id and of the same kind.
 #[utoipa::path(
     post, path = "/api/v1/instances/{id}/redrive", tag = "control",
-    params(("id" = String, Path)),
+    params(("id" = String, Path)), request_body = RedriveBody,
     responses(
         (status = 202, description = "Sent", body = Accepted),
-        (status = 404, description = "Unknown instance", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Not Failed or Terminated, or rolled back", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown instance, or no such version of its workflow", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not Failed or Terminated, rolled back, or the version does not keep what completed", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn redrive(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
     Path(id): Path<String>,
+    JsonBody(body): JsonBody<RedriveBody, true>,
 ) -> Result<(StatusCode, Json<Accepted>), Problem> {
-    send(&state, &caller, id, For::Redrive, RedriveInstance {}).await
+    if let Some(version) = body.version {
+        let instance_id = instance_id(&caller, id.clone())?;
+        let (stored, instance) = load(&state, &instance_id).await?;
+        let workflow = &stored.record.summary.workflow;
+        let definition = state
+            .store
+            .get_definition(workflow, Some(version))
+            .await?
+            .ok_or_else(|| {
+                Problem::not_found(format!(
+                    "no version {version} of workflow {}",
+                    workflow.local()
+                ))
+            })?;
+        let onto = state.definitions.parse(definition)?;
+        if let Some(reason) = legato_engine::redrive_onto_refused(&instance, &onto) {
+            return Err(Problem::new(
+                StatusCode::CONFLICT,
+                "Cannot be redriven onto that version",
+                format!("instance {}: {reason}", instance_id.local()),
+            ));
+        }
+    }
+    let command = RedriveInstance {
+        version: body.version,
+    };
+    send(&state, &caller, id, For::Redrive, command).await
 }

@@ -229,6 +229,7 @@ async fn edit<T>(
         (status = 200, description = "Replaced", body = ScheduleView),
         (status = 400, description = "A bad field (`errors[].field` names it: `/cron`, `/timeZone`, `/input/...`)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown workflow or version", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Changed by others throughout; retry", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn put_schedule(
@@ -402,6 +403,7 @@ async fn set_paused(
     responses(
         (status = 200, description = "Paused", body = ScheduleView),
         (status = 404, description = "Unknown schedule", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The schedule kept changing; retry", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn pause_schedule(
@@ -420,6 +422,7 @@ pub(crate) async fn pause_schedule(
     responses(
         (status = 200, description = "Resumed", body = ScheduleView),
         (status = 404, description = "Unknown schedule", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The schedule kept changing; retry", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn resume_schedule(
@@ -472,6 +475,7 @@ fn request_runs(
     responses(
         (status = 202, description = "The scheduler starts it at its next poll", body = RunsRequested),
         (status = 404, description = "Unknown schedule", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "1,000 runs wait already, or the schedule kept changing", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn trigger_schedule(
@@ -504,6 +508,7 @@ fn instant(field: &str, text: &str) -> Result<OffsetDateTime, Problem> {
         (status = 202, description = "The scheduler starts them from its next poll", body = RunsRequested),
         (status = 400, description = "A bad range, or more than 1,000 times in it", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown schedule", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Too many runs would wait, or the schedule kept changing", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn backfill_schedule(

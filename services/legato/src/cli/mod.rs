@@ -6,6 +6,7 @@
 //! when it was terminated; 1 is an error of the command itself.
 
 mod client;
+mod schedule;
 mod watch;
 
 use std::process::ExitCode;
@@ -107,7 +108,15 @@ pub enum ClientCommand {
     },
     /// Resume a Failed or Terminated instance from what did not complete
     /// (completed steps keep their outputs).
-    Redrive { id: String },
+    Redrive {
+        id: String,
+        /// Move it onto this later version of its definition first.
+        #[arg(long)]
+        version: Option<u32>,
+    },
+    /// Runs on a timetable.
+    #[command(subcommand)]
+    Schedule(schedule::ScheduleCommand),
     /// Delete a finished instance and its history.
     Purge { id: String },
 }
@@ -234,9 +243,17 @@ pub async fn run(command: ClientCommand, target: Target) -> anyhow::Result<ExitC
             let input = input.map(|i| json_arg("--input", &i)).transpose()?;
             operate(&gateway, output, &id, "restart", json!({"input": input})).await?;
         }
-        ClientCommand::Redrive { id } => {
-            operate(&gateway, output, &id, "redrive", json!({})).await?;
+        ClientCommand::Redrive { id, version } => {
+            operate(
+                &gateway,
+                output,
+                &id,
+                "redrive",
+                json!({"version": version}),
+            )
+            .await?;
         }
+        ClientCommand::Schedule(command) => schedule::run(&gateway, output, command).await?,
         ClientCommand::Purge { id } => {
             gateway.call(Method::DELETE, &instance(&id), None).await?;
             print(format!("purged {id}"), &json!({"id": id, "purged": true}));

@@ -6,6 +6,7 @@ mod compose;
 mod dead_letters;
 mod outage;
 mod scenarios;
+mod schedules;
 mod services;
 mod signalr;
 #[path = "../support/mod.rs"]
@@ -55,6 +56,70 @@ async fn a_killed_legato_up_finishes_the_run_after_restart_without_dispatching_t
         2,
         "each result recorded once"
     );
+}
+
+#[tokio::test]
+async fn a_redrive_interrupted_by_a_crash_finishes_after_restart_rerunning_only_what_failed() {
+    let dir = temp_dir();
+    let legato = Legato::start(dir.path());
+    // Items 1 and 3 fail in the first execution; in the redrive they take
+    // long enough for the crash to land while they run.
+    legato
+        .register(json!({"name": "crashy", "version": 1, "steps": [
+            {"id": "each", "for_each": "${{ [0, 1, 2, 3] }}", "agent": "echo",
+             "input": {"value": "${{ item }}",
+                       "fail_executions": "${{ item % 2 == 1 ? 1 : 0 }}",
+                       "sleep_ms": "${{ item % 2 == 1 ? 1500 : 0 }}"}},
+        ], "output": "${{ steps.each.output }}"}))
+        .await;
+    let id = legato.start_instance("crashy", json!({})).await;
+    legato.wait_status(&id, "Failed").await;
+    let (code, body) = legato
+        .post(&format!("/api/v1/instances/{id}/redrive"), json!({}))
+        .await;
+    assert_eq!(code, reqwest::StatusCode::ACCEPTED, "{body}");
+    legato
+        .wait_for(&id, "redriven", Duration::from_secs(30), |s| {
+            s["runtimeStatus"] == "Running" && !events(s, "redrive_requested").is_empty()
+        })
+        .await;
+    legato.kill();
+    let legato = Legato::start(dir.path());
+    let done = legato
+        .wait_for(&id, "Completed", Duration::from_secs(60), |s| {
+            s["runtimeStatus"] == "Completed"
+        })
+        .await;
+    let values: Vec<&serde_json::Value> = done["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| &o["value"])
+        .collect();
+    assert_eq!(values, [&json!(0), &json!(1), &json!(2), &json!(3)]);
+    let completed: Vec<(u64, u64)> = events(&done, "task_completed")
+        .iter()
+        .map(|e| {
+            let key = &e["event"]["key"];
+            (
+                key["item"].as_u64().unwrap(),
+                key["execution"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        completed.len(),
+        4,
+        "each item's result recorded once: {completed:?}"
+    );
+    for (item, execution) in completed {
+        assert_eq!(
+            execution,
+            item % 2,
+            "item {item} ran in execution {execution}"
+        );
+    }
+    assert_eq!(events(&done, "redrive_requested").len(), 1);
 }
 
 #[tokio::test]

@@ -922,3 +922,59 @@ async fn a_redrive_reruns_only_what_failed_and_keeps_what_completed() {
         "a completed instance: {problem}"
     );
 }
+
+#[tokio::test]
+async fn a_redrive_onto_a_later_version_keeps_what_completed_and_runs_the_new_steps() {
+    let dir = temp_dir();
+    let legato = launch(dir.path());
+    let first = echo_step("first", &[], json!({"value": "kept"}));
+    legato
+        .register(json!({"name": "onto", "version": 1, "steps": [
+            first.clone(),
+            echo_step("second", &["first"], json!({"value": 2, "fail_executions": 9})),
+        ], "output": "${{ steps.second.output.value }}"}))
+        .await;
+    let id = legato.start_instance("onto", json!({})).await;
+    legato.wait_status(&id, "Failed").await;
+    // Version 2 renames the step that completed; version 3 keeps it, fixes
+    // the failing one and adds a step.
+    legato
+        .register(json!({"name": "onto", "version": 2, "steps": [
+            echo_step("renamed", &[], json!({"value": "kept"})),
+            echo_step("second", &["renamed"], json!({"value": 2})),
+        ]}))
+        .await;
+    legato
+        .register(json!({"name": "onto", "version": 3, "steps": [
+            first,
+            echo_step("second", &["first"], json!({"value": 2})),
+            echo_step("third", &["second"], json!({"value": "${{ steps.first.output.value + '-' + string(steps.second.output.value) }}"})),
+        ], "output": "${{ steps.third.output.value }}"}))
+        .await;
+    let path = format!("/api/v1/instances/{id}/redrive");
+    let (code, problem) = legato.post(&path, json!({"version": 2})).await;
+    assert_eq!(code, StatusCode::CONFLICT, "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("first"),
+        "{problem}"
+    );
+    let (code, problem) = legato.post(&path, json!({"version": 9})).await;
+    assert_eq!(code, StatusCode::NOT_FOUND, "{problem}");
+    let (code, body) = legato.post(&path, json!({"version": 3})).await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    let done = legato.wait_status(&id, "Completed").await;
+    assert_eq!(done["output"], json!("kept-2"), "{done:#}");
+    assert_eq!(done["version"], json!(3));
+    let steps: Vec<String> = events(&done, "task_completed")
+        .iter()
+        .map(|e| e["event"]["key"]["step"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        steps,
+        ["first", "second", "third"],
+        "first ran once, before the redrive"
+    );
+    let redrive = events(&done, "redrive_requested");
+    assert_eq!(redrive.len(), 1);
+    assert_eq!(redrive[0]["event"]["workflow"]["version"], json!(3));
+}

@@ -308,6 +308,27 @@ impl Legato {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    pub async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .put(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn delete(&self, path: &str) -> StatusCode {
+        self.client
+            .delete(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+
     /// Polls the status until `done` holds or the deadline passes.
     pub async fn wait_for(
         &self,
