@@ -228,6 +228,9 @@ async function instancePage(id) {
       }
       await api("POST", `${path}/${operation}`, body);
     });
+    const redrivable = ["Failed", "Terminated"].includes(instance.runtimeStatus);
+    // Redrive onto a later version of the definition (a fixed one), if given.
+    const redriveVersion = el("input", { id: "redrive-version", type: "number", min: instance.version, placeholder: `version (${instance.version})`, disabled: !redrivable, style: "width: 8em" });
     const eventName = el("input", { id: "event-name", placeholder: "event name" });
     const eventData = el("textarea", { id: "event-data", rows: 2, cols: 40, placeholder: '{"any": "json"}' });
     const raise = () => attempt(async () => {
@@ -256,7 +259,8 @@ async function instancePage(id) {
         el("button", { id: "suspend", disabled: finished, onclick: () => operate("suspend") }, "Suspend"),
         el("button", { id: "resume", disabled: finished, onclick: () => operate("resume") }, "Resume"),
         el("button", { id: "restart", onclick: () => operate("restart", `Restart ${instance.id} from the start?`) }, "Restart"),
-        el("button", { id: "redrive", disabled: !["Failed", "Terminated"].includes(instance.runtimeStatus), onclick: () => operate("redrive", `Redrive ${instance.id} from what did not complete?`) }, "Redrive"),
+        redriveVersion,
+        el("button", { id: "redrive", disabled: !redrivable, onclick: () => operate("redrive", `Redrive ${instance.id} from what did not complete${redriveVersion.value ? `, on version ${redriveVersion.value}` : ""}?`, redriveVersion.value ? { version: Number(redriveVersion.value) } : {}) }, "Redrive"),
         el("button", { class: "danger", id: "terminate", disabled: finished, onclick: () => operate("terminate", `Terminate ${instance.id}? Running tasks are cancelled.`, { reason: "terminated in the dashboard" }) }, "Terminate"),
         el("button", { class: "danger", id: "purge", disabled: !finished, onclick: () => operate("purge", `Purge ${instance.id} and its history? This cannot be undone.`) }, "Purge")),
       el("div", { class: "grid" },

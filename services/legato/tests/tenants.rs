@@ -301,3 +301,95 @@ async fn tenants_cannot_see_or_touch_each_others_instances() {
     let (status, _) = instance(&legato, BETA).await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn tenants_cannot_see_or_steer_each_others_schedules_or_their_runs() {
+    let dir = temp_dir();
+    let legato = start(dir.path());
+    // Both register a private workflow under one name and schedule it
+    // under one name: two schedules, each running its own tenant's
+    // definition.
+    for (key, value) in [(ACME, "acme"), (BETA, "beta")] {
+        let (status, body) = register(
+            &legato,
+            key,
+            json!({"name": "own", "version": 1, "steps": [echo_step("a", &[], json!({"value": value}))],
+                   "output": "${{ steps.a.output.value }}"}),
+        )
+        .await;
+        assert!(status.is_success(), "{body}");
+    }
+    let spec = json!({"workflow": "own", "intervalSeconds": 3600});
+    let (status, body) = call(
+        &legato,
+        ACME,
+        "PUT",
+        "/api/v1/schedules/nightly",
+        Some(spec.clone()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (_, missing) = call(&legato, ACME, "GET", "/api/v1/schedules/absent", None).await;
+    for (method, path, body) in [
+        ("GET", "/api/v1/schedules/nightly", None),
+        ("POST", "/api/v1/schedules/nightly/pause", Some(json!({}))),
+        ("POST", "/api/v1/schedules/nightly/resume", Some(json!({}))),
+        ("POST", "/api/v1/schedules/nightly/trigger", Some(json!({}))),
+        ("DELETE", "/api/v1/schedules/nightly", None),
+    ] {
+        let (status, answer) = call(&legato, BETA, method, path, body).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {answer}");
+        assert_eq!(
+            answer["title"], missing["title"],
+            "{method} {path} answers as a missing schedule does"
+        );
+    }
+    let (_, listed) = call(&legato, BETA, "GET", "/api/v1/schedules", None).await;
+    assert_eq!(listed["items"], json!([]));
+    let (status, _) = call(
+        &legato,
+        BETA,
+        "PUT",
+        "/api/v1/schedules/nightly",
+        Some(spec),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "the same name is free in another tenant"
+    );
+
+    // Each tenant's trigger runs its own definition, as its own instance.
+    for (key, value) in [(ACME, "acme"), (BETA, "beta")] {
+        let (status, runs) = call(
+            &legato,
+            key,
+            "POST",
+            "/api/v1/schedules/nightly/trigger",
+            Some(json!({})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{runs}");
+        let id = runs["instanceIds"][0].as_str().unwrap().to_owned();
+        let path = format!("/api/v1/instances/{id}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let done = loop {
+            let (_, status) = call(&legato, key, "GET", &path, None).await;
+            if status["runtimeStatus"] == "Completed" {
+                break status;
+            }
+            assert!(std::time::Instant::now() < deadline, "{id}: {status}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(done["output"], json!(value));
+        assert_eq!(done["tenant"], json!(value));
+        let other = if key == ACME { BETA } else { ACME };
+        let (status, _) = call(&legato, other, "GET", &path, None).await;
+        assert_eq!(
+            status,
+            StatusCode::NOT_FOUND,
+            "{id} is not the other tenant's"
+        );
+    }
+}

@@ -186,26 +186,29 @@ async fn find(state: &GatewayState, name: &ScheduleName) -> Result<StoredSchedul
         .ok_or_else(|| Problem::not_found(format!("no schedule {}", name.local())))
 }
 
-/// Reads the schedule, changes it with `edit` and writes it back at the
-/// version read, again while the scheduler ticks it in between.
-async fn edit<T>(
+/// Reads the schedule (`None` if there is none), lets `change` make the
+/// document to write, and writes it at the version read (creating it when
+/// there was none), again while the scheduler ticks it in between.
+async fn write<T>(
     state: &GatewayState,
     caller: &Principal,
     name: &ScheduleName,
-    mut change: impl FnMut(&mut ScheduleDoc, OffsetDateTime) -> Result<T, Problem>,
+    mut change: impl FnMut(Option<ScheduleDoc>, OffsetDateTime) -> Result<(ScheduleDoc, T), Problem>,
 ) -> Result<(ScheduleDoc, T), Problem> {
     for _ in 0..EDIT_ATTEMPTS {
-        let stored = find(state, name).await?;
-        let mut doc = doc_of(&stored)?;
+        let stored = state.store.get_schedule(name).await?;
         let now = OffsetDateTime::now_utc();
-        let out = change(&mut doc, now)?;
+        let (expected, existing) = match &stored {
+            Some(stored) => (
+                Expected::Version(stored.version.clone()),
+                Some(doc_of(stored)?),
+            ),
+            None => (Expected::New, None),
+        };
+        let (mut doc, out) = change(existing, now)?;
         doc.updated_at = now;
         let record = record(name, caller, &doc, now)?;
-        match state
-            .store
-            .put_schedule(&record, &Expected::Version(stored.version))
-            .await
-        {
+        match state.store.put_schedule(&record, &expected).await {
             Ok(_) => return Ok((doc, out)),
             Err(StoreError::Conflict(_)) => continue,
             Err(e) => return Err(e.into()),
@@ -216,6 +219,22 @@ async fn edit<T>(
         "Schedule busy",
         format!("schedule {} kept changing; retry", name.local()),
     ))
+}
+
+/// [`write`] for a schedule that must exist.
+async fn edit<T>(
+    state: &GatewayState,
+    caller: &Principal,
+    name: &ScheduleName,
+    mut change: impl FnMut(&mut ScheduleDoc, OffsetDateTime) -> Result<T, Problem>,
+) -> Result<(ScheduleDoc, T), Problem> {
+    write(state, caller, name, |existing, now| {
+        let mut doc =
+            existing.ok_or_else(|| Problem::not_found(format!("no schedule {}", name.local())))?;
+        let out = change(&mut doc, now)?;
+        Ok((doc, out))
+    })
+    .await
 }
 
 /// Create or replace a schedule. Replacing keeps its state: runs already
@@ -253,28 +272,22 @@ pub(crate) async fn put_schedule(
             .map_or_else(|| "/input".to_owned(), |e| format!("/input{}", e.pointer));
         return Err(Problem::field(&field, detail));
     }
-    for _ in 0..EDIT_ATTEMPTS {
-        let now = OffsetDateTime::now_utc();
-        let existing = state.store.get_schedule(&name).await?;
-        let (doc, expected, status) = match &existing {
-            Some(stored) => {
-                let old = doc_of(stored)?;
-                let mut state_kept = old.state;
+    let (doc, status) = write(&state, &caller, &name, |existing, now| {
+        Ok(match existing {
+            Some(old) => {
+                let mut kept = old.state;
                 if old.spec.paused && !spec.paused {
-                    state_kept.cursor = state_kept.cursor.max(now);
+                    // Times that passed while paused are not caught up.
+                    kept.cursor = kept.cursor.max(now);
                 }
                 let doc = ScheduleDoc {
                     spec: spec.clone(),
                     workflow: definition.name.clone(),
-                    state: state_kept,
+                    state: kept,
                     created_at: old.created_at,
                     updated_at: now,
                 };
-                (
-                    doc,
-                    Expected::Version(stored.version.clone()),
-                    StatusCode::OK,
-                )
+                (doc, StatusCode::OK)
             }
             None => {
                 let doc = ScheduleDoc {
@@ -284,21 +297,13 @@ pub(crate) async fn put_schedule(
                     created_at: now,
                     updated_at: now,
                 };
-                (doc, Expected::New, StatusCode::CREATED)
+                (doc, StatusCode::CREATED)
             }
-        };
-        let record = record(&name, &caller, &doc, now)?;
-        match state.store.put_schedule(&record, &expected).await {
-            Ok(_) => return Ok((status, Json(view(&name, doc, now))).into_response()),
-            Err(StoreError::Conflict(_)) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(Problem::new(
-        StatusCode::CONFLICT,
-        "Schedule busy",
-        format!("schedule {} kept changing; retry", name.local()),
-    ))
+        })
+    })
+    .await?;
+    let now = OffsetDateTime::now_utc();
+    Ok((status, Json(view(&name, doc, now))).into_response())
 }
 
 /// The caller's schedules, by name.

@@ -114,7 +114,11 @@ pub async fn run(
                     "\n{:<24} {:<20} {:<8} {}",
                     item["name"].as_str().unwrap_or_default(),
                     item["spec"]["workflow"].as_str().unwrap_or_default(),
-                    item["spec"]["paused"],
+                    if item["spec"]["paused"] == true {
+                        "yes"
+                    } else {
+                        "no"
+                    },
                     item["nextRuns"][0].as_str().unwrap_or("-")
                 ));
             }
