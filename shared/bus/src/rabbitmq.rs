@@ -13,14 +13,14 @@
 //!   the reason is ours and a poison message never blocks its queue.
 //! - Messages are persistent and every publish waits for the broker's
 //!   confirm; consumers use manual acks with a bounded prefetch.
-//! - The connection recovers on its own after the broker restarts
-//!   (`enable_auto_recover`); a publish or consumer that saw the failure
-//!   waits for the recovery and carries on. When the recovery itself fails
-//!   (it gives up if the broker is not back in time, or a quorum queue is
-//!   not yet available to restore a consumer on), the adapter opens a new
-//!   connection in its place and every subscription reopens on it. Unacked
-//!   deliveries of a lost connection return to their queue, so nothing is
-//!   lost.
+//! - A lost connection is replaced, not recovered in place: the first
+//!   publish or subscription that finds it gone opens a new one (once, for
+//!   all of them), and every subscription opens its channel and consumer
+//!   again on it, retrying while the broker is away. lapin's own automatic
+//!   recovery is left off: a connection it brought back late would restore
+//!   consumers nobody reads any more (holding their prefetched messages)
+//!   and exclusive queues the new connection needs. Unacked deliveries of a
+//!   lost connection return to their queue, so nothing is lost.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -45,8 +45,9 @@ use crate::{
     Subscription, SubscriptionSpec,
 };
 
-/// Publishes retried across a broker restart before giving up.
-const PUBLISH_ATTEMPTS: usize = 5;
+/// How long a publish keeps trying (on a new connection, while the broker
+/// restarts) before it reports the bus unavailable.
+const PUBLISH_PATIENCE: Duration = Duration::from_secs(30);
 /// A confirm that has not come by then is taken as lost (a connection can
 /// fail between publish and confirm) and the message is sent again;
 /// consumers deduplicate by message id.
@@ -132,9 +133,8 @@ impl RabbitMqBus {
         options: &RabbitMqOptions,
         generation: u64,
     ) -> Result<Link, BusError> {
-        let properties = ConnectionProperties::default()
-            .enable_auto_recover()
-            .with_connection_name(LongString::from("legato"));
+        let properties =
+            ConnectionProperties::default().with_connection_name(LongString::from("legato"));
         let connection = Connection::connect(uri, properties)
             .await
             .map_err(unavailable)?;
@@ -171,8 +171,8 @@ impl RabbitMqBus {
         }
     }
 
-    /// Replaces a connection whose own recovery failed with a new one,
-    /// unless another caller already did.
+    /// Replaces a lost connection (or one whose publishing channel the
+    /// broker closed) with a new one, unless another caller already did.
     async fn relink(&self, failed: &Link) -> Result<Arc<Link>, BusError> {
         let _one_at_a_time = self.inner.relinking.lock().await;
         let current = self.link();
@@ -235,7 +235,8 @@ impl RabbitMqBus {
         Ok(())
     }
 
-    /// Publishes with confirmation, waiting out a connection recovery.
+    /// Publishes with confirmation, on a new connection if the old one is
+    /// lost, for up to [`PUBLISH_PATIENCE`].
     async fn publish_raw(
         &self,
         exchange: ShortString,
@@ -250,7 +251,8 @@ impl RabbitMqBus {
             .with_headers(to_table(&message.headers));
         let mut last_error = None;
         let mut link = self.link();
-        for _ in 0..PUBLISH_ATTEMPTS {
+        let deadline = tokio::time::Instant::now() + PUBLISH_PATIENCE;
+        while tokio::time::Instant::now() < deadline {
             let publisher = link.publisher.clone();
             let sent = async {
                 publisher
@@ -270,6 +272,11 @@ impl RabbitMqBus {
             let Ok(sent) = tokio::time::timeout(CONFIRM_TIMEOUT, sent).await else {
                 tracing::warn!("no confirm within {CONFIRM_TIMEOUT:?}; publishing again");
                 last_error = Some(format!("no confirm within {CONFIRM_TIMEOUT:?}"));
+                if !link.publisher.status().connected()
+                    && let Ok(new) = self.relink(&link).await
+                {
+                    link = new;
+                }
                 continue;
             };
             match sent {
@@ -286,13 +293,15 @@ impl RabbitMqBus {
                     ));
                 }
                 Err(e) => {
-                    tracing::warn!("publish failed, waiting for the connection to recover: {e}");
+                    tracing::warn!("publish failed, on a new connection if need be: {e}");
                     last_error = Some(e.to_string());
-                    if link.publisher.wait_for_recovery(e).await.is_err() {
-                        match self.relink(&link).await {
-                            Ok(new) => link = new,
-                            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-                        }
+                    if link.publisher.status().connected() {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                    match self.relink(&link).await {
+                        Ok(new) => link = new,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
                     }
                 }
             }
@@ -445,8 +454,7 @@ impl RabbitMqBus {
         let link = self.link();
         let channel = match link.connection.create_channel().await {
             Ok(channel) => channel,
-            // A connection that is neither up nor recovering will not come
-            // back by itself.
+            // A lost connection does not come back by itself.
             Err(e) if !link.connection.status().connected() => {
                 tracing::warn!("cannot open a channel ({e}); opening a new connection");
                 self.relink(&link)
@@ -582,12 +590,8 @@ impl Subscription for RabbitSubscription {
             let delivery = match tokio::time::timeout(IDLE_CHECK, self.consumer.next()).await {
                 Ok(Some(Ok(d))) => d,
                 Ok(Some(Err(e))) => {
-                    tracing::warn!(
-                        "consumer interrupted, waiting for the connection to recover: {e}"
-                    );
-                    if self.channel.wait_for_recovery(e).await.is_err() {
-                        self.reopen().await?;
-                    }
+                    tracing::warn!("consumer interrupted, opening it again: {e}");
+                    self.reopen().await?;
                     continue;
                 }
                 // The channel ended: the broker cancelled the consumer or

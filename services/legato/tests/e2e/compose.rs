@@ -74,17 +74,14 @@ fn every_service_runs_from_the_image_after_a_healthy_broker_and_checks_its_own_h
                 "{name} waits for {dependency}"
             );
         }
-        let probe = service["healthcheck"]["test"].as_array().unwrap();
-        assert_eq!(probe[1], "legato", "{name}");
+        // The image's HEALTHCHECK probes the port the service is given.
+        assert!(service.get("healthcheck").is_none(), "{name}");
+        let env = service["environment"].as_object().unwrap();
         assert_eq!(
-            probe[3],
-            format!("http://127.0.0.1:{port}/readyz"),
+            env["LEGATO__HTTP__PORT"],
+            Value::String(port.to_string()),
             "{name}"
         );
-        let env = service["environment"].as_object().unwrap();
-        if let Some(p) = env.get("LEGATO__HTTP__PORT") {
-            assert_eq!(p, &Value::String(port.to_string()), "{name}");
-        }
         // The same bus and store kinds the process-per-service tests use.
         let tests = services_env(std::path::Path::new("/tmp"));
         for key in ["LEGATO__BUS__KIND", "LEGATO__STORE__KIND"] {
@@ -116,4 +113,21 @@ fn every_service_runs_from_the_image_after_a_healthy_broker_and_checks_its_own_h
         services["gateway"]["environment"]["LEGATO__GATEWAY__WORKFLOWS_DIR"],
         "/app/workflows"
     );
+    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
+    assert!(
+        dockerfile
+            .contains(r#"legato probe "http://127.0.0.1:${LEGATO__HTTP__PORT:-8080}/readyz""#),
+        "the image checks the readiness of the port its service listens on"
+    );
+    // Published on loopback unless told otherwise: the stack lets anyone in.
+    for (name, service) in services {
+        for port in service["ports"].as_array().map_or(&[][..], Vec::as_slice) {
+            assert!(
+                port.as_str()
+                    .unwrap()
+                    .starts_with("${LEGATO_BIND:-127.0.0.1}:"),
+                "{name} publishes {port} beyond loopback"
+            );
+        }
+    }
 }

@@ -5,7 +5,7 @@
 
 pub mod hub;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -39,8 +39,17 @@ fn spawn_listening(mut command: Command, what: &str) -> (Child, String) {
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let prefix = format!("{what}: listening on ");
+    // LEGATO_TEST_LOG_DIR keeps every process's log there, to read after a
+    // failure (they are dropped otherwise).
+    let mut log = std::env::var_os("LEGATO_TEST_LOG_DIR").and_then(|dir| {
+        let path = Path::new(&dir).join(format!("{what}-{}.log", child.id()));
+        std::fs::File::create(path).ok()
+    });
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(file) = log.as_mut() {
+                let _ = writeln!(file, "{line}");
+            }
             if let Some(rest) = line.strip_prefix(&prefix) {
                 let url = rest
                     .split_whitespace()
