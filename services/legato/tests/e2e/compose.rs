@@ -131,3 +131,54 @@ fn every_service_runs_from_the_image_after_a_healthy_broker_and_checks_its_own_h
         }
     }
 }
+
+/// A compose value with its `${NAME:-default}` references read as their
+/// defaults, as compose does with none of the variables set.
+fn interpolated(value: &str) -> String {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find('}').map(|e| start + e).unwrap();
+        let reference = &rest[start + 2..end];
+        out.push_str(
+            reference
+                .split_once(":-")
+                .map_or("", |(_, default)| default),
+        );
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[test]
+fn every_service_accepts_the_settings_the_compose_file_gives_it() {
+    let file = compose();
+    for (name, service) in file["services"].as_object().unwrap() {
+        if service["command"][0] != "run" {
+            continue;
+        }
+        let env: Vec<(String, String)> = service["environment"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| {
+                let text = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+                (k.clone(), interpolated(&text))
+            })
+            .collect();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_legato"))
+            .args(["check", name])
+            .env_clear()
+            .env("LEGATO_CONFIG_DIR", "/nonexistent")
+            .envs(env)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "legato check {name} refuses the compose settings: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
