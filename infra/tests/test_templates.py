@@ -48,8 +48,7 @@ def compose_services() -> dict[str, int]:
     for name, service in compose["services"].items():
         if name in ("rabbitmq", "azurite"):
             continue
-        probe = " ".join(service["healthcheck"]["test"])
-        ports[name] = int(re.search(r"127\.0\.0\.1:(\d+)/", probe).group(1))
+        ports[name] = int(service["environment"]["LEGATO__HTTP__PORT"])
     return ports
 
 

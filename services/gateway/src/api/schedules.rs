@@ -238,7 +238,7 @@ async fn edit<T>(
 }
 
 /// Create or replace a schedule. Replacing keeps its state: runs already
-/// started or skipped stay so, and the new timetable continues from there.
+/// started or skipped stay so; a changed timetable counts from now.
 #[utoipa::path(
     put, path = "/api/v1/schedules/{name}", tag = "schedules",
     params(("name" = String, Path, description = "1-64 characters of a-z 0-9 - _, starting with a letter")),
@@ -276,8 +276,15 @@ pub(crate) async fn put_schedule(
         Ok(match existing {
             Some(old) => {
                 let mut kept = old.state;
-                if old.spec.paused && !spec.paused {
-                    // Times that passed while paused are not caught up.
+                let retimed = (
+                    &old.spec.cron,
+                    &old.spec.time_zone,
+                    old.spec.interval_seconds,
+                ) != (&spec.cron, &spec.time_zone, spec.interval_seconds);
+                // Times that passed while paused are not caught up, and a
+                // new timetable starts from now, not from the old one's
+                // last time.
+                if (old.spec.paused && !spec.paused) || retimed {
                     kept.cursor = kept.cursor.max(now);
                 }
                 let doc = ScheduleDoc {

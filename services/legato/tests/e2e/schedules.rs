@@ -223,6 +223,37 @@ async fn a_schedule_fires_on_time_pauses_resumes_triggers_and_backfills() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "too many times: {problem}");
 
+    // A new timetable counts from when it was set, not from the old one's
+    // last time.
+    let (status, _) = legato
+        .put(
+            "/api/v1/schedules/retimed",
+            json!({"workflow": "tick", "intervalSeconds": 3600}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let retimed_at = OffsetDateTime::now_utc();
+    let (status, _) = legato
+        .put(
+            "/api/v1/schedules/retimed",
+            json!({"workflow": "tick", "cron": "* * * * * *"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    started_runs(&legato, "retimed", 1, Duration::from_secs(15)).await;
+    let view = pause(&legato, "retimed").await;
+    for run in view["recentRuns"].as_array().unwrap() {
+        assert!(
+            at(run["nominalTime"].as_str().unwrap()) >= retimed_at - time::Duration::seconds(1),
+            "a time from before the new timetable ran: {run}"
+        );
+    }
+    assert_eq!(
+        legato.delete("/api/v1/schedules/retimed").await,
+        StatusCode::NO_CONTENT
+    );
+
     let (status, list) = legato.get_json("/api/v1/schedules").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(list["items"][0]["name"], "every-second");
