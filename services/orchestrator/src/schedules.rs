@@ -162,14 +162,9 @@ impl Scheduler {
             tenant: schedule.tenant.clone(),
         };
         let commit = records::accept_start(SOURCE, id.clone(), start, OffsetDateTime::now_utc())?;
-        let outbox = commit.outbox.clone();
-        match self.store.commit(commit).await {
+        match self.relay.commit(commit).await {
             Ok(_) => {
                 tracing::info!(schedule = %schedule.name, instance = %id, %nominal, "scheduled run started");
-                // Durable now; the outbox sweep sends it if this fails.
-                if let Err(e) = self.relay.publish(id, &outbox).await {
-                    tracing::warn!(instance = %id, "scheduled start committed but not yet published: {e}");
-                }
                 Ok(())
             }
             Err(StoreError::Conflict(_)) => Ok(()),

@@ -213,79 +213,39 @@ impl InstanceId {
     pub fn random() -> Self {
         Self(uuid::Uuid::new_v4().to_string())
     }
-
-    /// The id `local` names within `tenant`'s instances. `local` follows the
-    /// rule callers see: no tenant prefix of its own.
-    pub fn scoped(tenant: Option<&TenantId>, local: impl Into<String>) -> Result<Self, IdError> {
-        let rule = "1-128 characters of A-Z a-z 0-9 - _ . :";
-        scoped(
-            tenant,
-            local.into(),
-            "instance id",
-            rule,
-            local_instance_rule,
-        )
-        .map(Self)
-    }
-
-    /// The tenant the instance belongs to.
-    pub fn tenant(&self) -> Option<TenantId> {
-        split_scoped(&self.0).0.map(|t| TenantId(t.to_owned()))
-    }
-
-    /// The id as its tenant knows it.
-    pub fn local(&self) -> &str {
-        split_scoped(&self.0).1
-    }
 }
 
-impl ScheduleName {
-    /// The schedule `local` names within `tenant`'s.
-    pub fn scoped(tenant: Option<&TenantId>, local: impl Into<String>) -> Result<Self, IdError> {
-        let rule = "1-64 characters of a-z 0-9 - _, starting with a letter";
-        scoped(
-            tenant,
-            local.into(),
-            "schedule name",
-            rule,
-            local_workflow_rule,
-        )
-        .map(Self)
-    }
+/// `scoped`, `tenant` and `local` for an identifier that a tenant prefix
+/// scopes: `local` follows the rule callers see, without a prefix of its own.
+macro_rules! scoped_by_tenant {
+    ($($name:ident: $kind:literal, $rule:literal, $check:expr;)*) => {$(
+        impl $name {
+            /// The one `local` names within `tenant`'s (or, with no tenant,
+            /// among the unscoped ones).
+            pub fn scoped(
+                tenant: Option<&TenantId>,
+                local: impl Into<String>,
+            ) -> Result<Self, IdError> {
+                scoped(tenant, local.into(), $kind, $rule, $check).map(Self)
+            }
 
-    pub fn tenant(&self) -> Option<TenantId> {
-        split_scoped(&self.0).0.map(|t| TenantId(t.to_owned()))
-    }
+            /// The tenant it belongs to; none for unscoped (shared) ones.
+            pub fn tenant(&self) -> Option<TenantId> {
+                split_scoped(&self.0).0.map(|t| TenantId(t.to_owned()))
+            }
 
-    /// The name as its tenant knows it.
-    pub fn local(&self) -> &str {
-        split_scoped(&self.0).1
-    }
+            /// As its tenant knows it.
+            pub fn local(&self) -> &str {
+                split_scoped(&self.0).1
+            }
+        }
+    )*};
 }
 
-impl WorkflowName {
-    /// The definition `local` names within `tenant`'s own (not shared) ones.
-    pub fn scoped(tenant: Option<&TenantId>, local: impl Into<String>) -> Result<Self, IdError> {
-        let rule = "1-64 characters of a-z 0-9 - _, starting with a letter";
-        scoped(
-            tenant,
-            local.into(),
-            "workflow name",
-            rule,
-            local_workflow_rule,
-        )
-        .map(Self)
-    }
-
-    /// The tenant that owns the definition; none for shared ones.
-    pub fn tenant(&self) -> Option<TenantId> {
-        split_scoped(&self.0).0.map(|t| TenantId(t.to_owned()))
-    }
-
-    /// The name as its tenant knows it.
-    pub fn local(&self) -> &str {
-        split_scoped(&self.0).1
-    }
+scoped_by_tenant! {
+    InstanceId: "instance id", "1-128 characters of A-Z a-z 0-9 - _ . :", local_instance_rule;
+    WorkflowName: "workflow name", "1-64 characters of a-z 0-9 - _, starting with a letter", local_workflow_rule;
+    ScheduleName: "schedule name", "1-64 characters of a-z 0-9 - _, starting with a letter", local_workflow_rule;
 }
 
 #[cfg(test)]

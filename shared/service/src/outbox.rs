@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use legato_bus::{Bus, BusError, OutgoingMessage};
 use legato_contracts::{Envelope, InstanceId};
-use legato_store::{OutboxRow, Store, StoreError};
+use legato_store::{Commit, OutboxRow, Store, StoreError, Version};
 
 use crate::Shutdown;
 
@@ -56,6 +56,19 @@ impl OutboxRelay {
             store,
             dirty: AtomicBool::new(false),
         }
+    }
+
+    /// Commits, then publishes what the commit put in its outbox. Once the
+    /// commit is durable, a failed publish is only logged: the rows stay
+    /// for the sweeper, so the caller sees the commit's outcome alone.
+    pub async fn commit(&self, commit: Commit) -> Result<Version, StoreError> {
+        let instance = commit.record.summary.id.clone();
+        let outbox = commit.outbox.clone();
+        let version = self.store.commit(commit).await?;
+        if let Err(e) = self.publish(&instance, &outbox).await {
+            tracing::warn!(%instance, "committed, not yet published (the outbox sweep sends it): {e}");
+        }
+        Ok(version)
     }
 
     /// Publishes one commit's rows in order, then deletes them. On failure

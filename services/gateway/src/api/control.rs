@@ -10,8 +10,10 @@ use legato_contracts::{
     Envelope, EventName, InstanceId, Payload, RaiseEvent, RedriveInstance, RestartInstance,
     ResumeInstance, SuspendInstance, TerminateInstance,
 };
+use legato_engine::InstanceState;
 use legato_service::auth::{Caller, Principal};
 use legato_service::problem::Problem;
+use legato_store::StoredInstance;
 use serde_json::Value;
 use time::OffsetDateTime;
 
@@ -20,18 +22,21 @@ use crate::GatewayState;
 use crate::body::{JsonBody, RawBody, parse_json};
 use crate::dto::{Accepted, ReasonBody, RedriveBody, RestartBody};
 
-/// Sends a command about an existing instance. `live_only` refuses a
-/// finished instance with 410 Gone (nothing there would act on it).
 /// Which instances a signal is for.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum For {
     /// Live ones: a finished one answers 410.
     Live,
     Any,
-    /// Failed or Terminated ones that did not roll back: else 409.
-    Redrive,
+    /// Failed or Terminated ones that did not roll back, and whose state
+    /// fits the definition version named to move onto, if any: else 409.
+    Redrive {
+        onto: Option<u32>,
+    },
 }
 
+/// Sends a command about an existing instance, once the instance is one
+/// `target` allows.
 async fn send(
     state: &GatewayState,
     caller: &Principal,
@@ -49,14 +54,17 @@ async fn send(
             format!("instance {} is {}", id.local(), status.as_str()),
         ));
     }
-    if target == For::Redrive
-        && let Some(reason) = legato_engine::redrive_refused(&instance)
-    {
-        return Err(Problem::new(
-            StatusCode::CONFLICT,
-            "Cannot be redriven",
-            format!("instance {}: {reason}", id.local()),
-        ));
+    if let For::Redrive { onto } = target {
+        if let Some(reason) = legato_engine::redrive_refused(&instance) {
+            return Err(Problem::new(
+                StatusCode::CONFLICT,
+                "Cannot be redriven",
+                format!("instance {}: {reason}", id.local()),
+            ));
+        }
+        if let Some(version) = onto {
+            check_redrive_onto(state, &id, &stored, &instance, version).await?;
+        }
     }
     let envelope = Envelope::new(SOURCE, id.clone(), OffsetDateTime::now_utc(), payload)
         .with_traceparent(legato_service::telemetry::current_traceparent());
@@ -248,31 +256,40 @@ pub(crate) async fn redrive(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<RedriveBody, true>,
 ) -> Result<(StatusCode, Json<Accepted>), Problem> {
-    if let Some(version) = body.version {
-        let instance_id = instance_id(&caller, id.clone())?;
-        let (stored, instance) = load(&state, &instance_id).await?;
-        let workflow = &stored.record.summary.workflow;
-        let definition = state
-            .store
-            .get_definition(workflow, Some(version))
-            .await?
-            .ok_or_else(|| {
-                Problem::not_found(format!(
-                    "no version {version} of workflow {}",
-                    workflow.local()
-                ))
-            })?;
-        let onto = state.definitions.parse(definition)?;
-        if let Some(reason) = legato_engine::redrive_onto_refused(&instance, &onto) {
-            return Err(Problem::new(
-                StatusCode::CONFLICT,
-                "Cannot be redriven onto that version",
-                format!("instance {}: {reason}", instance_id.local()),
-            ));
-        }
-    }
+    let target = For::Redrive { onto: body.version };
     let command = RedriveInstance {
         version: body.version,
     };
-    send(&state, &caller, id, For::Redrive, command).await
+    send(&state, &caller, id, target, command).await
+}
+
+/// 404 unless `version` of the instance's workflow is registered, 409
+/// unless the instance's state fits it.
+async fn check_redrive_onto(
+    state: &GatewayState,
+    id: &InstanceId,
+    stored: &StoredInstance,
+    instance: &InstanceState,
+    version: u32,
+) -> Result<(), Problem> {
+    let workflow = &stored.record.summary.workflow;
+    let definition = state
+        .store
+        .get_definition(workflow, Some(version))
+        .await?
+        .ok_or_else(|| {
+            Problem::not_found(format!(
+                "no version {version} of workflow {}",
+                workflow.local()
+            ))
+        })?;
+    let onto = state.definitions.parse(definition)?;
+    match legato_engine::redrive_onto_refused(instance, &onto) {
+        Some(reason) => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "Cannot be redriven onto that version",
+            format!("instance {}: {reason}", id.local()),
+        )),
+        None => Ok(()),
+    }
 }

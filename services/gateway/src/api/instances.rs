@@ -82,16 +82,12 @@ pub(crate) async fn start(
         tenant: tenant.map(String::from),
     };
     let commit = records::accept_start(SOURCE, id.clone(), start, now)?;
-    let outbox = commit.outbox.clone();
-    state.store.commit(commit).await.map_err(|e| match e {
+    // Durable once committed; a start not published now is sent by the
+    // orchestrator's outbox sweep.
+    state.relay.commit(commit).await.map_err(|e| match e {
         StoreError::Conflict(_) => live_conflict(&id),
         other => other.into(),
     })?;
-    // Durable now; if this publish fails, the orchestrator's outbox sweep
-    // sends the start.
-    if let Err(e) = state.relay.publish(&id, &outbox).await {
-        tracing::warn!(instance = %id, "start committed but not yet published: {e}");
-    }
     let body = StartResponse::new(
         &base_url(&state, &headers),
         &stream_base_url(&state, &headers),

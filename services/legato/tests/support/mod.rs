@@ -300,31 +300,22 @@ impl Legato {
     }
 
     pub async fn get_json(&self, path: &str) -> (StatusCode, Value) {
-        let response = self.client.get(self.url(path)).send().await.unwrap();
-        let status = response.status();
-        (status, response.json().await.unwrap_or(Value::Null))
+        self.answer(self.client.get(self.url(path))).await
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        let response = self
-            .client
-            .post(self.url(path))
-            .json(&body)
-            .send()
+        self.answer(self.client.post(self.url(path)).json(&body))
             .await
-            .unwrap();
-        let status = response.status();
-        (status, response.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        let response = self
-            .client
-            .put(self.url(path))
-            .json(&body)
-            .send()
+        self.answer(self.client.put(self.url(path)).json(&body))
             .await
-            .unwrap();
+    }
+
+    /// The status and JSON body (null when there is none) of a request.
+    async fn answer(&self, request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let response = request.send().await.unwrap();
         let status = response.status();
         (status, response.json().await.unwrap_or(Value::Null))
     }
