@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
-use legato_contracts::{InstanceId, RuntimeStatus, StartInstance, TraceParent};
-use legato_engine::{Event, Outcome, decide};
+use legato_contracts::{InstanceId, RuntimeStatus, StartInstance, TraceParent, WorkflowName};
+use legato_engine::{Event, InstanceState, Outcome, decide};
 use legato_service::OutboxRelay;
 use legato_service::definitions::Definitions;
-use legato_service::records::state_of;
-use legato_store::{Commit, Expected, Store, StoreError, StoredInstance};
+use legato_service::records::{self, state_of};
+use legato_store::{Commit, Expected, Store, StoreError, StoredInstance, Version};
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
 use tracing::Instrument;
@@ -88,7 +88,38 @@ pub(crate) struct Applier {
     definitions: Definitions,
     locks: Vec<Mutex<()>>,
     retry: ExponentialBuilder,
-    remembered: std::sync::Mutex<HashMap<InstanceId, StoredInstance>>,
+    remembered: std::sync::Mutex<HashMap<InstanceId, Known>>,
+}
+
+/// An instance as the store holds it, read or last committed here.
+#[derive(Clone)]
+struct Known {
+    state: InstanceState,
+    /// The definition the record names.
+    pinned: (WorkflowName, u32),
+    version: Version,
+    /// Whether the store keeps the state in parts, so a commit writes only
+    /// those the decision changed (see `legato_service::records::parts`).
+    in_parts: bool,
+}
+
+impl Known {
+    fn read(stored: &StoredInstance) -> Result<Self, StoreError> {
+        Ok(Self {
+            state: state_of(&stored.record)?,
+            pinned: (
+                stored.record.summary.workflow.clone(),
+                stored.record.summary.workflow_version,
+            ),
+            version: stored.version.clone(),
+            in_parts: !stored.record.parts.is_empty(),
+        })
+    }
+
+    /// The state whose parts the store holds, to write only what changed.
+    fn stored_parts(&self) -> Option<&InstanceState> {
+        self.in_parts.then_some(&self.state)
+    }
 }
 
 impl Applier {
@@ -112,7 +143,7 @@ impl Applier {
         }
     }
 
-    fn recall(&self, id: &InstanceId) -> Option<StoredInstance> {
+    fn recall(&self, id: &InstanceId) -> Option<Known> {
         self.remembered.lock().ok()?.get(id).cloned()
     }
 
@@ -128,16 +159,16 @@ impl Applier {
         }
     }
 
-    fn remember(&self, stored: StoredInstance) {
+    fn remember(&self, known: Known) {
         if let Ok(mut remembered) = self.remembered.lock() {
-            if stored.record.summary.status.is_terminal() {
-                remembered.remove(&stored.record.summary.id);
+            if known.state.status.is_terminal() {
+                remembered.remove(&known.state.id);
                 return;
             }
             if remembered.len() >= REMEMBERED {
                 remembered.clear();
             }
-            remembered.insert(stored.record.summary.id.clone(), stored);
+            remembered.insert(known.state.id.clone(), known);
         }
     }
 
@@ -184,19 +215,18 @@ impl Applier {
         traceparent: Option<&TraceParent>,
         remembered: bool,
     ) -> Result<Applied, ApplyError> {
-        let known = if remembered { self.recall(id) } else { None };
-        let stored = match known {
+        let known = match remembered.then(|| self.recall(id)).flatten() {
             Some(known) => Some(known),
-            None => self.store.load(id).await?,
+            None => match self.store.load(id).await? {
+                Some(stored) => Some(Known::read(&stored)?),
+                None => None,
+            },
         };
-        let (state, expected, pinned) = match (&stored, input) {
-            (Some(s), _) => (
-                state_of(&s.record)?,
-                Expected::Version(s.version.clone()),
-                (
-                    s.record.summary.workflow.clone(),
-                    s.record.summary.workflow_version,
-                ),
+        let (state, expected, pinned) = match (&known, input) {
+            (Some(k), _) => (
+                &k.state,
+                Expected::Version(k.version.clone()),
+                k.pinned.clone(),
             ),
             // Every start is preceded by its Pending record (the gateway
             // writes it; recovery sends starts from it). No record means the
@@ -256,26 +286,40 @@ impl Applier {
                 }
             }
         };
-        let decision = decide(&state, &event);
+        let decision = decide(state, &event);
         if let Outcome::Ignored(reason) = decision.outcome {
-            if let (Event::TimerFired { timer, .. }, Some(stored)) = (&event, &stored) {
-                self.forget_timer(stored, timer.to_string()).await?;
+            if let (Event::TimerFired { timer, .. }, Some(known)) = (&event, &known) {
+                self.forget_timer(known, timer.to_string()).await?;
             }
             return Ok(Applied::Ignored(reason));
         }
+        let before = known.as_ref().and_then(Known::stored_parts);
         // The commit is a span of the request's trace, and what it sends
         // (dispatches, progress) continues from it.
         let span = tracing::info_span!("commit", instance = %id, messages = tracing::field::Empty);
         let traceparent = span
             .in_scope(legato_service::telemetry::current_traceparent)
             .or_else(|| traceparent.cloned());
-        let commit = effects::commit(&decision, &event, expected, pinned, traceparent.as_ref())?;
+        let commit = effects::commit(
+            &decision,
+            before,
+            &event,
+            expected,
+            pinned,
+            traceparent.as_ref(),
+        )?;
         let outbox = commit.outbox.clone();
         span.record("messages", outbox.len());
-        let record = commit.record.clone();
+        let summary = commit.record.summary.clone();
         let version = self.store.commit(commit).instrument(span.clone()).await?;
-        crate::metrics::record(&record.summary.workflow, &state, &decision);
-        self.remember(StoredInstance { record, version });
+        crate::metrics::record(&summary.workflow, state, &decision);
+        let in_parts = decision.state.workflow.is_some();
+        self.remember(Known {
+            state: decision.state,
+            pinned: (summary.workflow, summary.workflow_version),
+            version,
+            in_parts,
+        });
         // Published while the instance lock is held, so one instance's
         // messages leave in decision order.
         if let Err(e) = self.relay.publish(id, &outbox).instrument(span).await {
@@ -286,16 +330,22 @@ impl Applier {
 
     /// Deletes a timer row the engine no longer knows (fired twice, or
     /// cancelled by a decision whose commit raced the poll).
-    async fn forget_timer(&self, stored: &StoredInstance, timer: String) -> Result<(), StoreError> {
-        let mut commit = Commit::new(
-            stored.record.clone(),
-            Expected::Version(stored.version.clone()),
-        );
+    async fn forget_timer(&self, known: &Known, timer: String) -> Result<(), StoreError> {
+        let (workflow, version) = known.pinned.clone();
+        let now = known
+            .state
+            .updated_at
+            .unwrap_or_else(OffsetDateTime::now_utc);
+        let record =
+            records::record_since(known.stored_parts(), &known.state, workflow, version, now)?;
+        let mut commit = Commit::new(record, Expected::Version(known.version.clone()));
         commit.remove_timers.push(timer);
         let version = self.store.commit(commit).await?;
-        self.remember(StoredInstance {
-            record: stored.record.clone(),
+        let in_parts = known.state.workflow.is_some();
+        self.remember(Known {
             version,
+            in_parts,
+            ..known.clone()
         });
         Ok(())
     }

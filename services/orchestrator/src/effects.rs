@@ -4,7 +4,7 @@
 //! and the timers it schedules or cancels.
 
 use legato_contracts::{Envelope, InstanceId, Payload, TraceParent, WorkflowName};
-use legato_engine::{Command, Decision, Event};
+use legato_engine::{Command, Decision, Event, InstanceState};
 use legato_store::{Commit, Expected, HistoryRow, OutboxRow, StoreError, TimerRow};
 use time::OffsetDateTime;
 
@@ -14,9 +14,12 @@ fn corrupt(e: serde_json::Error) -> StoreError {
     StoreError::Corrupt(e.to_string())
 }
 
-/// The commit for an applied decision.
+/// The commit for an applied decision; `before` is the state whose parts
+/// the store holds (`None`: none), so only the parts that changed are
+/// written.
 pub(crate) fn commit(
     decision: &Decision,
+    before: Option<&InstanceState>,
     event: &Event,
     expected: Expected,
     pinned: (WorkflowName, u32),
@@ -29,7 +32,7 @@ pub(crate) fn commit(
         .workflow
         .as_ref()
         .map_or(pinned, |w| (w.name.clone(), w.version));
-    let record = legato_service::records::record(state, workflow, version, at)?;
+    let record = legato_service::records::record_since(before, state, workflow, version, at)?;
     let mut commit = Commit::new(record, expected);
     commit.history.push(HistoryRow {
         seq: state.sequence,

@@ -61,6 +61,14 @@ macro_rules! identifier {
             }
         }
 
+        // Ord compares the inner string, so maps keyed by the id can be
+        // searched with a `&str`.
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
         impl AsRef<str> for $name {
             fn as_ref(&self) -> &str {
                 &self.0

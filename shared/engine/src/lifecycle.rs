@@ -37,7 +37,7 @@ pub(crate) fn start(
     ctx.state.steps = workflow
         .steps
         .iter()
-        .map(|s| (s.id.clone(), StepState::pending()))
+        .map(|s| (s.id.clone(), Arc::new(StepState::pending())))
         .collect();
     ctx.state.status = RuntimeStatus::Running;
     ctx.state.run_position = ctx.state.position;
@@ -114,7 +114,7 @@ pub(crate) fn next_compensation(ctx: &mut Ctx) {
             .and_then(|scope| spec.input.render(&scope))
         {
             Ok(rendered) => {
-                if let Some(step) = ctx.state.steps.get_mut(&id) {
+                if let Some(step) = ctx.state.step_mut(&id) {
                     step.compensation = Some(TaskSlot::queued(spec.agent.clone(), rendered));
                 }
                 let key = ctx.state.task_key(id.clone(), None, TaskRole::Compensation);
@@ -152,15 +152,35 @@ fn cancel_all_work(ctx: &mut Ctx, reason: &str) {
     let (run, execution) = (ctx.state.run, ctx.state.execution);
     let workflow = ctx.state.workflow.clone();
     let mut cancels = Vec::new();
+    let live = |slot: &TaskSlot| {
+        matches!(
+            slot.status,
+            SlotStatus::Queued | SlotStatus::Running | SlotStatus::Backoff
+        )
+    };
     for (id, step) in ctx.state.steps.iter_mut() {
+        // Steps and items with nothing to stop stay shared with the state
+        // before, so they are not written again.
+        let stoppable = matches!(step.status, StepStatus::Running | StepStatus::Waiting)
+            || step.tasks.iter().any(|s| live(s))
+            || step.compensation.as_ref().is_some_and(live);
+        if !stoppable {
+            continue;
+        }
+        let step = Arc::make_mut(step);
         if matches!(step.status, StepStatus::Running | StepStatus::Waiting) {
             step.status = StepStatus::Cancelled;
         }
         let definition = workflow.as_ref().and_then(|wf| wf.step(id.as_str()));
-        let slots = step.tasks.iter_mut().enumerate().map(|(i, s)| {
-            let item = definition.and_then(|d| tasks::item_of(d, i));
-            (item, TaskRole::Action, s)
-        });
+        let slots = step
+            .tasks
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, s)| live(s))
+            .map(|(i, s)| {
+                let item = definition.and_then(|d| tasks::item_of(d, i));
+                (item, TaskRole::Action, Arc::make_mut(s))
+            });
         let comp = step
             .compensation
             .iter_mut()
@@ -178,10 +198,7 @@ fn cancel_all_work(ctx: &mut Ctx, reason: &str) {
                     slot.attempt,
                 ));
             }
-            if matches!(
-                slot.status,
-                SlotStatus::Queued | SlotStatus::Running | SlotStatus::Backoff
-            ) {
+            if live(slot) {
                 slot.status = SlotStatus::Cancelled;
             }
         }
@@ -413,7 +430,7 @@ pub(crate) fn redrive(ctx: &mut Ctx, onto: Option<&Arc<Workflow>>) -> Result<(),
             state
                 .steps
                 .entry(step.id.clone())
-                .or_insert_with(StepState::pending);
+                .or_insert_with(|| Arc::new(StepState::pending()));
         }
         state.workflow = Some(workflow.clone());
     }
@@ -422,12 +439,13 @@ pub(crate) fn redrive(ctx: &mut Ctx, onto: Option<&Arc<Workflow>>) -> Result<(),
     state.execution += 1;
     let mut partial = Vec::new();
     for step in &workflow.steps {
-        let Some(s) = state.steps.get_mut(&step.id) else {
-            continue;
-        };
-        if s.status.is_done() {
+        // Done steps stay shared with the state before (not written again).
+        if state.steps.get(&step.id).is_none_or(|s| s.status.is_done()) {
             continue;
         }
+        let Some(s) = state.step_mut(&step.id) else {
+            continue;
+        };
         s.error = None;
         s.completed_at = None;
         s.compensation = None;
@@ -438,7 +456,7 @@ pub(crate) fn redrive(ctx: &mut Ctx, onto: Option<&Arc<Workflow>>) -> Result<(),
                 .iter_mut()
                 .filter(|t| t.status != SlotStatus::Completed)
             {
-                *slot = TaskSlot::queued(slot.agent.clone(), slot.input.clone());
+                *slot = Arc::new(TaskSlot::queued(slot.agent.clone(), slot.input.clone()));
             }
             s.status = StepStatus::Running;
             partial.push(step.clone());
@@ -476,7 +494,7 @@ pub(crate) fn restart(ctx: &mut Ctx, input: Option<&Value>) -> Result<(), Ignore
     state.steps = workflow
         .steps
         .iter()
-        .map(|s| (s.id.clone(), StepState::pending()))
+        .map(|s| (s.id.clone(), Arc::new(StepState::pending())))
         .collect();
     state.completion_order.clear();
     state.pending_events.clear();

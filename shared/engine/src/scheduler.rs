@@ -43,7 +43,7 @@ fn status_of(ctx: &Ctx, id: &StepId) -> StepStatus {
 }
 
 fn start_step(ctx: &mut Ctx, step: &Step) {
-    let scope = match ctx.state.scope() {
+    let scope = match ctx.state.scope_for(step) {
         Ok(scope) => scope,
         Err(e) => return tasks::step_failed(ctx, &step.id, e.to_string()),
     };
@@ -59,7 +59,7 @@ fn start_step(ctx: &mut Ctx, step: &Step) {
         }
     }
     let at = ctx.at;
-    if let Some(s) = ctx.state.steps.get_mut(&step.id) {
+    if let Some(s) = ctx.state.step_mut(&step.id) {
         s.started_at = Some(at);
     }
     match &step.action {
@@ -131,15 +131,15 @@ fn start_step(ctx: &mut Ctx, step: &Step) {
 }
 
 fn set_status(ctx: &mut Ctx, id: &StepId, status: StepStatus) {
-    if let Some(s) = ctx.state.steps.get_mut(id) {
+    if let Some(s) = ctx.state.step_mut(id) {
         s.status = status;
     }
 }
 
 fn start_tasks(ctx: &mut Ctx, step: &Step, slots: Vec<TaskSlot>) {
-    if let Some(s) = ctx.state.steps.get_mut(&step.id) {
+    if let Some(s) = ctx.state.step_mut(&step.id) {
         s.status = StepStatus::Running;
-        s.tasks = slots;
+        s.tasks = slots.into_iter().map(std::sync::Arc::new).collect();
     }
     dispatch_queued(ctx, step);
 }

@@ -61,7 +61,10 @@ pub struct InstanceState {
     /// start, or its latest restart): what a new watcher is shown from.
     #[serde(default)]
     pub run_position: u64,
-    pub steps: BTreeMap<StepId, StepState>,
+    /// Shared, so a decision's copy of the state costs a pointer per step
+    /// and what it did not touch is recognisably the same (see
+    /// [`InstanceState::step_mut`]).
+    pub steps: BTreeMap<StepId, Arc<StepState>>,
     /// Completed steps in the order they completed; compensation walks it
     /// backwards.
     #[serde(default)]
@@ -141,9 +144,10 @@ pub struct StepState {
     pub output: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// One slot for an agent step, one per item for `for_each`.
+    /// One slot for an agent step, one per item for `for_each`; shared
+    /// like the steps, so a change to one item copies one item.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tasks: Vec<TaskSlot>,
+    pub tasks: Vec<Arc<TaskSlot>>,
     /// The compensation task, once rollback reaches this step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compensation: Option<TaskSlot>,
@@ -172,6 +176,28 @@ impl StepState {
             started_at: None,
             completed_at: None,
         }
+    }
+
+    /// The step without its task slots (kept apart, see
+    /// [`InstanceState::without_steps`]).
+    pub fn without_tasks(&self) -> StepState {
+        StepState {
+            status: self.status,
+            output: self.output.clone(),
+            error: self.error.clone(),
+            tasks: Vec::new(),
+            compensation: self.compensation.clone(),
+            started_at: self.started_at,
+            completed_at: self.completed_at,
+        }
+    }
+
+    /// What expressions see of the step: `{ output, status }`.
+    fn scope_entry(&self) -> Value {
+        let mut entry = Map::new();
+        entry.insert("output".into(), self.output.clone().unwrap_or(Value::Null));
+        entry.insert("status".into(), Value::String(self.status.as_str().into()));
+        Value::Object(entry)
     }
 
     /// Attempts dispatched over all of the step's tasks.
@@ -277,22 +303,67 @@ impl InstanceState {
         }
     }
 
+    /// Everything but the definition and the steps: what a store keeps in
+    /// the instance's row when those are kept as parts of their own.
+    pub fn without_steps(&self) -> InstanceState {
+        InstanceState {
+            id: self.id.clone(),
+            status: self.status,
+            workflow: None,
+            definition_hash: self.definition_hash.clone(),
+            input: self.input.clone(),
+            output: self.output.clone(),
+            error: self.error.clone(),
+            custom_status: self.custom_status.clone(),
+            tenant: self.tenant.clone(),
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            run: self.run,
+            execution: self.execution,
+            sequence: self.sequence,
+            position: self.position,
+            run_position: self.run_position,
+            steps: BTreeMap::new(),
+            completion_order: self.completion_order.clone(),
+            timers: self.timers.clone(),
+            pending_events: self.pending_events.clone(),
+            seen_message_ids: self.seen_message_ids.clone(),
+            backlog: self.backlog.clone(),
+            compensation: self.compensation.clone(),
+        }
+    }
+
     /// What expressions see as `steps`: `{ id: { output, status } }`.
     pub fn steps_scope(&self) -> Map<String, Value> {
         self.steps
             .iter()
-            .map(|(id, s)| {
-                let mut entry = Map::new();
-                entry.insert("output".into(), s.output.clone().unwrap_or(Value::Null));
-                entry.insert("status".into(), Value::String(s.status.as_str().into()));
-                (id.to_string(), Value::Object(entry))
-            })
+            .map(|(id, s)| (id.to_string(), s.scope_entry()))
             .collect()
     }
 
     /// The scope expressions are evaluated in: the input and `steps`.
     pub fn scope(&self) -> Result<legato_workflow::Scope, legato_workflow::ExprError> {
         legato_workflow::Scope::new(&self.input, self.steps_scope())
+    }
+
+    /// The scope of one step's expressions: the input and the steps they
+    /// read (every step when one reads `steps` whole), so starting a step
+    /// costs what it reads rather than the size of the instance.
+    pub fn scope_for(
+        &self,
+        step: &legato_workflow::Step,
+    ) -> Result<legato_workflow::Scope, legato_workflow::ExprError> {
+        let Some(read) = step.steps_read() else {
+            return self.scope();
+        };
+        let steps = read
+            .into_iter()
+            .filter_map(|id| {
+                let entry = self.steps.get(id.as_str())?.scope_entry();
+                Some((id, entry))
+            })
+            .collect();
+        legato_workflow::Scope::new(&self.input, steps)
     }
 
     /// The key of a task of this run and execution.
@@ -312,12 +383,20 @@ impl InstanceState {
         key.run == self.run && key.execution == self.execution
     }
 
+    /// A step to change: copied first if an earlier state shares it.
+    pub fn step_mut(&mut self, id: &StepId) -> Option<&mut StepState> {
+        self.steps.get_mut(id).map(Arc::make_mut)
+    }
+
     /// The task slot a key names (whatever its run and execution; ask
     /// [`InstanceState::is_current`] whether it belongs to this one).
     pub fn task_slot(&self, key: &legato_contracts::TaskKey) -> Option<&TaskSlot> {
         let step = self.steps.get(&key.step)?;
         match key.role {
-            legato_contracts::TaskRole::Action => step.tasks.get(key.item.unwrap_or(0) as usize),
+            legato_contracts::TaskRole::Action => step
+                .tasks
+                .get(key.item.unwrap_or(0) as usize)
+                .map(|slot| &**slot),
             legato_contracts::TaskRole::Compensation => step.compensation.as_ref(),
         }
     }
@@ -338,7 +417,7 @@ impl InstanceState {
             };
             let actions = state.tasks.iter().enumerate().map(|(i, slot)| {
                 (
-                    slot,
+                    &**slot,
                     crate::tasks::item_of(step, i),
                     legato_contracts::TaskRole::Action,
                 )

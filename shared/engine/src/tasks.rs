@@ -17,9 +17,12 @@ fn slot<'a>(state: &'a InstanceState, key: &TaskKey) -> Option<&'a TaskSlot> {
 }
 
 fn slot_mut<'a>(ctx: &'a mut Ctx, key: &TaskKey) -> Option<&'a mut TaskSlot> {
-    let step = ctx.state.steps.get_mut(&key.step)?;
+    let step = ctx.state.step_mut(&key.step)?;
     match key.role {
-        TaskRole::Action => step.tasks.get_mut(key.item.unwrap_or(0) as usize),
+        TaskRole::Action => step
+            .tasks
+            .get_mut(key.item.unwrap_or(0) as usize)
+            .map(std::sync::Arc::make_mut),
         TaskRole::Compensation => step.compensation.as_mut(),
     }
 }
@@ -450,7 +453,7 @@ pub(crate) fn timer_fired(ctx: &mut Ctx, timer: &TimerKey) -> Result<(), Ignored
 
 pub(crate) fn complete_step(ctx: &mut Ctx, id: &StepId, output: Value) {
     let at = ctx.at;
-    if let Some(s) = ctx.state.steps.get_mut(id) {
+    if let Some(s) = ctx.state.step_mut(id) {
         s.status = StepStatus::Completed;
         s.output = Some(output.clone());
         s.completed_at = Some(at);
@@ -464,7 +467,7 @@ pub(crate) fn complete_step(ctx: &mut Ctx, id: &StepId, output: Value) {
 /// A step failed for good: the instance fails (and compensates).
 pub(crate) fn step_failed(ctx: &mut Ctx, id: &StepId, error: String) {
     let at = ctx.at;
-    if let Some(s) = ctx.state.steps.get_mut(id) {
+    if let Some(s) = ctx.state.step_mut(id) {
         s.status = StepStatus::Failed;
         s.error = Some(error.clone());
         s.completed_at = Some(at);

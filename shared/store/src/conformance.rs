@@ -8,14 +8,14 @@
 use legato_contracts::{
     InstanceId, ProgressEvent, ProgressKind, RuntimeStatus, ScheduleName, Topic, WorkflowName,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::macros::datetime;
 
 use crate::{
     Commit, DeadLetter, DeadLetterPage, DeadLetterQuery, DefinitionRecord, Expected, HistoryFrom,
-    HistoryRow, InstanceQuery, InstanceRecord, InstanceSummary, OutboxRow, ScheduleRecord, Store,
-    StoreError, TenantFilter, TimerRow,
+    HistoryRow, InstanceQuery, InstanceRecord, InstanceSummary, OutboxRow, ScheduleRecord,
+    StateParts, Store, StoreError, TenantFilter, TimerRow, Version,
 };
 
 const BASE: OffsetDateTime = datetime!(2026-01-01 00:00 UTC);
@@ -58,6 +58,7 @@ fn record_for(
             updated_at: created_at,
         },
         state: json!({"status": status.as_str(), "nested": {"list": [1, 2, 3]}}),
+        parts: Default::default(),
     }
 }
 
@@ -522,6 +523,86 @@ pub async fn large_values_round_trip_intact(store: &dyn Store) {
     );
 }
 
+/// Parts are written and removed by name with the commit, read back with
+/// the record, kept when a commit does not name them, left untouched by a
+/// commit that fails, and purged with the instance; a large part (a run of
+/// big outputs) round-trips like any large value.
+pub async fn state_parts_change_by_name_with_their_commit(store: &dyn Store) {
+    let mut record = record("parts", RuntimeStatus::Running);
+    let id = record.summary.id.clone();
+    let big: String = (0..700_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let part = |v: Value| Some(v);
+    record.parts = [
+        ("workflow".to_owned(), part(json!({"steps": ["a", "b"]}))),
+        ("steps.0".to_owned(), part(json!({"a": 1}))),
+        ("tasks.b.0".to_owned(), part(json!([{"output": big}]))),
+        ("odd name/#?".to_owned(), part(json!("kept"))),
+    ]
+    .into();
+    let v1 = store
+        .commit(Commit::new(record.clone(), Expected::New))
+        .await
+        .unwrap();
+    let loaded = store.load(&id).await.unwrap().unwrap();
+    assert_eq!(loaded.record, record);
+
+    let mut next = record.clone();
+    next.parts = [
+        ("steps.0".to_owned(), part(json!({"a": 2}))),
+        ("tasks.b.0".to_owned(), None),
+        ("tasks.b.1".to_owned(), part(json!([{"output": "small"}]))),
+    ]
+    .into();
+    store
+        .commit(Commit::new(next.clone(), Expected::Version(v1.clone())))
+        .await
+        .unwrap();
+    let expected: StateParts = [
+        ("workflow".to_owned(), part(json!({"steps": ["a", "b"]}))),
+        ("steps.0".to_owned(), part(json!({"a": 2}))),
+        ("tasks.b.1".to_owned(), part(json!([{"output": "small"}]))),
+        ("odd name/#?".to_owned(), part(json!("kept"))),
+    ]
+    .into();
+    assert_eq!(
+        store.load(&id).await.unwrap().unwrap().record.parts,
+        expected
+    );
+
+    // At a stale version nothing of a commit lands.
+    next.parts = [
+        ("steps.0".to_owned(), part(json!({"a": 3}))),
+        ("workflow".to_owned(), None),
+    ]
+    .into();
+    let stale = Commit::new(next, Expected::Version(v1));
+    assert!(matches!(
+        store.commit(stale).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        store.load(&id).await.unwrap().unwrap().record.parts,
+        expected
+    );
+
+    assert!(store.purge(&id).await.unwrap());
+    assert!(store.load(&id).await.unwrap().is_none());
+    let mut again = record.clone();
+    again.parts = StateParts::new();
+    store
+        .commit(Commit::new(again, Expected::New))
+        .await
+        .unwrap();
+    let reborn = store.load(&id).await.unwrap().unwrap();
+    assert!(
+        reborn.record.parts.is_empty(),
+        "{:?}",
+        reborn.record.parts.keys()
+    );
+}
+
 pub async fn definitions_are_versioned_and_immutable(store: &dyn Store) {
     let name = WorkflowName::parse(unique("def")).unwrap();
     let def = |version: u32, hash: &str| DefinitionRecord {
@@ -830,6 +911,7 @@ macro_rules! store_conformance_tests {
             listing_filters_and_pages_without_gaps,
             purge_removes_the_whole_instance,
             large_values_round_trip_intact,
+            state_parts_change_by_name_with_their_commit,
             definitions_are_versioned_and_immutable,
             leases_have_one_holder_at_a_time,
             dead_letters_park_once_list_in_pages_and_go_when_removed,

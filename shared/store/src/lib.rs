@@ -71,7 +71,16 @@ pub struct InstanceSummary {
 pub struct InstanceRecord {
     pub summary: InstanceSummary,
     pub state: Value,
+    /// Named pieces of the state kept beside the row, so a commit writes
+    /// the pieces that changed instead of the whole state (an instance of
+    /// 10,000 items changes one at a time). Loaded: every piece. In a
+    /// commit: the pieces written (`Some`) or removed (`None`); pieces it
+    /// does not name stay as they are.
+    pub parts: StateParts,
 }
+
+/// See [`InstanceRecord::parts`].
+pub type StateParts = std::collections::BTreeMap<String, Option<Value>>;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredInstance {

@@ -2,6 +2,8 @@
 //! only after [`crate::parse`] accepted the whole document, so the engine can
 //! rely on ids being unique, `needs` forming a DAG and expressions compiling.
 
+use std::collections::BTreeSet;
+
 use legato_contracts::{AgentName, EventName, StepId, WorkflowName};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -58,6 +60,39 @@ impl Step {
     pub fn retry_policy(&self) -> RetryPolicy {
         self.retry.clone().unwrap_or_default()
     }
+
+    /// The steps this step's `if`, `for_each`, `agent` and `input` read, so
+    /// starting it needs only those in scope (validation holds them to its
+    /// ancestors); `None` when one reads `steps` as a whole.
+    pub fn steps_read(&self) -> Option<BTreeSet<String>> {
+        let mut exprs: Vec<&Expr> = self.condition.iter().collect();
+        let mut templates: Vec<&Template> = Vec::new();
+        match &self.action {
+            Action::ForEach {
+                for_each,
+                agent,
+                input,
+                ..
+            } => {
+                exprs.push(for_each);
+                exprs.extend(agent.expr());
+                templates.push(input);
+            }
+            Action::Agent { agent, input } => {
+                exprs.extend(agent.expr());
+                templates.push(input);
+            }
+            Action::WaitForEvent { .. } | Action::Timer { .. } => {}
+        }
+        if exprs.iter().any(|e| e.reads_all_steps())
+            || templates.iter().any(|t| t.reads_all_steps())
+        {
+            return None;
+        }
+        let mut read: BTreeSet<String> = exprs.iter().flat_map(|e| e.step_references()).collect();
+        read.extend(templates.iter().flat_map(|t| t.step_references()));
+        Some(read)
+    }
 }
 
 /// What a step does. Exactly one per step.
@@ -93,6 +128,13 @@ pub enum AgentRef {
 }
 
 impl AgentRef {
+    fn expr(&self) -> Option<&Expr> {
+        match self {
+            Self::Named(_) => None,
+            Self::Dynamic(expr) => Some(expr),
+        }
+    }
+
     pub fn resolve(&self, scope: &Scope) -> Result<AgentName, ExprError> {
         match self {
             Self::Named(name) => Ok(name.clone()),

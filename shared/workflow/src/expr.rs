@@ -98,6 +98,12 @@ impl Expr {
         step_references(&self.source)
     }
 
+    /// Whether this expression reads `steps` other than as `steps.<id>`
+    /// (`size(steps)`, `steps["a"]`), so it needs every step in its scope.
+    pub fn reads_all_steps(&self) -> bool {
+        reads_all_steps(&self.source)
+    }
+
     pub fn evaluate(&self, scope: &Scope) -> Result<Value, ExprError> {
         let program = compile(&self.source)?;
         let mut context = cel::Context::with_env(environment());
@@ -238,6 +244,19 @@ fn step_references(source: &str) -> BTreeSet<String> {
     found
 }
 
+fn reads_all_steps(source: &str) -> bool {
+    let bytes = source.as_bytes();
+    let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    source.match_indices("steps").any(|(at, _)| {
+        let end = at + "steps".len();
+        let token = (at == 0 || !(ident(bytes[at - 1]) || bytes[at - 1] == b'.'))
+            && bytes.get(end).is_none_or(|b| !ident(*b));
+        let selects_one =
+            bytes.get(end) == Some(&b'.') && bytes.get(end + 1).is_some_and(|b| ident(*b));
+        token && !selects_one
+    })
+}
+
 /// What an expression can see while it is evaluated, converted to CEL once:
 /// a `for_each` renders one input per item from the same scope, and every
 /// evaluation borrows these values instead of converting the instance's
@@ -338,6 +357,19 @@ impl Template {
             }
         });
         found
+    }
+
+    /// Whether an embedded expression reads `steps` as a whole.
+    pub fn reads_all_steps(&self) -> bool {
+        let mut all = false;
+        for_each_string(&self.0, &mut |text| {
+            for piece in split(text).flatten() {
+                if let Piece::Expr(inner) = piece {
+                    all |= reads_all_steps(inner);
+                }
+            }
+        });
+        all
     }
 
     pub fn render(&self, scope: &Scope) -> Result<Value, ExprError> {
@@ -506,6 +538,12 @@ mod tests {
         );
         // `mysteps` is not a known variable, so this is rejected; the scan itself:
         assert!(e.is_err());
+        assert!(!reads_all_steps(
+            "steps.a.output.x + size(steps.b_2.output) + x.steps"
+        ));
+        assert!(reads_all_steps("size(steps) > 2"));
+        assert!(reads_all_steps("steps[\"a\"].output"));
+        assert!(!reads_all_steps("my_steps + steps_count"));
         let refs = step_references("steps.a.output.x + size(steps.b_2.output) + x.steps.c");
         assert_eq!(refs.into_iter().collect::<Vec<_>>(), vec!["a", "b_2"]);
     }

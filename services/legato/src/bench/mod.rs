@@ -616,6 +616,7 @@ async fn raw_commits(
                             updated_at: now,
                         },
                         state: state.clone(),
+                        parts: Default::default(),
                     };
                     let mut commit = Commit::new(record, expected);
                     commit.history.push(HistoryRow {

@@ -28,6 +28,9 @@ impl AzureTableStore {
             .map_err(|e| corrupt("summary", e))?;
         record_row.insert("Summary".into(), summary.into());
         ops.push(record_row);
+        let part_rows = parts::rows_of(&id, &commit.record.parts)?;
+        ops.extend(part_rows.rows);
+        blobs.extend(part_rows.blobs);
 
         let mut removed_timers = Vec::new();
         if !commit.add_timers.is_empty() || !commit.remove_timers.is_empty() {
@@ -105,6 +108,12 @@ impl AzureTableStore {
             ops.push(row);
         }
 
+        if ops.len() > MAX_BATCH {
+            return Err(StoreError::TooLarge(format!(
+                "commit of instance {id}: {} rows, and a transaction holds {MAX_BATCH}",
+                ops.len()
+            )));
+        }
         // Everything the batch points at, and every index entry that makes
         // it findable, exists before the batch can land.
         let (blob_writes, index_writes) = tokio::join!(
@@ -127,7 +136,7 @@ impl AzureTableStore {
             batch = match (n, &expected_etag) {
                 (0, Some(etag)) => batch.update(key, row, Some(if_match(Some(etag)))),
                 (0, None) => batch.insert(row),
-                (_, _) if key.starts_with('t') => batch.insert_or_replace(key, row),
+                (_, _) if key.starts_with(['s', 't']) => batch.insert_or_replace(key, row),
                 _ => batch.insert(row),
             }
             .map_err(failure)?;
@@ -209,6 +218,15 @@ impl AzureTableStore {
             })
             .collect();
         self.delete_quietly(&self.index, stale).await;
+        // Parts no state reads any more (see `legato_service::records::parts`):
+        // garbage, so a failed delete costs nothing but space until purge.
+        let removed_parts = part_rows
+            .removed
+            .into_iter()
+            .map(|row| (id.clone(), row))
+            .collect();
+        self.delete_quietly(&self.instances, removed_parts).await;
+        self.settle_part_blobs(&id, &part_rows.written).await;
         Ok(version(&etag, state_ref.as_deref()))
     }
 

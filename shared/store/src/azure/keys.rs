@@ -37,6 +37,39 @@ pub(crate) fn outbox_group(committed_ms: i64, nonce: &str) -> String {
     format!("o{:013}{nonce}", committed_ms.clamp(0, MAX_MS))
 }
 
+/// A part of an instance's state: `s` and its name when the name is
+/// key-safe (the engine's are), `s~` and the name's hex bytes otherwise.
+pub(crate) fn part_row(name: &str) -> String {
+    let safe = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    if safe {
+        format!("s{name}")
+    } else {
+        let mut key = String::from("s~");
+        for byte in name.bytes() {
+            let _ = write!(key, "{byte:02x}");
+        }
+        key
+    }
+}
+
+/// The name a part row holds (see [`part_row`]).
+pub(crate) fn part_name(row: &str) -> Option<String> {
+    let rest = row.strip_prefix('s')?;
+    let Some(hex) = rest.strip_prefix('~') else {
+        return Some(rest.to_owned());
+    };
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok()
+}
+
+pub(crate) const PARTS_START: &str = "s";
+pub(crate) const PARTS_END: &str = "t";
+
 pub(crate) fn blob_row(blob: &str, part: usize) -> String {
     format!("b{blob}-{part:04}")
 }
@@ -125,6 +158,23 @@ mod tests {
         assert!(timer_entry(5, "i", "x") < timers_due_before(5));
         assert!(timer_entry(6, "i", "x") > timers_due_before(5));
         assert!(!timer_entry(1, "i", "a/b#c?d\\e").contains(['/', '#', '?', '\\']));
+    }
+
+    #[test]
+    fn part_rows_sit_between_the_outbox_and_the_timers_and_give_their_names_back() {
+        for name in ["workflow", "tasks.fan-out.3", "steps.0", "odd/name#?", "s~"] {
+            let row = part_row(name);
+            assert!(
+                row.as_str() >= PARTS_START && row.as_str() < PARTS_END,
+                "{row}"
+            );
+            assert!(
+                row.as_str() > OUTBOX_END && row.as_str() < TIMERS_ROW,
+                "{row}"
+            );
+            assert!(!row.contains(['/', '#', '?', '\\']), "{row}");
+            assert_eq!(part_name(&row).as_deref(), Some(name));
+        }
     }
 
     #[test]

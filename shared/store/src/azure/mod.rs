@@ -24,6 +24,7 @@ mod index_reads;
 mod keys;
 mod lease;
 mod outbox;
+mod parts;
 mod payload;
 mod purge;
 mod rows;
@@ -55,8 +56,8 @@ use crate::token::{self, ListPosition};
 use crate::{
     Commit, DeadLetter, DeadLetterPage, DeadLetterQuery, DefinitionRecord, Expected, HistoryFrom,
     HistoryRow, InstancePage, InstanceQuery, InstanceRecord, InstanceSummary, OutboxEntry,
-    OutboxRow, ScheduleRecord, Store, StoreError, StoredInstance, StoredSchedule, TenantFilter,
-    TimerRow, Version,
+    OutboxRow, ScheduleRecord, StateParts, Store, StoreError, StoredInstance, StoredSchedule,
+    TenantFilter, TimerRow, Version,
 };
 
 /// How long an index entry may point at nothing before a reader removes
@@ -93,6 +94,10 @@ pub struct AzureTableStore {
     /// Outbox groups this process committed and has not yet deleted, so
     /// that the relay's delete right after a commit needs no lookup.
     recent_groups: Mutex<HashMap<String, RecentGroup>>,
+    /// The claim-checked parts this process last read or wrote, per
+    /// instance: (part name, blob reference), so the blob of a part
+    /// replaced or removed is deleted after the commit lands.
+    part_blobs: Mutex<HashMap<String, HashMap<String, String>>>,
     index_grace: Duration,
 }
 
@@ -135,6 +140,7 @@ impl AzureTableStore {
             definitions: service.table_client(format!("{table_prefix}definitions")),
             markers: Mutex::new(HashMap::new()),
             recent_groups: Mutex::new(HashMap::new()),
+            part_blobs: Mutex::new(HashMap::new()),
             index_grace: INDEX_GRACE,
         };
         for table in [&store.instances, &store.index, &store.definitions] {
@@ -522,10 +528,7 @@ impl Store for AzureTableStore {
 
 impl AzureTableStore {
     async fn load_once(&self, id: &InstanceId) -> Result<Option<StoredInstance>, StoreError> {
-        let Some((row, etag)) = self
-            .get(&self.instances, id.as_str(), keys::INSTANCE_ROW)
-            .await?
-        else {
+        let Some((row, etag, parts)) = self.instance_rows(id.as_str()).await? else {
             return Ok(None);
         };
         let held = payload::held(&row, "S")?;
@@ -536,6 +539,7 @@ impl AzureTableStore {
             record: InstanceRecord {
                 summary: summary_from(&row)?,
                 state,
+                parts,
             },
             version: version(&etag, reference.as_deref()),
         }))

@@ -43,8 +43,17 @@ impl Blob {
 }
 
 pub(crate) fn encode(name: &str, bytes: &[u8]) -> Encoded {
+    encode_within(name, bytes, INLINE_BYTES)
+}
+
+/// The most a value is kept inline.
+pub(crate) const INLINE_BYTES: usize = INLINE_CHUNKS * CHUNK_BYTES;
+
+/// As [`encode`], claim-checking anything over `inline` bytes: a commit of
+/// many values keeps its transaction under the 4 MiB limit this way.
+pub(crate) fn encode_within(name: &str, bytes: &[u8], inline: usize) -> Encoded {
     let mut props = Entity::new();
-    if bytes.len() <= INLINE_CHUNKS * CHUNK_BYTES {
+    if bytes.len() <= inline.min(INLINE_BYTES) {
         put_chunks(&mut props, name, bytes);
         return Encoded { props, blob: None };
     }

@@ -19,8 +19,8 @@ use crate::token::{self, ListPosition};
 use crate::{
     Commit, DeadLetter, DeadLetterPage, DeadLetterQuery, DefinitionRecord, Expected, HistoryFrom,
     HistoryRow, InstancePage, InstanceQuery, InstanceRecord, InstanceSummary, OutboxEntry,
-    OutboxRow, ScheduleRecord, Store, StoreError, StoredInstance, StoredSchedule, TenantFilter,
-    TimerRow, Version,
+    OutboxRow, ScheduleRecord, StateParts, Store, StoreError, StoredInstance, StoredSchedule,
+    TenantFilter, TimerRow, Version,
 };
 
 const SCHEMA: &str = r#"
@@ -36,6 +36,12 @@ CREATE TABLE IF NOT EXISTS instances (
     state TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS instances_by_created ON instances (created_at DESC, id DESC);
+CREATE TABLE IF NOT EXISTS instance_parts (
+    instance_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (instance_id, name)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS history (
     instance_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -330,10 +336,22 @@ impl Store for SqliteStore {
             };
             let version: i64 = row.get(7).map_err(unavailable)?;
             let state: String = row.get(8).map_err(unavailable)?;
+            let summary = summary(row)?;
+            drop(rows);
+            let mut parts = StateParts::new();
+            let mut stmt = conn
+                .prepare_cached("SELECT name, body FROM instance_parts WHERE instance_id = ?1")
+                .map_err(unavailable)?;
+            let mut rows = stmt.query(params![id]).map_err(unavailable)?;
+            while let Some(row) = rows.next().map_err(unavailable)? {
+                let body: String = row.get(1).map_err(unavailable)?;
+                parts.insert(row.get(0).map_err(unavailable)?, Some(parse_json(&body)?));
+            }
             Ok(Some(StoredInstance {
                 record: InstanceRecord {
-                    summary: summary(row)?,
+                    summary,
                     state: parse_json(&state)?,
+                    parts,
                 },
                 version: Version(version.to_string()),
             }))
@@ -378,6 +396,19 @@ impl Store for SqliteStore {
                 }
             };
             let id = s.id.as_str();
+            for (name, part) in &commit.record.parts {
+                match part {
+                    Some(body) => tx.execute(
+                        "INSERT OR REPLACE INTO instance_parts (instance_id, name, body) VALUES (?1, ?2, ?3)",
+                        params![id, name, json_text(body)?],
+                    ),
+                    None => tx.execute(
+                        "DELETE FROM instance_parts WHERE instance_id = ?1 AND name = ?2",
+                        params![id, name],
+                    ),
+                }
+                .map_err(unavailable)?;
+            }
             for h in &commit.history {
                 let progress = if h.progress.is_empty() {
                     None
@@ -528,7 +559,7 @@ impl Store for SqliteStore {
             let removed = tx
                 .execute("DELETE FROM instances WHERE id = ?1", params![id])
                 .map_err(unavailable)?;
-            for table in ["history", "outbox", "timers"] {
+            for table in ["instance_parts", "history", "outbox", "timers"] {
                 tx.execute(
                     &format!("DELETE FROM {table} WHERE instance_id = ?1"),
                     params![id],

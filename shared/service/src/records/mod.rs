@@ -2,10 +2,11 @@
 //! first (Pending) record when it accepts a start; from then on only the
 //! orchestrator writes.
 
+pub mod parts;
+
 use legato_contracts::{Envelope, InstanceId, StartInstance, WorkflowName};
 use legato_engine::InstanceState;
 use legato_store::{Commit, Expected, InstanceRecord, InstanceSummary, StoreError};
-use serde::Deserialize;
 use serde_json::Value;
 use time::OffsetDateTime;
 
@@ -60,6 +61,19 @@ pub fn record(
     version: u32,
     now: OffsetDateTime,
 ) -> Result<InstanceRecord, StoreError> {
+    record_since(None, state, workflow, version, now)
+}
+
+/// The record that moves a stored instance from `before` (the state whose
+/// parts the store holds; `None` when it holds none) to `state`: its row
+/// and the parts that changed (see [`parts`]).
+pub fn record_since(
+    before: Option<&InstanceState>,
+    state: &InstanceState,
+    workflow: WorkflowName,
+    version: u32,
+    now: OffsetDateTime,
+) -> Result<InstanceRecord, StoreError> {
     let summary = InstanceSummary {
         id: state.id.clone(),
         workflow,
@@ -69,12 +83,15 @@ pub fn record(
         created_at: state.created_at.unwrap_or(now),
         updated_at: state.updated_at.unwrap_or(now),
     };
-    let state = serde_json::to_value(state).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    Ok(InstanceRecord { summary, state })
+    let (state, parts) = parts::split(before, state)?;
+    Ok(InstanceRecord {
+        summary,
+        state,
+        parts,
+    })
 }
 
 /// The engine state inside a stored record.
 pub fn state_of(record: &InstanceRecord) -> Result<InstanceState, StoreError> {
-    InstanceState::deserialize(&record.state)
-        .map_err(|e| StoreError::Corrupt(format!("state of instance {}: {e}", record.summary.id)))
+    parts::join(record.summary.id.as_str(), &record.state, &record.parts)
 }
