@@ -106,7 +106,7 @@ pub(crate) struct ItemCounts {
 }
 
 impl ItemCounts {
-    fn of(tasks: &[TaskSlot]) -> Self {
+    fn of(tasks: &[std::sync::Arc<TaskSlot>]) -> Self {
         let count =
             |wanted: &[SlotStatus]| tasks.iter().filter(|t| wanted.contains(&t.status)).count();
         Self {

@@ -15,7 +15,7 @@ use time::macros::datetime;
 use crate::{
     Commit, DeadLetter, DeadLetterPage, DeadLetterQuery, DefinitionRecord, Expected, HistoryFrom,
     HistoryRow, InstanceQuery, InstanceRecord, InstanceSummary, OutboxRow, ScheduleRecord,
-    StateParts, Store, StoreError, TenantFilter, TimerRow, Version,
+    StateParts, Store, StoreError, TenantFilter, TimerRow,
 };
 
 const BASE: OffsetDateTime = datetime!(2026-01-01 00:00 UTC);
