@@ -311,9 +311,9 @@ impl Applier {
         let outbox = commit.outbox.clone();
         span.record("messages", outbox.len());
         let summary = commit.record.summary.clone();
+        let in_parts = before.is_some() || !commit.record.parts.is_empty();
         let version = self.store.commit(commit).instrument(span.clone()).await?;
         crate::metrics::record(&summary.workflow, state, &decision);
-        let in_parts = decision.state.workflow.is_some();
         self.remember(Known {
             state: decision.state,
             pinned: (summary.workflow, summary.workflow_version),
@@ -338,10 +338,10 @@ impl Applier {
             .unwrap_or_else(OffsetDateTime::now_utc);
         let record =
             records::record_since(known.stored_parts(), &known.state, workflow, version, now)?;
+        let in_parts = known.in_parts || !record.parts.is_empty();
         let mut commit = Commit::new(record, Expected::Version(known.version.clone()));
         commit.remove_timers.push(timer);
         let version = self.store.commit(commit).await?;
-        let in_parts = known.state.workflow.is_some();
         self.remember(Known {
             version,
             in_parts,

@@ -56,9 +56,21 @@ fn to_value<T: Serialize + ?Sized>(value: &T) -> Result<Value, StoreError> {
     serde_json::to_value(value).map_err(|e| corrupt("state part", e))
 }
 
+/// Whether a state is small enough to keep whole in its row: one group of
+/// steps, one run of slots per step. Writing one row is cheaper than a row
+/// and two parts, and such a state costs little to write whole.
+fn fits_in_row(state: &InstanceState) -> bool {
+    state.steps.len() <= steps_per_group(0)
+        && state
+            .steps
+            .values()
+            .all(|s| s.tasks.len() <= slots_per_run(0))
+}
+
 /// The row's state and the parts to write or remove for `after`, given
-/// `before`, the state whose parts the store holds now (`None`: it holds
-/// none, so every part is written).
+/// `before`, the state whose parts the store holds now. `None`: it holds
+/// none, and the state stays whole in the row while it is small, or every
+/// part is written. A state once in parts stays in parts.
 pub fn split(
     before: Option<&InstanceState>,
     after: &InstanceState,
@@ -67,6 +79,9 @@ pub fn split(
         // Not started: no definition yet and no steps; one row holds it.
         return Ok((to_value(after)?, StateParts::new()));
     };
+    if before.is_none() && fits_in_row(after) {
+        return Ok((to_value(after)?, StateParts::new()));
+    }
     let core = to_value(&after.without_steps())?;
     let mut parts = StateParts::new();
     // Another definition (a redrive onto a later version) reshapes every
@@ -304,17 +319,18 @@ mod tests {
 
     #[test]
     fn a_decision_writes_only_the_parts_it_changed_and_the_parts_give_the_state_back() {
+        // Two steps and no slots yet: the row holds it whole.
         let first = started();
         let (core, written) = split(None, &first).unwrap();
+        assert!(written.is_empty(), "{:?}", written.keys());
+        assert_eq!(join("parts-1", &core, &written).unwrap(), first);
+
+        // `a` completes and the for_each starts 600 items: too large for
+        // the row, so every part is written and the row keeps the rest.
+        let second = complete(&first, "a", None);
+        let (core, written) = split(None, &second).unwrap();
         assert!(core.get("steps").is_none_or(|s| s == &json!({})), "{core}");
         assert!(core.get("workflow").is_none(), "{core}");
-        let mut stored = StateParts::new();
-        apply(&mut stored, written);
-        assert_eq!(join("parts-1", &core, &stored).unwrap(), first);
-
-        // `a` completes: the for_each starts, all its runs are new.
-        let second = complete(&first, "a", None);
-        let (core, written) = split(Some(&first), &second).unwrap();
         let names: Vec<_> = written.keys().cloned().collect();
         assert_eq!(
             names,
@@ -323,9 +339,11 @@ mod tests {
                 "tasks.a.0",
                 "tasks.fan.0",
                 "tasks.fan.1",
-                "tasks.fan.2"
+                "tasks.fan.2",
+                "workflow"
             ]
         );
+        let mut stored = StateParts::new();
         apply(&mut stored, written);
         assert_eq!(join("parts-1", &core, &stored).unwrap(), second);
 

@@ -2,6 +2,7 @@
 //! (WAL mode) or in-memory database behind one connection. Calls run on the
 //! blocking pool so they never stall the async runtime.
 
+mod commit;
 mod schedules;
 
 use std::path::Path;
@@ -138,6 +139,10 @@ pub struct SqliteStore {
     /// then writes are refused at once instead of each waiting out the
     /// busy timeout while holding the connection every read needs too.
     writes_refused_until: Arc<Mutex<Option<Instant>>>,
+    /// Commits waiting for the next group transaction (see [`commit`]).
+    queue: Arc<Mutex<commit::CommitQueue>>,
+    /// Write transactions of commits so far (a group is one).
+    transactions: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// How long another process may hold the write lock before a write gives
@@ -174,6 +179,12 @@ impl SqliteStore {
         .await
     }
 
+    /// Transactions that wrote commits so far: fewer than the commits when
+    /// commits arrive together (group commit).
+    pub fn commit_transactions(&self) -> u64 {
+        self.transactions.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// A private database that lives as long as this value.
     pub fn in_memory() -> Result<Self, StoreError> {
         Self::init(Connection::open_in_memory().map_err(unavailable)?)
@@ -186,6 +197,8 @@ impl SqliteStore {
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             writes_refused_until: Arc::default(),
+            queue: Arc::default(),
+            transactions: Arc::default(),
         })
     }
 
@@ -360,92 +373,7 @@ impl Store for SqliteStore {
     }
 
     async fn commit(&self, commit: Commit) -> Result<Version, StoreError> {
-        self.write(move |conn| {
-            let tx = conn.transaction().map_err(unavailable)?;
-            let s = &commit.record.summary;
-            let state = json_text(&commit.record.state)?;
-            let new_version = match &commit.expected {
-                Expected::New => {
-                    let inserted = tx.execute(
-                        "INSERT INTO instances (id, workflow, workflow_version, status, tenant, created_at, updated_at, version, state)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8)",
-                        params![s.id.as_str(), s.workflow.as_str(), s.workflow_version, s.status.as_str(), s.tenant,
-                                millis(s.created_at), millis(s.updated_at), state],
-                    );
-                    match inserted {
-                        Ok(_) => 1,
-                        Err(e) if is_constraint(&e) => return Err(StoreError::Conflict(format!("instance {} exists", s.id))),
-                        Err(e) => return Err(unavailable(e)),
-                    }
-                }
-                Expected::Version(Version(v)) => {
-                    let expected: i64 = v.parse().map_err(|_| StoreError::Conflict(format!("version {v:?} is not ours")))?;
-                    let updated = tx
-                        .execute(
-                            "UPDATE instances SET workflow = ?2, workflow_version = ?3, status = ?4, tenant = ?5, created_at = ?6,
-                                 updated_at = ?7, state = ?8, version = version + 1
-                             WHERE id = ?1 AND version = ?9",
-                            params![s.id.as_str(), s.workflow.as_str(), s.workflow_version, s.status.as_str(), s.tenant,
-                                    millis(s.created_at), millis(s.updated_at), state, expected],
-                        )
-                        .map_err(unavailable)?;
-                    if updated == 0 {
-                        return Err(StoreError::Conflict(format!("instance {} is not at version {v}", s.id)));
-                    }
-                    expected + 1
-                }
-            };
-            let id = s.id.as_str();
-            for (name, part) in &commit.record.parts {
-                match part {
-                    Some(body) => tx.execute(
-                        "INSERT OR REPLACE INTO instance_parts (instance_id, name, body) VALUES (?1, ?2, ?3)",
-                        params![id, name, json_text(body)?],
-                    ),
-                    None => tx.execute(
-                        "DELETE FROM instance_parts WHERE instance_id = ?1 AND name = ?2",
-                        params![id, name],
-                    ),
-                }
-                .map_err(unavailable)?;
-            }
-            for h in &commit.history {
-                let progress = if h.progress.is_empty() {
-                    None
-                } else {
-                    Some(serde_json::to_string(&h.progress).map_err(|e| StoreError::Corrupt(e.to_string()))?)
-                };
-                let inserted = tx.execute(
-                    "INSERT INTO history (instance_id, seq, at, event, position, progress) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![id, to_i64(h.seq, "history sequence")?, millis(h.at), json_text(&h.event)?, to_i64(h.position, "progress position")?, progress],
-                );
-                match inserted {
-                    Ok(_) => {}
-                    Err(e) if is_constraint(&e) => return Err(StoreError::Conflict(format!("history row {} exists", h.seq))),
-                    Err(e) => return Err(unavailable(e)),
-                }
-            }
-            for o in &commit.outbox {
-                tx.execute(
-                    "INSERT INTO outbox (instance_id, id, topic, routing_key, body) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![id, o.id, o.topic.as_str(), o.routing_key, o.body],
-                )
-                .map_err(|e| if is_constraint(&e) { StoreError::Conflict(format!("outbox row {} exists", o.id)) } else { unavailable(e) })?;
-            }
-            for t in &commit.remove_timers {
-                tx.execute("DELETE FROM timers WHERE instance_id = ?1 AND id = ?2", params![id, t]).map_err(unavailable)?;
-            }
-            for t in &commit.add_timers {
-                tx.execute(
-                    "INSERT OR REPLACE INTO timers (instance_id, id, due_at, payload) VALUES (?1, ?2, ?3, ?4)",
-                    params![id, t.id, millis(t.due_at), json_text(&t.payload)?],
-                )
-                .map_err(unavailable)?;
-            }
-            tx.commit().map_err(unavailable)?;
-            Ok(Version(new_version.to_string()))
-        })
-        .await
+        commit::group_commit(self, commit).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -895,6 +823,54 @@ mod conformance_tests {
             std::fs::create_dir_all(&dir).unwrap();
             crate::SqliteStore::open(dir.join("legato.db")).unwrap()
         });
+    }
+
+    /// Commits that arrive while the connection is busy are written in one
+    /// transaction, and a member that conflicts fails alone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commits_arriving_together_share_a_transaction_and_fail_alone() {
+        use crate::{Commit, Expected, Store, StoreError};
+        use legato_contracts::RuntimeStatus;
+        let store = std::sync::Arc::new(crate::SqliteStore::in_memory().unwrap());
+        let taken = crate::conformance::record("taken", RuntimeStatus::Running);
+        store
+            .commit(Commit::new(taken.clone(), Expected::New))
+            .await
+            .unwrap();
+        let before = store.commit_transactions();
+        let records: Vec<_> = (0..20)
+            .map(|_| crate::conformance::record("together", RuntimeStatus::Running))
+            .collect();
+        let busy = store.conn.lock().unwrap();
+        let mut commits = Vec::new();
+        for record in records.iter().cloned().chain([taken]) {
+            let store = store.clone();
+            commits.push(tokio::spawn(async move {
+                store.commit(Commit::new(record, Expected::New)).await
+            }));
+        }
+        for _ in 0..500 {
+            if store.queue.lock().unwrap().waiting() == 21 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(store.queue.lock().unwrap().waiting(), 21);
+        drop(busy);
+        let mut conflicts = 0;
+        for commit in commits {
+            match commit.await.unwrap() {
+                Ok(_) => {}
+                Err(StoreError::Conflict(_)) => conflicts += 1,
+                Err(other) => panic!("{other}"),
+            }
+        }
+        assert_eq!(conflicts, 1);
+        assert_eq!(store.commit_transactions() - before, 1);
+        for record in &records {
+            let loaded = store.load(&record.summary.id).await.unwrap().unwrap();
+            assert_eq!(&loaded.record, record);
+        }
     }
 
     #[tokio::test]

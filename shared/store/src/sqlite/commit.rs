@@ -1,0 +1,265 @@
+//! Group commit: commits that arrive while one transaction is being
+//! written wait and are then written together in the next, each inside a
+//! savepoint of its own. A member that fails (a version conflict) rolls
+//! back alone and the others land; each caller is answered only once the
+//! transaction holding its commit is durable, and if that transaction
+//! fails every member is told so and retries on its own. One transaction
+//! (one WAL append, one fsync in `fsync` durability) then serves many
+//! commits.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use rusqlite::{Connection, params};
+use tokio::sync::oneshot;
+
+use super::{SqliteStore, WRITE_PAUSE, is_constraint, json_text, millis, to_i64, unavailable};
+use crate::{Commit, Expected, StoreError, Version};
+
+/// The most commits one transaction takes; more wait for the next, so a
+/// read is never kept from the connection for long.
+const MAX_GROUP: usize = 128;
+
+type Answer = oneshot::Sender<Result<Version, StoreError>>;
+
+/// Commits waiting for a transaction, and whether one is being written.
+#[derive(Default)]
+pub(super) struct CommitQueue {
+    waiting: Vec<(Commit, Answer)>,
+    writing: bool,
+}
+
+impl CommitQueue {
+    #[cfg(test)]
+    pub(super) fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+}
+
+pub(super) async fn group_commit(
+    store: &SqliteStore,
+    commit: Commit,
+) -> Result<Version, StoreError> {
+    let (answer, answered) = oneshot::channel();
+    let lead = {
+        let mut queue = store.queue.lock().unwrap_or_else(|p| p.into_inner());
+        queue.waiting.push((commit, answer));
+        !std::mem::replace(&mut queue.writing, true)
+    };
+    if lead {
+        // Detached: the writer goes on (and answers everyone) even if the
+        // caller that started it stops waiting.
+        let (conn, queue, gate, transactions) = (
+            store.conn.clone(),
+            store.queue.clone(),
+            store.writes_refused_until.clone(),
+            store.transactions.clone(),
+        );
+        tokio::task::spawn_blocking(move || write_groups(&conn, &queue, &gate, &transactions));
+    }
+    answered
+        .await
+        .map_err(|_| StoreError::Unavailable("the commit writer stopped".into()))?
+}
+
+/// Writes groups until no commit is waiting. The group is taken once the
+/// connection is the writer's, so the commits that arrived while it waited
+/// for it go together.
+fn write_groups(
+    conn: &Mutex<Connection>,
+    queue: &Mutex<CommitQueue>,
+    gate: &Mutex<Option<Instant>>,
+    transactions: &AtomicU64,
+) {
+    loop {
+        let mut connection = conn.lock();
+        let group: Vec<(Commit, Answer)> = {
+            let mut queue = queue.lock().unwrap_or_else(|p| p.into_inner());
+            if queue.waiting.is_empty() {
+                queue.writing = false;
+                return;
+            }
+            let take = queue.waiting.len().min(MAX_GROUP);
+            queue.waiting.drain(..take).collect()
+        };
+        let (commits, answers): (Vec<Commit>, Vec<Answer>) = group.into_iter().unzip();
+        let results = match connection.as_deref_mut() {
+            Ok(connection) => {
+                transactions.fetch_add(1, Ordering::Relaxed);
+                write_group(connection, &commits, gate)
+            }
+            Err(_) => commits
+                .iter()
+                .map(|_| Err(StoreError::Unavailable("connection lock poisoned".into())))
+                .collect(),
+        };
+        drop(connection);
+        for (answer, result) in answers.into_iter().zip(results) {
+            let _ = answer.send(result);
+        }
+    }
+}
+
+/// One transaction for the group, refused at once while writes are paused
+/// (see `SqliteStore::write`).
+fn write_group(
+    conn: &mut Connection,
+    commits: &[Commit],
+    gate: &Mutex<Option<Instant>>,
+) -> Vec<Result<Version, StoreError>> {
+    let mut refused_until = gate.lock().unwrap_or_else(|p| p.into_inner());
+    if refused_until.is_some_and(|until| Instant::now() < until) {
+        return commits
+            .iter()
+            .map(|_| {
+                Err(StoreError::Unavailable(
+                    "the database refused the last write (locked by another process, or \
+                     not writable); writes resume when it takes one"
+                        .into(),
+                ))
+            })
+            .collect();
+    }
+    let results = transaction(conn, commits);
+    let failed = results
+        .iter()
+        .any(|r| matches!(r, Err(StoreError::Unavailable(_))));
+    *refused_until = failed.then(|| Instant::now() + WRITE_PAUSE);
+    results
+}
+
+fn transaction(conn: &mut Connection, commits: &[Commit]) -> Vec<Result<Version, StoreError>> {
+    let all_fail = |e: StoreError| {
+        let text = e.to_string();
+        commits
+            .iter()
+            .map(|_| Err(StoreError::Unavailable(text.clone())))
+            .collect()
+    };
+    let mut tx = match conn.transaction() {
+        Ok(tx) => tx,
+        Err(e) => return all_fail(unavailable(e)),
+    };
+    let mut results = Vec::with_capacity(commits.len());
+    for commit in commits {
+        let member = match tx.savepoint() {
+            // Dropped without commit, a savepoint rolls back: a member
+            // that failed leaves nothing behind.
+            Ok(savepoint) => match apply(&savepoint, commit) {
+                Ok(version) => savepoint.commit().map(|()| version).map_err(unavailable),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(unavailable(e)),
+        };
+        results.push(member);
+    }
+    match tx.commit() {
+        Ok(()) => results,
+        Err(e) => all_fail(unavailable(e)),
+    }
+}
+
+/// One commit's writes, inside the group's transaction.
+fn apply(conn: &Connection, commit: &Commit) -> Result<Version, StoreError> {
+    let s = &commit.record.summary;
+    let state = json_text(&commit.record.state)?;
+    let new_version = match &commit.expected {
+        Expected::New => {
+            let inserted = conn.execute(
+                "INSERT INTO instances (id, workflow, workflow_version, status, tenant, created_at, updated_at, version, state)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8)",
+                params![s.id.as_str(), s.workflow.as_str(), s.workflow_version, s.status.as_str(), s.tenant,
+                        millis(s.created_at), millis(s.updated_at), state],
+            );
+            match inserted {
+                Ok(_) => 1,
+                Err(e) if is_constraint(&e) => {
+                    return Err(StoreError::Conflict(format!("instance {} exists", s.id)));
+                }
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        Expected::Version(Version(v)) => {
+            let expected: i64 = v
+                .parse()
+                .map_err(|_| StoreError::Conflict(format!("version {v:?} is not ours")))?;
+            let updated = conn
+                .execute(
+                    "UPDATE instances SET workflow = ?2, workflow_version = ?3, status = ?4, tenant = ?5, created_at = ?6,
+                         updated_at = ?7, state = ?8, version = version + 1
+                     WHERE id = ?1 AND version = ?9",
+                    params![s.id.as_str(), s.workflow.as_str(), s.workflow_version, s.status.as_str(), s.tenant,
+                            millis(s.created_at), millis(s.updated_at), state, expected],
+                )
+                .map_err(unavailable)?;
+            if updated == 0 {
+                return Err(StoreError::Conflict(format!(
+                    "instance {} is not at version {v}",
+                    s.id
+                )));
+            }
+            expected + 1
+        }
+    };
+    let id = s.id.as_str();
+    for (name, part) in &commit.record.parts {
+        match part {
+            Some(body) => conn.execute(
+                "INSERT OR REPLACE INTO instance_parts (instance_id, name, body) VALUES (?1, ?2, ?3)",
+                params![id, name, json_text(body)?],
+            ),
+            None => conn.execute(
+                "DELETE FROM instance_parts WHERE instance_id = ?1 AND name = ?2",
+                params![id, name],
+            ),
+        }
+        .map_err(unavailable)?;
+    }
+    for h in &commit.history {
+        let progress = if h.progress.is_empty() {
+            None
+        } else {
+            Some(
+                serde_json::to_string(&h.progress)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            )
+        };
+        let inserted = conn.execute(
+            "INSERT INTO history (instance_id, seq, at, event, position, progress) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![id, to_i64(h.seq, "history sequence")?, millis(h.at), json_text(&h.event)?, to_i64(h.position, "progress position")?, progress],
+        );
+        match inserted {
+            Ok(_) => {}
+            Err(e) if is_constraint(&e) => {
+                return Err(StoreError::Conflict(format!(
+                    "history row {} exists",
+                    h.seq
+                )));
+            }
+            Err(e) => return Err(unavailable(e)),
+        }
+    }
+    for o in &commit.outbox {
+        conn.execute(
+            "INSERT INTO outbox (instance_id, id, topic, routing_key, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, o.id, o.topic.as_str(), o.routing_key, o.body],
+        )
+        .map_err(|e| if is_constraint(&e) { StoreError::Conflict(format!("outbox row {} exists", o.id)) } else { unavailable(e) })?;
+    }
+    for t in &commit.remove_timers {
+        conn.execute(
+            "DELETE FROM timers WHERE instance_id = ?1 AND id = ?2",
+            params![id, t],
+        )
+        .map_err(unavailable)?;
+    }
+    for t in &commit.add_timers {
+        conn.execute(
+            "INSERT OR REPLACE INTO timers (instance_id, id, due_at, payload) VALUES (?1, ?2, ?3, ?4)",
+            params![id, t.id, millis(t.due_at), json_text(&t.payload)?],
+        )
+        .map_err(unavailable)?;
+    }
+    Ok(Version(new_version.to_string()))
+}
