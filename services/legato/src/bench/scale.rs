@@ -69,9 +69,9 @@ pub async fn run(
         .await?;
     let id = started["id"].as_str().unwrap_or_default().to_owned();
     let url = format!("{base}/api/v1/instances/{id}");
-    // Every status read loads the whole instance (10,000 slots): polled
-    // too often, the bench would measure its own reads.
-    let status = super::poll_for_end(client, &url, Duration::from_millis(250), LIMIT)
+    // Followed over its stream, as a client would: polling the status
+    // would load all 10,000 slots each time and measure the bench's reads.
+    let status = crate::sse::wait_for_end(client, &format!("{url}/stream"), LIMIT)
         .await?
         .as_str();
     let elapsed = began.elapsed();
@@ -111,9 +111,10 @@ pub async fn run(
 async fn history_times(client: &reqwest::Client, url: &str) -> anyhow::Result<Vec<OffsetDateTime>> {
     let mut times = Vec::new();
     let mut after = 0u64;
-    loop {
+    // Bounded: far more pages than a scale run's history holds.
+    for _ in 0..MAX_HISTORY_PAGES {
         let page: Value = client
-            .get(format!("{url}?history=true&after={after}&limit=1000"))
+            .get(format!("{url}?history=true&afterSeq={after}&limit=1000"))
             .send()
             .await?
             .json()
@@ -132,7 +133,10 @@ async fn history_times(client: &reqwest::Client, url: &str) -> anyhow::Result<Ve
             return Ok(times);
         }
     }
+    anyhow::bail!("the history of {url} has more than {MAX_HISTORY_PAGES} pages")
 }
+
+const MAX_HISTORY_PAGES: usize = 1_000;
 
 /// `VmHWM` of this process, in MB.
 fn peak_rss_mb() -> Option<f64> {

@@ -10,14 +10,15 @@
 //! definition and the slot count alone, so a part left over from an earlier
 //! shape (a redrive onto a shorter definition) is never read.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use legato_engine::{InstanceState, StepState, TaskSlot};
 use legato_store::{StateParts, StoreError};
 use legato_workflow::Workflow;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
 const WORKFLOW: &str = "workflow";
 
@@ -191,10 +192,7 @@ pub fn join(id: &str, core: &Value, parts: &StateParts) -> Result<InstanceState,
         // Kept whole in the row (not started, or written before parts).
         return Ok(state);
     };
-    let workflow: Arc<Workflow> = Arc::new(
-        Workflow::deserialize(workflow)
-            .map_err(|e| corrupt(format_args!("definition of instance {id}"), e))?,
-    );
+    let workflow = definition(id, workflow)?;
     let per_group = steps_per_group(workflow.steps.len());
     for (group, steps) in workflow.steps.chunks(per_group).enumerate() {
         let name = group_name(group);
@@ -246,6 +244,32 @@ pub fn join(id: &str, core: &Value, parts: &StateParts) -> Result<InstanceState,
     }
     state.workflow = Some(workflow);
     Ok(state)
+}
+
+/// Definitions read from parts, by the SHA-256 of their JSON: reading one
+/// validates it again (for a definition of thousands of steps, far longer
+/// than the rest of a load), and instances of one definition then share it.
+static DEFINITIONS: LazyLock<Mutex<HashMap<Vec<u8>, Arc<Workflow>>>> =
+    LazyLock::new(Mutex::default);
+const DEFINITIONS_KEPT: usize = 256;
+
+fn definition(id: &str, part: &Value) -> Result<Arc<Workflow>, StoreError> {
+    let text = serde_json::to_vec(part).map_err(|e| corrupt("definition", e))?;
+    let key = Sha256::digest(&text).to_vec();
+    if let Some(known) = DEFINITIONS.lock().ok().and_then(|d| d.get(&key).cloned()) {
+        return Ok(known);
+    }
+    let workflow = Arc::new(
+        Workflow::deserialize(part)
+            .map_err(|e| corrupt(format_args!("definition of instance {id}"), e))?,
+    );
+    if let Ok(mut known) = DEFINITIONS.lock() {
+        if known.len() >= DEFINITIONS_KEPT {
+            known.clear();
+        }
+        known.insert(key, workflow.clone());
+    }
+    Ok(workflow)
 }
 
 fn part<'a>(parts: &'a StateParts, name: &str) -> Option<&'a Value> {
