@@ -58,6 +58,56 @@ async fn a_killed_legato_up_finishes_the_run_after_restart_without_dispatching_t
     );
 }
 
+/// A state too large for its row is kept in parts (the definition, step
+/// groups, runs of slots), each commit writing only those it changed: killed
+/// while 700 items run, `legato up` reads it back from its parts and every
+/// item completes with its result recorded once.
+#[tokio::test]
+async fn a_large_for_each_kept_in_parts_survives_a_kill_without_losing_or_repeating_items() {
+    const ITEMS: u64 = 700;
+    let dir = temp_dir();
+    let legato = Legato::start(dir.path());
+    legato
+        .register(json!({"name": "wide", "version": 1, "steps": [
+            echo_step("first", &[], json!({"value": 1})),
+            {"id": "each", "needs": ["first"], "for_each": "${{ input.items }}", "agent": "echo",
+             "max_parallel": 20, "input": {"value": "${{ item }}", "sleep_ms": 10}},
+        ], "output": "${{ steps.each.output }}"}))
+        .await;
+    let items: Vec<u64> = (0..ITEMS).collect();
+    let id = legato
+        .start_instance("wide", json!({ "input": { "items": items } }))
+        .await;
+    legato
+        .wait_for(
+            &id,
+            "a third of the items done",
+            Duration::from_secs(60),
+            |s| events(s, "task_completed").len() as u64 > ITEMS / 3,
+        )
+        .await;
+    legato.kill();
+    let legato = Legato::start(dir.path());
+    let done = legato
+        .wait_for(&id, "Completed", Duration::from_secs(120), |s| {
+            s["runtimeStatus"] == "Completed"
+        })
+        .await;
+    let values: Vec<u64> = done["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["value"].as_u64().unwrap())
+        .collect();
+    assert_eq!(values, items);
+    let mut recorded: Vec<u64> = events(&done, "task_completed")
+        .iter()
+        .filter_map(|e| e["event"]["key"]["item"].as_u64())
+        .collect();
+    recorded.sort_unstable();
+    assert_eq!(recorded, items, "each item's result recorded once");
+}
+
 #[tokio::test]
 async fn a_redrive_interrupted_by_a_crash_finishes_after_restart_rerunning_only_what_failed() {
     let dir = temp_dir();
@@ -233,7 +283,8 @@ async fn sigterm_drains_and_exits_cleanly_and_state_survives() {
 /// print its per-event cost early and late and the peak memory.
 #[test]
 fn bench_scale_modes_report_growth_and_memory() {
-    for mode in [["--sequence", "20"], ["--fan-out", "60"]] {
+    // Beyond 64 steps and 256 items: both kept in parts.
+    for mode in [["--sequence", "100"], ["--fan-out", "300"]] {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_legato"))
             .arg("bench")
             .args(mode)
