@@ -73,6 +73,30 @@ pub async fn publish_then_consume_keeps_id_body_and_headers(bus: &dyn Bus) {
     assert_eq!(body(got).await, "hello");
 }
 
+/// Messages published together arrive, each once, in the order given.
+pub async fn messages_published_together_arrive_in_order(bus: &dyn Bus) {
+    let key = unique("k");
+    let mut sub = bus
+        .subscribe(SubscriptionSpec::new(Topic::AgentTasks, unique("g")).bind(&key))
+        .await
+        .unwrap();
+    let sent: Vec<OutgoingMessage> = (0..20).map(|i| message(&format!("m{i}"))).collect();
+    let routed = sent
+        .iter()
+        .map(|m| crate::Routed {
+            topic: Topic::AgentTasks,
+            routing_key: key.clone(),
+            message: m.clone(),
+        })
+        .collect();
+    bus.publish_all(routed).await.unwrap();
+    for (i, expected) in sent.iter().enumerate() {
+        let got = next(&mut sub).await;
+        assert_eq!(got.message_id, expected.id, "message {i}");
+        assert_eq!(body(got).await, format!("m{i}"));
+    }
+}
+
 pub async fn routing_keys_select_groups(bus: &dyn Bus) {
     let base = unique("r");
     let mut echo = bus
@@ -366,6 +390,7 @@ macro_rules! bus_conformance_tests {
     ($make:expr) => {
         $crate::bus_conformance_tests!(@cases $make;
             publish_then_consume_keeps_id_body_and_headers,
+            messages_published_together_arrive_in_order,
             routing_keys_select_groups,
             topics_are_separate,
             every_group_gets_a_copy,

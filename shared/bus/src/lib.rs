@@ -156,6 +156,14 @@ impl SubscriptionSpec {
     }
 }
 
+/// A message with where it goes, for [`Bus::publish_all`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Routed {
+    pub topic: Topic,
+    pub routing_key: String,
+    pub message: OutgoingMessage,
+}
+
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
     async fn publish(
@@ -164,6 +172,18 @@ pub trait Bus: Send + Sync + 'static {
         routing_key: &str,
         message: OutgoingMessage,
     ) -> Result<(), BusError>;
+
+    /// Publishes messages in their order, done once every one is
+    /// confirmed. An adapter may keep them all in flight at once (RabbitMQ
+    /// sends every frame, then awaits the confirms together) instead of a
+    /// round trip each; by default, one after the other.
+    async fn publish_all(&self, messages: Vec<Routed>) -> Result<(), BusError> {
+        for routed in messages {
+            self.publish(routed.topic, &routed.routing_key, routed.message)
+                .await?;
+        }
+        Ok(())
+    }
 
     /// Declares the group's queue (idempotently) and starts consuming.
     async fn subscribe(&self, spec: SubscriptionSpec) -> Result<Box<dyn Subscription>, BusError>;

@@ -41,8 +41,8 @@ use lapin::{
 use legato_contracts::Topic;
 
 use crate::{
-    Bus, BusError, DEAD_LETTER_DELIVERIES, DEAD_LETTER_REASON, Delivery, OutgoingMessage, Settle,
-    Subscription, SubscriptionSpec,
+    Bus, BusError, DEAD_LETTER_DELIVERIES, DEAD_LETTER_REASON, Delivery, OutgoingMessage, Routed,
+    Settle, Subscription, SubscriptionSpec,
 };
 
 /// How long a publish keeps trying (on a new connection, while the broker
@@ -244,11 +244,7 @@ impl RabbitMqBus {
         message: &OutgoingMessage,
         mandatory: bool,
     ) -> Result<(), BusError> {
-        let properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type(CONTENT_TYPE.into())
-            .with_message_id(message.id.clone().into())
-            .with_headers(to_table(&message.headers));
+        let properties = properties(message);
         let mut last_error = None;
         let mut link = self.link();
         let deadline = tokio::time::Instant::now() + PUBLISH_PATIENCE;
@@ -334,6 +330,15 @@ impl RabbitMqBus {
     }
 }
 
+/// Persistent, with the message's id and headers.
+fn properties(message: &OutgoingMessage) -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type(CONTENT_TYPE.into())
+        .with_message_id(message.id.clone().into())
+        .with_headers(to_table(&message.headers))
+}
+
 fn to_table(headers: &BTreeMap<String, String>) -> FieldTable {
     let mut table = FieldTable::default();
     for (k, v) in headers {
@@ -384,6 +389,59 @@ impl Bus for RabbitMqBus {
         let mandatory = !crate::droppable_when_unrouted(topic);
         self.publish_raw(self.exchange(topic), routing_key, &message, mandatory)
             .await
+    }
+
+    /// Every frame sent in order on the publishing channel, then the
+    /// confirms awaited together: one round trip for the lot. From the
+    /// first message not confirmed that way (a lost connection, a nack, no
+    /// confirm in time) the rest go one at a time with [`Self::publish`]'s
+    /// patience; a message sent twice is a redelivery consumers expect.
+    async fn publish_all(&self, messages: Vec<Routed>) -> Result<(), BusError> {
+        let link = self.link();
+        let mut confirms = Vec::with_capacity(messages.len());
+        for routed in &messages {
+            let options = BasicPublishOptions {
+                mandatory: !crate::droppable_when_unrouted(routed.topic),
+                ..BasicPublishOptions::default()
+            };
+            let sent = link
+                .publisher
+                .basic_publish(
+                    self.exchange(routed.topic),
+                    routed.routing_key.as_str().into(),
+                    options,
+                    &routed.message.body,
+                    properties(&routed.message),
+                )
+                .await;
+            match sent {
+                Ok(confirm) => confirms.push(confirm),
+                Err(_) => break,
+            }
+        }
+        let mut confirmed = 0;
+        if let Ok(answers) =
+            tokio::time::timeout(CONFIRM_TIMEOUT, futures::future::join_all(confirms)).await
+        {
+            for (answer, routed) in answers.into_iter().zip(&messages) {
+                match answer {
+                    Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => confirmed += 1,
+                    Ok(Confirmation::Ack(Some(_))) => {
+                        return Err(BusError::Unroutable(format!(
+                            "{} with routing key {:?}",
+                            self.exchange(routed.topic),
+                            routed.routing_key
+                        )));
+                    }
+                    Ok(Confirmation::Nack(_)) | Err(_) => break,
+                }
+            }
+        }
+        for routed in messages.into_iter().skip(confirmed) {
+            self.publish(routed.topic, &routed.routing_key, routed.message)
+                .await?;
+        }
+        Ok(())
     }
 
     async fn subscribe(&self, spec: SubscriptionSpec) -> Result<Box<dyn Subscription>, BusError> {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use legato_bus::{Bus, BusError, OutgoingMessage};
+use legato_bus::{Bus, BusError, OutgoingMessage, Routed};
 use legato_contracts::{Envelope, InstanceId};
 use legato_store::{Commit, OutboxRow, Store, StoreError, Version};
 
@@ -93,16 +93,20 @@ impl OutboxRelay {
         instance: &InstanceId,
         rows: &[OutboxRow],
     ) -> Result<(), RelayError> {
-        for row in rows {
-            let message = OutgoingMessage {
-                id: row.id.clone(),
-                body: row.body.clone().into(),
-                headers: Default::default(),
-            };
-            self.bus
-                .publish(row.topic, &row.routing_key, message)
-                .await?;
-        }
+        // In flight together (one round trip on RabbitMQ), in order.
+        let messages = rows
+            .iter()
+            .map(|row| Routed {
+                topic: row.topic,
+                routing_key: row.routing_key.clone(),
+                message: OutgoingMessage {
+                    id: row.id.clone(),
+                    body: row.body.clone().into(),
+                    headers: Default::default(),
+                },
+            })
+            .collect();
+        self.bus.publish_all(messages).await?;
         let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
         self.store.delete_outbox(instance, &ids).await?;
         Ok(())

@@ -11,8 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use legato_bus::{
-    Bus, BusError, InProcessBus, OutgoingMessage, RabbitMqBus, RabbitMqOptions, ServiceBusBus,
-    ServiceBusConnection, ServiceBusOperations, ServiceBusOptions, Subscription, SubscriptionSpec,
+    Bus, BusError, InProcessBus, OutgoingMessage, RabbitMqBus, RabbitMqOptions, Routed,
+    ServiceBusBus, ServiceBusConnection, ServiceBusOperations, ServiceBusOptions, Subscription,
+    SubscriptionSpec,
 };
 use legato_contracts::Topic;
 use legato_contracts::{InstanceId, RuntimeStatus, WorkflowName};
@@ -123,6 +124,12 @@ impl Bus for CountingBus {
     ) -> Result<(), BusError> {
         self.published.fetch_add(1, Ordering::Relaxed);
         self.inner.publish(topic, key, message).await
+    }
+
+    async fn publish_all(&self, messages: Vec<Routed>) -> Result<(), BusError> {
+        self.published
+            .fetch_add(messages.len() as u64, Ordering::Relaxed);
+        self.inner.publish_all(messages).await
     }
 
     async fn subscribe(&self, spec: SubscriptionSpec) -> Result<Box<dyn Subscription>, BusError> {
