@@ -828,6 +828,8 @@ mod conformance_tests {
     /// Commits that arrive while the connection is busy are written in one
     /// transaction, and a member that conflicts fails alone.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    // The connection is held on purpose while the commits queue up.
+    #[allow(clippy::await_holding_lock)]
     async fn commits_arriving_together_share_a_transaction_and_fail_alone() {
         use crate::{Commit, Expected, Store, StoreError};
         use legato_contracts::RuntimeStatus;
