@@ -72,12 +72,18 @@ fn write_groups(
     gate: &Mutex<Option<Instant>>,
     transactions: &AtomicU64,
 ) {
+    // Should this thread die, the next commit must start a writer again
+    // rather than wait behind one that is gone.
+    let mut stopped = StopWriting { queue, armed: true };
     loop {
         let mut connection = conn.lock();
         let group: Vec<(Commit, Answer)> = {
             let mut queue = queue.lock().unwrap_or_else(|p| p.into_inner());
             if queue.waiting.is_empty() {
+                // Under the same lock as the check, so a commit queued
+                // after it finds no writer and starts one.
                 queue.writing = false;
+                stopped.armed = false;
                 return;
             }
             let take = queue.waiting.len().min(MAX_GROUP);
@@ -97,6 +103,21 @@ fn write_groups(
         drop(connection);
         for (answer, result) in answers.into_iter().zip(results) {
             let _ = answer.send(result);
+        }
+    }
+}
+
+/// Marks the queue as having no writer if the writer stops while armed (a
+/// panic).
+struct StopWriting<'a> {
+    queue: &'a Mutex<CommitQueue>,
+    armed: bool,
+}
+
+impl Drop for StopWriting<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.queue.lock().unwrap_or_else(|p| p.into_inner()).writing = false;
         }
     }
 }
@@ -166,7 +187,8 @@ fn apply(conn: &Connection, commit: &Commit) -> Result<Version, StoreError> {
     let state = json_text(&commit.record.state)?;
     let new_version = match &commit.expected {
         Expected::New => {
-            let inserted = conn.execute(
+            let inserted = execute(
+                conn,
                 "INSERT INTO instances (id, workflow, workflow_version, status, tenant, created_at, updated_at, version, state)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8)",
                 params![s.id.as_str(), s.workflow.as_str(), s.workflow_version, s.status.as_str(), s.tenant,
@@ -184,8 +206,8 @@ fn apply(conn: &Connection, commit: &Commit) -> Result<Version, StoreError> {
             let expected: i64 = v
                 .parse()
                 .map_err(|_| StoreError::Conflict(format!("version {v:?} is not ours")))?;
-            let updated = conn
-                .execute(
+            let updated = execute(
+                    conn,
                     "UPDATE instances SET workflow = ?2, workflow_version = ?3, status = ?4, tenant = ?5, created_at = ?6,
                          updated_at = ?7, state = ?8, version = version + 1
                      WHERE id = ?1 AND version = ?9",
@@ -205,11 +227,13 @@ fn apply(conn: &Connection, commit: &Commit) -> Result<Version, StoreError> {
     let id = s.id.as_str();
     for (name, part) in &commit.record.parts {
         match part {
-            Some(body) => conn.execute(
+            Some(body) => execute(
+                conn,
                 "INSERT OR REPLACE INTO instance_parts (instance_id, name, body) VALUES (?1, ?2, ?3)",
                 params![id, name, json_text(body)?],
             ),
-            None => conn.execute(
+            None => execute(
+                conn,
                 "DELETE FROM instance_parts WHERE instance_id = ?1 AND name = ?2",
                 params![id, name],
             ),
@@ -225,9 +249,17 @@ fn apply(conn: &Connection, commit: &Commit) -> Result<Version, StoreError> {
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?,
             )
         };
-        let inserted = conn.execute(
+        let inserted = execute(
+            conn,
             "INSERT INTO history (instance_id, seq, at, event, position, progress) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![id, to_i64(h.seq, "history sequence")?, millis(h.at), json_text(&h.event)?, to_i64(h.position, "progress position")?, progress],
+            params![
+                id,
+                to_i64(h.seq, "history sequence")?,
+                millis(h.at),
+                json_text(&h.event)?,
+                to_i64(h.position, "progress position")?,
+                progress
+            ],
         );
         match inserted {
             Ok(_) => {}
@@ -241,25 +273,34 @@ fn apply(conn: &Connection, commit: &Commit) -> Result<Version, StoreError> {
         }
     }
     for o in &commit.outbox {
-        conn.execute(
+        execute(
+                conn,
             "INSERT INTO outbox (instance_id, id, topic, routing_key, body) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![id, o.id, o.topic.as_str(), o.routing_key, o.body],
         )
         .map_err(|e| if is_constraint(&e) { StoreError::Conflict(format!("outbox row {} exists", o.id)) } else { unavailable(e) })?;
     }
     for t in &commit.remove_timers {
-        conn.execute(
+        execute(
+            conn,
             "DELETE FROM timers WHERE instance_id = ?1 AND id = ?2",
             params![id, t],
         )
         .map_err(unavailable)?;
     }
     for t in &commit.add_timers {
-        conn.execute(
+        execute(
+                conn,
             "INSERT OR REPLACE INTO timers (instance_id, id, due_at, payload) VALUES (?1, ?2, ?3, ?4)",
             params![id, t.id, millis(t.due_at), json_text(&t.payload)?],
         )
         .map_err(unavailable)?;
     }
     Ok(Version(new_version.to_string()))
+}
+
+/// Runs a statement kept prepared on the connection: a commit's few
+/// statements are parsed once, not on every commit.
+fn execute(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
 }
