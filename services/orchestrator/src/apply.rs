@@ -11,7 +11,7 @@ use legato_engine::{Event, InstanceState, Outcome, decide};
 use legato_service::OutboxRelay;
 use legato_service::definitions::Definitions;
 use legato_service::records::{self, state_of};
-use legato_store::{Commit, Expected, Store, StoreError, StoredInstance, Version};
+use legato_store::{Commit, Expected, InstanceRecord, Store, StoreError, StoredInstance, Version};
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
 use tracing::Instrument;
@@ -120,6 +120,13 @@ impl Known {
     fn stored_parts(&self) -> Option<&InstanceState> {
         self.in_parts.then_some(&self.state)
     }
+}
+
+/// Whether the store keeps the state in parts once `record` is committed
+/// over `before` (see [`Known::stored_parts`]): a state once in parts stays
+/// there.
+fn in_parts_after(before: Option<&InstanceState>, record: &InstanceRecord) -> bool {
+    before.is_some() || !record.parts.is_empty()
 }
 
 impl Applier {
@@ -311,7 +318,7 @@ impl Applier {
         let outbox = commit.outbox.clone();
         span.record("messages", outbox.len());
         let summary = commit.record.summary.clone();
-        let in_parts = before.is_some() || !commit.record.parts.is_empty();
+        let in_parts = in_parts_after(before, &commit.record);
         let version = self.store.commit(commit).instrument(span.clone()).await?;
         crate::metrics::record(&summary.workflow, state, &decision);
         self.remember(Known {
@@ -338,7 +345,7 @@ impl Applier {
             .unwrap_or_else(OffsetDateTime::now_utc);
         let record =
             records::record_since(known.stored_parts(), &known.state, workflow, version, now)?;
-        let in_parts = known.in_parts || !record.parts.is_empty();
+        let in_parts = in_parts_after(known.stored_parts(), &record);
         let mut commit = Commit::new(record, Expected::Version(known.version.clone()));
         commit.remove_timers.push(timer);
         let version = self.store.commit(commit).await?;

@@ -278,9 +278,7 @@ impl RabbitMqBus {
             match sent {
                 // A mandatory message no queue took comes back with the ack.
                 Ok(Confirmation::Ack(Some(_))) => {
-                    return Err(BusError::Unroutable(format!(
-                        "{exchange} with routing key {routing_key:?}"
-                    )));
+                    return Err(unroutable(&exchange, routing_key));
                 }
                 Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => return Ok(()),
                 Ok(Confirmation::Nack(_)) => {
@@ -328,6 +326,11 @@ impl RabbitMqBus {
             .await
             .map_err(unavailable)
     }
+}
+
+/// A mandatory message no queue took.
+fn unroutable(exchange: &ShortString, routing_key: &str) -> BusError {
+    BusError::Unroutable(format!("{exchange} with routing key {routing_key:?}"))
 }
 
 /// Persistent, with the message's id and headers.
@@ -427,11 +430,10 @@ impl Bus for RabbitMqBus {
                 match answer {
                     Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => confirmed += 1,
                     Ok(Confirmation::Ack(Some(_))) => {
-                        return Err(BusError::Unroutable(format!(
-                            "{} with routing key {:?}",
-                            self.exchange(routed.topic),
-                            routed.routing_key
-                        )));
+                        return Err(unroutable(
+                            &self.exchange(routed.topic),
+                            &routed.routing_key,
+                        ));
                     }
                     Ok(Confirmation::Nack(_)) | Err(_) => break,
                 }

@@ -158,17 +158,19 @@ fn cancel_all_work(ctx: &mut Ctx, reason: &str) {
             SlotStatus::Queued | SlotStatus::Running | SlotStatus::Backoff
         )
     };
+    let active =
+        |step: &StepState| matches!(step.status, StepStatus::Running | StepStatus::Waiting);
     for (id, step) in ctx.state.steps.iter_mut() {
         // Steps and items with nothing to stop stay shared with the state
         // before, so they are not written again.
-        let stoppable = matches!(step.status, StepStatus::Running | StepStatus::Waiting)
+        let stoppable = active(step)
             || step.tasks.iter().any(|s| live(s))
             || step.compensation.as_ref().is_some_and(live);
         if !stoppable {
             continue;
         }
         let step = Arc::make_mut(step);
-        if matches!(step.status, StepStatus::Running | StepStatus::Waiting) {
+        if active(step) {
             step.status = StepStatus::Cancelled;
         }
         let definition = workflow.as_ref().and_then(|wf| wf.step(id.as_str()));

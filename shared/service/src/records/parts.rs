@@ -32,6 +32,11 @@ fn slots_per_run(slots: usize) -> usize {
     slots.div_ceil(32).max(256)
 }
 
+/// How many runs hold a step's slots.
+fn run_count(slots: usize) -> usize {
+    slots.div_ceil(slots_per_run(slots))
+}
+
 fn group_name(group: usize) -> String {
     format!("steps.{group}")
 }
@@ -153,8 +158,7 @@ fn runs(
     }
     if reshaped {
         // Runs beyond the new length are never read; remove them anyway.
-        let runs_before = old.len().div_ceil(slots_per_run(old.len()));
-        for run in new.len().div_ceil(per_run)..runs_before {
+        for run in run_count(new.len())..run_count(old.len()) {
             parts.insert(run_name(step, run), None);
         }
     }
@@ -162,7 +166,7 @@ fn runs(
 }
 
 /// The names of the parts a state is kept in, for removing leftovers.
-pub fn names(state: &InstanceState) -> BTreeSet<String> {
+fn names(state: &InstanceState) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     let Some(workflow) = &state.workflow else {
         return names;
@@ -176,7 +180,7 @@ pub fn names(state: &InstanceState) -> BTreeSet<String> {
                 .steps
                 .get(step.id.as_str())
                 .map_or(0, |s| s.tasks.len());
-            for run in 0..slots.div_ceil(slots_per_run(slots)) {
+            for run in 0..run_count(slots) {
                 names.insert(run_name(step.id.as_str(), run));
             }
         }
@@ -198,12 +202,7 @@ pub fn join(id: &str, core: &Value, parts: &StateParts) -> Result<InstanceState,
         let name = group_name(group);
         let entries = part(parts, &name)
             .and_then(Value::as_object)
-            .ok_or_else(|| {
-                corrupt(
-                    format_args!("instance {id}"),
-                    format!("part {name} missing"),
-                )
-            })?;
+            .ok_or_else(|| missing(id, &name))?;
         for step in steps {
             let Some(entry) = entries.get(step.id.as_str()) else {
                 continue;
@@ -213,19 +212,13 @@ pub fn join(id: &str, core: &Value, parts: &StateParts) -> Result<InstanceState,
                 slots,
             } = StoredStep::deserialize(entry)
                 .map_err(|e| corrupt(format_args!("instance {id}, step {}", step.id), e))?;
-            let per_run = slots_per_run(slots);
-            for run in 0..slots.div_ceil(per_run) {
+            for run in 0..run_count(slots) {
                 let name = run_name(step.id.as_str(), run);
                 let run_slots: Vec<TaskSlot> = part(parts, &name)
                     .map(Vec::<TaskSlot>::deserialize)
                     .transpose()
                     .map_err(|e| corrupt(format_args!("instance {id}, {name}"), e))?
-                    .ok_or_else(|| {
-                        corrupt(
-                            format_args!("instance {id}"),
-                            format!("part {name} missing"),
-                        )
-                    })?;
+                    .ok_or_else(|| missing(id, &name))?;
                 state_of_step
                     .tasks
                     .extend(run_slots.into_iter().map(Arc::new));
@@ -270,6 +263,13 @@ fn definition(id: &str, part: &Value) -> Result<Arc<Workflow>, StoreError> {
         known.insert(key, workflow.clone());
     }
     Ok(workflow)
+}
+
+fn missing(id: &str, name: &str) -> StoreError {
+    corrupt(
+        format_args!("instance {id}"),
+        format!("part {name} missing"),
+    )
 }
 
 fn part<'a>(parts: &'a StateParts, name: &str) -> Option<&'a Value> {

@@ -77,12 +77,10 @@ impl AzureTableStore {
             }
             let name = keys::part_name(key)
                 .ok_or_else(|| StoreError::Corrupt(format!("instance {id}: part row {key}")))?;
-            let held = payload::held(&row, "P")?;
-            if let Some(reference) = held.reference() {
-                blobs.insert(name.clone(), reference);
+            if let Some(reference) = payload::reference(&row, "P") {
+                blobs.insert(name.clone(), reference.to_owned());
             }
-            let bytes = self.resolve(&self.instances, id, held).await?;
-            let value = serde_json::from_slice(&bytes).map_err(|e| corrupt("state part", e))?;
+            let value = self.value(&self.instances, id, &row, "P").await?;
             parts.insert(name, Some(value));
         }
         self.remember_part_blobs(id, |known| *known = blobs);

@@ -92,8 +92,13 @@ impl Held {
     }
 }
 
+/// The blob reference of a claim-checked value, if it is one.
+pub(crate) fn reference<'a>(entity: &'a Entity, name: &str) -> Option<&'a str> {
+    entity.get(&format!("{name}Ref")).and_then(Value::as_str)
+}
+
 pub(crate) fn held(entity: &Entity, name: &str) -> Result<Held, StoreError> {
-    if let Some(reference) = entity.get(&format!("{name}Ref")).and_then(Value::as_str) {
+    if let Some(reference) = reference(entity, name) {
         return parse_reference(reference);
     }
     take_chunks(entity, name).map(Held::Inline)

@@ -14,7 +14,7 @@ use std::time::Instant;
 use rusqlite::{Connection, params};
 use tokio::sync::oneshot;
 
-use super::{SqliteStore, WRITE_PAUSE, is_constraint, json_text, millis, to_i64, unavailable};
+use super::{SqliteStore, is_constraint, json_text, millis, through_gate, to_i64, unavailable};
 use crate::{Commit, Expected, StoreError, Version};
 
 /// The most commits one transaction takes; more wait for the next, so a
@@ -95,10 +95,10 @@ fn write_groups(
                 transactions.fetch_add(1, Ordering::Relaxed);
                 write_group(connection, &commits, gate)
             }
-            Err(_) => commits
-                .iter()
-                .map(|_| Err(StoreError::Unavailable("connection lock poisoned".into())))
-                .collect(),
+            Err(_) => every_one_fails(
+                &commits,
+                &StoreError::Unavailable("connection lock poisoned".into()),
+            ),
         };
         drop(connection);
         for (answer, result) in answers.into_iter().zip(results) {
@@ -122,45 +122,41 @@ impl Drop for StopWriting<'_> {
     }
 }
 
-/// One transaction for the group, refused at once while writes are paused
-/// (see `SqliteStore::write`).
+/// One transaction for the group, through the write gate (see
+/// `through_gate`).
 fn write_group(
     conn: &mut Connection,
     commits: &[Commit],
     gate: &Mutex<Option<Instant>>,
 ) -> Vec<Result<Version, StoreError>> {
-    let mut refused_until = gate.lock().unwrap_or_else(|p| p.into_inner());
-    if refused_until.is_some_and(|until| Instant::now() < until) {
-        return commits
-            .iter()
-            .map(|_| {
-                Err(StoreError::Unavailable(
-                    "the database refused the last write (locked by another process, or \
-                     not writable); writes resume when it takes one"
-                        .into(),
-                ))
-            })
-            .collect();
-    }
-    let results = transaction(conn, commits);
-    let failed = results
+    let written = through_gate(
+        gate,
+        || transaction(conn, commits),
+        |results| {
+            results
+                .iter()
+                .any(|r| matches!(r, Err(StoreError::Unavailable(_))))
+        },
+    );
+    written.unwrap_or_else(|paused| every_one_fails(commits, &paused))
+}
+
+/// The same failure for every member of a group.
+fn every_one_fails(commits: &[Commit], error: &StoreError) -> Vec<Result<Version, StoreError>> {
+    let text = match error {
+        StoreError::Unavailable(text) => text.clone(),
+        other => other.to_string(),
+    };
+    commits
         .iter()
-        .any(|r| matches!(r, Err(StoreError::Unavailable(_))));
-    *refused_until = failed.then(|| Instant::now() + WRITE_PAUSE);
-    results
+        .map(|_| Err(StoreError::Unavailable(text.clone())))
+        .collect()
 }
 
 fn transaction(conn: &mut Connection, commits: &[Commit]) -> Vec<Result<Version, StoreError>> {
-    let all_fail = |e: StoreError| {
-        let text = e.to_string();
-        commits
-            .iter()
-            .map(|_| Err(StoreError::Unavailable(text.clone())))
-            .collect()
-    };
     let mut tx = match conn.transaction() {
         Ok(tx) => tx,
-        Err(e) => return all_fail(unavailable(e)),
+        Err(e) => return every_one_fails(commits, &unavailable(e)),
     };
     let mut results = Vec::with_capacity(commits.len());
     for commit in commits {
@@ -177,7 +173,7 @@ fn transaction(conn: &mut Connection, commits: &[Commit]) -> Vec<Result<Version,
     }
     match tx.commit() {
         Ok(()) => results,
-        Err(e) => all_fail(unavailable(e)),
+        Err(e) => every_one_fails(commits, &unavailable(e)),
     }
 }
 

@@ -204,10 +204,7 @@ impl SqliteStore {
         })
     }
 
-    /// A call that writes: refused at once while writes are paused after a
-    /// failed one, and pausing them when it fails for want of the database.
-    /// Checked once the connection is this call's, so calls queued behind
-    /// a failing one do not each wait out the busy timeout too.
+    /// A call that writes, through the write gate (see [`through_gate`]).
     async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -215,20 +212,11 @@ impl SqliteStore {
     {
         let gate = self.writes_refused_until.clone();
         self.with(move |conn| {
-            let mut refused_until = gate.lock().unwrap_or_else(|p| p.into_inner());
-            if refused_until.is_some_and(|until| Instant::now() < until) {
-                return Err(StoreError::Unavailable(
-                    "the database refused the last write (locked by another process, or \
-                     not writable); writes resume when it takes one"
-                        .into(),
-                ));
-            }
-            let result = f(conn);
-            *refused_until = match &result {
-                Err(StoreError::Unavailable(_)) => Some(Instant::now() + WRITE_PAUSE),
-                _ => None,
-            };
-            result
+            through_gate(
+                &gate,
+                || f(conn),
+                |result| matches!(result, Err(StoreError::Unavailable(_))),
+            )?
         })
         .await
     }
@@ -273,6 +261,29 @@ fn unavailable(e: rusqlite::Error) -> StoreError {
 
 fn is_constraint(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(err, _) if err.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
+/// Runs a write unless writes are paused after a failed one (then the
+/// pause's error), and pauses them when `failed` says the write failed for
+/// want of the database. Checked once the connection is the caller's, so
+/// calls queued behind a failing one do not each wait out the busy timeout
+/// too.
+fn through_gate<T>(
+    gate: &Mutex<Option<Instant>>,
+    write: impl FnOnce() -> T,
+    failed: impl FnOnce(&T) -> bool,
+) -> Result<T, StoreError> {
+    let mut refused_until = gate.lock().unwrap_or_else(|p| p.into_inner());
+    if refused_until.is_some_and(|until| Instant::now() < until) {
+        return Err(StoreError::Unavailable(
+            "the database refused the last write (locked by another process, or not \
+             writable); writes resume when it takes one"
+                .into(),
+        ));
+    }
+    let outcome = write();
+    *refused_until = failed(&outcome).then(|| Instant::now() + WRITE_PAUSE);
+    Ok(outcome)
 }
 
 fn to_i64(n: u64, what: &str) -> Result<i64, StoreError> {
