@@ -73,8 +73,10 @@ pub async fn publish_then_consume_keeps_id_body_and_headers(bus: &dyn Bus) {
     assert_eq!(body(got).await, "hello");
 }
 
-/// Messages published together arrive, each once, in the order given.
-pub async fn messages_published_together_arrive_in_order(bus: &dyn Bus) {
+/// Messages published together each arrive once. Delivery order is not
+/// part of the port: Service Bus hands a subscription's messages to
+/// concurrent receives, so only the set is checked.
+pub async fn messages_published_together_each_arrive_once(bus: &dyn Bus) {
     let key = unique("k");
     let mut sub = bus
         .subscribe(SubscriptionSpec::new(Topic::AgentTasks, unique("g")).bind(&key))
@@ -90,10 +92,18 @@ pub async fn messages_published_together_arrive_in_order(bus: &dyn Bus) {
         })
         .collect();
     bus.publish_all(routed).await.unwrap();
-    for (i, expected) in sent.iter().enumerate() {
+    let mut expected: std::collections::BTreeMap<String, String> = sent
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.id.clone(), format!("m{i}")))
+        .collect();
+    for _ in 0..sent.len() {
         let got = next(&mut sub).await;
-        assert_eq!(got.message_id, expected.id, "message {i}");
-        assert_eq!(body(got).await, format!("m{i}"));
+        let id = got.message_id.clone();
+        let body_expected = expected
+            .remove(&id)
+            .unwrap_or_else(|| panic!("{id} arrived twice or was never sent"));
+        assert_eq!(body(got).await, body_expected);
     }
 }
 
@@ -390,7 +400,7 @@ macro_rules! bus_conformance_tests {
     ($make:expr) => {
         $crate::bus_conformance_tests!(@cases $make;
             publish_then_consume_keeps_id_body_and_headers,
-            messages_published_together_arrive_in_order,
+            messages_published_together_each_arrive_once,
             routing_keys_select_groups,
             topics_are_separate,
             every_group_gets_a_copy,

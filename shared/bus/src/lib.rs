@@ -174,7 +174,8 @@ pub trait Bus: Send + Sync + 'static {
     ) -> Result<(), BusError>;
 
     /// Publishes messages in their order, done once every one is
-    /// confirmed. An adapter may keep them all in flight at once (RabbitMQ
+    /// confirmed (the order they are sent in, not a delivery order: Service
+    /// Bus hands them to concurrent receives). An adapter may keep them all in flight at once (RabbitMQ
     /// sends every frame, then awaits the confirms together) instead of a
     /// round trip each; by default, one after the other.
     async fn publish_all(&self, messages: Vec<Routed>) -> Result<(), BusError> {
