@@ -198,6 +198,27 @@ async fn feed(
                 span.in_scope(|| hub.publish(subject, event, id));
                 delivery.ack().await
             }
+            Ok(Envelope {
+                id,
+                subject,
+                time,
+                traceparent,
+                payload: Payload::ProgressBatch(batch),
+                ..
+            }) => {
+                legato_service::metrics::received("notifier", time);
+                let span =
+                    tracing::info_span!("relay", instance = %subject, events = batch.events.len());
+                legato_service::telemetry::continue_trace(&span, traceparent.as_ref());
+                span.in_scope(|| {
+                    // Each event's own id, the same on a redelivery, so the
+                    // hub drops the copies.
+                    for (n, event) in batch.events.into_iter().enumerate() {
+                        hub.publish(subject.clone(), event, format!("{id}#{n}"));
+                    }
+                });
+                delivery.ack().await
+            }
             Ok(other) => {
                 let reason = format!(
                     "{} does not belong on the progress topic",

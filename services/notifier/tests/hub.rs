@@ -52,3 +52,75 @@ fn late_watchers_replay_then_continue_without_gap_or_repeat() {
     assert_eq!(next.to_client_json()["instanceId"], "i-1");
     assert!(live.try_recv().is_err());
 }
+
+/// A decision's events arrive as one batch message; each reaches watchers
+/// in order, and a redelivered batch adds nothing.
+#[tokio::test]
+async fn a_batch_reaches_watchers_event_by_event_and_a_copy_adds_nothing() {
+    use std::sync::Arc;
+
+    use legato_bus::{Bus, InProcessBus, OutgoingMessage};
+    use legato_contracts::{Envelope, ProgressBatch, Topic};
+
+    let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new());
+    let hub = ProgressHub::default();
+    let shutdown = legato_service::Shutdown::new();
+    let feed = tokio::spawn(
+        legato_notifier::relay(bus.clone(), hub.clone(), shutdown.clone())
+            .await
+            .unwrap(),
+    );
+    let id = InstanceId::parse("i-batch").unwrap();
+    let (_, mut live) = hub.watch(&id);
+    let batch = ProgressBatch {
+        events: vec![
+            event(1, ProgressKind::InstanceStarted),
+            event(2, ProgressKind::StepStarted),
+            event(3, ProgressKind::InstanceCompleted),
+        ],
+    };
+    let envelope = Envelope::new("/test", id.clone(), time::OffsetDateTime::UNIX_EPOCH, batch);
+    let message = OutgoingMessage {
+        id: envelope.id.clone(),
+        body: envelope.encode().unwrap().into(),
+        headers: Default::default(),
+    };
+    for _ in 0..2 {
+        bus.publish(Topic::Progress, id.as_str(), message.clone())
+            .await
+            .unwrap();
+    }
+    let mut positions = Vec::new();
+    for _ in 0..3 {
+        let update = tokio::time::timeout(std::time::Duration::from_secs(5), live.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        positions.push(update.event.position);
+    }
+    assert_eq!(positions, [1, 2, 3]);
+    // The copy is consumed (the feed is serial) once a later message is.
+    bus.publish(Topic::Progress, id.as_str(), {
+        let marker = Envelope::new(
+            "/test",
+            id.clone(),
+            time::OffsetDateTime::UNIX_EPOCH,
+            event(4, ProgressKind::CustomStatus),
+        );
+        OutgoingMessage {
+            id: marker.id.clone(),
+            body: marker.encode().unwrap().into(),
+            headers: Default::default(),
+        }
+    })
+    .await
+    .unwrap();
+    let next = tokio::time::timeout(std::time::Duration::from_secs(5), live.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.event.position, 4, "the copy was relayed again");
+    assert_eq!(hub.replay(&id).len(), 4);
+    shutdown.trigger();
+    feed.await.unwrap().unwrap();
+}

@@ -18,8 +18,8 @@ pub use ids::{
     WorkflowName,
 };
 pub use payload::{
-    CANCEL_ROUTING_PREFIX, HeartbeatKind, Payload, ProgressEvent, ProgressKind, RaiseEvent,
-    RedriveInstance, RestartInstance, ResumeInstance, StartInstance, SuspendInstance,
+    CANCEL_ROUTING_PREFIX, HeartbeatKind, Payload, ProgressBatch, ProgressEvent, ProgressKind,
+    RaiseEvent, RedriveInstance, RestartInstance, ResumeInstance, StartInstance, SuspendInstance,
     TaskCancelled, TaskCompleted, TaskDispatched, TaskError, TaskFailed, TaskHeartbeat,
     TerminateInstance, Topic,
 };

@@ -275,6 +275,15 @@ pub struct ProgressEvent {
     pub data: Option<Value>,
 }
 
+/// Several progress events of one decision, in position order, in one
+/// message: a decision that tells watchers several things costs one
+/// publish. A decision with one event sends it as `legato.progress.v1`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProgressBatch {
+    pub events: Vec<ProgressEvent>,
+}
+
 macro_rules! payloads {
     ($($variant:ident($ty:ty) => $type_name:literal, $topic:ident;)*) => {
         /// Every message legato sends, one variant per CloudEvents type.
@@ -336,6 +345,7 @@ payloads! {
     TaskFailed(TaskFailed) => "legato.task.failed.v1", AgentResults;
     TaskHeartbeat(TaskHeartbeat) => "legato.task.heartbeat.v1", AgentResults;
     Progress(ProgressEvent) => "legato.progress.v1", Progress;
+    ProgressBatch(ProgressBatch) => "legato.progress.batch.v1", Progress;
 }
 
 impl Payload {

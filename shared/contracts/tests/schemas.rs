@@ -139,6 +139,33 @@ fn samples() -> Vec<Payload> {
             data: Some(json!({"event": "approval"})),
         }
         .into(),
+        ProgressBatch {
+            events: vec![
+                ProgressEvent {
+                    position: 13,
+                    seq: 4,
+                    kind: ProgressKind::StepCompleted,
+                    status: RuntimeStatus::Running,
+                    step: Some(StepId::parse("plan").unwrap()),
+                    item: None,
+                    attempt: Some(1),
+                    message: None,
+                    data: Some(json!({"tasks": 2})),
+                },
+                ProgressEvent {
+                    position: 14,
+                    seq: 4,
+                    kind: ProgressKind::InstanceCompleted,
+                    status: RuntimeStatus::Completed,
+                    step: None,
+                    item: None,
+                    attempt: None,
+                    message: None,
+                    data: None,
+                },
+            ],
+        }
+        .into(),
     ]
 }
 
