@@ -107,6 +107,10 @@ impl Cursor {
     /// jump and can read the history itself later).
     async fn missed(&self, store: &dyn Store, after: u64, until: u64) -> Vec<Arc<Update>> {
         let mut out = Vec::new();
+        if until <= after.saturating_add(1) {
+            // No position in between: nothing to read.
+            return out;
+        }
         let mut from = HistoryFrom::position(after);
         for _ in 0..FILL_PAGES {
             let rows = match store.history(&self.instance, from, FILL_PAGE).await {

@@ -76,6 +76,8 @@ impl HttpClient for Transport {
         if let Some(counter) = self.counter {
             counter.fetch_add(1, Ordering::Relaxed);
         }
+        // Which requests an operation costs (`RUST_LOG=legato_azure=trace`).
+        tracing::trace!(method = %request.method(), path = request.url().path(), "azure request");
         let method = reqwest::Method::from_str(request.method().as_ref())
             .with_context(ErrorKind::DataConversion, || {
                 format!("unsupported method {}", request.method())

@@ -73,7 +73,6 @@ pub(crate) async fn start(
         )
         .with_errors(fields));
     }
-    replace_if_finished(&state, &id).await?;
     let now = OffsetDateTime::now_utc();
     let start = StartInstance {
         workflow: name,
@@ -83,11 +82,20 @@ pub(crate) async fn start(
     };
     let commit = records::accept_start(SOURCE, id.clone(), start, now)?;
     // Durable once committed; a start not published now is sent by the
-    // orchestrator's outbox sweep.
-    state.relay.commit(commit).await.map_err(|e| match e {
-        StoreError::Conflict(_) => live_conflict(&id),
-        other => other.into(),
-    })?;
+    // orchestrator's outbox sweep. Most ids are new, so the start is tried
+    // first; only a taken id costs a read (a finished instance is purged
+    // and the start tried once more, a live one is a conflict).
+    match state.relay.commit(commit.clone()).await {
+        Ok(_) => {}
+        Err(StoreError::Conflict(_)) => {
+            replace_if_finished(&state, &id).await?;
+            state.relay.commit(commit).await.map_err(|e| match e {
+                StoreError::Conflict(_) => live_conflict(&id),
+                other => other.into(),
+            })?;
+        }
+        Err(other) => return Err(other.into()),
+    }
     let body = StartResponse::new(
         &base_url(&state, &headers),
         &stream_base_url(&state, &headers),

@@ -127,51 +127,26 @@ impl AzureTableStore {
         blob_writes?;
         index_writes?;
 
-        let mut batch = self
-            .instances
-            .partition_key_client(id.as_str())
-            .transaction();
-        for (n, row) in ops.into_iter().enumerate() {
-            let key = text(&row, "RowKey")?.to_owned();
-            batch = match (n, &expected_etag) {
-                (0, Some(etag)) => batch.update(key, row, Some(if_match(Some(etag)))),
-                (0, None) => batch.insert(row),
-                (_, _) if key.starts_with(['s', 't']) => batch.insert_or_replace(key, row),
-                _ => batch.insert(row),
+        // The groups this instance's earlier commits published go in this
+        // transaction (see `published`). Should the batch fail, it may be
+        // for one of them (already swept): the flush deletes them instead,
+        // and a refused batch is tried again without them.
+        let piggyback = self
+            .published
+            .take(&id, MAX_BATCH.saturating_sub(ops.len()));
+        let (mut outcome, mut refused) = self
+            .send_batch(&id, &ops, expected_etag.as_deref(), &piggyback)
+            .await;
+        if outcome.is_err() && !piggyback.is_empty() {
+            self.published.put_back(&id, piggyback);
+            if refused {
+                (outcome, refused) = self
+                    .send_batch(&id, &ops, expected_etag.as_deref(), &[])
+                    .await;
             }
-            .map_err(failure)?;
         }
-        // Whether the batch surely did not land: an answer says so. A
-        // timeout or a dropped connection leaves it open.
-        let (outcome, refused) = match batch.await {
-            Err(e) => {
-                let refused = e.as_http_error().is_some();
-                (Err(failure(e)), refused)
-            }
-            Ok(response) => match response
-                .operation_responses
-                .iter()
-                .find(|r| !r.status_code.is_success())
-            {
-                None => (Ok(response), false),
-                Some(failed) => (
-                    Err(match failed.status_code as u16 {
-                        409 | 412 => StoreError::Conflict(format!(
-                            "instance {id} changed since it was loaded ({})",
-                            failed.status_code
-                        )),
-                        404 => StoreError::NotFound(format!("instance {id}")),
-                        413 => StoreError::TooLarge(format!("commit of instance {id}")),
-                        other => StoreError::Unavailable(format!(
-                            "commit of instance {id}: status {other}"
-                        )),
-                    }),
-                    true,
-                ),
-            },
-        };
-        let response = match outcome {
-            Ok(response) => response,
+        let etags = match outcome {
+            Ok(etags) => etags,
             Err(e) => {
                 if refused {
                     // The claim-checked values of a commit that did not land.
@@ -183,12 +158,8 @@ impl AzureTableStore {
                 return Err(e);
             }
         };
-        let etag = match response
-            .operation_responses
-            .first()
-            .and_then(|r| r.etag.as_ref())
-        {
-            Some(etag) => etag.to_string(),
+        let etag = match etags.first().cloned().flatten() {
+            Some(etag) => etag,
             None => self
                 .get(&self.instances, &id, keys::INSTANCE_ROW)
                 .await?
@@ -197,12 +168,9 @@ impl AzureTableStore {
         };
 
         if let Some((op, mut group)) = outbox_group
-            && let Some(etag) = response
-                .operation_responses
-                .get(op)
-                .and_then(|r| r.etag.as_ref())
+            && let Some(etag) = etags.get(op).cloned().flatten()
         {
-            group.etag = etag.to_string();
+            group.etag = etag;
             self.remember_group(&id, group);
         }
         if let Some(old) = old_state_ref.filter(|old| Some(old) != state_ref.as_ref()) {
@@ -228,6 +196,77 @@ impl AzureTableStore {
         self.delete_quietly(&self.instances, removed_parts).await;
         self.settle_part_blobs(&id, &part_rows.written).await;
         Ok(version(&etag, state_ref.as_deref()))
+    }
+
+    /// Sends one commit's rows (the instance row first, conditional on
+    /// `expected_etag`) and deletes `published` groups, as one
+    /// transaction, answering each operation's ETag. The flag tells whether the batch surely did not land:
+    /// an answer says so; a timeout or a dropped connection leaves it open.
+    async fn send_batch(
+        &self,
+        id: &str,
+        ops: &[Entity],
+        expected_etag: Option<&str>,
+        published: &[published::PublishedGroup],
+    ) -> (Result<Vec<Option<String>>, StoreError>, bool) {
+        let mut batch = self.instances.partition_key_client(id).transaction();
+        for (n, row) in ops.iter().enumerate() {
+            let key = match text(row, "RowKey") {
+                Ok(key) => key.to_owned(),
+                Err(e) => return (Err(e), true),
+            };
+            let added = match (n, expected_etag) {
+                (0, Some(etag)) => batch.update(key, row, Some(if_match(Some(etag)))),
+                (0, None) => batch.insert(row),
+                (_, _) if key.starts_with(['s', 't']) => batch.insert_or_replace(key, row),
+                _ => batch.insert(row),
+            };
+            batch = match added {
+                Ok(batch) => batch,
+                Err(e) => return (Err(failure(e)), true),
+            };
+        }
+        for group in published {
+            batch = match batch.delete(group.row.clone(), Some(if_match(Some(&group.etag)))) {
+                Ok(batch) => batch,
+                Err(e) => return (Err(failure(e)), true),
+            };
+        }
+        match batch.await {
+            Err(e) => {
+                let refused = e.as_http_error().is_some();
+                (Err(failure(e)), refused)
+            }
+            Ok(response) => match response
+                .operation_responses
+                .iter()
+                .find(|r| !r.status_code.is_success())
+            {
+                // Each operation's ETag, in order.
+                None => (
+                    Ok(response
+                        .operation_responses
+                        .iter()
+                        .map(|r| r.etag.as_ref().map(ToString::to_string))
+                        .collect()),
+                    false,
+                ),
+                Some(failed) => (
+                    Err(match failed.status_code as u16 {
+                        409 | 412 => StoreError::Conflict(format!(
+                            "instance {id} changed since it was loaded ({})",
+                            failed.status_code
+                        )),
+                        404 => StoreError::NotFound(format!("instance {id}")),
+                        413 => StoreError::TooLarge(format!("commit of instance {id}")),
+                        other => StoreError::Unavailable(format!(
+                            "commit of instance {id}: status {other}"
+                        )),
+                    }),
+                    true,
+                ),
+            },
+        }
     }
 
     /// The index entries a commit needs before it lands.

@@ -26,6 +26,7 @@ mod lease;
 mod outbox;
 mod parts;
 mod payload;
+mod published;
 mod purge;
 mod rows;
 mod schedules;
@@ -94,6 +95,9 @@ pub struct AzureTableStore {
     /// Outbox groups this process committed and has not yet deleted, so
     /// that the relay's delete right after a commit needs no lookup.
     recent_groups: Mutex<HashMap<String, RecentGroup>>,
+    /// Groups published and waiting to be deleted by their instance's next
+    /// commit (see [`published`]).
+    published: published::Published,
     /// The claim-checked parts this process last read or wrote, per
     /// instance: (part name, blob reference), so the blob of a part
     /// replaced or removed is deleted after the commit lands.
@@ -134,8 +138,10 @@ impl AzureTableStore {
                 .transport(TransportOptions::new(Arc::new(transport)))
                 .retry(RetryOptions::none())
                 .build();
+        let instances = service.table_client(format!("{table_prefix}instances"));
         let store = Self {
-            instances: service.table_client(format!("{table_prefix}instances")),
+            published: published::Published::start(instances.clone()),
+            instances,
             index: service.table_client(format!("{table_prefix}index")),
             definitions: service.table_client(format!("{table_prefix}definitions")),
             markers: Mutex::new(HashMap::new()),

@@ -44,6 +44,10 @@ impl AzureTableStore {
                 }
                 let id = InstanceId::parse(instance).map_err(|e| corrupt("instance id", e))?;
                 for group in &groups {
+                    // Published by this process, its delete waiting.
+                    if self.published.holds(instance, text(group, "RowKey")?) {
+                        continue;
+                    }
                     for message in self.group_messages(instance, group).await? {
                         out.push(OutboxEntry {
                             instance: id.clone(),
@@ -67,7 +71,16 @@ impl AzureTableStore {
     ) -> Result<(), StoreError> {
         let partition = instance.as_str();
         if let Some(group) = self.recent_group(partition, ids) {
-            // The relay deletes what one commit wrote: no lookup needed.
+            // The relay deletes what one commit wrote: no lookup needed,
+            // and no request of its own unless it waits too long for the
+            // instance's next commit (see `published`).
+            if group.blob.is_none()
+                && self
+                    .published
+                    .defer(partition, group.row.clone(), group.etag.clone())
+            {
+                return Ok(());
+            }
             match self
                 .delete(&self.instances, partition, &group.row, Some(&group.etag))
                 .await

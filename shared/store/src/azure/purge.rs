@@ -4,6 +4,7 @@ use super::*;
 
 impl AzureTableStore {
     pub(super) async fn purge_rows(&self, id: &InstanceId) -> Result<bool, StoreError> {
+        self.published.forget(id.as_str());
         // A transaction fails whole when one of its rows is already gone
         // (the outbox relay deleting what it published, a moment before):
         // then nothing of it was deleted, so read the rows again and go on.

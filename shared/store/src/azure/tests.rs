@@ -264,6 +264,86 @@ async fn the_relays_delete_after_a_commit_needs_no_lookup() {
     assert!(left.iter().all(|o| o.instance != id));
 }
 
+/// A published group is deleted inside the instance's next commit, or by
+/// the flush when no commit comes; one already gone does not fail the
+/// commit that meant to delete it.
+#[tokio::test]
+async fn a_published_group_goes_with_the_next_commit_or_the_flush() {
+    let store = azurite().await;
+    let record = conformance::record("piggyback", RuntimeStatus::Running);
+    let id = record.summary.id.clone();
+    let message = |id: &str| OutboxRow {
+        id: id.into(),
+        topic: Topic::AgentTasks,
+        routing_key: "echo".into(),
+        body: b"x".to_vec(),
+    };
+    async fn groups(store: &AzureTableStore, id: &InstanceId) -> Vec<String> {
+        let mut rows: Vec<String> = store
+            .outbox_groups(id.as_str())
+            .await
+            .unwrap()
+            .iter()
+            .map(|g| text(g, "RowKey").unwrap().to_owned())
+            .collect();
+        rows.sort();
+        rows
+    }
+    let mut c = Commit::new(record.clone(), Expected::New);
+    c.outbox = vec![message("a")];
+    let mut version = store.commit(c).await.unwrap();
+    store.delete_outbox(&id, &["a".into()]).await.unwrap();
+    let first = groups(&store, &id).await;
+    assert_eq!(first.len(), 1, "deferred, not deleted yet");
+    assert!(store.published.holds(id.as_str(), &first[0]));
+    assert!(
+        store
+            .pending_outbox(100_000)
+            .await
+            .unwrap()
+            .iter()
+            .all(|o| o.instance != id),
+        "a sweep here does not send it again"
+    );
+
+    // The next commit deletes it in its own transaction.
+    let mut c = Commit::new(record.clone(), Expected::Version(version));
+    c.outbox = vec![message("b")];
+    version = store.commit(c).await.unwrap();
+    let second = groups(&store, &id).await;
+    assert_eq!(second.len(), 1);
+    assert_ne!(second, first);
+
+    // Gone before the commit that meant to delete it (another replica's
+    // sweep): the commit still lands.
+    store.delete_outbox(&id, &["b".into()]).await.unwrap();
+    store
+        .delete(&store.instances, id.as_str(), &second[0], None)
+        .await
+        .unwrap();
+    let mut c = Commit::new(record.clone(), Expected::Version(version));
+    c.outbox = vec![message("c")];
+    store.commit(c).await.unwrap();
+    assert_eq!(groups(&store, &id).await.len(), 1);
+
+    // The instance's last group: the flush deletes it.
+    store.delete_outbox(&id, &["c".into()]).await.unwrap();
+    let mut left = groups(&store, &id).await;
+    for _ in 0..50 {
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        left = groups(&store, &id).await;
+    }
+    assert_eq!(
+        left,
+        Vec::<String>::new(),
+        "the flush deleted the last group"
+    );
+    assert!(!store.published.holds(id.as_str(), &second[0]));
+}
+
 #[tokio::test]
 async fn a_reader_racing_commits_of_large_states_always_reads_a_whole_one() {
     let store = azurite().await;

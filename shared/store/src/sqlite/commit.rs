@@ -1,6 +1,6 @@
-//! Group commit: commits that arrive while one transaction is being
-//! written wait and are then written together in the next, each inside a
-//! savepoint of its own. A member that fails (a version conflict) rolls
+//! Group commit: commits (and the outbox deletes that follow them) that
+//! arrive while one transaction is being written wait and are then written
+//! together in the next, each inside a savepoint of its own. A member that fails (a version conflict) rolls
 //! back alone and the others land; each caller is answered only once the
 //! transaction holding its commit is durable, and if that transaction
 //! fails every member is told so and retries on its own. One transaction
@@ -21,12 +21,21 @@ use crate::{Commit, Expected, StoreError, Version};
 /// read is never kept from the connection for long.
 const MAX_GROUP: usize = 128;
 
-type Answer = oneshot::Sender<Result<Version, StoreError>>;
+/// A write the group writer takes: an instance's commit, or the outbox
+/// rows a relay published (an event would otherwise cost a transaction for
+/// its commit and another for its delete).
+enum Write {
+    Commit(Commit),
+    DeleteOutbox { instance: String, ids: Vec<String> },
+}
 
-/// Commits waiting for a transaction, and whether one is being written.
+/// A commit's new version; `None` for a delete.
+type Answer = oneshot::Sender<Result<Option<Version>, StoreError>>;
+
+/// Writes waiting for a transaction, and whether one is being written.
 #[derive(Default)]
 pub(super) struct CommitQueue {
-    waiting: Vec<(Commit, Answer)>,
+    waiting: Vec<(Write, Answer)>,
     writing: bool,
 }
 
@@ -41,10 +50,26 @@ pub(super) async fn group_commit(
     store: &SqliteStore,
     commit: Commit,
 ) -> Result<Version, StoreError> {
+    enqueue(store, Write::Commit(commit)).await?.ok_or_else(|| {
+        StoreError::Corrupt("the commit writer answered a commit without a version".into())
+    })
+}
+
+pub(super) async fn grouped_outbox_delete(
+    store: &SqliteStore,
+    instance: String,
+    ids: Vec<String>,
+) -> Result<(), StoreError> {
+    enqueue(store, Write::DeleteOutbox { instance, ids })
+        .await
+        .map(|_| ())
+}
+
+async fn enqueue(store: &SqliteStore, write: Write) -> Result<Option<Version>, StoreError> {
     let (answer, answered) = oneshot::channel();
     let lead = {
         let mut queue = store.queue.lock().unwrap_or_else(|p| p.into_inner());
-        queue.waiting.push((commit, answer));
+        queue.waiting.push((write, answer));
         !std::mem::replace(&mut queue.writing, true)
     };
     if lead {
@@ -77,7 +102,7 @@ fn write_groups(
     let mut stopped = StopWriting { queue, armed: true };
     loop {
         let mut connection = conn.lock();
-        let group: Vec<(Commit, Answer)> = {
+        let group: Vec<(Write, Answer)> = {
             let mut queue = queue.lock().unwrap_or_else(|p| p.into_inner());
             if queue.waiting.is_empty() {
                 // Under the same lock as the check, so a commit queued
@@ -89,14 +114,14 @@ fn write_groups(
             let take = queue.waiting.len().min(MAX_GROUP);
             queue.waiting.drain(..take).collect()
         };
-        let (commits, answers): (Vec<Commit>, Vec<Answer>) = group.into_iter().unzip();
+        let (writes, answers): (Vec<Write>, Vec<Answer>) = group.into_iter().unzip();
         let results = match connection.as_deref_mut() {
             Ok(connection) => {
                 transactions.fetch_add(1, Ordering::Relaxed);
-                write_group(connection, &commits, gate)
+                write_group(connection, &writes, gate)
             }
             Err(_) => every_one_fails(
-                &commits,
+                writes.len(),
                 &StoreError::Unavailable("connection lock poisoned".into()),
             ),
         };
@@ -126,55 +151,77 @@ impl Drop for StopWriting<'_> {
 /// `through_gate`).
 fn write_group(
     conn: &mut Connection,
-    commits: &[Commit],
+    writes: &[Write],
     gate: &Mutex<Option<Instant>>,
-) -> Vec<Result<Version, StoreError>> {
+) -> Vec<Result<Option<Version>, StoreError>> {
     let written = through_gate(
         gate,
-        || transaction(conn, commits),
+        || transaction(conn, writes),
         |results| {
             results
                 .iter()
                 .any(|r| matches!(r, Err(StoreError::Unavailable(_))))
         },
     );
-    written.unwrap_or_else(|paused| every_one_fails(commits, &paused))
+    written.unwrap_or_else(|paused| every_one_fails(writes.len(), &paused))
 }
 
 /// The same failure for every member of a group.
-fn every_one_fails(commits: &[Commit], error: &StoreError) -> Vec<Result<Version, StoreError>> {
+fn every_one_fails(members: usize, error: &StoreError) -> Vec<Result<Option<Version>, StoreError>> {
     let text = match error {
         StoreError::Unavailable(text) => text.clone(),
         other => other.to_string(),
     };
-    commits
-        .iter()
+    (0..members)
         .map(|_| Err(StoreError::Unavailable(text.clone())))
         .collect()
 }
 
-fn transaction(conn: &mut Connection, commits: &[Commit]) -> Vec<Result<Version, StoreError>> {
+fn transaction(
+    conn: &mut Connection,
+    writes: &[Write],
+) -> Vec<Result<Option<Version>, StoreError>> {
     let mut tx = match conn.transaction() {
         Ok(tx) => tx,
-        Err(e) => return every_one_fails(commits, &unavailable(e)),
+        Err(e) => return every_one_fails(writes.len(), &unavailable(e)),
     };
-    let mut results = Vec::with_capacity(commits.len());
-    for commit in commits {
+    let mut results = Vec::with_capacity(writes.len());
+    for write in writes {
         let member = match tx.savepoint() {
             // Dropped without commit, a savepoint rolls back: a member
             // that failed leaves nothing behind.
-            Ok(savepoint) => match apply(&savepoint, commit) {
-                Ok(version) => savepoint.commit().map(|()| version).map_err(unavailable),
-                Err(e) => Err(e),
-            },
+            Ok(savepoint) => {
+                let applied = match write {
+                    Write::Commit(commit) => apply(&savepoint, commit).map(Some),
+                    Write::DeleteOutbox { instance, ids } => {
+                        delete_outbox(&savepoint, instance, ids).map(|()| None)
+                    }
+                };
+                match applied {
+                    Ok(done) => savepoint.commit().map(|()| done).map_err(unavailable),
+                    Err(e) => Err(e),
+                }
+            }
             Err(e) => Err(unavailable(e)),
         };
         results.push(member);
     }
     match tx.commit() {
         Ok(()) => results,
-        Err(e) => every_one_fails(commits, &unavailable(e)),
+        Err(e) => every_one_fails(writes.len(), &unavailable(e)),
     }
+}
+
+fn delete_outbox(conn: &Connection, instance: &str, ids: &[String]) -> Result<(), StoreError> {
+    for id in ids {
+        execute(
+            conn,
+            "DELETE FROM outbox WHERE instance_id = ?1 AND id = ?2",
+            params![instance, id],
+        )
+        .map_err(unavailable)?;
+    }
+    Ok(())
 }
 
 /// One commit's writes, inside the group's transaction.

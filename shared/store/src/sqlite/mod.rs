@@ -567,20 +567,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete_outbox(&self, instance: &InstanceId, ids: &[String]) -> Result<(), StoreError> {
-        let instance = instance.to_string();
-        let ids = ids.to_vec();
-        self.write(move |conn| {
-            let tx = conn.transaction().map_err(unavailable)?;
-            for id in &ids {
-                tx.execute(
-                    "DELETE FROM outbox WHERE instance_id = ?1 AND id = ?2",
-                    params![instance, id],
-                )
-                .map_err(unavailable)?;
-            }
-            tx.commit().map_err(unavailable)
-        })
-        .await
+        commit::grouped_outbox_delete(self, instance.to_string(), ids.to_vec()).await
     }
 
     async fn park_dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError> {
@@ -844,14 +831,19 @@ mod conformance_tests {
     // The connection is held on purpose while the commits queue up.
     #[allow(clippy::await_holding_lock)]
     async fn commits_arriving_together_share_a_transaction_and_fail_alone() {
-        use crate::{Commit, Expected, Store, StoreError};
-        use legato_contracts::RuntimeStatus;
+        use crate::{Commit, Expected, OutboxRow, Store, StoreError};
+        use legato_contracts::{RuntimeStatus, Topic};
         let store = std::sync::Arc::new(crate::SqliteStore::in_memory().unwrap());
         let taken = crate::conformance::record("taken", RuntimeStatus::Running);
-        store
-            .commit(Commit::new(taken.clone(), Expected::New))
-            .await
-            .unwrap();
+        let mut first = Commit::new(taken.clone(), Expected::New);
+        first.outbox.push(OutboxRow {
+            id: "published".into(),
+            topic: Topic::AgentTasks,
+            routing_key: "echo".into(),
+            body: b"{}".to_vec(),
+        });
+        store.commit(first).await.unwrap();
+        let taken_id = taken.summary.id.clone();
         let before = store.commit_transactions();
         let records: Vec<_> = (0..20)
             .map(|_| crate::conformance::record("together", RuntimeStatus::Running))
@@ -861,16 +853,29 @@ mod conformance_tests {
         for record in records.iter().cloned().chain([taken]) {
             let store = store.clone();
             commits.push(tokio::spawn(async move {
-                store.commit(Commit::new(record, Expected::New)).await
+                store
+                    .commit(Commit::new(record, Expected::New))
+                    .await
+                    .map(|_| ())
             }));
         }
+        // A relay's delete of published rows joins the same transaction.
+        let taken_id = taken_id.clone();
+        commits.push(tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .delete_outbox(&taken_id, &["published".to_owned()])
+                    .await
+            }
+        }));
         for _ in 0..500 {
-            if store.queue.lock().unwrap().waiting() == 21 {
+            if store.queue.lock().unwrap().waiting() == 22 {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        assert_eq!(store.queue.lock().unwrap().waiting(), 21);
+        assert_eq!(store.queue.lock().unwrap().waiting(), 22);
         drop(busy);
         let mut conflicts = 0;
         for commit in commits {
@@ -882,6 +887,7 @@ mod conformance_tests {
         }
         assert_eq!(conflicts, 1);
         assert_eq!(store.commit_transactions() - before, 1);
+        assert!(store.pending_outbox(10).await.unwrap().is_empty());
         for record in &records {
             let loaded = store.load(&record.summary.id).await.unwrap().unwrap();
             assert_eq!(&loaded.record, record);
