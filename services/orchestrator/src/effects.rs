@@ -206,6 +206,6 @@ mod tests {
         assert_eq!(carried(&rows), events);
         // One event over the limit still goes, alone.
         let huge = event(1, json!({"output": "y".repeat(PROGRESS_BATCH_BYTES * 2)}));
-        assert_eq!(carried(&rows_for(&[huge.clone()])), vec![huge]);
+        assert_eq!(carried(&rows_for(std::slice::from_ref(&huge))), vec![huge]);
     }
 }
