@@ -134,7 +134,14 @@ impl Durability {
 
 #[derive(Clone)]
 pub struct SqliteStore {
+    /// The connection that writes (and, for an in-memory database, reads).
     conn: Arc<Mutex<Connection>>,
+    /// Connections that only read a database file: WAL lets them read
+    /// while a group transaction is being written, so a load never waits
+    /// behind a commit. Empty for an in-memory database.
+    readers: Arc<Vec<Mutex<Connection>>>,
+    /// Which reader the next read tries first.
+    next_reader: Arc<std::sync::atomic::AtomicUsize>,
     /// Set when a write found the database locked or unwritable: until
     /// then writes are refused at once instead of each waiting out the
     /// busy timeout while holding the connection every read needs too.
@@ -150,6 +157,9 @@ pub struct SqliteStore {
 const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long writes are refused after one failed; then one tries again.
 const WRITE_PAUSE: Duration = Duration::from_secs(1);
+/// Read connections of a database file (the machine's cores are what
+/// bounds reads running at once).
+const READERS: usize = 2;
 
 impl SqliteStore {
     /// Opens (creating if needed) a database file, `Durability::Normal`.
@@ -158,7 +168,7 @@ impl SqliteStore {
     }
 
     pub fn open_with(path: impl AsRef<Path>, durability: Durability) -> Result<Self, StoreError> {
-        let conn = Connection::open(path).map_err(unavailable)?;
+        let conn = Connection::open(path.as_ref()).map_err(unavailable)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(unavailable)?;
         let synchronous = match durability {
@@ -167,12 +177,26 @@ impl SqliteStore {
         };
         conn.pragma_update(None, "synchronous", synchronous)
             .map_err(unavailable)?;
-        Self::init(conn)
+        let mut store = Self::init(conn)?;
+        // Opened once the schema exists (the writer made it).
+        let readers = (0..READERS)
+            .map(|_| {
+                let reader = Connection::open(path.as_ref()).map_err(unavailable)?;
+                reader.busy_timeout(BUSY_TIMEOUT).map_err(unavailable)?;
+                reader.set_prepared_statement_cache_capacity(64);
+                reader
+                    .pragma_update(None, "query_only", true)
+                    .map_err(unavailable)?;
+                Ok(Mutex::new(reader))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        store.readers = Arc::new(readers);
+        Ok(store)
     }
 
     /// The `synchronous` level the connection runs with (1 NORMAL, 2 FULL).
     pub async fn synchronous(&self) -> Result<i64, StoreError> {
-        self.with(|conn| {
+        self.on_writer(|conn| {
             conn.query_row("PRAGMA synchronous", [], |row| row.get(0))
                 .map_err(unavailable)
         })
@@ -198,6 +222,8 @@ impl SqliteStore {
         add_progress_columns(&conn)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
+            readers: Arc::default(),
+            next_reader: Arc::default(),
             writes_refused_until: Arc::default(),
             queue: Arc::default(),
             transactions: Arc::default(),
@@ -211,7 +237,7 @@ impl SqliteStore {
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let gate = self.writes_refused_until.clone();
-        self.with(move |conn| {
+        self.on_writer(move |conn| {
             through_gate(
                 &gate,
                 || f(conn),
@@ -221,7 +247,7 @@ impl SqliteStore {
         .await
     }
 
-    async fn with<T, F>(&self, f: F) -> Result<T, StoreError>
+    async fn on_writer<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
@@ -231,6 +257,35 @@ impl SqliteStore {
             let mut guard = conn
                 .lock()
                 .map_err(|_| StoreError::Unavailable("connection lock poisoned".into()))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+
+    /// A call that only reads: on a free reader if the database is a file,
+    /// else on the one connection.
+    async fn with<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        if self.readers.is_empty() {
+            return self.on_writer(f).await;
+        }
+        let readers = self.readers.clone();
+        let first = self
+            .next_reader
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tokio::task::spawn_blocking(move || {
+            let n = readers.len();
+            let free = (0..n).find_map(|i| readers[(first + i) % n].try_lock().ok());
+            let mut guard = match free {
+                Some(guard) => guard,
+                None => readers[first % n]
+                    .lock()
+                    .map_err(|_| StoreError::Unavailable("connection lock poisoned".into()))?,
+            };
             f(&mut guard)
         })
         .await
