@@ -200,8 +200,9 @@ impl AzureTableStore {
 
     /// Sends one commit's rows (the instance row first, conditional on
     /// `expected_etag`) and deletes `published` groups, as one
-    /// transaction, answering each operation's ETag. The flag tells whether the batch surely did not land:
-    /// an answer says so; a timeout or a dropped connection leaves it open.
+    /// transaction, answering each operation's ETag. The flag tells whether
+    /// the batch surely did not land: an answer says so; a timeout or a
+    /// dropped connection leaves it open.
     async fn send_batch(
         &self,
         id: &str,

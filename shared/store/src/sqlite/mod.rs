@@ -144,7 +144,8 @@ pub struct SqliteStore {
     next_reader: Arc<std::sync::atomic::AtomicUsize>,
     /// Set when a write found the database locked or unwritable: until
     /// then writes are refused at once instead of each waiting out the
-    /// busy timeout while holding the connection every read needs too.
+    /// busy timeout while holding the writer (through which an in-memory
+    /// database also reads).
     writes_refused_until: Arc<Mutex<Option<Instant>>>,
     /// Commits waiting for the next group transaction (see [`commit`]).
     queue: Arc<Mutex<commit::CommitQueue>>,
