@@ -28,8 +28,8 @@ async fn twenty_kills_during_fifty_instances_over_servicebus_lose_and_duplicate_
 
 /// `legato bench --bus servicebus` runs the stack over the stand-in and
 /// prints the billed operations per instance: for this workflow each of
-/// its 23 messages (11 work, 12 progress, one notifier) is sent, received
-/// and completed exactly once.
+/// its 17 messages (11 work, one progress message per decision: 6, one
+/// notifier) is sent, received and completed exactly once.
 #[test]
 fn bench_over_servicebus_prints_billed_operations_per_instance() {
     use std::io::Read;
@@ -68,7 +68,7 @@ fn bench_over_servicebus_prints_billed_operations_per_instance() {
         .lines()
         .find(|l| l.contains("billed operations per instance"))
         .unwrap_or_else(|| panic!("no Service Bus line in:\n{out}"));
-    for expected in ["23.0 sends", "23.0 receives", "23.0 settlements"] {
+    for expected in ["17.0 sends", "17.0 receives", "17.0 settlements"] {
         assert!(line.contains(expected), "{expected:?} not in {line:?}");
     }
     assert!(out.contains("12 completed, 0 failed"), "{out}");
