@@ -207,8 +207,8 @@ async fn feed(
                 ..
             }) => {
                 legato_service::metrics::received("notifier", time);
-                let span =
-                    tracing::info_span!("relay", instance = %subject, events = batch.events.len());
+                let kinds: Vec<_> = batch.events.iter().map(|e| e.kind).collect();
+                let span = tracing::info_span!("relay", instance = %subject, kind = ?kinds);
                 legato_service::telemetry::continue_trace(&span, traceparent.as_ref());
                 span.in_scope(|| {
                     // Each event's own id, the same on a redelivery, so the
