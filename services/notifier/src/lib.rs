@@ -23,7 +23,7 @@ use axum::routing::{get, post};
 use tower_http::cors::CorsLayer;
 
 use legato_bus::Bus;
-use legato_contracts::{Envelope, Payload};
+use legato_contracts::{Envelope, Payload, ProgressEvent};
 use legato_service::auth::{AuthSettings, Authenticator, Guard, Role};
 use legato_service::problem::Problem;
 use legato_service::{BusSettings, HttpSettings, Shutdown, StoreSettings, TelemetrySettings};
@@ -173,6 +173,23 @@ pub async fn relay(
     Ok(feed(progress, hub, shutdown))
 }
 
+/// A progress message's events, each with the id the hub drops copies by:
+/// one event keeps the message's id; a batch's events get
+/// `<message id>#<n>`, the same on a redelivery.
+fn progress_events(id: String, payload: Payload) -> Vec<(ProgressEvent, String)> {
+    match payload {
+        Payload::Progress(event) => vec![(event, id)],
+        Payload::ProgressBatch(batch) => batch
+            .events
+            .into_iter()
+            .enumerate()
+            .map(|(n, event)| (event, format!("{id}#{n}")))
+            .collect(),
+        // Not on the progress topic: `feed` dead-letters those.
+        _ => Vec::new(),
+    }
+}
+
 async fn feed(
     mut progress: Box<dyn legato_bus::Subscription>,
     hub: ProgressHub,
@@ -189,32 +206,17 @@ async fn feed(
                 subject,
                 time,
                 traceparent,
-                payload: Payload::Progress(event),
+                payload: payload @ (Payload::Progress(_) | Payload::ProgressBatch(_)),
                 ..
             }) => {
                 legato_service::metrics::received("notifier", time);
-                let span = tracing::info_span!("relay", instance = %subject, kind = ?event.kind);
-                legato_service::telemetry::continue_trace(&span, traceparent.as_ref());
-                span.in_scope(|| hub.publish(subject, event, id));
-                delivery.ack().await
-            }
-            Ok(Envelope {
-                id,
-                subject,
-                time,
-                traceparent,
-                payload: Payload::ProgressBatch(batch),
-                ..
-            }) => {
-                legato_service::metrics::received("notifier", time);
-                let kinds: Vec<_> = batch.events.iter().map(|e| e.kind).collect();
+                let events = progress_events(id, payload);
+                let kinds: Vec<_> = events.iter().map(|(event, _)| event.kind).collect();
                 let span = tracing::info_span!("relay", instance = %subject, kind = ?kinds);
                 legato_service::telemetry::continue_trace(&span, traceparent.as_ref());
                 span.in_scope(|| {
-                    // Each event's own id, the same on a redelivery, so the
-                    // hub drops the copies.
-                    for (n, event) in batch.events.into_iter().enumerate() {
-                        hub.publish(subject.clone(), event, format!("{id}#{n}"));
+                    for (event, id) in events {
+                        hub.publish(subject.clone(), event, id);
                     }
                 });
                 delivery.ack().await
