@@ -259,7 +259,7 @@ pub(crate) fn terminate(ctx: &mut Ctx, reason: Option<&str>) -> Result<(), Ignor
     }
     let reason = reason.unwrap_or("terminated");
     cancel_all_work(ctx, reason);
-    ctx.state.backlog.clear();
+    discard_backlog(&mut ctx.state);
     ctx.state.compensation = None;
     ctx.state.status = RuntimeStatus::Terminated;
     ctx.state.output = Some(Value::String(reason.to_owned()));
@@ -325,6 +325,17 @@ pub(crate) fn resume(ctx: &mut Ctx, reason: Option<&str>) -> Result<(), Ignored>
     }
     scheduler::advance(ctx);
     Ok(())
+}
+
+/// Drops what waited for a resume. An external event among it was accepted
+/// once already: a late redelivery must not be applied to the run after a
+/// restart as if it were new, so its id counts as seen.
+fn discard_backlog(state: &mut crate::InstanceState) {
+    for event in std::mem::take(&mut state.backlog) {
+        if let Event::EventRaised { id, .. } = event {
+            state.seen_message_ids.insert(id);
+        }
+    }
 }
 
 /// Control messages count once per message id, however late a redelivery.
@@ -500,7 +511,7 @@ pub(crate) fn restart(ctx: &mut Ctx, input: Option<&Value>) -> Result<(), Ignore
         .collect();
     state.completion_order.clear();
     state.pending_events.clear();
-    state.backlog.clear();
+    discard_backlog(state);
     state.compensation = None;
     state.output = None;
     state.error = None;

@@ -433,6 +433,42 @@ fn suspended_instances_dispatch_nothing_until_resumed() {
 }
 
 #[test]
+fn an_event_dropped_from_the_backlog_by_a_restart_is_not_applied_when_redelivered() {
+    let mut h = Harness::start(
+        "name: s\nversion: 1\nsteps: [{ id: a, agent: echo }, { id: w, wait_for_event: { name: go }, needs: [a] }]\n",
+        json!({}),
+    );
+    h.take();
+    let at = h.now;
+    let raised = Event::EventRaised {
+        at,
+        id: "e1".into(),
+        name: legato_contracts::EventName::parse("go").unwrap(),
+        data: json!({"old": true}),
+    };
+    h.send(Event::SuspendRequested {
+        at,
+        id: "s1".into(),
+        reason: None,
+    });
+    assert!(h.send(raised.clone()).applied(), "kept in the backlog");
+    assert!(
+        h.send(Event::RestartRequested {
+            at,
+            id: "r1".into(),
+            input: None
+        })
+        .applied()
+    );
+    assert!(h.state.backlog.is_empty());
+    assert!(
+        !h.send(raised).applied(),
+        "the restarted run must not take an event the earlier run accepted"
+    );
+    assert!(h.state.pending_events.is_empty());
+}
+
+#[test]
 fn attempt_timeout_cancels_and_retries() {
     let mut h = Harness::start(
         "name: to\nversion: 1\nsteps: [{ id: a, agent: echo, timeout_ms: 500, retry: { max_attempts: 2, initial_interval_ms: 10 } }]\n",
