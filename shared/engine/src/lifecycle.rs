@@ -70,15 +70,13 @@ pub(crate) fn fail(ctx: &mut Ctx, error: String) {
     let Ok(workflow) = ctx.workflow() else { return };
     let remaining: Vec<_> = ctx
         .state
-        .completion_order
-        .iter()
-        .rev()
+        .completed_latest_first()
+        .into_iter()
         .filter(|id| {
             workflow
                 .step(id.as_str())
                 .is_some_and(|s| s.compensate.is_some())
         })
-        .cloned()
         .collect();
     ctx.state.compensation = Some(CompensationState {
         failure: error,

@@ -1,11 +1,11 @@
 //! Starting steps: which are ready, and what starting each kind means.
 
 use legato_contracts::{ProgressKind, RuntimeStatus, StepId, TaskRole};
-use legato_workflow::{Action, Step};
+use legato_workflow::{Action, Step, Workflow};
 use serde_json::{Value, json};
 
 use crate::decide::Ctx;
-use crate::state::{SlotStatus, StepStatus, TaskSlot};
+use crate::state::{InstanceState, SlotStatus, StepStatus, TaskSlot};
 use crate::{TimerKey, lifecycle, tasks};
 
 /// Starts every step whose needs are done, repeatedly (a skipped step can
@@ -17,29 +17,42 @@ pub(crate) fn advance(ctx: &mut Ctx) {
         if ctx.state.status != RuntimeStatus::Running || ctx.state.compensation.is_some() {
             return;
         }
-        let ready = workflow.steps.iter().find(|step| {
-            status_of(ctx, &step.id) == StepStatus::Pending
-                && step.needs.iter().all(|need| status_of(ctx, need).is_done())
-        });
-        match ready {
+        match next_ready(&ctx.state, &workflow) {
             Some(step) => start_step(ctx, step),
             None => break,
         }
     }
-    if workflow
-        .steps
+    if statuses(&ctx.state, &workflow)
         .iter()
-        .all(|s| status_of(ctx, &s.id).is_done())
+        .all(|status| status.is_done())
     {
         lifecycle::complete(ctx);
     }
 }
 
-fn status_of(ctx: &Ctx, id: &StepId) -> StepStatus {
-    ctx.state
+/// Each step's status, by position in the definition.
+fn statuses(state: &InstanceState, workflow: &Workflow) -> Vec<StepStatus> {
+    state
+        .steps_by_position(workflow)
+        .into_iter()
+        .map(|s| s.map_or(StepStatus::Pending, |s| s.status))
+        .collect()
+}
+
+/// The first step, in definition order, that is pending and whose needs
+/// are done.
+fn next_ready<'w>(state: &InstanceState, workflow: &'w Workflow) -> Option<&'w Step> {
+    let statuses = statuses(state, workflow);
+    let done = |position: &usize| statuses.get(*position).is_some_and(|s| s.is_done());
+    workflow
         .steps
-        .get(id)
-        .map_or(StepStatus::Pending, |s| s.status)
+        .iter()
+        .zip(&statuses)
+        .enumerate()
+        .find(|(position, (_, status))| {
+            **status == StepStatus::Pending && workflow.needs_at(*position).iter().all(done)
+        })
+        .map(|(_, (step, _))| step)
 }
 
 fn start_step(ctx: &mut Ctx, step: &Step) {

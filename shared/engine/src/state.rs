@@ -65,9 +65,16 @@ pub struct InstanceState {
     /// and what it did not touch is recognisably the same (see
     /// [`InstanceState::step_mut`]).
     pub steps: BTreeMap<StepId, Arc<StepState>>,
-    /// Completed steps in the order they completed; compensation walks it
-    /// backwards.
+    /// How many steps have completed, never reset: each completed step
+    /// keeps its number ([`StepState::completed_nth`]), so compensation can
+    /// walk them backwards while the row keeps a constant size however
+    /// long the instance runs.
     #[serde(default)]
+    pub completions: u64,
+    /// Completed steps in completion order, as states written before
+    /// [`InstanceState::completions`] kept them: they completed before any
+    /// numbered step. Nothing is added any more.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub completion_order: Vec<StepId>,
     /// Timers scheduled and not yet fired or cancelled.
     #[serde(default)]
@@ -163,6 +170,10 @@ pub struct StepState {
         skip_serializing_if = "Option::is_none"
     )]
     pub completed_at: Option<OffsetDateTime>,
+    /// When the step completed, counted in completions of its instance
+    /// (see [`InstanceState::completions`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_nth: Option<u64>,
 }
 
 impl StepState {
@@ -175,6 +186,7 @@ impl StepState {
             compensation: None,
             started_at: None,
             completed_at: None,
+            completed_nth: None,
         }
     }
 
@@ -189,6 +201,7 @@ impl StepState {
             compensation: self.compensation.clone(),
             started_at: self.started_at,
             completed_at: self.completed_at,
+            completed_nth: self.completed_nth,
         }
     }
 
@@ -294,6 +307,7 @@ impl InstanceState {
             position: 0,
             run_position: 0,
             steps: BTreeMap::new(),
+            completions: 0,
             completion_order: Vec::new(),
             timers: BTreeSet::new(),
             pending_events: Vec::new(),
@@ -324,6 +338,7 @@ impl InstanceState {
             position: self.position,
             run_position: self.run_position,
             steps: BTreeMap::new(),
+            completions: self.completions,
             completion_order: self.completion_order.clone(),
             timers: self.timers.clone(),
             pending_events: self.pending_events.clone(),
@@ -381,6 +396,54 @@ impl InstanceState {
     /// an earlier one does not).
     pub fn is_current(&self, key: &TaskKey) -> bool {
         key.run == self.run && key.execution == self.execution
+    }
+
+    /// The state of each of `workflow`'s steps, by position in its
+    /// `steps`, without a lookup per step: a started state holds exactly
+    /// the definition's steps, so both run in id order together (any other
+    /// state is read by lookup).
+    pub fn steps_by_position(&self, workflow: &Workflow) -> Vec<Option<&Arc<StepState>>> {
+        let mut out = vec![None; workflow.steps.len()];
+        let positions = workflow.positions_by_id();
+        if self.steps.len() == positions.len() {
+            let mut aligned = true;
+            for ((id, state), &position) in self.steps.iter().zip(positions) {
+                match (workflow.steps.get(position), out.get_mut(position)) {
+                    (Some(step), Some(slot)) if step.id == *id => *slot = Some(state),
+                    _ => {
+                        aligned = false;
+                        break;
+                    }
+                }
+            }
+            if aligned {
+                return out;
+            }
+        }
+        workflow
+            .steps
+            .iter()
+            .map(|step| self.steps.get(&step.id))
+            .collect()
+    }
+
+    /// Completed steps, the latest to complete first: the order
+    /// compensation undoes them in.
+    pub fn completed_latest_first(&self) -> Vec<StepId> {
+        let mut numbered: Vec<(u64, &StepId)> = self
+            .steps
+            .iter()
+            .filter_map(|(id, s)| s.completed_nth.map(|n| (n, id)))
+            .collect();
+        numbered.sort_unstable_by_key(|(nth, _)| std::cmp::Reverse(*nth));
+        let mut order: Vec<StepId> = numbered.into_iter().map(|(_, id)| id.clone()).collect();
+        let unnumbered = self.completion_order.iter().rev().filter(|id| {
+            self.steps
+                .get(*id)
+                .is_none_or(|s| s.completed_nth.is_none())
+        });
+        order.extend(unnumbered.cloned());
+        order
     }
 
     /// A step to change: copied first if an earlier state shares it.
@@ -466,5 +529,80 @@ impl InstanceState {
                 _ => None,
             }
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_by_position_reads_any_state_the_same_as_lookups_do() {
+        // Ids out of definition order, so id order and position differ.
+        let workflow = legato_workflow::parse(
+            "name: p\nversion: 1\nsteps: [{ id: c, agent: echo }, { id: a, agent: echo, needs: [c] }, { id: b, agent: echo, needs: [a, c] }]\n",
+        )
+        .unwrap();
+        assert_eq!(workflow.positions_by_id(), &[1, 2, 0]);
+        assert_eq!(workflow.needs_at(2), &[1, 0]);
+        let mut state = InstanceState::new(InstanceId::parse("i").unwrap());
+        for (n, step) in workflow.steps.iter().enumerate() {
+            let mut s = StepState::pending();
+            s.error = Some(n.to_string());
+            state.steps.insert(step.id.clone(), Arc::new(s));
+        }
+        let by_lookup = |state: &InstanceState| -> Vec<Option<String>> {
+            workflow
+                .steps
+                .iter()
+                .map(|s| state.steps.get(&s.id).and_then(|s| s.error.clone()))
+                .collect()
+        };
+        let read = |state: &InstanceState| -> Vec<Option<String>> {
+            state
+                .steps_by_position(&workflow)
+                .into_iter()
+                .map(|s| s.and_then(|s| s.error.clone()))
+                .collect()
+        };
+        assert_eq!(read(&state), ["0", "1", "2"].map(|n| Some(n.to_owned())));
+        // A state that does not hold exactly the definition's steps (one
+        // missing, one foreign) is read by lookup.
+        state.steps.remove(&StepId::parse("a").unwrap());
+        state
+            .steps
+            .insert(StepId::parse("z").unwrap(), Arc::new(StepState::pending()));
+        assert_eq!(read(&state), by_lookup(&state));
+        assert_eq!(read(&state)[1], None);
+    }
+
+    #[test]
+    fn compensation_order_reads_numbered_steps_then_an_older_state_s_list() {
+        let mut state: InstanceState = serde_json::from_value(serde_json::json!({
+            "id": "i",
+            "status": "Running",
+            "execution": 0,
+            "sequence": 4,
+            "steps": {},
+            "completion_order": ["a", "b"],
+        }))
+        .unwrap();
+        for (id, nth) in [("a", None), ("b", None), ("c", Some(1)), ("d", Some(2))] {
+            let mut s = StepState::pending();
+            s.status = StepStatus::Completed;
+            s.completed_nth = nth;
+            state.steps.insert(StepId::parse(id).unwrap(), Arc::new(s));
+        }
+        let order: Vec<String> = state
+            .completed_latest_first()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(order, ["d", "c", "b", "a"]);
+        // What new instances write has no list that grows with each step.
+        state.completion_order.clear();
+        let row = serde_json::to_value(state.without_steps()).unwrap();
+        assert!(row.get("completion_order").is_none(), "{row}");
     }
 }

@@ -453,12 +453,14 @@ pub(crate) fn timer_fired(ctx: &mut Ctx, timer: &TimerKey) -> Result<(), Ignored
 
 pub(crate) fn complete_step(ctx: &mut Ctx, id: &StepId, output: Value) {
     let at = ctx.at;
+    ctx.state.completions += 1;
+    let nth = ctx.state.completions;
     if let Some(s) = ctx.state.step_mut(id) {
         s.status = StepStatus::Completed;
         s.output = Some(output.clone());
         s.completed_at = Some(at);
+        s.completed_nth = Some(nth);
     }
-    ctx.state.completion_order.push(id.clone());
     ctx.progress(ProgressKind::StepCompleted)
         .step(id)
         .data(output);

@@ -24,6 +24,52 @@ pub struct Workflow {
     /// The instance output; defaults to every step's output by id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<Template>,
+    /// Derived from `steps` when the definition is read, not part of it.
+    #[serde(skip)]
+    pub(crate) index: StepIndex,
+}
+
+/// Where each step sits, worked out once per definition: the engine walks
+/// every step on each event (which are ready, which changed), and looking
+/// each up by id made that walk cost far more than the event for a
+/// definition of thousands of steps.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct StepIndex {
+    by_id: Vec<usize>,
+    needs: Vec<Vec<usize>>,
+}
+
+impl StepIndex {
+    /// Validation has made the ids unique and every `needs` name a step.
+    pub(crate) fn new(steps: &[Step]) -> Self {
+        let mut by_id: Vec<usize> = (0..steps.len()).collect();
+        by_id.sort_by(|&a, &b| steps[a].id.cmp(&steps[b].id));
+        let position = |id: &StepId| {
+            by_id
+                .binary_search_by(|&p| steps[p].id.cmp(id))
+                .ok()
+                .map(|i| by_id[i])
+        };
+        let needs = steps
+            .iter()
+            .map(|s| s.needs.iter().filter_map(&position).collect())
+            .collect();
+        Self { by_id, needs }
+    }
+}
+
+impl Workflow {
+    /// The position in `steps` of each step, in the order of their ids:
+    /// the order a map keyed by step id yields them in, so such a map is
+    /// read by position without a lookup per step.
+    pub fn positions_by_id(&self) -> &[usize] {
+        &self.index.by_id
+    }
+
+    /// The positions in `steps` of the steps the step at `position` needs.
+    pub fn needs_at(&self, position: usize) -> &[usize] {
+        self.index.needs.get(position).map_or(&[], Vec::as_slice)
+    }
 }
 
 impl TryFrom<Value> for Workflow {

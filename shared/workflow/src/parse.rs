@@ -8,6 +8,7 @@ use legato_contracts::{AgentName, EventName, StepId, WorkflowName};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::definition::StepIndex;
 use crate::definition::{
     Action, AgentRef, Compensation, OnTimeout, RetryPolicy, Step, TimerSpec, WaitForEvent, Workflow,
 };
@@ -108,6 +109,7 @@ pub fn from_value(value: Value) -> Result<Workflow, ValidationErrors> {
             version,
             description,
             input_schema,
+            index: StepIndex::new(&steps),
             steps,
             output,
         }),
@@ -427,9 +429,24 @@ fn check_graph(steps: &[Step], problems: &mut Problems) {
         return;
     }
     for step in steps {
-        let ancestors = ancestors(step, &by_id);
-        for (field, refs) in step_expression_references(step) {
-            for r in refs.iter().filter(|r| !ancestors.contains(r.as_str())) {
+        let references = step_expression_references(step);
+        // Most steps read only what they directly need; the whole set of
+        // ancestors (a walk as long as the chain before the step) is
+        // worked out only for a step that reads further back.
+        let direct = |r: &str| step.needs.iter().any(|n| n.as_str() == r);
+        let ancestors = if references
+            .iter()
+            .all(|(_, refs)| refs.iter().all(|r| direct(r)))
+        {
+            BTreeSet::new()
+        } else {
+            ancestors(step, &by_id)
+        };
+        for (field, refs) in references {
+            for r in refs
+                .iter()
+                .filter(|r| !direct(r) && !ancestors.contains(r.as_str()))
+            {
                 let why = if by_id.contains_key(r.as_str()) {
                     "which is not among its needs (directly or transitively)"
                 } else {
@@ -516,12 +533,16 @@ fn steps_on_cycles(by_id: &BTreeMap<&str, &Step>) -> Vec<String> {
         .filter(|(_, n)| **n == 0)
         .map(|(id, _)| *id)
         .collect();
+    let mut dependents: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (id, step) in by_id {
+        for need in &step.needs {
+            dependents.entry(need.as_str()).or_default().push(id);
+        }
+    }
     while let Some(done) = ready.pop() {
         pending.remove(done);
-        for (id, step) in by_id {
-            if step.needs.iter().any(|n| n.as_str() == done)
-                && let Some(count) = pending.get_mut(id)
-            {
+        for id in dependents.get(done).into_iter().flatten() {
+            if let Some(count) = pending.get_mut(id) {
                 *count -= 1;
                 if *count == 0 {
                     ready.push(id);

@@ -106,19 +106,30 @@ pub fn split(
     if before.is_none() {
         parts.insert(WORKFLOW.into(), Some(to_value(&**workflow)?));
     }
+    // By position, so finding what changed costs a pointer comparison per
+    // step rather than two lookups by id.
+    let now = after.steps_by_position(workflow);
+    let was = before.map(|b| b.steps_by_position(workflow));
+    let was_at = |position: usize| {
+        was.as_ref()
+            .and_then(|w| w.get(position).copied().flatten())
+    };
     let per_group = steps_per_group(workflow.steps.len());
     for (group, steps) in workflow.steps.chunks(per_group).enumerate() {
-        let changed = |id: &str| match (before.and_then(|b| b.steps.get(id)), after.steps.get(id)) {
-            (Some(old), Some(new)) => !Arc::ptr_eq(old, new),
-            (None, None) => false,
-            _ => true,
-        };
-        if !steps.iter().any(|s| changed(s.id.as_str())) {
+        let first = group * per_group;
+        let positions = first..first + steps.len();
+        let changed =
+            |position: usize| match (was_at(position), now.get(position).copied().flatten()) {
+                (Some(old), Some(new)) => !Arc::ptr_eq(old, new),
+                (None, None) => false,
+                _ => true,
+            };
+        if !positions.clone().any(changed) {
             continue;
         }
         let mut entries = Map::new();
-        for step in steps {
-            let Some(state) = after.steps.get(step.id.as_str()) else {
+        for (position, step) in positions.zip(steps) {
+            let Some(state) = now.get(position).copied().flatten() else {
                 continue;
             };
             let stored = StoredStep {
@@ -126,9 +137,7 @@ pub fn split(
                 slots: state.tasks.len(),
             };
             entries.insert(step.id.to_string(), to_value(&stored)?);
-            let old = before
-                .and_then(|b| b.steps.get(step.id.as_str()))
-                .map_or(&[][..], |s| &s.tasks[..]);
+            let old = was_at(position).map_or(&[][..], |s| &s.tasks[..]);
             runs(&mut parts, step.id.as_str(), old, &state.tasks)?;
         }
         parts.insert(group_name(group), Some(Value::Object(entries)));
