@@ -8,9 +8,9 @@ use legato_contracts::{AgentName, EventName, StepId, WorkflowName};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::definition::StepIndex;
 use crate::definition::{
-    Action, AgentRef, Compensation, OnTimeout, RetryPolicy, Step, TimerSpec, WaitForEvent, Workflow,
+    Action, AgentRef, Compensation, OnTimeout, RetryPolicy, Step, StepIndex, TimerSpec,
+    WaitForEvent, Workflow,
 };
 use crate::expr::{Expr, Template, Variables};
 use crate::{ValidationError, ValidationErrors};
