@@ -17,16 +17,18 @@ pub(crate) fn advance(ctx: &mut Ctx) {
         if ctx.state.status != RuntimeStatus::Running || ctx.state.compensation.is_some() {
             return;
         }
-        match next_ready(&ctx.state, &workflow) {
+        // Read once per pass: when nothing is ready, the same statuses
+        // say whether everything is done.
+        let statuses = statuses(&ctx.state, &workflow);
+        match next_ready(&workflow, &statuses) {
             Some(step) => start_step(ctx, step),
-            None => break,
+            None => {
+                if statuses.iter().all(|status| status.is_done()) {
+                    lifecycle::complete(ctx);
+                }
+                return;
+            }
         }
-    }
-    if statuses(&ctx.state, &workflow)
-        .iter()
-        .all(|status| status.is_done())
-    {
-        lifecycle::complete(ctx);
     }
 }
 
@@ -41,13 +43,12 @@ fn statuses(state: &InstanceState, workflow: &Workflow) -> Vec<StepStatus> {
 
 /// The first step, in definition order, that is pending and whose needs
 /// are done.
-fn next_ready<'w>(state: &InstanceState, workflow: &'w Workflow) -> Option<&'w Step> {
-    let statuses = statuses(state, workflow);
+fn next_ready<'w>(workflow: &'w Workflow, statuses: &[StepStatus]) -> Option<&'w Step> {
     let done = |position: &usize| statuses.get(*position).is_some_and(|s| s.is_done());
     workflow
         .steps
         .iter()
-        .zip(&statuses)
+        .zip(statuses)
         .enumerate()
         .find(|(position, (_, status))| {
             **status == StepStatus::Pending && workflow.needs_at(*position).iter().all(done)
