@@ -52,10 +52,6 @@ impl Cursor {
         }
     }
 
-    pub(crate) fn instance(&self) -> &InstanceId {
-        &self.instance
-    }
-
     /// What to send for `update`, in order: nothing when the watcher has it,
     /// else the events it missed before it (from the history) and it.
     pub(crate) async fn admit(

@@ -1,13 +1,16 @@
 //! Fan-out of progress events to everyone watching, in process.
 //!
-//! One broadcast channel for all instances: a watcher filters by instance
-//! id, which costs little next to a socket write and needs no
-//! per-instance channel bookkeeping. Beside it, a bounded buffer of each
-//! instance's recent events lets a watcher that arrives late (a client that
-//! subscribes right after starting an instance) replay what it missed, with
-//! no gap and no repeat: the buffer snapshot and the new receiver are taken
-//! under the same lock that publishing holds. The buffer also drops
-//! redelivered messages (same message id), so watchers see each event once.
+//! Each watched instance has a broadcast channel of its own, so an event
+//! wakes only its instance's watchers: with one channel for every
+//! instance, each event woke every open stream, which cost more per event
+//! the more clients were connected. Relays that forward every event (Azure
+//! SignalR) take the hub-wide channel. Beside them, a bounded buffer of
+//! each instance's recent events lets a watcher that arrives late (a
+//! client that subscribes right after starting an instance) replay what it
+//! missed, with no gap and no repeat: the buffer snapshot and the new
+//! receiver are taken under the same lock that publishing holds. The
+//! buffer also drops redelivered messages (same message id), so watchers
+//! see each event once.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,9 +19,14 @@ use std::time::{Duration, Instant};
 use legato_contracts::{InstanceId, ProgressEvent, ProgressKind};
 use serde_json::Value;
 use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::RecvError;
 
-/// Events buffered in the channel for slow watchers before they lag.
+/// Events buffered in the hub-wide channel for a slow relay before it lags.
 const CHANNEL_CAPACITY: usize = 16_384;
+/// Events buffered in an instance's channel for a slow watcher before it
+/// lags (and reads what it missed from the history). Allocated per watched
+/// instance, so kept small.
+const INSTANCE_CHANNEL_CAPACITY: usize = 256;
 /// Recent events kept per instance for late watchers.
 pub(crate) const REPLAY_PER_INSTANCE: usize = 1_024;
 /// Instances with a replay buffer; finished ones are dropped first.
@@ -72,7 +80,16 @@ struct Replay {
 
 struct Inner {
     replay: HashMap<InstanceId, Replay>,
+    /// The channel of each instance someone watches; removed with its last
+    /// watcher.
+    watched: HashMap<InstanceId, broadcast::Sender<Arc<Update>>>,
     next: u64,
+}
+
+fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+    // Each critical section leaves the maps consistent, so a poisoned lock
+    // is still safe to use.
+    inner.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[derive(Clone)]
@@ -87,6 +104,7 @@ impl Default for ProgressHub {
             sender: broadcast::channel(CHANNEL_CAPACITY).0,
             inner: Arc::new(Mutex::new(Inner {
                 replay: HashMap::new(),
+                watched: HashMap::new(),
                 next: 0,
             })),
         }
@@ -95,9 +113,7 @@ impl Default for ProgressHub {
 
 impl ProgressHub {
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        // Each critical section leaves the maps consistent, so a poisoned
-        // lock is still safe to use.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.inner)
     }
 
     /// Records and broadcasts an event; a redelivered message is dropped.
@@ -126,6 +142,10 @@ impl ProgressHub {
         if !inner.replay.contains_key(&instance) {
             evict(&mut inner.replay);
         }
+        // Sent under the lock, so replay snapshots and receivers agree.
+        if let Some(watchers) = inner.watched.get(&instance) {
+            let _all_gone_is_fine = watchers.send(update.clone());
+        }
         let replay = inner.replay.entry(instance).or_default();
         if replay.events.len() == REPLAY_PER_INSTANCE {
             replay.events.pop_front();
@@ -134,26 +154,34 @@ impl ProgressHub {
         if update.is_final() {
             replay.finished_at = Some(Instant::now());
         }
-        // Sent under the lock, so replay snapshots and receivers agree.
-        let _no_watchers_is_fine = self.sender.send(update);
+        let _no_relay_is_fine = self.sender.send(update);
     }
 
-    /// Every update from now on.
+    /// Every instance's updates from now on (for relays that forward all).
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Update>> {
         self.sender.subscribe()
     }
 
-    /// An instance's buffered updates and a receiver for everything after
-    /// them.
-    pub fn watch(
-        &self,
-        instance: &InstanceId,
-    ) -> (Vec<Arc<Update>>, broadcast::Receiver<Arc<Update>>) {
-        let inner = self.lock();
-        (
-            self.replay_locked(&inner, instance),
-            self.sender.subscribe(),
-        )
+    /// An instance's buffered updates and its updates after them.
+    pub fn watch(&self, instance: &InstanceId) -> (Vec<Arc<Update>>, InstanceUpdates) {
+        let mut inner = self.lock();
+        let replay = self.replay_locked(&inner, instance);
+        let receiver = inner
+            .watched
+            .entry(instance.clone())
+            .or_insert_with(|| broadcast::channel(INSTANCE_CHANNEL_CAPACITY).0)
+            .subscribe();
+        let updates = InstanceUpdates {
+            receiver: Some(receiver),
+            instance: instance.clone(),
+            hub: self.inner.clone(),
+        };
+        (replay, updates)
+    }
+
+    /// Instances with a watcher now (their channels).
+    pub fn watched(&self) -> usize {
+        self.lock().watched.len()
     }
 
     /// An instance's buffered updates (for a receiver the caller already has).
@@ -168,6 +196,48 @@ impl ProgressHub {
             .get(instance)
             .map(|r| r.events.iter().cloned().collect())
             .unwrap_or_default()
+    }
+}
+
+/// One instance's updates for one watcher; its instance's channel goes
+/// when the last watcher's does.
+pub struct InstanceUpdates {
+    /// `None` only while dropping.
+    receiver: Option<broadcast::Receiver<Arc<Update>>>,
+    instance: InstanceId,
+    hub: Arc<Mutex<Inner>>,
+}
+
+impl InstanceUpdates {
+    pub async fn recv(&mut self) -> Result<Arc<Update>, RecvError> {
+        match &mut self.receiver {
+            Some(receiver) => receiver.recv().await,
+            None => Err(RecvError::Closed),
+        }
+    }
+
+    pub fn try_recv(&mut self) -> Result<Arc<Update>, broadcast::error::TryRecvError> {
+        match &mut self.receiver {
+            Some(receiver) => receiver.try_recv(),
+            None => Err(broadcast::error::TryRecvError::Closed),
+        }
+    }
+}
+
+impl Drop for InstanceUpdates {
+    fn drop(&mut self) {
+        // Under the lock that `watch` subscribes with, so a watcher
+        // arriving now either joins the channel before this check or
+        // finds it gone and makes a new one.
+        let mut inner = lock(&self.hub);
+        drop(self.receiver.take());
+        if inner
+            .watched
+            .get(&self.instance)
+            .is_some_and(|channel| channel.receiver_count() == 0)
+        {
+            inner.watched.remove(&self.instance);
+        }
     }
 }
 

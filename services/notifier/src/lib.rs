@@ -32,7 +32,7 @@ use legato_store::Store;
 use serde::{Deserialize, Serialize};
 
 pub use azure::relay_to_azure;
-pub use hub::{ProgressHub, Update};
+pub use hub::{InstanceUpdates, ProgressHub, Update};
 pub use standalone::run;
 
 /// Everything the standalone `notifier` binary reads.

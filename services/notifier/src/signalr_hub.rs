@@ -35,9 +35,11 @@ use legato_signalr::PROGRESS_TARGET;
 use legato_signalr::protocol::{HandshakeRequest, Message, handshake_response, records};
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::cursor::Cursor;
-use crate::{NotifierState, Update};
+use crate::{InstanceUpdates, NotifierState, Update};
 
 /// The client pings every 15 s and gives up after 30 s of silence; the
 /// server does the same.
@@ -168,11 +170,14 @@ async fn session(mut socket: WebSocket, state: NotifierState, caller: Arc<Princi
     {
         return;
     }
+    let (feed, fed) = mpsc::channel(FEED_CAPACITY);
     let mut conn = Connection {
         socket,
         caller,
         state: state.clone(),
         watching: HashMap::new(),
+        feed,
+        fed,
     };
     let end = conn.run(pending).await;
     if let End::Close {
@@ -217,7 +222,49 @@ struct Connection {
     caller: Arc<Principal>,
     state: NotifierState,
     /// Instances watched, each with where its watcher is.
-    watching: HashMap<InstanceId, Cursor>,
+    watching: HashMap<InstanceId, Watched>,
+    /// Where each watched instance's forwarder sends its updates.
+    feed: mpsc::Sender<Feed>,
+    fed: mpsc::Receiver<Feed>,
+}
+
+/// A watched instance: where the connection is in its progress, and the
+/// task that moves its updates from the hub to the connection (stopped
+/// when the watch ends).
+struct Watched {
+    cursor: Cursor,
+    _forwarder: AbortOnDropHandle<()>,
+}
+
+/// What a forwarder passes on.
+enum Feed {
+    Update(Arc<Update>),
+    /// The forwarder fell behind its instance's channel: the connection
+    /// reads what it missed from the history.
+    Lagged(InstanceId),
+}
+
+/// Updates waiting for the connection, of all instances it watches; a
+/// full feed holds the forwarders back until their channels lag.
+const FEED_CAPACITY: usize = 256;
+
+/// Moves one instance's updates into the connection's feed until the
+/// channel or the connection goes.
+async fn forward_instance(
+    mut updates: InstanceUpdates,
+    instance: InstanceId,
+    feed: mpsc::Sender<Feed>,
+) {
+    loop {
+        let item = match updates.recv().await {
+            Ok(update) => Feed::Update(update),
+            Err(RecvError::Lagged(_)) => Feed::Lagged(instance.clone()),
+            Err(RecvError::Closed) => return,
+        };
+        if feed.send(item).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl Connection {
@@ -229,7 +276,6 @@ impl Connection {
     }
 
     async fn run(&mut self, pending: Vec<String>) -> End {
-        let mut updates = self.state.hub.subscribe();
         for record in pending {
             if let Err(end) = self.on_record(&record).await {
                 return end;
@@ -246,11 +292,11 @@ impl Connection {
                     last_heard = Instant::now();
                     self.on_frame(frame).await
                 }
-                update = updates.recv() => match update {
-                    Ok(update) => self.forward(update).await,
+                // Never closed: the connection holds a sender itself.
+                Some(fed) = self.fed.recv() => match fed {
+                    Feed::Update(update) => self.forward(update).await,
                     // What it missed is in the history by now.
-                    Err(RecvError::Lagged(_)) => self.catch_up().await,
-                    Err(RecvError::Closed) => Err(End::Close { error: None, allow_reconnect: true }),
+                    Feed::Lagged(instance) => self.catch_up(&instance).await,
                 },
                 _ = ping.tick() => {
                     if last_heard.elapsed() > CLIENT_TIMEOUT * 2 {
@@ -344,7 +390,7 @@ impl Connection {
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("instance {} not found", id.local()))?;
         let state = state_of(&stored.record).map_err(|e| e.to_string())?;
-        let held = self.state.hub.replay(&id);
+        let (held, updates) = self.state.hub.watch(&id);
         let mut cursor = match after {
             Some(after) => Cursor::after(id.clone(), after),
             None => Cursor::new_watcher(id.clone(), state.run_position, state.position),
@@ -358,7 +404,14 @@ impl Connection {
                 .catch_up(&*store, Some(state.position.saturating_add(1)))
                 .await,
         );
-        self.watching.insert(id.clone(), cursor);
+        let forwarder = tokio::spawn(forward_instance(updates, id.clone(), self.feed.clone()));
+        self.watching.insert(
+            id.clone(),
+            Watched {
+                cursor,
+                _forwarder: AbortOnDropHandle::new(forwarder),
+            },
+        );
         let result = json!({
             "instanceId": id.local(),
             "runtimeStatus": state.status.as_str(),
@@ -375,23 +428,23 @@ impl Connection {
     }
 
     async fn forward(&mut self, update: Arc<Update>) -> Result<(), End> {
-        let Some(cursor) = self.watching.get_mut(&update.instance) else {
+        let Some(watched) = self.watching.get_mut(&update.instance) else {
             return Ok(());
         };
         let store = self.state.store.clone();
-        for update in cursor.admit(&*store, update).await {
+        for update in watched.cursor.admit(&*store, update).await {
             self.send_update(&update).await?;
         }
         Ok(())
     }
 
-    /// After falling behind the hub: every watched instance's missed events.
-    async fn catch_up(&mut self) -> Result<(), End> {
+    /// After falling behind an instance's channel: its missed events.
+    async fn catch_up(&mut self, instance: &InstanceId) -> Result<(), End> {
+        let Some(watched) = self.watching.get_mut(instance) else {
+            return Ok(());
+        };
         let store = self.state.store.clone();
-        let mut missed = Vec::new();
-        for cursor in self.watching.values_mut() {
-            missed.extend(cursor.catch_up(&*store, None).await);
-        }
+        let missed = watched.cursor.catch_up(&*store, None).await;
         for update in missed {
             self.send_update(&update).await?;
         }

@@ -29,12 +29,10 @@ use legato_service::records::state_of;
 use legato_store::Store;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::NotifierState;
-use crate::Update;
 use crate::cursor::Cursor;
+use crate::{InstanceUpdates, NotifierState, Update};
 
 /// Other parameters (`access_token`, which the authentication layer reads,
 /// and whatever a client library adds) are left alone.
@@ -148,7 +146,7 @@ struct Watch {
     _slot: crate::limits::Slot,
     shutdown: legato_service::Shutdown,
     store: Arc<dyn Store>,
-    updates: broadcast::Receiver<Arc<Update>>,
+    updates: InstanceUpdates,
     cursor: Cursor,
     first: Option<Event>,
     /// Events to send before taking more from the hub.
@@ -189,11 +187,10 @@ fn events(watch: Watch) -> impl Stream<Item = Result<Event, Infallible>> {
                 received = w.updates.recv() => received,
             };
             match received {
-                Ok(update) if &update.instance == w.cursor.instance() => {
+                Ok(update) => {
                     let admitted = w.cursor.admit(&*w.store, update).await;
                     w.pending.extend(admitted);
                 }
-                Ok(_) => continue,
                 // What it missed is in the history by now.
                 Err(RecvError::Lagged(_)) => {
                     let missed = w.cursor.catch_up(&*w.store, None).await;

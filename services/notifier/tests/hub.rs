@@ -124,3 +124,36 @@ async fn a_batch_reaches_watchers_event_by_event_and_a_copy_adds_nothing() {
     shutdown.trigger();
     feed.await.unwrap().unwrap();
 }
+
+/// A watcher is woken by its own instance's events only, two watchers of
+/// one instance both get them, and an instance's channel goes with its
+/// last watcher.
+#[test]
+fn watchers_hear_only_their_instance_and_channels_go_with_them() {
+    let hub = ProgressHub::default();
+    let id = InstanceId::parse("i-1").unwrap();
+    let other = InstanceId::parse("i-2").unwrap();
+    let (_, mut first) = hub.watch(&id);
+    let (_, mut second) = hub.watch(&id);
+    let (_, mut elsewhere) = hub.watch(&other);
+    assert_eq!(hub.watched(), 2);
+    hub.publish(
+        id.clone(),
+        event(1, ProgressKind::InstanceStarted),
+        "m1".into(),
+    );
+    assert_eq!(first.try_recv().unwrap().event.position, 1);
+    assert_eq!(second.try_recv().unwrap().event.position, 1);
+    assert!(elsewhere.try_recv().is_err(), "woken by another instance");
+    drop(first);
+    assert_eq!(hub.watched(), 2, "the second watcher still listens");
+    hub.publish(id.clone(), event(2, ProgressKind::StepStarted), "m2".into());
+    assert_eq!(second.try_recv().unwrap().event.position, 2);
+    drop(second);
+    drop(elsewhere);
+    assert_eq!(hub.watched(), 0);
+    // Publishing with nobody watching keeps the replay buffer only.
+    hub.publish(id.clone(), event(3, ProgressKind::StepStarted), "m3".into());
+    assert_eq!(hub.watched(), 0);
+    assert_eq!(hub.replay(&id).len(), 3);
+}

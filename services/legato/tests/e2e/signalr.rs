@@ -813,7 +813,7 @@ mod hub_protocol {
     use serde_json::{Value, json};
     use tokio_tungstenite::tungstenite::Message as Ws;
 
-    use crate::support::hub::{RS, invoke, next, open};
+    use crate::support::hub::{RS, connect, invoke, next, open};
     use crate::support::{Legato, temp_dir};
 
     #[tokio::test]
@@ -889,5 +889,64 @@ mod hub_protocol {
         let close = next(&mut socket).await;
         assert_eq!(close["type"], 7, "{close}");
         assert!(close["error"].as_str().unwrap().contains("binary"));
+    }
+
+    /// One connection watching several instances gets each one's events,
+    /// and none of one it unsubscribed from.
+    #[tokio::test]
+    async fn one_connection_follows_several_instances_and_stops_following_one() {
+        let dir = temp_dir();
+        let legato = Legato::start(dir.path());
+        legato
+            .register(crate::scenarios::approval_workflow(60_000))
+            .await;
+        let mut socket = connect(&legato, "").await;
+        let mut waiting = Vec::new();
+        for n in 0..3 {
+            let id = legato.start_instance("approve", json!({})).await;
+            let status = legato.wait_step(&id, "approve", "Waiting").await;
+            // From where it is now: no replay, only what follows.
+            let at = status["position"].clone();
+            let subscribed =
+                invoke(&mut socket, &n.to_string(), "Subscribe", json!([id, at])).await;
+            assert!(subscribed.get("error").is_none(), "{subscribed}");
+            waiting.push(id);
+        }
+        let [first, second, third] = &waiting[..] else {
+            unreachable!()
+        };
+        let approve = |id: &str| format!("/api/v1/instances/{id}/events/approval");
+        legato
+            .post(&approve(second), json!({"approved": true}))
+            .await;
+        loop {
+            let record = next(&mut socket).await;
+            assert_eq!(record["target"], "progress", "{record}");
+            assert_eq!(
+                record["arguments"][0]["instanceId"],
+                second.as_str(),
+                "{record}"
+            );
+            if record["arguments"][0]["kind"] == "instance_completed" {
+                break;
+            }
+        }
+        let unsubscribed = invoke(&mut socket, "u", "Unsubscribe", json!([first])).await;
+        assert!(unsubscribed.get("error").is_none(), "{unsubscribed}");
+        // The first moves on unwatched; had its events still come, they
+        // would arrive before the third's.
+        legato
+            .post(&approve(first), json!({"approved": true}))
+            .await;
+        legato.wait_status(first, "Completed").await;
+        legato
+            .post(&approve(third), json!({"approved": true}))
+            .await;
+        let record = next(&mut socket).await;
+        assert_eq!(
+            record["arguments"][0]["instanceId"],
+            third.as_str(),
+            "{record}"
+        );
     }
 }

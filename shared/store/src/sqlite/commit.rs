@@ -28,8 +28,60 @@ const MAX_GROUP: usize = 128;
 // add an allocation per commit.
 #[allow(clippy::large_enum_variant)]
 enum Write {
-    Commit(Commit),
+    Commit(Rendered),
     DeleteOutbox { instance: String, ids: Vec<String> },
+}
+
+/// A commit with its JSON already turned into text by the caller, so the
+/// one writer thread, which every commit waits for, only runs statements.
+struct Rendered {
+    commit: Commit,
+    state: String,
+    /// Text of each part, in `commit.record.parts` order (`None`: delete).
+    parts: Vec<Option<String>>,
+    /// Event and progress text of each history row, in order.
+    history: Vec<(String, Option<String>)>,
+    /// Payload text of each added timer, in order.
+    timers: Vec<String>,
+}
+
+impl Rendered {
+    fn of(commit: Commit) -> Result<Self, StoreError> {
+        let state = json_text(&commit.record.state)?;
+        let parts = commit
+            .record
+            .parts
+            .values()
+            .map(|part| part.as_ref().map(json_text).transpose())
+            .collect::<Result<_, _>>()?;
+        let history = commit
+            .history
+            .iter()
+            .map(|h| {
+                let progress = if h.progress.is_empty() {
+                    None
+                } else {
+                    Some(
+                        serde_json::to_string(&h.progress)
+                            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    )
+                };
+                Ok((json_text(&h.event)?, progress))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        let timers = commit
+            .add_timers
+            .iter()
+            .map(|t| json_text(&t.payload))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            commit,
+            state,
+            parts,
+            history,
+            timers,
+        })
+    }
 }
 
 /// A commit's new version; `None` for a delete.
@@ -53,9 +105,11 @@ pub(super) async fn group_commit(
     store: &SqliteStore,
     commit: Commit,
 ) -> Result<Version, StoreError> {
-    enqueue(store, Write::Commit(commit)).await?.ok_or_else(|| {
-        StoreError::Corrupt("the commit writer answered a commit without a version".into())
-    })
+    enqueue(store, Write::Commit(Rendered::of(commit)?))
+        .await?
+        .ok_or_else(|| {
+            StoreError::Corrupt("the commit writer answered a commit without a version".into())
+        })
 }
 
 pub(super) async fn grouped_outbox_delete(
@@ -195,7 +249,7 @@ fn transaction(
             // that failed leaves nothing behind.
             Ok(savepoint) => {
                 let applied = match write {
-                    Write::Commit(commit) => apply(&savepoint, commit).map(Some),
+                    Write::Commit(rendered) => apply(&savepoint, rendered).map(Some),
                     Write::DeleteOutbox { instance, ids } => {
                         delete_outbox(&savepoint, instance, ids).map(|()| None)
                     }
@@ -228,9 +282,10 @@ fn delete_outbox(conn: &Connection, instance: &str, ids: &[String]) -> Result<()
 }
 
 /// One commit's writes, inside the group's transaction.
-fn apply(conn: &Connection, commit: &Commit) -> Result<Version, StoreError> {
+fn apply(conn: &Connection, rendered: &Rendered) -> Result<Version, StoreError> {
+    let commit = &rendered.commit;
     let s = &commit.record.summary;
-    let state = json_text(&commit.record.state)?;
+    let state = &rendered.state;
     let new_version = match &commit.expected {
         Expected::New => {
             let inserted = execute(
@@ -271,12 +326,12 @@ fn apply(conn: &Connection, commit: &Commit) -> Result<Version, StoreError> {
         }
     };
     let id = s.id.as_str();
-    for (name, part) in &commit.record.parts {
+    for (name, part) in commit.record.parts.keys().zip(&rendered.parts) {
         match part {
             Some(body) => execute(
                 conn,
                 "INSERT OR REPLACE INTO instance_parts (instance_id, name, body) VALUES (?1, ?2, ?3)",
-                params![id, name, json_text(body)?],
+                params![id, name, body],
             ),
             None => execute(
                 conn,
@@ -286,15 +341,7 @@ fn apply(conn: &Connection, commit: &Commit) -> Result<Version, StoreError> {
         }
         .map_err(unavailable)?;
     }
-    for h in &commit.history {
-        let progress = if h.progress.is_empty() {
-            None
-        } else {
-            Some(
-                serde_json::to_string(&h.progress)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            )
-        };
+    for (h, (event, progress)) in commit.history.iter().zip(&rendered.history) {
         let inserted = execute(
             conn,
             "INSERT INTO history (instance_id, seq, at, event, position, progress) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -302,7 +349,7 @@ fn apply(conn: &Connection, commit: &Commit) -> Result<Version, StoreError> {
                 id,
                 to_i64(h.seq, "history sequence")?,
                 millis(h.at),
-                json_text(&h.event)?,
+                event,
                 to_i64(h.position, "progress position")?,
                 progress
             ],
@@ -334,11 +381,11 @@ fn apply(conn: &Connection, commit: &Commit) -> Result<Version, StoreError> {
         )
         .map_err(unavailable)?;
     }
-    for t in &commit.add_timers {
+    for (t, payload) in commit.add_timers.iter().zip(&rendered.timers) {
         execute(
                 conn,
             "INSERT OR REPLACE INTO timers (instance_id, id, due_at, payload) VALUES (?1, ?2, ?3, ?4)",
-            params![id, t.id, millis(t.due_at), json_text(&t.payload)?],
+            params![id, t.id, millis(t.due_at), payload],
         )
         .map_err(unavailable)?;
     }
