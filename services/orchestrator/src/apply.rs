@@ -1,7 +1,14 @@
-//! Load, decide, commit, publish: one message's effect on one instance.
+//! Load, decide, commit, publish: messages' effect on one instance.
+//!
+//! Messages for one instance are applied by one runner at a time. Those
+//! that arrive while it works (the results of a fan-out, finishing
+//! together) wait in the instance's mailbox and are then decided one after
+//! the other and committed together: one load, one commit, one progress
+//! message for all of them, each still a history row of its own. Each
+//! message is answered (and so acked) only once that commit is durable.
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,18 +17,18 @@ use legato_contracts::{InstanceId, RuntimeStatus, StartInstance, TraceParent, Wo
 use legato_engine::{Event, InstanceState, Outcome, decide};
 use legato_service::OutboxRelay;
 use legato_service::definitions::Definitions;
-use legato_service::records::{self, state_of};
-use legato_store::{Commit, Expected, InstanceRecord, Store, StoreError, StoredInstance, Version};
+use legato_service::records::state_of;
+use legato_store::{Expected, InstanceRecord, Store, StoreError, StoredInstance, Version};
 use time::OffsetDateTime;
-use tokio::sync::Mutex;
+use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use crate::effects;
 use crate::settings::OrchestratorSettings;
 
-/// Instance locks per process; several replicas still race safely through
-/// the store's version check, this only spares one process its own races.
-const LOCK_SHARDS: usize = 256;
+/// Most messages one commit takes for an instance; more wait for the next.
+/// Keeps a commit well inside Table Storage's 100 operations per batch.
+const MAX_BATCH: usize = 16;
 /// Instances whose last commit this process remembers, so the next event
 /// needs no load. A record another replica changed meanwhile fails its
 /// version check, is forgotten and loaded again.
@@ -63,6 +70,18 @@ pub(crate) enum ApplyError {
 }
 
 impl ApplyError {
+    /// The same error for another message of the batch it failed.
+    fn again(&self) -> Self {
+        match self {
+            Self::Rejected(reason) => Self::Rejected(reason.clone()),
+            Self::Transient(e) => Self::Transient(match e {
+                StoreError::Conflict(m) => StoreError::Conflict(m.clone()),
+                StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+                other => StoreError::Unavailable(other.to_string()),
+            }),
+        }
+    }
+
     fn is_conflict(&self) -> bool {
         matches!(self, Self::Transient(StoreError::Conflict(_)))
     }
@@ -86,9 +105,18 @@ pub(crate) struct Applier {
     pub(crate) store: Arc<dyn Store>,
     relay: Arc<OutboxRelay>,
     definitions: Definitions,
-    locks: Vec<Mutex<()>>,
+    /// Messages waiting for their instance's runner; an instance has an
+    /// entry while a runner works through it.
+    mailboxes: std::sync::Mutex<HashMap<InstanceId, Vec<Waiting>>>,
     retry: ExponentialBuilder,
     remembered: std::sync::Mutex<HashMap<InstanceId, Known>>,
+}
+
+/// A message waiting to be applied, and who to tell how it went.
+struct Waiting {
+    input: Input,
+    traceparent: Option<TraceParent>,
+    answer: oneshot::Sender<Result<Applied, ApplyError>>,
 }
 
 /// An instance as the store holds it, read or last committed here.
@@ -129,6 +157,22 @@ fn in_parts_after(before: Option<&InstanceState>, record: &InstanceRecord) -> bo
     before.is_some() || !record.parts.is_empty()
 }
 
+/// How one pass over a batch went.
+struct Pass {
+    /// One answer per message, in order.
+    answers: Vec<Result<Applied, ApplyError>>,
+    /// Whether it wrote anything.
+    committed: bool,
+}
+
+impl Pass {
+    fn ignored_any(&self) -> bool {
+        self.answers
+            .iter()
+            .any(|a| matches!(a, Ok(Applied::Ignored(_))))
+    }
+}
+
 impl Applier {
     pub(crate) fn new(
         store: Arc<dyn Store>,
@@ -144,7 +188,7 @@ impl Applier {
             store,
             relay,
             definitions: Definitions::default(),
-            locks: (0..LOCK_SHARDS).map(|_| Mutex::new(())).collect(),
+            mailboxes: std::sync::Mutex::default(),
             retry,
             remembered: std::sync::Mutex::new(HashMap::new()),
         }
@@ -179,78 +223,266 @@ impl Applier {
         }
     }
 
-    pub(crate) fn lock_for(&self, id: &InstanceId) -> &Mutex<()> {
-        let mut h = DefaultHasher::new();
-        id.hash(&mut h);
-        &self.locks[(h.finish() as usize) % LOCK_SHARDS]
+    fn mailboxes(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceId, Vec<Waiting>>> {
+        // Each critical section leaves the map consistent.
+        self.mailboxes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Applies `input` to the instance, retrying conflicts with backoff.
-    /// An unavailable store is an error at once.
+    /// Applies `input` to the instance, with whatever else arrives for it
+    /// meanwhile, retrying conflicts with backoff. An unavailable store is
+    /// an error at once.
     pub(crate) async fn apply(
-        &self,
+        self: &Arc<Self>,
         id: &InstanceId,
         input: &Input,
         traceparent: Option<&TraceParent>,
     ) -> Result<Applied, ApplyError> {
-        let _guard = self.lock_for(id).lock().await;
+        let (answer, answered) = oneshot::channel();
+        let waiting = Waiting {
+            input: input.clone(),
+            traceparent: traceparent.cloned(),
+            answer,
+        };
+        let lead = match self.mailboxes().entry(id.clone()) {
+            Entry::Occupied(mut waiting_list) => {
+                waiting_list.get_mut().push(waiting);
+                false
+            }
+            Entry::Vacant(free) => {
+                free.insert(vec![waiting]);
+                true
+            }
+        };
+        if lead {
+            // Detached: the runner goes on (and answers everyone) even if
+            // the caller that started it stops waiting.
+            let applier = self.clone();
+            let id = id.clone();
+            tokio::spawn(async move { applier.run(id).await });
+        }
+        answered.await.map_err(|_| {
+            ApplyError::Transient(StoreError::Unavailable(
+                "the instance's runner stopped".into(),
+            ))
+        })?
+    }
+
+    /// Works through the instance's mailbox until it is empty.
+    async fn run(self: Arc<Self>, id: InstanceId) {
+        // Should this task die, the next message must start a runner
+        // again rather than wait behind one that is gone.
+        let mut stopped = StopRunning {
+            applier: &self,
+            id: &id,
+            armed: true,
+        };
+        loop {
+            let batch: Vec<Waiting> = {
+                let mut mailboxes = self.mailboxes();
+                let Some(waiting) = mailboxes.get_mut(&id) else {
+                    stopped.armed = false;
+                    return;
+                };
+                if waiting.is_empty() {
+                    // Under the same lock as the check, so a message
+                    // queued after it finds no runner and starts one.
+                    mailboxes.remove(&id);
+                    stopped.armed = false;
+                    return;
+                }
+                let take = waiting.len().min(MAX_BATCH);
+                waiting.drain(..take).collect()
+            };
+            let inputs: Vec<&Input> = batch.iter().map(|w| &w.input).collect();
+            let traceparent = batch.iter().find_map(|w| w.traceparent.as_ref());
+            let answers = self.apply_batch(&id, &inputs, traceparent).await;
+            for (waiting, answer) in batch.into_iter().zip(answers) {
+                let _gone_is_fine = waiting.answer.send(answer);
+            }
+        }
+    }
+
+    /// One answer per input. Inputs whose changes together are more than
+    /// the store takes in one commit are applied one by one instead.
+    async fn apply_batch(
+        &self,
+        id: &InstanceId,
+        inputs: &[&Input],
+        traceparent: Option<&TraceParent>,
+    ) -> Vec<Result<Applied, ApplyError>> {
+        match self.attempt(id, inputs, traceparent).await {
+            Ok(Some(pass)) => pass.answers,
+            Ok(None) => {
+                let mut answers = Vec::with_capacity(inputs.len());
+                for input in inputs {
+                    answers.push(match self.attempt(id, &[input], traceparent).await {
+                        Ok(Some(mut pass)) => pass.answers.pop().unwrap_or_else(|| {
+                            Err(ApplyError::Rejected("no answer for the message".into()))
+                        }),
+                        // Alone, a commit too large is the store's refusal.
+                        Ok(None) => Err(ApplyError::Rejected(format!(
+                            "the decision for instance {id} is more than the store takes in one commit"
+                        ))),
+                        Err(e) => Err(e),
+                    });
+                }
+                answers
+            }
+            Err(e) => inputs.iter().map(|_| Err(e.again())).collect(),
+        }
+    }
+
+    /// Passes over the batch, retrying conflicts; `None`: its changes are
+    /// too large for one commit.
+    async fn attempt(
+        &self,
+        id: &InstanceId,
+        inputs: &[&Input],
+        traceparent: Option<&TraceParent>,
+    ) -> Result<Option<Pass>, ApplyError> {
         (|| async {
-            let mut applied = self.apply_once(id, input, traceparent, true).await;
+            let mut pass = self.pass(id, inputs, traceparent, true).await;
             // A remembered record may be stale (another replica moved the
             // instance on), and a stale state may wrongly ignore an event
             // without any commit to catch it: only a loaded state may.
-            if matches!(applied, Ok(Applied::Ignored(_))) && self.remembers(id) {
+            if matches!(&pass, Ok(Some(p)) if !p.committed && p.ignored_any()) && self.remembers(id)
+            {
                 self.forget(id);
-                applied = self.apply_once(id, input, traceparent, false).await;
+                pass = self.pass(id, inputs, traceparent, false).await;
             }
-            if applied.is_err() {
+            if pass.is_err() {
                 self.forget(id);
             }
-            applied
+            pass
         })
         .retry(self.retry)
-        // An unavailable store is waited out by the caller, which holds
-        // the message meanwhile (see `inbound`); conflicts pass at once.
+        // An unavailable store is waited out by the callers, which hold
+        // their messages meanwhile (see `inbound`); conflicts pass at once.
         .when(ApplyError::is_conflict)
         .await
     }
 
-    async fn apply_once(
+    /// Decides every input in turn and commits what they changed at once.
+    async fn pass(
+        &self,
+        id: &InstanceId,
+        inputs: &[&Input],
+        traceparent: Option<&TraceParent>,
+        remembered: bool,
+    ) -> Result<Option<Pass>, ApplyError> {
+        let known = match remembered.then(|| self.recall(id)).flatten() {
+            Some(known) => known,
+            None => match self.store.load(id).await? {
+                Some(stored) => Known::read(&stored)?,
+                None => {
+                    let answers = inputs.iter().map(|input| Err(missing(id, input))).collect();
+                    return Ok(Some(Pass {
+                        answers,
+                        committed: false,
+                    }));
+                }
+            },
+        };
+        let mut answers = Vec::with_capacity(inputs.len());
+        let mut steps: Vec<(Event, legato_engine::Decision)> = Vec::new();
+        let mut forgotten = Vec::new();
+        for input in inputs {
+            let state = steps.last().map_or(&known.state, |(_, d)| &d.state);
+            let event = match self.event_for(id, input, state, &known.pinned).await {
+                Ok(Ok(event)) => event,
+                Ok(Err(applied)) => {
+                    answers.push(Ok(applied));
+                    continue;
+                }
+                Err(ApplyError::Rejected(reason)) => {
+                    answers.push(Err(ApplyError::Rejected(reason)));
+                    continue;
+                }
+                Err(transient) => return Err(transient),
+            };
+            let decision = decide(state, &event);
+            if let Outcome::Ignored(reason) = decision.outcome {
+                if let Event::TimerFired { timer, .. } = &event {
+                    forgotten.push(timer.to_string());
+                }
+                answers.push(Ok(Applied::Ignored(reason)));
+                continue;
+            }
+            answers.push(Ok(Applied::Accepted));
+            steps.push((event, decision));
+        }
+        if steps.is_empty() && forgotten.is_empty() {
+            return Ok(Some(Pass {
+                answers,
+                committed: false,
+            }));
+        }
+        let state = steps.last().map_or(&known.state, |(_, d)| &d.state);
+        let before = known.stored_parts();
+        // The commit is a span of the trace of the batch's first message,
+        // and what it sends (dispatches, progress) continues from it.
+        let span = tracing::info_span!(
+            "commit",
+            instance = %id,
+            events = steps.len(),
+            messages = tracing::field::Empty
+        );
+        legato_service::telemetry::continue_trace(&span, traceparent);
+        let traceparent = span
+            .in_scope(legato_service::telemetry::current_traceparent)
+            .or_else(|| traceparent.cloned());
+        let applied: Vec<(&Event, &legato_engine::Decision)> =
+            steps.iter().map(|(e, d)| (e, d)).collect();
+        let commit = effects::commit(
+            state,
+            &applied,
+            &forgotten,
+            before,
+            Expected::Version(known.version.clone()),
+            known.pinned.clone(),
+            traceparent.as_ref(),
+        )?;
+        let outbox = commit.outbox.clone();
+        span.record("messages", outbox.len());
+        let summary = commit.record.summary.clone();
+        let in_parts = in_parts_after(before, &commit.record);
+        let version = match self.store.commit(commit).instrument(span.clone()).await {
+            Ok(version) => version,
+            Err(StoreError::TooLarge(_)) if inputs.len() > 1 => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut decided_from = &known.state;
+        for (_, decision) in &steps {
+            crate::metrics::record(&summary.workflow, decided_from, decision);
+            decided_from = &decision.state;
+        }
+        self.remember(Known {
+            state: state.clone(),
+            pinned: (summary.workflow, summary.workflow_version),
+            version,
+            in_parts,
+        });
+        // Published before the next batch of this instance is decided, so
+        // one instance's messages leave in decision order.
+        if let Err(e) = self.relay.publish(id, &outbox).instrument(span).await {
+            tracing::warn!(instance = %id, "outbox publish failed, the sweeper will retry: {e}");
+        }
+        Ok(Some(Pass {
+            answers,
+            committed: true,
+        }))
+    }
+
+    /// The engine event `input` stands for on `state`, or what becomes of
+    /// it without one.
+    async fn event_for(
         &self,
         id: &InstanceId,
         input: &Input,
-        traceparent: Option<&TraceParent>,
-        remembered: bool,
-    ) -> Result<Applied, ApplyError> {
-        let known = match remembered.then(|| self.recall(id)).flatten() {
-            Some(known) => Some(known),
-            None => match self.store.load(id).await? {
-                Some(stored) => Some(Known::read(&stored)?),
-                None => None,
-            },
-        };
-        let (state, expected, pinned) = match (&known, input) {
-            (Some(k), _) => (
-                &k.state,
-                Expected::Version(k.version.clone()),
-                k.pinned.clone(),
-            ),
-            // Every start is preceded by its Pending record (the gateway
-            // writes it; recovery sends starts from it). No record means the
-            // instance was purged since: a late or redelivered start must
-            // not bring it back (it would also occupy a reused id).
-            (None, Input::Start { .. }) => {
-                return Err(ApplyError::Rejected(format!(
-                    "instance {id} does not exist (purged, or its start was never accepted)"
-                )));
-            }
-            (None, Input::Event(_) | Input::RedriveOnto { .. }) => {
-                return Err(ApplyError::Rejected(format!(
-                    "instance {id} does not exist"
-                )));
-            }
-        };
-        let event = match input {
+        state: &InstanceState,
+        pinned: &(WorkflowName, u32),
+    ) -> Result<Result<Event, Applied>, ApplyError> {
+        Ok(Ok(match input {
             Input::Event(event) => event.clone(),
             Input::RedriveOnto { at, id, version } => {
                 let workflow = self
@@ -265,7 +497,7 @@ impl Applier {
             }
             Input::Start { at, start } => {
                 if state.status != RuntimeStatus::Pending {
-                    return Ok(Applied::Ignored("already started".into()));
+                    return Ok(Err(Applied::Ignored("already started".into())));
                 }
                 // An instance runs its own tenant's definitions or shared
                 // ones, and belongs to the tenant its id names.
@@ -292,69 +524,39 @@ impl Applier {
                     created_at: state.created_at,
                 }
             }
-        };
-        let decision = decide(state, &event);
-        if let Outcome::Ignored(reason) = decision.outcome {
-            if let (Event::TimerFired { timer, .. }, Some(known)) = (&event, &known) {
-                self.forget_timer(known, timer.to_string()).await?;
-            }
-            return Ok(Applied::Ignored(reason));
-        }
-        let before = known.as_ref().and_then(Known::stored_parts);
-        // The commit is a span of the request's trace, and what it sends
-        // (dispatches, progress) continues from it.
-        let span = tracing::info_span!("commit", instance = %id, messages = tracing::field::Empty);
-        let traceparent = span
-            .in_scope(legato_service::telemetry::current_traceparent)
-            .or_else(|| traceparent.cloned());
-        let commit = effects::commit(
-            &decision,
-            before,
-            &event,
-            expected,
-            pinned,
-            traceparent.as_ref(),
-        )?;
-        let outbox = commit.outbox.clone();
-        span.record("messages", outbox.len());
-        let summary = commit.record.summary.clone();
-        let in_parts = in_parts_after(before, &commit.record);
-        let version = self.store.commit(commit).instrument(span.clone()).await?;
-        crate::metrics::record(&summary.workflow, state, &decision);
-        self.remember(Known {
-            state: decision.state,
-            pinned: (summary.workflow, summary.workflow_version),
-            version,
-            in_parts,
-        });
-        // Published while the instance lock is held, so one instance's
-        // messages leave in decision order.
-        if let Err(e) = self.relay.publish(id, &outbox).instrument(span).await {
-            tracing::warn!(instance = %id, "outbox publish failed, the sweeper will retry: {e}");
-        }
-        Ok(Applied::Accepted)
+        }))
     }
+}
 
-    /// Deletes a timer row the engine no longer knows (fired twice, or
-    /// cancelled by a decision whose commit raced the poll).
-    async fn forget_timer(&self, known: &Known, timer: String) -> Result<(), StoreError> {
-        let (workflow, version) = known.pinned.clone();
-        let now = known
-            .state
-            .updated_at
-            .unwrap_or_else(OffsetDateTime::now_utc);
-        let record =
-            records::record_since(known.stored_parts(), &known.state, workflow, version, now)?;
-        let in_parts = in_parts_after(known.stored_parts(), &record);
-        let mut commit = Commit::new(record, Expected::Version(known.version.clone()));
-        commit.remove_timers.push(timer);
-        let version = self.store.commit(commit).await?;
-        self.remember(Known {
-            version,
-            in_parts,
-            ..known.clone()
-        });
-        Ok(())
+/// Why an input for an instance with no record cannot be applied.
+fn missing(id: &InstanceId, input: &Input) -> ApplyError {
+    match input {
+        // Every start is preceded by its Pending record (the gateway writes
+        // it; recovery sends starts from it). No record means the instance
+        // was purged since: a late or redelivered start must not bring it
+        // back (it would also occupy a reused id).
+        Input::Start { .. } => ApplyError::Rejected(format!(
+            "instance {id} does not exist (purged, or its start was never accepted)"
+        )),
+        Input::Event(_) | Input::RedriveOnto { .. } => {
+            ApplyError::Rejected(format!("instance {id} does not exist"))
+        }
+    }
+}
+
+/// Frees the instance's mailbox if its runner stops while armed (a panic);
+/// the messages in it are then answered with an error (their senders go).
+struct StopRunning<'a> {
+    applier: &'a Applier,
+    id: &'a InstanceId,
+    armed: bool,
+}
+
+impl Drop for StopRunning<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.applier.mailboxes().remove(self.id);
+        }
     }
 }
 
@@ -371,16 +573,16 @@ mod tests {
     use super::*;
     use legato_bus::InProcessBus;
     use legato_contracts::WorkflowName;
-    use legato_store::SqliteStore;
+    use legato_store::{Commit, SqliteStore};
 
-    fn applier_on_memory() -> (Arc<dyn Store>, Applier) {
+    fn applier_on_memory() -> (Arc<dyn Store>, Arc<Applier>) {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
         let relay = Arc::new(OutboxRelay::new(
             Arc::new(InProcessBus::default()),
             store.clone(),
         ));
         let applier = Applier::new(store.clone(), relay, OrchestratorSettings::default());
-        (store, applier)
+        (store, Arc::new(applier))
     }
 
     /// A start that arrives after its instance was purged (redelivered, or
@@ -445,5 +647,147 @@ mod tests {
                 "{refused:?}"
             );
         }
+    }
+
+    /// A pending instance of a workflow of three parallel echo steps,
+    /// started: its tasks are dispatched.
+    async fn started_fan_out(store: &Arc<dyn Store>, applier: &Arc<Applier>) -> InstanceState {
+        let id = InstanceId::parse("batch-1").unwrap();
+        let workflow = WorkflowName::parse("three").unwrap();
+        let now = OffsetDateTime::now_utc();
+        let leaf = |id: &str| serde_json::json!({"id": id, "agent": "echo", "input": {}});
+        store
+            .put_definition(&legato_store::DefinitionRecord {
+                name: workflow.clone(),
+                version: 1,
+                hash: "h".into(),
+                body: serde_json::json!({"name": "three", "version": 1,
+                    "steps": [leaf("a"), leaf("b"), leaf("c")]}),
+                registered_at: now,
+            })
+            .await
+            .unwrap();
+        let pending = legato_service::records::pending(
+            id.clone(),
+            workflow.clone(),
+            1,
+            serde_json::json!({}),
+            None,
+            now,
+        )
+        .unwrap();
+        store
+            .commit(Commit::new(pending, Expected::New))
+            .await
+            .unwrap();
+        let start = Input::Start {
+            at: now,
+            start: StartInstance {
+                workflow,
+                version: 1,
+                input: serde_json::json!({}),
+                tenant: None,
+            },
+        };
+        assert_eq!(
+            applier.apply(&id, &start, None).await.unwrap(),
+            Applied::Accepted
+        );
+        state_of(&store.load(&id).await.unwrap().unwrap().record).unwrap()
+    }
+
+    fn completed(state: &InstanceState, step: &str) -> Input {
+        Input::Event(Event::TaskCompleted {
+            at: OffsetDateTime::now_utc(),
+            key: legato_contracts::TaskKey {
+                run: state.run,
+                execution: state.execution,
+                step: legato_contracts::StepId::parse(step).unwrap(),
+                item: None,
+                role: Default::default(),
+            },
+            attempt: 1,
+            output: serde_json::json!({"step": step}),
+            custom_status: None,
+        })
+    }
+
+    async fn version_of(store: &Arc<dyn Store>, id: &InstanceId) -> String {
+        store.load(id).await.unwrap().unwrap().version.0
+    }
+
+    /// Results that arrive while the instance is being worked on wait and
+    /// go in one commit: each is answered, each is a history row, the
+    /// record moves one version, and a copy among them is ignored.
+    #[tokio::test]
+    async fn messages_arriving_together_are_committed_together() {
+        let (store, applier) = applier_on_memory();
+        let state = started_fan_out(&store, &applier).await;
+        let id = state.id.clone();
+        let version_before: u64 = version_of(&store, &id).await.parse().unwrap();
+        let inputs = [
+            completed(&state, "a"),
+            completed(&state, "b"),
+            completed(&state, "a"),
+            completed(&state, "c"),
+        ];
+        // Queued in the same poll: the first starts the runner, which
+        // finds the rest waiting when it runs.
+        let answers =
+            futures::future::join_all(inputs.iter().map(|input| applier.apply(&id, input, None)))
+                .await;
+        let answers: Vec<Applied> = answers.into_iter().map(Result::unwrap).collect();
+        assert_eq!(answers[0], Applied::Accepted);
+        assert_eq!(answers[1], Applied::Accepted);
+        assert!(matches!(answers[2], Applied::Ignored(_)), "{answers:?}");
+        assert_eq!(answers[3], Applied::Accepted);
+        let version_after: u64 = version_of(&store, &id).await.parse().unwrap();
+        assert_eq!(
+            version_after,
+            version_before + 1,
+            "one commit for the batch"
+        );
+        let stored = state_of(&store.load(&id).await.unwrap().unwrap().record).unwrap();
+        assert_eq!(stored.status, RuntimeStatus::Completed);
+        let history = store
+            .history(&id, legato_store::HistoryFrom::default(), 100)
+            .await
+            .unwrap();
+        // Started, then one row per accepted result, numbered in order.
+        let seqs: Vec<u64> = history.iter().map(|row| row.seq).collect();
+        assert_eq!(seqs, [1, 2, 3, 4]);
+    }
+
+    /// One message of a batch that can never apply is refused alone.
+    #[tokio::test]
+    async fn a_refused_message_in_a_batch_does_not_hold_back_the_others() {
+        let (store, applier) = applier_on_memory();
+        let state = started_fan_out(&store, &applier).await;
+        let id = state.id.clone();
+        let redrive_onto_missing = Input::RedriveOnto {
+            at: OffsetDateTime::now_utc(),
+            id: "redrive-1".into(),
+            version: 9,
+        };
+        let inputs = [
+            completed(&state, "a"),
+            redrive_onto_missing,
+            completed(&state, "b"),
+        ];
+        let answers =
+            futures::future::join_all(inputs.iter().map(|input| applier.apply(&id, input, None)))
+                .await;
+        assert!(matches!(answers[0], Ok(Applied::Accepted)), "{answers:?}");
+        assert!(
+            matches!(answers[1], Err(ApplyError::Rejected(_))),
+            "{answers:?}"
+        );
+        assert!(matches!(answers[2], Ok(Applied::Accepted)), "{answers:?}");
+        let stored = state_of(&store.load(&id).await.unwrap().unwrap().record).unwrap();
+        let done = |step: &str| {
+            stored.steps[&legato_contracts::StepId::parse(step).unwrap()].status
+                == legato_engine::StepStatus::Completed
+        };
+        assert!(done("a") && done("b") && !done("c"));
     }
 }

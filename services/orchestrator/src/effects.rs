@@ -1,7 +1,7 @@
-//! What an accepted decision writes: the new record, one history row (with
-//! the progress it tells watchers), the
-//! messages its commands send (outbox rows, published after the commit)
-//! and the timers it schedules or cancels.
+//! What accepted decisions write: the new record, a history row per
+//! decision (with the progress it tells watchers), the messages their
+//! commands send (outbox rows, published after the commit) and the timers
+//! they schedule or cancel.
 
 use legato_contracts::{
     Envelope, InstanceId, Payload, ProgressBatch, ProgressEvent, TraceParent, WorkflowName,
@@ -21,19 +21,25 @@ fn corrupt(e: serde_json::Error) -> StoreError {
     StoreError::Corrupt(e.to_string())
 }
 
-/// The commit for an applied decision; `before` is the state whose parts
-/// the store holds (`None`: none), so only the parts that changed are
-/// written.
+/// The commit for decisions applied one after the other to one instance
+/// (`steps`, in order; `state` is the last one's), plus the timers whose
+/// firing changed nothing (`forgotten`, deleted all the same). `before` is
+/// the state whose parts the store holds (`None`: none), so only the parts
+/// that changed are written. Each step is a history row of its own; the
+/// progress of every step goes out in one message.
 pub(crate) fn commit(
-    decision: &Decision,
+    state: &InstanceState,
+    steps: &[(&Event, &Decision)],
+    forgotten: &[String],
     before: Option<&InstanceState>,
-    event: &Event,
     expected: Expected,
     pinned: (WorkflowName, u32),
     traceparent: Option<&TraceParent>,
 ) -> Result<Commit, StoreError> {
-    let state = &decision.state;
-    let at = event.at();
+    let at = match steps.last() {
+        Some((event, _)) => event.at(),
+        None => state.updated_at.unwrap_or_else(OffsetDateTime::now_utc),
+    };
     // A redrive may have moved the instance onto another version.
     let (workflow, version) = state
         .workflow
@@ -41,53 +47,81 @@ pub(crate) fn commit(
         .map_or(pinned, |w| (w.name.clone(), w.version));
     let record = legato_service::records::record_since(before, state, workflow, version, at)?;
     let mut commit = Commit::new(record, expected);
-    let progress: Vec<ProgressEvent> = decision
-        .commands
-        .iter()
-        .filter_map(|command| match command {
-            Command::PublishProgress(progress) => Some(progress.clone()),
-            _ => None,
-        })
-        .collect();
-    if let Event::TimerFired { timer, .. } = event {
-        commit.remove_timers.push(timer.to_string());
+    let mut timers = Timers::default();
+    for timer in forgotten {
+        timers.remove(timer.clone());
     }
-    for command in &decision.commands {
-        let payload: Payload = match command {
-            Command::DispatchTask(task) => task.clone().into(),
-            Command::CancelTask(cancel) => cancel.clone().into(),
-            // All of them go together below.
-            Command::PublishProgress(_) => continue,
-            Command::ScheduleTimer { timer, fire_at } => {
-                commit.add_timers.push(TimerRow {
-                    instance: state.id.clone(),
-                    id: timer.to_string(),
-                    due_at: *fire_at,
-                    payload: serde_json::to_value(timer).map_err(corrupt)?,
-                });
-                continue;
-            }
-            Command::CancelTimer { timer } => {
-                commit.remove_timers.push(timer.to_string());
-                continue;
-            }
-            // The record carries the output or error; watchers learn of it
-            // from the progress event the engine emits alongside.
-            Command::CompleteInstance { .. } | Command::FailInstance { .. } => continue,
-        };
-        commit
-            .outbox
-            .push(outbox_row(&state.id, at, payload, traceparent)?);
+    let mut progress = Vec::new();
+    for (event, decision) in steps {
+        let at = event.at();
+        if let Event::TimerFired { timer, .. } = event {
+            timers.remove(timer.to_string());
+        }
+        let first_progress = progress.len();
+        for command in &decision.commands {
+            let payload: Payload = match command {
+                Command::DispatchTask(task) => task.clone().into(),
+                Command::CancelTask(cancel) => cancel.clone().into(),
+                Command::PublishProgress(event) => {
+                    progress.push(event.clone());
+                    continue;
+                }
+                Command::ScheduleTimer { timer, fire_at } => {
+                    timers.add(TimerRow {
+                        instance: state.id.clone(),
+                        id: timer.to_string(),
+                        due_at: *fire_at,
+                        payload: serde_json::to_value(timer).map_err(corrupt)?,
+                    });
+                    continue;
+                }
+                Command::CancelTimer { timer } => {
+                    timers.remove(timer.to_string());
+                    continue;
+                }
+                // The record carries the output or error; watchers learn of
+                // it from the progress event the engine emits alongside.
+                Command::CompleteInstance { .. } | Command::FailInstance { .. } => continue,
+            };
+            commit
+                .outbox
+                .push(outbox_row(&state.id, at, payload, traceparent)?);
+        }
+        commit.history.push(HistoryRow {
+            seq: decision.state.sequence,
+            at,
+            event: serde_json::to_value(event).map_err(corrupt)?,
+            position: decision.state.position,
+            progress: progress[first_progress..].to_vec(),
+        });
     }
     progress_rows(&state.id, at, &progress, traceparent, &mut commit.outbox)?;
-    commit.history.push(HistoryRow {
-        seq: state.sequence,
-        at,
-        event: serde_json::to_value(event).map_err(corrupt)?,
-        position: state.position,
-        progress,
-    });
+    (commit.add_timers, commit.remove_timers) = (timers.add, timers.remove);
     Ok(commit)
+}
+
+/// A commit's timer changes, netted over its steps: a timer scheduled and
+/// then cancelled is neither written nor kept, one cancelled and then
+/// scheduled again is written, so no timer is named twice in one commit.
+#[derive(Default)]
+struct Timers {
+    add: Vec<TimerRow>,
+    remove: Vec<String>,
+}
+
+impl Timers {
+    fn add(&mut self, row: TimerRow) {
+        self.remove.retain(|id| *id != row.id);
+        self.add.retain(|t| t.id != row.id);
+        self.add.push(row);
+    }
+
+    fn remove(&mut self, id: String) {
+        self.add.retain(|t| t.id != id);
+        if !self.remove.contains(&id) {
+            self.remove.push(id);
+        }
+    }
 }
 
 /// The messages telling watchers a decision's progress events: one, in
@@ -207,5 +241,77 @@ mod tests {
         // One event over the limit still goes, alone.
         let huge = event(1, json!({"output": "y".repeat(PROGRESS_BATCH_BYTES * 2)}));
         assert_eq!(carried(&rows_for(std::slice::from_ref(&huge))), vec![huge]);
+    }
+
+    fn timer_row(id: &str) -> TimerRow {
+        TimerRow {
+            instance: InstanceId::parse("i-1").unwrap(),
+            id: id.into(),
+            due_at: OffsetDateTime::UNIX_EPOCH,
+            payload: json!(null),
+        }
+    }
+
+    /// Over a batch of decisions, a timer scheduled then cancelled is
+    /// only deleted, one cancelled then scheduled is only written: no
+    /// timer is named twice in a commit (Table Storage refuses that).
+    #[test]
+    fn timer_changes_are_netted_over_a_batch() {
+        let mut timers = Timers::default();
+        timers.add(timer_row("t1"));
+        timers.remove("t1".into());
+        timers.remove("t2".into());
+        timers.add(timer_row("t2"));
+        timers.remove("t3".into());
+        timers.remove("t3".into());
+        let added: Vec<&str> = timers.add.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(added, ["t2"]);
+        assert_eq!(timers.remove, ["t1", "t3"]);
+    }
+
+    /// Decisions committed together: a history row each, their progress
+    /// in one message.
+    #[test]
+    fn decisions_committed_together_keep_a_row_each_and_share_one_progress_message() {
+        use legato_engine::Outcome;
+
+        let id = InstanceId::parse("i-1").unwrap();
+        let mut state = InstanceState::new(id.clone());
+        let mut steps = Vec::new();
+        for n in 1..=3u64 {
+            state.sequence = n;
+            state.position = n;
+            let decision = Decision {
+                state: state.clone(),
+                commands: vec![Command::PublishProgress(event(n, json!({"n": n})))],
+                outcome: Outcome::Applied,
+            };
+            let happened = Event::TerminateRequested {
+                at: OffsetDateTime::UNIX_EPOCH,
+                id: format!("m{n}"),
+                reason: None,
+            };
+            steps.push((happened, decision));
+        }
+        let borrowed: Vec<(&Event, &Decision)> = steps.iter().map(|(e, d)| (e, d)).collect();
+        let commit = commit(
+            &state,
+            &borrowed,
+            &[],
+            None,
+            Expected::New,
+            (WorkflowName::parse("w").unwrap(), 1),
+            None,
+        )
+        .unwrap();
+        let rows: Vec<(u64, usize)> = commit
+            .history
+            .iter()
+            .map(|h| (h.seq, h.progress.len()))
+            .collect();
+        assert_eq!(rows, [(1, 1), (2, 1), (3, 1)]);
+        assert_eq!(commit.outbox.len(), 1);
+        let positions: Vec<u64> = carried(&commit.outbox).iter().map(|e| e.position).collect();
+        assert_eq!(positions, [1, 2, 3]);
     }
 }

@@ -53,7 +53,12 @@ pub(crate) async fn consume(
     Ok(())
 }
 
-async fn handle(applier: &Applier, delivery: Delivery, outage_hold: Duration, shutdown: &Shutdown) {
+async fn handle(
+    applier: &Arc<Applier>,
+    delivery: Delivery,
+    outage_hold: Duration,
+    shutdown: &Shutdown,
+) {
     let envelope = match delivery.decode() {
         Ok(e) => e,
         Err(e) => return settle(dead_letter(delivery, &e.to_string()).await),

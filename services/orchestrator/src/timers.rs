@@ -55,7 +55,7 @@ pub(crate) async fn run(
     }
 }
 
-async fn fire(applier: &Applier, row: TimerRow) {
+async fn fire(applier: &Arc<Applier>, row: TimerRow) {
     let timer: TimerKey = match serde_json::from_value(row.payload.clone()) {
         Ok(t) => t,
         Err(e) => {

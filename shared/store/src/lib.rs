@@ -29,6 +29,20 @@ pub use dead_letter::{DeadLetter, DeadLetterPage, DeadLetterQuery};
 pub use schedule::{MAX_SCHEDULES_LISTED, ScheduleRecord, StoredSchedule};
 pub use sqlite::{Durability, SqliteStore};
 
+/// Instance commits this process has made so far, in any store (what
+/// `legato bench` models its raw store run on).
+pub fn instance_commits() -> u64 {
+    INSTANCE_COMMITS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+static INSTANCE_COMMITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Counts a commit that landed.
+fn committed(version: Version) -> Version {
+    INSTANCE_COMMITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    version
+}
+
 /// Opaque optimistic-concurrency token of an instance record.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Version(pub String);

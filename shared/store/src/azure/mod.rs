@@ -370,7 +370,7 @@ impl Store for AzureTableStore {
     }
 
     async fn commit(&self, commit: Commit) -> Result<Version, StoreError> {
-        self.commit_batch(commit).await
+        self.commit_batch(commit).await.map(crate::committed)
     }
 
     async fn history(

@@ -442,7 +442,9 @@ impl Store for SqliteStore {
     }
 
     async fn commit(&self, commit: Commit) -> Result<Version, StoreError> {
-        commit::group_commit(self, commit).await
+        commit::group_commit(self, commit)
+            .await
+            .map(crate::committed)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
