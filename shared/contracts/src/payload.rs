@@ -275,9 +275,10 @@ pub struct ProgressEvent {
     pub data: Option<Value>,
 }
 
-/// Several progress events of one decision, in position order, in one
-/// message: a decision that tells watchers several things costs one
-/// publish. A decision with one event sends it as `legato.progress.v1`.
+/// Several progress events of one commit (one decision, or several
+/// committed together), in position order, in one message: a commit that
+/// tells watchers several things costs one publish. A commit with one
+/// event sends it as `legato.progress.v1`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProgressBatch {
