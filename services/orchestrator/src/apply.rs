@@ -609,38 +609,53 @@ mod tests {
         assert!(store.load(&id).await.unwrap().is_none());
     }
 
+    /// Commits the Pending record the gateway writes before a start.
+    async fn pending(
+        store: &Arc<dyn Store>,
+        id: &InstanceId,
+        workflow: &WorkflowName,
+        tenant: Option<&str>,
+        now: OffsetDateTime,
+    ) {
+        let record = legato_service::records::pending(
+            id.clone(),
+            workflow.clone(),
+            1,
+            serde_json::json!({}),
+            tenant.map(str::to_owned),
+            now,
+        )
+        .unwrap();
+        store
+            .commit(Commit::new(record, Expected::New))
+            .await
+            .unwrap();
+    }
+
+    fn start_of(workflow: WorkflowName, tenant: Option<&str>, now: OffsetDateTime) -> Input {
+        Input::Start {
+            at: now,
+            start: StartInstance {
+                workflow,
+                version: 1,
+                input: serde_json::json!({}),
+                tenant: tenant.map(str::to_owned),
+            },
+        }
+    }
+
     #[tokio::test]
     async fn a_start_naming_another_tenant_is_refused() {
         let (store, applier) = applier_on_memory();
         let id = InstanceId::parse("acme~order-1").unwrap();
         let now = OffsetDateTime::now_utc();
         let workflow = WorkflowName::parse("beta~private").unwrap();
-        let pending = legato_service::records::pending(
-            id.clone(),
-            workflow.clone(),
-            1,
-            serde_json::json!({}),
-            Some("acme".into()),
-            now,
-        )
-        .unwrap();
-        store
-            .commit(Commit::new(pending, Expected::New))
-            .await
-            .unwrap();
+        pending(&store, &id, &workflow, Some("acme"), now).await;
         for (tenant, workflow) in [
             (Some("acme"), workflow),
             (None, WorkflowName::parse("shared").unwrap()),
         ] {
-            let start = Input::Start {
-                at: now,
-                start: StartInstance {
-                    workflow,
-                    version: 1,
-                    input: serde_json::json!({}),
-                    tenant: tenant.map(str::to_owned),
-                },
-            };
+            let start = start_of(workflow, tenant, now);
             let refused = applier.apply(&id, &start, None).await;
             assert!(
                 matches!(&refused, Err(ApplyError::Rejected(why)) if why.contains("tenant")),
@@ -667,28 +682,8 @@ mod tests {
             })
             .await
             .unwrap();
-        let pending = legato_service::records::pending(
-            id.clone(),
-            workflow.clone(),
-            1,
-            serde_json::json!({}),
-            None,
-            now,
-        )
-        .unwrap();
-        store
-            .commit(Commit::new(pending, Expected::New))
-            .await
-            .unwrap();
-        let start = Input::Start {
-            at: now,
-            start: StartInstance {
-                workflow,
-                version: 1,
-                input: serde_json::json!({}),
-                tenant: None,
-            },
-        };
+        pending(store, &id, &workflow, None, now).await;
+        let start = start_of(workflow, None, now);
         assert_eq!(
             applier.apply(&id, &start, None).await.unwrap(),
             Applied::Accepted
