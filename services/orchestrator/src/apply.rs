@@ -431,11 +431,9 @@ impl Applier {
         let traceparent = span
             .in_scope(legato_service::telemetry::current_traceparent)
             .or_else(|| traceparent.cloned());
-        let applied: Vec<(&Event, &legato_engine::Decision)> =
-            steps.iter().map(|(e, d)| (e, d)).collect();
         let commit = effects::commit(
             state,
-            &applied,
+            &steps,
             &forgotten,
             before,
             Expected::Version(known.version.clone()),

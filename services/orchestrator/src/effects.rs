@@ -29,7 +29,7 @@ fn corrupt(e: serde_json::Error) -> StoreError {
 /// progress of every step goes out in one message.
 pub(crate) fn commit(
     state: &InstanceState,
-    steps: &[(&Event, &Decision)],
+    steps: &[(Event, Decision)],
     forgotten: &[String],
     before: Option<&InstanceState>,
     expected: Expected,
@@ -101,8 +101,8 @@ pub(crate) fn commit(
 }
 
 /// A commit's timer changes, netted over its steps: a timer scheduled and
-/// then cancelled is neither written nor kept, one cancelled and then
-/// scheduled again is written, so no timer is named twice in one commit.
+/// then cancelled is only deleted, one cancelled and then scheduled again
+/// is only written, so no timer is named twice in one commit.
 #[derive(Default)]
 struct Timers {
     add: Vec<TimerRow>,
@@ -293,10 +293,9 @@ mod tests {
             };
             steps.push((happened, decision));
         }
-        let borrowed: Vec<(&Event, &Decision)> = steps.iter().map(|(e, d)| (e, d)).collect();
         let commit = commit(
             &state,
-            &borrowed,
+            &steps,
             &[],
             None,
             Expected::New,

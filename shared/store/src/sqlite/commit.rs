@@ -58,14 +58,9 @@ impl Rendered {
             .history
             .iter()
             .map(|h| {
-                let progress = if h.progress.is_empty() {
-                    None
-                } else {
-                    Some(
-                        serde_json::to_string(&h.progress)
-                            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                    )
-                };
+                let progress = (!h.progress.is_empty())
+                    .then(|| json_text(&h.progress))
+                    .transpose()?;
                 Ok((json_text(&h.event)?, progress))
             })
             .collect::<Result<_, StoreError>>()?;

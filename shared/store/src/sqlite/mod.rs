@@ -346,7 +346,7 @@ fn to_i64(n: u64, what: &str) -> Result<i64, StoreError> {
     i64::try_from(n).map_err(|_| StoreError::TooLarge(what.into()))
 }
 
-fn json_text(value: &Value) -> Result<String, StoreError> {
+fn json_text<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
