@@ -7,8 +7,8 @@
 //! message for all of them, each still a history row of its own. Each
 //! message is answered (and so acked) only once that commit is durable.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -173,6 +173,17 @@ impl Pass {
     }
 }
 
+/// How passing over a batch ended.
+enum Passed {
+    /// Every message is answered.
+    Done(Pass),
+    /// The batch's changes are more than the store takes in one commit.
+    TooLarge,
+    /// The message at `input` was applied before (the store holds its
+    /// claim): nothing was written, and the others go again without it.
+    ClaimedBefore { input: usize, message: String },
+}
+
 impl Applier {
     pub(crate) fn new(
         store: Arc<dyn Store>,
@@ -302,50 +313,75 @@ impl Applier {
         }
     }
 
-    /// One answer per input. Inputs whose changes together are more than
-    /// the store takes in one commit are applied one by one instead.
+    /// One answer per input. A message applied before is answered as
+    /// ignored and the others go on without it; inputs whose changes
+    /// together are more than the store takes in one commit are applied
+    /// one by one instead.
     async fn apply_batch(
         &self,
         id: &InstanceId,
         inputs: &[&Input],
         traceparent: Option<&TraceParent>,
     ) -> Vec<Result<Applied, ApplyError>> {
-        match self.attempt(id, inputs, traceparent).await {
-            Ok(Some(pass)) => pass.answers,
-            Ok(None) => {
-                let mut answers = Vec::with_capacity(inputs.len());
-                for input in inputs {
-                    answers.push(match self.attempt(id, &[input], traceparent).await {
-                        Ok(Some(mut pass)) => pass.answers.pop().unwrap_or_else(|| {
-                            Err(ApplyError::Rejected("no answer for the message".into()))
-                        }),
-                        // Alone, a commit too large is the store's refusal.
-                        Ok(None) => Err(ApplyError::Rejected(format!(
-                            "the decision for instance {id} is more than the store takes in one commit"
-                        ))),
-                        Err(e) => Err(e),
-                    });
+        let mut answers: Vec<Option<Result<Applied, ApplyError>>> =
+            inputs.iter().map(|_| None).collect();
+        let mut open: Vec<usize> = (0..inputs.len()).collect();
+        let mut alone = false;
+        // Each round answers at least one input, but for the one that
+        // turns to applying them alone.
+        while !open.is_empty() {
+            let take = if alone { 1 } else { open.len() };
+            let batch: Vec<&Input> = open[..take].iter().map(|&i| inputs[i]).collect();
+            match self.attempt(id, &batch, traceparent).await {
+                Ok(Passed::Done(pass)) => {
+                    for (i, answer) in open.drain(..take).zip(pass.answers) {
+                        answers[i] = Some(answer);
+                    }
                 }
-                answers
+                Ok(Passed::ClaimedBefore { input, message }) => {
+                    let i = open.remove(input);
+                    answers[i] = Some(Ok(Applied::Ignored(format!(
+                        "message {message} was already applied"
+                    ))));
+                }
+                Ok(Passed::TooLarge) if take > 1 => alone = true,
+                Ok(Passed::TooLarge) => {
+                    let i = open.remove(0);
+                    answers[i] = Some(Err(ApplyError::Rejected(format!(
+                        "the decision for instance {id} is more than the store takes in one commit"
+                    ))));
+                }
+                Err(e) => {
+                    for i in open.drain(..take) {
+                        answers[i] = Some(Err(e.again()));
+                    }
+                }
             }
-            Err(e) => inputs.iter().map(|_| Err(e.again())).collect(),
         }
+        answers
+            .into_iter()
+            .map(|answer| {
+                answer.unwrap_or_else(|| {
+                    Err(ApplyError::Rejected("no answer for the message".into()))
+                })
+            })
+            .collect()
     }
 
-    /// Passes over the batch, retrying conflicts; `None`: its changes are
-    /// too large for one commit.
+    /// Passes over the batch, retrying conflicts.
     async fn attempt(
         &self,
         id: &InstanceId,
         inputs: &[&Input],
         traceparent: Option<&TraceParent>,
-    ) -> Result<Option<Pass>, ApplyError> {
+    ) -> Result<Passed, ApplyError> {
         (|| async {
             let mut pass = self.pass(id, inputs, traceparent, true).await;
             // A remembered record may be stale (another replica moved the
             // instance on), and a stale state may wrongly ignore an event
             // without any commit to catch it: only a loaded state may.
-            if matches!(&pass, Ok(Some(p)) if !p.committed && p.ignored_any()) && self.remembers(id)
+            if matches!(&pass, Ok(Passed::Done(p)) if !p.committed && p.ignored_any())
+                && self.remembers(id)
             {
                 self.forget(id);
                 pass = self.pass(id, inputs, traceparent, false).await;
@@ -369,14 +405,14 @@ impl Applier {
         inputs: &[&Input],
         traceparent: Option<&TraceParent>,
         remembered: bool,
-    ) -> Result<Option<Pass>, ApplyError> {
+    ) -> Result<Passed, ApplyError> {
         let known = match remembered.then(|| self.recall(id)).flatten() {
             Some(known) => known,
             None => match self.store.load(id).await? {
                 Some(stored) => Known::read(&stored)?,
                 None => {
                     let answers = inputs.iter().map(|input| Err(missing(id, input))).collect();
-                    return Ok(Some(Pass {
+                    return Ok(Passed::Done(Pass {
                         answers,
                         committed: false,
                     }));
@@ -385,8 +421,11 @@ impl Applier {
         };
         let mut answers = Vec::with_capacity(inputs.len());
         let mut steps: Vec<(Event, legato_engine::Decision)> = Vec::new();
+        // Which input each step decided, and the ids the steps claim.
+        let mut decided = Vec::new();
+        let mut claims = BTreeSet::new();
         let mut forgotten = Vec::new();
-        for input in inputs {
+        for (n, input) in inputs.iter().enumerate() {
             let state = steps.last().map_or(&known.state, |(_, d)| &d.state);
             let event = match self.event_for(id, input, state, &known.pinned).await {
                 Ok(Ok(event)) => event,
@@ -408,11 +447,20 @@ impl Applier {
                 answers.push(Ok(Applied::Ignored(reason)));
                 continue;
             }
+            // A copy of a message within the batch.
+            if let Some(message) = decision.claimed_before(&claims) {
+                answers.push(Ok(Applied::Ignored(format!(
+                    "message {message} was already applied"
+                ))));
+                continue;
+            }
+            claims.extend(decision.claims.iter().cloned());
             answers.push(Ok(Applied::Accepted));
+            decided.push(n);
             steps.push((event, decision));
         }
         if steps.is_empty() && forgotten.is_empty() {
-            return Ok(Some(Pass {
+            return Ok(Passed::Done(Pass {
                 answers,
                 committed: false,
             }));
@@ -446,7 +494,17 @@ impl Applier {
         let in_parts = in_parts_after(before, &commit.record);
         let version = match self.store.commit(commit).instrument(span.clone()).await {
             Ok(version) => version,
-            Err(StoreError::TooLarge(_)) if inputs.len() > 1 => return Ok(None),
+            Err(StoreError::TooLarge(_)) => return Ok(Passed::TooLarge),
+            Err(StoreError::Claimed(message)) => {
+                let step = steps.iter().position(|(_, d)| d.claims.contains(&message));
+                return match step.and_then(|step| decided.get(step)) {
+                    Some(&input) => Ok(Passed::ClaimedBefore { input, message }),
+                    None => Err(ApplyError::Rejected(format!(
+                        "the store refused message {message} as applied before, which no message \
+                         of the batch claims"
+                    ))),
+                };
+            }
             Err(e) => return Err(e.into()),
         };
         let mut decided_from = &known.state;
@@ -465,7 +523,7 @@ impl Applier {
         if let Err(e) = self.relay.publish(id, &outbox).instrument(span).await {
             tracing::warn!(instance = %id, "outbox publish failed, the sweeper will retry: {e}");
         }
-        Ok(Some(Pass {
+        Ok(Passed::Done(Pass {
             answers,
             committed: true,
         }))
@@ -782,5 +840,87 @@ mod tests {
                 == legato_engine::StepStatus::Completed
         };
         assert!(done("a") && done("b") && !done("c"));
+    }
+
+    fn control(id: &str, suspend: bool) -> Input {
+        let (at, id) = (OffsetDateTime::now_utc(), id.to_owned());
+        Input::Event(if suspend {
+            Event::SuspendRequested {
+                at,
+                id,
+                reason: None,
+            }
+        } else {
+            Event::ResumeRequested {
+                at,
+                id,
+                reason: None,
+            }
+        })
+    }
+
+    fn raised(id: &str) -> Input {
+        Input::Event(Event::EventRaised {
+            at: OffsetDateTime::now_utc(),
+            id: id.to_owned(),
+            name: legato_contracts::EventName::parse("go").unwrap(),
+            data: serde_json::json!({"from": id}),
+        })
+    }
+
+    /// Control messages and external events count once per message id,
+    /// however late the copy: the store holds their claims, the row does
+    /// not. A copy claimed by an earlier commit is answered as ignored and
+    /// the rest of its batch still lands in one commit; a copy within the
+    /// batch is ignored before any commit.
+    #[tokio::test]
+    async fn message_ids_count_once_and_are_kept_beside_the_row() {
+        let (store, applier) = applier_on_memory();
+        let state = started_fan_out(&store, &applier).await;
+        let id = state.id.clone();
+        for input in [control("s1", true), control("r1", false)] {
+            let answer = applier.apply(&id, &input, None).await.unwrap();
+            assert_eq!(answer, Applied::Accepted);
+        }
+        let version_before: u64 = version_of(&store, &id).await.parse().unwrap();
+        let inputs = [
+            control("s1", true),
+            completed(&state, "a"),
+            raised("e1"),
+            raised("e1"),
+        ];
+        let answers =
+            futures::future::join_all(inputs.iter().map(|input| applier.apply(&id, input, None)))
+                .await;
+        let answers: Vec<Applied> = answers.into_iter().map(Result::unwrap).collect();
+        assert!(
+            matches!(&answers[0], Applied::Ignored(why) if why.contains("s1")),
+            "{answers:?}"
+        );
+        assert_eq!(answers[1], Applied::Accepted);
+        assert_eq!(answers[2], Applied::Accepted);
+        assert!(matches!(&answers[3], Applied::Ignored(why) if why.contains("e1")));
+        let version_after: u64 = version_of(&store, &id).await.parse().unwrap();
+        assert_eq!(version_after, version_before + 1);
+
+        // Another replica, knowing nothing of this one's commits.
+        let relay = Arc::new(OutboxRelay::new(
+            Arc::new(InProcessBus::default()),
+            store.clone(),
+        ));
+        let replica = Arc::new(Applier::new(
+            store.clone(),
+            relay,
+            OrchestratorSettings::default(),
+        ));
+        for late in [control("r1", false), raised("e1")] {
+            let answer = replica.apply(&id, &late, None).await.unwrap();
+            assert!(matches!(answer, Applied::Ignored(_)), "{answer:?}");
+        }
+        let record = store.load(&id).await.unwrap().unwrap().record;
+        assert!(record.state.get("seen_message_ids").is_none());
+        let stored = state_of(&record).unwrap();
+        assert_eq!(stored.status, RuntimeStatus::Running);
+        assert_eq!(stored.pending_events.len(), 1);
     }
 }

@@ -94,6 +94,7 @@ pub(crate) fn commit(
             position: decision.state.position,
             progress: progress[first_progress..].to_vec(),
         });
+        commit.claims.extend(decision.claims.iter().cloned());
     }
     progress_rows(&state.id, at, &progress, traceparent, &mut commit.outbox)?;
     (commit.add_timers, commit.remove_timers) = (timers.add, timers.remove);
@@ -285,6 +286,7 @@ mod tests {
                 state: state.clone(),
                 commands: vec![Command::PublishProgress(event(n, json!({"n": n})))],
                 outcome: Outcome::Applied,
+                claims: vec![format!("m{n}")],
             };
             let happened = Event::TerminateRequested {
                 at: OffsetDateTime::UNIX_EPOCH,
@@ -312,5 +314,6 @@ mod tests {
         assert_eq!(commit.outbox.len(), 1);
         let positions: Vec<u64> = carried(&commit.outbox).iter().map(|e| e.position).collect();
         assert_eq!(positions, [1, 2, 3]);
+        assert_eq!(commit.claims, ["m1", "m2", "m3"]);
     }
 }

@@ -22,11 +22,30 @@ pub struct Decision {
     pub state: InstanceState,
     pub commands: Vec<Command>,
     pub outcome: Outcome,
+    /// Ids of the control messages and external events this decision
+    /// accepts. The state does not keep them (it would grow with every
+    /// message an instance is sent): the store does, and refuses a commit
+    /// claiming an id an earlier commit claimed, so a redelivery counts
+    /// once however late it comes. A decision whose claim was taken is
+    /// ignored as a whole.
+    pub claims: Vec<String>,
 }
 
 impl Decision {
     pub fn applied(&self) -> bool {
         self.outcome == Outcome::Applied
+    }
+
+    /// The first of this decision's claims among `claimed`: a decision
+    /// that must be ignored, its message having been accepted before.
+    pub fn claimed_before<'a>(
+        &'a self,
+        claimed: &std::collections::BTreeSet<String>,
+    ) -> Option<&'a str> {
+        self.claims
+            .iter()
+            .find(|id| claimed.contains(*id))
+            .map(String::as_str)
     }
 }
 
@@ -41,11 +60,13 @@ pub fn decide(state: &InstanceState, event: &Event) -> Decision {
             state: ctx.state,
             commands: ctx.commands,
             outcome: Outcome::Applied,
+            claims: ctx.claims,
         },
         Err(Ignored(reason)) => Decision {
             state: state.clone(),
             commands: Vec::new(),
             outcome: Outcome::Ignored(reason),
+            claims: Vec::new(),
         },
     }
 }
@@ -161,6 +182,11 @@ pub(crate) struct Ctx {
     pub state: InstanceState,
     pub commands: Vec<Command>,
     pub at: OffsetDateTime,
+    /// See [`Decision::claims`].
+    pub claims: Vec<String>,
+    /// Ids already claimed: by this decision, or (events waiting in the
+    /// backlog) by the decision that buffered them.
+    pub claimed: std::collections::BTreeSet<String>,
 }
 
 impl Ctx {
@@ -169,6 +195,15 @@ impl Ctx {
             state,
             commands: Vec::new(),
             at,
+            claims: Vec::new(),
+            claimed: std::collections::BTreeSet::new(),
+        }
+    }
+
+    /// Claims a message id (see [`Decision::claims`]).
+    pub fn claim(&mut self, id: &str) {
+        if self.claimed.insert(id.to_owned()) {
+            self.claims.push(id.to_owned());
         }
     }
 

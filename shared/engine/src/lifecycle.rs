@@ -257,7 +257,9 @@ pub(crate) fn terminate(ctx: &mut Ctx, reason: Option<&str>) -> Result<(), Ignor
     }
     let reason = reason.unwrap_or("terminated");
     cancel_all_work(ctx, reason);
-    discard_backlog(&mut ctx.state);
+    // What waited for a resume is dropped; its external events stay
+    // claimed (since they were buffered), so no redelivery brings them back.
+    ctx.state.backlog.clear();
     ctx.state.compensation = None;
     ctx.state.status = RuntimeStatus::Terminated;
     ctx.state.output = Some(Value::String(reason.to_owned()));
@@ -293,11 +295,15 @@ pub(crate) fn buffer_while_suspended(ctx: &mut Ctx, event: &Event) -> Result<(),
             tasks::check_running(&ctx.state, key, *attempt).is_err()
         }
         Event::TimerFired { timer, .. } => !ctx.state.timers.contains(timer),
-        Event::EventRaised { id, .. } => ctx.state.seen_message_ids.contains(id),
         _ => false,
     };
     if stale {
         return ignore("already applied before the instance was suspended");
+    }
+    if let Event::EventRaised { id, .. } = event {
+        // Claimed now, not on resume, so a redelivery of an event accepted
+        // before the suspension is refused as any other.
+        first_delivery(ctx, id)?;
     }
     ctx.state.backlog.push(event.clone());
     Ok(())
@@ -313,7 +319,13 @@ pub(crate) fn resume(ctx: &mut Ctx, reason: Option<&str>) -> Result<(), Ignored>
     ctx.state.status = RuntimeStatus::Running;
     ctx.progress(ProgressKind::InstanceResumed)
         .message_opt(reason);
-    for event in std::mem::take(&mut ctx.state.backlog) {
+    let backlog = std::mem::take(&mut ctx.state.backlog);
+    for event in &backlog {
+        if let Event::EventRaised { id, .. } = event {
+            ctx.claimed.insert(id.clone());
+        }
+    }
+    for event in backlog {
         if ctx.state.status != RuntimeStatus::Running {
             break;
         }
@@ -325,24 +337,16 @@ pub(crate) fn resume(ctx: &mut Ctx, reason: Option<&str>) -> Result<(), Ignored>
     Ok(())
 }
 
-/// Drops what waited for a resume. An external event among it was accepted
-/// once already: a late redelivery must not be applied to the run after a
-/// restart as if it were new, so its id counts as seen.
-fn discard_backlog(state: &mut crate::InstanceState) {
-    for event in std::mem::take(&mut state.backlog) {
-        if let Event::EventRaised { id, .. } = event {
-            state.seen_message_ids.insert(id);
-        }
-    }
-}
-
-/// Control messages count once per message id, however late a redelivery.
+/// Control messages and external events count once per message id, however
+/// late a redelivery: the decision claims the id (see
+/// [`crate::Decision::claims`]). Ids accepted before claims existed are
+/// still recognised from the state.
 pub(crate) fn first_delivery(ctx: &mut Ctx, id: &str) -> Result<(), Ignored> {
-    if ctx.state.seen_message_ids.insert(id.to_owned()) {
-        Ok(())
-    } else {
-        ignore(format!("message {id} was already applied"))
+    if ctx.state.seen_message_ids.contains(id) {
+        return ignore(format!("message {id} was already applied"));
     }
+    ctx.claim(id);
+    Ok(())
 }
 
 /// Why an instance cannot be redriven, if it cannot: only a Failed or
@@ -509,7 +513,8 @@ pub(crate) fn restart(ctx: &mut Ctx, input: Option<&Value>) -> Result<(), Ignore
         .collect();
     state.completion_order.clear();
     state.pending_events.clear();
-    discard_backlog(state);
+    // As on termination: dropped, and its external events stay claimed.
+    state.backlog.clear();
     state.compensation = None;
     state.output = None;
     state.error = None;

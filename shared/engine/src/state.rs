@@ -82,9 +82,10 @@ pub struct InstanceState {
     /// External events raised before any step waited for them.
     #[serde(default)]
     pub pending_events: Vec<PendingEvent>,
-    /// Ids of accepted external events and control messages, so a redelivery
-    /// counts once.
-    #[serde(default)]
+    /// Ids of external events and control messages accepted before the
+    /// store kept them (see [`crate::Decision::claims`]): still honoured,
+    /// never added to.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub seen_message_ids: BTreeSet<String>,
     /// Events that arrived while Suspended, applied in order on resume.
     #[serde(default)]

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use legato_contracts::{EventName, HeartbeatKind, InstanceId, RuntimeStatus, TaskError, TaskKey};
-use legato_engine::{AgentNews, Command, Event, InstanceState, TimerKey, decide, replay};
+use legato_engine::{AgentNews, Command, Decision, Event, InstanceState, TimerKey, decide, replay};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -134,6 +134,8 @@ struct Run {
     world: World,
     now: OffsetDateTime,
     ids: u32,
+    /// Message ids claimed by applied decisions, as the store keeps them.
+    claimed: BTreeSet<String>,
 }
 
 impl Run {
@@ -147,6 +149,7 @@ impl Run {
             world: World::default(),
             now: time::macros::datetime!(2026-01-01 0:00 UTC),
             ids: 0,
+            claimed: BTreeSet::new(),
         };
         let at = run.now;
         run.deliver(Event::Started {
@@ -161,19 +164,34 @@ impl Run {
         run
     }
 
-    /// Applies an event and checks that delivering it again changes nothing.
-    fn deliver(&mut self, event: Event) -> bool {
-        let decision = decide(&self.state, &event);
+    /// The decision to apply for `event`, if any: the engine's, unless it
+    /// claims a message id claimed before (the store refuses that commit).
+    fn decision(&self, event: &Event) -> Option<Decision> {
+        let decision = decide(&self.state, event);
         if !decision.applied() {
             prop_assert_eq_unchecked(&decision.state, &self.state);
-            return false;
+            assert!(decision.commands.is_empty());
+            return None;
         }
+        decision
+            .claimed_before(&self.claimed)
+            .is_none()
+            .then_some(decision)
+    }
+
+    /// Applies an event and checks that delivering it again changes nothing.
+    fn deliver(&mut self, event: Event) -> bool {
+        let Some(decision) = self.decision(&event) else {
+            return false;
+        };
+        self.claimed.extend(decision.claims.iter().cloned());
         self.state = decision.state;
         self.world.absorb(&decision.commands);
         self.history.push(event.clone());
-        let again = decide(&self.state, &event);
-        assert!(!again.applied(), "second delivery of {event:?} was applied");
-        assert!(again.commands.is_empty());
+        assert!(
+            self.decision(&event).is_none(),
+            "second delivery of {event:?} was applied"
+        );
         true
     }
 
@@ -190,9 +208,8 @@ impl Run {
         let c = choice as usize;
         if chaos && c.is_multiple_of(23) && !self.history.is_empty() {
             let old = self.history[c % self.history.len()].clone();
-            let decision = decide(&self.state, &old);
             assert!(
-                !decision.applied(),
+                self.decision(&old).is_none(),
                 "late redelivery of {old:?} was applied"
             );
             return true;

@@ -432,6 +432,88 @@ fn suspended_instances_dispatch_nothing_until_resumed() {
     assert!(h.state.backlog.is_empty());
 }
 
+/// The ids of accepted messages are claimed with the decision, for the store
+/// to keep: the state does not grow with the messages an instance is sent.
+#[test]
+fn accepted_message_ids_are_claimed_not_kept_in_the_state() {
+    let mut h = Harness::start(
+        "name: s\nversion: 1\nsteps: [{ id: a, agent: echo }]\n",
+        json!({}),
+    );
+    let at = h.now;
+    let size = |h: &Harness| serde_json::to_vec(&h.state).unwrap().len();
+    let mut sizes = Vec::new();
+    for n in 0..200 {
+        let suspend = h.send(Event::SuspendRequested {
+            at,
+            id: format!("s{n}"),
+            reason: None,
+        });
+        assert_eq!(suspend.claims, vec![format!("s{n}")]);
+        let resume = h.send(Event::ResumeRequested {
+            at,
+            id: format!("r{n}"),
+            reason: None,
+        });
+        assert_eq!(resume.claims, vec![format!("r{n}")]);
+        sizes.push(size(&h));
+    }
+    assert!(h.state.seen_message_ids.is_empty());
+    // Only the counters' digits may grow.
+    assert!(sizes[199] - sizes[0] < 16, "{} -> {}", sizes[0], sizes[199]);
+}
+
+/// An event raised while suspended is claimed when it is buffered, not again
+/// when the resume applies it.
+#[test]
+fn an_event_buffered_while_suspended_is_claimed_once() {
+    let mut h = Harness::start(
+        "name: s\nversion: 1\nsteps: [{ id: w, wait_for_event: { name: go } }]\n",
+        json!({}),
+    );
+    let at = h.now;
+    let raised = Event::EventRaised {
+        at,
+        id: "e1".into(),
+        name: legato_contracts::EventName::parse("go").unwrap(),
+        data: json!(1),
+    };
+    h.send(Event::SuspendRequested {
+        at,
+        id: "s1".into(),
+        reason: None,
+    });
+    assert_eq!(h.send(raised.clone()).claims, vec!["e1".to_owned()]);
+    assert!(!h.send(raised.clone()).applied(), "kept once");
+    let resume = h.send(Event::ResumeRequested {
+        at,
+        id: "r1".into(),
+        reason: None,
+    });
+    assert_eq!(resume.claims, vec!["r1".to_owned()]);
+    assert_eq!(h.state.status, RuntimeStatus::Completed);
+    assert!(!h.send(raised).applied(), "a redelivery after the resume");
+}
+
+/// A state written while the engine kept the ids itself still recognises them.
+#[test]
+fn ids_kept_in_an_older_state_still_count() {
+    let mut h = Harness::start(
+        "name: s\nversion: 1\nsteps: [{ id: a, agent: echo }]\n",
+        json!({}),
+    );
+    h.state.seen_message_ids.insert("old".into());
+    let at = h.now;
+    assert!(
+        !h.send(Event::SuspendRequested {
+            at,
+            id: "old".into(),
+            reason: None,
+        })
+        .applied()
+    );
+}
+
 #[test]
 fn an_event_dropped_from_the_backlog_by_a_restart_is_not_applied_when_redelivered() {
     let mut h = Harness::start(

@@ -97,7 +97,7 @@ impl From<legato_store::StoreError> for Problem {
     fn from(e: legato_store::StoreError) -> Self {
         use legato_store::StoreError::*;
         match &e {
-            Conflict(_) => Self::new(StatusCode::CONFLICT, "Conflict", e.to_string()),
+            Conflict(_) | Claimed(_) => Self::new(StatusCode::CONFLICT, "Conflict", e.to_string()),
             NotFound(_) => Self::not_found(e.to_string()),
             TooLarge(_) => Self::new(StatusCode::PAYLOAD_TOO_LARGE, "Too large", e.to_string()),
             InvalidToken => Self::field("continuationToken", "is not a token this service issued"),

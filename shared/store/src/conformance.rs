@@ -455,6 +455,77 @@ pub async fn listing_filters_and_pages_without_gaps(store: &dyn Store) {
     assert!(matches!(bad, Err(StoreError::InvalidToken)), "{bad:?}");
 }
 
+/// A message id counts once per instance, however late it comes again; a
+/// refused commit writes nothing, and purging the instance forgets its ids.
+pub async fn claimed_message_ids_are_refused_until_purge(store: &dyn Store) {
+    let record = record("claims", RuntimeStatus::Running);
+    let id = record.summary.id.clone();
+    let v1 = store
+        .commit(Commit::new(record.clone(), Expected::New))
+        .await
+        .unwrap();
+    let odd = "odd/id#?\\ \u{e9}".to_owned();
+    let long = "long".repeat(500);
+    let mut first = Commit::new(record.clone(), Expected::Version(v1.clone()));
+    first.history = history(1..=1);
+    first.claims = vec!["m1".into(), odd.clone(), long.clone()];
+    let v2 = store.commit(first).await.unwrap();
+
+    let mut again = Commit::new(record.clone(), Expected::Version(v2.clone()));
+    again.history = history(2..=2);
+    again.outbox = vec![outbox("lost")];
+    again.add_timers = vec![timer(&id, "lost", BASE)];
+    again.claims = vec!["m2".into(), odd.clone()];
+    let err = store.commit(again).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Claimed(m) if *m == odd),
+        "{err:?}"
+    );
+    // Even at a version no longer current: the message was applied.
+    let mut late = Commit::new(record.clone(), Expected::Version(v1));
+    late.claims = vec!["m3".into(), long.clone()];
+    let err = store.commit(late).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Claimed(m) if *m == long),
+        "{err:?}"
+    );
+    let loaded = store.load(&id).await.unwrap().unwrap();
+    assert_eq!(loaded.version, v2, "a refused commit writes nothing");
+    assert_no_outbox_or_timers(store, &id).await;
+
+    let mut next = Commit::new(record.clone(), Expected::Version(v2));
+    next.history = history(2..=2);
+    next.claims = vec!["m2".into()];
+    store.commit(next).await.unwrap();
+    assert_eq!(
+        store
+            .history(&id, HistoryFrom::default(), 100)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // Ids are the instance's own.
+    let other = self::record("claims", RuntimeStatus::Running);
+    let v = store
+        .commit(Commit::new(other.clone(), Expected::New))
+        .await
+        .unwrap();
+    let mut theirs = Commit::new(other, Expected::Version(v));
+    theirs.claims = vec!["m1".into()];
+    store.commit(theirs).await.unwrap();
+
+    assert!(store.purge(&id).await.unwrap());
+    let v = store
+        .commit(Commit::new(record.clone(), Expected::New))
+        .await
+        .unwrap();
+    let mut reborn = Commit::new(record, Expected::Version(v));
+    reborn.claims = vec!["m1".into(), odd];
+    store.commit(reborn).await.unwrap();
+}
+
 pub async fn purge_removes_the_whole_instance(store: &dyn Store) {
     let record = record("purge", RuntimeStatus::Completed);
     let id = record.summary.id.clone();
@@ -909,6 +980,7 @@ macro_rules! store_conformance_tests {
             outbox_rows_are_pending_until_deleted,
             timers_come_due_in_order_and_commits_remove_them,
             listing_filters_and_pages_without_gaps,
+            claimed_message_ids_are_refused_until_purge,
             purge_removes_the_whole_instance,
             large_values_round_trip_intact,
             state_parts_change_by_name_with_their_commit,

@@ -65,6 +65,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("invalid continuation token")]
     InvalidToken,
+    /// The commit claims a message id an earlier commit of the instance
+    /// claimed (see [`Commit::claims`]): the message was applied before.
+    #[error("message {0} was already applied")]
+    Claimed(String),
 }
 
 /// The indexed facts about an instance, enough to list and filter it.
@@ -183,6 +187,12 @@ pub struct Commit {
     pub add_timers: Vec<TimerRow>,
     /// Ids of this instance's timers to delete (fired or cancelled).
     pub remove_timers: Vec<String>,
+    /// Message ids the commit accepts for the first time. The store keeps
+    /// them until the instance is purged and refuses, with
+    /// [`StoreError::Claimed`], a commit claiming one claimed before, so a
+    /// message counts once however late it is redelivered, and the record
+    /// does not grow with every message.
+    pub claims: Vec<String>,
 }
 
 impl Commit {
@@ -194,6 +204,7 @@ impl Commit {
             outbox: Vec::new(),
             add_timers: Vec::new(),
             remove_timers: Vec::new(),
+            claims: Vec::new(),
         }
     }
 }

@@ -1,13 +1,14 @@
 //! A driver for engine tests: feeds events with a fake clock and keeps the
-//! history, never sleeping.
+//! history and the claimed message ids (as the store does), never sleeping.
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use legato_contracts::{
     EventName, InstanceId, StepId, TaskDispatched, TaskError, TaskKey, TaskRole,
 };
-use legato_engine::{Command, Decision, Event, InstanceState, TimerKey, decide};
+use legato_engine::{Command, Decision, Event, InstanceState, Outcome, TimerKey, decide};
 use serde_json::Value;
 use time::OffsetDateTime;
 
@@ -16,6 +17,8 @@ pub struct Harness {
     pub now: OffsetDateTime,
     pub history: Vec<Event>,
     pub commands: Vec<Command>,
+    /// Message ids claimed by applied decisions (see `Decision::claims`).
+    pub claimed: BTreeSet<String>,
     next_id: u32,
 }
 
@@ -51,6 +54,7 @@ impl Harness {
             now: time::macros::datetime!(2026-11-26 12:00 UTC),
             history: Vec::new(),
             commands: Vec::new(),
+            claimed: BTreeSet::new(),
             next_id: 0,
         };
         let at = h.now;
@@ -67,10 +71,20 @@ impl Harness {
     }
 
     /// Applies an event; returns the decision. Commands of applied events
-    /// accumulate in `commands` (cleared with `take`).
+    /// accumulate in `commands` (cleared with `take`). A decision claiming
+    /// an id claimed before is ignored, as the store refuses its commit.
     pub fn send(&mut self, event: Event) -> Decision {
-        let decision = decide(&self.state, &event);
+        let mut decision = decide(&self.state, &event);
+        if let Some(id) = decision.claimed_before(&self.claimed) {
+            decision = Decision {
+                outcome: Outcome::Ignored(format!("message {id} was already applied")),
+                state: self.state.clone(),
+                commands: Vec::new(),
+                claims: Vec::new(),
+            };
+        }
         if decision.applied() {
+            self.claimed.extend(decision.claims.iter().cloned());
             self.history.push(event);
             self.state = decision.state.clone();
             self.commands.extend(decision.commands.clone());

@@ -28,6 +28,12 @@ impl AzureTableStore {
             .map_err(|e| corrupt("summary", e))?;
         record_row.insert("Summary".into(), summary.into());
         ops.push(record_row);
+        ops.extend(commit.claims.iter().map(|message| {
+            let mut claim = Entity::new();
+            claim.insert("PartitionKey".into(), id.as_str().into());
+            claim.insert("RowKey".into(), keys::claim_row(message).into());
+            claim
+        }));
         let part_rows = parts::rows_of(&id, &commit.record.parts)?;
         ops.extend(part_rows.rows);
         blobs.extend(part_rows.blobs);
@@ -155,6 +161,11 @@ impl AzureTableStore {
                             .await;
                     }
                 }
+                if matches!(e, StoreError::Conflict(_))
+                    && let Some(message) = self.claimed_before(&id, &commit.claims).await?
+                {
+                    return Err(StoreError::Claimed(message));
+                }
                 return Err(e);
             }
         };
@@ -196,6 +207,27 @@ impl AzureTableStore {
         self.delete_quietly(&self.instances, removed_parts).await;
         self.settle_part_blobs(&id, &part_rows.written).await;
         Ok(version(&etag, state_ref.as_deref()))
+    }
+
+    /// The first of `claims` an earlier commit made. A refused transaction
+    /// tells only the failing operation's status, not which one failed, so
+    /// a conflict of a commit that claims ids asks for them (rarely: a
+    /// redelivery).
+    async fn claimed_before(
+        &self,
+        id: &str,
+        claims: &[String],
+    ) -> Result<Option<String>, StoreError> {
+        for message in claims {
+            if self
+                .get(&self.instances, id, &keys::claim_row(message))
+                .await?
+                .is_some()
+            {
+                return Ok(Some(message.clone()));
+            }
+        }
+        Ok(None)
     }
 
     /// Sends one commit's rows (the instance row first, conditional on

@@ -67,6 +67,26 @@ pub(crate) fn part_name(row: &str) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
+/// A message id a commit claimed (see `Commit::claims`): `c` and the id's
+/// hex bytes, so any id makes a valid key, outside every range read; an id
+/// too long for a key (1 KiB) is named by its SHA-256 instead.
+pub(crate) fn claim_row(message: &str) -> String {
+    if message.len() <= MAX_CLAIM_TEXT {
+        format!("c{}", hex(message))
+    } else {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(message.as_bytes());
+        let mut key = String::from("c~");
+        for byte in digest {
+            let _ = write!(key, "{byte:02x}");
+        }
+        key
+    }
+}
+
+/// The longest id a claim key spells out (twice its length in hex).
+const MAX_CLAIM_TEXT: usize = 256;
+
 pub(crate) const PARTS_START: &str = "s";
 pub(crate) const PARTS_END: &str = "t";
 
@@ -175,6 +195,19 @@ mod tests {
             assert!(!row.contains(['/', '#', '?', '\\']), "{row}");
             assert_eq!(part_name(&row).as_deref(), Some(name));
         }
+    }
+
+    #[test]
+    fn claim_rows_sit_outside_the_ranges_read() {
+        let long = "x".repeat(4_000);
+        for message in ["3f2a-uuid", "odd/id#?\\", "", &long] {
+            let row = claim_row(message);
+            assert!(row.len() <= 1 + 2 * MAX_CLAIM_TEXT, "{row}");
+            assert!(!row.contains(['/', '#', '?', '\\']), "{row}");
+            assert!(row.as_str() < history_from(0).as_str(), "{row}");
+            assert!(!row.starts_with('b'), "{row}");
+        }
+        assert_ne!(claim_row(&long), claim_row(&long[1..]));
     }
 
     #[test]

@@ -281,6 +281,19 @@ fn apply(conn: &Connection, rendered: &Rendered) -> Result<Version, StoreError> 
     let commit = &rendered.commit;
     let s = &commit.record.summary;
     let state = &rendered.state;
+    // Before the version check: a message applied before is refused as
+    // such even by a commit that also lost a race.
+    for claim in &commit.claims {
+        match execute(
+            conn,
+            "INSERT INTO claims (instance_id, id) VALUES (?1, ?2)",
+            params![s.id.as_str(), claim],
+        ) {
+            Ok(_) => {}
+            Err(e) if is_constraint(&e) => return Err(StoreError::Claimed(claim.clone())),
+            Err(e) => return Err(unavailable(e)),
+        }
+    }
     let new_version = match &commit.expected {
         Expected::New => {
             let inserted = execute(

@@ -69,6 +69,11 @@ CREATE TABLE IF NOT EXISTS timers (
     PRIMARY KEY (instance_id, id)
 );
 CREATE INDEX IF NOT EXISTS timers_by_due ON timers (due_at);
+CREATE TABLE IF NOT EXISTS claims (
+    instance_id TEXT NOT NULL,
+    id TEXT NOT NULL,
+    PRIMARY KEY (instance_id, id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS leases (
     name TEXT PRIMARY KEY,
     holder TEXT NOT NULL,
@@ -558,7 +563,7 @@ impl Store for SqliteStore {
             let removed = tx
                 .execute("DELETE FROM instances WHERE id = ?1", params![id])
                 .map_err(unavailable)?;
-            for table in ["instance_parts", "history", "outbox", "timers"] {
+            for table in ["instance_parts", "history", "outbox", "timers", "claims"] {
                 tx.execute(
                     &format!("DELETE FROM {table} WHERE instance_id = ?1"),
                     params![id],
