@@ -113,6 +113,14 @@ fn timer(instance: &InstanceId, id: &str, due: OffsetDateTime) -> TimerRow {
     }
 }
 
+async fn history_rows(store: &dyn Store, id: &InstanceId) -> usize {
+    store
+        .history(id, HistoryFrom::default(), 100)
+        .await
+        .unwrap()
+        .len()
+}
+
 async fn assert_no_outbox_or_timers(store: &dyn Store, id: &InstanceId) {
     let outbox = store.pending_outbox(10_000).await.unwrap();
     assert!(
@@ -182,14 +190,7 @@ pub async fn a_stale_version_conflicts_and_writes_nothing(store: &dyn Store) {
         (loaded.record.summary.status, loaded.version),
         (RuntimeStatus::Completed, v2)
     );
-    assert_eq!(
-        store
-            .history(&id, HistoryFrom::default(), 100)
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(history_rows(store, &id).await, 1);
     assert_no_outbox_or_timers(store, &id).await;
 }
 
@@ -497,14 +498,7 @@ pub async fn claimed_message_ids_are_refused_until_purge(store: &dyn Store) {
     next.history = history(2..=2);
     next.claims = vec!["m2".into()];
     store.commit(next).await.unwrap();
-    assert_eq!(
-        store
-            .history(&id, HistoryFrom::default(), 100)
-            .await
-            .unwrap()
-            .len(),
-        2
-    );
+    assert_eq!(history_rows(store, &id).await, 2);
 
     // Ids are the instance's own.
     let other = self::record("claims", RuntimeStatus::Running);
