@@ -14,8 +14,8 @@ use time::macros::datetime;
 
 use crate::{
     Commit, DeadLetter, DeadLetterPage, DeadLetterQuery, DefinitionRecord, Expected, HistoryFrom,
-    HistoryRow, InstanceQuery, InstanceRecord, InstanceSummary, OutboxRow, ScheduleRecord,
-    StateParts, Store, StoreError, TenantFilter, TimerRow,
+    HistoryRow, InstanceQuery, InstanceRecord, InstanceSummary, JsonText, OutboxRow,
+    ScheduleRecord, StateParts, Store, StoreError, TenantFilter, TimerRow,
 };
 
 const BASE: OffsetDateTime = datetime!(2026-01-01 00:00 UTC);
@@ -57,7 +57,8 @@ fn record_for(
             created_at,
             updated_at: created_at,
         },
-        state: json!({"status": status.as_str(), "nested": {"list": [1, 2, 3]}}),
+        state: JsonText::of(&json!({"status": status.as_str(), "nested": {"list": [1, 2, 3]}}))
+            .unwrap(),
         parts: Default::default(),
     }
 }
@@ -566,13 +567,14 @@ pub async fn large_values_round_trip_intact(store: &dyn Store) {
     let big: String = (0..2 * 1024 * 1024)
         .map(|i| char::from(b'a' + (i % 26) as u8))
         .collect();
-    record.state = json!({"blob": big, "unicode": "żółć ✓"});
+    let value = json!({"blob": big, "unicode": "żółć ✓"});
+    record.state = JsonText::of(&value).unwrap();
     let id = record.summary.id.clone();
     let mut c = Commit::new(record.clone(), Expected::New);
     c.history = vec![HistoryRow {
         seq: 1,
         at: BASE,
-        event: record.state.clone(),
+        event: value.clone(),
         position: 0,
         progress: Vec::new(),
     }];
@@ -584,7 +586,7 @@ pub async fn large_values_round_trip_intact(store: &dyn Store) {
             .await
             .unwrap()[0]
             .event,
-        record.state
+        value
     );
 }
 

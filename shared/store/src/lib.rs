@@ -12,6 +12,7 @@
 mod azure;
 pub mod conformance;
 mod dead_letter;
+mod json_text;
 mod schedule;
 mod sqlite;
 mod stored;
@@ -26,6 +27,7 @@ use time::OffsetDateTime;
 
 pub use azure::{AzureTableConnection, AzureTableStore, INDEX_GRACE, table_requests};
 pub use dead_letter::{DeadLetter, DeadLetterPage, DeadLetterQuery};
+pub use json_text::JsonText;
 pub use schedule::{MAX_SCHEDULES_LISTED, ScheduleRecord, StoredSchedule};
 pub use sqlite::{Durability, SqliteStore};
 
@@ -88,7 +90,7 @@ pub struct InstanceSummary {
 #[derive(Debug, Clone, PartialEq)]
 pub struct InstanceRecord {
     pub summary: InstanceSummary,
-    pub state: Value,
+    pub state: JsonText,
     /// Named pieces of the state kept beside the row, so a commit writes
     /// the pieces that changed instead of the whole state (an instance of
     /// 10,000 items changes one at a time). Loaded: every piece. In a

@@ -20,7 +20,7 @@ use legato_contracts::{InstanceId, RuntimeStatus, WorkflowName};
 use legato_service::{Shutdown, StoreSettings};
 use legato_store::{
     AzureTableConnection, AzureTableStore, Commit, Durability, Expected, HistoryRow,
-    InstanceRecord, InstanceSummary, OutboxRow, SqliteStore, Store,
+    InstanceRecord, InstanceSummary, JsonText, OutboxRow, SqliteStore, Store,
 };
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -611,7 +611,9 @@ async fn raw_commits(
 ) -> anyhow::Result<Duration> {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open_with(path, durability)?);
     let workflow = WorkflowName::parse(WORKFLOW)?;
-    let state = json!({"steps": {"a": {"status": "Completed", "output": {"value": 1, "attempt": 1}}, "b": {"status": "Completed"}, "c": {"status": "Completed"}, "d": {"status": "Completed"}, "join": {"status": "Running"}}, "input": {"value": 1}, "padding": "x".repeat(RAW_STATE_BYTES - 300)});
+    let state = JsonText::of(
+        &json!({"steps": {"a": {"status": "Completed", "output": {"value": 1, "attempt": 1}}, "b": {"status": "Completed"}, "c": {"status": "Completed"}, "d": {"status": "Completed"}, "join": {"status": "Running"}}, "input": {"value": 1}, "padding": "x".repeat(RAW_STATE_BYTES - 300)}),
+    )?;
     let started = Instant::now();
     let mut runs = futures::stream::iter(0..instances)
         .map(|i| {

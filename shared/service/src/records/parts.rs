@@ -14,7 +14,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use legato_engine::{InstanceState, StepState, TaskSlot};
-use legato_store::{StateParts, StoreError};
+use legato_store::{JsonText, StateParts, StoreError};
 use legato_workflow::Workflow;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -80,15 +80,15 @@ fn fits_in_row(state: &InstanceState) -> bool {
 pub fn split(
     before: Option<&InstanceState>,
     after: &InstanceState,
-) -> Result<(Value, StateParts), StoreError> {
+) -> Result<(JsonText, StateParts), StoreError> {
     let Some(workflow) = &after.workflow else {
         // Not started: no definition yet and no steps; one row holds it.
-        return Ok((to_value(after)?, StateParts::new()));
+        return Ok((JsonText::of(after)?, StateParts::new()));
     };
     if before.is_none() && fits_in_row(after) {
-        return Ok((to_value(after)?, StateParts::new()));
+        return Ok((JsonText::of(after)?, StateParts::new()));
     }
-    let core = to_value(&after.without_steps())?;
+    let core = JsonText::of(&after.without_steps())?;
     let mut parts = StateParts::new();
     // Another definition (a redrive onto a later version) reshapes every
     // group: all are written, and the names only the old shape used go.
@@ -198,8 +198,9 @@ fn names(state: &InstanceState) -> BTreeSet<String> {
 }
 
 /// The state a row and its parts hold.
-pub fn join(id: &str, core: &Value, parts: &StateParts) -> Result<InstanceState, StoreError> {
-    let mut state = InstanceState::deserialize(core)
+pub fn join(id: &str, core: &JsonText, parts: &StateParts) -> Result<InstanceState, StoreError> {
+    let mut state: InstanceState = core
+        .read()
         .map_err(|e| corrupt(format_args!("state of instance {id}"), e))?;
     let Some(workflow) = part(parts, WORKFLOW) else {
         // Kept whole in the row (not started, or written before parts).
@@ -362,8 +363,9 @@ mod tests {
         // the row, so every part is written and the row keeps the rest.
         let second = complete(&first, "a", None);
         let (core, written) = split(None, &second).unwrap();
-        assert!(core.get("steps").is_none_or(|s| s == &json!({})), "{core}");
-        assert!(core.get("workflow").is_none(), "{core}");
+        let row: Value = core.read().unwrap();
+        assert!(row.get("steps").is_none_or(|s| s == &json!({})), "{core:?}");
+        assert!(row.get("workflow").is_none(), "{core:?}");
         let names: Vec<_> = written.keys().cloned().collect();
         assert_eq!(
             names,
@@ -395,7 +397,7 @@ mod tests {
     #[test]
     fn a_record_written_whole_before_parts_still_reads() {
         let state = complete(&started(), "a", None);
-        let whole = serde_json::to_value(&state).unwrap();
+        let whole = JsonText::of(&state).unwrap();
         assert_eq!(join("parts-1", &whole, &StateParts::new()).unwrap(), state);
     }
 

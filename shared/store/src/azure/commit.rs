@@ -20,7 +20,7 @@ impl AzureTableStore {
         let (mut record_row, state_blob) = entity(
             &id,
             keys::INSTANCE_ROW,
-            payload::encode("S", &to_json(&commit.record.state)?),
+            payload::encode("S", commit.record.state.as_str().as_bytes()),
         );
         let state_ref = state_blob.as_ref().map(payload::Blob::reference);
         blobs.extend(state_blob);

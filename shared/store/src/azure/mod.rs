@@ -540,7 +540,7 @@ impl AzureTableStore {
         let held = payload::held(&row, "S")?;
         let reference = held.reference();
         let state_bytes = self.resolve(&self.instances, id.as_str(), held).await?;
-        let state = serde_json::from_slice(&state_bytes).map_err(|e| corrupt("state", e))?;
+        let state = crate::JsonText::parse_bytes(state_bytes)?;
         Ok(Some(StoredInstance {
             record: InstanceRecord {
                 summary: summary_from(&row)?,

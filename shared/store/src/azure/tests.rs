@@ -2,7 +2,7 @@
 //! Entra ID tokens over HTTPS; its races and limits.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use super::*;
-use crate::conformance;
+use crate::{JsonText, conformance};
 use legato_contracts::Topic;
 use serde_json::json;
 
@@ -349,14 +349,14 @@ async fn a_reader_racing_commits_of_large_states_always_reads_a_whole_one() {
     let store = azurite().await;
     let mut record = conformance::record("racing", RuntimeStatus::Running);
     let id = record.summary.id.clone();
-    record.state = json!(big(700_000, 0));
+    record.state = JsonText::of(&json!(big(700_000, 0))).unwrap();
     let mut version = store
         .commit(Commit::new(record.clone(), Expected::New))
         .await
         .unwrap();
     let writer = async {
         for n in 1..=8u8 {
-            record.state = json!(big(700_000, n));
+            record.state = JsonText::of(&json!(big(700_000, n))).unwrap();
             version = store
                 .commit(Commit::new(
                     record.clone(),
@@ -370,7 +370,7 @@ async fn a_reader_racing_commits_of_large_states_always_reads_a_whole_one() {
         let mut reads = 0;
         for _ in 0..200 {
             let loaded = store.load(&id).await.unwrap().unwrap();
-            assert_eq!(loaded.record.state.as_str().map(str::len), Some(700_000));
+            assert_eq!(loaded.record.state.read::<String>().unwrap().len(), 700_000);
             reads += 1;
         }
         reads
@@ -504,7 +504,7 @@ async fn values_near_every_limit_fit_one_batch_and_superseded_blobs_go() {
     let id = record.summary.id.clone();
     // The largest inline value, four times over: the batch's worst case.
     let inline = big(511_900, 1);
-    record.state = json!(inline);
+    record.state = JsonText::of(&json!(inline)).unwrap();
     let mut c = Commit::new(record.clone(), Expected::New);
     c.history = vec![HistoryRow {
         seq: 1,
@@ -539,7 +539,7 @@ async fn values_near_every_limit_fit_one_batch_and_superseded_blobs_go() {
         )
     };
     assert!(blobs().await.is_empty());
-    record.state = json!(big(3_000_000, 3));
+    record.state = JsonText::of(&json!(big(3_000_000, 3))).unwrap();
     let v = store
         .commit(Commit::new(record.clone(), Expected::Version(v)))
         .await
@@ -550,7 +550,7 @@ async fn values_near_every_limit_fit_one_batch_and_superseded_blobs_go() {
         "3,000,002 bytes in parts of 640,000"
     );
     assert_eq!(store.load(&id).await.unwrap().unwrap().record, record);
-    record.state = json!(big(1_000_000, 4));
+    record.state = JsonText::of(&json!(big(1_000_000, 4))).unwrap();
     let v = store
         .commit(Commit::new(record.clone(), Expected::Version(v)))
         .await
@@ -560,7 +560,7 @@ async fn values_near_every_limit_fit_one_batch_and_superseded_blobs_go() {
         2,
         "the superseded state's parts are removed"
     );
-    record.state = json!("small");
+    record.state = JsonText::of(&json!("small")).unwrap();
     store
         .commit(Commit::new(record.clone(), Expected::Version(v.clone())))
         .await
@@ -569,7 +569,7 @@ async fn values_near_every_limit_fit_one_batch_and_superseded_blobs_go() {
     assert_eq!(store.load(&id).await.unwrap().unwrap().record, record);
     // A stale writer's large state is refused and leaves nothing behind.
     let mut stale = record.clone();
-    stale.state = json!(big(700_000, 6));
+    stale.state = JsonText::of(&json!(big(700_000, 6))).unwrap();
     let refused = store.commit(Commit::new(stale, Expected::Version(v))).await;
     assert!(
         matches!(refused, Err(StoreError::Conflict(_))),

@@ -36,7 +36,6 @@ enum Write {
 /// one writer thread, which every commit waits for, only runs statements.
 struct Rendered {
     commit: Commit,
-    state: String,
     /// Text of each part, in `commit.record.parts` order (`None`: delete).
     parts: Vec<Option<String>>,
     /// Event and progress text of each history row, in order.
@@ -47,7 +46,6 @@ struct Rendered {
 
 impl Rendered {
     fn of(commit: Commit) -> Result<Self, StoreError> {
-        let state = json_text(&commit.record.state)?;
         let parts = commit
             .record
             .parts
@@ -71,7 +69,6 @@ impl Rendered {
             .collect::<Result<_, _>>()?;
         Ok(Self {
             commit,
-            state,
             parts,
             history,
             timers,
@@ -280,7 +277,7 @@ fn delete_outbox(conn: &Connection, instance: &str, ids: &[String]) -> Result<()
 fn apply(conn: &Connection, rendered: &Rendered) -> Result<Version, StoreError> {
     let commit = &rendered.commit;
     let s = &commit.record.summary;
-    let state = &rendered.state;
+    let state = commit.record.state.as_str();
     // Before the version check: a message applied before is refused as
     // such even by a commit that also lost a race.
     for claim in &commit.claims {

@@ -19,9 +19,9 @@ use crate::stored::{corrupt, from_millis, millis, topic_from};
 use crate::token::{self, ListPosition};
 use crate::{
     Commit, DeadLetter, DeadLetterPage, DeadLetterQuery, DefinitionRecord, Expected, HistoryFrom,
-    HistoryRow, InstancePage, InstanceQuery, InstanceRecord, InstanceSummary, OutboxEntry,
-    OutboxRow, ScheduleRecord, StateParts, Store, StoreError, StoredInstance, StoredSchedule,
-    TenantFilter, TimerRow, Version,
+    HistoryRow, InstancePage, InstanceQuery, InstanceRecord, InstanceSummary, JsonText,
+    OutboxEntry, OutboxRow, ScheduleRecord, StateParts, Store, StoreError, StoredInstance,
+    StoredSchedule, TenantFilter, TimerRow, Version,
 };
 
 const SCHEMA: &str = r#"
@@ -437,7 +437,7 @@ impl Store for SqliteStore {
             Ok(Some(StoredInstance {
                 record: InstanceRecord {
                     summary,
-                    state: parse_json(&state)?,
+                    state: JsonText::parse(state)?,
                     parts,
                 },
                 version: Version(version.to_string()),
