@@ -13,7 +13,7 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::workflows::{find_definition, resolve_workflow};
+use super::workflows::{find_workflow, resolve_workflow};
 use super::{SOURCE, base_url, instance_id, load, stream_base_url, visible_workflow_names};
 use crate::GatewayState;
 use crate::body::JsonBody;
@@ -49,10 +49,7 @@ pub(crate) async fn start(
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let id = InstanceId::scoped(tenant.as_ref(), local_id)
         .map_err(|e| Problem::field("/instanceId", e.to_string()))?;
-    let definition = find_definition(&state, &caller, name, request.version).await?;
-    let name = definition.name.clone();
-    let version = definition.version;
-    let workflow = state.definitions.parse(definition)?;
+    let (name, version, workflow) = find_workflow(&state, &caller, name, request.version).await?;
     if let Err(errors) = workflow.check_input(&request.input) {
         let fields: Vec<FieldError> = errors
             .into_iter()

@@ -1,5 +1,7 @@
 //! Registering and reading workflow definitions.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -7,6 +9,7 @@ use legato_contracts::WorkflowName;
 use legato_service::auth::{Caller, Principal};
 use legato_service::problem::{FieldError, Problem};
 use legato_store::DefinitionRecord;
+use legato_workflow::Workflow;
 use serde::Deserialize;
 use time::OffsetDateTime;
 
@@ -200,6 +203,38 @@ pub(crate) async fn find_definition(
             None => format!("no workflow {local}"),
         })
     })
+}
+
+/// The parsed definition `name` (and `version`, else the latest) means
+/// for the caller, as [`find_definition`] finds it, with the name it is
+/// registered under. Only which versions exist is read: a version's body is
+/// read and validated once per process (see `Definitions`), not per start.
+pub(crate) async fn find_workflow(
+    state: &GatewayState,
+    caller: &Principal,
+    name: String,
+    version: Option<u32>,
+) -> Result<(WorkflowName, u32, Arc<Workflow>), Problem> {
+    let names = visible_workflow_names(caller, name)?;
+    let mut wanted = None;
+    for name in names {
+        let versions = state.store.definition_versions(&name).await?;
+        if let Some(&latest) = versions.first() {
+            let version = version.unwrap_or(latest);
+            if versions.contains(&version) {
+                let workflow = state.definitions.get(&*state.store, &name, version).await?;
+                return Ok((name, version, workflow));
+            }
+            wanted = Some(name);
+            break;
+        }
+        wanted.get_or_insert(name);
+    }
+    let local = wanted.as_ref().map_or("", |name| name.local());
+    Err(Problem::not_found(match version {
+        Some(v) => format!("no workflow {local} version {v}"),
+        None => format!("no workflow {local}"),
+    }))
 }
 
 /// Which of the caller's visible `names` (from [`visible_workflow_names`])
