@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use time::OffsetDateTime;
 
 use crate::{IdError, InstanceId, Payload, TenantId};
@@ -95,7 +96,9 @@ pub enum DecodeError {
     },
 }
 
-#[derive(Serialize, Deserialize)]
+/// An envelope as it is read: `data` stays text until the type says what
+/// it holds, and is then read once, into that type.
+#[derive(Deserialize)]
 struct Wire {
     specversion: String,
     id: String,
@@ -105,16 +108,36 @@ struct Wire {
     subject: InstanceId,
     #[serde(with = "time::serde::rfc3339")]
     time: OffsetDateTime,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     datacontenttype: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     traceparent: Option<TraceParent>,
     /// Extension attribute: the tenant owning the subject, so a consumer
     /// sees it without parsing ids (it must agree with the subject).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     tenant: Option<TenantId>,
     #[serde(default)]
-    data: Value,
+    data: Option<Box<RawValue>>,
+}
+
+/// An envelope as it is written: the message's own fields, its payload
+/// written straight in as `data`.
+#[derive(Serialize)]
+struct WireOut<'a> {
+    specversion: &'static str,
+    id: &'a str,
+    source: &'a str,
+    #[serde(rename = "type")]
+    type_name: &'static str,
+    subject: &'a InstanceId,
+    #[serde(with = "time::serde::rfc3339")]
+    time: OffsetDateTime,
+    datacontenttype: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    traceparent: Option<&'a TraceParent>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant: Option<TenantId>,
+    data: &'a Payload,
 }
 
 impl Envelope {
@@ -150,11 +173,11 @@ impl Envelope {
     }
 
     pub fn to_json(&self) -> Result<Value, serde_json::Error> {
-        serde_json::to_value(self.to_wire()?)
+        serde_json::to_value(self.to_wire())
     }
 
     pub fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
-        serde_json::to_vec(&self.to_wire()?)
+        serde_json::to_vec(&self.to_wire())
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
@@ -163,23 +186,23 @@ impl Envelope {
     }
 
     pub fn from_json(value: Value) -> Result<Self, DecodeError> {
-        let wire: Wire = serde_json::from_value(value).map_err(DecodeError::Malformed)?;
-        Self::from_wire(wire)
+        // As text: `data` is read from text only (see `Wire`).
+        Self::decode(&serde_json::to_vec(&value).map_err(DecodeError::Malformed)?)
     }
 
-    fn to_wire(&self) -> Result<Wire, serde_json::Error> {
-        Ok(Wire {
-            specversion: SPEC_VERSION.to_owned(),
-            id: self.id.clone(),
-            source: self.source.clone(),
-            type_name: self.payload.type_name().to_owned(),
-            subject: self.subject.clone(),
+    fn to_wire(&self) -> WireOut<'_> {
+        WireOut {
+            specversion: SPEC_VERSION,
+            id: &self.id,
+            source: &self.source,
+            type_name: self.payload.type_name(),
+            subject: &self.subject,
             time: self.time,
-            datacontenttype: Some(DATA_CONTENT_TYPE.to_owned()),
-            traceparent: self.traceparent.clone(),
+            datacontenttype: DATA_CONTENT_TYPE,
+            traceparent: self.traceparent.as_ref(),
             tenant: self.subject.tenant(),
-            data: self.payload.to_data()?,
-        })
+            data: &self.payload,
+        }
     }
 
     fn from_wire(wire: Wire) -> Result<Self, DecodeError> {
@@ -198,7 +221,8 @@ impl Envelope {
                 subject: wire.subject,
             });
         }
-        let payload = match Payload::from_data(&wire.type_name, wire.data) {
+        let data = wire.data.as_deref().map_or("null", RawValue::get);
+        let payload = match Payload::from_data(&wire.type_name, data) {
             None => return Err(DecodeError::UnknownType(wire.type_name)),
             Some(Err(error)) => {
                 return Err(DecodeError::InvalidData {

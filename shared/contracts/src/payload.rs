@@ -309,17 +309,21 @@ macro_rules! payloads {
                 }
             }
 
-            pub(crate) fn to_data(&self) -> Result<Value, serde_json::Error> {
-                match self {
-                    $(Self::$variant(p) => serde_json::to_value(p),)*
+            /// `None` when the type is unknown to this version.
+            pub(crate) fn from_data(type_name: &str, data: &str) -> Option<Result<Self, serde_json::Error>> {
+                match type_name {
+                    $($type_name => Some(serde_json::from_str(data).map(Self::$variant)),)*
+                    _ => None,
                 }
             }
+        }
 
-            /// `None` when the type is unknown to this version.
-            pub(crate) fn from_data(type_name: &str, data: Value) -> Option<Result<Self, serde_json::Error>> {
-                match type_name {
-                    $($type_name => Some(serde_json::from_value(data).map(Self::$variant)),)*
-                    _ => None,
+        /// The CloudEvents `data` of a payload: the payload itself, written
+        /// straight into the envelope's JSON.
+        impl Serialize for Payload {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                match self {
+                    $(Self::$variant(p) => p.serialize(serializer),)*
                 }
             }
         }
