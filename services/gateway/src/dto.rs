@@ -2,7 +2,7 @@
 
 use legato_contracts::ProgressEvent;
 use legato_engine::{InstanceState, SlotStatus, StepStatus, TaskSlot};
-use legato_store::{DefinitionRecord, HistoryRow, InstanceSummary};
+use legato_store::{DefinitionRecord, HistoryRow, InstanceSummary, JsonText};
 use legato_workflow::Action;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -124,7 +124,7 @@ pub(crate) struct HistoryEntry {
     pub seq: u64,
     pub at: String,
     #[schema(value_type = Object)]
-    pub event: Value,
+    pub event: JsonText,
     /// The instance's last progress position once this event was applied.
     pub position: u64,
     /// The progress events this event caused (as the stream and hub sent

@@ -90,7 +90,7 @@ pub(crate) fn commit(
         commit.history.push(HistoryRow {
             seq: decision.state.sequence,
             at,
-            event: serde_json::to_value(event).map_err(corrupt)?,
+            event: legato_store::JsonText::of(event)?,
             position: decision.state.position,
             progress: progress[first_progress..].to_vec(),
         });

@@ -88,7 +88,7 @@ fn history(seqs: std::ops::RangeInclusive<u64>) -> Vec<HistoryRow> {
         HistoryRow {
             seq,
             at: BASE + time::Duration::seconds(seq as i64),
-            event: json!({"type": "e", "seq": seq}),
+            event: JsonText::of(&json!({"type": "e", "seq": seq})).unwrap(),
             position,
             progress,
         }
@@ -574,7 +574,7 @@ pub async fn large_values_round_trip_intact(store: &dyn Store) {
     c.history = vec![HistoryRow {
         seq: 1,
         at: BASE,
-        event: value.clone(),
+        event: JsonText::of(&value).unwrap(),
         position: 0,
         progress: Vec::new(),
     }];
@@ -585,7 +585,9 @@ pub async fn large_values_round_trip_intact(store: &dyn Store) {
             .history(&id, HistoryFrom::default(), 10)
             .await
             .unwrap()[0]
-            .event,
+            .event
+            .read::<Value>()
+            .unwrap(),
         value
     );
 }

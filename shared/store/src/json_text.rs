@@ -5,10 +5,13 @@ use serde_json::value::RawValue;
 
 use crate::StoreError;
 
-/// A JSON document as its text. An instance's state is written and read
-/// this way, so neither a commit nor a load builds a tree of values on the
-/// way (with its allocations, its copy and its drop, much of their cost).
-#[derive(Clone)]
+/// A JSON document as its text. An instance's state and its history's
+/// events are written and read this way, so neither a commit nor a load
+/// builds a tree of values on the way (with its allocations, its copy and
+/// its drop, much of their cost). Inside another document it is written as
+/// the JSON it holds.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct JsonText(Box<RawValue>);
 
 impl JsonText {

@@ -116,7 +116,7 @@ pub struct StoredInstance {
 pub struct HistoryRow {
     pub seq: u64,
     pub at: OffsetDateTime,
-    pub event: Value,
+    pub event: JsonText,
     pub position: u64,
     pub progress: Vec<ProgressEvent>,
 }

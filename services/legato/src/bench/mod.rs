@@ -642,7 +642,7 @@ async fn raw_commits(
                     commit.history.push(HistoryRow {
                         seq,
                         at: now,
-                        event: json!({"type": "task_completed", "seq": seq}),
+                        event: JsonText::of(&json!({"type": "task_completed", "seq": seq}))?,
                         position: seq,
                         progress: Vec::new(),
                     });

@@ -209,7 +209,7 @@ struct TimerDoc {
 struct EventDoc {
     seq: u64,
     at_ms: i64,
-    event: Value,
+    event: crate::JsonText,
     #[serde(default)]
     position: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

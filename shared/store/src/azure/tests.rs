@@ -428,7 +428,7 @@ async fn one_commit_may_carry_more_rows_than_a_batch_holds() {
         .map(|seq| HistoryRow {
             seq,
             at: OffsetDateTime::UNIX_EPOCH,
-            event: json!({"seq": seq}),
+            event: JsonText::of(&json!({"seq": seq})).unwrap(),
             position: seq,
             progress: Vec::new(),
         })
@@ -509,7 +509,7 @@ async fn values_near_every_limit_fit_one_batch_and_superseded_blobs_go() {
     c.history = vec![HistoryRow {
         seq: 1,
         at: OffsetDateTime::UNIX_EPOCH,
-        event: json!(inline),
+        event: JsonText::of(&json!(inline)).unwrap(),
         position: 0,
         progress: Vec::new(),
     }];

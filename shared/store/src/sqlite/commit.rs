@@ -38,8 +38,8 @@ struct Rendered {
     commit: Commit,
     /// Text of each part, in `commit.record.parts` order (`None`: delete).
     parts: Vec<Option<String>>,
-    /// Event and progress text of each history row, in order.
-    history: Vec<(String, Option<String>)>,
+    /// Progress text of each history row, in order.
+    history: Vec<Option<String>>,
     /// Payload text of each added timer, in order.
     timers: Vec<String>,
 }
@@ -56,10 +56,9 @@ impl Rendered {
             .history
             .iter()
             .map(|h| {
-                let progress = (!h.progress.is_empty())
+                (!h.progress.is_empty())
                     .then(|| json_text(&h.progress))
-                    .transpose()?;
-                Ok((json_text(&h.event)?, progress))
+                    .transpose()
             })
             .collect::<Result<_, StoreError>>()?;
         let timers = commit
@@ -346,7 +345,7 @@ fn apply(conn: &Connection, rendered: &Rendered) -> Result<Version, StoreError> 
         }
         .map_err(unavailable)?;
     }
-    for (h, (event, progress)) in commit.history.iter().zip(&rendered.history) {
+    for (h, progress) in commit.history.iter().zip(&rendered.history) {
         let inserted = execute(
             conn,
             "INSERT INTO history (instance_id, seq, at, event, position, progress) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -354,7 +353,7 @@ fn apply(conn: &Connection, rendered: &Rendered) -> Result<Version, StoreError> 
                 id,
                 to_i64(h.seq, "history sequence")?,
                 millis(h.at),
-                event,
+                h.event.as_str(),
                 to_i64(h.position, "progress position")?,
                 progress
             ],

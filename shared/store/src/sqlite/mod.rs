@@ -494,7 +494,7 @@ impl Store for SqliteStore {
                 out.push(HistoryRow {
                     seq: count(0, "history sequence")?,
                     at: from_millis(row.get(1).map_err(unavailable)?)?,
-                    event: parse_json(&event)?,
+                    event: JsonText::parse(event)?,
                     position: count(3, "progress position")?,
                     progress: match progress {
                         Some(text) => serde_json::from_str(&text)
