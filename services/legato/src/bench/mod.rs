@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::StreamExt;
-use hdrhistogram::Histogram;
 use legato_bus::{
     Bus, BusError, InProcessBus, OutgoingMessage, RabbitMqBus, RabbitMqOptions, Routed,
     ServiceBusBus, ServiceBusConnection, ServiceBusOperations, ServiceBusOptions, Subscription,
@@ -27,7 +26,10 @@ use time::OffsetDateTime;
 
 use crate::{LegatoConfig, Stack};
 
+mod client;
 mod scale;
+
+use client::{Follow, POLLED_INSTANCES, drive, drive_with};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchOptions {
@@ -347,6 +349,14 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         elapsed.as_secs_f64(),
         rate
     );
+    if outcome.throttled > 0 {
+        println!(
+            "  throttled: the gateway's rate limit answered {} starts 429; each was sent again \
+             after its Retry-After, so the rate above is the limit's (`[gateway.limits] \
+             starts_per_second` on the gateway), not the stack's",
+            outcome.throttled
+        );
+    }
     println!(
         "  latency:  start-to-complete p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms (following the stream)",
         ms(outcome.latency_us.value_at_quantile(0.50)),
@@ -479,110 +489,6 @@ fn print_operations(operations: &ServiceBusOperations, completed: usize, elapsed
     );
 }
 
-struct Outcome {
-    completed: usize,
-    failed: usize,
-    latency_us: Histogram<u64>,
-    sample: Option<String>,
-}
-
-/// Instances the polled comparison runs (polling loads the gateway, so
-/// fewer than the measured run).
-const POLLED_INSTANCES: usize = 200;
-
-/// How a driver learns that an instance ended.
-#[derive(Debug, Clone, Copy)]
-enum Follow {
-    Stream,
-    Poll,
-}
-
-async fn drive(
-    client: &reqwest::Client,
-    base: &str,
-    n: usize,
-    concurrency: usize,
-) -> anyhow::Result<Outcome> {
-    drive_with(client, base, n, concurrency, Follow::Stream).await
-}
-
-async fn drive_with(
-    client: &reqwest::Client,
-    base: &str,
-    n: usize,
-    concurrency: usize,
-    follow: Follow,
-) -> anyhow::Result<Outcome> {
-    let mut outcome = Outcome {
-        completed: 0,
-        failed: 0,
-        latency_us: Histogram::new(3)?,
-        sample: None,
-    };
-    let mut runs = futures::stream::iter(0..n)
-        .map(|i| one(client, base, i, follow))
-        .buffer_unordered(concurrency.max(1));
-    while let Some(result) = runs.next().await {
-        match result {
-            Ok((id, latency)) => {
-                outcome.completed += 1;
-                outcome.latency_us.record(latency.as_micros() as u64)?;
-                outcome.sample.get_or_insert(id);
-            }
-            Err(e) => {
-                outcome.failed += 1;
-                eprintln!("instance failed: {e:#}");
-            }
-        }
-    }
-    Ok(outcome)
-}
-
-/// Starts one instance and follows it to the end.
-async fn one(
-    client: &reqwest::Client,
-    base: &str,
-    i: usize,
-    follow: Follow,
-) -> anyhow::Result<(String, Duration)> {
-    let begin = Instant::now();
-    let started: Value = client
-        .post(format!("{base}/api/v1/workflows/{WORKFLOW}/instances"))
-        .json(&json!({"input": {"value": i}}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let id = started["id"].as_str().unwrap_or_default().to_owned();
-    let status = match follow {
-        Follow::Stream => {
-            crate::sse::wait_for_end(
-                client,
-                &format!("{base}/api/v1/instances/{id}/stream"),
-                Duration::from_secs(120),
-            )
-            .await?
-        }
-        Follow::Poll => {
-            let url = format!("{base}/api/v1/instances/{id}");
-            poll_for_end(
-                client,
-                &url,
-                Duration::from_micros(500),
-                Duration::from_secs(120),
-            )
-            .await?
-        }
-    };
-    anyhow::ensure!(
-        status == RuntimeStatus::Completed,
-        "instance {id} ended {}",
-        status.as_str()
-    );
-    Ok((id, begin.elapsed()))
-}
-
 /// The size of a real instance's state (the fan-out workflow's, measured).
 const RAW_STATE_BYTES: usize = 2_300;
 
@@ -708,27 +614,4 @@ async fn raw_round_trips(bus: &dyn Bus, n: usize, concurrency: usize) -> anyhow:
         p?;
     }
     Ok(started.elapsed())
-}
-
-/// Asks for the status every `every` until the instance ends, for at most
-/// `limit`.
-async fn poll_for_end(
-    client: &reqwest::Client,
-    url: &str,
-    every: Duration,
-    limit: Duration,
-) -> anyhow::Result<RuntimeStatus> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        let status: Value = client.get(url).send().await?.json().await?;
-        if let Some(ended) = status["runtimeStatus"]
-            .as_str()
-            .and_then(RuntimeStatus::parse)
-            .filter(|s| s.is_terminal())
-        {
-            return Ok(ended);
-        }
-        tokio::time::sleep(every).await;
-    }
-    anyhow::bail!("{url} did not end within {limit:?}")
 }
