@@ -593,7 +593,7 @@ pub async fn large_values_round_trip_intact(store: &dyn Store) {
 }
 
 /// Parts are written and removed by name with the commit, read back with
-/// the record, kept when a commit does not name them, left untouched by a
+/// the record, kept when a commit does not name them (or names none), left untouched by a
 /// commit that fails, and purged with the instance; a large part (a run of
 /// big outputs) round-trips like any large value.
 pub async fn state_parts_change_by_name_with_their_commit(store: &dyn Store) {
@@ -624,7 +624,7 @@ pub async fn state_parts_change_by_name_with_their_commit(store: &dyn Store) {
         ("tasks.b.1".to_owned(), part(json!([{"output": "small"}]))),
     ]
     .into();
-    store
+    let v2 = store
         .commit(Commit::new(next.clone(), Expected::Version(v1.clone())))
         .await
         .unwrap();
@@ -651,6 +651,25 @@ pub async fn state_parts_change_by_name_with_their_commit(store: &dyn Store) {
         store.commit(stale).await,
         Err(StoreError::Conflict(_))
     ));
+    assert_eq!(
+        store.load(&id).await.unwrap().unwrap().record.parts,
+        expected
+    );
+
+    // Commits that name no part keep them all, whether their version came
+    // from a commit or from a load.
+    let mut core_only = record.clone();
+    core_only.parts = StateParts::new();
+    store
+        .commit(Commit::new(core_only.clone(), Expected::Version(v2)))
+        .await
+        .unwrap();
+    let loaded = store.load(&id).await.unwrap().unwrap();
+    assert_eq!(loaded.record.parts, expected);
+    store
+        .commit(Commit::new(core_only, Expected::Version(loaded.version)))
+        .await
+        .unwrap();
     assert_eq!(
         store.load(&id).await.unwrap().unwrap().record.parts,
         expected

@@ -7,13 +7,16 @@ impl AzureTableStore {
     pub(super) async fn commit_batch(&self, commit: Commit) -> Result<Version, StoreError> {
         let id = commit.record.summary.id.as_str().to_owned();
         let now = now_ms();
-        let (expected_etag, old_state_ref) = match &commit.expected {
-            Expected::New => (None, None),
-            Expected::Version(v) => {
-                let (etag, reference) = split_version(v);
-                (Some(etag), reference)
-            }
+        let replaced = match &commit.expected {
+            Expected::New => None,
+            Expected::Version(v) => Some(RecordVersion::decode(v)),
         };
+        let expected_etag = replaced.as_ref().map(|r| r.etag.clone());
+        let old_state_ref = replaced.as_ref().and_then(|r| r.state_ref.clone());
+        // A state once in parts stays in parts (`records::parts`), and a
+        // commit names only the parts it changes.
+        let keeps_parts = replaced.as_ref().is_some_and(|r| r.parts)
+            || commit.record.parts.values().any(Option::is_some);
         let mut blobs = Vec::new();
         let mut ops: Vec<Entity> = Vec::new();
 
@@ -27,6 +30,7 @@ impl AzureTableStore {
         let summary = serde_json::to_string(&summary_doc(&commit.record.summary))
             .map_err(|e| corrupt("summary", e))?;
         record_row.insert("Summary".into(), summary.into());
+        record_row.insert(PARTS_FLAG.into(), keeps_parts.into());
         ops.push(record_row);
         ops.extend(commit.claims.iter().map(|message| {
             let mut claim = Entity::new();
@@ -206,7 +210,12 @@ impl AzureTableStore {
             .collect();
         self.delete_quietly(&self.instances, removed_parts).await;
         self.settle_part_blobs(&id, &part_rows.written).await;
-        Ok(version(&etag, state_ref.as_deref()))
+        Ok(RecordVersion {
+            etag,
+            state_ref,
+            parts: keeps_parts,
+        }
+        .encode())
     }
 
     /// The first of `claims` an earlier commit made. A refused transaction

@@ -28,6 +28,7 @@ mod parts;
 mod payload;
 mod published;
 mod purge;
+mod record_version;
 mod rows;
 mod schedules;
 
@@ -60,6 +61,7 @@ use crate::{
     OutboxRow, ScheduleRecord, StateParts, Store, StoreError, StoredInstance, StoredSchedule,
     TenantFilter, TimerRow, Version,
 };
+use record_version::RecordVersion;
 
 /// How long an index entry may point at nothing before a reader removes
 /// it. It must exceed the longest time between writing an entry and its
@@ -78,6 +80,8 @@ const PARALLEL_READS: usize = 16;
 /// Tries of a purge whose rows keep changing under it.
 const PURGE_ROUNDS: usize = 5;
 const MAX_BATCH: usize = 100;
+/// The instance row's property saying whether the record keeps parts.
+const PARTS_FLAG: &str = "Parts";
 
 /// Requests this process has sent to Table Storage so far.
 pub fn table_requests() -> u64 {
@@ -337,22 +341,6 @@ fn with_causes(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// The ETag and the state's blob reference, both carried in the version so
-/// that the next commit can remove a superseded claim-checked state.
-fn version(etag: &str, state_ref: Option<&str>) -> Version {
-    Version(format!("{etag}|{}", state_ref.unwrap_or_default()))
-}
-
-fn split_version(version: &Version) -> (String, Option<String>) {
-    match version.0.rsplit_once('|') {
-        Some((etag, reference)) => (
-            etag.to_owned(),
-            Some(reference.to_owned()).filter(|r| !r.is_empty()),
-        ),
-        None => (version.0.clone(), None),
-    }
-}
-
 #[async_trait]
 impl Store for AzureTableStore {
     async fn load(&self, id: &InstanceId) -> Result<Option<StoredInstance>, StoreError> {
@@ -534,20 +522,40 @@ impl Store for AzureTableStore {
 
 impl AzureTableStore {
     async fn load_once(&self, id: &InstanceId) -> Result<Option<StoredInstance>, StoreError> {
-        let Some((row, etag, parts)) = self.instance_rows(id.as_str()).await? else {
+        let Some((row, etag)) = self
+            .get(&self.instances, id.as_str(), keys::INSTANCE_ROW)
+            .await?
+        else {
             return Ok(None);
         };
+        // A row that says it keeps no parts is the whole record (one point
+        // read); one with parts, or written before rows said so, is read
+        // again with its parts in one query, so they match each other.
+        let (row, etag, parts) = if row.get(PARTS_FLAG).and_then(Value::as_bool) == Some(false) {
+            self.remember_part_blobs(id.as_str(), HashMap::clear);
+            (row, etag, StateParts::new())
+        } else {
+            match self.instance_rows(id.as_str()).await? {
+                Some(found) => found,
+                None => return Ok(None),
+            }
+        };
         let held = payload::held(&row, "S")?;
-        let reference = held.reference();
+        let state_ref = held.reference();
         let state_bytes = self.resolve(&self.instances, id.as_str(), held).await?;
         let state = crate::JsonText::parse_bytes(state_bytes)?;
+        let version = RecordVersion {
+            etag,
+            state_ref,
+            parts: !parts.is_empty(),
+        };
         Ok(Some(StoredInstance {
             record: InstanceRecord {
                 summary: summary_from(&row)?,
                 state,
                 parts,
             },
-            version: version(&etag, reference.as_deref()),
+            version: version.encode(),
         }))
     }
 }

@@ -1,6 +1,7 @@
 //! The parts of an instance's state ([`crate::InstanceRecord::parts`]) as
 //! rows `s<name>` of its partition: written in the commit's transaction,
-//! read with the instance row in one query.
+//! read with the instance row in one query (a row that keeps no parts
+//! says so, and is read alone).
 
 use super::*;
 
@@ -106,7 +107,11 @@ impl AzureTableStore {
         }
     }
 
-    fn remember_part_blobs(&self, id: &str, change: impl FnOnce(&mut HashMap<String, String>)) {
+    pub(super) fn remember_part_blobs(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut HashMap<String, String>),
+    ) {
         if let Ok(mut all) = self.part_blobs.lock() {
             if all.len() >= MARKER_CACHE_LIMIT && !all.contains_key(id) {
                 all.clear();

@@ -579,16 +579,95 @@ async fn values_near_every_limit_fit_one_batch_and_superseded_blobs_go() {
 }
 
 #[test]
-fn versions_carry_the_state_blob_reference() {
-    let v = version("W/\"datetime'2026-11-26T10%3A00%3A00Z'\"", Some("abc:3"));
+fn versions_carry_the_etag_the_state_blob_reference_and_the_parts_flag() {
+    let etag = "W/\"datetime'2026-11-26T10%3A00%3A00Z'\"";
+    for version in [
+        RecordVersion {
+            etag: etag.to_owned(),
+            state_ref: Some("abc:3".to_owned()),
+            parts: true,
+        },
+        RecordVersion {
+            etag: "e".to_owned(),
+            state_ref: None,
+            parts: false,
+        },
+    ] {
+        assert_eq!(RecordVersion::decode(&version.encode()), version);
+    }
+    // Not made here: an ETag whose record may keep parts.
     assert_eq!(
-        split_version(&v),
-        (
-            "W/\"datetime'2026-11-26T10%3A00%3A00Z'\"".to_owned(),
-            Some("abc:3".to_owned())
-        )
+        RecordVersion::decode(&Version("e".to_owned())),
+        RecordVersion {
+            etag: "e".to_owned(),
+            state_ref: None,
+            parts: true
+        }
     );
-    assert_eq!(split_version(&version("e", None)), ("e".to_owned(), None));
+}
+
+async fn parts_flag(store: &AzureTableStore, id: InstanceId) -> Option<Value> {
+    let (row, _) = store
+        .get(&store.instances, id.as_str(), keys::INSTANCE_ROW)
+        .await
+        .unwrap()
+        .unwrap();
+    row.get(PARTS_FLAG).cloned()
+}
+
+/// The instance row says whether the record keeps parts, so a load of one
+/// without parts is a point read; a row written before it said so (no
+/// flag) is read with its parts as before, and its next commit flags it.
+#[tokio::test]
+async fn the_instance_row_says_whether_parts_are_kept() {
+    let store = azurite().await;
+    let whole = conformance::record("whole", RuntimeStatus::Running);
+    store
+        .commit(Commit::new(whole.clone(), Expected::New))
+        .await
+        .unwrap();
+    assert_eq!(
+        parts_flag(&store, whole.summary.id.clone()).await,
+        Some(json!(false))
+    );
+    assert_eq!(
+        store.load(&whole.summary.id).await.unwrap().unwrap().record,
+        whole
+    );
+
+    let mut parted = conformance::record("parted", RuntimeStatus::Running);
+    let id = parted.summary.id.clone();
+    parted.parts = [("workflow".to_owned(), Some(json!({"steps": ["a"]})))].into();
+    store
+        .commit(Commit::new(parted.clone(), Expected::New))
+        .await
+        .unwrap();
+    assert_eq!(parts_flag(&store, id.clone()).await, Some(json!(true)));
+
+    // As an older build left it: the same row without the flag.
+    let (mut row, _) = store
+        .get(&store.instances, id.as_str(), keys::INSTANCE_ROW)
+        .await
+        .unwrap()
+        .unwrap();
+    row.remove(PARTS_FLAG);
+    row.retain(|name, _| !name.starts_with("odata.") && name != "Timestamp");
+    store
+        .upsert(&store.instances, id.as_str(), keys::INSTANCE_ROW, row)
+        .await
+        .unwrap();
+    assert_eq!(parts_flag(&store, id.clone()).await, None);
+    let loaded = store.load(&id).await.unwrap().unwrap();
+    assert_eq!(loaded.record, parted);
+
+    let mut core_only = parted.clone();
+    core_only.parts = StateParts::new();
+    store
+        .commit(Commit::new(core_only, Expected::Version(loaded.version)))
+        .await
+        .unwrap();
+    assert_eq!(parts_flag(&store, id.clone()).await, Some(json!(true)));
+    assert_eq!(store.load(&id).await.unwrap().unwrap().record, parted);
 }
 
 #[test]
