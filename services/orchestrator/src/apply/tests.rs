@@ -1,0 +1,341 @@
+#![allow(clippy::unwrap_used)]
+use super::*;
+use legato_bus::InProcessBus;
+use legato_contracts::WorkflowName;
+use legato_store::{Commit, SqliteStore};
+use limited_store::LimitedStore;
+use std::sync::atomic::Ordering;
+
+mod limited_store;
+
+fn applier_on_memory() -> (Arc<dyn Store>, Arc<Applier>) {
+    applier_on(Arc::new(SqliteStore::in_memory().unwrap()))
+}
+
+fn applier_on(store: Arc<dyn Store>) -> (Arc<dyn Store>, Arc<Applier>) {
+    let relay = Arc::new(OutboxRelay::new(
+        Arc::new(InProcessBus::default()),
+        store.clone(),
+    ));
+    let applier = Applier::new(store.clone(), relay, OrchestratorSettings::default());
+    (store, Arc::new(applier))
+}
+
+/// A start that arrives after its instance was purged (redelivered, or
+/// late from a replica that crashed holding it) is refused, not
+/// obeyed: it would bring the purged instance back and occupy its id.
+#[tokio::test]
+async fn a_start_without_its_record_does_not_create_the_instance() {
+    let (store, applier) = applier_on_memory();
+    let id = InstanceId::parse("purged-1").unwrap();
+    let start = Input::Start {
+        at: OffsetDateTime::now_utc(),
+        start: StartInstance {
+            workflow: WorkflowName::parse("anything").unwrap(),
+            version: 1,
+            input: serde_json::json!({}),
+            tenant: None,
+        },
+    };
+    let refused = applier.apply(&id, &start, None).await;
+    assert!(
+        matches!(&refused, Err(ApplyError::Rejected(why)) if why.contains("purged")),
+        "{refused:?}"
+    );
+    assert!(store.load(&id).await.unwrap().is_none());
+}
+
+/// Commits the Pending record the gateway writes before a start.
+async fn pending(
+    store: &Arc<dyn Store>,
+    id: &InstanceId,
+    workflow: &WorkflowName,
+    tenant: Option<&str>,
+    now: OffsetDateTime,
+) {
+    let record = legato_service::records::pending(
+        id.clone(),
+        workflow.clone(),
+        1,
+        serde_json::json!({}),
+        tenant.map(str::to_owned),
+        now,
+    )
+    .unwrap();
+    store
+        .commit(Commit::new(record, Expected::New))
+        .await
+        .unwrap();
+}
+
+fn start_of(workflow: WorkflowName, tenant: Option<&str>, now: OffsetDateTime) -> Input {
+    Input::Start {
+        at: now,
+        start: StartInstance {
+            workflow,
+            version: 1,
+            input: serde_json::json!({}),
+            tenant: tenant.map(str::to_owned),
+        },
+    }
+}
+
+#[tokio::test]
+async fn a_start_naming_another_tenant_is_refused() {
+    let (store, applier) = applier_on_memory();
+    let id = InstanceId::parse("acme~order-1").unwrap();
+    let now = OffsetDateTime::now_utc();
+    let workflow = WorkflowName::parse("beta~private").unwrap();
+    pending(&store, &id, &workflow, Some("acme"), now).await;
+    for (tenant, workflow) in [
+        (Some("acme"), workflow),
+        (None, WorkflowName::parse("shared").unwrap()),
+    ] {
+        let start = start_of(workflow, tenant, now);
+        let refused = applier.apply(&id, &start, None).await;
+        assert!(
+            matches!(&refused, Err(ApplyError::Rejected(why)) if why.contains("tenant")),
+            "{refused:?}"
+        );
+    }
+}
+
+/// A pending instance of a workflow of three parallel echo steps,
+/// started: its tasks are dispatched.
+async fn started_fan_out(store: &Arc<dyn Store>, applier: &Arc<Applier>) -> InstanceState {
+    let id = InstanceId::parse("batch-1").unwrap();
+    let workflow = WorkflowName::parse("three").unwrap();
+    let now = OffsetDateTime::now_utc();
+    let leaf = |id: &str| serde_json::json!({"id": id, "agent": "echo", "input": {}});
+    store
+        .put_definition(&legato_store::DefinitionRecord {
+            name: workflow.clone(),
+            version: 1,
+            hash: "h".into(),
+            body: serde_json::json!({"name": "three", "version": 1,
+                "steps": [leaf("a"), leaf("b"), leaf("c")]}),
+            registered_at: now,
+        })
+        .await
+        .unwrap();
+    pending(store, &id, &workflow, None, now).await;
+    let start = start_of(workflow, None, now);
+    assert_eq!(
+        applier.apply(&id, &start, None).await.unwrap(),
+        Applied::Accepted
+    );
+    state_of(&store.load(&id).await.unwrap().unwrap().record).unwrap()
+}
+
+fn completed(state: &InstanceState, step: &str) -> Input {
+    Input::Event(Event::TaskCompleted {
+        at: OffsetDateTime::now_utc(),
+        key: legato_contracts::TaskKey {
+            run: state.run,
+            execution: state.execution,
+            step: legato_contracts::StepId::parse(step).unwrap(),
+            item: None,
+            role: Default::default(),
+        },
+        attempt: 1,
+        output: serde_json::json!({"step": step}),
+        custom_status: None,
+    })
+}
+
+async fn version_of(store: &Arc<dyn Store>, id: &InstanceId) -> String {
+    store.load(id).await.unwrap().unwrap().version.0
+}
+
+/// Applies the results of a, b, a again and c, arriving together, to the
+/// started fan-out: each is answered (the copy as ignored), each accepted
+/// one is a history row in order, and the instance completes. Returns how
+/// many commits that took.
+async fn three_results_and_a_copy(
+    store: &Arc<dyn Store>,
+    applier: &Arc<Applier>,
+    state: &InstanceState,
+) -> u64 {
+    let id = &state.id;
+    let version_before: u64 = version_of(store, id).await.parse().unwrap();
+    let inputs = [
+        completed(state, "a"),
+        completed(state, "b"),
+        completed(state, "a"),
+        completed(state, "c"),
+    ];
+    // Queued in the same poll: the first starts the runner, which
+    // finds the rest waiting when it runs.
+    let answers =
+        futures::future::join_all(inputs.iter().map(|input| applier.apply(id, input, None))).await;
+    let answers: Vec<Applied> = answers.into_iter().map(Result::unwrap).collect();
+    assert_eq!(answers[0], Applied::Accepted);
+    assert_eq!(answers[1], Applied::Accepted);
+    assert!(matches!(answers[2], Applied::Ignored(_)), "{answers:?}");
+    assert_eq!(answers[3], Applied::Accepted);
+    let stored = state_of(&store.load(id).await.unwrap().unwrap().record).unwrap();
+    assert_eq!(stored.status, RuntimeStatus::Completed);
+    let history = store
+        .history(id, legato_store::HistoryFrom::default(), 100)
+        .await
+        .unwrap();
+    // Started, then one row per accepted result, numbered in order.
+    let seqs: Vec<u64> = history.iter().map(|row| row.seq).collect();
+    assert_eq!(seqs, [1, 2, 3, 4]);
+    let version_after: u64 = version_of(store, id).await.parse().unwrap();
+    version_after - version_before
+}
+
+/// Results that arrive while the instance is being worked on wait and
+/// go in one commit: each is answered, each is a history row, the
+/// record moves one version, and a copy among them is ignored.
+#[tokio::test]
+async fn messages_arriving_together_are_committed_together() {
+    let (store, applier) = applier_on_memory();
+    let state = started_fan_out(&store, &applier).await;
+    let commits = three_results_and_a_copy(&store, &applier, &state).await;
+    assert_eq!(commits, 1, "one commit for the batch");
+}
+
+/// Messages whose changes together are more than the store takes in one
+/// commit are applied one by one, each still once; a message that alone is
+/// more than the store takes is refused (to be dead-lettered) and changes
+/// nothing, so it applies once the store would take it.
+#[tokio::test]
+async fn a_batch_too_large_for_one_commit_is_applied_message_by_message() {
+    let limited = Arc::new(LimitedStore::new(1));
+    let (store, applier) = applier_on(limited.clone());
+    let state = started_fan_out(&store, &applier).await;
+    let id = state.id.clone();
+    let version_before = version_of(&store, &id).await;
+
+    limited.set_limit(0);
+    let refused = applier.apply(&id, &completed(&state, "a"), None).await;
+    assert!(
+        matches!(&refused, Err(ApplyError::Rejected(why)) if why.contains("more than the store takes")),
+        "{refused:?}"
+    );
+    assert_eq!(version_of(&store, &id).await, version_before);
+
+    limited.set_limit(1);
+    let refused_before = limited.refused.load(Ordering::SeqCst);
+    let commits = three_results_and_a_copy(&store, &applier, &state).await;
+    assert_eq!(commits, 3, "one commit per result");
+    assert!(
+        limited.refused.load(Ordering::SeqCst) > refused_before,
+        "the batch was tried together first"
+    );
+}
+
+/// One message of a batch that can never apply is refused alone.
+#[tokio::test]
+async fn a_refused_message_in_a_batch_does_not_hold_back_the_others() {
+    let (store, applier) = applier_on_memory();
+    let state = started_fan_out(&store, &applier).await;
+    let id = state.id.clone();
+    let redrive_onto_missing = Input::RedriveOnto {
+        at: OffsetDateTime::now_utc(),
+        id: "redrive-1".into(),
+        version: 9,
+    };
+    let inputs = [
+        completed(&state, "a"),
+        redrive_onto_missing,
+        completed(&state, "b"),
+    ];
+    let answers =
+        futures::future::join_all(inputs.iter().map(|input| applier.apply(&id, input, None))).await;
+    assert!(matches!(answers[0], Ok(Applied::Accepted)), "{answers:?}");
+    assert!(
+        matches!(answers[1], Err(ApplyError::Rejected(_))),
+        "{answers:?}"
+    );
+    assert!(matches!(answers[2], Ok(Applied::Accepted)), "{answers:?}");
+    let stored = state_of(&store.load(&id).await.unwrap().unwrap().record).unwrap();
+    let done = |step: &str| {
+        stored.steps[&legato_contracts::StepId::parse(step).unwrap()].status
+            == legato_engine::StepStatus::Completed
+    };
+    assert!(done("a") && done("b") && !done("c"));
+}
+
+fn control(id: &str, suspend: bool) -> Input {
+    let (at, id) = (OffsetDateTime::now_utc(), id.to_owned());
+    Input::Event(if suspend {
+        Event::SuspendRequested {
+            at,
+            id,
+            reason: None,
+        }
+    } else {
+        Event::ResumeRequested {
+            at,
+            id,
+            reason: None,
+        }
+    })
+}
+
+fn raised(id: &str) -> Input {
+    Input::Event(Event::EventRaised {
+        at: OffsetDateTime::now_utc(),
+        id: id.to_owned(),
+        name: legato_contracts::EventName::parse("go").unwrap(),
+        data: serde_json::json!({"from": id}),
+    })
+}
+
+/// Control messages and external events count once per message id,
+/// however late the copy: the store holds their claims, the row does
+/// not. A copy claimed by an earlier commit is answered as ignored and
+/// the rest of its batch still lands in one commit; a copy within the
+/// batch is ignored before any commit.
+#[tokio::test]
+async fn message_ids_count_once_and_are_kept_beside_the_row() {
+    let (store, applier) = applier_on_memory();
+    let state = started_fan_out(&store, &applier).await;
+    let id = state.id.clone();
+    for input in [control("s1", true), control("r1", false)] {
+        let answer = applier.apply(&id, &input, None).await.unwrap();
+        assert_eq!(answer, Applied::Accepted);
+    }
+    let version_before: u64 = version_of(&store, &id).await.parse().unwrap();
+    let inputs = [
+        control("s1", true),
+        completed(&state, "a"),
+        raised("e1"),
+        raised("e1"),
+    ];
+    let answers =
+        futures::future::join_all(inputs.iter().map(|input| applier.apply(&id, input, None))).await;
+    let answers: Vec<Applied> = answers.into_iter().map(Result::unwrap).collect();
+    assert!(
+        matches!(&answers[0], Applied::Ignored(why) if why.contains("s1")),
+        "{answers:?}"
+    );
+    assert_eq!(answers[1], Applied::Accepted);
+    assert_eq!(answers[2], Applied::Accepted);
+    assert!(matches!(&answers[3], Applied::Ignored(why) if why.contains("e1")));
+    let version_after: u64 = version_of(&store, &id).await.parse().unwrap();
+    assert_eq!(version_after, version_before + 1);
+
+    // Another replica, knowing nothing of this one's commits.
+    let relay = Arc::new(OutboxRelay::new(
+        Arc::new(InProcessBus::default()),
+        store.clone(),
+    ));
+    let replica = Arc::new(Applier::new(
+        store.clone(),
+        relay,
+        OrchestratorSettings::default(),
+    ));
+    for late in [control("r1", false), raised("e1")] {
+        let answer = replica.apply(&id, &late, None).await.unwrap();
+        assert!(matches!(answer, Applied::Ignored(_)), "{answer:?}");
+    }
+    let record = store.load(&id).await.unwrap().unwrap().record;
+    assert!(!record.state.as_str().contains("seen_message_ids"));
+    let stored = state_of(&record).unwrap();
+    assert_eq!(stored.status, RuntimeStatus::Running);
+    assert_eq!(stored.pending_events.len(), 1);
+}

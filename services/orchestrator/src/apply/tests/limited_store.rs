@@ -1,0 +1,174 @@
+//! The SQLite store behind a smaller transaction: a commit recording more
+//! history rows than the limit is refused as too large, as Table Storage
+//! refuses a transaction of more than 100 operations. Neither real store
+//! refuses a batch of messages that it takes one by one at the sizes a
+//! test can reach, so this one stands in for that store to test the
+//! applier's fallback.
+#![allow(clippy::unwrap_used)]
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use legato_contracts::{InstanceId, ScheduleName, WorkflowName};
+use legato_store::{
+    Commit, DeadLetter, DeadLetterPage, DeadLetterQuery, DefinitionRecord, Expected, HistoryFrom,
+    HistoryRow, InstancePage, InstanceQuery, OutboxEntry, ScheduleRecord, SqliteStore, Store,
+    StoreError, StoredInstance, StoredSchedule, TenantFilter, TimerRow, Version,
+};
+use time::OffsetDateTime;
+
+pub(super) struct LimitedStore {
+    inner: SqliteStore,
+    /// History rows one commit may record.
+    limit: AtomicUsize,
+    /// Commits refused so far.
+    pub refused: AtomicUsize,
+}
+
+impl LimitedStore {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            inner: SqliteStore::in_memory().unwrap(),
+            limit: AtomicUsize::new(limit),
+            refused: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn set_limit(&self, limit: usize) {
+        self.limit.store(limit, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl Store for LimitedStore {
+    async fn load(&self, id: &InstanceId) -> Result<Option<StoredInstance>, StoreError> {
+        self.inner.load(id).await
+    }
+
+    async fn commit(&self, commit: Commit) -> Result<Version, StoreError> {
+        let limit = self.limit.load(Ordering::SeqCst);
+        if commit.history.len() > limit {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            return Err(StoreError::TooLarge(format!(
+                "{} history rows, and a transaction holds {limit}",
+                commit.history.len()
+            )));
+        }
+        self.inner.commit(commit).await
+    }
+
+    async fn history(
+        &self,
+        id: &InstanceId,
+        from: HistoryFrom,
+        limit: usize,
+    ) -> Result<Vec<HistoryRow>, StoreError> {
+        self.inner.history(id, from, limit).await
+    }
+
+    async fn list(&self, query: &InstanceQuery) -> Result<InstancePage, StoreError> {
+        self.inner.list(query).await
+    }
+
+    async fn purge(&self, id: &InstanceId) -> Result<bool, StoreError> {
+        self.inner.purge(id).await
+    }
+
+    async fn due_timers(
+        &self,
+        now: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<TimerRow>, StoreError> {
+        self.inner.due_timers(now, limit).await
+    }
+
+    async fn pending_outbox(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.inner.pending_outbox(limit).await
+    }
+
+    async fn delete_outbox(&self, instance: &InstanceId, ids: &[String]) -> Result<(), StoreError> {
+        self.inner.delete_outbox(instance, ids).await
+    }
+
+    async fn put_definition(&self, definition: &DefinitionRecord) -> Result<(), StoreError> {
+        self.inner.put_definition(definition).await
+    }
+
+    async fn get_definition(
+        &self,
+        name: &WorkflowName,
+        version: Option<u32>,
+    ) -> Result<Option<DefinitionRecord>, StoreError> {
+        self.inner.get_definition(name, version).await
+    }
+
+    async fn list_definitions(&self) -> Result<Vec<DefinitionRecord>, StoreError> {
+        self.inner.list_definitions().await
+    }
+
+    async fn definition_versions(&self, name: &WorkflowName) -> Result<Vec<u32>, StoreError> {
+        self.inner.definition_versions(name).await
+    }
+
+    async fn park_dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError> {
+        self.inner.park_dead_letter(letter).await
+    }
+
+    async fn dead_letters(&self, query: &DeadLetterQuery) -> Result<DeadLetterPage, StoreError> {
+        self.inner.dead_letters(query).await
+    }
+
+    async fn dead_letter(&self, id: &str) -> Result<Option<DeadLetter>, StoreError> {
+        self.inner.dead_letter(id).await
+    }
+
+    async fn remove_dead_letter(&self, id: &str) -> Result<bool, StoreError> {
+        self.inner.remove_dead_letter(id).await
+    }
+
+    async fn put_schedule(
+        &self,
+        record: &ScheduleRecord,
+        expected: &Expected,
+    ) -> Result<Version, StoreError> {
+        self.inner.put_schedule(record, expected).await
+    }
+
+    async fn get_schedule(
+        &self,
+        name: &ScheduleName,
+    ) -> Result<Option<StoredSchedule>, StoreError> {
+        self.inner.get_schedule(name).await
+    }
+
+    async fn list_schedules(
+        &self,
+        tenant: &TenantFilter,
+    ) -> Result<Vec<StoredSchedule>, StoreError> {
+        self.inner.list_schedules(tenant).await
+    }
+
+    async fn due_schedules(
+        &self,
+        now: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<StoredSchedule>, StoreError> {
+        self.inner.due_schedules(now, limit).await
+    }
+
+    async fn delete_schedule(
+        &self,
+        name: &ScheduleName,
+        expected: Option<&Version>,
+    ) -> Result<bool, StoreError> {
+        self.inner.delete_schedule(name, expected).await
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        self.inner.acquire_lease(name, holder, ttl).await
+    }
+}
