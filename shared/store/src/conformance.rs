@@ -593,9 +593,9 @@ pub async fn large_values_round_trip_intact(store: &dyn Store) {
 }
 
 /// Parts are written and removed by name with the commit, read back with
-/// the record, kept when a commit does not name them (or names none), left untouched by a
-/// commit that fails, and purged with the instance; a large part (a run of
-/// big outputs) round-trips like any large value.
+/// the record, kept when a commit does not name them (or names none), left
+/// untouched by a commit that fails, and purged with the instance; a large
+/// part (a run of big outputs) round-trips like any large value.
 pub async fn state_parts_change_by_name_with_their_commit(store: &dyn Store) {
     let mut record = record("parts", RuntimeStatus::Running);
     let id = record.summary.id.clone();
