@@ -606,13 +606,17 @@ fn versions_carry_the_etag_the_state_blob_reference_and_the_parts_flag() {
     );
 }
 
-async fn parts_flag(store: &AzureTableStore, id: InstanceId) -> Option<Value> {
+async fn instance_row(store: &AzureTableStore, id: &InstanceId) -> Entity {
     let (row, _) = store
         .get(&store.instances, id.as_str(), keys::INSTANCE_ROW)
         .await
         .unwrap()
         .unwrap();
-    row.get(PARTS_FLAG).cloned()
+    row
+}
+
+async fn parts_flag(store: &AzureTableStore, id: InstanceId) -> Option<Value> {
+    instance_row(store, &id).await.get(PARTS_FLAG).cloned()
 }
 
 /// The instance row says whether the record keeps parts, so a load of one
@@ -645,11 +649,7 @@ async fn the_instance_row_says_whether_parts_are_kept() {
     assert_eq!(parts_flag(&store, id.clone()).await, Some(json!(true)));
 
     // As an older build left it: the same row without the flag.
-    let (mut row, _) = store
-        .get(&store.instances, id.as_str(), keys::INSTANCE_ROW)
-        .await
-        .unwrap()
-        .unwrap();
+    let mut row = instance_row(&store, &id).await;
     row.remove(PARTS_FLAG);
     row.retain(|name, _| !name.starts_with("odata.") && name != "Timestamp");
     store
