@@ -14,6 +14,8 @@ mod dto;
 pub mod limits;
 pub mod memberships;
 pub mod openapi;
+pub mod pull;
+pub mod registry;
 mod settings;
 mod standalone;
 
@@ -22,9 +24,9 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use legato_bus::Bus;
-use legato_service::OutboxRelay;
 use legato_service::auth::{Authenticator, Guard};
 use legato_service::definitions::Definitions;
+use legato_service::{OutboxRelay, Shutdown};
 use legato_signalr::azure::AzureSignalR;
 use legato_store::Store;
 use tower_http::trace::TraceLayer;
@@ -49,6 +51,8 @@ pub struct GatewayState {
     pub memberships: Arc<memberships::Memberships>,
     /// Who may call; everyone until [`GatewayState::with_auth`].
     pub auth: Arc<Authenticator>,
+    /// Pull workers' long polls and the agent queues they wait on.
+    pub pull: Arc<pull::PullHub>,
 }
 
 impl GatewayState {
@@ -56,7 +60,6 @@ impl GatewayState {
         let relay = Arc::new(OutboxRelay::new(bus.clone(), store.clone()));
         Self {
             store,
-            bus,
             relay,
             settings: Arc::new(settings),
             definitions: Arc::default(),
@@ -64,7 +67,16 @@ impl GatewayState {
             allowed_origins: Arc::default(),
             memberships: Arc::default(),
             auth: Arc::new(Authenticator::Anyone),
+            pull: Arc::new(pull::PullHub::new(bus.clone(), Shutdown::new())),
+            bus,
         }
+    }
+
+    /// Long polls end (empty) when `shutdown` fires, so the gateway drains
+    /// without waiting out every worker's poll.
+    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
+        self.pull = Arc::new(pull::PullHub::new(self.bus.clone(), shutdown));
+        self
     }
 
     pub fn with_auth(mut self, auth: Authenticator) -> Self {

@@ -25,9 +25,15 @@ pub struct GatewaySettings {
     /// Definitions (`*.yaml`, `*.yml`, `*.json`) registered at start; empty
     /// registers none. `legato up` uses its own `workflows_dir`.
     pub workflows_dir: String,
-    /// The agents whose task queues' dead letters are parked for
-    /// `/api/v1/dead-letters` (the orchestrator's always are).
+    /// The built-in agents this deployment runs: listed in the agent
+    /// registry (shared by every tenant), and their task queues' dead
+    /// letters parked for `/api/v1/dead-letters` (the orchestrator's
+    /// always are).
     pub agents: Vec<String>,
+    /// Agents declared as files (`*.yaml`, `*.json`, one agent a file)
+    /// registered at start as shared agents; empty registers none.
+    /// `legato up` uses its own `agents_dir`.
+    pub agents_dir: String,
 }
 
 impl Default for GatewaySettings {
@@ -43,6 +49,7 @@ impl Default for GatewaySettings {
             agents: ["echo", "planner", "coder", "data", "approval"]
                 .map(String::from)
                 .to_vec(),
+            agents_dir: String::new(),
         }
     }
 }

@@ -11,6 +11,15 @@ pub async fn run(config: GatewayConfig, shutdown: Shutdown) -> anyhow::Result<()
         crate::register_catalogue(&*store, std::path::Path::new(&config.gateway.workflows_dir))
             .await?;
     }
+    crate::registry::register_builtin(&*store, &config.gateway.agents).await?;
+    if !config.gateway.agents_dir.is_empty() {
+        crate::registry::register_catalogue(
+            &*store,
+            &*bus,
+            std::path::Path::new(&config.gateway.agents_dir),
+        )
+        .await?;
+    }
     let readiness = Readiness::new(Some(store.clone()));
     let signalr = config.signalr.azure()?;
     legato_service::cors::check(&config.signalr.allowed_origins)?;
@@ -27,6 +36,7 @@ pub async fn run(config: GatewayConfig, shutdown: Shutdown) -> anyhow::Result<()
         shutdown.clone(),
     ));
     let state = GatewayState::new(store.clone(), bus, config.gateway)
+        .with_shutdown(shutdown.clone())
         .with_auth(auth)
         .with_signalr(signalr.clone())
         .with_allowed_origins(config.signalr.allowed_origins);

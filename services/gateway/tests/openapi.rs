@@ -42,6 +42,8 @@ fn contracts_openapi_json_is_the_served_document() {
     assert_eq!(
         paths,
         [
+            "/api/v1/agents",
+            "/api/v1/agents/{name}",
             "/api/v1/dead-letters",
             "/api/v1/dead-letters/{id}",
             "/api/v1/dead-letters/{id}/replay",
@@ -62,6 +64,10 @@ fn contracts_openapi_json_is_the_served_document() {
             "/api/v1/schedules/{name}/pause",
             "/api/v1/schedules/{name}/resume",
             "/api/v1/schedules/{name}/trigger",
+            "/api/v1/tasks/poll",
+            "/api/v1/tasks/{token}/complete",
+            "/api/v1/tasks/{token}/fail",
+            "/api/v1/tasks/{token}/heartbeat",
             "/api/v1/workflows",
             "/api/v1/workflows/{name}",
             "/api/v1/workflows/{name}/instances",

@@ -52,6 +52,9 @@ pub struct LegatoConfig {
     pub store: Option<StoreSettings>,
     /// Definitions registered at start (`*.yaml`, `*.yml`, `*.json`).
     pub workflows_dir: PathBuf,
+    /// Agents registered at start (one `*.yaml` or `*.json` each), shared
+    /// by every tenant.
+    pub agents_dir: PathBuf,
     pub gateway: GatewaySettings,
     pub orchestrator: OrchestratorSettings,
     pub worker: WorkerSettings,
@@ -73,6 +76,7 @@ impl Default for LegatoConfig {
             durability: legato_store::Durability::Normal,
             store: None,
             workflows_dir: PathBuf::from("workflows"),
+            agents_dir: PathBuf::from("agents"),
             gateway: GatewaySettings::default(),
             orchestrator: OrchestratorSettings::default(),
             worker: WorkerSettings::default(),
@@ -123,6 +127,8 @@ impl Stack {
             config.data.url = format!("sqlite://{}", demo.display());
         }
         legato_gateway::register_catalogue(&*store, &config.workflows_dir).await?;
+        legato_gateway::registry::register_builtin(&*store, &config.gateway.agents).await?;
+        legato_gateway::registry::register_catalogue(&*store, &*bus, &config.agents_dir).await?;
 
         let readiness = Readiness::new(Some(store.clone()));
         let mut tasks = JoinSet::new();
@@ -187,6 +193,7 @@ impl Stack {
             }
         });
         let gateway = GatewayState::new(store.clone(), bus, config.gateway.clone())
+            .with_shutdown(shutdown.clone())
             .with_auth(auth)
             .with_signalr(azure.clone())
             .with_allowed_origins(origins.clone());

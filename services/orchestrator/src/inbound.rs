@@ -203,7 +203,7 @@ fn to_input(envelope: &Envelope) -> Routed {
                 message: beat.message.clone(),
                 data: beat.progress.clone(),
             });
-            if !beat.leased && news.is_none() {
+            if !beat.leased && beat.lease_ms.is_none() && news.is_none() {
                 return Routed::Ignore;
             }
             Event::TaskHeartbeat {
@@ -211,6 +211,7 @@ fn to_input(envelope: &Envelope) -> Routed {
                 key: beat.key.clone(),
                 attempt: beat.attempt,
                 news,
+                lease_ms: beat.lease_ms,
             }
         }
         other => {

@@ -96,6 +96,7 @@ impl TaskContext {
             kind,
             message,
             leased: self.leased,
+            lease_ms: None,
         };
         let envelope = Envelope::new(
             self.source.clone(),

@@ -201,6 +201,14 @@ pub struct TaskHeartbeat {
     /// then does the orchestrator record it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub leased: bool,
+    /// A worker took the attempt (a pull worker's claim, a push endpoint's
+    /// acceptance) and holds it for this long from each heartbeat: the
+    /// attempt gets a heartbeat lease of this length from now on, if its
+    /// step has none, so a worker that vanishes costs the attempt, not the
+    /// instance. A task waiting on its queue has no lease: it waits for a
+    /// worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ms: Option<u64>,
 }
 
 /// The progress kinds an agent may report through a heartbeat.

@@ -125,6 +125,7 @@ fn samples() -> Vec<Payload> {
             kind: Some(HeartbeatKind::ApprovalRequested),
             message: Some("approve?".into()),
             leased: true,
+            lease_ms: None,
         }
         .into(),
         ProgressEvent {

@@ -135,9 +135,10 @@ fn apply(ctx: &mut Ctx, event: &Event) -> Result<(), Ignored> {
             attempt,
             at,
             news,
+            lease_ms,
         } => match ctx.state.status {
             RuntimeStatus::Running | RuntimeStatus::Suspended => {
-                tasks::heartbeat(ctx, key, *attempt, *at, news.as_ref())
+                tasks::heartbeat(ctx, key, *attempt, *at, news.as_ref(), *lease_ms)
             }
             status => ignore(format!("instance is {status}")),
         },

@@ -67,6 +67,10 @@ pub enum Event {
         attempt: u32,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         news: Option<AgentNews>,
+        /// A worker holds the attempt for this long from each heartbeat
+        /// (see `TaskHeartbeat::lease_ms`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lease_ms: Option<u64>,
     },
     /// `id` (here and in the control events below) is the message id, so a
     /// redelivered message counts once, even much later (a redelivered

@@ -256,6 +256,10 @@ pub struct TaskSlot {
     /// the pending one.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub lease_checks: u32,
+    /// The lease a worker took the current attempt with (a pull or push
+    /// agent), for a step without a heartbeat lease of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ms: Option<u64>,
     /// Message ids of the latest news the agent sent through heartbeats
     /// (at most [`TaskSlot::NEWS_REMEMBERED`]), so a redelivered one is
     /// told once.
@@ -278,6 +282,7 @@ impl TaskSlot {
             error: None,
             heartbeat_at: None,
             lease_checks: 0,
+            lease_ms: None,
             news: Vec::new(),
         }
     }

@@ -34,7 +34,7 @@ pub(crate) fn item_of(step: &Step, index: usize) -> Option<u32> {
 }
 
 /// The heartbeat lease of a task's step: only action tasks have one.
-fn lease_of(ctx: &Ctx, key: &TaskKey) -> Option<u64> {
+fn step_lease(ctx: &Ctx, key: &TaskKey) -> Option<u64> {
     if key.role != TaskRole::Action {
         return None;
     }
@@ -44,11 +44,17 @@ fn lease_of(ctx: &Ctx, key: &TaskKey) -> Option<u64> {
         .heartbeat_timeout_ms
 }
 
+/// The lease the current attempt runs under: its step's, or the one the
+/// worker that took it asked for.
+fn lease_of(ctx: &Ctx, key: &TaskKey) -> Option<u64> {
+    step_lease(ctx, key).or_else(|| slot(&ctx.state, key).and_then(|s| s.lease_ms))
+}
+
 /// Sends the next attempt of a queued or backing-off task.
 pub(crate) fn dispatch(ctx: &mut Ctx, key: &TaskKey, timeout_ms: Option<u64>) {
     let Ok(workflow) = ctx.workflow() else { return };
     let deadline = timeout_ms.map(|ms| ctx.at_plus(ms));
-    let lease = lease_of(ctx, key);
+    let lease = step_lease(ctx, key);
     let at = ctx.at;
     let Some(slot) = slot_mut(ctx, key) else {
         return;
@@ -57,6 +63,7 @@ pub(crate) fn dispatch(ctx: &mut Ctx, key: &TaskKey, timeout_ms: Option<u64>) {
     slot.status = SlotStatus::Running;
     slot.heartbeat_at = lease.map(|_| at);
     slot.lease_checks = u32::from(lease.is_some());
+    slot.lease_ms = None;
     slot.news.clear();
     let task = TaskDispatched {
         key: key.clone(),
@@ -217,14 +224,19 @@ fn cancel_lease(ctx: &mut Ctx, key: &TaskKey, attempt: u32) {
 /// its news goes to the watchers. News of the current attempt counts even
 /// after its result was applied: the two travel separately and may be taken
 /// in either order, and an approval request must not be lost to that race.
+/// A heartbeat with `lease_ms` (a worker took the attempt) gives an attempt
+/// without a lease one.
 pub(crate) fn heartbeat(
     ctx: &mut Ctx,
     key: &TaskKey,
     attempt: u32,
     at: time::OffsetDateTime,
     news: Option<&AgentNews>,
+    lease_ms: Option<u64>,
 ) -> Result<(), Ignored> {
-    let renewed = check_running(&ctx.state, key, attempt).is_ok() && lease_of(ctx, key).is_some();
+    let running = check_running(&ctx.state, key, attempt).is_ok();
+    let taken = running && take_lease(ctx, key, attempt, lease_ms);
+    let renewed = taken || (running && lease_of(ctx, key).is_some());
     if renewed && let Some(slot) = slot_mut(ctx, key) {
         slot.heartbeat_at = Some(at);
     }
@@ -258,6 +270,33 @@ pub(crate) fn heartbeat(
     }
     drop(progress);
     Ok(())
+}
+
+/// Gives a running attempt without a lease the one its worker took it
+/// with, watched from now on. False when there is nothing to take: no
+/// lease asked for, or the attempt has one already (its step's, or an
+/// earlier claim's: a second worker taking a redelivered copy renews it).
+fn take_lease(ctx: &mut Ctx, key: &TaskKey, attempt: u32, lease_ms: Option<u64>) -> bool {
+    let Some(lease) = lease_ms.filter(|ms| *ms > 0) else {
+        return false;
+    };
+    if lease_of(ctx, key).is_some() {
+        return false;
+    }
+    let at = ctx.at;
+    let Some(slot) = slot_mut(ctx, key) else {
+        return false;
+    };
+    slot.lease_ms = Some(lease);
+    slot.heartbeat_at = Some(at);
+    slot.lease_checks += 1;
+    let check = TimerKey::HeartbeatLease {
+        key: key.clone(),
+        attempt,
+        check: slot.lease_checks,
+    };
+    ctx.schedule(check, ctx.at_plus(lease));
+    true
 }
 
 /// A lease check: an attempt silent for its whole lease is hung; it is

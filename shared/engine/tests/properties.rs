@@ -250,6 +250,7 @@ impl Run {
             let (key, attempt) = self.world.in_flight[c % self.world.in_flight.len()].clone();
             let id = self.next_id();
             self.deliver(Event::TaskHeartbeat {
+                lease_ms: None,
                 at,
                 key,
                 attempt,

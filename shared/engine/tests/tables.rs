@@ -723,6 +723,7 @@ fn agent_news_is_told_once_in_its_place() {
     let before = h.state.position;
     let at = h.now;
     let beat = |id: &str, attempt: u32| Event::TaskHeartbeat {
+        lease_ms: None,
         at,
         key: key("a", None),
         attempt,
@@ -966,6 +967,7 @@ fn a_heartbeat_lease_is_renewed_by_heartbeats_and_lost_to_silence() {
     let at = h.now;
     assert!(
         h.send(Event::TaskHeartbeat {
+            lease_ms: None,
             news: None,
             at,
             key: key("work", None),
@@ -1007,6 +1009,7 @@ fn a_heartbeat_lease_is_renewed_by_heartbeats_and_lost_to_silence() {
     let at = h.now;
     assert!(
         !h.send(Event::TaskHeartbeat {
+            lease_ms: None,
             news: None,
             at,
             key: key("work", None),
@@ -1031,6 +1034,85 @@ fn a_heartbeat_lease_is_renewed_by_heartbeats_and_lost_to_silence() {
 }
 
 #[test]
+fn a_worker_that_takes_an_attempt_holds_it_under_its_lease() {
+    let mut h = Harness::start(
+        "name: pulled\nversion: 1\nsteps:\n  - { id: work, agent: reviewer, retry: { max_attempts: 2, initial_interval_ms: 10 } }\n",
+        json!({}),
+    );
+    let started = h.take();
+    assert!(
+        scheduled(&started).is_empty(),
+        "a task waiting for a worker has no lease"
+    );
+    let claim = |h: &mut Harness, attempt: u32, lease_ms: Option<u64>| {
+        let at = h.now;
+        h.send(Event::TaskHeartbeat {
+            lease_ms,
+            news: None,
+            at,
+            key: key("work", None),
+            attempt,
+        })
+    };
+
+    // The claim: the lease is watched from now on.
+    h.advance(5_000);
+    let taken_at = h.now;
+    assert!(claim(&mut h, 1, Some(1_000)).applied());
+    assert_eq!(
+        scheduled(&h.take()),
+        vec![(lease(1, 1), taken_at + time::Duration::seconds(1))]
+    );
+    assert_eq!(h.state.steps[&step("work")].tasks[0].lease_ms, Some(1_000));
+
+    // A second claim (a redelivered copy taken by another worker) and the
+    // worker's heartbeats renew it without another timer.
+    h.advance(500);
+    let renewed_at = h.now;
+    assert!(claim(&mut h, 1, Some(1_000)).applied());
+    assert!(scheduled(&h.take()).is_empty());
+    h.advance(500);
+    h.fire(lease(1, 1));
+    assert_eq!(
+        scheduled(&h.take()),
+        vec![(lease(1, 2), renewed_at + time::Duration::seconds(1))]
+    );
+
+    // The worker vanished: the attempt is failed and retried, and the
+    // retry waits for a worker again, with no lease.
+    h.advance(1_000);
+    h.fire(lease(1, 2));
+    let lost = h.take();
+    assert!(lost.iter().any(|c| matches!(
+        c,
+        Command::PublishProgress(p) if p.kind == ProgressKind::StepRetrying
+            && p.message.as_deref().is_some_and(|m| m.contains("no heartbeat for 1000 ms"))
+    )));
+    h.fire(TimerKey::Retry {
+        key: key("work", None),
+        attempt: 1,
+    });
+    let retried = h.take();
+    assert!(scheduled(&retried).is_empty());
+    assert_eq!(h.state.steps[&step("work")].tasks[0].lease_ms, None);
+    assert!(
+        !claim(&mut h, 1, Some(1_000)).applied(),
+        "the abandoned attempt cannot be taken again"
+    );
+
+    // Done within the lease: the check goes with it.
+    assert!(claim(&mut h, 2, Some(1_000)).applied());
+    h.take();
+    h.complete(key("work", None), 2, json!("done"));
+    let done = h.take();
+    assert!(
+        done.iter()
+            .any(|c| matches!(c, Command::CancelTimer { timer } if *timer == lease(2, 1)))
+    );
+    assert_eq!(h.state.status, RuntimeStatus::Completed);
+}
+
+#[test]
 fn steps_without_a_lease_ignore_heartbeats() {
     let mut h = Harness::start(
         "name: plain\nversion: 1\nsteps:\n  - { id: work, agent: echo }\n",
@@ -1039,6 +1121,7 @@ fn steps_without_a_lease_ignore_heartbeats() {
     h.take();
     let at = h.now;
     let beat = h.send(Event::TaskHeartbeat {
+        lease_ms: None,
         news: None,
         at,
         key: key("work", None),

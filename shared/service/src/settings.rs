@@ -123,7 +123,7 @@ fn layered(
 /// shared block, a test's) may configure several services, so a variable
 /// for a section this service does not have is left out rather than
 /// refused; a variable naming no legato section at all still fails.
-const LEGATO_SECTIONS: [&str; 12] = [
+const LEGATO_SECTIONS: [&str; 13] = [
     "http",
     "telemetry",
     "store",
@@ -136,6 +136,7 @@ const LEGATO_SECTIONS: [&str; 12] = [
     "data",
     "data_dir",
     "workflows_dir",
+    "agents_dir",
 ];
 
 fn environment_for(sections: &[String]) -> config::Map<String, String> {

@@ -876,6 +876,76 @@ pub async fn dead_letters_park_once_list_in_pages_and_go_when_removed(store: &dy
     );
 }
 
+pub async fn agents_are_registered_at_the_version_read(store: &dyn Store) {
+    let prefix = unique("a").replace('-', "");
+    let name =
+        |local: &str| legato_contracts::AgentName::parse(format!("{prefix}-{local}")).unwrap();
+    let at = datetime!(2026-12-06 10:00 UTC);
+    let record = |local: &str, tenant: Option<&str>, lease: u64| crate::AgentRecord {
+        name: name(local),
+        tenant: tenant.map(str::to_owned),
+        body: json!({"kind": "pull", "lease_ms": lease}),
+        updated_at: at,
+    };
+    let reviewer = record("reviewer", None, 60_000);
+    let v1 = store.put_agent(&reviewer, &Expected::New).await.unwrap();
+    assert!(
+        matches!(
+            store.put_agent(&reviewer, &Expected::New).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "a name is registered once"
+    );
+    let read = store.get_agent(&reviewer.name).await.unwrap().unwrap();
+    assert_eq!(
+        (read.record, read.version.clone()),
+        (reviewer.clone(), v1.clone())
+    );
+
+    // A change at the version read wins once; the same version again loses.
+    let changed = crate::AgentRecord {
+        updated_at: at + time::Duration::minutes(1),
+        ..record("reviewer", None, 5_000)
+    };
+    let v2 = store
+        .put_agent(&changed, &Expected::Version(v1.clone()))
+        .await
+        .unwrap();
+    assert_ne!(v1, v2);
+    assert!(matches!(
+        store.put_agent(&reviewer, &Expected::Version(v1)).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        store
+            .get_agent(&changed.name)
+            .await
+            .unwrap()
+            .unwrap()
+            .record,
+        changed
+    );
+
+    let owned = record("coder", Some("team-a"), 1_000);
+    store.put_agent(&owned, &Expected::New).await.unwrap();
+    let listed: Vec<_> = store
+        .list_agents()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.record)
+        .filter(|r| r.name.as_str().starts_with(&prefix))
+        .collect();
+    assert_eq!(listed, vec![owned.clone(), changed.clone()], "by name");
+
+    assert!(store.delete_agent(&changed.name).await.unwrap());
+    assert!(!store.delete_agent(&changed.name).await.unwrap());
+    assert_eq!(store.get_agent(&changed.name).await.unwrap(), None);
+    assert_eq!(store.get_agent(&name("nobody")).await.unwrap(), None);
+    // A deleted name may be registered again, from scratch.
+    store.put_agent(&reviewer, &Expected::New).await.unwrap();
+}
+
 pub async fn schedules_are_written_at_the_version_read_and_found_when_due(store: &dyn Store) {
     let tenant = unique("t").replace('-', "");
     let name = |local: &str| ScheduleName::parse(format!("{tenant}~{local}")).unwrap();
@@ -1005,6 +1075,7 @@ macro_rules! store_conformance_tests {
             leases_have_one_holder_at_a_time,
             dead_letters_park_once_list_in_pages_and_go_when_removed,
             schedules_are_written_at_the_version_read_and_found_when_due,
+            agents_are_registered_at_the_version_read,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

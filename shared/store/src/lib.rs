@@ -9,6 +9,7 @@
 //!
 //! Every adapter passes the same [`conformance`] suite.
 
+mod agent;
 mod azure;
 pub mod conformance;
 mod dead_letter;
@@ -20,11 +21,12 @@ mod token;
 
 use async_trait::async_trait;
 use legato_contracts::{
-    InstanceId, ProgressEvent, RuntimeStatus, ScheduleName, Topic, WorkflowName,
+    AgentName, InstanceId, ProgressEvent, RuntimeStatus, ScheduleName, Topic, WorkflowName,
 };
 use serde_json::Value;
 use time::OffsetDateTime;
 
+pub use agent::{AgentRecord, MAX_AGENTS_LISTED, StoredAgent};
 pub use azure::{AzureTableConnection, AzureTableStore, INDEX_GRACE, table_requests};
 pub use dead_letter::{DeadLetter, DeadLetterPage, DeadLetterQuery};
 pub use json_text::JsonText;
@@ -367,6 +369,22 @@ pub trait Store: Send + Sync + 'static {
         name: &ScheduleName,
         expected: Option<&Version>,
     ) -> Result<bool, StoreError>;
+
+    /// Creates (`Expected::New`; conflict if it exists) or replaces (only at
+    /// the version given; conflict otherwise) an agent's registration.
+    async fn put_agent(
+        &self,
+        record: &AgentRecord,
+        expected: &Expected,
+    ) -> Result<Version, StoreError>;
+
+    async fn get_agent(&self, name: &AgentName) -> Result<Option<StoredAgent>, StoreError>;
+
+    /// Every registered agent by name, at most [`MAX_AGENTS_LISTED`].
+    async fn list_agents(&self) -> Result<Vec<StoredAgent>, StoreError>;
+
+    /// Removes an agent's registration; `false` if there was none.
+    async fn delete_agent(&self, name: &AgentName) -> Result<bool, StoreError>;
 
     /// Takes or keeps the lease `name` for `holder` until `ttl` from now,
     /// for work one replica at a time must do. True when `holder` holds it

@@ -1,8 +1,10 @@
+mod agents;
 mod control;
 mod dead_letters;
 mod instances;
 mod realtime;
 mod schedules;
+mod tasks;
 mod workflows;
 
 use axum::Router;
@@ -17,6 +19,10 @@ use legato_store::StoredInstance;
 
 use crate::GatewayState;
 
+pub(crate) use agents::{
+    __path_delete_agent, __path_get_agent, __path_list_agents, __path_put_agent, AgentList,
+    AgentView,
+};
 pub(crate) use control::__path_raise_event;
 pub(crate) use control::{
     __path_redrive, __path_restart, __path_resume, __path_suspend, __path_terminate,
@@ -34,6 +40,10 @@ pub(crate) use schedules::{
     __path_pause_schedule, __path_put_schedule, __path_resume_schedule, __path_trigger_schedule,
     BackfillBody, NoteBody, RecentRun, RunsRequested, ScheduleList, ScheduleView, TriggerBody,
 };
+pub(crate) use tasks::{
+    __path_complete, __path_fail, __path_heartbeat, __path_poll, CompleteRequest, FailRequest,
+    HeartbeatRequest, HeartbeatResponse, PollRequest, PollResponse, PulledTask, TaskAccepted,
+};
 pub(crate) use workflows::{
     __path_get_workflow, __path_list_versions, __path_list_workflows, __path_register,
 };
@@ -42,9 +52,15 @@ pub(crate) use workflows::{
 pub(crate) fn required_role(method: &Method, path: &str) -> Role {
     match (method.as_str(), path) {
         ("PUT", "/api/v1/workflows/{name}")
+        | ("PUT", "/api/v1/agents/{name}")
+        | ("DELETE", "/api/v1/agents/{name}")
         | ("PUT", "/api/v1/schedules/{name}")
         | ("DELETE", "/api/v1/schedules/{name}") => Role::Manage,
         ("POST", "/api/v1/workflows/{name}/instances") => Role::Start,
+        ("POST", "/api/v1/tasks/poll")
+        | ("POST", "/api/v1/tasks/{token}/heartbeat")
+        | ("POST", "/api/v1/tasks/{token}/complete")
+        | ("POST", "/api/v1/tasks/{token}/fail") => Role::Agent,
         ("POST", "/api/v1/instances/{id}/events/{name}") => Role::Signal,
         ("DELETE", "/api/v1/instances/{id}")
         | ("POST", "/api/v1/instances/{id}/terminate")
@@ -101,6 +117,17 @@ pub(crate) fn routes() -> Router<GatewayState> {
         .route("/api/v1/instances/{id}/resume", post(control::resume))
         .route("/api/v1/instances/{id}/restart", post(control::restart))
         .route("/api/v1/instances/{id}/redrive", post(control::redrive))
+        .route("/api/v1/agents", get(agents::list_agents))
+        .route(
+            "/api/v1/agents/{name}",
+            put(agents::put_agent)
+                .get(agents::get_agent)
+                .delete(agents::delete_agent),
+        )
+        .route("/api/v1/tasks/poll", post(tasks::poll))
+        .route("/api/v1/tasks/{token}/heartbeat", post(tasks::heartbeat))
+        .route("/api/v1/tasks/{token}/complete", post(tasks::complete))
+        .route("/api/v1/tasks/{token}/fail", post(tasks::fail))
         .route("/api/v1/schedules", get(schedules::list_schedules))
         .route(
             "/api/v1/schedules/{name}",

@@ -210,6 +210,22 @@ impl Legato {
         }
     }
 
+    /// The same gateway, every request sent with `Authorization: Bearer
+    /// <key>`.
+    pub fn with_bearer(&self, key: &str) -> Self {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {key}").parse().unwrap(),
+        );
+        let mut client = Self::attach(self.base.clone(), &self.data_dir);
+        client.client = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .unwrap();
+        client
+    }
+
     /// SIGTERM, then the exit status once the process has drained.
     pub fn terminate(mut self, limit: Duration) -> std::process::ExitStatus {
         let child = self.child.as_mut().expect("a legato up process");

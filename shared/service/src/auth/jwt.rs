@@ -105,6 +105,7 @@ impl JwtVerifier {
             subject: claims["sub"].as_str().unwrap_or_default().to_owned(),
             tenant,
             roles,
+            agents: None,
         })
     }
 

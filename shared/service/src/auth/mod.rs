@@ -30,11 +30,24 @@ pub struct Principal {
     /// instances without a tenant (every caller when auth is off).
     pub tenant: Option<TenantId>,
     pub roles: Vec<Role>,
+    /// The agents the caller may serve as a worker; `None`: any of its
+    /// tenant's.
+    pub agents: Option<Vec<String>>,
 }
 
 impl Principal {
     pub fn may(&self, role: Role) -> bool {
         self.roles.iter().any(|r| *r == role || *r == Role::Admin)
+    }
+
+    /// Whether the caller's credential names `agent` among those it may
+    /// serve (the tenant check is the registry's).
+    pub fn may_serve(&self, agent: &str) -> bool {
+        self.may(Role::Agent)
+            && self
+                .agents
+                .as_ref()
+                .is_none_or(|names| names.iter().any(|n| n == agent))
     }
 
     /// The caller as one user across tenants (`tenant/subject`): two
@@ -140,6 +153,7 @@ impl Authenticator {
                 subject: "anonymous".into(),
                 tenant: None,
                 roles: vec![Role::Admin],
+                agents: None,
             }),
             Self::ApiKeys(keys) => {
                 let key = bearer.ok_or_else(|| {
@@ -153,6 +167,7 @@ impl Authenticator {
                         subject: k.id.clone(),
                         tenant: k.tenant.clone(),
                         roles: k.roles.clone(),
+                        agents: k.agents.clone(),
                     })
                     .ok_or_else(|| Refusal::Unauthenticated("unknown API key".into()))
             }

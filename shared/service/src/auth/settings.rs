@@ -31,9 +31,11 @@ pub enum Role {
     Signal,
     /// Terminate, suspend, resume, restart and purge instances.
     Operate,
-    /// Register definitions.
+    /// Register definitions and agents.
     Manage,
-    /// All of the above.
+    /// Serve agents' tasks as a worker: poll, heartbeat, complete, fail.
+    Agent,
+    /// All of the above, and push agents (whose URLs legato calls).
     Admin,
 }
 
@@ -47,6 +49,7 @@ impl Role {
             "signal" => Self::Signal,
             "operate" => Self::Operate,
             "manage" => Self::Manage,
+            "agent" => Self::Agent,
             "admin" => Self::Admin,
             _ => return None,
         })
@@ -67,6 +70,11 @@ pub struct ApiKeySetting {
     #[serde(default)]
     pub tenant: Option<TenantId>,
     pub roles: Vec<Role>,
+    /// With the `agent` role: the agents whose tasks the key may take.
+    /// Absent: any agent of its tenant (or, without a tenant, any shared
+    /// agent).
+    #[serde(default)]
+    pub agents: Option<Vec<String>>,
 }
 
 /// An OpenID Connect issuer's tokens.

@@ -15,6 +15,7 @@
 //!   entries that have pointed at nothing for longer than [`INDEX_GRACE`].
 //! - definitions: one partition per workflow name, one row per version.
 
+mod agents;
 mod bench;
 mod commit;
 mod connection;
@@ -462,6 +463,29 @@ impl Store for AzureTableStore {
 
     async fn remove_dead_letter(&self, id: &str) -> Result<bool, StoreError> {
         self.remove_letter(id).await
+    }
+
+    async fn put_agent(
+        &self,
+        record: &crate::AgentRecord,
+        expected: &Expected,
+    ) -> Result<Version, StoreError> {
+        self.put_agent_row(record, expected).await
+    }
+
+    async fn get_agent(
+        &self,
+        name: &legato_contracts::AgentName,
+    ) -> Result<Option<crate::StoredAgent>, StoreError> {
+        self.agent_row(name).await
+    }
+
+    async fn list_agents(&self) -> Result<Vec<crate::StoredAgent>, StoreError> {
+        self.agent_rows().await
+    }
+
+    async fn delete_agent(&self, name: &legato_contracts::AgentName) -> Result<bool, StoreError> {
+        self.delete_agent_row(name).await
     }
 
     async fn put_schedule(

@@ -2,6 +2,7 @@
 //! (WAL mode) or in-memory database behind one connection. Calls run on the
 //! blocking pool so they never stall the async runtime.
 
+mod agents;
 mod commit;
 mod schedules;
 
@@ -103,6 +104,13 @@ CREATE TABLE IF NOT EXISTS schedules (
     version INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS schedules_by_due ON schedules (next_due) WHERE next_due IS NOT NULL;
+CREATE TABLE IF NOT EXISTS agents (
+    name TEXT PRIMARY KEY,
+    tenant TEXT,
+    body TEXT NOT NULL,
+    updated_at INTEGER NOT NULL,
+    version INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS definitions (
     name TEXT NOT NULL,
     version INTEGER NOT NULL,
@@ -721,6 +729,29 @@ impl Store for SqliteStore {
                 .map_err(unavailable)
         })
         .await
+    }
+
+    async fn put_agent(
+        &self,
+        record: &crate::AgentRecord,
+        expected: &Expected,
+    ) -> Result<Version, StoreError> {
+        self.put_agent_row(record, expected).await
+    }
+
+    async fn get_agent(
+        &self,
+        name: &legato_contracts::AgentName,
+    ) -> Result<Option<crate::StoredAgent>, StoreError> {
+        self.agent_row(name).await
+    }
+
+    async fn list_agents(&self) -> Result<Vec<crate::StoredAgent>, StoreError> {
+        self.agent_rows().await
+    }
+
+    async fn delete_agent(&self, name: &legato_contracts::AgentName) -> Result<bool, StoreError> {
+        self.delete_agent_row(name).await
     }
 
     async fn put_schedule(

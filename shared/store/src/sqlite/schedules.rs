@@ -22,7 +22,7 @@ fn schedule(row: &Row<'_>) -> Result<StoredSchedule, StoreError> {
     })
 }
 
-fn version_number(version: &Version) -> Result<i64, StoreError> {
+pub(super) fn version_number(version: &Version) -> Result<i64, StoreError> {
     version
         .0
         .parse()

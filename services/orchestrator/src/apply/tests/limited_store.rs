@@ -125,6 +125,29 @@ impl Store for LimitedStore {
         self.inner.remove_dead_letter(id).await
     }
 
+    async fn put_agent(
+        &self,
+        record: &legato_store::AgentRecord,
+        expected: &Expected,
+    ) -> Result<Version, StoreError> {
+        self.inner.put_agent(record, expected).await
+    }
+
+    async fn get_agent(
+        &self,
+        name: &legato_contracts::AgentName,
+    ) -> Result<Option<legato_store::StoredAgent>, StoreError> {
+        self.inner.get_agent(name).await
+    }
+
+    async fn list_agents(&self) -> Result<Vec<legato_store::StoredAgent>, StoreError> {
+        self.inner.list_agents().await
+    }
+
+    async fn delete_agent(&self, name: &legato_contracts::AgentName) -> Result<bool, StoreError> {
+        self.inner.delete_agent(name).await
+    }
+
     async fn put_schedule(
         &self,
         record: &ScheduleRecord,

@@ -1,0 +1,162 @@
+//! `/api/v1/agents`: the registry. Every agent a workflow may name is
+//! listed here, the built-in ones too; registering one creates its task
+//! queue, so its tasks wait for its workers from then on.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use legato_service::auth::{Caller, Principal};
+use legato_service::problem::Problem;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::GatewayState;
+use crate::body::JsonBody;
+use crate::dto::rfc3339;
+use crate::registry::{self, Agent, AgentKind, AgentSpec, Registered};
+
+/// An agent as callers see it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct AgentView {
+    pub name: String,
+    pub kind: AgentKind,
+    /// Whether only the caller's tenant uses it (else every tenant shares it).
+    pub owned: bool,
+    /// How long a worker holds a task between heartbeats.
+    pub lease_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct AgentList {
+    pub items: Vec<AgentView>,
+}
+
+fn view(agent: Agent) -> AgentView {
+    AgentView {
+        name: agent.name.to_string(),
+        kind: agent.doc.kind,
+        owned: agent.tenant.is_some(),
+        lease_ms: agent.doc.lease_ms,
+        description: agent.doc.description,
+        updated_at: rfc3339(agent.updated_at),
+    }
+}
+
+fn tenant(caller: &Principal) -> Option<&str> {
+    caller.tenant.as_ref().map(|t| t.as_str())
+}
+
+/// The agent `raw` names, if the caller may see it (its tenant's own or a
+/// shared one); another tenant's answers as a missing one.
+async fn visible(state: &GatewayState, caller: &Principal, raw: String) -> Result<Agent, Problem> {
+    let name = registry::agent_name(raw)?;
+    registry::find(&*state.store, &name)
+        .await?
+        .filter(|a| a.serves(tenant(caller)))
+        .ok_or_else(|| Problem::not_found(format!("no agent {name}")))
+}
+
+#[utoipa::path(
+    put, path = "/api/v1/agents/{name}", tag = "agents",
+    params(("name" = String, Path, description = "1-63 characters of a-z 0-9 -, starting with a letter")),
+    request_body = AgentSpec,
+    responses(
+        (status = 201, description = "Registered; its task queue exists", body = AgentView),
+        (status = 200, description = "Replaced, or registered already as asked", body = AgentView),
+        (status = 400, description = "A bad field (`errors[].field` names it: `/kind`, `/leaseMs`, …)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The name is taken (another tenant's, or a built-in agent's)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The bus could not create the task queue; retry", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn put_agent(
+    State(state): State<GatewayState>,
+    Caller(caller): Caller,
+    Path(raw): Path<String>,
+    JsonBody(spec): JsonBody<AgentSpec>,
+) -> Result<Response, Problem> {
+    let name = registry::agent_name(raw)?;
+    let doc = spec.doc()?;
+    let outcome =
+        registry::register(&*state.store, &*state.bus, &name, tenant(&caller), doc).await?;
+    let agent = visible(&state, &caller, name.to_string()).await?;
+    let status = match outcome {
+        Registered::Created => StatusCode::CREATED,
+        Registered::Replaced | Registered::Unchanged => StatusCode::OK,
+    };
+    Ok((status, Json(view(agent))).into_response())
+}
+
+#[utoipa::path(
+    get, path = "/api/v1/agents", tag = "agents",
+    responses((status = 200, description = "The caller's tenant's agents and the shared ones, by name", body = AgentList))
+)]
+pub(crate) async fn list_agents(
+    State(state): State<GatewayState>,
+    Caller(caller): Caller,
+) -> Result<Json<AgentList>, Problem> {
+    let items = registry::all(&*state.store)
+        .await?
+        .into_iter()
+        .filter(|a| a.serves(tenant(&caller)))
+        .map(view)
+        .collect();
+    Ok(Json(AgentList { items }))
+}
+
+#[utoipa::path(
+    get, path = "/api/v1/agents/{name}", tag = "agents",
+    params(("name" = String, Path, description = "The agent's name")),
+    responses(
+        (status = 200, description = "The agent", body = AgentView),
+        (status = 400, description = "Not an agent name", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such agent", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn get_agent(
+    State(state): State<GatewayState>,
+    Caller(caller): Caller,
+    Path(raw): Path<String>,
+) -> Result<Json<AgentView>, Problem> {
+    Ok(Json(view(visible(&state, &caller, raw).await?)))
+}
+
+#[utoipa::path(
+    delete, path = "/api/v1/agents/{name}", tag = "agents",
+    params(("name" = String, Path, description = "The agent's name")),
+    responses(
+        (status = 204, description = "Removed from the registry; its task queue, and any tasks on it, stay"),
+        (status = 400, description = "Not an agent name", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such agent of the caller's", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A built-in agent, or a shared one the caller does not own", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn delete_agent(
+    State(state): State<GatewayState>,
+    Caller(caller): Caller,
+    Path(raw): Path<String>,
+) -> Result<StatusCode, Problem> {
+    let agent = visible(&state, &caller, raw).await?;
+    if agent.doc.kind == AgentKind::Builtin || agent.tenant.as_deref() != tenant(&caller) {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "Not yours to remove",
+            format!(
+                "agent {} is {}",
+                agent.name,
+                if agent.doc.kind == AgentKind::Builtin {
+                    "built in"
+                } else {
+                    "shared by every tenant"
+                }
+            ),
+        ));
+    }
+    state.store.delete_agent(&agent.name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,379 @@
+//! Pull agents over HTTP against a real `legato up`: a worker that is only
+//! an HTTP client registers an agent, long-polls for its tasks, heartbeats,
+//! completes and fails them, as an SDK in any language would. Each
+//! guarantee of the protocol (docs/agents.md) is checked here: the lease
+//! that retries a vanished worker's attempt, a completion recorded once
+//! however often it is sent, a late completion refused, cancellation seen
+//! on the next heartbeat, and tenants' workers kept apart.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::{ApiKey, Legato, echo_step, events, step_of, temp_dir};
+
+/// One poll for `agents`, as a worker sends it.
+async fn poll(legato: &Legato, agents: &[&str], max: usize, wait_ms: u64) -> Vec<Value> {
+    let (status, body) = legato
+        .post(
+            "/api/v1/tasks/poll",
+            json!({"agents": agents, "maxTasks": max, "waitMs": wait_ms, "workerId": "test-worker"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["tasks"].as_array().unwrap().clone()
+}
+
+/// Polls until a task comes (each poll waits at most 5 s).
+async fn take_one(legato: &Legato, agent: &str) -> Value {
+    for _ in 0..6 {
+        if let Some(task) = poll(legato, &[agent], 1, 5_000).await.pop() {
+            return task;
+        }
+    }
+    panic!("no task of {agent} within 30 s");
+}
+
+async fn task_call(legato: &Legato, task: &Value, what: &str, body: Value) -> (StatusCode, Value) {
+    let token = task["token"].as_str().unwrap();
+    legato
+        .post(&format!("/api/v1/tasks/{token}/{what}"), body)
+        .await
+}
+
+fn review_workflow(name: &str, lease_step: Option<u64>) -> Value {
+    let mut review = json!({
+        "id": "review", "needs": ["draft"], "agent": "reviewer",
+        "input": {"draft": "${{ steps.draft.output }}"},
+        "retry": {"max_attempts": 3, "initial_interval_ms": 50}
+    });
+    if let Some(ms) = lease_step {
+        review["heartbeat_timeout_ms"] = json!(ms);
+    }
+    json!({
+        "name": name, "version": 1,
+        "steps": [
+            echo_step("draft", &[], json!({"value": "${{ input.text }}"})),
+            review,
+            echo_step("publish", &["review"], json!({"value": "${{ steps.review.output }}"})),
+        ]
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_worker_takes_heartbeats_completes_and_fails_tasks_over_http() {
+    let dir = temp_dir();
+    let legato = Legato::start(dir.path());
+
+    // The registry: the built-in agents are listed, a pull agent is added.
+    let (status, body) = legato
+        .put(
+            "/api/v1/agents/reviewer",
+            json!({"kind": "pull", "leaseMs": 1500, "description": "reviews drafts"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["kind"], "pull");
+    assert_eq!(body["leaseMs"], 1500);
+    let (status, again) = legato
+        .put(
+            "/api/v1/agents/reviewer",
+            json!({"kind": "pull", "leaseMs": 1500, "description": "reviews drafts"}),
+        )
+        .await;
+    assert_eq!(
+        (status, &again["name"]),
+        (StatusCode::OK, &json!("reviewer"))
+    );
+    let (_, list) = legato.get_json("/api/v1/agents").await;
+    let kinds: Vec<(String, String)> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["name"].as_str().unwrap().to_owned(),
+                a["kind"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for builtin in ["approval", "coder", "data", "echo", "planner"] {
+        assert!(
+            kinds.contains(&(builtin.to_owned(), "builtin".to_owned())),
+            "{kinds:?}"
+        );
+    }
+    assert!(kinds.contains(&("reviewer".to_owned(), "pull".to_owned())));
+    let (status, problem) = legato
+        .put("/api/v1/agents/echo", json!({"kind": "pull"}))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "a built-in name is taken: {problem}"
+    );
+    let (status, problem) = legato
+        .put(
+            "/api/v1/agents/reviewer",
+            json!({"kind": "pull", "leaseMs": 5}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(problem["errors"][0]["field"], "/leaseMs");
+    let (status, problem) = legato
+        .post("/api/v1/tasks/poll", json!({"agents": ["echo"]}))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "built-in agents are not polled"
+    );
+    assert_eq!(problem["errors"][0]["field"], "/agents/0");
+
+    legato.register(review_workflow("reviewed", None)).await;
+
+    // A task waits for its worker (no lease runs while it waits), then is
+    // completed; sending the completion again records nothing more.
+    let id = legato
+        .start_instance("reviewed", json!({"input": {"text": "hello"}}))
+        .await;
+    legato.wait_step(&id, "review", "Running").await;
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let task = take_one(&legato, "reviewer").await;
+    assert_eq!(task["instanceId"], id.as_str());
+    assert_eq!(task["agent"], "reviewer");
+    assert_eq!(task["step"], "review");
+    assert_eq!(task["attempt"], 1);
+    assert_eq!(task["leaseMs"], 1500);
+    assert_eq!(task["input"]["draft"]["value"], "hello");
+    assert!(task["idempotencyKey"].as_str().unwrap().ends_with("#1"));
+    let (status, beat) = task_call(
+        &legato,
+        &task,
+        "heartbeat",
+        json!({"message": "reading", "data": {"percent": 50}}),
+    )
+    .await;
+    assert_eq!((status, &beat["leaseMs"]), (StatusCode::OK, &json!(1500)));
+    let (status, done) = task_call(
+        &legato,
+        &task,
+        "complete",
+        json!({"output": {"approved": true}}),
+    )
+    .await;
+    assert_eq!(
+        (status, &done["status"]),
+        (StatusCode::OK, &json!("recorded"))
+    );
+    let finished = legato.wait_status(&id, "Completed").await;
+    let (status, repeat) = task_call(
+        &legato,
+        &task,
+        "complete",
+        json!({"output": {"approved": "twice"}}),
+    )
+    .await;
+    assert_eq!(
+        (status, &repeat["status"]),
+        (StatusCode::OK, &json!("recorded_before"))
+    );
+    assert_eq!(
+        step_of(&finished, "review")["output"],
+        json!({"approved": true})
+    );
+    assert_eq!(
+        finished["output"]["publish"]["value"],
+        json!({"approved": true}),
+        "{finished:#}"
+    );
+    let finished = legato.status(&id).await;
+    assert_eq!(
+        events(&finished, "task_completed").len(),
+        3,
+        "each result once"
+    );
+    let progress: Vec<&Value> = events(&finished, "task_heartbeat")
+        .into_iter()
+        .filter(|e| e["event"]["news"]["message"] == "reading")
+        .collect();
+    assert_eq!(
+        progress.len(),
+        1,
+        "the worker's progress reached the history"
+    );
+
+    // A worker that vanishes mid-task: its lease runs out, the attempt is
+    // retried, and its late completion is refused and not recorded.
+    let id = legato
+        .start_instance("reviewed", json!({"input": {"text": "again"}}))
+        .await;
+    let lost = take_one(&legato, "reviewer").await;
+    assert_eq!(lost["attempt"], 1);
+    let retry = take_one(&legato, "reviewer").await;
+    assert_eq!(
+        (retry["instanceId"].clone(), retry["attempt"].clone()),
+        (json!(id), json!(2))
+    );
+    let (status, problem) = task_call(&legato, &lost, "complete", json!({"output": "late"})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    let (status, problem) = task_call(&legato, &lost, "heartbeat", json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    // A retryable failure is retried under the step's policy.
+    let (status, _) = task_call(
+        &legato,
+        &retry,
+        "fail",
+        json!({"message": "model overloaded", "retryable": true}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let third = take_one(&legato, "reviewer").await;
+    assert_eq!(third["attempt"], 3);
+    task_call(&legato, &third, "complete", json!({"output": "ok"})).await;
+    let finished = legato.wait_status(&id, "Completed").await;
+    assert_eq!(step_of(&finished, "review")["output"], "ok");
+
+    // Cancellation: the instance is terminated while the worker works; the
+    // worker hears it on its next heartbeat.
+    let id = legato
+        .start_instance("reviewed", json!({"input": {"text": "stop"}}))
+        .await;
+    let doomed = take_one(&legato, "reviewer").await;
+    let (status, _) = legato
+        .post(
+            &format!("/api/v1/instances/{id}/terminate"),
+            json!({"reason": "changed my mind"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    legato.wait_status(&id, "Terminated").await;
+    let (status, problem) = task_call(&legato, &doomed, "heartbeat", json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("Terminated"),
+        "{problem}"
+    );
+
+    // A non-retryable failure fails the step for good.
+    let id = legato
+        .start_instance("reviewed", json!({"input": {"text": "bad"}}))
+        .await;
+    let task = take_one(&legato, "reviewer").await;
+    task_call(
+        &legato,
+        &task,
+        "fail",
+        json!({"message": "draft is empty", "retryable": false}),
+    )
+    .await;
+    let failed = legato.wait_status(&id, "Failed").await;
+    assert!(failed.to_string().contains("draft is empty"), "{failed:#}");
+
+    // A token that names nothing of the caller's.
+    let (status, problem) = legato
+        .post("/api/v1/tasks/not-a-token/complete", json!({}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(problem["errors"][0]["field"], "token");
+
+    // Removed from the registry: no longer listed or polled.
+    assert_eq!(
+        legato.delete("/api/v1/agents/reviewer").await,
+        StatusCode::NO_CONTENT
+    );
+    let (status, _) = legato.get_json("/api/v1/agents/reviewer").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        legato.delete("/api/v1/agents/echo").await,
+        StatusCode::CONFLICT
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_worker_takes_only_its_tenants_tasks() {
+    let dir = temp_dir();
+    let key = |id, key, tenant, roles| ApiKey {
+        id,
+        key,
+        tenant,
+        roles,
+    };
+    let legato = Legato::start_with_api_keys(
+        dir.path(),
+        &[
+            key("acme", "acme-admin", Some("acme"), &["admin"]),
+            key("acme-worker", "acme-worker", Some("acme"), &["agent"]),
+            key("beta", "beta-admin", Some("beta"), &["admin"]),
+            key("beta-worker", "beta-worker", Some("beta"), &["agent"]),
+        ],
+    );
+    let as_ = |key: &str| legato.with_bearer(key);
+    let acme = as_("acme-admin");
+    let beta = as_("beta-admin");
+
+    // acme's agent; beta cannot take its name, nor see it.
+    let (status, _) = acme
+        .put(
+            "/api/v1/agents/reviewer",
+            json!({"kind": "pull", "leaseMs": 1000}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = beta
+        .put("/api/v1/agents/reviewer", json!({"kind": "pull"}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, _) = beta.get_json("/api/v1/agents/reviewer").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Both tenants run a workflow naming `reviewer`; beta's task never
+    // reaches acme's worker: beta's step fails as if there were no agent.
+    acme.register(review_workflow("reviewed", None)).await;
+    beta.register(review_workflow("reviewed", None)).await;
+    let beta_id = beta
+        .start_instance("reviewed", json!({"input": {"text": "b"}}))
+        .await;
+    let acme_id = acme
+        .start_instance("reviewed", json!({"input": {"text": "a"}}))
+        .await;
+    let acme_worker = as_("acme-worker");
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        for task in poll(&acme_worker, &["reviewer"], 8, 2_000).await {
+            seen.push(task["instanceId"].as_str().unwrap().to_owned());
+            task_call(&acme_worker, &task, "complete", json!({"output": "fine"})).await;
+        }
+        if !seen.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(seen, vec![acme_id.clone()]);
+    acme.wait_status(&acme_id, "Completed").await;
+    let failed = beta.wait_status(&beta_id, "Failed").await;
+    assert!(
+        failed
+            .to_string()
+            .contains("no agent reviewer is registered"),
+        "{failed:#}"
+    );
+
+    // beta's worker may not serve acme's agent; a reader may not poll.
+    let (status, _) = as_("beta-worker")
+        .post(
+            "/api/v1/tasks/poll",
+            json!({"agents": ["reviewer"], "waitMs": 0}),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "another tenant's agent is missing"
+    );
+    let (status, _) = acme.post("/api/v1/agents/reviewer", json!({})).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+}
