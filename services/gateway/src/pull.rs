@@ -95,6 +95,15 @@ impl Waiter {
     }
 }
 
+/// Ends a poll's wait when the poll is dropped before it answered.
+struct ClosedOnDrop(Arc<Waiter>);
+
+impl Drop for ClosedOnDrop {
+    fn drop(&mut self) {
+        drop(self.0.close());
+    }
+}
+
 /// One agent's queue in this replica.
 struct Feeder {
     agent: AgentName,
@@ -183,6 +192,9 @@ impl PullHub {
     /// to be settled by the caller.
     pub async fn poll(&self, agents: &[AgentName], want: usize, wait: Duration) -> Vec<Delivery> {
         let waiter = Arc::new(Waiter::new(want));
+        // A poll whose caller went away (the worker hung up mid-wait) takes
+        // nothing more; what it had goes back to the queue.
+        let _closed_on_drop = ClosedOnDrop(waiter.clone());
         for agent in agents {
             let feeder = self.feeder(agent);
             if feeder.add(&waiter) {

@@ -173,3 +173,21 @@ async fn concurrent_polls_share_the_tasks_each_once() {
     all.sort_by_key(|v| v.as_u64());
     assert_eq!(all, (0..100).map(|i| json!(i)).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn a_poll_abandoned_by_its_caller_leaves_its_tasks_to_the_next() {
+    let (bus, hub) = hub(&["reviewer"]).await;
+    let hub = Arc::new(hub);
+    let reviewer = [agent("reviewer")];
+    let gone = {
+        let hub = hub.clone();
+        tokio::spawn(async move { hub.poll(&[agent("reviewer")], 1, Duration::from_secs(60)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    gone.abort();
+    let _ = gone.await;
+    bus.publish_envelope(&task("reviewer", 9)).await.unwrap();
+    let got = hub.poll(&reviewer, 1, Duration::from_secs(10)).await;
+    assert_eq!(items(&got), vec![json!(9)]);
+    assert_eq!(got[0].delivery_count, 1, "never handed to the poll that left");
+}

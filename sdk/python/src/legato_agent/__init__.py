@@ -1,0 +1,22 @@
+"""Write legato agents in Python.
+
+An agent is an async function from a :class:`Task` to its JSON output; a
+:class:`Worker` serves one or more of them from a legato gateway: it long-polls
+for their tasks, runs them with a concurrency cap, heartbeats while they run,
+reports each result, and drains on SIGTERM.
+
+    from legato_agent import Task, Worker
+
+    async def review(task: Task) -> dict:
+        await task.progress("reading the draft")
+        return {"approved": "TODO" not in task.input["draft"]}
+
+    async with Worker(url="http://127.0.0.1:8080", agents={"reviewer": review}) as worker:
+        await worker.run()
+"""
+
+from ._client import ProtocolError
+from ._task import FatalError, RetryableError, Task
+from ._worker import Handler, Worker
+
+__all__ = ["FatalError", "Handler", "ProtocolError", "RetryableError", "Task", "Worker"]

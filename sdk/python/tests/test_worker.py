@@ -1,0 +1,246 @@
+"""The Python SDK against a real ``legato up``: agents written as async
+functions serve workflow steps beside the built-in agents, at volume, across
+a worker killed mid-task, through cancellation, and with progress live on the
+instance's stream."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from conftest import Legato
+
+from legato_agent import FatalError, Task, Worker
+
+
+@asynccontextmanager
+async def serving(
+    legato: Legato, agents: dict[str, Callable[[Task], Awaitable[Any]]], **options: Any
+) -> AsyncIterator[Worker]:
+    worker = Worker(url=legato.url, agents=agents, poll_wait_ms=2_000, **options)
+    running = asyncio.create_task(worker.run(handle_signals=False))
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        await running
+        await worker.__aexit__(None, None, None)
+
+
+def step(id: str, agent: str, needs: list[str], input: Any, **extra: Any) -> dict[str, Any]:
+    return {"id": id, "agent": agent, "needs": needs, "input": input, **extra}
+
+
+async def test_a_python_agent_serves_a_step_between_built_in_agents(legato: Legato) -> None:
+    await legato.put_agent("py-reviewer", leaseMs=5_000)
+    await legato.register(
+        {
+            "name": "py-reviewed",
+            "version": 1,
+            "steps": [
+                step("draft", "echo", [], {"value": "${{ input.text }}"}),
+                step("review", "py-reviewer", ["draft"], {"draft": "${{ steps.draft.output }}"}),
+                step("publish", "echo", ["review"], {"value": "${{ steps.review.output }}"}),
+            ],
+        }
+    )
+
+    async def review(task: Task) -> dict[str, Any]:
+        text = task.input["draft"]["value"]
+        return {"approved": "TODO" not in text, "attempt": task.attempt, "seen": text}
+
+    async with serving(legato, {"py-reviewer": review}):
+        instance = await legato.start("py-reviewed", {"text": "ship it"})
+        done = await legato.wait_for(instance, "Completed")
+    assert done["output"]["publish"]["value"] == {
+        "approved": True,
+        "attempt": 1,
+        "seen": "ship it",
+    }
+
+
+async def test_five_hundred_tasks_over_four_workers_each_recorded_once(legato: Legato) -> None:
+    await legato.put_agent("py-square")
+    await legato.register(
+        {
+            "name": "py-squares",
+            "version": 1,
+            "steps": [
+                {
+                    "id": "squares",
+                    "agent": "py-square",
+                    "for_each": "${{ input.numbers }}",
+                    "max_parallel": 64,
+                    "input": {"n": "${{ item }}"},
+                }
+            ],
+        }
+    )
+    runs: collections.Counter[str] = collections.Counter()
+
+    def square_for(worker: str) -> Callable[[Task], Awaitable[Any]]:
+        async def square(task: Task) -> int:
+            runs[worker] += 1
+            await asyncio.sleep(0.001)
+            return int(task.input["n"]) ** 2
+
+        return square
+
+    async with (
+        serving(legato, {"py-square": square_for("a")}, concurrency=8),
+        serving(legato, {"py-square": square_for("b")}, concurrency=8),
+        serving(legato, {"py-square": square_for("c")}, concurrency=8),
+        serving(legato, {"py-square": square_for("d")}, concurrency=8),
+    ):
+        instance = await legato.start("py-squares", {"numbers": list(range(500))})
+        done = await legato.wait_for(instance, "Completed", timeout_s=120)
+    assert done["output"]["squares"] == [n * n for n in range(500)]
+    assert sum(runs.values()) == 500, runs
+    assert len(runs) == 4, f"every worker took tasks: {runs}"
+
+
+async def test_a_worker_killed_mid_task_has_its_task_retried_elsewhere(legato: Legato) -> None:
+    await legato.put_agent("py-fragile", leaseMs=1_500)
+    await legato.register(
+        {
+            "name": "py-fragile",
+            "version": 1,
+            "steps": [
+                step(
+                    "work",
+                    "py-fragile",
+                    [],
+                    {"n": 1},
+                    retry={"max_attempts": 3, "initial_interval_ms": 50},
+                )
+            ],
+        }
+    )
+    victim = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(Path(__file__).with_name("hanging_worker.py")),
+        legato.url,
+        "py-fragile",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        instance = await legato.start("py-fragile", {})
+        assert victim.stdout is not None
+        line = (await asyncio.wait_for(victim.stdout.readline(), 30)).decode()
+        assert line.split() == ["TAKEN", instance, "1"], line
+    finally:
+        victim.kill()
+        await victim.wait()
+
+    async def finish(task: Task) -> dict[str, int]:
+        return {"attempt": task.attempt}
+
+    async with serving(legato, {"py-fragile": finish}):
+        done = await legato.wait_for(instance, "Completed", timeout_s=30)
+    assert done["output"]["work"] == {"attempt": 2}
+    retried = [
+        p for h in done["history"] for p in h.get("progress", []) if p["kind"] == "step_retrying"
+    ]
+    assert "no heartbeat for 1500 ms" in retried[0]["message"], retried
+
+
+async def test_a_terminated_instance_cancels_its_running_task(legato: Legato) -> None:
+    await legato.put_agent("py-slow", leaseMs=1_500)
+    await legato.register(
+        {"name": "py-slow", "version": 1, "steps": [step("work", "py-slow", [], {})]}
+    )
+    started = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def slow(task: Task) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(600)
+        except asyncio.CancelledError:
+            if task.cancelled:
+                cancelled.set()
+            raise
+
+    async with serving(legato, {"py-slow": slow}) as worker:
+        instance = await legato.start("py-slow", {})
+        await asyncio.wait_for(started.wait(), 30)
+        response = await legato.http.post(
+            f"/api/v1/instances/{instance}/terminate", json={"reason": "enough"}
+        )
+        assert response.status_code == 202
+        await asyncio.wait_for(cancelled.wait(), 10)
+        for _ in range(100):
+            if worker.in_flight == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert worker.in_flight == 0
+    await legato.wait_for(instance, "Terminated")
+
+
+async def test_errors_fail_or_retry_the_step(legato: Legato) -> None:
+    await legato.put_agent("py-moody")
+    await legato.register(
+        {
+            "name": "py-moody",
+            "version": 1,
+            "steps": [
+                step(
+                    "work",
+                    "py-moody",
+                    [],
+                    {"mood": "${{ input.mood }}"},
+                    retry={"max_attempts": 2, "initial_interval_ms": 10},
+                )
+            ],
+        }
+    )
+
+    async def moody(task: Task) -> str:
+        if task.input["mood"] == "fatal":
+            raise FatalError("the input can never work")
+        if task.attempt == 1:
+            raise ConnectionError("flaky model endpoint")
+        return "fine"
+
+    async with serving(legato, {"py-moody": moody}):
+        flaky = await legato.start("py-moody", {"mood": "flaky"})
+        fatal = await legato.start("py-moody", {"mood": "fatal"})
+        done = await legato.wait_for(flaky, "Completed")
+        failed = await legato.wait_for(fatal, "Failed")
+    assert done["output"]["work"] == "fine"
+    assert "the input can never work" in failed["error"]
+    assert "after 1 attempt" in failed["error"], "a fatal error is not retried"
+
+
+async def test_progress_reaches_the_instance_stream(legato: Legato) -> None:
+    await legato.put_agent("py-chatty")
+    await legato.register(
+        {"name": "py-chatty", "version": 1, "steps": [step("work", "py-chatty", [], {})]}
+    )
+
+    async def chatty(task: Task) -> str:
+        await task.progress("halfway", {"percent": 50})
+        return "done"
+
+    async with serving(legato, {"py-chatty": chatty}):
+        instance = await legato.start("py-chatty", {})
+        seen: list[dict[str, Any]] = []
+        async with legato.http.stream(
+            "GET", f"/api/v1/instances/{instance}/stream", timeout=30
+        ) as stream:
+            async for line in stream.aiter_lines():
+                if line.startswith("data:"):
+                    event = json.loads(line[5:])
+                    seen.append(event)
+                    if event.get("kind") == "instance_completed":
+                        break
+    progress = [e for e in seen if e.get("kind") == "agent_progress"]
+    assert progress, seen
+    assert progress[0]["message"] == "halfway"
+    assert progress[0]["data"] == {"percent": 50}
