@@ -1,0 +1,154 @@
+/**
+ * The pull-worker protocol over HTTP: poll, heartbeat, complete, fail.
+ *
+ * Every report on a task is safe to send again (the gateway records a
+ * result once per attempt), so network errors, 429 and 5xx answers are
+ * retried with backoff, honouring `Retry-After`. A 409 (or 404) means the
+ * attempt is no longer wanted; it is returned, never retried.
+ */
+
+import type { WireTask } from "./task.js";
+
+const RETRYABLE = new Set([408, 429, 500, 502, 503, 504]);
+
+/** The gateway refused a request for good (a 4xx other than 408/409/429). */
+export class ProtocolError extends Error {
+  override name = "ProtocolError";
+  constructor(
+    readonly status: number,
+    readonly detail: string,
+  ) {
+    super(`${status}: ${detail}`);
+  }
+}
+
+/** How the gateway took a report: `wanted` false means stop working on it. */
+export interface Answer {
+  wanted: boolean;
+  detail?: string;
+}
+
+async function detailOf(response: Response): Promise<string> {
+  const text = await response.text();
+  try {
+    const body: unknown = JSON.parse(text);
+    if (body !== null && typeof body === "object" && "detail" in body) {
+      return String((body as { detail: unknown }).detail);
+    }
+  } catch {
+    // Not JSON: the text says it.
+  }
+  return text;
+}
+
+/** Seconds to wait before trying again: `Retry-After`, or capped full jitter. */
+export function backoff(response: Response | undefined, attempt: number): number {
+  const header = response?.headers.get("retry-after");
+  if (header !== undefined && header !== null && /^\d+$/.test(header)) {
+    return Number(header);
+  }
+  return Math.random() * Math.min(10, 0.2 * 2 ** attempt);
+}
+
+export const sleep = (seconds: number, signal?: AbortSignal): Promise<void> =>
+  new Promise((resolve) => {
+    const timer = setTimeout(resolve, seconds * 1000);
+    signal?.addEventListener(
+      "abort",
+      () => {
+        clearTimeout(timer);
+        resolve();
+      },
+      { once: true },
+    );
+  });
+
+export class Client {
+  private readonly base: string;
+  private readonly headers: Record<string, string>;
+
+  constructor(
+    url: string,
+    apiKey: string | undefined,
+    private readonly reportAttempts = 8,
+  ) {
+    this.base = url.replace(/\/+$/, "");
+    this.headers = { "content-type": "application/json" };
+    if (apiKey !== undefined) {
+      this.headers["authorization"] = `Bearer ${apiKey}`;
+    }
+  }
+
+  private post(path: string, body: unknown, signal?: AbortSignal): Promise<Response> {
+    const init: RequestInit = {
+      method: "POST",
+      headers: this.headers,
+      body: JSON.stringify(body),
+    };
+    if (signal !== undefined) {
+      init.signal = signal;
+    }
+    return fetch(`${this.base}${path}`, init);
+  }
+
+  /** Tasks for `agents` (none once the wait is over). */
+  async poll(
+    agents: string[],
+    maxTasks: number,
+    waitMs: number,
+    workerId: string,
+    signal: AbortSignal,
+  ): Promise<WireTask[]> {
+    const response = await this.post(
+      "/api/v1/tasks/poll",
+      { agents, maxTasks, waitMs, workerId },
+      signal,
+    );
+    if (response.status !== 200) {
+      const detail = await detailOf(response);
+      if (RETRYABLE.has(response.status)) {
+        throw new Error(`poll answered ${response.status}: ${detail}`);
+      }
+      throw new ProtocolError(response.status, detail);
+    }
+    const body = (await response.json()) as { tasks?: WireTask[] };
+    return body.tasks ?? [];
+  }
+
+  /** Sends a heartbeat, completion or failure, retrying what may be retried. */
+  async report(
+    token: string,
+    what: "heartbeat" | "complete" | "fail",
+    body: unknown,
+  ): Promise<Answer> {
+    let last: unknown;
+    for (let attempt = 0; attempt < this.reportAttempts; attempt++) {
+      let response: Response | undefined;
+      try {
+        response = await this.post(`/api/v1/tasks/${token}/${what}`, body);
+      } catch (e) {
+        last = e;
+      }
+      if (response !== undefined) {
+        if (response.status === 200) {
+          await response.body?.cancel();
+          return { wanted: true };
+        }
+        const detail = await detailOf(response);
+        if (response.status === 404 || response.status === 409) {
+          return { wanted: false, detail };
+        }
+        if (!RETRYABLE.has(response.status)) {
+          throw new ProtocolError(response.status, detail);
+        }
+        last = new ProtocolError(response.status, detail);
+      }
+      if (what === "heartbeat") {
+        // The next beat comes soon anyway; a lost one costs nothing.
+        break;
+      }
+      await sleep(backoff(response, attempt));
+    }
+    throw last instanceof Error ? last : new Error(String(last));
+  }
+}

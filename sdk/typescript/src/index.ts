@@ -1,0 +1,21 @@
+/**
+ * Write legato agents in TypeScript.
+ *
+ * An agent is an async function from a {@link Task} to its JSON output; a
+ * {@link Worker} serves one or more of them from a legato gateway: it
+ * long-polls for their tasks, runs them with a concurrency cap, heartbeats
+ * while they run, reports each result, and drains on SIGTERM.
+ *
+ * ```ts
+ * import { Worker } from "legato-agent";
+ * const worker = new Worker({
+ *   url: "http://127.0.0.1:8080",
+ *   agents: { reviewer: async (task) => ({ approved: true }) },
+ * });
+ * await worker.run();
+ * ```
+ */
+
+export { ProtocolError } from "./client.js";
+export { FatalError, RetryableError, type Handler, type Task } from "./task.js";
+export { Worker, type WorkerOptions } from "./worker.js";

@@ -1,0 +1,240 @@
+/**
+ * The TypeScript SDK against a real `legato up`: a workflow mixing a built-in,
+ * a Python and a TypeScript agent; 500 tasks over 4 workers; a worker killed
+ * mid-task; cancellation; progress on the instance's stream.
+ */
+
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { once } from "node:events";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { after, before, test } from "node:test";
+import { fileURLToPath } from "node:url";
+
+import { FatalError, type Handler, type Task, Worker } from "../src/index.js";
+import { type Doc, type Json, Legato, REPO, step } from "./legato.js";
+
+let legato: Legato;
+const quiet = { info: () => {}, warn: () => {}, error: console.error };
+
+before(async () => {
+  legato = await Legato.start();
+});
+after(() => legato.stop());
+
+async function serving<T>(
+  agents: Record<string, Handler>,
+  body: (worker: Worker) => Promise<T>,
+  concurrency = 8,
+): Promise<T> {
+  const worker = new Worker({ url: legato.url, agents, concurrency, pollWaitMs: 2_000, logger: quiet });
+  const running = worker.run({ handleSignals: false });
+  try {
+    return await body(worker);
+  } finally {
+    worker.stop();
+    await running;
+  }
+}
+
+function firstLine(stream: NodeJS.ReadableStream): Promise<string> {
+  const lines = createInterface({ input: stream });
+  return new Promise((resolve) => lines.once("line", resolve));
+}
+
+test("a workflow mixes a built-in, a Python and a TypeScript agent", async () => {
+  await legato.putAgent("py-upper");
+  await legato.putAgent("ts-count");
+  await legato.register({
+    name: "mixed",
+    version: 1,
+    steps: [
+      step("draft", "echo", [], { value: "${{ input.text }}" }),
+      step("shout", "py-upper", ["draft"], { text: "${{ steps.draft.output.value }}" }),
+      step("count", "ts-count", ["shout"], { text: "${{ steps.shout.output.text }}" }),
+    ],
+  });
+  const python = process.env["LEGATO_PYTHON"] ?? "python3";
+  const script = join(REPO, "sdk/python/tests/upper_worker.py");
+  const child = spawn(python, [script, legato.url, "py-upper"], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  try {
+    assert.equal(await firstLine(child.stdout!), "READY");
+    const done = await serving(
+      {
+        "ts-count": async (task) => {
+          const text = (task.input as { text: string }).text;
+          return { text, letters: text.replace(/[^A-Z]/g, "").length, by: "typescript" };
+        },
+      },
+      async () => legato.waitFor(await legato.start("mixed", { text: "ship it" }), "Completed"),
+    );
+    const output = done["output"] as Doc;
+    assert.deepEqual(output["count"], { text: "SHIP IT", letters: 6, by: "typescript" });
+  } finally {
+    child.kill("SIGKILL");
+  }
+});
+
+test("500 tasks over 4 workers, each run once", async () => {
+  await legato.putAgent("ts-square");
+  await legato.register({
+    name: "ts-squares",
+    version: 1,
+    steps: [
+      {
+        id: "squares",
+        agent: "ts-square",
+        for_each: "${{ input.numbers }}",
+        max_parallel: 64,
+        input: { n: "${{ item }}" },
+      },
+    ],
+  });
+  const runs = [0, 0, 0, 0];
+  const square = (worker: number): Handler => async (task) => {
+    runs[worker] = (runs[worker] ?? 0) + 1;
+    return (task.input as { n: number }).n ** 2;
+  };
+  const numbers = Array.from({ length: 500 }, (_, i) => i);
+  const done = await serving({ "ts-square": square(0) }, () =>
+    serving({ "ts-square": square(1) }, () =>
+      serving({ "ts-square": square(2) }, () =>
+        serving({ "ts-square": square(3) }, async () =>
+          legato.waitFor(await legato.start("ts-squares", { numbers }), "Completed", 120_000),
+        ),
+      ),
+    ),
+  );
+  assert.deepEqual((done["output"] as Doc)["squares"], numbers.map((n) => n * n));
+  assert.equal(runs.reduce((a, b) => a + b, 0), 500);
+  assert.ok(runs.every((n) => n > 0), `every worker took tasks: ${runs.join(",")}`);
+});
+
+test("a worker killed mid-task has its task retried by another", async () => {
+  await legato.putAgent("ts-fragile", { leaseMs: 1500 });
+  await legato.register({
+    name: "ts-fragile",
+    version: 1,
+    steps: [step("work", "ts-fragile", [], {}, { retry: { max_attempts: 3, initial_interval_ms: 50 } })],
+  });
+  const script = fileURLToPath(new URL("./hanging-worker.js", import.meta.url));
+  const victim = spawn(process.execPath, [script, legato.url, "ts-fragile"], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const id = await legato.start("ts-fragile", {});
+  try {
+    assert.equal(await firstLine(victim.stdout!), `TAKEN ${id} 1`);
+  } finally {
+    victim.kill("SIGKILL");
+    await once(victim, "exit");
+  }
+  const done = await serving({ "ts-fragile": async (task) => ({ attempt: task.attempt }) }, () =>
+    legato.waitFor(id, "Completed", 30_000),
+  );
+  assert.deepEqual((done["output"] as Doc)["work"], { attempt: 2 });
+  const history = done["history"] as Doc[];
+  const retried = history.flatMap((h) => (h["progress"] as Doc[] | undefined) ?? [])
+    .filter((p) => p["kind"] === "step_retrying");
+  assert.match(String(retried[0]?.["message"]), /no heartbeat for 1500 ms/);
+});
+
+test("a terminated instance aborts its running task's signal", async () => {
+  await legato.putAgent("ts-slow", { leaseMs: 1500 });
+  await legato.register({ name: "ts-slow", version: 1, steps: [step("work", "ts-slow", [], {})] });
+  let started!: () => void;
+  const startedP = new Promise<void>((r) => (started = r));
+  let aborted!: (why: unknown) => void;
+  const abortedP = new Promise<unknown>((r) => (aborted = r));
+  await serving(
+    {
+      "ts-slow": (task: Task) =>
+        new Promise((_, reject) => {
+          started();
+          task.signal.addEventListener("abort", () => {
+            aborted(task.signal.reason);
+            reject(task.signal.reason as Error);
+          });
+        }),
+    },
+    async (worker) => {
+      const id = await legato.start("ts-slow", {});
+      await startedP;
+      const { status } = await legato.call("POST", `/api/v1/instances/${id}/terminate`, {
+        reason: "enough",
+      });
+      assert.equal(status, 202);
+      const why = await abortedP;
+      assert.match(String(why), /Terminated/);
+      for (let i = 0; i < 100 && worker.inFlight > 0; i++) {
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      assert.equal(worker.inFlight, 0);
+      await legato.waitFor(id, "Terminated");
+    },
+  );
+});
+
+test("errors fail or retry the step", async () => {
+  await legato.putAgent("ts-moody");
+  await legato.register({
+    name: "ts-moody",
+    version: 1,
+    steps: [
+      step("work", "ts-moody", [], { mood: "${{ input.mood }}" }, {
+        retry: { max_attempts: 2, initial_interval_ms: 10 },
+      }),
+    ],
+  });
+  await serving(
+    {
+      "ts-moody": async (task) => {
+        if ((task.input as { mood: string }).mood === "fatal") {
+          throw new FatalError("the input can never work");
+        }
+        if (task.attempt === 1) throw new Error("flaky model endpoint");
+        return "fine";
+      },
+    },
+    async () => {
+      const flaky = await legato.start("ts-moody", { mood: "flaky" });
+      const fatal = await legato.start("ts-moody", { mood: "fatal" });
+      const done = await legato.waitFor(flaky, "Completed");
+      const failed = await legato.waitFor(fatal, "Failed");
+      assert.equal((done["output"] as Doc)["work"], "fine");
+      assert.match(String(failed["error"]), /the input can never work.*after 1 attempt/);
+    },
+  );
+});
+
+test("progress reaches the instance's stream", async () => {
+  await legato.putAgent("ts-chatty");
+  await legato.register({ name: "ts-chatty", version: 1, steps: [step("work", "ts-chatty", [], {})] });
+  const seen: Doc[] = await serving(
+    {
+      "ts-chatty": async (task) => {
+        await task.progress("halfway", { percent: 50 });
+        return "done";
+      },
+    },
+    async () => {
+      const id = await legato.start("ts-chatty", {});
+      const response = await fetch(`${legato.url}/api/v1/instances/${id}/stream`);
+      const events: Doc[] = [];
+      const lines = createInterface({ input: (await import("node:stream")).Readable.fromWeb(response.body! as import("node:stream/web").ReadableStream) });
+      for await (const line of lines) {
+        if (!line.startsWith("data:")) continue;
+        const event = JSON.parse(line.slice(5)) as Doc;
+        events.push(event);
+        if (event["kind"] === "instance_completed") break;
+      }
+      lines.close();
+      return events;
+    },
+  );
+  const progress = seen.filter((e) => e["kind"] === "agent_progress");
+  assert.equal(progress[0]?.["message"], "halfway");
+  assert.deepEqual(progress[0]?.["data"] as Json, { percent: 50 });
+});
