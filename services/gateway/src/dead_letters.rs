@@ -39,6 +39,47 @@ pub async fn keep(
     futures::future::join_all(keepers).await;
 }
 
+/// How often the keeper looks for agents registered since it last looked.
+const REGISTRY_LOOK: Duration = Duration::from_secs(30);
+
+/// Keeps the dead letters of every registered agent's task queue too, not
+/// only of the groups named at start: an agent registered through the API
+/// (on any replica) has its queue's dead letters kept here within
+/// [`REGISTRY_LOOK`].
+pub async fn keep_registered(
+    bus: Arc<dyn Bus>,
+    store: Arc<dyn Store>,
+    already: Vec<(Topic, String)>,
+    shutdown: Shutdown,
+) {
+    let mut kept: std::collections::HashSet<(Topic, String)> = already.into_iter().collect();
+    let mut keepers = tokio::task::JoinSet::new();
+    loop {
+        match crate::registry::all(&*store).await {
+            Ok(agents) => {
+                for agent in agents {
+                    let spec = topology::agent_tasks(agent.name.as_str());
+                    if kept.insert((spec.topic, spec.group.clone())) {
+                        keepers.spawn(keep_group(
+                            bus.clone(),
+                            store.clone(),
+                            spec.topic,
+                            spec.group,
+                            shutdown.clone(),
+                        ));
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("registered agents not read (their dead letters wait): {e}"),
+        }
+        tokio::select! {
+            _ = shutdown.wait() => break,
+            _ = tokio::time::sleep(REGISTRY_LOOK) => {}
+        }
+    }
+    while keepers.join_next().await.is_some() {}
+}
+
 async fn keep_group(
     bus: Arc<dyn Bus>,
     store: Arc<dyn Store>,

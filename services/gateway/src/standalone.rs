@@ -29,10 +29,17 @@ pub async fn run(config: GatewayConfig, shutdown: Shutdown) -> anyhow::Result<()
         "gateway.auth",
     )
     .map_err(|e| anyhow::anyhow!("settings: {e}"))?;
+    let kept = crate::dead_letters::kept_groups(&config.gateway.agents);
     tokio::spawn(crate::dead_letters::keep(
         bus.clone(),
         store.clone(),
-        crate::dead_letters::kept_groups(&config.gateway.agents),
+        kept.clone(),
+        shutdown.clone(),
+    ));
+    tokio::spawn(crate::dead_letters::keep_registered(
+        bus.clone(),
+        store.clone(),
+        kept,
         shutdown.clone(),
     ));
     let state = GatewayState::new(store.clone(), bus, config.gateway)

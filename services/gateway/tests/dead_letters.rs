@@ -157,3 +157,46 @@ async fn dead_letters_are_parked_listed_replayed_and_discarded() {
     assert!(listing(&app, 0).await.is_empty());
     shutdown.trigger();
 }
+
+#[tokio::test]
+async fn a_registered_agents_dead_letters_are_parked_too() {
+    let bus = Arc::new(InProcessBus::default());
+    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    let shutdown = legato_service::Shutdown::new();
+    let name = legato_contracts::AgentName::parse("reviewer").unwrap();
+    let doc = legato_gateway::registry::AgentSpec::default()
+        .doc()
+        .unwrap();
+    legato_gateway::registry::register(&*store, &*bus, &name, None, doc)
+        .await
+        .unwrap();
+    tokio::spawn(legato_gateway::dead_letters::keep_registered(
+        bus.clone(),
+        store.clone(),
+        Vec::new(),
+        shutdown.clone(),
+    ));
+    let app = router(GatewayState::new(
+        store,
+        bus.clone(),
+        GatewaySettings::default(),
+    ));
+
+    let junk = OutgoingMessage {
+        id: "junk-for-reviewer".into(),
+        body: b"not a task".to_vec().into(),
+        headers: Default::default(),
+    };
+    bus.publish(Topic::AgentTasks, "reviewer", junk)
+        .await
+        .unwrap();
+    let mut queue = bus
+        .subscribe(topology::agent_tasks("reviewer"))
+        .await
+        .unwrap();
+    give_up(&mut queue, "not a CloudEvent").await;
+    let items = listing(&app, 1).await;
+    assert_eq!(items[0]["group"], "agent-reviewer");
+    assert_eq!(items[0]["reason"], "not a CloudEvent");
+    shutdown.trigger();
+}

@@ -180,15 +180,22 @@ impl Stack {
         legato_service::cors::check(&origins)?;
         let auth = Authenticator::new(&config.gateway.auth, &config.http.host, "gateway.auth")
             .map_err(|e| anyhow::anyhow!("settings: {e}"))?;
+        let kept = legato_gateway::dead_letters::kept_groups(&config.gateway.agents);
         tasks.spawn({
             let keeper = legato_gateway::dead_letters::keep(
                 bus.clone(),
                 store.clone(),
-                legato_gateway::dead_letters::kept_groups(&config.gateway.agents),
+                kept.clone(),
+                shutdown.clone(),
+            );
+            let registered = legato_gateway::dead_letters::keep_registered(
+                bus.clone(),
+                store.clone(),
+                kept,
                 shutdown.clone(),
             );
             async move {
-                keeper.await;
+                futures::join!(keeper, registered);
                 Ok(())
             }
         });

@@ -181,7 +181,10 @@ async fn a_poll_abandoned_by_its_caller_leaves_its_tasks_to_the_next() {
     let reviewer = [agent("reviewer")];
     let gone = {
         let hub = hub.clone();
-        tokio::spawn(async move { hub.poll(&[agent("reviewer")], 1, Duration::from_secs(60)).await })
+        tokio::spawn(async move {
+            hub.poll(&[agent("reviewer")], 1, Duration::from_secs(60))
+                .await
+        })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
     gone.abort();
@@ -189,5 +192,8 @@ async fn a_poll_abandoned_by_its_caller_leaves_its_tasks_to_the_next() {
     bus.publish_envelope(&task("reviewer", 9)).await.unwrap();
     let got = hub.poll(&reviewer, 1, Duration::from_secs(10)).await;
     assert_eq!(items(&got), vec![json!(9)]);
-    assert_eq!(got[0].delivery_count, 1, "never handed to the poll that left");
+    assert_eq!(
+        got[0].delivery_count, 1,
+        "never handed to the poll that left"
+    );
 }
