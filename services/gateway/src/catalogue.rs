@@ -1,8 +1,9 @@
 //! The shipped workflow catalogue (`workflows/`), registered at start. A
 //! file whose version is already registered with the same content is a
 //! no-op; with different content it is skipped with a warning (registered
-//! versions never change; bump `version`). A file that does not parse stops
-//! the start, naming the file and every problem in it.
+//! versions never change; bump `version`). A file that does not parse, or
+//! that names an agent nobody registered, stops the start, naming the file
+//! and every problem in it.
 
 use std::path::Path;
 
@@ -30,6 +31,15 @@ pub async fn register_catalogue(store: &dyn Store, dir: &Path) -> anyhow::Result
         let text = std::fs::read_to_string(&path)?;
         let workflow = legato_workflow::parse(&text)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let missing = crate::registry::unregistered_agents(store, &workflow, None).await?;
+        if !missing.is_empty() {
+            let detail = missing
+                .iter()
+                .map(|e| format!("{}: {}", e.field, e.message))
+                .collect::<Vec<_>>()
+                .join("; ");
+            anyhow::bail!("{}: {detail}", path.display());
+        }
         let hash = workflow.content_hash();
         match store
             .get_definition(&workflow.name, Some(workflow.version))

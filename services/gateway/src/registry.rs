@@ -137,6 +137,28 @@ impl AgentSpec {
     }
 }
 
+/// The agents `workflow` names literally that no registration lets
+/// `tenant`'s instances use, each with its place in the definition.
+pub async fn unregistered_agents(
+    store: &dyn Store,
+    workflow: &legato_workflow::Workflow,
+    tenant: Option<&str>,
+) -> Result<Vec<legato_service::problem::FieldError>, StoreError> {
+    let named = workflow.named_agents();
+    if named.is_empty() {
+        return Ok(Vec::new());
+    }
+    let agents = all(store).await?;
+    Ok(named
+        .into_iter()
+        .filter(|(_, name)| !agents.iter().any(|a| a.name == **name && a.serves(tenant)))
+        .map(|(field, name)| legato_service::problem::FieldError {
+            field,
+            message: format!("no agent {name} is registered"),
+        })
+        .collect())
+}
+
 pub fn agent_name(raw: impl Into<String>) -> Result<AgentName, Problem> {
     AgentName::parse(raw).map_err(|e| Problem::field("name", e.to_string()))
 }

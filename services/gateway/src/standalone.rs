@@ -7,10 +7,6 @@ use crate::{GatewayConfig, GatewayState};
 pub async fn run(config: GatewayConfig, shutdown: Shutdown) -> anyhow::Result<()> {
     let bus = wiring::open_bus(&config.bus).await?;
     let store = wiring::open_store(&config.store).await?;
-    if !config.gateway.workflows_dir.is_empty() {
-        crate::register_catalogue(&*store, std::path::Path::new(&config.gateway.workflows_dir))
-            .await?;
-    }
     crate::registry::register_builtin(&*store, &config.gateway.agents).await?;
     if !config.gateway.agents_dir.is_empty() {
         crate::registry::register_catalogue(
@@ -19,6 +15,11 @@ pub async fn run(config: GatewayConfig, shutdown: Shutdown) -> anyhow::Result<()
             std::path::Path::new(&config.gateway.agents_dir),
         )
         .await?;
+    }
+    // Agents first: a workflow may name only registered agents.
+    if !config.gateway.workflows_dir.is_empty() {
+        crate::register_catalogue(&*store, std::path::Path::new(&config.gateway.workflows_dir))
+            .await?;
     }
     let readiness = Readiness::new(Some(store.clone()));
     let signalr = config.signalr.azure()?;

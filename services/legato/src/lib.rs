@@ -126,9 +126,10 @@ impl Stack {
             legato_agents::data::demo::ensure(&demo)?;
             config.data.url = format!("sqlite://{}", demo.display());
         }
-        legato_gateway::register_catalogue(&*store, &config.workflows_dir).await?;
+        // Agents first: a workflow may name only registered agents.
         legato_gateway::registry::register_builtin(&*store, &config.gateway.agents).await?;
         legato_gateway::registry::register_catalogue(&*store, &*bus, &config.agents_dir).await?;
+        legato_gateway::register_catalogue(&*store, &config.workflows_dir).await?;
 
         let readiness = Readiness::new(Some(store.clone()));
         let mut tasks = JoinSet::new();

@@ -134,6 +134,40 @@ async fn a_pull_worker_takes_heartbeats_completes_and_fails_tasks_over_http() {
     );
     assert_eq!(problem["errors"][0]["field"], "/agents/0");
 
+    // A workflow may name only registered agents: literally at
+    // registration, by expression when its step runs.
+    let (status, problem) = legato
+        .put(
+            "/api/v1/workflows/ghostly",
+            json!({"name": "ghostly", "version": 1, "steps": [
+                echo_step("a", &[], json!({})),
+                {"id": "b", "needs": ["a"], "agent": "ghost", "input": {}},
+            ]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    assert_eq!(problem["errors"][0]["field"], "/steps/1/agent");
+    assert_eq!(
+        problem["errors"][0]["message"],
+        "no agent ghost is registered"
+    );
+    legato
+        .register(json!({"name": "chosen", "version": 1, "steps": [
+            {"id": "pick", "agent": "${{ input.agent }}", "input": {}},
+        ]}))
+        .await;
+    let id = legato
+        .start_instance("chosen", json!({"input": {"agent": "phantom"}}))
+        .await;
+    let failed = legato.wait_status(&id, "Failed").await;
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("no agent phantom is registered"),
+        "{failed:#}"
+    );
+
     legato.register(review_workflow("reviewed", None)).await;
 
     // A task waits for its worker (no lease runs while it waits), then is
@@ -331,12 +365,23 @@ async fn a_tenants_worker_takes_only_its_tenants_tasks() {
     let (status, _) = beta.get_json("/api/v1/agents/reviewer").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
-    // Both tenants run a workflow naming `reviewer`; beta's task never
-    // reaches acme's worker: beta's step fails as if there were no agent.
+    // beta cannot name acme's agent in a definition; one that picks it
+    // at run time has its step failed as if there were no such agent, and
+    // the task never reaches acme's worker.
     acme.register(review_workflow("reviewed", None)).await;
-    beta.register(review_workflow("reviewed", None)).await;
+    let (status, problem) = beta
+        .put(
+            "/api/v1/workflows/reviewed",
+            review_workflow("reviewed", None),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    beta.register(json!({"name": "picked", "version": 1, "steps": [
+        {"id": "review", "agent": "${{ input.agent }}", "input": {}},
+    ]}))
+    .await;
     let beta_id = beta
-        .start_instance("reviewed", json!({"input": {"text": "b"}}))
+        .start_instance("picked", json!({"input": {"agent": "reviewer"}}))
         .await;
     let acme_id = acme
         .start_instance("reviewed", json!({"input": {"text": "a"}}))

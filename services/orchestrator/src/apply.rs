@@ -23,6 +23,7 @@ use time::OffsetDateTime;
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
+use crate::agents::{AgentDirectory, Unavailable};
 use crate::effects;
 use crate::settings::OrchestratorSettings;
 
@@ -33,6 +34,8 @@ const MAX_BATCH: usize = 16;
 /// needs no load. A record another replica changed meanwhile fails its
 /// version check, is forgotten and loaded again.
 const REMEMBERED: usize = 4_096;
+/// Most tasks of one message failed for a missing agent.
+const MAX_UNROUTABLE: usize = 10_000;
 
 /// What a message asks of an instance.
 #[derive(Debug, Clone)]
@@ -105,6 +108,7 @@ pub(crate) struct Applier {
     pub(crate) store: Arc<dyn Store>,
     relay: Arc<OutboxRelay>,
     definitions: Definitions,
+    agents: AgentDirectory,
     /// Messages waiting for their instance's runner; an instance has an
     /// entry while a runner works through it.
     mailboxes: std::sync::Mutex<HashMap<InstanceId, Vec<Waiting>>>,
@@ -199,6 +203,7 @@ impl Applier {
             store,
             relay,
             definitions: Definitions::default(),
+            agents: AgentDirectory::new(),
             mailboxes: std::sync::Mutex::default(),
             retry,
             remembered: std::sync::Mutex::new(HashMap::new()),
@@ -458,6 +463,10 @@ impl Applier {
             answers.push(Ok(Applied::Accepted));
             decided.push(n);
             steps.push((event, decision));
+            // Tasks whose agent is missing fail now, in the same commit.
+            for _ in 0..self.unroutable(id, &mut steps).await? {
+                decided.push(n);
+            }
         }
         if steps.is_empty() && forgotten.is_empty() {
             return Ok(Passed::Done(Pass {
@@ -527,6 +536,60 @@ impl Applier {
             answers,
             committed: true,
         }))
+    }
+
+    /// Fails the tasks the last decision dispatched to agents that are not
+    /// registered (or not for this instance's tenant), as further steps of
+    /// the batch: a task no worker can take fails its step with the agent
+    /// named, and is never sent. Returns how many steps it added.
+    async fn unroutable(
+        &self,
+        id: &InstanceId,
+        steps: &mut Vec<(Event, legato_engine::Decision)>,
+    ) -> Result<usize, ApplyError> {
+        let mut added = 0;
+        let mut next = steps.len().saturating_sub(1);
+        // A failure may dispatch more (a compensation, the next item), so
+        // each added step is looked at in turn; a definition's steps bound
+        // how many there can be.
+        while next < steps.len() && added < MAX_UNROUTABLE {
+            let mut missing = Vec::new();
+            for command in &steps[next].1.commands {
+                if let legato_engine::Command::DispatchTask(task) = command
+                    && let Err(Unavailable(message)) =
+                        self.agents.check(&*self.store, id, &task.agent).await?
+                {
+                    missing.push((task.key.clone(), task.attempt, message));
+                }
+            }
+            steps[next].1.commands.retain(|c| {
+                !matches!(c, legato_engine::Command::DispatchTask(t)
+                    if missing.iter().any(|(k, a, _)| *k == t.key && *a == t.attempt))
+            });
+            let at = steps[next].0.at();
+            next += 1;
+            for (key, attempt, message) in missing {
+                let failed = Event::TaskFailed {
+                    at,
+                    key,
+                    attempt,
+                    error: legato_contracts::TaskError {
+                        message,
+                        retryable: false,
+                    },
+                };
+                let state = match steps.last() {
+                    Some((_, d)) => &d.state,
+                    None => break,
+                };
+                let decision = decide(state, &failed);
+                if decision.applied() {
+                    steps.push((failed, decision));
+                    added += 1;
+                }
+            }
+        }
+        Ok(added)
     }
 
     /// The engine event `input` stands for on `state`, or what becomes of

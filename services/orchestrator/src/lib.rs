@@ -10,6 +10,7 @@
 //! crash at any point means redelivery, and the engine recognises what it
 //! has already applied.
 
+mod agents;
 mod apply;
 mod effects;
 mod inbound;

@@ -59,6 +59,30 @@ impl StepIndex {
 }
 
 impl Workflow {
+    /// Every agent the definition names literally, with where (a JSON
+    /// pointer into the definition): what must be registered for it to
+    /// run. Agents chosen by an expression are known only at run time.
+    pub fn named_agents(&self) -> Vec<(String, &AgentName)> {
+        let mut named = Vec::new();
+        for (i, step) in self.steps.iter().enumerate() {
+            if let Action::Agent {
+                agent: AgentRef::Named(agent),
+                ..
+            }
+            | Action::ForEach {
+                agent: AgentRef::Named(agent),
+                ..
+            } = &step.action
+            {
+                named.push((format!("/steps/{i}/agent"), agent));
+            }
+            if let Some(compensate) = &step.compensate {
+                named.push((format!("/steps/{i}/compensate/agent"), &compensate.agent));
+            }
+        }
+        named
+    }
+
     /// The position in `steps` of each step, in the order of their ids:
     /// the order a map keyed by step id yields them in, so such a map is
     /// read by position without a lookup per step.

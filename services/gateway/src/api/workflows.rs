@@ -71,6 +71,25 @@ pub(crate) async fn register(
             ),
         ));
     }
+    let missing = crate::registry::unregistered_agents(
+        &*state.store,
+        &workflow,
+        caller.tenant.as_ref().map(|t| t.as_str()),
+    )
+    .await?;
+    if !missing.is_empty() {
+        let detail = missing
+            .iter()
+            .map(|e| format!("{}: {}", e.field, e.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "Invalid workflow definition",
+            format!("{detail} (register it first: PUT /api/v1/agents/{{name}})"),
+        )
+        .with_errors(missing));
+    }
     let existing = state
         .store
         .get_definition(&name, Some(workflow.version))

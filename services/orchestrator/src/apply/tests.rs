@@ -8,11 +8,30 @@ use std::sync::atomic::Ordering;
 
 mod limited_store;
 
-fn applier_on_memory() -> (Arc<dyn Store>, Arc<Applier>) {
-    applier_on(Arc::new(SqliteStore::in_memory().unwrap()))
+async fn applier_on_memory() -> (Arc<dyn Store>, Arc<Applier>) {
+    applier_on(Arc::new(SqliteStore::in_memory().unwrap())).await
 }
 
-fn applier_on(store: Arc<dyn Store>) -> (Arc<dyn Store>, Arc<Applier>) {
+/// Registers `name` in the store's agent registry (for `tenant`, or
+/// shared), as the gateway does.
+async fn register_agent(store: &dyn Store, name: &str, tenant: Option<&str>) {
+    store
+        .put_agent(
+            &legato_store::AgentRecord {
+                name: legato_contracts::AgentName::parse(name).unwrap(),
+                tenant: tenant.map(str::to_owned),
+                body: serde_json::json!({"kind": "builtin", "leaseMs": 60000}),
+                updated_at: OffsetDateTime::now_utc(),
+            },
+            &Expected::New,
+        )
+        .await
+        .unwrap();
+}
+
+/// An applier on `store`, whose registry knows the `echo` agent.
+async fn applier_on(store: Arc<dyn Store>) -> (Arc<dyn Store>, Arc<Applier>) {
+    register_agent(&*store, "echo", None).await;
     let relay = Arc::new(OutboxRelay::new(
         Arc::new(InProcessBus::default()),
         store.clone(),
@@ -26,7 +45,7 @@ fn applier_on(store: Arc<dyn Store>) -> (Arc<dyn Store>, Arc<Applier>) {
 /// obeyed: it would bring the purged instance back and occupy its id.
 #[tokio::test]
 async fn a_start_without_its_record_does_not_create_the_instance() {
-    let (store, applier) = applier_on_memory();
+    let (store, applier) = applier_on_memory().await;
     let id = InstanceId::parse("purged-1").unwrap();
     let start = Input::Start {
         at: OffsetDateTime::now_utc(),
@@ -82,7 +101,7 @@ fn start_of(workflow: WorkflowName, tenant: Option<&str>, now: OffsetDateTime) -
 
 #[tokio::test]
 async fn a_start_naming_another_tenant_is_refused() {
-    let (store, applier) = applier_on_memory();
+    let (store, applier) = applier_on_memory().await;
     let id = InstanceId::parse("acme~order-1").unwrap();
     let now = OffsetDateTime::now_utc();
     let workflow = WorkflowName::parse("beta~private").unwrap();
@@ -191,7 +210,7 @@ async fn three_results_and_a_copy(
 /// record moves one version, and a copy among them is ignored.
 #[tokio::test]
 async fn messages_arriving_together_are_committed_together() {
-    let (store, applier) = applier_on_memory();
+    let (store, applier) = applier_on_memory().await;
     let state = started_fan_out(&store, &applier).await;
     let commits = three_results_and_a_copy(&store, &applier, &state).await;
     assert_eq!(commits, 1, "one commit for the batch");
@@ -204,7 +223,7 @@ async fn messages_arriving_together_are_committed_together() {
 #[tokio::test]
 async fn a_batch_too_large_for_one_commit_is_applied_message_by_message() {
     let limited = Arc::new(LimitedStore::new(1));
-    let (store, applier) = applier_on(limited.clone());
+    let (store, applier) = applier_on(limited.clone()).await;
     let state = started_fan_out(&store, &applier).await;
     let id = state.id.clone();
     let version_before = version_of(&store, &id).await;
@@ -230,7 +249,7 @@ async fn a_batch_too_large_for_one_commit_is_applied_message_by_message() {
 /// One message of a batch that can never apply is refused alone.
 #[tokio::test]
 async fn a_refused_message_in_a_batch_does_not_hold_back_the_others() {
-    let (store, applier) = applier_on_memory();
+    let (store, applier) = applier_on_memory().await;
     let state = started_fan_out(&store, &applier).await;
     let id = state.id.clone();
     let redrive_onto_missing = Input::RedriveOnto {
@@ -292,7 +311,7 @@ fn raised(id: &str) -> Input {
 /// batch is ignored before any commit.
 #[tokio::test]
 async fn message_ids_count_once_and_are_kept_beside_the_row() {
-    let (store, applier) = applier_on_memory();
+    let (store, applier) = applier_on_memory().await;
     let state = started_fan_out(&store, &applier).await;
     let id = state.id.clone();
     for input in [control("s1", true), control("r1", false)] {
@@ -338,4 +357,89 @@ async fn message_ids_count_once_and_are_kept_beside_the_row() {
     let stored = state_of(&record).unwrap();
     assert_eq!(stored.status, RuntimeStatus::Running);
     assert_eq!(stored.pending_events.len(), 1);
+}
+
+/// Starts `acme~<id>` on a two-step workflow: `first` on `echo`, then
+/// `second` on `agent` (compensated by `echo`); returns its state.
+async fn started_with(
+    store: &Arc<dyn Store>,
+    applier: &Arc<Applier>,
+    id: &str,
+    agent: &str,
+) -> InstanceState {
+    let id = InstanceId::parse(format!("acme~{id}")).unwrap();
+    let workflow = WorkflowName::parse(format!("acme~w-{agent}")).unwrap();
+    let now = OffsetDateTime::now_utc();
+    store
+        .put_definition(&legato_store::DefinitionRecord {
+            name: workflow.clone(),
+            version: 1,
+            hash: "h".into(),
+            body: serde_json::json!({"name": workflow.as_str(), "version": 1, "steps": [
+                {"id": "first", "agent": "echo", "input": {}, "compensate": {"agent": "echo", "input": {}}},
+                {"id": "second", "agent": agent, "needs": ["first"], "input": {}},
+            ]}),
+            registered_at: now,
+        })
+        .await
+        .unwrap();
+    pending(store, &id, &workflow, Some("acme"), now).await;
+    let start = start_of(workflow, Some("acme"), now);
+    assert_eq!(
+        applier.apply(&id, &start, None).await.unwrap(),
+        Applied::Accepted
+    );
+    state_of(&store.load(&id).await.unwrap().unwrap().record).unwrap()
+}
+
+/// A task for an agent nobody registered, or another tenant's, is never
+/// sent: its step fails in the same commit, naming the agent, and the
+/// saga rolls back what completed. One registered a moment ago (on any
+/// replica) is found.
+#[tokio::test]
+async fn a_task_for_a_missing_agent_fails_its_step_naming_it() {
+    let (store, applier) = applier_on_memory().await;
+    register_agent(&*store, "betas-own", Some("beta")).await;
+    register_agent(&*store, "acmes-own", Some("acme")).await;
+    for (n, agent) in ["nobody", "betas-own", "acmes-own", "late"]
+        .into_iter()
+        .enumerate()
+    {
+        let state = started_with(&store, &applier, &format!("i{n}"), agent).await;
+        if agent == "late" {
+            register_agent(&*store, "late", None).await;
+        }
+        let id = state.id.clone();
+        applier
+            .apply(&id, &completed(&state, "first"), None)
+            .await
+            .unwrap();
+        let after = state_of(&store.load(&id).await.unwrap().unwrap().record).unwrap();
+        let outbox = store.pending_outbox(1_000).await.unwrap();
+        let sent_to = |agent: &str| {
+            outbox
+                .iter()
+                .any(|o| o.row.routing_key == agent && o.instance == id)
+        };
+        match agent {
+            "nobody" | "betas-own" => {
+                let second = &after.steps[&legato_contracts::StepId::parse("second").unwrap()];
+                assert_eq!(
+                    second.tasks[0].error.as_deref(),
+                    Some(format!("no agent {agent} is registered").as_str()),
+                    "{agent}"
+                );
+                assert!(!sent_to(agent), "{agent}: never sent");
+                assert!(
+                    matches!(after.status, RuntimeStatus::Running | RuntimeStatus::Failed),
+                    "rolling back or failed: {:?}",
+                    after.status
+                );
+            }
+            _ => {
+                assert_eq!(after.status, RuntimeStatus::Running, "{agent}");
+                assert!(sent_to(agent), "{agent}: sent");
+            }
+        }
+    }
 }
