@@ -314,3 +314,47 @@ async fn the_cli_creates_steers_and_deletes_a_schedule() {
         "{gone:?}"
     );
 }
+
+#[tokio::test]
+async fn the_cli_registers_lists_shows_and_removes_agents() {
+    let dir = temp_dir();
+    let up = start_legato(dir.path());
+    let base = up.base.as_str();
+    let put = run(
+        base,
+        &[
+            "agents",
+            "put",
+            "reviewer",
+            "--lease-ms",
+            "30000",
+            "--description",
+            "reviews drafts",
+        ],
+    );
+    let text = stdout(&put);
+    assert_eq!(put.status.code(), Some(0), "{text} {put:?}");
+    assert!(
+        text.contains("reviewer: pull agent of this tenant, lease 30000 ms"),
+        "{text}"
+    );
+    let listed = stdout(&run(base, &["agents", "ls"]));
+    for line in ["reviewer", "echo     ", "builtin"] {
+        assert!(listed.contains(line), "{listed}");
+    }
+    let shown = run(base, &["agents", "show", "reviewer", "--output", "json"]);
+    let view: Value = serde_json::from_str(stdout(&shown).trim()).unwrap();
+    assert_eq!(view["description"], "reviews drafts");
+    let bad = run(base, &["agents", "put", "reviewer", "--lease-ms", "5"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("/leaseMs"),
+        "{bad:?}"
+    );
+    assert_eq!(
+        run(base, &["agents", "rm", "reviewer"]).status.code(),
+        Some(0)
+    );
+    let gone = run(base, &["agents", "show", "reviewer"]);
+    assert_eq!(gone.status.code(), Some(1));
+}

@@ -5,6 +5,7 @@
 //! and `watch` exit 0 when the instance completed, 2 when it failed, 3
 //! when it was terminated; 1 is an error of the command itself.
 
+mod agents;
 mod client;
 mod schedule;
 mod watch;
@@ -117,6 +118,9 @@ pub enum ClientCommand {
     /// Runs on a timetable.
     #[command(subcommand)]
     Schedule(schedule::ScheduleCommand),
+    /// The agent registry: built-in and pull agents.
+    #[command(subcommand)]
+    Agents(agents::AgentsCommand),
     /// Delete a finished instance and its history.
     Purge { id: String },
 }
@@ -254,6 +258,7 @@ pub async fn run(command: ClientCommand, target: Target) -> anyhow::Result<ExitC
             .await?;
         }
         ClientCommand::Schedule(command) => schedule::run(&gateway, output, command).await?,
+        ClientCommand::Agents(command) => agents::run(&gateway, output, command).await?,
         ClientCommand::Purge { id } => {
             gateway.call(Method::DELETE, &instance(&id), None).await?;
             print(format!("purged {id}"), &json!({"id": id, "purged": true}));
