@@ -305,6 +305,10 @@ macro_rules! payloads {
             /// Every CloudEvents type this version understands.
             pub const TYPES: &'static [&'static str] = &[$($type_name,)*];
 
+            /// Every CloudEvents type with the topic it travels on.
+            pub const TYPES_BY_TOPIC: &'static [(&'static str, Topic)] =
+                &[$(($type_name, Topic::$topic),)*];
+
             pub fn type_name(&self) -> &'static str {
                 match self {
                     $(Self::$variant(_) => $type_name,)*

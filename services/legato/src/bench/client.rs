@@ -9,8 +9,6 @@ use legato_contracts::RuntimeStatus;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use super::WORKFLOW;
-
 pub(super) struct Outcome {
     pub completed: usize,
     pub failed: usize,
@@ -38,15 +36,17 @@ pub(super) enum Follow {
 pub(super) async fn drive(
     client: &reqwest::Client,
     base: &str,
+    workflow: &str,
     n: usize,
     concurrency: usize,
 ) -> anyhow::Result<Outcome> {
-    drive_with(client, base, n, concurrency, Follow::Stream).await
+    drive_with(client, base, workflow, n, concurrency, Follow::Stream).await
 }
 
 pub(super) async fn drive_with(
     client: &reqwest::Client,
     base: &str,
+    workflow: &str,
     n: usize,
     concurrency: usize,
     follow: Follow,
@@ -59,7 +59,7 @@ pub(super) async fn drive_with(
         throttled: 0,
     };
     let mut runs = futures::stream::iter(0..n)
-        .map(|i| one(client, base, i, follow))
+        .map(|i| one(client, base, workflow, i, follow))
         .buffer_unordered(concurrency.max(1));
     while let Some(run) = runs.next().await {
         outcome.throttled += u64::from(run.throttled);
@@ -88,14 +88,20 @@ struct Run {
 /// Starts one instance and follows it to the end. The latency runs from
 /// the start the gateway accepted: waiting out its rate limit is the
 /// client's, not the instance's.
-async fn one(client: &reqwest::Client, base: &str, i: usize, follow: Follow) -> Run {
+async fn one(
+    client: &reqwest::Client,
+    base: &str,
+    workflow: &str,
+    i: usize,
+    follow: Follow,
+) -> Run {
     let deadline = Instant::now() + INSTANCE_LIMIT;
     let mut throttled = 0;
     let result = async {
         let (begin, started) = loop {
             let begin = Instant::now();
             let response = client
-                .post(format!("{base}/api/v1/workflows/{WORKFLOW}/instances"))
+                .post(format!("{base}/api/v1/workflows/{workflow}/instances"))
                 .json(&json!({"input": {"value": i}}))
                 .send()
                 .await?;

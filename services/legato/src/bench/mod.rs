@@ -26,6 +26,7 @@ use time::OffsetDateTime;
 
 use crate::{LegatoConfig, Stack};
 
+mod agents;
 mod client;
 mod scale;
 
@@ -80,6 +81,25 @@ pub struct BenchOptions {
     /// steps, reported the same way.
     #[arg(long)]
     pub sequence: Option<usize>,
+    /// Also run the workflow on a `pull` agent (workers over HTTP) after
+    /// the built-in run, in the same stack, and print both.
+    #[arg(long, default_value = "builtin")]
+    pub agent: AgentChoice,
+    /// Pull worker processes for `--agent pull`.
+    #[arg(long, default_value_t = 4)]
+    pub agent_workers: usize,
+    /// The pull worker script (default: the TypeScript SDK's build,
+    /// sdk/typescript/dist/bench/echo-worker.js).
+    #[arg(long)]
+    pub agent_worker: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AgentChoice {
+    /// The built-in echo agent only.
+    Builtin,
+    /// The built-in run, then the same on a pull agent.
+    Pull,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -240,7 +260,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
 
     // Warm up (connections, caches), then measure.
     let warmup = options.concurrency.min(options.instances).max(1);
-    drive(&client, &base, warmup, options.concurrency).await?;
+    drive(&client, &base, WORKFLOW, warmup, options.concurrency).await?;
     let published_before = counting.published.load(Ordering::Relaxed);
     let requests_before = legato_store::table_requests();
     let commits_before = legato_store::instance_commits();
@@ -249,7 +269,14 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         None => None,
     };
     let started = Instant::now();
-    let outcome = drive(&client, &base, options.instances, options.concurrency).await?;
+    let outcome = drive(
+        &client,
+        &base,
+        WORKFLOW,
+        options.instances,
+        options.concurrency,
+    )
+    .await?;
     let elapsed = started.elapsed();
     let messages = counting.published.load(Ordering::Relaxed) - published_before;
     let table_requests = legato_store::table_requests() - requests_before;
@@ -265,6 +292,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     let polled = drive_with(
         &client,
         &base,
+        WORKFLOW,
         options.instances.min(POLLED_INSTANCES),
         options.concurrency,
         Follow::Poll,
@@ -407,6 +435,21 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
             bus_rate / per_instance,
             (bus_rate / per_instance) / rate.max(f64::MIN_POSITIVE)
         );
+    }
+    if options.agent == AgentChoice::Pull {
+        agents::compare_pull(
+            &client,
+            &base,
+            &agents::worker_script(options.agent_worker.as_ref()),
+            options.agent_workers,
+            options.instances,
+            options.concurrency,
+            agents::Builtin {
+                outcome: &outcome,
+                elapsed,
+            },
+        )
+        .await?;
     }
     if let Some(stack) = stack {
         stack.shutdown().trigger();
