@@ -131,6 +131,22 @@ try {
   await page.waitForSelector("#live");
   check((await page.textContent("h1")).startsWith("nightly:"), "the run's page is not the run's");
 
+  // The agents page: the built-in agents and a pull agent registered
+  // through the API, with how to serve it.
+  const agent = await fetch(`${base}/api/v1/agents/reviewer`, {
+    method: "PUT",
+    headers: { "content-type": "application/json", authorization: `Bearer ${key}` },
+    body: JSON.stringify({ kind: "pull", leaseMs: 30000, description: "reviews drafts (Python)" }),
+  });
+  check(agent.status === 201, `put agent: ${agent.status} ${await agent.text()}`);
+  await page.evaluate(() => (location.hash = "#/agents"));
+  await page.waitForSelector('#agents [data-name="reviewer"]');
+  await page.waitForSelector('#agents [data-name="echo"] >> text=builtin');
+  await shot("agents");
+  await page.click('#agents [data-name="reviewer"]');
+  await page.waitForSelector("#agent-howto >> text=legato_agent");
+  check((await page.textContent("#agent-kind")) === "pull", "the agent is not shown as a pull agent");
+
   // Purge from the instance page, confirmed.
   await page.evaluate(() => (location.hash = "#/instances/dash-no"));
   await page.click("#purge");

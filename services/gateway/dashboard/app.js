@@ -427,6 +427,43 @@ async function schedulePage(name) {
   await render();
 }
 
+// ---- agents ----
+
+async function agentsPage() {
+  const list = await api("GET", "/api/v1/agents");
+  show(
+    el("h1", {}, "Agents"),
+    el("p", { class: "muted" }, "Built-in agents run inside legato; pull agents are workers anywhere that poll for their tasks (docs/agents.md)."),
+    el("table", { id: "agents" },
+      el("thead", {}, el("tr", {}, ["name", "kind", "lease", "description", "updated"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, list.items.map((a) =>
+        el("tr", { class: "row", "data-name": a.name, onclick: () => (location.hash = `#/agents/${encodeURIComponent(a.name)}`) },
+          el("td", {}, a.name), el("td", {}, a.kind + (a.owned ? " (this tenant's)" : "")),
+          el("td", {}, a.kind === "builtin" ? "—" : `${a.leaseMs / 1000} s`), el("td", {}, a.description || ""), el("td", {}, when(a.updatedAt)))))),
+  );
+}
+
+async function agentPage(name) {
+  const path = `/api/v1/agents/${encodeURIComponent(name)}`;
+  const a = await api("GET", path);
+  const remove = () => attempt(async () => {
+    if (!confirm(`Remove agent ${a.name}? Tasks already queued for it stay.`)) return;
+    await api("DELETE", path);
+    location.hash = "#/agents";
+  });
+  show(
+    el("h1", {}, a.name, " ", el("span", { class: "muted", id: "agent-kind" }, a.kind)),
+    el("p", { class: "muted" }, a.description || "", ` · lease ${a.leaseMs / 1000} s · ${a.owned ? "this tenant's" : "shared by every tenant"} · updated ${when(a.updatedAt)}`),
+    a.kind === "pull"
+      ? el("div", { class: "actions" }, el("button", { class: "danger", id: "remove-agent", onclick: remove }, "Remove"))
+      : null,
+    el("h2", {}, "Serve it"),
+    el("pre", { id: "agent-howto" }, a.kind === "builtin"
+      ? "A built-in agent: it runs inside legato's services."
+      : `from legato_agent import Task, Worker\n\nasync def ${a.name.replace(/-/g, "_")}(task: Task) -> dict:\n    return {"ok": True}\n\nasync with Worker(url="${location.origin}", agents={"${a.name}": ${a.name.replace(/-/g, "_")}}) as w:\n    await w.run()`),
+  );
+}
+
 // ---- routing ----
 
 async function route() {
@@ -436,7 +473,7 @@ async function route() {
   const [path, query = ""] = location.hash.replace(/^#/, "").split("?");
   const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
   for (const link of document.querySelectorAll("[data-nav]")) {
-    link.classList.toggle("active", link.dataset.nav === (["workflows", "schedules"].includes(parts[0]) ? parts[0] : "instances"));
+    link.classList.toggle("active", link.dataset.nav === (["workflows", "schedules", "agents"].includes(parts[0]) ? parts[0] : "instances"));
   }
   await attempt(async () => {
     if (parts[0] === "instances" && parts[1]) return instancePage(parts[1]);
@@ -444,6 +481,8 @@ async function route() {
     if (parts[0] === "workflows") return workflowsPage();
     if (parts[0] === "schedules" && parts[1]) return schedulePage(parts[1]);
     if (parts[0] === "schedules") return schedulesPage();
+    if (parts[0] === "agents" && parts[1]) return agentPage(parts[1]);
+    if (parts[0] === "agents") return agentsPage();
     return instancesPage(new URLSearchParams(query));
   });
 }

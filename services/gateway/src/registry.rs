@@ -272,7 +272,7 @@ pub async fn register_builtin(store: &dyn Store, names: &[String]) -> anyhow::Re
         let doc = AgentDoc {
             kind: AgentKind::Builtin,
             lease_ms: DEFAULT_LEASE_MS,
-            description: None,
+            description: builtin_description(name.as_str()).map(str::to_owned),
         };
         let record = AgentRecord {
             name: name.clone(),
@@ -302,6 +302,18 @@ pub async fn register_builtin(store: &dyn Store, names: &[String]) -> anyhow::Re
         }
     }
     Ok(())
+}
+
+/// What legato's own agents do, for the registry's listing.
+fn builtin_description(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "planner" => "Breaks a request into tasks for the other agents (chat model or offline)",
+        "coder" => "Proposes, finalizes and reverts code changes (chat model or offline)",
+        "data" => "Answers questions with SQL over the configured database",
+        "approval" => "Asks a person for a decision and reads their verdict",
+        "echo" => "Returns its input; diagnostics (sleep, fail, hang on demand)",
+        _ => return None,
+    })
 }
 
 /// One file of the agent catalogue (`agents/*.yaml` beside `workflows/`).
