@@ -6,6 +6,7 @@
 //! is never lost, even if the gateway dies before publishing.
 
 mod api;
+mod attempts;
 mod body;
 mod catalogue;
 mod dashboard;

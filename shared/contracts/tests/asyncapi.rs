@@ -157,7 +157,13 @@ fn contracts_asyncapi_yaml_is_generated_from_the_message_types() {
     assert_eq!(messages.len(), Payload::TYPES.len());
     for type_name in Payload::TYPES {
         let data_ref = &messages[*type_name]["payload"]["allOf"][1]["properties"]["data"]["$ref"];
-        let def = data_ref.as_str().unwrap().trim_start_matches("messages.schema.json#/$defs/");
-        assert!(schema["$defs"].get(def).is_some(), "{type_name}: no schema {def}");
+        let def = data_ref
+            .as_str()
+            .unwrap()
+            .trim_start_matches("messages.schema.json#/$defs/");
+        assert!(
+            schema["$defs"].get(def).is_some(),
+            "{type_name}: no schema {def}"
+        );
     }
 }

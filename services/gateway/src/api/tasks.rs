@@ -25,21 +25,15 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use legato_contracts::{
-    AgentName, Envelope, HeartbeatKind, InstanceId, Payload, RuntimeStatus, TaskCompleted,
-    TaskDispatched, TaskError, TaskFailed, TaskHeartbeat, TaskKey, TraceParent,
-};
-use legato_engine::SlotStatus;
+use legato_contracts::{AgentName, InstanceId, TaskDispatched};
 use legato_service::auth::{Caller, Principal};
 use legato_service::problem::Problem;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use time::OffsetDateTime;
 use utoipa::ToSchema;
 
 use crate::GatewayState;
+use crate::attempts::{self, Token};
 use crate::body::JsonBody;
 use crate::dto::rfc3339;
 use crate::registry::{self, Agent, AgentKind};
@@ -158,31 +152,6 @@ pub(crate) struct TaskAccepted {
     pub status: String,
 }
 
-/// What a token names: one attempt of one task of one agent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Token {
-    #[serde(rename = "i")]
-    instance: InstanceId,
-    #[serde(rename = "k")]
-    key: TaskKey,
-    #[serde(rename = "a")]
-    attempt: u32,
-    #[serde(rename = "g")]
-    agent: AgentName,
-}
-
-impl Token {
-    fn encode(&self) -> String {
-        URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).unwrap_or_default())
-    }
-
-    fn decode(raw: &str) -> Result<Self, Problem> {
-        let bad = || Problem::field("token", "is not a task token this service issued");
-        let bytes = URL_SAFE_NO_PAD.decode(raw).map_err(|_| bad())?;
-        serde_json::from_slice(&bytes).map_err(|_| bad())
-    }
-}
-
 fn tenant(caller: &Principal) -> Option<&str> {
     caller.tenant.as_ref().map(|t| t.as_str())
 }
@@ -274,8 +243,8 @@ pub(crate) async fn poll(
         .await;
     let mut tasks = Vec::with_capacity(deliveries.len());
     for delivery in deliveries {
-        if let Some(task) = hand_out(&state, &agents, delivery).await? {
-            tasks.push(task);
+        if let Some(taken) = attempts::take(&state, &agents, delivery).await? {
+            tasks.push(pulled(&taken.token, &taken.task, taken.lease_ms));
         }
     }
     if let Some(worker) = &request.worker_id
@@ -286,100 +255,28 @@ pub(crate) async fn poll(
     Ok(Json(PollResponse { tasks }))
 }
 
-/// Turns one delivery into a task for the worker: the orchestrator is told
-/// a worker holds it (the lease starts), then the delivery is settled.
-/// `None` for a delivery that is not a task for this worker (settled
-/// here: a malformed one dead-lettered, a stale one dropped, another
-/// tenant's failed).
-async fn hand_out(
+/// The agent a token names, if the caller may report on its tasks:
+/// anything else answers as a missing task.
+async fn reporter(
     state: &GatewayState,
-    agents: &[Agent],
-    delivery: legato_bus::Delivery,
-) -> Result<Option<PulledTask>, Problem> {
-    let envelope = match delivery.decode() {
-        Ok(envelope) => envelope,
-        Err(e) => {
-            dead_letter(delivery, &e.to_string()).await;
-            return Ok(None);
-        }
-    };
-    let Payload::TaskDispatched(task) = &envelope.payload else {
-        let reason = format!("{} does not belong on an agent queue", envelope.type_name());
-        dead_letter(delivery, &reason).await;
-        return Ok(None);
-    };
-    let Some(agent) = agents.iter().find(|a| a.name == task.agent) else {
-        let reason = format!(
-            "a task for agent {} reached another agent's queue",
-            task.agent
-        );
-        dead_letter(delivery, &reason).await;
-        return Ok(None);
-    };
-    let instance_tenant = envelope.tenant();
-    let tenant_name = instance_tenant.as_ref().map(|t| t.as_str().to_owned());
-    if !agent.serves(tenant_name.as_deref()) {
-        // Another tenant's workflow named this tenant's agent: its step
-        // fails as if the agent did not exist, and no worker sees it.
-        let failure = TaskFailed {
-            key: task.key.clone(),
-            attempt: task.attempt,
-            error: TaskError {
-                message: format!("no agent {} is registered", task.agent),
-                retryable: false,
-            },
-        };
-        publish(
-            state,
-            &envelope.subject,
-            envelope.traceparent.clone(),
-            failure.into(),
-        )
-        .await?;
-        settle(delivery.ack().await);
-        return Ok(None);
+    caller: &Principal,
+    token: &Token,
+) -> Result<Agent, Problem> {
+    let missing = || Problem::not_found("no such task");
+    let agent = registry::find(&*state.store, &token.agent)
+        .await?
+        .filter(|a| a.taken_by(tenant(caller)) && caller.may_serve(a.name.as_str()))
+        .ok_or_else(missing)?;
+    let instance_tenant = token.instance.tenant();
+    if !agent.serves(instance_tenant.as_ref().map(|t| t.as_str())) {
+        return Err(missing());
     }
-    if task
-        .deadline
-        .is_some_and(|d| d <= OffsetDateTime::now_utc())
-    {
-        // The orchestrator gave up on this attempt already.
-        settle(delivery.ack().await);
-        return Ok(None);
-    }
-    let lease_ms = task.heartbeat_timeout_ms.unwrap_or(agent.doc.lease_ms);
-    let claim = TaskHeartbeat {
-        key: task.key.clone(),
-        attempt: task.attempt,
-        progress: None,
-        kind: None,
-        message: None,
-        leased: false,
-        lease_ms: Some(lease_ms),
-    };
-    if let Err(problem) = publish(
-        state,
-        &envelope.subject,
-        envelope.traceparent.clone(),
-        claim.into(),
-    )
-    .await
-    {
-        // Not leased: back to the queue for the next poll.
-        settle(delivery.nack().await);
-        return Err(problem);
-    }
-    settle(delivery.ack().await);
-    Ok(Some(pulled(&envelope.subject, task, lease_ms)))
+    Ok(agent)
 }
 
-fn pulled(instance: &InstanceId, task: &TaskDispatched, lease_ms: u64) -> PulledTask {
-    let token = Token {
-        instance: instance.clone(),
-        key: task.key.clone(),
-        attempt: task.attempt,
-        agent: task.agent.clone(),
-    };
+/// A task as the worker gets it.
+pub(crate) fn pulled(token: &Token, task: &TaskDispatched, lease_ms: u64) -> PulledTask {
+    let instance: &InstanceId = &token.instance;
     PulledTask {
         token: token.encode(),
         agent: task.agent.to_string(),
@@ -390,116 +287,14 @@ fn pulled(instance: &InstanceId, task: &TaskDispatched, lease_ms: u64) -> Pulled
         step: task.key.step.to_string(),
         item: task.key.item,
         attempt: task.attempt,
-        idempotency_key: format!("{instance}/{}#{}", task.key, task.attempt),
+        idempotency_key: token.idempotency_key(),
         input: task.input.clone(),
         deadline: task.deadline.map(rfc3339),
         lease_ms,
     }
 }
 
-async fn dead_letter(delivery: legato_bus::Delivery, reason: &str) {
-    tracing::warn!(reason, "dead-lettering a message from an agent queue");
-    settle(delivery.dead_letter(reason).await);
-}
-
-fn settle(result: Result<(), legato_bus::BusError>) {
-    if let Err(e) = result {
-        // The broker delivers an unsettled message again; nothing is lost.
-        tracing::warn!("could not settle a delivery: {e}");
-    }
-}
-
-async fn publish(
-    state: &GatewayState,
-    instance: &InstanceId,
-    traceparent: Option<TraceParent>,
-    payload: Payload,
-) -> Result<(), Problem> {
-    let envelope = Envelope::new(
-        super::SOURCE,
-        instance.clone(),
-        OffsetDateTime::now_utc(),
-        payload,
-    )
-    .with_traceparent(traceparent);
-    state.bus.publish_envelope(&envelope).await.map_err(|e| {
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Bus unavailable",
-            format!("could not reach the orchestrator: {e}"),
-        )
-        .retry_after(Duration::from_secs(1))
-    })
-}
-
-/// Where the attempt a token names stands now.
-enum Standing {
-    /// The attempt is the running one: its worker's word counts.
-    Running,
-    /// Its result is recorded: a repeat of it is answered, not sent.
-    Completed,
-}
-
-/// Reads the attempt a token names, checking the caller may act on it.
-/// Anything that is not the caller's to see answers 404; an attempt that is
-/// no longer wanted answers 409 with why.
-async fn standing(
-    state: &GatewayState,
-    caller: &Principal,
-    token: &Token,
-) -> Result<(Agent, Standing), Problem> {
-    let missing = || Problem::not_found("no such task");
-    let agent = registry::find(&*state.store, &token.agent)
-        .await?
-        .filter(|a| a.taken_by(tenant(caller)) && caller.may_serve(a.name.as_str()))
-        .ok_or_else(missing)?;
-    let instance_tenant = token.instance.tenant();
-    if !agent.serves(instance_tenant.as_ref().map(|t| t.as_str())) {
-        return Err(missing());
-    }
-    let (_, engine) = super::load(state, &token.instance)
-        .await
-        .map_err(|_| missing())?;
-    let slot = engine
-        .task_slot(&token.key)
-        .filter(|s| s.agent == token.agent)
-        .ok_or_else(missing)?;
-    let gone = |why: String| {
-        Problem::new(
-            StatusCode::CONFLICT,
-            "Task no longer wanted",
-            format!(
-                "attempt {} of task {} is no longer wanted: {why}",
-                token.attempt, token.key
-            ),
-        )
-    };
-    if !engine.is_current(&token.key) {
-        return Err(gone("the instance was restarted or started again".into()));
-    }
-    if slot.attempt != token.attempt {
-        return Err(gone(format!("attempt {} replaced it", slot.attempt)));
-    }
-    match (slot.status, engine.status) {
-        (SlotStatus::Completed, _) => Ok((agent, Standing::Completed)),
-        (SlotStatus::Running, RuntimeStatus::Running | RuntimeStatus::Suspended) => {
-            Ok((agent, Standing::Running))
-        }
-        (status, RuntimeStatus::Running | RuntimeStatus::Suspended) => {
-            Err(gone(match &slot.error {
-                Some(error) => format!("it ended {status:?}: {error}"),
-                None => format!("it ended {status:?}"),
-            }))
-        }
-        (_, status) => Err(gone(format!("the instance is {status}"))),
-    }
-}
-
-async fn send(state: &GatewayState, token: &Token, payload: Payload) -> Result<(), Problem> {
-    publish(state, &token.instance, None, payload).await
-}
-
-fn check_message(field: &str, message: Option<&str>) -> Result<(), Problem> {
+pub(crate) fn check_message(field: &str, message: Option<&str>) -> Result<(), Problem> {
     if message.is_some_and(|m| m.chars().count() > MAX_MESSAGE_CHARS) {
         return Err(Problem::field(
             field,
@@ -528,25 +323,15 @@ pub(crate) async fn heartbeat(
 ) -> Result<Json<HeartbeatResponse>, Problem> {
     let token = Token::decode(&raw)?;
     check_message("/message", request.message.as_deref())?;
-    let (agent, standing) = standing(&state, &caller, &token).await?;
-    if matches!(standing, Standing::Completed) {
-        return Err(Problem::new(
-            StatusCode::CONFLICT,
-            "Task no longer wanted",
-            format!("task {} attempt {} is completed", token.key, token.attempt),
-        ));
-    }
-    let news = request.message.is_some() || request.data.is_some();
-    let beat = TaskHeartbeat {
-        key: token.key.clone(),
-        attempt: token.attempt,
-        progress: request.data,
-        kind: news.then_some(HeartbeatKind::AgentProgress),
-        message: request.message,
-        leased: false,
-        lease_ms: Some(agent.doc.lease_ms),
-    };
-    send(&state, &token, beat.into()).await?;
+    let agent = reporter(&state, &caller, &token).await?;
+    attempts::heartbeat(
+        &state,
+        &token,
+        agent.doc.lease_ms,
+        request.message,
+        request.data,
+    )
+    .await?;
     Ok(Json(HeartbeatResponse {
         lease_ms: agent.doc.lease_ms,
     }))
@@ -570,21 +355,11 @@ pub(crate) async fn complete(
     JsonBody(request): JsonBody<CompleteRequest, true>,
 ) -> Result<Json<TaskAccepted>, Problem> {
     let token = Token::decode(&raw)?;
-    let (_, standing) = standing(&state, &caller, &token).await?;
-    if matches!(standing, Standing::Completed) {
-        return Ok(Json(TaskAccepted {
-            status: "recorded_before".into(),
-        }));
-    }
-    let completed = TaskCompleted {
-        key: token.key.clone(),
-        attempt: token.attempt,
-        output: request.output,
-        custom_status: request.custom_status,
-    };
-    send(&state, &token, completed.into()).await?;
+    reporter(&state, &caller, &token).await?;
+    let reported =
+        attempts::complete(&state, &token, request.output, request.custom_status).await?;
     Ok(Json(TaskAccepted {
-        status: "recorded".into(),
+        status: reported.as_str().into(),
     }))
 }
 
@@ -607,27 +382,15 @@ pub(crate) async fn fail(
 ) -> Result<Json<TaskAccepted>, Problem> {
     let token = Token::decode(&raw)?;
     check_message("/message", Some(&request.message))?;
-    let (_, standing) = standing(&state, &caller, &token).await?;
-    if matches!(standing, Standing::Completed) {
-        return Err(Problem::new(
-            StatusCode::CONFLICT,
-            "Task completed",
-            format!(
-                "task {} attempt {} is completed; its result stands",
-                token.key, token.attempt
-            ),
-        ));
-    }
-    let failed = TaskFailed {
-        key: token.key.clone(),
-        attempt: token.attempt,
-        error: TaskError {
-            message: request.message,
-            retryable: request.retryable.unwrap_or(true),
-        },
-    };
-    send(&state, &token, failed.into()).await?;
+    reporter(&state, &caller, &token).await?;
+    let reported = attempts::fail(
+        &state,
+        &token,
+        request.message,
+        request.retryable.unwrap_or(true),
+    )
+    .await?;
     Ok(Json(TaskAccepted {
-        status: "recorded".into(),
+        status: reported.as_str().into(),
     }))
 }

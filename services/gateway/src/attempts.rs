@@ -1,0 +1,326 @@
+//! Task attempts as the gateway hands them to agents outside the binary
+//! (pull workers, push endpoints) and hears back about them: taking a task
+//! off its queue with a lease, the token that names the attempt, where an
+//! attempt stands now (read from the store, so every replica answers the
+//! same), and the reports (heartbeat, completion, failure) sent on to the
+//! orchestrator.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use legato_bus::Delivery;
+use legato_contracts::{
+    AgentName, Envelope, HeartbeatKind, InstanceId, Payload, RuntimeStatus, TaskCompleted,
+    TaskDispatched, TaskError, TaskFailed, TaskHeartbeat, TaskKey, TraceParent,
+};
+use legato_engine::SlotStatus;
+use legato_service::problem::Problem;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::GatewayState;
+use crate::registry::Agent;
+
+/// Every message the gateway sends says it came from here.
+const SOURCE: &str = "/legato/gateway";
+
+/// What a token names: one attempt of one task of one agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Token {
+    #[serde(rename = "i")]
+    pub instance: InstanceId,
+    #[serde(rename = "k")]
+    pub key: TaskKey,
+    #[serde(rename = "a")]
+    pub attempt: u32,
+    #[serde(rename = "g")]
+    pub agent: AgentName,
+}
+
+impl Token {
+    pub fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).unwrap_or_default())
+    }
+
+    pub fn decode(raw: &str) -> Result<Self, Problem> {
+        let bad = || Problem::field("token", "is not a task token this service issued");
+        let bytes = URL_SAFE_NO_PAD.decode(raw).map_err(|_| bad())?;
+        serde_json::from_slice(&bytes).map_err(|_| bad())
+    }
+
+    /// Stable across deliveries of this attempt.
+    pub fn idempotency_key(&self) -> String {
+        format!("{}/{}#{}", self.instance, self.key, self.attempt)
+    }
+}
+
+/// A task taken off its agent's queue and leased: what to send to the
+/// agent.
+pub(crate) struct Taken {
+    pub token: Token,
+    pub task: TaskDispatched,
+    pub lease_ms: u64,
+}
+
+/// Takes one delivery of one of `agents`' queues: the orchestrator is told
+/// an agent holds the attempt (the lease starts), then the delivery is
+/// settled. `None` for a delivery that is not a task to hand out (settled
+/// here: a malformed one dead-lettered, a stale one dropped, another
+/// tenant's failed as if the agent did not exist).
+pub(crate) async fn take(
+    state: &GatewayState,
+    agents: &[Agent],
+    delivery: Delivery,
+) -> Result<Option<Taken>, Problem> {
+    let envelope = match delivery.decode() {
+        Ok(envelope) => envelope,
+        Err(e) => {
+            dead_letter(delivery, &e.to_string()).await;
+            return Ok(None);
+        }
+    };
+    let Payload::TaskDispatched(task) = envelope.payload else {
+        let reason = format!("{} does not belong on an agent queue", envelope.type_name());
+        dead_letter(delivery, &reason).await;
+        return Ok(None);
+    };
+    let Some(agent) = agents.iter().find(|a| a.name == task.agent) else {
+        let reason = format!(
+            "a task for agent {} reached another agent's queue",
+            task.agent
+        );
+        dead_letter(delivery, &reason).await;
+        return Ok(None);
+    };
+    let instance = envelope.subject;
+    let tenant = instance.tenant();
+    if !agent.serves(tenant.as_ref().map(|t| t.as_str())) {
+        // The orchestrator refuses such a dispatch; one that slipped by (a
+        // registry it read a moment too early) is failed here, unseen.
+        let failure = TaskFailed {
+            key: task.key.clone(),
+            attempt: task.attempt,
+            error: TaskError {
+                message: format!("no agent {} is registered", task.agent),
+                retryable: false,
+            },
+        };
+        publish(state, &instance, envelope.traceparent, failure.into()).await?;
+        settle(delivery.ack().await);
+        return Ok(None);
+    }
+    if task
+        .deadline
+        .is_some_and(|d| d <= OffsetDateTime::now_utc())
+    {
+        // The orchestrator gave up on this attempt already.
+        settle(delivery.ack().await);
+        return Ok(None);
+    }
+    let lease_ms = task.heartbeat_timeout_ms.unwrap_or(agent.doc.lease_ms);
+    let claim = TaskHeartbeat {
+        key: task.key.clone(),
+        attempt: task.attempt,
+        progress: None,
+        kind: None,
+        message: None,
+        leased: false,
+        lease_ms: Some(lease_ms),
+    };
+    let traceparent = envelope.traceparent;
+    if let Err(problem) = publish(state, &instance, traceparent.clone(), claim.into()).await {
+        // Not leased: back to the queue for the next taker.
+        settle(delivery.nack().await);
+        return Err(problem);
+    }
+    settle(delivery.ack().await);
+    let token = Token {
+        instance,
+        key: task.key.clone(),
+        attempt: task.attempt,
+        agent: task.agent.clone(),
+    };
+    Ok(Some(Taken {
+        token,
+        task,
+        lease_ms,
+    }))
+}
+
+async fn dead_letter(delivery: Delivery, reason: &str) {
+    tracing::warn!(reason, "dead-lettering a message from an agent queue");
+    settle(delivery.dead_letter(reason).await);
+}
+
+fn settle(result: Result<(), legato_bus::BusError>) {
+    if let Err(e) = result {
+        // The broker delivers an unsettled message again; nothing is lost.
+        tracing::warn!("could not settle a delivery: {e}");
+    }
+}
+
+async fn publish(
+    state: &GatewayState,
+    instance: &InstanceId,
+    traceparent: Option<TraceParent>,
+    payload: Payload,
+) -> Result<(), Problem> {
+    let envelope = Envelope::new(SOURCE, instance.clone(), OffsetDateTime::now_utc(), payload)
+        .with_traceparent(traceparent);
+    state.bus.publish_envelope(&envelope).await.map_err(|e| {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Bus unavailable",
+            format!("could not reach the orchestrator: {e}"),
+        )
+        .retry_after(Duration::from_secs(1))
+    })
+}
+
+/// Where the attempt a token names stands now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Standing {
+    /// The attempt is the running one: its agent's word counts.
+    Running,
+    /// Its result is recorded: a repeat of it is answered, not sent.
+    Completed,
+}
+
+/// Reads the attempt a token names. An unknown one answers 404; one that is
+/// no longer wanted answers 409 with why.
+pub(crate) async fn standing(state: &GatewayState, token: &Token) -> Result<Standing, Problem> {
+    let missing = || Problem::not_found("no such task");
+    let (_, engine) = crate::api::load(state, &token.instance)
+        .await
+        .map_err(|_| missing())?;
+    let slot = engine
+        .task_slot(&token.key)
+        .filter(|s| s.agent == token.agent)
+        .ok_or_else(missing)?;
+    let gone = |why: String| {
+        Problem::new(
+            StatusCode::CONFLICT,
+            "Task no longer wanted",
+            format!(
+                "attempt {} of task {} is no longer wanted: {why}",
+                token.attempt, token.key
+            ),
+        )
+    };
+    if !engine.is_current(&token.key) {
+        return Err(gone("the instance was restarted or started again".into()));
+    }
+    if slot.attempt != token.attempt {
+        return Err(gone(format!("attempt {} replaced it", slot.attempt)));
+    }
+    match (slot.status, engine.status) {
+        (SlotStatus::Completed, _) => Ok(Standing::Completed),
+        (SlotStatus::Running, RuntimeStatus::Running | RuntimeStatus::Suspended) => {
+            Ok(Standing::Running)
+        }
+        (status, RuntimeStatus::Running | RuntimeStatus::Suspended) => {
+            Err(gone(match &slot.error {
+                Some(error) => format!("it ended {status:?}: {error}"),
+                None => format!("it ended {status:?}"),
+            }))
+        }
+        (_, status) => Err(gone(format!("the instance is {status}"))),
+    }
+}
+
+/// What a report came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reported {
+    /// Sent on to the instance.
+    Recorded,
+    /// A repeat of a completion already recorded: nothing sent.
+    RecordedBefore,
+}
+
+impl Reported {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Recorded => "recorded",
+            Self::RecordedBefore => "recorded_before",
+        }
+    }
+}
+
+/// Renews the attempt's lease (for `lease_ms` from now) and tells the
+/// watchers `message`/`data`, if any.
+pub(crate) async fn heartbeat(
+    state: &GatewayState,
+    token: &Token,
+    lease_ms: u64,
+    message: Option<String>,
+    data: Option<Value>,
+) -> Result<(), Problem> {
+    if standing(state, token).await? == Standing::Completed {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "Task no longer wanted",
+            format!("task {} attempt {} is completed", token.key, token.attempt),
+        ));
+    }
+    let news = message.is_some() || data.is_some();
+    let beat = TaskHeartbeat {
+        key: token.key.clone(),
+        attempt: token.attempt,
+        progress: data,
+        kind: news.then_some(HeartbeatKind::AgentProgress),
+        message,
+        leased: false,
+        lease_ms: Some(lease_ms),
+    };
+    publish(state, &token.instance, None, beat.into()).await
+}
+
+/// Records the attempt's result, once however often it is sent.
+pub(crate) async fn complete(
+    state: &GatewayState,
+    token: &Token,
+    output: Value,
+    custom_status: Option<Value>,
+) -> Result<Reported, Problem> {
+    if standing(state, token).await? == Standing::Completed {
+        return Ok(Reported::RecordedBefore);
+    }
+    let completed = TaskCompleted {
+        key: token.key.clone(),
+        attempt: token.attempt,
+        output,
+        custom_status,
+    };
+    publish(state, &token.instance, None, completed.into()).await?;
+    Ok(Reported::Recorded)
+}
+
+/// Records the attempt's failure: retried under the step's policy when
+/// `retryable`, else the step fails.
+pub(crate) async fn fail(
+    state: &GatewayState,
+    token: &Token,
+    message: String,
+    retryable: bool,
+) -> Result<Reported, Problem> {
+    if standing(state, token).await? == Standing::Completed {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "Task completed",
+            format!(
+                "task {} attempt {} is completed; its result stands",
+                token.key, token.attempt
+            ),
+        ));
+    }
+    let failed = TaskFailed {
+        key: token.key.clone(),
+        attempt: token.attempt,
+        error: TaskError { message, retryable },
+    };
+    publish(state, &token.instance, None, failed.into()).await?;
+    Ok(Reported::Recorded)
+}
