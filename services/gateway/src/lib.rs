@@ -16,6 +16,7 @@ pub mod limits;
 pub mod memberships;
 pub mod openapi;
 pub mod pull;
+pub mod push;
 pub mod registry;
 mod settings;
 mod standalone;
@@ -125,6 +126,7 @@ pub fn router(state: GatewayState) -> Router {
         .route_layer(authorize)
         .route_layer(time_limit)
         .route("/api/v1/openapi.json", axum::routing::get(openapi::serve))
+        .merge(api::callback_routes())
         .merge(dashboard::routes())
         .with_state(state)
         .layer(DefaultBodyLimit::max(limit))

@@ -36,6 +36,32 @@ pub enum AgentKind {
     Builtin,
     /// Workers anywhere long-poll the gateway for tasks over HTTP.
     Pull,
+    /// legato POSTs each task to the agent's HTTPS endpoint.
+    Push,
+}
+
+/// Where and how a push agent's tasks are sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PushTarget {
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<PushAuth>,
+    /// Requests at once per gateway replica.
+    pub concurrency: u32,
+}
+
+/// How legato proves itself to a push endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PushAuth {
+    /// Send this header (`Authorization`, `x-api-key`, …) …
+    pub header: Option<String>,
+    /// … with the value of this named secret (`gateway.push.secrets`).
+    pub secret: Option<String>,
+    /// Or: `Authorization: Bearer <token>`, a managed-identity token for
+    /// this audience (one of `gateway.push.allowed_audiences`).
+    pub audience: Option<String>,
 }
 
 /// A registration as the store keeps it.
@@ -46,6 +72,9 @@ pub struct AgentDoc {
     pub lease_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// A push agent's endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<PushTarget>,
 }
 
 /// A registered agent, read back.
@@ -89,6 +118,8 @@ pub enum RegisteredKind {
     /// Workers long-poll the gateway for the agent's tasks.
     #[default]
     Pull,
+    /// legato POSTs each task to `url` (role `admin` to register).
+    Push,
 }
 
 /// The registration callers send (`PUT /api/v1/agents/{name}`).
@@ -104,13 +135,38 @@ pub struct AgentSpec {
     /// What the agent does (at most 1,024 characters).
     #[schema(max_length = 1024)]
     pub description: Option<String>,
+    /// A push agent's endpoint: https (http only to loopback), on a host of
+    /// `gateway.push.allowed_hosts`.
+    pub url: Option<String>,
+    /// How legato authenticates to a push endpoint.
+    pub auth: Option<PushAuth>,
+    /// A push agent's requests at once, per gateway replica (default 16).
+    #[schema(minimum = 1, maximum = 1024)]
+    pub concurrency: Option<u32>,
 }
 
 impl AgentSpec {
-    /// The document to keep, or a 400 naming the field.
-    pub fn doc(self) -> Result<AgentDoc, Problem> {
+    /// The document to keep, or a 400 naming the field. `push` is the
+    /// gateway's push policy, which a push agent's endpoint must meet.
+    pub fn doc(self, push: &crate::push::PushSettings) -> Result<AgentDoc, Problem> {
         let kind = match self.kind {
             RegisteredKind::Pull => AgentKind::Pull,
+            RegisteredKind::Push => AgentKind::Push,
+        };
+        let push_target = match kind {
+            AgentKind::Push => Some(push_target(self.url, self.auth, self.concurrency, push)?),
+            _ => {
+                for (field, given) in [
+                    ("/url", self.url.is_some()),
+                    ("/auth", self.auth.is_some()),
+                    ("/concurrency", self.concurrency.is_some()),
+                ] {
+                    if given {
+                        return Err(Problem::field(field, "is for push agents only"));
+                    }
+                }
+                None
+            }
         };
         let lease_ms = self.lease_ms.unwrap_or(DEFAULT_LEASE_MS);
         if !(MIN_LEASE_MS..=MAX_LEASE_MS).contains(&lease_ms) {
@@ -133,8 +189,62 @@ impl AgentSpec {
             kind,
             lease_ms,
             description: self.description,
+            push: push_target,
         })
     }
+}
+
+/// A push agent's endpoint, held to the gateway's push policy.
+fn push_target(
+    url: Option<String>,
+    auth: Option<PushAuth>,
+    concurrency: Option<u32>,
+    policy: &crate::push::PushSettings,
+) -> Result<PushTarget, Problem> {
+    if crate::push::Signer::new(&policy.signing_secret).is_err() {
+        return Err(Problem::field(
+            "/kind",
+            "push agents need gateway.push.signing_secret (whsec_…) to be set",
+        ));
+    }
+    let url = url.ok_or_else(|| Problem::field("/url", "is required for a push agent"))?;
+    let url =
+        crate::push::guard::check_url(&url, policy).map_err(|why| Problem::field("/url", why))?;
+    if let Some(auth) = &auth {
+        match (&auth.header, &auth.secret, &auth.audience) {
+            (Some(header), Some(secret), None) => {
+                if axum::http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                    return Err(Problem::field("/auth/header", "is not a header name"));
+                }
+                if !policy.secrets.contains_key(secret) {
+                    return Err(Problem::field(
+                        "/auth/secret",
+                        format!("no secret {secret} in gateway.push.secrets"),
+                    ));
+                }
+            }
+            (None, None, Some(audience)) => {
+                if !policy.allowed_audiences.iter().any(|a| a == audience) {
+                    return Err(Problem::field(
+                        "/auth/audience",
+                        format!("{audience} is not in gateway.push.allowed_audiences"),
+                    ));
+                }
+            }
+            _ => {
+                return Err(Problem::field("/auth", "is {header, secret} or {audience}"));
+            }
+        }
+    }
+    let concurrency = concurrency.unwrap_or(16);
+    if !(1..=1024).contains(&concurrency) {
+        return Err(Problem::field("/concurrency", "must be from 1 to 1024"));
+    }
+    Ok(PushTarget {
+        url: url.to_string(),
+        auth,
+        concurrency,
+    })
 }
 
 /// The agents `workflow` names literally that no registration lets
@@ -273,6 +383,7 @@ pub async fn register_builtin(store: &dyn Store, names: &[String]) -> anyhow::Re
             kind: AgentKind::Builtin,
             lease_ms: DEFAULT_LEASE_MS,
             description: builtin_description(name.as_str()).map(str::to_owned),
+            push: None,
         };
         let record = AgentRecord {
             name: name.clone(),
@@ -324,6 +435,9 @@ struct CatalogueEntry {
     kind: RegisteredKind,
     lease_ms: Option<u64>,
     description: Option<String>,
+    url: Option<String>,
+    auth: Option<PushAuth>,
+    concurrency: Option<u32>,
 }
 
 /// Registers every agent declared in `dir` (`*.yaml`, `*.yml`, `*.json`,
@@ -333,6 +447,7 @@ pub async fn register_catalogue(
     store: &dyn Store,
     bus: &dyn Bus,
     dir: &Path,
+    push: &crate::push::PushSettings,
 ) -> anyhow::Result<usize> {
     if !dir.is_dir() {
         return Ok(0);
@@ -358,8 +473,11 @@ pub async fn register_catalogue(
             kind: entry.kind,
             lease_ms: entry.lease_ms,
             description: entry.description,
+            url: entry.url,
+            auth: entry.auth,
+            concurrency: entry.concurrency,
         }
-        .doc()
+        .doc(push)
         .map_err(fail)?;
         match register(store, bus, &name, None, doc).await {
             Ok(Registered::Unchanged) => {}

@@ -34,6 +34,8 @@ pub struct GatewaySettings {
     /// registered at start as shared agents; empty registers none.
     /// `legato up` uses its own `agents_dir`.
     pub agents_dir: String,
+    /// Push agents: where they may be, how pushes are signed.
+    pub push: crate::push::PushSettings,
 }
 
 impl Default for GatewaySettings {
@@ -50,6 +52,7 @@ impl Default for GatewaySettings {
                 .map(String::from)
                 .to_vec(),
             agents_dir: String::new(),
+            push: crate::push::PushSettings::default(),
         }
     }
 }

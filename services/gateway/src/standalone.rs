@@ -13,6 +13,7 @@ pub async fn run(config: GatewayConfig, shutdown: Shutdown) -> anyhow::Result<()
             &*store,
             &*bus,
             std::path::Path::new(&config.gateway.agents_dir),
+            &config.gateway.push,
         )
         .await?;
     }
@@ -56,8 +57,14 @@ pub async fn run(config: GatewayConfig, shutdown: Shutdown) -> anyhow::Result<()
             shutdown.clone(),
         ));
     }
-    let app = crate::router(state);
     let listener = legato_service::listen("gateway", &config.http).await?;
+    // Push agents call back where the gateway is reached.
+    let callbacks = match state.settings.public_url.as_str() {
+        "" => format!("http://{}", listener.local_addr()?),
+        url => url.to_owned(),
+    };
+    tokio::spawn(crate::push::run(state.clone(), callbacks, shutdown.clone()));
+    let app = crate::router(state);
     readiness.set_ready(true);
     legato_service::serve(listener, app, readiness, shutdown).await
 }

@@ -165,7 +165,7 @@ async fn a_registered_agents_dead_letters_are_parked_too() {
     let shutdown = legato_service::Shutdown::new();
     let name = legato_contracts::AgentName::parse("reviewer").unwrap();
     let doc = legato_gateway::registry::AgentSpec::default()
-        .doc()
+        .doc(&Default::default())
         .unwrap();
     legato_gateway::registry::register(&*store, &*bus, &name, None, doc)
         .await

@@ -44,6 +44,9 @@ fn contracts_openapi_json_is_the_served_document() {
         [
             "/api/v1/agents",
             "/api/v1/agents/{name}",
+            "/api/v1/callbacks/{capability}/complete",
+            "/api/v1/callbacks/{capability}/fail",
+            "/api/v1/callbacks/{capability}/heartbeat",
             "/api/v1/dead-letters",
             "/api/v1/dead-letters/{id}",
             "/api/v1/dead-letters/{id}/replay",

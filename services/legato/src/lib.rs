@@ -128,7 +128,13 @@ impl Stack {
         }
         // Agents first: a workflow may name only registered agents.
         legato_gateway::registry::register_builtin(&*store, &config.gateway.agents).await?;
-        legato_gateway::registry::register_catalogue(&*store, &*bus, &config.agents_dir).await?;
+        legato_gateway::registry::register_catalogue(
+            &*store,
+            &*bus,
+            &config.agents_dir,
+            &config.gateway.push,
+        )
+        .await?;
         legato_gateway::register_catalogue(&*store, &config.workflows_dir).await?;
 
         let readiness = Readiness::new(Some(store.clone()));
@@ -223,9 +229,21 @@ impl Stack {
         let notifier = NotifierState::new(hub, store.clone(), shutdown.clone())
             .with_allowed_origins(origins)
             .with_auth(gateway.auth.clone());
-        let app = legato_gateway::router(gateway).merge(legato_notifier::router(notifier));
         let listener = tokio::net::TcpListener::bind(config.http.addr()?).await?;
         let addr = listener.local_addr()?;
+        // Push agents call back where the gateway is reached.
+        let callbacks = match config.gateway.public_url.as_str() {
+            "" => format!("http://{addr}"),
+            url => url.to_owned(),
+        };
+        tasks.spawn({
+            let pushes = legato_gateway::push::run(gateway.clone(), callbacks, shutdown.clone());
+            async move {
+                pushes.await;
+                Ok(())
+            }
+        });
+        let app = legato_gateway::router(gateway).merge(legato_notifier::router(notifier));
         tasks.spawn(legato_service::serve(
             listener,
             app,

@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use legato_service::auth::{Caller, Principal};
+use legato_service::auth::{Caller, Principal, Role};
 use legato_service::problem::Problem;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -28,6 +28,9 @@ pub(crate) struct AgentView {
     pub lease_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// A push agent's endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
     pub updated_at: String,
 }
 
@@ -43,6 +46,7 @@ fn view(agent: Agent) -> AgentView {
         kind: agent.doc.kind,
         owned: agent.tenant.is_some(),
         lease_ms: agent.doc.lease_ms,
+        url: agent.doc.push.map(|p| p.url),
         description: agent.doc.description,
         updated_at: rfc3339(agent.updated_at),
     }
@@ -81,7 +85,16 @@ pub(crate) async fn put_agent(
     JsonBody(spec): JsonBody<AgentSpec>,
 ) -> Result<Response, Problem> {
     let name = registry::agent_name(raw)?;
-    let doc = spec.doc()?;
+    if spec.kind == registry::RegisteredKind::Push && !caller.may(Role::Admin) {
+        // A push URL makes legato send requests (and tokens) where the
+        // registrant says.
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "registering a push agent needs the admin role",
+        ));
+    }
+    let doc = spec.doc(&state.settings.push)?;
     let outcome =
         registry::register(&*state.store, &*state.bus, &name, tenant(&caller), doc).await?;
     let agent = visible(&state, &caller, name.to_string()).await?;

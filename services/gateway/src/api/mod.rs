@@ -1,4 +1,5 @@
 mod agents;
+mod callbacks;
 mod control;
 mod dead_letters;
 mod instances;
@@ -23,6 +24,9 @@ pub(crate) use agents::{
     __path_delete_agent, __path_get_agent, __path_list_agents, __path_put_agent, AgentList,
     AgentView,
 };
+pub(crate) use callbacks::{
+    __path_callback_complete, __path_callback_fail, __path_callback_heartbeat,
+};
 pub(crate) use control::__path_raise_event;
 pub(crate) use control::{
     __path_redrive, __path_restart, __path_resume, __path_suspend, __path_terminate,
@@ -43,6 +47,7 @@ pub(crate) use schedules::{
 pub(crate) use tasks::{
     __path_complete, __path_fail, __path_heartbeat, __path_poll, CompleteRequest, FailRequest,
     HeartbeatRequest, HeartbeatResponse, PollRequest, PollResponse, PulledTask, TaskAccepted,
+    pulled,
 };
 pub(crate) use workflows::{
     __path_get_workflow, __path_list_versions, __path_list_workflows, __path_register,
@@ -150,6 +155,24 @@ pub(crate) fn routes() -> Router<GatewayState> {
         .route(
             "/api/v1/schedules/{name}/backfill",
             post(schedules::backfill_schedule),
+        )
+}
+
+/// Push endpoints' callbacks: their capability URL is their credential,
+/// so no caller authentication applies.
+pub(crate) fn callback_routes() -> Router<GatewayState> {
+    Router::new()
+        .route(
+            "/api/v1/callbacks/{capability}/complete",
+            post(callbacks::callback_complete),
+        )
+        .route(
+            "/api/v1/callbacks/{capability}/fail",
+            post(callbacks::callback_fail),
+        )
+        .route(
+            "/api/v1/callbacks/{capability}/heartbeat",
+            post(callbacks::callback_heartbeat),
         )
 }
 

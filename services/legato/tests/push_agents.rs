@@ -1,0 +1,373 @@
+//! Push agents against a real `legato up`: an HTTPS-style endpoint this
+//! test serves on loopback receives each task as a CloudEvent (binary
+//! mode) signed per Standard Webhooks (checked here from the specification:
+//! HMAC-SHA256 over `id.timestamp.body` with the secret's bytes), with the
+//! agent's auth header, and answers in each way the protocol allows: `200`
+//! with the output, `202` with a status URL polled to its result, `202`
+//! that calls back later, a `4xx` that fails the step, a `503` with
+//! `Retry-After` sent again. Registration refuses each address a push may
+//! never reach.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode as AxumStatus};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use base64::Engine;
+use hmac::{Hmac, KeyInit, Mac};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sha2::Sha256;
+use support::{Legato, echo_step, step_of, temp_dir};
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+#[derive(Clone, Default)]
+struct Endpoint {
+    /// What each path was sent, in order.
+    seen: Arc<Mutex<Vec<(String, HeaderMap, Value)>>>,
+    /// Sends per path (for the flaky one and the status URL).
+    count: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+impl Endpoint {
+    fn bump(&self, key: &str) -> u32 {
+        let mut count = self.count.lock().unwrap();
+        let n = count.entry(key.to_owned()).or_default();
+        *n += 1;
+        *n
+    }
+}
+
+/// The Standard Webhooks check a receiver makes.
+fn verify(headers: &HeaderMap, body: &[u8]) -> Result<(), String> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .ok_or(format!("no {name}"))
+    };
+    let id = header("webhook-id")?;
+    let timestamp = header("webhook-timestamp")?;
+    let ts: i64 = timestamp.parse().map_err(|_| "timestamp")?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    if (now - ts).abs() > 300 {
+        return Err("timestamp too far off".into());
+    }
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(SECRET.trim_start_matches("whsec_"))
+        .unwrap();
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    let signatures = header("webhook-signature")?;
+    if signatures
+        .split(' ')
+        .any(|s| s.strip_prefix("v1,") == Some(expected.as_str()))
+    {
+        Ok(())
+    } else {
+        Err(format!("bad signature {signatures}"))
+    }
+}
+
+async fn receive(
+    State(endpoint): State<Endpoint>,
+    Path(kind): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    if let Err(why) = verify(&headers, &body) {
+        return (AxumStatus::UNAUTHORIZED, why).into_response();
+    }
+    if headers.get("x-api-key").and_then(|v| v.to_str().ok()) != Some("s3cret") {
+        return (AxumStatus::UNAUTHORIZED, "no key").into_response();
+    }
+    let task: Value = serde_json::from_slice(&body).unwrap();
+    endpoint
+        .seen
+        .lock()
+        .unwrap()
+        .push((kind.clone(), headers, task.clone()));
+    let n = endpoint.bump(&kind);
+    match kind.as_str() {
+        "sync" => axum::Json(json!({"reviewed": task["input"], "attempt": task["attempt"]}))
+            .into_response(),
+        "async" => (
+            AxumStatus::ACCEPTED,
+            [("location", "/status/job-1"), ("retry-after", "0")],
+        )
+            .into_response(),
+        "callback" => AxumStatus::ACCEPTED.into_response(),
+        "refuse" => (AxumStatus::UNPROCESSABLE_ENTITY, "the draft is empty").into_response(),
+        "flaky" if n == 1 => (
+            AxumStatus::SERVICE_UNAVAILABLE,
+            [("retry-after", "1")],
+            "busy",
+        )
+            .into_response(),
+        "flaky" => axum::Json(json!({"after": n})).into_response(),
+        _ => AxumStatus::NOT_FOUND.into_response(),
+    }
+}
+
+async fn status(
+    State(endpoint): State<Endpoint>,
+    Path(job): Path<String>,
+) -> axum::response::Response {
+    if endpoint.bump(&job) < 2 {
+        return (AxumStatus::ACCEPTED, [("retry-after", "0")]).into_response();
+    }
+    axum::Json(json!({"job": job, "done": true})).into_response()
+}
+
+async fn serve_endpoint() -> (String, Endpoint) {
+    let endpoint = Endpoint::default();
+    let app = axum::Router::new()
+        .route("/agent/{kind}", post(receive))
+        .route("/status/{job}", get(status))
+        .with_state(endpoint.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (base, endpoint)
+}
+
+fn start(dir: &std::path::Path) -> Legato {
+    let config = dir.join("conf");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("legato.toml"),
+        format!(
+            "[gateway.push]\nallowed_hosts = [\"127.0.0.1\", \"127.0.0.2\", \"169.254.169.254\"]\n\
+             allowed_audiences = [\"api://legato-test-agent\"]\nsigning_secret = \"{SECRET}\"\n\
+             [gateway.push.secrets]\nagent_key = \"s3cret\"\n"
+        ),
+    )
+    .unwrap();
+    Legato::start_with_env(
+        dir,
+        &[
+            ("LEGATO_CONFIG_DIR", config.to_str().unwrap()),
+            // Where a managed-identity token would be asked for: never a
+            // push target, whatever the allow-list says.
+            ("IDENTITY_ENDPOINT", "http://127.0.0.2:42356/msi/token"),
+        ],
+    )
+}
+
+fn workflow(name: &str, agent: &str) -> Value {
+    json!({"name": name, "version": 1, "steps": [
+        echo_step("draft", &[], json!({"value": "${{ input.text }}"})),
+        {"id": "push", "needs": ["draft"], "agent": agent, "input": {"text": "${{ steps.draft.output.value }}"},
+         "retry": {"max_attempts": 2, "initial_interval_ms": 50}},
+    ]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_tasks_are_signed_cloudevents_and_every_answer_counts() {
+    let dir = temp_dir();
+    let legato = start(dir.path());
+    let (base, endpoint) = serve_endpoint().await;
+
+    // Each address a push may never reach is refused at registration.
+    let auth = json!({"header": "x-api-key", "secret": "agent_key"});
+    for (url, why) in [
+        ("http://169.254.169.254/latest/meta-data", "link-local"),
+        ("https://168.63.129.16/machine", "link-local"),
+        (
+            "http://127.0.0.2:42356/msi/token",
+            "managed identity endpoint",
+        ),
+        (
+            "https://elsewhere.example.com/agent",
+            "not in gateway.push.allowed_hosts",
+        ),
+        ("http://example.com/agent", "must be https"),
+    ] {
+        let (status, problem) = legato
+            .put("/api/v1/agents/nope", json!({"kind": "push", "url": url}))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{url}: {problem}");
+        assert_eq!(problem["errors"][0]["field"], "/url", "{problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains(why),
+            "{url}: {problem}"
+        );
+    }
+    let (status, problem) = legato
+        .put(
+            "/api/v1/agents/nope",
+            json!({"kind": "push", "url": format!("{base}/agent/sync"), "auth": {"audience": "api://someone-else"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(problem["errors"][0]["field"], "/auth/audience");
+    let (status, problem) = legato
+        .put(
+            "/api/v1/agents/nope",
+            json!({"kind": "push", "url": format!("{base}/agent/sync"), "auth": {"header": "x-api-key", "secret": "unknown"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(problem["errors"][0]["field"], "/auth/secret");
+
+    for kind in ["sync", "async", "callback", "refuse", "flaky"] {
+        let agent = format!("push-{kind}");
+        let (status, view) = legato
+            .put(
+                &format!("/api/v1/agents/{agent}"),
+                json!({"kind": "push", "url": format!("{base}/agent/{kind}"), "auth": auth, "leaseMs": 5000, "concurrency": 4}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{view}");
+        assert_eq!(view["url"], format!("{base}/agent/{kind}"));
+        legato.register(workflow(&agent, &agent)).await;
+    }
+
+    // 200 with JSON: the output; the request is a signed CloudEvent.
+    let id = legato
+        .start_instance("push-sync", json!({"input": {"text": "hello"}}))
+        .await;
+    let done = legato.wait_status(&id, "Completed").await;
+    assert_eq!(
+        step_of(&done, "push")["output"],
+        json!({"reviewed": {"text": "hello"}, "attempt": 1})
+    );
+    let (_, headers, task) = endpoint.seen.lock().unwrap()[0].clone();
+    assert_eq!(headers["ce-specversion"], "1.0");
+    assert_eq!(headers["ce-type"], "legato.task.dispatched.v1");
+    assert_eq!(headers["ce-subject"], id.as_str());
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(headers["webhook-id"], headers["idempotency-key"]);
+    assert_eq!(
+        headers["webhook-id"].to_str().unwrap(),
+        task["idempotencyKey"].as_str().unwrap()
+    );
+    assert_eq!(task["agent"], "push-sync");
+    assert_eq!(task["step"], "push");
+
+    // 202 + Location: polled until its result.
+    let id = legato
+        .start_instance("push-async", json!({"input": {"text": "later"}}))
+        .await;
+    let done = legato.wait_status(&id, "Completed").await;
+    assert_eq!(
+        step_of(&done, "push")["output"],
+        json!({"job": "job-1", "done": true})
+    );
+
+    // 202 without Location: the endpoint calls back, with the capability
+    // the task carried and nothing else.
+    let id = legato
+        .start_instance("push-callback", json!({"input": {"text": "call me"}}))
+        .await;
+    let callback = loop {
+        if let Some((_, _, task)) = endpoint
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(kind, _, _)| kind == "callback")
+        {
+            break task["callbackUrl"].as_str().unwrap().to_owned();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(callback.starts_with(&legato.base), "{callback}");
+    let client = reqwest::Client::new();
+    let forged = format!("{}x/complete", callback);
+    let refused = client
+        .post(&forged)
+        .json(&json!({"output": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.status(),
+        StatusCode::BAD_REQUEST,
+        "a forged capability"
+    );
+    let beat = client
+        .post(format!("{callback}/heartbeat"))
+        .json(&json!({"message": "working on it"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(beat.status(), StatusCode::OK);
+    let completed = client
+        .post(format!("{callback}/complete"))
+        .json(&json!({"output": {"called": "back"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(completed.status(), StatusCode::OK);
+    let done = legato.wait_status(&id, "Completed").await;
+    assert_eq!(step_of(&done, "push")["output"], json!({"called": "back"}));
+
+    // A 4xx fails the step for good, with the body as the message.
+    let id = legato
+        .start_instance("push-refuse", json!({"input": {"text": ""}}))
+        .await;
+    let failed = legato.wait_status(&id, "Failed").await;
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("the draft is empty")
+            && failed["error"]
+                .as_str()
+                .unwrap()
+                .contains("after 1 attempt"),
+        "{failed:#}"
+    );
+
+    // A 503 with Retry-After is sent again, after it.
+    let id = legato
+        .start_instance("push-flaky", json!({"input": {"text": "again"}}))
+        .await;
+    let done = legato.wait_status(&id, "Completed").await;
+    assert_eq!(step_of(&done, "push")["output"], json!({"after": 2}));
+    assert_eq!(step_of(&done, "push")["attempts"], 1, "within the attempt");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_agent_needs_the_admin_role() {
+    let dir = temp_dir();
+    let config = dir.path().join("conf");
+    std::fs::create_dir_all(&config).unwrap();
+    let legato = Legato::start_with_api_keys(
+        dir.path(),
+        &[support::ApiKey {
+            id: "manager",
+            key: "manager-key",
+            tenant: None,
+            roles: &["manage"],
+        }],
+    );
+    let manager = legato.with_bearer("manager-key");
+    let (status, problem) = manager
+        .put(
+            "/api/v1/agents/pushy",
+            json!({"kind": "push", "url": "http://127.0.0.1:9/agent"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("admin"));
+    let (status, _) = manager
+        .put("/api/v1/agents/pully", json!({"kind": "pull"}))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "a pull agent needs manage only"
+    );
+}
