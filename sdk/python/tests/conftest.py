@@ -4,6 +4,7 @@ state in a temporary directory."""
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import tempfile
@@ -29,8 +30,14 @@ def legato_binary() -> Path:
     return binary
 
 
+#: The Standard Webhooks secret the test stack signs pushes with.
+SIGNING_SECRET = "whsec_" + base64.b64encode(b"legato-sdk-tests-signing-key-0123").decode()
+
+
 class Legato:
     """A running ``legato up`` and an HTTP client for its API."""
+
+    signing_secret = SIGNING_SECRET
 
     def __init__(self, url: str, process: subprocess.Popen[str]) -> None:
         self.url = url
@@ -59,6 +66,18 @@ class Legato:
         body: dict[str, Any] = response.json()
         return body
 
+    async def wait_for_end(self, instance: str, timeout_s: float = 60) -> dict[str, Any]:
+        import asyncio
+
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            current = await self.status(instance)
+            if current["runtimeStatus"] in ("Completed", "Failed", "Terminated"):
+                return current
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"{instance} did not end in {timeout_s} s: {current}")
+            await asyncio.sleep(0.05)
+
     async def wait_for(self, instance: str, status: str, timeout_s: float = 60) -> dict[str, Any]:
         import asyncio
 
@@ -75,6 +94,10 @@ class Legato:
 @pytest.fixture(scope="session")
 def legato_process() -> Iterator[tuple[str, subprocess.Popen[str]]]:
     with tempfile.TemporaryDirectory(prefix="legato-sdk-") as data:
+        # Push agents on loopback, signed with the tests' secret.
+        Path(data, "legato.toml").write_text(
+            f'[gateway.push]\nallowed_hosts = ["127.0.0.1"]\nsigning_secret = "{SIGNING_SECRET}"\n'
+        )
         process = subprocess.Popen(
             [
                 str(legato_binary()),

@@ -14,8 +14,17 @@
  * });
  * await worker.run();
  * ```
+ *
+ * {@link createPushHandler} serves the same functions as push agents: a Node
+ * `http` handler legato POSTs signed tasks to.
  */
 
 export { ProtocolError } from "./client.js";
+export {
+  type PushHandlerOptions,
+  SignatureError,
+  createPushHandler,
+  verify,
+} from "./push.js";
 export { FatalError, RetryableError, type Handler, type Task } from "./task.js";
 export { Worker, type WorkerOptions } from "./worker.js";

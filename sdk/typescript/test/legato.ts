@@ -2,7 +2,7 @@
  * target directory) on a free port, with its state in a temporary directory. */
 
 import { type ChildProcess, spawn } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { createInterface } from "node:readline";
@@ -21,6 +21,9 @@ function binary(): string {
   return built;
 }
 
+/** The Standard Webhooks secret the test stack signs pushes with. */
+export const SIGNING_SECRET = `whsec_${Buffer.from("legato-ts-tests-signing-key-0123456").toString("base64")}`;
+
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 export type Doc = { [key: string]: Json };
 
@@ -33,6 +36,11 @@ export class Legato {
 
   static async start(): Promise<Legato> {
     const dir = mkdtempSync(join(tmpdir(), "legato-ts-"));
+    // Push agents on loopback, signed with the tests' secret.
+    writeFileSync(
+      join(dir, "legato.toml"),
+      `[gateway.push]\nallowed_hosts = ["127.0.0.1"]\nsigning_secret = "${SIGNING_SECRET}"\n`,
+    );
     const child = spawn(
       binary(),
       ["up", "--port", "0", "--data-dir", dir, "--workflows", join(REPO, "workflows")],
@@ -92,6 +100,16 @@ export class Legato {
     });
     if (status !== 202) throw new Error(JSON.stringify(body));
     return String(body["id"]);
+  }
+
+  async waitForEnd(id: string, timeoutMs = 60_000): Promise<Doc> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const { body } = await this.call("GET", `/api/v1/instances/${id}?history=true`);
+      if (["Completed", "Failed", "Terminated"].includes(String(body["runtimeStatus"]))) return body;
+      if (Date.now() > deadline) throw new Error(`${id} did not end in ${timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
   }
 
   async waitFor(id: string, runtimeStatus: string, timeoutMs = 60_000): Promise<Doc> {

@@ -13,10 +13,24 @@ reports each result, and drains on SIGTERM.
 
     async with Worker(url="http://127.0.0.1:8080", agents={"reviewer": review}) as worker:
         await worker.run()
+
+A :class:`PushApp` serves the same functions as push agents: an ASGI app
+legato POSTs signed tasks to.
 """
 
 from ._client import ProtocolError
+from ._push import PushApp, SignatureError, verify
 from ._task import FatalError, RetryableError, Task
 from ._worker import Handler, Worker
 
-__all__ = ["FatalError", "Handler", "ProtocolError", "RetryableError", "Task", "Worker"]
+__all__ = [
+    "FatalError",
+    "Handler",
+    "ProtocolError",
+    "PushApp",
+    "RetryableError",
+    "SignatureError",
+    "Task",
+    "Worker",
+    "verify",
+]
