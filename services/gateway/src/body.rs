@@ -56,21 +56,87 @@ where
 
 pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            Problem::field("body", format!("malformed JSON: {inner}"))
-        } else {
-            let pointer = if path == "." {
-                "body".to_owned()
-            } else {
-                format!("/{}", path.replace('.', "/"))
+    let parsed = serde_path_to_error::deserialize(&mut de);
+    let value = match parsed {
+        Ok(value) => value,
+        Err(e) => {
+            let problem = problem_of(e);
+            // JSON (and JSON Schema) count `3.0` as the integer 3, which
+            // serde refuses for an integer field: read such numbers as
+            // integers and try once more.
+            return match integral_floats_as_integers(bytes) {
+                Some(normalised) => {
+                    serde_path_to_error::deserialize(normalised).map_err(problem_of)
+                }
+                None => Err(problem),
             };
-            Problem::field(pointer, inner.to_string())
         }
-    })?;
+    };
     de.end()
         .map_err(|e| Problem::field("body", format!("malformed JSON: {e}")))?;
     Ok(value)
+}
+
+fn problem_of<E: std::fmt::Display + Into<serde_json::Error>>(
+    e: serde_path_to_error::Error<E>,
+) -> Problem {
+    let path = e.path().to_string();
+    let inner: serde_json::Error = e.into_inner().into();
+    if inner.is_syntax() || inner.is_eof() {
+        Problem::field("body", format!("malformed JSON: {inner}"))
+    } else {
+        let pointer = if path == "." {
+            "body".to_owned()
+        } else {
+            format!("/{}", path.replace('.', "/"))
+        };
+        Problem::field(pointer, inner.to_string())
+    }
+}
+
+/// The document with every float that has no fraction (`3.0`) as an
+/// integer; `None` when it is not JSON or has none.
+fn integral_floats_as_integers(bytes: &[u8]) -> Option<serde_json::Value> {
+    fn walk(value: &mut serde_json::Value) -> bool {
+        match value {
+            serde_json::Value::Number(n) if n.is_f64() => {
+                let f = n.as_f64().unwrap_or(f64::NAN);
+                let integral = f.fract() == 0.0 && f.abs() < 9.0e15;
+                if integral {
+                    *value = serde_json::Value::from(f as i64);
+                }
+                integral
+            }
+            serde_json::Value::Array(items) => {
+                items.iter_mut().fold(false, |any, v| walk(v) || any)
+            }
+            serde_json::Value::Object(map) => map.values_mut().fold(false, |any, v| walk(v) || any),
+            _ => false,
+        }
+    }
+    let mut value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    walk(&mut value).then_some(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_json;
+
+    #[derive(Debug, serde::Deserialize, PartialEq)]
+    struct Versioned {
+        version: u32,
+        #[serde(default)]
+        rest: serde_json::Value,
+    }
+
+    #[test]
+    fn an_integer_written_with_a_zero_fraction_is_an_integer() {
+        let read: Versioned =
+            parse_json(br#"{"version": 612017853.0, "rest": [1.5, 2.0]}"#).unwrap();
+        assert_eq!(read.version, 612017853);
+        let refused = parse_json::<Versioned>(br#"{"version": 3.5}"#).unwrap_err();
+        assert_eq!(refused.errors[0].field, "/version");
+        let refused = parse_json::<Versioned>(br#"{"version": -1.0}"#).unwrap_err();
+        assert_eq!(refused.errors[0].field, "/version");
+    }
 }

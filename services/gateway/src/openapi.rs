@@ -75,6 +75,15 @@ fn constrain_parameters(path: &str, operation: &mut Value) {
             (Some("path"), Some("id")) => {
                 json!({"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$"})
             }
+            (Some("path"), Some("name")) if path.starts_with("/api/v1/agents/") => {
+                json!({"type": "string", "pattern": "^[a-z][a-z0-9-]{0,62}$"})
+            }
+            (Some("path"), Some("token")) => {
+                json!({"type": "string", "pattern": "^[A-Za-z0-9_-]{1,4096}$"})
+            }
+            (Some("path"), Some("capability")) => {
+                json!({"type": "string", "pattern": "^[A-Za-z0-9_-]{1,4096}\\.[A-Za-z0-9_-]{1,128}$"})
+            }
             (Some("path"), Some("name")) if path.contains("/events/") => {
                 json!({"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,128}$"})
             }

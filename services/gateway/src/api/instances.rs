@@ -169,6 +169,12 @@ pub(crate) async fn get_instance(
 ) -> Result<Json<InstanceView>, Problem> {
     let id = instance_id(&caller, id)?;
     let Query(query) = query.map_err(|e| Problem::field("query", e.body_text()))?;
+    // Positions and sequence numbers are int64 in the API's document.
+    for (field, value) in [("afterSeq", query.after_seq), ("after", query.after)] {
+        if value > i64::MAX as u64 {
+            return Err(Problem::field(field, "must be at most 9223372036854775807"));
+        }
+    }
     let (stored, engine_state) = load(&state, &id).await?;
     let mut view = InstanceView::new(&stored.record.summary, &engine_state);
     if query.history {
