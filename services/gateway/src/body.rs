@@ -107,10 +107,11 @@ fn integral_floats_as_integers(bytes: &[u8]) -> Option<serde_json::Value> {
                 }
                 integral
             }
+            // Every element is walked: no short-circuit.
             serde_json::Value::Array(items) => {
-                items.iter_mut().fold(false, |any, v| walk(v) || any)
+                items.iter_mut().map(walk).filter(|c| *c).count() > 0
             }
-            serde_json::Value::Object(map) => map.values_mut().fold(false, |any, v| walk(v) || any),
+            serde_json::Value::Object(map) => map.values_mut().map(walk).filter(|c| *c).count() > 0,
             _ => false,
         }
     }
