@@ -65,16 +65,64 @@ pub(crate) struct Taken {
     pub lease_ms: u64,
 }
 
-/// Takes one delivery of one of `agents`' queues: the orchestrator is told
-/// an agent holds the attempt (the lease starts), then the delivery is
-/// settled. `None` for a delivery that is not a task to hand out (settled
-/// here: a malformed one dead-lettered, a stale one dropped, another
-/// tenant's failed as if the agent did not exist).
+/// Takes deliveries of `agents`' queues: the orchestrator is told an agent
+/// holds each attempt (its lease starts; the claims of one take go out
+/// together), then the deliveries are settled. A delivery that is not a
+/// task to hand out is settled here and left out: a malformed one
+/// dead-lettered, a stale one dropped, another tenant's failed as if the
+/// agent did not exist.
 pub(crate) async fn take(
     state: &GatewayState,
     agents: &[Agent],
+    deliveries: Vec<Delivery>,
+) -> Result<Vec<Taken>, Problem> {
+    let mut claims = Vec::with_capacity(deliveries.len());
+    let mut held = Vec::with_capacity(deliveries.len());
+    for delivery in deliveries {
+        if let Some((claim, taken, delivery)) = claim_of(state, agents, delivery).await? {
+            claims.push(claim);
+            held.push((delivery, taken));
+        }
+    }
+    if held.is_empty() {
+        return Ok(Vec::new());
+    }
+    let routed = claims
+        .iter()
+        .map(|claim| {
+            legato_bus::OutgoingMessage::from_envelope(claim).map(|message| legato_bus::Routed {
+                topic: claim.payload.topic(),
+                routing_key: claim
+                    .payload
+                    .routing_key(claim.subject.as_str())
+                    .into_owned(),
+                message,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(unavailable)?;
+    if let Err(e) = state.bus.publish_all(routed).await {
+        // Not leased: back to the queue for the next taker.
+        for (delivery, _) in held {
+            settle(delivery.nack().await);
+        }
+        return Err(unavailable(e));
+    }
+    let mut taken = Vec::with_capacity(held.len());
+    for (delivery, task) in held {
+        settle(delivery.ack().await);
+        taken.push(task);
+    }
+    Ok(taken)
+}
+
+/// The claim to send for one delivery and what the agent gets, or `None`
+/// (the delivery settled here) when it is not a task to hand out.
+async fn claim_of(
+    state: &GatewayState,
+    agents: &[Agent],
     delivery: Delivery,
-) -> Result<Option<Taken>, Problem> {
+) -> Result<Option<(Envelope, Taken, Delivery)>, Problem> {
     let envelope = match delivery.decode() {
         Ok(envelope) => envelope,
         Err(e) => {
@@ -130,24 +178,32 @@ pub(crate) async fn take(
         leased: false,
         lease_ms: Some(lease_ms),
     };
-    let traceparent = envelope.traceparent;
-    if let Err(problem) = publish(state, &instance, traceparent.clone(), claim.into()).await {
-        // Not leased: back to the queue for the next taker.
-        settle(delivery.nack().await);
-        return Err(problem);
-    }
-    settle(delivery.ack().await);
+    let claim = Envelope::new(SOURCE, instance.clone(), OffsetDateTime::now_utc(), claim)
+        .with_traceparent(envelope.traceparent);
     let token = Token {
         instance,
         key: task.key.clone(),
         attempt: task.attempt,
         agent: task.agent.clone(),
     };
-    Ok(Some(Taken {
-        token,
-        task,
-        lease_ms,
-    }))
+    Ok(Some((
+        claim,
+        Taken {
+            token,
+            task,
+            lease_ms,
+        },
+        delivery,
+    )))
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Problem {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Bus unavailable",
+        format!("could not reach the orchestrator: {e}"),
+    )
+    .retry_after(Duration::from_secs(1))
 }
 
 async fn dead_letter(delivery: Delivery, reason: &str) {

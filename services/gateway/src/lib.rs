@@ -55,6 +55,8 @@ pub struct GatewayState {
     pub auth: Arc<Authenticator>,
     /// Pull workers' long polls and the agent queues they wait on.
     pub pull: Arc<pull::PullHub>,
+    /// Agent registrations read lately, for the task paths.
+    pub agents: Arc<registry::AgentCache>,
 }
 
 impl GatewayState {
@@ -70,6 +72,7 @@ impl GatewayState {
             memberships: Arc::default(),
             auth: Arc::new(Authenticator::Anyone),
             pull: Arc::new(pull::PullHub::new(bus.clone(), Shutdown::new())),
+            agents: Arc::default(),
             bus,
         }
     }

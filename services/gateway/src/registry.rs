@@ -273,6 +273,50 @@ pub fn agent_name(raw: impl Into<String>) -> Result<AgentName, Problem> {
     AgentName::parse(raw).map_err(|e| Problem::field("name", e.to_string()))
 }
 
+/// How long a replica trusts what it read of one agent on the task paths
+/// (polls and reports), where a read per request would cost more than the
+/// request: a change made on another replica shows within this.
+const CACHED_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+/// Agents remembered at most (a bound, not a goal).
+const CACHED_AT_MOST: usize = 10_000;
+
+/// Registrations read lately, for the task paths.
+#[derive(Default)]
+pub struct AgentCache {
+    entries:
+        std::sync::Mutex<std::collections::HashMap<AgentName, (std::time::Instant, Option<Agent>)>>,
+}
+
+impl AgentCache {
+    pub async fn find(
+        &self,
+        store: &dyn Store,
+        name: &AgentName,
+    ) -> Result<Option<Agent>, StoreError> {
+        if let Ok(entries) = self.entries.lock()
+            && let Some((at, agent)) = entries.get(name)
+            && at.elapsed() < CACHED_FOR
+        {
+            return Ok(agent.clone());
+        }
+        let agent = find(store, name).await?;
+        if let Ok(mut entries) = self.entries.lock() {
+            if entries.len() >= CACHED_AT_MOST {
+                entries.clear();
+            }
+            entries.insert(name.clone(), (std::time::Instant::now(), agent.clone()));
+        }
+        Ok(agent)
+    }
+
+    /// Forgets `name`, changed by this replica.
+    pub fn forget(&self, name: &AgentName) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.remove(name);
+        }
+    }
+}
+
 pub async fn find(store: &dyn Store, name: &AgentName) -> Result<Option<Agent>, StoreError> {
     store.get_agent(name).await?.map(Agent::of).transpose()
 }

@@ -97,6 +97,7 @@ pub(crate) async fn put_agent(
     let doc = spec.doc(&state.settings.push)?;
     let outcome =
         registry::register(&*state.store, &*state.bus, &name, tenant(&caller), doc).await?;
+    state.agents.forget(&name);
     let agent = visible(&state, &caller, name.to_string()).await?;
     let status = match outcome {
         Registered::Created => StatusCode::CREATED,
@@ -171,5 +172,6 @@ pub(crate) async fn delete_agent(
         ));
     }
     state.store.delete_agent(&agent.name).await?;
+    state.agents.forget(&agent.name);
     Ok(StatusCode::NO_CONTENT)
 }

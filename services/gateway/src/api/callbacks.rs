@@ -25,7 +25,9 @@ async fn capability(state: &GatewayState, raw: &str) -> Result<(Token, u64), Pro
         return Err(refused());
     }
     let token = Token::decode(token)?;
-    let agent = crate::registry::find(&*state.store, &token.agent)
+    let agent = state
+        .agents
+        .find(&*state.store, &token.agent)
         .await?
         .ok_or_else(|| Problem::not_found("no such task"))?;
     Ok((token, agent.doc.lease_ms))

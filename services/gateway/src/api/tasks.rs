@@ -36,7 +36,7 @@ use crate::GatewayState;
 use crate::attempts::{self, Token};
 use crate::body::JsonBody;
 use crate::dto::rfc3339;
-use crate::registry::{self, Agent, AgentKind};
+use crate::registry::{Agent, AgentKind};
 
 /// Most tasks one poll takes.
 pub const MAX_TASKS_PER_POLL: usize = 64;
@@ -164,7 +164,9 @@ async fn servable(
     name: &AgentName,
     field: &str,
 ) -> Result<Agent, Problem> {
-    let agent = registry::find(&*state.store, name)
+    let agent = state
+        .agents
+        .find(&*state.store, name)
         .await?
         .filter(|a| a.serves(tenant(caller)))
         .ok_or_else(|| Problem::field(field, format!("no agent {name} is registered")))?;
@@ -241,12 +243,11 @@ pub(crate) async fn poll(
         .pull
         .poll(&names, want, Duration::from_millis(wait_ms))
         .await;
-    let mut tasks = Vec::with_capacity(deliveries.len());
-    for delivery in deliveries {
-        if let Some(taken) = attempts::take(&state, &agents, delivery).await? {
-            tasks.push(pulled(&taken.token, &taken.task, taken.lease_ms));
-        }
-    }
+    let tasks = attempts::take(&state, &agents, deliveries)
+        .await?
+        .iter()
+        .map(|taken| pulled(&taken.token, &taken.task, taken.lease_ms))
+        .collect::<Vec<_>>();
     if let Some(worker) = &request.worker_id
         && !tasks.is_empty()
     {
@@ -263,7 +264,9 @@ async fn reporter(
     token: &Token,
 ) -> Result<Agent, Problem> {
     let missing = || Problem::not_found("no such task");
-    let agent = registry::find(&*state.store, &token.agent)
+    let agent = state
+        .agents
+        .find(&*state.store, &token.agent)
         .await?
         .filter(|a| a.taken_by(tenant(caller)) && caller.may_serve(a.name.as_str()))
         .ok_or_else(missing)?;

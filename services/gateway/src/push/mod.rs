@@ -245,11 +245,13 @@ async fn consume(
         let agent = agent.clone();
         let target = target.clone();
         tokio::spawn(async move {
-            let taken =
-                crate::attempts::take(&pusher.state, std::slice::from_ref(&*agent), delivery).await;
-            match taken {
-                Ok(Some(taken)) => deliver::deliver(&pusher, &agent, &target, taken).await,
-                Ok(None) => {}
+            let agents = std::slice::from_ref(&*agent);
+            match crate::attempts::take(&pusher.state, agents, vec![delivery]).await {
+                Ok(taken) => {
+                    for taken in taken {
+                        deliver::deliver(&pusher, &agent, &target, taken).await;
+                    }
+                }
                 Err(problem) => {
                     tracing::warn!(agent = %agent.name, "a push task was not taken: {}", problem.detail)
                 }
