@@ -371,3 +371,114 @@ async fn a_push_agent_needs_the_admin_role() {
         "a pull agent needs manage only"
     );
 }
+
+/// A push endpoint behind Entra ID (an Azure Function, a Container App)
+/// gets `Authorization: Bearer` with a token of legato's managed identity
+/// for its audience: the identity endpoint is a stand-in written from
+/// Microsoft's documentation, the token checked as the endpoint's platform
+/// would (issuer's key, audience).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_agent_behind_entra_id_gets_a_managed_identity_token() {
+    use legato_servicebus_standin::{Identity, IdentityEndpoint, TestIssuer};
+
+    const AUDIENCE: &str = "api://legato-test-agent";
+    let issuer = Arc::new(TestIssuer::new());
+    let identity = IdentityEndpoint::start(
+        issuer.clone(),
+        Identity {
+            secret: "platform-rotated-secret".into(),
+            client_id: None,
+            object_id: "legato-gateway".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let checked = Arc::new(Mutex::new(Vec::<Result<Value, String>>::new()));
+    let app = axum::Router::new()
+        .route(
+            "/agent",
+            post(
+                |State((issuer, checked)): State<(
+                    Arc<TestIssuer>,
+                    Arc<Mutex<Vec<Result<Value, String>>>>,
+                )>,
+                 headers: HeaderMap,
+                 body: axum::body::Bytes| async move {
+                    let verdict = headers
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.strip_prefix("Bearer "))
+                        .ok_or_else(|| "no bearer token".to_owned())
+                        .and_then(|token| issuer.verify(token, AUDIENCE));
+                    let allowed = verdict.is_ok() && verify(&headers, &body).is_ok();
+                    checked.lock().unwrap().push(verdict);
+                    if allowed {
+                        axum::Json(json!({"authenticated": true})).into_response()
+                    } else {
+                        AxumStatus::UNAUTHORIZED.into_response()
+                    }
+                },
+            ),
+        )
+        .with_state((issuer.clone(), checked.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let dir = temp_dir();
+    let config = dir.path().join("conf");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("legato.toml"),
+        format!(
+            "[gateway.push]\nallowed_hosts = [\"127.0.0.1\"]\nallowed_audiences = [\"{AUDIENCE}\"]\n\
+             signing_secret = \"{SECRET}\"\n"
+        ),
+    )
+    .unwrap();
+    let legato = Legato::start_with_env(
+        dir.path(),
+        &[
+            ("LEGATO_CONFIG_DIR", config.to_str().unwrap()),
+            ("IDENTITY_ENDPOINT", identity.url().as_str()),
+            ("IDENTITY_HEADER", "platform-rotated-secret"),
+        ],
+    );
+    // The identity endpoint itself is never a push target.
+    let (status, problem) = legato
+        .put(
+            "/api/v1/agents/thief",
+            json!({"kind": "push", "url": identity.url()}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("managed identity")
+    );
+
+    let (status, view) = legato
+        .put(
+            "/api/v1/agents/entra-agent",
+            json!({"kind": "push", "url": format!("{base}/agent"), "auth": {"audience": AUDIENCE}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{view}");
+    legato
+        .register(workflow("entra-agent", "entra-agent"))
+        .await;
+    let id = legato
+        .start_instance("entra-agent", json!({"input": {"text": "hi"}}))
+        .await;
+    let done = legato.wait_status(&id, "Completed").await;
+    assert_eq!(
+        step_of(&done, "push")["output"],
+        json!({"authenticated": true})
+    );
+    let verdicts = checked.lock().unwrap().clone();
+    assert_eq!(verdicts.len(), 1, "{verdicts:?}");
+    assert_eq!(verdicts[0].as_ref().unwrap()["oid"], "legato-gateway");
+    assert_eq!(identity.issued(), vec![AUDIENCE.to_owned()]);
+}

@@ -4,8 +4,9 @@
 //! where a setting allows it), and some addresses are refused whatever the
 //! list says: link-local ones (169.254.0.0/16, fe80::/10, where cloud
 //! metadata and instance identity endpoints live), Azure's host endpoint
-//! (168.63.129.16), the unspecified address, and the host of this
-//! process's own managed-identity endpoint. The address check runs again on
+//! (168.63.129.16), the unspecified address, and this process's own
+//! managed-identity endpoint (its host, however loopback is spelled, and
+//! port). The address check runs again on
 //! every connection, after name resolution, so a name that later resolves
 //! to a refused address is refused then.
 
@@ -33,16 +34,31 @@ pub(crate) fn forbidden(ip: IpAddr) -> bool {
     }
 }
 
-/// The host of the managed-identity endpoint this process would ask for
-/// tokens (`IDENTITY_ENDPOINT`, `MSI_ENDPOINT`): a push there could carry
-/// a token request of the registrant's making.
-fn identity_hosts() -> Vec<String> {
+/// Where the managed-identity endpoint this process would ask for tokens
+/// is (`IDENTITY_ENDPOINT`, `MSI_ENDPOINT`; host and port): a push there
+/// could carry a token request of the registrant's making.
+fn identity_origins() -> Vec<(String, Option<u16>)> {
     ["IDENTITY_ENDPOINT", "MSI_ENDPOINT"]
         .iter()
         .filter_map(|v| std::env::var(v).ok())
         .filter_map(|u| Url::parse(&u).ok())
-        .filter_map(|u| u.host_str().map(str::to_ascii_lowercase))
+        .filter_map(|u| {
+            let host = u.host_str()?.to_ascii_lowercase();
+            Some((bare(&host).to_owned(), u.port_or_known_default()))
+        })
         .collect()
+}
+
+fn bare(host: &str) -> &str {
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// Whether `host` names the same machine as `other` in the ways a
+/// registrant could spell loopback.
+fn same_host(host: &str, other: &str) -> bool {
+    let loopback =
+        |h: &str| h == "localhost" || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    host == other || (loopback(host) && loopback(other))
 }
 
 fn is_loopback(host: &Host<&str>) -> bool {
@@ -70,10 +86,11 @@ pub(crate) fn check_url(raw: &str, settings: &PushSettings) -> Result<Url, Strin
         return Err("points at a link-local or metadata address, which is never allowed".into());
     }
     let name = host.to_string().to_ascii_lowercase();
-    let bare = name.trim_start_matches('[').trim_end_matches(']');
-    if identity_hosts()
+    let bare = bare(&name);
+    let port = url.port_or_known_default();
+    if identity_origins()
         .iter()
-        .any(|h| h.trim_start_matches('[').trim_end_matches(']') == bare)
+        .any(|(h, p)| same_host(bare, h) && *p == port)
     {
         return Err("points at the managed identity endpoint, which is never allowed".into());
     }
