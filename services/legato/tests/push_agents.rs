@@ -382,6 +382,8 @@ async fn a_push_agent_behind_entra_id_gets_a_managed_identity_token() {
     use legato_servicebus_standin::{Identity, IdentityEndpoint, TestIssuer};
 
     const AUDIENCE: &str = "api://legato-test-agent";
+    /// What the endpoint made of each request's bearer token.
+    type Verdicts = Arc<Mutex<Vec<Result<Value, String>>>>;
     let issuer = Arc::new(TestIssuer::new());
     let identity = IdentityEndpoint::start(
         issuer.clone(),
@@ -393,15 +395,12 @@ async fn a_push_agent_behind_entra_id_gets_a_managed_identity_token() {
     )
     .await
     .unwrap();
-    let checked = Arc::new(Mutex::new(Vec::<Result<Value, String>>::new()));
+    let checked: Verdicts = Arc::default();
     let app = axum::Router::new()
         .route(
             "/agent",
             post(
-                |State((issuer, checked)): State<(
-                    Arc<TestIssuer>,
-                    Arc<Mutex<Vec<Result<Value, String>>>>,
-                )>,
+                |State((issuer, checked)): State<(Arc<TestIssuer>, Verdicts)>,
                  headers: HeaderMap,
                  body: axum::body::Bytes| async move {
                     let verdict = headers
