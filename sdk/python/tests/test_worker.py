@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -244,3 +245,27 @@ async def test_progress_reaches_the_instance_stream(legato: Legato) -> None:
     assert progress, seen
     assert progress[0]["message"] == "halfway"
     assert progress[0]["data"] == {"percent": 50}
+
+
+async def test_sigterm_drains_the_running_task_then_exits(legato: Legato) -> None:
+    await legato.put_agent("py-drain", leaseMs=30_000)
+    await legato.register(
+        {"name": "py-drain", "version": 1, "steps": [step("work", "py-drain", [], {})]}
+    )
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(Path(__file__).with_name("draining_worker.py")),
+        legato.url,
+        "py-drain",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert worker.stdout is not None
+    instance = await legato.start("py-drain", {})
+    line = (await asyncio.wait_for(worker.stdout.readline(), 30)).decode()
+    assert line.split() == ["TAKEN", instance], line
+    worker.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(worker.wait(), 30) == 0
+    rest = (await worker.stdout.read()).decode()
+    assert "DRAINED" in rest, rest
+    done = await legato.wait_for(instance, "Completed", timeout_s=10)
+    assert done["output"]["work"] == {"finished": True}

@@ -238,3 +238,29 @@ test("progress reaches the instance's stream", async () => {
   assert.equal(progress[0]?.["message"], "halfway");
   assert.deepEqual(progress[0]?.["data"] as Json, { percent: 50 });
 });
+
+test("SIGTERM drains the running task, then the worker exits", async () => {
+  await legato.putAgent("ts-drain", { leaseMs: 30_000 });
+  await legato.register({ name: "ts-drain", version: 1, steps: [step("work", "ts-drain", [], {})] });
+  const script = fileURLToPath(new URL("./draining-worker.js", import.meta.url));
+  const worker = spawn(process.execPath, [script, legato.url, "ts-drain"], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const lines = createInterface({ input: worker.stdout! });
+  const seen: string[] = [];
+  const taken = new Promise<void>((resolve) =>
+    lines.on("line", (line) => {
+      seen.push(line);
+      if (line.startsWith("TAKEN")) resolve();
+    }),
+  );
+  const id = await legato.start("ts-drain", {});
+  await taken;
+  assert.equal(seen[0], `TAKEN ${id}`);
+  worker.kill("SIGTERM");
+  const [code] = (await once(worker, "exit")) as [number];
+  assert.equal(code, 0);
+  assert.ok(seen.includes("DRAINED"), seen.join("|"));
+  const done = await legato.waitFor(id, "Completed", 10_000);
+  assert.deepEqual((done["output"] as Doc)["work"], { finished: true });
+});
