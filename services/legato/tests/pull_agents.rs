@@ -177,7 +177,11 @@ async fn a_pull_worker_takes_heartbeats_completes_and_fails_tasks_over_http() {
         .await;
     legato.wait_step(&id, "review", "Running").await;
     tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let (_, agent) = legato.get_json("/api/v1/agents/reviewer").await;
+    assert_eq!(agent["waiting"], 1, "the task waits on the queue: {agent}");
     let task = take_one(&legato, "reviewer").await;
+    let (_, agent) = legato.get_json("/api/v1/agents/reviewer").await;
+    assert_eq!(agent["waiting"], 0, "{agent}");
     assert_eq!(task["instanceId"], id.as_str());
     assert_eq!(task["agent"], "reviewer");
     assert_eq!(task["step"], "review");

@@ -393,6 +393,49 @@ pub async fn messages_wait_in_a_declared_group_without_consumers(bus: &dyn Bus) 
     assert_eq!(body(next(&mut later).await).await, "kept");
 }
 
+/// What `waiting` says once it holds `settled` (brokers count
+/// asynchronously), or after 5 s.
+async fn waiting_settles(
+    bus: &dyn Bus,
+    spec: &SubscriptionSpec,
+    settled: impl Fn(u64) -> bool,
+) -> Option<u64> {
+    let mut last = None;
+    for _ in 0..100 {
+        last = bus.waiting(spec.topic, &spec.group).await.unwrap();
+        if last.is_none_or(&settled) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    last
+}
+
+pub async fn waiting_counts_the_messages_ready_in_a_group(bus: &dyn Bus) {
+    let key = unique("c");
+    let spec = SubscriptionSpec::new(Topic::AgentTasks, unique("g"))
+        .bind(&key)
+        .prefetch(1);
+    drop(bus.subscribe(spec.clone()).await.unwrap());
+    // An adapter that cannot tell says so for every group.
+    if waiting_settles(bus, &spec, |n| n == 0).await.is_none() {
+        return;
+    }
+    for n in 0..3 {
+        bus.publish(Topic::AgentTasks, &key, message(&format!("m{n}")))
+            .await
+            .unwrap();
+    }
+    assert_eq!(waiting_settles(bus, &spec, |n| n == 3).await, Some(3));
+    let mut consumer = bus.subscribe(spec.clone()).await.unwrap();
+    next(&mut consumer).await.ack().await.unwrap();
+    // One taken and acked; at most one more held by the consumer.
+    let left = waiting_settles(bus, &spec, |n| n <= 2).await;
+    assert!(left.is_some_and(|n| n <= 2), "{left:?}");
+    let unknown = SubscriptionSpec::new(Topic::AgentTasks, unique("none"));
+    assert_eq!(waiting_settles(bus, &unknown, |n| n == 0).await, Some(0));
+}
+
 /// Expands to one test per conformance case for the adapter built by `$make`
 /// (an expression, evaluated inside each async test).
 #[macro_export]
@@ -413,6 +456,7 @@ macro_rules! bus_conformance_tests {
             a_work_message_no_group_takes_is_refused,
             prefetch_bounds_unsettled_deliveries,
             messages_wait_in_a_declared_group_without_consumers,
+            waiting_counts_the_messages_ready_in_a_group,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

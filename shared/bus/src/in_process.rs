@@ -168,6 +168,11 @@ impl Bus for InProcessBus {
         Ok(Box::new(consumer))
     }
 
+    async fn waiting(&self, topic: Topic, group: &str) -> Result<Option<u64>, BusError> {
+        let queue = lock(&self.groups).get(&(topic, group.to_owned())).cloned();
+        Ok(Some(queue.map_or(0, |q| lock(&q.ready).len() as u64)))
+    }
+
     async fn dead_letters(
         &self,
         topic: Topic,

@@ -196,6 +196,13 @@ pub trait Bus: Send + Sync + 'static {
         group: &str,
     ) -> Result<Box<dyn Subscription>, BusError>;
 
+    /// How many messages wait on a group's queue, ready for a consumer
+    /// (not counting deliveries a consumer holds); `None` when the adapter
+    /// cannot tell cheaply. A group that does not exist has none waiting.
+    async fn waiting(&self, _topic: Topic, _group: &str) -> Result<Option<u64>, BusError> {
+        Ok(None)
+    }
+
     /// Publishes an envelope with its payload's routing key.
     async fn publish_envelope(&self, envelope: &Envelope) -> Result<(), BusError> {
         let key = envelope

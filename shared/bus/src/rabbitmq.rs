@@ -458,6 +458,37 @@ impl Bus for RabbitMqBus {
         self.subscription(Source::DeadLetters(self.dead_queue(topic, group)))
             .await
     }
+
+    /// The queue's ready messages, from a passive declaration on a channel
+    /// of its own (a missing queue closes the channel it was asked on).
+    async fn waiting(&self, topic: Topic, group: &str) -> Result<Option<u64>, BusError> {
+        let channel = self
+            .link()
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let declared = channel
+            .queue_declare(
+                self.queue(topic, group).as_str().into(),
+                passive,
+                FieldTable::default(),
+            )
+            .await;
+        let count = match declared {
+            Ok(declared) => declared.message_count(),
+            // NOT_FOUND: no such group, so nothing waits on it.
+            Err(_) => 0,
+        };
+        if channel.status().connected() {
+            let _ = channel.close(200, "done".into()).await;
+        }
+        Ok(Some(u64::from(count)))
+    }
 }
 
 /// What a subscription reads, kept so that it can be opened again.

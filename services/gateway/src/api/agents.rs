@@ -31,6 +31,10 @@ pub(crate) struct AgentView {
     /// A push agent's endpoint.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// Tasks on the agent's queue waiting for a worker now; absent when
+    /// the bus cannot tell (Service Bus).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<u64>,
     pub updated_at: String,
 }
 
@@ -40,8 +44,29 @@ pub(crate) struct AgentList {
     pub items: Vec<AgentView>,
 }
 
+/// The agent as callers see it, with what waits on its queue now.
+async fn live_view(state: &GatewayState, agent: Agent) -> AgentView {
+    let group = legato_bus::topology::agent_tasks(agent.name.as_str()).group;
+    let waiting = match state
+        .bus
+        .waiting(legato_contracts::Topic::AgentTasks, &group)
+        .await
+    {
+        Ok(waiting) => waiting,
+        Err(e) => {
+            tracing::warn!(agent = %agent.name, "queue depth unknown: {e}");
+            None
+        }
+    };
+    AgentView {
+        waiting,
+        ..view(agent)
+    }
+}
+
 fn view(agent: Agent) -> AgentView {
     AgentView {
+        waiting: None,
         name: agent.name.to_string(),
         kind: agent.doc.kind,
         owned: agent.tenant.is_some(),
@@ -114,12 +139,12 @@ pub(crate) async fn list_agents(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
 ) -> Result<Json<AgentList>, Problem> {
-    let items = registry::all(&*state.store)
-        .await?
-        .into_iter()
-        .filter(|a| a.serves(tenant(&caller)))
-        .map(view)
-        .collect();
+    let mut items = Vec::new();
+    for agent in registry::all(&*state.store).await? {
+        if agent.serves(tenant(&caller)) {
+            items.push(live_view(&state, agent).await);
+        }
+    }
     Ok(Json(AgentList { items }))
 }
 
@@ -137,7 +162,8 @@ pub(crate) async fn get_agent(
     Caller(caller): Caller,
     Path(raw): Path<String>,
 ) -> Result<Json<AgentView>, Problem> {
-    Ok(Json(view(visible(&state, &caller, raw).await?)))
+    let agent = visible(&state, &caller, raw).await?;
+    Ok(Json(live_view(&state, agent).await))
 }
 
 #[utoipa::path(
