@@ -16,28 +16,14 @@ pub async fn register_catalogue(store: &dyn Store, dir: &Path) -> anyhow::Result
         tracing::info!(dir = %dir.display(), "no workflow catalogue directory; none registered");
         return Ok(0);
     }
-    let mut paths: Vec<_> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            matches!(
-                p.extension().and_then(|e| e.to_str()),
-                Some("yaml" | "yml" | "json")
-            )
-        })
-        .collect();
-    paths.sort();
     let mut registered = 0;
-    for path in paths {
+    for path in files(dir)? {
         let text = std::fs::read_to_string(&path)?;
         let workflow = legato_workflow::parse(&text)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let missing = crate::registry::unregistered_agents(store, &workflow, None).await?;
         if !missing.is_empty() {
-            let detail = missing
-                .iter()
-                .map(|e| format!("{}: {}", e.field, e.message))
-                .collect::<Vec<_>>()
-                .join("; ");
+            let detail = crate::registry::describe(&missing);
             anyhow::bail!("{}: {detail}", path.display());
         }
         let hash = workflow.content_hash();
@@ -68,4 +54,19 @@ pub async fn register_catalogue(store: &dyn Store, dir: &Path) -> anyhow::Result
         }
     }
     Ok(registered)
+}
+
+/// The catalogue files of `dir` (`*.yaml`, `*.yml`, `*.json`), by name.
+pub(crate) fn files(dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut paths: Vec<_> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml" | "json")
+            )
+        })
+        .collect();
+    paths.sort();
+    Ok(paths)
 }

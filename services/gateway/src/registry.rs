@@ -269,6 +269,15 @@ pub async fn unregistered_agents(
         .collect())
 }
 
+/// The problems of [`unregistered_agents`] as one line.
+pub fn describe(missing: &[legato_service::problem::FieldError]) -> String {
+    missing
+        .iter()
+        .map(|e| format!("{}: {}", e.field, e.message))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 pub fn agent_name(raw: impl Into<String>) -> Result<AgentName, Problem> {
     AgentName::parse(raw).map_err(|e| Problem::field("name", e.to_string()))
 }
@@ -496,18 +505,8 @@ pub async fn register_catalogue(
     if !dir.is_dir() {
         return Ok(0);
     }
-    let mut paths: Vec<_> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            matches!(
-                p.extension().and_then(|e| e.to_str()),
-                Some("yaml" | "yml" | "json")
-            )
-        })
-        .collect();
-    paths.sort();
     let mut registered = 0;
-    for path in paths {
+    for path in crate::catalogue::files(dir)? {
         let text = std::fs::read_to_string(&path)?;
         let entry: CatalogueEntry = serde_yaml_ng::from_str(&text)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;

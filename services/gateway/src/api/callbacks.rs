@@ -53,9 +53,7 @@ pub(crate) async fn callback_complete(
     let (token, _) = capability(&state, &raw).await?;
     let reported =
         attempts::complete(&state, &token, request.output, request.custom_status).await?;
-    Ok(Json(TaskAccepted {
-        status: reported.as_str().into(),
-    }))
+    Ok(Json(reported.into()))
 }
 
 #[utoipa::path(
@@ -84,9 +82,7 @@ pub(crate) async fn callback_fail(
         request.retryable.unwrap_or(true),
     )
     .await?;
-    Ok(Json(TaskAccepted {
-        status: reported.as_str().into(),
-    }))
+    Ok(Json(reported.into()))
 }
 
 #[utoipa::path(

@@ -152,6 +152,14 @@ pub(crate) struct TaskAccepted {
     pub status: String,
 }
 
+impl From<attempts::Reported> for TaskAccepted {
+    fn from(reported: attempts::Reported) -> Self {
+        Self {
+            status: reported.as_str().into(),
+        }
+    }
+}
+
 fn tenant(caller: &Principal) -> Option<&str> {
     caller.tenant.as_ref().map(|t| t.as_str())
 }
@@ -361,9 +369,7 @@ pub(crate) async fn complete(
     reporter(&state, &caller, &token).await?;
     let reported =
         attempts::complete(&state, &token, request.output, request.custom_status).await?;
-    Ok(Json(TaskAccepted {
-        status: reported.as_str().into(),
-    }))
+    Ok(Json(reported.into()))
 }
 
 #[utoipa::path(
@@ -393,7 +399,5 @@ pub(crate) async fn fail(
         request.retryable.unwrap_or(true),
     )
     .await?;
-    Ok(Json(TaskAccepted {
-        status: reported.as_str().into(),
-    }))
+    Ok(Json(reported.into()))
 }

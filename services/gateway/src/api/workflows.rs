@@ -78,11 +78,7 @@ pub(crate) async fn register(
     )
     .await?;
     if !missing.is_empty() {
-        let detail = missing
-            .iter()
-            .map(|e| format!("{}: {}", e.field, e.message))
-            .collect::<Vec<_>>()
-            .join("; ");
+        let detail = crate::registry::describe(&missing);
         return Err(Problem::new(
             StatusCode::BAD_REQUEST,
             "Invalid workflow definition",
