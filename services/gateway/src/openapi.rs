@@ -101,6 +101,13 @@ fn constrain_parameters(path: &str, operation: &mut Value) {
             (Some("query"), Some("top")) => {
                 json!({"type": "integer", "minimum": 1, "maximum": 1000})
             }
+            // Bounded by the service's maximum anyway (`max_history`).
+            (Some("query"), Some("limit")) => {
+                json!({"type": "integer", "minimum": 0, "maximum": 1000000})
+            }
+            (Some("query"), Some("after" | "afterSeq")) => {
+                json!({"type": "integer", "format": "int64", "minimum": 0, "maximum": i64::MAX})
+            }
             _ => continue,
         };
         parameter["schema"] = schema;
