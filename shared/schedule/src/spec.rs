@@ -24,8 +24,8 @@ pub struct ScheduleSpec {
     /// A pinned definition version; the latest at each run when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u32>,
-    /// Each run's input.
-    #[serde(default)]
+    /// Each run's input (a JSON object; `{}` when absent).
+    #[serde(default = "no_input")]
     #[schema(value_type = Object)]
     pub input: Value,
     /// A cron expression: five fields (minute hour day-of-month month
@@ -63,7 +63,7 @@ impl Default for ScheduleSpec {
         Self {
             workflow: String::new(),
             version: None,
-            input: Value::Null,
+            input: no_input(),
             cron: None,
             time_zone: None,
             interval_seconds: None,
@@ -193,4 +193,8 @@ pub struct ScheduleDoc {
     pub created_at: time::OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: time::OffsetDateTime,
+}
+
+fn no_input() -> Value {
+    Value::Object(serde_json::Map::new())
 }

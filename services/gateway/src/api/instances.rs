@@ -129,6 +129,10 @@ async fn replace_if_finished(state: &GatewayState, id: &InstanceId) -> Result<()
     Ok(())
 }
 
+/// Most history rows one status request may ask for (the service's
+/// `max_history` bounds what it gets).
+const MAX_LIMIT: usize = 1_000_000;
+
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -169,11 +173,18 @@ pub(crate) async fn get_instance(
 ) -> Result<Json<InstanceView>, Problem> {
     let id = instance_id(&caller, id)?;
     let Query(query) = query.map_err(|e| Problem::field("query", e.body_text()))?;
-    // Positions and sequence numbers are int64 in the API's document.
+    // As the API's document bounds them: positions and sequence numbers
+    // are int64, a page is at most a million rows (and max_history).
     for (field, value) in [("afterSeq", query.after_seq), ("after", query.after)] {
         if value > i64::MAX as u64 {
             return Err(Problem::field(field, "must be at most 9223372036854775807"));
         }
+    }
+    if query.limit.is_some_and(|limit| limit > MAX_LIMIT) {
+        return Err(Problem::field(
+            "limit",
+            format!("must be at most {MAX_LIMIT}"),
+        ));
     }
     let (stored, engine_state) = load(&state, &id).await?;
     let mut view = InstanceView::new(&stored.record.summary, &engine_state);

@@ -258,6 +258,9 @@ pub(crate) async fn put_schedule(
     JsonBody(spec): JsonBody<ScheduleSpec>,
 ) -> Result<Response, Problem> {
     let name = schedule_name(&caller, raw)?;
+    if !spec.input.is_object() {
+        return Err(Problem::field("/input", "must be a JSON object"));
+    }
     timetable(&spec)?;
     let definition = find_definition(&state, &caller, spec.workflow.clone(), spec.version).await?;
     let workflow = state.definitions.parse(definition.clone())?;
