@@ -144,8 +144,7 @@ async fn claim_of(
         return Ok(None);
     };
     let instance = envelope.subject;
-    let tenant = instance.tenant();
-    if !agent.serves(tenant.as_ref().map(|t| t.as_str())) {
+    if !agent.serves(instance.tenant().as_ref()) {
         // The orchestrator refuses such a dispatch; one that slipped by (a
         // registry it read a moment too early) is failed here, unseen.
         let failure = TaskFailed {

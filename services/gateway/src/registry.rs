@@ -13,7 +13,7 @@ use std::path::Path;
 
 use axum::http::StatusCode;
 use legato_bus::Bus;
-use legato_contracts::AgentName;
+use legato_contracts::{AgentName, TenantId};
 use legato_service::problem::Problem;
 use legato_store::{AgentRecord, Expected, Store, StoreError, StoredAgent};
 use serde::{Deserialize, Serialize};
@@ -99,14 +99,14 @@ impl Agent {
     }
 
     /// Whether a caller (or an instance) of `tenant` may use it.
-    pub fn serves(&self, tenant: Option<&str>) -> bool {
-        self.tenant.is_none() || self.tenant.as_deref() == tenant
+    pub fn serves(&self, tenant: Option<&TenantId>) -> bool {
+        self.tenant.is_none() || self.taken_by(tenant)
     }
 
     /// Whether a worker of `tenant` takes its tasks: a tenant's worker
     /// serves only its tenant's agents, so it never sees another's tasks.
-    pub fn taken_by(&self, tenant: Option<&str>) -> bool {
-        self.tenant.as_deref() == tenant
+    pub fn taken_by(&self, tenant: Option<&TenantId>) -> bool {
+        self.tenant.as_deref() == tenant.map(TenantId::as_str)
     }
 }
 
@@ -252,7 +252,7 @@ fn push_target(
 pub async fn unregistered_agents(
     store: &dyn Store,
     workflow: &legato_workflow::Workflow,
-    tenant: Option<&str>,
+    tenant: Option<&TenantId>,
 ) -> Result<Vec<legato_service::problem::FieldError>, StoreError> {
     let named = workflow.named_agents();
     if named.is_empty() {
@@ -355,7 +355,7 @@ pub async fn register(
     store: &dyn Store,
     bus: &dyn Bus,
     name: &AgentName,
-    tenant: Option<&str>,
+    tenant: Option<&TenantId>,
     doc: AgentDoc,
 ) -> Result<Registered, Problem> {
     let body = serde_json::to_value(&doc)
@@ -367,7 +367,7 @@ pub async fn register(
             None => Expected::New,
             Some(stored) => {
                 let current = Agent::of(stored.clone())?;
-                if current.tenant.as_deref() != tenant || current.doc.kind == AgentKind::Builtin {
+                if !current.taken_by(tenant) || current.doc.kind == AgentKind::Builtin {
                     return Err(taken(name));
                 }
                 if current.doc == doc {
@@ -379,7 +379,7 @@ pub async fn register(
         provision(bus, name).await?;
         let record = AgentRecord {
             name: name.clone(),
-            tenant: tenant.map(str::to_owned),
+            tenant: tenant.map(|t| t.as_str().to_owned()),
             body: body.clone(),
             updated_at: OffsetDateTime::now_utc(),
         };

@@ -77,17 +77,13 @@ fn view(agent: Agent) -> AgentView {
     }
 }
 
-fn tenant(caller: &Principal) -> Option<&str> {
-    caller.tenant.as_ref().map(|t| t.as_str())
-}
-
 /// The agent `raw` names, if the caller may see it (its tenant's own or a
 /// shared one); another tenant's answers as a missing one.
 async fn visible(state: &GatewayState, caller: &Principal, raw: String) -> Result<Agent, Problem> {
     let name = registry::agent_name(raw)?;
     registry::find(&*state.store, &name)
         .await?
-        .filter(|a| a.serves(tenant(caller)))
+        .filter(|a| a.serves(caller.tenant.as_ref()))
         .ok_or_else(|| Problem::not_found(format!("no agent {name}")))
 }
 
@@ -120,8 +116,14 @@ pub(crate) async fn put_agent(
         ));
     }
     let doc = spec.doc(&state.settings.push)?;
-    let outcome =
-        registry::register(&*state.store, &*state.bus, &name, tenant(&caller), doc).await?;
+    let outcome = registry::register(
+        &*state.store,
+        &*state.bus,
+        &name,
+        caller.tenant.as_ref(),
+        doc,
+    )
+    .await?;
     state.agents.forget(&name);
     let agent = visible(&state, &caller, name.to_string()).await?;
     let status = match outcome {
@@ -141,7 +143,7 @@ pub(crate) async fn list_agents(
 ) -> Result<Json<AgentList>, Problem> {
     let mut items = Vec::new();
     for agent in registry::all(&*state.store).await? {
-        if agent.serves(tenant(&caller)) {
+        if agent.serves(caller.tenant.as_ref()) {
             items.push(live_view(&state, agent).await);
         }
     }
@@ -182,7 +184,7 @@ pub(crate) async fn delete_agent(
     Path(raw): Path<String>,
 ) -> Result<StatusCode, Problem> {
     let agent = visible(&state, &caller, raw).await?;
-    if agent.doc.kind == AgentKind::Builtin || agent.tenant.as_deref() != tenant(&caller) {
+    if agent.doc.kind == AgentKind::Builtin || !agent.taken_by(caller.tenant.as_ref()) {
         return Err(Problem::new(
             StatusCode::CONFLICT,
             "Not yours to remove",

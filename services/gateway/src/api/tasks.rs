@@ -160,10 +160,6 @@ impl From<attempts::Reported> for TaskAccepted {
     }
 }
 
-fn tenant(caller: &Principal) -> Option<&str> {
-    caller.tenant.as_ref().map(|t| t.as_str())
-}
-
 /// A registered pull agent the caller may take tasks of, or why not. Any
 /// agent the caller's tenant cannot see answers as missing.
 async fn servable(
@@ -176,7 +172,7 @@ async fn servable(
         .agents
         .find(&*state.store, name)
         .await?
-        .filter(|a| a.serves(tenant(caller)))
+        .filter(|a| a.serves(caller.tenant.as_ref()))
         .ok_or_else(|| Problem::field(field, format!("no agent {name} is registered")))?;
     if agent.doc.kind != AgentKind::Pull {
         return Err(Problem::field(
@@ -184,7 +180,7 @@ async fn servable(
             format!("agent {name} is not a pull agent; its tasks are not polled"),
         ));
     }
-    if !agent.taken_by(tenant(caller)) || !caller.may_serve(name.as_str()) {
+    if !agent.taken_by(caller.tenant.as_ref()) || !caller.may_serve(name.as_str()) {
         return Err(Problem::new(
             StatusCode::FORBIDDEN,
             "Forbidden",
@@ -276,10 +272,9 @@ async fn reporter(
         .agents
         .find(&*state.store, &token.agent)
         .await?
-        .filter(|a| a.taken_by(tenant(caller)) && caller.may_serve(a.name.as_str()))
+        .filter(|a| a.taken_by(caller.tenant.as_ref()) && caller.may_serve(a.name.as_str()))
         .ok_or_else(missing)?;
-    let instance_tenant = token.instance.tenant();
-    if !agent.serves(instance_tenant.as_ref().map(|t| t.as_str())) {
+    if !agent.serves(token.instance.tenant().as_ref()) {
         return Err(missing());
     }
     Ok(agent)

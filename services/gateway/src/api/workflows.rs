@@ -71,12 +71,9 @@ pub(crate) async fn register(
             ),
         ));
     }
-    let missing = crate::registry::unregistered_agents(
-        &*state.store,
-        &workflow,
-        caller.tenant.as_ref().map(|t| t.as_str()),
-    )
-    .await?;
+    let missing =
+        crate::registry::unregistered_agents(&*state.store, &workflow, caller.tenant.as_ref())
+            .await?;
     if !missing.is_empty() {
         let detail = crate::registry::describe(&missing);
         return Err(Problem::new(
