@@ -4,7 +4,6 @@
 //! other unseen. A registration is one entity: its document is kept inline
 //! and never claim-checked.
 
-use azure_core::StatusCode;
 use legato_contracts::AgentName;
 
 use super::keys::odata;
@@ -41,32 +40,15 @@ impl AzureTableStore {
             "UpdatedMs".into(),
             millis(record.updated_at).to_string().into(),
         );
-        let written = match expected {
-            Expected::New => self
-                .definitions
-                .insert::<_, Entity>(row)
-                .map_err(failure)?
-                .await
-                .map(|r| r.etag.to_string()),
-            Expected::Version(Version(etag)) => self
-                .definitions
-                .partition_key_client(PARTITION)
-                .entity_client(record.name.as_str())
-                .update(row, if_match(Some(etag)))
-                .map_err(failure)?
-                .await
-                .map(|r| r.etag.to_string()),
-        };
-        match written {
-            Ok(etag) => Ok(Version(etag)),
-            Err(e) if status(&e) == Some(u16::from(StatusCode::Conflict)) => {
-                Err(conflict(&record.name, "is registered already"))
-            }
-            Err(e) if matches!(status(&e), Some(412 | 404)) => {
-                Err(conflict(&record.name, "changed since it was read"))
-            }
-            Err(e) => Err(failure(e)),
-        }
+        self.put_document(
+            PARTITION,
+            record.name.as_str(),
+            row,
+            expected,
+            "is registered already",
+            |what| conflict(&record.name, what),
+        )
+        .await
     }
 
     fn agent_of(row: &Entity, etag: String) -> Result<StoredAgent, StoreError> {

@@ -22,6 +22,45 @@ impl AzureTableStore {
         }
     }
 
+    /// Creates (`Expected::New`) or replaces at the ETag read a document
+    /// row of the definitions table (a schedule, an agent). A refusal is a
+    /// conflict, told by `conflict`: `exists` when the row was there
+    /// already, or `changed since it was read`.
+    pub(super) async fn put_document(
+        &self,
+        partition: &str,
+        row_key: &str,
+        row: Entity,
+        expected: &Expected,
+        exists: &str,
+        conflict: impl Fn(&str) -> StoreError,
+    ) -> Result<Version, StoreError> {
+        let written = match expected {
+            Expected::New => self
+                .definitions
+                .insert::<_, Entity>(row)
+                .map_err(failure)?
+                .await
+                .map(|r| r.etag.to_string()),
+            Expected::Version(Version(etag)) => self
+                .definitions
+                .partition_key_client(partition)
+                .entity_client(row_key)
+                .update(row, if_match(Some(etag)))
+                .map_err(failure)?
+                .await
+                .map(|r| r.etag.to_string()),
+        };
+        match written {
+            Ok(etag) => Ok(Version(etag)),
+            Err(e) if status(&e) == Some(409) => Err(conflict(exists)),
+            Err(e) if matches!(status(&e), Some(412 | 404)) => {
+                Err(conflict("changed since it was read"))
+            }
+            Err(e) => Err(failure(e)),
+        }
+    }
+
     /// Every entity matching `filter`, in key order, at most `limit`.
     pub(super) async fn query(
         &self,

@@ -5,7 +5,6 @@
 //! ones. A schedule is one entity: its document is kept inline and never
 //! claim-checked.
 
-use azure_core::StatusCode;
 use legato_contracts::ScheduleName;
 
 use super::keys::odata;
@@ -59,32 +58,15 @@ impl AzureTableStore {
                 .map_or_else(|| NEVER.to_owned(), |at| due_key(millis(at)))
                 .into(),
         );
-        let written = match expected {
-            Expected::New => self
-                .definitions
-                .insert::<_, Entity>(row)
-                .map_err(failure)?
-                .await
-                .map(|r| r.etag.to_string()),
-            Expected::Version(Version(etag)) => self
-                .definitions
-                .partition_key_client(PARTITION)
-                .entity_client(record.name.as_str())
-                .update(row, if_match(Some(etag)))
-                .map_err(failure)?
-                .await
-                .map(|r| r.etag.to_string()),
-        };
-        match written {
-            Ok(etag) => Ok(Version(etag)),
-            Err(e) if status(&e) == Some(u16::from(StatusCode::Conflict)) => {
-                Err(conflict(&record.name, "exists"))
-            }
-            Err(e) if matches!(status(&e), Some(412 | 404)) => {
-                Err(conflict(&record.name, "changed since it was read"))
-            }
-            Err(e) => Err(failure(e)),
-        }
+        self.put_document(
+            PARTITION,
+            record.name.as_str(),
+            row,
+            expected,
+            "exists",
+            |what| conflict(&record.name, what),
+        )
+        .await
     }
 
     fn schedule_of(&self, row: &Entity, etag: String) -> Result<StoredSchedule, StoreError> {
