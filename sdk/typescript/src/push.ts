@@ -12,7 +12,7 @@
 import { createHmac, timingSafeEqual } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
 
-import { FatalError, type Handler, type WireTask, taskOf } from "./task.js";
+import { type Handler, type WireTask, runHandler, taskOf } from "./task.js";
 
 /** How far a request's timestamp may be from now (the specification's five minutes). */
 export const TOLERANCE_S = 5 * 60;
@@ -91,27 +91,6 @@ async function readBody(req: IncomingMessage): Promise<Buffer> {
   return Buffer.concat(chunks);
 }
 
-type Outcome = { status: 200; output: unknown } | { status: 422 | 500; detail: string };
-
-async function outcomeOf(handler: Handler, task: ReturnType<typeof taskOf>): Promise<Outcome> {
-  let output: unknown;
-  try {
-    output = await handler(task);
-  } catch (e) {
-    const detail = e instanceof Error ? `${e.name}: ${e.message}` : String(e);
-    return e instanceof FatalError
-      ? { status: 422, detail: (e as Error).message || detail }
-      : { status: 500, detail };
-  }
-  try {
-    JSON.stringify(output ?? null);
-  } catch (e) {
-    // No retry makes this function return JSON.
-    return { status: 422, detail: `the output is not JSON: ${String(e)}` };
-  }
-  return { status: 200, output: output ?? null };
-}
-
 async function callBack(url: string, what: string, body: unknown): Promise<void> {
   for (let attempt = 0; attempt < 5; attempt++) {
     try {
@@ -167,22 +146,22 @@ export function createPushHandler(
       });
       if (respond === "callback" && callback !== "") {
         answer(res, 202, { accepted: wire.idempotencyKey });
-        const outcome = await outcomeOf(handler, task);
-        if (outcome.status === 200) {
+        const outcome = await runHandler(handler, task);
+        if ("output" in outcome) {
           await callBack(callback, "complete", { output: outcome.output });
         } else {
           await callBack(callback, "fail", {
-            message: outcome.detail,
-            retryable: outcome.status === 500,
+            message: outcome.error,
+            retryable: outcome.retryable,
           });
         }
         return;
       }
       res.once("close", () => abort.abort(new Error("the gateway hung up")));
-      const outcome = await outcomeOf(handler, task);
-      return outcome.status === 200
+      const outcome = await runHandler(handler, task);
+      return "output" in outcome
         ? answer(res, 200, outcome.output)
-        : answer(res, outcome.status, { detail: outcome.detail });
+        : answer(res, outcome.retryable ? 500 : 422, { detail: outcome.error });
     })().catch((e: unknown) => {
       if (!res.headersSent) answer(res, 500, { detail: String(e) });
     });

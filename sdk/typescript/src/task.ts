@@ -60,6 +60,31 @@ export interface Task {
 /** An agent: an async function from a task to its JSON output. */
 export type Handler = (task: Task) => Promise<unknown>;
 
+/** How an agent function's run ended: its output, or a failure. */
+export type Outcome = { output: unknown } | { error: string; retryable: boolean };
+
+/**
+ * Runs `handler` on `task` and classifies the end: a `FatalError` or an
+ * output that is not JSON fails for good, any other error is retryable.
+ */
+export async function runHandler(handler: Handler, task: Task): Promise<Outcome> {
+  let output: unknown;
+  try {
+    output = await handler(task);
+  } catch (e) {
+    if (e instanceof FatalError) return { error: e.message || e.name, retryable: false };
+    const error = e instanceof Error ? `${e.name}: ${e.message}` : String(e);
+    return { error, retryable: true };
+  }
+  try {
+    JSON.stringify(output ?? null);
+  } catch (e) {
+    // No retry makes this function return JSON.
+    return { error: `the output is not JSON: ${String(e)}`, retryable: false };
+  }
+  return { output: output ?? null };
+}
+
 export function taskOf(
   wire: WireTask,
   signal: AbortSignal,

@@ -7,7 +7,7 @@
 import { hostname } from "node:os";
 
 import { Client, ProtocolError, backoff, sleep } from "./client.js";
-import { FatalError, type Handler, type Task, type WireTask, taskOf } from "./task.js";
+import { type Handler, type Outcome, type Task, type WireTask, runHandler, taskOf } from "./task.js";
 
 /** Heartbeats per lease: one lost beat never costs the lease. */
 const BEATS_PER_LEASE = 3;
@@ -202,31 +202,19 @@ export class Worker {
     const aborted = new Promise<"aborted">((resolve) =>
       task.signal.addEventListener("abort", () => resolve("aborted"), { once: true }),
     );
+    let outcome: Outcome | "aborted";
     try {
-      const outcome = await Promise.race([
-        handler(task).then((output) => ({ output })),
-        aborted,
-      ]);
-      if (outcome === "aborted") {
-        return;
-      }
-      const output = outcome.output ?? null;
-      try {
-        JSON.stringify(output);
-      } catch (e) {
-        // No retry makes this function return JSON.
-        await this.fail(entry, `the output is not JSON: ${String(e)}`, false);
-        return;
-      }
-      await this.settle(entry, "complete", { output });
-    } catch (e) {
-      if (entry.cancelled) {
-        return;
-      }
-      const message = e instanceof Error ? `${e.name}: ${e.message}` : String(e);
-      await this.fail(entry, message, !(e instanceof FatalError));
+      outcome = await Promise.race([runHandler(handler, task), aborted]);
     } finally {
       clearInterval(beats);
+    }
+    if (outcome === "aborted" || entry.cancelled) {
+      return;
+    }
+    if ("output" in outcome) {
+      await this.settle(entry, "complete", { output: outcome.output });
+    } else {
+      await this.fail(entry, outcome.error, outcome.retryable);
     }
   }
 

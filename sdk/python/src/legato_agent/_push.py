@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import httpx
 
-from ._task import FatalError, Task
+from ._task import Task, run
 from ._worker import Handler
 
 log = logging.getLogger("legato_agent")
@@ -178,18 +178,10 @@ class PushApp:
 
 async def _outcome(handler: Handler, task: Task) -> tuple[int, Any]:
     """The HTTP answer for the function's outcome."""
-    try:
-        output = await handler(task)
-    except FatalError as e:
-        return 422, {"detail": str(e) or type(e).__name__}
-    except Exception as e:
-        return 500, {"detail": f"{type(e).__name__}: {e}"}
-    try:
-        json.dumps(output)
-    except (TypeError, ValueError) as e:
-        # No retry makes this function return JSON.
-        return 422, {"detail": f"the output is not JSON: {e}"}
-    return 200, output
+    outcome = await run(handler, task)
+    if outcome.error is None:
+        return 200, outcome.output
+    return (500 if outcome.retryable else 422), {"detail": outcome.error}
 
 
 async def _body(receive: Receive) -> bytes:

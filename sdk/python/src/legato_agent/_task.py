@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,6 +22,35 @@ class FatalError(Exception):
 
 
 Progress = Callable[[str | None, Any], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an agent function's run ended: its output, or a failure."""
+
+    output: Any = None
+    #: Set when it failed: what went wrong.
+    error: str | None = None
+    #: Whether a later attempt may succeed (for a failure).
+    retryable: bool = False
+
+
+async def run(handler: Callable[[Task], Awaitable[Any]], task: Task) -> Outcome:
+    """Runs ``handler`` on ``task`` and classifies the end: a
+    :class:`FatalError` or an output that is not JSON fails for good, any
+    other error is retryable. Cancellation propagates."""
+    try:
+        output = await handler(task)
+    except FatalError as e:
+        return Outcome(error=str(e) or type(e).__name__)
+    except Exception as e:
+        return Outcome(error=f"{type(e).__name__}: {e}", retryable=True)
+    try:
+        json.dumps(output)
+    except (TypeError, ValueError) as e:
+        # No retry makes this function return JSON.
+        return Outcome(error=f"the output is not JSON: {e}")
+    return Outcome(output=output)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ on SIGTERM."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -17,7 +16,7 @@ from typing import Any, Self
 import httpx
 
 from ._client import Answer, Client, ProtocolError, _retry_after
-from ._task import FatalError, Task
+from ._task import Task, run
 
 log = logging.getLogger("legato_agent")
 
@@ -188,25 +187,17 @@ class Worker:
             return
         beats = asyncio.create_task(self._heartbeats(task))
         try:
-            output = await handler(task)
+            outcome = await run(handler, task)
         except asyncio.CancelledError:
             if task.cancelled:
                 return
             raise
-        except FatalError as e:
-            await self._fail(task, str(e) or type(e).__name__, False)
-        except Exception as e:
-            await self._fail(task, f"{type(e).__name__}: {e}", True)
-        else:
-            try:
-                json.dumps(output)
-            except (TypeError, ValueError) as e:
-                # No retry makes this function return JSON.
-                await self._fail(task, f"the output is not JSON: {e}", False)
-            else:
-                await self._complete(task, output)
         finally:
             beats.cancel()
+        if outcome.error is None:
+            await self._complete(task, outcome.output)
+        else:
+            await self._fail(task, outcome.error, outcome.retryable)
 
     async def _heartbeats(self, task: Task) -> None:
         every = max(task.lease_ms / _BEATS_PER_LEASE, 200) / 1000
