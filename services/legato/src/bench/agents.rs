@@ -29,21 +29,6 @@ pub(super) struct Builtin<'a> {
     pub elapsed: Duration,
 }
 
-fn definition() -> Value {
-    let leaf =
-        |id: &str| json!({"id": id, "agent": AGENT, "input": {"value": "${{ input.value }}"}});
-    json!({
-        "name": WORKFLOW,
-        "version": 1,
-        "description": "legato bench: the bench workflow on a pull agent",
-        "steps": [leaf("a"), leaf("b"), leaf("c"), leaf("d"), {
-            "id": "join", "needs": ["a", "b", "c", "d"], "agent": AGENT,
-            "input": {"value": "${{ [steps.a.output.value, steps.b.output.value, steps.c.output.value, steps.d.output.value] }}"}
-        }],
-        "output": "${{ steps.join.output.value }}"
-    })
-}
-
 async fn put(client: &reqwest::Client, url: String, body: Value) -> anyhow::Result<()> {
     let response = client.put(&url).json(&body).send().await?;
     let status = response.status();
@@ -113,7 +98,7 @@ pub(super) async fn compare_pull(
     put(
         client,
         format!("{base}/api/v1/workflows/{WORKFLOW}"),
-        definition(),
+        super::definition(WORKFLOW, AGENT),
     )
     .await?;
     // Enough slots that the workers never hold the stack back: every task

@@ -169,15 +169,17 @@ impl Bus for CountingBus {
 
 const WORKFLOW: &str = "bench-fan-out";
 
-fn definition() -> Value {
+/// The bench workflow `name`: four tasks of `agent` in parallel, then one
+/// that needs them all.
+fn definition(name: &str, agent: &str) -> Value {
     let leaf =
-        |id: &str| json!({"id": id, "agent": "echo", "input": {"value": "${{ input.value }}"}});
+        |id: &str| json!({"id": id, "agent": agent, "input": {"value": "${{ input.value }}"}});
     json!({
-        "name": WORKFLOW,
+        "name": name,
         "version": 1,
-        "description": "legato bench: four echo steps in parallel, then one that needs them all",
+        "description": format!("legato bench: four {agent} steps in parallel, then one that needs them all"),
         "steps": [leaf("a"), leaf("b"), leaf("c"), leaf("d"), {
-            "id": "join", "needs": ["a", "b", "c", "d"], "agent": "echo",
+            "id": "join", "needs": ["a", "b", "c", "d"], "agent": agent,
             "input": {"value": "${{ [steps.a.output.value, steps.b.output.value, steps.c.output.value, steps.d.output.value] }}"}
         }],
         "output": "${{ steps.join.output.value }}"
@@ -249,7 +251,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     let put = client
         .put(format!("{base}/api/v1/workflows/{WORKFLOW}"))
         .header("content-type", "application/json")
-        .body(definition().to_string())
+        .body(definition(WORKFLOW, "echo").to_string())
         .send()
         .await?;
     anyhow::ensure!(
