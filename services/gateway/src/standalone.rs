@@ -58,12 +58,11 @@ pub async fn run(config: GatewayConfig, shutdown: Shutdown) -> anyhow::Result<()
         ));
     }
     let listener = legato_service::listen("gateway", &config.http).await?;
-    // Push agents call back where the gateway is reached.
-    let callbacks = match state.settings.public_url.as_str() {
-        "" => format!("http://{}", listener.local_addr()?),
-        url => url.to_owned(),
-    };
-    tokio::spawn(crate::push::run(state.clone(), callbacks, shutdown.clone()));
+    tokio::spawn(crate::push::run(
+        state.clone(),
+        listener.local_addr()?,
+        shutdown.clone(),
+    ));
     let app = crate::router(state);
     readiness.set_ready(true);
     legato_service::serve(listener, app, readiness, shutdown).await

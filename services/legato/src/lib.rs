@@ -231,13 +231,8 @@ impl Stack {
             .with_auth(gateway.auth.clone());
         let listener = tokio::net::TcpListener::bind(config.http.addr()?).await?;
         let addr = listener.local_addr()?;
-        // Push agents call back where the gateway is reached.
-        let callbacks = match config.gateway.public_url.as_str() {
-            "" => format!("http://{addr}"),
-            url => url.to_owned(),
-        };
         tasks.spawn({
-            let pushes = legato_gateway::push::run(gateway.clone(), callbacks, shutdown.clone());
+            let pushes = legato_gateway::push::run(gateway.clone(), addr, shutdown.clone());
             async move {
                 pushes.await;
                 Ok(())

@@ -102,9 +102,14 @@ pub(crate) struct Pusher {
     pub identity: Option<Arc<legato_azure::ManagedIdentityCredential>>,
 }
 
-/// Runs the push consumers of this replica until shutdown. `base_url` is
-/// where push endpoints call back (the gateway's public URL).
-pub async fn run(state: GatewayState, base_url: String, shutdown: Shutdown) {
+/// Runs the push consumers of this replica until shutdown. Push endpoints
+/// call back at the gateway's `public_url`, or where it listens
+/// (`listening`) when none is set.
+pub async fn run(state: GatewayState, listening: std::net::SocketAddr, shutdown: Shutdown) {
+    let base_url = match state.settings.public_url.as_str() {
+        "" => format!("http://{listening}"),
+        url => url.to_owned(),
+    };
     let settings = state.settings.push.clone();
     let signer = match Signer::new(&settings.signing_secret) {
         Ok(signer) => signer,
