@@ -142,10 +142,21 @@ try {
   await page.evaluate(() => (location.hash = "#/agents"));
   await page.waitForSelector('#agents [data-name="reviewer"]');
   await page.waitForSelector('#agents [data-name="echo"] >> text=builtin');
+  // The echo agent's figures, once reported (every 5 s): the runs above.
+  let completed = "0";
+  for (let i = 0; i < 40 && !(Number(completed) > 0); i++) {
+    await page.evaluate(() => (location.hash = `#/agents?at=${Date.now()}`));
+    await page.waitForSelector('#agents [data-name="echo"] [data-figure="completed"]');
+    completed = await page.textContent('#agents [data-name="echo"] [data-figure="completed"]');
+    if (!(Number(completed) > 0)) await new Promise((resolve) => setTimeout(resolve, 250));
+  }
+  check(Number(completed) > 0, `echo's completed tasks are not shown: ${completed}`);
   await shot("agents");
   await page.click('#agents [data-name="reviewer"]');
   await page.waitForSelector("#agent-howto >> text=legato_agent");
   check((await page.textContent("#agent-kind")) === "pull", "the agent is not shown as a pull agent");
+  await page.waitForSelector("#agent-figures >> text=0 running");
+  await page.waitForSelector("#agent-workers >> text=no worker polled");
 
   // Purge from the instance page, confirmed.
   await page.evaluate(() => (location.hash = "#/instances/dash-no"));

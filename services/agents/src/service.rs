@@ -5,7 +5,10 @@ use std::sync::Arc;
 use legato_agent::llm::{ChatClient, LlmSettings};
 use legato_agent::{Agent, Worker, WorkerSettings};
 use legato_contracts::AgentName;
-use legato_service::{BusSettings, HttpSettings, Readiness, Shutdown, TelemetrySettings, wiring};
+use legato_service::agent_figures::{Tally, reporter};
+use legato_service::{
+    BusSettings, HttpSettings, Readiness, Shutdown, StoreSettings, TelemetrySettings, wiring,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::approval::Approval;
@@ -51,6 +54,9 @@ pub struct AgentConfig {
     pub http: HttpSettings,
     pub telemetry: TelemetrySettings,
     pub bus: BusSettings,
+    /// Where the agent reports its live figures (tasks running, ended,
+    /// durations) for the registry; none: not reported.
+    pub store: Option<StoreSettings>,
     pub worker: WorkerSettings,
     /// For planner, coder and data; empty endpoint = offline backend.
     pub llm: LlmSettings,
@@ -64,6 +70,7 @@ impl Default for AgentConfig {
             http: HttpSettings::with_port(8090),
             telemetry: TelemetrySettings::default(),
             bus: BusSettings::default(),
+            store: None,
             worker: WorkerSettings::default(),
             llm: LlmSettings::default(),
             data: DataSettings::default(),
@@ -120,7 +127,18 @@ pub async fn run(kind: AgentKind, config: AgentConfig, shutdown: Shutdown) -> an
     let readiness = Readiness::new(None);
     // Subscribed before the port says "listening", so whoever waits for
     // that line knows the agent's queue exists.
-    let worker = Worker::new(agent, bus, config.worker.clone(), shutdown.clone());
+    let mut worker = Worker::new(agent, bus, config.worker.clone(), shutdown.clone());
+    if let Some(store) = &config.store {
+        let figures = std::sync::Arc::new(Tally::default());
+        let replica = reporter::replica_name(&kind.service());
+        reporter::spawn(
+            wiring::open_store(store).await?,
+            figures.clone(),
+            replica,
+            shutdown.clone(),
+        );
+        worker = worker.with_figures(figures);
+    }
     let running = worker.start().await?;
     let listener = legato_service::listen(&kind.service(), &config.http).await?;
     let server = tokio::spawn(legato_service::serve(

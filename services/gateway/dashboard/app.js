@@ -435,12 +435,21 @@ async function agentsPage() {
     el("h1", {}, "Agents"),
     el("p", { class: "muted" }, "Built-in agents run inside legato; pull agents are workers anywhere that poll for their tasks (docs/agents.md)."),
     el("table", { id: "agents" },
-      el("thead", {}, el("tr", {}, ["name", "kind", "lease", "description", "updated"].map((h) => el("th", {}, h)))),
+      el("thead", {}, el("tr", {}, ["name", "kind", ...FIGURES.map(([, label]) => label), "lease", "description"].map((h) => el("th", {}, h)))),
       el("tbody", {}, list.items.map((a) =>
         el("tr", { class: "row", "data-name": a.name, onclick: () => (location.hash = `#/agents/${encodeURIComponent(a.name)}`) },
           el("td", {}, a.name), el("td", {}, a.kind + (a.owned ? " (this tenant's)" : "")),
-          el("td", {}, a.kind === "builtin" ? "—" : `${a.leaseMs / 1000} s`), el("td", {}, a.description || ""), el("td", {}, when(a.updatedAt)))))),
+          ...FIGURES.map(([field]) => el("td", { "data-figure": field }, figure(a[field]))),
+          el("td", {}, a.kind === "builtin" ? "—" : `${a.leaseMs / 1000} s`), el("td", {}, a.description || ""))))),
+    el("p", { class: "muted" }, "Completed, failed and p50 are of the last five minutes, added up from every replica's report (every 5 s)."),
   );
+}
+
+// The registry's live figures: [field, column heading].
+const FIGURES = [["waiting", "waiting"], ["running", "running"], ["completed", "completed"], ["failed", "failed"], ["p50Ms", "p50 ms"]];
+
+function figure(value) {
+  return value === undefined || value === null ? "—" : String(value);
 }
 
 async function agentPage(name) {
@@ -454,6 +463,14 @@ async function agentPage(name) {
   show(
     el("h1", {}, a.name, " ", el("span", { class: "muted", id: "agent-kind" }, a.kind)),
     el("p", { class: "muted" }, a.description || "", ` · lease ${a.leaseMs / 1000} s · ${a.owned ? "this tenant's" : "shared by every tenant"} · updated ${when(a.updatedAt)}`),
+    el("p", { id: "agent-figures" }, `now ${figure(a.waiting)} waiting, ${figure(a.running)} running · last 5 minutes: ${figure(a.completed)} completed, ${figure(a.failed)} failed, p50 ${figure(a.p50Ms)} ms`),
+    a.workers
+      ? el("table", { id: "agent-workers" },
+        el("thead", {}, el("tr", {}, ["worker", "last poll"].map((h) => el("th", {}, h)))),
+        el("tbody", {}, a.workers.length
+          ? a.workers.map((w) => el("tr", { "data-worker": w.id }, el("td", {}, w.id), el("td", {}, when(w.lastPoll))))
+          : [el("tr", {}, el("td", { colspan: 2, class: "muted" }, "no worker polled in the last five minutes"))]))
+      : null,
     a.kind === "pull"
       ? el("div", { class: "actions" }, el("button", { class: "danger", id: "remove-agent", onclick: remove }, "Remove"))
       : null,

@@ -16,6 +16,7 @@ use legato_contracts::{
     TaskDispatched, TaskError, TaskFailed, TaskHeartbeat, TaskKey, TraceParent,
 };
 use legato_engine::SlotStatus;
+use legato_service::agent_figures::Outcome;
 use legato_service::problem::Problem;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -38,6 +39,10 @@ pub(crate) struct Token {
     pub attempt: u32,
     #[serde(rename = "g")]
     pub agent: AgentName,
+    /// When it was handed out (ms since the epoch), for the agent's
+    /// figures; absent in tokens issued before it was added.
+    #[serde(rename = "t", default, skip_serializing_if = "Option::is_none")]
+    pub taken_ms: Option<i64>,
 }
 
 impl Token {
@@ -55,6 +60,34 @@ impl Token {
     pub fn idempotency_key(&self) -> String {
         format!("{}/{}#{}", self.instance, self.key, self.attempt)
     }
+
+    /// How long since it was handed out.
+    fn held_for(&self, now: OffsetDateTime) -> Option<Duration> {
+        let taken =
+            OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.taken_ms?) * 1_000_000)
+                .ok()?;
+        (now - taken).try_into().ok()
+    }
+}
+
+/// Counts the attempt's end into this replica's figures.
+fn count_end(state: &GatewayState, token: &Token, outcome: Outcome) {
+    let now = OffsetDateTime::now_utc();
+    let attempt = token.idempotency_key();
+    let took = token.held_for(now);
+    state
+        .figures
+        .ended(token.agent.as_str(), &attempt, outcome, took, now);
+}
+
+fn unix_ms(at: OffsetDateTime) -> i64 {
+    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+/// When a lease of `lease_ms` taken now runs out.
+fn lease_end(lease_ms: u64) -> OffsetDateTime {
+    let lease = Duration::from_millis(lease_ms);
+    OffsetDateTime::now_utc() + lease
 }
 
 /// A task taken off its agent's queue and leased: what to send to the
@@ -111,6 +144,11 @@ pub(crate) async fn take(
     let mut taken = Vec::with_capacity(held.len());
     for (delivery, task) in held {
         settle(delivery.ack().await);
+        let attempt = task.token.idempotency_key();
+        let until = Some(lease_end(task.lease_ms));
+        state
+            .figures
+            .started(task.token.agent.as_str(), &attempt, until);
         taken.push(task);
     }
     Ok(taken)
@@ -184,6 +222,7 @@ async fn claim_of(
         key: task.key.clone(),
         attempt: task.attempt,
         agent: task.agent.clone(),
+        taken_ms: Some(unix_ms(OffsetDateTime::now_utc())),
     };
     Ok(Some((
         claim,
@@ -256,6 +295,9 @@ pub(crate) async fn standing(state: &GatewayState, token: &Token) -> Result<Stan
         .filter(|s| s.agent == token.agent)
         .ok_or_else(missing)?;
     let gone = |why: String| {
+        // Not running anywhere any more, whatever its lease says.
+        let attempt = token.idempotency_key();
+        state.figures.dropped(token.agent.as_str(), &attempt);
         Problem::new(
             StatusCode::CONFLICT,
             "Task no longer wanted",
@@ -330,7 +372,12 @@ pub(crate) async fn heartbeat(
         leased: false,
         lease_ms: Some(lease_ms),
     };
-    publish(state, &token.instance, None, beat.into()).await
+    publish(state, &token.instance, None, beat.into()).await?;
+    let attempt = token.idempotency_key();
+    state
+        .figures
+        .renewed(token.agent.as_str(), &attempt, lease_end(lease_ms));
+    Ok(())
 }
 
 /// Records the attempt's result, once however often it is sent.
@@ -350,6 +397,7 @@ pub(crate) async fn complete(
         custom_status,
     };
     publish(state, &token.instance, None, completed.into()).await?;
+    count_end(state, token, Outcome::Completed);
     Ok(Reported::Recorded)
 }
 
@@ -377,5 +425,6 @@ pub(crate) async fn fail(
         error: TaskError { message, retryable },
     };
     publish(state, &token.instance, None, failed.into()).await?;
+    count_end(state, token, Outcome::Failed);
     Ok(Reported::Recorded)
 }

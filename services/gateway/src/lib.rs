@@ -26,6 +26,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use legato_bus::Bus;
+use legato_service::agent_figures::Tally;
 use legato_service::auth::{Authenticator, Guard};
 use legato_service::definitions::Definitions;
 use legato_service::{OutboxRelay, Shutdown};
@@ -57,6 +58,9 @@ pub struct GatewayState {
     pub pull: Arc<pull::PullHub>,
     /// Agent registrations read lately, for the task paths.
     pub agents: Arc<registry::AgentCache>,
+    /// What this replica saw of pull and push agents' tasks, for the
+    /// registry's live figures.
+    pub figures: Arc<Tally>,
 }
 
 impl GatewayState {
@@ -73,8 +77,27 @@ impl GatewayState {
             auth: Arc::new(Authenticator::Anyone),
             pull: Arc::new(pull::PullHub::new(bus.clone(), Shutdown::new())),
             agents: Arc::default(),
+            figures: Arc::default(),
             bus,
         }
+    }
+
+    /// Counts into `figures` (shared with the built-in agents' workers
+    /// when they run in the same process).
+    pub fn with_figures(mut self, figures: Arc<Tally>) -> Self {
+        self.figures = figures;
+        self
+    }
+
+    /// Writes this replica's figures to the store until `shutdown`, as
+    /// `replica`.
+    pub fn report_figures(&self, replica: String, shutdown: Shutdown) {
+        legato_service::agent_figures::reporter::spawn(
+            self.store.clone(),
+            self.figures.clone(),
+            replica,
+            shutdown,
+        );
     }
 
     /// Long polls end (empty) when `shutdown` fires, so the gateway drains

@@ -49,6 +49,10 @@ pub async fn run(config: GatewayConfig, shutdown: Shutdown) -> anyhow::Result<()
         .with_auth(auth)
         .with_signalr(signalr.clone())
         .with_allowed_origins(config.signalr.allowed_origins);
+    state.report_figures(
+        legato_service::agent_figures::reporter::replica_name("gateway"),
+        shutdown.clone(),
+    );
     if let Some(azure) = signalr {
         tokio::spawn(state.memberships.clone().sweep(
             store,

@@ -24,6 +24,7 @@ use legato_bus::{Bus, InProcessBus};
 use legato_gateway::{GatewaySettings, GatewayState};
 use legato_notifier::{NotifierState, ProgressHub};
 use legato_orchestrator::{Orchestrator, OrchestratorSettings};
+use legato_service::agent_figures::{Tally, reporter};
 use legato_service::auth::Authenticator;
 use legato_service::{
     BusSettings, HttpSettings, Readiness, Shutdown, StoreSettings, TelemetrySettings, wiring,
@@ -146,9 +147,13 @@ impl Stack {
             data: config.data.clone(),
             ..AgentConfig::default()
         };
+        // One process, one replica: the built-in agents and the gateway
+        // count into one tally.
+        let figures = Arc::new(Tally::default());
         for kind in AgentKind::ALL {
             let agent = legato_agents::build(kind, &agent_config)?;
-            let worker = Worker::new(agent, bus.clone(), config.worker.clone(), shutdown.clone());
+            let worker = Worker::new(agent, bus.clone(), config.worker.clone(), shutdown.clone())
+                .with_figures(figures.clone());
             tasks.spawn(worker.start().await?);
         }
 
@@ -210,7 +215,9 @@ impl Stack {
             .with_shutdown(shutdown.clone())
             .with_auth(auth)
             .with_signalr(azure.clone())
-            .with_allowed_origins(origins.clone());
+            .with_allowed_origins(origins.clone())
+            .with_figures(figures);
+        gateway.report_figures(reporter::replica_name("legato"), shutdown.clone());
         if let Some(azure) = azure {
             tasks.spawn({
                 let sweep = gateway.memberships.clone().sweep(

@@ -339,9 +339,14 @@ async fn the_cli_registers_lists_shows_and_removes_agents() {
         "{text}"
     );
     let listed = stdout(&run(base, &["agents", "ls"]));
-    for line in ["reviewer", "echo     ", "builtin"] {
+    for line in ["reviewer", "echo     ", "builtin", "RUNNING", "P50 MS"] {
         assert!(listed.contains(line), "{listed}");
     }
+    let text = stdout(&run(base, &["agents", "show", "reviewer"]));
+    assert!(
+        text.contains("now: 0 waiting, 0 running; last 5 minutes: 0 completed, 0 failed, p50 - ms"),
+        "{text}"
+    );
     let shown = run(base, &["agents", "show", "reviewer", "--output", "json"]);
     let view: Value = serde_json::from_str(stdout(&shown).trim()).unwrap();
     assert_eq!(view["description"], "reviews drafts");

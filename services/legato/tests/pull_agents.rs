@@ -319,6 +319,25 @@ async fn a_pull_worker_takes_heartbeats_completes_and_fails_tasks_over_http() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(problem["errors"][0]["field"], "token");
 
+    // The registry's live figures, as the replica reports them (every 5 s).
+    let figures = legato
+        .agent_when("reviewer", |a| {
+            a["completed"] == 2 && a["failed"] == 2 && a["running"] == 0
+        })
+        .await;
+    assert!(figures["p50Ms"].as_f64().is_some(), "{figures:#}");
+    assert_eq!(figures["workers"][0]["id"], "test-worker", "{figures:#}");
+    assert!(figures["workers"][0]["lastPoll"].is_string());
+    let echo = legato
+        .agent_when("echo", |a| a["completed"].as_u64() >= Some(3))
+        .await;
+    assert_eq!(echo["failed"], 0, "{echo:#}");
+    assert!(echo["p50Ms"].as_f64().is_some(), "{echo:#}");
+    assert!(
+        echo.get("workers").is_none(),
+        "only pull agents have workers"
+    );
+
     // Removed from the registry: no longer listed or polled.
     assert_eq!(
         legato.delete("/api/v1/agents/reviewer").await,

@@ -15,6 +15,7 @@ use std::time::Duration;
 use legato_bus::{Bus, Delivery, Subscription, SubscriptionSpec};
 use legato_contracts::{Envelope, Payload, TaskCompleted, TaskDispatched, TaskFailed};
 use legato_service::Shutdown;
+use legato_service::agent_figures::{Outcome, Tally};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
@@ -55,6 +56,10 @@ fn attempt_id(subject: &str, task: &TaskDispatched) -> AttemptId {
     (subject.to_owned(), task.key.to_string(), task.attempt)
 }
 
+fn figures_key((instance, key, attempt): &AttemptId) -> String {
+    format!("{instance}/{key}#{attempt}")
+}
+
 /// Attempts running now, and results recently sent.
 #[derive(Default)]
 struct Ledger {
@@ -76,6 +81,7 @@ struct Shared {
     source: String,
     ledger: Mutex<Ledger>,
     shutdown: Shutdown,
+    figures: Arc<Tally>,
 }
 
 impl Shared {
@@ -152,8 +158,18 @@ impl Worker {
                 source,
                 ledger: Mutex::new(Ledger::default()),
                 shutdown,
+                figures: Arc::default(),
             }),
         }
+    }
+
+    /// Counts the tasks this worker runs into `figures` (which a reporter
+    /// writes to the store for the agent registry's live figures).
+    pub fn with_figures(mut self, figures: Arc<Tally>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.figures = figures;
+        }
+        self
     }
 
     /// The queue every replica of this agent shares.
@@ -354,14 +370,27 @@ async fn handle_task(shared: &Shared, delivery: Delivery) {
         custom_status: Arc::default(),
     };
     let lease = dispatched.heartbeat_timeout_ms;
+    let (agent, attempt) = (shared.agent.name().as_str(), figures_key(&id));
+    shared.figures.started(agent, &attempt, None);
+    let began = std::time::Instant::now();
     let outcome = run_with_heartbeats(shared, &task, &ctx, lease)
         .instrument(span)
         .await;
     let Some(outcome) = outcome else {
         // Cancelled: nobody wants the result.
+        shared.figures.dropped(agent, &attempt);
         shared.finish(&id, None);
         return settle(delivery.ack().await);
     };
+    let ended = if outcome.is_ok() {
+        Outcome::Completed
+    } else {
+        Outcome::Failed
+    };
+    let now = OffsetDateTime::now_utc();
+    shared
+        .figures
+        .ended(agent, &attempt, ended, Some(began.elapsed()), now);
     let custom_status = ctx.custom_status.lock().ok().and_then(|mut s| s.take());
     let payload: Payload = match outcome {
         Ok(output) => TaskCompleted {

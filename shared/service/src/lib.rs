@@ -1,5 +1,6 @@
 //! The service kit: what every legato binary needs around its own work.
 //!
+//! - [`agent_figures`]: live figures on agents, reported by every replica;
 //! - [`settings`]: one typed settings struct per service, layered from
 //!   built-in defaults, `config/*.toml` and `LEGATO__SECTION__KEY`
 //!   environment variables, validated at start with the bad key named;
@@ -10,6 +11,7 @@
 //! - [`wiring`]: opens the bus and store the settings name;
 //! - [`outbox`]: publishes committed outbox rows and deletes them.
 
+pub mod agent_figures;
 pub mod auth;
 pub mod cors;
 pub mod definitions;

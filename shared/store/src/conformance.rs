@@ -778,6 +778,66 @@ pub async fn leases_have_one_holder_at_a_time(store: &dyn Store) {
     assert_eq!(won, 1, "racing holders");
 }
 
+/// A replica's report replaces its last one, every replica's reports on
+/// every subject are read back, and one whose time ran out is not.
+pub async fn reports_are_replaced_per_replica_and_age_out(store: &dyn Store) {
+    use std::time::Duration;
+    let (one, two) = (unique("subject"), unique("subject"));
+    let long = Duration::from_secs(60);
+    async fn on(store: &dyn Store, subject: &str) -> Vec<(String, Value)> {
+        let reports = store.reports().await.unwrap().into_iter();
+        reports
+            .filter(|r| r.subject == subject)
+            .map(|r| (r.replica, r.body))
+            .collect()
+    }
+    store
+        .put_report(&one, "r/1", &json!({"n": 1}), long)
+        .await
+        .unwrap();
+    store
+        .put_report(&one, "r/1", &json!({"n": 2}), long)
+        .await
+        .unwrap();
+    store
+        .put_report(&one, "r 2", &json!({"n": 3}), long)
+        .await
+        .unwrap();
+    store
+        .put_report(&two, "r/1", &json!({"n": 4}), long)
+        .await
+        .unwrap();
+    assert_eq!(
+        on(store, &one).await,
+        vec![
+            ("r 2".to_owned(), json!({"n": 3})),
+            ("r/1".to_owned(), json!({"n": 2}))
+        ]
+    );
+    assert_eq!(
+        on(store, &two).await,
+        vec![("r/1".to_owned(), json!({"n": 4}))]
+    );
+    let before = OffsetDateTime::now_utc() - Duration::from_secs(5);
+    assert!(
+        store
+            .reports()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r.subject == one)
+            .all(|r| r.updated_at > before)
+    );
+
+    store
+        .put_report(&two, "r/1", &json!({"n": 5}), Duration::from_millis(1))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(on(store, &two).await.is_empty(), "a report past its time");
+    assert_eq!(on(store, &one).await.len(), 2);
+}
+
 /// Dead letters park once per id, list newest first in pages, filter by
 /// topic, group and tenant, keep a large body whole, and go when removed.
 pub async fn dead_letters_park_once_list_in_pages_and_go_when_removed(store: &dyn Store) {
@@ -1073,6 +1133,7 @@ macro_rules! store_conformance_tests {
             state_parts_change_by_name_with_their_commit,
             definitions_are_versioned_and_immutable,
             leases_have_one_holder_at_a_time,
+            reports_are_replaced_per_replica_and_age_out,
             dead_letters_park_once_list_in_pages_and_go_when_removed,
             schedules_are_written_at_the_version_read_and_found_when_due,
             agents_are_registered_at_the_version_read,

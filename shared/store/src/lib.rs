@@ -14,6 +14,7 @@ mod azure;
 pub mod conformance;
 mod dead_letter;
 mod json_text;
+mod report;
 mod schedule;
 mod sqlite;
 mod stored;
@@ -30,6 +31,7 @@ pub use agent::{AgentRecord, MAX_AGENTS_LISTED, StoredAgent};
 pub use azure::{AzureTableConnection, AzureTableStore, INDEX_GRACE, table_requests};
 pub use dead_letter::{DeadLetter, DeadLetterPage, DeadLetterQuery};
 pub use json_text::JsonText;
+pub use report::{MAX_REPORTS_LISTED, ReplicaReport};
 pub use schedule::{MAX_SCHEDULES_LISTED, ScheduleRecord, StoredSchedule};
 pub use sqlite::{Durability, SqliteStore};
 
@@ -398,4 +400,18 @@ pub trait Store: Send + Sync + 'static {
         holder: &str,
         ttl: std::time::Duration,
     ) -> Result<bool, StoreError>;
+
+    /// Replaces what `replica` reports about `subject`; it is read back
+    /// until `ttl` from now unless written again.
+    async fn put_report(
+        &self,
+        subject: &str,
+        replica: &str,
+        body: &Value,
+        ttl: std::time::Duration,
+    ) -> Result<(), StoreError>;
+
+    /// Every report whose time has not run out, by subject then replica,
+    /// at most [`MAX_REPORTS_LISTED`].
+    async fn reports(&self) -> Result<Vec<ReplicaReport>, StoreError>;
 }

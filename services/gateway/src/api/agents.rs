@@ -2,10 +2,13 @@
 //! listed here, the built-in ones too; registering one creates its task
 //! queue, so its tasks wait for its workers from then on.
 
+use std::collections::HashMap;
+
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use legato_service::agent_figures::{AgentReport, Figures};
 use legato_service::auth::{Caller, Principal, Role};
 use legato_service::problem::Problem;
 use serde::Serialize;
@@ -35,7 +38,30 @@ pub(crate) struct AgentView {
     /// the bus cannot tell (Service Bus).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waiting: Option<u64>,
+    /// Tasks a worker (or the endpoint, or a built-in agent) holds now.
+    pub running: u64,
+    /// Tasks completed in the last five minutes.
+    pub completed: u64,
+    /// Attempts failed in the last five minutes (retried ones too).
+    pub failed: u64,
+    /// The median time from a task's start to its end over the last five
+    /// minutes, in milliseconds (within 5%); absent when none ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p50_ms: Option<f64>,
+    /// A pull agent's workers that polled in the last five minutes, the
+    /// latest first (at most 50).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<Vec<WorkerView>>,
     pub updated_at: String,
+}
+
+/// A pull worker as the registry saw it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct WorkerView {
+    /// Its `workerId`, or the credential it polled with.
+    pub id: String,
+    pub last_poll: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -44,8 +70,34 @@ pub(crate) struct AgentList {
     pub items: Vec<AgentView>,
 }
 
-/// The agent as callers see it, with what waits on its queue now.
-async fn live_view(state: &GatewayState, agent: Agent) -> AgentView {
+/// Every replica's figures, by agent; none when they cannot be read (the
+/// registry answers without them rather than not at all).
+async fn figures(state: &GatewayState) -> HashMap<String, Figures> {
+    let reports = match state.store.reports().await {
+        Ok(reports) => reports,
+        Err(e) => {
+            tracing::warn!("agent figures unknown: {e}");
+            return HashMap::new();
+        }
+    };
+    let mut by_agent: HashMap<String, Vec<AgentReport>> = HashMap::new();
+    for report in reports {
+        match serde_json::from_value(report.body) {
+            Ok(body) => by_agent.entry(report.subject).or_default().push(body),
+            Err(e) => {
+                tracing::warn!(agent = %report.subject, replica = %report.replica, "a report left out: {e}")
+            }
+        }
+    }
+    by_agent
+        .into_iter()
+        .map(|(agent, reports)| (agent, Figures::sum(&reports)))
+        .collect()
+}
+
+/// The agent as callers see it, with what waits on its queue now and the
+/// figures every replica reported.
+async fn live_view(state: &GatewayState, agent: Agent, figures: Option<&Figures>) -> AgentView {
     let group = legato_bus::topology::agent_tasks(agent.name.as_str()).group;
     let waiting = match state
         .bus
@@ -58,15 +110,41 @@ async fn live_view(state: &GatewayState, agent: Agent) -> AgentView {
             None
         }
     };
-    AgentView {
+    let pull = agent.doc.kind == AgentKind::Pull;
+    let mut view = AgentView {
         waiting,
+        workers: pull.then(Vec::new),
         ..view(agent)
+    };
+    if let Some(figures) = figures {
+        view.running = figures.running;
+        view.completed = figures.completed;
+        view.failed = figures.failed;
+        view.p50_ms = figures.p50_ms();
+        if pull {
+            view.workers = Some(
+                figures
+                    .workers
+                    .iter()
+                    .map(|w| WorkerView {
+                        id: w.id.clone(),
+                        last_poll: rfc3339(w.last_poll),
+                    })
+                    .collect(),
+            );
+        }
     }
+    view
 }
 
 fn view(agent: Agent) -> AgentView {
     AgentView {
         waiting: None,
+        running: 0,
+        completed: 0,
+        failed: 0,
+        p50_ms: None,
+        workers: None,
         name: agent.name.to_string(),
         kind: agent.doc.kind,
         owned: agent.tenant.is_some(),
@@ -141,10 +219,12 @@ pub(crate) async fn list_agents(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
 ) -> Result<Json<AgentList>, Problem> {
+    let figures = figures(&state).await;
     let mut items = Vec::new();
     for agent in registry::all(&*state.store).await? {
         if agent.serves(caller.tenant.as_ref()) {
-            items.push(live_view(&state, agent).await);
+            let figures = figures.get(agent.name.as_str());
+            items.push(live_view(&state, agent, figures).await);
         }
     }
     Ok(Json(AgentList { items }))
@@ -165,7 +245,9 @@ pub(crate) async fn get_agent(
     Path(raw): Path<String>,
 ) -> Result<Json<AgentView>, Problem> {
     let agent = visible(&state, &caller, raw).await?;
-    Ok(Json(live_view(&state, agent).await))
+    let figures = figures(&state).await;
+    let figures = figures.get(agent.name.as_str());
+    Ok(Json(live_view(&state, agent, figures).await))
 }
 
 #[utoipa::path(

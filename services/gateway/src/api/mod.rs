@@ -22,7 +22,7 @@ use crate::GatewayState;
 
 pub(crate) use agents::{
     __path_delete_agent, __path_get_agent, __path_list_agents, __path_put_agent, AgentList,
-    AgentView,
+    AgentView, WorkerView,
 };
 pub(crate) use callbacks::{
     __path_callback_complete, __path_callback_fail, __path_callback_heartbeat,

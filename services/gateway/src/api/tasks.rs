@@ -61,7 +61,8 @@ pub(crate) struct PollRequest {
     /// answer comes as soon as one task is there.
     #[schema(maximum = 25000)]
     pub wait_ms: Option<u64>,
-    /// The worker's name, for logs (at most 128 characters).
+    /// The worker's name, for logs and the agent's figures (at most 128
+    /// characters); without one, the worker is known by its credential.
     #[schema(max_length = 128)]
     pub worker_id: Option<String>,
 }
@@ -243,6 +244,12 @@ pub(crate) async fn poll(
         agents.push(servable(&state, &caller, &name, &field).await?);
     }
     let names: Vec<AgentName> = agents.iter().map(|a| a.name.clone()).collect();
+    // A worker without a name is known by whom it authenticated as.
+    let worker = request.worker_id.as_deref().unwrap_or(&caller.subject);
+    let now = time::OffsetDateTime::now_utc();
+    for name in &names {
+        state.figures.polled(name.as_str(), worker, now);
+    }
     let deliveries = state
         .pull
         .poll(&names, want, Duration::from_millis(wait_ms))
@@ -252,9 +259,7 @@ pub(crate) async fn poll(
         .iter()
         .map(|taken| pulled(&taken.token, &taken.task, taken.lease_ms))
         .collect::<Vec<_>>();
-    if let Some(worker) = &request.worker_id
-        && !tasks.is_empty()
-    {
+    if !tasks.is_empty() {
         tracing::debug!(worker = %worker, tasks = tasks.len(), "tasks handed out");
     }
     Ok(Json(PollResponse { tasks }))

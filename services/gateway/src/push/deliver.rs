@@ -76,6 +76,8 @@ pub(super) async fn deliver(pusher: &Pusher, agent: &Agent, target: &PushTarget,
         Ok(None) => Ok(()),
         Err(gone) => {
             tracing::info!(agent = %agent.name, key = %token.key, "push abandoned: {gone}");
+            let attempt = token.idempotency_key();
+            pusher.state.figures.dropped(agent.name.as_str(), &attempt);
             Ok(())
         }
     };

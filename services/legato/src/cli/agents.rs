@@ -33,15 +33,19 @@ pub async fn run(gateway: &Gateway, output: Output, command: AgentsCommand) -> a
         AgentsCommand::Ls => {
             let list = gateway.call(Method::GET, "/api/v1/agents", None).await?;
             let mut text = format!(
-                "{:<24} {:<8} {:>9}  DESCRIPTION",
-                "NAME", "KIND", "LEASE MS"
+                "{:<24} {:<8} {:>7} {:>7} {:>9} {:>6} {:>9}  DESCRIPTION",
+                "NAME", "KIND", "WAITING", "RUNNING", "COMPLETED", "FAILED", "P50 MS"
             );
             for item in list["items"].as_array().map_or(&[][..], Vec::as_slice) {
                 text.push_str(&format!(
-                    "\n{:<24} {:<8} {:>9}  {}",
+                    "\n{:<24} {:<8} {:>7} {:>7} {:>9} {:>6} {:>9}  {}",
                     item["name"].as_str().unwrap_or_default(),
                     item["kind"].as_str().unwrap_or_default(),
-                    item["leaseMs"].as_u64().unwrap_or_default(),
+                    figure(&item["waiting"]),
+                    figure(&item["running"]),
+                    figure(&item["completed"]),
+                    figure(&item["failed"]),
+                    figure(&item["p50Ms"]),
                     item["description"].as_str().unwrap_or_default(),
                 ));
             }
@@ -98,5 +102,28 @@ fn describe(view: &Value) -> String {
     if let Some(description) = view["description"].as_str() {
         text.push_str(&format!("\n{description}"));
     }
+    text.push_str(&format!(
+        "\nnow: {} waiting, {} running; last 5 minutes: {} completed, {} failed, p50 {} ms",
+        figure(&view["waiting"]),
+        figure(&view["running"]),
+        figure(&view["completed"]),
+        figure(&view["failed"]),
+        figure(&view["p50Ms"]),
+    ));
+    for worker in view["workers"].as_array().map_or(&[][..], Vec::as_slice) {
+        text.push_str(&format!(
+            "\nworker {} last polled {}",
+            worker["id"].as_str().unwrap_or_default(),
+            worker["lastPoll"].as_str().unwrap_or_default(),
+        ));
+    }
     text
+}
+
+/// A figure as the tables show it: `-` when the registry cannot tell.
+fn figure(value: &Value) -> String {
+    match value {
+        Value::Number(n) => n.to_string(),
+        _ => "-".to_owned(),
+    }
 }

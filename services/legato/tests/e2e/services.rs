@@ -76,6 +76,16 @@ async fn the_services_run_a_saga_over_rabbitmq_and_survive_a_killed_orchestrator
             "{id}: each result recorded once"
         );
     }
+
+    // Each agent process reports what it ran; the registry adds the two
+    // echo replicas up.
+    let echo = legato
+        .agent_when("echo", |a| a["completed"].as_u64() >= Some(15))
+        .await;
+    assert!(echo["p50Ms"].as_f64().is_some(), "{echo:#}");
+    legato
+        .agent_when("planner", |a| a["completed"].as_u64() >= Some(1))
+        .await;
 }
 
 /// Undecodable bytes and a message type the orchestrator does not take land

@@ -367,6 +367,25 @@ impl Legato {
         }
     }
 
+    /// The agent as the registry lists it once `shown` holds of it (its
+    /// figures are reported every 5 s; waits at most 20 s).
+    pub async fn agent_when(&self, agent: &str, shown: impl Fn(&Value) -> bool) -> Value {
+        let mut last = Value::Null;
+        for _ in 0..80 {
+            let (_, list) = self.get_json("/api/v1/agents").await;
+            let items = list["items"].as_array().cloned().unwrap_or_default();
+            last = items
+                .into_iter()
+                .find(|a| a["name"] == agent)
+                .unwrap_or_default();
+            if shown(&last) {
+                return last;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        panic!("{agent} never showed as expected: {last:#}");
+    }
+
     pub async fn wait_status(&self, id: &str, runtime_status: &str) -> Value {
         self.wait_for(id, runtime_status, Duration::from_secs(30), |s| {
             s["runtimeStatus"] == runtime_status

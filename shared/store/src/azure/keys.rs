@@ -140,6 +140,12 @@ pub(crate) fn version_of_definition(key: &str) -> Option<u32> {
     key.strip_prefix('v')?.parse().ok()
 }
 
+/// A replica's report on a subject: both hex-coded, as either may hold
+/// characters a key may not.
+pub(crate) fn report_row(subject: &str, replica: &str) -> String {
+    format!("{}-{}", hex(subject), hex(replica))
+}
+
 fn hex(text: &str) -> String {
     text.bytes().fold(String::new(), |mut out, b| {
         let _ = write!(out, "{b:02x}");

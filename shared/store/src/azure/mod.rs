@@ -23,13 +23,13 @@ mod dead_letters;
 mod definitions;
 mod index_reads;
 mod keys;
-mod lease;
 mod outbox;
 mod parts;
 mod payload;
 mod published;
 mod purge;
 mod record_version;
+mod replicas;
 mod rows;
 mod schedules;
 
@@ -533,6 +533,20 @@ impl Store for AzureTableStore {
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         self.lease(name, holder, ttl).await
+    }
+
+    async fn put_report(
+        &self,
+        subject: &str,
+        replica: &str,
+        body: &Value,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.put_report_row(subject, replica, body, ttl).await
+    }
+
+    async fn reports(&self) -> Result<Vec<crate::ReplicaReport>, StoreError> {
+        self.report_rows().await
     }
 
     async fn definition_versions(&self, name: &WorkflowName) -> Result<Vec<u32>, StoreError> {

@@ -4,6 +4,7 @@
 
 mod agents;
 mod commit;
+mod replicas;
 mod schedules;
 
 use std::path::Path;
@@ -79,6 +80,14 @@ CREATE TABLE IF NOT EXISTS leases (
     name TEXT PRIMARY KEY,
     holder TEXT NOT NULL,
     expires_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS reports (
+    subject TEXT NOT NULL,
+    replica TEXT NOT NULL,
+    body TEXT NOT NULL,
+    updated_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (subject, replica)
 );
 CREATE TABLE IF NOT EXISTS dead_letters (
     id TEXT PRIMARY KEY,
@@ -798,22 +807,21 @@ impl Store for SqliteStore {
         holder: &str,
         ttl: std::time::Duration,
     ) -> Result<bool, StoreError> {
-        let (name, holder) = (name.to_owned(), holder.to_owned());
-        let now = millis(OffsetDateTime::now_utc());
-        let expires = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
-        self.write(move |conn| {
-            // One statement: the row is taken only when free, expired or ours.
-            let taken = conn
-                .execute(
-                    "INSERT INTO leases (name, holder, expires_at) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
-                     WHERE leases.holder = excluded.holder OR leases.expires_at <= ?4",
-                    params![name, holder, expires, now],
-                )
-                .map_err(unavailable)?;
-            Ok(taken == 1)
-        })
-        .await
+        self.lease(name, holder, ttl).await
+    }
+
+    async fn put_report(
+        &self,
+        subject: &str,
+        replica: &str,
+        body: &Value,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.put_report_row(subject, replica, body, ttl).await
+    }
+
+    async fn reports(&self) -> Result<Vec<crate::ReplicaReport>, StoreError> {
+        self.report_rows().await
     }
 
     async fn put_definition(&self, d: &DefinitionRecord) -> Result<(), StoreError> {

@@ -194,4 +194,18 @@ impl Store for LimitedStore {
     ) -> Result<bool, StoreError> {
         self.inner.acquire_lease(name, holder, ttl).await
     }
+
+    async fn put_report(
+        &self,
+        subject: &str,
+        replica: &str,
+        body: &serde_json::Value,
+        ttl: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        self.inner.put_report(subject, replica, body, ttl).await
+    }
+
+    async fn reports(&self) -> Result<Vec<legato_store::ReplicaReport>, StoreError> {
+        self.inner.reports().await
+    }
 }
