@@ -4,7 +4,7 @@ asks for changes, with the team's chat model when one is configured
 the same settings as legato's built-in agents; any OpenAI-compatible server)
 and a deterministic offline review otherwise, so it runs without a network.
 
-    python reviewer.py http://127.0.0.1:8080
+    python reviewer.py http://127.0.0.1:8080   # or LEGATO_URL
 
 Input: ``{"change": "<text of the change>", "request": "<what was asked>"}``.
 Output: ``{"approved": bool, "comments": [str, ...], "reviewer": "model" | "offline"}``.
@@ -84,4 +84,5 @@ async def main(url: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8080"))
+    default = os.environ.get("LEGATO_URL", "http://127.0.0.1:8080")
+    asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else default))

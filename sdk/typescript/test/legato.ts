@@ -10,7 +10,7 @@ import { fileURLToPath } from "node:url";
 
 export const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "../../../..");
 
-function binary(): string {
+export function binary(): string {
   const named = process.env["LEGATO_BIN"];
   if (named !== undefined && named !== "") return named;
   const target = process.env["CARGO_TARGET_DIR"] ?? join(REPO, "target");

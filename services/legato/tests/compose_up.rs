@@ -87,6 +87,9 @@ fn wait_healthy(containers: usize, limit: Duration) -> Duration {
     }
 }
 
+/// Every container `up` starts.
+const CONTAINERS: usize = 12;
+
 async fn approve(legato: &Legato, id: &str, data: Value) {
     legato.wait_step(id, "approve", "Waiting").await;
     let (status, body) = legato
@@ -102,10 +105,11 @@ async fn docker_compose_up_runs_the_stack_and_survives_kills() {
     let notifier = format!("http://127.0.0.1:{}", var("LEGATO_NOTIFIER_PORT"));
     let up = Instant::now();
     compose(&["up", "-d", "--no-build", "--scale", "agent-echo=2"]);
-    // Eight services (two echo agents), RabbitMQ and Azurite.
-    let healthy = wait_healthy(11, Duration::from_secs(240));
+    // Eight services (two echo agents), the Python reviewer, RabbitMQ and
+    // Azurite.
+    let healthy = wait_healthy(CONTAINERS, Duration::from_secs(240));
     println!(
-        "11 containers healthy {healthy:?} after `up` ({:?} in all)",
+        "{CONTAINERS} containers healthy {healthy:?} after `up` ({:?} in all)",
         up.elapsed()
     );
 
@@ -176,6 +180,23 @@ async fn docker_compose_up_runs_the_stack_and_survives_kills() {
         "compensations ran: {failed:#}"
     );
 
+    // The Python reviewer (a pull worker in its own container) reviews a
+    // change; the workflow and the agent came from the mounted catalogue.
+    let reviewed = legato
+        .start_instance(
+            "reviewed-change",
+            json!({"input": {"request": "add CSV export", "change": "add CSV export to billing (TODO: totals)"}}),
+        )
+        .await;
+    let reviewed = legato.wait_status(&reviewed, "Completed").await;
+    assert_eq!(
+        reviewed["output"],
+        json!({"approved": false, "comments": ["unfinished: contains TODO"]}),
+        "{reviewed:#}"
+    );
+    let (_, reviewer) = legato.get_json("/api/v1/agents/reviewer").await;
+    assert_eq!(reviewer["kind"], "pull", "{reviewer}");
+
     // Kill the echo agents and the orchestrator mid-run, start them again.
     legato
         .register(json!({"name": "steady", "version": 1, "steps": [
@@ -205,7 +226,7 @@ async fn docker_compose_up_runs_the_stack_and_survives_kills() {
             "{id}: each of the five results recorded once"
         );
     }
-    let healthy = wait_healthy(11, Duration::from_secs(120));
+    let healthy = wait_healthy(CONTAINERS, Duration::from_secs(120));
     println!("all healthy again {healthy:?} after the kills; every instance completed once");
     compose(&["down", "-v"]);
 }

@@ -1,8 +1,9 @@
-//! `legato bench --agent pull`: the same workflow with its five tasks done
-//! by pull workers over HTTP (the TypeScript SDK's echo worker, in
-//! processes of their own on this machine) instead of the built-in echo
-//! agent, run right after the built-in figures in the same stack, so what
-//! the HTTP path adds per task reads off the two.
+//! `legato bench --agent pull|push`: the same workflow with its five tasks
+//! done outside the binary instead of by the built-in echo agent: by pull
+//! workers over HTTP (the TypeScript SDK's echo worker, in processes of
+//! their own on this machine), or POSTed to a push endpoint (the SDK's push
+//! handler, one process). It runs right after the built-in figures in the
+//! same stack, so what the HTTP path adds per task reads off the two.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -14,14 +15,22 @@ use tokio::process::{Child, Command};
 
 use super::client::{Outcome, drive};
 
-const AGENT: &str = "bench-pull";
-const WORKFLOW: &str = "bench-fan-out-pull";
 /// Tasks one after the other on the workflow's longest path (four in
 /// parallel, then one).
 const CRITICAL_PATH: f64 = 2.0;
 
-/// Where the worker script is unless `--agent-worker` says.
+/// Where the SDK's bench scripts are unless `--agent-worker` says where
+/// the pull worker is.
 pub(super) const DEFAULT_WORKER: &str = "sdk/typescript/dist/bench/echo-worker.js";
+const PUSH_ENDPOINT: &str = "sdk/typescript/dist/bench/echo-push.js";
+
+/// How the tasks get outside the binary.
+pub(super) enum Outside<'a> {
+    /// `workers` processes of the pull worker `script`.
+    Pull { script: &'a Path, workers: usize },
+    /// One process of the push endpoint, signing with `secret`.
+    Push { secret: &'a str },
+}
 
 /// The built-in run's figures, to print beside the pull run's.
 pub(super) struct Builtin<'a> {
@@ -40,75 +49,93 @@ async fn put(client: &reqwest::Client, url: String, body: Value) -> anyhow::Resu
     Ok(())
 }
 
-/// Starts `workers` worker processes of `concurrency` tasks each and waits
-/// until each says it is polling.
-async fn spawn_workers(
-    script: &Path,
-    base: &str,
-    workers: usize,
-    concurrency: usize,
-) -> anyhow::Result<Vec<Child>> {
+/// Starts `node script args…` and waits until its first line says
+/// `READY` (what follows the word is returned).
+async fn spawn_node(script: &Path, args: &[&str]) -> anyhow::Result<(Child, String)> {
     anyhow::ensure!(
         script.is_file(),
-        "no pull worker at {}: build the TypeScript SDK (cd sdk/typescript && npm ci && npm run build) or name one with --agent-worker",
+        "no {} : build the TypeScript SDK (cd sdk/typescript && npm ci && npm run build) or name a pull worker with --agent-worker",
         script.display()
     );
-    let mut children = Vec::with_capacity(workers);
-    for _ in 0..workers {
-        let mut child = Command::new("node")
-            .arg(script)
-            .args([base, AGENT, &concurrency.to_string()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| anyhow::anyhow!("node {}: {e}", script.display()))?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("the worker's stdout"))?;
-        let mut lines = BufReader::new(stdout).lines();
-        let ready = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await;
-        anyhow::ensure!(
-            matches!(ready, Ok(Ok(Some(ref line))) if line == "READY"),
-            "the pull worker did not start: {ready:?}"
-        );
-        children.push(child);
-    }
-    Ok(children)
+    let mut child = Command::new("node")
+        .arg(script)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("node {}: {e}", script.display()))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("the script's stdout"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await;
+    let rest = match ready {
+        Ok(Ok(Some(ref line))) if line.starts_with("READY") => {
+            line["READY".len()..].trim().to_owned()
+        }
+        other => anyhow::bail!("{} did not start: {other:?}", script.display()),
+    };
+    Ok((child, rest))
 }
 
-/// Runs the pull comparison on the stack at `base` and prints it beside
-/// the built-in run.
-pub(super) async fn compare_pull(
+/// Runs the comparison on the stack at `base` and prints it beside the
+/// built-in run.
+pub(super) async fn compare(
     client: &reqwest::Client,
     base: &str,
-    script: &Path,
-    workers: usize,
+    outside: Outside<'_>,
     instances: usize,
     concurrency: usize,
     builtin: Builtin<'_>,
 ) -> anyhow::Result<()> {
-    put(
-        client,
-        format!("{base}/api/v1/agents/{AGENT}"),
-        json!({"kind": "pull", "description": "legato bench's echo worker"}),
-    )
-    .await?;
-    put(
-        client,
-        format!("{base}/api/v1/workflows/{WORKFLOW}"),
-        super::definition(WORKFLOW, AGENT),
-    )
-    .await?;
-    // Enough slots that the workers never hold the stack back: every task
+    // Enough slots that the agent never holds the stack back: every task
     // of every instance in flight at once.
-    let per_worker = (concurrency * 4).div_ceil(workers.max(1)).max(1);
-    let mut children = spawn_workers(script, base, workers, per_worker).await?;
+    let in_flight = concurrency * 4;
+    let (agent, mut children, what) = match outside {
+        Outside::Pull { script, workers } => {
+            let agent = "bench-pull";
+            let per_worker = in_flight.div_ceil(workers.max(1)).max(1);
+            let spec = json!({"kind": "pull", "description": "legato bench's echo worker"});
+            put(client, format!("{base}/api/v1/agents/{agent}"), spec).await?;
+            let mut children = Vec::with_capacity(workers);
+            for _ in 0..workers {
+                let args = [base, agent, &per_worker.to_string()];
+                children.push(spawn_node(script, &args).await?.0);
+            }
+            let what = format!(
+                "a pull agent: {workers} TypeScript SDK workers over HTTP ({per_worker} tasks each at once)"
+            );
+            (agent, children, what)
+        }
+        Outside::Push { secret } => {
+            let agent = "bench-push";
+            let (child, port) = spawn_node(Path::new(PUSH_ENDPOINT), &[agent, secret]).await?;
+            let spec = json!({
+                "kind": "push", "url": format!("http://127.0.0.1:{port}/"),
+                "concurrency": in_flight.clamp(1, 1024),
+                "description": "legato bench's echo endpoint",
+            });
+            put(client, format!("{base}/api/v1/agents/{agent}"), spec).await?;
+            let what = format!(
+                "a push agent: one TypeScript SDK endpoint, {} requests at once",
+                in_flight.clamp(1, 1024)
+            );
+            (agent, vec![child], what)
+        }
+    };
+    let workflow = format!("bench-fan-out-{agent}");
+    put(
+        client,
+        format!("{base}/api/v1/workflows/{workflow}"),
+        super::definition(&workflow, agent),
+    )
+    .await?;
     let warmup = concurrency.min(instances).max(1);
-    drive(client, base, WORKFLOW, warmup, concurrency).await?;
+    drive(client, base, &workflow, warmup, concurrency).await?;
     let started = Instant::now();
-    let outcome = drive(client, base, WORKFLOW, instances, concurrency).await;
+    let outcome = drive(client, base, &workflow, instances, concurrency).await;
     let elapsed = started.elapsed();
     for child in &mut children {
         let _ = child.start_kill();
@@ -118,27 +145,25 @@ pub(super) async fn compare_pull(
     let ms = |v: u64| v as f64 / 1000.0;
     let rate = |o: &Outcome, e: Duration| o.completed as f64 / e.as_secs_f64();
     let builtin_rate = rate(builtin.outcome, builtin.elapsed);
-    let pull_rate = rate(&outcome, elapsed);
+    let their_rate = rate(&outcome, elapsed);
     let builtin_p50 = ms(builtin.outcome.latency_us.value_at_quantile(0.50));
-    let pull_p50 = ms(outcome.latency_us.value_at_quantile(0.50));
-    println!(
-        "  pull:     the same workflow on a pull agent: {workers} TypeScript SDK workers over HTTP ({per_worker} tasks each at once)"
-    );
+    let their_p50 = ms(outcome.latency_us.value_at_quantile(0.50));
+    println!("  {agent}: the same workflow on {what}");
     println!(
         "            {} completed, {} failed in {:.2} s = {:.1} instances/s ({:.0}% of built-in {:.1})",
         outcome.completed,
         outcome.failed,
         elapsed.as_secs_f64(),
-        pull_rate,
-        100.0 * pull_rate / builtin_rate.max(f64::MIN_POSITIVE),
+        their_rate,
+        100.0 * their_rate / builtin_rate.max(f64::MIN_POSITIVE),
         builtin_rate
     );
     println!(
         "            start-to-complete p50 {:.1} ms  p99 {:.1} ms (built-in p50 {:.1} ms): {:+.2} ms p50 per task on the 2-task path",
-        pull_p50,
+        their_p50,
         ms(outcome.latency_us.value_at_quantile(0.99)),
         builtin_p50,
-        (pull_p50 - builtin_p50) / CRITICAL_PATH
+        (their_p50 - builtin_p50) / CRITICAL_PATH
     );
     Ok(())
 }

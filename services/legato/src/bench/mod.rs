@@ -81,8 +81,9 @@ pub struct BenchOptions {
     /// steps, reported the same way.
     #[arg(long)]
     pub sequence: Option<usize>,
-    /// Also run the workflow on a `pull` agent (workers over HTTP) after
-    /// the built-in run, in the same stack, and print both.
+    /// Also run the workflow on a `pull` agent (workers over HTTP) or a
+    /// `push` agent (an endpoint legato POSTs to) after the built-in run,
+    /// in the same stack, and print both.
     #[arg(long, default_value = "builtin")]
     pub agent: AgentChoice,
     /// Pull worker processes for `--agent pull`.
@@ -100,6 +101,9 @@ pub enum AgentChoice {
     Builtin,
     /// The built-in run, then the same on a pull agent.
     Pull,
+    /// The built-in run, then the same on a push agent (the bench's own
+    /// stack only: it sets the signing secret).
+    Push,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -168,6 +172,8 @@ impl Bus for CountingBus {
 }
 
 const WORKFLOW: &str = "bench-fan-out";
+/// The bench stack's push signing secret (`--agent push`): a throwaway.
+const PUSH_SECRET: &str = "whsec_bGVnYXRvIGJlbmNoIHB1c2ggc2lnbmluZyBrZXk=";
 
 /// The bench workflow `name`: four tasks of `agent` in parallel, then one
 /// that needs them all.
@@ -187,6 +193,10 @@ fn definition(name: &str, agent: &str) -> Value {
 }
 
 pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !(options.agent == AgentChoice::Push && options.url.is_some()),
+        "--agent push runs on the bench's own stack (it sets the signing secret), not with --url"
+    );
     let scratch = std::env::temp_dir().join(format!("legato-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
     let shutdown = Shutdown::new();
@@ -222,6 +232,9 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
             // that protects a shared gateway.
             config.gateway.limits.starts_per_second = 0;
             config.gateway.limits.signals_per_second = 0;
+            // `--agent push`: the endpoint listens on loopback.
+            config.gateway.push.allowed_hosts = vec!["127.0.0.1".into()];
+            config.gateway.push.signing_secret = PUSH_SECRET.into();
             if options.store == StoreChoice::AzureTable {
                 config.store = Some(StoreSettings::AzureTable {
                     connection_string: Some(options.tables.clone()),
@@ -438,20 +451,24 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
             (bus_rate / per_instance) / rate.max(f64::MIN_POSITIVE)
         );
     }
-    if options.agent == AgentChoice::Pull {
-        agents::compare_pull(
-            &client,
-            &base,
-            &agents::worker_script(options.agent_worker.as_ref()),
-            options.agent_workers,
-            options.instances,
-            options.concurrency,
-            agents::Builtin {
-                outcome: &outcome,
-                elapsed,
-            },
-        )
-        .await?;
+    let script = agents::worker_script(options.agent_worker.as_ref());
+    let outside = match options.agent {
+        AgentChoice::Builtin => None,
+        AgentChoice::Pull => Some(agents::Outside::Pull {
+            script: &script,
+            workers: options.agent_workers,
+        }),
+        AgentChoice::Push => Some(agents::Outside::Push {
+            secret: PUSH_SECRET,
+        }),
+    };
+    if let Some(outside) = outside {
+        let builtin = agents::Builtin {
+            outcome: &outcome,
+            elapsed,
+        };
+        let (instances, concurrency) = (options.instances, options.concurrency);
+        agents::compare(&client, &base, outside, instances, concurrency, builtin).await?;
     }
     if let Some(stack) = stack {
         stack.shutdown().trigger();
