@@ -225,6 +225,41 @@ async fn without_managing_entities_only_a_replicas_own_subscription_is_made() {
     panic!("the replica's subscription outlived it");
 }
 
+/// An agent registered at run time gets its task subscription from the
+/// adapter even when the infrastructure made every other entity: its
+/// tasks wait there for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_managing_entities_an_agents_task_queue_is_still_made() {
+    let (standin, _infra) = standin_bus(Config::new("infra-agent"), Duration::from_secs(5)).await;
+    let connection =
+        ServiceBusConnection::from_connection_string(&standin.connection_string()).unwrap();
+    let mut unmanaged = options(Some(standin.url()));
+    unmanaged.prefix = infra_prefix(&standin);
+    unmanaged.manage_entities = false;
+    let bus = ServiceBusBus::connect(connection, unmanaged).await.unwrap();
+    let tasks = standin
+        .topics()
+        .into_iter()
+        .find(|t| t.ends_with("agent-tasks"))
+        .unwrap();
+    let before = standin.subscriptions(&tasks).unwrap();
+    let mut queue = bus
+        .subscribe(legato_bus::topology::agent_tasks("late-reviewer"))
+        .await
+        .unwrap();
+    let after = standin.subscriptions(&tasks).unwrap();
+    assert_eq!(after.len(), before.len() + 1, "{before:?} -> {after:?}");
+    bus.publish(Topic::AgentTasks, "late-reviewer", message("review this"))
+        .await
+        .unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(10), queue.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&d.body[..], b"review this");
+    d.ack().await.unwrap();
+}
+
 /// The prefix the stand-in's topics carry (one run's own).
 fn infra_prefix(standin: &StandIn) -> String {
     let commands = standin

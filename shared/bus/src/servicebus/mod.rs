@@ -37,8 +37,10 @@
 //!   lists no routes, so it cannot tell an unroutable message from a
 //!   routed one: every durable entity of `legato topology --bus
 //!   servicebus` must exist beforehand. Ephemeral subscriptions are still
-//!   created and deleted by their replica (nothing else can), which needs
-//!   Manage on their topics (`agent-tasks`, `progress`).
+//!   created and deleted by their replica (nothing else can), and an
+//!   agent's task subscription by whoever subscribes to it first (an agent
+//!   registered at run time has none beforehand), which needs Manage on
+//!   their topics (`agent-tasks`, `progress`).
 
 mod connection;
 mod errors;
@@ -451,12 +453,14 @@ impl Bus for ServiceBusBus {
                 .remove(&spec.topic);
         } else {
             // A replica's own subscription cannot be made beforehand by the
-            // infrastructure: it is created here even so, which needs
-            // Manage on its topic only.
+            // infrastructure, nor can the task queue of an agent registered
+            // at run time: both are created here even so, which needs
+            // Manage on their topics only (`agent-tasks`, `progress`).
+            let agent_tasks = self.topic(Topic::AgentTasks);
             let own: Vec<PlannedSubscription> = plan
                 .subscriptions
                 .into_iter()
-                .filter(|s| s.ephemeral)
+                .filter(|s| s.ephemeral || s.topic == agent_tasks)
                 .collect();
             self.ensure(&own).await?;
         }
