@@ -243,13 +243,24 @@ async fn without_managing_entities_an_agents_task_queue_is_still_made() {
         .find(|t| t.ends_with("agent-tasks"))
         .unwrap();
     let before = standin.subscriptions(&tasks).unwrap();
-    let mut queue = bus
+    let queue = bus
         .subscribe(legato_bus::topology::agent_tasks("late-reviewer"))
         .await
         .unwrap();
     let after = standin.subscriptions(&tasks).unwrap();
     assert_eq!(after.len(), before.len() + 1, "{before:?} -> {after:?}");
+    let group = legato_bus::topology::agent_tasks("late-reviewer").group;
+    drop(queue);
     bus.publish(Topic::AgentTasks, "late-reviewer", message("review this"))
+        .await
+        .unwrap();
+    assert_eq!(
+        bus.waiting(Topic::AgentTasks, &group).await.unwrap(),
+        Some(1),
+        "read from the subscription's description"
+    );
+    let mut queue = bus
+        .subscribe(legato_bus::topology::agent_tasks("late-reviewer"))
         .await
         .unwrap();
     let d = tokio::time::timeout(Duration::from_secs(10), queue.next())

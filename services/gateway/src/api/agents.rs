@@ -34,8 +34,8 @@ pub(crate) struct AgentView {
     /// A push agent's endpoint.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
-    /// Tasks on the agent's queue waiting for a worker now; absent when
-    /// the bus cannot tell (Service Bus).
+    /// Tasks on the agent's queue waiting for a worker now (over Service
+    /// Bus, locked ones too); absent when the bus cannot tell.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waiting: Option<u64>,
     /// Tasks a worker (or the endpoint, or a built-in agent) holds now.

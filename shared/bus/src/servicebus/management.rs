@@ -301,6 +301,43 @@ impl Management {
         Ok(Some(all))
     }
 
+    /// Messages of a subscription ready for a receiver (its
+    /// `CountDetails/ActiveMessageCount`, which counts locked ones too);
+    /// `Some(0)` when it does not exist, `None` when this identity may not
+    /// read it.
+    pub(super) async fn active_messages(
+        &self,
+        topic: &str,
+        subscription: &str,
+    ) -> Result<Option<u64>, BusError> {
+        let path = format!("{topic}/subscriptions/{subscription}");
+        let (status, body) = self.call(Method::Get, self.url(&path, "")?, None).await?;
+        match status {
+            200 => {}
+            401 | 403 => return Ok(None),
+            status if errors::gone(status) => return Ok(Some(0)),
+            other => {
+                return Err(errors::from_status(
+                    other,
+                    &format!("reading {path}"),
+                    &String::from_utf8_lossy(&body),
+                ));
+            }
+        }
+        let entry = entries(&body)
+            .map_err(BusError::Unavailable)?
+            .into_iter()
+            .next();
+        let count = entry.as_ref().and_then(|e| e.get("ActiveMessageCount"));
+        count
+            .map(|c| {
+                c.parse().map_err(|_| {
+                    BusError::Unavailable(format!("{path}: active message count {c:?}"))
+                })
+            })
+            .transpose()
+    }
+
     pub(super) async fn ensure_topic(
         &self,
         topic: &str,

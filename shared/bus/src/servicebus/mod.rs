@@ -488,6 +488,17 @@ impl Bus for ServiceBusBus {
         })))
     }
 
+    /// The subscription's active messages, from its description (which
+    /// counts the ones a receiver holds locked too); `None` when the
+    /// identity may not read the description.
+    async fn waiting(&self, topic: Topic, group: &str) -> Result<Option<u64>, BusError> {
+        let subscription = names::subscription_name(group);
+        self.inner
+            .management
+            .active_messages(&self.topic(topic), &subscription)
+            .await
+    }
+
     /// The group's dead letters: those the adapter moved (the dead-letter
     /// topic) and those Service Bus moved itself (`$DeadLetterQueue`).
     async fn dead_letters(
