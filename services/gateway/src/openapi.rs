@@ -3,6 +3,7 @@
 //! `LEGATO_BLESS=1 cargo test -p legato-gateway` rewrites the file).
 
 use axum::Json;
+use axum::extract::State;
 use serde_json::{Value, json};
 use utoipa::OpenApi;
 
@@ -28,8 +29,69 @@ use legato_service::problem::{FieldError, Problem};
 )]
 pub struct ApiDoc;
 
-/// The document as served.
+/// How the running gateway authenticates callers, as its document says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Security {
+    /// `gateway.auth.mode = none`: no credentials asked, no 401.
+    None,
+    /// `api_key`: `Authorization: Bearer <key>`.
+    ApiKey,
+    /// `jwt`: `Authorization: Bearer <OpenID Connect access token>`.
+    Jwt,
+}
+
+impl Security {
+    pub fn of(auth: &legato_service::auth::Authenticator) -> Self {
+        use legato_service::auth::Authenticator;
+        match auth {
+            Authenticator::Anyone => Self::None,
+            Authenticator::ApiKeys(_) => Self::ApiKey,
+            Authenticator::Jwt(_) => Self::Jwt,
+        }
+    }
+}
+
+/// The document of the authenticated modes (`contracts/openapi.json`).
 pub fn document() -> Value {
+    document_for(None)
+}
+
+/// The document as a gateway in `security` mode serves it: what that mode
+/// enforces, so generated clients and conformance runs expect only that.
+/// `None` leaves the scheme open between the two authenticated modes.
+pub fn document_for(security: Option<Security>) -> Value {
+    let mut doc = base_document();
+    let description = match security {
+        Some(Security::None) => {
+            if let Some(paths) = doc["paths"].as_object_mut() {
+                for operation in paths.values_mut().filter_map(Value::as_object_mut) {
+                    for operation in operation.values_mut() {
+                        if let Some(responses) = operation["responses"].as_object_mut() {
+                            responses.remove("401");
+                        }
+                    }
+                }
+            }
+            return doc;
+        }
+        Some(Security::ApiKey) => {
+            "An API key issued by the operator (`gateway.auth.api_keys`), as `Authorization: Bearer <key>`."
+        }
+        Some(Security::Jwt) => {
+            "An OpenID Connect access token from the configured issuer (`gateway.auth.jwt`), as `Authorization: Bearer <token>`."
+        }
+        None => {
+            "An API key (`gateway.auth.mode = api_key`) or an OpenID Connect access token (`jwt`); not needed when `gateway.auth.mode = none`, whose served document asks for none."
+        }
+    };
+    doc["components"]["securitySchemes"] = json!({
+        "bearer": {"type": "http", "scheme": "bearer", "description": description}
+    });
+    doc["security"] = json!([{"bearer": []}]);
+    doc
+}
+
+fn base_document() -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
     // The progress stream is served by the notifier (same port in `legato up`).
     doc["paths"]["/api/v1/instances/{id}/stream"] = json!({
@@ -207,14 +269,9 @@ fn with_common_answers(mut value: Value) -> Value {
         *event = json!({"description": "Event data: any JSON; an empty body is null",
             "required": false, "content": {"application/json": {"schema": {}}}});
     }
-    value["components"]["securitySchemes"] = json!({
-        "bearer": {"type": "http", "scheme": "bearer",
-            "description": "An API key (`gateway.auth.mode = api_key`) or an OpenID Connect access token (`jwt`); not needed when `gateway.auth.mode = none`."}
-    });
-    value["security"] = json!([{"bearer": []}]);
     value
 }
 
-pub(crate) async fn serve() -> Json<Value> {
-    Json(document())
+pub(crate) async fn serve(State(state): State<crate::GatewayState>) -> Json<Value> {
+    Json(document_for(Some(Security::of(&state.auth))))
 }

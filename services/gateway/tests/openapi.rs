@@ -9,6 +9,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use legato_bus::InProcessBus;
 use legato_gateway::{GatewaySettings, GatewayState, router};
+use legato_service::auth::Authenticator;
 use legato_store::SqliteStore;
 use serde_json::Value;
 use tower::ServiceExt;
@@ -154,4 +155,59 @@ async fn errors_are_problem_details_naming_the_field() {
             .unwrap();
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
     }
+}
+
+async fn served(state: GatewayState) -> Value {
+    let response = router(state)
+        .oneshot(
+            Request::get("/api/v1/openapi.json")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = axum::body::to_bytes(response.into_body(), 1 << 22)
+        .await
+        .unwrap();
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// Whether any operation of `doc` documents a 401.
+fn answers_401(doc: &Value) -> bool {
+    doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|item| item.as_object().unwrap().values())
+        .any(|operation| operation["responses"].get("401").is_some())
+}
+
+#[tokio::test]
+async fn the_served_document_asks_for_what_the_auth_mode_enforces() {
+    let state = || {
+        GatewayState::new(
+            Arc::new(SqliteStore::in_memory().unwrap()),
+            Arc::new(InProcessBus::default()),
+            GatewaySettings::default(),
+        )
+    };
+    let open = served(state()).await;
+    assert!(open.get("security").is_none(), "mode none asks for nothing");
+    assert!(open["components"].get("securitySchemes").is_none());
+    assert!(!answers_401(&open), "mode none never answers 401");
+
+    let keyed = served(state().with_auth(Authenticator::ApiKeys(Vec::new()))).await;
+    assert_eq!(keyed["security"], serde_json::json!([{"bearer": []}]));
+    let scheme = &keyed["components"]["securitySchemes"]["bearer"];
+    assert_eq!(scheme["scheme"], "bearer");
+    assert!(
+        scheme["description"].as_str().unwrap().contains("API key"),
+        "{scheme}"
+    );
+    assert!(answers_401(&keyed));
+    // The contract is the authenticated modes' document.
+    let contract = legato_gateway::openapi::document();
+    assert_eq!(contract["security"], keyed["security"]);
+    assert_eq!(contract["paths"], keyed["paths"]);
 }
