@@ -97,7 +97,8 @@ async def test_five_hundred_tasks_over_four_workers_each_recorded_once(legato: L
         serving(legato, {"py-square": square_for("a")}, concurrency=8),
         serving(legato, {"py-square": square_for("b")}, concurrency=8),
         serving(legato, {"py-square": square_for("c")}, concurrency=8),
-        serving(legato, {"py-square": square_for("d")}, concurrency=8),
+        # More slots than one poll may ask for: it asks for the most.
+        serving(legato, {"py-square": square_for("d")}, concurrency=100),
     ):
         instance = await legato.start("py-squares", {"numbers": list(range(500))})
         done = await legato.wait_for(instance, "Completed", timeout_s=120)

@@ -11,6 +11,8 @@ import { type Handler, type Outcome, type Task, type WireTask, runHandler, taskO
 
 /** Heartbeats per lease: one lost beat never costs the lease. */
 const BEATS_PER_LEASE = 3;
+/** The most tasks one poll may ask for (the gateway refuses more). */
+export const MAX_TASKS_PER_POLL = 64;
 const MAX_MESSAGE = 4096;
 
 export interface WorkerOptions {
@@ -111,7 +113,7 @@ export class Worker {
       try {
         tasks = await this.client.poll(
           agents,
-          this.concurrency - this.running.size,
+          Math.min(this.concurrency - this.running.size, MAX_TASKS_PER_POLL),
           this.pollWaitMs,
           this.workerId,
           // Hanging up is safe: the gateway returns what this poll had not

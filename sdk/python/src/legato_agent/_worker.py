@@ -25,6 +25,8 @@ Handler = Callable[[Task], Awaitable[Any]]
 
 #: Heartbeats per lease: one lost beat never costs the lease.
 _BEATS_PER_LEASE = 3
+#: The most tasks one poll may ask for (the gateway refuses more).
+MAX_TASKS_PER_POLL = 64
 
 
 class Worker:
@@ -108,7 +110,12 @@ class Worker:
                 await slots.acquire()
                 free = self._concurrency - len(self._running)
                 poll = asyncio.ensure_future(
-                    self._client.poll(agents, max(free, 1), self._poll_wait_ms, self._worker_id)
+                    self._client.poll(
+                        agents,
+                        min(max(free, 1), MAX_TASKS_PER_POLL),
+                        self._poll_wait_ms,
+                        self._worker_id,
+                    )
                 )
                 await asyncio.wait({poll, stopping}, return_when=asyncio.FIRST_COMPLETED)
                 if not poll.done():

@@ -133,9 +133,11 @@ pub(super) async fn compare(
     )
     .await?;
     let warmup = concurrency.min(instances).max(1);
-    drive(client, base, &workflow, warmup, concurrency).await?;
+    let warm = drive(client, base, &workflow, warmup, concurrency);
+    while_alive(&mut children, warm).await?;
     let started = Instant::now();
-    let outcome = drive(client, base, &workflow, instances, concurrency).await;
+    let run = drive(client, base, &workflow, instances, concurrency);
+    let outcome = while_alive(&mut children, run).await;
     let elapsed = started.elapsed();
     for child in &mut children {
         let _ = child.start_kill();
@@ -166,6 +168,22 @@ pub(super) async fn compare(
         (their_p50 - builtin_p50) / CRITICAL_PATH
     );
     Ok(())
+}
+
+/// `work`, unless one of `children` exits first: the run cannot finish
+/// without them.
+async fn while_alive<T>(
+    children: &mut [Child],
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let exited = futures::future::select_all(children.iter_mut().map(|c| Box::pin(c.wait())));
+    tokio::select! {
+        done = work => done,
+        (status, which, _) = exited => {
+            let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+            anyhow::bail!("agent process {which} exited during the run ({status}); its error is above")
+        }
+    }
 }
 
 /// The worker script: `--agent-worker`, else the SDK's build beside the
