@@ -1,5 +1,6 @@
 /**
- * The pull-worker protocol over HTTP: poll, heartbeat, complete, fail.
+ * The pull-worker protocol over HTTP: poll, heartbeat, complete (one, or
+ * many in one request), fail.
  *
  * Every report on a task is safe to send again (the gateway records a
  * result once per attempt), so network errors, 429 and 5xx answers are
@@ -26,6 +27,67 @@ export class ProtocolError extends Error {
 export interface Answer {
   wanted: boolean;
   detail?: string;
+}
+
+/** The most completions one request carries (the gateway refuses more). */
+export const MAX_COMPLETIONS = 64;
+
+interface CompletionResult {
+  status?: string;
+  problem?: { detail?: string };
+}
+
+function answerOf(result: CompletionResult | undefined): Answer {
+  if (result?.status === "recorded" || result?.status === "recorded_before") {
+    return { wanted: true };
+  }
+  return { wanted: false, detail: result?.problem?.detail ?? "no answer for this completion" };
+}
+
+interface Queued {
+  token: string;
+  output: unknown;
+  resolve: (answer: Answer) => void;
+  reject: (error: unknown) => void;
+}
+
+/**
+ * Completions on their way: whatever finishes while a batch is in flight
+ * goes in the next one, so a quiet worker sends each result at once and a
+ * busy one sends a request per batch rather than per task.
+ */
+export class Completions {
+  private queue: Queued[] = [];
+  private sending = false;
+
+  constructor(private readonly client: Client) {}
+
+  complete(token: string, output: unknown): Promise<Answer> {
+    return new Promise((resolve, reject) => {
+      this.queue.push({ token, output, resolve, reject });
+      void this.send();
+    });
+  }
+
+  private async send(): Promise<void> {
+    if (this.sending) return;
+    this.sending = true;
+    try {
+      while (this.queue.length > 0) {
+        const batch = this.queue.splice(0, MAX_COMPLETIONS);
+        try {
+          const answers = await this.client.completeMany(
+            batch.map(({ token, output }) => ({ token, output })),
+          );
+          batch.forEach((queued, i) => queued.resolve(answers[i] ?? { wanted: false }));
+        } catch (e) {
+          for (const queued of batch) queued.reject(e);
+        }
+      }
+    } finally {
+      this.sending = false;
+    }
+  }
 }
 
 async function detailOf(response: Response): Promise<string> {
@@ -113,6 +175,36 @@ export class Client {
     }
     const body = (await response.json()) as { tasks?: WireTask[] };
     return body.tasks ?? [];
+  }
+
+  /**
+   * Sends completions together (at most {@link MAX_COMPLETIONS}), retrying
+   * the batch as a whole while it may be retried; one answer per completion,
+   * in order.
+   */
+  async completeMany(completions: { token: string; output: unknown }[]): Promise<Answer[]> {
+    let last: unknown;
+    for (let attempt = 0; attempt < this.reportAttempts; attempt++) {
+      let response: Response | undefined;
+      try {
+        response = await this.post("/api/v1/tasks/complete", { completions });
+      } catch (e) {
+        last = e;
+      }
+      if (response !== undefined) {
+        if (response.status === 200) {
+          const body = (await response.json()) as { results?: CompletionResult[] };
+          return completions.map((_, i) => answerOf(body.results?.[i]));
+        }
+        const detail = await detailOf(response);
+        if (!RETRYABLE.has(response.status)) {
+          throw new ProtocolError(response.status, detail);
+        }
+        last = new ProtocolError(response.status, detail);
+      }
+      await sleep(backoff(response, attempt));
+    }
+    throw last instanceof Error ? last : new Error(String(last));
   }
 
   /** Sends a heartbeat, completion or failure, retrying what may be retried. */

@@ -6,7 +6,7 @@
 
 import { hostname } from "node:os";
 
-import { Client, ProtocolError, backoff, sleep } from "./client.js";
+import { type Answer, Client, Completions, ProtocolError, backoff, sleep } from "./client.js";
 import { type Handler, type Outcome, type Task, type WireTask, runHandler, taskOf } from "./task.js";
 
 /** Heartbeats per lease: one lost beat never costs the lease. */
@@ -44,6 +44,7 @@ interface Running {
 
 export class Worker {
   private readonly client: Client;
+  private readonly completions: Completions;
   private readonly agents: Record<string, Handler>;
   private readonly concurrency: number;
   private readonly workerId: string;
@@ -63,6 +64,7 @@ export class Worker {
     }
     this.agents = options.agents;
     this.client = new Client(options.url, options.apiKey);
+    this.completions = new Completions(this.client);
     this.workerId = options.workerId ?? `${hostname()}-${process.pid}`;
     this.pollWaitMs = options.pollWaitMs ?? 20_000;
     this.drainTimeoutMs = options.drainTimeoutMs ?? 30_000;
@@ -214,19 +216,25 @@ export class Worker {
       return;
     }
     if ("output" in outcome) {
-      await this.settle(entry, "complete", { output: outcome.output });
+      const { output } = outcome;
+      await this.settle(entry, "complete", () => this.completions.complete(entry.token, output));
     } else {
       await this.fail(entry, outcome.error, outcome.retryable);
     }
   }
 
   private fail(entry: Running, message: string, retryable: boolean): Promise<void> {
-    return this.settle(entry, "fail", { message: message.slice(0, MAX_MESSAGE), retryable });
+    const body = { message: message.slice(0, MAX_MESSAGE), retryable };
+    return this.settle(entry, "fail", () => this.client.report(entry.token, "fail", body));
   }
 
-  private async settle(entry: Running, what: "complete" | "fail", body: unknown): Promise<void> {
+  private async settle(
+    entry: Running,
+    what: "complete" | "fail",
+    send: () => Promise<Answer>,
+  ): Promise<void> {
     try {
-      const answer = await this.client.report(entry.token, what, body);
+      const answer = await send();
       if (!answer.wanted) {
         this.log.info(
           `legato: task ${entry.task.key}#${entry.task.attempt}: ${what} not recorded: ${answer.detail ?? ""}`,

@@ -5,7 +5,10 @@
 //! same), and the reports (heartbeat, completion, failure) sent on to the
 //! orchestrator.
 
+use std::collections::HashMap;
 use std::time::Duration;
+
+use futures::StreamExt;
 
 use axum::http::StatusCode;
 use base64::Engine;
@@ -15,7 +18,7 @@ use legato_contracts::{
     AgentName, Envelope, HeartbeatKind, InstanceId, Payload, RuntimeStatus, TaskCompleted,
     TaskDispatched, TaskError, TaskFailed, TaskHeartbeat, TaskKey, TraceParent,
 };
-use legato_engine::SlotStatus;
+use legato_engine::{InstanceState, SlotStatus};
 use legato_service::agent_figures::Outcome;
 use legato_service::problem::Problem;
 use serde::{Deserialize, Serialize};
@@ -120,21 +123,7 @@ pub(crate) async fn take(
     if held.is_empty() {
         return Ok(Vec::new());
     }
-    let routed = claims
-        .iter()
-        .map(|claim| {
-            legato_bus::OutgoingMessage::from_envelope(claim).map(|message| legato_bus::Routed {
-                topic: claim.payload.topic(),
-                routing_key: claim
-                    .payload
-                    .routing_key(claim.subject.as_str())
-                    .into_owned(),
-                message,
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(unavailable)?;
-    if let Err(e) = state.bus.publish_all(routed).await {
+    if let Err(e) = state.bus.publish_all(routed(&claims)?).await {
         // Not leased: back to the queue for the next taker.
         for (delivery, _) in held {
             settle(delivery.nack().await);
@@ -256,6 +245,33 @@ fn settle(result: Result<(), legato_bus::BusError>) {
     }
 }
 
+/// The envelopes as messages, each to its topic with its routing key.
+fn routed(envelopes: &[Envelope]) -> Result<Vec<legato_bus::Routed>, Problem> {
+    envelopes
+        .iter()
+        .map(|envelope| {
+            legato_bus::OutgoingMessage::from_envelope(envelope).map(|message| legato_bus::Routed {
+                topic: envelope.payload.topic(),
+                routing_key: envelope
+                    .payload
+                    .routing_key(envelope.subject.as_str())
+                    .into_owned(),
+                message,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(unavailable)
+}
+
+fn bus_unavailable(e: legato_bus::BusError) -> Problem {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Bus unavailable",
+        format!("could not reach the orchestrator: {e}"),
+    )
+    .retry_after(Duration::from_secs(1))
+}
+
 async fn publish(
     state: &GatewayState,
     instance: &InstanceId,
@@ -264,14 +280,11 @@ async fn publish(
 ) -> Result<(), Problem> {
     let envelope = Envelope::new(SOURCE, instance.clone(), OffsetDateTime::now_utc(), payload)
         .with_traceparent(traceparent);
-    state.bus.publish_envelope(&envelope).await.map_err(|e| {
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Bus unavailable",
-            format!("could not reach the orchestrator: {e}"),
-        )
-        .retry_after(Duration::from_secs(1))
-    })
+    state
+        .bus
+        .publish_envelope(&envelope)
+        .await
+        .map_err(bus_unavailable)
 }
 
 /// Where the attempt a token names stands now.
@@ -283,13 +296,36 @@ pub(crate) enum Standing {
     Completed,
 }
 
+fn missing() -> Problem {
+    Problem::not_found("no such task")
+}
+
+/// The instance a token names, read now; `None` when there is none (a
+/// store that does not answer is an error, not a missing task).
+async fn instance_of(
+    state: &GatewayState,
+    token: &Token,
+) -> Result<Option<InstanceState>, Problem> {
+    match crate::api::load(state, &token.instance).await {
+        Ok((_, engine)) => Ok(Some(engine)),
+        Err(problem) if problem.status == 404 => Ok(None),
+        Err(problem) => Err(problem),
+    }
+}
+
 /// Reads the attempt a token names. An unknown one answers 404; one that is
 /// no longer wanted answers 409 with why.
 pub(crate) async fn standing(state: &GatewayState, token: &Token) -> Result<Standing, Problem> {
-    let missing = || Problem::not_found("no such task");
-    let (_, engine) = crate::api::load(state, &token.instance)
-        .await
-        .map_err(|_| missing())?;
+    let engine = instance_of(state, token).await?.ok_or_else(missing)?;
+    standing_in(state, &engine, token)
+}
+
+/// Where the attempt stands in `engine`, its instance as read.
+fn standing_in(
+    state: &GatewayState,
+    engine: &InstanceState,
+    token: &Token,
+) -> Result<Standing, Problem> {
     let slot = engine
         .task_slot(&token.key)
         .filter(|s| s.agent == token.agent)
@@ -399,6 +435,90 @@ pub(crate) async fn complete(
     publish(state, &token.instance, None, completed.into()).await?;
     count_end(state, token, Outcome::Completed);
     Ok(Reported::Recorded)
+}
+
+/// One completion of a batch.
+pub(crate) struct Completion {
+    pub token: Token,
+    pub output: Value,
+    pub custom_status: Option<Value>,
+}
+
+/// Instances read at once while a batch is checked.
+const PARALLEL_READS: usize = 16;
+
+/// Records a batch of completions: each instance read once, every result
+/// sent in one publish, each completion answered as [`complete`] would. A
+/// store or bus that does not answer fails the whole batch; sending it
+/// again records each result once.
+pub(crate) async fn complete_all(
+    state: &GatewayState,
+    completions: Vec<Completion>,
+) -> Result<Vec<Result<Reported, Problem>>, Problem> {
+    let mut instances: Vec<Token> = Vec::new();
+    for completion in &completions {
+        if !instances
+            .iter()
+            .any(|t| t.instance == completion.token.instance)
+        {
+            instances.push(completion.token.clone());
+        }
+    }
+    let reads: Vec<_> = futures::stream::iter(instances)
+        .map(|token| async move {
+            let engine = instance_of(state, &token).await;
+            engine.map(|engine| (token.instance, engine))
+        })
+        .buffer_unordered(PARALLEL_READS)
+        .collect()
+        .await;
+    let mut engines = HashMap::with_capacity(reads.len());
+    for read in reads {
+        let (instance, engine) = read?;
+        engines.insert(instance, engine);
+    }
+    let mut answers = Vec::with_capacity(completions.len());
+    let mut results = Vec::new();
+    for completion in completions {
+        let engine = engines
+            .get(&completion.token.instance)
+            .and_then(Option::as_ref);
+        let standing = engine
+            .ok_or_else(missing)
+            .and_then(|engine| standing_in(state, engine, &completion.token));
+        answers.push(match standing {
+            Ok(Standing::Completed) => Ok(Reported::RecordedBefore),
+            Ok(Standing::Running) => {
+                results.push(completion);
+                Ok(Reported::Recorded)
+            }
+            Err(problem) => Err(problem),
+        });
+    }
+    let now = OffsetDateTime::now_utc();
+    let envelopes: Vec<Envelope> = results
+        .iter()
+        .map(|c| {
+            let completed = TaskCompleted {
+                key: c.token.key.clone(),
+                attempt: c.token.attempt,
+                output: c.output.clone(),
+                custom_status: c.custom_status.clone(),
+            };
+            Envelope::new(SOURCE, c.token.instance.clone(), now, completed)
+        })
+        .collect();
+    if !envelopes.is_empty() {
+        state
+            .bus
+            .publish_all(routed(&envelopes)?)
+            .await
+            .map_err(bus_unavailable)?;
+    }
+    for completion in &results {
+        count_end(state, &completion.token, Outcome::Completed);
+    }
+    Ok(answers)
 }
 
 /// Records the attempt's failure: retried under the step's policy when

@@ -445,3 +445,66 @@ async fn a_tenants_worker_takes_only_its_tenants_tasks() {
     let (status, _) = acme.post("/api/v1/agents/reviewer", json!({})).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_completions_is_answered_one_by_one() {
+    let dir = temp_dir();
+    let legato = Legato::start(dir.path());
+    let (status, _) = legato
+        .put(
+            "/api/v1/agents/reviewer",
+            json!({"kind": "pull", "leaseMs": 1500}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    legato.register(review_workflow("reviewed", None)).await;
+    let one = legato
+        .start_instance("reviewed", json!({"input": {"text": "one"}}))
+        .await;
+    let two = legato
+        .start_instance("reviewed", json!({"input": {"text": "two"}}))
+        .await;
+    let mut tasks = Vec::new();
+    while tasks.len() < 2 {
+        tasks.extend(poll(&legato, &["reviewer"], 2, 5_000).await);
+    }
+    let batch = |outputs: &[&str]| {
+        let mut completions: Vec<Value> = tasks
+            .iter()
+            .zip(outputs)
+            .map(|(t, o)| json!({"token": t["token"], "output": o}))
+            .collect();
+        completions.push(json!({"token": "not-a-token", "output": 1}));
+        json!({ "completions": completions })
+    };
+    let (status, body) = legato
+        .post("/api/v1/tasks/complete", batch(&["first", "second"]))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let statuses: Vec<&str> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["recorded", "recorded", "refused"], "{body}");
+    assert_eq!(body["results"][2]["problem"]["status"], 400, "{body}");
+    for (task, output) in tasks.iter().zip(["first", "second"]) {
+        let id = task["instanceId"].as_str().unwrap();
+        assert!(id == one || id == two, "{task}");
+        let done = legato.wait_status(id, "Completed").await;
+        assert_eq!(step_of(&done, "review")["output"], output, "{done:#}");
+    }
+    // Sent again: each recorded once.
+    let (_, again) = legato
+        .post("/api/v1/tasks/complete", batch(&["third", "fourth"]))
+        .await;
+    assert_eq!(again["results"][0]["status"], "recorded_before", "{again}");
+    assert_eq!(again["results"][1]["status"], "recorded_before", "{again}");
+
+    let (status, problem) = legato
+        .post("/api/v1/tasks/complete", json!({"completions": []}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(problem["errors"][0]["field"], "/completions");
+}

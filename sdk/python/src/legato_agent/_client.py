@@ -1,4 +1,5 @@
-"""The pull-worker protocol over HTTP: poll, heartbeat, complete, fail.
+"""The pull-worker protocol over HTTP: poll, heartbeat, complete (one, or many
+in one request), fail.
 
 Every call that reports on a task is safe to send again (the gateway records
 a result once per attempt), so transport errors, 429 and 5xx answers are
@@ -59,6 +60,61 @@ def _retry_after(response: httpx.Response | None, attempt: int) -> float:
     return float(random.uniform(0, min(10.0, 0.2 * 2**attempt)))
 
 
+#: The most completions one request carries (the gateway refuses more).
+MAX_COMPLETIONS = 64
+
+
+def _answer_of(results: Any, i: int) -> Answer:
+    result = results[i] if isinstance(results, list) and i < len(results) else None
+    if not isinstance(result, dict):
+        return Answer(wanted=False, body={"detail": "no answer for this completion"})
+    if result.get("status") in ("recorded", "recorded_before"):
+        return Answer(wanted=True, body=result)
+    problem = result.get("problem")
+    detail = problem.get("detail") if isinstance(problem, dict) else None
+    return Answer(wanted=False, body={"detail": detail or str(result)})
+
+
+class Completions:
+    """Completions on their way: whatever finishes while a batch is in flight
+    goes in the next one, so a quiet worker sends each result at once and a
+    busy one sends a request per batch rather than per task."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._queue: list[tuple[dict[str, Any], asyncio.Future[Answer]]] = []
+        self._sender: asyncio.Task[None] | None = None
+
+    async def complete(self, token: str, output: Any) -> Answer:
+        answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self._queue.append(({"token": token, "output": output}, answer))
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send())
+        return await answer
+
+    async def _send(self) -> None:
+        while self._queue:
+            batch = self._queue[:MAX_COMPLETIONS]
+            del self._queue[:MAX_COMPLETIONS]
+            try:
+                answers = await self._client.complete_many([c for c, _ in batch])
+            except BaseException as e:
+                # Every waiter hears why, cancellation included.
+                for _, waiter in batch:
+                    if waiter.done():
+                        continue
+                    if isinstance(e, Exception):
+                        waiter.set_exception(e)
+                    else:
+                        waiter.cancel()
+                if not isinstance(e, Exception):
+                    raise
+                continue
+            for (_, waiter), answer in zip(batch, answers, strict=True):
+                if not waiter.done():
+                    waiter.set_result(answer)
+
+
 class Client:
     """One worker's connection to the gateway."""
 
@@ -101,6 +157,30 @@ class Client:
             raise ProtocolError(response.status_code, _detail(response))
         tasks = response.json().get("tasks", [])
         return [t for t in tasks if isinstance(t, dict)]
+
+    async def complete_many(self, completions: list[dict[str, Any]]) -> list[Answer]:
+        """Sends completions together (at most :data:`MAX_COMPLETIONS`),
+        retrying the batch as a whole while it may be retried; one answer per
+        completion, in order."""
+        last: Exception | None = None
+        for attempt in range(self._report_attempts):
+            response: httpx.Response | None = None
+            try:
+                response = await self._http.post(
+                    "/api/v1/tasks/complete", json={"completions": completions}
+                )
+            except httpx.TransportError as e:
+                last = e
+            else:
+                status = response.status_code
+                if status == 200:
+                    results = response.json().get("results", [])
+                    return [_answer_of(results, i) for i in range(len(completions))]
+                if status not in _RETRYABLE_STATUS:
+                    raise ProtocolError(status, _detail(response))
+                last = ProtocolError(status, _detail(response))
+            await asyncio.sleep(_retry_after(response, attempt))
+        raise last or RuntimeError("no attempt made")
 
     async def report(self, token: str, what: str, body: dict[str, Any]) -> Answer:
         """Sends a heartbeat, completion or failure, retrying what may be retried."""

@@ -15,7 +15,7 @@ from typing import Any, Self
 
 import httpx
 
-from ._client import Answer, Client, ProtocolError, _retry_after
+from ._client import Answer, Client, Completions, ProtocolError, _retry_after
 from ._task import Task, run
 
 log = logging.getLogger("legato_agent")
@@ -60,6 +60,7 @@ class Worker:
         self._poll_wait_ms = poll_wait_ms
         self._drain_timeout_s = drain_timeout_s
         self._client = Client(url, api_key, http=http)
+        self._completions = Completions(self._client)
         self._stopping = asyncio.Event()
         self._running: dict[str, tuple[Task, asyncio.Task[None]]] = {}
 
@@ -213,14 +214,15 @@ class Worker:
             await self._beat(task.token, {})
 
     async def _complete(self, task: Task, output: Any) -> None:
-        await self._settle(task, "complete", {"output": output})
+        await self._settle(task, "complete", self._completions.complete(task.token, output))
 
     async def _fail(self, task: Task, message: str, retryable: bool) -> None:
-        await self._settle(task, "fail", {"message": message[:4096], "retryable": retryable})
+        body = {"message": message[:4096], "retryable": retryable}
+        await self._settle(task, "fail", self._client.report(task.token, "fail", body))
 
-    async def _settle(self, task: Task, what: str, body: dict[str, Any]) -> None:
+    async def _settle(self, task: Task, what: str, sent: Awaitable[Answer]) -> None:
         try:
-            answer = await self._client.report(task.token, what, body)
+            answer = await sent
         except (httpx.HTTPError, ProtocolError, OSError) as e:
             # The lease runs out and the attempt is retried: nothing is lost.
             log.error("could not %s task %s#%d: %s", what, task.key, task.attempt, e)

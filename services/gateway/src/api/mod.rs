@@ -1,5 +1,6 @@
 mod agents;
 mod callbacks;
+mod completions;
 mod control;
 mod dead_letters;
 mod instances;
@@ -26,6 +27,10 @@ pub(crate) use agents::{
 };
 pub(crate) use callbacks::{
     __path_callback_complete, __path_callback_fail, __path_callback_heartbeat,
+};
+pub(crate) use completions::{
+    __path_complete_many, CompleteManyRequest, CompleteManyResponse, CompletionItem,
+    CompletionResult,
 };
 pub(crate) use control::__path_raise_event;
 pub(crate) use control::{
@@ -65,6 +70,7 @@ pub(crate) fn required_role(method: &Method, path: &str) -> Role {
         ("POST", "/api/v1/tasks/poll")
         | ("POST", "/api/v1/tasks/{token}/heartbeat")
         | ("POST", "/api/v1/tasks/{token}/complete")
+        | ("POST", "/api/v1/tasks/complete")
         | ("POST", "/api/v1/tasks/{token}/fail") => Role::Agent,
         ("POST", "/api/v1/instances/{id}/events/{name}") => Role::Signal,
         ("DELETE", "/api/v1/instances/{id}")
@@ -132,6 +138,7 @@ pub(crate) fn routes() -> Router<GatewayState> {
         .route("/api/v1/tasks/poll", post(tasks::poll))
         .route("/api/v1/tasks/{token}/heartbeat", post(tasks::heartbeat))
         .route("/api/v1/tasks/{token}/complete", post(tasks::complete))
+        .route("/api/v1/tasks/complete", post(completions::complete_many))
         .route("/api/v1/tasks/{token}/fail", post(tasks::fail))
         .route("/api/v1/schedules", get(schedules::list_schedules))
         .route(

@@ -267,7 +267,7 @@ pub(crate) async fn poll(
 
 /// The agent a token names, if the caller may report on its tasks:
 /// anything else answers as a missing task.
-async fn reporter(
+pub(crate) async fn reporter(
     state: &GatewayState,
     caller: &Principal,
     token: &Token,
