@@ -170,6 +170,13 @@ pub(super) async fn compare(
     Ok(())
 }
 
+/// One worker process per two cores, at least one: a Node worker is one
+/// event loop, and more of them than the machine has cores to spare only
+/// take turns with the stack they serve.
+pub(super) fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
 /// `work`, unless one of `children` exits first: the run cannot finish
 /// without them.
 async fn while_alive<T>(

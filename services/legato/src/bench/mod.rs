@@ -86,9 +86,10 @@ pub struct BenchOptions {
     /// in the same stack, and print both.
     #[arg(long, default_value = "builtin")]
     pub agent: AgentChoice,
-    /// Pull worker processes for `--agent pull`.
-    #[arg(long, default_value_t = 4)]
-    pub agent_workers: usize,
+    /// Pull worker processes for `--agent pull` (default: one per two
+    /// cores, at least one; the rest of the machine runs the stack).
+    #[arg(long)]
+    pub agent_workers: Option<usize>,
     /// The pull worker script (default: the TypeScript SDK's build,
     /// sdk/typescript/dist/bench/echo-worker.js).
     #[arg(long)]
@@ -456,7 +457,9 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         AgentChoice::Builtin => None,
         AgentChoice::Pull => Some(agents::Outside::Pull {
             script: &script,
-            workers: options.agent_workers,
+            workers: options
+                .agent_workers
+                .unwrap_or_else(agents::default_workers),
         }),
         AgentChoice::Push => Some(agents::Outside::Push {
             secret: PUSH_SECRET,
