@@ -42,11 +42,12 @@ def services_var() -> list[dict]:
 
 
 def compose_services() -> dict[str, int]:
-    """legato's compose services and the port each listens on."""
+    """legato's compose services (`legato run <service>`; not the broker, the
+    emulator or the example agent) and the port each listens on."""
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     ports = {}
     for name, service in compose["services"].items():
-        if name in ("rabbitmq", "azurite"):
+        if service.get("command", [None])[0] != "run":
             continue
         ports[name] = int(service["environment"]["LEGATO__HTTP__PORT"])
     return ports

@@ -8,70 +8,28 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use futures::StreamExt;
-
 use axum::http::StatusCode;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use futures::StreamExt;
 use legato_bus::Delivery;
 use legato_contracts::{
-    AgentName, Envelope, HeartbeatKind, InstanceId, Payload, RuntimeStatus, TaskCompleted,
-    TaskDispatched, TaskError, TaskFailed, TaskHeartbeat, TaskKey, TraceParent,
+    Envelope, HeartbeatKind, InstanceId, Payload, RuntimeStatus, TaskCompleted, TaskDispatched,
+    TaskError, TaskFailed, TaskHeartbeat, TraceParent,
 };
 use legato_engine::{InstanceState, SlotStatus};
 use legato_service::agent_figures::Outcome;
 use legato_service::problem::Problem;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
 
 use crate::GatewayState;
 use crate::registry::Agent;
 
+mod token;
+
+pub(crate) use token::Token;
+
 /// Every message the gateway sends says it came from here.
 const SOURCE: &str = "/legato/gateway";
-
-/// What a token names: one attempt of one task of one agent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct Token {
-    #[serde(rename = "i")]
-    pub instance: InstanceId,
-    #[serde(rename = "k")]
-    pub key: TaskKey,
-    #[serde(rename = "a")]
-    pub attempt: u32,
-    #[serde(rename = "g")]
-    pub agent: AgentName,
-    /// When it was handed out (ms since the epoch), for the agent's
-    /// figures; absent in tokens issued before it was added.
-    #[serde(rename = "t", default, skip_serializing_if = "Option::is_none")]
-    pub taken_ms: Option<i64>,
-}
-
-impl Token {
-    pub fn encode(&self) -> String {
-        URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).unwrap_or_default())
-    }
-
-    pub fn decode(raw: &str) -> Result<Self, Problem> {
-        let bad = || Problem::field("token", "is not a task token this service issued");
-        let bytes = URL_SAFE_NO_PAD.decode(raw).map_err(|_| bad())?;
-        serde_json::from_slice(&bytes).map_err(|_| bad())
-    }
-
-    /// Stable across deliveries of this attempt.
-    pub fn idempotency_key(&self) -> String {
-        format!("{}/{}#{}", self.instance, self.key, self.attempt)
-    }
-
-    /// How long since it was handed out.
-    fn held_for(&self, now: OffsetDateTime) -> Option<Duration> {
-        let taken =
-            OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.taken_ms?) * 1_000_000)
-                .ok()?;
-        (now - taken).try_into().ok()
-    }
-}
 
 /// Counts the attempt's end into this replica's figures.
 fn count_end(state: &GatewayState, token: &Token, outcome: Outcome) {
@@ -81,10 +39,6 @@ fn count_end(state: &GatewayState, token: &Token, outcome: Outcome) {
     state
         .figures
         .ended(token.agent.as_str(), &attempt, outcome, took, now);
-}
-
-fn unix_ms(at: OffsetDateTime) -> i64 {
-    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
 /// When a lease of `lease_ms` taken now runs out.
@@ -211,7 +165,7 @@ async fn claim_of(
         key: task.key.clone(),
         attempt: task.attempt,
         agent: task.agent.clone(),
-        taken_ms: Some(unix_ms(OffsetDateTime::now_utc())),
+        taken_ms: Some(token::unix_ms(OffsetDateTime::now_utc())),
     };
     Ok(Some((
         claim,

@@ -169,12 +169,7 @@ async fn an_ephemeral_subscription_is_deleted_with_its_consumer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_managing_entities_only_a_replicas_own_subscription_is_made() {
     let (standin, _infra) = standin_bus(Config::new("infra-made"), Duration::from_secs(5)).await;
-    let connection =
-        ServiceBusConnection::from_connection_string(&standin.connection_string()).unwrap();
-    let mut unmanaged = options(Some(standin.url()));
-    unmanaged.prefix = infra_prefix(&standin);
-    unmanaged.manage_entities = false;
-    let bus = ServiceBusBus::connect(connection, unmanaged).await.unwrap();
+    let bus = unmanaged_bus(&standin).await;
     let topic = |suffix: &str| {
         standin
             .topics()
@@ -231,12 +226,7 @@ async fn without_managing_entities_only_a_replicas_own_subscription_is_made() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_managing_entities_an_agents_task_queue_is_still_made() {
     let (standin, _infra) = standin_bus(Config::new("infra-agent"), Duration::from_secs(5)).await;
-    let connection =
-        ServiceBusConnection::from_connection_string(&standin.connection_string()).unwrap();
-    let mut unmanaged = options(Some(standin.url()));
-    unmanaged.prefix = infra_prefix(&standin);
-    unmanaged.manage_entities = false;
-    let bus = ServiceBusBus::connect(connection, unmanaged).await.unwrap();
+    let bus = unmanaged_bus(&standin).await;
     let tasks = standin
         .topics()
         .into_iter()
@@ -269,6 +259,17 @@ async fn without_managing_entities_an_agents_task_queue_is_still_made() {
         .unwrap();
     assert_eq!(&d.body[..], b"review this");
     d.ack().await.unwrap();
+}
+
+/// A second bus on the entities another one made, managing none itself
+/// (as deployed, where the infrastructure makes them).
+async fn unmanaged_bus(standin: &StandIn) -> ServiceBusBus {
+    let connection =
+        ServiceBusConnection::from_connection_string(&standin.connection_string()).unwrap();
+    let mut unmanaged = options(Some(standin.url()));
+    unmanaged.prefix = infra_prefix(standin);
+    unmanaged.manage_entities = false;
+    ServiceBusBus::connect(connection, unmanaged).await.unwrap()
 }
 
 /// The prefix the stand-in's topics carry (one run's own).
