@@ -68,6 +68,7 @@ fn contracts_openapi_json_is_the_served_document() {
             "/api/v1/schedules/{name}/pause",
             "/api/v1/schedules/{name}/resume",
             "/api/v1/schedules/{name}/trigger",
+            "/api/v1/tasks/complete",
             "/api/v1/tasks/poll",
             "/api/v1/tasks/{token}/complete",
             "/api/v1/tasks/{token}/fail",
