@@ -208,7 +208,9 @@ pub(crate) async fn put_agent(
         Registered::Created => StatusCode::CREATED,
         Registered::Replaced | Registered::Unchanged => StatusCode::OK,
     };
-    Ok((status, Json(view(agent))).into_response())
+    let figures = figures(&state).await;
+    let figures = figures.get(agent.name.as_str());
+    Ok((status, Json(live_view(&state, agent, figures).await)).into_response())
 }
 
 #[utoipa::path(
