@@ -18,6 +18,7 @@ use legato_contracts::{
 use legato_engine::{InstanceState, SlotStatus};
 use legato_service::agent_figures::Outcome;
 use legato_service::problem::Problem;
+use legato_service::progress_pace::Turn;
 use serde_json::Value;
 use time::OffsetDateTime;
 
@@ -31,10 +32,12 @@ pub(crate) use token::Token;
 /// Every message the gateway sends says it came from here.
 const SOURCE: &str = "/legato/gateway";
 
-/// Counts the attempt's end into this replica's figures.
+/// Counts the attempt's end into this replica's figures; progress still
+/// waiting for its turn is no longer news.
 fn count_end(state: &GatewayState, token: &Token, outcome: Outcome) {
     let now = OffsetDateTime::now_utc();
     let attempt = token.idempotency_key();
+    state.pace.forget(&attempt);
     let took = token.held_for(now);
     state
         .figures
@@ -362,12 +365,47 @@ pub(crate) async fn heartbeat(
         leased: false,
         lease_ms: Some(lease_ms),
     };
-    publish(state, &token.instance, None, beat.into()).await?;
     let attempt = token.idempotency_key();
+    let beat = if news {
+        let now = tokio::time::Instant::now();
+        match state
+            .pace
+            .offer(&attempt, &token.instance, beat, lease_ms, now)
+        {
+            Turn::Now(beat) => beat,
+            Turn::Later { wait, first } => {
+                if first {
+                    send_in_turn(state.clone(), attempt.clone(), wait);
+                }
+                state
+                    .figures
+                    .renewed(token.agent.as_str(), &attempt, lease_end(lease_ms));
+                return Ok(());
+            }
+        }
+    } else {
+        beat
+    };
+    publish(state, &token.instance, None, beat.into()).await?;
     state
         .figures
         .renewed(token.agent.as_str(), &attempt, lease_end(lease_ms));
     Ok(())
+}
+
+/// Sends the progress report of `attempt` that waits for its turn, after
+/// `wait`. A report that cannot be sent is left: progress is news, not
+/// state, and the attempt's next report carries the lease on.
+fn send_in_turn(state: GatewayState, attempt: String, wait: std::time::Duration) {
+    tokio::spawn(async move {
+        tokio::time::sleep(wait).await;
+        let now = tokio::time::Instant::now();
+        if let Some((instance, beat)) = state.pace.due(&attempt, now)
+            && let Err(problem) = publish(&state, &instance, None, beat.into()).await
+        {
+            tracing::warn!(attempt = %attempt, "progress not sent: {}", problem.detail);
+        }
+    });
 }
 
 /// Records the attempt's result, once however often it is sent.

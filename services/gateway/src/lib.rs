@@ -61,6 +61,8 @@ pub struct GatewayState {
     /// What this replica saw of pull and push agents' tasks, for the
     /// registry's live figures.
     pub figures: Arc<Tally>,
+    /// Progress reports of outside agents' attempts waiting for their turn.
+    pub(crate) pace: Arc<legato_service::progress_pace::ProgressPace>,
 }
 
 impl GatewayState {
@@ -78,6 +80,7 @@ impl GatewayState {
             pull: Arc::new(pull::PullHub::new(bus.clone(), Shutdown::new())),
             agents: Arc::default(),
             figures: Arc::default(),
+            pace: Arc::default(),
             bus,
         }
     }

@@ -495,6 +495,31 @@ async fn a_batch_of_completions_is_answered_one_by_one() {
         let done = legato.wait_status(id, "Completed").await;
         assert_eq!(step_of(&done, "review")["output"], output, "{done:#}");
     }
+    // Progress ten times in a row: the first goes on at once, the latest
+    // at its turn, the ones between are folded (each would cost a commit).
+    let three = legato
+        .start_instance("reviewed", json!({"input": {"text": "three"}}))
+        .await;
+    let chatty = take_one(&legato, "reviewer").await;
+    for n in 0..10 {
+        let (status, _) = task_call(
+            &legato,
+            &chatty,
+            "heartbeat",
+            json!({"message": format!("p{n}")}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    task_call(&legato, &chatty, "complete", json!({"output": "ok"})).await;
+    let done = legato.wait_status(&three, "Completed").await;
+    let told: Vec<&str> = events(&done, "task_heartbeat")
+        .iter()
+        .filter_map(|e| e["event"]["news"]["message"].as_str())
+        .collect();
+    assert_eq!(told, ["p0", "p9"], "{done:#}");
+
     // Sent again: each recorded once.
     let (_, again) = legato
         .post("/api/v1/tasks/complete", batch(&["third", "fourth"]))

@@ -6,6 +6,7 @@ use legato_contracts::{
     AgentName, Envelope, HeartbeatKind, InstanceId, TaskError, TaskHeartbeat, TaskKey, TenantId,
     TraceParent, WorkflowName,
 };
+use legato_service::progress_pace::{ProgressPace, Turn};
 use serde_json::Value;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -58,18 +59,46 @@ pub struct TaskContext {
     pub(crate) leased: bool,
     pub(crate) cancel: CancellationToken,
     pub(crate) custom_status: Arc<Mutex<Option<Value>>>,
+    /// The worker's progress pacing, shared by its attempts.
+    pub(crate) pace: Arc<ProgressPace>,
+    /// The step's heartbeat lease, which shortens a progress turn.
+    pub(crate) lease_ms: Option<u64>,
 }
 
 impl TaskContext {
     /// Relays progress to the instance's watchers. Best effort: progress
     /// that cannot be sent is logged, never fails the task.
+    /// One attempt's progress goes on at most once a turn (half a second,
+    /// or a quarter of its lease): what comes sooner waits, the latest
+    /// replacing the one before (see `legato_service::progress_pace`).
     pub async fn progress(&self, message: impl Into<String>, data: Option<Value>) {
-        self.heartbeat(
+        let beat = self.beat(
             Some(HeartbeatKind::AgentProgress),
             Some(message.into()),
             data,
-        )
-        .await;
+        );
+        let lease = self.lease_ms.unwrap_or(u64::MAX);
+        let attempt = self.idempotency_key();
+        let now = tokio::time::Instant::now();
+        match self.pace.offer(&attempt, &self.instance, beat, lease, now) {
+            Turn::Now(beat) => self.send(beat).await,
+            Turn::Later { wait, first } => {
+                if first {
+                    let ctx = self.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(wait).await;
+                        let now = tokio::time::Instant::now();
+                        if let Some((_, beat)) = ctx.pace.due(&attempt, now) {
+                            ctx.send(beat).await;
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    fn idempotency_key(&self) -> String {
+        format!("{}/{}#{}", self.instance, self.key, self.attempt)
     }
 
     /// Asks a person to raise an event on the instance; watchers get an
@@ -89,7 +118,16 @@ impl TaskContext {
         message: Option<String>,
         progress: Option<Value>,
     ) {
-        let heartbeat = TaskHeartbeat {
+        self.send(self.beat(kind, message, progress)).await;
+    }
+
+    fn beat(
+        &self,
+        kind: Option<HeartbeatKind>,
+        message: Option<String>,
+        progress: Option<Value>,
+    ) -> TaskHeartbeat {
+        TaskHeartbeat {
             key: self.key.clone(),
             attempt: self.attempt,
             progress,
@@ -97,7 +135,10 @@ impl TaskContext {
             message,
             leased: self.leased,
             lease_ms: None,
-        };
+        }
+    }
+
+    async fn send(&self, heartbeat: TaskHeartbeat) {
         let envelope = Envelope::new(
             self.source.clone(),
             self.instance.clone(),

@@ -16,6 +16,7 @@ use legato_bus::{Bus, Delivery, Subscription, SubscriptionSpec};
 use legato_contracts::{Envelope, Payload, TaskCompleted, TaskDispatched, TaskFailed};
 use legato_service::Shutdown;
 use legato_service::agent_figures::{Outcome, Tally};
+use legato_service::progress_pace::ProgressPace;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
@@ -82,6 +83,7 @@ struct Shared {
     ledger: Mutex<Ledger>,
     shutdown: Shutdown,
     figures: Arc<Tally>,
+    pace: Arc<ProgressPace>,
 }
 
 impl Shared {
@@ -159,6 +161,7 @@ impl Worker {
                 ledger: Mutex::new(Ledger::default()),
                 shutdown,
                 figures: Arc::default(),
+                pace: Arc::default(),
             }),
         }
     }
@@ -368,6 +371,8 @@ async fn handle_task(shared: &Shared, delivery: Delivery) {
         leased: dispatched.heartbeat_timeout_ms.is_some(),
         cancel: cancel.clone(),
         custom_status: Arc::default(),
+        pace: shared.pace.clone(),
+        lease_ms: dispatched.heartbeat_timeout_ms,
     };
     let lease = dispatched.heartbeat_timeout_ms;
     let (agent, attempt) = (shared.agent.name().as_str(), figures_key(&id));
@@ -376,6 +381,7 @@ async fn handle_task(shared: &Shared, delivery: Delivery) {
     let outcome = run_with_heartbeats(shared, &task, &ctx, lease)
         .instrument(span)
         .await;
+    shared.pace.forget(&attempt);
     let Some(outcome) = outcome else {
         // Cancelled: nobody wants the result.
         shared.figures.dropped(agent, &attempt);

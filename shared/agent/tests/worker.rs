@@ -224,3 +224,55 @@ async fn a_poison_message_is_dead_lettered_with_its_reason() {
     assert!(delivery.headers[legato_bus::DEAD_LETTER_REASON].contains("CloudEvents"));
     rig.shutdown.trigger();
 }
+
+/// Reports progress ten times in a row, then waits a while and ends.
+struct Chatty(AgentName);
+
+#[async_trait]
+impl Agent for Chatty {
+    fn name(&self) -> &AgentName {
+        &self.0
+    }
+
+    async fn run(&self, _task: &Task, ctx: &TaskContext) -> Result<Value, TaskError> {
+        for n in 0..10 {
+            ctx.progress(format!("p{n}"), None).await;
+        }
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        Ok(json!("done"))
+    }
+}
+
+#[tokio::test]
+async fn progress_sent_in_a_burst_goes_on_first_and_latest() {
+    let bus = Arc::new(InProcessBus::default());
+    let mut results = bus
+        .subscribe(SubscriptionSpec::new(Topic::AgentResults, "test").bind("#"))
+        .await
+        .unwrap();
+    let name = AgentName::parse("slow").unwrap();
+    let shutdown = Shutdown::new();
+    let worker = Worker::new(
+        Arc::new(Chatty(name)),
+        bus.clone(),
+        WorkerSettings::default(),
+        shutdown.clone(),
+    );
+    tokio::spawn(worker.start().await.unwrap());
+    bus.publish_envelope(&dispatched(1)).await.unwrap();
+    let mut told = Vec::new();
+    loop {
+        let delivery = tokio::time::timeout(Duration::from_secs(10), results.next())
+            .await
+            .expect("a message within 10 s")
+            .unwrap();
+        let payload = delivery.decode().unwrap().payload;
+        delivery.ack().await.unwrap();
+        match payload {
+            Payload::TaskHeartbeat(beat) => told.extend(beat.message),
+            _ => break,
+        }
+    }
+    assert_eq!(told, ["p0", "p9"], "one report per turn, the latest");
+    shutdown.trigger();
+}

@@ -236,7 +236,8 @@ pub(crate) fn heartbeat(
 ) -> Result<(), Ignored> {
     let running = check_running(&ctx.state, key, attempt).is_ok();
     let taken = running && take_lease(ctx, key, attempt, lease_ms);
-    let renewed = taken || (running && lease_of(ctx, key).is_some());
+    let leased = running && lease_of(ctx, key).is_some();
+    let renewed = taken || (leased && due_for_renewal(ctx, key, at));
     if renewed && let Some(slot) = slot_mut(ctx, key) {
         slot.heartbeat_at = Some(at);
     }
@@ -248,6 +249,11 @@ pub(crate) fn heartbeat(
     let Some(news) = news else {
         if renewed {
             return Ok(());
+        }
+        if leased {
+            return ignore(format!(
+                "heartbeat of task {key} attempt {attempt} comes within a quarter of its lease of the last one recorded, and carries no news"
+            ));
         }
         return ignore(format!(
             "heartbeat of task {key} attempt {attempt} renews no lease and carries no news not yet told"
@@ -270,6 +276,19 @@ pub(crate) fn heartbeat(
     }
     drop(progress);
     Ok(())
+}
+
+/// Whether a heartbeat at `at` is worth recording: a quarter of the lease
+/// or more since the last one recorded. Closer ones are folded into it,
+/// so an agent that beats ten times a second costs a commit per quarter
+/// lease, and the lease still never runs out while it beats: recorded
+/// beats are at most a quarter lease plus its beat interval apart.
+fn due_for_renewal(ctx: &Ctx, key: &TaskKey, at: time::OffsetDateTime) -> bool {
+    let (Some(lease), Some(slot)) = (lease_of(ctx, key), slot(&ctx.state, key)) else {
+        return false;
+    };
+    let quarter = time::Duration::milliseconds(i64::try_from(lease / 4).unwrap_or(i64::MAX));
+    slot.heartbeat_at.is_none_or(|last| at - last >= quarter)
 }
 
 /// Gives a running attempt without a lease the one its worker took it

@@ -1113,6 +1113,48 @@ fn a_worker_that_takes_an_attempt_holds_it_under_its_lease() {
 }
 
 #[test]
+fn heartbeats_ten_a_second_are_recorded_once_a_quarter_lease_and_keep_the_lease() {
+    let mut h = Harness::start(LEASED, json!({}));
+    h.take();
+    let beat = |h: &mut Harness| {
+        let at = h.now;
+        h.send(Event::TaskHeartbeat {
+            lease_ms: None,
+            news: None,
+            at,
+            key: key("work", None),
+            attempt: 1,
+        })
+        .applied()
+    };
+    // Two and a half seconds of beats every 100 ms against a 1 s lease,
+    // the lease checks firing when due.
+    let mut recorded = 0;
+    let mut check = 1;
+    let mut due = h.now + time::Duration::seconds(1);
+    for _ in 0..25 {
+        h.advance(100);
+        if beat(&mut h) {
+            recorded += 1;
+        }
+        if h.now >= due {
+            h.fire(lease(1, check));
+            let next = scheduled(&h.take());
+            assert_eq!(next.len(), 1, "the lease holds while it beats");
+            check += 1;
+            due = next[0].1;
+        }
+    }
+    // At +300, +600, … +2,400 ms: the first beat a quarter lease (250 ms)
+    // after the last one recorded.
+    assert_eq!(recorded, 8, "{recorded} of 25 recorded");
+    assert_eq!(
+        h.state.steps[&step("work")].tasks[0].status,
+        SlotStatus::Running
+    );
+}
+
+#[test]
 fn steps_without_a_lease_ignore_heartbeats() {
     let mut h = Harness::start(
         "name: plain\nversion: 1\nsteps:\n  - { id: work, agent: echo }\n",

@@ -1,6 +1,7 @@
 //! The service kit: what every legato binary needs around its own work.
 //!
 //! - [`agent_figures`]: live figures on agents, reported by every replica;
+//! - [`progress_pace`]: agent progress sent on at most once a turn;
 //! - [`settings`]: one typed settings struct per service, layered from
 //!   built-in defaults, `config/*.toml` and `LEGATO__SECTION__KEY`
 //!   environment variables, validated at start with the bad key named;
@@ -19,6 +20,7 @@ pub mod health;
 pub mod metrics;
 pub mod outbox;
 pub mod problem;
+pub mod progress_pace;
 pub mod records;
 pub mod settings;
 pub mod shutdown;
