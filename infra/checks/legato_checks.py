@@ -1,6 +1,6 @@
 """checkov checks for what its built-in Bicep set lacks (it has none for
 Container Apps, Service Bus or SignalR): keyless scale rules, local auth
-off, HTTPS-only ingress. Run with
+off, HTTPS-only ingress, environment logs without the workspace key. Run with
 `checkov -d infra --framework bicep --skip-download --external-checks-dir infra/checks`.
 
 checkov hands a check the resource's properties as the Bicep parser reads
@@ -113,7 +113,28 @@ class StorageRefusesSharedKeys(BaseResourceCheck):
         return CheckResult.PASSED if values and all(v is False for v in values) else CheckResult.FAILED
 
 
+class EnvironmentLogsWithoutKeys(BaseResourceCheck):
+    """Container Apps environments log through Azure Monitor (a diagnostic
+    setting), never with the Log Analytics workspace's shared key."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            name="Container Apps environments log without the workspace key (azure-monitor)",
+            id="CKV_LEGATO_5",
+            categories=[CheckCategories.IAM],
+            supported_resources=["Microsoft.App/managedEnvironments"],
+        )
+
+    def scan_resource_conf(self, conf: dict[str, Any]) -> CheckResult:
+        logs = ("properties", "appLogsConfiguration")
+        destinations = list(path(conf, *logs, "destination"))
+        keys = list(path(conf, *logs, "logAnalyticsConfiguration", "sharedKey"))
+        keyless = destinations and all(d in ("azure-monitor", "none") for d in destinations)
+        return CheckResult.PASSED if keyless and not keys else CheckResult.FAILED
+
+
 scale_rules = ScaleRulesUseTheIdentity()
 ingress = IngressIsHttpsOnly()
 local_auth = LocalAuthIsOff()
 shared_keys = StorageRefusesSharedKeys()
+environment_logs = EnvironmentLogsWithoutKeys()

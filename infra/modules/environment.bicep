@@ -1,4 +1,7 @@
-// The Container Apps environment, logging to the Log Analytics workspace.
+// The Container Apps environment. Its logs go through Azure Monitor: a
+// diagnostic setting sends the apps' console and system logs to the Log
+// Analytics workspace, so the environment never holds the workspace's
+// shared key (the `log-analytics` destination needs it).
 
 param name string
 param location string
@@ -15,12 +18,29 @@ resource environment 'Microsoft.App/managedEnvironments@2025-01-01' = {
   tags: tags
   properties: {
     appLogsConfiguration: {
-      destination: 'log-analytics'
-      logAnalyticsConfiguration: {
-        customerId: workspace.properties.customerId
-        sharedKey: workspace.listKeys().primarySharedKey
-      }
+      destination: 'azure-monitor'
     }
+  }
+}
+
+// Resource-specific tables (ContainerAppConsoleLogs, ContainerAppSystemLogs),
+// which `azd monitor --logs` and the queries in docs/operations.md read.
+resource logs 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'logs-to-workspace'
+  scope: environment
+  properties: {
+    workspaceId: workspace.id
+    logAnalyticsDestinationType: 'Dedicated'
+    logs: [
+      {
+        category: 'ContainerAppConsoleLogs'
+        enabled: true
+      }
+      {
+        category: 'ContainerAppSystemLogs'
+        enabled: true
+      }
+    ]
   }
 }
 
