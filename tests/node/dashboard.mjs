@@ -59,6 +59,20 @@ try {
   await page.waitForSelector("#instances");
   await shot("instances");
 
+  // The list is live: a run started elsewhere appears without a reload,
+  // and its status changes in place.
+  await page.evaluate(() => (window.__listNotReloaded = true));
+  await start("dash-live");
+  await page.waitForSelector('#instances [data-id="dash-live"] [data-status="Running"]');
+  const terminated = await fetch(`${base}/api/v1/instances/dash-live/terminate`, {
+    method: "POST",
+    headers: { "content-type": "application/json", authorization: `Bearer ${key}` },
+    body: JSON.stringify({ reason: "the list test is done with it" }),
+  });
+  check(terminated.status === 202, `terminate: ${terminated.status}`);
+  await page.waitForSelector('#instances [data-id="dash-live"] [data-status="Terminated"]');
+  check(await page.evaluate(() => window.__listNotReloaded === true), "the list page reloaded");
+
   // Approve: the plan and the parallel work appear live, then completion.
   await start("dash-yes");
   await page.evaluate(() => (location.hash = "#/instances/dash-yes"));

@@ -11,6 +11,9 @@ const view = document.getElementById("view");
 const banner = document.getElementById("banner");
 let live = null; // the open SignalR connection of the instance page
 let refreshTimer = null;
+// The instance list's next refresh (see instancesPage).
+let listTimer = null;
+const LIST_REFRESH_MS = 2000;
 
 // ---- small DOM helpers (text only: nothing from the API becomes HTML) ----
 
@@ -155,10 +158,7 @@ async function instancesPage(params) {
   const toInput = el("input", { id: "filter-to", type: "datetime-local", value: filters.createdTo, title: "created before" });
   const search = el("input", { id: "search", placeholder: "instance id" });
 
-  const rows = page.items.map((item) =>
-    el("tr", { class: "row", "data-id": item.id, onclick: () => (location.hash = `#/instances/${encodeURIComponent(item.id)}`) },
-      el("td", {}, item.id), el("td", {}, item.workflow), el("td", {}, status(item.runtimeStatus)),
-      el("td", {}, when(item.createdAt)), el("td", {}, when(item.updatedAt))));
+  const tbody = el("tbody", {}, instanceRows(page.items));
   show(
     el("h1", {}, "Instances"),
     el("div", { class: "filters" },
@@ -169,11 +169,37 @@ async function instancesPage(params) {
     ),
     el("table", { id: "instances" },
       el("thead", {}, el("tr", {}, ["id", "workflow", "status", "created", "updated"].map((h) => el("th", {}, h)))),
-      el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { colspan: 5, class: "muted" }, "No instances match.")))),
+      tbody),
     el("div", { class: "actions" },
       params.get("continuationToken") ? el("button", { onclick: () => history.back() }, "Previous") : null,
       page.continuationToken ? el("button", { id: "next", onclick: () => navigate({ continuationToken: page.continuationToken }) }, "Next") : null),
   );
+  // The first page stays current: read again every LIST_REFRESH_MS while
+  // it is shown in a visible tab (one small request, never more), so new
+  // runs appear at the top and statuses change in place. A later page is
+  // a snapshot: paging through a moving list would skip or repeat rows.
+  if (!params.get("continuationToken")) {
+    const tick = async () => {
+      if (!tbody.isConnected) return;
+      if (!document.hidden) {
+        try {
+          tbody.replaceChildren(...instanceRows((await api("GET", `/api/v1/instances?${query}`)).items));
+        } catch {
+          // The next tick tries again; the rows shown stay.
+        }
+      }
+      if (tbody.isConnected) listTimer = setTimeout(tick, LIST_REFRESH_MS);
+    };
+    listTimer = setTimeout(tick, LIST_REFRESH_MS);
+  }
+}
+
+function instanceRows(items) {
+  if (!items.length) return [el("tr", {}, el("td", { colspan: 5, class: "muted" }, "No instances match."))];
+  return items.map((item) =>
+    el("tr", { class: "row", "data-id": item.id, onclick: () => (location.hash = `#/instances/${encodeURIComponent(item.id)}`) },
+      el("td", {}, item.id), el("td", {}, item.workflow), el("td", {}, status(item.runtimeStatus)),
+      el("td", {}, when(item.createdAt)), el("td", {}, when(item.updatedAt))));
 }
 
 // Steps by depth in the workflow's graph: a step sits one column after the
@@ -332,6 +358,7 @@ async function follow(id, onProgress) {
 
 function closeLive() {
   clearTimeout(refreshTimer);
+  clearTimeout(listTimer);
   if (live) live.stop();
   live = null;
 }
