@@ -366,27 +366,19 @@ pub(crate) async fn heartbeat(
         lease_ms: Some(lease_ms),
     };
     let attempt = token.idempotency_key();
-    let beat = if news {
-        let now = tokio::time::Instant::now();
-        match state
-            .pace
-            .offer(&attempt, &token.instance, beat, lease_ms, now)
-        {
-            Turn::Now(beat) => beat,
-            Turn::Later { wait, first } => {
-                if first {
-                    send_in_turn(state.clone(), attempt.clone(), wait);
-                }
-                state
-                    .figures
-                    .renewed(token.agent.as_str(), &attempt, lease_end(lease_ms));
-                return Ok(());
-            }
-        }
+    // Progress waits for its turn; a plain renewal always goes now.
+    let now = tokio::time::Instant::now();
+    let turn = if news {
+        let pace = &state.pace;
+        pace.offer(&attempt, &token.instance, beat, lease_ms, now)
     } else {
-        beat
+        Turn::Now(beat)
     };
-    publish(state, &token.instance, None, beat.into()).await?;
+    match turn {
+        Turn::Now(beat) => publish(state, &token.instance, None, beat.into()).await?,
+        Turn::Later { wait, first: true } => send_in_turn(state.clone(), attempt.clone(), wait),
+        Turn::Later { first: false, .. } => {}
+    }
     state
         .figures
         .renewed(token.agent.as_str(), &attempt, lease_end(lease_ms));
@@ -415,18 +407,13 @@ pub(crate) async fn complete(
     output: Value,
     custom_status: Option<Value>,
 ) -> Result<Reported, Problem> {
-    if standing(state, token).await? == Standing::Completed {
-        return Ok(Reported::RecordedBefore);
-    }
-    let completed = TaskCompleted {
-        key: token.key.clone(),
-        attempt: token.attempt,
+    let completion = Completion {
+        token: token.clone(),
         output,
         custom_status,
     };
-    publish(state, &token.instance, None, completed.into()).await?;
-    count_end(state, token, Outcome::Completed);
-    Ok(Reported::Recorded)
+    let mut answers = complete_all(state, vec![completion]).await?;
+    answers.pop().unwrap_or_else(|| Err(missing()))
 }
 
 /// One completion of a batch.

@@ -53,6 +53,9 @@ pub struct TaskContext {
     pub(crate) instance: InstanceId,
     pub(crate) key: TaskKey,
     pub(crate) attempt: u32,
+    /// [`Task::idempotency_key`] of the attempt: what its progress is
+    /// paced by.
+    pub(crate) attempt_key: String,
     pub(crate) traceparent: Option<TraceParent>,
     pub(crate) wedged: Arc<std::sync::atomic::AtomicBool>,
     /// The step has a heartbeat lease: heartbeats say they renew it.
@@ -78,9 +81,11 @@ impl TaskContext {
             data,
         );
         let lease = self.lease_ms.unwrap_or(u64::MAX);
-        let attempt = self.idempotency_key();
         let now = tokio::time::Instant::now();
-        match self.pace.offer(&attempt, &self.instance, beat, lease, now) {
+        match self
+            .pace
+            .offer(&self.attempt_key, &self.instance, beat, lease, now)
+        {
             Turn::Now(beat) => self.send(beat).await,
             Turn::Later { wait, first } => {
                 if first {
@@ -88,17 +93,13 @@ impl TaskContext {
                     tokio::spawn(async move {
                         tokio::time::sleep(wait).await;
                         let now = tokio::time::Instant::now();
-                        if let Some((_, beat)) = ctx.pace.due(&attempt, now) {
+                        if let Some((_, beat)) = ctx.pace.due(&ctx.attempt_key, now) {
                             ctx.send(beat).await;
                         }
                     });
                 }
             }
         }
-    }
-
-    fn idempotency_key(&self) -> String {
-        format!("{}/{}#{}", self.instance, self.key, self.attempt)
     }
 
     /// Asks a person to raise an event on the instance; watchers get an

@@ -57,10 +57,6 @@ fn attempt_id(subject: &str, task: &TaskDispatched) -> AttemptId {
     (subject.to_owned(), task.key.to_string(), task.attempt)
 }
 
-fn figures_key((instance, key, attempt): &AttemptId) -> String {
-    format!("{instance}/{key}#{attempt}")
-}
-
 /// Attempts running now, and results recently sent.
 #[derive(Default)]
 struct Ledger {
@@ -360,7 +356,9 @@ async fn handle_task(shared: &Shared, delivery: Delivery) {
     let traceparent = span
         .in_scope(legato_service::telemetry::current_traceparent)
         .or_else(|| envelope.traceparent.clone());
+    let attempt = task.idempotency_key();
     let ctx = TaskContext {
+        attempt_key: attempt.clone(),
         bus: shared.bus.clone(),
         source: shared.source.clone(),
         instance: task.instance.clone(),
@@ -375,7 +373,7 @@ async fn handle_task(shared: &Shared, delivery: Delivery) {
         lease_ms: dispatched.heartbeat_timeout_ms,
     };
     let lease = dispatched.heartbeat_timeout_ms;
-    let (agent, attempt) = (shared.agent.name().as_str(), figures_key(&id));
+    let agent = shared.agent.name().as_str();
     shared.figures.started(agent, &attempt, None);
     let began = std::time::Instant::now();
     let outcome = run_with_heartbeats(shared, &task, &ctx, lease)

@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::keys::{odata, report_row};
 use super::payload::{Entity, text};
 use super::{AzureTableStore, failure, if_match, now_ms, status};
-use crate::stored::from_millis;
+use crate::stored::{expiry, from_millis};
 use crate::{MAX_REPORTS_LISTED, ReplicaReport, StoreError};
 
 const PARTITION: &str = "~leases";
@@ -30,8 +30,7 @@ impl AzureTableStore {
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         let row = format!("lease-{name}");
-        let now = now_ms();
-        let expires = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        let (now, expires) = expiry(ttl);
         let mut entity = Entity::new();
         entity.insert("PartitionKey".into(), PARTITION.into());
         entity.insert("RowKey".into(), row.clone().into());
@@ -88,8 +87,7 @@ impl AzureTableStore {
                 text.len()
             )));
         }
-        let now = now_ms();
-        let expires = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        let (now, expires) = expiry(ttl);
         let row = report_row(subject, replica);
         let mut entity = Entity::new();
         entity.insert("PartitionKey".into(), REPORTS.into());

@@ -2,13 +2,8 @@
 //! replica at a time must do, and the figures each replica reports.
 
 use super::*;
+use crate::stored::expiry;
 use crate::{MAX_REPORTS_LISTED, ReplicaReport};
-
-fn expiry(ttl: Duration) -> (i64, i64) {
-    let now = millis(OffsetDateTime::now_utc());
-    let ttl = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-    (now, now.saturating_add(ttl))
-}
 
 impl SqliteStore {
     pub(super) async fn lease(
