@@ -11,6 +11,11 @@ const view = document.getElementById("view");
 const banner = document.getElementById("banner");
 let live = null; // the open SignalR connection of the instance page
 let refreshTimer = null;
+// The instance page's next read after a quiet period (see instancePage).
+let idleTimer = null;
+const IDLE_REFRESH_MS = 5000;
+// Counts pages left, so work a page started stops with it.
+let pageGeneration = 0;
 // The instance list's next refresh (see instancesPage).
 let listTimer = null;
 const LIST_REFRESH_MS = 2000;
@@ -239,9 +244,11 @@ function stepCard(step) {
 
 async function instancePage(id) {
   const path = `/api/v1/instances/${encodeURIComponent(id)}`;
+  let ended = false;
   const render = async () => {
     const instance = await api("GET", `${path}?history=true`);
     const finished = ["Completed", "Failed", "Terminated"].includes(instance.runtimeStatus);
+    ended = finished;
     const waiting = instance.steps.filter((s) => s.status === "Waiting" && s.event);
     const reason = el("input", { id: "reason", placeholder: "reason (for a rejection)" });
     const signal = (event, data) => attempt(async () => { await api("POST", `${path}/events/${encodeURIComponent(event)}`, data); });
@@ -304,11 +311,30 @@ async function instancePage(id) {
         }))),
     );
   };
+  // Each progress event (or reconnect) reads the whole instance again, so
+  // an event skipped on the way is covered by the next one. The last one
+  // lost (Azure SignalR does not resend, and nothing follows it to show
+  // the gap) is covered by reading again after IDLE_REFRESH_MS without
+  // news while the run goes on and the tab is visible: one request per
+  // quiet period, none once it has ended.
+  let lastNews = Date.now();
   await render();
   await follow(id, () => {
+    lastNews = Date.now();
     clearTimeout(refreshTimer);
     refreshTimer = setTimeout(() => attempt(render), 150);
   });
+  // Leaving the page (closeLive) ends the checks, even one mid-read.
+  const generation = pageGeneration;
+  const idle = async () => {
+    if (generation !== pageGeneration) return;
+    if (!document.hidden && !ended && Date.now() - lastNews >= IDLE_REFRESH_MS) {
+      lastNews = Date.now();
+      await attempt(render);
+    }
+    if (generation === pageGeneration) idleTimer = setTimeout(idle, IDLE_REFRESH_MS);
+  };
+  idleTimer = setTimeout(idle, IDLE_REFRESH_MS);
 }
 
 // Live: the stock client negotiates at the gateway (redirected to the local
@@ -357,7 +383,9 @@ async function follow(id, onProgress) {
 }
 
 function closeLive() {
+  pageGeneration += 1;
   clearTimeout(refreshTimer);
+  clearTimeout(idleTimer);
   clearTimeout(listTimer);
   if (live) live.stop();
   live = null;

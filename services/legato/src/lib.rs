@@ -179,8 +179,11 @@ impl Stack {
 
         let azure = config.signalr.azure()?;
         if let Some(azure) = azure.clone() {
-            let leadership =
-                legato_notifier::leadership::Leadership::follow(store.clone(), shutdown.clone());
+            let leadership = legato_service::leadership::Leadership::follow(
+                legato_notifier::RELAY_LEASE,
+                store.clone(),
+                shutdown.clone(),
+            );
             tasks.spawn(legato_notifier::relay_to_azure(
                 hub.clone(),
                 azure,

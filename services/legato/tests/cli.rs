@@ -282,14 +282,18 @@ async fn the_cli_creates_steers_and_deletes_a_schedule() {
     let runs: Value = serde_json::from_str(stdout(&triggered).trim()).unwrap();
     let id = runs["instanceIds"][0].as_str().unwrap().to_owned();
     assert!(id.starts_with("hourly:"), "{id}");
-    // The scheduler starts it at its next poll (202 said so).
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while run(base, &["show", &id]).status.code() != Some(0) {
-        assert!(Instant::now() < deadline, "{id} was not started");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // The scheduler starts it at its next poll (202 said so); watching it
+    // at once waits for it instead of answering 404.
     let watched = run(base, &["watch", &id]);
-    assert_eq!(watched.status.code(), Some(0), "{}", stdout(&watched));
+    assert_eq!(watched.status.code(), Some(0), "{watched:?}");
+    // An id of no run of the schedule is not waited for.
+    let never = format!("hourly:{}", "20000101T000000Z");
+    let unknown = run(base, &["watch", &never]);
+    assert_eq!(unknown.status.code(), Some(1), "{unknown:?}");
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("404"),
+        "{unknown:?}"
+    );
 
     let paused = run(base, &["schedule", "pause", "hourly", "--note", "freeze"]);
     assert_eq!(paused.status.code(), Some(0));

@@ -22,9 +22,16 @@ use serde_json::{Map, Value};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{Semaphore, mpsc};
 
+use legato_service::leadership::{self, Leadership};
+
 use crate::ProgressHub;
 use crate::hub::Update;
-use crate::leadership::{self, Leadership};
+
+/// The lease of the notifier replica that relays to Azure SignalR: every
+/// replica keeps its own feed of all progress (its clients need it), but
+/// only the holder sends to Azure, so each event is sent once whatever the
+/// number of replicas.
+pub const RELAY_LEASE: &str = "signalr-relay";
 
 /// Requests to Azure in flight at once, over all instances.
 pub const CONCURRENT_SENDS: usize = 32;

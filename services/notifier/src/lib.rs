@@ -8,13 +8,14 @@
 mod azure;
 mod cursor;
 mod hub;
-pub mod leadership;
 mod limits;
 mod signalr_hub;
 mod sse;
 mod standalone;
 
 use std::collections::HashMap;
+
+use futures::StreamExt;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -31,7 +32,7 @@ use legato_signalr::SignalRSettings;
 use legato_store::Store;
 use serde::{Deserialize, Serialize};
 
-pub use azure::relay_to_azure;
+pub use azure::{RELAY_LEASE, relay_to_azure};
 pub use hub::{InstanceUpdates, ProgressHub, Update};
 pub use standalone::run;
 
@@ -168,7 +169,7 @@ pub async fn relay(
 ) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static> {
     let replica = uuid::Uuid::new_v4().simple().to_string();
     let progress = bus
-        .subscribe(legato_bus::topology::notifier_progress(&replica).prefetch(256))
+        .subscribe(legato_bus::topology::notifier_progress(&replica).prefetch(FEED_WINDOW))
         .await?;
     Ok(feed(progress, hub, shutdown))
 }
@@ -190,17 +191,42 @@ fn progress_events(id: String, payload: Payload) -> Vec<(ProgressEvent, String)>
     }
 }
 
+/// Progress deliveries this replica holds unsettled at once. An event is
+/// in the hub as soon as it is read; what takes time is settling it (a
+/// round trip to the broker), so settlements run side by side, and the
+/// window bounds them: past it the broker keeps the messages, unlocked,
+/// instead of this replica holding (and on Service Bus renewing) the
+/// locks of a backlog.
+const FEED_WINDOW: usize = 64;
+
 async fn feed(
     mut progress: Box<dyn legato_bus::Subscription>,
     hub: ProgressHub,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    let mut settling = futures::stream::FuturesUnordered::new();
     loop {
         let delivery = tokio::select! {
-            _ = shutdown.wait() => return Ok(()),
-            d = progress.next() => d?,
+            _ = shutdown.wait() => {
+                // What was read is in the hub: finish telling the broker.
+                while settling.next().await.is_some() {}
+                return Ok(());
+            }
+            Some(()) = settling.next(), if !settling.is_empty() => continue,
+            d = progress.next(), if settling.len() < FEED_WINDOW => d?,
         };
-        let settled = match delivery.decode() {
+        settling.push(take(delivery, &hub));
+    }
+}
+
+/// Puts one delivery's events into the hub now (in the order read), and
+/// answers how it is to be settled.
+fn take(
+    delivery: legato_bus::Delivery,
+    hub: &ProgressHub,
+) -> futures::future::BoxFuture<'static, ()> {
+    let settle: futures::future::BoxFuture<'static, Result<(), legato_bus::BusError>> =
+        match delivery.decode() {
             Ok(Envelope {
                 id,
                 subject,
@@ -219,21 +245,27 @@ async fn feed(
                         hub.publish(subject.clone(), event, id);
                     }
                 });
-                delivery.ack().await
+                Box::pin(delivery.ack())
             }
             Ok(other) => {
                 let reason = format!(
                     "{} does not belong on the progress topic",
                     other.type_name()
                 );
-                legato_service::metrics::dead_letter(delivery, "notifier", &reason).await
+                Box::pin(async move {
+                    legato_service::metrics::dead_letter(delivery, "notifier", &reason).await
+                })
             }
             Err(e) => {
-                legato_service::metrics::dead_letter(delivery, "notifier", &e.to_string()).await
+                let reason = e.to_string();
+                Box::pin(async move {
+                    legato_service::metrics::dead_letter(delivery, "notifier", &reason).await
+                })
             }
         };
-        if let Err(e) = settled {
+    Box::pin(async move {
+        if let Err(e) = settle.await {
             tracing::warn!("could not settle a progress delivery: {e}");
         }
-    }
+    })
 }

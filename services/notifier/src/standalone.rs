@@ -28,7 +28,11 @@ pub async fn run(config: NotifierConfig, shutdown: Shutdown) -> anyhow::Result<(
         shutdown.clone(),
     ));
     if let Some(azure) = config.signalr.azure()? {
-        let leadership = crate::leadership::Leadership::follow(store_for_lease, shutdown.clone());
+        let leadership = legato_service::leadership::Leadership::follow(
+            crate::RELAY_LEASE,
+            store_for_lease,
+            shutdown.clone(),
+        );
         tokio::spawn(crate::relay_to_azure(
             hub,
             azure,

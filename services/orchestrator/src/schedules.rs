@@ -6,6 +6,10 @@
 //! time), so replicas ticking the same schedule, or a tick repeated after a
 //! crash, start each run once; the loser of the write plans again on the
 //! next poll.
+//!
+//! Only the replica holding the store lease [`LEASE`] polls, so the store's
+//! work for schedules does not grow with the number of replicas; when it
+//! dies, another takes over within `schedule_lease_ms`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +18,7 @@ use futures::StreamExt;
 use legato_bus::Bus;
 use legato_contracts::{Envelope, InstanceId, StartInstance, TerminateInstance};
 use legato_schedule::{Action, ScheduleDoc, Statuses, plan};
+use legato_service::leadership::Leadership;
 use legato_service::{OutboxRelay, Shutdown, records};
 use legato_store::{Expected, ScheduleRecord, Store, StoreError, StoredSchedule};
 use time::OffsetDateTime;
@@ -27,6 +32,8 @@ const TICK_CONCURRENCY: usize = 8;
 const DUE_BATCH: usize = 256;
 /// The longest wait between polls while the store does not answer.
 const OUTAGE_POLL: Duration = Duration::from_secs(5);
+/// The store lease of the replica that ticks schedules.
+pub(crate) const LEASE: &str = "schedules";
 
 pub(crate) struct Scheduler {
     pub store: Arc<dyn Store>,
@@ -50,8 +57,21 @@ pub(crate) async fn run(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let poll = Duration::from_millis(settings.schedule_poll_ms.max(10));
+    let mut leadership = Leadership::follow_for(
+        LEASE,
+        Duration::from_millis(settings.schedule_lease_ms.max(300)),
+        scheduler.store.clone(),
+        shutdown.clone(),
+    );
     let mut wait = poll;
     loop {
+        if !leadership.holds() {
+            tokio::select! {
+                _ = shutdown.wait() => return Ok(()),
+                _ = leadership.changed() => {}
+            }
+            continue;
+        }
         match scheduler
             .store
             .due_schedules(OffsetDateTime::now_utc(), DUE_BATCH)

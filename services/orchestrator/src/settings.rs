@@ -30,6 +30,10 @@ pub struct OrchestratorSettings {
     /// How often due schedules are looked for: the latest a scheduled run
     /// starts after its time (plus its jitter).
     pub schedule_poll_ms: u64,
+    /// Schedules are ticked by one replica at a time, the holder of a
+    /// store lease of this length: when it dies, another takes over within
+    /// this time. Keep it shorter than the schedules' catch-up windows.
+    pub schedule_lease_ms: u64,
 }
 
 impl Default for OrchestratorSettings {
@@ -44,6 +48,7 @@ impl Default for OrchestratorSettings {
             outbox_tick_ms: 500,
             outbox_safety_sweep_ms: 30_000,
             schedule_poll_ms: 1_000,
+            schedule_lease_ms: 10_000,
         }
     }
 }

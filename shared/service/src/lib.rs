@@ -17,6 +17,7 @@ pub mod auth;
 pub mod cors;
 pub mod definitions;
 pub mod health;
+pub mod leadership;
 pub mod metrics;
 pub mod outbox;
 pub mod problem;

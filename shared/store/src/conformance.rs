@@ -1111,6 +1111,40 @@ pub async fn schedules_are_written_at_the_version_read_and_found_when_due(store:
     assert!(!store.delete_schedule(&a.name, None).await.unwrap());
     assert!(store.delete_schedule(&b.name, None).await.unwrap());
     assert_eq!(store.get_schedule(&a.name).await.unwrap(), None);
+    // Moved many times, a schedule is due once, at its latest time; a
+    // deleted one is due no more.
+    let mut e = record("e", Some(long_ago), 0);
+    let mut version = store.put_schedule(&e, &Expected::New).await.unwrap();
+    for n in 1..=5 {
+        e = record("e", Some(long_ago + time::Duration::seconds(n)), n);
+        version = store
+            .put_schedule(&e, &Expected::Version(version))
+            .await
+            .unwrap();
+    }
+    let due: Vec<_> = store
+        .due_schedules(long_ago + time::Duration::seconds(10), 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.record.name.as_str().starts_with(&tenant))
+        .map(|s| s.record)
+        .collect();
+    assert_eq!(due, [e.clone()]);
+    assert!(
+        store
+            .delete_schedule(&e.name, Some(&version))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .due_schedules(long_ago + time::Duration::seconds(10), 10_000)
+            .await
+            .unwrap()
+            .iter()
+            .all(|s| !s.record.name.as_str().starts_with(&tenant))
+    );
 }
 
 /// Expands to one test per conformance case for the adapter built by `$make`

@@ -28,7 +28,9 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 pub use agent::{AgentRecord, MAX_AGENTS_LISTED, StoredAgent};
-pub use azure::{AzureTableConnection, AzureTableStore, INDEX_GRACE, table_requests};
+pub use azure::{
+    ABSENCE_CONFIRMATION, AzureTableConnection, AzureTableStore, INDEX_GRACE, table_requests,
+};
 pub use dead_letter::{DeadLetter, DeadLetterPage, DeadLetterQuery};
 pub use json_text::JsonText;
 pub use report::{MAX_REPORTS_LISTED, ReplicaReport};

@@ -47,6 +47,8 @@ pub struct Config {
     pub namespace: String,
     pub policies: Vec<Policy>,
     pub entra: Option<Entra>,
+    /// Added before every answer: a namespace far away, or slow.
+    pub latency: Duration,
 }
 
 impl Config {
@@ -61,7 +63,13 @@ impl Config {
                 rights: Rights::ALL,
             }],
             entra: None,
+            latency: Duration::ZERO,
         }
+    }
+
+    pub fn latency(mut self, latency: Duration) -> Self {
+        self.latency = latency;
+        self
     }
 
     pub fn policy(mut self, policy: Policy) -> Self {
@@ -273,6 +281,9 @@ impl StandIn {
 /// Every request: authorize for what it does, then run it.
 async fn dispatch(State(ns): State<Arc<Namespace>>, request: Request) -> Response {
     ns.requests.fetch_add(1, Ordering::Relaxed);
+    if !ns.config.latency.is_zero() {
+        tokio::time::sleep(ns.config.latency).await;
+    }
     let (parts, body) = request.into_parts();
     let body = match axum::body::to_bytes(body, 1024 * 1024 * 1024).await {
         Ok(b) => b,

@@ -27,6 +27,8 @@ use crate::dto::rfc3339;
 
 /// Next run times a description lists.
 const UPCOMING: usize = 5;
+/// Waiting runs a schedule's view names.
+const WAITING_LISTED: usize = 100;
 /// Read-modify-write rounds an edit makes while the scheduler ticks the
 /// same schedule.
 const EDIT_ATTEMPTS: usize = 8;
@@ -46,6 +48,10 @@ pub(crate) struct ScheduleView {
     pub buffered: Option<String>,
     /// Triggered and backfilled runs not yet started.
     pub waiting: usize,
+    /// The instance ids of the buffered run and the waiting ones, in the
+    /// order they start (at most 100): a watcher of one of them waits for
+    /// it instead of finding nothing.
+    pub waiting_runs: Vec<String>,
     /// Nominal times that passed outside the catch-up window.
     pub missed: u64,
     /// The most recent runs and skips, newest first.
@@ -141,6 +147,15 @@ fn view(name: &ScheduleName, doc: ScheduleDoc, now: OffsetDateTime) -> ScheduleV
         running: doc.state.running.iter().map(local).collect(),
         buffered: doc.state.buffered.map(rfc3339),
         waiting: doc.state.requested.len(),
+        waiting_runs: doc
+            .state
+            .buffered
+            .iter()
+            .chain(doc.state.requested.iter().map(|r| &r.nominal))
+            .filter_map(|&nominal| run_id(name, nominal))
+            .take(WAITING_LISTED)
+            .map(|id| local(&id))
+            .collect(),
         missed: doc.state.missed,
         recent_runs: doc
             .state

@@ -29,6 +29,7 @@ use crate::{LegatoConfig, Stack};
 mod agents;
 mod client;
 mod scale;
+mod schedules;
 
 use client::{Follow, POLLED_INSTANCES, drive, drive_with};
 
@@ -81,6 +82,11 @@ pub struct BenchOptions {
     /// steps, reported the same way.
     #[arg(long)]
     pub sequence: Option<usize>,
+    /// Instead of the throughput run: write N schedules to the store
+    /// (`--store`), a few of them due, and report what a poll for the due
+    /// ones costs (store requests and milliseconds per poll).
+    #[arg(long, conflicts_with_all = ["fan_out", "sequence"])]
+    pub schedules: Option<usize>,
     /// Also run the workflow on a `pull` agent (workers over HTTP) or a
     /// `push` agent (an endpoint legato POSTs to) after the built-in run,
     /// in the same stack, and print both.
@@ -200,6 +206,9 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     );
     let scratch = std::env::temp_dir().join(format!("legato-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
+    if let Some(n) = options.schedules {
+        return bench_schedules(&options, &scratch, n).await;
+    }
     let shutdown = Shutdown::new();
     let mut servicebus = None;
     let raw_bus: Arc<dyn Bus> = match options.bus {
@@ -490,6 +499,34 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         outcome.failed
     );
     Ok(())
+}
+
+/// `--schedules N` on the chosen store, in tables or a file of the run's
+/// own, removed after.
+async fn bench_schedules(
+    options: &BenchOptions,
+    scratch: &std::path::Path,
+    n: usize,
+) -> anyhow::Result<()> {
+    match options.store {
+        StoreChoice::Sqlite => {
+            let store =
+                SqliteStore::open_with(scratch.join("schedules.db"), options.durability.into())?;
+            let result = schedules::run(&store, n, None).await;
+            let _ = std::fs::remove_dir_all(scratch);
+            result
+        }
+        StoreChoice::AzureTable => {
+            let store = tables(&options.tables, "sched").await?;
+            let probe = schedules::Probe {
+                requests: legato_store::table_requests,
+                tables: &store,
+            };
+            let result = schedules::run(&store, n, Some(probe)).await;
+            store.delete_tables().await?;
+            result
+        }
+    }
 }
 
 async fn connect_servicebus(options: &BenchOptions) -> anyhow::Result<ServiceBusBus> {

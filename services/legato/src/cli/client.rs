@@ -93,7 +93,26 @@ impl Gateway {
         Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
-    /// The instance's progress stream (server-sent events), open.
+    /// Like [`Gateway::call`] for a GET, with `None` for a 404.
+    pub async fn get_if_found(&self, path: &str) -> anyhow::Result<Option<Value>> {
+        let url = format!("{}{path}", self.base);
+        let response = self
+            .request(Method::GET, url.clone())
+            .timeout(std::time::Duration::from_secs(60))
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        let status = response.status();
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let text = response.text().await?;
+        if !status.is_success() {
+            anyhow::bail!("{}", problem(status, &text));
+        }
+        Ok(Some(serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+
     /// The instance's progress stream; `after` resumes it after that
     /// progress position.
     pub async fn stream(&self, id: &str, after: Option<u64>) -> anyhow::Result<reqwest::Response> {

@@ -19,6 +19,10 @@ use crate::sse::Events;
 
 /// Redraws from the status at most this often while events pour in.
 const REFRESH: Duration = Duration::from_millis(200);
+/// How long the stream may be quiet before the status is read instead.
+const QUIET: Duration = Duration::from_secs(10);
+/// How often a scheduled run not yet started is looked for.
+const SCHEDULED_RUN_POLL: Duration = Duration::from_millis(250);
 /// How often a dropped stream (a restarting notifier) is reopened.
 const RECONNECTS: u32 = 20;
 
@@ -26,6 +30,7 @@ const RECONNECTS: u32 = 20;
 pub async fn watch(gateway: &Gateway, id: &str, output: Output) -> anyhow::Result<RuntimeStatus> {
     let mut view = View::new(output);
     let status_path = format!("/api/v1/instances/{}", segment(id));
+    wait_for_scheduled_run(gateway, id, &status_path).await?;
     let mut reconnects = 0;
     // The last progress position seen: a reopened stream resumes after it,
     // so `--output json` prints each event once.
@@ -33,10 +38,21 @@ pub async fn watch(gateway: &Gateway, id: &str, output: Output) -> anyhow::Resul
     loop {
         let mut events = Events::new(gateway.stream(id, seen).await?);
         let mut drawn_at: Option<Instant> = None;
-        while let Some(frame) = events.next().await {
-            let frame = match frame {
-                Ok(frame) => frame,
-                Err(_) => break,
+        loop {
+            let frame = match tokio::time::timeout(QUIET, events.next()).await {
+                Ok(Some(Ok(frame))) => frame,
+                Ok(Some(Err(_)) | None) => break,
+                // Nothing for a while: the instance may have ended with
+                // the news of it lost on the way; its status says.
+                Err(_) => {
+                    let instance = gateway.call(Method::GET, &status_path, None).await?;
+                    view.draw(&instance);
+                    if let Some(status) = terminal(&instance) {
+                        view.finish(&instance);
+                        return Ok(status);
+                    }
+                    continue;
+                }
             };
             seen = frame.position().or(seen);
             if output == Output::Json {
@@ -57,11 +73,7 @@ pub async fn watch(gateway: &Gateway, id: &str, output: Output) -> anyhow::Resul
         // draining): read where it is and listen again.
         let instance = gateway.call(Method::GET, &status_path, None).await?;
         view.draw(&instance);
-        if let Some(status) = instance["runtimeStatus"]
-            .as_str()
-            .and_then(RuntimeStatus::parse)
-            .filter(|s| s.is_terminal())
-        {
+        if let Some(status) = terminal(&instance) {
             view.finish(&instance);
             return Ok(status);
         }
@@ -71,6 +83,53 @@ pub async fn watch(gateway: &Gateway, id: &str, output: Output) -> anyhow::Resul
             "the progress stream of {id} keeps closing; giving up after {RECONNECTS} reconnects"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn terminal(instance: &Value) -> Option<RuntimeStatus> {
+    instance["runtimeStatus"]
+        .as_str()
+        .and_then(RuntimeStatus::parse)
+        .filter(|s| s.is_terminal())
+}
+
+/// A triggered, backfilled or buffered run's id is handed out before its
+/// instance exists (the scheduler starts it at its next poll, or when the
+/// running ones end): while the instance is not there and its schedule
+/// still names it as waiting, wait. Anything else that is not there is
+/// for the stream to report.
+async fn wait_for_scheduled_run(
+    gateway: &Gateway,
+    id: &str,
+    status_path: &str,
+) -> anyhow::Result<()> {
+    // Scheduled runs are `<schedule>:<time>`.
+    let Some((schedule, _)) = id.split_once(':') else {
+        return Ok(());
+    };
+    let schedule_path = format!("/api/v1/schedules/{}", segment(schedule));
+    let mut told = false;
+    loop {
+        if gateway.get_if_found(status_path).await?.is_some() {
+            return Ok(());
+        }
+        let waiting = gateway
+            .get_if_found(&schedule_path)
+            .await?
+            .is_some_and(|s| {
+                s["waitingRuns"]
+                    .as_array()
+                    .is_some_and(|runs| runs.iter().any(|r| r == id))
+            });
+        if !waiting {
+            // Started meanwhile, or never coming: look once more.
+            return Ok(());
+        }
+        if !told {
+            eprintln!("{id} waits for schedule {schedule} to start it");
+            told = true;
+        }
+        tokio::time::sleep(SCHEDULED_RUN_POLL).await;
     }
 }
 

@@ -380,6 +380,12 @@ async fn exactly_one_instance_per_nominal_time_across_two_orchestrators_kill_9s_
     let dir = temp_dir();
     let mut env = services_env(dir.path());
     env.push((FAST_POLL.0.to_owned(), FAST_POLL.1.to_owned()));
+    // One replica ticks at a time; a killed holder's lease must run out
+    // well within the catch-up window for no second to be missed.
+    env.push((
+        "LEGATO__ORCHESTRATOR__SCHEDULE_LEASE_MS".to_owned(),
+        "1200".to_owned(),
+    ));
     let gateway_port = free_port();
     let mut gateway_env = env.clone();
     gateway_env.push(("LEGATO__HTTP__PORT".into(), gateway_port.to_string()));

@@ -1,5 +1,6 @@
 //! Reading through the index: pages of instances, due timers.
 
+use super::index_repair::Findings;
 use super::*;
 
 impl AzureTableStore {
@@ -47,7 +48,7 @@ impl AzureTableStore {
         let mut items = Vec::new();
         let mut examined = 0;
         let mut last_examined = None;
-        let mut dangling = Vec::new();
+        let mut findings = Findings::default();
         for chunk in candidates[..candidates.len().min(scan_limit)].chunks(top + 1) {
             let reads: Vec<_> = chunk.iter().map(|entry| self.listed(entry)).collect();
             let found: Vec<_> = stream::iter(reads)
@@ -59,19 +60,16 @@ impl AzureTableStore {
                 last_examined = Some(entry);
                 let created: i64 = text(entry, "CreatedMs")?.parse().unwrap_or(-1);
                 match summary {
-                    Some(s)
-                        if millis(s.created_at) == created
-                            && query.status.is_none_or(|status| s.status == status)
-                            && query.tenant.admits(s.tenant.as_deref()) =>
-                    {
-                        items.push(s)
+                    Some(s) if millis(s.created_at) == created => {
+                        findings.matched(entry);
+                        if query.status.is_none_or(|status| s.status == status)
+                            && query.tenant.admits(s.tenant.as_deref())
+                        {
+                            items.push(s)
+                        }
                     }
-                    Some(s) if millis(s.created_at) == created => {}
-                    _ if self.past_grace(entry) => dangling.push((
-                        keys::LIST_PARTITION.to_owned(),
-                        text(entry, "RowKey")?.to_owned(),
-                    )),
-                    _ => {}
+                    Some(_) => findings.stale(entry),
+                    None => findings.absent(entry),
                 }
                 if items.len() > top {
                     break;
@@ -81,7 +79,7 @@ impl AzureTableStore {
                 break;
             }
         }
-        self.delete_quietly(&self.index, dangling).await;
+        self.repair_index(&self.index, findings).await;
         let continuation = if items.len() > top {
             items.truncate(top);
             items.last().map(|last| ListPosition {
@@ -133,13 +131,14 @@ impl AzureTableStore {
             .try_collect()
             .await?;
         let mut due = Vec::new();
-        let mut dangling = Vec::new();
+        let mut findings = Findings::default();
         for entry in &entries {
             let instance = text(entry, "Instance")?;
             let timer = text(entry, "Timer")?;
             let due_ms: i64 = text(entry, "DueMs")?.parse().unwrap_or(-1);
             match timers.get(instance).and_then(|t| t.get(timer)) {
                 Some(doc) if doc.due_ms == due_ms && due.len() < limit => {
+                    findings.matched(entry);
                     due.push(TimerRow {
                         instance: InstanceId::parse(instance)
                             .map_err(|e| corrupt("instance id", e))?,
@@ -148,15 +147,12 @@ impl AzureTableStore {
                         payload: doc.payload.clone(),
                     });
                 }
-                Some(doc) if doc.due_ms == due_ms => {}
-                _ if self.past_grace(entry) => dangling.push((
-                    keys::TIMER_PARTITION.to_owned(),
-                    text(entry, "RowKey")?.to_owned(),
-                )),
-                _ => {}
+                Some(doc) if doc.due_ms == due_ms => findings.matched(entry),
+                Some(_) => findings.stale(entry),
+                None => findings.absent(entry),
             }
         }
-        self.delete_quietly(&self.index, dangling).await;
+        self.repair_index(&self.index, findings).await;
         Ok(due)
     }
 

@@ -12,7 +12,9 @@
 //!   that may hold unpublished messages. An entry is written *before* the
 //!   commit it describes, so a crash never hides committed work; readers
 //!   check each entry against its partition, which is the truth, and remove
-//!   entries that have pointed at nothing for longer than [`INDEX_GRACE`].
+//!   entries that have pointed at nothing for longer than [`INDEX_GRACE`]
+//!   (confirmed by a second read when the truth read as missing, see
+//!   [`index_repair`]).
 //! - definitions: one partition per workflow name, one row per version.
 
 mod agents;
@@ -22,6 +24,7 @@ mod connection;
 mod dead_letters;
 mod definitions;
 mod index_reads;
+mod index_repair;
 mod keys;
 mod outbox;
 mod parts;
@@ -68,6 +71,10 @@ use record_version::RecordVersion;
 /// it. It must exceed the longest time between writing an entry and its
 /// commit landing, which [`REQUEST_TIMEOUT`] bounds.
 pub const INDEX_GRACE: Duration = Duration::from_secs(60);
+/// How long an index entry's truth must keep reading as missing before
+/// the entry is removed: longer than a store takes to start or fail over,
+/// during which it may answer "not found" for rows it has.
+pub const ABSENCE_CONFIRMATION: Duration = Duration::from_secs(15 * 60);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// A process skips re-writing an outbox marker it wrote this recently: the
 /// marker stays young, so no reader can remove it before the commit lands.
@@ -108,6 +115,9 @@ pub struct AzureTableStore {
     /// replaced or removed is deleted after the commit lands.
     part_blobs: Mutex<HashMap<String, HashMap<String, String>>>,
     index_grace: Duration,
+    absence_confirmation: Duration,
+    /// Whether every schedule is known to have its due-time index row.
+    schedules_indexed: std::sync::atomic::AtomicBool,
 }
 
 /// An outbox group as its commit wrote it.
@@ -153,6 +163,8 @@ impl AzureTableStore {
             recent_groups: Mutex::new(HashMap::new()),
             part_blobs: Mutex::new(HashMap::new()),
             index_grace: INDEX_GRACE,
+            absence_confirmation: ABSENCE_CONFIRMATION,
+            schedules_indexed: std::sync::atomic::AtomicBool::new(false),
         };
         for table in [&store.instances, &store.index, &store.definitions] {
             match table.create().await {
@@ -168,6 +180,13 @@ impl AzureTableStore {
     /// longer than a request can take.
     pub fn with_index_grace(mut self, grace: Duration) -> Self {
         self.index_grace = grace;
+        self.absence_confirmation = grace;
+        self
+    }
+
+    /// Replaces [`ABSENCE_CONFIRMATION`], for tests of the repair path.
+    pub fn with_absence_confirmation(mut self, confirmation: Duration) -> Self {
+        self.absence_confirmation = confirmation;
         self
     }
 
@@ -598,5 +617,7 @@ impl AzureTableStore {
     }
 }
 
+#[cfg(test)]
+mod blind_store_tests;
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,6 @@
 //! Outbox groups: reading what is pending, deleting what was published.
 
+use super::index_repair::Findings;
 use super::*;
 
 impl AzureTableStore {
@@ -21,6 +22,7 @@ impl AzureTableStore {
                 .unwrap_or(0)
         });
         let mut out = Vec::new();
+        let mut findings = Findings::default();
         for chunk in markers.chunks(PARALLEL_READS) {
             let reads: Vec<_> = chunk.iter().map(|marker| self.marked(marker)).collect();
             let groups: Vec<_> = stream::iter(reads)
@@ -29,19 +31,11 @@ impl AzureTableStore {
                 .await?;
             for (marker, instance, groups) in groups {
                 if groups.is_empty() {
-                    if self.past_grace(marker) {
-                        // Conditional: a commit that re-marked it keeps it.
-                        let _ = self
-                            .delete(
-                                &self.index,
-                                keys::OUTBOX_PARTITION,
-                                instance,
-                                etag_of(marker).as_deref(),
-                            )
-                            .await;
-                    }
+                    // An empty answer may be a store not answering right.
+                    findings.absent(marker);
                     continue;
                 }
+                findings.matched(marker);
                 let id = InstanceId::parse(instance).map_err(|e| corrupt("instance id", e))?;
                 for group in &groups {
                     // Published by this process, its delete waiting.
@@ -61,6 +55,7 @@ impl AzureTableStore {
                 break;
             }
         }
+        self.repair_index(&self.index, findings).await;
         Ok(out)
     }
 

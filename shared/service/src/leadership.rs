@@ -1,23 +1,21 @@
-//! Which notifier replica relays progress to Azure SignalR: the one holding
-//! the store lease `signalr-relay`. Every replica keeps its own feed of all
-//! progress (its clients need it), but only the holder sends to Azure, so
-//! each event is sent once whatever the number of replicas. The holder
-//! renews every [`RENEW`]; when it dies, another takes over once [`TTL`]
-//! has passed since the last renewal.
+//! Work one replica of a service does at a time: the replica holding a
+//! named store lease does it (the notifier's relay to Azure SignalR, the
+//! orchestrator's schedule ticks). The holder renews every third of the
+//! lease's time to live ([`TTL`] unless said otherwise), and the others ask
+//! as often; when it dies, another takes over once that time has passed
+//! since the last renewal.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use legato_service::Shutdown;
 use legato_store::Store;
 use tokio::sync::watch;
 
-/// How long a lease lasts without renewal: the longest gap in relaying
+use crate::Shutdown;
+
+/// How long a lease lasts without renewal: the longest gap in the work
 /// after the holder dies.
 pub const TTL: Duration = Duration::from_secs(10);
-/// How often the holder renews (and the others ask).
-pub const RENEW: Duration = Duration::from_secs(3);
-const LEASE: &str = "signalr-relay";
 
 /// Whether this replica holds the lease, kept current by a task.
 #[derive(Clone)]
@@ -26,31 +24,43 @@ pub struct Leadership {
 }
 
 impl Leadership {
-    /// Starts asking for the lease, as a replica of its own, until
-    /// shutdown.
-    pub fn follow(store: Arc<dyn Store>, shutdown: Shutdown) -> Self {
+    /// Starts asking for the lease `lease`, as a replica of its own, until
+    /// shutdown, with the default [`TTL`].
+    pub fn follow(lease: &'static str, store: Arc<dyn Store>, shutdown: Shutdown) -> Self {
+        Self::follow_for(lease, TTL, store, shutdown)
+    }
+
+    /// Like [`Leadership::follow`], for a lease that lasts `ttl` without
+    /// renewal (renewed every third of it).
+    pub fn follow_for(
+        lease: &'static str,
+        ttl: Duration,
+        store: Arc<dyn Store>,
+        shutdown: Shutdown,
+    ) -> Self {
+        let renew = ttl / 3;
         let replica = uuid::Uuid::new_v4().simple().to_string();
         let (tell, holds) = watch::channel(false);
         tokio::spawn(async move {
             let mut last_held: Option<Instant> = None;
             loop {
-                let holds = match store.acquire_lease(LEASE, &replica, TTL).await {
+                let holds = match store.acquire_lease(lease, &replica, ttl).await {
                     Ok(true) => {
                         last_held = Some(Instant::now());
                         true
                     }
                     Ok(false) => false,
-                    // Unknown: keep relaying only while the last renewal
+                    // Unknown: keep working only while the last renewal
                     // still covers us, so two replicas never both do.
                     Err(e) => {
-                        tracing::warn!("relay lease not renewed: {e}");
-                        last_held.is_some_and(|at| at.elapsed() + RENEW < TTL)
+                        tracing::warn!(lease, "lease not renewed: {e}");
+                        last_held.is_some_and(|at| at.elapsed() + renew < ttl)
                     }
                 };
                 tell.send_if_modified(|held| std::mem::replace(held, holds) != holds);
                 tokio::select! {
                     _ = shutdown.wait() => return,
-                    _ = tokio::time::sleep(RENEW) => {}
+                    _ = tokio::time::sleep(renew) => {}
                 }
             }
         });
