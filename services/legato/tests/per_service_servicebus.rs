@@ -29,7 +29,8 @@ async fn twenty_kills_during_fifty_instances_over_servicebus_lose_and_duplicate_
 /// `legato bench --bus servicebus` runs the stack over the stand-in and
 /// prints the billed operations per instance: for this workflow each of
 /// its 14-17 messages (11 work, one progress message per commit: 3-6, one
-/// notifier) is sent, received and completed exactly once.
+/// notifier) is received and completed exactly once, and sent in fewer
+/// requests (a commit's messages for one topic go together).
 #[test]
 fn bench_over_servicebus_prints_billed_operations_per_instance() {
     use std::io::Read;
@@ -82,9 +83,12 @@ fn bench_over_servicebus_prints_billed_operations_per_instance() {
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("no figure before {what} in {line:?}"))
     };
+    let receives = per_instance("receives,");
+    assert!((14.0..=17.0).contains(&receives), "{line}");
+    assert_eq!(per_instance("settlements,"), receives, "{line}");
+    // A commit's messages for one topic go in one request: the four
+    // parallel tasks are one send.
     let sends = per_instance("sends,");
-    assert!((14.0..=17.0).contains(&sends), "{line}");
-    assert_eq!(per_instance("receives,"), sends, "{line}");
-    assert_eq!(per_instance("settlements,"), sends, "{line}");
+    assert!(sends <= receives - 3.0, "{line}");
     assert!(out.contains("12 completed, 0 failed"), "{out}");
 }

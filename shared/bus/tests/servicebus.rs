@@ -71,6 +71,10 @@ impl Bus for TestBus {
         self.bus.publish(topic, key, message).await
     }
 
+    async fn publish_all(&self, messages: Vec<legato_bus::Routed>) -> Result<(), BusError> {
+        self.bus.publish_all(messages).await
+    }
+
     async fn subscribe(&self, spec: SubscriptionSpec) -> Result<Box<dyn Subscription>, BusError> {
         self.bus.subscribe(spec).await
     }
@@ -392,4 +396,52 @@ async fn reading_dead_letters_keeps_polling_both_queues_while_idle() {
         after.0 >= before.0 + 2 && after.1 >= before.1 + 2,
         "receives went from {before:?} to {after:?}: a queue stopped being read"
     );
+}
+
+#[tokio::test]
+async fn an_outbox_group_goes_in_one_request_per_topic() {
+    let (_standin, bus) = standin_bus(Config::new("legato-batch"), Duration::from_secs(5)).await;
+    let key = format!("k{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let mut tasks = bus
+        .subscribe(SubscriptionSpec::new(Topic::AgentTasks, "batch-tasks").bind(&key))
+        .await
+        .unwrap();
+    let mut progress = bus
+        .subscribe(SubscriptionSpec::new(Topic::Progress, "batch-progress").bind("#"))
+        .await
+        .unwrap();
+    let routed = |topic, n: usize| legato_bus::Routed {
+        topic,
+        routing_key: key.clone(),
+        message: OutgoingMessage {
+            headers: [("cloudEvents_type".to_owned(), format!("t{n} ✓"))].into(),
+            ..message(&format!("m{n} ✓"))
+        },
+    };
+    let group: Vec<_> = (0..5)
+        .map(|n| routed(Topic::AgentTasks, n))
+        .chain((5..8).map(|n| routed(Topic::Progress, n)))
+        .collect();
+    let before = bus.operations();
+    bus.publish_all(group.clone()).await.unwrap();
+    assert_eq!(
+        bus.operations().since(&before).sends,
+        2,
+        "one batch per topic"
+    );
+    for (sub, sent) in [(&mut tasks, &group[..5]), (&mut progress, &group[5..])] {
+        let mut left: std::collections::BTreeMap<_, _> =
+            sent.iter().map(|r| (r.message.id.clone(), r)).collect();
+        for _ in 0..sent.len() {
+            let got = tokio::time::timeout(Duration::from_secs(10), sub.next())
+                .await
+                .expect("a batched message arrives")
+                .unwrap();
+            let expected = left.remove(&got.message_id).expect("each once");
+            assert_eq!(got.routing_key, key);
+            assert_eq!(got.headers, expected.message.headers);
+            assert_eq!(got.body, expected.message.body);
+            got.ack().await.unwrap();
+        }
+    }
 }

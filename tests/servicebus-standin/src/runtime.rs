@@ -204,7 +204,124 @@ struct Settable {
     time_to_live: Option<f64>,
 }
 
+/// Send Message Batch's content type (documented without parameters).
+const BATCH: &str = "application/vnd.microsoft.servicebus.json";
+
+/// One message of a batch: its body (base64 when `IsBodyBase64`), its
+/// broker properties and its custom properties.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+struct BatchEntry {
+    body: String,
+    #[serde(default)]
+    is_body_base64: bool,
+    #[serde(default)]
+    broker_properties: Settable,
+    #[serde(default)]
+    user_properties: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Settable {
+    fn into_broker(self) -> Broker {
+        Broker {
+            message_id: self
+                .message_id
+                .unwrap_or_else(|| Uuid::new_v4().simple().to_string()),
+            correlation_id: self.correlation_id,
+            session_id: self.session_id,
+            label: self.label,
+            reply_to: self.reply_to,
+            to: self.to,
+            reply_to_session_id: self.reply_to_session_id,
+            partition_key: self.partition_key,
+            time_to_live: self.time_to_live,
+        }
+    }
+}
+
+/// Send Message Batch: every message of the array, in order, or none (a
+/// refused batch sends nothing). The batch counts as one message against
+/// the size limit.
+fn send_batch(ns: &Namespace, topic: &str, call: &Call) -> Response {
+    if call.body.len() > model::MAX_MESSAGE_BYTES {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "The batch of {} bytes is over the {} bytes this tier allows.",
+                call.body.len(),
+                model::MAX_MESSAGE_BYTES
+            ),
+        );
+    }
+    let entries: Vec<BatchEntry> = match serde_json::from_slice(&call.body) {
+        Ok(entries) => entries,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("the batch is not a JSON array of messages: {e}"),
+            );
+        }
+    };
+    let mut messages = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let body = if entry.is_body_base64 {
+            use base64::Engine;
+            match base64::engine::general_purpose::STANDARD.decode(&entry.body) {
+                Ok(bytes) => bytes::Bytes::from(bytes),
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        &format!("a Body is not base64: {e}"),
+                    );
+                }
+            }
+        } else {
+            bytes::Bytes::from(entry.body)
+        };
+        let mut properties = Vec::new();
+        for (name, value) in entry.user_properties {
+            let value = match value {
+                serde_json::Value::String(s) => PropertyValue::Str(s),
+                serde_json::Value::Bool(b) => PropertyValue::Bool(b),
+                serde_json::Value::Number(n) => match n.as_f64() {
+                    Some(n) => PropertyValue::Num(n),
+                    None => PropertyValue::Str(n.to_string()),
+                },
+                other => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        &format!("property {name} is {other}: not a string, number or boolean"),
+                    );
+                }
+            };
+            properties.push((name.to_ascii_lowercase(), value));
+        }
+        messages.push(Message::new(
+            body,
+            entry.broker_properties.into_broker(),
+            properties,
+            None,
+        ));
+    }
+    let (now, wall) = (ns.clock.now(), ns.clock.wall());
+    let mut state = ns.state();
+    if let Err(r) = state.topic_mut(topic) {
+        return refused(r);
+    }
+    for message in messages {
+        if let Err(r) = state.send(topic, message, now, wall) {
+            return refused(r);
+        }
+    }
+    drop(state);
+    ns.available.notify_waiters();
+    StatusCode::CREATED.into_response()
+}
+
 fn send(ns: &Namespace, topic: &str, call: &Call) -> Response {
+    if call.header("content-type") == Some(BATCH) {
+        return send_batch(ns, topic, call);
+    }
     let settable: Settable = match call.header("brokerproperties") {
         Some(text) => match serde_json::from_str(text) {
             Ok(s) => s,
@@ -243,19 +360,7 @@ fn send(ns: &Namespace, topic: &str, call: &Call) -> Response {
             ),
         );
     }
-    let broker = Broker {
-        message_id: settable
-            .message_id
-            .unwrap_or_else(|| Uuid::new_v4().simple().to_string()),
-        correlation_id: settable.correlation_id,
-        session_id: settable.session_id,
-        label: settable.label,
-        reply_to: settable.reply_to,
-        to: settable.to,
-        reply_to_session_id: settable.reply_to_session_id,
-        partition_key: settable.partition_key,
-        time_to_live: settable.time_to_live,
-    };
+    let broker = settable.into_broker();
     let message = Message::new(
         call.body.clone(),
         broker,

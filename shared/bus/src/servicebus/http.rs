@@ -49,7 +49,8 @@ pub(super) struct ServiceBusHttp {
 /// one as an operation, empty long polls included.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Operations {
-    /// Messages sent to a topic (work, progress and dead-letter copies).
+    /// Send requests to a topic (work, progress and dead-letter copies): a
+    /// batch of messages is one.
     pub sends: u64,
     /// Peek-lock receives that returned a message.
     pub receives: u64,

@@ -190,7 +190,7 @@ impl Management {
         .map_err(|e| BusError::Rejected(format!("entity path {path:?}: {e}")))
     }
 
-    fn signature(&self, url: &Url) -> Result<Option<String>, BusError> {
+    pub(super) fn signature(&self, url: &Url) -> Result<Option<String>, BusError> {
         let ServiceBusAuth::SharedKey { policy, key } = &self.auth else {
             // The HTTP client adds the bearer token.
             return Ok(None);

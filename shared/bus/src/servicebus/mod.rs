@@ -42,6 +42,7 @@
 //!   registered at run time has none beforehand), which needs Manage on
 //!   their topics (`agent-tasks`, `progress`).
 
+mod batch;
 mod connection;
 mod errors;
 mod http;
@@ -64,11 +65,12 @@ pub use management::SubscriptionSettings;
 pub use names::RuleFilter;
 
 use crate::{
-    Bus, BusError, EPHEMERAL_DEAD_LETTERS, OutgoingMessage, Subscription, SubscriptionSpec,
+    Bus, BusError, EPHEMERAL_DEAD_LETTERS, OutgoingMessage, Routed, Subscription, SubscriptionSpec,
     UNSETTLED_DELIVERY_FACTOR,
 };
 use management::Management;
 use receiver::{DeadLetterTarget, Reader, ReaderSettings, Source};
+use serde_json::Value;
 
 /// A topic's routes are listed again when older than this.
 pub const ROUTES_FRESH: Duration = Duration::from_secs(30);
@@ -387,6 +389,26 @@ impl ServiceBusBus {
             .map_err(|e| errors::from_azure(e, &format!("sending to {topic}")))
     }
 
+    /// Messages for one topic: alone as a message, together as a batch.
+    async fn send_run(&self, run: Vec<(&Routed, Value)>) -> Result<(), BusError> {
+        match run.as_slice() {
+            [] => Ok(()),
+            [(routed, _)] => {
+                self.send(
+                    &self.topic(routed.topic),
+                    &routed.message,
+                    &routed.routing_key,
+                )
+                .await
+            }
+            [(first, _), ..] => {
+                let topic = self.topic(first.topic);
+                let entries = run.into_iter().map(|(_, entry)| entry).collect();
+                self.inner.management.send_batch(&topic, entries).await
+            }
+        }
+    }
+
     fn reader_settings(&self, spec: Option<&SubscriptionSpec>) -> Result<ReaderSettings, BusError> {
         let options = &self.inner.options;
         let dead_letters = match spec {
@@ -439,6 +461,39 @@ impl Bus for ServiceBusBus {
             )));
         }
         self.send(&self.topic(topic), &message, routing_key).await
+    }
+
+    /// Each run of messages for one topic goes in batches (one request
+    /// each, see [`batch`]), in their order.
+    async fn publish_all(&self, messages: Vec<Routed>) -> Result<(), BusError> {
+        for routed in &messages {
+            if !crate::droppable_when_unrouted(routed.topic)
+                && !self.routed(routed.topic, &routed.routing_key).await?
+            {
+                return Err(BusError::Unroutable(format!(
+                    "{} with routing key {:?}",
+                    self.topic(routed.topic),
+                    routed.routing_key
+                )));
+            }
+        }
+        let mut run: Vec<(&Routed, Value)> = Vec::new();
+        let mut run_bytes = 0;
+        for routed in &messages {
+            let (entry, size) = batch::entry(&routed.message, &routed.routing_key)?;
+            let fits = run
+                .first()
+                .is_none_or(|(first, _)| first.topic == routed.topic)
+                && run.len() < batch::MAX_MESSAGES
+                && run_bytes + size <= batch::MAX_BYTES;
+            if !fits {
+                self.send_run(std::mem::take(&mut run)).await?;
+                run_bytes = 0;
+            }
+            run.push((routed, entry));
+            run_bytes += size;
+        }
+        self.send_run(run).await
     }
 
     async fn subscribe(&self, spec: SubscriptionSpec) -> Result<Box<dyn Subscription>, BusError> {
