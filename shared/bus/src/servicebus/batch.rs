@@ -8,7 +8,7 @@
 //! batches are kept well below it; a message too large for one is sent on
 //! its own.
 
-use azure_core::{HttpClient, Method, Request, Url};
+use azure_core::{Method, Url};
 use serde_json::{Value, json};
 
 use super::errors;
@@ -61,30 +61,17 @@ impl Management {
         let doing = format!("sending a batch of {} to {topic}", entries.len());
         let url = Url::parse(&format!("https://{}/{topic}/messages", self.host))
             .map_err(|e| BusError::Rejected(format!("topic path {topic:?}: {e}")))?;
-        let mut request = Request::new(url.clone(), Method::Post);
-        if let Some(signature) = self.signature(&url)? {
-            request.insert_header(azure_core::headers::AUTHORIZATION, signature);
-        }
-        request.insert_header(azure_core::headers::CONTENT_TYPE, CONTENT_TYPE);
-        request.set_body(Value::Array(entries).to_string());
-        let response = self
-            .http
-            .execute_request(&request)
-            .await
-            .map_err(|e| errors::from_azure(e, &doing))?;
-        let status = u16::from(response.status());
+        let body = Value::Array(entries).to_string();
+        let (status, answer) = self
+            .call_with(Method::Post, url, Some((body, CONTENT_TYPE)))
+            .await?;
         if status == 201 {
             return Ok(());
         }
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| errors::from_azure(e, &doing))?;
         Err(errors::from_status(
             status,
             &doing,
-            &String::from_utf8_lossy(&body),
+            &String::from_utf8_lossy(&answer),
         ))
     }
 }

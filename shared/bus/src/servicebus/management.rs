@@ -190,7 +190,7 @@ impl Management {
         .map_err(|e| BusError::Rejected(format!("entity path {path:?}: {e}")))
     }
 
-    pub(super) fn signature(&self, url: &Url) -> Result<Option<String>, BusError> {
+    fn signature(&self, url: &Url) -> Result<Option<String>, BusError> {
         let ServiceBusAuth::SharedKey { policy, key } = &self.auth else {
             // The HTTP client adds the bearer token.
             return Ok(None);
@@ -216,13 +216,25 @@ impl Management {
         url: Url,
         body: Option<String>,
     ) -> Result<(u16, bytes::Bytes), BusError> {
+        self.call_with(method, url, body.map(|b| (b, ATOM_ENTRY)))
+            .await
+    }
+
+    /// A signed request with `body` of its content type, answering the
+    /// status and body.
+    pub(super) async fn call_with(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<(String, &str)>,
+    ) -> Result<(u16, bytes::Bytes), BusError> {
         let mut request = Request::new(url.clone(), method);
         if let Some(signature) = self.signature(&url)? {
             request.insert_header(azure_core::headers::AUTHORIZATION, signature);
         }
         match body {
-            Some(body) => {
-                request.insert_header(azure_core::headers::CONTENT_TYPE, ATOM_ENTRY);
+            Some((body, content_type)) => {
+                request.insert_header(azure_core::headers::CONTENT_TYPE, content_type.to_owned());
                 request.set_body(body);
             }
             None => {

@@ -31,8 +31,14 @@ impl AzureTableStore {
                 .await?;
             for (marker, instance, groups) in groups {
                 if groups.is_empty() {
-                    // An empty answer may be a store not answering right.
-                    findings.absent(marker);
+                    // Every finished instance leaves its marker so: kept
+                    // for the long confirmation of a missing truth, they
+                    // would crowd the sweep. Removed past the grace, as a
+                    // stale entry; the relay publishes each commit's
+                    // groups itself, so only a crash of it together with
+                    // a store hiding the groups could leave some to wait
+                    // for the instance's next commit.
+                    findings.stale(marker);
                     continue;
                 }
                 findings.matched(marker);

@@ -134,10 +134,12 @@ impl AzureTableStore {
             })
             .await;
         // Whichever row lost (this write's, or the one it replaced) goes;
-        // if this fails, the poll that finds it removes it.
+        // if this fails, the poll that finds it removes it. A write whose
+        // answer was lost may have landed: its row stays.
         let lost = match &written {
             Ok(_) => replaced.filter(|r| !r.is_empty() && *r != index),
-            Err(_) => Some(index.as_str()).filter(|r| !r.is_empty()),
+            Err(StoreError::Conflict(_)) => Some(index.as_str()).filter(|r| !r.is_empty()),
+            Err(_) => None,
         };
         if let Some(lost) = lost {
             self.delete_quietly(
