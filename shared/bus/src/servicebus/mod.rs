@@ -389,6 +389,19 @@ impl ServiceBusBus {
             .map_err(|e| errors::from_azure(e, &format!("sending to {topic}")))
     }
 
+    /// Refuses a message Service Bus would silently drop: one for a topic
+    /// whose messages must reach someone, with no subscription taking its
+    /// routing key.
+    async fn ensure_routed(&self, topic: Topic, routing_key: &str) -> Result<(), BusError> {
+        if !crate::droppable_when_unrouted(topic) && !self.routed(topic, routing_key).await? {
+            return Err(BusError::Unroutable(format!(
+                "{} with routing key {routing_key:?}",
+                self.topic(topic)
+            )));
+        }
+        Ok(())
+    }
+
     /// Messages for one topic: alone as a message, together as a batch.
     async fn send_run(&self, run: Vec<(&Routed, Value)>) -> Result<(), BusError> {
         match run.as_slice() {
@@ -454,12 +467,7 @@ impl Bus for ServiceBusBus {
         routing_key: &str,
         message: OutgoingMessage,
     ) -> Result<(), BusError> {
-        if !crate::droppable_when_unrouted(topic) && !self.routed(topic, routing_key).await? {
-            return Err(BusError::Unroutable(format!(
-                "{} with routing key {routing_key:?}",
-                self.topic(topic)
-            )));
-        }
+        self.ensure_routed(topic, routing_key).await?;
         self.send(&self.topic(topic), &message, routing_key).await
     }
 
@@ -467,15 +475,8 @@ impl Bus for ServiceBusBus {
     /// each, see [`batch`]), in their order.
     async fn publish_all(&self, messages: Vec<Routed>) -> Result<(), BusError> {
         for routed in &messages {
-            if !crate::droppable_when_unrouted(routed.topic)
-                && !self.routed(routed.topic, &routed.routing_key).await?
-            {
-                return Err(BusError::Unroutable(format!(
-                    "{} with routing key {:?}",
-                    self.topic(routed.topic),
-                    routed.routing_key
-                )));
-            }
+            self.ensure_routed(routed.topic, &routed.routing_key)
+                .await?;
         }
         let mut run: Vec<(&Routed, Value)> = Vec::new();
         let mut run_bytes = 0;

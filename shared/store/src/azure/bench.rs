@@ -84,20 +84,6 @@ impl AzureTableStore {
     }
 
     /// Deletes this store's tables: for throwaway runs such as `legato bench`.
-    /// How due schedules were found before they were indexed, for `legato
-    /// bench --schedules` to compare: a scan of the schedules' partition
-    /// filtered by due time. Answers how many it found.
-    pub async fn scan_due_schedules(&self, now: OffsetDateTime) -> Result<usize, StoreError> {
-        let filter = format!(
-            "PartitionKey eq '~schedules' and RowKey lt '~' and NextDue le '{:015}'",
-            millis(now).max(0)
-        );
-        Ok(self
-            .query(&self.definitions, filter, usize::MAX)
-            .await?
-            .len())
-    }
-
     pub async fn delete_tables(&self) -> Result<(), StoreError> {
         for table in [&self.instances, &self.index, &self.definitions] {
             match table.delete().await {

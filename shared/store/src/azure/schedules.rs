@@ -98,12 +98,7 @@ impl AzureTableStore {
             Some(at) => {
                 let write = uuid::Uuid::new_v4().simple().to_string();
                 let key = index_key(&due_key(millis(at)), name, &write[..12]);
-                let mut row = Entity::new();
-                row.insert("PartitionKey".into(), PARTITION.into());
-                row.insert("RowKey".into(), key.clone().into());
-                row.insert("Schedule".into(), name.into());
-                row.insert("WrittenMs".into(), now_ms().to_string().into());
-                self.upsert(&self.definitions, PARTITION, &key, row).await?;
+                self.put_index_row(&key, name).await?;
                 key
             }
             None => String::new(),
@@ -323,13 +318,34 @@ impl AzureTableStore {
 
     /// Writes the index row the schedule `row` names.
     async fn index_schedule(&self, row: &Entity) -> Result<(), StoreError> {
-        let key = current_index(row)?;
-        let mut index = Entity::new();
-        index.insert("PartitionKey".into(), PARTITION.into());
-        index.insert("RowKey".into(), key.clone().into());
-        index.insert("Schedule".into(), text(row, "RowKey")?.into());
-        index.insert("WrittenMs".into(), now_ms().to_string().into());
-        self.upsert(&self.definitions, PARTITION, &key, index).await
+        self.put_index_row(&current_index(row)?, text(row, "RowKey")?)
+            .await
+    }
+
+    /// Writes the due-time index row `key` naming the schedule `name`.
+    async fn put_index_row(&self, key: &str, name: &str) -> Result<(), StoreError> {
+        let mut row = Entity::new();
+        row.insert("PartitionKey".into(), PARTITION.into());
+        row.insert("RowKey".into(), key.into());
+        row.insert("Schedule".into(), name.into());
+        row.insert("WrittenMs".into(), now_ms().to_string().into());
+        self.upsert(&self.definitions, PARTITION, key, row).await
+    }
+
+    /// How due schedules were found before they were indexed, for `legato
+    /// bench --schedules` to compare: a scan of the schedules' partition
+    /// filtered by due time. Answers how many it found.
+    pub async fn scan_due_schedules(&self, now: time::OffsetDateTime) -> Result<usize, StoreError> {
+        let filter = format!(
+            "PartitionKey eq {} and RowKey lt {} and NextDue le {}",
+            odata(PARTITION),
+            odata(NEVER),
+            odata(&due_key(millis(now)))
+        );
+        Ok(self
+            .query(&self.definitions, filter, usize::MAX)
+            .await?
+            .len())
     }
 
     pub(super) async fn delete_schedule_row(
