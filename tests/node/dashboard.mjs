@@ -42,6 +42,25 @@ try {
   const errors = [];
   page.on("pageerror", (error) => errors.push(error.message));
   page.on("dialog", (dialog) => dialog.accept());
+  // The instance page of `id`, connected: the page before it shows a live
+  // indicator of its own until this one is drawn.
+  const opened = (id) =>
+    page.waitForFunction((id) => {
+      const title = document.querySelector("h1");
+      return title?.textContent.startsWith(`${id} `) && title.querySelector("#live.live:not(.off)") !== null;
+    }, id);
+  // Waits for the instance page to show `status`; on a timeout, says what
+  // the page and the API showed instead.
+  const shows = async (id, status) => {
+    try {
+      await page.waitForSelector(`h1 [data-status="${status}"]`);
+    } catch (error) {
+      const title = await page.evaluate(() => document.querySelector("h1")?.textContent);
+      const response = await fetch(`${base}/api/v1/instances/${id}`, { headers: { authorization: `Bearer ${key}` } });
+      const api = response.ok ? (await response.json()).runtimeStatus : response.status;
+      throw new Error(`${id} was not shown ${status} (the page: ${JSON.stringify(title)}, the API: ${api}): ${error.message}`);
+    }
+  };
   const shot = async (name) => {
     const path = join(out, `${name}.png`);
     await page.screenshot({ path, fullPage: true });
@@ -77,14 +96,14 @@ try {
   // Approve: the plan and the parallel work appear live, then completion.
   await start("dash-yes");
   await page.evaluate(() => (location.hash = "#/instances/dash-yes"));
-  await page.waitForSelector("#live.live:not(.off)");
+  await opened("dash-yes");
   await page.evaluate(() => (window.__notReloaded = true));
   await page.waitForSelector('[data-step="plan"][data-status="Completed"]');
   await page.waitForSelector('[data-step="work"] [data-items="2/2"]');
   await page.waitForSelector('[data-waiting="approval"]');
   await shot("instance-waiting");
   await page.click("#approve");
-  await page.waitForSelector('h1 [data-status="Completed"]');
+  await shows("dash-yes", "Completed");
   await page.waitForSelector('[data-step="finalize"][data-status="Completed"]');
   check(await page.evaluate(() => window.__notReloaded === true), "the page reloaded");
   await shot("instance-completed");
@@ -108,7 +127,7 @@ try {
   });
   await start("dash-lost");
   await page.evaluate(() => (location.hash = "#/instances/dash-lost"));
-  await page.waitForSelector("#live.live:not(.off)");
+  await opened("dash-lost");
   await page.waitForSelector('[data-waiting="approval"]');
   await page.evaluate(() => (window.__notReloaded = true));
   dropping = true;
@@ -118,7 +137,7 @@ try {
     body: JSON.stringify({ approved: true, by: "the gap test" }),
   });
   check(approved.status === 202, `approve dash-lost: ${approved.status}`);
-  await page.waitForSelector('h1 [data-status="Completed"]');
+  await shows("dash-lost", "Completed");
   check(dropped > 0, "no progress message of dash-lost was dropped: the test proves nothing");
   check(await page.evaluate(() => window.__notReloaded === true), "the page reloaded");
   dropping = false;

@@ -16,6 +16,9 @@ let idleTimer = null;
 const IDLE_REFRESH_MS = 5000;
 // Counts pages left, so work a page started stops with it.
 let pageGeneration = 0;
+// Counts navigations: a read or a connection a page started that ends
+// after the next page is shown must not show the page it was for.
+let routeSeq = 0;
 // The instance list's next refresh (see instancesPage).
 let listTimer = null;
 const LIST_REFRESH_MS = 2000;
@@ -245,8 +248,10 @@ function stepCard(step) {
 async function instancePage(id) {
   const path = `/api/v1/instances/${encodeURIComponent(id)}`;
   let ended = false;
+  const visit = routeSeq;
   const render = async () => {
     const instance = await api("GET", `${path}?history=true`);
+    if (visit !== routeSeq) return;
     const finished = ["Completed", "Failed", "Terminated"].includes(instance.runtimeStatus);
     ended = finished;
     const waiting = instance.steps.filter((s) => s.status === "Waiting" && s.event);
@@ -319,13 +324,10 @@ async function instancePage(id) {
   // quiet period, none once it has ended.
   let lastNews = Date.now();
   await render();
-  await follow(id, () => {
-    lastNews = Date.now();
-    clearTimeout(refreshTimer);
-    refreshTimer = setTimeout(() => attempt(render), 150);
-  });
-  // Leaving the page (closeLive) ends the checks, even one mid-read.
-  const generation = pageGeneration;
+  // Leaving the page (closeLive) ends the checks, even one mid-read. They
+  // start before the connection does, so a hub slow to answer (or one
+  // that never does) delays nothing.
+  let generation = pageGeneration;
   const idle = async () => {
     if (generation !== pageGeneration) return;
     if (!document.hidden && !ended && Date.now() - lastNews >= IDLE_REFRESH_MS) {
@@ -334,15 +336,23 @@ async function instancePage(id) {
     }
     if (generation === pageGeneration) idleTimer = setTimeout(idle, IDLE_REFRESH_MS);
   };
-  idleTimer = setTimeout(idle, IDLE_REFRESH_MS);
+  await follow(id, visit, () => {
+    lastNews = Date.now();
+    clearTimeout(refreshTimer);
+    refreshTimer = setTimeout(() => attempt(render), 150);
+  }, () => {
+    generation = pageGeneration;
+    idleTimer = setTimeout(idle, IDLE_REFRESH_MS);
+  });
 }
 
 // Live: the stock client negotiates at the gateway (redirected to the local
 // hub or to Azure SignalR), then watches the instance: in Azure mode the
 // gateway adds the connection to the instance's group; the local hub
 // answers that with 409 and is asked directly.
-async function follow(id, onProgress) {
+async function follow(id, visit, onProgress, onOpening) {
   closeLive();
+  onOpening();
   const options = token() ? { accessTokenFactory: () => token() } : {};
   const connection = new signalR.HubConnectionBuilder()
     .withUrl(`${location.origin}/api/v1`, options)
@@ -369,6 +379,11 @@ async function follow(id, onProgress) {
   connection.onreconnected(subscribe);
   try {
     await connection.start();
+    if (visit !== routeSeq) {
+      // The page was left while the connection opened.
+      connection.stop();
+      return;
+    }
     live = connection;
     await subscribe();
   } catch (error) {
@@ -539,6 +554,7 @@ async function agentPage(name) {
 // ---- routing ----
 
 async function route() {
+  routeSeq += 1;
   closeLive();
   alert("");
   document.getElementById("sign-out").hidden = !token();
