@@ -4,7 +4,7 @@
 // feature-request from the API and watch its plan and parallel work appear
 // live without a reload, approve it and see it complete, see another
 // complete although its progress messages are lost, reject another and
-// see it roll back and fail, look at the workflows, pause, resume and
+// see it roll back and fail, see a loop drawn with its iterations, look at the workflows, pause, resume and
 // trigger a schedule and open the run it started. A screenshot of each
 // page is written to the output directory.
 // Usage: node dashboard.mjs <base url> <admin api key> <output dir> <read-only api key>
@@ -152,6 +152,20 @@ try {
   await page.waitForSelector("#error >> text=not this quarter");
   await page.waitForSelector("#history >> text=compensation");
   await shot("instance-rolled-back");
+
+  // A loop: drawn with its iteration count, its body inside it.
+  const looped = await fetch(`${base}/api/v1/workflows/pattern-evaluator-optimizer/instances`, {
+    method: "POST",
+    headers: { "content-type": "application/json", authorization: `Bearer ${key}` },
+    body: JSON.stringify({ instanceId: "dash-loop", input: { task: "add CSV export", require: ["tests", "docs"] } }),
+  });
+  check(looped.status === 202, `start dash-loop: ${looped.status}`);
+  await page.evaluate(() => (location.hash = "#/instances/dash-loop"));
+  await shows("dash-loop", "Completed");
+  await page.waitForSelector('[data-step="draft"] [data-iteration="3/5"]');
+  await page.waitForSelector('[data-step="draft"] .graph.body [data-step="review"][data-status="Completed"]');
+  check((await page.$('#graph > .level > [data-step="review"]')) === null, "a loop's body step was drawn outside the loop");
+  await shot("instance-loop");
 
   // The list shows both; the workflows and one definition's source.
   await page.evaluate(() => (location.hash = "#/"));

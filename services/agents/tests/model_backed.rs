@@ -66,6 +66,7 @@ async fn run_once(kind: AgentKind, endpoint: String, input: Value) -> Payload {
             execution: 0,
             step: StepId::parse("s").unwrap(),
             item: None,
+            iteration: None,
             role: TaskRole::Action,
         },
         attempt: 1,

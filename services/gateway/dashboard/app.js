@@ -228,10 +228,14 @@ function levels(steps) {
   return columns.filter(Boolean);
 }
 
-function stepCard(step) {
+// A step's card; a loop's holds its body's cards (from `all`, the
+// instance's steps), drawn like the workflow's, and its iteration count.
+function stepCard(step, all = []) {
   const items = step.items;
   const retries = Math.max(0, step.attempts - (items ? Math.max(1, items.total) : 1));
-  return el("div", { class: `step ${step.status}`, "data-step": step.id, "data-status": step.status },
+  const body = all.filter((s) => s.parent === step.id);
+  const loop = step.kind === "loop";
+  return el("div", { class: `step ${step.status}${loop ? " loop" : ""}`, "data-step": step.id, "data-status": step.status },
     el("div", { class: "name" }, step.id, " ", status(step.status)),
     el("div", { class: "meta" },
       step.kind.replaceAll("_", " "),
@@ -239,10 +243,13 @@ function stepCard(step) {
       step.attempts ? ` · ${step.attempts} attempt${step.attempts === 1 ? "" : "s"}` : "",
       retries ? ` (${retries} retried)` : "",
       step.startedAt ? ` · ${duration(step.startedAt, step.completedAt)}` : ""),
+    loop ? el("div", { class: "meta", "data-iteration": `${step.iteration ?? 0}/${step.maxIterations}` },
+      `iteration ${step.iteration ?? 0} of at most ${step.maxIterations}`) : null,
     items ? el("div", { class: "meta", "data-items": `${items.completed}/${items.total}` },
       `${items.completed}/${items.total} items`, items.failed ? `, ${items.failed} failed` : "", items.running ? `, ${items.running} running` : "") : null,
     items ? el("div", { class: "bar" }, el("span", { style: `width: ${items.total ? (100 * items.completed) / items.total : 0}%` })) : null,
-    step.error ? el("div", { class: "meta" }, step.error) : null);
+    step.error ? el("div", { class: "meta" }, step.error) : null,
+    body.length ? el("div", { class: "graph body" }, levels(body).map((column) => el("div", { class: "level" }, column.map((s) => stepCard(s, all))))) : null);
 }
 
 async function instancePage(id) {
@@ -290,7 +297,7 @@ async function instancePage(id) {
         reason, " ",
         el("button", { class: "danger", id: "reject", onclick: () => signal(step.event, { approved: false, reason: reason.value || "rejected in the dashboard" }) }, "Reject"))),
       el("h2", {}, "Steps"),
-      el("div", { class: "graph", id: "graph" }, levels(instance.steps).map((column) => el("div", { class: "level" }, column.map(stepCard)))),
+      el("div", { class: "graph", id: "graph" }, levels(instance.steps.filter((s) => !s.parent)).map((column) => el("div", { class: "level" }, column.map((s) => stepCard(s, instance.steps))))),
       el("h2", {}, "Actions"),
       el("div", { class: "actions" },
         eventName, eventData, el("button", { id: "raise", onclick: raise }, "Raise event"),

@@ -10,7 +10,8 @@ use std::path::Path;
 use legato_store::{DefinitionRecord, Store};
 use time::OffsetDateTime;
 
-/// Registers every definition file in `dir`; returns how many were new.
+/// Registers every definition file in `dir` (and its directories);
+/// returns how many were new.
 pub async fn register_catalogue(store: &dyn Store, dir: &Path) -> anyhow::Result<usize> {
     if !dir.is_dir() {
         tracing::info!(dir = %dir.display(), "no workflow catalogue directory; none registered");
@@ -56,17 +57,30 @@ pub async fn register_catalogue(store: &dyn Store, dir: &Path) -> anyhow::Result
     Ok(registered)
 }
 
-/// The catalogue files of `dir` (`*.yaml`, `*.yml`, `*.json`), by name.
+/// The catalogue files of `dir` and the directories in it (`*.yaml`,
+/// `*.yml`, `*.json`, such as `workflows/patterns/`), by path.
 pub(crate) fn files(dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
-    let mut paths: Vec<_> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            matches!(
-                p.extension().and_then(|e| e.to_str()),
+    let mut paths = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    // Bounded: a link cycle must not walk forever.
+    const MAX_DIRS: usize = 1_000;
+    let mut walked = 0;
+    while let Some(dir) = dirs.pop() {
+        walked += 1;
+        if walked > MAX_DIRS {
+            break;
+        }
+        for path in std::fs::read_dir(&dir)?.filter_map(|e| e.ok().map(|e| e.path())) {
+            if path.is_dir() {
+                dirs.push(path);
+            } else if matches!(
+                path.extension().and_then(|e| e.to_str()),
                 Some("yaml" | "yml" | "json")
-            )
-        })
-        .collect();
+            ) {
+                paths.push(path);
+            }
+        }
+    }
     paths.sort();
     Ok(paths)
 }

@@ -71,8 +71,19 @@ pub(crate) struct StepView {
     pub id: String,
     /// The steps this one runs after (the workflow's graph).
     pub needs: Vec<String>,
-    /// What the step does: `agent`, `for_each`, `wait_for_event` or `timer`.
+    /// What the step does: `agent`, `for_each`, `wait_for_event`, `timer`
+    /// or `loop`.
     pub kind: String,
+    /// The loop step this one is inside (its body's steps follow it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// A loop step's current (or last) iteration, 1 for the first; a step
+    /// inside a loop, the iteration its status and output are of.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iteration: Option<u32>,
+    /// A loop step's ceiling.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_iterations: Option<u32>,
     /// The event a `wait_for_event` step waits for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event: Option<String>,
@@ -184,43 +195,12 @@ pub(crate) struct InstanceView {
 
 impl InstanceView {
     pub(crate) fn new(summary: &InstanceSummary, state: &InstanceState) -> Self {
-        // Steps in definition order, which is how people read a workflow.
-        let steps = state
-            .workflow
-            .iter()
-            .flat_map(|w| w.steps.iter())
-            .map(|step| {
-                let s = state.steps.get(&step.id);
-                StepView {
-                    id: step.id.to_string(),
-                    needs: step.needs.iter().map(ToString::to_string).collect(),
-                    kind: match &step.action {
-                        Action::ForEach { .. } => "for_each",
-                        Action::Agent { .. } => "agent",
-                        Action::WaitForEvent { .. } => "wait_for_event",
-                        Action::Timer { .. } => "timer",
-                    }
-                    .to_owned(),
-                    event: match &step.action {
-                        Action::WaitForEvent { wait_for_event } => {
-                            Some(wait_for_event.name.to_string())
-                        }
-                        _ => None,
-                    },
-                    status: s
-                        .map_or(StepStatus::Pending, |s| s.status)
-                        .as_str()
-                        .to_owned(),
-                    attempts: s.map_or(0, |s| s.attempts()),
-                    output: s.and_then(|s| s.output.clone()),
-                    error: s.and_then(|s| s.error.clone()),
-                    items: matches!(step.action, Action::ForEach { .. })
-                        .then(|| ItemCounts::of(s.map_or(&[][..], |s| &s.tasks))),
-                    started_at: s.and_then(|s| s.started_at).map(rfc3339),
-                    completed_at: s.and_then(|s| s.completed_at).map(rfc3339),
-                }
-            })
-            .collect();
+        // Steps in definition order, which is how people read a workflow,
+        // each loop's body right after the loop.
+        let mut steps = Vec::new();
+        if let Some(workflow) = &state.workflow {
+            step_views(state, &workflow.steps, None, &mut steps);
+        }
         Self {
             id: summary.id.local().to_owned(),
             workflow: summary.workflow.local().to_owned(),
@@ -237,6 +217,53 @@ impl InstanceView {
             position: state.position,
             steps,
             history: None,
+        }
+    }
+}
+
+fn step_views(
+    state: &InstanceState,
+    steps: &[legato_workflow::Step],
+    parent: Option<&str>,
+    views: &mut Vec<StepView>,
+) {
+    for step in steps {
+        let s = state.steps.get(&step.id);
+        views.push(StepView {
+            id: step.id.to_string(),
+            needs: step.needs.iter().map(ToString::to_string).collect(),
+            kind: match &step.action {
+                Action::ForEach { .. } => "for_each",
+                Action::Agent { .. } => "agent",
+                Action::WaitForEvent { .. } => "wait_for_event",
+                Action::Timer { .. } => "timer",
+                Action::Loop { .. } => "loop",
+            }
+            .to_owned(),
+            parent: parent.map(str::to_owned),
+            iteration: s.map(|s| s.iteration).filter(|i| *i > 0),
+            max_iterations: match &step.action {
+                Action::Loop { repeat } => Some(repeat.max_iterations),
+                _ => None,
+            },
+            event: match &step.action {
+                Action::WaitForEvent { wait_for_event } => Some(wait_for_event.name.to_string()),
+                _ => None,
+            },
+            status: s
+                .map_or(StepStatus::Pending, |s| s.status)
+                .as_str()
+                .to_owned(),
+            attempts: s.map_or(0, |s| s.attempts()),
+            output: s.and_then(|s| s.output.clone()),
+            error: s.and_then(|s| s.error.clone()),
+            items: matches!(step.action, Action::ForEach { .. })
+                .then(|| ItemCounts::of(s.map_or(&[][..], |s| &s.tasks))),
+            started_at: s.and_then(|s| s.started_at).map(rfc3339),
+            completed_at: s.and_then(|s| s.completed_at).map(rfc3339),
+        });
+        if let Some(body) = step.body() {
+            step_views(state, body, Some(step.id.as_str()), views);
         }
     }
 }

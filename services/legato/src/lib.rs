@@ -11,6 +11,7 @@ pub mod check;
 pub mod cli;
 pub mod sse;
 pub mod topology;
+pub mod validate;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

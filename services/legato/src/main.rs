@@ -47,6 +47,12 @@ enum Command {
     Check { service: String },
     /// Exit 0 when the URL answers 2xx (container health checks).
     Probe { url: String },
+    /// Check workflow definition files offline, with the messages
+    /// registration gives; exit 1 if one is refused.
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Start N instances of a fan-out-4-then-1 echo workflow with bounded
     /// concurrency; print throughput, latency and the raw store cost.
     Bench(bench::BenchOptions),
@@ -86,6 +92,7 @@ async fn main() -> anyhow::Result<ExitCode> {
     }
     match Cli::parse().command {
         Command::Chaos(options) => chaos::run(options).await,
+        Command::Validate { files } => Ok(legato::validate::run(&files)),
         command => serve(command).await.map(|()| ExitCode::SUCCESS),
     }
 }
@@ -148,6 +155,7 @@ async fn serve(command: Command) -> anyhow::Result<()> {
         Command::Chaos(_) => anyhow::bail!("chaos is run by main"),
         Command::Topology(options) => topology::run(options),
         Command::Client(_) => anyhow::bail!("client commands are run by cli::run"),
+        Command::Validate { .. } => anyhow::bail!("validate is run by main"),
     }
 }
 

@@ -367,3 +367,73 @@ async fn the_cli_registers_lists_shows_and_removes_agents() {
     let gone = run(base, &["agents", "show", "reviewer"]);
     assert_eq!(gone.status.code(), Some(1));
 }
+
+/// `legato validate` checks files offline with registration's own
+/// messages: the shipped patterns pass; a broken loop fails with exactly
+/// the problems the gateway lists when it is registered.
+#[tokio::test]
+async fn validate_checks_definitions_offline_with_the_messages_of_registration() {
+    let patterns = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../workflows/patterns");
+    let mut files: Vec<String> = std::fs::read_dir(&patterns)
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .collect();
+    files.sort();
+    let mut args = vec!["validate"];
+    args.extend(files.iter().map(String::as_str));
+    let valid = run("http://127.0.0.1:9", &args);
+    assert!(valid.status.success(), "{valid:?}");
+    let lines = stdout(&valid);
+    assert_eq!(lines.lines().count(), 5, "{lines}");
+    assert!(
+        lines.contains(
+            "pattern-evaluator-optimizer v1: valid, 4 steps (1 loop); names agents coder, echo"
+        ),
+        "{lines}"
+    );
+
+    let dir = temp_dir();
+    let broken = r#"{"name": "broken", "version": 1, "steps": [
+        {"id": "draft", "loop": {"until": "${{ steps.review.output }}", "steps": [
+            {"id": "review", "agent": "echo", "needs": ["later"]}]}},
+        {"id": "later", "agent": "echo", "input": "${{ steps.review.output }}"}]}"#;
+    let file = dir.path().join("broken.json");
+    std::fs::write(&file, broken).unwrap();
+    let refused = run("http://127.0.0.1:9", &["validate", file.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1));
+    let printed: Vec<String> = String::from_utf8_lossy(&refused.stderr)
+        .lines()
+        .map(|l| {
+            l.strip_prefix(&format!("{}: ", file.display()))
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+
+    let legato = start_legato(dir.path());
+    let response = legato
+        .client
+        .put(legato.url("/api/v1/workflows/broken"))
+        .header("content-type", "application/json")
+        .bearer_auth(KEY)
+        .body(broken)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let problem: Value = response.json().await.unwrap();
+    let listed: Vec<String> = problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e["field"].as_str().unwrap(),
+                e["message"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert!(listed.len() >= 2, "{problem:#}");
+    assert_eq!(printed, listed);
+}

@@ -218,6 +218,7 @@ mod tests {
                 status: RuntimeStatus::Running,
                 step: None,
                 item: None,
+                iteration: None,
                 attempt: Some(1),
                 message: None,
                 data: Some(data),

@@ -13,6 +13,7 @@ fn event(seq: u64, kind: ProgressKind) -> ProgressEvent {
         status: RuntimeStatus::Running,
         step: None,
         item: None,
+        iteration: None,
         attempt: None,
         message: None,
         data: None,

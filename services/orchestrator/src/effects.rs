@@ -180,6 +180,7 @@ mod tests {
             status: RuntimeStatus::Running,
             step: None,
             item: Some(position as u32),
+            iteration: None,
             attempt: None,
             message: None,
             data: Some(data),

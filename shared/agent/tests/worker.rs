@@ -64,6 +64,7 @@ fn key(item: u32) -> TaskKey {
         execution: 0,
         step: StepId::parse("s").unwrap(),
         item: Some(item),
+        iteration: None,
         role: TaskRole::Action,
     }
 }

@@ -254,6 +254,9 @@ pub enum ProgressKind {
     AgentProgress,
     /// An agent asks a person to raise an event (see the approval agent).
     ApprovalRequested,
+    /// A loop step began an iteration (`iteration`; `data` holds
+    /// `max_iterations`).
+    IterationStarted,
 }
 
 /// What watchers of an instance see. `position` is the event's place among
@@ -275,6 +278,10 @@ pub struct ProgressEvent {
     pub step: Option<StepId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub item: Option<u32>,
+    /// The loop iteration `step` belongs to (1 for the first), for a step
+    /// inside a loop and for the loop step itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iteration: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -36,6 +36,10 @@ pub struct TaskKey {
     /// Index into a `for_each` list; absent for a plain agent step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub item: Option<u32>,
+    /// The loop iteration (1 for the first) of a step inside a loop:
+    /// each iteration's work is new work, with its own idempotency key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iteration: Option<u32>,
     #[serde(default, skip_serializing_if = "is_action")]
     pub role: TaskRole,
 }
@@ -50,13 +54,17 @@ fn is_action(role: &TaskRole) -> bool {
 
 impl fmt::Display for TaskKey {
     /// A compact, stable form for logs and agent idempotency keys:
-    /// `9f2c…41/e0/fetch[3]` or `9f2c…41/e1/charge~compensation` (the run
-    /// in hex, left out when 0).
+    /// `9f2c…41/e0/fetch[3]`, `9f2c…41/e0/review@2` (iteration 2 of its
+    /// loop) or `9f2c…41/e1/charge~compensation` (the run in hex, left out
+    /// when 0).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.run != 0 {
             write!(f, "{:016x}/", self.run)?;
         }
         write!(f, "e{}/{}", self.execution, self.step)?;
+        if let Some(iteration) = self.iteration {
+            write!(f, "@{iteration}")?;
+        }
         if let Some(item) = self.item {
             write!(f, "[{item}]")?;
         }

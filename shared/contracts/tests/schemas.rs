@@ -51,6 +51,7 @@ fn key() -> TaskKey {
         execution: 1,
         step: StepId::parse("work").unwrap(),
         item: Some(3),
+        iteration: None,
         role: TaskRole::Action,
     }
 }
@@ -135,6 +136,7 @@ fn samples() -> Vec<Payload> {
             status: RuntimeStatus::Running,
             step: None,
             item: None,
+            iteration: None,
             attempt: None,
             message: Some("approve?".into()),
             data: Some(json!({"event": "approval"})),
@@ -149,6 +151,7 @@ fn samples() -> Vec<Payload> {
                     status: RuntimeStatus::Running,
                     step: Some(StepId::parse("plan").unwrap()),
                     item: None,
+                    iteration: None,
                     attempt: Some(1),
                     message: None,
                     data: Some(json!({"tasks": 2})),
@@ -160,6 +163,7 @@ fn samples() -> Vec<Payload> {
                     status: RuntimeStatus::Completed,
                     step: None,
                     item: None,
+                    iteration: None,
                     attempt: None,
                     message: None,
                     data: None,

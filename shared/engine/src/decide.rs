@@ -248,6 +248,7 @@ fn blank_progress(kind: ProgressKind) -> ProgressEvent {
         status: RuntimeStatus::Pending,
         step: None,
         item: None,
+        iteration: None,
         attempt: None,
         message: None,
         data: None,
@@ -263,7 +264,9 @@ pub(crate) struct ProgressBuilder<'a> {
 }
 
 impl ProgressBuilder<'_> {
+    /// The step the event is about, and its loop iteration if it has one.
     pub fn step(mut self, step: &StepId) -> Self {
+        self.event.iteration = self.ctx.state.iteration_of(step);
         self.event.step = Some(step.clone());
         self
     }

@@ -176,10 +176,20 @@ pub enum TimerKey {
     Retry { key: TaskKey, attempt: u32 },
     /// The step's `timeout_ms` for one attempt.
     AttemptTimeout { key: TaskKey, attempt: u32 },
-    /// A `wait_for_event` step's deadline.
-    EventTimeout { execution: u32, step: StepId },
-    /// A `timer` step.
-    Delay { execution: u32, step: StepId },
+    /// A `wait_for_event` step's deadline (`iteration` inside a loop).
+    EventTimeout {
+        execution: u32,
+        step: StepId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        iteration: Option<u32>,
+    },
+    /// A `timer` step (`iteration` inside a loop).
+    Delay {
+        execution: u32,
+        step: StepId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        iteration: Option<u32>,
+    },
     /// The `check`-th look at whether an attempt heartbeated within its
     /// step's `heartbeat_timeout_ms`.
     HeartbeatLease {
@@ -194,13 +204,33 @@ impl fmt::Display for TimerKey {
         match self {
             Self::Retry { key, attempt } => write!(f, "retry:{key}#{attempt}"),
             Self::AttemptTimeout { key, attempt } => write!(f, "timeout:{key}#{attempt}"),
-            Self::EventTimeout { execution, step } => write!(f, "wait:e{execution}/{step}"),
-            Self::Delay { execution, step } => write!(f, "delay:e{execution}/{step}"),
+            Self::EventTimeout {
+                execution,
+                step,
+                iteration,
+            } => write!(f, "wait:e{execution}/{step}{}", Iteration(*iteration)),
+            Self::Delay {
+                execution,
+                step,
+                iteration,
+            } => write!(f, "delay:e{execution}/{step}{}", Iteration(*iteration)),
             Self::HeartbeatLease {
                 key,
                 attempt,
                 check,
             } => write!(f, "lease:{key}#{attempt}.{check}"),
+        }
+    }
+}
+
+/// `@<iteration>` inside a loop, nothing elsewhere.
+struct Iteration(Option<u32>);
+
+impl fmt::Display for Iteration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(iteration) => write!(f, "@{iteration}"),
+            None => Ok(()),
         }
     }
 }

@@ -15,6 +15,7 @@
 mod command;
 mod decide;
 mod event;
+mod iterations;
 mod lifecycle;
 pub use lifecycle::{redrive_onto_refused, redrive_refused};
 mod scheduler;

@@ -34,17 +34,24 @@ pub(crate) fn start(
     ctx.state.tenant = tenant.cloned();
     ctx.state.run = run;
     ctx.state.created_at = Some(ctx.at);
-    ctx.state.steps = workflow
-        .steps
-        .iter()
-        .map(|s| (s.id.clone(), Arc::new(StepState::pending())))
-        .collect();
+    ctx.state.steps = pending_steps(workflow);
     ctx.state.status = RuntimeStatus::Running;
     ctx.state.run_position = ctx.state.position;
     ctx.progress(ProgressKind::InstanceStarted)
         .data(json!({ "workflow": workflow.name, "version": workflow.version }));
     scheduler::advance(ctx);
     Ok(())
+}
+
+/// Every step of `workflow`, loops' bodies too, not started.
+fn pending_steps(
+    workflow: &Workflow,
+) -> std::collections::BTreeMap<legato_contracts::StepId, Arc<StepState>> {
+    workflow
+        .all_steps()
+        .into_iter()
+        .map(|s| (s.id.clone(), Arc::new(StepState::pending())))
+        .collect()
 }
 
 /// Every step is done: render the output and finish.
@@ -172,6 +179,7 @@ fn cancel_all_work(ctx: &mut Ctx, reason: &str) {
             step.status = StepStatus::Cancelled;
         }
         let definition = workflow.as_ref().and_then(|wf| wf.step(id.as_str()));
+        let iteration = Some(step.iteration).filter(|i| *i > 0);
         let slots = step
             .tasks
             .iter_mut()
@@ -193,6 +201,7 @@ fn cancel_all_work(ctx: &mut Ctx, reason: &str) {
                         execution,
                         step: id.clone(),
                         item,
+                        iteration,
                         role,
                     },
                     slot.attempt,
@@ -226,9 +235,11 @@ pub(crate) fn event_raised(
     match waiting {
         Some(step) => {
             let execution = ctx.state.execution;
+            let iteration = ctx.state.iteration_of(&step);
             ctx.cancel_timer(crate::TimerKey::EventTimeout {
                 execution,
                 step: step.clone(),
+                iteration,
             });
             ctx.progress(ProgressKind::EventReceived)
                 .step(&step)
@@ -396,7 +407,7 @@ pub fn redrive_onto_refused(
         ));
     }
     let kind = |action: &legato_workflow::Action| std::mem::discriminant(action);
-    for step in &current.steps {
+    for step in current.all_steps() {
         let Some(s) = state.steps.get(&step.id) else {
             continue;
         };
@@ -404,7 +415,7 @@ pub fn redrive_onto_refused(
         if !kept {
             continue;
         }
-        match workflow.steps.iter().find(|n| n.id == step.id) {
+        match workflow.step(step.id.as_str()) {
             None => {
                 return Some(format!(
                     "step {} completed, and version {} has no step {}",
@@ -425,8 +436,9 @@ pub fn redrive_onto_refused(
 
 /// Resumes a Failed or Terminated instance as a new execution that keeps
 /// what completed: completed and skipped steps keep their outputs, a
-/// `for_each` keeps its completed items and runs only the others, and every
-/// other step starts again with a fresh retry budget. `onto` moves it to a
+/// `for_each` keeps its completed items and runs only the others, a loop
+/// goes on in the iteration it stopped in, and every other step starts
+/// again with a fresh retry budget. `onto` moves it to a
 /// later version of its definition first: steps new there start pending,
 /// and steps gone from it (none of which completed) are dropped.
 pub(crate) fn redrive(ctx: &mut Ctx, onto: Option<&Arc<Workflow>>) -> Result<(), Ignored> {
@@ -440,8 +452,8 @@ pub(crate) fn redrive(ctx: &mut Ctx, onto: Option<&Arc<Workflow>>) -> Result<(),
         let state = &mut ctx.state;
         state
             .steps
-            .retain(|id, _| workflow.steps.iter().any(|s| &s.id == id));
-        for step in &workflow.steps {
+            .retain(|id, _| workflow.step(id.as_str()).is_some());
+        for step in workflow.all_steps() {
             state
                 .steps
                 .entry(step.id.clone())
@@ -453,7 +465,7 @@ pub(crate) fn redrive(ctx: &mut Ctx, onto: Option<&Arc<Workflow>>) -> Result<(),
     let state = &mut ctx.state;
     state.execution += 1;
     let mut partial = Vec::new();
-    for step in &workflow.steps {
+    for step in workflow.all_steps() {
         // Done steps stay shared with the state before (not written again).
         if state.steps.get(&step.id).is_none_or(|s| s.status.is_done()) {
             continue;
@@ -475,8 +487,12 @@ pub(crate) fn redrive(ctx: &mut Ctx, onto: Option<&Arc<Workflow>>) -> Result<(),
             }
             s.status = StepStatus::Running;
             partial.push(step.clone());
+        } else if step.body().is_some() && s.iteration > 0 {
+            // A loop goes on from the iteration it stopped in: its body's
+            // steps that did not complete start again.
+            s.status = StepStatus::Running;
         } else {
-            *s = StepState::pending();
+            *s = StepState::pending_in(s.iteration);
         }
     }
     state.compensation = None;
@@ -506,11 +522,7 @@ pub(crate) fn restart(ctx: &mut Ctx, input: Option<&Value>) -> Result<(), Ignore
     if let Some(input) = input {
         state.input = input.clone();
     }
-    state.steps = workflow
-        .steps
-        .iter()
-        .map(|s| (s.id.clone(), Arc::new(StepState::pending())))
-        .collect();
+    state.steps = pending_steps(&workflow);
     state.completion_order.clear();
     state.pending_events.clear();
     // As on termination: dropped, and its external events stay claimed.

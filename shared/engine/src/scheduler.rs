@@ -6,54 +6,133 @@ use serde_json::{Value, json};
 
 use crate::decide::Ctx;
 use crate::state::{InstanceState, SlotStatus, StepStatus, TaskSlot};
-use crate::{TimerKey, lifecycle, tasks};
+use crate::{TimerKey, iterations, lifecycle, tasks};
 
 /// Starts every step whose needs are done, repeatedly (a skipped step can
-/// make others ready at once), then completes the instance if all are done.
-/// Idempotent, so every handler can simply call it.
+/// make others ready at once), drives the loops that run, then completes
+/// the instance if all are done. Idempotent, so every handler can simply
+/// call it.
 pub(crate) fn advance(ctx: &mut Ctx) {
     let Ok(workflow) = ctx.workflow() else { return };
+    if drive(ctx, &workflow, Block::Top) && going(ctx) {
+        lifecycle::complete(ctx);
+    }
+}
+
+/// Whether steps may still be started.
+fn going(ctx: &Ctx) -> bool {
+    ctx.state.status == RuntimeStatus::Running && ctx.state.compensation.is_none()
+}
+
+/// The steps one [`drive`] works on.
+#[derive(Clone, Copy)]
+enum Block<'w> {
+    /// The definition's own steps.
+    Top,
+    /// A loop's body, for the loop's current iteration.
+    Body(&'w [Step]),
+}
+
+/// Takes a block as far as it goes now; whether all its steps are done.
+fn drive(ctx: &mut Ctx, workflow: &Workflow, block: Block<'_>) -> bool {
+    let steps = match block {
+        Block::Top => &workflow.steps[..],
+        Block::Body(steps) => steps,
+    };
     loop {
-        if ctx.state.status != RuntimeStatus::Running || ctx.state.compensation.is_some() {
-            return;
+        if !going(ctx) {
+            return false;
         }
         // Read once per pass: when nothing is ready, the same statuses
-        // say whether everything is done.
-        let statuses = statuses(&ctx.state, &workflow);
-        match next_ready(&workflow, &statuses) {
-            Some(step) => start_step(ctx, step),
-            None => {
-                if statuses.iter().all(|status| status.is_done()) {
-                    lifecycle::complete(ctx);
-                }
-                return;
+        // say which loops to drive and whether everything is done.
+        let statuses = match block {
+            Block::Top => statuses(&ctx.state, workflow),
+            Block::Body(steps) => steps
+                .iter()
+                .map(|s| {
+                    ctx.state
+                        .steps
+                        .get(&s.id)
+                        .map_or(StepStatus::Pending, |s| s.status)
+                })
+                .collect(),
+        };
+        let done = |position: &usize| statuses.get(*position).is_some_and(|s| s.is_done());
+        let ready = match block {
+            Block::Top => next_ready(steps, &statuses, |position| {
+                workflow.needs_at(position).iter().all(done)
+            }),
+            Block::Body(steps) => next_ready(steps, &statuses, |position| {
+                sibling_needs(steps, position).all(|p| done(&p))
+            }),
+        };
+        if let Some(step) = ready {
+            start_step(ctx, step);
+            continue;
+        }
+        let mut changed = false;
+        for (step, status) in steps.iter().zip(&statuses) {
+            if *status == StepStatus::Running && step.body().is_some() {
+                changed |= drive_loop(ctx, workflow, step);
             }
+        }
+        if !changed {
+            return statuses.iter().all(|status| status.is_done());
         }
     }
 }
 
-/// Each step's status, by position in the definition.
+/// Each top-level step's status, by position in the definition.
 fn statuses(state: &InstanceState, workflow: &Workflow) -> Vec<StepStatus> {
-    state
+    let mut statuses: Vec<StepStatus> = state
         .steps_by_position(workflow)
         .into_iter()
         .map(|s| s.map_or(StepStatus::Pending, |s| s.status))
-        .collect()
+        .collect();
+    statuses.truncate(workflow.steps.len());
+    statuses
+}
+
+/// The positions in a loop's body of the steps the one at `position`
+/// needs (validation keeps a body's `needs` inside it).
+fn sibling_needs(steps: &[Step], position: usize) -> impl Iterator<Item = usize> + '_ {
+    let needs = steps.get(position).map_or(&[][..], |s| &s.needs[..]);
+    needs
+        .iter()
+        .filter_map(|need| steps.iter().position(|s| &s.id == need))
 }
 
 /// The first step, in definition order, that is pending and whose needs
 /// are done.
-fn next_ready<'w>(workflow: &'w Workflow, statuses: &[StepStatus]) -> Option<&'w Step> {
-    let done = |position: &usize| statuses.get(*position).is_some_and(|s| s.is_done());
-    workflow
-        .steps
+fn next_ready<'w>(
+    steps: &'w [Step],
+    statuses: &[StepStatus],
+    needs_done: impl Fn(usize) -> bool,
+) -> Option<&'w Step> {
+    steps
         .iter()
         .zip(statuses)
         .enumerate()
-        .find(|(position, (_, status))| {
-            **status == StepStatus::Pending && workflow.needs_at(*position).iter().all(done)
-        })
+        .find(|(position, (_, status))| **status == StepStatus::Pending && needs_done(*position))
         .map(|(_, (step, _))| step)
+}
+
+/// Takes a running loop as far as it goes now: its body, and each
+/// iteration that ends, the next. Whether the loop step itself finished.
+fn drive_loop(ctx: &mut Ctx, workflow: &Workflow, step: &Step) -> bool {
+    let Action::Loop { repeat } = &step.action else {
+        return false;
+    };
+    // Each pass ends an iteration or returns; the iterations are bounded.
+    for _ in 0..=repeat.max_iterations {
+        if !drive(ctx, workflow, Block::Body(&repeat.steps)) {
+            return false;
+        }
+        if iterations::end(ctx, step, repeat) == iterations::Ended::Loop {
+            return true;
+        }
+    }
+    false
 }
 
 fn start_step(ctx: &mut Ctx, step: &Step) {
@@ -112,6 +191,7 @@ fn start_step(ctx: &mut Ctx, step: &Step) {
                 Err(e) => tasks::step_failed(ctx, &step.id, e.to_string()),
             }
         }
+        Action::Loop { repeat } => iterations::start(ctx, step, repeat),
         Action::WaitForEvent { wait_for_event } => {
             set_status(ctx, &step.id, StepStatus::Waiting);
             ctx.progress(ProgressKind::WaitingForEvent)
@@ -129,6 +209,7 @@ fn start_step(ctx: &mut Ctx, step: &Step) {
                 let timer = TimerKey::EventTimeout {
                     execution: ctx.state.execution,
                     step: step.id.clone(),
+                    iteration: ctx.state.iteration_of(&step.id),
                 };
                 ctx.schedule(timer, ctx.at_plus(timeout));
             }
@@ -138,6 +219,7 @@ fn start_step(ctx: &mut Ctx, step: &Step) {
             let key = TimerKey::Delay {
                 execution: ctx.state.execution,
                 step: step.id.clone(),
+                iteration: ctx.state.iteration_of(&step.id),
             };
             ctx.schedule(key, ctx.at_plus(timer.delay_ms));
         }

@@ -175,6 +175,14 @@ pub struct StepState {
     /// (see [`InstanceState::completions`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_nth: Option<u64>,
+    /// A loop step's current (or last) iteration, 1 for the first; a step
+    /// inside a loop, the iteration its state is of. 0 elsewhere.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub iteration: u32,
+    /// Every finished iteration's output, for a loop that keeps them
+    /// (`keep_iterations`); otherwise only the last is kept, as `output`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub iterations: Vec<Value>,
 }
 
 impl StepState {
@@ -188,6 +196,16 @@ impl StepState {
             started_at: None,
             completed_at: None,
             completed_nth: None,
+            iteration: 0,
+            iterations: Vec::new(),
+        }
+    }
+
+    /// A step inside a loop, pending for the loop's `iteration`.
+    pub(crate) fn pending_in(iteration: u32) -> Self {
+        Self {
+            iteration,
+            ..Self::pending()
         }
     }
 
@@ -203,14 +221,23 @@ impl StepState {
             started_at: self.started_at,
             completed_at: self.completed_at,
             completed_nth: self.completed_nth,
+            iteration: self.iteration,
+            iterations: self.iterations.clone(),
         }
     }
 
-    /// What expressions see of the step: `{ output, status }`.
+    /// What expressions see of the step: `{ output, status }`, and for a
+    /// loop `iteration` and (if kept) `iterations`.
     fn scope_entry(&self) -> Value {
         let mut entry = Map::new();
         entry.insert("output".into(), self.output.clone().unwrap_or(Value::Null));
         entry.insert("status".into(), Value::String(self.status.as_str().into()));
+        if self.iteration > 0 {
+            entry.insert("iteration".into(), Value::from(self.iteration));
+        }
+        if !self.iterations.is_empty() {
+            entry.insert("iterations".into(), Value::Array(self.iterations.clone()));
+        }
         Value::Object(entry)
     }
 
@@ -362,6 +389,12 @@ impl InstanceState {
             .collect()
     }
 
+    /// What expressions see of the steps `ids` (those that exist).
+    pub fn steps_scope_of<'a>(&self, ids: impl Iterator<Item = &'a str>) -> Map<String, Value> {
+        ids.filter_map(|id| Some((id.to_owned(), self.steps.get(id)?.scope_entry())))
+            .collect()
+    }
+
     /// The scope expressions are evaluated in: the input and `steps`.
     pub fn scope(&self) -> Result<legato_workflow::Scope, legato_workflow::ExprError> {
         legato_workflow::Scope::new(&self.input, self.steps_scope())
@@ -369,52 +402,84 @@ impl InstanceState {
 
     /// The scope of one step's expressions: the input and the steps they
     /// read (every step when one reads `steps` whole), so starting a step
-    /// costs what it reads rather than the size of the instance.
+    /// costs what it reads rather than the size of the instance; inside a
+    /// loop, also `iteration` and `previous`.
     pub fn scope_for(
         &self,
         step: &legato_workflow::Step,
     ) -> Result<legato_workflow::Scope, legato_workflow::ExprError> {
-        let Some(read) = step.steps_read() else {
-            return self.scope();
+        let scope = match step.steps_read() {
+            None => self.scope()?,
+            Some(read) => legato_workflow::Scope::new(
+                &self.input,
+                self.steps_scope_of(read.iter().map(String::as_str)),
+            )?,
         };
-        let steps = read
-            .into_iter()
-            .filter_map(|id| {
-                let entry = self.steps.get(id.as_str())?.scope_entry();
-                Some((id, entry))
-            })
-            .collect();
-        legato_workflow::Scope::new(&self.input, steps)
+        self.in_loop_of(&step.id, scope)
     }
 
-    /// The key of a task of this run and execution.
+    /// `scope` for step `id`: inside a loop, with the loop's `iteration`
+    /// and `previous` (the output of the iteration before).
+    pub fn in_loop_of(
+        &self,
+        id: &StepId,
+        scope: legato_workflow::Scope,
+    ) -> Result<legato_workflow::Scope, legato_workflow::ExprError> {
+        let repeat = self
+            .workflow
+            .as_ref()
+            .and_then(|w| w.enclosing_loop(id.as_str()))
+            .and_then(|l| self.steps.get(&l.id));
+        match repeat {
+            Some(repeat) => scope.in_iteration(
+                repeat.iteration,
+                repeat.output.as_ref().unwrap_or(&Value::Null),
+            ),
+            None => Ok(scope),
+        }
+    }
+
+    /// The key of a task of this run and execution (and the iteration its
+    /// step is in).
     pub fn task_key(&self, step: StepId, item: Option<u32>, role: TaskRole) -> TaskKey {
+        let iteration = self.iteration_of(&step);
         TaskKey {
             run: self.run,
             execution: self.execution,
             step,
             item,
+            iteration,
             role,
         }
     }
 
-    /// Whether a key belongs to this run and execution (a late result of
-    /// an earlier one does not).
-    pub fn is_current(&self, key: &TaskKey) -> bool {
-        key.run == self.run && key.execution == self.execution
+    /// The iteration step `id`'s state is of, if it is inside a loop.
+    pub fn iteration_of(&self, id: &StepId) -> Option<u32> {
+        self.steps.get(id).map(|s| s.iteration).filter(|i| *i > 0)
     }
 
-    /// The state of each of `workflow`'s steps, by position in its
-    /// `steps`, without a lookup per step: a started state holds exactly
+    /// Whether a key belongs to this run and execution, and to the
+    /// iteration its step is in (a late result of an earlier one does
+    /// not).
+    pub fn is_current(&self, key: &TaskKey) -> bool {
+        key.run == self.run
+            && key.execution == self.execution
+            && key.iteration == self.iteration_of(&key.step)
+    }
+
+    /// The state of each of `workflow`'s steps, by position in
+    /// [`Workflow::all_steps`] (the top level's first, in the positions of
+    /// `steps`), without a lookup per step: a started state holds exactly
     /// the definition's steps, so both run in id order together (any other
     /// state is read by lookup).
     pub fn steps_by_position(&self, workflow: &Workflow) -> Vec<Option<&Arc<StepState>>> {
-        let mut out = vec![None; workflow.steps.len()];
+        let all = workflow.all_steps();
+        let mut out = vec![None; all.len()];
         let positions = workflow.positions_by_id();
         if self.steps.len() == positions.len() {
             let mut aligned = true;
             for ((id, state), &position) in self.steps.iter().zip(positions) {
-                match (workflow.steps.get(position), out.get_mut(position)) {
+                match (all.get(position), out.get_mut(position)) {
                     (Some(step), Some(slot)) if step.id == *id => *slot = Some(state),
                     _ => {
                         aligned = false;
@@ -426,11 +491,7 @@ impl InstanceState {
                 return out;
             }
         }
-        workflow
-            .steps
-            .iter()
-            .map(|step| self.steps.get(&step.id))
-            .collect()
+        all.iter().map(|step| self.steps.get(&step.id)).collect()
     }
 
     /// Completed steps, the latest to complete first: the order
@@ -480,7 +541,7 @@ impl InstanceState {
             return Vec::new();
         };
         let mut running = Vec::new();
-        for step in &workflow.steps {
+        for step in workflow.all_steps() {
             let Some(state) = self.steps.get(&step.id) else {
                 continue;
             };
@@ -522,7 +583,7 @@ impl InstanceState {
 
     /// The events waiting steps wait for, as (step, event name).
     pub fn awaited_events(&self) -> impl Iterator<Item = (&StepId, &EventName)> {
-        let steps = self.workflow.iter().flat_map(|w| w.steps.iter());
+        let steps = self.workflow.iter().flat_map(|w| w.all_steps());
         steps.filter_map(|step| {
             let waiting = self
                 .steps

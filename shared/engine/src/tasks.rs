@@ -478,6 +478,7 @@ pub(crate) fn timer_fired(ctx: &mut Ctx, timer: &TimerKey) -> Result<(), Ignored
                         match ctx
                             .state
                             .scope()
+                            .and_then(|scope| ctx.state.in_loop_of(step, scope))
                             .and_then(|scope| on_timeout.output.render(&scope))
                         {
                             Ok(output) => complete_step(ctx, step, output),
@@ -524,16 +525,32 @@ pub(crate) fn complete_step(ctx: &mut Ctx, id: &StepId, output: Value) {
         .data(output);
 }
 
-/// A step failed for good: the instance fails (and compensates).
+/// A step failed for good: the loops around it fail with it, saying in
+/// which iteration, and the instance fails (and compensates).
 pub(crate) fn step_failed(ctx: &mut Ctx, id: &StepId, error: String) {
+    mark_failed(ctx, id, &error);
+    let (mut failed, mut error) = (id.clone(), error);
+    let workflow = ctx.workflow().ok();
+    while let Some(repeat) = workflow
+        .as_ref()
+        .and_then(|w| w.enclosing_loop(failed.as_str()))
+    {
+        let iteration = ctx.state.iteration_of(&failed).unwrap_or_default();
+        error = format!("iteration {iteration}: step {failed} failed: {error}");
+        failed = repeat.id.clone();
+        mark_failed(ctx, &failed, &error);
+    }
+    lifecycle::fail(ctx, format!("step {failed} failed: {error}"));
+}
+
+fn mark_failed(ctx: &mut Ctx, id: &StepId, error: &str) {
     let at = ctx.at;
     if let Some(s) = ctx.state.step_mut(id) {
         s.status = StepStatus::Failed;
-        s.error = Some(error.clone());
+        s.error = Some(error.to_owned());
         s.completed_at = Some(at);
     }
     ctx.progress(ProgressKind::StepFailed)
         .step(id)
-        .message(error.clone());
-    lifecycle::fail(ctx, format!("step {id} failed: {error}"));
+        .message(error);
 }

@@ -233,7 +233,8 @@ fn approval_event_completes_the_wait_and_cancels_its_timer() {
         scheduled(&started)[0].0,
         TimerKey::EventTimeout {
             execution: 0,
-            step: step("ask")
+            step: step("ask"),
+            iteration: None,
         }
     );
     h.raise("approval", json!({"approved": true}));
@@ -250,7 +251,8 @@ fn approval_event_completes_the_wait_and_cancels_its_timer() {
     assert!(
         !h.fire(TimerKey::EventTimeout {
             execution: 0,
-            step: step("ask")
+            step: step("ask"),
+            iteration: None,
         })
         .applied()
     );
@@ -271,6 +273,7 @@ fn approval_timeout_fails_or_takes_on_timeout_output() {
     h.fire(TimerKey::EventTimeout {
         execution: 0,
         step: step("ask"),
+        iteration: None,
     });
     assert_eq!(h.state.status, RuntimeStatus::Failed);
     assert!(
@@ -289,6 +292,7 @@ fn approval_timeout_fails_or_takes_on_timeout_output() {
     h.fire(TimerKey::EventTimeout {
         execution: 0,
         step: step("ask"),
+        iteration: None,
     });
     assert_eq!(h.state.status, RuntimeStatus::Completed);
     assert_eq!(
@@ -635,6 +639,7 @@ fn timer_step_completes_when_it_fires() {
     h.fire(TimerKey::Delay {
         execution: 0,
         step: step("nap"),
+        iteration: None,
     });
     assert_eq!(h.state.status, RuntimeStatus::Completed);
 }

@@ -116,6 +116,7 @@ mod tests {
                 execution: 0,
                 step: StepId::parse("s").unwrap(),
                 item: None,
+                iteration: None,
                 role: TaskRole::Action,
             },
             attempt: 1,

@@ -79,6 +79,7 @@ fn history(seqs: std::ops::RangeInclusive<u64>) -> Vec<HistoryRow> {
                     status: RuntimeStatus::Running,
                     step: None,
                     item: None,
+                    iteration: None,
                     attempt: None,
                     message: None,
                     data: Some(json!({"n": position})),

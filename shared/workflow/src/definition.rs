@@ -41,7 +41,10 @@ pub(crate) struct StepIndex {
 
 impl StepIndex {
     /// Validation has made the ids unique and every `needs` name a step.
-    pub(crate) fn new(steps: &[Step]) -> Self {
+    /// Positions are into the definition's steps flattened (see
+    /// [`Workflow::all_steps`]); `needs` is kept for the top level.
+    pub(crate) fn new(top: &[Step]) -> Self {
+        let steps = flatten(top);
         let mut by_id: Vec<usize> = (0..steps.len()).collect();
         by_id.sort_by(|&a, &b| steps[a].id.cmp(&steps[b].id));
         let position = |id: &StepId| {
@@ -50,7 +53,7 @@ impl StepIndex {
                 .ok()
                 .map(|i| by_id[i])
         };
-        let needs = steps
+        let needs = top
             .iter()
             .map(|s| s.needs.iter().filter_map(&position).collect())
             .collect();
@@ -64,28 +67,48 @@ impl Workflow {
     /// run. Agents chosen by an expression are known only at run time.
     pub fn named_agents(&self) -> Vec<(String, &AgentName)> {
         let mut named = Vec::new();
-        for (i, step) in self.steps.iter().enumerate() {
-            if let Action::Agent {
-                agent: AgentRef::Named(agent),
-                ..
-            }
-            | Action::ForEach {
-                agent: AgentRef::Named(agent),
-                ..
-            } = &step.action
-            {
-                named.push((format!("/steps/{i}/agent"), agent));
-            }
-            if let Some(compensate) = &step.compensate {
-                named.push((format!("/steps/{i}/compensate/agent"), &compensate.agent));
-            }
-        }
+        named_agents_in(&self.steps, "", &mut named);
         named
     }
 
-    /// The position in `steps` of each step, in the order of their ids:
-    /// the order a map keyed by step id yields them in, so such a map is
-    /// read by position without a lookup per step.
+    /// Every step: the top level's in definition order (so a top-level
+    /// step's position is the same here as in `steps`), then each loop's
+    /// body, in the order the loops come.
+    pub fn all_steps(&self) -> Vec<&Step> {
+        flatten(&self.steps)
+    }
+
+    /// Whether some step is a loop (so the state holds more steps than the
+    /// top level).
+    pub fn has_loops(&self) -> bool {
+        self.steps.iter().any(|s| s.body().is_some())
+    }
+
+    /// The loop step whose body holds the step `id`, if any.
+    pub fn enclosing_loop(&self, id: &str) -> Option<&Step> {
+        fn find<'a>(
+            steps: &'a [Step],
+            id: &str,
+            parent: Option<&'a Step>,
+        ) -> Option<Option<&'a Step>> {
+            for step in steps {
+                if step.id.as_str() == id {
+                    return Some(parent);
+                }
+                if let Some(body) = step.body()
+                    && let Some(found) = find(body, id, Some(step))
+                {
+                    return Some(found);
+                }
+            }
+            None
+        }
+        find(&self.steps, id, None).flatten()
+    }
+
+    /// The position in [`Workflow::all_steps`] of each step, in the order
+    /// of their ids: the order a map keyed by step id yields them in, so
+    /// such a map is read by position without a lookup per step.
     pub fn positions_by_id(&self) -> &[usize] {
         &self.index.by_id
     }
@@ -93,6 +116,45 @@ impl Workflow {
     /// The positions in `steps` of the steps the step at `position` needs.
     pub fn needs_at(&self, position: usize) -> &[usize] {
         self.index.needs.get(position).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// See [`Workflow::all_steps`].
+pub(crate) fn flatten(steps: &[Step]) -> Vec<&Step> {
+    let mut flat: Vec<&Step> = steps.iter().collect();
+    let mut next = 0;
+    while let Some(step) = flat.get(next) {
+        if let Some(body) = step.body() {
+            flat.extend(body.iter());
+        }
+        next += 1;
+    }
+    flat
+}
+
+/// The agents `steps` name literally, with JSON pointers under `at`.
+fn named_agents_in<'a>(steps: &'a [Step], at: &str, named: &mut Vec<(String, &'a AgentName)>) {
+    for (i, step) in steps.iter().enumerate() {
+        match &step.action {
+            Action::Agent {
+                agent: AgentRef::Named(agent),
+                ..
+            }
+            | Action::ForEach {
+                agent: AgentRef::Named(agent),
+                ..
+            } => named.push((format!("{at}/steps/{i}/agent"), agent)),
+            Action::Loop { repeat } => {
+                named_agents_in(&repeat.steps, &format!("{at}/steps/{i}/loop"), named);
+            }
+            _ => {}
+        }
+        if let Some(compensate) = &step.compensate {
+            named.push((
+                format!("{at}/steps/{i}/compensate/agent"),
+                &compensate.agent,
+            ));
+        }
     }
 }
 
@@ -127,6 +189,14 @@ pub struct Step {
 }
 
 impl Step {
+    /// A loop's body; `None` for every other kind of step.
+    pub fn body(&self) -> Option<&[Step]> {
+        match &self.action {
+            Action::Loop { repeat } => Some(&repeat.steps),
+            _ => None,
+        }
+    }
+
     pub fn retry_policy(&self) -> RetryPolicy {
         self.retry.clone().unwrap_or_default()
     }
@@ -152,7 +222,9 @@ impl Step {
                 exprs.extend(agent.expr());
                 templates.push(input);
             }
-            Action::WaitForEvent { .. } | Action::Timer { .. } => {}
+            // A loop's own fields are evaluated with its body's outputs,
+            // when an iteration ends, not when the loop starts.
+            Action::WaitForEvent { .. } | Action::Timer { .. } | Action::Loop { .. } => {}
         }
         if exprs.iter().any(|e| e.reads_all_steps())
             || templates.iter().any(|t| t.reads_all_steps())
@@ -186,6 +258,54 @@ pub enum Action {
     Timer {
         timer: TimerSpec,
     },
+    Loop {
+        #[serde(rename = "loop")]
+        repeat: LoopSpec,
+    },
+}
+
+/// A block of steps run again and again until `until` holds, at most
+/// `max_iterations` times (the evaluator–optimizer shape: write, review,
+/// revise). The body's steps have ids of their own, unique in the whole
+/// definition; within an iteration they form a DAG like the top level,
+/// and each iteration starts them afresh.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LoopSpec {
+    pub steps: Vec<Step>,
+    /// Checked after each iteration; without it the loop runs
+    /// `max_iterations` times.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<Expr>,
+    pub max_iterations: u32,
+    /// What the ceiling means: reached without `until` holding.
+    #[serde(skip_serializing_if = "OnMaxIterations::is_fail")]
+    pub on_max_iterations: OnMaxIterations,
+    /// Each iteration's output (what `previous` holds in the next one);
+    /// defaults to every body step's output by id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<Template>,
+    /// Keep every iteration's output (`steps.<loop>.iterations`), not
+    /// only the last one.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub keep_iterations: bool,
+}
+
+/// What a loop does when its last allowed iteration ends and `until` does
+/// not hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnMaxIterations {
+    /// The loop step fails (and the instance with it).
+    #[default]
+    Fail,
+    /// The loop step completes with the last iteration's output.
+    Complete,
+}
+
+impl OnMaxIterations {
+    fn is_fail(&self) -> bool {
+        *self == Self::Fail
+    }
 }
 
 /// Which agent runs a task: fixed, or chosen per item by an expression (how a

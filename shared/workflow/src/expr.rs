@@ -3,7 +3,8 @@
 //! Expressions are CEL (the `cel` crate): a small, side-effect-free language
 //! made for exactly this, so evaluation is deterministic and safe to replay.
 //! They see `input` (the instance input), `steps.<id>.output` and
-//! `steps.<id>.status`, and `item` inside a `for_each`.
+//! `steps.<id>.status`, `item` inside a `for_each`, and `iteration` and
+//! `previous` inside a loop.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -21,14 +22,43 @@ pub enum Variables {
     Instance,
     /// `input`, `steps` and `item` (the fields of a `for_each` step).
     ForEachItem,
+    /// `input`, `steps`, `iteration` (1 for the first) and `previous` (the
+    /// last iteration's output; null in the first): inside a loop, and
+    /// its `until` and `output`.
+    Loop,
+    /// A `for_each` step inside a loop: all of the above.
+    ForEachItemInLoop,
 }
 
 impl Variables {
     fn allows(self, name: &str) -> bool {
         match name {
             "input" | "steps" => true,
-            "item" => self == Self::ForEachItem,
+            "item" => matches!(self, Self::ForEachItem | Self::ForEachItemInLoop),
+            "iteration" | "previous" => matches!(self, Self::Loop | Self::ForEachItemInLoop),
             _ => false,
+        }
+    }
+
+    /// The same variables, seen from inside a loop's body.
+    pub fn in_loop(self) -> Self {
+        match self {
+            Self::Instance | Self::Loop => Self::Loop,
+            Self::ForEachItem | Self::ForEachItemInLoop => Self::ForEachItemInLoop,
+        }
+    }
+
+    /// [`Variables::in_loop`] when `in_loop`.
+    pub fn in_loop_if(self, in_loop: bool) -> Self {
+        if in_loop { self.in_loop() } else { self }
+    }
+
+    fn names(self) -> &'static str {
+        match self {
+            Self::Instance => "input, steps",
+            Self::ForEachItem => "input, steps, item",
+            Self::Loop => "input, steps, iteration, previous",
+            Self::ForEachItemInLoop => "input, steps, item, iteration, previous",
         }
     }
 }
@@ -68,21 +98,14 @@ impl Expr {
             return Err(ExprError("empty expression".into()));
         }
         let program = compile(&source)?;
-        let references = program.references();
-        let mut unknown: Vec<&str> = references
-            .variables()
-            .into_iter()
-            .filter(|v| !vars.allows(v))
-            .collect();
-        unknown.sort_unstable();
+        let mut read = BTreeSet::new();
+        free_variables(program.expression(), &mut Vec::new(), &mut read);
+        let unknown: Vec<&str> = read.into_iter().filter(|v| !vars.allows(v)).collect();
         if !unknown.is_empty() {
-            let allowed = match vars {
-                Variables::Instance => "input, steps",
-                Variables::ForEachItem => "input, steps, item",
-            };
             return Err(ExprError(format!(
-                "`{source}` reads unknown variable(s) {}; available here: {allowed}",
-                unknown.join(", ")
+                "`{source}` reads unknown variable(s) {}; available here: {}",
+                unknown.join(", "),
+                vars.names()
             )));
         }
         Ok(Self { source })
@@ -151,7 +174,7 @@ impl TryFrom<String> for Expr {
     fn try_from(text: String) -> Result<Self, ExprError> {
         // Stored definitions were validated with their real scope at
         // registration; reloading only needs the syntax back.
-        Self::parse_wrapped(&text, Variables::ForEachItem)
+        Self::parse_wrapped(&text, Variables::ForEachItemInLoop)
     }
 }
 
@@ -221,6 +244,64 @@ fn to_cel(value: &Value) -> Result<cel::Value, ExprError> {
     })
 }
 
+/// The variables an expression reads from its scope: its identifiers but
+/// those a macro binds (the `t` of `list.all(t, ...)`) and the macros'
+/// accumulators. (`Program::references` in cel 0.15 counts those too.)
+fn free_variables<'e>(
+    expr: &'e cel::common::ast::IdedExpr,
+    bound: &mut Vec<&'e str>,
+    read: &mut BTreeSet<&'e str>,
+) {
+    use cel::common::ast::{EntryExpr, Expr};
+    let mut entries = |entries: &'e [cel::common::ast::IdedEntryExpr], bound: &mut Vec<&'e str>| {
+        for entry in entries {
+            match &entry.expr {
+                EntryExpr::StructField(field) => free_variables(&field.value, bound, read),
+                EntryExpr::MapEntry(entry) => {
+                    free_variables(&entry.key, bound, read);
+                    free_variables(&entry.value, bound, read);
+                }
+            }
+        }
+    };
+    match &expr.expr {
+        Expr::Ident(name) => {
+            if !name.starts_with('@') && !bound.contains(&name.as_str()) {
+                read.insert(name);
+            }
+        }
+        Expr::Call(call) => {
+            if let Some(target) = &call.target {
+                free_variables(target, bound, read);
+            }
+            for arg in &call.args {
+                free_variables(arg, bound, read);
+            }
+        }
+        Expr::Comprehension(c) => {
+            free_variables(&c.iter_range, bound, read);
+            free_variables(&c.accu_init, bound, read);
+            let outer = bound.len();
+            bound.push(&c.iter_var);
+            bound.extend(c.iter_var2.as_deref());
+            bound.push(&c.accu_var);
+            for part in [&c.loop_cond, &c.loop_step, &c.result] {
+                free_variables(part, bound, read);
+            }
+            bound.truncate(outer);
+        }
+        Expr::List(list) => {
+            for element in &list.elements {
+                free_variables(element, bound, read);
+            }
+        }
+        Expr::Map(map) => entries(&map.entries, bound),
+        Expr::Struct(s) => entries(&s.entries, bound),
+        Expr::Select(select) => free_variables(&select.operand, bound, read),
+        Expr::Literal(_) | Expr::Unspecified => {}
+    }
+}
+
 fn step_references(source: &str) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
     let bytes = source.as_bytes();
@@ -267,6 +348,11 @@ pub struct Scope {
     /// `{ "<step id>": { "output": ..., "status": "Completed" }, ... }`
     steps: Arc<dyn cel::common::value::Val>,
     item: Option<Arc<dyn cel::common::value::Val>>,
+    /// `(iteration, previous)` inside a loop.
+    repeat: Option<(
+        Arc<dyn cel::common::value::Val>,
+        Arc<dyn cel::common::value::Val>,
+    )>,
 }
 
 impl Scope {
@@ -275,14 +361,23 @@ impl Scope {
             input: to_val(input)?,
             steps: to_val(&Value::Object(steps))?,
             item: None,
+            repeat: None,
         })
     }
 
     pub fn with_item(&self, item: &Value) -> Result<Scope, ExprError> {
         Ok(Scope {
-            input: self.input.clone(),
-            steps: self.steps.clone(),
             item: Some(to_val(item)?),
+            ..self.clone()
+        })
+    }
+
+    /// The scope inside a loop's `iteration` (1 for the first), whose
+    /// previous iteration ended with `previous` (null in the first).
+    pub fn in_iteration(self, iteration: u32, previous: &Value) -> Result<Scope, ExprError> {
+        Ok(Scope {
+            repeat: Some((to_val(&Value::from(iteration))?, to_val(previous)?)),
+            ..self
         })
     }
 }
@@ -293,6 +388,8 @@ impl cel::context::VariableResolver for Scope {
             "input" => &self.input,
             "steps" => &self.steps,
             "item" => self.item.as_ref()?,
+            "iteration" => &self.repeat.as_ref()?.0,
+            "previous" => &self.repeat.as_ref()?.1,
             _ => return None,
         };
         Some(cel::common::value::CowVal::Borrowed(value.as_ref()))

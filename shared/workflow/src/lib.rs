@@ -18,7 +18,8 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 pub use definition::{
-    Action, AgentRef, Compensation, OnTimeout, RetryPolicy, Step, TimerSpec, WaitForEvent, Workflow,
+    Action, AgentRef, Compensation, LoopSpec, OnMaxIterations, OnTimeout, RetryPolicy, Step,
+    TimerSpec, WaitForEvent, Workflow,
 };
 pub use expr::{Expr, ExprError, Scope, Template, Variables};
 pub use parse::{from_value, parse};
@@ -104,8 +105,18 @@ impl Workflow {
         }
     }
 
+    /// The step `id`, wherever it is (a loop's body too).
     pub fn step(&self, id: &str) -> Option<&Step> {
-        self.steps.iter().find(|s| s.id.as_str() == id)
+        fn find<'a>(steps: &'a [Step], id: &str) -> Option<&'a Step> {
+            steps.iter().find_map(|s| {
+                if s.id.as_str() == id {
+                    Some(s)
+                } else {
+                    s.body().and_then(|body| find(body, id))
+                }
+            })
+        }
+        find(&self.steps, id)
     }
 
     /// Renders the instance output from `steps` (as given to expressions).
@@ -116,13 +127,20 @@ impl Workflow {
     ) -> Result<Value, ExprError> {
         match &self.output {
             Some(template) => template.render(&Scope::new(input, steps)?),
-            // Every step's output by id.
-            None => Ok(Value::Object(
-                steps
-                    .into_iter()
-                    .map(|(id, s)| (id, s.get("output").cloned().unwrap_or(Value::Null)))
-                    .collect(),
-            )),
+            // Every top-level step's output by id (a loop's body is in
+            // the loop's).
+            None => {
+                let top: Option<std::collections::BTreeSet<&str>> = self
+                    .has_loops()
+                    .then(|| self.steps.iter().map(|s| s.id.as_str()).collect());
+                Ok(Value::Object(
+                    steps
+                        .into_iter()
+                        .filter(|(id, _)| top.as_ref().is_none_or(|top| top.contains(id.as_str())))
+                        .map(|(id, s)| (id, s.get("output").cloned().unwrap_or(Value::Null)))
+                        .collect(),
+                ))
+            }
         }
     }
 }

@@ -9,8 +9,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::definition::{
-    Action, AgentRef, Compensation, OnTimeout, RetryPolicy, Step, StepIndex, TimerSpec,
-    WaitForEvent, Workflow,
+    Action, AgentRef, Compensation, LoopSpec, OnMaxIterations, OnTimeout, RetryPolicy, Step,
+    StepIndex, TimerSpec, WaitForEvent, Workflow,
 };
 use crate::expr::{Expr, Template, Variables};
 use crate::{ValidationError, ValidationErrors};
@@ -80,11 +80,7 @@ pub fn from_value(value: Value) -> Result<Workflow, ValidationErrors> {
         Some(_) => problems.none("steps", "must be a list").unwrap_or_default(),
         None => problems.none("steps", "is required").unwrap_or_default(),
     };
-    let steps: Vec<Step> = raw_steps
-        .into_iter()
-        .enumerate()
-        .filter_map(|(i, raw)| parse_step(i, raw, &mut problems))
-        .collect();
+    let steps = parse_steps("", raw_steps, Variables::Instance, &mut problems);
 
     let output = doc.remove("output").filter(|v| !v.is_null()).and_then(|v| {
         Template::parse(v, Variables::Instance)
@@ -95,10 +91,11 @@ pub fn from_value(value: Value) -> Result<Workflow, ValidationErrors> {
     check_graph(&steps, &mut problems);
     if let Some(output) = &output {
         let all: BTreeSet<String> = steps.iter().map(|s| s.id.to_string()).collect();
+        let places = Places::of(&steps);
         for missing in output.step_references().difference(&all) {
             problems.add(
                 "output",
-                format!("reads steps.{missing}, which is not a step"),
+                format!("reads steps.{missing}, {}", places.why_unreadable(missing)),
             );
         }
     }
@@ -138,7 +135,27 @@ struct RawStep {
     timeout_ms: Option<u64>,
     heartbeat_timeout_ms: Option<u64>,
     compensate: Option<RawCompensate>,
+    #[serde(rename = "loop")]
+    repeat: Option<RawLoop>,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLoop {
+    #[serde(default)]
+    steps: Vec<Value>,
+    until: Option<String>,
+    max_iterations: Option<u32>,
+    #[serde(default)]
+    on_max_iterations: OnMaxIterations,
+    output: Option<Value>,
+    #[serde(default)]
+    keep_iterations: bool,
+}
+
+/// The most iterations a loop may allow: enough for any agent loop, and a
+/// bound on what one instance can be made to do.
+pub const MAX_ITERATIONS: u32 = 10_000;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -162,8 +179,29 @@ struct RawCompensate {
     input: Value,
 }
 
-fn parse_step(index: usize, raw: Value, problems: &mut Problems) -> Option<Step> {
-    let fallback = format!("steps[{index}]");
+/// The steps of one block: the definition's, or a loop's body (`prefix`
+/// names the loop, `base` then allows `iteration` and `previous`).
+fn parse_steps(
+    prefix: &str,
+    raw: Vec<Value>,
+    base: Variables,
+    problems: &mut Problems,
+) -> Vec<Step> {
+    raw.into_iter()
+        .enumerate()
+        .filter_map(|(i, raw)| parse_step(prefix, i, raw, base, problems))
+        .collect()
+}
+
+fn parse_step(
+    prefix: &str,
+    index: usize,
+    raw: Value,
+    base: Variables,
+    problems: &mut Problems,
+) -> Option<Step> {
+    let in_loop = base != Variables::Instance;
+    let fallback = format!("{prefix}steps[{index}]");
     let label = raw
         .get("id")
         .and_then(Value::as_str)
@@ -189,7 +227,7 @@ fn parse_step(index: usize, raw: Value, problems: &mut Problems) -> Option<Step>
         })
         .collect();
     let condition = raw.condition.and_then(|c| {
-        Expr::parse_wrapped(&c, Variables::Instance)
+        Expr::parse_wrapped(&c, base)
             .map_err(|e| problems.add(&at("if"), e.0))
             .ok()
     });
@@ -199,6 +237,7 @@ fn parse_step(index: usize, raw: Value, problems: &mut Problems) -> Option<Step>
         (raw.for_each.is_none() && raw.agent.is_some(), "agent"),
         (raw.wait_for_event.is_some(), "wait_for_event"),
         (raw.timer.is_some(), "timer"),
+        (raw.repeat.is_some(), "loop"),
     ]
     .into_iter()
     .filter_map(|(present, name)| present.then_some(name))
@@ -212,7 +251,7 @@ fn parse_step(index: usize, raw: Value, problems: &mut Problems) -> Option<Step>
         problems.add(
             &label,
             format!(
-                "needs exactly one action of agent, for_each, wait_for_event, timer; found {found}"
+                "needs exactly one action of agent, for_each, wait_for_event, timer, loop; found {found}"
             ),
         );
     }
@@ -255,10 +294,28 @@ fn parse_step(index: usize, raw: Value, problems: &mut Problems) -> Option<Step>
         }
     }
 
+    if raw.repeat.is_some() && raw.timeout_ms.is_some() {
+        problems.add(
+            &at("timeout_ms"),
+            "a loop's time is its body's: put timeout_ms on the steps inside it",
+        );
+    }
+    if in_loop && raw.repeat.is_some() {
+        problems.add(
+            &at("loop"),
+            "loops do not nest: a loop cannot be inside another loop's body",
+        );
+    }
+    if in_loop && raw.compensate.is_some() {
+        problems.add(
+            &at("compensate"),
+            "a step inside a loop is not compensated on its own (its iterations would each need undoing): compensate the loop step",
+        );
+    }
     let item_vars = if raw.for_each.is_some() {
-        Variables::ForEachItem
+        Variables::ForEachItem.in_loop_if(in_loop)
     } else {
-        Variables::Instance
+        base
     };
     let agent = raw
         .agent
@@ -270,7 +327,7 @@ fn parse_step(index: usize, raw: Value, problems: &mut Problems) -> Option<Step>
         problems,
     );
     let items = raw.for_each.and_then(|f| {
-        Expr::parse_wrapped(&f, Variables::Instance)
+        Expr::parse_wrapped(&f, base)
             .map_err(|e| problems.add(&at("for_each"), e.0))
             .ok()
     });
@@ -287,7 +344,7 @@ fn parse_step(index: usize, raw: Value, problems: &mut Problems) -> Option<Step>
         let on_timeout = w.on_timeout.map(|o| OnTimeout {
             output: template(
                 o.output,
-                Variables::Instance,
+                base,
                 &at("wait_for_event.on_timeout.output"),
                 problems,
             ),
@@ -310,6 +367,9 @@ fn parse_step(index: usize, raw: Value, problems: &mut Problems) -> Option<Step>
         );
         agent.map(|agent| Compensation { agent, input })
     });
+    let repeat = raw
+        .repeat
+        .and_then(|r| parse_loop(r, &at("loop"), problems));
 
     let action = match chosen.as_slice() {
         ["for_each"] => Action::ForEach {
@@ -326,6 +386,7 @@ fn parse_step(index: usize, raw: Value, problems: &mut Problems) -> Option<Step>
             wait_for_event: wait?,
         },
         ["timer"] => Action::Timer { timer: raw.timer? },
+        ["loop"] => Action::Loop { repeat: repeat? },
         _ => return None,
     };
     if problems.len() > before {
@@ -340,6 +401,44 @@ fn parse_step(index: usize, raw: Value, problems: &mut Problems) -> Option<Step>
         timeout_ms: raw.timeout_ms,
         heartbeat_timeout_ms: raw.heartbeat_timeout_ms,
         compensate,
+    })
+}
+
+fn parse_loop(raw: RawLoop, at: &str, problems: &mut Problems) -> Option<LoopSpec> {
+    let before = problems.len();
+    if raw.steps.is_empty() {
+        problems.add(&format!("{at}.steps"), "must list at least one step");
+    }
+    let steps = parse_steps(&format!("{at}."), raw.steps, Variables::Loop, problems);
+    let max_iterations = match raw.max_iterations {
+        Some(n) if (1..=MAX_ITERATIONS).contains(&n) => n,
+        Some(n) => problems.none(
+            &format!("{at}.max_iterations"),
+            format!("must be between 1 and {MAX_ITERATIONS}, got {n}"),
+        )?,
+        None => problems.none(
+            &format!("{at}.max_iterations"),
+            "is required: every loop has a ceiling",
+        )?,
+    };
+    let until = raw.until.and_then(|u| {
+        Expr::parse_wrapped(&u, Variables::Loop)
+            .map_err(|e| problems.add(&format!("{at}.until"), e.0))
+            .ok()
+    });
+    let output = raw
+        .output
+        .map(|o| template(o, Variables::Loop, &format!("{at}.output"), problems));
+    if problems.len() > before {
+        return None;
+    }
+    Some(LoopSpec {
+        steps,
+        until,
+        max_iterations,
+        on_max_iterations: raw.on_max_iterations,
+        output,
+        keep_iterations: raw.keep_iterations,
     })
 }
 
@@ -392,38 +491,90 @@ fn check_retry(retry: &RetryPolicy, at: &str, problems: &mut Problems) {
     }
 }
 
-/// Unique ids, known `needs`, no cycles, and expressions that read only
-/// ancestors' outputs (anything else may not exist yet when the step runs).
+/// Unique ids (across the whole definition, loop bodies too), known
+/// `needs`, no cycles, and expressions that read only what exists when they
+/// run: the step's ancestors, and inside a loop also the loop's.
 fn check_graph(steps: &[Step], problems: &mut Problems) {
+    let places = Places::of(steps);
     let mut seen = BTreeSet::new();
-    for step in steps {
+    for step in crate::definition::flatten(steps) {
         if !seen.insert(step.id.as_str()) {
             problems.add(&format!("steps ({})", step.id), "duplicate step id");
         }
     }
+    check_block(steps, "steps", &BTreeSet::new(), &places, problems);
+}
+
+/// Where each step id is: in which loop's body, if any.
+struct Places<'a>(BTreeMap<&'a str, Option<&'a str>>);
+
+impl<'a> Places<'a> {
+    fn of(steps: &'a [Step]) -> Self {
+        fn add<'a>(
+            steps: &'a [Step],
+            parent: Option<&'a str>,
+            map: &mut BTreeMap<&'a str, Option<&'a str>>,
+        ) {
+            for step in steps {
+                map.entry(step.id.as_str()).or_insert(parent);
+                if let Some(body) = step.body() {
+                    add(body, Some(step.id.as_str()), map);
+                }
+            }
+        }
+        let mut map = BTreeMap::new();
+        add(steps, None, &mut map);
+        Self(map)
+    }
+
+    /// Why a step that is not readable from somewhere is not.
+    fn why_unreadable(&self, id: &str) -> String {
+        match self.0.get(id) {
+            None => "which is not a step".to_owned(),
+            Some(Some(parent)) => format!(
+                "which is inside loop {parent}: read the loop's output (steps.{parent}.output) instead"
+            ),
+            Some(None) => "which is not among its needs (directly or transitively)".to_owned(),
+        }
+    }
+}
+
+/// One block: the top level (`outer` empty) or a loop's body, whose steps
+/// may also read what the loop step may (`outer`).
+fn check_block(
+    steps: &[Step],
+    path: &str,
+    outer: &BTreeSet<&str>,
+    places: &Places<'_>,
+    problems: &mut Problems,
+) {
     let mut by_id: BTreeMap<&str, &Step> = BTreeMap::new();
     for step in steps {
         by_id.entry(step.id.as_str()).or_insert(step);
     }
     for step in steps {
         for need in &step.needs {
-            if !by_id.contains_key(need.as_str()) {
+            if need == &step.id {
                 problems.add(
-                    &format!("steps ({}).needs", step.id),
-                    format!("unknown step \"{need}\""),
-                );
-            } else if need == &step.id {
-                problems.add(
-                    &format!("steps ({}).needs", step.id),
+                    &format!("{path} ({}).needs", step.id),
                     "a step cannot need itself",
                 );
+            } else if !by_id.contains_key(need.as_str()) {
+                let why = if places.0.contains_key(need.as_str()) {
+                    format!(
+                        "step \"{need}\" is not beside it (a loop's body and the steps around the loop cannot need each other)"
+                    )
+                } else {
+                    format!("unknown step \"{need}\"")
+                };
+                problems.add(&format!("{path} ({}).needs", step.id), why);
             }
         }
     }
     let cyclic = steps_on_cycles(&by_id);
     if !cyclic.is_empty() {
         problems.add(
-            "steps",
+            path,
             format!("needs form a cycle through: {}", cyclic.join(", ")),
         );
         return;
@@ -432,11 +583,13 @@ fn check_graph(steps: &[Step], problems: &mut Problems) {
         let references = step_expression_references(step);
         // Most steps read only what they directly need; the whole set of
         // ancestors (a walk as long as the chain before the step) is
-        // worked out only for a step that reads further back.
-        let direct = |r: &str| step.needs.iter().any(|n| n.as_str() == r);
-        let ancestors = if references
-            .iter()
-            .all(|(_, refs)| refs.iter().all(|r| direct(r)))
+        // worked out only for a step that reads further back, or a loop
+        // (its body may read them).
+        let direct = |r: &str| step.needs.iter().any(|n| n.as_str() == r) || outer.contains(r);
+        let ancestors = if step.body().is_none()
+            && references
+                .iter()
+                .all(|(_, refs)| refs.iter().all(|r| direct(r)))
         {
             BTreeSet::new()
         } else {
@@ -447,15 +600,37 @@ fn check_graph(steps: &[Step], problems: &mut Problems) {
                 .iter()
                 .filter(|r| !direct(r) && !ancestors.contains(r.as_str()))
             {
-                let why = if by_id.contains_key(r.as_str()) {
-                    "which is not among its needs (directly or transitively)"
-                } else {
-                    "which is not a step"
-                };
                 problems.add(
-                    &format!("steps ({}).{field}", step.id),
-                    format!("reads steps.{r}, {why}"),
+                    &format!("{path} ({}).{field}", step.id),
+                    format!("reads steps.{r}, {}", places.why_unreadable(r)),
                 );
+            }
+        }
+        if let Action::Loop { repeat } = &step.action {
+            let mut visible = ancestors;
+            visible.extend(outer.iter().copied());
+            let inside = format!("{path} ({}).loop.steps", step.id);
+            check_block(&repeat.steps, &inside, &visible, places, problems);
+            // `until` and `output` run once an iteration's body is done.
+            visible.extend(repeat.steps.iter().map(|s| s.id.as_str()));
+            let fields = [
+                ("until", repeat.until.as_ref().map(Expr::step_references)),
+                (
+                    "output",
+                    repeat.output.as_ref().map(Template::step_references),
+                ),
+            ];
+            for (field, refs) in fields {
+                for r in refs
+                    .iter()
+                    .flatten()
+                    .filter(|r| !visible.contains(r.as_str()))
+                {
+                    problems.add(
+                        &format!("{path} ({}).loop.{field}", step.id),
+                        format!("reads steps.{r}, {}", places.why_unreadable(r)),
+                    );
+                }
             }
         }
     }
@@ -490,7 +665,7 @@ fn step_expression_references(step: &Step) -> Vec<(&'static str, BTreeSet<String
                 refs.push(("wait_for_event.on_timeout", o.output.step_references()));
             }
         }
-        Action::Timer { .. } => {}
+        Action::Timer { .. } | Action::Loop { .. } => {}
     }
     if let Some(c) = &step.compensate {
         // A compensation runs after its own step completed, so it may read it.

@@ -155,3 +155,138 @@ fn invalid_input_schema_is_rejected_at_registration() {
         "{text}"
     );
 }
+
+const LOOP: &str = r#"
+name: write-review
+version: 1
+steps:
+  - id: brief
+    agent: planner
+  - id: draft
+    needs: [brief]
+    loop:
+      max_iterations: 5
+      until: ${{ steps.review.output.approved }}
+      output: { text: "${{ steps.write.output }}" }
+      steps:
+        - id: write
+          agent: coder
+          input: { brief: "${{ steps.brief.output }}", round: "${{ iteration }}", last: "${{ previous }}" }
+        - id: review
+          agent: reviewer
+          needs: [write]
+          input: "${{ steps.write.output }}"
+  - id: publish
+    needs: [draft]
+    agent: echo
+    input: { value: "${{ steps.draft.output.text }}" }
+"#;
+
+#[test]
+fn a_loop_s_body_reads_its_own_steps_the_loop_s_ancestors_and_iteration() {
+    let workflow = parse(LOOP).unwrap();
+    let draft = workflow.step("draft").unwrap();
+    let Action::Loop { repeat } = &draft.action else {
+        panic!("{draft:?}")
+    };
+    assert_eq!(repeat.max_iterations, 5);
+    assert_eq!(repeat.steps.len(), 2);
+    // Found wherever they are, and listed with the agents they name.
+    assert!(workflow.step("review").is_some());
+    assert_eq!(
+        workflow.enclosing_loop("review").map(|s| s.id.as_str()),
+        Some("draft")
+    );
+    let ids: Vec<&str> = workflow.all_steps().iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, ["brief", "draft", "publish", "write", "review"]);
+    let agents: Vec<String> = workflow
+        .named_agents()
+        .into_iter()
+        .map(|(at, agent)| format!("{at}={agent}"))
+        .collect();
+    assert!(
+        agents.contains(&"/steps/1/loop/steps/1/agent=reviewer".to_owned()),
+        "{agents:?}"
+    );
+    // What it serialises to parses back the same.
+    let again = legato_workflow::from_value(serde_json::to_value(&workflow).unwrap()).unwrap();
+    assert_eq!(again, workflow);
+    assert_eq!(again.content_hash(), workflow.content_hash());
+}
+
+#[test]
+fn loops_are_checked_like_everything_else() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "      max_iterations: 5\n",
+            "",
+            "steps[1] (draft).loop.max_iterations: is required: every loop has a ceiling",
+        ),
+        (
+            "max_iterations: 5",
+            "max_iterations: 10001",
+            "steps[1] (draft).loop.max_iterations: must be between 1 and 10000, got 10001",
+        ),
+        (
+            "input: { value: \"${{ steps.draft.output.text }}\" }",
+            "input: { value: \"${{ steps.review.output }}\" }",
+            "steps (publish).input: reads steps.review, which is inside loop draft: read the loop's output (steps.draft.output) instead",
+        ),
+        (
+            "          needs: [write]",
+            "          needs: [brief]",
+            "steps (draft).loop.steps (review).needs: step \"brief\" is not beside it",
+        ),
+        (
+            "    agent: planner\n",
+            "    agent: planner\n    input: \"${{ iteration }}\"\n",
+            "reads unknown variable(s) iteration; available here: input, steps",
+        ),
+        (
+            "          input: \"${{ steps.write.output }}\"",
+            "          input: \"${{ steps.write.output }}\"\n          compensate: { agent: coder }",
+            "steps[1] (draft).loop.steps[1] (review).compensate: a step inside a loop is not compensated on its own",
+        ),
+        (
+            "        - id: review",
+            "        - id: inner\n          loop: { max_iterations: 2, steps: [{ id: deep, agent: echo }] }\n        - id: review",
+            "steps[1] (draft).loop.steps[1] (inner).loop: loops do not nest",
+        ),
+        (
+            "        - id: review",
+            "        - id: publish\n          agent: echo\n        - id: review",
+            "steps (publish): duplicate step id",
+        ),
+        (
+            "until: ${{ steps.review.output.approved }}",
+            "until: ${{ steps.publish.output }}",
+            "steps (draft).loop.until: reads steps.publish, which is not among its needs",
+        ),
+    ];
+    for (from, to, expected) in cases {
+        assert!(LOOP.contains(from), "{from}");
+        let text = parse(&LOOP.replacen(from, to, 1)).unwrap_err().to_string();
+        assert!(text.contains(expected), "{from} -> {to}:\n{text}");
+    }
+}
+
+#[test]
+fn a_macro_s_own_variable_is_not_taken_for_one_of_the_scope() {
+    use legato_workflow::{Expr, Variables};
+    for ok in [
+        "${{ input.xs.all(x, x > 1) }}",
+        "${{ input.xs.map(x, x * 2).filter(y, y > 2).exists(z, z == input.n) }}",
+        "${{ {'k': input.xs.exists_one(x, x == 1)} }}",
+    ] {
+        assert!(Expr::parse_wrapped(ok, Variables::Instance).is_ok(), "{ok}");
+    }
+    // Bound inside the macro only: outside it is unknown again.
+    let err = Expr::parse_wrapped("${{ input.xs.all(x, x > 1) && x }}", Variables::Instance)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown variable(s) x"), "{err}");
+    let err = Expr::parse_wrapped("${{ input.xs.all(x, y > 1) }}", Variables::Instance)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown variable(s) y"), "{err}");
+}

@@ -21,10 +21,15 @@ fn example_and_shipped_definitions_satisfy_schema_and_parser() {
     let dirs = [
         contracts().join("examples/workflows"),
         contracts().join("../workflows"),
+        contracts().join("../workflows/patterns"),
     ];
     let mut seen = 0;
-    for entry in dirs.iter().flat_map(|dir| std::fs::read_dir(dir).unwrap()) {
-        let path = entry.unwrap().path();
+    let files = dirs
+        .iter()
+        .flat_map(|dir| std::fs::read_dir(dir).unwrap())
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.is_file());
+    for path in files {
         let text = std::fs::read_to_string(&path).unwrap();
         let doc: Value = serde_yaml_ng::from_str(&text).unwrap();
         let errors: Vec<String> = schema
@@ -42,7 +47,7 @@ fn example_and_shipped_definitions_satisfy_schema_and_parser() {
         );
         seen += 1;
     }
-    assert!(seen >= 4, "expected the example definitions in {dirs:?}");
+    assert!(seen >= 9, "expected the example definitions in {dirs:?}");
 }
 
 #[test]

@@ -26,6 +26,7 @@ fn task(agent_name: &str, item: u32) -> Envelope {
                 execution: 0,
                 step: StepId::parse("s").unwrap(),
                 item: Some(item),
+                iteration: None,
                 role: TaskRole::Action,
             },
             attempt: 1,

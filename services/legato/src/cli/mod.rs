@@ -299,12 +299,22 @@ fn describe(instance: &Value) -> String {
         text.push_str(&format!("\nerror: {error}"));
     }
     for step in instance["steps"].as_array().map_or(&[][..], Vec::as_slice) {
+        // A loop's body is listed under it, indented.
+        let indent = if step["parent"].is_string() {
+            "    "
+        } else {
+            "  "
+        };
         let mut line = format!(
-            "\n  {:<20} {:<10} attempts {}",
+            "\n{indent}{:<20} {:<10} attempts {}",
             step["id"].as_str().unwrap_or_default(),
             step["status"].as_str().unwrap_or_default(),
             step["attempts"]
         );
+        if let Some(max) = step.get("maxIterations") {
+            let iteration = step.get("iteration").and_then(Value::as_u64).unwrap_or(0);
+            line.push_str(&format!(", iteration {iteration} of at most {max}"));
+        }
         if let Some(items) = step.get("items") {
             line.push_str(&format!(
                 ", items {}/{} ({} failed)",

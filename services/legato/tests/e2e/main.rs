@@ -58,6 +58,65 @@ async fn a_killed_legato_up_finishes_the_run_after_restart_without_dispatching_t
     );
 }
 
+/// Killed with `-9` in the middle of a loop's second iteration, `legato
+/// up` goes on in that iteration after the restart: every iteration's work
+/// recorded once, none started twice.
+#[tokio::test]
+async fn a_loop_killed_mid_iteration_goes_on_in_it_after_restart() {
+    let dir = temp_dir();
+    let legato = Legato::start(dir.path());
+    legato
+        .register(json!({"name": "rounds", "version": 1, "steps": [{
+            "id": "rounds",
+            "loop": {
+                "max_iterations": 4,
+                "until": "${{ steps.check.output.value >= 3 }}",
+                "output": "${{ steps.check.output.value }}",
+                "steps": [
+                    echo_step("work", &[], json!({"value": "${{ iteration }}", "sleep_ms": 800})),
+                    echo_step("check", &["work"], json!({"value": "${{ steps.work.output.value }}"})),
+                ]
+            }
+        }], "output": "${{ steps.rounds.output }}"}))
+        .await;
+    let id = legato.start_instance("rounds", json!({})).await;
+    legato
+        .wait_for(
+            &id,
+            "work of iteration 2 running",
+            Duration::from_secs(30),
+            |s| {
+                let work = step_of(s, "work");
+                work["iteration"] == 2 && work["status"] == "Running"
+            },
+        )
+        .await;
+    legato.kill();
+    let legato = Legato::start(dir.path());
+    let status = legato.wait_status(&id, "Completed").await;
+    assert_eq!(status["output"], json!(3));
+    let mut recorded: Vec<(String, u64, u64)> = events(&status, "task_completed")
+        .iter()
+        .map(|e| {
+            let key = &e["event"]["key"];
+            (
+                key["step"].as_str().unwrap().to_owned(),
+                key["iteration"].as_u64().unwrap(),
+                e["event"]["attempt"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    recorded.sort();
+    let expected: Vec<(String, u64, u64)> = ["check", "work"]
+        .iter()
+        .flat_map(|step| (1..=3).map(move |i| ((*step).to_owned(), i, 1)))
+        .collect();
+    assert_eq!(
+        recorded, expected,
+        "each iteration's results once, first attempts"
+    );
+}
+
 /// A state too large for its row is kept in parts (the definition, step
 /// groups, runs of slots), each commit writing only those it changed: killed
 /// while 700 items run, `legato up` reads it back from its parts and every

@@ -978,3 +978,97 @@ async fn a_redrive_onto_a_later_version_keeps_what_completed_and_runs_the_new_st
     assert_eq!(redrive.len(), 1);
     assert_eq!(redrive[0]["event"]["workflow"]["version"], json!(3));
 }
+
+/// The five patterns of "Building effective agents" as shipped in
+/// `workflows/patterns/`, all at once, offline with the built-in agents.
+#[tokio::test]
+async fn the_five_agent_patterns_run_with_the_built_in_agents() {
+    let dir = temp_dir();
+    let legato = launch(dir.path());
+    let runs = [
+        (
+            "pattern-prompt-chaining",
+            json!({"request": "add CSV export to billing"}),
+        ),
+        (
+            "pattern-routing",
+            json!({"request": "add CSV export to billing"}),
+        ),
+        (
+            "pattern-routing",
+            json!({"request": "check last month's totals"}),
+        ),
+        (
+            "pattern-parallelization",
+            json!({"change": "add CSV export to billing"}),
+        ),
+        (
+            "pattern-orchestrator-workers",
+            json!({"request": "add CSV export to billing and check last month's totals"}),
+        ),
+        (
+            "pattern-evaluator-optimizer",
+            json!({"task": "add CSV export to billing", "require": ["tests", "docs"]}),
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (workflow, input) in runs {
+        ids.push(
+            legato
+                .start_instance(workflow, json!({ "input": input }))
+                .await,
+        );
+    }
+    let mut done = Vec::new();
+    for id in &ids {
+        done.push(legato.wait_status(id, "Completed").await);
+    }
+    assert_eq!(done[0]["output"]["finalized"], json!(true), "{:#}", done[0]);
+    assert_eq!(done[1]["output"]["route"], "coder", "{:#}", done[1]);
+    assert_eq!(step_of(&done[1], "answer")["status"], "Skipped");
+    assert_eq!(done[2]["output"]["route"], "data", "{:#}", done[2]);
+    assert_eq!(step_of(&done[2], "code")["status"], "Skipped");
+    assert_eq!(done[3]["output"]["votes"], json!(3), "{:#}", done[3]);
+    assert_eq!(done[3]["output"]["approved"], json!(true));
+    assert_eq!(done[4]["output"]["tasks"], json!(2), "{:#}", done[4]);
+
+    // The loop: three rounds, each revising the last with its review.
+    let looped = &done[5];
+    assert_eq!(
+        looped["output"],
+        json!({
+            "rounds": 3,
+            "final": "add CSV export to billing; add tests; add docs",
+            "history": ["add tests", "add docs", ""],
+            "published": [looped["output"]["published"][0].clone()],
+        }),
+        "{looped:#}"
+    );
+    let draft = step_of(looped, "draft");
+    assert_eq!(
+        (&draft["kind"], &draft["iteration"], &draft["maxIterations"]),
+        (&json!("loop"), &json!(3), &json!(5)),
+        "{draft:#}"
+    );
+    let review = step_of(looped, "review");
+    assert_eq!(
+        (&review["parent"], &review["iteration"]),
+        (&json!("draft"), &json!(3))
+    );
+    // Every round's work is in the history, once, under its iteration.
+    let writes: Vec<u64> = events(looped, "task_completed")
+        .iter()
+        .filter(|e| e["event"]["key"]["step"] == "write")
+        .map(|e| e["event"]["key"]["iteration"].as_u64().unwrap())
+        .collect();
+    assert_eq!(writes, [1, 2, 3]);
+    let started: Vec<u64> = looped["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row["progress"].as_array().unwrap())
+        .filter(|p| p["kind"] == "iteration_started")
+        .map(|p| p["iteration"].as_u64().unwrap())
+        .collect();
+    assert_eq!(started, [1, 2, 3]);
+}

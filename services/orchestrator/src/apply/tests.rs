@@ -154,6 +154,7 @@ fn completed(state: &InstanceState, step: &str) -> Input {
             execution: state.execution,
             step: legato_contracts::StepId::parse(step).unwrap(),
             item: None,
+            iteration: None,
             role: Default::default(),
         },
         attempt: 1,

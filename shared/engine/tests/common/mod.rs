@@ -31,6 +31,7 @@ pub fn key(step: &str, item: Option<u32>) -> TaskKey {
         execution: 0,
         step: StepId::parse(step).unwrap(),
         item,
+        iteration: None,
         role: TaskRole::Action,
     }
 }
@@ -41,6 +42,7 @@ pub fn comp_key(step: &str) -> TaskKey {
         execution: 0,
         step: StepId::parse(step).unwrap(),
         item: None,
+        iteration: None,
         role: TaskRole::Compensation,
     }
 }

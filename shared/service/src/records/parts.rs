@@ -114,8 +114,11 @@ pub fn split(
         was.as_ref()
             .and_then(|w| w.get(position).copied().flatten())
     };
-    let per_group = steps_per_group(workflow.steps.len());
-    for (group, steps) in workflow.steps.chunks(per_group).enumerate() {
+    // Every step (loops' bodies after the top level), by the positions
+    // `steps_by_position` reads them in.
+    let all = workflow.all_steps();
+    let per_group = steps_per_group(all.len());
+    for (group, steps) in all.chunks(per_group).enumerate() {
         let first = group * per_group;
         let positions = first..first + steps.len();
         let changed =
@@ -181,8 +184,9 @@ fn names(state: &InstanceState) -> BTreeSet<String> {
         return names;
     };
     names.insert(WORKFLOW.to_owned());
-    let per_group = steps_per_group(workflow.steps.len());
-    for (group, steps) in workflow.steps.chunks(per_group).enumerate() {
+    let all = workflow.all_steps();
+    let per_group = steps_per_group(all.len());
+    for (group, steps) in all.chunks(per_group).enumerate() {
         names.insert(group_name(group));
         for step in steps {
             let slots = state
@@ -207,8 +211,9 @@ pub fn join(id: &str, core: &JsonText, parts: &StateParts) -> Result<InstanceSta
         return Ok(state);
     };
     let workflow = definition(id, workflow)?;
-    let per_group = steps_per_group(workflow.steps.len());
-    for (group, steps) in workflow.steps.chunks(per_group).enumerate() {
+    let all = workflow.all_steps();
+    let per_group = steps_per_group(all.len());
+    for (group, steps) in all.chunks(per_group).enumerate() {
         let name = group_name(group);
         let entries = part(parts, &name)
             .and_then(Value::as_object)
@@ -327,6 +332,7 @@ mod tests {
             execution: state.execution,
             step: step.parse().unwrap(),
             item,
+            iteration: None,
             role: TaskRole::Action,
         };
         let event = Event::TaskCompleted {

@@ -1,0 +1,73 @@
+//! `legato validate FILE...`: a definition checked offline, with the
+//! messages registration gives. Whether the agents it names are registered
+//! is known only to a running legato, so they are listed instead.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+
+/// Checks each file; prints what each holds, or every problem in it.
+pub fn run(files: &[impl AsRef<Path>]) -> ExitCode {
+    let mut refused = false;
+    for file in files {
+        match check(file.as_ref()) {
+            Ok(summary) => println!("{summary}"),
+            Err(problems) => {
+                refused = true;
+                eprint!("{problems}");
+            }
+        }
+    }
+    if refused {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// One line about a valid file, or one line per problem.
+pub fn check(file: &Path) -> Result<String, String> {
+    let shown = file.display();
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{shown}: {e}\n"))?;
+    let workflow = legato_workflow::parse(&text).map_err(|errors| {
+        errors.0.iter().fold(String::new(), |mut out, e| {
+            let at = if e.path.is_empty() {
+                String::new()
+            } else {
+                format!("{}: ", e.path)
+            };
+            let _ = writeln!(out, "{shown}: {at}{}", e.message);
+            out
+        })
+    })?;
+    let steps = workflow.all_steps();
+    let loops = steps.iter().filter(|s| s.body().is_some()).count();
+    let agents: BTreeSet<String> = workflow
+        .named_agents()
+        .into_iter()
+        .map(|(_, agent)| agent.to_string())
+        .collect();
+    let mut summary = format!(
+        "{shown}: {} v{}: valid, {} steps",
+        workflow.name,
+        workflow.version,
+        steps.len()
+    );
+    if loops > 0 {
+        let _ = write!(
+            summary,
+            " ({loops} loop{})",
+            if loops == 1 { "" } else { "s" }
+        );
+    }
+    if !agents.is_empty() {
+        let names: Vec<String> = agents.into_iter().collect();
+        let _ = write!(
+            summary,
+            "; names agents {} (registration checks they are registered)",
+            names.join(", ")
+        );
+    }
+    Ok(summary)
+}
