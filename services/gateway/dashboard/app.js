@@ -228,14 +228,15 @@ function levels(steps) {
   return columns.filter(Boolean);
 }
 
-// A step's card; a loop's holds its body's cards (from `all`, the
-// instance's steps), drawn like the workflow's, and its iteration count.
+// A step's card; a loop's or race's holds its body's cards (from `all`,
+// the instance's steps), drawn like the workflow's; a loop's also its
+// iteration count.
 function stepCard(step, all = []) {
   const items = step.items;
   const retries = Math.max(0, step.attempts - (items ? Math.max(1, items.total) : 1));
   const body = all.filter((s) => s.parent === step.id);
   const loop = step.kind === "loop";
-  return el("div", { class: `step ${step.status}${loop ? " loop" : ""}`, "data-step": step.id, "data-status": step.status },
+  return el("div", { class: `step ${step.status}${body.length ? " block" : ""}`, "data-step": step.id, "data-status": step.status },
     el("div", { class: "name" }, step.id, " ", status(step.status)),
     el("div", { class: "meta" },
       step.kind.replaceAll("_", " "),

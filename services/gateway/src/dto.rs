@@ -71,10 +71,11 @@ pub(crate) struct StepView {
     pub id: String,
     /// The steps this one runs after (the workflow's graph).
     pub needs: Vec<String>,
-    /// What the step does: `agent`, `for_each`, `wait_for_event`, `timer`
-    /// or `loop`.
+    /// What the step does: `agent`, `for_each`, `wait_for_event`, `timer`,
+    /// `loop` or `race`.
     pub kind: String,
-    /// The loop step this one is inside (its body's steps follow it).
+    /// The loop or race step this one is inside (its body's steps or
+    /// branches follow it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
     /// A loop step's current (or last) iteration, 1 for the first; a step
@@ -238,6 +239,7 @@ fn step_views(
                 Action::WaitForEvent { .. } => "wait_for_event",
                 Action::Timer { .. } => "timer",
                 Action::Loop { .. } => "loop",
+                Action::Race { .. } => "race",
             }
             .to_owned(),
             parent: parent.map(str::to_owned),

@@ -199,6 +199,18 @@ pub enum TimerKey {
     },
 }
 
+impl TimerKey {
+    /// The step the timer is for.
+    pub fn step(&self) -> &StepId {
+        match self {
+            Self::Retry { key, .. }
+            | Self::AttemptTimeout { key, .. }
+            | Self::HeartbeatLease { key, .. } => &key.step,
+            Self::EventTimeout { step, .. } | Self::Delay { step, .. } => step,
+        }
+    }
+}
+
 impl fmt::Display for TimerKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

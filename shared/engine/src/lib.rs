@@ -17,6 +17,7 @@ mod decide;
 mod event;
 mod iterations;
 mod lifecycle;
+mod races;
 pub use lifecycle::{redrive_onto_refused, redrive_refused};
 mod scheduler;
 mod state;

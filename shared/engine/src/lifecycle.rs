@@ -5,14 +5,14 @@
 use std::sync::Arc;
 
 use legato_contracts::{
-    EventName, InstanceId, ProgressKind, RuntimeStatus, TaskCancelled, TaskKey, TaskRole,
+    EventName, InstanceId, ProgressKind, RuntimeStatus, StepId, TaskCancelled, TaskKey, TaskRole,
 };
 use legato_workflow::Workflow;
 use serde_json::{Value, json};
 
 use crate::decide::{Ctx, Ignored, apply_running, ignore};
 use crate::state::{CompensationState, PendingEvent, SlotStatus, StepState, StepStatus, TaskSlot};
-use crate::{Command, Event, scheduler, tasks};
+use crate::{Command, Event, TimerKey, scheduler, tasks};
 
 pub(crate) fn start(
     ctx: &mut Ctx,
@@ -154,9 +154,50 @@ fn finish_failed(ctx: &mut Ctx) {
 
 /// Cancels in-flight tasks (telling their agents) and every pending timer.
 fn cancel_all_work(ctx: &mut Ctx, reason: &str) {
-    let (run, execution) = (ctx.state.run, ctx.state.execution);
-    let workflow = ctx.state.workflow.clone();
-    let mut cancels = Vec::new();
+    let ids: Vec<StepId> = ctx.state.steps.keys().cloned().collect();
+    let cancels: Vec<_> = ids
+        .iter()
+        .flat_map(|id| stop_step(&mut ctx.state, id))
+        .collect();
+    tell_cancelled(ctx, cancels, reason);
+    for timer in std::mem::take(&mut ctx.state.timers) {
+        ctx.commands.push(Command::CancelTimer { timer });
+    }
+}
+
+/// Stops one step's work (a race's loser): its running tasks cancelled
+/// (their agents told), the others dropped, its timers cancelled, and the
+/// step `Cancelled` if it was under way.
+pub(crate) fn cancel_step(ctx: &mut Ctx, id: &StepId, reason: &str) {
+    let cancels = stop_step(&mut ctx.state, id);
+    tell_cancelled(ctx, cancels, reason);
+    let timers: Vec<TimerKey> = ctx
+        .state
+        .timers
+        .iter()
+        .filter(|t| t.step() == id)
+        .cloned()
+        .collect();
+    for timer in timers {
+        ctx.cancel_timer(timer);
+    }
+}
+
+fn tell_cancelled(ctx: &mut Ctx, cancels: Vec<(TaskKey, u32)>, reason: &str) {
+    for (key, attempt) in cancels {
+        ctx.commands.push(Command::CancelTask(TaskCancelled {
+            key,
+            attempt,
+            reason: reason.to_owned(),
+        }));
+    }
+}
+
+/// Marks a step's live work cancelled; the attempts that were running,
+/// whose agents are to be told.
+fn stop_step(state: &mut crate::InstanceState, id: &StepId) -> Vec<(TaskKey, u32)> {
+    let (run, execution) = (state.run, state.execution);
+    let workflow = state.workflow.clone();
     let live = |slot: &TaskSlot| {
         matches!(
             slot.status,
@@ -165,63 +206,56 @@ fn cancel_all_work(ctx: &mut Ctx, reason: &str) {
     };
     let active =
         |step: &StepState| matches!(step.status, StepStatus::Running | StepStatus::Waiting);
-    for (id, step) in ctx.state.steps.iter_mut() {
-        // Steps and items with nothing to stop stay shared with the state
-        // before, so they are not written again.
-        let stoppable = active(step)
-            || step.tasks.iter().any(|s| live(s))
-            || step.compensation.as_ref().is_some_and(live);
-        if !stoppable {
-            continue;
+    let Some(step) = state.steps.get_mut(id) else {
+        return Vec::new();
+    };
+    // Steps and items with nothing to stop stay shared with the state
+    // before, so they are not written again.
+    let stoppable = active(step)
+        || step.tasks.iter().any(|s| live(s))
+        || step.compensation.as_ref().is_some_and(live);
+    if !stoppable {
+        return Vec::new();
+    }
+    let step = Arc::make_mut(step);
+    if active(step) {
+        step.status = StepStatus::Cancelled;
+    }
+    let definition = workflow.as_ref().and_then(|wf| wf.step(id.as_str()));
+    let iteration = Some(step.iteration).filter(|i| *i > 0);
+    let slots = step
+        .tasks
+        .iter_mut()
+        .enumerate()
+        .filter(|(_, s)| live(s))
+        .map(|(i, s)| {
+            let item = definition.and_then(|d| tasks::item_of(d, i));
+            (item, TaskRole::Action, Arc::make_mut(s))
+        });
+    let comp = step
+        .compensation
+        .iter_mut()
+        .map(|s| (None, TaskRole::Compensation, s));
+    let mut cancels = Vec::new();
+    for (item, role, slot) in slots.chain(comp) {
+        if slot.status == SlotStatus::Running {
+            cancels.push((
+                TaskKey {
+                    run,
+                    execution,
+                    step: id.clone(),
+                    item,
+                    iteration,
+                    role,
+                },
+                slot.attempt,
+            ));
         }
-        let step = Arc::make_mut(step);
-        if active(step) {
-            step.status = StepStatus::Cancelled;
-        }
-        let definition = workflow.as_ref().and_then(|wf| wf.step(id.as_str()));
-        let iteration = Some(step.iteration).filter(|i| *i > 0);
-        let slots = step
-            .tasks
-            .iter_mut()
-            .enumerate()
-            .filter(|(_, s)| live(s))
-            .map(|(i, s)| {
-                let item = definition.and_then(|d| tasks::item_of(d, i));
-                (item, TaskRole::Action, Arc::make_mut(s))
-            });
-        let comp = step
-            .compensation
-            .iter_mut()
-            .map(|s| (None, TaskRole::Compensation, s));
-        for (item, role, slot) in slots.chain(comp) {
-            if slot.status == SlotStatus::Running {
-                cancels.push((
-                    TaskKey {
-                        run,
-                        execution,
-                        step: id.clone(),
-                        item,
-                        iteration,
-                        role,
-                    },
-                    slot.attempt,
-                ));
-            }
-            if live(slot) {
-                slot.status = SlotStatus::Cancelled;
-            }
+        if live(slot) {
+            slot.status = SlotStatus::Cancelled;
         }
     }
-    for (key, attempt) in cancels {
-        ctx.commands.push(Command::CancelTask(TaskCancelled {
-            key,
-            attempt,
-            reason: reason.to_owned(),
-        }));
-    }
-    for timer in std::mem::take(&mut ctx.state.timers) {
-        ctx.commands.push(Command::CancelTimer { timer });
-    }
+    cancels
 }
 
 pub(crate) fn event_raised(

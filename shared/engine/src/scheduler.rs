@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use crate::decide::Ctx;
 use crate::state::{InstanceState, SlotStatus, StepStatus, TaskSlot};
-use crate::{TimerKey, iterations, lifecycle, tasks};
+use crate::{TimerKey, iterations, lifecycle, races, tasks};
 
 /// Starts every step whose needs are done, repeatedly (a skipped step can
 /// make others ready at once), drives the loops that run, then completes
@@ -72,8 +72,16 @@ fn drive(ctx: &mut Ctx, workflow: &Workflow, block: Block<'_>) -> bool {
         }
         let mut changed = false;
         for (step, status) in steps.iter().zip(&statuses) {
-            if *status == StepStatus::Running && step.body().is_some() {
-                changed |= drive_loop(ctx, workflow, step);
+            if *status != StepStatus::Running {
+                continue;
+            }
+            match &step.action {
+                Action::Loop { .. } => changed |= drive_loop(ctx, workflow, step),
+                Action::Race { race } => {
+                    drive(ctx, workflow, Block::Body(&race.steps));
+                    changed |= going(ctx) && races::settle(ctx, step, race);
+                }
+                _ => {}
             }
         }
         if !changed {
@@ -192,6 +200,7 @@ fn start_step(ctx: &mut Ctx, step: &Step) {
             }
         }
         Action::Loop { repeat } => iterations::start(ctx, step, repeat),
+        Action::Race { race } => races::start(ctx, step, race),
         Action::WaitForEvent { wait_for_event } => {
             set_status(ctx, &step.id, StepStatus::Waiting);
             ctx.progress(ProgressKind::WaitingForEvent)

@@ -526,15 +526,19 @@ pub(crate) fn complete_step(ctx: &mut Ctx, id: &StepId, output: Value) {
 }
 
 /// A step failed for good: the loops around it fail with it, saying in
-/// which iteration, and the instance fails (and compensates).
+/// which iteration, and the instance fails (and compensates); a race's
+/// branch is only out of its race.
 pub(crate) fn step_failed(ctx: &mut Ctx, id: &StepId, error: String) {
     mark_failed(ctx, id, &error);
     let (mut failed, mut error) = (id.clone(), error);
     let workflow = ctx.workflow().ok();
-    while let Some(repeat) = workflow
-        .as_ref()
-        .and_then(|w| w.enclosing_loop(failed.as_str()))
-    {
+    while let Some(block) = workflow.as_ref().and_then(|w| w.enclosing(failed.as_str())) {
+        if matches!(block.action, Action::Race { .. }) {
+            // A branch out of the race: the race goes on while another
+            // may win it (see `races::settle`).
+            return;
+        }
+        let repeat = block;
         let iteration = ctx.state.iteration_of(&failed).unwrap_or_default();
         error = format!("iteration {iteration}: step {failed} failed: {error}");
         failed = repeat.id.clone();

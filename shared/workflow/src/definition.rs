@@ -86,6 +86,12 @@ impl Workflow {
 
     /// The loop step whose body holds the step `id`, if any.
     pub fn enclosing_loop(&self, id: &str) -> Option<&Step> {
+        self.enclosing(id)
+            .filter(|s| matches!(s.action, Action::Loop { .. }))
+    }
+
+    /// The loop or race step whose body holds the step `id`, if any.
+    pub fn enclosing(&self, id: &str) -> Option<&Step> {
         fn find<'a>(
             steps: &'a [Step],
             id: &str,
@@ -147,6 +153,9 @@ fn named_agents_in<'a>(steps: &'a [Step], at: &str, named: &mut Vec<(String, &'a
             Action::Loop { repeat } => {
                 named_agents_in(&repeat.steps, &format!("{at}/steps/{i}/loop"), named);
             }
+            Action::Race { race } => {
+                named_agents_in(&race.steps, &format!("{at}/steps/{i}/race"), named);
+            }
             _ => {}
         }
         if let Some(compensate) = &step.compensate {
@@ -189,10 +198,12 @@ pub struct Step {
 }
 
 impl Step {
-    /// A loop's body; `None` for every other kind of step.
+    /// A loop's body or a race's branches; `None` for every other kind
+    /// of step.
     pub fn body(&self) -> Option<&[Step]> {
         match &self.action {
             Action::Loop { repeat } => Some(&repeat.steps),
+            Action::Race { race } => Some(&race.steps),
             _ => None,
         }
     }
@@ -224,7 +235,10 @@ impl Step {
             }
             // A loop's own fields are evaluated with its body's outputs,
             // when an iteration ends, not when the loop starts.
-            Action::WaitForEvent { .. } | Action::Timer { .. } | Action::Loop { .. } => {}
+            Action::WaitForEvent { .. }
+            | Action::Timer { .. }
+            | Action::Loop { .. }
+            | Action::Race { .. } => {}
         }
         if exprs.iter().any(|e| e.reads_all_steps())
             || templates.iter().any(|t| t.reads_all_steps())
@@ -262,6 +276,19 @@ pub enum Action {
         #[serde(rename = "loop")]
         repeat: LoopSpec,
     },
+    Race {
+        race: RaceSpec,
+    },
+}
+
+/// Branches started together; the first to complete wins and the others
+/// are cancelled (two models asked the same question, an agent racing a
+/// timer). The race fails only when every branch failed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RaceSpec {
+    /// One step per branch, with ids of their own (unique in the whole
+    /// definition) and no `needs`.
+    pub steps: Vec<Step>,
 }
 
 /// A block of steps run again and again until `until` holds, at most

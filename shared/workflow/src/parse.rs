@@ -9,8 +9,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::definition::{
-    Action, AgentRef, Compensation, LoopSpec, OnMaxIterations, OnTimeout, RetryPolicy, Step,
-    StepIndex, TimerSpec, WaitForEvent, Workflow,
+    Action, AgentRef, Compensation, LoopSpec, OnMaxIterations, OnTimeout, RaceSpec, RetryPolicy,
+    Step, StepIndex, TimerSpec, WaitForEvent, Workflow,
 };
 use crate::expr::{Expr, Template, Variables};
 use crate::{ValidationError, ValidationErrors};
@@ -80,7 +80,7 @@ pub fn from_value(value: Value) -> Result<Workflow, ValidationErrors> {
         Some(_) => problems.none("steps", "must be a list").unwrap_or_default(),
         None => problems.none("steps", "is required").unwrap_or_default(),
     };
-    let steps = parse_steps("", raw_steps, Variables::Instance, &mut problems);
+    let steps = parse_steps("", raw_steps, Block::Top, &mut problems);
 
     let output = doc.remove("output").filter(|v| !v.is_null()).and_then(|v| {
         Template::parse(v, Variables::Instance)
@@ -137,6 +137,22 @@ struct RawStep {
     compensate: Option<RawCompensate>,
     #[serde(rename = "loop")]
     repeat: Option<RawLoop>,
+    race: Option<RawRace>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRace {
+    #[serde(default)]
+    steps: Vec<Value>,
+}
+
+/// Where a step is: at the top level, in a loop's body, or a race's branch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Block {
+    Top,
+    Loop,
+    Race,
 }
 
 #[derive(Deserialize)]
@@ -179,17 +195,12 @@ struct RawCompensate {
     input: Value,
 }
 
-/// The steps of one block: the definition's, or a loop's body (`prefix`
-/// names the loop, `base` then allows `iteration` and `previous`).
-fn parse_steps(
-    prefix: &str,
-    raw: Vec<Value>,
-    base: Variables,
-    problems: &mut Problems,
-) -> Vec<Step> {
+/// The steps of one block: the definition's, a loop's body or a race's
+/// branches (`prefix` names the loop or race).
+fn parse_steps(prefix: &str, raw: Vec<Value>, block: Block, problems: &mut Problems) -> Vec<Step> {
     raw.into_iter()
         .enumerate()
-        .filter_map(|(i, raw)| parse_step(prefix, i, raw, base, problems))
+        .filter_map(|(i, raw)| parse_step(prefix, i, raw, block, problems))
         .collect()
 }
 
@@ -197,10 +208,12 @@ fn parse_step(
     prefix: &str,
     index: usize,
     raw: Value,
-    base: Variables,
+    block: Block,
     problems: &mut Problems,
 ) -> Option<Step> {
-    let in_loop = base != Variables::Instance;
+    let in_loop = block == Block::Loop;
+    // Inside a loop, expressions also see `iteration` and `previous`.
+    let base = Variables::Instance.in_loop_if(in_loop);
     let fallback = format!("{prefix}steps[{index}]");
     let label = raw
         .get("id")
@@ -238,6 +251,7 @@ fn parse_step(
         (raw.wait_for_event.is_some(), "wait_for_event"),
         (raw.timer.is_some(), "timer"),
         (raw.repeat.is_some(), "loop"),
+        (raw.race.is_some(), "race"),
     ]
     .into_iter()
     .filter_map(|(present, name)| present.then_some(name))
@@ -251,7 +265,7 @@ fn parse_step(
         problems.add(
             &label,
             format!(
-                "needs exactly one action of agent, for_each, wait_for_event, timer, loop; found {found}"
+                "needs exactly one action of agent, for_each, wait_for_event, timer, loop, race; found {found}"
             ),
         );
     }
@@ -300,16 +314,32 @@ fn parse_step(
             "a loop's time is its body's: put timeout_ms on the steps inside it",
         );
     }
-    if in_loop && raw.repeat.is_some() {
-        problems.add(
-            &at("loop"),
-            "loops do not nest: a loop cannot be inside another loop's body",
-        );
+    if block != Block::Top {
+        for (present, field) in [(raw.repeat.is_some(), "loop"), (raw.race.is_some(), "race")] {
+            if present {
+                problems.add(
+                    &at(field),
+                    "loops and races do not nest: one cannot be inside a loop's body or a race's branches",
+                );
+            }
+        }
     }
-    if in_loop && raw.compensate.is_some() {
+    if block != Block::Top && raw.compensate.is_some() {
         problems.add(
             &at("compensate"),
-            "a step inside a loop is not compensated on its own (its iterations would each need undoing): compensate the loop step",
+            "a step inside a loop or race is not compensated on its own (a loop's iterations would each need undoing): compensate the loop or race step",
+        );
+    }
+    if block == Block::Race && !needs.is_empty() {
+        problems.add(
+            &at("needs"),
+            "a race's branches start together: a branch has no needs",
+        );
+    }
+    if raw.race.is_some() && raw.timeout_ms.is_some() {
+        problems.add(
+            &at("timeout_ms"),
+            "a race's time is its branches': race a timer step to bound it",
         );
     }
     let item_vars = if raw.for_each.is_some() {
@@ -370,6 +400,15 @@ fn parse_step(
     let repeat = raw
         .repeat
         .and_then(|r| parse_loop(r, &at("loop"), problems));
+    let race = raw.race.and_then(|r| {
+        let at = at("race");
+        if r.steps.len() < 2 {
+            problems.add(&format!("{at}.steps"), "must list at least two branches");
+        }
+        let before = problems.len();
+        let steps = parse_steps(&format!("{at}."), r.steps, Block::Race, problems);
+        (problems.len() == before).then_some(RaceSpec { steps })
+    });
 
     let action = match chosen.as_slice() {
         ["for_each"] => Action::ForEach {
@@ -387,6 +426,7 @@ fn parse_step(
         },
         ["timer"] => Action::Timer { timer: raw.timer? },
         ["loop"] => Action::Loop { repeat: repeat? },
+        ["race"] => Action::Race { race: race? },
         _ => return None,
     };
     if problems.len() > before {
@@ -409,7 +449,7 @@ fn parse_loop(raw: RawLoop, at: &str, problems: &mut Problems) -> Option<LoopSpe
     if raw.steps.is_empty() {
         problems.add(&format!("{at}.steps"), "must list at least one step");
     }
-    let steps = parse_steps(&format!("{at}."), raw.steps, Variables::Loop, problems);
+    let steps = parse_steps(&format!("{at}."), raw.steps, Block::Loop, problems);
     let max_iterations = match raw.max_iterations {
         Some(n) if (1..=MAX_ITERATIONS).contains(&n) => n,
         Some(n) => problems.none(
@@ -505,20 +545,23 @@ fn check_graph(steps: &[Step], problems: &mut Problems) {
     check_block(steps, "steps", &BTreeSet::new(), &places, problems);
 }
 
-/// Where each step id is: in which loop's body, if any.
-struct Places<'a>(BTreeMap<&'a str, Option<&'a str>>);
+/// Where each step id is: in which loop's body or race's branches (and
+/// which of the two), if any.
+type Place<'a> = Option<(&'a str, &'static str)>;
+
+struct Places<'a>(BTreeMap<&'a str, Place<'a>>);
 
 impl<'a> Places<'a> {
     fn of(steps: &'a [Step]) -> Self {
-        fn add<'a>(
-            steps: &'a [Step],
-            parent: Option<&'a str>,
-            map: &mut BTreeMap<&'a str, Option<&'a str>>,
-        ) {
+        fn add<'a>(steps: &'a [Step], parent: Place<'a>, map: &mut BTreeMap<&'a str, Place<'a>>) {
             for step in steps {
                 map.entry(step.id.as_str()).or_insert(parent);
                 if let Some(body) = step.body() {
-                    add(body, Some(step.id.as_str()), map);
+                    let kind = match step.action {
+                        Action::Race { .. } => "race",
+                        _ => "loop",
+                    };
+                    add(body, Some((step.id.as_str(), kind)), map);
                 }
             }
         }
@@ -531,8 +574,8 @@ impl<'a> Places<'a> {
     fn why_unreadable(&self, id: &str) -> String {
         match self.0.get(id) {
             None => "which is not a step".to_owned(),
-            Some(Some(parent)) => format!(
-                "which is inside loop {parent}: read the loop's output (steps.{parent}.output) instead"
+            Some(Some((parent, kind))) => format!(
+                "which is inside {kind} {parent}: read the {kind}'s output (steps.{parent}.output) instead"
             ),
             Some(None) => "which is not among its needs (directly or transitively)".to_owned(),
         }
@@ -606,6 +649,12 @@ fn check_block(
                 );
             }
         }
+        if let Action::Race { race } = &step.action {
+            let mut visible = ancestors.clone();
+            visible.extend(outer.iter().copied());
+            let inside = format!("{path} ({}).race.steps", step.id);
+            check_block(&race.steps, &inside, &visible, places, problems);
+        }
         if let Action::Loop { repeat } = &step.action {
             let mut visible = ancestors;
             visible.extend(outer.iter().copied());
@@ -665,7 +714,7 @@ fn step_expression_references(step: &Step) -> Vec<(&'static str, BTreeSet<String
                 refs.push(("wait_for_event.on_timeout", o.output.step_references()));
             }
         }
-        Action::Timer { .. } | Action::Loop { .. } => {}
+        Action::Timer { .. } | Action::Loop { .. } | Action::Race { .. } => {}
     }
     if let Some(c) = &step.compensate {
         // A compensation runs after its own step completed, so it may read it.

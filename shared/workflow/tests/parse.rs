@@ -245,12 +245,12 @@ fn loops_are_checked_like_everything_else() {
         (
             "          input: \"${{ steps.write.output }}\"",
             "          input: \"${{ steps.write.output }}\"\n          compensate: { agent: coder }",
-            "steps[1] (draft).loop.steps[1] (review).compensate: a step inside a loop is not compensated on its own",
+            "steps[1] (draft).loop.steps[1] (review).compensate: a step inside a loop or race is not compensated on its own",
         ),
         (
             "        - id: review",
             "        - id: inner\n          loop: { max_iterations: 2, steps: [{ id: deep, agent: echo }] }\n        - id: review",
-            "steps[1] (draft).loop.steps[1] (inner).loop: loops do not nest",
+            "steps[1] (draft).loop.steps[1] (inner).loop: loops and races do not nest",
         ),
         (
             "        - id: review",

@@ -80,12 +80,17 @@ pub struct BenchOptions {
     pub fan_out: Option<usize>,
     /// Instead of the throughput run: one instance of N sequential echo
     /// steps, reported the same way.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "iterations")]
     pub sequence: Option<usize>,
+    /// Instead of the throughput run: one instance of a loop that runs N
+    /// iterations of two echo steps, reported the same way (an iteration
+    /// late in the run should cost what one early does).
+    #[arg(long, conflicts_with = "fan_out", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
+    pub iterations: Option<usize>,
     /// Instead of the throughput run: write N schedules to the store
     /// (`--store`), a few of them due, and report what a poll for the due
     /// ones costs (store requests and milliseconds per poll).
-    #[arg(long, conflicts_with_all = ["fan_out", "sequence"])]
+    #[arg(long, conflicts_with_all = ["fan_out", "sequence", "iterations"])]
     pub schedules: Option<usize>,
     /// Also run the workflow on a `pull` agent (workers over HTTP) or a
     /// `push` agent (an endpoint legato POSTs to) after the built-in run,
@@ -262,8 +267,8 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         }
     };
     let client = reqwest::Client::new();
-    if options.fan_out.is_some() || options.sequence.is_some() {
-        let result = scale::run(&client, &base, options.fan_out, options.sequence).await;
+    if let Some(shape) = scale::Shape::of(options.fan_out, options.sequence, options.iterations) {
+        let result = scale::run(&client, &base, shape).await;
         if let Some(stack) = stack {
             stack.shutdown().trigger();
             stack.wait().await?;

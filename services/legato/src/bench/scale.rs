@@ -1,5 +1,6 @@
-//! `legato bench --fan-out N` / `--sequence N`: one large instance, to see
-//! whether an event costs more as an instance grows. Prints the run's time,
+//! `legato bench --fan-out N` / `--sequence N` / `--iterations N`: one
+//! large instance (a wide fan-out, a long chain, a long-running loop), to
+//! see whether an event costs more as an instance grows. Prints the run's time,
 //! the mean time between committed events over the first and the last
 //! tenth of its history, and the process's peak resident memory (the
 //! embedded stack runs in this process).
@@ -14,50 +15,90 @@ const NAME: &str = "bench-scale";
 /// The longest a single scale run may take.
 const LIMIT: Duration = Duration::from_secs(30 * 60);
 
-fn definition(fan_out: Option<usize>, sequence: Option<usize>) -> Value {
-    match (fan_out, sequence) {
-        (Some(_), _) => json!({"name": NAME, "version": 1, "steps": [
-            {"id": "each", "for_each": "${{ input.items }}", "agent": "echo",
-             "input": {"value": "${{ item }}"}, "max_parallel": 100}
-        ]}),
-        (None, Some(n)) => {
-            let steps: Vec<Value> = (0..n)
-                .map(|i| {
-                    let mut step = json!({"id": format!("s{i}"), "agent": "echo",
-                        "input": {"value": i}});
-                    if i > 0 {
-                        step["needs"] = json!([format!("s{}", i - 1)]);
-                    }
-                    step
-                })
-                .collect();
-            json!({"name": NAME, "version": 1, "steps": steps})
+/// The one instance a scale run measures.
+#[derive(Debug, Clone, Copy)]
+pub enum Shape {
+    /// A `for_each` over N echo items.
+    FanOut(usize),
+    /// N echo steps one after the other.
+    Sequence(usize),
+    /// A loop of N iterations of two echo steps (write, then review).
+    Loop(usize),
+}
+
+impl Shape {
+    /// The shape the options ask for, if any.
+    pub fn of(
+        fan_out: Option<usize>,
+        sequence: Option<usize>,
+        iterations: Option<usize>,
+    ) -> Option<Self> {
+        fan_out
+            .map(Self::FanOut)
+            .or(sequence.map(Self::Sequence))
+            .or(iterations.map(Self::Loop))
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Self::FanOut(n) => format!("for_each over {n} echo tasks"),
+            Self::Sequence(n) => format!("sequence of {n} echo tasks"),
+            Self::Loop(n) => format!("loop of {n} iterations of 2 echo tasks"),
         }
-        (None, None) => json!({}),
+    }
+
+    fn definition(self) -> Value {
+        match self {
+            Self::FanOut(_) => json!({"name": NAME, "version": 1, "steps": [
+                {"id": "each", "for_each": "${{ input.items }}", "agent": "echo",
+                 "input": {"value": "${{ item }}"}, "max_parallel": 100}
+            ]}),
+            Self::Sequence(n) => {
+                let steps: Vec<Value> = (0..n)
+                    .map(|i| {
+                        let mut step = json!({"id": format!("s{i}"), "agent": "echo",
+                            "input": {"value": i}});
+                        if i > 0 {
+                            step["needs"] = json!([format!("s{}", i - 1)]);
+                        }
+                        step
+                    })
+                    .collect();
+                json!({"name": NAME, "version": 1, "steps": steps})
+            }
+            Self::Loop(n) => json!({"name": NAME, "version": 1, "steps": [{
+                "id": "rounds",
+                "loop": {
+                    "max_iterations": n,
+                    "until": "${{ steps.review.output.value }}",
+                    "output": "${{ steps.write.output.value }}",
+                    "steps": [
+                        {"id": "write", "agent": "echo", "input": {"value": "${{ iteration }}"}},
+                        {"id": "review", "agent": "echo", "needs": ["write"],
+                         "input": {"value": "${{ steps.write.output.value >= input.rounds }}"}}
+                    ]
+                }
+            }]}),
+        }
+    }
+
+    fn input(self) -> Value {
+        match self {
+            Self::FanOut(n) => json!({"items": (0..n).collect::<Vec<_>>()}),
+            Self::Sequence(_) => json!({}),
+            Self::Loop(n) => json!({"rounds": n}),
+        }
     }
 }
 
-pub async fn run(
-    client: &reqwest::Client,
-    base: &str,
-    fan_out: Option<usize>,
-    sequence: Option<usize>,
-) -> anyhow::Result<()> {
-    let (shape, n) = match (fan_out, sequence) {
-        (Some(n), _) => ("for_each over", n),
-        (None, Some(n)) => ("sequence of", n),
-        (None, None) => anyhow::bail!("give --fan-out N or --sequence N"),
-    };
+pub async fn run(client: &reqwest::Client, base: &str, shape: Shape) -> anyhow::Result<()> {
     let put = client
         .put(format!("{base}/api/v1/workflows/{NAME}"))
-        .json(&definition(fan_out, sequence))
+        .json(&shape.definition())
         .send()
         .await?;
     anyhow::ensure!(put.status().is_success(), "registering: {}", put.status());
-    let input = match fan_out {
-        Some(n) => json!({"items": (0..n).collect::<Vec<_>>()}),
-        None => json!({}),
-    };
+    let input = shape.input();
     let began = Instant::now();
     let started: Value = client
         .post(format!("{base}/api/v1/workflows/{NAME}/instances"))
@@ -87,9 +128,16 @@ pub async fn run(
         gaps.iter().sum::<f64>() / gaps.len().max(1) as f64
     };
     println!(
-        "legato bench: one {shape} {n} echo tasks: {status} in {:.2} s",
+        "legato bench: one {}: {status} in {:.2} s",
+        shape.describe(),
         elapsed.as_secs_f64()
     );
+    if let Shape::Loop(n) = shape {
+        println!(
+            "  loop:     {:.3} ms per iteration (start to end over {n})",
+            elapsed.as_secs_f64() * 1000.0 / n.max(1) as f64
+        );
+    }
     println!(
         "  events:   {} committed; mean gap between events {:.2} ms over the first tenth, {:.2} ms over the last",
         times.len(),

@@ -139,6 +139,9 @@ struct StepLine {
     status: String,
     attempts: u64,
     items: Option<(u64, u64, u64)>,
+    /// A loop's iteration, or the one a step inside it is in: a step run
+    /// again in the next iteration is a change.
+    iteration: Option<u64>,
 }
 
 impl StepLine {
@@ -151,6 +154,7 @@ impl StepLine {
                 let n = |k: &str| items[k].as_u64().unwrap_or(0);
                 (n("completed"), n("failed"), n("total"))
             }),
+            iteration: step["iteration"].as_u64(),
         }
     }
 
@@ -176,6 +180,9 @@ impl StepLine {
         let retries = self.attempts.saturating_sub(tasks);
         if retries > 0 {
             text.push_str(&format!(" ({retries} retries)"));
+        }
+        if let Some(iteration) = self.iteration {
+            text.push_str(&format!(", iteration {iteration}"));
         }
         text
     }
@@ -298,5 +305,9 @@ mod tests {
         let done = StepLine::of(&json!({"status": "Completed", "attempts": 1}));
         assert_eq!(done.describe(), "Completed");
         assert!(done.finished());
+        let looping = StepLine::of(&json!({"status": "Running", "attempts": 0, "iteration": 2}));
+        assert_eq!(looping.describe(), "Running, iteration 2");
+        let next = StepLine::of(&json!({"status": "Running", "attempts": 0, "iteration": 3}));
+        assert_ne!(looping, next, "a new iteration is a change to show");
     }
 }

@@ -343,7 +343,11 @@ async fn sigterm_drains_and_exits_cleanly_and_state_survives() {
 #[test]
 fn bench_scale_modes_report_growth_and_memory() {
     // Beyond 64 steps and 256 items: both kept in parts.
-    for mode in [["--sequence", "100"], ["--fan-out", "300"]] {
+    for mode in [
+        ["--sequence", "100"],
+        ["--fan-out", "300"],
+        ["--iterations", "50"],
+    ] {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_legato"))
             .arg("bench")
             .args(mode)

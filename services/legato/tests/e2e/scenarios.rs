@@ -1072,3 +1072,49 @@ async fn the_five_agent_patterns_run_with_the_built_in_agents() {
         .collect();
     assert_eq!(started, [1, 2, 3]);
 }
+
+/// A race goes on with its first branch to complete and cancels the
+/// others: a fast agent beats a slow one and a deadline; a deadline beats
+/// agents that take too long.
+#[tokio::test]
+async fn a_race_goes_on_with_the_first_branch_to_complete() {
+    let dir = temp_dir();
+    let legato = launch(dir.path());
+    legato
+        .register(json!({"name": "race", "version": 1, "steps": [
+            {"id": "answer", "race": {"steps": [
+                echo_step("quick", &[], json!({"value": "quick", "sleep_ms": "${{ input.quick_ms }}"})),
+                echo_step("slow", &[], json!({"value": "slow", "sleep_ms": 20000})),
+                {"id": "deadline", "timer": {"delay_ms": 1500}}
+            ]}},
+            echo_step("use", &["answer"], json!({"value": "${{ steps.answer.output.winner }}"})),
+        ], "output": "${{ steps.use.output.value }}"}))
+        .await;
+    let quick = legato
+        .start_instance("race", json!({"input": {"quick_ms": 0}}))
+        .await;
+    let late = legato
+        .start_instance("race", json!({"input": {"quick_ms": 20000}}))
+        .await;
+    let won = legato.wait_status(&quick, "Completed").await;
+    assert_eq!(won["output"], "quick", "{won:#}");
+    assert_eq!(
+        step_of(&won, "answer")["output"],
+        json!({"winner": "quick", "output": {"value": "quick", "attempt": 1}})
+    );
+    for loser in ["slow", "deadline"] {
+        assert_eq!(step_of(&won, loser)["status"], "Cancelled", "{loser}");
+        assert_eq!(step_of(&won, loser)["parent"], "answer");
+    }
+    let timed_out = legato.wait_status(&late, "Completed").await;
+    assert_eq!(timed_out["output"], "deadline", "{timed_out:#}");
+    assert_eq!(step_of(&timed_out, "quick")["status"], "Cancelled");
+    // Each branch that lost was told to stop: no result of it recorded.
+    for done in [&won, &timed_out] {
+        let recorded: Vec<&str> = events(done, "task_completed")
+            .iter()
+            .map(|e| e["event"]["key"]["step"].as_str().unwrap())
+            .collect();
+        assert!(!recorded.contains(&"slow"), "{recorded:?}");
+    }
+}
