@@ -20,6 +20,7 @@ export interface WireTask {
   key: string;
   step: string;
   item?: number;
+  iteration?: number;
   attempt: number;
   idempotencyKey: string;
   input: unknown;
@@ -40,6 +41,8 @@ export interface Task {
   readonly key: string;
   readonly step: string;
   readonly item: number | undefined;
+  /** The loop iteration (1 for the first) of a step inside a loop. */
+  readonly iteration: number | undefined;
   readonly attempt: number;
   readonly idempotencyKey: string;
   readonly input: unknown;
@@ -98,6 +101,7 @@ export function taskOf(
     key: wire.key,
     step: wire.step,
     item: wire.item,
+    iteration: wire.iteration,
     attempt: wire.attempt,
     idempotencyKey: wire.idempotencyKey,
     input: wire.input,

@@ -533,3 +533,49 @@ async fn a_batch_of_completions_is_answered_one_by_one() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(problem["errors"][0]["field"], "/completions");
 }
+
+/// A pull agent inside a loop gets each iteration's task as new work: the
+/// iteration is on the task, and its key and idempotency key are its own.
+#[tokio::test]
+async fn a_pull_agent_in_a_loop_sees_each_iteration_as_new_work() {
+    let dir = temp_dir();
+    let legato = Legato::start(dir.path());
+    let (status, body) = legato
+        .put("/api/v1/agents/critic", json!({"kind": "pull"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    legato
+        .register(json!({"name": "critique", "version": 1, "steps": [{
+            "id": "rounds",
+            "loop": {
+                "max_iterations": 3,
+                "until": "${{ steps.judge.output.ok }}",
+                "steps": [{"id": "judge", "agent": "critic", "input": {"round": "${{ iteration }}"}}]
+            }
+        }]}))
+        .await;
+    let id = legato.start_instance("critique", json!({})).await;
+    let mut keys = Vec::new();
+    for round in 1..=2 {
+        let task = take_one(&legato, "critic").await;
+        assert_eq!(task["iteration"], round, "{task}");
+        assert_eq!(task["input"], json!({"round": round}));
+        keys.push((
+            task["key"].as_str().unwrap().to_owned(),
+            task["idempotencyKey"].as_str().unwrap().to_owned(),
+        ));
+        let (status, body) = task_call(
+            &legato,
+            &task,
+            "complete",
+            json!({"output": {"ok": round == 2}}),
+        )
+        .await;
+        assert!(status.is_success(), "{body}");
+    }
+    assert_ne!(keys[0].0, keys[1].0);
+    assert_ne!(keys[0].1, keys[1].1);
+    assert!(keys[1].0.ends_with("/judge@2"), "{keys:?}");
+    let done = legato.wait_status(&id, "Completed").await;
+    assert_eq!(step_of(&done, "rounds")["iteration"], 2);
+}

@@ -9,7 +9,8 @@ use crate::state::{InstanceState, SlotStatus, StepStatus, TaskSlot};
 use crate::{TimerKey, iterations, lifecycle, races, tasks};
 
 /// Starts every step whose needs are done, repeatedly (a skipped step can
-/// make others ready at once), drives the loops that run, then completes
+/// make others ready at once), drives the loops and races that run, then
+/// completes
 /// the instance if all are done. Idempotent, so every handler can simply
 /// call it.
 pub(crate) fn advance(ctx: &mut Ctx) {
@@ -29,7 +30,8 @@ fn going(ctx: &Ctx) -> bool {
 enum Block<'w> {
     /// The definition's own steps.
     Top,
-    /// A loop's body, for the loop's current iteration.
+    /// A loop's body (for the loop's current iteration) or a race's
+    /// branches.
     Body(&'w [Step]),
 }
 
@@ -44,7 +46,8 @@ fn drive(ctx: &mut Ctx, workflow: &Workflow, block: Block<'_>) -> bool {
             return false;
         }
         // Read once per pass: when nothing is ready, the same statuses
-        // say which loops to drive and whether everything is done.
+        // say which loops and races to drive and whether everything is
+        // done.
         let statuses = match block {
             Block::Top => statuses(&ctx.state, workflow),
             Block::Body(steps) => steps

@@ -538,10 +538,9 @@ pub(crate) fn step_failed(ctx: &mut Ctx, id: &StepId, error: String) {
             // may win it (see `races::settle`).
             return;
         }
-        let repeat = block;
         let iteration = ctx.state.iteration_of(&failed).unwrap_or_default();
         error = format!("iteration {iteration}: step {failed} failed: {error}");
-        failed = repeat.id.clone();
+        failed = block.id.clone();
         mark_failed(ctx, &failed, &error);
     }
     lifecycle::fail(ctx, format!("step {failed} failed: {error}"));

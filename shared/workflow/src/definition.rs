@@ -2,7 +2,7 @@
 //! only after [`crate::parse`] accepted the whole document, so the engine can
 //! rely on ids being unique, `needs` forming a DAG and expressions compiling.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use legato_contracts::{AgentName, EventName, StepId, WorkflowName};
 use serde::{Deserialize, Serialize};
@@ -37,6 +37,9 @@ pub struct Workflow {
 pub(crate) struct StepIndex {
     by_id: Vec<usize>,
     needs: Vec<Vec<usize>>,
+    /// Where each step is: the position in `steps` of the loop or race it
+    /// is inside (if any), and its position there (or in `steps`).
+    places: BTreeMap<StepId, (Option<usize>, usize)>,
 }
 
 impl StepIndex {
@@ -57,7 +60,18 @@ impl StepIndex {
             .iter()
             .map(|s| s.needs.iter().filter_map(&position).collect())
             .collect();
-        Self { by_id, needs }
+        let mut places = BTreeMap::new();
+        for (i, step) in top.iter().enumerate() {
+            places.insert(step.id.clone(), (None, i));
+            for (j, inner) in step.body().into_iter().flatten().enumerate() {
+                places.insert(inner.id.clone(), (Some(i), j));
+            }
+        }
+        Self {
+            by_id,
+            needs,
+            places,
+        }
     }
 }
 
@@ -92,24 +106,16 @@ impl Workflow {
 
     /// The loop or race step whose body holds the step `id`, if any.
     pub fn enclosing(&self, id: &str) -> Option<&Step> {
-        fn find<'a>(
-            steps: &'a [Step],
-            id: &str,
-            parent: Option<&'a Step>,
-        ) -> Option<Option<&'a Step>> {
-            for step in steps {
-                if step.id.as_str() == id {
-                    return Some(parent);
-                }
-                if let Some(body) = step.body()
-                    && let Some(found) = find(body, id, Some(step))
-                {
-                    return Some(found);
-                }
-            }
-            None
+        let (parent, _) = self.index.places.get(id)?;
+        self.steps.get((*parent)?)
+    }
+
+    /// The step `id`, wherever it is (a loop's body too).
+    pub fn step(&self, id: &str) -> Option<&Step> {
+        match self.index.places.get(id)? {
+            (None, i) => self.steps.get(*i),
+            (Some(parent), i) => self.steps.get(*parent)?.body()?.get(*i),
         }
-        find(&self.steps, id, None).flatten()
     }
 
     /// The position in [`Workflow::all_steps`] of each step, in the order

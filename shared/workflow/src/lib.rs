@@ -105,20 +105,6 @@ impl Workflow {
         }
     }
 
-    /// The step `id`, wherever it is (a loop's body too).
-    pub fn step(&self, id: &str) -> Option<&Step> {
-        fn find<'a>(steps: &'a [Step], id: &str) -> Option<&'a Step> {
-            steps.iter().find_map(|s| {
-                if s.id.as_str() == id {
-                    Some(s)
-                } else {
-                    s.body().and_then(|body| find(body, id))
-                }
-            })
-        }
-        find(&self.steps, id)
-    }
-
     /// Renders the instance output from `steps` (as given to expressions).
     pub fn render_output(
         &self,

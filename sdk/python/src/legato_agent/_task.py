@@ -66,6 +66,8 @@ class Task:
     key: str
     step: str
     item: int | None
+    #: The loop iteration (1 for the first) of a step inside a loop.
+    iteration: int | None
     attempt: int
     idempotency_key: str
     input: Any
@@ -101,6 +103,7 @@ class Task:
             key=str(raw["key"]),
             step=str(raw["step"]),
             item=raw.get("item"),
+            iteration=raw.get("iteration"),
             attempt=int(raw["attempt"]),
             idempotency_key=str(raw["idempotencyKey"]),
             input=raw.get("input"),

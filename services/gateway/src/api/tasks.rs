@@ -85,6 +85,9 @@ pub(crate) struct PulledTask {
     pub step: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub item: Option<u32>,
+    /// The loop iteration (1 for the first) of a step inside a loop.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iteration: Option<u32>,
     pub attempt: u32,
     /// Stable across deliveries of this attempt: key side effects by it.
     pub idempotency_key: String,
@@ -297,6 +300,7 @@ pub(crate) fn pulled(token: &Token, task: &TaskDispatched, lease_ms: u64) -> Pul
         key: task.key.to_string(),
         step: task.key.step.to_string(),
         item: task.key.item,
+        iteration: task.key.iteration,
         attempt: task.attempt,
         idempotency_key: token.idempotency_key(),
         input: task.input.clone(),
