@@ -87,14 +87,14 @@ impl Workflow {
 
     /// Every step: the top level's in definition order (so a top-level
     /// step's position is the same here as in `steps`), then each loop's
-    /// body, in the order the loops come.
+    /// body and race's branches, in the order the loops and races come.
     pub fn all_steps(&self) -> Vec<&Step> {
         flatten(&self.steps)
     }
 
-    /// Whether some step is a loop (so the state holds more steps than the
-    /// top level).
-    pub fn has_loops(&self) -> bool {
+    /// Whether some step is a loop or race (so the state holds more steps
+    /// than the top level).
+    pub fn has_blocks(&self) -> bool {
         self.steps.iter().any(|s| s.body().is_some())
     }
 

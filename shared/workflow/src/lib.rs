@@ -113,11 +113,11 @@ impl Workflow {
     ) -> Result<Value, ExprError> {
         match &self.output {
             Some(template) => template.render(&Scope::new(input, steps)?),
-            // Every top-level step's output by id (a loop's body is in
-            // the loop's).
+            // Every top-level step's output by id (a loop's body and a
+            // race's branches are in the loop's or race's).
             None => {
                 let top: Option<std::collections::BTreeSet<&str>> = self
-                    .has_loops()
+                    .has_blocks()
                     .then(|| self.steps.iter().map(|s| s.id.as_str()).collect());
                 Ok(Value::Object(
                     steps

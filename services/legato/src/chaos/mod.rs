@@ -99,7 +99,22 @@ fn workflow() -> Value {
          "input": {"value": "${{ item }}", "sleep_ms": "${{ input.ms }}", "hang_attempts": "${{ input.hang }}"},
          "max_parallel": 2, "heartbeat_timeout_ms": 1500,
          "retry": {"max_attempts": 4, "initial_interval_ms": 200, "backoff": 2.0}},
-        echo("join", &["each"], json!({"value": "${{ steps.a.output.value + steps.b.output.value }}"})),
+        // Two rounds of a loop, each its own work under the faults.
+        {"id": "rounds", "needs": ["each"], "loop": {
+            "max_iterations": 3,
+            "until": "${{ iteration == 2 }}",
+            "steps": [
+                echo("draft", &[], json!({"value": "${{ iteration }}", "sleep_ms": "${{ input.ms }}"})),
+                echo("check", &["draft"], json!({"value": "${{ steps.draft.output.value }}"})),
+            ]
+        }},
+        // A race: the quick branch wins as a rule, the slow one is
+        // cancelled; whichever wins, one result is recorded.
+        {"id": "pick", "needs": ["rounds"], "race": {"steps": [
+            echo("quick", &[], json!({"value": "quick", "sleep_ms": "${{ input.ms }}"})),
+            echo("slow", &[], json!({"value": "slow", "sleep_ms": "${{ input.ms * 4 + 500 }}"})),
+        ]}},
+        echo("join", &["pick"], json!({"value": "${{ steps.a.output.value + steps.b.output.value }}"})),
     ], "output": "${{ steps.join.output.value }}"})
 }
 

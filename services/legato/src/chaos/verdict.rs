@@ -9,8 +9,9 @@ use serde_json::Value;
 
 use super::Soak;
 
-/// Tasks an instance of the soak workflow runs: a, b, three items, join.
-const TASKS: usize = 6;
+/// Tasks an instance of the soak workflow runs: a, b, three items, two
+/// rounds of a loop's two steps, one race's winner, join.
+const TASKS: usize = 11;
 /// How long dead letters are looked for after the last instance finished
 /// (the keeper parks what reaches a dead-letter queue within moments).
 const DEAD_LETTER_SETTLE: Duration = Duration::from_secs(5);
