@@ -63,7 +63,9 @@ pub(crate) fn end(ctx: &mut Ctx, step: &Step, repeat: &LoopSpec) -> Ended {
     };
     if let Some(s) = ctx.state.step_mut(&step.id) {
         s.output = Some(output.clone());
-        if repeat.keep_iterations {
+        // Once per iteration: a redrive of a loop stopped at its ceiling
+        // ends that iteration again.
+        if repeat.keep_iterations && s.iterations.len() < iteration as usize {
             s.iterations.push(output.clone());
         }
     }

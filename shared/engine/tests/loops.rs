@@ -373,3 +373,40 @@ fn terminating_cancels_the_running_iteration_s_task_by_its_key() {
         .collect();
     assert_eq!(cancelled, vec![key("write", 2)]);
 }
+
+#[test]
+fn a_loop_failed_at_its_ceiling_goes_on_when_redriven_onto_a_higher_one() {
+    let two = REVIEW_LOOP.replace("max_iterations: 5", "max_iterations: 2");
+    let mut h = Harness::start(&two, json!({ "task": "t" }));
+    round(&mut h, 1, false);
+    round(&mut h, 2, false);
+    assert_eq!(h.state.status, RuntimeStatus::Failed);
+    let four = two
+        .replace("max_iterations: 2", "max_iterations: 4")
+        .replace("version: 1", "version: 2");
+    let at = h.now;
+    h.send(Event::RedriveRequested {
+        at,
+        id: "onto-4".into(),
+        workflow: Some(std::sync::Arc::new(legato_workflow::parse(&four).unwrap())),
+    });
+    assert_eq!(h.state.status, RuntimeStatus::Running);
+    // Iteration 2 ended again without being kept twice; 3 runs.
+    let write = h.dispatched();
+    assert_eq!(
+        (
+            write[0].key.step.as_str(),
+            write[0].key.iteration,
+            write[0].key.execution
+        ),
+        ("write", Some(3), 1)
+    );
+    let mut three = key("write", 3);
+    three.execution = 1;
+    h.complete(three.clone(), 1, json!({ "text": "draft 3" }));
+    let review = h.dispatched();
+    h.complete(review[0].key.clone(), 1, json!({ "approved": true }));
+    let draft = &h.state.steps[&StepId::parse("draft").unwrap()];
+    assert_eq!(draft.status, StepStatus::Completed);
+    assert_eq!(draft.iterations.len(), 3, "{:?}", draft.iterations);
+}

@@ -605,7 +605,7 @@ fn check_block(
             } else if !by_id.contains_key(need.as_str()) {
                 let why = if places.0.contains_key(need.as_str()) {
                     format!(
-                        "step \"{need}\" is not beside it (a loop's body and the steps around the loop cannot need each other)"
+                        "step \"{need}\" is not beside it (a loop's body or a race's branches and the steps around them cannot need each other)"
                     )
                 } else {
                     format!("unknown step \"{need}\"")
