@@ -156,6 +156,11 @@ fn start_step(ctx: &mut Ctx, step: &Step) {
             Ok(true) => {}
             Ok(false) => {
                 set_status(ctx, &step.id, StepStatus::Skipped);
+                // A skipped loop's or race's steps are skipped with it,
+                // not left pending.
+                for inner in step.body().into_iter().flatten() {
+                    set_status(ctx, &inner.id, StepStatus::Skipped);
+                }
                 ctx.progress(ProgressKind::StepSkipped).step(&step.id);
                 return;
             }

@@ -410,3 +410,19 @@ fn a_loop_failed_at_its_ceiling_goes_on_when_redriven_onto_a_higher_one() {
     assert_eq!(draft.status, StepStatus::Completed);
     assert_eq!(draft.iterations.len(), 3, "{:?}", draft.iterations);
 }
+
+#[test]
+fn a_skipped_loop_skips_its_body_too() {
+    let yaml = REVIEW_LOOP.replace(
+        "  - id: draft\n    loop:",
+        "  - id: draft\n    if: \"${{ input.task != 'none' }}\"\n    loop:",
+    );
+    let h = Harness::start(&yaml, json!({ "task": "none" }));
+    for id in ["draft", "write", "review"] {
+        assert_eq!(
+            h.state.steps[&StepId::parse(id).unwrap()].status,
+            StepStatus::Skipped,
+            "{id}"
+        );
+    }
+}
