@@ -1,12 +1,11 @@
 //! Loops: starting one, and what ends each iteration: the next one, the
 //! loop's completion, or its failure at the ceiling.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use legato_contracts::ProgressKind;
-use legato_workflow::{ExprError, LoopSpec, OnMaxIterations, Scope, Step};
-use serde_json::{Map, Value, json};
+use legato_workflow::{ExprError, LoopSpec, OnMaxIterations, Step};
+use serde_json::{Value, json};
 
 use crate::decide::Ctx;
 use crate::state::{StepState, StepStatus};
@@ -102,7 +101,13 @@ fn outcome(
     iteration: u32,
     previous: Option<&Value>,
 ) -> Result<(Value, bool), ExprError> {
-    let scope = scope(ctx, repeat)?.in_iteration(iteration, previous.unwrap_or(&Value::Null))?;
+    // Only the steps `until` and `output` read, so ending an iteration costs
+    // the same in the thousandth as in the first (the loop's kept
+    // iterations are read only by an expression that asks for them).
+    let scope = ctx
+        .state
+        .scope_reading(repeat.steps_read())?
+        .in_iteration(iteration, previous.unwrap_or(&Value::Null))?;
     let output = match &repeat.output {
         Some(template) => template.render(&scope)?,
         None => Value::Object(
@@ -121,23 +126,4 @@ fn outcome(
         None => false,
     };
     Ok((output, done))
-}
-
-/// The steps `until` and `output` read, so ending an iteration costs the
-/// same in the thousandth as in the first (the loop's kept iterations are
-/// read only by an expression that asks for them).
-fn scope(ctx: &Ctx, repeat: &LoopSpec) -> Result<Scope, ExprError> {
-    let reads_all = repeat.until.as_ref().is_some_and(|u| u.reads_all_steps())
-        || repeat.output.as_ref().is_some_and(|o| o.reads_all_steps());
-    if reads_all {
-        return ctx.state.scope();
-    }
-    let mut read: BTreeSet<String> = repeat
-        .until
-        .iter()
-        .flat_map(|u| u.step_references())
-        .collect();
-    read.extend(repeat.output.iter().flat_map(|o| o.step_references()));
-    let steps: Map<String, Value> = ctx.state.steps_scope_of(read.iter().map(String::as_str));
-    Scope::new(&ctx.state.input, steps)
 }

@@ -44,9 +44,7 @@ pub(crate) fn start(
 }
 
 /// Every step of `workflow`, loops' bodies too, not started.
-fn pending_steps(
-    workflow: &Workflow,
-) -> std::collections::BTreeMap<legato_contracts::StepId, Arc<StepState>> {
+fn pending_steps(workflow: &Workflow) -> std::collections::BTreeMap<StepId, Arc<StepState>> {
     workflow
         .all_steps()
         .into_iter()
@@ -197,6 +195,7 @@ fn tell_cancelled(ctx: &mut Ctx, cancels: Vec<(TaskKey, u32)>, reason: &str) {
 /// whose agents are to be told.
 fn stop_step(state: &mut crate::InstanceState, id: &StepId) -> Vec<(TaskKey, u32)> {
     let (run, execution) = (state.run, state.execution);
+    let iteration = state.iteration_of(id);
     let workflow = state.workflow.clone();
     let live = |slot: &TaskSlot| {
         matches!(
@@ -222,7 +221,6 @@ fn stop_step(state: &mut crate::InstanceState, id: &StepId) -> Vec<(TaskKey, u32
         step.status = StepStatus::Cancelled;
     }
     let definition = workflow.as_ref().and_then(|wf| wf.step(id.as_str()));
-    let iteration = Some(step.iteration).filter(|i| *i > 0);
     let slots = step
         .tasks
         .iter_mut()

@@ -408,14 +408,22 @@ impl InstanceState {
         &self,
         step: &legato_workflow::Step,
     ) -> Result<legato_workflow::Scope, legato_workflow::ExprError> {
-        let scope = match step.steps_read() {
-            None => self.scope()?,
+        self.in_loop_of(&step.id, self.scope_reading(step.steps_read())?)
+    }
+
+    /// The input and the steps `read` names (every step when `None`: an
+    /// expression reads `steps` whole).
+    pub fn scope_reading(
+        &self,
+        read: Option<BTreeSet<String>>,
+    ) -> Result<legato_workflow::Scope, legato_workflow::ExprError> {
+        match read {
+            None => self.scope(),
             Some(read) => legato_workflow::Scope::new(
                 &self.input,
                 self.steps_scope_of(read.iter().map(String::as_str)),
-            )?,
-        };
-        self.in_loop_of(&step.id, scope)
+            ),
+        }
     }
 
     /// `scope` for step `id`: inside a loop, with the loop's `iteration`

@@ -246,14 +246,28 @@ impl Step {
             | Action::Loop { .. }
             | Action::Race { .. } => {}
         }
-        if exprs.iter().any(|e| e.reads_all_steps())
-            || templates.iter().any(|t| t.reads_all_steps())
-        {
-            return None;
-        }
-        let mut read: BTreeSet<String> = exprs.iter().flat_map(|e| e.step_references()).collect();
-        read.extend(templates.iter().flat_map(|t| t.step_references()));
-        Some(read)
+        steps_read_by(&exprs, &templates)
+    }
+}
+
+/// The steps `exprs` and `templates` read as `steps.<id>`; `None` when one
+/// reads `steps` as a whole.
+fn steps_read_by(exprs: &[&Expr], templates: &[&Template]) -> Option<BTreeSet<String>> {
+    if exprs.iter().any(|e| e.reads_all_steps()) || templates.iter().any(|t| t.reads_all_steps()) {
+        return None;
+    }
+    let mut read: BTreeSet<String> = exprs.iter().flat_map(|e| e.step_references()).collect();
+    read.extend(templates.iter().flat_map(|t| t.step_references()));
+    Some(read)
+}
+
+impl LoopSpec {
+    /// The steps `until` and `output` read (see [`Step::steps_read`]), so
+    /// ending an iteration costs what they read.
+    pub fn steps_read(&self) -> Option<BTreeSet<String>> {
+        let exprs: Vec<&Expr> = self.until.iter().collect();
+        let templates: Vec<&Template> = self.output.iter().collect();
+        steps_read_by(&exprs, &templates)
     }
 }
 
