@@ -285,7 +285,7 @@ fn standing_in(
 ) -> Result<Standing, Problem> {
     let slot = engine
         .task_slot(&token.key)
-        .filter(|s| s.agent == token.agent)
+        .filter(|s| s.agent.as_ref() == Some(&token.agent))
         .ok_or_else(missing)?;
     let gone = |why: String| {
         // Not running anywhere any more, whatever its lease says.

@@ -18,10 +18,12 @@ pub async fn register_catalogue(store: &dyn Store, dir: &Path) -> anyhow::Result
         return Ok(0);
     }
     let mut registered = 0;
+    let mut read = Vec::new();
     for path in files(dir)? {
         let text = std::fs::read_to_string(&path)?;
         let workflow = legato_workflow::parse(&text)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        read.push((path.clone(), workflow.clone()));
         let missing = crate::registry::unregistered_agents(store, &workflow, None).await?;
         if !missing.is_empty() {
             let detail = crate::registry::describe(&missing);
@@ -51,6 +53,27 @@ pub async fn register_catalogue(store: &dyn Store, dir: &Path) -> anyhow::Result
                     .await?;
                 registered += 1;
                 tracing::info!(workflow = %workflow.name, version = workflow.version, "registered");
+            }
+        }
+    }
+    // Children are checked once every file is in: a catalogue's parents
+    // may come before their children.
+    for (path, workflow) in read {
+        for (field, child) in workflow.named_workflows() {
+            if store
+                .get_definition(&child.name, child.version)
+                .await?
+                .is_none()
+            {
+                anyhow::bail!(
+                    "{}: {field}: no workflow {} is registered{}",
+                    path.display(),
+                    child.name,
+                    child
+                        .version
+                        .map(|v| format!(" at version {v}"))
+                        .unwrap_or_default()
+                );
             }
         }
     }

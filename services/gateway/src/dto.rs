@@ -3,7 +3,7 @@
 use legato_contracts::ProgressEvent;
 use legato_engine::{InstanceState, SlotStatus, StepStatus, TaskSlot};
 use legato_store::{DefinitionRecord, HistoryRow, InstanceSummary, JsonText};
-use legato_workflow::Action;
+use legato_workflow::{Action, Work};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -71,8 +71,8 @@ pub(crate) struct StepView {
     pub id: String,
     /// The steps this one runs after (the workflow's graph).
     pub needs: Vec<String>,
-    /// What the step does: `agent`, `for_each`, `wait_for_event`, `timer`,
-    /// `loop` or `race`.
+    /// What the step does: `agent`, `workflow`, `for_each`,
+    /// `wait_for_event`, `timer`, `loop` or `race`.
     pub kind: String,
     /// The loop or race step this one is inside (its body's steps or
     /// branches follow it).
@@ -88,6 +88,14 @@ pub(crate) struct StepView {
     /// The event a `wait_for_event` step waits for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event: Option<String>,
+    /// The workflow a `workflow` step (or a `for_each` of child runs)
+    /// starts child runs of.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<String>,
+    /// The ids of the child runs the step's tasks started, the latest
+    /// attempt's of each (a `for_each`: in item order).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub children: Option<Vec<String>>,
     /// Pending, Running, Waiting, Completed, Skipped, Failed or Cancelled.
     pub status: String,
     /// Attempts dispatched over all of the step's tasks.
@@ -189,9 +197,30 @@ pub(crate) struct InstanceView {
     /// The position of the last progress event: a watcher that read this
     /// view resumes the stream or history after it.
     pub position: u64,
+    /// Set when the instance is a child workflow run: the instance and
+    /// step it runs for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentView>,
     pub steps: Vec<StepView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub history: Option<Vec<HistoryEntry>>,
+}
+
+/// The parent of a child workflow run.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ParentView {
+    /// The parent instance's id.
+    pub id: String,
+    /// The parent's step this run does (one attempt of it).
+    pub step: String,
+    /// The item of a `for_each` step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item: Option<u32>,
+    /// The loop iteration of a step inside a loop.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iteration: Option<u32>,
+    pub attempt: u32,
 }
 
 impl InstanceView {
@@ -216,6 +245,13 @@ impl InstanceView {
             updated_at: rfc3339(summary.updated_at),
             seq: state.sequence,
             position: state.position,
+            parent: state.parent.as_ref().map(|p| ParentView {
+                id: p.instance.local().to_owned(),
+                step: p.key.step.to_string(),
+                item: p.key.item,
+                iteration: p.key.iteration,
+                attempt: p.attempt,
+            }),
             steps,
             history: None,
         }
@@ -236,6 +272,7 @@ fn step_views(
             kind: match &step.action {
                 Action::ForEach { .. } => "for_each",
                 Action::Agent { .. } => "agent",
+                Action::Workflow { .. } => "workflow",
                 Action::WaitForEvent { .. } => "wait_for_event",
                 Action::Timer { .. } => "timer",
                 Action::Loop { .. } => "loop",
@@ -252,6 +289,23 @@ fn step_views(
                 Action::WaitForEvent { wait_for_event } => Some(wait_for_event.name.to_string()),
                 _ => None,
             },
+            workflow: match &step.action {
+                Action::Workflow { workflow, .. }
+                | Action::ForEach {
+                    work: Work::Workflow(workflow),
+                    ..
+                } => Some(workflow.name.to_string()),
+                _ => None,
+            },
+            children: s
+                .map(|s| {
+                    s.tasks
+                        .iter()
+                        .filter_map(|t| t.child.as_ref()?.instance.as_ref())
+                        .map(|id| id.local().to_owned())
+                        .collect::<Vec<_>>()
+                })
+                .filter(|children| !children.is_empty()),
             status: s
                 .map_or(StepStatus::Pending, |s| s.status)
                 .as_str()

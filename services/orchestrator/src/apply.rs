@@ -24,8 +24,8 @@ use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use crate::agents::{AgentDirectory, Unavailable};
-use crate::effects;
 use crate::settings::OrchestratorSettings;
+use crate::{children, effects};
 
 /// Most messages one commit takes for an instance; more wait for the next.
 /// Keeps a commit well inside Table Storage's 100 operations per batch.
@@ -129,7 +129,8 @@ struct Known {
     state: InstanceState,
     /// The definition the record names.
     pinned: (WorkflowName, u32),
-    version: Version,
+    /// `None` for a child run about to be created by its start.
+    version: Option<Version>,
     /// Whether the store keeps the state in parts, so a commit writes only
     /// those the decision changed (see `legato_service::records::parts`).
     in_parts: bool,
@@ -143,9 +144,16 @@ impl Known {
                 stored.record.summary.workflow.clone(),
                 stored.record.summary.workflow_version,
             ),
-            version: stored.version.clone(),
+            version: Some(stored.version.clone()),
             in_parts: !stored.record.parts.is_empty(),
         })
+    }
+
+    /// What a commit of this instance expects of the store.
+    fn expected(&self) -> Expected {
+        self.version
+            .clone()
+            .map_or(Expected::New, Expected::Version)
     }
 
     /// The state whose parts the store holds, to write only what changed.
@@ -415,13 +423,15 @@ impl Applier {
             Some(known) => known,
             None => match self.store.load(id).await? {
                 Some(stored) => Known::read(&stored)?,
-                None => {
-                    let answers = inputs.iter().map(|input| Err(missing(id, input))).collect();
-                    return Ok(Passed::Done(Pass {
-                        answers,
-                        committed: false,
-                    }));
-                }
+                None => match self.adopt(id, inputs).await? {
+                    Ok(known) => known,
+                    Err(answers) => {
+                        return Ok(Passed::Done(Pass {
+                            answers,
+                            committed: false,
+                        }));
+                    }
+                },
             },
         };
         let mut answers = Vec::with_capacity(inputs.len());
@@ -493,7 +503,7 @@ impl Applier {
             &steps,
             &forgotten,
             before,
-            Expected::Version(known.version.clone()),
+            known.expected(),
             known.pinned.clone(),
             traceparent.as_ref(),
         )?;
@@ -524,7 +534,7 @@ impl Applier {
         self.remember(Known {
             state: state.clone(),
             pinned: (summary.workflow, summary.workflow_version),
-            version,
+            version: Some(version),
             in_parts,
         });
         // Published before the next batch of this instance is decided, so
@@ -539,9 +549,11 @@ impl Applier {
     }
 
     /// Fails the tasks the last decision dispatched to agents that are not
-    /// registered (or not for this instance's tenant), as further steps of
-    /// the batch: a task no worker can take fails its step with the agent
-    /// named, and is never sent. Returns how many steps it added.
+    /// registered (or not for this instance's tenant), and the child runs
+    /// it started of workflows that are not (or whose input does not fit
+    /// them), as further steps of the batch: a task no worker can take
+    /// fails its step with the reason, and is never sent; a child run's
+    /// definition is pinned here. Returns how many steps it added.
     async fn unroutable(
         &self,
         id: &InstanceId,
@@ -554,17 +566,36 @@ impl Applier {
         // how many there can be.
         while next < steps.len() && added < MAX_UNROUTABLE {
             let mut missing = Vec::new();
-            for command in &steps[next].1.commands {
-                if let legato_engine::Command::DispatchTask(task) = command
-                    && let Err(Unavailable(message)) =
-                        self.agents.check(&*self.store, id, &task.agent).await?
-                {
-                    missing.push((task.key.clone(), task.attempt, message));
+            for command in &mut steps[next].1.commands {
+                match command {
+                    legato_engine::Command::DispatchTask(task) => {
+                        if let Err(Unavailable(message)) =
+                            self.agents.check(&*self.store, id, &task.agent).await?
+                        {
+                            missing.push((task.key.clone(), task.attempt, message));
+                        }
+                    }
+                    legato_engine::Command::StartChild(start) => {
+                        if let Err(message) =
+                            children::resolve(&*self.store, &self.definitions, start).await?
+                        {
+                            missing.push((start.parent.key.clone(), start.parent.attempt, message));
+                        }
+                    }
+                    _ => {}
                 }
             }
             steps[next].1.commands.retain(|c| {
-                !matches!(c, legato_engine::Command::DispatchTask(t)
-                    if missing.iter().any(|(k, a, _)| *k == t.key && *a == t.attempt))
+                let sent = match c {
+                    legato_engine::Command::DispatchTask(t) => Some((&t.key, t.attempt)),
+                    legato_engine::Command::StartChild(s) => {
+                        Some((&s.parent.key, s.parent.attempt))
+                    }
+                    _ => None,
+                };
+                !sent.is_some_and(|(key, attempt)| {
+                    missing.iter().any(|(k, a, _)| k == key && *a == attempt)
+                })
             });
             let at = steps[next].0.at();
             next += 1;
@@ -616,7 +647,7 @@ impl Applier {
             }
             Input::Start { at, start } => {
                 if state.status != RuntimeStatus::Pending {
-                    return Ok(Err(Applied::Ignored("already started".into())));
+                    return Ok(Err(self.started_again(state, start).await));
                 }
                 // An instance runs its own tenant's definitions or shared
                 // ones, and belongs to the tenant its id names.
@@ -641,25 +672,112 @@ impl Applier {
                     tenant: start.tenant.clone(),
                     run: new_run(),
                     created_at: state.created_at,
+                    parent: start.parent.clone(),
                 }
             }
         }))
     }
 }
 
-/// Why an input for an instance with no record cannot be applied.
-fn missing(id: &InstanceId, input: &Input) -> ApplyError {
-    match input {
-        // Every start is preceded by its Pending record (the gateway writes
-        // it; recovery sends starts from it). No record means the instance
-        // was purged since: a late or redelivered start must not bring it
-        // back (it would also occupy a reused id).
-        Input::Start { .. } => ApplyError::Rejected(format!(
-            "instance {id} does not exist (purged, or its start was never accepted)"
-        )),
-        Input::Event(_) | Input::RedriveOnto { .. } => {
-            ApplyError::Rejected(format!("instance {id} does not exist"))
+impl Applier {
+    /// A child run's start finds no record of it: the first start of the
+    /// child, which it creates, if its parent still waits for that attempt.
+    /// Otherwise the answers for the batch: a start its parent no longer
+    /// waits for (the attempt ended, the parent was purged) is let go.
+    async fn adopt(
+        &self,
+        id: &InstanceId,
+        inputs: &[&Input],
+    ) -> Result<Result<Known, Vec<Result<Applied, ApplyError>>>, ApplyError> {
+        let child_start = inputs.iter().find_map(|input| match input {
+            Input::Start {
+                at,
+                start:
+                    start @ StartInstance {
+                        parent: Some(parent),
+                        ..
+                    },
+            } => Some((*at, start, parent)),
+            _ => None,
+        });
+        let Some((at, start, parent)) = child_start else {
+            return Ok(Err(inputs.iter().map(|input| missing(id, input)).collect()));
+        };
+        let waits = match self.store.load(&parent.instance).await? {
+            Some(stored) => state_of(&stored.record)?.runs_attempt(&parent.key, parent.attempt),
+            None => false,
+        };
+        if !waits {
+            let reason = format!(
+                "parent {} no longer waits for task {} attempt {}",
+                parent.instance, parent.key, parent.attempt
+            );
+            return Ok(Err(inputs
+                .iter()
+                .map(|_| Ok(Applied::Ignored(reason.clone())))
+                .collect()));
         }
+        let mut state = InstanceState::new(id.clone());
+        state.input = start.input.clone();
+        state.tenant = start.tenant.clone();
+        state.created_at = Some(at);
+        state.updated_at = Some(at);
+        Ok(Ok(Known {
+            state,
+            pinned: (start.workflow.clone(), start.version),
+            version: None,
+            in_parts: false,
+        }))
+    }
+
+    /// A start of an instance that started before: ignored, but a child
+    /// run that ended tells its parent again how it ended (after a restart
+    /// of `legato up`, whose bus forgets, the parent asks again).
+    async fn started_again(&self, state: &InstanceState, start: &StartInstance) -> Applied {
+        let ended = legato_engine::result_of(state)
+            .filter(|_| start.parent.is_some() && start.parent == state.parent);
+        if let (Some(result), Some(parent)) = (ended, state.parent.clone()) {
+            let report = legato_engine::Command::ReportToParent { parent, result };
+            let row = children::message(&report).and_then(|message| {
+                let (subject, payload) = message.ok_or_else(|| {
+                    StoreError::Corrupt("a report to a parent sends no message".into())
+                })?;
+                effects::outbox_row(&subject, OffsetDateTime::now_utc(), payload, None)
+            });
+            match row {
+                Ok(row) => {
+                    if let Err(e) = self.relay.send(&[row]).await {
+                        tracing::warn!(instance = %state.id, "could not tell the parent again how the child ended: {e}");
+                    }
+                    return Applied::Ignored(
+                        "already started; its end told to its parent again".into(),
+                    );
+                }
+                Err(e) => tracing::warn!(instance = %state.id, "no report for the parent: {e}"),
+            }
+        }
+        Applied::Ignored("already started".into())
+    }
+}
+
+/// Why an input for an instance with no record cannot be applied.
+fn missing(id: &InstanceId, input: &Input) -> Result<Applied, ApplyError> {
+    match input {
+        // Every start but a child's is preceded by its Pending record (the
+        // gateway writes it; recovery sends starts from it). No record
+        // means the instance was purged since: a late or redelivered start
+        // must not bring it back (it would also occupy a reused id).
+        Input::Start { .. } => Err(ApplyError::Rejected(format!(
+            "instance {id} does not exist (purged, or its start was never accepted)"
+        ))),
+        // A parent stopping a child whose start it has not taken up yet
+        // (that start is then let go, see `Applier::adopt`).
+        Input::Event(Event::TerminateRequested { .. }) if id.is_child() => Ok(Applied::Ignored(
+            format!("child {id} does not exist: nothing to terminate"),
+        )),
+        Input::Event(_) | Input::RedriveOnto { .. } => Err(ApplyError::Rejected(format!(
+            "instance {id} does not exist"
+        ))),
     }
 }
 

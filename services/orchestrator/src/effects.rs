@@ -59,6 +59,12 @@ pub(crate) fn commit(
         }
         let first_progress = progress.len();
         for command in &decision.commands {
+            if let Some((subject, payload)) = crate::children::message(command)? {
+                commit
+                    .outbox
+                    .push(outbox_row(&subject, at, payload, traceparent)?);
+                continue;
+            }
             let payload: Payload = match command {
                 Command::DispatchTask(task) => task.clone().into(),
                 Command::CancelTask(cancel) => cancel.clone().into(),
@@ -82,6 +88,10 @@ pub(crate) fn commit(
                 // The record carries the output or error; watchers learn of
                 // it from the progress event the engine emits alongside.
                 Command::CompleteInstance { .. } | Command::FailInstance { .. } => continue,
+                // Sent above, as messages about other instances.
+                Command::StartChild(_)
+                | Command::TerminateChild { .. }
+                | Command::ReportToParent { .. } => continue,
             };
             commit
                 .outbox
@@ -153,14 +163,16 @@ fn progress_rows(
     Ok(())
 }
 
+/// The row of a message about `subject` (this instance, or a child or
+/// parent of it).
 pub(crate) fn outbox_row(
-    instance: &InstanceId,
+    subject: &InstanceId,
     at: OffsetDateTime,
     payload: Payload,
     traceparent: Option<&TraceParent>,
 ) -> Result<OutboxRow, StoreError> {
     let envelope =
-        Envelope::new(SOURCE, instance.clone(), at, payload).with_traceparent(traceparent.cloned());
+        Envelope::new(SOURCE, subject.clone(), at, payload).with_traceparent(traceparent.cloned());
     legato_service::outbox::row_of(&envelope).map_err(corrupt)
 }
 

@@ -12,6 +12,7 @@
 
 mod agents;
 mod apply;
+mod children;
 mod effects;
 mod inbound;
 mod metrics;

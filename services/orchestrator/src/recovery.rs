@@ -4,11 +4,14 @@
 //! which agents treat as redeliveries, never as new attempts.
 
 use legato_bus::Bus;
-use legato_contracts::{Envelope, InstanceId, RuntimeStatus, StartInstance};
+use legato_contracts::{Envelope, InstanceId, RuntimeStatus, StartInstance, TerminateInstance};
+use legato_engine::{Command, InstanceState};
+use legato_service::definitions::Definitions;
 use legato_service::records::state_of;
 use legato_store::{InstanceQuery, Store};
 use time::OffsetDateTime;
 
+use crate::children;
 use crate::effects::SOURCE;
 
 /// Pages read per status, so recovery always ends.
@@ -56,17 +59,62 @@ async fn resend(store: &dyn Store, bus: &dyn Bus, id: &InstanceId) -> anyhow::Re
             version: summary.workflow_version,
             input: state.input.clone(),
             tenant: state.tenant.clone(),
+            parent: None,
         };
         vec![Envelope::new(SOURCE, id.clone(), now, start)]
     } else {
-        state
+        let mut envelopes: Vec<Envelope> = state
             .running_tasks()
             .into_iter()
             .map(|task| Envelope::new(SOURCE, id.clone(), now, task))
-            .collect()
+            .collect();
+        envelopes.extend(children_in_flight(store, &state, now).await?);
+        envelopes
     };
     for envelope in &envelopes {
         bus.publish_envelope(envelope).await?;
     }
     Ok(envelopes.len())
+}
+
+/// The child runs the instance waits for, asked for again (each starts
+/// once, or tells again how it ended), and, for a child whose parent no
+/// longer waits for it (the stop was lost with the bus), its termination.
+async fn children_in_flight(
+    store: &dyn Store,
+    state: &InstanceState,
+    now: OffsetDateTime,
+) -> anyhow::Result<Vec<Envelope>> {
+    let mut envelopes = Vec::new();
+    let definitions = Definitions::default();
+    for mut start in state.running_children() {
+        if children::resolve(store, &definitions, &mut start)
+            .await?
+            .is_err()
+        {
+            // Unresolvable now: the attempt's timeout, if any, ends it.
+            continue;
+        }
+        if let Some((subject, payload)) = children::message(&Command::StartChild(start))? {
+            envelopes.push(Envelope::new(SOURCE, subject, now, payload));
+        }
+    }
+    if let Some(parent) = &state.parent
+        && !state.status.is_terminal()
+    {
+        let waits = match store.load(&parent.instance).await? {
+            Some(stored) => state_of(&stored.record)?.runs_attempt(&parent.key, parent.attempt),
+            None => false,
+        };
+        if !waits {
+            let stop = TerminateInstance {
+                reason: Some(format!(
+                    "its parent {} no longer waits for it",
+                    parent.instance
+                )),
+            };
+            envelopes.push(Envelope::new(SOURCE, state.id.clone(), now, stop));
+        }
+    }
+    Ok(envelopes)
 }

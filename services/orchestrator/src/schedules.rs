@@ -180,6 +180,7 @@ impl Scheduler {
             version: definition.version,
             input: doc.spec.input.clone(),
             tenant: schedule.tenant.clone(),
+            parent: None,
         };
         let commit = records::accept_start(SOURCE, id.clone(), start, OffsetDateTime::now_utc())?;
         match self.relay.commit(commit).await {

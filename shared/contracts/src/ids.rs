@@ -97,8 +97,15 @@ fn tenant_rule(v: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// A child workflow's id extends its parent's (`<parent>::<step>...`,
+/// see [`InstanceId::child`]), so it may be longer than one a caller picks.
 fn local_instance_rule(v: &str) -> bool {
-    bounded(v, 128)
+    let most = if v.contains(CHILD_SEPARATOR) {
+        MAX_CHILD_ID
+    } else {
+        128
+    };
+    bounded(v, most)
         && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
@@ -216,10 +223,28 @@ identifier!(
         && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 );
 
+/// Joins a parent instance's id and the part that names one of its
+/// children; a caller's own ids never contain it.
+pub const CHILD_SEPARATOR: &str = "::";
+/// The longest child id (local part): room for a few levels of nesting.
+const MAX_CHILD_ID: usize = 512;
+
 impl InstanceId {
     /// A fresh random id, for callers that did not choose one.
     pub fn random() -> Self {
         Self(uuid::Uuid::new_v4().to_string())
+    }
+
+    /// The id of the child run `name` names under this instance:
+    /// `<this id>::<name>`, in this instance's tenant. Every descendant's
+    /// id starts with `<this id>::`.
+    pub fn child(&self, name: &str) -> Result<Self, IdError> {
+        Self::parse(format!("{}{CHILD_SEPARATOR}{name}", self.0))
+    }
+
+    /// Whether this is a child run's id (see [`InstanceId::child`]).
+    pub fn is_child(&self) -> bool {
+        self.0.contains(CHILD_SEPARATOR)
     }
 }
 

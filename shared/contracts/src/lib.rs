@@ -14,14 +14,14 @@ mod task;
 
 pub use envelope::{DecodeError, Envelope, SPEC_VERSION, TraceParent};
 pub use ids::{
-    AgentName, EventName, IdError, InstanceId, ScheduleName, StepId, TENANT_SEPARATOR, TenantId,
-    WorkflowName,
+    AgentName, CHILD_SEPARATOR, EventName, IdError, InstanceId, ScheduleName, StepId,
+    TENANT_SEPARATOR, TenantId, WorkflowName,
 };
 pub use payload::{
-    CANCEL_ROUTING_PREFIX, HeartbeatKind, Payload, ProgressBatch, ProgressEvent, ProgressKind,
-    RaiseEvent, RedriveInstance, RestartInstance, ResumeInstance, StartInstance, SuspendInstance,
-    TaskCancelled, TaskCompleted, TaskDispatched, TaskError, TaskFailed, TaskHeartbeat,
-    TerminateInstance, Topic,
+    CANCEL_ROUTING_PREFIX, HeartbeatKind, ParentLink, Payload, ProgressBatch, ProgressEvent,
+    ProgressKind, RaiseEvent, RedriveInstance, RestartInstance, ResumeInstance, StartInstance,
+    SuspendInstance, TaskCancelled, TaskCompleted, TaskDispatched, TaskError, TaskFailed,
+    TaskHeartbeat, TerminateInstance, Topic,
 };
 pub use status::RuntimeStatus;
 pub use task::{TaskKey, TaskRole};

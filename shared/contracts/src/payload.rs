@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use crate::{AgentName, EventName, RuntimeStatus, StepId, TaskKey, WorkflowName};
+use crate::{AgentName, EventName, InstanceId, RuntimeStatus, StepId, TaskKey, WorkflowName};
 
 /// Attempts count from 1; a 0 on the wire is a producer bug, refused at the
 /// edge like any other invalid field.
@@ -66,6 +66,23 @@ pub struct StartInstance {
     pub input: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// Set when a parent instance starts this one as a child workflow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentLink>,
+}
+
+/// The task attempt of a parent instance a child workflow run does: the
+/// child's end is reported as that attempt's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParentLink {
+    pub instance: InstanceId,
+    pub key: TaskKey,
+    #[serde(deserialize_with = "attempt_number")]
+    pub attempt: u32,
+    /// How many parents are above the child: 1 for a child of an instance
+    /// that is no one's child.
+    pub depth: u32,
 }
 
 /// An external event (typically a human approval) for a waiting instance.

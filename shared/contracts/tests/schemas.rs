@@ -65,6 +65,20 @@ fn samples() -> Vec<Payload> {
             version: 3,
             input: json!({"request": "x"}),
             tenant: None,
+            parent: None,
+        }
+        .into(),
+        StartInstance {
+            workflow: WorkflowName::parse("acme~coder").unwrap(),
+            version: 1,
+            input: json!({"task": "x"}),
+            tenant: Some("acme".into()),
+            parent: Some(ParentLink {
+                instance: InstanceId::parse("acme~order-42").unwrap(),
+                key: key(),
+                attempt: 2,
+                depth: 1,
+            }),
         }
         .into(),
         RaiseEvent {

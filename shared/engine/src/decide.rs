@@ -98,9 +98,18 @@ fn apply(ctx: &mut Ctx, event: &Event) -> Result<(), Ignored> {
             tenant,
             run,
             created_at,
+            parent,
             ..
         } => {
-            lifecycle::start(ctx, instance, workflow, input, tenant.as_ref(), *run)?;
+            lifecycle::start(
+                ctx,
+                instance,
+                workflow,
+                input,
+                tenant.as_ref(),
+                *run,
+                parent.as_ref(),
+            )?;
             // The instance was created when its start was accepted (the
             // Azure store lists it by that time).
             if let Some(created_at) = created_at {

@@ -1,7 +1,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use legato_contracts::{EventName, HeartbeatKind, InstanceId, StepId, TaskError, TaskKey};
+use legato_contracts::{
+    EventName, HeartbeatKind, InstanceId, ParentLink, StepId, TaskError, TaskKey,
+};
 use legato_workflow::Workflow;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -35,6 +37,9 @@ pub enum Event {
             skip_serializing_if = "Option::is_none"
         )]
         created_at: Option<OffsetDateTime>,
+        /// Set when the instance runs as a child workflow.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parent: Option<ParentLink>,
     },
     TaskCompleted {
         #[serde(with = "time::serde::rfc3339")]

@@ -12,6 +12,7 @@
 //! after termination, a timer that was cancelled) and ignores them: the
 //! [`Decision`] says [`Outcome::Ignored`] and the state is unchanged.
 
+mod children;
 mod command;
 mod decide;
 mod event;
@@ -23,9 +24,11 @@ mod scheduler;
 mod state;
 mod tasks;
 
-pub use command::Command;
+pub use children::{MAX_DEPTH, result_of};
+pub use command::{ChildResult, ChildStart, Command};
 pub use decide::{Decision, Outcome, decide, replay};
 pub use event::{AgentNews, Event, TimerKey};
 pub use state::{
-    CompensationState, InstanceState, PendingEvent, SlotStatus, StepState, StepStatus, TaskSlot,
+    ChildSlot, CompensationState, InstanceState, PendingEvent, SlotStatus, StepState, StepStatus,
+    TaskSlot,
 };

@@ -5,14 +5,14 @@
 use std::sync::Arc;
 
 use legato_contracts::{
-    EventName, InstanceId, ProgressKind, RuntimeStatus, StepId, TaskCancelled, TaskKey, TaskRole,
+    EventName, InstanceId, ParentLink, ProgressKind, RuntimeStatus, StepId, TaskKey, TaskRole,
 };
 use legato_workflow::Workflow;
 use serde_json::{Value, json};
 
 use crate::decide::{Ctx, Ignored, apply_running, ignore};
 use crate::state::{CompensationState, PendingEvent, SlotStatus, StepState, StepStatus, TaskSlot};
-use crate::{Command, Event, TimerKey, scheduler, tasks};
+use crate::{Command, Event, TimerKey, children, scheduler, tasks};
 
 pub(crate) fn start(
     ctx: &mut Ctx,
@@ -21,6 +21,7 @@ pub(crate) fn start(
     input: &Value,
     tenant: Option<&String>,
     run: u64,
+    parent: Option<&ParentLink>,
 ) -> Result<(), Ignored> {
     if instance != &ctx.state.id {
         return ignore(format!("start event is for instance {instance}"));
@@ -33,6 +34,7 @@ pub(crate) fn start(
     ctx.state.input = input.clone();
     ctx.state.tenant = tenant.cloned();
     ctx.state.run = run;
+    ctx.state.parent = parent.cloned();
     ctx.state.created_at = Some(ctx.at);
     ctx.state.steps = pending_steps(workflow);
     ctx.state.status = RuntimeStatus::Running;
@@ -63,6 +65,7 @@ pub(crate) fn complete(ctx: &mut Ctx) {
                 output: output.clone(),
             });
             ctx.progress(ProgressKind::InstanceCompleted).data(output);
+            children::report(ctx);
         }
         Err(e) => fail(ctx, format!("output: {e}")),
     }
@@ -118,7 +121,7 @@ pub(crate) fn next_compensation(ctx: &mut Ctx) {
         {
             Ok(rendered) => {
                 if let Some(step) = ctx.state.step_mut(&id) {
-                    step.compensation = Some(TaskSlot::queued(spec.agent.clone(), rendered));
+                    step.compensation = Some(TaskSlot::for_agent(spec.agent.clone(), rendered));
                 }
                 let key = ctx.state.task_key(id.clone(), None, TaskRole::Compensation);
                 let timeout = workflow.step(id.as_str()).and_then(|s| s.timeout_ms);
@@ -148,6 +151,7 @@ fn finish_failed(ctx: &mut Ctx) {
         error: error.clone(),
     });
     ctx.progress(ProgressKind::InstanceFailed).message(error);
+    children::report(ctx);
 }
 
 /// Cancels in-flight tasks (telling their agents) and every pending timer.
@@ -183,11 +187,7 @@ pub(crate) fn cancel_step(ctx: &mut Ctx, id: &StepId, reason: &str) {
 
 fn tell_cancelled(ctx: &mut Ctx, cancels: Vec<(TaskKey, u32)>, reason: &str) {
     for (key, attempt) in cancels {
-        ctx.commands.push(Command::CancelTask(TaskCancelled {
-            key,
-            attempt,
-            reason: reason.to_owned(),
-        }));
+        children::stop(ctx, &key, attempt, reason);
     }
 }
 
@@ -308,6 +308,7 @@ pub(crate) fn terminate(ctx: &mut Ctx, reason: Option<&str>) -> Result<(), Ignor
     ctx.state.output = Some(Value::String(reason.to_owned()));
     ctx.progress(ProgressKind::InstanceTerminated)
         .message(reason);
+    children::report(ctx);
     Ok(())
 }
 
@@ -515,7 +516,7 @@ pub(crate) fn redrive(ctx: &mut Ctx, onto: Option<&Arc<Workflow>>) -> Result<(),
                 .iter_mut()
                 .filter(|t| t.status != SlotStatus::Completed)
             {
-                *slot = Arc::new(TaskSlot::queued(slot.agent.clone(), slot.input.clone()));
+                *slot = Arc::new(slot.again());
             }
             s.status = StepStatus::Running;
             partial.push(step.clone());

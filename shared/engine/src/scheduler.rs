@@ -1,7 +1,7 @@
 //! Starting steps: which are ready, and what starting each kind means.
 
 use legato_contracts::{ProgressKind, RuntimeStatus, StepId, TaskRole};
-use legato_workflow::{Action, Step, Workflow};
+use legato_workflow::{Action, Step, Work, Workflow};
 use serde_json::{Value, json};
 
 use crate::decide::Ctx;
@@ -175,15 +175,23 @@ fn start_step(ctx: &mut Ctx, step: &Step) {
         Action::Agent { agent, input } => {
             let slot = agent
                 .resolve(&scope)
-                .and_then(|agent| Ok(TaskSlot::queued(agent, input.render(&scope)?)));
+                .and_then(|agent| Ok(TaskSlot::for_agent(agent, input.render(&scope)?)));
             match slot {
                 Ok(slot) => start_tasks(ctx, step, vec![slot]),
                 Err(e) => tasks::step_failed(ctx, &step.id, e.to_string()),
             }
         }
+        Action::Workflow { workflow, input } => match input.render(&scope) {
+            Ok(input) => start_tasks(
+                ctx,
+                step,
+                vec![TaskSlot::for_child(workflow.clone(), input)],
+            ),
+            Err(e) => tasks::step_failed(ctx, &step.id, e.to_string()),
+        },
         Action::ForEach {
             for_each,
-            agent,
+            work,
             input,
             ..
         } => {
@@ -192,10 +200,15 @@ fn start_step(ctx: &mut Ctx, step: &Step) {
                     .iter()
                     .map(|item| {
                         let scope = scope.with_item(item)?;
-                        Ok(TaskSlot::queued(
-                            agent.resolve(&scope)?,
-                            input.render(&scope)?,
-                        ))
+                        let input = input.render(&scope)?;
+                        Ok(match work {
+                            Work::Agent(agent) => {
+                                TaskSlot::for_agent(agent.resolve(&scope)?, input)
+                            }
+                            Work::Workflow(workflow) => {
+                                TaskSlot::for_child(workflow.clone(), input)
+                            }
+                        })
                     })
                     .collect::<Result<Vec<_>, _>>()
             });

@@ -2,9 +2,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use legato_contracts::{
-    AgentName, EventName, InstanceId, RuntimeStatus, StepId, TaskKey, TaskRole,
+    AgentName, EventName, InstanceId, ParentLink, RuntimeStatus, StepId, TaskKey, TaskRole,
 };
-use legato_workflow::Workflow;
+use legato_workflow::{ChildWorkflow, Workflow};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
@@ -92,6 +92,9 @@ pub struct InstanceState {
     pub backlog: Vec<Event>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compensation: Option<CompensationState>,
+    /// The parent task this instance runs as a child workflow for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentLink>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -259,10 +262,15 @@ pub enum SlotStatus {
     Cancelled,
 }
 
-/// One task: its agent and rendered input, and how far its attempts got.
+/// One task: who does it (an agent, or a child workflow run), its
+/// rendered input, and how far its attempts got.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskSlot {
-    pub agent: AgentName,
+    /// The agent that does the work; `None` when a child run does it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentName>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child: Option<ChildSlot>,
     pub input: Value,
     pub status: SlotStatus,
     /// The current (or last) attempt; 0 before the first dispatch.
@@ -298,10 +306,41 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
+/// The child workflow a task's attempts each run afresh.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChildSlot {
+    pub workflow: ChildWorkflow,
+    /// The current (or last) attempt's child instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<InstanceId>,
+}
+
 impl TaskSlot {
-    pub(crate) fn queued(agent: AgentName, input: Value) -> Self {
+    pub(crate) fn for_agent(agent: AgentName, input: Value) -> Self {
+        Self::queued(Some(agent), None, input)
+    }
+
+    pub(crate) fn for_child(workflow: ChildWorkflow, input: Value) -> Self {
+        let child = ChildSlot {
+            workflow,
+            instance: None,
+        };
+        Self::queued(None, Some(child), input)
+    }
+
+    /// The same work with its attempts not begun (a redriven item).
+    pub(crate) fn again(&self) -> Self {
+        let child = self.child.as_ref().map(|c| ChildSlot {
+            workflow: c.workflow.clone(),
+            instance: None,
+        });
+        Self::queued(self.agent.clone(), child, self.input.clone())
+    }
+
+    fn queued(agent: Option<AgentName>, child: Option<ChildSlot>, input: Value) -> Self {
         Self {
             agent,
+            child,
             input,
             status: SlotStatus::Queued,
             attempt: 0,
@@ -347,6 +386,7 @@ impl InstanceState {
             seen_message_ids: BTreeSet::new(),
             backlog: Vec::new(),
             compensation: None,
+            parent: None,
         }
     }
 
@@ -378,6 +418,7 @@ impl InstanceState {
             seen_message_ids: self.seen_message_ids.clone(),
             backlog: self.backlog.clone(),
             compensation: self.compensation.clone(),
+            parent: self.parent.clone(),
         }
     }
 
@@ -565,11 +606,13 @@ impl InstanceState {
                 .iter()
                 .map(|slot| (slot, None, legato_contracts::TaskRole::Compensation));
             for (slot, item, role) in actions.chain(compensation) {
-                if slot.status == SlotStatus::Running {
+                if slot.status == SlotStatus::Running
+                    && let Some(agent) = &slot.agent
+                {
                     running.push(legato_contracts::TaskDispatched {
                         key: self.task_key(step.id.clone(), item, role),
                         attempt: slot.attempt,
-                        agent: slot.agent.clone(),
+                        agent: agent.clone(),
                         workflow: workflow.name.clone(),
                         input: slot.input.clone(),
                         deadline: None,
@@ -578,6 +621,39 @@ impl InstanceState {
                             .flatten(),
                     });
                 }
+            }
+        }
+        running
+    }
+
+    /// Whether `attempt` is the current, running attempt of the task `key`
+    /// names: what a result for it must be to count.
+    pub fn runs_attempt(&self, key: &TaskKey, attempt: u32) -> bool {
+        crate::tasks::check_running(self, key, attempt).is_ok()
+    }
+
+    /// The child runs of the attempts running as child workflows, as
+    /// they were asked for: for a bus that forgets on restart, asking
+    /// again starts each once (or has its end reported again).
+    pub fn running_children(&self) -> Vec<crate::ChildStart> {
+        let Some(workflow) = self.workflow.as_ref() else {
+            return Vec::new();
+        };
+        let mut running = Vec::new();
+        for step in workflow.all_steps() {
+            let Some(state) = self.steps.get(&step.id) else {
+                continue;
+            };
+            for (i, slot) in state.tasks.iter().enumerate() {
+                if slot.status != SlotStatus::Running {
+                    continue;
+                }
+                let key = self.task_key(
+                    step.id.clone(),
+                    crate::tasks::item_of(step, i),
+                    TaskRole::Action,
+                );
+                running.extend(crate::children::start_of(self, &key, Some(slot)));
             }
         }
         running

@@ -1,8 +1,6 @@
 //! Agent task attempts: dispatch, results, retries, timeouts and timers.
 
-use legato_contracts::{
-    ProgressKind, StepId, TaskCancelled, TaskDispatched, TaskError, TaskKey, TaskRole,
-};
+use legato_contracts::{ProgressKind, StepId, TaskDispatched, TaskError, TaskKey, TaskRole};
 use legato_workflow::{Action, Step};
 use serde_json::{Value, json};
 
@@ -10,13 +8,13 @@ use crate::InstanceState;
 use crate::decide::{Ctx, Ignored, ignore};
 use crate::event::AgentNews;
 use crate::state::{SlotStatus, StepStatus, TaskSlot};
-use crate::{Command, TimerKey, lifecycle, scheduler};
+use crate::{Command, TimerKey, children, lifecycle, scheduler};
 
 fn slot<'a>(state: &'a InstanceState, key: &TaskKey) -> Option<&'a TaskSlot> {
     state.task_slot(key)
 }
 
-fn slot_mut<'a>(ctx: &'a mut Ctx, key: &TaskKey) -> Option<&'a mut TaskSlot> {
+pub(crate) fn slot_mut<'a>(ctx: &'a mut Ctx, key: &TaskKey) -> Option<&'a mut TaskSlot> {
     let step = ctx.state.step_mut(&key.step)?;
     match key.role {
         TaskRole::Action => step
@@ -50,7 +48,8 @@ fn lease_of(ctx: &Ctx, key: &TaskKey) -> Option<u64> {
     step_lease(ctx, key).or_else(|| slot(&ctx.state, key).and_then(|s| s.lease_ms))
 }
 
-/// Sends the next attempt of a queued or backing-off task.
+/// Sends the next attempt of a queued or backing-off task: to its agent,
+/// or as a fresh child run.
 pub(crate) fn dispatch(ctx: &mut Ctx, key: &TaskKey, timeout_ms: Option<u64>) {
     let Ok(workflow) = ctx.workflow() else { return };
     let deadline = timeout_ms.map(|ms| ctx.at_plus(ms));
@@ -65,16 +64,19 @@ pub(crate) fn dispatch(ctx: &mut Ctx, key: &TaskKey, timeout_ms: Option<u64>) {
     slot.lease_checks = u32::from(lease.is_some());
     slot.lease_ms = None;
     slot.news.clear();
+    let attempt = slot.attempt;
+    let Some(agent) = slot.agent.clone() else {
+        return children::start(ctx, key, attempt, deadline);
+    };
     let task = TaskDispatched {
         key: key.clone(),
-        attempt: slot.attempt,
-        agent: slot.agent.clone(),
+        attempt,
+        agent,
         workflow: workflow.name.clone(),
         input: slot.input.clone(),
         deadline,
         heartbeat_timeout_ms: lease,
     };
-    let attempt = task.attempt;
     let agent = task.agent.to_string();
     ctx.commands.push(Command::DispatchTask(task));
     if let Some(lease) = lease {
@@ -350,11 +352,7 @@ fn check_lease(ctx: &mut Ctx, key: &TaskKey, attempt: u32, check: u32) {
         key: key.clone(),
         attempt,
     });
-    ctx.commands.push(Command::CancelTask(TaskCancelled {
-        key: key.clone(),
-        attempt,
-        reason: message.clone(),
-    }));
+    children::stop(ctx, key, attempt, &message);
     fail_attempt(
         ctx,
         key,
@@ -367,7 +365,7 @@ fn check_lease(ctx: &mut Ctx, key: &TaskKey, attempt: u32, check: u32) {
 }
 
 /// A failed attempt: back off and retry under the step's policy, or give up.
-fn fail_attempt(ctx: &mut Ctx, key: &TaskKey, attempt: u32, error: &TaskError) {
+pub(crate) fn fail_attempt(ctx: &mut Ctx, key: &TaskKey, attempt: u32, error: &TaskError) {
     cancel_lease(ctx, key, attempt);
     let policy = ctx
         .workflow()
@@ -443,11 +441,7 @@ pub(crate) fn timer_fired(ctx: &mut Ctx, timer: &TimerKey) -> Result<(), Ignored
                     .and_then(|s| s.timeout_ms)
                     .unwrap_or_default();
                 let message = format!("attempt timed out after {timeout} ms");
-                ctx.commands.push(Command::CancelTask(TaskCancelled {
-                    key: key.clone(),
-                    attempt: *attempt,
-                    reason: message.clone(),
-                }));
+                children::stop(ctx, key, *attempt, &message);
                 fail_attempt(
                     ctx,
                     key,

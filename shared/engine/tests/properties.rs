@@ -160,6 +160,7 @@ impl Run {
             tenant: None,
             run: 42,
             created_at: None,
+            parent: None,
         });
         run
     }

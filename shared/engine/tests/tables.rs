@@ -1310,6 +1310,7 @@ fn a_started_instance_keeps_its_creation_time() {
         tenant: None,
         run: 7,
         created_at: state.created_at,
+        parent: None,
     };
     let decision = legato_engine::decide(&state, &started);
     assert!(decision.applied());

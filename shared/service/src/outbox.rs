@@ -20,6 +20,21 @@ const SWEEP_BATCH: usize = 500;
 /// Rounds per sweep, so one sweep always ends.
 const SWEEP_ROUNDS: usize = 1_000;
 
+/// The rows as the bus takes them, in order.
+fn routed(rows: &[OutboxRow]) -> Vec<Routed> {
+    rows.iter()
+        .map(|row| Routed {
+            topic: row.topic,
+            routing_key: row.routing_key.clone(),
+            message: OutgoingMessage {
+                id: row.id.clone(),
+                body: row.body.clone().into(),
+                headers: Default::default(),
+            },
+        })
+        .collect()
+}
+
 /// The outbox row that publishes `envelope` with its payload's topic and
 /// routing key.
 pub fn row_of(envelope: &Envelope) -> Result<OutboxRow, serde_json::Error> {
@@ -88,25 +103,20 @@ impl OutboxRelay {
         result
     }
 
+    /// Publishes rows that were never committed: messages that can be
+    /// derived again from what is stored, should this send be lost.
+    pub async fn send(&self, rows: &[OutboxRow]) -> Result<(), RelayError> {
+        self.bus.publish_all(routed(rows)).await?;
+        Ok(())
+    }
+
     async fn send_and_delete(
         &self,
         instance: &InstanceId,
         rows: &[OutboxRow],
     ) -> Result<(), RelayError> {
         // In flight together (one round trip on RabbitMQ), in order.
-        let messages = rows
-            .iter()
-            .map(|row| Routed {
-                topic: row.topic,
-                routing_key: row.routing_key.clone(),
-                message: OutgoingMessage {
-                    id: row.id.clone(),
-                    body: row.body.clone().into(),
-                    headers: Default::default(),
-                },
-            })
-            .collect();
-        self.bus.publish_all(messages).await?;
+        self.bus.publish_all(routed(rows)).await?;
         let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
         self.store.delete_outbox(instance, &ids).await?;
         Ok(())

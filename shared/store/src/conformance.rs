@@ -562,6 +562,45 @@ pub async fn purge_removes_the_whole_instance(store: &dyn Store) {
     }
 }
 
+/// A record like `parent`'s, under the id `id`.
+fn record_with_id(parent: &InstanceRecord, id: &InstanceId) -> InstanceRecord {
+    let mut record = parent.clone();
+    record.summary.id = id.clone();
+    record
+}
+
+pub async fn descendants_are_found_by_their_parents_id(store: &dyn Store) {
+    let parent = record("parent", RuntimeStatus::Running);
+    let id = parent.summary.id.clone();
+    let child = id.child("code.a1").unwrap();
+    let second = id.child("code.a2").unwrap();
+    let grandchild = child.child("fix.i3.a1").unwrap();
+    // Ids that only look alike: the parent's id with more after it, on
+    // either side of the descendants' range.
+    let lookalikes = [
+        InstanceId::parse(format!("{id}-2")).unwrap(),
+        InstanceId::parse(format!("{id}:9")).unwrap(),
+        InstanceId::parse(format!("{id}:a")).unwrap(),
+    ];
+    for one in std::iter::once(&id)
+        .chain([&child, &second, &grandchild])
+        .chain(lookalikes.iter())
+    {
+        let commit = Commit::new(record_with_id(&parent, one), Expected::New);
+        store.commit(commit).await.unwrap();
+    }
+    let found = store.descendants(&id, 100).await.unwrap();
+    assert_eq!(found, [child.clone(), grandchild.clone(), second.clone()]);
+    assert_eq!(store.descendants(&child, 100).await.unwrap(), [grandchild]);
+    assert_eq!(store.descendants(&id, 2).await.unwrap().len(), 2);
+    assert!(store.descendants(&second, 100).await.unwrap().is_empty());
+    for one in &lookalikes {
+        assert!(store.purge(one).await.unwrap());
+    }
+    store.purge(&second).await.unwrap();
+    assert_eq!(store.descendants(&id, 100).await.unwrap().len(), 2);
+}
+
 pub async fn large_values_round_trip_intact(store: &dyn Store) {
     let mut record = record("large", RuntimeStatus::Running);
     // 2 MiB of varied text: beyond one Azure Table property and entity.
@@ -1164,6 +1203,7 @@ macro_rules! store_conformance_tests {
             listing_filters_and_pages_without_gaps,
             claimed_message_ids_are_refused_until_purge,
             purge_removes_the_whole_instance,
+            descendants_are_found_by_their_parents_id,
             large_values_round_trip_intact,
             state_parts_change_by_name_with_their_commit,
             definitions_are_versioned_and_immutable,

@@ -114,6 +114,14 @@ pub struct StoredInstance {
     pub version: Version,
 }
 
+/// The range of ids `parent`'s descendants have: from `<parent>::` up to
+/// `<parent>:;` (the next string after every one that starts with `::`).
+pub fn descendant_range(parent: &InstanceId) -> (String, String) {
+    let from = format!("{parent}{}", legato_contracts::CHILD_SEPARATOR);
+    let to = format!("{parent}:;");
+    (from, to)
+}
+
 /// One accepted event. `seq` starts at 1 and has no gaps. `progress` is
 /// what watchers were told because of it, and `position` the instance's
 /// last progress position once it was applied (the last of `progress`, or
@@ -301,6 +309,15 @@ pub trait Store: Send + Sync + 'static {
     /// Removes an instance with its history, outbox and timers; `false` if
     /// there was nothing to remove.
     async fn purge(&self, id: &InstanceId) -> Result<bool, StoreError>;
+
+    /// The ids of `parent`'s descendants (its child workflow runs, theirs,
+    /// and so on: every instance whose id starts with `<parent>::`), in id
+    /// order, at most `limit`.
+    async fn descendants(
+        &self,
+        parent: &InstanceId,
+        limit: usize,
+    ) -> Result<Vec<InstanceId>, StoreError>;
 
     /// Timers due at `now` or earlier, earliest first.
     async fn due_timers(

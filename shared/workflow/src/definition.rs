@@ -85,6 +85,46 @@ impl Workflow {
         named
     }
 
+    /// Every workflow the definition starts children of, with where (a
+    /// JSON pointer into the definition).
+    pub fn named_workflows(&self) -> Vec<(String, &ChildWorkflow)> {
+        let mut named = Vec::new();
+        for (step, at) in self.all_steps().into_iter().zip(self.step_pointers()) {
+            match &step.action {
+                Action::Workflow { workflow, .. }
+                | Action::ForEach {
+                    work: Work::Workflow(workflow),
+                    ..
+                } => named.push((format!("{at}/workflow"), workflow)),
+                _ => {}
+            }
+        }
+        named
+    }
+
+    /// The JSON pointer of each step in [`Workflow::all_steps`], in order.
+    fn step_pointers(&self) -> Vec<String> {
+        let mut pointers: Vec<String> = (0..self.steps.len())
+            .map(|i| format!("/steps/{i}"))
+            .collect();
+        for (i, step) in self.steps.iter().enumerate() {
+            let block = match &step.action {
+                Action::Loop { repeat } => Some(("loop", repeat.steps.len())),
+                Action::Race { race } => Some(("race", race.steps.len())),
+                _ => None,
+            };
+            if let Some((field, count)) = block {
+                pointers.extend((0..count).map(|j| format!("/steps/{i}/{field}/steps/{j}")));
+            }
+        }
+        pointers
+    }
+
+    /// Whether some step runs child workflows.
+    pub fn starts_children(&self) -> bool {
+        !self.named_workflows().is_empty()
+    }
+
     /// Every step: the top level's in definition order (so a top-level
     /// step's position is the same here as in `steps`), then each loop's
     /// body and race's branches, in the order the loops and races come.
@@ -153,7 +193,7 @@ fn named_agents_in<'a>(steps: &'a [Step], at: &str, named: &mut Vec<(String, &'a
                 ..
             }
             | Action::ForEach {
-                agent: AgentRef::Named(agent),
+                work: Work::Agent(AgentRef::Named(agent)),
                 ..
             } => named.push((format!("{at}/steps/{i}/agent"), agent)),
             Action::Loop { repeat } => {
@@ -227,18 +267,19 @@ impl Step {
         match &self.action {
             Action::ForEach {
                 for_each,
-                agent,
+                work,
                 input,
                 ..
             } => {
                 exprs.push(for_each);
-                exprs.extend(agent.expr());
+                exprs.extend(work.agent_expr());
                 templates.push(input);
             }
             Action::Agent { agent, input } => {
                 exprs.extend(agent.expr());
                 templates.push(input);
             }
+            Action::Workflow { input, .. } => templates.push(input),
             // A loop's own fields are evaluated with its body's outputs,
             // when an iteration ends, not when the loop starts.
             Action::WaitForEvent { .. }
@@ -277,13 +318,21 @@ impl LoopSpec {
 pub enum Action {
     ForEach {
         for_each: Expr,
-        agent: AgentRef,
+        /// Each item's work: an agent's task, or a child workflow's run.
+        #[serde(flatten)]
+        work: Work,
         input: Template,
         #[serde(skip_serializing_if = "Option::is_none")]
         max_parallel: Option<u32>,
     },
     Agent {
         agent: AgentRef,
+        input: Template,
+    },
+    /// A run of another registered workflow (a child), whose output is
+    /// the step's.
+    Workflow {
+        workflow: ChildWorkflow,
         input: Template,
     },
     WaitForEvent {
@@ -353,6 +402,33 @@ impl OnMaxIterations {
     fn is_fail(&self) -> bool {
         *self == Self::Fail
     }
+}
+
+/// Who does a task's work.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Work {
+    Agent(AgentRef),
+    Workflow(ChildWorkflow),
+}
+
+impl Work {
+    fn agent_expr(&self) -> Option<&Expr> {
+        match self {
+            Self::Agent(agent) => agent.expr(),
+            Self::Workflow(_) => None,
+        }
+    }
+}
+
+/// The registered workflow a child run is of: the caller's own (its
+/// tenant's) by that name, else the shared one; the latest version when
+/// the child starts unless `version` pins one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChildWorkflow {
+    pub name: WorkflowName,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
 }
 
 /// Which agent runs a task: fixed, or chosen per item by an expression (how a

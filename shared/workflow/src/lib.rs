@@ -18,8 +18,8 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 pub use definition::{
-    Action, AgentRef, Compensation, LoopSpec, OnMaxIterations, OnTimeout, RaceSpec, RetryPolicy,
-    Step, TimerSpec, WaitForEvent, Workflow,
+    Action, AgentRef, ChildWorkflow, Compensation, LoopSpec, OnMaxIterations, OnTimeout, RaceSpec,
+    RetryPolicy, Step, TimerSpec, WaitForEvent, Work, Workflow,
 };
 pub use expr::{Expr, ExprError, Scope, Template, Variables};
 pub use parse::{from_value, parse};

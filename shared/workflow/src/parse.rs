@@ -9,8 +9,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::definition::{
-    Action, AgentRef, Compensation, LoopSpec, OnMaxIterations, OnTimeout, RaceSpec, RetryPolicy,
-    Step, StepIndex, TimerSpec, WaitForEvent, Workflow,
+    Action, AgentRef, ChildWorkflow, Compensation, LoopSpec, OnMaxIterations, OnTimeout, RaceSpec,
+    RetryPolicy, Step, StepIndex, TimerSpec, WaitForEvent, Work, Workflow,
 };
 use crate::expr::{Expr, Template, Variables};
 use crate::{ValidationError, ValidationErrors};
@@ -126,6 +126,7 @@ struct RawStep {
     #[serde(rename = "if")]
     condition: Option<String>,
     agent: Option<String>,
+    workflow: Option<RawChild>,
     input: Option<Value>,
     for_each: Option<String>,
     max_parallel: Option<u32>,
@@ -138,6 +139,21 @@ struct RawStep {
     #[serde(rename = "loop")]
     repeat: Option<RawLoop>,
     race: Option<RawRace>,
+}
+
+/// A child workflow: its name, or its name and a pinned version.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawChild {
+    Name(String),
+    Pinned(RawPinned),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPinned {
+    name: String,
+    version: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -248,6 +264,7 @@ fn parse_step(
     let chosen: Vec<&str> = [
         (raw.for_each.is_some(), "for_each"),
         (raw.for_each.is_none() && raw.agent.is_some(), "agent"),
+        (raw.for_each.is_none() && raw.workflow.is_some(), "workflow"),
         (raw.wait_for_event.is_some(), "wait_for_event"),
         (raw.timer.is_some(), "timer"),
         (raw.repeat.is_some(), "loop"),
@@ -265,17 +282,23 @@ fn parse_step(
         problems.add(
             &label,
             format!(
-                "needs exactly one action of agent, for_each, wait_for_event, timer, loop, race; found {found}"
+                "needs exactly one action of agent, workflow, for_each, wait_for_event, timer, loop, race; found {found}"
             ),
         );
     }
-    let is_agent_work = matches!(chosen.as_slice(), ["agent" | "for_each"]);
-    if !is_agent_work {
+    let is_work = matches!(chosen.as_slice(), ["agent" | "workflow" | "for_each"]);
+    if !is_work {
         if raw.input.is_some() {
-            problems.add(&at("input"), "only agent and for_each steps take an input");
+            problems.add(
+                &at("input"),
+                "only agent, workflow and for_each steps take an input",
+            );
         }
         if raw.retry.is_some() {
-            problems.add(&at("retry"), "only agent and for_each steps are retried");
+            problems.add(
+                &at("retry"),
+                "only agent, workflow and for_each steps are retried",
+            );
         }
     }
     if raw.max_parallel.is_some() && raw.for_each.is_none() {
@@ -284,10 +307,10 @@ fn parse_step(
     if raw.max_parallel == Some(0) {
         problems.add(&at("max_parallel"), "must be at least 1");
     }
-    if raw.for_each.is_some() && raw.agent.is_none() {
+    if raw.for_each.is_some() && raw.agent.is_some() == raw.workflow.is_some() {
         problems.add(
             &at("agent"),
-            "a for_each step names the agent each item goes to",
+            "a for_each step names either the agent each item goes to or the workflow each item runs",
         );
     }
     if let Some(retry) = &raw.retry {
@@ -303,7 +326,7 @@ fn parse_step(
         if raw.agent.is_none() {
             problems.add(
                 &at("heartbeat_timeout_ms"),
-                "only agent and for_each steps run agent work to heartbeat",
+                "only agent steps (and a for_each's agents) run agent work to heartbeat; a child workflow's steps carry their own",
             );
         }
     }
@@ -356,6 +379,9 @@ fn parse_step(
         &at("input"),
         problems,
     );
+    let child = raw
+        .workflow
+        .and_then(|w| parse_child(w, &at("workflow"), problems));
     let items = raw.for_each.and_then(|f| {
         Expr::parse_wrapped(&f, base)
             .map_err(|e| problems.add(&at("for_each"), e.0))
@@ -413,12 +439,20 @@ fn parse_step(
     let action = match chosen.as_slice() {
         ["for_each"] => Action::ForEach {
             for_each: items?,
-            agent: agent?,
+            work: match (agent, child) {
+                (Some(agent), None) => Work::Agent(agent),
+                (None, Some(child)) => Work::Workflow(child),
+                _ => return None,
+            },
             input,
             max_parallel: raw.max_parallel,
         },
         ["agent"] => Action::Agent {
             agent: agent?,
+            input,
+        },
+        ["workflow"] => Action::Workflow {
+            workflow: child?,
             input,
         },
         ["wait_for_event"] => Action::WaitForEvent {
@@ -480,6 +514,22 @@ fn parse_loop(raw: RawLoop, at: &str, problems: &mut Problems) -> Option<LoopSpe
         output,
         keep_iterations: raw.keep_iterations,
     })
+}
+
+/// A child workflow's name is one its instance's tenant sees (its own or
+/// a shared one), so it never names a tenant itself.
+fn parse_child(raw: RawChild, at: &str, problems: &mut Problems) -> Option<ChildWorkflow> {
+    let (name, version) = match raw {
+        RawChild::Name(name) => (name, None),
+        RawChild::Pinned(RawPinned { name, version }) => (name, version),
+    };
+    if version == Some(0) {
+        problems.add(&format!("{at}.version"), "versions count from 1");
+    }
+    let name = WorkflowName::scoped(None, name)
+        .map_err(|e| problems.add(&format!("{at}.name"), e.to_string()))
+        .ok()?;
+    Some(ChildWorkflow { name, version })
 }
 
 fn parse_agent_ref(
@@ -693,13 +743,13 @@ fn step_expression_references(step: &Step) -> Vec<(&'static str, BTreeSet<String
     match &step.action {
         Action::ForEach {
             for_each,
-            agent,
+            work,
             input,
             ..
         } => {
             refs.push(("for_each", for_each.step_references()));
             refs.push(("input", input.step_references()));
-            if let AgentRef::Dynamic(e) = agent {
+            if let Work::Agent(AgentRef::Dynamic(e)) = work {
                 refs.push(("agent", e.step_references()));
             }
         }
@@ -709,6 +759,7 @@ fn step_expression_references(step: &Step) -> Vec<(&'static str, BTreeSet<String
                 refs.push(("agent", e.step_references()));
             }
         }
+        Action::Workflow { input, .. } => refs.push(("input", input.step_references())),
         Action::WaitForEvent { wait_for_event } => {
             if let Some(o) = &wait_for_event.on_timeout {
                 refs.push(("wait_for_event.on_timeout", o.output.step_references()));

@@ -1,5 +1,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
-use legato_workflow::{Action, AgentRef, parse};
+use legato_workflow::{Action, AgentRef, Work, parse};
 use serde_json::json;
 
 const FEATURE: &str = r#"
@@ -42,7 +42,7 @@ fn parses_the_feature_request_shape() {
     assert!(matches!(
         &wf.steps[1].action,
         Action::ForEach {
-            agent: AgentRef::Dynamic(_),
+            work: Work::Agent(AgentRef::Dynamic(_)),
             max_parallel: Some(3),
             ..
         }
@@ -289,4 +289,96 @@ fn a_macro_s_own_variable_is_not_taken_for_one_of_the_scope() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("unknown variable(s) y"), "{err}");
+}
+
+const CHILDREN: &str = r#"
+name: feature
+version: 1
+steps:
+  - id: code
+    workflow: coder
+    input: { task: "${{ input.task }}" }
+    retry: { max_attempts: 2 }
+  - id: test_each
+    needs: [code]
+    for_each: ${{ steps.code.output.files }}
+    workflow: { name: tester, version: 2 }
+    input: { file: "${{ item }}" }
+    max_parallel: 2
+"#;
+
+#[test]
+fn child_workflow_steps_name_the_workflow_and_pin_a_version_if_they_like() {
+    let wf = parse(CHILDREN).unwrap();
+    let Action::Workflow { workflow, .. } = &wf.steps[0].action else {
+        panic!("{:?}", wf.steps[0].action);
+    };
+    assert_eq!((workflow.name.as_str(), workflow.version), ("coder", None));
+    let Action::ForEach {
+        work: Work::Workflow(each),
+        max_parallel: Some(2),
+        ..
+    } = &wf.steps[1].action
+    else {
+        panic!("{:?}", wf.steps[1].action);
+    };
+    assert_eq!((each.name.as_str(), each.version), ("tester", Some(2)));
+    let named: Vec<(String, String)> = wf
+        .named_workflows()
+        .into_iter()
+        .map(|(at, w)| (at, w.name.to_string()))
+        .collect();
+    assert_eq!(
+        named,
+        [
+            ("/steps/0/workflow".to_owned(), "coder".to_owned()),
+            ("/steps/1/workflow".to_owned(), "tester".to_owned())
+        ]
+    );
+    // What is stored reads back as the same definition.
+    let again = legato_workflow::from_value(serde_json::to_value(&wf).unwrap()).unwrap();
+    assert_eq!(again, wf);
+}
+
+#[test]
+fn child_workflow_steps_are_checked_like_everything_else() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "    workflow: coder\n",
+            "    workflow: coder\n    agent: echo\n",
+            "needs exactly one action of agent, workflow, for_each, wait_for_event, timer, loop, race; found agent and workflow",
+        ),
+        (
+            "    workflow: { name: tester, version: 2 }",
+            "    workflow: { name: tester, version: 2 }\n    agent: echo",
+            "steps[1] (test_each).agent: a for_each step names either the agent each item goes to or the workflow each item runs",
+        ),
+        (
+            "    workflow: coder\n",
+            "    workflow: acme~coder\n",
+            "steps[0] (code).workflow.name: invalid workflow name",
+        ),
+        (
+            "version: 2 }",
+            "version: 0 }",
+            "steps[1] (test_each).workflow.version: versions count from 1",
+        ),
+        (
+            "    workflow: coder\n",
+            "    workflow: coder\n    heartbeat_timeout_ms: 1000\n",
+            "steps[0] (code).heartbeat_timeout_ms: only agent steps",
+        ),
+        (
+            "    workflow: coder\n",
+            "    workflow: { name: coder, tag: x }\n",
+            "steps[0] (code)",
+        ),
+    ];
+    for (from, to, expected) in cases {
+        assert!(CHILDREN.contains(from), "{from}");
+        let text = parse(&CHILDREN.replacen(from, to, 1))
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains(expected), "{from} -> {to}:\n{text}");
+    }
 }

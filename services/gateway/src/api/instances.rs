@@ -4,11 +4,11 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use legato_contracts::{InstanceId, RuntimeStatus, StartInstance};
+use legato_contracts::{CHILD_SEPARATOR, InstanceId, RuntimeStatus, StartInstance};
 use legato_service::auth::Caller;
 use legato_service::problem::{FieldError, Problem};
 use legato_service::records;
-use legato_store::{HistoryFrom, InstanceQuery, StoreError, TenantFilter};
+use legato_store::{HistoryFrom, InstanceQuery, Store, StoreError, TenantFilter};
 use serde::Deserialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -47,6 +47,12 @@ pub(crate) async fn start(
     let local_id = request
         .instance_id
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    if local_id.contains(CHILD_SEPARATOR) {
+        return Err(Problem::field(
+            "/instanceId",
+            format!("{CHILD_SEPARATOR} is kept for the ids of child workflow runs"),
+        ));
+    }
     let id = InstanceId::scoped(tenant.as_ref(), local_id)
         .map_err(|e| Problem::field("/instanceId", e.to_string()))?;
     let (name, version, workflow) = find_workflow(&state, &caller, name, request.version).await?;
@@ -76,6 +82,7 @@ pub(crate) async fn start(
         version,
         input: request.input,
         tenant: tenant.map(String::from),
+        parent: None,
     };
     let commit = records::accept_start(SOURCE, id.clone(), start, now)?;
     // Durable once committed; a start not published now is sent by the
@@ -124,9 +131,31 @@ async fn replace_if_finished(state: &GatewayState, id: &InstanceId) -> Result<()
         if !existing.record.summary.status.is_terminal() {
             return Err(live_conflict(id));
         }
-        state.store.purge(id).await?;
+        purge_with_descendants(&*state.store, id).await?;
     }
     Ok(())
+}
+
+/// Child runs purged at a time.
+const PURGE_PAGE: usize = 500;
+/// Pages of child runs one purge takes, so it always ends; what is left
+/// (more than 500,000 runs) goes with the next purge.
+const PURGE_PAGES: usize = 1_000;
+
+/// Purges an instance and its child workflow runs (and theirs): the
+/// children first, so a purge cut short leaves the parent to purge again.
+async fn purge_with_descendants(store: &dyn Store, id: &InstanceId) -> Result<bool, StoreError> {
+    for _ in 0..PURGE_PAGES {
+        let children = store.descendants(id, PURGE_PAGE).await?;
+        if children.is_empty() {
+            break;
+        }
+        // Deepest first: a grandchild's id sorts after its parent's.
+        for child in children.iter().rev() {
+            store.purge(child).await?;
+        }
+    }
+    store.purge(id).await
 }
 
 /// Most history rows one status request may ask for (the service's
@@ -318,6 +347,6 @@ pub(crate) async fn purge(
             ),
         ));
     }
-    state.store.purge(&id).await?;
+    purge_with_descendants(&*state.store, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

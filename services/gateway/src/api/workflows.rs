@@ -71,15 +71,18 @@ pub(crate) async fn register(
             ),
         ));
     }
-    let missing =
+    let mut missing =
         crate::registry::unregistered_agents(&*state.store, &workflow, caller.tenant.as_ref())
             .await?;
+    missing.extend(unregistered_children(&state, &caller, &workflow).await?);
     if !missing.is_empty() {
         let detail = crate::registry::describe(&missing);
         return Err(Problem::new(
             StatusCode::BAD_REQUEST,
             "Invalid workflow definition",
-            format!("{detail} (register it first: PUT /api/v1/agents/{{name}})"),
+            format!(
+                "{detail} (register it first: PUT /api/v1/agents/{{name}} or PUT /api/v1/workflows/{{name}})"
+            ),
         )
         .with_errors(missing));
     }
@@ -247,6 +250,41 @@ pub(crate) async fn find_workflow(
         Some(v) => format!("no workflow {local} version {v}"),
         None => format!("no workflow {local}"),
     }))
+}
+
+/// The child workflows `workflow` starts that are not registered for the
+/// caller (at the version it pins, if it pins one), each with its place in
+/// the definition. A workflow may start runs of itself.
+async fn unregistered_children(
+    state: &GatewayState,
+    caller: &Principal,
+    workflow: &legato_workflow::Workflow,
+) -> Result<Vec<FieldError>, Problem> {
+    let mut missing = Vec::new();
+    for (field, child) in workflow.named_workflows() {
+        if child.name == workflow.name && child.version.is_none_or(|v| v == workflow.version) {
+            continue;
+        }
+        let names = visible_workflow_names(caller, child.name.to_string())?;
+        let (_, latest) = resolve_workflow(state, names.clone()).await?;
+        let found = match (latest, child.version) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(latest), Some(version)) => state
+                .store
+                .get_definition(&latest.name, Some(version))
+                .await?
+                .is_some(),
+        };
+        if !found {
+            let message = match child.version {
+                Some(v) => format!("no workflow {} version {v} is registered", child.name),
+                None => format!("no workflow {} is registered", child.name),
+            };
+            missing.push(FieldError { field, message });
+        }
+    }
+    Ok(missing)
 }
 
 /// Which of the caller's visible `names` (from [`visible_workflow_names`])

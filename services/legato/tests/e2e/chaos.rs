@@ -68,12 +68,19 @@ pub async fn twenty_kills_during_fifty_instances(
     let _echo_b = start("agent-echo");
     let legato = Legato::attach(format!("http://127.0.0.1:{gateway_port}"), dir.path());
     legato
+        .register(json!({"name": "chaos-child", "version": 1, "steps": [
+            echo_step("inner", &[], json!({"value": "${{ input.value }}", "sleep_ms": "${{ input.ms }}"})),
+        ], "output": "${{ steps.inner.output.value }}"}))
+        .await;
+    legato
         .register(json!({"name": "chaos", "version": 1, "steps": [
             echo_step("a", &[], json!({"value": 1, "sleep_ms": "${{ input.ms }}"})),
             echo_step("b", &[], json!({"value": 2, "sleep_ms": "${{ input.ms }}"})),
             {"id": "each", "needs": ["a", "b"], "for_each": "${{ [1, 2, 3] }}", "agent": "echo",
              "input": {"value": "${{ item }}", "sleep_ms": "${{ input.ms }}"}, "max_parallel": 2},
-            echo_step("join", &["each"], json!({"value": "${{ steps.a.output.value + steps.b.output.value }}"})),
+            {"id": "kid", "needs": ["a"], "workflow": "chaos-child",
+             "input": {"value": 3, "ms": "${{ input.ms }}"}},
+            echo_step("join", &["each", "kid"], json!({"value": "${{ steps.a.output.value + steps.b.output.value + steps.kid.output - 3 }}"})),
         ], "output": "${{ steps.join.output.value }}"}))
         .await;
     let mut ids = Vec::new();
@@ -124,19 +131,27 @@ pub async fn twenty_kills_during_fifty_instances(
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         assert_eq!(status["output"], json!(3), "{id}");
-        // Exactly one accepted result per task: a, b, three items, join.
+        // Exactly one accepted result per task: a, b, three items, the
+        // child run, join.
         let completed = events(&status, "task_completed");
-        assert_eq!(completed.len(), 6, "{id}: {completed:#?}");
+        assert_eq!(completed.len(), 7, "{id}: {completed:#?}");
         let mut keys: Vec<String> = completed
             .iter()
             .map(|e| e["event"]["key"].to_string())
             .collect();
         keys.sort();
         keys.dedup();
-        assert_eq!(keys.len(), 6, "{id}: a step's result was recorded twice");
-        for step in ["a", "b", "join"] {
+        assert_eq!(keys.len(), 7, "{id}: a step's result was recorded twice");
+        for step in ["a", "b", "kid", "join"] {
             assert_eq!(step_of(&status, step)["status"], "Completed", "{id}");
         }
+        // One child run, started once, its own work recorded once.
+        let kid = format!("{id}::kid.a1");
+        assert_eq!(step_of(&status, "kid")["children"], json!([kid]), "{id}");
+        let child = legato.status(&kid).await;
+        assert_eq!(child["runtimeStatus"], "Completed", "{child:#}");
+        assert_eq!(events(&child, "task_completed").len(), 1, "{child:#}");
+        assert_eq!(events(&child, "started").len(), 1, "{child:#}");
     }
     let (_, running) = legato
         .get_json("/api/v1/instances?status=Running&workflow=chaos")

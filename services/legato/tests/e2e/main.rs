@@ -117,6 +117,42 @@ async fn a_loop_killed_mid_iteration_goes_on_in_it_after_restart() {
     );
 }
 
+/// Killed with `-9` while a child workflow runs, `legato up` (whose bus
+/// forgets) asks for the child again after the restart: it is taken up
+/// once, its work is done once, and the parent completes with its output.
+#[tokio::test]
+async fn a_child_workflow_killed_mid_run_finishes_once_after_restart() {
+    let dir = temp_dir();
+    let legato = Legato::start(dir.path());
+    legato
+        .register(json!({"name": "slow-child", "version": 1, "steps": [
+            echo_step("inner", &[], json!({"value": "${{ input.value }}", "sleep_ms": 1500})),
+        ], "output": "${{ steps.inner.output.value }}"}))
+        .await;
+    legato
+        .register(json!({"name": "parent", "version": 1, "steps": [
+            {"id": "kid", "workflow": "slow-child", "input": {"value": 7}},
+            {"id": "quick", "workflow": "slow-child", "input": {"value": 1}, "needs": ["kid"]},
+        ], "output": "${{ steps.kid.output + steps.quick.output }}"}))
+        .await;
+    let id = legato
+        .start_instance("parent", json!({"instanceId": "p-1"}))
+        .await;
+    legato.wait_step("p-1::kid.a1", "inner", "Running").await;
+    legato.kill();
+    let legato = Legato::start(dir.path());
+    let done = legato.wait_status(&id, "Completed").await;
+    assert_eq!(done["output"], json!(8), "{done:#}");
+    assert_eq!(step_of(&done, "kid")["attempts"], 1, "{done:#}");
+    assert_eq!(events(&done, "task_completed").len(), 2);
+    for child in ["p-1::kid.a1", "p-1::quick.a1"] {
+        let status = legato.status(child).await;
+        assert_eq!(status["runtimeStatus"], "Completed", "{status:#}");
+        assert_eq!(step_of(&status, "inner")["attempts"], 1, "{status:#}");
+        assert_eq!(events(&status, "task_completed").len(), 1, "{status:#}");
+    }
+}
+
 /// A state too large for its row is kept in parts (the definition, step
 /// groups, runs of slots), each commit writing only those it changed: killed
 /// while 700 items run, `legato up` reads it back from its parts and every

@@ -1010,6 +1010,10 @@ async fn the_five_agent_patterns_run_with_the_built_in_agents() {
             "pattern-evaluator-optimizer",
             json!({"task": "add CSV export to billing", "require": ["tests", "docs"]}),
         ),
+        (
+            "feature-by-parts",
+            json!({"request": "add CSV export to billing and check last month's totals"}),
+        ),
     ];
     let mut ids = Vec::new();
     for (workflow, input) in runs {
@@ -1071,6 +1075,21 @@ async fn the_five_agent_patterns_run_with_the_built_in_agents() {
         .map(|p| p["iteration"].as_u64().unwrap())
         .collect();
     assert_eq!(started, [1, 2, 3]);
+
+    // The coding part of the plan, run as an evaluator-optimizer child.
+    let parts = &done[6];
+    assert_eq!(
+        parts["output"],
+        json!({"parts": 1, "changes": ["add CSV export to billing; add tests"]}),
+        "{parts:#}"
+    );
+    let child = step_of(parts, "parts")["children"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let child = legato.wait_status(&child, "Completed").await;
+    assert_eq!(child["workflow"], "pattern-evaluator-optimizer");
+    assert_eq!(child["parent"]["step"], "parts");
 }
 
 /// A race goes on with its first branch to complete and cancels the
@@ -1116,5 +1135,154 @@ async fn a_race_goes_on_with_the_first_branch_to_complete() {
             .map(|e| e["event"]["key"]["step"].as_str().unwrap())
             .collect();
         assert!(!recorded.contains(&"slow"), "{recorded:?}");
+    }
+}
+
+/// Child workflows: a step (and each item of a `for_each`) runs another
+/// registered workflow and completes with its output; a failed child is
+/// retried as a fresh run; the parent and its children link to each other;
+/// terminating the parent terminates its running children, and purging it
+/// purges them.
+#[tokio::test]
+async fn child_workflows_run_as_steps_and_go_with_their_parent() {
+    let dir = temp_dir();
+    let legato = launch(dir.path());
+    legato
+        .register(json!({"name": "double", "version": 1,
+            "input_schema": {"type": "object", "required": ["n"], "properties": {"n": {"type": "number"}}},
+            "steps": [echo_step("work", &[], json!({"value": "${{ input.n * 2 }}"}))],
+            "output": "${{ steps.work.output.value }}"}))
+        .await;
+    legato
+        .register(json!({"name": "gate", "version": 1, "steps": [
+            {"id": "open", "wait_for_event": {"name": "go", "timeout_ms": 1500}},
+            echo_step("pass", &["open"], json!({"value": "${{ steps.open.output.word }}"})),
+        ], "output": "${{ steps.pass.output.value }}"}))
+        .await;
+    // A definition naming a workflow nobody registered is refused.
+    let (status, problem) = legato
+        .put(
+            "/api/v1/workflows/orphan",
+            json!({"name": "orphan", "version": 1, "steps": [{"id": "x", "workflow": "nowhere"}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem:#}");
+    assert_eq!(
+        problem["errors"][0]["field"], "/steps/0/workflow",
+        "{problem:#}"
+    );
+    legato
+        .register(json!({"name": "family", "version": 1, "steps": [
+            {"id": "one", "workflow": "double", "input": {"n": "${{ input.n }}"}},
+            {"id": "each", "needs": ["one"], "for_each": "${{ input.items }}",
+             "workflow": {"name": "double", "version": 1}, "input": {"n": "${{ item }}"}, "max_parallel": 2},
+            {"id": "gated", "needs": ["each"], "workflow": "gate",
+             "retry": {"max_attempts": 2, "initial_interval_ms": 10}},
+        ], "output": {"one": "${{ steps.one.output }}", "each": "${{ steps.each.output }}",
+                      "gated": "${{ steps.gated.output }}"}}))
+        .await;
+    // `::` is kept for children's ids.
+    let (status, problem) = legato
+        .post(
+            "/api/v1/workflows/family/instances",
+            json!({"instanceId": "a::b", "input": {"n": 1, "items": []}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem:#}");
+    assert_eq!(problem["errors"][0]["field"], "/instanceId");
+
+    let id = legato
+        .start_instance(
+            "family",
+            json!({"instanceId": "kin", "input": {"n": 5, "items": [1, 2, 3]}}),
+        )
+        .await;
+    // The gate's first run times out and fails; the retry is a new run,
+    // which the event opens.
+    let first = legato.wait_status("kin::gated.a1", "Failed").await;
+    assert_eq!(
+        first["parent"],
+        json!({"id": "kin", "step": "gated", "attempt": 1}),
+        "{first:#}"
+    );
+    legato.wait_step("kin::gated.a2", "open", "Waiting").await;
+    let (status, _) = legato
+        .post(
+            "/api/v1/instances/kin::gated.a2/events/go",
+            json!({"word": "open sesame"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let done = legato.wait_status(&id, "Completed").await;
+    assert_eq!(
+        done["output"],
+        json!({"one": 10, "each": [2, 4, 6], "gated": "open sesame"}),
+        "{done:#}"
+    );
+    let one = step_of(&done, "one");
+    assert_eq!(
+        (&one["kind"], &one["workflow"], &one["children"]),
+        (
+            &json!("workflow"),
+            &json!("double"),
+            &json!(["kin::one.a1"])
+        ),
+        "{one:#}"
+    );
+    let each = step_of(&done, "each");
+    assert_eq!(
+        (&each["kind"], &each["children"]),
+        (
+            &json!("for_each"),
+            &json!(["kin::each.0.a1", "kin::each.1.a1", "kin::each.2.a1"])
+        ),
+        "{each:#}"
+    );
+    assert_eq!(
+        step_of(&done, "gated")["children"],
+        json!(["kin::gated.a2"])
+    );
+    let item = legato.wait_status("kin::each.1.a1", "Completed").await;
+    assert_eq!(item["output"], json!(4));
+    assert_eq!(item["workflow"], "double");
+    assert_eq!(
+        item["parent"],
+        json!({"id": "kin", "step": "each", "item": 1, "attempt": 1})
+    );
+
+    // Terminating a parent terminates the child it waits for.
+    legato
+        .register(json!({"name": "hold", "version": 1, "steps": [
+            {"id": "wait", "wait_for_event": {"name": "never"}}]}))
+        .await;
+    legato
+        .register(json!({"name": "holder", "version": 1, "steps": [
+            {"id": "held", "workflow": "hold"}]}))
+        .await;
+    let holder = legato
+        .start_instance("holder", json!({"instanceId": "holder-1"}))
+        .await;
+    legato
+        .wait_step("holder-1::held.a1", "wait", "Waiting")
+        .await;
+    let (status, _) = legato
+        .post(
+            &format!("/api/v1/instances/{holder}/terminate"),
+            json!({"reason": "enough"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    legato.wait_status(&holder, "Terminated").await;
+    let child = legato.wait_status("holder-1::held.a1", "Terminated").await;
+    assert_eq!(child["output"], "enough", "{child:#}");
+
+    // Purging a parent purges its children.
+    assert_eq!(
+        legato.delete(&format!("/api/v1/instances/{id}")).await,
+        StatusCode::NO_CONTENT
+    );
+    for gone in ["kin", "kin::one.a1", "kin::each.2.a1", "kin::gated.a1"] {
+        let (status, _) = legato.get_json(&format!("/api/v1/instances/{gone}")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{gone}");
     }
 }

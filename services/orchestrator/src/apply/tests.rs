@@ -54,6 +54,7 @@ async fn a_start_without_its_record_does_not_create_the_instance() {
             version: 1,
             input: serde_json::json!({}),
             tenant: None,
+            parent: None,
         },
     };
     let refused = applier.apply(&id, &start, None).await;
@@ -95,6 +96,7 @@ fn start_of(workflow: WorkflowName, tenant: Option<&str>, now: OffsetDateTime) -
             version: 1,
             input: serde_json::json!({}),
             tenant: tenant.map(str::to_owned),
+            parent: None,
         },
     }
 }

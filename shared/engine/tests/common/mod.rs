@@ -68,6 +68,7 @@ impl Harness {
             tenant: None,
             run: RUN,
             created_at: None,
+            parent: None,
         });
         h
     }

@@ -322,6 +322,7 @@ mod tests {
             tenant: None,
             run: 7,
             created_at: None,
+            parent: None,
         };
         decide(&InstanceState::new(id), &event).state
     }

@@ -440,6 +440,14 @@ impl Store for AzureTableStore {
         self.purge_rows(id).await
     }
 
+    async fn descendants(
+        &self,
+        parent: &InstanceId,
+        limit: usize,
+    ) -> Result<Vec<InstanceId>, StoreError> {
+        self.descendant_ids(parent, limit).await
+    }
+
     async fn due_timers(
         &self,
         now: OffsetDateTime,

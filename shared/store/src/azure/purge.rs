@@ -3,6 +3,42 @@
 use super::*;
 
 impl AzureTableStore {
+    /// Instance rows of the partitions in the descendants' key range: a
+    /// range scan over partition keys, reading only the keys.
+    pub(super) async fn descendant_ids(
+        &self,
+        parent: &InstanceId,
+        limit: usize,
+    ) -> Result<Vec<InstanceId>, StoreError> {
+        let (from, to) = crate::descendant_range(parent);
+        let filter = format!(
+            "PartitionKey ge {} and PartitionKey lt {} and RowKey eq {}",
+            odata(&from),
+            odata(&to),
+            odata(keys::INSTANCE_ROW)
+        );
+        let page = u32::try_from(limit.clamp(1, 1_000)).unwrap_or(1_000);
+        let mut pages = self
+            .instances
+            .query()
+            .filter(filter)
+            .select("PartitionKey")
+            .top(page)
+            .into_stream::<Entity>();
+        let mut ids = Vec::new();
+        while let Some(page) = pages.try_next().await.map_err(failure)? {
+            for entity in &page.entities {
+                let id = text(entity, "PartitionKey")?;
+                ids.push(InstanceId::parse(id).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+            }
+            if ids.len() >= limit {
+                ids.truncate(limit);
+                break;
+            }
+        }
+        Ok(ids)
+    }
+
     pub(super) async fn purge_rows(&self, id: &InstanceId) -> Result<bool, StoreError> {
         self.published.forget(id.as_str());
         // A transaction fails whole when one of its rows is already gone

@@ -593,6 +593,31 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn descendants(
+        &self,
+        parent: &InstanceId,
+        limit: usize,
+    ) -> Result<Vec<InstanceId>, StoreError> {
+        let (from, to) = crate::descendant_range(parent);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id FROM instances WHERE id >= ?1 AND id < ?2 ORDER BY id LIMIT ?3",
+                )
+                .map_err(unavailable)?;
+            let ids = stmt
+                .query_map(params![from, to, limit], |row| row.get::<_, String>(0))
+                .map_err(unavailable)?;
+            ids.map(|id| {
+                let id = id.map_err(unavailable)?;
+                InstanceId::parse(id).map_err(|e| StoreError::Corrupt(e.to_string()))
+            })
+            .collect()
+        })
+        .await
+    }
+
     async fn due_timers(
         &self,
         now: OffsetDateTime,

@@ -73,6 +73,14 @@ impl Store for LimitedStore {
         self.inner.purge(id).await
     }
 
+    async fn descendants(
+        &self,
+        parent: &InstanceId,
+        limit: usize,
+    ) -> Result<Vec<InstanceId>, StoreError> {
+        self.inner.descendants(parent, limit).await
+    }
+
     async fn due_timers(
         &self,
         now: OffsetDateTime,
