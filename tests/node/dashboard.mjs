@@ -4,7 +4,7 @@
 // feature-request from the API and watch its plan and parallel work appear
 // live without a reload, approve it and see it complete, see another
 // complete although its progress messages are lost, reject another and
-// see it roll back and fail, see a loop drawn with its iterations, look at the workflows, pause, resume and
+// see it roll back and fail, see a loop drawn with its iterations, follow a child workflow run and back, look at the workflows, pause, resume and
 // trigger a schedule and open the run it started. A screenshot of each
 // page is written to the output directory.
 // Usage: node dashboard.mjs <base url> <admin api key> <output dir> <read-only api key>
@@ -166,6 +166,26 @@ try {
   await page.waitForSelector('[data-step="draft"] .graph.body [data-step="review"][data-status="Completed"]');
   check((await page.$('#graph > .level > [data-step="review"]')) === null, "a loop's body step was drawn outside the loop");
   await shot("instance-loop");
+
+  // Child workflows: the parent's step links each child run, whose page
+  // links back to the parent.
+  const parts = await fetch(`${base}/api/v1/workflows/feature-by-parts/instances`, {
+    method: "POST",
+    headers: { "content-type": "application/json", authorization: `Bearer ${key}` },
+    body: JSON.stringify({ instanceId: "dash-kin", input: { request: "add CSV export to billing" } }),
+  });
+  check(parts.status === 202, `start dash-kin: ${parts.status}`);
+  await page.evaluate(() => (location.hash = "#/instances/dash-kin"));
+  await shows("dash-kin", "Completed");
+  const titled = (id) => page.waitForFunction((id) => document.querySelector("h1")?.textContent.startsWith(`${id} `), id);
+  await page.click('[data-step="parts"] a.child[data-child="dash-kin::parts.0.a1"]');
+  await titled("dash-kin::parts.0.a1");
+  await shows("dash-kin::parts.0.a1", "Completed");
+  await page.waitForSelector("#parent >> text=step parts");
+  await shot("instance-child");
+  await page.click("#parent a");
+  await titled("dash-kin");
+  await shows("dash-kin", "Completed");
 
   // The list shows both; the workflows and one definition's source.
   await page.evaluate(() => (location.hash = "#/"));

@@ -241,6 +241,7 @@ function stepCard(step, all = []) {
     el("div", { class: "meta" },
       step.kind.replaceAll("_", " "),
       step.event ? ` · waits for “${step.event}”` : "",
+      step.workflow ? ` · runs ${step.workflow}` : "",
       step.attempts ? ` · ${step.attempts} attempt${step.attempts === 1 ? "" : "s"}` : "",
       retries ? ` (${retries} retried)` : "",
       step.startedAt ? ` · ${duration(step.startedAt, step.completedAt)}` : ""),
@@ -250,6 +251,9 @@ function stepCard(step, all = []) {
       `${items.completed}/${items.total} items`, items.failed ? `, ${items.failed} failed` : "", items.running ? `, ${items.running} running` : "") : null,
     items ? el("div", { class: "bar" }, el("span", { style: `width: ${items.total ? (100 * items.completed) / items.total : 0}%` })) : null,
     step.error ? el("div", { class: "meta" }, step.error) : null,
+    // Each child run (the latest attempt's of each task), by its page.
+    ...(step.children || []).map((child) =>
+      el("div", { class: "meta" }, el("a", { class: "child", "data-child": child, href: `#/instances/${encodeURIComponent(child)}` }, `↳ ${child}`))),
     body.length ? el("div", { class: "graph body" }, levels(body).map((column) => el("div", { class: "level" }, column.map((s) => stepCard(s, all))))) : null);
 }
 
@@ -291,6 +295,11 @@ async function instancePage(id) {
         el("span", { id: "live", class: live ? "live" : "live off" }, live ? "● live" : "○ not live")),
       el("p", { class: "muted" }, `${instance.workflow} v${instance.version} · created ${when(instance.createdAt)} · updated ${when(instance.updatedAt)}`,
         instance.tenant ? ` · tenant ${instance.tenant}` : ""),
+      instance.parent ? el("p", { id: "parent" }, "Child run of ",
+        el("a", { href: `#/instances/${encodeURIComponent(instance.parent.id)}` }, instance.parent.id),
+        ` · step ${instance.parent.step}`, instance.parent.item !== undefined ? ` item ${instance.parent.item}` : "",
+        instance.parent.iteration !== undefined ? ` iteration ${instance.parent.iteration}` : "",
+        ` · attempt ${instance.parent.attempt}`) : null,
       instance.error ? el("p", { id: "error" }, el("strong", {}, "Error: "), instance.error) : null,
       ...waiting.map((step) => el("div", { class: "wait", "data-waiting": step.event },
         el("strong", {}, `Waiting for “${step.event}”`), " ",

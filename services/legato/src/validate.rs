@@ -69,5 +69,18 @@ pub fn check(file: &Path) -> Result<String, String> {
             names.join(", ")
         );
     }
+    let children: BTreeSet<String> = workflow
+        .named_workflows()
+        .into_iter()
+        .map(|(_, child)| child.name.to_string())
+        .collect();
+    if !children.is_empty() {
+        let names: Vec<String> = children.into_iter().collect();
+        let _ = write!(
+            summary,
+            "; starts child runs of {} (registration checks they are registered)",
+            names.join(", ")
+        );
+    }
     Ok(summary)
 }

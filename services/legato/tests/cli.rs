@@ -209,6 +209,24 @@ async fn the_cli_drives_instances_and_its_exit_code_says_how_they_ended() {
     let shown = run(base, &["show", "no"]);
     assert!(stdout(&shown).contains("verdict"), "{}", stdout(&shown));
 
+    // A parent lists its child runs; a child names its parent.
+    let parts = r#"{"request": "add CSV export to billing"}"#;
+    run(
+        base,
+        &["start", "feature-by-parts", "--input", parts, "--id", "kin"],
+    );
+    assert!(run(base, &["watch", "kin"]).status.success());
+    let text = stdout(&run(base, &["show", "kin"]));
+    assert!(
+        text.contains("runs pattern-evaluator-optimizer") && text.contains("child kin::parts.0.a1"),
+        "{text}"
+    );
+    let text = stdout(&run(base, &["show", "kin::parts.0.a1"]));
+    assert!(
+        text.contains("child run of kin (step parts, attempt 1)"),
+        "{text}"
+    );
+
     // purge, then it is gone: one line on stderr, exit 1.
     assert!(run(base, &["purge", "yes"]).status.success());
     let gone = run(base, &["show", "yes"]);

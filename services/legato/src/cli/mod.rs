@@ -298,6 +298,15 @@ fn describe(instance: &Value) -> String {
     if let Some(error) = instance["error"].as_str() {
         text.push_str(&format!("\nerror: {error}"));
     }
+    if let Some(parent) = instance["parent"].as_object() {
+        let of = |k: &str| parent.get(k).and_then(Value::as_str).unwrap_or_default();
+        text.push_str(&format!(
+            "\nchild run of {} (step {}, attempt {})",
+            of("id"),
+            of("step"),
+            parent.get("attempt").unwrap_or(&Value::Null)
+        ));
+    }
     for step in instance["steps"].as_array().map_or(&[][..], Vec::as_slice) {
         // A loop's body is listed under it, indented.
         let indent = if step["parent"].is_string() {
@@ -319,6 +328,16 @@ fn describe(instance: &Value) -> String {
             line.push_str(&format!(
                 ", items {}/{} ({} failed)",
                 items["completed"], items["total"], items["failed"]
+            ));
+        }
+        if let Some(workflow) = step["workflow"].as_str() {
+            line.push_str(&format!(", runs {workflow}"));
+        }
+        // Child runs, each by the id `legato show` takes.
+        for child in step["children"].as_array().map_or(&[][..], Vec::as_slice) {
+            line.push_str(&format!(
+                "\n{indent}  child {}",
+                child.as_str().unwrap_or_default()
             ));
         }
         text.push_str(&line);
