@@ -393,3 +393,70 @@ async fn tenants_cannot_see_or_steer_each_others_schedules_or_their_runs() {
         );
     }
 }
+
+/// A tenant's child workflow runs the tenant's own definition of its name
+/// (shadowing a shared one), as an instance of the tenant that the other
+/// tenant cannot see; a definition may name only children its tenant sees.
+#[tokio::test]
+async fn a_tenants_child_runs_its_own_definition_and_stays_in_its_tenant() {
+    let dir = temp_dir();
+    let legato = start(dir.path());
+    let part = |value: &str| {
+        json!({"name": "part", "version": 1,
+            "steps": [echo_step("work", &[], json!({"value": value}))],
+            "output": "${{ steps.work.output.value }}"})
+    };
+    let family = json!({"name": "family", "version": 1,
+        "steps": [{"id": "kid", "workflow": "part"}],
+        "output": "${{ steps.kid.output }}"});
+    // beta sees no workflow `part`: its parent is refused.
+    let (status, problem) = register(&legato, BETA, family.clone()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem:#}");
+    assert_eq!(problem["errors"][0]["field"], "/steps/0/workflow");
+    for (key, value) in [(ACME, "acme's own"), (BETA, "beta's own")] {
+        assert!(register(&legato, key, part(value)).await.0.is_success());
+        assert!(register(&legato, key, family.clone()).await.0.is_success());
+    }
+    let (status, started) = call(
+        &legato,
+        ACME,
+        "POST",
+        "/api/v1/workflows/family/instances",
+        Some(json!({"instanceId": "fam-1"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{started:#}");
+    let mut done = Value::Null;
+    for _ in 0..400 {
+        done = call(&legato, ACME, "GET", "/api/v1/instances/fam-1", None)
+            .await
+            .1;
+        if done["runtimeStatus"] == "Completed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(done["output"], "acme's own", "{done:#}");
+    let (status, child) = call(
+        &legato,
+        ACME,
+        "GET",
+        "/api/v1/instances/fam-1::kid.a1",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (&child["tenant"], &child["parent"]["id"]),
+        (&json!("acme"), &json!("fam-1"))
+    );
+    let (status, _) = call(
+        &legato,
+        BETA,
+        "GET",
+        "/api/v1/instances/fam-1::kid.a1",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "beta sees acme's child");
+}

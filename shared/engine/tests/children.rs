@@ -317,3 +317,45 @@ steps:
     );
     assert!(starts(&decision.commands).is_empty());
 }
+
+#[test]
+fn a_failing_parent_terminates_its_other_running_children_before_it_rolls_back() {
+    let yaml = r#"
+name: fan
+version: 1
+steps:
+  - id: first
+    agent: echo
+    compensate: { agent: echo, input: { undo: true } }
+  - id: each
+    needs: [first]
+    for_each: ${{ [1, 2, 3] }}
+    workflow: part
+"#;
+    let mut h = Harness::start(yaml, json!({}));
+    h.take();
+    h.complete(key("first", None), 1, json!("done"));
+    let children = starts(&h.take());
+    assert_eq!(children.len(), 3);
+    // Item 1's child failed for good: the others are terminated, and the
+    // completed step is compensated.
+    let at = h.now;
+    h.send(Event::TaskFailed {
+        at,
+        key: key("each", Some(1)),
+        attempt: 1,
+        error: TaskError {
+            message: "child workflow inst-1::each.1.a1 failed: no".into(),
+            retryable: true,
+        },
+    });
+    let commands = h.take();
+    assert_eq!(
+        terminated(&commands),
+        ["inst-1::each.0.a1", "inst-1::each.2.a1"]
+    );
+    let compensating = commands
+        .iter()
+        .any(|c| matches!(c, Command::DispatchTask(t) if t.key.role == TaskRole::Compensation));
+    assert!(compensating, "{commands:?}");
+}
