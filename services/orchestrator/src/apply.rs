@@ -23,9 +23,10 @@ use time::OffsetDateTime;
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
-use crate::agents::{AgentDirectory, Unavailable};
+use crate::agents::AgentDirectory;
+use crate::effects;
 use crate::settings::OrchestratorSettings;
-use crate::{children, effects};
+pub(crate) use answers::{Applied, ApplyError};
 
 /// Most messages one commit takes for an instance; more wait for the next.
 /// Keeps a commit well inside Table Storage's 100 operations per batch.
@@ -54,54 +55,6 @@ pub(crate) enum Input {
         id: String,
         version: u32,
     },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Applied {
-    Accepted,
-    Ignored(String),
-}
-
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum ApplyError {
-    /// Worth retrying later (conflicts kept losing, store unavailable).
-    #[error("transient: {0}")]
-    Transient(StoreError),
-    /// The message can never be applied; dead-letter it with this reason.
-    #[error("{0}")]
-    Rejected(String),
-}
-
-impl ApplyError {
-    /// The same error for another message of the batch it failed.
-    fn again(&self) -> Self {
-        match self {
-            Self::Rejected(reason) => Self::Rejected(reason.clone()),
-            Self::Transient(e) => Self::Transient(match e {
-                StoreError::Conflict(m) => StoreError::Conflict(m.clone()),
-                StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-                other => StoreError::Unavailable(other.to_string()),
-            }),
-        }
-    }
-
-    fn is_conflict(&self) -> bool {
-        matches!(self, Self::Transient(StoreError::Conflict(_)))
-    }
-
-    /// The store did not answer (as against losing races).
-    pub(crate) fn store_unavailable(&self) -> bool {
-        matches!(self, Self::Transient(StoreError::Unavailable(_)))
-    }
-}
-
-impl From<StoreError> for ApplyError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Conflict(_) | StoreError::Unavailable(_) => Self::Transient(e),
-            other => Self::Rejected(other.to_string()),
-        }
-    }
 }
 
 pub(crate) struct Applier {
@@ -548,81 +501,6 @@ impl Applier {
         }))
     }
 
-    /// Fails the tasks the last decision dispatched to agents that are not
-    /// registered (or not for this instance's tenant), and the child runs
-    /// it started of workflows that are not (or whose input does not fit
-    /// them), as further steps of the batch: a task no worker can take
-    /// fails its step with the reason, and is never sent; a child run's
-    /// definition is pinned here. Returns how many steps it added.
-    async fn unroutable(
-        &self,
-        id: &InstanceId,
-        steps: &mut Vec<(Event, legato_engine::Decision)>,
-    ) -> Result<usize, ApplyError> {
-        let mut added = 0;
-        let mut next = steps.len().saturating_sub(1);
-        // A failure may dispatch more (a compensation, the next item), so
-        // each added step is looked at in turn; a definition's steps bound
-        // how many there can be.
-        while next < steps.len() && added < MAX_UNROUTABLE {
-            let mut missing = Vec::new();
-            for command in &mut steps[next].1.commands {
-                match command {
-                    legato_engine::Command::DispatchTask(task) => {
-                        if let Err(Unavailable(message)) =
-                            self.agents.check(&*self.store, id, &task.agent).await?
-                        {
-                            missing.push((task.key.clone(), task.attempt, message));
-                        }
-                    }
-                    legato_engine::Command::StartChild(start) => {
-                        if let Err(message) =
-                            children::resolve(&*self.store, &self.definitions, start).await?
-                        {
-                            missing.push((start.parent.key.clone(), start.parent.attempt, message));
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            steps[next].1.commands.retain(|c| {
-                let sent = match c {
-                    legato_engine::Command::DispatchTask(t) => Some((&t.key, t.attempt)),
-                    legato_engine::Command::StartChild(s) => {
-                        Some((&s.parent.key, s.parent.attempt))
-                    }
-                    _ => None,
-                };
-                !sent.is_some_and(|(key, attempt)| {
-                    missing.iter().any(|(k, a, _)| k == key && *a == attempt)
-                })
-            });
-            let at = steps[next].0.at();
-            next += 1;
-            for (key, attempt, message) in missing {
-                let failed = Event::TaskFailed {
-                    at,
-                    key,
-                    attempt,
-                    error: legato_contracts::TaskError {
-                        message,
-                        retryable: false,
-                    },
-                };
-                let state = match steps.last() {
-                    Some((_, d)) => &d.state,
-                    None => break,
-                };
-                let decision = decide(state, &failed);
-                if decision.applied() {
-                    steps.push((failed, decision));
-                    added += 1;
-                }
-            }
-        }
-        Ok(added)
-    }
-
     /// The engine event `input` stands for on `state`, or what becomes of
     /// it without one.
     async fn event_for(
@@ -679,87 +557,6 @@ impl Applier {
     }
 }
 
-impl Applier {
-    /// A child run's start finds no record of it: the first start of the
-    /// child, which it creates, if its parent still waits for that attempt.
-    /// Otherwise the answers for the batch: a start its parent no longer
-    /// waits for (the attempt ended, the parent was purged) is let go.
-    async fn adopt(
-        &self,
-        id: &InstanceId,
-        inputs: &[&Input],
-    ) -> Result<Result<Known, Vec<Result<Applied, ApplyError>>>, ApplyError> {
-        let child_start = inputs.iter().find_map(|input| match input {
-            Input::Start {
-                at,
-                start:
-                    start @ StartInstance {
-                        parent: Some(parent),
-                        ..
-                    },
-            } => Some((*at, start, parent)),
-            _ => None,
-        });
-        let Some((at, start, parent)) = child_start else {
-            return Ok(Err(inputs.iter().map(|input| missing(id, input)).collect()));
-        };
-        let waits = match self.store.load(&parent.instance).await? {
-            Some(stored) => state_of(&stored.record)?.runs_attempt(&parent.key, parent.attempt),
-            None => false,
-        };
-        if !waits {
-            let reason = format!(
-                "parent {} no longer waits for task {} attempt {}",
-                parent.instance, parent.key, parent.attempt
-            );
-            return Ok(Err(inputs
-                .iter()
-                .map(|_| Ok(Applied::Ignored(reason.clone())))
-                .collect()));
-        }
-        let mut state = InstanceState::new(id.clone());
-        state.input = start.input.clone();
-        state.tenant = start.tenant.clone();
-        state.created_at = Some(at);
-        state.updated_at = Some(at);
-        Ok(Ok(Known {
-            state,
-            pinned: (start.workflow.clone(), start.version),
-            version: None,
-            in_parts: false,
-        }))
-    }
-
-    /// A start of an instance that started before: ignored, but a child
-    /// run that ended tells its parent again how it ended (after a restart
-    /// of `legato up`, whose bus forgets, the parent asks again).
-    async fn started_again(&self, state: &InstanceState, start: &StartInstance) -> Applied {
-        let ended = legato_engine::result_of(state)
-            .filter(|_| start.parent.is_some() && start.parent == state.parent);
-        if let (Some(result), Some(parent)) = (ended, state.parent.clone()) {
-            let report = legato_engine::Command::ReportToParent { parent, result };
-            let row = children::message(&report).and_then(|message| {
-                let (subject, payload) = message.ok_or_else(|| {
-                    StoreError::Corrupt("a report to a parent sends no message".into())
-                })?;
-                effects::outbox_row(&subject, OffsetDateTime::now_utc(), payload, None)
-            });
-            match row {
-                Ok(row) => {
-                    if let Err(e) = self.relay.send(&[row]).await {
-                        tracing::warn!(instance = %state.id, "could not tell the parent again how the child ended: {e}");
-                    }
-                    return Applied::Ignored(
-                        "already started; its end told to its parent again".into(),
-                    );
-                }
-                Err(e) => tracing::warn!(instance = %state.id, "no report for the parent: {e}"),
-            }
-        }
-        Applied::Ignored("already started".into())
-    }
-}
-
 /// Why an input for an instance with no record cannot be applied.
 fn missing(id: &InstanceId, input: &Input) -> Result<Applied, ApplyError> {
     match input {
@@ -804,5 +601,8 @@ fn new_run() -> u64 {
     (uuid::Uuid::new_v4().as_u64_pair().0 >> 11).max(1)
 }
 
+mod adopt;
+mod answers;
+mod sends;
 #[cfg(test)]
 mod tests;

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::decide::Ctx;
 use crate::state::TaskSlot;
-use crate::{ChildResult, ChildStart, Command, InstanceState, TimerKey, tasks};
+use crate::{ChildResult, ChildStart, Command, InstanceState, tasks};
 
 /// How many parents a child may have above it: deep enough for a coder
 /// whose fix step is itself a workflow, shallow enough that a workflow
@@ -80,15 +80,7 @@ pub(crate) fn start(
     };
     let workflow = start.workflow.name.clone();
     ctx.commands.push(Command::StartChild(start));
-    if let Some(deadline) = deadline {
-        ctx.schedule(
-            TimerKey::AttemptTimeout {
-                key: key.clone(),
-                attempt,
-            },
-            deadline,
-        );
-    }
+    tasks::watch_deadline(ctx, key, attempt, deadline);
     ctx.progress(ProgressKind::StepStarted)
         .step(&key.step)
         .item(key.item)

@@ -580,6 +580,35 @@ impl InstanceState {
         }
     }
 
+    /// Every running attempt: its step, task key and slot (action tasks
+    /// and compensations).
+    fn running_slots(&self) -> Vec<(&legato_workflow::Step, TaskKey, &TaskSlot)> {
+        let Some(workflow) = self.workflow.as_ref() else {
+            return Vec::new();
+        };
+        let mut running = Vec::new();
+        for step in workflow.all_steps() {
+            let Some(state) = self.steps.get(&step.id) else {
+                continue;
+            };
+            let actions = state
+                .tasks
+                .iter()
+                .enumerate()
+                .map(|(i, slot)| (&**slot, crate::tasks::item_of(step, i), TaskRole::Action));
+            let compensation = state
+                .compensation
+                .iter()
+                .map(|slot| (slot, None, TaskRole::Compensation));
+            for (slot, item, role) in actions.chain(compensation) {
+                if slot.status == SlotStatus::Running {
+                    running.push((step, self.task_key(step.id.clone(), item, role), slot));
+                }
+            }
+        }
+        running
+    }
+
     /// The attempts dispatched and not yet answered, as they were sent.
     /// After a restart on a bus that does not keep messages (`legato up`),
     /// sending them again is a redelivery of the same attempts, never new
@@ -589,41 +618,23 @@ impl InstanceState {
         let Some(workflow) = self.workflow.as_ref() else {
             return Vec::new();
         };
-        let mut running = Vec::new();
-        for step in workflow.all_steps() {
-            let Some(state) = self.steps.get(&step.id) else {
-                continue;
-            };
-            let actions = state.tasks.iter().enumerate().map(|(i, slot)| {
-                (
-                    &**slot,
-                    crate::tasks::item_of(step, i),
-                    legato_contracts::TaskRole::Action,
-                )
-            });
-            let compensation = state
-                .compensation
-                .iter()
-                .map(|slot| (slot, None, legato_contracts::TaskRole::Compensation));
-            for (slot, item, role) in actions.chain(compensation) {
-                if slot.status == SlotStatus::Running
-                    && let Some(agent) = &slot.agent
-                {
-                    running.push(legato_contracts::TaskDispatched {
-                        key: self.task_key(step.id.clone(), item, role),
-                        attempt: slot.attempt,
-                        agent: agent.clone(),
-                        workflow: workflow.name.clone(),
-                        input: slot.input.clone(),
-                        deadline: None,
-                        heartbeat_timeout_ms: (role == legato_contracts::TaskRole::Action)
-                            .then_some(step.heartbeat_timeout_ms)
-                            .flatten(),
-                    });
-                }
-            }
-        }
-        running
+        self.running_slots()
+            .into_iter()
+            .filter_map(|(step, key, slot)| {
+                let heartbeat_timeout_ms = (key.role == TaskRole::Action)
+                    .then_some(step.heartbeat_timeout_ms)
+                    .flatten();
+                Some(legato_contracts::TaskDispatched {
+                    key,
+                    attempt: slot.attempt,
+                    agent: slot.agent.clone()?,
+                    workflow: workflow.name.clone(),
+                    input: slot.input.clone(),
+                    deadline: None,
+                    heartbeat_timeout_ms,
+                })
+            })
+            .collect()
     }
 
     /// Whether `attempt` is the current, running attempt of the task `key`
@@ -636,27 +647,10 @@ impl InstanceState {
     /// they were asked for: for a bus that forgets on restart, asking
     /// again starts each once (or has its end reported again).
     pub fn running_children(&self) -> Vec<crate::ChildStart> {
-        let Some(workflow) = self.workflow.as_ref() else {
-            return Vec::new();
-        };
-        let mut running = Vec::new();
-        for step in workflow.all_steps() {
-            let Some(state) = self.steps.get(&step.id) else {
-                continue;
-            };
-            for (i, slot) in state.tasks.iter().enumerate() {
-                if slot.status != SlotStatus::Running {
-                    continue;
-                }
-                let key = self.task_key(
-                    step.id.clone(),
-                    crate::tasks::item_of(step, i),
-                    TaskRole::Action,
-                );
-                running.extend(crate::children::start_of(self, &key, Some(slot)));
-            }
-        }
-        running
+        self.running_slots()
+            .into_iter()
+            .filter_map(|(_, key, slot)| crate::children::start_of(self, &key, Some(slot)))
+            .collect()
     }
 
     /// Steps currently waiting for the named external event.

@@ -87,15 +87,7 @@ pub(crate) fn dispatch(ctx: &mut Ctx, key: &TaskKey, timeout_ms: Option<u64>) {
         };
         ctx.schedule(check, ctx.at_plus(lease));
     }
-    if let Some(deadline) = deadline {
-        ctx.schedule(
-            TimerKey::AttemptTimeout {
-                key: key.clone(),
-                attempt,
-            },
-            deadline,
-        );
-    }
+    watch_deadline(ctx, key, attempt, deadline);
     let kind = match key.role {
         TaskRole::Action => ProgressKind::StepStarted,
         TaskRole::Compensation => ProgressKind::Compensating,
@@ -105,6 +97,24 @@ pub(crate) fn dispatch(ctx: &mut Ctx, key: &TaskKey, timeout_ms: Option<u64>) {
         .item(key.item)
         .attempt(attempt)
         .data(json!({ "agent": agent }));
+}
+
+/// Schedules the timeout of an attempt that has one.
+pub(crate) fn watch_deadline(
+    ctx: &mut Ctx,
+    key: &TaskKey,
+    attempt: u32,
+    deadline: Option<time::OffsetDateTime>,
+) {
+    if let Some(deadline) = deadline {
+        ctx.schedule(
+            TimerKey::AttemptTimeout {
+                key: key.clone(),
+                attempt,
+            },
+            deadline,
+        );
+    }
 }
 
 /// Accepts a result only for the task's current running attempt.

@@ -87,10 +87,15 @@ pub struct BenchOptions {
     /// late in the run should cost what one early does).
     #[arg(long, conflicts_with = "fan_out", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
     pub iterations: Option<usize>,
+    /// Instead of the throughput run: one instance of a `for_each` over N
+    /// items, each run as a child workflow of one echo step (100 at a
+    /// time), reported the same way with the time per child run.
+    #[arg(long, conflicts_with_all = ["fan_out", "sequence", "iterations"])]
+    pub children: Option<usize>,
     /// Instead of the throughput run: write N schedules to the store
     /// (`--store`), a few of them due, and report what a poll for the due
     /// ones costs (store requests and milliseconds per poll).
-    #[arg(long, conflicts_with_all = ["fan_out", "sequence", "iterations"])]
+    #[arg(long, conflicts_with_all = ["fan_out", "sequence", "iterations", "children"])]
     pub schedules: Option<usize>,
     /// Also run the workflow on a `pull` agent (workers over HTTP) or a
     /// `push` agent (an endpoint legato POSTs to) after the built-in run,
@@ -267,7 +272,13 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         }
     };
     let client = reqwest::Client::new();
-    if let Some(shape) = scale::Shape::of(options.fan_out, options.sequence, options.iterations) {
+    let shape = scale::Shape::of(
+        options.fan_out,
+        options.sequence,
+        options.iterations,
+        options.children,
+    );
+    if let Some(shape) = shape {
         let result = scale::run(&client, &base, shape).await;
         if let Some(stack) = stack {
             stack.shutdown().trigger();

@@ -1,5 +1,6 @@
-//! `legato bench --fan-out N` / `--sequence N` / `--iterations N`: one
-//! large instance (a wide fan-out, a long chain, a long-running loop), to
+//! `legato bench --fan-out N` / `--sequence N` / `--iterations N` /
+//! `--children N`: one large instance (a wide fan-out, a long chain, a
+//! long-running loop, a fan-out of child workflows), to
 //! see whether an event costs more as an instance grows. Prints the run's time,
 //! the mean time between committed events over the first and the last
 //! tenth of its history, and the process's peak resident memory (the
@@ -12,6 +13,8 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 const NAME: &str = "bench-scale";
+/// The workflow each child of `--children` runs.
+const CHILD: &str = "bench-child";
 /// The longest a single scale run may take.
 const LIMIT: Duration = Duration::from_secs(30 * 60);
 
@@ -24,6 +27,8 @@ pub enum Shape {
     Sequence(usize),
     /// A loop of N iterations of two echo steps (write, then review).
     Loop(usize),
+    /// A `for_each` over N items, each a child workflow of one echo step.
+    Children(usize),
 }
 
 impl Shape {
@@ -32,11 +37,13 @@ impl Shape {
         fan_out: Option<usize>,
         sequence: Option<usize>,
         iterations: Option<usize>,
+        children: Option<usize>,
     ) -> Option<Self> {
         fan_out
             .map(Self::FanOut)
             .or(sequence.map(Self::Sequence))
             .or(iterations.map(Self::Loop))
+            .or(children.map(Self::Children))
     }
 
     fn describe(self) -> String {
@@ -44,13 +51,27 @@ impl Shape {
             Self::FanOut(n) => format!("for_each over {n} echo tasks"),
             Self::Sequence(n) => format!("sequence of {n} echo tasks"),
             Self::Loop(n) => format!("loop of {n} iterations of 2 echo tasks"),
+            Self::Children(n) => format!("for_each over {n} child workflows of 1 echo task"),
         }
+    }
+
+    /// What must be registered before the definition: the children's.
+    fn children_definition(self) -> Option<Value> {
+        matches!(self, Self::Children(_)).then(|| {
+            json!({"name": CHILD, "version": 1, "steps": [
+                {"id": "work", "agent": "echo", "input": {"value": "${{ input.value }}"}}
+            ], "output": "${{ steps.work.output.value }}"})
+        })
     }
 
     fn definition(self) -> Value {
         match self {
             Self::FanOut(_) => json!({"name": NAME, "version": 1, "steps": [
                 {"id": "each", "for_each": "${{ input.items }}", "agent": "echo",
+                 "input": {"value": "${{ item }}"}, "max_parallel": 100}
+            ]}),
+            Self::Children(_) => json!({"name": NAME, "version": 1, "steps": [
+                {"id": "each", "for_each": "${{ input.items }}", "workflow": CHILD,
                  "input": {"value": "${{ item }}"}, "max_parallel": 100}
             ]}),
             Self::Sequence(n) => {
@@ -84,7 +105,7 @@ impl Shape {
 
     fn input(self) -> Value {
         match self {
-            Self::FanOut(n) => json!({"items": (0..n).collect::<Vec<_>>()}),
+            Self::FanOut(n) | Self::Children(n) => json!({"items": (0..n).collect::<Vec<_>>()}),
             Self::Sequence(_) => json!({}),
             Self::Loop(n) => json!({"rounds": n}),
         }
@@ -92,12 +113,23 @@ impl Shape {
 }
 
 pub async fn run(client: &reqwest::Client, base: &str, shape: Shape) -> anyhow::Result<()> {
-    let put = client
-        .put(format!("{base}/api/v1/workflows/{NAME}"))
-        .json(&shape.definition())
-        .send()
-        .await?;
-    anyhow::ensure!(put.status().is_success(), "registering: {}", put.status());
+    for definition in shape
+        .children_definition()
+        .into_iter()
+        .chain([shape.definition()])
+    {
+        let name = definition["name"].as_str().unwrap_or_default().to_owned();
+        let put = client
+            .put(format!("{base}/api/v1/workflows/{name}"))
+            .json(&definition)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            put.status().is_success(),
+            "registering {name}: {}",
+            put.status()
+        );
+    }
     let input = shape.input();
     let began = Instant::now();
     let started: Value = client
@@ -132,11 +164,16 @@ pub async fn run(client: &reqwest::Client, base: &str, shape: Shape) -> anyhow::
         shape.describe(),
         elapsed.as_secs_f64()
     );
-    if let Shape::Loop(n) = shape {
-        println!(
+    match shape {
+        Shape::Loop(n) => println!(
             "  loop:     {:.3} ms per iteration (start to end over {n})",
             elapsed.as_secs_f64() * 1000.0 / n.max(1) as f64
-        );
+        ),
+        Shape::Children(n) => println!(
+            "  children: {:.3} ms per child run (start to end over {n}, 100 at a time)",
+            elapsed.as_secs_f64() * 1000.0 / n.max(1) as f64
+        ),
+        Shape::FanOut(_) | Shape::Sequence(_) => {}
     }
     println!(
         "  events:   {} committed; mean gap between events {:.2} ms over the first tenth, {:.2} ms over the last",
