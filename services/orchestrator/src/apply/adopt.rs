@@ -1,7 +1,7 @@
 //! Child runs as the applier meets them: a child's first start creates
 //! it, and a start of a child that already ended reports its end again.
 
-use legato_contracts::{InstanceId, StartInstance};
+use legato_contracts::{InstanceId, ParentLink, StartInstance};
 use legato_engine::InstanceState;
 use legato_service::records::state_of;
 use legato_store::StoreError;
@@ -34,10 +34,11 @@ impl Applier {
         let Some((at, start, parent)) = child_start else {
             return Ok(Err(inputs.iter().map(|input| missing(id, input)).collect()));
         };
-        let waits = match self.store.load(&parent.instance).await? {
-            Some(stored) => state_of(&stored.record)?.runs_attempt(&parent.key, parent.attempt),
-            None => false,
-        };
+        let waits = self.remembers_attempt(parent)
+            || match self.store.load(&parent.instance).await? {
+                Some(stored) => state_of(&stored.record)?.runs_attempt(&parent.key, parent.attempt),
+                None => false,
+            };
         if !waits {
             let reason = format!(
                 "parent {} no longer waits for task {} attempt {}",
@@ -59,6 +60,20 @@ impl Applier {
             version: None,
             in_parts: false,
         }))
+    }
+
+    /// Whether the parent as this process last committed it runs the
+    /// attempt: then it still does or did lately, and a child started for
+    /// it is at worst one whose result is ignored. Only a yes is trusted
+    /// (another replica may have moved the parent on since): a no is read
+    /// again from the store. Spares a load of the whole parent (a fan-out
+    /// of a thousand children) for each child.
+    fn remembers_attempt(&self, parent: &ParentLink) -> bool {
+        self.remembered.lock().is_ok_and(|remembered| {
+            remembered
+                .get(&parent.instance)
+                .is_some_and(|known| known.state.runs_attempt(&parent.key, parent.attempt))
+        })
     }
 
     /// A start of an instance that started before: ignored, but a child
