@@ -567,11 +567,13 @@ fn missing(id: &InstanceId, input: &Input) -> Result<Applied, ApplyError> {
         Input::Start { .. } => Err(ApplyError::Rejected(format!(
             "instance {id} does not exist (purged, or its start was never accepted)"
         ))),
-        // A parent stopping a child whose start it has not taken up yet
-        // (that start is then let go, see `Applier::adopt`).
-        Input::Event(Event::TerminateRequested { .. }) if id.is_child() => Ok(Applied::Ignored(
-            format!("child {id} does not exist: nothing to terminate"),
-        )),
+        // A parent stopping a child whose start was not taken up yet (that
+        // start is then let go, see `Applier::adopt`), or a late result of
+        // work a child purged with its parent had under way: stale, not
+        // poison.
+        Input::Event(_) if id.is_child() => Ok(Applied::Ignored(format!(
+            "child {id} does not exist (not taken up yet, or purged with its parent)"
+        ))),
         Input::Event(_) | Input::RedriveOnto { .. } => Err(ApplyError::Rejected(format!(
             "instance {id} does not exist"
         ))),

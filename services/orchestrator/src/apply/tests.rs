@@ -446,3 +446,118 @@ async fn a_task_for_a_missing_agent_fails_its_step_naming_it() {
         }
     }
 }
+
+/// A child's start is taken up only while its parent waits for that
+/// attempt: one for a parent that is gone, or for an attempt it no longer
+/// runs, is let go without creating the child; messages for a child that
+/// does not exist (purged with its parent) are stale, not poison.
+#[tokio::test]
+async fn a_childs_start_is_taken_up_only_while_its_parent_waits_for_it() {
+    let (store, applier) = applier_on_memory().await;
+    let parent = started_fan_out(&store, &applier).await;
+    let key = parent.task_key(
+        legato_contracts::StepId::parse("a").unwrap(),
+        None,
+        legato_contracts::TaskRole::Action,
+    );
+    let start = |instance: &str, attempt: u32| Input::Start {
+        at: OffsetDateTime::now_utc(),
+        start: StartInstance {
+            workflow: WorkflowName::parse("anything").unwrap(),
+            version: 1,
+            input: serde_json::json!({}),
+            tenant: None,
+            parent: Some(legato_contracts::ParentLink {
+                instance: InstanceId::parse(instance).unwrap(),
+                key: key.clone(),
+                attempt,
+                depth: 1,
+            }),
+        },
+    };
+    for (instance, attempt, why) in [
+        ("gone", 1, "parent gone no longer waits"),
+        (parent.id.as_str(), 7, "no longer waits for task"),
+    ] {
+        let child = InstanceId::parse(format!("{instance}::a.a{attempt}")).unwrap();
+        let answer = applier.apply(&child, &start(instance, attempt), None).await;
+        assert!(
+            matches!(&answer, Ok(Applied::Ignored(reason)) if reason.contains(why)),
+            "{answer:?}"
+        );
+        assert!(store.load(&child).await.unwrap().is_none());
+    }
+    let purged = InstanceId::parse(format!("{}::a.a1", parent.id)).unwrap();
+    let late = Input::Event(Event::TaskCompleted {
+        at: OffsetDateTime::now_utc(),
+        key,
+        attempt: 1,
+        output: serde_json::json!(1),
+        custom_status: None,
+    });
+    let answer = applier.apply(&purged, &late, None).await;
+    assert!(matches!(answer, Ok(Applied::Ignored(_))), "{answer:?}");
+}
+
+/// The first start of a child creates it (its parent waits for it); when
+/// it ends, a start of it again (after `legato up` restarted and asked
+/// for its running children) tells the parent again how it ended.
+#[tokio::test]
+async fn a_child_is_created_by_its_start_and_an_ended_one_reports_again() {
+    let (store, applier) = applier_on_memory().await;
+    let parent = started_fan_out(&store, &applier).await;
+    let key = parent.task_key(
+        legato_contracts::StepId::parse("a").unwrap(),
+        None,
+        legato_contracts::TaskRole::Action,
+    );
+    let kid = WorkflowName::parse("kid").unwrap();
+    store
+        .put_definition(&legato_store::DefinitionRecord {
+            name: kid.clone(),
+            version: 1,
+            hash: "k".into(),
+            body: serde_json::json!({"name": "kid", "version": 1,
+                "steps": [{"id": "work", "agent": "echo", "input": {}}]}),
+            registered_at: OffsetDateTime::now_utc(),
+        })
+        .await
+        .unwrap();
+    let child = InstanceId::parse(format!("{}::a.a1", parent.id)).unwrap();
+    let start = Input::Start {
+        at: OffsetDateTime::now_utc(),
+        start: StartInstance {
+            workflow: kid,
+            version: 1,
+            input: serde_json::json!({}),
+            tenant: None,
+            parent: Some(legato_contracts::ParentLink {
+                instance: parent.id.clone(),
+                key,
+                attempt: 1,
+                depth: 1,
+            }),
+        },
+    };
+    assert_eq!(
+        applier.apply(&child, &start, None).await.unwrap(),
+        Applied::Accepted
+    );
+    let running = state_of(&store.load(&child).await.unwrap().unwrap().record).unwrap();
+    assert_eq!(running.status, RuntimeStatus::Running);
+    assert_eq!(running.parent.as_ref().map(|p| p.depth), Some(1));
+    let again = applier.apply(&child, &start, None).await.unwrap();
+    assert_eq!(again, Applied::Ignored("already started".into()));
+    assert_eq!(
+        applier
+            .apply(&child, &completed(&running, "work"), None)
+            .await
+            .unwrap(),
+        Applied::Accepted
+    );
+    let again = applier.apply(&child, &start, None).await.unwrap();
+    assert!(
+        matches!(&again, Applied::Ignored(why) if why.contains("told to its parent again")),
+        "{again:?}"
+    );
+}
