@@ -90,8 +90,18 @@ impl Rng {
     }
 }
 
+fn echo(id: &str, needs: &[&str], input: Value) -> Value {
+    json!({"id": id, "needs": needs, "agent": "echo", "input": input})
+}
+
+/// What each soak instance runs as a child workflow.
+fn child_workflow() -> Value {
+    json!({"name": "soak-child", "version": 1, "steps": [
+        echo("inner", &[], json!({"value": "${{ input.value }}", "sleep_ms": "${{ input.ms }}"})),
+    ], "output": "${{ steps.inner.output.value }}"})
+}
+
 fn workflow() -> Value {
-    let echo = |id: &str, needs: &[&str], input: Value| json!({"id": id, "needs": needs, "agent": "echo", "input": input});
     json!({"name": "soak", "version": 1, "steps": [
         echo("a", &[], json!({"value": 1, "sleep_ms": "${{ input.ms }}"})),
         echo("b", &[], json!({"value": 2, "sleep_ms": "${{ input.ms }}"})),
@@ -114,7 +124,10 @@ fn workflow() -> Value {
             echo("quick", &[], json!({"value": "quick", "sleep_ms": "${{ input.ms }}"})),
             echo("slow", &[], json!({"value": "slow", "sleep_ms": "${{ input.ms * 4 + 500 }}"})),
         ]}},
-        echo("join", &["pick"], json!({"value": "${{ steps.a.output.value + steps.b.output.value }}"})),
+        // A child workflow run, its own instance under the faults.
+        {"id": "kid", "needs": ["a"], "workflow": "soak-child",
+         "input": {"value": 3, "ms": "${{ input.ms }}"}},
+        echo("join", &["pick", "kid"], json!({"value": "${{ steps.a.output.value + steps.b.output.value + steps.kid.output - 3 }}"})),
     ], "output": "${{ steps.join.output.value }}"})
 }
 
@@ -284,6 +297,12 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<std::process::ExitCode
     let limit = Duration::from_secs(options.limit_s);
     let mut rng = Rng(seed);
     let mut soak = Soak::start(&options, seed).context("starting the stack")?;
+    soak.send(
+        reqwest::Method::PUT,
+        "/api/v1/workflows/soak-child",
+        &child_workflow(),
+    )
+    .await?;
     soak.send(reqwest::Method::PUT, "/api/v1/workflows/soak", &workflow())
         .await?;
     let kinds: Vec<Fault> = [

@@ -10,8 +10,8 @@ use serde_json::Value;
 use super::Soak;
 
 /// Tasks an instance of the soak workflow runs: a, b, three items, two
-/// rounds of a loop's two steps, one race's winner, join.
-const TASKS: usize = 11;
+/// rounds of a loop's two steps, one race's winner, the child run, join.
+const TASKS: usize = 12;
 /// How long dead letters are looked for after the last instance finished
 /// (the keeper parks what reaches a dead-letter queue within moments).
 const DEAD_LETTER_SETTLE: Duration = Duration::from_secs(5);
@@ -66,6 +66,21 @@ pub(super) async fn check(soak: &Soak, ids: &[String], limit: Duration) -> Verdi
     for id in ids {
         match finished(soak, id, deadline).await {
             Ok(status) => judge(&mut verdict, id, &status),
+            Err(problem) => verdict.problems.push(problem),
+        }
+        // Its child run: started once, its one task's result recorded once.
+        let child = format!("{id}::kid.a1");
+        match finished(soak, &child, deadline).await {
+            Ok(status) => {
+                let results = task_results(&status);
+                if status["runtimeStatus"] != "Completed" || results.len() != 1 {
+                    verdict.problems.push(format!(
+                        "{child} ended {} with {} task results",
+                        status["runtimeStatus"],
+                        results.len()
+                    ));
+                }
+            }
             Err(problem) => verdict.problems.push(problem),
         }
     }
@@ -155,13 +170,7 @@ fn judge(verdict: &mut Verdict, id: &str, status: &Value) {
         return;
     }
     verdict.completed += 1;
-    let results: Vec<String> = status["history"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|row| row["event"]["type"] == "task_completed")
-        .map(|row| row["event"]["key"].to_string())
-        .collect();
+    let results = task_results(status);
     let distinct: BTreeSet<&String> = results.iter().collect();
     if results.len() == TASKS && distinct.len() == TASKS {
         verdict.results_once += TASKS;
@@ -173,4 +182,15 @@ fn judge(verdict: &mut Verdict, id: &str, status: &Value) {
             distinct.len()
         ));
     }
+}
+
+/// The task results an instance recorded, by task key.
+fn task_results(status: &Value) -> Vec<String> {
+    status["history"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|row| row["event"]["type"] == "task_completed")
+        .map(|row| row["event"]["key"].to_string())
+        .collect()
 }
