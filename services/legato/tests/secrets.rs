@@ -193,11 +193,13 @@ fn settings_debug_output_shows_no_secret() {
             endpoint: None,
             client_id: None,
             table_prefix: "legato".into(),
+            request_timeout_ms: 10_000,
         }),
         bus: BusSettings::Rabbitmq {
             url: "amqp://legato:rabbit-password-123@broker:5672/%2f".into(),
             prefix: "legato.".into(),
             queue_expiry_ms: 0,
+            timeout_ms: 15_000,
         },
         ..legato::LegatoConfig::default()
     };

@@ -34,7 +34,7 @@ use legato_contracts::{DecodeError, Envelope, Topic};
 
 pub use in_process::InProcessBus;
 pub use pattern::matches as routing_key_matches;
-pub use rabbitmq::{EPHEMERAL_DEAD_LETTERS, RabbitMqBus, RabbitMqOptions};
+pub use rabbitmq::{DEFAULT_BROKER_TIMEOUT, EPHEMERAL_DEAD_LETTERS, RabbitMqBus, RabbitMqOptions};
 pub use servicebus::{
     PlannedSubscription, RuleFilter, ServiceBusAuth, ServiceBusBus, ServiceBusConnection,
     ServiceBusEntities, ServiceBusOperations, ServiceBusOptions, SubscriptionSettings,

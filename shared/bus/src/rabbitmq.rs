@@ -48,10 +48,8 @@ use crate::{
 /// How long a publish keeps trying (on a new connection, while the broker
 /// restarts) before it reports the bus unavailable.
 const PUBLISH_PATIENCE: Duration = Duration::from_secs(30);
-/// A confirm that has not come by then is taken as lost (a connection can
-/// fail between publish and confirm) and the message is sent again;
-/// consumers deduplicate by message id.
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
+/// [`RabbitMqOptions::timeout`] unless set.
+pub const DEFAULT_BROKER_TIMEOUT: Duration = Duration::from_secs(15);
 /// A subscription idle this long checks that its consumer still exists on
 /// the broker and opens a new one if a recovery left it without.
 const IDLE_CHECK: Duration = Duration::from_secs(5);
@@ -73,6 +71,13 @@ pub struct RabbitMqOptions {
     /// Delete queues unused for this long (`x-expires`); `None` keeps them.
     /// Tests set it so their unique queues do not pile up on the broker.
     pub queue_expiry: Option<Duration>,
+    /// The longest opening a connection may take, and the wait for a
+    /// publish's confirm (one that has not come by then is taken as lost
+    /// and the message sent again; consumers deduplicate by message id).
+    /// Also the AMQP heartbeat, in seconds, unless the url sets one: a
+    /// connection gone silent (a peer that hangs, a flow a NAT forgot) is
+    /// failed after two missed heartbeats and replaced.
+    pub timeout: Duration,
 }
 
 impl Default for RabbitMqOptions {
@@ -80,6 +85,7 @@ impl Default for RabbitMqOptions {
         Self {
             prefix: "legato.".into(),
             queue_expiry: None,
+            timeout: DEFAULT_BROKER_TIMEOUT,
         }
     }
 }
@@ -128,14 +134,46 @@ impl RabbitMqBus {
         })
     }
 
+    /// A new connection with its publishing channel and the exchanges,
+    /// within [`RabbitMqOptions::timeout`].
     async fn open_link(
+        uri: &str,
+        options: &RabbitMqOptions,
+        generation: u64,
+    ) -> Result<Link, BusError> {
+        tokio::time::timeout(
+            options.timeout,
+            Self::open_link_unbounded(uri, options, generation),
+        )
+        .await
+        .map_err(|_| {
+            BusError::Unavailable(format!(
+                "the broker did not open a connection within {:?}",
+                options.timeout
+            ))
+        })?
+    }
+
+    async fn open_link_unbounded(
         uri: &str,
         options: &RabbitMqOptions,
         generation: u64,
     ) -> Result<Link, BusError> {
         let properties =
             ConnectionProperties::default().with_connection_name(LongString::from("legato"));
-        let connection = Connection::connect(uri, properties)
+        let mut amqp: lapin::uri::AMQPUri = uri
+            .parse()
+            .map_err(|e: String| BusError::Unavailable(format!("the bus url: {e}")))?;
+        // Heartbeats find a connection gone silent, on both sides: the
+        // client fails it (and it is replaced, its consumers opened again),
+        // and the broker closes it and puts back what its consumers held.
+        // Slow answers (a busy broker declaring quorum queues) are not
+        // silence, so nothing else is timed.
+        if amqp.query.heartbeat.is_none() {
+            let seconds = options.timeout.as_secs().clamp(1, u64::from(u16::MAX));
+            amqp.query.heartbeat = Some(u16::try_from(seconds).unwrap_or(u16::MAX));
+        }
+        let connection = Connection::connect_uri(amqp, properties)
             .await
             .map_err(unavailable)?;
         let publisher = connection.create_channel().await.map_err(unavailable)?;
@@ -265,9 +303,12 @@ impl RabbitMqBus {
                     .await?
                     .await
             };
-            let Ok(sent) = tokio::time::timeout(CONFIRM_TIMEOUT, sent).await else {
-                tracing::warn!("no confirm within {CONFIRM_TIMEOUT:?}; publishing again");
-                last_error = Some(format!("no confirm within {CONFIRM_TIMEOUT:?}"));
+            let timeout = self.inner.options.timeout;
+            let Ok(sent) = tokio::time::timeout(timeout, sent).await else {
+                // A busy broker confirms late; a silent connection is
+                // found by its missed heartbeats and then replaced here.
+                tracing::warn!("no confirm within {timeout:?}; publishing again");
+                last_error = Some(format!("no confirm within {timeout:?}"));
                 if !link.publisher.status().connected()
                     && let Ok(new) = self.relink(&link).await
                 {
@@ -423,8 +464,11 @@ impl Bus for RabbitMqBus {
             }
         }
         let mut confirmed = 0;
-        if let Ok(answers) =
-            tokio::time::timeout(CONFIRM_TIMEOUT, futures::future::join_all(confirms)).await
+        if let Ok(answers) = tokio::time::timeout(
+            self.inner.options.timeout,
+            futures::future::join_all(confirms),
+        )
+        .await
         {
             for (answer, routed) in answers.into_iter().zip(&messages) {
                 match answer {

@@ -13,6 +13,7 @@ async fn rabbit() -> RabbitMqBus {
     let options = RabbitMqOptions {
         prefix: format!("test-{}.", uuid::Uuid::new_v4().simple()),
         queue_expiry: Some(Duration::from_secs(60)),
+        ..RabbitMqOptions::default()
     };
     RabbitMqBus::connect(&uri, options)
         .await
@@ -74,6 +75,7 @@ async fn a_consumer_the_broker_dropped_is_opened_again() {
     let options = RabbitMqOptions {
         prefix: prefix.clone(),
         queue_expiry: Some(Duration::from_secs(60)),
+        ..RabbitMqOptions::default()
     };
     let bus = RabbitMqBus::connect(&uri, options).await.unwrap();
     let mut sub = bus

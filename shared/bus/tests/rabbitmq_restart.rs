@@ -28,6 +28,7 @@ async fn a_broker_restart_loses_nothing() {
     let options = RabbitMqOptions {
         prefix: format!("test-{}.", uuid::Uuid::new_v4().simple()),
         queue_expiry: Some(Duration::from_secs(120)),
+        ..RabbitMqOptions::default()
     };
     let bus = RabbitMqBus::connect("amqp://guest:guest@127.0.0.1:5672/%2f", options)
         .await

@@ -280,7 +280,20 @@ pub enum StoreSettings {
         /// Tables are `<prefix>instances`, `<prefix>index`, `<prefix>definitions`.
         #[serde(default = "default_table_prefix")]
         table_prefix: String,
+        /// The longest one request to the table service may take: a
+        /// connection that stops answering fails the request after it
+        /// (and is replaced by the next), instead of holding it forever.
+        #[serde(default = "default_store_request_timeout_ms")]
+        request_timeout_ms: u64,
     },
+}
+
+fn default_broker_timeout_ms() -> u64 {
+    legato_bus::DEFAULT_BROKER_TIMEOUT.as_millis() as u64
+}
+
+fn default_store_request_timeout_ms() -> u64 {
+    legato_store::DEFAULT_REQUEST_TIMEOUT.as_millis() as u64
 }
 
 fn default_table_prefix() -> String {
@@ -313,6 +326,11 @@ pub enum BusSettings {
         /// them. For throwaway environments such as tests.
         #[serde(default)]
         queue_expiry_ms: u64,
+        /// The longest the broker may take to open a connection or
+        /// channel, answer a declaration or confirm a publish: a silent
+        /// connection fails the operation after it and is replaced.
+        #[serde(default = "default_broker_timeout_ms")]
+        timeout_ms: u64,
     },
     /// Azure Service Bus: `LEGATO__BUS__KIND=servicebus` with either
     /// `connection_string` (a shared access policy's) or `namespace` (the
@@ -403,6 +421,7 @@ mod tests {
                 endpoint: None,
                 client_id: None,
                 table_prefix: "legato".into(),
+                request_timeout_ms: 10_000,
             }
         );
         std::fs::write(

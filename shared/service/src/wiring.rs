@@ -20,10 +20,24 @@ pub async fn open_store(settings: &StoreSettings) -> anyhow::Result<Arc<dyn Stor
             }
             Ok(Arc::new(SqliteStore::open_with(path, *durability)?))
         }
-        StoreSettings::AzureTable { table_prefix, .. } => {
+        StoreSettings::AzureTable {
+            table_prefix,
+            request_timeout_ms,
+            ..
+        } => {
             let connection = azure_table_connection(settings)?;
+            // A commit's index entries are repaired when they point at
+            // nothing for a minute: a request must end well within that.
+            if !(1..=30_000).contains(request_timeout_ms) {
+                return Err(SettingsError::invalid(
+                    "store.request_timeout_ms",
+                    "must be from 1 to 30000 (index entries without their commit are repaired after 60 s)",
+                )
+                .into());
+            }
+            let timeout = std::time::Duration::from_millis(*request_timeout_ms);
             // The message names the endpoint, never the key.
-            let store = AzureTableStore::connect(&connection, table_prefix)
+            let store = AzureTableStore::connect_with_timeout(&connection, table_prefix, timeout)
                 .await
                 .map_err(|e| anyhow::anyhow!("store (Azure Table Storage): {e}"))?;
             Ok(Arc::new(store))
@@ -108,11 +122,13 @@ pub async fn open_bus(settings: &BusSettings) -> anyhow::Result<Arc<dyn Bus>> {
             url,
             prefix,
             queue_expiry_ms,
+            timeout_ms,
         } => {
             let options = RabbitMqOptions {
                 prefix: prefix.clone(),
                 queue_expiry: (*queue_expiry_ms > 0)
                     .then(|| std::time::Duration::from_millis(*queue_expiry_ms)),
+                timeout: std::time::Duration::from_millis((*timeout_ms).max(1)),
             };
             let bus = RabbitMqBus::connect(url, options).await.map_err(|e| {
                 anyhow::anyhow!(

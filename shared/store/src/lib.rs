@@ -29,7 +29,8 @@ use time::OffsetDateTime;
 
 pub use agent::{AgentRecord, MAX_AGENTS_LISTED, StoredAgent};
 pub use azure::{
-    ABSENCE_CONFIRMATION, AzureTableConnection, AzureTableStore, INDEX_GRACE, table_requests,
+    ABSENCE_CONFIRMATION, AzureTableConnection, AzureTableStore, DEFAULT_REQUEST_TIMEOUT,
+    INDEX_GRACE, table_requests,
 };
 pub use dead_letter::{DeadLetter, DeadLetterPage, DeadLetterQuery};
 pub use json_text::JsonText;

@@ -227,6 +227,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
             let rabbit = RabbitMqOptions {
                 prefix: format!("bench-{}.", std::process::id()),
                 queue_expiry: Some(Duration::from_secs(60)),
+                ..RabbitMqOptions::default()
             };
             Arc::new(RabbitMqBus::connect(&options.amqp_url, rabbit).await?)
         }
@@ -263,6 +264,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
                     endpoint: None,
                     client_id: None,
                     table_prefix: bench_tables("stack"),
+                    request_timeout_ms: legato_store::DEFAULT_REQUEST_TIMEOUT.as_millis() as u64,
                 });
             }
             let forgetful = options.bus == BusChoice::InProcess;

@@ -179,6 +179,7 @@ pub(crate) async fn bus_of(env: &[(String, String)]) -> Arc<dyn Bus> {
             let options = RabbitMqOptions {
                 prefix,
                 queue_expiry: Some(Duration::from_secs(120)),
+                ..RabbitMqOptions::default()
             };
             let bus = RabbitMqBus::connect("amqp://guest:guest@127.0.0.1:5672/%2f", options);
             Arc::new(bus.await.unwrap())

@@ -115,6 +115,7 @@ async fn poison_commands_are_dead_lettered_with_their_reason() {
         RabbitMqOptions {
             prefix,
             queue_expiry: Some(Duration::from_secs(120)),
+            ..RabbitMqOptions::default()
         },
     )
     .await

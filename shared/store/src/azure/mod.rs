@@ -69,13 +69,15 @@ use record_version::RecordVersion;
 
 /// How long an index entry may point at nothing before a reader removes
 /// it. It must exceed the longest time between writing an entry and its
-/// commit landing, which [`REQUEST_TIMEOUT`] bounds.
+/// commit landing, which the request timeout bounds (10 s by default).
 pub const INDEX_GRACE: Duration = Duration::from_secs(60);
 /// How long an index entry's truth must keep reading as missing before
 /// the entry is removed: longer than a store takes to start or fail over,
 /// during which it may answer "not found" for rows it has.
 pub const ABSENCE_CONFIRMATION: Duration = Duration::from_secs(15 * 60);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest one request may take unless `store.request_timeout_ms`
+/// says otherwise (see [`AzureTableStore::connect_with_timeout`]).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// A process skips re-writing an outbox marker it wrote this recently: the
 /// marker stays young, so no reader can remove it before the commit lands.
 const MARKER_REFRESH: Duration = Duration::from_secs(15);
@@ -135,6 +137,17 @@ impl AzureTableStore {
         connection: &AzureTableConnection,
         table_prefix: &str,
     ) -> Result<Self, StoreError> {
+        Self::connect_with_timeout(connection, table_prefix, DEFAULT_REQUEST_TIMEOUT).await
+    }
+
+    /// As [`AzureTableStore::connect`], each request failing after
+    /// `request_timeout` (a connection that hangs is then dropped, and the
+    /// next request opens another).
+    pub async fn connect_with_timeout(
+        connection: &AzureTableConnection,
+        table_prefix: &str,
+        request_timeout: Duration,
+    ) -> Result<Self, StoreError> {
         if !table_prefix.starts_with(|c: char| c.is_ascii_alphabetic())
             || !table_prefix.chars().all(|c| c.is_ascii_alphanumeric())
             || table_prefix.len() > 40
@@ -144,7 +157,7 @@ impl AzureTableStore {
             )));
         }
         let (location, credentials) = location(connection)?;
-        let transport = legato_azure::Transport::new(Some(REQUEST_TIMEOUT), Some(&TABLE_REQUESTS))
+        let transport = legato_azure::Transport::new(Some(request_timeout), Some(&TABLE_REQUESTS))
             .map_err(|e| StoreError::Unavailable(format!("HTTP client: {e}")))?;
         // Commits are retried by the caller, who reloads first: a blind
         // retry of a batch that did land would report a false conflict.
@@ -627,5 +640,7 @@ impl AzureTableStore {
 
 #[cfg(test)]
 mod blind_store_tests;
+#[cfg(test)]
+mod hung_store_tests;
 #[cfg(test)]
 mod tests;
