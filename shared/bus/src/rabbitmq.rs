@@ -50,6 +50,8 @@ use crate::{
 const PUBLISH_PATIENCE: Duration = Duration::from_secs(30);
 /// [`RabbitMqOptions::timeout`] unless set.
 pub const DEFAULT_BROKER_TIMEOUT: Duration = Duration::from_secs(15);
+/// How many [`RabbitMqOptions::timeout`]s opening a connection may take.
+const CONNECT_TIMEOUTS: u32 = 4;
 /// A subscription idle this long checks that its consumer still exists on
 /// the broker and opens a new one if a recovery left it without.
 const IDLE_CHECK: Duration = Duration::from_secs(5);
@@ -71,8 +73,8 @@ pub struct RabbitMqOptions {
     /// Delete queues unused for this long (`x-expires`); `None` keeps them.
     /// Tests set it so their unique queues do not pile up on the broker.
     pub queue_expiry: Option<Duration>,
-    /// The longest opening a connection may take, and the wait for a
-    /// publish's confirm (one that has not come by then is taken as lost
+    /// A quarter of the longest opening a connection may take, and the
+    /// wait for a publish's confirm (one that has not come by then is taken as lost
     /// and the message sent again; consumers deduplicate by message id).
     /// Also the AMQP heartbeat, in seconds, unless the url sets one: a
     /// connection gone silent (a peer that hangs, a flow a NAT forgot) is
@@ -134,27 +136,7 @@ impl RabbitMqBus {
         })
     }
 
-    /// A new connection with its publishing channel and the exchanges,
-    /// within [`RabbitMqOptions::timeout`].
     async fn open_link(
-        uri: &str,
-        options: &RabbitMqOptions,
-        generation: u64,
-    ) -> Result<Link, BusError> {
-        tokio::time::timeout(
-            options.timeout,
-            Self::open_link_unbounded(uri, options, generation),
-        )
-        .await
-        .map_err(|_| {
-            BusError::Unavailable(format!(
-                "the broker did not open a connection within {:?}",
-                options.timeout
-            ))
-        })?
-    }
-
-    async fn open_link_unbounded(
         uri: &str,
         options: &RabbitMqOptions,
         generation: u64,
@@ -173,8 +155,17 @@ impl RabbitMqBus {
             let seconds = options.timeout.as_secs().clamp(1, u64::from(u16::MAX));
             amqp.query.heartbeat = Some(u16::try_from(seconds).unwrap_or(u16::MAX));
         }
-        let connection = Connection::connect_uri(amqp, properties)
+        // A broker busy declaring queues is slow to accept, not silent: the
+        // handshake gets several timeouts; past them the link is taken as
+        // hung (and the heartbeat watches everything after it).
+        let patience = options.timeout.saturating_mul(CONNECT_TIMEOUTS);
+        let connection = tokio::time::timeout(patience, Connection::connect_uri(amqp, properties))
             .await
+            .map_err(|_| {
+                BusError::Unavailable(format!(
+                    "the broker did not open a connection within {patience:?}"
+                ))
+            })?
             .map_err(unavailable)?;
         let publisher = connection.create_channel().await.map_err(unavailable)?;
         publisher

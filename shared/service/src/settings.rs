@@ -326,9 +326,9 @@ pub enum BusSettings {
         /// them. For throwaway environments such as tests.
         #[serde(default)]
         queue_expiry_ms: u64,
-        /// The longest the broker may take to open a connection or
-        /// channel, answer a declaration or confirm a publish: a silent
-        /// connection fails the operation after it and is replaced.
+        /// The deadline of a publish's confirm (four times it: of opening
+        /// a connection) and the AMQP heartbeat in seconds unless `url`
+        /// sets one: a connection gone silent is failed and replaced.
         #[serde(default = "default_broker_timeout_ms")]
         timeout_ms: u64,
     },

@@ -451,36 +451,52 @@ async fn a_task_for_a_missing_agent_fails_its_step_naming_it() {
 /// attempt: one for a parent that is gone, or for an attempt it no longer
 /// runs, is let go without creating the child; messages for a child that
 /// does not exist (purged with its parent) are stale, not poison.
-#[tokio::test]
-async fn a_childs_start_is_taken_up_only_while_its_parent_waits_for_it() {
-    let (store, applier) = applier_on_memory().await;
-    let parent = started_fan_out(&store, &applier).await;
-    let key = parent.task_key(
+/// The task key of `parent`'s step `a` (see [`started_fan_out`]).
+fn key_of_a(parent: &InstanceState) -> legato_contracts::TaskKey {
+    parent.task_key(
         legato_contracts::StepId::parse("a").unwrap(),
         None,
         legato_contracts::TaskRole::Action,
-    );
-    let start = |instance: &str, attempt: u32| Input::Start {
+    )
+}
+
+/// The start of a child run of `workflow` for attempt `attempt` of the
+/// task `key` of `parent`.
+fn child_start(
+    parent: &str,
+    key: &legato_contracts::TaskKey,
+    attempt: u32,
+    workflow: &str,
+) -> Input {
+    Input::Start {
         at: OffsetDateTime::now_utc(),
         start: StartInstance {
-            workflow: WorkflowName::parse("anything").unwrap(),
+            workflow: WorkflowName::parse(workflow).unwrap(),
             version: 1,
             input: serde_json::json!({}),
             tenant: None,
             parent: Some(legato_contracts::ParentLink {
-                instance: InstanceId::parse(instance).unwrap(),
+                instance: InstanceId::parse(parent).unwrap(),
                 key: key.clone(),
                 attempt,
                 depth: 1,
             }),
         },
-    };
+    }
+}
+
+#[tokio::test]
+async fn a_childs_start_is_taken_up_only_while_its_parent_waits_for_it() {
+    let (store, applier) = applier_on_memory().await;
+    let parent = started_fan_out(&store, &applier).await;
+    let key = key_of_a(&parent);
     for (instance, attempt, why) in [
         ("gone", 1, "parent gone no longer waits"),
         (parent.id.as_str(), 7, "no longer waits for task"),
     ] {
         let child = InstanceId::parse(format!("{instance}::a.a{attempt}")).unwrap();
-        let answer = applier.apply(&child, &start(instance, attempt), None).await;
+        let start = child_start(instance, &key, attempt, "anything");
+        let answer = applier.apply(&child, &start, None).await;
         assert!(
             matches!(&answer, Ok(Applied::Ignored(reason)) if reason.contains(why)),
             "{answer:?}"
@@ -506,15 +522,9 @@ async fn a_childs_start_is_taken_up_only_while_its_parent_waits_for_it() {
 async fn a_child_is_created_by_its_start_and_an_ended_one_reports_again() {
     let (store, applier) = applier_on_memory().await;
     let parent = started_fan_out(&store, &applier).await;
-    let key = parent.task_key(
-        legato_contracts::StepId::parse("a").unwrap(),
-        None,
-        legato_contracts::TaskRole::Action,
-    );
-    let kid = WorkflowName::parse("kid").unwrap();
     store
         .put_definition(&legato_store::DefinitionRecord {
-            name: kid.clone(),
+            name: WorkflowName::parse("kid").unwrap(),
             version: 1,
             hash: "k".into(),
             body: serde_json::json!({"name": "kid", "version": 1,
@@ -524,21 +534,7 @@ async fn a_child_is_created_by_its_start_and_an_ended_one_reports_again() {
         .await
         .unwrap();
     let child = InstanceId::parse(format!("{}::a.a1", parent.id)).unwrap();
-    let start = Input::Start {
-        at: OffsetDateTime::now_utc(),
-        start: StartInstance {
-            workflow: kid,
-            version: 1,
-            input: serde_json::json!({}),
-            tenant: None,
-            parent: Some(legato_contracts::ParentLink {
-                instance: parent.id.clone(),
-                key,
-                attempt: 1,
-                depth: 1,
-            }),
-        },
-    };
+    let start = child_start(parent.id.as_str(), &key_of_a(&parent), 1, "kid");
     assert_eq!(
         applier.apply(&child, &start, None).await.unwrap(),
         Applied::Accepted
