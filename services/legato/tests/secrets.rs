@@ -218,6 +218,7 @@ fn settings_debug_output_shows_no_secret() {
         lock_duration_ms: 10_000,
         auto_delete_on_idle_ms: 0,
         manage_entities: true,
+        request_timeout_ms: 30_000,
     };
     let shown = format!("{config:?} {servicebus:?}");
     for secret in [

@@ -36,8 +36,9 @@ pub use in_process::InProcessBus;
 pub use pattern::matches as routing_key_matches;
 pub use rabbitmq::{DEFAULT_BROKER_TIMEOUT, EPHEMERAL_DEAD_LETTERS, RabbitMqBus, RabbitMqOptions};
 pub use servicebus::{
-    PlannedSubscription, RuleFilter, ServiceBusAuth, ServiceBusBus, ServiceBusConnection,
-    ServiceBusEntities, ServiceBusOperations, ServiceBusOptions, SubscriptionSettings,
+    DEFAULT_SERVICEBUS_REQUEST_TIMEOUT, PlannedSubscription, RuleFilter, ServiceBusAuth,
+    ServiceBusBus, ServiceBusConnection, ServiceBusEntities, ServiceBusOperations,
+    ServiceBusOptions, SubscriptionSettings,
 };
 
 /// Header carrying why a message was dead-lettered.

@@ -364,7 +364,16 @@ pub enum BusSettings {
         /// Manage right); off when the infrastructure created them.
         #[serde(default = "default_true")]
         manage_entities: bool,
+        /// The longest a request other than a receive's long poll may
+        /// take: one that goes unanswered fails after it and its
+        /// connection is dropped.
+        #[serde(default = "default_servicebus_request_timeout_ms")]
+        request_timeout_ms: u64,
     },
+}
+
+fn default_servicebus_request_timeout_ms() -> u64 {
+    legato_bus::DEFAULT_SERVICEBUS_REQUEST_TIMEOUT.as_millis() as u64
 }
 
 fn default_lock_duration_ms() -> u64 {

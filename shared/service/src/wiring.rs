@@ -165,6 +165,7 @@ fn servicebus_settings(
         lock_duration_ms,
         auto_delete_on_idle_ms,
         manage_entities,
+        request_timeout_ms,
     } = settings
     else {
         return Err(SettingsError::invalid("bus.kind", "is not servicebus").into());
@@ -208,6 +209,7 @@ fn servicebus_settings(
         auto_delete_on_idle: (*auto_delete_on_idle_ms > 0)
             .then(|| std::time::Duration::from_millis(*auto_delete_on_idle_ms)),
         manage_entities: *manage_entities,
+        request_timeout: std::time::Duration::from_millis((*request_timeout_ms).max(1)),
         ..ServiceBusOptions::default()
     };
     Ok((connection, options))

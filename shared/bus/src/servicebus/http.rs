@@ -8,7 +8,8 @@
 //!   receives the request instead, path and query unchanged, and the
 //!   signature still names the URL Azure would see.
 //! - Time limits: the crate sets none. A long poll (`?timeout=N`) may take
-//!   N seconds plus a margin; anything else [`REQUEST_TIMEOUT`].
+//!   N seconds plus a margin; anything else the request timeout
+//!   ([`super::ServiceBusOptions::request_timeout`], 30 s by default).
 //! - 64-bit sequence numbers: the crate reads `EnqueuedSequenceNumber` as
 //!   an `i32` and requires `State` and `TimeToLive` (and `EnqueuedTimeUtc`,
 //!   which Service Bus always sends), so a message on a busy
@@ -32,14 +33,16 @@ use super::connection::ENTRA_SCOPE;
 
 /// Where the untouched `BrokerProperties` of a received message is kept.
 pub(super) const RAW_BROKER_PROPERTIES: &str = "x-legato-raw-brokerproperties";
-/// A request that is not a long poll, including its connection.
-pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// A request that is not a long poll, including its connection, unless
+/// the options say otherwise.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// What a long poll may take beyond the wait it asked for.
 const POLL_MARGIN: Duration = Duration::from_secs(15);
 
 #[derive(Debug)]
 pub(super) struct ServiceBusHttp {
     inner: legato_azure::Transport,
+    request_timeout: Duration,
     endpoint: Option<Url>,
     credential: Option<Arc<dyn TokenCredential>>,
     pub(super) counters: Counters,
@@ -157,9 +160,11 @@ impl ServiceBusHttp {
     pub(super) fn new(
         endpoint: Option<Url>,
         credential: Option<Arc<dyn TokenCredential>>,
+        request_timeout: Duration,
     ) -> Result<Self, String> {
         Ok(Self {
             inner: legato_azure::Transport::new(None, None).map_err(|e| e.to_string())?,
+            request_timeout,
             endpoint,
             credential,
             counters: Counters::default(),
@@ -167,11 +172,11 @@ impl ServiceBusHttp {
     }
 }
 
-fn time_limit(url: &Url) -> Duration {
+fn time_limit(url: &Url, request_timeout: Duration) -> Duration {
     url.query_pairs()
         .find(|(k, _)| k == "timeout")
         .and_then(|(_, v)| v.parse::<u64>().ok())
-        .map_or(REQUEST_TIMEOUT, |s| Duration::from_secs(s) + POLL_MARGIN)
+        .map_or(request_timeout, |s| Duration::from_secs(s) + POLL_MARGIN)
 }
 
 fn redirect(url: &mut Url, endpoint: &Url) -> azure_core::Result<()> {
@@ -224,7 +229,7 @@ impl HttpClient for ServiceBusHttp {
         if let Some(endpoint) = &self.endpoint {
             redirect(request.url_mut(), endpoint)?;
         }
-        let limit = time_limit(request.url());
+        let limit = time_limit(request.url(), self.request_timeout);
         let response = tokio::time::timeout(limit, self.inner.execute_request(&request))
             .await
             .map_err(|_| {
@@ -302,8 +307,9 @@ mod tests {
             "https://ns.servicebus.windows.net/t/subscriptions/s/messages/head?timeout=30",
         )
         .unwrap();
-        assert_eq!(time_limit(&poll), Duration::from_secs(45));
+        let limit = Duration::from_secs(7);
+        assert_eq!(time_limit(&poll, limit), Duration::from_secs(45));
         let send = Url::parse("https://ns.servicebus.windows.net/t/messages").unwrap();
-        assert_eq!(time_limit(&send), REQUEST_TIMEOUT);
+        assert_eq!(time_limit(&send, limit), limit);
     }
 }

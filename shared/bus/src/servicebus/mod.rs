@@ -60,6 +60,7 @@ use azure_messaging_servicebus::service_bus::TopicClient;
 use legato_contracts::Topic;
 
 pub use connection::{ServiceBusAuth, ServiceBusConnection};
+pub use http::DEFAULT_REQUEST_TIMEOUT as DEFAULT_SERVICEBUS_REQUEST_TIMEOUT;
 pub use http::Operations as ServiceBusOperations;
 pub use management::SubscriptionSettings;
 pub use names::RuleFilter;
@@ -100,6 +101,10 @@ pub struct ServiceBusOptions {
     pub auto_delete_on_idle: Option<Duration>,
     /// Create topics, subscriptions and rules (needs the Manage right).
     pub manage_entities: bool,
+    /// The longest a request other than a receive's long poll may take,
+    /// its connection included: one that goes unanswered fails after it
+    /// (and its connection is dropped) instead of waiting forever.
+    pub request_timeout: Duration,
 }
 
 impl Default for ServiceBusOptions {
@@ -112,6 +117,7 @@ impl Default for ServiceBusOptions {
             duplicate_window: Duration::from_secs(600),
             auto_delete_on_idle: None,
             manage_entities: true,
+            request_timeout: http::DEFAULT_REQUEST_TIMEOUT,
         }
     }
 }
@@ -272,7 +278,7 @@ impl ServiceBusBus {
             ServiceBusAuth::SharedKey { .. } => None,
         };
         let http = Arc::new(
-            http::ServiceBusHttp::new(endpoint, credential)
+            http::ServiceBusHttp::new(endpoint, credential, options.request_timeout)
                 .map_err(|e| BusError::Unavailable(format!("HTTP client: {e}")))?,
         );
         // With Entra ID the crate still wants a policy and key to sign
