@@ -120,11 +120,6 @@ impl Workflow {
         pointers
     }
 
-    /// Whether some step runs child workflows.
-    pub fn starts_children(&self) -> bool {
-        !self.named_workflows().is_empty()
-    }
-
     /// Every step: the top level's in definition order (so a top-level
     /// step's position is the same here as in `steps`), then each loop's
     /// body and race's branches, in the order the loops and races come.
