@@ -3,8 +3,8 @@
 //! committed), and the messages that start, stop and answer children.
 
 use legato_contracts::{
-    InstanceId, Payload, StartInstance, TaskCompleted, TaskFailed, TenantId, TerminateInstance,
-    WorkflowName,
+    InstanceId, ParentLink, Payload, StartInstance, TaskCompleted, TaskFailed, TenantId,
+    TerminateInstance, WorkflowName,
 };
 use legato_engine::{ChildResult, ChildStart, Command};
 use legato_service::definitions::Definitions;
@@ -103,25 +103,29 @@ pub(crate) fn message(command: &Command) -> Result<Option<(InstanceId, Payload)>
             };
             (child.clone(), payload.into())
         }
-        Command::ReportToParent { parent, result } => {
-            let (key, attempt) = (parent.key.clone(), parent.attempt);
-            let payload: Payload = match result {
-                ChildResult::Completed { output } => TaskCompleted {
-                    key,
-                    attempt,
-                    output: output.clone(),
-                    custom_status: None,
-                }
-                .into(),
-                ChildResult::Failed { error } => TaskFailed {
-                    key,
-                    attempt,
-                    error: error.clone(),
-                }
-                .into(),
-            };
-            (parent.instance.clone(), payload)
-        }
+        Command::ReportToParent { parent, result } => report(parent, result),
         _ => return Ok(None),
     }))
+}
+
+/// The result a child's end is for its parent's task attempt, and the
+/// parent it goes to.
+pub(crate) fn report(parent: &ParentLink, result: &ChildResult) -> (InstanceId, Payload) {
+    let (key, attempt) = (parent.key.clone(), parent.attempt);
+    let payload: Payload = match result {
+        ChildResult::Completed { output } => TaskCompleted {
+            key,
+            attempt,
+            output: output.clone(),
+            custom_status: None,
+        }
+        .into(),
+        ChildResult::Failed { error } => TaskFailed {
+            key,
+            attempt,
+            error: error.clone(),
+        }
+        .into(),
+    };
+    (parent.instance.clone(), payload)
 }

@@ -4,7 +4,6 @@
 use legato_contracts::{InstanceId, ParentLink, StartInstance};
 use legato_engine::InstanceState;
 use legato_service::records::state_of;
-use legato_store::StoreError;
 use time::OffsetDateTime;
 
 use super::{Applied, Applier, ApplyError, Input, Known, missing};
@@ -86,15 +85,9 @@ impl Applier {
     ) -> Applied {
         let ended = legato_engine::result_of(state)
             .filter(|_| start.parent.is_some() && start.parent == state.parent);
-        if let (Some(result), Some(parent)) = (ended, state.parent.clone()) {
-            let report = legato_engine::Command::ReportToParent { parent, result };
-            let row = children::message(&report).and_then(|message| {
-                let (subject, payload) = message.ok_or_else(|| {
-                    StoreError::Corrupt("a report to a parent sends no message".into())
-                })?;
-                effects::outbox_row(&subject, OffsetDateTime::now_utc(), payload, None)
-            });
-            match row {
+        if let (Some(result), Some(parent)) = (ended, &state.parent) {
+            let (subject, payload) = children::report(parent, &result);
+            match effects::outbox_row(&subject, OffsetDateTime::now_utc(), payload, None) {
                 Ok(row) => {
                     if let Err(e) = self.relay.send(&[row]).await {
                         tracing::warn!(instance = %state.id, "could not tell the parent again how the child ended: {e}");
