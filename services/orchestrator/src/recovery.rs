@@ -19,6 +19,8 @@ const MAX_PAGES: usize = 10_000;
 
 pub(crate) async fn redispatch(store: &dyn Store, bus: &dyn Bus) -> anyhow::Result<()> {
     let mut resent = 0usize;
+    // Each definition children run is parsed once for the whole recovery.
+    let definitions = Definitions::default();
     for status in [
         RuntimeStatus::Pending,
         RuntimeStatus::Running,
@@ -32,7 +34,7 @@ pub(crate) async fn redispatch(store: &dyn Store, bus: &dyn Bus) -> anyhow::Resu
         for _ in 0..MAX_PAGES {
             let page = store.list(&query).await?;
             for summary in &page.items {
-                resent += resend(store, bus, &summary.id).await?;
+                resent += resend(store, bus, &definitions, &summary.id).await?;
             }
             match page.continuation {
                 Some(token) => query.continuation = Some(token),
@@ -46,7 +48,12 @@ pub(crate) async fn redispatch(store: &dyn Store, bus: &dyn Bus) -> anyhow::Resu
     Ok(())
 }
 
-async fn resend(store: &dyn Store, bus: &dyn Bus, id: &InstanceId) -> anyhow::Result<usize> {
+async fn resend(
+    store: &dyn Store,
+    bus: &dyn Bus,
+    definitions: &Definitions,
+    id: &InstanceId,
+) -> anyhow::Result<usize> {
     let Some(stored) = store.load(id).await? else {
         return Ok(0);
     };
@@ -68,7 +75,7 @@ async fn resend(store: &dyn Store, bus: &dyn Bus, id: &InstanceId) -> anyhow::Re
             .into_iter()
             .map(|task| Envelope::new(SOURCE, id.clone(), now, task))
             .collect();
-        envelopes.extend(children_in_flight(store, &state, now).await?);
+        envelopes.extend(children_in_flight(store, definitions, &state, now).await?);
         envelopes
     };
     for envelope in &envelopes {
@@ -82,13 +89,13 @@ async fn resend(store: &dyn Store, bus: &dyn Bus, id: &InstanceId) -> anyhow::Re
 /// longer waits for it (the stop was lost with the bus), its termination.
 async fn children_in_flight(
     store: &dyn Store,
+    definitions: &Definitions,
     state: &InstanceState,
     now: OffsetDateTime,
 ) -> anyhow::Result<Vec<Envelope>> {
     let mut envelopes = Vec::new();
-    let definitions = Definitions::default();
     for mut start in state.running_children() {
-        if children::resolve(store, &definitions, &mut start)
+        if children::resolve(store, definitions, &mut start)
             .await?
             .is_err()
         {
