@@ -90,7 +90,8 @@ fn rabbit_options() -> RabbitMqOptions {
 }
 
 fn rabbit_uri(proxy: &FaultProxy) -> String {
-    format!("amqp://guest:guest@{}/%2f", proxy.addr())
+    // Heartbeats find a silent connection: short ones, so the test is.
+    format!("amqp://guest:guest@{}/%2f?heartbeat=2", proxy.addr())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -327,8 +327,8 @@ pub enum BusSettings {
         #[serde(default)]
         queue_expiry_ms: u64,
         /// The deadline of a publish's confirm (four times it: of opening
-        /// a connection) and the AMQP heartbeat in seconds unless `url`
-        /// sets one: a connection gone silent is failed and replaced.
+        /// a connection). A connection gone silent is found by missed
+        /// heartbeats (`url`'s `heartbeat`, else the broker's).
         #[serde(default = "default_broker_timeout_ms")]
         timeout_ms: u64,
     },
