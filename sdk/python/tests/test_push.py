@@ -88,6 +88,43 @@ async def test_a_push_app_calls_back_with_progress(legato: Legato) -> None:
     assert told[0]["message"] == "reading"
 
 
+async def test_a_push_apps_recorded_step_is_not_run_again_on_retry(legato: Legato) -> None:
+    ran: list[int] = []
+
+    async def looping(task: Task) -> dict[str, Any]:
+        async def model_call() -> dict[str, int]:
+            ran.append(task.attempt)
+            return {"by attempt": task.attempt}
+
+        turn = await task.step("model turn 1", model_call)
+        if task.attempt == 1:
+            raise RuntimeError("the tool's service was down")
+        return {"turn": turn, "journal": sorted(task.journal)}
+
+    app = PushApp(agents={"py-push-loop": looping}, signing_secret=SIGNING_SECRET)
+    async with pushed_to(app) as url:
+        await legato.put_agent("py-push-loop", kind="push", url=url)
+        await legato.register(
+            {
+                "name": "py-push-loop",
+                "version": 1,
+                "steps": [
+                    {
+                        "id": "loop",
+                        "agent": "py-push-loop",
+                        "input": {},
+                        "retry": {"max_attempts": 2, "initial_interval_ms": 50},
+                    }
+                ],
+            }
+        )
+        instance = await legato.start("py-push-loop", {})
+        done = await legato.wait_for_end(instance)
+    assert done["runtimeStatus"] == "Completed", done
+    assert done["output"]["loop"] == {"turn": {"by attempt": 1}, "journal": ["model turn 1"]}
+    assert ran == [1], "the recorded model call ran once"
+
+
 def test_signatures_match_the_reference_implementation() -> None:
     key = base64.b64decode(SIGNING_SECRET.removeprefix("whsec_"))
     body = json.dumps({"agent": "a", "input": {"n": 1}}).encode()

@@ -270,3 +270,92 @@ async def test_sigterm_drains_the_running_task_then_exits(legato: Legato) -> Non
     assert "DRAINED" in rest, rest
     done = await legato.wait_for(instance, "Completed", timeout_s=10)
     assert done["output"]["work"] == {"finished": True}
+
+
+async def test_a_killed_workers_recorded_steps_are_not_run_again(legato: Legato) -> None:
+    await legato.put_agent("py-looping", leaseMs=1_500)
+    await legato.register(
+        {
+            "name": "py-looping",
+            "version": 1,
+            "steps": [
+                step(
+                    "loop",
+                    "py-looping",
+                    [],
+                    {},
+                    retry={"max_attempts": 3, "initial_interval_ms": 50},
+                )
+            ],
+        }
+    )
+    victim = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(Path(__file__).with_name("journaling_worker.py")),
+        legato.url,
+        "py-looping",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        instance = await legato.start("py-looping", {})
+        assert victim.stdout is not None
+        line = (await asyncio.wait_for(victim.stdout.readline(), 30)).decode()
+        assert line.split() == ["RECORDED", instance, "1"], line
+    finally:
+        victim.kill()
+        await victim.wait()
+
+    ran: list[str] = []
+
+    async def resume(task: Task) -> dict[str, Any]:
+        said = []
+        for turn in (1, 2, 3):
+
+            async def model_call(turn: int = turn) -> dict[str, Any]:
+                ran.append(f"model turn {turn}")
+                return {"turn": turn, "by attempt": task.attempt}
+
+            said.append(await task.step(f"model turn {turn}", model_call))
+        return {"said": said, "journal": sorted(task.journal)}
+
+    async with serving(legato, {"py-looping": resume}):
+        done = await legato.wait_for(instance, "Completed", timeout_s=30)
+    assert ran == ["model turn 3"], "the recorded turns were not done again"
+    assert done["output"]["loop"] == {
+        "said": [
+            {"turn": 1, "by attempt": 1},
+            {"turn": 2, "by attempt": 1},
+            {"turn": 3, "by attempt": 2},
+        ],
+        "journal": ["model turn 1", "model turn 2"],
+    }
+    recorded = [
+        p["data"]["name"]
+        for h in done["history"]
+        for p in h.get("progress", [])
+        if p["kind"] == "journal_recorded"
+    ]
+    assert recorded == ["model turn 1", "model turn 2", "model turn 3"], recorded
+
+
+async def test_a_step_name_twice_fails_the_step_for_good(legato: Legato) -> None:
+    await legato.put_agent("py-twice")
+    await legato.register(
+        {
+            "name": "py-twice",
+            "version": 1,
+            "steps": [step("s", "py-twice", [], {}, retry={"max_attempts": 3})],
+        }
+    )
+
+    async def twice(task: Task) -> None:
+        async def one() -> int:
+            return 1
+
+        await task.step("same", one)
+        await task.step("same", one)
+
+    async with serving(legato, {"py-twice": twice}):
+        instance = await legato.start("py-twice", {})
+        done = await legato.wait_for(instance, "Failed")
+    assert "ran twice in one attempt" in done["error"], done["error"]

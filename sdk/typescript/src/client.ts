@@ -1,6 +1,6 @@
 /**
- * The pull-worker protocol over HTTP: poll, heartbeat, complete (one, or
- * many in one request), fail.
+ * The pull-worker protocol over HTTP: poll, heartbeat, record a journal
+ * entry, complete (one, or many in one request), fail.
  *
  * Every report on a task is safe to send again (the gateway records a
  * result once per attempt), so network errors, 429 and 5xx answers are
@@ -125,6 +125,58 @@ export const sleep = (seconds: number, signal?: AbortSignal): Promise<void> =>
     );
   });
 
+/** How the gateway took a journal entry: the value that stands. */
+export interface Recorded extends Answer {
+  value?: unknown;
+}
+
+/** Where entry `name` of a task is recorded, below `base` (the task's
+ * `/api/v1/tasks/<token>` or its callback URL). */
+export function journalUrl(base: string, name: string): string {
+  return `${base}/journal/${encodeURIComponent(name)}`;
+}
+
+/**
+ * Records a journal entry at `url`, retrying what may be retried:
+ * recording a name twice keeps the first value, so a retry is safe.
+ */
+export async function putJournal(
+  url: string,
+  headers: Record<string, string>,
+  value: unknown,
+  attempts = 8,
+): Promise<Recorded> {
+  let last: unknown;
+  for (let attempt = 0; attempt < attempts; attempt++) {
+    let response: Response | undefined;
+    try {
+      response = await fetch(url, {
+        method: "PUT",
+        headers: { ...headers, "content-type": "application/json" },
+        body: JSON.stringify({ value }),
+      });
+    } catch (e) {
+      last = e;
+    }
+    if (response !== undefined) {
+      if (response.status === 200) {
+        const body = (await response.json()) as { value?: unknown };
+        return { wanted: true, value: body.value ?? null };
+      }
+      const detail = await detailOf(response);
+      if (response.status === 404 || response.status === 409) {
+        return { wanted: false, detail };
+      }
+      if (!RETRYABLE.has(response.status)) {
+        throw new ProtocolError(response.status, detail);
+      }
+      last = new ProtocolError(response.status, detail);
+    }
+    await sleep(backoff(response, attempt));
+  }
+  throw last instanceof Error ? last : new Error(String(last));
+}
+
 export class Client {
   private readonly base: string;
   private readonly headers: Record<string, string>;
@@ -205,6 +257,12 @@ export class Client {
       await sleep(backoff(response, attempt));
     }
     throw last instanceof Error ? last : new Error(String(last));
+  }
+
+  /** Records journal entry `name` of the task `token` names. */
+  record(token: string, name: string, value: unknown): Promise<Recorded> {
+    const url = journalUrl(`${this.base}/api/v1/tasks/${token}`, name);
+    return putJournal(url, this.headers, value, this.reportAttempts);
   }
 
   /** Sends a heartbeat, completion or failure, retrying what may be retried. */

@@ -12,7 +12,8 @@
 import { createHmac, timingSafeEqual } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
 
-import { type Handler, type WireTask, runHandler, taskOf } from "./task.js";
+import { journalUrl, putJournal } from "./client.js";
+import { type Handler, RetryableError, type WireTask, runHandler, taskOf } from "./task.js";
 
 /** How far a request's timestamp may be from now (the specification's five minutes). */
 export const TOLERANCE_S = 5 * 60;
@@ -137,13 +138,24 @@ export function createPushHandler(
       }
       const callback = wire.callbackUrl ?? "";
       const abort = new AbortController();
-      const task = taskOf(wire, abort.signal, async (message, data) => {
+      const progress = async (message?: string, data?: unknown): Promise<void> => {
         if (callback === "") return;
-        const progress: Record<string, unknown> = {};
-        if (message !== undefined) progress["message"] = message;
-        if (data !== undefined) progress["data"] = data;
-        await callBack(callback, "heartbeat", progress);
-      });
+        const body: Record<string, unknown> = {};
+        if (message !== undefined) body["message"] = message;
+        if (data !== undefined) body["data"] = data;
+        await callBack(callback, "heartbeat", body);
+      };
+      const record = async (name: string, value: unknown): Promise<unknown> => {
+        if (callback === "") {
+          throw new RetryableError("the task has no callbackUrl to record its steps at");
+        }
+        const answer = await putJournal(journalUrl(callback, name), {}, value);
+        if (!answer.wanted) {
+          throw new RetryableError(`the attempt is no longer wanted: ${answer.detail ?? ""}`);
+        }
+        return answer.value;
+      };
+      const task = taskOf(wire, abort.signal, progress, record);
       if (respond === "callback" && callback !== "") {
         answer(res, 202, { accepted: wire.idempotencyKey });
         const outcome = await runHandler(handler, task);

@@ -1,5 +1,7 @@
 /** One attempt of one task, as an agent function sees it. */
 
+import { ProtocolError } from "./client.js";
+
 /** Fails the step at once: no retry will mend it. */
 export class FatalError extends Error {
   override name = "FatalError";
@@ -26,6 +28,8 @@ export interface WireTask {
   input: unknown;
   deadline?: string;
   leaseMs: number;
+  /** What earlier attempts or deliveries recorded with `step`, by name. */
+  journal?: Record<string, unknown>;
 }
 
 /**
@@ -39,7 +43,8 @@ export interface Task {
   readonly tenant: string | undefined;
   readonly workflow: string;
   readonly key: string;
-  readonly step: string;
+  /** The workflow step this task does (`step` records a step of its own). */
+  readonly stepId: string;
   readonly item: number | undefined;
   /** The loop iteration (1 for the first) of a step inside a loop. */
   readonly iteration: number | undefined;
@@ -58,7 +63,22 @@ export interface Task {
   readonly signal: AbortSignal;
   /** Tells the instance's watchers how the work goes; also renews the lease. */
   progress(message?: string, data?: unknown): Promise<void>;
+  /** What earlier attempts or deliveries of this task recorded with `step`. */
+  readonly journal: Readonly<Record<string, unknown>>;
+  /**
+   * Runs `fn` once per task, however often the task is tried: the first
+   * time, its JSON result is recorded in the task's journal before `step`
+   * resolves; a later attempt or redelivery resolves to the recorded value
+   * without calling `fn`. A `fn` that throws is not recorded (it runs again
+   * next time). Give each step of a task its own `name`. For model calls
+   * and tool calls: a crash at turn seven does not pay for turns one to six
+   * again.
+   */
+  step<T>(name: string, fn: () => Promise<T>): Promise<T>;
 }
+
+/** Records a journal entry; resolves to the value that stands. */
+export type RecordStep = (name: string, value: unknown) => Promise<unknown>;
 
 /** An agent: an async function from a task to its JSON output. */
 export type Handler = (task: Task) => Promise<unknown>;
@@ -88,18 +108,49 @@ export async function runHandler(handler: Handler, task: Task): Promise<Outcome>
   return { output: output ?? null };
 }
 
+function stepper(
+  journal: Readonly<Record<string, unknown>>,
+  record: RecordStep,
+): <T>(name: string, fn: () => Promise<T>) => Promise<T> {
+  const used = new Set<string>();
+  return async <T>(name: string, fn: () => Promise<T>): Promise<T> => {
+    if (used.has(name)) {
+      throw new FatalError(
+        `step "${name}" ran twice in one attempt: give each step of a task its own name`,
+      );
+    }
+    used.add(name);
+    if (Object.prototype.hasOwnProperty.call(journal, name)) return journal[name] as T;
+    const value = (await fn()) ?? null;
+    try {
+      JSON.stringify(value);
+    } catch (e) {
+      throw new FatalError(`step "${name}": its value is not JSON: ${String(e)}`);
+    }
+    try {
+      return (await record(name, value)) as T;
+    } catch (e) {
+      if (e instanceof ProtocolError) throw new FatalError(`step "${name}": ${e.detail}`);
+      if (e instanceof FatalError || e instanceof RetryableError) throw e;
+      throw new RetryableError(`step "${name}" could not be recorded: ${String(e)}`);
+    }
+  };
+}
+
 export function taskOf(
   wire: WireTask,
   signal: AbortSignal,
   progress: (message?: string, data?: unknown) => Promise<void>,
+  record: RecordStep,
 ): Task {
+  const journal = wire.journal ?? {};
   return {
     agent: wire.agent,
     instanceId: wire.instanceId,
     tenant: wire.tenant,
     workflow: wire.workflow,
     key: wire.key,
-    step: wire.step,
+    stepId: wire.step,
     item: wire.item,
     iteration: wire.iteration,
     attempt: wire.attempt,
@@ -109,5 +160,7 @@ export function taskOf(
     leaseMs: wire.leaseMs,
     signal,
     progress,
+    journal,
+    step: stepper(journal, record),
   };
 }

@@ -7,7 +7,15 @@
 import { hostname } from "node:os";
 
 import { type Answer, Client, Completions, ProtocolError, backoff, sleep } from "./client.js";
-import { type Handler, type Outcome, type Task, type WireTask, runHandler, taskOf } from "./task.js";
+import {
+  type Handler,
+  type Outcome,
+  RetryableError,
+  type Task,
+  type WireTask,
+  runHandler,
+  taskOf,
+} from "./task.js";
 
 /** Heartbeats per lease: one lost beat never costs the lease. */
 const BEATS_PER_LEASE = 3;
@@ -159,7 +167,16 @@ export class Worker {
       if (data !== undefined) body["data"] = data;
       await this.beat(wire.token, body);
     };
-    const task = taskOf(wire, abort.signal, progress);
+    const record = async (name: string, value: unknown): Promise<unknown> => {
+      const answer = await this.client.record(wire.token, name, value);
+      if (!answer.wanted) {
+        const why = answer.detail ?? "no longer wanted";
+        this.cancel(wire.token, why);
+        throw new RetryableError(`the attempt is no longer wanted: ${why}`);
+      }
+      return answer.value;
+    };
+    const task = taskOf(wire, abort.signal, progress, record);
     const entry: Running = {
       token: wire.token,
       task,

@@ -144,6 +144,54 @@ test("a worker killed mid-task has its task retried by another", async () => {
   assert.match(String(retried[0]?.["message"]), /no heartbeat for 1500 ms/);
 });
 
+test("a killed worker's recorded steps are not run again", async () => {
+  await legato.putAgent("ts-looping", { leaseMs: 1500 });
+  await legato.register({
+    name: "ts-looping",
+    version: 1,
+    steps: [step("loop", "ts-looping", [], {}, { retry: { max_attempts: 3, initial_interval_ms: 50 } })],
+  });
+  const script = fileURLToPath(new URL("./journaling-worker.js", import.meta.url));
+  const victim = spawn(process.execPath, [script, legato.url, "ts-looping"], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const id = await legato.start("ts-looping", {});
+  try {
+    assert.equal(await firstLine(victim.stdout!), `RECORDED ${id} 1`);
+  } finally {
+    victim.kill("SIGKILL");
+    await once(victim, "exit");
+  }
+  const ran: string[] = [];
+  const resume: Handler = async (task) => {
+    const said: unknown[] = [];
+    for (const turn of [1, 2, 3]) {
+      said.push(
+        await task.step(`model turn ${turn}`, async () => {
+          ran.push(`model turn ${turn}`);
+          return { turn, byAttempt: task.attempt };
+        }),
+      );
+    }
+    return { said, journal: Object.keys(task.journal).sort() };
+  };
+  const done = await serving({ "ts-looping": resume }, () => legato.waitFor(id, "Completed", 30_000));
+  assert.deepEqual(ran, ["model turn 3"], "the recorded turns were not done again");
+  assert.deepEqual((done["output"] as Doc)["loop"], {
+    said: [
+      { turn: 1, byAttempt: 1 },
+      { turn: 2, byAttempt: 1 },
+      { turn: 3, byAttempt: 2 },
+    ],
+    journal: ["model turn 1", "model turn 2"],
+  });
+  const recorded = (done["history"] as Doc[])
+    .flatMap((h) => (h["progress"] as Doc[] | undefined) ?? [])
+    .filter((p) => p["kind"] === "journal_recorded")
+    .map((p) => (p["data"] as Doc)["name"]);
+  assert.deepEqual(recorded, ["model turn 1", "model turn 2", "model turn 3"]);
+});
+
 test("a terminated instance aborts its running task's signal", async () => {
   await legato.putAgent("ts-slow", { leaseMs: 1500 });
   await legato.register({ name: "ts-slow", version: 1, steps: [step("work", "ts-slow", [], {})] });

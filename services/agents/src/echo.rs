@@ -5,7 +5,9 @@
 //! wedged agent, for heartbeat leases) until they are cancelled;
 //! `fail_executions: k` fails (without retry) every attempt of the
 //! instance's first k executions, so a redrive (a new execution) passes.
-//! Tests,
+//! `journal: [names]` records a journaled step of each name first (its
+//! value: the attempt that ran it), answered as `journal` in the output,
+//! so a retried task shows which attempt did the work. Tests,
 //! benchmarks and operators use it to exercise the engine without models.
 
 use std::time::Duration;
@@ -37,6 +39,7 @@ struct EchoInput {
     fatal: bool,
     hang_attempts: u32,
     fail_executions: u32,
+    journal: Vec<String>,
 }
 
 #[async_trait]
@@ -50,6 +53,14 @@ impl Agent for Echo {
             Value::Null => EchoInput::default(),
             other => input::parse("echo", other)?,
         };
+        let mut journal = serde_json::Map::new();
+        for name in &request.journal {
+            let attempt = task.attempt;
+            let value: Value = ctx
+                .step(name, || async move { Ok(json!({ "attempt": attempt })) })
+                .await?;
+            journal.insert(name.clone(), value);
+        }
         if task.attempt <= request.hang_attempts {
             ctx.stop_heartbeats();
             // Until the orchestrator gives up on the attempt and cancels it.
@@ -76,6 +87,10 @@ impl Agent for Echo {
                 task.attempt, request.fail_attempts
             )));
         }
-        Ok(json!({"value": request.value, "attempt": task.attempt}))
+        let mut output = json!({"value": request.value, "attempt": task.attempt});
+        if !journal.is_empty() {
+            output["journal"] = Value::Object(journal);
+        }
+        Ok(output)
     }
 }

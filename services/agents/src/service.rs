@@ -129,15 +129,11 @@ pub async fn run(kind: AgentKind, config: AgentConfig, shutdown: Shutdown) -> an
     // that line knows the agent's queue exists.
     let mut worker = Worker::new(agent, bus, config.worker.clone(), shutdown.clone());
     if let Some(store) = &config.store {
+        let store = wiring::open_store(store).await?;
         let figures = std::sync::Arc::new(Tally::default());
         let replica = reporter::replica_name(&kind.service());
-        reporter::spawn(
-            wiring::open_store(store).await?,
-            figures.clone(),
-            replica,
-            shutdown.clone(),
-        );
-        worker = worker.with_figures(figures);
+        reporter::spawn(store.clone(), figures.clone(), replica, shutdown.clone());
+        worker = worker.with_figures(figures).with_store(store);
     }
     let running = worker.start().await?;
     let listener = legato_service::listen(&kind.service(), &config.http).await?;

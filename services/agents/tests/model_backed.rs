@@ -75,6 +75,7 @@ async fn run_once(kind: AgentKind, endpoint: String, input: Value) -> Payload {
         input,
         deadline: None,
         heartbeat_timeout_ms: None,
+        resent: false,
     };
     let envelope = Envelope::new(
         "/test",

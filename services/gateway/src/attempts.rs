@@ -25,6 +25,7 @@ use time::OffsetDateTime;
 use crate::GatewayState;
 use crate::registry::Agent;
 
+pub(crate) mod journal;
 mod token;
 
 pub(crate) use token::Token;
@@ -56,6 +57,8 @@ pub(crate) struct Taken {
     pub token: Token,
     pub task: TaskDispatched,
     pub lease_ms: u64,
+    /// What the task's journal holds, by entry name.
+    pub journal: serde_json::Map<String, Value>,
 }
 
 /// Takes deliveries of `agents`' queues: the orchestrator is told an agent
@@ -152,6 +155,15 @@ async fn claim_of(
         return Ok(None);
     }
     let lease_ms = task.heartbeat_timeout_ms.unwrap_or(agent.doc.lease_ms);
+    let journal = match journal::of_task(state, &instance, &task, delivery.delivery_count).await {
+        Ok(journal) => journal,
+        Err(problem) => {
+            // Handed out without its journal, the task would do recorded
+            // work again: it waits on its queue for the store instead.
+            settle(delivery.nack().await);
+            return Err(problem);
+        }
+    };
     let claim = TaskHeartbeat {
         key: task.key.clone(),
         attempt: task.attempt,
@@ -176,6 +188,7 @@ async fn claim_of(
             token,
             task,
             lease_ms,
+            journal,
         },
         delivery,
     )))

@@ -420,6 +420,10 @@ pub(crate) struct ReasonBody {
 pub(crate) struct RedriveBody {
     /// Move the instance onto this later version of its definition first.
     pub version: Option<u32>,
+    /// Clear the tasks' journals, so the steps their agents recorded run
+    /// again (default: kept, and not run again).
+    #[serde(default)]
+    pub reset_journal: bool,
 }
 
 /// Body of restart (optional): a new input replaces the original.

@@ -154,7 +154,8 @@ impl Stack {
         for kind in AgentKind::ALL {
             let agent = legato_agents::build(kind, &agent_config)?;
             let worker = Worker::new(agent, bus.clone(), config.worker.clone(), shutdown.clone())
-                .with_figures(figures.clone());
+                .with_figures(figures.clone())
+                .with_store(store.clone());
             tasks.spawn(worker.start().await?);
         }
 

@@ -579,3 +579,138 @@ async fn a_pull_agent_in_a_loop_sees_each_iteration_as_new_work() {
     let done = legato.wait_status(&id, "Completed").await;
     assert_eq!(step_of(&done, "rounds")["iteration"], 2);
 }
+
+/// Records journal entry `name` of `task`'s attempt, as the SDKs' `step`
+/// does once its work returned `value`.
+async fn record(legato: &Legato, task: &Value, name: &str, value: Value) -> (StatusCode, Value) {
+    let token = task["token"].as_str().unwrap();
+    let name: String = name
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    legato
+        .put(
+            &format!("/api/v1/tasks/{token}/journal/{name}"),
+            json!({"value": value}),
+        )
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_workers_journal_outlives_its_attempts_and_redrives() {
+    let dir = temp_dir();
+    let legato = Legato::start(dir.path());
+    let (status, body) = legato
+        .put(
+            "/api/v1/agents/reviewer",
+            json!({"kind": "pull", "leaseMs": 1500}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    legato.register(review_workflow("journaled", None)).await;
+    let id = legato
+        .start_instance("journaled", json!({"input": {"text": "x"}}))
+        .await;
+
+    // Attempt 1 records a model turn; the same name again answers the
+    // first value; bad names and oversized values are refused.
+    let first = take_one(&legato, "reviewer").await;
+    assert!(
+        first.get("journal").is_none(),
+        "a first try reads nothing: {first}"
+    );
+    let turn = json!({"text": "looks fine", "tokens": 41});
+    let (status, answer) = record(&legato, &first, "model turn 1", turn.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer, json!({"status": "recorded", "value": turn}));
+    let (status, answer) = record(&legato, &first, "model turn 1", json!("other")).await;
+    assert_eq!(
+        (status, answer),
+        (
+            StatusCode::OK,
+            json!({"status": "recorded_before", "value": turn})
+        )
+    );
+    let (status, problem) = record(&legato, &first, "a\u{7}b", json!(1)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    assert_eq!(problem["errors"][0]["field"], "name");
+    let huge = json!("x".repeat(300 * 1024));
+    let (status, problem) = record(&legato, &first, "huge", huge).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{problem}");
+    assert_eq!(problem["errors"][0]["field"], "/value");
+
+    // The worker vanishes: its lease runs out and attempt 2 arrives with
+    // the journal; the lost attempt can no longer record.
+    let second = take_one(&legato, "reviewer").await;
+    assert_eq!(second["attempt"], 2);
+    assert_eq!(second["journal"], json!({"model turn 1": turn}));
+    let (status, _) = record(&legato, &first, "model turn 2", json!(2)).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, _) = record(&legato, &second, "model turn 2", json!("second")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = task_call(
+        &legato,
+        &second,
+        "fail",
+        json!({"message": "the model refused", "retryable": false}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    legato.wait_status(&id, "Failed").await;
+
+    // A redrive keeps the journal: the recorded turns are not done again.
+    let (status, body) = legato
+        .post(&format!("/api/v1/instances/{id}/redrive"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let third = take_one(&legato, "reviewer").await;
+    assert_eq!(
+        third["journal"],
+        json!({"model turn 1": turn, "model turn 2": "second"})
+    );
+    task_call(
+        &legato,
+        &third,
+        "fail",
+        json!({"message": "again", "retryable": false}),
+    )
+    .await;
+    legato.wait_status(&id, "Failed").await;
+
+    // Asked to, a redrive starts the journal over.
+    let (status, body) = legato
+        .post(
+            &format!("/api/v1/instances/{id}/redrive"),
+            json!({"resetJournal": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let fourth = take_one(&legato, "reviewer").await;
+    assert!(fourth.get("journal").is_none(), "{fourth}");
+    task_call(&legato, &fourth, "complete", json!({"output": "ok"})).await;
+    let done = legato.wait_status(&id, "Completed").await;
+
+    // Each entry recorded is in the history once, with its size.
+    let recorded: Vec<(String, u64)> = events(&done, "task_heartbeat")
+        .iter()
+        .filter(|e| e["event"]["news"]["kind"] == "journal_recorded")
+        .map(|e| {
+            let data = &e["event"]["news"]["data"];
+            (
+                data["name"].as_str().unwrap().to_owned(),
+                data["bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        recorded,
+        [
+            ("model turn 1".to_owned(), 33),
+            ("model turn 2".to_owned(), 8)
+        ],
+        "{done:#}"
+    );
+}

@@ -4,6 +4,7 @@
 //! concurrency cap, recognising redelivered attempts, heartbeats and
 //! progress, cancellation, and draining on shutdown.
 
+mod journal;
 pub mod llm;
 mod task;
 mod worker;

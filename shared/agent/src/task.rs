@@ -1,3 +1,4 @@
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -7,9 +8,13 @@ use legato_contracts::{
     TraceParent, WorkflowName,
 };
 use legato_service::progress_pace::{ProgressPace, Turn};
-use serde_json::Value;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
+
+use crate::journal::{Found, Journal};
 
 /// One capability. `run` may be called more than once for the same
 /// (instance, key, attempt) after a crash, so anything it changes outside
@@ -44,8 +49,9 @@ impl Task {
     }
 }
 
-/// What an agent can do while it runs: report progress, ask for approval,
-/// set the instance's custom status, and notice cancellation.
+/// What an agent can do while it runs: record steps of its own loop once,
+/// report progress, ask for approval, set the instance's custom status,
+/// and notice cancellation.
 #[derive(Clone)]
 pub struct TaskContext {
     pub(crate) bus: Arc<dyn Bus>,
@@ -66,9 +72,50 @@ pub struct TaskContext {
     pub(crate) pace: Arc<ProgressPace>,
     /// The step's heartbeat lease, which shortens a progress turn.
     pub(crate) lease_ms: Option<u64>,
+    pub(crate) journal: Arc<Journal>,
 }
 
 impl TaskContext {
+    /// Runs `work` once per task, however often the task is tried: the
+    /// first time, its result is recorded in the task's journal before
+    /// `step` returns; a later attempt, a redelivery or a redrive of the
+    /// same task returns the recorded value without running `work`. A
+    /// `work` that fails is not recorded (it runs again next time). Each
+    /// step of a task needs its own `name`; a value must be JSON of at most
+    /// `legato_contracts::journal::MAX_ENTRY_BYTES`. Model calls and tool
+    /// calls are what this is for: a crash at turn seven does not pay for
+    /// turns one to six again.
+    pub async fn step<T, F, Fut>(&self, name: &str, work: F) -> Result<T, TaskError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, TaskError>>,
+    {
+        let decode = |value: Value| {
+            serde_json::from_value(value).map_err(|e| TaskError {
+                message: format!("step {name:?}: the recorded value does not fit: {e}"),
+                retryable: false,
+            })
+        };
+        if let Found::Recorded(value) = self.journal.find(name).await? {
+            return decode(value);
+        }
+        let value = serde_json::to_value(work().await?).map_err(|e| TaskError {
+            message: format!("step {name:?}: its value is not JSON: {e}"),
+            retryable: false,
+        })?;
+        let (value, recorded) = self.journal.record(name, value).await?;
+        if let Some(bytes) = recorded {
+            let notice = self.beat(
+                Some(HeartbeatKind::JournalRecorded),
+                Some(format!("recorded {name}")),
+                Some(json!({ "name": name, "bytes": bytes })),
+            );
+            self.send(notice).await;
+        }
+        decode(value)
+    }
+
     /// Relays progress to the instance's watchers. Best effort: progress
     /// that cannot be sent is logged, never fails the task.
     /// One attempt's progress goes on at most once a turn (half a second,

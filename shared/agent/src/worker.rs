@@ -24,7 +24,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::journal::Journal;
 use crate::{Agent, Task, TaskContext};
+use legato_contracts::journal::JournalKey;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -80,6 +82,8 @@ struct Shared {
     shutdown: Shutdown,
     figures: Arc<Tally>,
     pace: Arc<ProgressPace>,
+    /// Where task journals are; without it `TaskContext::step` fails.
+    store: Option<Arc<dyn legato_store::Store>>,
 }
 
 impl Shared {
@@ -158,6 +162,7 @@ impl Worker {
                 shutdown,
                 figures: Arc::default(),
                 pace: Arc::default(),
+                store: None,
             }),
         }
     }
@@ -167,6 +172,14 @@ impl Worker {
     pub fn with_figures(mut self, figures: Arc<Tally>) -> Self {
         if let Some(shared) = Arc::get_mut(&mut self.shared) {
             shared.figures = figures;
+        }
+        self
+    }
+
+    /// Keeps the journals of `TaskContext::step` in `store`.
+    pub fn with_store(mut self, store: Arc<dyn legato_store::Store>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.store = Some(store);
         }
         self
     }
@@ -371,6 +384,13 @@ async fn handle_task(shared: &Shared, delivery: Delivery) {
         custom_status: Arc::default(),
         pace: shared.pace.clone(),
         lease_ms: dispatched.heartbeat_timeout_ms,
+        journal: Arc::new(Journal::new(
+            shared.store.clone(),
+            task.instance.clone(),
+            JournalKey::of(&task.key),
+            task.attempt,
+            legato_contracts::journal::may_exist(dispatched, delivery.delivery_count),
+        )),
     };
     let lease = dispatched.heartbeat_timeout_ms;
     let agent = shared.agent.name().as_str();

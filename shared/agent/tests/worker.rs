@@ -82,6 +82,7 @@ fn dispatched(item: u32) -> Envelope {
             input: json!(item),
             deadline: None,
             heartbeat_timeout_ms: None,
+            resent: false,
         },
     )
 }

@@ -8,6 +8,7 @@
 
 mod envelope;
 mod ids;
+pub mod journal;
 mod payload;
 mod status;
 mod task;

@@ -157,6 +157,11 @@ pub struct TaskDispatched {
     /// it while the task runs, or the attempt is failed as hung.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_timeout_ms: Option<u64>,
+    /// Sent again by an orchestrator that restarted with a bus that forgot
+    /// its messages: the attempt may have begun already, so its journal is
+    /// read (see [`crate::journal::may_exist`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resent: bool,
 }
 
 /// Tells an agent to stop work whose result is no longer wanted.
@@ -235,6 +240,9 @@ pub enum HeartbeatKind {
     AgentProgress,
     /// A person is asked to raise an event; `progress` says which and why.
     ApprovalRequested,
+    /// The agent recorded an entry in the task's journal; `progress` holds
+    /// its `name` and `bytes`, not its value.
+    JournalRecorded,
 }
 
 impl From<HeartbeatKind> for ProgressKind {
@@ -242,6 +250,7 @@ impl From<HeartbeatKind> for ProgressKind {
         match kind {
             HeartbeatKind::AgentProgress => Self::AgentProgress,
             HeartbeatKind::ApprovalRequested => Self::ApprovalRequested,
+            HeartbeatKind::JournalRecorded => Self::JournalRecorded,
         }
     }
 }
@@ -274,6 +283,9 @@ pub enum ProgressKind {
     /// A loop step began an iteration (`iteration`; `data` holds
     /// `max_iterations`).
     IterationStarted,
+    /// Relayed from an agent: it recorded a journal entry (`data` holds
+    /// the entry's `name` and `bytes`).
+    JournalRecorded,
 }
 
 /// What watchers of an instance see. `position` is the event's place among

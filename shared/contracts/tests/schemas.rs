@@ -105,6 +105,7 @@ fn samples() -> Vec<Payload> {
             input: json!({"task": "t"}),
             deadline: Some(at),
             heartbeat_timeout_ms: Some(30_000),
+            resent: false,
         }
         .into(),
         TaskCancelled {

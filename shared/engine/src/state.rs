@@ -613,7 +613,8 @@ impl InstanceState {
     /// After a restart on a bus that does not keep messages (`legato up`),
     /// sending them again is a redelivery of the same attempts, never new
     /// ones. The deadline is left out: the attempt's timeout timer is
-    /// durable and still pending.
+    /// durable and still pending. Each is marked `resent`: it may have
+    /// begun already.
     pub fn running_tasks(&self) -> Vec<legato_contracts::TaskDispatched> {
         let Some(workflow) = self.workflow.as_ref() else {
             return Vec::new();
@@ -632,6 +633,7 @@ impl InstanceState {
                     input: slot.input.clone(),
                     deadline: None,
                     heartbeat_timeout_ms,
+                    resent: true,
                 })
             })
             .collect()

@@ -76,6 +76,7 @@ pub(crate) fn dispatch(ctx: &mut Ctx, key: &TaskKey, timeout_ms: Option<u64>) {
         input: slot.input.clone(),
         deadline,
         heartbeat_timeout_ms: lease,
+        resent: false,
     };
     let agent = task.agent.to_string();
     ctx.commands.push(Command::DispatchTask(task));

@@ -928,6 +928,7 @@ steps:
     sent.extend(h.dispatched());
     for t in &mut sent {
         t.deadline = None;
+        t.resent = true;
     }
     assert_eq!(h.state.running_tasks(), sent);
     assert_eq!(sent.len(), 2);

@@ -1187,6 +1187,93 @@ pub async fn schedules_are_written_at_the_version_read_and_found_when_due(store:
     );
 }
 
+pub async fn journal_entries_are_recorded_once_bounded_and_go_with_the_instance(store: &dyn Store) {
+    use legato_contracts::journal::{JournalKey, MAX_ENTRY_BYTES, MAX_TASK_BYTES};
+    use legato_contracts::{StepId, TaskKey, TaskRole};
+    let record = record("journal", RuntimeStatus::Running);
+    let id = record.summary.id.clone();
+    store
+        .commit(Commit::new(record, Expected::New))
+        .await
+        .unwrap();
+    let key = |step: &str, item: Option<u32>| {
+        JournalKey::of(&TaskKey {
+            run: 7,
+            execution: 0,
+            step: StepId::parse(step).unwrap(),
+            item,
+            iteration: None,
+            role: TaskRole::Action,
+        })
+    };
+    let entry = |name: &str, value: Value, attempt: u32| crate::JournalEntry {
+        name: name.into(),
+        value,
+        attempt,
+        recorded_at: BASE,
+    };
+    let (task, other) = (key("write", Some(1)), key("write", Some(12)));
+    assert!(store.journal(&id, &task).await.unwrap().is_empty());
+    let first = entry("turn 1: model", json!({"text": "draft", "tokens": 12}), 1);
+    assert_eq!(
+        store.record_journal(&id, &task, &first).await.unwrap(),
+        crate::Journaled::Recorded
+    );
+    // A second writer of the name (a later attempt, a racing copy) gets
+    // the first value back; nothing is replaced.
+    let again = entry("turn 1: model", json!("another"), 2);
+    assert_eq!(
+        store.record_journal(&id, &task, &again).await.unwrap(),
+        crate::Journaled::RecordedBefore(first.value.clone())
+    );
+    let long_name = "é".repeat(200);
+    let second = entry(&long_name, json!([1, 2, 3]), 2);
+    assert_eq!(
+        store.record_journal(&id, &task, &second).await.unwrap(),
+        crate::Journaled::Recorded
+    );
+    // Another task's journal, whose key begins like this one's, is apart.
+    store
+        .record_journal(&id, &other, &entry("turn 1: model", json!(0), 1))
+        .await
+        .unwrap();
+    let read = store.journal(&id, &task).await.unwrap();
+    assert_eq!(read, {
+        let mut both = vec![first.clone(), second.clone()];
+        both.sort_by(|a, b| a.name.cmp(&b.name));
+        both
+    });
+    assert_eq!(store.journal(&id, &other).await.unwrap().len(), 1);
+
+    // Bounded: past the task's total, an entry is refused and not kept.
+    let big = json!("x".repeat(MAX_ENTRY_BYTES - 2));
+    let fit = MAX_TASK_BYTES / MAX_ENTRY_BYTES;
+    let bounded = key("bounded", None);
+    for n in 0..fit {
+        let recorded = store
+            .record_journal(&id, &bounded, &entry(&format!("big {n}"), big.clone(), 1))
+            .await
+            .unwrap();
+        assert_eq!(recorded, crate::Journaled::Recorded, "entry {n}");
+    }
+    let refused = store
+        .record_journal(&id, &bounded, &entry("one too many", big.clone(), 1))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&refused, crate::Journaled::Full(why) if why.contains("full")),
+        "{refused:?}"
+    );
+    assert_eq!(store.journal(&id, &bounded).await.unwrap().len(), fit);
+
+    // Cleared on request (a restart), and gone with a purge.
+    assert_eq!(store.clear_journal(&id).await.unwrap(), 3 + fit as u64);
+    assert!(store.journal(&id, &task).await.unwrap().is_empty());
+    store.record_journal(&id, &task, &first).await.unwrap();
+    assert!(store.purge(&id).await.unwrap());
+    assert!(store.journal(&id, &task).await.unwrap().is_empty());
+}
+
 /// Expands to one test per conformance case for the adapter built by `$make`
 /// (an expression, evaluated inside each async test).
 #[macro_export]
@@ -1212,6 +1299,7 @@ macro_rules! store_conformance_tests {
             dead_letters_park_once_list_in_pages_and_go_when_removed,
             schedules_are_written_at_the_version_read_and_found_when_due,
             agents_are_registered_at_the_version_read,
+            journal_entries_are_recorded_once_bounded_and_go_with_the_instance,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

@@ -13,6 +13,7 @@ mod agent;
 mod azure;
 pub mod conformance;
 mod dead_letter;
+mod journal;
 mod json_text;
 mod report;
 mod schedule;
@@ -21,6 +22,7 @@ mod stored;
 mod token;
 
 use async_trait::async_trait;
+use legato_contracts::journal::JournalKey;
 use legato_contracts::{
     AgentName, InstanceId, ProgressEvent, RuntimeStatus, ScheduleName, Topic, WorkflowName,
 };
@@ -33,6 +35,7 @@ pub use azure::{
     INDEX_GRACE, table_requests,
 };
 pub use dead_letter::{DeadLetter, DeadLetterPage, DeadLetterQuery};
+pub use journal::{JournalEntry, Journaled};
 pub use json_text::JsonText;
 pub use report::{MAX_REPORTS_LISTED, ReplicaReport};
 pub use schedule::{MAX_SCHEDULES_LISTED, ScheduleRecord, StoredSchedule};
@@ -434,4 +437,25 @@ pub trait Store: Send + Sync + 'static {
     /// Every report whose time has not run out, by subject then replica,
     /// at most [`MAX_REPORTS_LISTED`].
     async fn reports(&self) -> Result<Vec<ReplicaReport>, StoreError>;
+
+    /// Records `entry` in the journal of `task` unless an entry of its name
+    /// is there (its value is answered) or the journal has no room for it
+    /// (the bounds of `legato_contracts::journal`, counted over what is
+    /// recorded).
+    async fn record_journal(
+        &self,
+        instance: &InstanceId,
+        task: &JournalKey,
+        entry: &JournalEntry,
+    ) -> Result<Journaled, StoreError>;
+
+    /// The journal of `task`, by name.
+    async fn journal(
+        &self,
+        instance: &InstanceId,
+        task: &JournalKey,
+    ) -> Result<Vec<JournalEntry>, StoreError>;
+
+    /// Removes every journal entry of the instance; how many there were.
+    async fn clear_journal(&self, instance: &InstanceId) -> Result<u64, StoreError>;
 }

@@ -1,5 +1,5 @@
-"""The pull-worker protocol over HTTP: poll, heartbeat, complete (one, or many
-in one request), fail.
+"""The pull-worker protocol over HTTP: poll, heartbeat, record a journal entry,
+complete (one, or many in one request), fail.
 
 Every call that reports on a task is safe to send again (the gateway records
 a result once per attempt), so transport errors, 429 and 5xx answers are
@@ -14,6 +14,7 @@ import logging
 import random
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -73,6 +74,36 @@ def _answer_of(results: Any, i: int) -> Answer:
     problem = result.get("problem")
     detail = problem.get("detail") if isinstance(problem, dict) else None
     return Answer(wanted=False, body={"detail": detail or str(result)})
+
+
+async def put_journal(http: httpx.AsyncClient, url: str, value: Any, attempts: int = 8) -> Answer:
+    """Records a journal entry at ``url`` (a task's ``.../journal``), retrying
+    what may be retried: recording a name twice keeps the first value, so a
+    retry is safe. The answer's body holds the value that stands."""
+    last: Exception | None = None
+    for attempt in range(attempts):
+        response: httpx.Response | None = None
+        try:
+            response = await http.put(url, json={"value": value})
+        except httpx.TransportError as e:
+            last = e
+        else:
+            status = response.status_code
+            if status == 200:
+                return Answer(wanted=True, body=response.json())
+            if status in (404, 409):
+                return Answer(wanted=False, body={"detail": _detail(response)})
+            if status not in _RETRYABLE_STATUS:
+                raise ProtocolError(status, _detail(response))
+            last = ProtocolError(status, _detail(response))
+        await asyncio.sleep(_retry_after(response, attempt))
+    raise last or RuntimeError("no attempt made")
+
+
+def journal_url(base: str, name: str) -> str:
+    """Where entry ``name`` of a task is recorded, below ``base`` (the task's
+    ``/api/v1/tasks/<token>`` or its callback URL)."""
+    return f"{base}/journal/{quote(name, safe='')}"
 
 
 class Completions:
@@ -181,6 +212,11 @@ class Client:
                 last = ProtocolError(status, _detail(response))
             await asyncio.sleep(_retry_after(response, attempt))
         raise last or RuntimeError("no attempt made")
+
+    async def record(self, token: str, name: str, value: Any) -> Answer:
+        """Records journal entry ``name`` of the task ``token`` names."""
+        url = journal_url(f"/api/v1/tasks/{token}", name)
+        return await put_journal(self._http, url, value, self._report_attempts)
 
     async def report(self, token: str, what: str, body: dict[str, Any]) -> Answer:
         """Sends a heartbeat, completion or failure, retrying what may be retried."""

@@ -11,7 +11,8 @@ the agent function, and answers with its outcome:
 
 With ``respond="callback"`` it answers ``202`` at once and reports the outcome
 later through the task's ``callbackUrl`` (for work longer than the gateway's
-push timeout); progress goes there too, with ``task.progress()``.
+push timeout); progress goes there too, with ``task.progress()``, and so do
+the journal entries of ``task.step()``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from typing import Any, Literal
 
 import httpx
 
-from ._task import Task, run
+from ._client import journal_url, put_journal
+from ._task import RetryableError, Task, run
 from ._worker import Handler
 
 log = logging.getLogger("legato_agent")
@@ -120,7 +122,7 @@ class PushApp:
             await _answer(send, 422, {"detail": "not a task for an agent served here"})
             return
         callback = str(raw.get("callbackUrl", ""))
-        task = Task.from_wire(raw, self._progress_to(callback))
+        task = Task.from_wire(raw, self._progress_to(callback), self._record_at(callback))
         if self._respond == "callback" and callback:
             job = asyncio.create_task(self._run_and_call_back(handler, task, callback))
             self._background.add(job)
@@ -145,6 +147,18 @@ class PushApp:
                 log.warning("progress not sent: %s", e)
 
         return progress
+
+    def _record_at(self, callback: str) -> Callable[[str, Any], Awaitable[Any]]:
+        async def record(name: str, value: Any) -> Any:
+            if not callback:
+                raise RetryableError("the task has no callbackUrl to record its steps at")
+            answer = await put_journal(self._http, journal_url(callback, name), value)
+            if not answer.wanted:
+                why = answer.body.get("detail")
+                raise RetryableError(f"the attempt is no longer wanted: {why}")
+            return answer.body.get("value")
+
+        return record
 
     async def _run_and_call_back(self, handler: Handler, task: Task, callback: str) -> None:
         status, answer = await _outcome(handler, task)

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
+
+import httpx
+
+from ._client import ProtocolError
+
+T = TypeVar("T")
 
 
 class RetryableError(Exception):
@@ -22,6 +28,8 @@ class FatalError(Exception):
 
 
 Progress = Callable[[str | None, Any], Awaitable[None]]
+#: Records a journal entry; answers the value that stands.
+Record = Callable[[str, Any], Awaitable[Any]]
 
 
 @dataclass(frozen=True)
@@ -64,7 +72,8 @@ class Task:
     tenant: str | None
     workflow: str
     key: str
-    step: str
+    #: The workflow step this task does (:meth:`step` records a step of its own).
+    step_id: str
     item: int | None
     #: The loop iteration (1 for the first) of a step inside a loop.
     iteration: int | None
@@ -76,8 +85,42 @@ class Task:
     #: The lease: the worker heartbeats within it (the SDK does, every third).
     lease_ms: int
     token: str
+    #: What earlier attempts or deliveries of this task recorded with
+    #: :meth:`step`, by name.
+    journal: Mapping[str, Any] = field(repr=False, compare=False)
     _progress: Progress = field(repr=False, compare=False)
+    _record: Record = field(repr=False, compare=False)
     _cancelled: asyncio.Event = field(repr=False, compare=False)
+    _used: set[str] = field(repr=False, compare=False, default_factory=set)
+
+    async def step(self, name: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """Runs ``fn`` once per task, however often the task is tried: the
+        first time, its JSON result is recorded in the task's journal before
+        ``step`` returns; a later attempt or redelivery returns the recorded
+        value without calling ``fn``. A ``fn`` that raises is not recorded (it
+        runs again next time). Give each step of a task its own ``name``. For
+        model calls and tool calls: a crash at turn seven does not pay for
+        turns one to six again."""
+        if name in self._used:
+            raise FatalError(
+                f"step {name!r} ran twice in one attempt: give each step of a task its own name"
+            )
+        self._used.add(name)
+        if name in self.journal:
+            recorded: T = self.journal[name]
+            return recorded
+        value = await fn()
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError) as e:
+            raise FatalError(f"step {name!r}: its value is not JSON: {e}") from e
+        try:
+            standing: T = await self._record(name, value)
+        except ProtocolError as e:
+            raise FatalError(f"step {name!r}: {e.detail}") from e
+        except (httpx.HTTPError, OSError) as e:
+            raise RetryableError(f"step {name!r} could not be recorded: {e}") from e
+        return standing
 
     async def progress(self, message: str | None = None, data: Any = None) -> None:
         """Tells the instance's watchers how the work goes (live on the stream
@@ -93,7 +136,7 @@ class Task:
         return self._cancelled.is_set()
 
     @classmethod
-    def from_wire(cls, raw: dict[str, Any], progress: Progress) -> Task:
+    def from_wire(cls, raw: dict[str, Any], progress: Progress, record: Record) -> Task:
         deadline = raw.get("deadline")
         return cls(
             agent=str(raw["agent"]),
@@ -101,7 +144,7 @@ class Task:
             tenant=raw.get("tenant"),
             workflow=str(raw["workflow"]),
             key=str(raw["key"]),
-            step=str(raw["step"]),
+            step_id=str(raw["step"]),
             item=raw.get("item"),
             iteration=raw.get("iteration"),
             attempt=int(raw["attempt"]),
@@ -110,6 +153,8 @@ class Task:
             deadline=datetime.fromisoformat(deadline) if deadline else None,
             lease_ms=int(raw["leaseMs"]),
             token=str(raw["token"]),
+            journal=dict(raw.get("journal") or {}),
             _progress=progress,
+            _record=record,
             _cancelled=asyncio.Event(),
         )

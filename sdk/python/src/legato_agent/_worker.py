@@ -159,7 +159,14 @@ class Worker:
                 body["data"] = data
             await self._beat(token, body)
 
-        task = Task.from_wire(raw, progress)
+        async def record(name: str, value: Any) -> Any:
+            answer = await self._client.record(token, name, value)
+            if not answer.wanted:
+                self._cancel(token, answer)
+                raise asyncio.CancelledError
+            return answer.body.get("value")
+
+        task = Task.from_wire(raw, progress, record)
         job = asyncio.create_task(self._run(task), name=f"legato:{task.key}#{task.attempt}")
         self._running[token] = (task, job)
 

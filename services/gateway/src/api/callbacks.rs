@@ -3,7 +3,7 @@
 //! `callbackUrl` (`…/api/v1/callbacks/<token>.<signature>`): the signature,
 //! keyed by `gateway.push.signing_secret`, is the only credential these
 //! routes take, and it names one attempt. The bodies and answers are the
-//! pull protocol's (`/complete`, `/fail`, `/heartbeat`).
+//! pull protocol's (`/complete`, `/fail`, `/heartbeat`, `/journal/{name}`).
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -16,7 +16,7 @@ use crate::GatewayState;
 use crate::attempts::{self, Token};
 
 /// The attempt a capability names, if its signature holds.
-async fn capability(state: &GatewayState, raw: &str) -> Result<(Token, u64), Problem> {
+pub(super) async fn capability(state: &GatewayState, raw: &str) -> Result<(Token, u64), Problem> {
     let refused = || Problem::field("capability", "is not a callback this service issued");
     let (token, signature) = raw.split_once('.').ok_or_else(refused)?;
     let signer =

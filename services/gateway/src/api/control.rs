@@ -27,11 +27,16 @@ use crate::dto::{Accepted, ReasonBody, RedriveBody, RestartBody};
 enum For {
     /// Live ones: a finished one answers 410.
     Live,
-    Any,
+    /// Any: a restart, which starts over, so the tasks' journals of the
+    /// run before are cleared first.
+    Restart,
     /// Failed or Terminated ones that did not roll back, and whose state
     /// fits the definition version named to move onto, if any: else 409.
+    /// The journals of tasks that run again are kept (their recorded steps
+    /// are not done again) unless `reset_journal`.
     Redrive {
         onto: Option<u32>,
+        reset_journal: bool,
     },
 }
 
@@ -54,7 +59,7 @@ async fn send(
             format!("instance {} is {}", id.local(), status.as_str()),
         ));
     }
-    if let For::Redrive { onto } = target {
+    if let For::Redrive { onto, .. } = target {
         if let Some(reason) = legato_engine::redrive_refused(&instance) {
             return Err(Problem::new(
                 StatusCode::CONFLICT,
@@ -65,6 +70,16 @@ async fn send(
         if let Some(version) = onto {
             check_redrive_onto(state, &id, &stored, &instance, version).await?;
         }
+    }
+    if matches!(
+        target,
+        For::Restart
+            | For::Redrive {
+                reset_journal: true,
+                ..
+            }
+    ) {
+        state.store.clear_journal(&id).await?;
     }
     let envelope = Envelope::new(SOURCE, id.clone(), OffsetDateTime::now_utc(), payload)
         .with_traceparent(legato_service::telemetry::current_traceparent());
@@ -209,7 +224,8 @@ pub(crate) async fn resume(
 }
 
 /// Restart with the pinned definition (and optionally a new input), also
-/// after the instance finished.
+/// after the instance finished. Starting over, the tasks' journals
+/// (their agents' recorded steps) are cleared.
 #[utoipa::path(
     post, path = "/api/v1/instances/{id}/restart", tag = "control",
     params(("id" = String, Path)), request_body = RestartBody,
@@ -228,7 +244,7 @@ pub(crate) async fn restart(
         &state,
         &caller,
         id,
-        For::Any,
+        For::Restart,
         RestartInstance { input: body.input },
     )
     .await
@@ -241,6 +257,8 @@ pub(crate) async fn restart(
 /// rolled back (restart that one). With `version`, the instance moves onto
 /// that later version of its definition first; refused (409) unless every
 /// step that completed is there under the same id and of the same kind.
+/// The tasks that run again keep their journals (the steps their agents
+/// recorded are not done again) unless `resetJournal` is true.
 #[utoipa::path(
     post, path = "/api/v1/instances/{id}/redrive", tag = "control",
     params(("id" = String, Path)), request_body = RedriveBody,
@@ -256,7 +274,10 @@ pub(crate) async fn redrive(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<RedriveBody, true>,
 ) -> Result<(StatusCode, Json<Accepted>), Problem> {
-    let target = For::Redrive { onto: body.version };
+    let target = For::Redrive {
+        onto: body.version,
+        reset_journal: body.reset_journal,
+    };
     let command = RedriveInstance {
         version: body.version,
     };

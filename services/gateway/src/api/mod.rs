@@ -4,6 +4,7 @@ mod completions;
 mod control;
 mod dead_letters;
 mod instances;
+mod journal;
 mod realtime;
 mod schedules;
 mod tasks;
@@ -42,6 +43,9 @@ pub(crate) use dead_letters::{
 };
 pub(crate) use instances::{
     __path_get_instance, __path_list_instances, __path_purge, __path_start,
+};
+pub(crate) use journal::{
+    __path_callback_record_step, __path_record_step, JournalAnswer, JournalRequest,
 };
 pub(crate) use realtime::{__path_negotiate, __path_subscribe};
 pub(crate) use schedules::{
@@ -140,6 +144,10 @@ pub(crate) fn routes() -> Router<GatewayState> {
         .route("/api/v1/tasks/{token}/complete", post(tasks::complete))
         .route("/api/v1/tasks/complete", post(completions::complete_many))
         .route("/api/v1/tasks/{token}/fail", post(tasks::fail))
+        .route(
+            "/api/v1/tasks/{token}/journal/{name}",
+            put(journal::record_step),
+        )
         .route("/api/v1/schedules", get(schedules::list_schedules))
         .route(
             "/api/v1/schedules/{name}",
@@ -180,6 +188,10 @@ pub(crate) fn callback_routes() -> Router<GatewayState> {
         .route(
             "/api/v1/callbacks/{capability}/heartbeat",
             post(callbacks::callback_heartbeat),
+        )
+        .route(
+            "/api/v1/callbacks/{capability}/journal/{name}",
+            put(journal::callback_record_step),
         )
 }
 

@@ -25,7 +25,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use legato_contracts::{AgentName, InstanceId, TaskDispatched};
+use legato_contracts::{AgentName, InstanceId};
 use legato_service::auth::{Caller, Principal};
 use legato_service::problem::Problem;
 use serde::{Deserialize, Serialize};
@@ -99,6 +99,12 @@ pub(crate) struct PulledTask {
     /// Heartbeat well within this (a third of it is a good pace), or the
     /// attempt is presumed lost.
     pub lease_ms: u64,
+    /// The task's journal: the value of each step an earlier attempt or
+    /// delivery recorded, by name (absent when there is none). A step
+    /// found here is not run again.
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    #[schema(value_type = Option<Object>)]
+    pub journal: serde_json::Map<String, Value>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -260,7 +266,7 @@ pub(crate) async fn poll(
     let tasks = attempts::take(&state, &agents, deliveries)
         .await?
         .iter()
-        .map(|taken| pulled(&taken.token, &taken.task, taken.lease_ms))
+        .map(pulled)
         .collect::<Vec<_>>();
     if !tasks.is_empty() {
         tracing::debug!(worker = %worker, tasks = tasks.len(), "tasks handed out");
@@ -289,7 +295,8 @@ pub(crate) async fn reporter(
 }
 
 /// A task as the worker gets it.
-pub(crate) fn pulled(token: &Token, task: &TaskDispatched, lease_ms: u64) -> PulledTask {
+pub(crate) fn pulled(taken: &attempts::Taken) -> PulledTask {
+    let (token, task) = (&taken.token, &taken.task);
     let instance: &InstanceId = &token.instance;
     PulledTask {
         token: token.encode(),
@@ -305,7 +312,8 @@ pub(crate) fn pulled(token: &Token, task: &TaskDispatched, lease_ms: u64) -> Pul
         idempotency_key: token.idempotency_key(),
         input: task.input.clone(),
         deadline: task.deadline.map(rfc3339),
-        lease_ms,
+        lease_ms: taken.lease_ms,
+        journal: taken.journal.clone(),
     }
 }
 

@@ -35,6 +35,7 @@ fn task(agent_name: &str, item: u32) -> Envelope {
             input: json!(item),
             deadline: None,
             heartbeat_timeout_ms: None,
+            resent: false,
         },
     )
 }

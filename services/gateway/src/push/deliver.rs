@@ -111,9 +111,22 @@ async fn send_until_answered(
     target: &PushTarget,
     taken: &Taken,
 ) -> Option<Outcome> {
-    let body = body(pusher, taken);
+    let mut body = body(pusher, taken, &taken.journal);
     let mut last = String::new();
     for send in 1..=SENDS {
+        if send > 1 {
+            // The endpoint may have recorded steps before it failed: the
+            // next send carries them, so they are not done again.
+            match attempts::journal::read(&pusher.state, &taken.token.instance, &taken.task.key)
+                .await
+            {
+                Ok(journal) => body = self::body(pusher, taken, &journal),
+                Err(problem) => {
+                    last = format!("its journal could not be read: {}", problem.detail);
+                    continue;
+                }
+            }
+        }
         match post(pusher, agent, target, taken, &body).await {
             Sent::Output(output) => return Some(Ok(output)),
             Sent::Refused(message) => return Some(Err((message, false))),
@@ -137,8 +150,9 @@ async fn send_until_answered(
 
 /// The task as the endpoint gets it: what a pull worker gets, and where to
 /// call back.
-fn body(pusher: &Pusher, taken: &Taken) -> Vec<u8> {
-    let view = crate::api::pulled(&taken.token, &taken.task, taken.lease_ms);
+fn body(pusher: &Pusher, taken: &Taken, journal: &serde_json::Map<String, Value>) -> Vec<u8> {
+    let mut view = crate::api::pulled(taken);
+    view.journal = journal.clone();
     let mut body = serde_json::to_value(view).unwrap_or_else(|_| json!({}));
     let encoded = taken.token.encode();
     let signature = pusher.signer.callback_signature(&encoded);

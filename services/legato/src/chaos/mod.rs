@@ -106,7 +106,10 @@ fn workflow() -> Value {
         echo("a", &[], json!({"value": 1, "sleep_ms": "${{ input.ms }}"})),
         echo("b", &[], json!({"value": 2, "sleep_ms": "${{ input.ms }}"})),
         {"id": "each", "needs": ["a", "b"], "for_each": "${{ [1, 2, 3] }}", "agent": "echo",
-         "input": {"value": "${{ item }}", "sleep_ms": "${{ input.ms }}", "hang_attempts": "${{ input.hang }}"},
+         // Each item records two journaled steps first: an attempt that
+         // hangs and loses its lease leaves them for the next one.
+         "input": {"value": "${{ item }}", "sleep_ms": "${{ input.ms }}", "hang_attempts": "${{ input.hang }}",
+                   "journal": ["plan", "draft"]},
          "max_parallel": 2, "heartbeat_timeout_ms": 1500,
          "retry": {"max_attempts": 4, "initial_interval_ms": 200, "backoff": 2.0}},
         // Two rounds of a loop, each its own work under the faults.

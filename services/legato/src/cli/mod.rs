@@ -108,12 +108,17 @@ pub enum ClientCommand {
         input: Option<String>,
     },
     /// Resume a Failed or Terminated instance from what did not complete
-    /// (completed steps keep their outputs).
+    /// (completed steps keep their outputs, and the tasks that run again
+    /// their journals).
     Redrive {
         id: String,
         /// Move it onto this later version of its definition first.
         #[arg(long)]
         version: Option<u32>,
+        /// Clear the tasks' journals: the steps their agents recorded run
+        /// again.
+        #[arg(long)]
+        reset_journal: bool,
     },
     /// Runs on a timetable.
     #[command(subcommand)]
@@ -247,13 +252,17 @@ pub async fn run(command: ClientCommand, target: Target) -> anyhow::Result<ExitC
             let input = input.map(|i| json_arg("--input", &i)).transpose()?;
             operate(&gateway, output, &id, "restart", json!({"input": input})).await?;
         }
-        ClientCommand::Redrive { id, version } => {
+        ClientCommand::Redrive {
+            id,
+            version,
+            reset_journal,
+        } => {
             operate(
                 &gateway,
                 output,
                 &id,
                 "redrive",
-                json!({"version": version}),
+                json!({"version": version, "resetJournal": reset_journal}),
             )
             .await?;
         }

@@ -1286,3 +1286,38 @@ async fn child_workflows_run_as_steps_and_go_with_their_parent() {
         assert_eq!(status, StatusCode::NOT_FOUND, "{gone}");
     }
 }
+
+#[tokio::test]
+async fn an_agents_recorded_steps_are_not_run_again_when_its_task_is_retried() {
+    let dir = temp_dir();
+    let legato = launch(dir.path());
+    legato
+        .register(json!({
+            "name": "journaled", "version": 1,
+            "steps": [{
+                "id": "work", "agent": "echo",
+                "input": {"value": 1, "journal": ["plan", "draft"], "fail_attempts": 1},
+                "retry": {"max_attempts": 2, "initial_interval_ms": 100}
+            }],
+            "output": "${{ steps.work.output }}"
+        }))
+        .await;
+    let id = legato.start_instance("journaled", json!({})).await;
+    let status = legato.wait_status(&id, "Completed").await;
+    // Attempt 1 recorded both steps and then failed; attempt 2 got their
+    // values from the journal instead of doing them again.
+    assert_eq!(
+        status["output"],
+        json!({
+            "value": 1,
+            "attempt": 2,
+            "journal": {"plan": {"attempt": 1}, "draft": {"attempt": 1}},
+        })
+    );
+    let recorded: Vec<&str> = events(&status, "task_heartbeat")
+        .iter()
+        .filter(|e| e["event"]["news"]["kind"] == "journal_recorded")
+        .filter_map(|e| e["event"]["news"]["data"]["name"].as_str())
+        .collect();
+    assert_eq!(recorded, ["plan", "draft"], "{status:#}");
+}

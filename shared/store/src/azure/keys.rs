@@ -87,6 +87,35 @@ pub(crate) fn claim_row(message: &str) -> String {
 /// The longest id a claim key spells out (twice its length in hex).
 const MAX_CLAIM_TEXT: usize = 256;
 
+/// A journal entry of an instance's task: `j`, the task's hex bytes, `-`
+/// and the name's hex bytes (its SHA-256 when that is too long for a key),
+/// so one task's entries are one range.
+pub(crate) fn journal_row(task: &str, name: &str) -> String {
+    let name = if name.len() <= MAX_CLAIM_TEXT {
+        hex(name)
+    } else {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(name.as_bytes());
+        let mut key = String::from("~");
+        for byte in digest {
+            let _ = write!(key, "{byte:02x}");
+        }
+        key
+    };
+    format!("j{}-{name}", hex(task))
+}
+
+/// The range holding every journal entry of one task: `-` sorts before
+/// `.` and both before any hex digit.
+pub(crate) fn journal_range(task: &str) -> (String, String) {
+    let task = hex(task);
+    (format!("j{task}-"), format!("j{task}."))
+}
+
+/// Every journal entry of an instance.
+pub(crate) const JOURNAL_START: &str = "j";
+pub(crate) const JOURNAL_END: &str = "k";
+
 pub(crate) const PARTS_START: &str = "s";
 pub(crate) const PARTS_END: &str = "t";
 

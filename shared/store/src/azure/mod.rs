@@ -25,6 +25,7 @@ mod dead_letters;
 mod definitions;
 mod index_reads;
 mod index_repair;
+mod journal;
 mod keys;
 mod outbox;
 mod parts;
@@ -587,6 +588,27 @@ impl Store for AzureTableStore {
 
     async fn reports(&self) -> Result<Vec<crate::ReplicaReport>, StoreError> {
         self.report_rows().await
+    }
+
+    async fn record_journal(
+        &self,
+        instance: &InstanceId,
+        task: &legato_contracts::journal::JournalKey,
+        entry: &crate::JournalEntry,
+    ) -> Result<crate::Journaled, StoreError> {
+        self.record_journal_row(instance, task, entry).await
+    }
+
+    async fn journal(
+        &self,
+        instance: &InstanceId,
+        task: &legato_contracts::journal::JournalKey,
+    ) -> Result<Vec<crate::JournalEntry>, StoreError> {
+        self.journal_rows(instance, task).await
+    }
+
+    async fn clear_journal(&self, instance: &InstanceId) -> Result<u64, StoreError> {
+        self.clear_journal_rows(instance).await
     }
 
     async fn definition_versions(&self, name: &WorkflowName) -> Result<Vec<u32>, StoreError> {

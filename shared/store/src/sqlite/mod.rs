@@ -4,6 +4,7 @@
 
 mod agents;
 mod commit;
+mod journal;
 mod replicas;
 mod schedules;
 
@@ -120,6 +121,15 @@ CREATE TABLE IF NOT EXISTS agents (
     updated_at INTEGER NOT NULL,
     version INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS journal (
+    instance_id TEXT NOT NULL,
+    task TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    recorded_at INTEGER NOT NULL,
+    PRIMARY KEY (instance_id, task, name)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS definitions (
     name TEXT NOT NULL,
     version INTEGER NOT NULL,
@@ -580,7 +590,14 @@ impl Store for SqliteStore {
             let removed = tx
                 .execute("DELETE FROM instances WHERE id = ?1", params![id])
                 .map_err(unavailable)?;
-            for table in ["instance_parts", "history", "outbox", "timers", "claims"] {
+            for table in [
+                "instance_parts",
+                "history",
+                "outbox",
+                "timers",
+                "claims",
+                "journal",
+            ] {
                 tx.execute(
                     &format!("DELETE FROM {table} WHERE instance_id = ?1"),
                     params![id],
@@ -847,6 +864,27 @@ impl Store for SqliteStore {
 
     async fn reports(&self) -> Result<Vec<crate::ReplicaReport>, StoreError> {
         self.report_rows().await
+    }
+
+    async fn record_journal(
+        &self,
+        instance: &InstanceId,
+        task: &legato_contracts::journal::JournalKey,
+        entry: &crate::JournalEntry,
+    ) -> Result<crate::Journaled, StoreError> {
+        self.record_journal_row(instance, task, entry).await
+    }
+
+    async fn journal(
+        &self,
+        instance: &InstanceId,
+        task: &legato_contracts::journal::JournalKey,
+    ) -> Result<Vec<crate::JournalEntry>, StoreError> {
+        self.journal_rows(instance, task).await
+    }
+
+    async fn clear_journal(&self, instance: &InstanceId) -> Result<u64, StoreError> {
+        self.clear_journal_rows(instance).await
     }
 
     async fn put_definition(&self, d: &DefinitionRecord) -> Result<(), StoreError> {

@@ -216,4 +216,25 @@ impl Store for LimitedStore {
     async fn reports(&self) -> Result<Vec<legato_store::ReplicaReport>, StoreError> {
         self.inner.reports().await
     }
+
+    async fn record_journal(
+        &self,
+        instance: &InstanceId,
+        task: &legato_contracts::journal::JournalKey,
+        entry: &legato_store::JournalEntry,
+    ) -> Result<legato_store::Journaled, StoreError> {
+        self.inner.record_journal(instance, task, entry).await
+    }
+
+    async fn journal(
+        &self,
+        instance: &InstanceId,
+        task: &legato_contracts::journal::JournalKey,
+    ) -> Result<Vec<legato_store::JournalEntry>, StoreError> {
+        self.inner.journal(instance, task).await
+    }
+
+    async fn clear_journal(&self, instance: &InstanceId) -> Result<u64, StoreError> {
+        self.inner.clear_journal(instance).await
+    }
 }

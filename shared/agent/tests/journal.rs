@@ -1,0 +1,273 @@
+//! `TaskContext::step` on the in-process bus with a real SQLite store: a
+//! step's work runs once per task across attempts, redeliveries and
+//! copies sent again; a failed step is not recorded; a name used twice and
+//! a worker without a store fail clearly; each new entry is told to the
+//! instance.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use legato_agent::{Agent, Task, TaskContext, Worker, WorkerSettings};
+use legato_bus::{Bus, InProcessBus, Subscription, SubscriptionSpec};
+use legato_contracts::journal::JournalKey;
+use legato_contracts::{
+    AgentName, Envelope, HeartbeatKind, InstanceId, Payload, StepId, TaskDispatched, TaskError,
+    TaskKey, TaskRole, Topic, WorkflowName,
+};
+use legato_service::Shutdown;
+use legato_store::{SqliteStore, Store};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+/// Two model turns and a tool call, each a step; the tool fails on the
+/// first attempt after both turns are recorded, as a crash would.
+struct Looping {
+    name: AgentName,
+    turns: AtomicUsize,
+    tool_calls: AtomicUsize,
+}
+
+#[async_trait]
+impl Agent for Looping {
+    fn name(&self) -> &AgentName {
+        &self.name
+    }
+
+    async fn run(&self, task: &Task, ctx: &TaskContext) -> Result<Value, TaskError> {
+        if task.input["twice"] == json!(true) {
+            ctx.step("same", || async { Ok(1) }).await?;
+            ctx.step("same", || async { Ok(2) }).await?;
+        }
+        let mut said = Vec::new();
+        for turn in 1..=2 {
+            let attempt = task.attempt;
+            let text: String = ctx
+                .step(&format!("model turn {turn}"), || async {
+                    self.turns.fetch_add(1, Ordering::SeqCst);
+                    Ok(format!("turn {turn} said in attempt {attempt}"))
+                })
+                .await?;
+            said.push(text);
+        }
+        let tool: Value = ctx
+            .step("tool: open pull request", || async {
+                self.tool_calls.fetch_add(1, Ordering::SeqCst);
+                if attempt_fails(task) {
+                    return Err(TaskError {
+                        message: "the tool's service was down".into(),
+                        retryable: true,
+                    });
+                }
+                Ok(json!({"pr": 42}))
+            })
+            .await?;
+        Ok(json!({"said": said, "tool": tool}))
+    }
+}
+
+fn attempt_fails(task: &Task) -> bool {
+    task.attempt == 1
+}
+
+fn key() -> TaskKey {
+    TaskKey {
+        run: 9,
+        execution: 0,
+        step: StepId::parse("code").unwrap(),
+        item: None,
+        iteration: None,
+        role: TaskRole::Action,
+    }
+}
+
+fn dispatched(attempt: u32, input: Value) -> Envelope {
+    Envelope::new(
+        "/test",
+        InstanceId::parse("loop-1").unwrap(),
+        OffsetDateTime::now_utc(),
+        TaskDispatched {
+            key: key(),
+            attempt,
+            agent: AgentName::parse("looping").unwrap(),
+            workflow: WorkflowName::parse("w").unwrap(),
+            input,
+            deadline: None,
+            heartbeat_timeout_ms: None,
+            resent: false,
+        },
+    )
+}
+
+struct Rig {
+    bus: Arc<InProcessBus>,
+    store: Arc<SqliteStore>,
+    agent: Arc<Looping>,
+    results: Box<dyn Subscription>,
+    _shutdown: Shutdown,
+}
+
+async fn rig(with_store: bool) -> Rig {
+    let bus = Arc::new(InProcessBus::default());
+    let results = bus
+        .subscribe(SubscriptionSpec::new(Topic::AgentResults, "test").bind("#"))
+        .await
+        .unwrap();
+    let agent = Arc::new(Looping {
+        name: AgentName::parse("looping").unwrap(),
+        turns: AtomicUsize::new(0),
+        tool_calls: AtomicUsize::new(0),
+    });
+    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    let shutdown = Shutdown::new();
+    let mut worker = Worker::new(
+        agent.clone(),
+        bus.clone(),
+        WorkerSettings::default(),
+        shutdown.clone(),
+    );
+    if with_store {
+        worker = worker.with_store(store.clone());
+    }
+    tokio::spawn(worker.start().await.unwrap());
+    Rig {
+        bus,
+        store,
+        agent,
+        results,
+        _shutdown: shutdown,
+    }
+}
+
+/// Messages on agent-results up to the first result: the journal notices
+/// (heartbeats) before it, and the result.
+async fn until_result(results: &mut Box<dyn Subscription>) -> (Vec<Value>, Payload) {
+    let mut notices = Vec::new();
+    loop {
+        let delivery = tokio::time::timeout(Duration::from_secs(10), results.next())
+            .await
+            .expect("a result within 10 s")
+            .unwrap();
+        let envelope = delivery.decode().unwrap();
+        delivery.ack().await.unwrap();
+        match envelope.payload {
+            Payload::TaskHeartbeat(beat) if beat.kind == Some(HeartbeatKind::JournalRecorded) => {
+                notices.push(beat.progress.unwrap())
+            }
+            Payload::TaskHeartbeat(_) => {}
+            other => return (notices, other),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_retried_task_replays_its_recorded_steps_instead_of_running_them() {
+    let mut rig = rig(true).await;
+    rig.bus
+        .publish_envelope(&dispatched(1, json!({})))
+        .await
+        .unwrap();
+    let (notices, first) = until_result(&mut rig.results).await;
+    let Payload::TaskFailed(failed) = first else {
+        panic!("attempt 1 fails in its tool step: {first:?}");
+    };
+    assert!(failed.error.retryable);
+    // Both model turns are recorded, the failed tool call is not.
+    let names: Vec<&str> = notices
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["model turn 1", "model turn 2"]);
+    assert!(notices.iter().all(|n| n["bytes"].as_u64().unwrap() > 10));
+    let journal = rig
+        .store
+        .journal(
+            &InstanceId::parse("loop-1").unwrap(),
+            &JournalKey::of(&key()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(journal.len(), 2);
+    assert!(journal.iter().all(|e| e.attempt == 1));
+
+    rig.bus
+        .publish_envelope(&dispatched(2, json!({})))
+        .await
+        .unwrap();
+    let (notices, second) = until_result(&mut rig.results).await;
+    let Payload::TaskCompleted(done) = second else {
+        panic!("attempt 2 completes: {second:?}");
+    };
+    assert_eq!(
+        done.output,
+        json!({
+            "said": ["turn 1 said in attempt 1", "turn 2 said in attempt 1"],
+            "tool": {"pr": 42},
+        })
+    );
+    assert_eq!(
+        rig.agent.turns.load(Ordering::SeqCst),
+        2,
+        "each model turn ran once"
+    );
+    assert_eq!(
+        rig.agent.tool_calls.load(Ordering::SeqCst),
+        2,
+        "the failed call ran again"
+    );
+    let names: Vec<&str> = notices
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["tool: open pull request"]);
+
+    // A later attempt (the worker remembers attempt 2's result, so a
+    // copy of it would be answered from memory) reads the whole journal.
+    rig.bus
+        .publish_envelope(&dispatched(3, json!({})))
+        .await
+        .unwrap();
+    let (notices, third) = until_result(&mut rig.results).await;
+    assert!(matches!(third, Payload::TaskCompleted(_)), "{third:?}");
+    assert!(notices.is_empty(), "nothing new recorded");
+    assert_eq!(rig.agent.turns.load(Ordering::SeqCst), 2);
+    assert_eq!(rig.agent.tool_calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_name_used_twice_and_a_worker_without_a_store_fail_clearly() {
+    let mut stored = rig(true).await;
+    stored
+        .bus
+        .publish_envelope(&dispatched(1, json!({"twice": true})))
+        .await
+        .unwrap();
+    let (_, result) = until_result(&mut stored.results).await;
+    let Payload::TaskFailed(failed) = result else {
+        panic!("a name twice fails the attempt: {result:?}");
+    };
+    assert!(!failed.error.retryable);
+    assert!(
+        failed.error.message.contains("ran twice in one attempt"),
+        "{}",
+        failed.error.message
+    );
+
+    let mut bare = rig(false).await;
+    bare.bus
+        .publish_envelope(&dispatched(1, json!({})))
+        .await
+        .unwrap();
+    let (_, result) = until_result(&mut bare.results).await;
+    let Payload::TaskFailed(failed) = result else {
+        panic!("no store, no steps: {result:?}");
+    };
+    assert!(!failed.error.retryable);
+    assert!(
+        failed.error.message.contains("store"),
+        "{}",
+        failed.error.message
+    );
+}
