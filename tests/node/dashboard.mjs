@@ -4,7 +4,8 @@
 // feature-request from the API and watch its plan and parallel work appear
 // live without a reload, approve it and see it complete, see another
 // complete although its progress messages are lost, reject another and
-// see it roll back and fail, see a loop drawn with its iterations, follow a child workflow run and back, look at the workflows, pause, resume and
+// see it roll back and fail, see a loop drawn with its iterations, follow a child workflow run and back, see a run held by its budget and
+// resume it with a higher one, look at the workflows, pause, resume and
 // trigger a schedule and open the run it started. A screenshot of each
 // page is written to the output directory.
 // Usage: node dashboard.mjs <base url> <admin api key> <output dir> <read-only api key>
@@ -186,6 +187,32 @@ try {
   await page.click("#parent a");
   await titled("dash-kin");
   await shows("dash-kin", "Completed");
+
+  // A budget: a run that spends past it is held, shows what it spent,
+  // and resumes from the page with a higher budget.
+  const spend = (id, needs) => ({ id, needs, agent: "echo", input: { value: id, usage: { input_tokens: 40, output_tokens: 20, cost: 0.5 } } });
+  const registered = await fetch(`${base}/api/v1/workflows/dash-spender`, {
+    method: "PUT",
+    headers: { "content-type": "application/json", authorization: `Bearer ${key}` },
+    body: JSON.stringify({ name: "dash-spender", version: 1, budget: { tokens: 100 }, steps: [spend("a", []), spend("b", ["a"]), spend("c", ["b"])] }),
+  });
+  check(registered.status === 201 || registered.status === 200, `register dash-spender: ${registered.status} ${await registered.text()}`);
+  const spender = await fetch(`${base}/api/v1/workflows/dash-spender/instances`, {
+    method: "POST",
+    headers: { "content-type": "application/json", authorization: `Bearer ${key}` },
+    body: JSON.stringify({ instanceId: "dash-budget", input: {} }),
+  });
+  check(spender.status === 202, `start dash-budget: ${spender.status}`);
+  await page.evaluate(() => (location.hash = "#/instances/dash-budget"));
+  await shows("dash-budget", "Suspended");
+  await page.waitForSelector('#usage[data-tokens="120"] >> text=budget 100 tokens');
+  await page.waitForSelector('[data-step="a"] [data-usage="60"]');
+  await page.waitForSelector("#over-budget");
+  await shot("instance-budget");
+  await page.fill("#budget-tokens", "1000");
+  await page.click("#resume");
+  await shows("dash-budget", "Completed");
+  await page.waitForSelector('#usage[data-tokens="180"] >> text=budget 1,000 tokens');
 
   // The list shows both; the workflows and one definition's source.
   await page.evaluate(() => (location.hash = "#/"));

@@ -44,6 +44,7 @@ async def review(task: Task) -> dict[str, Any]:
     if not text:
         raise FatalError("nothing to review")
     await task.progress("reading", {"chars": len(text)})
+    task.add_usage(input_tokens=len(text), output_tokens=2, cost=0.01, model="m")
     return {"approved": "TODO" not in text, "by": "push"}
 
 
@@ -69,6 +70,8 @@ async def test_a_push_app_answers_tasks_at_once(legato: Legato) -> None:
     done = await run(legato, "py-push", "sync", "ship it")
     assert done["runtimeStatus"] == "Completed"
     assert done["output"]["review"] == {"approved": True, "by": "push"}
+    # What the answer's legato-usage header said it spent is counted.
+    assert done["usage"] == {"inputTokens": 7, "outputTokens": 2, "cost": 0.01}
 
 
 async def test_a_fatal_error_fails_the_step(legato: Legato) -> None:
@@ -81,6 +84,7 @@ async def test_a_push_app_calls_back_with_progress(legato: Legato) -> None:
     done = await run(legato, "py-push-later", "callback", "a TODO left")
     assert done["runtimeStatus"] == "Completed"
     assert done["output"]["review"] == {"approved": False, "by": "push"}
+    assert done["usage"] == {"inputTokens": 11, "outputTokens": 2, "cost": 0.01}
     told = [
         p for h in done["history"] for p in h.get("progress", []) if p["kind"] == "agent_progress"
     ]

@@ -359,3 +359,40 @@ async def test_a_step_name_twice_fails_the_step_for_good(legato: Legato) -> None
         instance = await legato.start("py-twice", {})
         done = await legato.wait_for(instance, "Failed")
     assert "ran twice in one attempt" in done["error"], done["error"]
+
+
+async def test_usage_is_counted_and_a_budget_holds_the_run(legato: Legato) -> None:
+    await legato.put_agent("py-spender")
+    await legato.register(
+        {
+            "name": "py-spender",
+            "version": 1,
+            "budget": {"tokens": 100},
+            "steps": [
+                step("a", "py-spender", [], {}),
+                step("b", "py-spender", ["a"], {}),
+                step("c", "echo", ["b"], {"value": 1}),
+            ],
+        }
+    )
+
+    async def spend(task: Task) -> str:
+        async def model_call() -> str:
+            task.add_usage(input_tokens=50, output_tokens=10, cost=0.25, model="gpt-test")
+            return "said"
+
+        return await task.step("model", model_call)
+
+    async with serving(legato, {"py-spender": spend}):
+        instance = await legato.start("py-spender", {})
+        held = await legato.wait_for(instance, "Suspended")
+        assert held["usage"] == {"inputTokens": 100, "outputTokens": 20, "cost": 0.5}
+        assert held["steps"][1]["usage"]["inputTokens"] == 50
+        refused = await legato.http.post(f"/api/v1/instances/{instance}/resume", json={})
+        assert refused.status_code == 409, refused.text
+        raised = await legato.http.post(
+            f"/api/v1/instances/{instance}/resume", json={"budget": {"tokens": 1000}}
+        )
+        assert raised.status_code == 202, raised.text
+        done = await legato.wait_for(instance, "Completed")
+    assert done["budget"] == {"tokens": 1000}

@@ -8,7 +8,7 @@
  * attempt is no longer wanted; it is returned, never retried.
  */
 
-import type { WireTask } from "./task.js";
+import type { Usage, WireTask } from "./task.js";
 
 const RETRYABLE = new Set([408, 429, 500, 502, 503, 504]);
 
@@ -47,6 +47,7 @@ function answerOf(result: CompletionResult | undefined): Answer {
 interface Queued {
   token: string;
   output: unknown;
+  usage: Usage | undefined;
   resolve: (answer: Answer) => void;
   reject: (error: unknown) => void;
 }
@@ -62,9 +63,9 @@ export class Completions {
 
   constructor(private readonly client: Client) {}
 
-  complete(token: string, output: unknown): Promise<Answer> {
+  complete(token: string, output: unknown, usage?: Usage): Promise<Answer> {
     return new Promise((resolve, reject) => {
-      this.queue.push({ token, output, resolve, reject });
+      this.queue.push({ token, output, usage, resolve, reject });
       void this.send();
     });
   }
@@ -77,7 +78,9 @@ export class Completions {
         const batch = this.queue.splice(0, MAX_COMPLETIONS);
         try {
           const answers = await this.client.completeMany(
-            batch.map(({ token, output }) => ({ token, output })),
+            batch.map(({ token, output, usage }) =>
+              usage === undefined ? { token, output } : { token, output, usage },
+            ),
           );
           batch.forEach((queued, i) => queued.resolve(answers[i] ?? { wanted: false }));
         } catch (e) {
@@ -234,7 +237,9 @@ export class Client {
    * the batch as a whole while it may be retried; one answer per completion,
    * in order.
    */
-  async completeMany(completions: { token: string; output: unknown }[]): Promise<Answer[]> {
+  async completeMany(
+    completions: { token: string; output: unknown; usage?: Usage }[],
+  ): Promise<Answer[]> {
     let last: unknown;
     for (let attempt = 0; attempt < this.reportAttempts; attempt++) {
       let response: Response | undefined;

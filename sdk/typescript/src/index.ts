@@ -26,5 +26,5 @@ export {
   createPushHandler,
   verify,
 } from "./push.js";
-export { FatalError, RetryableError, type Handler, type Task } from "./task.js";
+export { FatalError, RetryableError, type Handler, type Task, type Usage } from "./task.js";
 export { Worker, type WorkerOptions } from "./worker.js";

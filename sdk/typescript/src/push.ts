@@ -13,7 +13,14 @@ import { createHmac, timingSafeEqual } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
 
 import { journalUrl, putJournal } from "./client.js";
-import { type Handler, RetryableError, type WireTask, runHandler, taskOf } from "./task.js";
+import {
+  type Handler,
+  RetryableError,
+  type Usage,
+  type WireTask,
+  runHandler,
+  taskOf,
+} from "./task.js";
 
 /** How far a request's timestamp may be from now (the specification's five minutes). */
 export const TOLERANCE_S = 5 * 60;
@@ -71,12 +78,15 @@ export interface PushHandlerOptions {
   respond?: "sync" | "callback";
 }
 
-function answer(res: ServerResponse, status: number, body: unknown): void {
+function answer(res: ServerResponse, status: number, body: unknown, usage?: Usage): void {
   const payload = JSON.stringify(body ?? null);
-  res.writeHead(status, {
+  const headers: Record<string, string | number> = {
     "content-type": "application/json",
     "content-length": Buffer.byteLength(payload),
-  });
+  };
+  // What the attempt spent, which the gateway counts.
+  if (usage !== undefined) headers["legato-usage"] = JSON.stringify(usage);
+  res.writeHead(status, headers);
   res.end(payload);
 }
 
@@ -159,12 +169,14 @@ export function createPushHandler(
       if (respond === "callback" && callback !== "") {
         answer(res, 202, { accepted: wire.idempotencyKey });
         const outcome = await runHandler(handler, task);
+        const usage = task.usage;
         if ("output" in outcome) {
-          await callBack(callback, "complete", { output: outcome.output });
+          await callBack(callback, "complete", { output: outcome.output, ...(usage && { usage }) });
         } else {
           await callBack(callback, "fail", {
             message: outcome.error,
             retryable: outcome.retryable,
+            ...(usage && { usage }),
           });
         }
         return;
@@ -172,8 +184,8 @@ export function createPushHandler(
       res.once("close", () => abort.abort(new Error("the gateway hung up")));
       const outcome = await runHandler(handler, task);
       return "output" in outcome
-        ? answer(res, 200, outcome.output)
-        : answer(res, outcome.retryable ? 500 : 422, { detail: outcome.error });
+        ? answer(res, 200, outcome.output, task.usage)
+        : answer(res, outcome.retryable ? 500 : 422, { detail: outcome.error }, task.usage);
     })().catch((e: unknown) => {
       if (!res.headersSent) answer(res, 500, { detail: String(e) });
     });

@@ -75,6 +75,24 @@ export interface Task {
    * again.
    */
   step<T>(name: string, fn: () => Promise<T>): Promise<T>;
+  /**
+   * Counts what the attempt spent (model tokens, cost) into its result:
+   * legato sums it per step and per instance against the instance's
+   * budget, which suspends the instance when crossed. Spent inside a
+   * `step`, it is counted once however often the task runs.
+   */
+  addUsage(spent: Usage): void;
+  /** What `addUsage` counted so far; undefined when nothing. */
+  readonly usage: Usage | undefined;
+}
+
+/** What an attempt spent, as the protocol carries it. */
+export interface Usage {
+  inputTokens?: number;
+  outputTokens?: number;
+  /** In the currency your agents report cost in; legato adds it up. */
+  cost?: number;
+  model?: string;
 }
 
 /** Records a journal entry; resolves to the value that stands. */
@@ -137,6 +155,27 @@ function stepper(
   };
 }
 
+/** Sums what `addUsage` is told; a sum of several models names none. */
+class Spending {
+  total: Usage | undefined;
+
+  add(spent: Usage): void {
+    const counts = [spent.inputTokens ?? 0, spent.outputTokens ?? 0, spent.cost ?? 0];
+    if (counts.some((n) => !Number.isFinite(n) || n < 0)) {
+      throw new RangeError("usage is counted up: tokens and cost must be at least 0");
+    }
+    const before = this.total;
+    const sum: Usage = {
+      inputTokens: (before?.inputTokens ?? 0) + (spent.inputTokens ?? 0),
+      outputTokens: (before?.outputTokens ?? 0) + (spent.outputTokens ?? 0),
+      cost: (before?.cost ?? 0) + (spent.cost ?? 0),
+    };
+    const model = before === undefined ? spent.model : before.model === spent.model ? spent.model : undefined;
+    if (model !== undefined) sum.model = model;
+    this.total = sum;
+  }
+}
+
 export function taskOf(
   wire: WireTask,
   signal: AbortSignal,
@@ -144,6 +183,7 @@ export function taskOf(
   record: RecordStep,
 ): Task {
   const journal = wire.journal ?? {};
+  const spending = new Spending();
   return {
     agent: wire.agent,
     instanceId: wire.instanceId,
@@ -162,5 +202,9 @@ export function taskOf(
     progress,
     journal,
     step: stepper(journal, record),
+    addUsage: (spent: Usage) => spending.add(spent),
+    get usage() {
+      return spending.total;
+    },
   };
 }

@@ -234,14 +234,17 @@ export class Worker {
     }
     if ("output" in outcome) {
       const { output } = outcome;
-      await this.settle(entry, "complete", () => this.completions.complete(entry.token, output));
+      await this.settle(entry, "complete", () =>
+        this.completions.complete(entry.token, output, entry.task.usage),
+      );
     } else {
       await this.fail(entry, outcome.error, outcome.retryable);
     }
   }
 
   private fail(entry: Running, message: string, retryable: boolean): Promise<void> {
-    const body = { message: message.slice(0, MAX_MESSAGE), retryable };
+    const usage = entry.task.usage;
+    const body = { message: message.slice(0, MAX_MESSAGE), retryable, ...(usage && { usage }) };
     return this.settle(entry, "fail", () => this.client.report(entry.token, "fail", body));
   }
 

@@ -26,6 +26,7 @@ const review: Handler = async (task) => {
   const text = String((task.input as { text: string }).text);
   if (text === "") throw new FatalError("nothing to review");
   await task.progress("reading", { chars: text.length });
+  task.addUsage({ inputTokens: text.length, outputTokens: 2, cost: 0.01, model: "m" });
   return { approved: !text.includes("TODO"), by: "push" };
 };
 
@@ -53,6 +54,8 @@ test("a push handler answers tasks at once", async () => {
   const done = await run("ts-push", "sync", "ship it");
   assert.equal(done["runtimeStatus"], "Completed");
   assert.deepEqual((done["output"] as Doc)["review"], { approved: true, by: "push" });
+  // What the answer's legato-usage header said it spent is counted.
+  assert.deepEqual(done["usage"], { inputTokens: 7, outputTokens: 2, cost: 0.01 });
 });
 
 test("a fatal error fails the step", async () => {
@@ -65,6 +68,7 @@ test("a push handler calls back, with progress", async () => {
   const done = await run("ts-push-later", "callback", "a TODO left");
   assert.equal(done["runtimeStatus"], "Completed");
   assert.deepEqual((done["output"] as Doc)["review"], { approved: false, by: "push" });
+  assert.deepEqual(done["usage"], { inputTokens: 11, outputTokens: 2, cost: 0.01 });
   const told = (done["history"] as Doc[])
     .flatMap((h) => (h["progress"] as Doc[] | undefined) ?? [])
     .filter((p) => p["kind"] === "agent_progress");

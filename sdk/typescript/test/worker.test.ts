@@ -169,6 +169,7 @@ test("a killed worker's recorded steps are not run again", async () => {
       said.push(
         await task.step(`model turn ${turn}`, async () => {
           ran.push(`model turn ${turn}`);
+          task.addUsage({ inputTokens: 30, outputTokens: 12, cost: 0.5, model: "m" });
           return { turn, byAttempt: task.attempt };
         }),
       );
@@ -177,6 +178,8 @@ test("a killed worker's recorded steps are not run again", async () => {
   };
   const done = await serving({ "ts-looping": resume }, () => legato.waitFor(id, "Completed", 30_000));
   assert.deepEqual(ran, ["model turn 3"], "the recorded turns were not done again");
+  // Only the turn that ran in this attempt reported spending.
+  assert.deepEqual(done["usage"], { inputTokens: 30, outputTokens: 12, cost: 0.5 });
   assert.deepEqual((done["output"] as Doc)["loop"], {
     said: [
       { turn: 1, byAttempt: 1 },

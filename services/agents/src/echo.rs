@@ -7,7 +7,8 @@
 //! instance's first k executions, so a redrive (a new execution) passes.
 //! `journal: [names]` records a journaled step of each name first (its
 //! value: the attempt that ran it), answered as `journal` in the output,
-//! so a retried task shows which attempt did the work. Tests,
+//! so a retried task shows which attempt did the work. `usage` (tokens,
+//! cost, model) is reported as what the attempt spent. Tests,
 //! benchmarks and operators use it to exercise the engine without models.
 
 use std::time::Duration;
@@ -40,6 +41,7 @@ struct EchoInput {
     hang_attempts: u32,
     fail_executions: u32,
     journal: Vec<String>,
+    usage: Option<legato_contracts::Usage>,
 }
 
 #[async_trait]
@@ -53,6 +55,9 @@ impl Agent for Echo {
             Value::Null => EchoInput::default(),
             other => input::parse("echo", other)?,
         };
+        if let Some(usage) = &request.usage {
+            ctx.add_usage(usage);
+        }
         let mut journal = serde_json::Map::new();
         for name in &request.journal {
             let attempt = task.attempt;

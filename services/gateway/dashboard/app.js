@@ -231,6 +231,23 @@ function levels(steps) {
 // A step's card; a loop's or race's holds its body's cards (from `all`,
 // the instance's steps), drawn like the workflow's; a loop's also its
 // iteration count.
+function tokens(usage) {
+  return (usage.inputTokens || 0) + (usage.outputTokens || 0);
+}
+
+// "1,234 tokens (1,000 in, 234 out) · cost 0.42"
+function spent(usage) {
+  const n = (x) => (x || 0).toLocaleString("en");
+  return `${n(tokens(usage))} tokens (${n(usage.inputTokens)} in, ${n(usage.outputTokens)} out)` +
+    (usage.cost ? ` · cost ${usage.cost.toFixed(4).replace(/\.?0+$/, "")}` : "");
+}
+
+function overBudget(instance) {
+  const { budget, usage } = instance;
+  if (!budget || !usage || instance.runtimeStatus !== "Suspended") return false;
+  return (budget.tokens !== undefined && tokens(usage) > budget.tokens) || (budget.cost !== undefined && (usage.cost || 0) > budget.cost);
+}
+
 function stepCard(step, all = []) {
   const items = step.items;
   const retries = Math.max(0, step.attempts - (items ? Math.max(1, items.total) : 1));
@@ -250,6 +267,7 @@ function stepCard(step, all = []) {
     items ? el("div", { class: "meta", "data-items": `${items.completed}/${items.total}` },
       `${items.completed}/${items.total} items`, items.failed ? `, ${items.failed} failed` : "", items.running ? `, ${items.running} running` : "") : null,
     items ? el("div", { class: "bar" }, el("span", { style: `width: ${items.total ? (100 * items.completed) / items.total : 0}%` })) : null,
+    step.usage ? el("div", { class: "meta", "data-usage": tokens(step.usage) }, spent(step.usage)) : null,
     step.error ? el("div", { class: "meta" }, step.error) : null,
     // Each child run (the latest attempt's of each task), by its page.
     ...(step.children || []).map((child) =>
@@ -281,6 +299,17 @@ async function instancePage(id) {
     const redrivable = ["Failed", "Terminated"].includes(instance.runtimeStatus);
     // Redrive onto a later version of the definition (a fixed one), if given.
     const redriveVersion = el("input", { id: "redrive-version", type: "number", min: instance.version, placeholder: `version (${instance.version})`, disabled: !redrivable, style: "width: 8em" });
+    // A run suspended for its budget resumes with a higher one.
+    const budgetTokens = el("input", { id: "budget-tokens", type: "number", min: 1, placeholder: "budget tokens", disabled: finished, style: "width: 9em" });
+    const budgetCost = el("input", { id: "budget-cost", type: "number", min: 0, step: "any", placeholder: "budget cost", disabled: finished, style: "width: 8em" });
+    const resume = () => {
+      const budget = {};
+      if (budgetTokens.value) budget.tokens = Number(budgetTokens.value);
+      if (budgetCost.value) budget.cost = Number(budgetCost.value);
+      return operate("resume", null, Object.keys(budget).length ? { budget } : {});
+    };
+    const limits = instance.budget ? [instance.budget.tokens !== undefined ? `${instance.budget.tokens.toLocaleString("en")} tokens` : null,
+      instance.budget.cost !== undefined ? `cost ${instance.budget.cost}` : null].filter(Boolean).join(", ") : null;
     const eventName = el("input", { id: "event-name", placeholder: "event name" });
     const eventData = el("textarea", { id: "event-data", rows: 2, cols: 40, placeholder: '{"any": "json"}' });
     const raise = () => attempt(async () => {
@@ -301,6 +330,10 @@ async function instancePage(id) {
         instance.parent.iteration !== undefined ? ` iteration ${instance.parent.iteration}` : "",
         ` · attempt ${instance.parent.attempt}`) : null,
       instance.error ? el("p", { id: "error" }, el("strong", {}, "Error: "), instance.error) : null,
+      instance.usage || instance.budget ? el("p", { id: "usage", "data-tokens": instance.usage ? tokens(instance.usage) : 0 },
+        el("strong", {}, "Spent: "), instance.usage ? spent(instance.usage) : "nothing yet",
+        limits ? ` · budget ${limits}` : "",
+        overBudget(instance) ? el("strong", { id: "over-budget" }, " · over budget: resume with a higher one, or terminate") : "") : null,
       ...waiting.map((step) => el("div", { class: "wait", "data-waiting": step.event },
         el("strong", {}, `Waiting for “${step.event}”`), " ",
         el("button", { class: "primary", id: "approve", onclick: () => signal(step.event, { approved: true, by: "dashboard" }) }, "Approve"), " ",
@@ -312,7 +345,8 @@ async function instancePage(id) {
       el("div", { class: "actions" },
         eventName, eventData, el("button", { id: "raise", onclick: raise }, "Raise event"),
         el("button", { id: "suspend", disabled: finished, onclick: () => operate("suspend") }, "Suspend"),
-        el("button", { id: "resume", disabled: finished, onclick: () => operate("resume") }, "Resume"),
+        budgetTokens, budgetCost,
+        el("button", { id: "resume", disabled: finished, onclick: resume }, "Resume"),
         el("button", { id: "restart", onclick: () => operate("restart", `Restart ${instance.id} from the start?`) }, "Restart"),
         redriveVersion,
         el("button", { id: "redrive", disabled: !redrivable, onclick: () => operate("redrive", `Redrive ${instance.id} from what did not complete${redriveVersion.value ? `, on version ${redriveVersion.value}` : ""}?`, redriveVersion.value ? { version: Number(redriveVersion.value) } : {}) }, "Redrive"),

@@ -13,7 +13,7 @@ use futures::StreamExt;
 use legato_bus::Delivery;
 use legato_contracts::{
     Envelope, HeartbeatKind, InstanceId, Payload, RuntimeStatus, TaskCompleted, TaskDispatched,
-    TaskError, TaskFailed, TaskHeartbeat, TraceParent,
+    TaskError, TaskFailed, TaskHeartbeat, TraceParent, Usage,
 };
 use legato_engine::{InstanceState, SlotStatus};
 use legato_service::agent_figures::Outcome;
@@ -141,6 +141,7 @@ async fn claim_of(
                 message: format!("no agent {} is registered", task.agent),
                 retryable: false,
             },
+            usage: None,
         };
         publish(state, &instance, envelope.traceparent, failure.into()).await?;
         settle(delivery.ack().await);
@@ -419,11 +420,13 @@ pub(crate) async fn complete(
     token: &Token,
     output: Value,
     custom_status: Option<Value>,
+    usage: Option<Usage>,
 ) -> Result<Reported, Problem> {
     let completion = Completion {
         token: token.clone(),
         output,
         custom_status,
+        usage,
     };
     let mut answers = complete_all(state, vec![completion]).await?;
     answers.pop().unwrap_or_else(|| Err(missing()))
@@ -434,6 +437,7 @@ pub(crate) struct Completion {
     pub token: Token,
     pub output: Value,
     pub custom_status: Option<Value>,
+    pub usage: Option<Usage>,
 }
 
 /// Instances read at once while a batch is checked.
@@ -496,6 +500,7 @@ pub(crate) async fn complete_all(
                 attempt: c.token.attempt,
                 output: c.output.clone(),
                 custom_status: c.custom_status.clone(),
+                usage: c.usage.clone(),
             };
             Envelope::new(SOURCE, c.token.instance.clone(), now, completed)
         })
@@ -520,6 +525,7 @@ pub(crate) async fn fail(
     token: &Token,
     message: String,
     retryable: bool,
+    usage: Option<Usage>,
 ) -> Result<Reported, Problem> {
     if standing(state, token).await? == Standing::Completed {
         return Err(Problem::new(
@@ -535,6 +541,7 @@ pub(crate) async fn fail(
         key: token.key.clone(),
         attempt: token.attempt,
         error: TaskError { message, retryable },
+        usage,
     };
     publish(state, &token.instance, None, failed.into()).await?;
     count_end(state, token, Outcome::Failed);

@@ -29,6 +29,82 @@ pub(crate) struct StartRequest {
     /// The definition version to run; the latest when absent.
     #[serde(default)]
     pub version: Option<u32>,
+    /// What the instance may spend (`tokens`, `cost`), in place of the
+    /// definition's budget and within it: crossing it suspends the
+    /// instance.
+    #[serde(default)]
+    #[schema(value_type = Option<BudgetView>)]
+    pub budget: Option<legato_contracts::Budget>,
+}
+
+/// The most an instance may spend; either bound may be absent.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BudgetView {
+    /// Model tokens, input and output together (at least 1).
+    #[schema(minimum = 1)]
+    pub tokens: Option<u64>,
+    /// In the currency agents report their cost in (above 0).
+    pub cost: Option<f64>,
+}
+
+/// What an instance, a step or a result spent.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct UsageView {
+    #[serde(default)]
+    pub input_tokens: u64,
+    #[serde(default)]
+    pub output_tokens: u64,
+    #[serde(default)]
+    pub cost: f64,
+    /// The model that spent it (on one result).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+}
+
+impl From<&legato_contracts::Usage> for UsageView {
+    fn from(usage: &legato_contracts::Usage) -> Self {
+        Self {
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+            cost: usage.cost,
+            model: usage.model.clone(),
+        }
+    }
+}
+
+impl From<UsageView> for legato_contracts::Usage {
+    fn from(view: UsageView) -> Self {
+        Self {
+            input_tokens: view.input_tokens,
+            output_tokens: view.output_tokens,
+            cost: view.cost,
+            model: view.model,
+        }
+    }
+}
+
+/// A budget as a request gave it, checked: the field at fault (a JSON
+/// pointer under `at`) and why, else the budget.
+pub(crate) fn checked_budget(
+    at: &str,
+    budget: &legato_contracts::Budget,
+    ceiling: Option<&legato_contracts::Budget>,
+) -> Result<(), legato_service::problem::Problem> {
+    let fault = |(field, why): (&str, String)| {
+        let pointer = if field.is_empty() {
+            at.to_owned()
+        } else {
+            format!("{at}/{field}")
+        };
+        legato_service::problem::Problem::field(pointer, why)
+    };
+    budget.check().map_err(fault)?;
+    match ceiling {
+        Some(ceiling) => budget.within(ceiling).map_err(fault),
+        None => Ok(()),
+    }
 }
 
 /// Where to follow and steer a started instance.
@@ -112,6 +188,9 @@ pub(crate) struct StepView {
     pub started_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<String>,
+    /// What the step's tasks reported spending (absent: nothing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageView>,
 }
 
 /// How far a `for_each` step's items got.
@@ -202,6 +281,13 @@ pub(crate) struct InstanceView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parent: Option<ParentView>,
     pub steps: Vec<StepView>,
+    /// What the instance's agents reported spending (absent: nothing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageView>,
+    /// The most it may spend: crossing it suspends the instance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<BudgetView>)]
+    pub budget: Option<legato_contracts::Budget>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub history: Option<Vec<HistoryEntry>>,
 }
@@ -253,6 +339,8 @@ impl InstanceView {
                 attempt: p.attempt,
             }),
             steps,
+            usage: (!state.usage.is_empty()).then(|| UsageView::from(&state.usage)),
+            budget: state.budget.clone(),
             history: None,
         }
     }
@@ -317,6 +405,9 @@ fn step_views(
                 .then(|| ItemCounts::of(s.map_or(&[][..], |s| &s.tasks))),
             started_at: s.and_then(|s| s.started_at).map(rfc3339),
             completed_at: s.and_then(|s| s.completed_at).map(rfc3339),
+            usage: s
+                .filter(|s| !s.usage.is_empty())
+                .map(|s| UsageView::from(&s.usage)),
         });
         if let Some(body) = step.body() {
             step_views(state, body, Some(step.id.as_str()), views);
@@ -412,6 +503,19 @@ pub(crate) struct DefinitionList {
 pub(crate) struct ReasonBody {
     #[serde(default)]
     pub reason: Option<String>,
+}
+
+/// Body of resume (optional).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct ResumeBody {
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Replaces the instance's budget first: an instance suspended for its
+    /// budget resumes only with one above what it spent.
+    #[serde(default)]
+    #[schema(value_type = Option<BudgetView>)]
+    pub budget: Option<legato_contracts::Budget>,
 }
 
 /// Body of redrive (optional).

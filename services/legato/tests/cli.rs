@@ -386,6 +386,70 @@ async fn the_cli_registers_lists_shows_and_removes_agents() {
     assert_eq!(gone.status.code(), Some(1));
 }
 
+/// A budget through the CLI: `start --budget-tokens`, `show` says what was
+/// spent of it, `resume --budget-tokens` raises it.
+#[tokio::test]
+async fn the_cli_sets_shows_and_raises_a_budget() {
+    let dir = temp_dir();
+    let up = start_legato(dir.path());
+    let base = up.base.as_str();
+    let spend = |id: &str, needs: &[&str]| {
+        serde_json::json!({"id": id, "needs": needs, "agent": "echo",
+            "input": {"value": id, "usage": {"input_tokens": 40, "output_tokens": 20}}})
+    };
+    let registered = up
+        .client
+        .put(format!("{base}/api/v1/workflows/cli-spender"))
+        .bearer_auth(KEY)
+        .json(&serde_json::json!({
+            "name": "cli-spender", "version": 1,
+            "steps": [spend("a", &[]), spend("b", &["a"]), spend("c", &["b"])],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(registered.status().is_success(), "{registered:?}");
+    let status_of = |wanted: &'static str| async move {
+        for _ in 0..300 {
+            let shown = run(base, &["show", "thrifty", "--output", "json"]);
+            let view: Value = serde_json::from_str(stdout(&shown).trim()).unwrap_or_default();
+            if view["runtimeStatus"] == wanted {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("thrifty was not {wanted} within 30 s");
+    };
+    let started = run(
+        base,
+        &[
+            "start",
+            "cli-spender",
+            "--id",
+            "thrifty",
+            "--budget-tokens",
+            "100",
+        ],
+    );
+    assert_eq!(started.status.code(), Some(0), "{started:?}");
+    status_of("Suspended").await;
+    let text = stdout(&run(base, &["show", "thrifty"]));
+    assert!(
+        text.contains("spent: 120 tokens (80 in, 40 out) of a budget of tokens 100"),
+        "{text}"
+    );
+    assert!(text.contains("spent 60 tokens (40 in, 20 out)"), "{text}");
+    let refused = run(base, &["resume", "thrifty"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("budget exceeded"),
+        "{refused:?}"
+    );
+    let raised = run(base, &["resume", "thrifty", "--budget-tokens", "1000"]);
+    assert_eq!(raised.status.code(), Some(0), "{raised:?}");
+    status_of("Completed").await;
+}
+
 /// `legato validate` checks files offline with registration's own
 /// messages: the shipped patterns pass; a broken loop fails with exactly
 /// the problems the gateway lists when it is registered.

@@ -551,6 +551,7 @@ impl Applier {
                     run: new_run(),
                     created_at: state.created_at,
                     parent: start.parent.clone(),
+                    budget: start.budget.clone(),
                 }
             }
         }))

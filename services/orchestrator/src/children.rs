@@ -94,6 +94,7 @@ pub(crate) fn message(command: &Command) -> Result<Option<(InstanceId, Payload)>
                 input: start.input.clone(),
                 tenant: start.tenant.clone(),
                 parent: Some(start.parent.clone()),
+                budget: None,
             };
             (start.child.clone(), payload.into())
         }
@@ -113,17 +114,19 @@ pub(crate) fn message(command: &Command) -> Result<Option<(InstanceId, Payload)>
 pub(crate) fn report(parent: &ParentLink, result: &ChildResult) -> (InstanceId, Payload) {
     let (key, attempt) = (parent.key.clone(), parent.attempt);
     let payload: Payload = match result {
-        ChildResult::Completed { output } => TaskCompleted {
+        ChildResult::Completed { output, usage } => TaskCompleted {
             key,
             attempt,
             output: output.clone(),
             custom_status: None,
+            usage: usage.clone(),
         }
         .into(),
-        ChildResult::Failed { error } => TaskFailed {
+        ChildResult::Failed { error, usage } => TaskFailed {
             key,
             attempt,
             error: error.clone(),
+            usage: usage.clone(),
         }
         .into(),
     };

@@ -70,7 +70,7 @@ async fn handle(
         let traceparent =
             legato_service::telemetry::current_traceparent().or(envelope.traceparent.clone());
         let input = match to_input(&envelope) {
-            Routed::Apply(input) => input,
+            Routed::Apply(input) => *input,
             // Bare beats of tasks without a lease prove only that the agent
             // lives, which the broker's lease on the delivery already does.
             Routed::Ignore => return settle(delivery.ack().await),
@@ -130,7 +130,8 @@ fn settle(result: Result<(), legato_bus::BusError>) {
 }
 
 enum Routed {
-    Apply(Input),
+    /// Boxed: an input is far larger than the other answers.
+    Apply(Box<Input>),
     /// Nothing to apply: a heartbeat that renews no lease and has no news.
     Ignore,
     Reject(String),
@@ -144,10 +145,10 @@ fn to_input(envelope: &Envelope) -> Routed {
     let id = envelope.id.clone();
     let event = match &envelope.payload {
         Payload::Start(start) => {
-            return Routed::Apply(Input::Start {
+            return Routed::Apply(Box::new(Input::Start {
                 at,
                 start: start.clone(),
-            });
+            }));
         }
         Payload::RaiseEvent(e) => Event::EventRaised {
             at,
@@ -169,9 +170,12 @@ fn to_input(envelope: &Envelope) -> Routed {
             at,
             id,
             reason: r.reason.clone(),
+            budget: r.budget.clone(),
         },
         Payload::Redrive(r) => match r.version {
-            Some(version) => return Routed::Apply(Input::RedriveOnto { at, id, version }),
+            Some(version) => {
+                return Routed::Apply(Box::new(Input::RedriveOnto { at, id, version }));
+            }
             None => Event::RedriveRequested {
                 at,
                 id,
@@ -189,12 +193,14 @@ fn to_input(envelope: &Envelope) -> Routed {
             attempt: c.attempt,
             output: c.output.clone(),
             custom_status: c.custom_status.clone(),
+            usage: c.usage.clone(),
         },
         Payload::TaskFailed(f) => Event::TaskFailed {
             at,
             key: f.key.clone(),
             attempt: f.attempt,
             error: f.error.clone(),
+            usage: f.usage.clone(),
         },
         Payload::TaskHeartbeat(beat) => {
             let news = (beat.progress.is_some() || beat.message.is_some()).then(|| AgentNews {
@@ -218,5 +224,5 @@ fn to_input(envelope: &Envelope) -> Routed {
             return Routed::Reject(format!("{} is not for the orchestrator", other.type_name()));
         }
     };
-    Routed::Apply(Input::Event(event))
+    Routed::Apply(Box::new(Input::Event(event)))
 }

@@ -1,5 +1,6 @@
-//! What one applied decision counts: an instance starting or ending, and
-//! how long each step that ended took.
+//! What one applied decision counts: an instance starting or ending, how
+//! long each step that ended took, what its agents spent, and a budget
+//! crossed.
 
 use legato_contracts::{ProgressKind, WorkflowName};
 use legato_engine::{Command, Decision, InstanceState};
@@ -15,6 +16,15 @@ pub(crate) fn record(workflow: &WorkflowName, before: &InstanceState, decision: 
     if !before.status.is_terminal() && after.status.is_terminal() {
         legato_service::metrics::instance_finished(workflow, after.status.as_str());
     }
+    let (was, is) = (&before.usage, &after.usage);
+    if is != was {
+        legato_service::metrics::spent(
+            workflow,
+            is.input_tokens.saturating_sub(was.input_tokens),
+            is.output_tokens.saturating_sub(was.output_tokens),
+            (is.cost - was.cost).max(0.0),
+        );
+    }
     for command in &decision.commands {
         let Command::PublishProgress(progress) = command else {
             continue;
@@ -22,6 +32,15 @@ pub(crate) fn record(workflow: &WorkflowName, before: &InstanceState, decision: 
         let outcome = match progress.kind {
             ProgressKind::StepCompleted => "completed",
             ProgressKind::StepFailed => "failed",
+            ProgressKind::InstanceSuspended
+                if progress
+                    .data
+                    .as_ref()
+                    .is_some_and(|d| d["reason"] == legato_engine::BUDGET_EXCEEDED) =>
+            {
+                legato_service::metrics::budget_exceeded(workflow);
+                continue;
+            }
             _ => continue,
         };
         let Some(step) = progress

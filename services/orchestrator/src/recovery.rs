@@ -67,6 +67,7 @@ async fn resend(
             input: state.input.clone(),
             tenant: state.tenant.clone(),
             parent: None,
+            budget: state.budget.clone(),
         };
         vec![Envelope::new(SOURCE, id.clone(), now, start)]
     } else {

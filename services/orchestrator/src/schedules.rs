@@ -181,6 +181,7 @@ impl Scheduler {
             input: doc.spec.input.clone(),
             tenant: schedule.tenant.clone(),
             parent: None,
+            budget: None,
         };
         let commit = records::accept_start(SOURCE, id.clone(), start, OffsetDateTime::now_utc())?;
         match self.relay.commit(commit).await {

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use legato_bus::Bus;
 use legato_contracts::{
     AgentName, Envelope, HeartbeatKind, InstanceId, TaskError, TaskHeartbeat, TaskKey, TenantId,
-    TraceParent, WorkflowName,
+    TraceParent, Usage, WorkflowName,
 };
 use legato_service::progress_pace::{ProgressPace, Turn};
 use serde::Serialize;
@@ -68,6 +68,8 @@ pub struct TaskContext {
     pub(crate) leased: bool,
     pub(crate) cancel: CancellationToken,
     pub(crate) custom_status: Arc<Mutex<Option<Value>>>,
+    /// What the attempt spent so far, sent with its result.
+    pub(crate) usage: Arc<Mutex<Usage>>,
     /// The worker's progress pacing, shared by its attempts.
     pub(crate) pace: Arc<ProgressPace>,
     /// The step's heartbeat lease, which shortens a progress turn.
@@ -204,6 +206,29 @@ impl TaskContext {
         if let Ok(mut slot) = self.custom_status.lock() {
             *slot = Some(status);
         }
+    }
+
+    /// Counts what the attempt spent (model tokens, cost) into its result:
+    /// the engine sums it per step and per instance against the instance's
+    /// budget. Spent inside a [`TaskContext::step`], it is counted once,
+    /// however often the task runs.
+    pub fn add_usage(&self, spent: &Usage) {
+        if let Ok(mut total) = self.usage.lock() {
+            let first = total.is_empty() && total.model.is_none();
+            let model = if first || total.model == spent.model {
+                spent.model.clone()
+            } else {
+                None
+            };
+            total.add(spent);
+            total.model = model;
+        }
+    }
+
+    /// What the attempt reported spending, if anything.
+    pub(crate) fn spent(&self) -> Option<Usage> {
+        let total = self.usage.lock().ok()?.clone();
+        (!total.is_empty()).then_some(total)
     }
 
     pub fn is_cancelled(&self) -> bool {

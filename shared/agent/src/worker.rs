@@ -382,6 +382,7 @@ async fn handle_task(shared: &Shared, delivery: Delivery) {
         leased: dispatched.heartbeat_timeout_ms.is_some(),
         cancel: cancel.clone(),
         custom_status: Arc::default(),
+        usage: Arc::default(),
         pace: shared.pace.clone(),
         lease_ms: dispatched.heartbeat_timeout_ms,
         journal: Arc::new(Journal::new(
@@ -416,18 +417,21 @@ async fn handle_task(shared: &Shared, delivery: Delivery) {
         .figures
         .ended(agent, &attempt, ended, Some(began.elapsed()), now);
     let custom_status = ctx.custom_status.lock().ok().and_then(|mut s| s.take());
+    let usage = ctx.spent();
     let payload: Payload = match outcome {
         Ok(output) => TaskCompleted {
             key: task.key.clone(),
             attempt: task.attempt,
             output,
             custom_status,
+            usage,
         }
         .into(),
         Err(error) => TaskFailed {
             key: task.key.clone(),
             attempt: task.attempt,
             error,
+            usage,
         }
         .into(),
     };

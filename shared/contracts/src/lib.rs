@@ -12,6 +12,7 @@ pub mod journal;
 mod payload;
 mod status;
 mod task;
+mod usage;
 
 pub use envelope::{DecodeError, Envelope, SPEC_VERSION, TraceParent};
 pub use ids::{
@@ -26,3 +27,4 @@ pub use payload::{
 };
 pub use status::RuntimeStatus;
 pub use task::{TaskKey, TaskRole};
+pub use usage::{Budget, Usage};

@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use crate::{AgentName, EventName, InstanceId, RuntimeStatus, StepId, TaskKey, WorkflowName};
+use crate::{
+    AgentName, Budget, EventName, InstanceId, RuntimeStatus, StepId, TaskKey, Usage, WorkflowName,
+};
 
 /// Attempts count from 1; a 0 on the wire is a producer bug, refused at the
 /// edge like any other invalid field.
@@ -69,6 +71,10 @@ pub struct StartInstance {
     /// Set when a parent instance starts this one as a child workflow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<ParentLink>,
+    /// What the instance may spend, in place of its definition's budget
+    /// (the gateway holds it within the definition's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
 }
 
 /// The task attempt of a parent instance a child workflow run does: the
@@ -113,6 +119,10 @@ pub struct SuspendInstance {
 pub struct ResumeInstance {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Replaces the instance's budget first (raising it past what it
+    /// spent is how an instance suspended for its budget goes on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
 }
 
 /// Starts the instance over with its pinned definition; `input` replaces the
@@ -185,6 +195,9 @@ pub struct TaskCompleted {
     /// Replaces the instance's custom status when present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom_status: Option<Value>,
+    /// What the attempt spent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,13 +209,16 @@ pub struct TaskError {
     pub retryable: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskFailed {
     pub key: TaskKey,
     #[serde(deserialize_with = "attempt_number")]
     pub attempt: u32,
     pub error: TaskError,
+    /// What the attempt spent before it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
 }
 
 /// An agent is still working; `progress` is relayed to watchers as is.

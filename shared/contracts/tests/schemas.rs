@@ -66,6 +66,7 @@ fn samples() -> Vec<Payload> {
             input: json!({"request": "x"}),
             tenant: None,
             parent: None,
+            budget: None,
         }
         .into(),
         StartInstance {
@@ -79,6 +80,7 @@ fn samples() -> Vec<Payload> {
                 attempt: 2,
                 depth: 1,
             }),
+            budget: None,
         }
         .into(),
         RaiseEvent {
@@ -93,6 +95,7 @@ fn samples() -> Vec<Payload> {
         SuspendInstance::default().into(),
         ResumeInstance {
             reason: Some("go".into()),
+            budget: None,
         }
         .into(),
         RestartInstance { input: None }.into(),
@@ -123,6 +126,7 @@ fn samples() -> Vec<Payload> {
             attempt: 1,
             output: json!([1, 2]),
             custom_status: None,
+            usage: None,
         }
         .into(),
         TaskFailed {
@@ -132,6 +136,7 @@ fn samples() -> Vec<Payload> {
                 message: "boom".into(),
                 retryable: false,
             },
+            usage: None,
         }
         .into(),
         TaskHeartbeat {

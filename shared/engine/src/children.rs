@@ -142,10 +142,11 @@ pub(crate) fn report(ctx: &mut Ctx) {
 
 /// What an ended instance's parent is told of it; `None` while it runs.
 pub fn result_of(state: &InstanceState) -> Option<ChildResult> {
+    let usage = (!state.usage.is_empty()).then(|| state.usage.clone());
     let (message, retryable) = match state.status {
         RuntimeStatus::Completed => {
             let output = state.output.clone().unwrap_or_default();
-            return Some(ChildResult::Completed { output });
+            return Some(ChildResult::Completed { output, usage });
         }
         // A failed child is worth another run under its step's retry
         // policy, like a retryable agent error.
@@ -174,5 +175,6 @@ pub fn result_of(state: &InstanceState) -> Option<ChildResult> {
     };
     Some(ChildResult::Failed {
         error: TaskError { message, retryable },
+        usage,
     })
 }

@@ -70,8 +70,13 @@ pub enum ChildResult {
     Completed {
         #[serde(default)]
         output: Value,
+        /// What the child run spent: its parent counts it as its step's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<legato_contracts::Usage>,
     },
     Failed {
         error: TaskError,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<legato_contracts::Usage>,
     },
 }

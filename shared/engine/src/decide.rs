@@ -5,7 +5,7 @@ use legato_workflow::Workflow;
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use crate::{Command, Event, InstanceState, TimerKey, lifecycle, tasks};
+use crate::{Command, Event, InstanceState, TimerKey, lifecycle, spending, tasks};
 
 /// Whether the event changed anything.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,8 +99,11 @@ fn apply(ctx: &mut Ctx, event: &Event) -> Result<(), Ignored> {
             run,
             created_at,
             parent,
+            budget,
             ..
         } => {
+            // The start's budget, or else its definition's.
+            ctx.state.budget = budget.clone().or_else(|| workflow.budget.clone());
             lifecycle::start(
                 ctx,
                 instance,
@@ -125,8 +128,11 @@ fn apply(ctx: &mut Ctx, event: &Event) -> Result<(), Ignored> {
             lifecycle::first_delivery(ctx, id)?;
             lifecycle::suspend(ctx, reason.as_deref())
         }
-        Event::ResumeRequested { id, reason, .. } => {
+        Event::ResumeRequested {
+            id, reason, budget, ..
+        } => {
             lifecycle::first_delivery(ctx, id)?;
+            spending::rebudget(ctx, budget.as_ref())?;
             lifecycle::resume(ctx, reason.as_deref())
         }
         Event::RestartRequested { id, input, .. } => {
@@ -165,25 +171,44 @@ fn apply(ctx: &mut Ctx, event: &Event) -> Result<(), Ignored> {
 /// Applies a task result, timer or external event to a running instance,
 /// then starts whatever became ready.
 pub(crate) fn apply_running(ctx: &mut Ctx, event: &Event) -> Result<(), Ignored> {
-    match event {
+    let over_budget = match event {
         Event::TaskCompleted {
             key,
             attempt,
             output,
             custom_status,
+            usage,
             ..
-        } => tasks::completed(ctx, key, *attempt, output, custom_status.as_ref())?,
+        } => {
+            let over = spending::account(ctx, key, usage.as_ref());
+            tasks::completed(ctx, key, *attempt, output, custom_status.as_ref())?;
+            over
+        }
         Event::TaskFailed {
             key,
             attempt,
             error,
+            usage,
             ..
-        } => tasks::failed(ctx, key, *attempt, error)?,
-        Event::TimerFired { timer, .. } => tasks::timer_fired(ctx, timer)?,
-        Event::EventRaised { id, name, data, .. } => lifecycle::event_raised(ctx, id, name, data)?,
+        } => {
+            let over = spending::account(ctx, key, usage.as_ref());
+            tasks::failed(ctx, key, *attempt, error)?;
+            over
+        }
+        Event::TimerFired { timer, .. } => {
+            tasks::timer_fired(ctx, timer)?;
+            None
+        }
+        Event::EventRaised { id, name, data, .. } => {
+            lifecycle::event_raised(ctx, id, name, data)?;
+            None
+        }
         _ => return ignore("not a running-instance event"),
+    };
+    match over_budget {
+        Some(why) => spending::settle(ctx, why),
+        None => crate::scheduler::advance(ctx),
     }
-    crate::scheduler::advance(ctx);
     Ok(())
 }
 

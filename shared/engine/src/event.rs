@@ -2,7 +2,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use legato_contracts::{
-    EventName, HeartbeatKind, InstanceId, ParentLink, StepId, TaskError, TaskKey,
+    Budget, EventName, HeartbeatKind, InstanceId, ParentLink, StepId, TaskError, TaskKey, Usage,
 };
 use legato_workflow::Workflow;
 use serde::{Deserialize, Serialize};
@@ -40,6 +40,10 @@ pub enum Event {
         /// Set when the instance runs as a child workflow.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         parent: Option<ParentLink>,
+        /// What the start asked the instance may spend, in place of its
+        /// definition's budget.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        budget: Option<Budget>,
     },
     TaskCompleted {
         #[serde(with = "time::serde::rfc3339")]
@@ -50,6 +54,8 @@ pub enum Event {
         output: Value,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         custom_status: Option<Value>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<Usage>,
     },
     TaskFailed {
         #[serde(with = "time::serde::rfc3339")]
@@ -57,6 +63,8 @@ pub enum Event {
         key: TaskKey,
         attempt: u32,
         error: TaskError,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<Usage>,
     },
     TimerFired {
         #[serde(with = "time::serde::rfc3339")]
@@ -109,6 +117,9 @@ pub enum Event {
         id: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+        /// Replaces the instance's budget before it resumes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        budget: Option<Budget>,
     },
     RestartRequested {
         #[serde(with = "time::serde::rfc3339")]

@@ -21,6 +21,7 @@ mod lifecycle;
 mod races;
 pub use lifecycle::{redrive_onto_refused, redrive_refused};
 mod scheduler;
+mod spending;
 mod state;
 mod tasks;
 
@@ -28,6 +29,7 @@ pub use children::{MAX_DEPTH, result_of};
 pub use command::{ChildResult, ChildStart, Command};
 pub use decide::{Decision, Outcome, decide, replay};
 pub use event::{AgentNews, Event, TimerKey};
+pub use spending::BUDGET_EXCEEDED;
 pub use state::{
     ChildSlot, CompensationState, InstanceState, PendingEvent, SlotStatus, StepState, StepStatus,
     TaskSlot,

@@ -369,13 +369,19 @@ pub(crate) fn resume(ctx: &mut Ctx, reason: Option<&str>) -> Result<(), Ignored>
             ctx.claimed.insert(id.clone());
         }
     }
-    for event in backlog {
-        if ctx.state.status != RuntimeStatus::Running {
-            break;
-        }
+    let mut backlog = backlog.into_iter();
+    for event in backlog.by_ref() {
         // A stale backlog entry is simply dropped, as it would have been
         // had it arrived while running.
         let _ignored = apply_running(ctx, &event);
+        if ctx.state.status != RuntimeStatus::Running {
+            break;
+        }
+    }
+    if ctx.state.status == RuntimeStatus::Suspended {
+        // Held again (a result took it past its budget): the rest waits.
+        ctx.state.backlog.extend(backlog);
+        return Ok(());
     }
     scheduler::advance(ctx);
     Ok(())

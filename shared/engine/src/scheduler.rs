@@ -20,6 +20,14 @@ pub(crate) fn advance(ctx: &mut Ctx) {
     }
 }
 
+/// Whether every top-level step is done: the run has nothing left to do.
+pub(crate) fn all_done(ctx: &Ctx) -> bool {
+    let Ok(workflow) = ctx.workflow() else {
+        return false;
+    };
+    statuses(&ctx.state, &workflow).iter().all(|s| s.is_done())
+}
+
 /// Whether steps may still be started.
 fn going(ctx: &Ctx) -> bool {
     ctx.state.status == RuntimeStatus::Running && ctx.state.compensation.is_none()
@@ -278,6 +286,11 @@ pub(crate) fn dispatch_queued(ctx: &mut Ctx, step: &Step) {
         _ => 1,
     };
     loop {
+        // A suspended instance (held for its budget while a result is
+        // applied) starts nothing.
+        if ctx.state.status != RuntimeStatus::Running {
+            return;
+        }
         let Some(state) = ctx.state.steps.get(&step.id) else {
             return;
         };

@@ -2,7 +2,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use legato_contracts::{
-    AgentName, EventName, InstanceId, ParentLink, RuntimeStatus, StepId, TaskKey, TaskRole,
+    AgentName, Budget, EventName, InstanceId, ParentLink, RuntimeStatus, StepId, TaskKey, TaskRole,
+    Usage,
 };
 use legato_workflow::{ChildWorkflow, Workflow};
 use serde::{Deserialize, Serialize};
@@ -95,6 +96,12 @@ pub struct InstanceState {
     /// The parent task this instance runs as a child workflow for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<ParentLink>,
+    /// What the instance's agents reported spending, summed.
+    #[serde(default, skip_serializing_if = "Usage::is_empty")]
+    pub usage: Usage,
+    /// The most it may spend: crossing it suspends the instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -186,6 +193,9 @@ pub struct StepState {
     /// (`keep_iterations`); otherwise only the last is kept, as `output`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub iterations: Vec<Value>,
+    /// What the step's tasks reported spending, summed.
+    #[serde(default, skip_serializing_if = "Usage::is_empty")]
+    pub usage: Usage,
 }
 
 impl StepState {
@@ -201,6 +211,7 @@ impl StepState {
             completed_nth: None,
             iteration: 0,
             iterations: Vec::new(),
+            usage: Usage::default(),
         }
     }
 
@@ -226,6 +237,7 @@ impl StepState {
             completed_nth: self.completed_nth,
             iteration: self.iteration,
             iterations: self.iterations.clone(),
+            usage: self.usage.clone(),
         }
     }
 
@@ -387,6 +399,8 @@ impl InstanceState {
             backlog: Vec::new(),
             compensation: None,
             parent: None,
+            usage: Usage::default(),
+            budget: None,
         }
     }
 
@@ -419,6 +433,8 @@ impl InstanceState {
             backlog: self.backlog.clone(),
             compensation: self.compensation.clone(),
             parent: self.parent.clone(),
+            usage: self.usage.clone(),
+            budget: self.budget.clone(),
         }
     }
 

@@ -78,6 +78,7 @@ fn a_child_run_per_attempt_with_an_id_derived_from_it_and_its_output_as_the_step
             message: "child workflow inst-1::code.a1 failed: tests failed".into(),
             retryable: true,
         },
+        usage: None,
     });
     let retry = common::scheduled(&h.take());
     h.advance(10);
@@ -168,6 +169,7 @@ fn child_state(yaml: &str) -> (InstanceState, ParentLink) {
         run: 9,
         created_at: None,
         parent: Some(parent.clone()),
+        budget: None,
     };
     let decision = decide(&InstanceState::new(id), &started);
     (decision.state, parent)
@@ -206,6 +208,7 @@ fn a_child_reports_completion_failure_and_termination_to_its_parent() {
             attempt: 1,
             output: json!("+csv"),
             custom_status: None,
+            usage: None,
         },
     );
     assert_eq!(
@@ -213,7 +216,8 @@ fn a_child_reports_completion_failure_and_termination_to_its_parent() {
         [(
             parent.clone(),
             ChildResult::Completed {
-                output: json!({ "diff": "+csv" })
+                output: json!({ "diff": "+csv" }),
+                usage: None,
             }
         )]
     );
@@ -228,9 +232,10 @@ fn a_child_reports_completion_failure_and_termination_to_its_parent() {
                 message: "no compiler".into(),
                 retryable: false,
             },
+            usage: None,
         },
     );
-    let [(to, ChildResult::Failed { error })] = &reports(&failed.commands)[..] else {
+    let [(to, ChildResult::Failed { error, .. })] = &reports(&failed.commands)[..] else {
         panic!("{:?}", failed.commands);
     };
     assert_eq!(to, &parent);
@@ -250,7 +255,7 @@ fn a_child_reports_completion_failure_and_termination_to_its_parent() {
             reason: Some("by hand".into()),
         },
     );
-    let [(_, ChildResult::Failed { error })] = &reports(&terminated.commands)[..] else {
+    let [(_, ChildResult::Failed { error, .. })] = &reports(&terminated.commands)[..] else {
         panic!("{:?}", terminated.commands);
     };
     assert!(!error.retryable, "a terminated child is not run again");
@@ -258,7 +263,8 @@ fn a_child_reports_completion_failure_and_termination_to_its_parent() {
     assert_eq!(
         legato_engine::result_of(&terminated.state),
         Some(ChildResult::Failed {
-            error: error.clone()
+            error: error.clone(),
+            usage: None,
         })
     );
     assert_eq!(
@@ -302,6 +308,7 @@ steps:
         run: 9,
         created_at: None,
         parent: deepest.parent.clone(),
+        budget: None,
     };
     let decision = decide(&fresh, &started);
     assert_eq!(decision.state.status, RuntimeStatus::Failed);
@@ -348,6 +355,7 @@ steps:
             message: "child workflow inst-1::each.1.a1 failed: no".into(),
             retryable: true,
         },
+        usage: None,
     });
     let commands = h.take();
     assert_eq!(

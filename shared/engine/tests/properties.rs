@@ -161,6 +161,7 @@ impl Run {
             run: 42,
             created_at: None,
             parent: None,
+            budget: None,
         });
         run
     }
@@ -227,6 +228,7 @@ impl Run {
                     at,
                     id,
                     reason: None,
+                    budget: None,
                 },
                 2 => Event::RestartRequested {
                     at,
@@ -280,6 +282,7 @@ impl Run {
                     attempt,
                     output: json!(attempt),
                     custom_status: None,
+                    usage: None,
                 },
                 2 if chaos && c.is_multiple_of(3) => Event::TaskFailed {
                     at,
@@ -289,6 +292,7 @@ impl Run {
                         message: "fatal".into(),
                         retryable: false,
                     },
+                    usage: None,
                 },
                 _ => Event::TaskFailed {
                     at,
@@ -298,6 +302,7 @@ impl Run {
                         message: "flaky".into(),
                         retryable: true,
                     },
+                    usage: None,
                 },
             };
             self.deliver(event);
@@ -339,6 +344,7 @@ impl Run {
                 at,
                 id,
                 reason: None,
+                budget: None,
             });
             return true;
         }

@@ -421,6 +421,7 @@ fn suspended_instances_dispatch_nothing_until_resumed() {
         at,
         id: "r1".into(),
         reason: None,
+        budget: None,
     });
     let suspend_again = Event::SuspendRequested {
         at,
@@ -458,6 +459,7 @@ fn accepted_message_ids_are_claimed_not_kept_in_the_state() {
             at,
             id: format!("r{n}"),
             reason: None,
+            budget: None,
         });
         assert_eq!(resume.claims, vec![format!("r{n}")]);
         sizes.push(size(&h));
@@ -493,6 +495,7 @@ fn an_event_buffered_while_suspended_is_claimed_once() {
         at,
         id: "r1".into(),
         reason: None,
+        budget: None,
     });
     assert_eq!(resume.claims, vec!["r1".to_owned()]);
     assert_eq!(h.state.status, RuntimeStatus::Completed);
@@ -671,6 +674,7 @@ fn custom_status_comes_from_agent_results() {
         attempt: 1,
         output: json!(1),
         custom_status: Some(json!({"phase": "done"})),
+        usage: None,
     });
     assert_eq!(h.state.custom_status, Some(json!({"phase": "done"})));
 }
@@ -836,6 +840,7 @@ fn event_acceptance_table() {
             message: "x".into(),
             retryable: true,
         },
+        usage: None,
     };
     let done = |attempt| Event::TaskCompleted {
         at,
@@ -843,6 +848,7 @@ fn event_acceptance_table() {
         attempt,
         output: json!(attempt),
         custom_status: None,
+        usage: None,
     };
     let retry = |attempt| Event::TimerFired {
         at,
@@ -885,6 +891,7 @@ fn event_acceptance_table() {
                 at,
                 id: "r".into(),
                 reason: None,
+                budget: None,
             },
             true,
         ),
@@ -1312,6 +1319,7 @@ fn a_started_instance_keeps_its_creation_time() {
         run: 7,
         created_at: state.created_at,
         parent: None,
+        budget: None,
     };
     let decision = legato_engine::decide(&state, &started);
     assert!(decision.applied());

@@ -11,6 +11,9 @@
 //! | `legato.outbox.backlog` | gauge | |
 //! | `legato.dead_letters` | counter | `consumer` |
 //! | `legato.bus.lag` | histogram, s | `consumer` |
+//! | `legato.usage.tokens` | counter | `workflow`, `direction` (`input`, `output`) |
+//! | `legato.usage.cost` | counter | `workflow` |
+//! | `legato.budget.exceeded` | counter | `workflow` |
 
 use std::sync::OnceLock;
 
@@ -25,6 +28,9 @@ struct Instruments {
     outbox_backlog: Gauge<u64>,
     dead_letters: Counter<u64>,
     bus_lag: Histogram<f64>,
+    tokens: Counter<u64>,
+    cost: Counter<f64>,
+    budget_exceeded: Counter<u64>,
 }
 
 static INSTRUMENTS: OnceLock<Instruments> = OnceLock::new();
@@ -64,8 +70,46 @@ fn instruments() -> &'static Instruments {
                 .with_description("From a message's sending to its receipt")
                 .with_boundaries(vec![0.001, 0.005, 0.02, 0.1, 0.5, 2.0, 10.0, 60.0])
                 .build(),
+            tokens: meter
+                .u64_counter("legato.usage.tokens")
+                .with_description("Model tokens agents reported spending")
+                .build(),
+            cost: meter
+                .f64_counter("legato.usage.cost")
+                .with_description("Cost agents reported, in their currency")
+                .build(),
+            budget_exceeded: meter
+                .u64_counter("legato.budget.exceeded")
+                .with_description("Instances suspended for crossing their budget")
+                .build(),
         }
     })
+}
+
+/// What an instance's agents spent since it was last counted.
+pub fn spent(workflow: &str, input_tokens: u64, output_tokens: u64, cost: f64) {
+    let m = instruments();
+    for (direction, tokens) in [("input", input_tokens), ("output", output_tokens)] {
+        if tokens > 0 {
+            m.tokens.add(
+                tokens,
+                &[
+                    KeyValue::new("workflow", workflow.to_owned()),
+                    KeyValue::new("direction", direction),
+                ],
+            );
+        }
+    }
+    if cost > 0.0 {
+        m.cost
+            .add(cost, &[KeyValue::new("workflow", workflow.to_owned())]);
+    }
+}
+
+pub fn budget_exceeded(workflow: &str) {
+    instruments()
+        .budget_exceeded
+        .add(1, &[KeyValue::new("workflow", workflow.to_owned())]);
 }
 
 pub fn instance_started(workflow: &str) {

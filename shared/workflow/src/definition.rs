@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use legato_contracts::{AgentName, EventName, StepId, WorkflowName};
+use legato_contracts::{AgentName, Budget, EventName, StepId, WorkflowName};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -24,6 +24,10 @@ pub struct Workflow {
     /// The instance output; defaults to every step's output by id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<Template>,
+    /// The most an instance may spend (tokens, cost), and the ceiling of
+    /// what a start request may ask for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
     /// Derived from `steps` when the definition is read, not part of it.
     #[serde(skip)]
     pub(crate) index: StepIndex,

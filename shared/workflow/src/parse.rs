@@ -27,13 +27,14 @@ pub fn from_value(value: Value) -> Result<Workflow, ValidationErrors> {
     let Value::Object(mut doc) = value else {
         return Err(ValidationErrors::one("", "a definition must be an object"));
     };
-    const KNOWN: [&str; 6] = [
+    const KNOWN: [&str; 7] = [
         "name",
         "version",
         "description",
         "input_schema",
         "steps",
         "output",
+        "budget",
     ];
     for key in doc.keys().filter(|k| !KNOWN.contains(&k.as_str())) {
         problems.add(
@@ -72,6 +73,23 @@ pub fn from_value(value: Value) -> Result<Workflow, ValidationErrors> {
         problems.add("input_schema", format!("not a valid JSON Schema: {e}"));
     }
 
+    let budget = doc.remove("budget").filter(|v| !v.is_null()).and_then(|v| {
+        match serde_json::from_value::<legato_contracts::Budget>(v) {
+            Ok(budget) => match budget.check() {
+                Ok(()) => Some(budget),
+                Err((field, why)) => {
+                    let at = if field.is_empty() {
+                        "budget".to_owned()
+                    } else {
+                        format!("budget.{field}")
+                    };
+                    problems.none(&at, why)
+                }
+            },
+            Err(e) => problems.none("budget", format!("must be {{tokens, cost}}: {e}")),
+        }
+    });
+
     let raw_steps = match doc.remove("steps") {
         Some(Value::Array(steps)) if !steps.is_empty() => steps,
         Some(Value::Array(_)) => problems
@@ -109,6 +127,7 @@ pub fn from_value(value: Value) -> Result<Workflow, ValidationErrors> {
             index: StepIndex::new(&steps),
             steps,
             output,
+            budget,
         }),
         (_, _, Err(errors)) => Err(errors),
         // Both are reported as problems when missing, so this is unreachable;

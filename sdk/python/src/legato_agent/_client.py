@@ -116,9 +116,14 @@ class Completions:
         self._queue: list[tuple[dict[str, Any], asyncio.Future[Answer]]] = []
         self._sender: asyncio.Task[None] | None = None
 
-    async def complete(self, token: str, output: Any) -> Answer:
+    async def complete(
+        self, token: str, output: Any, usage: dict[str, Any] | None = None
+    ) -> Answer:
         answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        self._queue.append(({"token": token, "output": output}, answer))
+        completion: dict[str, Any] = {"token": token, "output": output}
+        if usage is not None:
+            completion["usage"] = usage
+        self._queue.append((completion, answer))
         if self._sender is None or self._sender.done():
             self._sender = asyncio.create_task(self._send())
         return await answer

@@ -130,7 +130,7 @@ class PushApp:
             await _answer(send, 202, {"accepted": task.idempotency_key})
             return
         status, answer = await _outcome(handler, task)
-        await _answer(send, status, answer)
+        await _answer(send, status, answer, task.usage)
 
     def _progress_to(self, callback: str) -> Callable[[str | None, Any], Awaitable[None]]:
         async def progress(message: str | None, data: Any) -> None:
@@ -162,11 +162,14 @@ class PushApp:
 
     async def _run_and_call_back(self, handler: Handler, task: Task, callback: str) -> None:
         status, answer = await _outcome(handler, task)
+        body: dict[str, Any]
         if status == 200:
             what, body = "complete", {"output": answer}
         else:
             what = "fail"
             body = {"message": str(answer.get("detail", "")), "retryable": status >= 500}
+        if task.usage is not None:
+            body["usage"] = task.usage
         for attempt in range(5):
             try:
                 response = await self._http.post(f"{callback}/{what}", json=body)
@@ -213,16 +216,14 @@ async def _body(receive: Receive) -> bytes:
     return b"".join(chunks)
 
 
-async def _answer(send: Send, status: int, body: Any) -> None:
+async def _answer(send: Send, status: int, body: Any, usage: Any = None) -> None:
     payload = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-            ],
-        }
-    )
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+    ]
+    if usage is not None:
+        # What the attempt spent, which the gateway counts (legato-usage).
+        headers.append((b"legato-usage", json.dumps(usage).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})

@@ -92,6 +92,35 @@ class Task:
     _record: Record = field(repr=False, compare=False)
     _cancelled: asyncio.Event = field(repr=False, compare=False)
     _used: set[str] = field(repr=False, compare=False, default_factory=set)
+    _spent: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
+
+    def add_usage(
+        self,
+        *,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cost: float = 0.0,
+        model: str | None = None,
+    ) -> None:
+        """Counts what the attempt spent (model tokens, cost) into its result:
+        legato sums it per step and per instance against the instance's
+        budget, which suspends the instance when crossed. Spent inside a
+        :meth:`step`, it is counted once however often the task runs."""
+        if input_tokens < 0 or output_tokens < 0 or cost < 0:
+            raise ValueError("usage is counted up: tokens and cost must be at least 0")
+        spent = self._spent
+        spent["inputTokens"] = spent.get("inputTokens", 0) + input_tokens
+        spent["outputTokens"] = spent.get("outputTokens", 0) + output_tokens
+        spent["cost"] = spent.get("cost", 0.0) + cost
+        if model is not None and spent.setdefault("model", model) != model:
+            spent["model"] = None
+
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        """What :meth:`add_usage` counted so far, as the protocol carries it."""
+        if not self._spent:
+            return None
+        return {k: v for k, v in self._spent.items() if v is not None}
 
     async def step(self, name: str, fn: Callable[[], Awaitable[T]]) -> T:
         """Runs ``fn`` once per task, however often the task is tried: the

@@ -221,10 +221,13 @@ class Worker:
             await self._beat(task.token, {})
 
     async def _complete(self, task: Task, output: Any) -> None:
-        await self._settle(task, "complete", self._completions.complete(task.token, output))
+        completing = self._completions.complete(task.token, output, task.usage)
+        await self._settle(task, "complete", completing)
 
     async def _fail(self, task: Task, message: str, retryable: bool) -> None:
-        body = {"message": message[:4096], "retryable": retryable}
+        body: dict[str, Any] = {"message": message[:4096], "retryable": retryable}
+        if task.usage is not None:
+            body["usage"] = task.usage
         await self._settle(task, "fail", self._client.report(task.token, "fail", body))
 
     async def _settle(self, task: Task, what: str, sent: Awaitable[Answer]) -> None:

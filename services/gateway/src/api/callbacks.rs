@@ -50,9 +50,10 @@ pub(crate) async fn callback_complete(
     Path(raw): Path<String>,
     crate::body::JsonBody(request): crate::body::JsonBody<CompleteRequest, true>,
 ) -> Result<Json<TaskAccepted>, Problem> {
+    let usage = super::tasks::reported_usage("/usage", request.usage)?;
     let (token, _) = capability(&state, &raw).await?;
     let reported =
-        attempts::complete(&state, &token, request.output, request.custom_status).await?;
+        attempts::complete(&state, &token, request.output, request.custom_status, usage).await?;
     Ok(Json(reported.into()))
 }
 
@@ -74,12 +75,14 @@ pub(crate) async fn callback_fail(
     crate::body::JsonBody(request): crate::body::JsonBody<FailRequest>,
 ) -> Result<Json<TaskAccepted>, Problem> {
     check_message("/message", Some(&request.message))?;
+    let usage = super::tasks::reported_usage("/usage", request.usage)?;
     let (token, _) = capability(&state, &raw).await?;
     let reported = attempts::fail(
         &state,
         &token,
         request.message,
         request.retryable.unwrap_or(true),
+        usage,
     )
     .await?;
     Ok(Json(reported.into()))

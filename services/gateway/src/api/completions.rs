@@ -28,6 +28,8 @@ pub(crate) struct CompletionItem {
     pub output: Value,
     /// Replaces the instance's custom status.
     pub custom_status: Option<Value>,
+    /// What the attempt spent.
+    pub usage: Option<crate::dto::UsageView>,
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -88,7 +90,15 @@ pub(crate) async fn complete_many(
     // Answers by position: the refused ones now, the rest once recorded.
     let mut results: Vec<Option<CompletionResult>> = Vec::with_capacity(count);
     let mut accepted = Vec::with_capacity(count);
-    for item in request.completions {
+    for (i, item) in request.completions.into_iter().enumerate() {
+        let usage =
+            match super::tasks::reported_usage(&format!("/completions/{i}/usage"), item.usage) {
+                Ok(usage) => usage,
+                Err(problem) => {
+                    results.push(Some(refused(problem)));
+                    continue;
+                }
+            };
         let token = match Token::decode(&item.token) {
             Ok(token) => token,
             Err(problem) => {
@@ -105,6 +115,7 @@ pub(crate) async fn complete_many(
             token,
             output: item.output,
             custom_status: item.custom_status,
+            usage,
         });
     }
     let mut recorded = attempts::complete_all(&state, accepted).await?.into_iter();

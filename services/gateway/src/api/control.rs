@@ -20,13 +20,16 @@ use time::OffsetDateTime;
 use super::{SOURCE, instance_id, load};
 use crate::GatewayState;
 use crate::body::{JsonBody, RawBody, parse_json};
-use crate::dto::{Accepted, ReasonBody, RedriveBody, RestartBody};
+use crate::dto::{Accepted, ReasonBody, RedriveBody, RestartBody, ResumeBody};
 
 /// Which instances a signal is for.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum For {
     /// Live ones: a finished one answers 410.
     Live,
+    /// Live ones, to resume: one whose spending is past the budget it
+    /// would have answers 409.
+    Resume,
     /// Any: a restart, which starts over, so the tasks' journals of the
     /// run before are cleared first.
     Restart,
@@ -49,10 +52,23 @@ async fn send(
     target: For,
     payload: impl Into<Payload>,
 ) -> Result<(StatusCode, Json<Accepted>), Problem> {
+    send_checked(state, caller, raw_id, target, payload, |_| Ok(())).await
+}
+
+/// As [`send`], once `check` allows the instance as loaded.
+async fn send_checked(
+    state: &GatewayState,
+    caller: &Principal,
+    raw_id: String,
+    target: For,
+    payload: impl Into<Payload>,
+    check: impl FnOnce(&InstanceState) -> Result<(), Problem>,
+) -> Result<(StatusCode, Json<Accepted>), Problem> {
     let id: InstanceId = instance_id(caller, raw_id)?;
     let (stored, instance) = load(state, &id).await?;
+    check(&instance)?;
     let status = stored.record.summary.status;
-    if target == For::Live && status.is_terminal() {
+    if matches!(target, For::Live | For::Resume) && status.is_terminal() {
         return Err(Problem::new(
             StatusCode::GONE,
             "Instance finished",
@@ -198,10 +214,12 @@ pub(crate) async fn suspend(
 
 #[utoipa::path(
     post, path = "/api/v1/instances/{id}/resume", tag = "control",
-    params(("id" = String, Path)), request_body = ReasonBody,
+    params(("id" = String, Path)), request_body = ResumeBody,
     responses(
         (status = 202, description = "Sent", body = Accepted),
+        (status = 400, description = "A bad budget (`/budget/tokens`, `/budget/cost`)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown instance", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "What the instance spent is past the budget it would resume with: raise `budget`", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "The instance has finished", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -209,18 +227,46 @@ pub(crate) async fn resume(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
     Path(id): Path<String>,
-    JsonBody(body): JsonBody<ReasonBody, true>,
+    JsonBody(body): JsonBody<ResumeBody, true>,
 ) -> Result<(StatusCode, Json<Accepted>), Problem> {
-    send(
+    if let Some(budget) = &body.budget {
+        crate::dto::checked_budget("/budget", budget, None)?;
+    }
+    let (target, budget) = (For::Resume, body.budget);
+    let check = budget.clone();
+    send_checked(
         &state,
         &caller,
         id,
-        For::Live,
+        target,
         ResumeInstance {
             reason: bounded_reason(&state, body.reason)?,
+            budget,
         },
+        move |instance| over_budget(instance, check.as_ref()),
     )
     .await
+}
+
+/// A 409 when the instance, with `budget` in place of its own, would still
+/// be past it.
+fn over_budget(
+    instance: &InstanceState,
+    budget: Option<&legato_contracts::Budget>,
+) -> Result<(), Problem> {
+    let budget = budget.or(instance.budget.as_ref());
+    match budget.and_then(|b| b.exceeded_by(&instance.usage)) {
+        Some(why) => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "Budget exceeded",
+            format!("{why}; resume with a higher `budget`"),
+        )
+        .with_errors(vec![legato_service::problem::FieldError {
+            field: "/budget".into(),
+            message: why,
+        }])),
+        None => Ok(()),
+    }
 }
 
 /// Restart with the pinned definition (and optionally a new input), also

@@ -76,6 +76,9 @@ pub(crate) async fn start(
         )
         .with_errors(fields));
     }
+    if let Some(budget) = &request.budget {
+        crate::dto::checked_budget("/budget", budget, workflow.budget.as_ref())?;
+    }
     let now = OffsetDateTime::now_utc();
     let start = StartInstance {
         workflow: name,
@@ -83,6 +86,7 @@ pub(crate) async fn start(
         input: request.input,
         tenant: tenant.map(String::from),
         parent: None,
+        budget: request.budget,
     };
     let commit = records::accept_start(SOURCE, id.clone(), start, now)?;
     // Durable once committed; a start not published now is sent by the

@@ -25,7 +25,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use legato_contracts::{AgentName, InstanceId};
+use legato_contracts::{AgentName, InstanceId, Usage};
 use legato_service::auth::{Caller, Principal};
 use legato_service::problem::Problem;
 use serde::{Deserialize, Serialize};
@@ -35,7 +35,7 @@ use utoipa::ToSchema;
 use crate::GatewayState;
 use crate::attempts::{self, Token};
 use crate::body::JsonBody;
-use crate::dto::rfc3339;
+use crate::dto::{UsageView, rfc3339};
 use crate::registry::{Agent, AgentKind};
 
 /// Most tasks one poll takes.
@@ -140,6 +140,9 @@ pub(crate) struct CompleteRequest {
     pub output: Value,
     /// Replaces the instance's custom status.
     pub custom_status: Option<Value>,
+    /// What the attempt spent (model tokens, cost): summed per step and
+    /// instance against the instance's budget.
+    pub usage: Option<UsageView>,
 }
 
 /// `POST /api/v1/tasks/{token}/fail`.
@@ -152,6 +155,21 @@ pub(crate) struct FailRequest {
     /// Retry under the step's policy (default); `false` fails the step at
     /// once.
     pub retryable: Option<bool>,
+    /// What the attempt spent before it failed.
+    pub usage: Option<UsageView>,
+}
+
+/// Usage as reported, checked: a 400 naming `field` for a negative or
+/// non-finite cost.
+pub(crate) fn reported_usage(
+    field: &str,
+    usage: Option<UsageView>,
+) -> Result<Option<Usage>, Problem> {
+    let Some(usage) = usage.map(Usage::from) else {
+        return Ok(None);
+    };
+    usage.check().map_err(|why| Problem::field(field, why))?;
+    Ok(Some(usage))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -379,8 +397,9 @@ pub(crate) async fn complete(
 ) -> Result<Json<TaskAccepted>, Problem> {
     let token = Token::decode(&raw)?;
     reporter(&state, &caller, &token).await?;
+    let usage = reported_usage("/usage", request.usage)?;
     let reported =
-        attempts::complete(&state, &token, request.output, request.custom_status).await?;
+        attempts::complete(&state, &token, request.output, request.custom_status, usage).await?;
     Ok(Json(reported.into()))
 }
 
@@ -403,12 +422,14 @@ pub(crate) async fn fail(
 ) -> Result<Json<TaskAccepted>, Problem> {
     let token = Token::decode(&raw)?;
     check_message("/message", Some(&request.message))?;
+    let usage = reported_usage("/usage", request.usage)?;
     reporter(&state, &caller, &token).await?;
     let reported = attempts::fail(
         &state,
         &token,
         request.message,
         request.retryable.unwrap_or(true),
+        usage,
     )
     .await?;
     Ok(Json(reported.into()))

@@ -26,6 +26,7 @@
 use std::time::Duration;
 
 use azure_core::auth::TokenCredential;
+use legato_contracts::Usage;
 use reqwest::{Method, Response, StatusCode, header};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -59,16 +60,18 @@ enum Sent {
 
 pub(super) async fn deliver(pusher: &Pusher, agent: &Agent, target: &PushTarget, taken: Taken) {
     let token = taken.token.clone();
+    let mut spent = Usage::default();
     let outcome = tokio::select! {
-        outcome = send_until_answered(pusher, agent, target, &taken) => Ok(outcome),
+        outcome = send_until_answered(pusher, agent, target, &taken, &mut spent) => Ok(outcome),
         gone = keep_lease(pusher, &token, taken.lease_ms) => Err(gone),
     };
+    let usage = (!spent.is_empty()).then_some(spent);
     let reported = match outcome {
-        Ok(Some(Ok(output))) => attempts::complete(&pusher.state, &token, output, None)
+        Ok(Some(Ok(output))) => attempts::complete(&pusher.state, &token, output, None, usage)
             .await
             .map(drop),
         Ok(Some(Err((message, retryable)))) => {
-            attempts::fail(&pusher.state, &token, message, retryable)
+            attempts::fail(&pusher.state, &token, message, retryable, usage)
                 .await
                 .map(drop)
         }
@@ -110,6 +113,7 @@ async fn send_until_answered(
     agent: &Agent,
     target: &PushTarget,
     taken: &Taken,
+    spent: &mut Usage,
 ) -> Option<Outcome> {
     let mut body = body(pusher, taken, &taken.journal);
     let mut last = String::new();
@@ -127,12 +131,12 @@ async fn send_until_answered(
                 }
             }
         }
-        match post(pusher, agent, target, taken, &body).await {
+        match post(pusher, agent, target, taken, &body, spent).await {
             Sent::Output(output) => return Some(Ok(output)),
             Sent::Refused(message) => return Some(Err((message, false))),
             Sent::CallingBack => return None,
             Sent::Accepted(status_url, wait) => {
-                return Some(poll_status(pusher, target, status_url, wait).await);
+                return Some(poll_status(pusher, target, status_url, wait, spent).await);
             }
             Sent::Retry(why, wait) => {
                 last = why;
@@ -169,6 +173,7 @@ async fn post(
     target: &PushTarget,
     taken: &Taken,
     body: &[u8],
+    spent: &mut Usage,
 ) -> Sent {
     let id = taken.token.idempotency_key();
     let timestamp = OffsetDateTime::now_utc().unix_timestamp();
@@ -207,7 +212,36 @@ async fn post(
             );
         }
     };
+    count_spent(&response, spent);
     answer(pusher, agent, target, response).await
+}
+
+/// The header in which an endpoint's answers (the task's, a status URL's)
+/// say what they spent: the usage JSON of the pull protocol's results.
+pub(crate) const USAGE_HEADER: &str = "legato-usage";
+
+/// Adds what an answer says it spent; an unreadable figure is logged and
+/// left out, never fails the task.
+fn count_spent(response: &Response, spent: &mut Usage) {
+    let Some(value) = response.headers().get(USAGE_HEADER) else {
+        return;
+    };
+    let read = value
+        .to_str()
+        .map_err(|e| e.to_string())
+        .and_then(|text| {
+            serde_json::from_str::<crate::dto::UsageView>(text).map_err(|e| e.to_string())
+        })
+        .map(Usage::from)
+        .and_then(|usage| usage.check().map(|()| usage));
+    match read {
+        Ok(usage) => {
+            let model = usage.model.clone();
+            spent.add(&usage);
+            spent.model = spent.model.take().or(model);
+        }
+        Err(why) => tracing::warn!("a push answer's {USAGE_HEADER} is left out: {why}"),
+    }
 }
 
 /// The auth header a target asks for.
@@ -327,6 +361,7 @@ async fn poll_status(
     target: &PushTarget,
     mut url: Url,
     mut wait: Duration,
+    spent: &mut Usage,
 ) -> Outcome {
     let mut failures = 0;
     loop {
@@ -350,6 +385,7 @@ async fn poll_status(
         };
         let status = response.status();
         wait = retry_after(&response, Duration::from_secs(1));
+        count_spent(&response, spent);
         match status.as_u16() {
             200 => return output_of(response).await.map_err(|why| (why, false)),
             202 => failures = 0,

@@ -46,6 +46,8 @@ pub enum ClientCommand {
         /// Follow it until it ends, as `watch` does.
         #[arg(long)]
         watch: bool,
+        #[command(flatten)]
+        budget: BudgetArgs,
     },
     /// Follow an instance live until it ends.
     Watch { id: String },
@@ -95,11 +97,14 @@ pub enum ClientCommand {
         #[arg(long)]
         reason: Option<String>,
     },
-    /// Resume a suspended instance.
+    /// Resume a suspended instance (one held for its budget with a
+    /// higher budget).
     Resume {
         id: String,
         #[arg(long)]
         reason: Option<String>,
+        #[command(flatten)]
+        budget: BudgetArgs,
     },
     /// Run an instance again from the start (optionally with a new input).
     Restart {
@@ -159,10 +164,14 @@ pub async fn run(command: ClientCommand, target: Target) -> anyhow::Result<ExitC
             id,
             version,
             watch,
+            budget,
         } => {
             let mut body = json!({"input": json_arg("--input", &input)?});
             if let Some(id) = id {
                 body["instanceId"] = json!(id);
+            }
+            if let Some(budget) = budget.body() {
+                body["budget"] = budget;
             }
             if let Some(version) = version {
                 body["version"] = json!(version);
@@ -245,8 +254,12 @@ pub async fn run(command: ClientCommand, target: Target) -> anyhow::Result<ExitC
         ClientCommand::Suspend { id, reason } => {
             operate(&gateway, output, &id, "suspend", json!({"reason": reason})).await?;
         }
-        ClientCommand::Resume { id, reason } => {
-            operate(&gateway, output, &id, "resume", json!({"reason": reason})).await?;
+        ClientCommand::Resume { id, reason, budget } => {
+            let mut body = json!({"reason": reason});
+            if let Some(budget) = budget.body() {
+                body["budget"] = budget;
+            }
+            operate(&gateway, output, &id, "resume", body).await?;
         }
         ClientCommand::Restart { id, input } => {
             let input = input.map(|i| json_arg("--input", &i)).transpose()?;
@@ -293,6 +306,48 @@ async fn operate(
 }
 
 /// An instance as text: its status, steps and output, then its history.
+/// What an instance may spend, as `start` and `resume` take it.
+#[derive(Debug, clap::Args)]
+pub struct BudgetArgs {
+    /// At most this many model tokens (input and output together).
+    #[arg(long)]
+    budget_tokens: Option<u64>,
+    /// At most this cost, in the currency the agents report.
+    #[arg(long)]
+    budget_cost: Option<f64>,
+}
+
+impl BudgetArgs {
+    fn body(&self) -> Option<Value> {
+        if self.budget_tokens.is_none() && self.budget_cost.is_none() {
+            return None;
+        }
+        let mut budget = json!({});
+        if let Some(tokens) = self.budget_tokens {
+            budget["tokens"] = json!(tokens);
+        }
+        if let Some(cost) = self.budget_cost {
+            budget["cost"] = json!(cost);
+        }
+        Some(budget)
+    }
+}
+
+/// "1,234 tokens (1,000 in, 234 out), cost 0.42".
+fn spent(usage: &Value) -> String {
+    let count = |k: &str| usage[k].as_u64().unwrap_or(0);
+    let mut text = format!(
+        "{} tokens ({} in, {} out)",
+        count("inputTokens") + count("outputTokens"),
+        count("inputTokens"),
+        count("outputTokens")
+    );
+    if let Some(cost) = usage["cost"].as_f64().filter(|c| *c > 0.0) {
+        text.push_str(&format!(", cost {cost}"));
+    }
+    text
+}
+
 fn describe(instance: &Value) -> String {
     let field = |k: &str| instance[k].as_str().unwrap_or_default();
     let mut text = format!(
@@ -306,6 +361,21 @@ fn describe(instance: &Value) -> String {
     );
     if let Some(error) = instance["error"].as_str() {
         text.push_str(&format!("\nerror: {error}"));
+    }
+    if instance["usage"].is_object() || instance["budget"].is_object() {
+        let used = if instance["usage"].is_object() {
+            spent(&instance["usage"])
+        } else {
+            "nothing yet".to_owned()
+        };
+        text.push_str(&format!("\nspent: {used}"));
+        if let Some(budget) = instance["budget"].as_object() {
+            let bound: Vec<String> = [("tokens", "tokens"), ("cost", "cost")]
+                .iter()
+                .filter_map(|(k, label)| budget.get(*k).map(|v| format!("{label} {v}")))
+                .collect();
+            text.push_str(&format!(" of a budget of {}", bound.join(", ")));
+        }
     }
     if let Some(parent) = instance["parent"].as_object() {
         let of = |k: &str| parent.get(k).and_then(Value::as_str).unwrap_or_default();
@@ -341,6 +411,9 @@ fn describe(instance: &Value) -> String {
         }
         if let Some(workflow) = step["workflow"].as_str() {
             line.push_str(&format!(", runs {workflow}"));
+        }
+        if step["usage"].is_object() {
+            line.push_str(&format!(", spent {}", spent(&step["usage"])));
         }
         // Child runs, each by the id `legato show` takes.
         for child in step["children"].as_array().map_or(&[][..], Vec::as_slice) {

@@ -1321,3 +1321,75 @@ async fn an_agents_recorded_steps_are_not_run_again_when_its_task_is_retried() {
         .collect();
     assert_eq!(recorded, ["plan", "draft"], "{status:#}");
 }
+
+#[tokio::test]
+async fn an_instance_past_its_budget_is_suspended_until_a_person_raises_it() {
+    let dir = temp_dir();
+    let legato = launch(dir.path());
+    let spend = |id: &str, needs: &[&str]| {
+        echo_step(
+            id,
+            needs,
+            json!({"value": id, "usage": {"input_tokens": 40, "output_tokens": 20, "cost": 0.5, "model": "m"}}),
+        )
+    };
+    legato
+        .register(json!({
+            "name": "spender", "version": 1, "budget": {"tokens": 1000},
+            "steps": [spend("a", &[]), spend("b", &["a"]), spend("c", &["b"])],
+        }))
+        .await;
+    // A start may ask for less than the definition's ceiling, not more.
+    let (status, problem) = legato
+        .post(
+            "/api/v1/workflows/spender/instances",
+            json!({"input": {}, "budget": {"tokens": 5000}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    assert_eq!(problem["errors"][0]["field"], "/budget/tokens");
+    let id = legato
+        .start_instance("spender", json!({"input": {}, "budget": {"tokens": 100}}))
+        .await;
+
+    // b takes the sum to 120 of 100: applied, then held before c.
+    let held = legato.wait_status(&id, "Suspended").await;
+    assert_eq!(step_of(&held, "b")["status"], "Completed");
+    assert_eq!(step_of(&held, "c")["status"], "Pending");
+    assert_eq!(
+        held["usage"],
+        json!({"inputTokens": 80, "outputTokens": 40, "cost": 1.0})
+    );
+    assert_eq!(
+        step_of(&held, "a")["usage"],
+        json!({"inputTokens": 40, "outputTokens": 20, "cost": 0.5})
+    );
+    assert_eq!(held["budget"], json!({"tokens": 100}));
+    let told: Vec<&Value> = held["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row["progress"].as_array().into_iter().flatten())
+        .filter(|p| p["kind"] == "instance_suspended")
+        .collect();
+    assert_eq!(told.len(), 1, "{held:#}");
+    assert_eq!(told[0]["data"]["reason"], "budget_exceeded");
+
+    // Resuming needs a budget above what was spent.
+    let resume = format!("/api/v1/instances/{id}/resume");
+    let (status, problem) = legato.post(&resume, json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    assert_eq!(problem["errors"][0]["field"], "/budget");
+    let (status, _) = legato.post(&resume, json!({"budget": {"tokens": 0}})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, body) = legato
+        .post(
+            &resume,
+            json!({"reason": "approved", "budget": {"tokens": 500}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let done = legato.wait_status(&id, "Completed").await;
+    assert_eq!(done["usage"]["inputTokens"], 120);
+    assert_eq!(done["budget"], json!({"tokens": 500}));
+}

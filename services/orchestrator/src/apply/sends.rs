@@ -70,6 +70,7 @@ impl Applier {
                         message,
                         retryable: false,
                     },
+                    usage: None,
                 };
                 let state = match steps.last() {
                     Some((_, d)) => &d.state,

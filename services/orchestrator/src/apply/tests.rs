@@ -55,6 +55,7 @@ async fn a_start_without_its_record_does_not_create_the_instance() {
             input: serde_json::json!({}),
             tenant: None,
             parent: None,
+            budget: None,
         },
     };
     let refused = applier.apply(&id, &start, None).await;
@@ -97,6 +98,7 @@ fn start_of(workflow: WorkflowName, tenant: Option<&str>, now: OffsetDateTime) -
             input: serde_json::json!({}),
             tenant: tenant.map(str::to_owned),
             parent: None,
+            budget: None,
         },
     }
 }
@@ -162,6 +164,7 @@ fn completed(state: &InstanceState, step: &str) -> Input {
         attempt: 1,
         output: serde_json::json!({"step": step}),
         custom_status: None,
+        usage: None,
     })
 }
 
@@ -294,6 +297,7 @@ fn control(id: &str, suspend: bool) -> Input {
             at,
             id,
             reason: None,
+            budget: None,
         }
     })
 }
@@ -481,6 +485,7 @@ fn child_start(
                 attempt,
                 depth: 1,
             }),
+            budget: None,
         },
     }
 }
@@ -510,6 +515,7 @@ async fn a_childs_start_is_taken_up_only_while_its_parent_waits_for_it() {
         attempt: 1,
         output: serde_json::json!(1),
         custom_status: None,
+        usage: None,
     });
     let answer = applier.apply(&purged, &late, None).await;
     assert!(matches!(answer, Ok(Applied::Ignored(_))), "{answer:?}");

@@ -69,6 +69,7 @@ impl Harness {
             run: RUN,
             created_at: None,
             parent: None,
+            budget: None,
         });
         h
     }
@@ -130,6 +131,7 @@ impl Harness {
             attempt,
             output,
             custom_status: None,
+            usage: None,
         })
     }
 
@@ -144,6 +146,7 @@ impl Harness {
             key,
             attempt,
             error,
+            usage: None,
         })
     }
 

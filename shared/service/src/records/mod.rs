@@ -21,30 +21,41 @@ pub fn pending(
     tenant: Option<String>,
     now: OffsetDateTime,
 ) -> Result<InstanceRecord, StoreError> {
+    record(
+        &pending_state(id, input, tenant, now),
+        workflow,
+        version,
+        now,
+    )
+}
+
+fn pending_state(
+    id: InstanceId,
+    input: Value,
+    tenant: Option<String>,
+    now: OffsetDateTime,
+) -> InstanceState {
     let mut state = InstanceState::new(id);
     state.input = input;
     state.tenant = tenant;
     state.created_at = Some(now);
     state.updated_at = Some(now);
-    record(&state, workflow, version, now)
+    state
 }
 
 /// The commit that accepts a start: the Pending record, created only if
-/// no instance has the id, with the start command in its outbox.
+/// no instance has the id, with the start command in its outbox. The
+/// record keeps the start's budget, so a start sent again after a restart
+/// asks for the same.
 pub fn accept_start(
     source: &str,
     id: InstanceId,
     start: StartInstance,
     now: OffsetDateTime,
 ) -> Result<Commit, StoreError> {
-    let record = pending(
-        id.clone(),
-        start.workflow.clone(),
-        start.version,
-        start.input.clone(),
-        start.tenant.clone(),
-        now,
-    )?;
+    let mut state = pending_state(id.clone(), start.input.clone(), start.tenant.clone(), now);
+    state.budget = start.budget.clone();
+    let record = record(&state, start.workflow.clone(), start.version, now)?;
     let envelope = Envelope::new(source, id, now, start)
         .with_traceparent(crate::telemetry::current_traceparent());
     let mut commit = Commit::new(record, Expected::New);

@@ -323,6 +323,7 @@ mod tests {
             run: 7,
             created_at: None,
             parent: None,
+            budget: None,
         };
         decide(&InstanceState::new(id), &event).state
     }
@@ -342,6 +343,7 @@ mod tests {
             attempt: 1,
             output: json!({"done": item}),
             custom_status: None,
+            usage: None,
         };
         let decision = decide(state, &event);
         assert!(decision.applied(), "{:?}", decision.outcome);
