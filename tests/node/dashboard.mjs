@@ -5,7 +5,7 @@
 // live without a reload, approve it and see it complete, see another
 // complete although its progress messages are lost, reject another and
 // see it roll back and fail, see a loop drawn with its iterations, follow a child workflow run and back, see a run held by its budget and
-// resume it with a higher one, look at the workflows, pause, resume and
+// resume it with a higher one, answer a task's question, look at the workflows, pause, resume and
 // trigger a schedule and open the run it started. A screenshot of each
 // page is written to the output directory.
 // Usage: node dashboard.mjs <base url> <admin api key> <output dir> <read-only api key>
@@ -213,6 +213,28 @@ try {
   await page.click("#resume");
   await shows("dash-budget", "Completed");
   await page.waitForSelector('#usage[data-tokens="180"] >> text=budget 1,000 tokens');
+
+  // A question from inside a task: shown with its answer box; answered
+  // from the page, the task goes on with the answer.
+  const asker = await fetch(`${base}/api/v1/workflows/dash-asker`, {
+    method: "PUT",
+    headers: { "content-type": "application/json", authorization: `Bearer ${key}` },
+    body: JSON.stringify({ name: "dash-asker", version: 1, steps: [{ id: "write", agent: "echo",
+      input: { value: 1, ask: { name: "scope", question: "Which accounts?", schema: { type: "object", required: ["accounts"] } } } }] }),
+  });
+  check(asker.status === 201 || asker.status === 200, `register dash-asker: ${asker.status}`);
+  const asked = await fetch(`${base}/api/v1/workflows/dash-asker/instances`, {
+    method: "POST",
+    headers: { "content-type": "application/json", authorization: `Bearer ${key}` },
+    body: JSON.stringify({ instanceId: "dash-ask", input: {} }),
+  });
+  check(asked.status === 202, `start dash-ask: ${asked.status}`);
+  await page.evaluate(() => (location.hash = "#/instances/dash-ask"));
+  await page.waitForSelector('[data-question="scope"] >> text=Which accounts?');
+  await shot("instance-question");
+  await page.fill('[data-answer="scope"]', '{"accounts": "billing"}');
+  await page.click('[data-question="scope"] button');
+  await shows("dash-ask", "Completed");
 
   // The list shows both; the workflows and one definition's source.
   await page.evaluate(() => (location.hash = "#/"));

@@ -396,3 +396,49 @@ async def test_usage_is_counted_and_a_budget_holds_the_run(legato: Legato) -> No
         assert raised.status_code == 202, raised.text
         done = await legato.wait_for(instance, "Completed")
     assert done["budget"] == {"tokens": 1000}
+
+
+async def test_a_task_asks_a_person_and_goes_on_with_the_answer(legato: Legato) -> None:
+    await legato.put_agent("py-asker")
+    await legato.register(
+        {"name": "py-asker", "version": 1, "steps": [step("write", "py-asker", [], {})]}
+    )
+    planned: list[int] = []
+
+    async def write(task: Task) -> dict[str, Any]:
+        async def plan() -> str:
+            planned.append(task.attempt)
+            return "a plan"
+
+        the_plan = await task.step("plan", plan)
+        scope = await task.ask(
+            "scope",
+            "Which accounts?",
+            schema={"type": "object", "required": ["accounts"]},
+        )
+        return {"plan": the_plan, "scope": scope, "attempt": task.attempt}
+
+    async with serving(legato, {"py-asker": write}):
+        instance = await legato.start("py-asker", {})
+        for _ in range(300):
+            current = await legato.status(instance)
+            question = (current["steps"] or [{}])[0].get("question")
+            if question:
+                break
+            await asyncio.sleep(0.05)
+        assert question == {
+            "name": "scope",
+            "question": "Which accounts?",
+            "schema": {"type": "object", "required": ["accounts"]},
+        }
+        answered = await legato.http.post(
+            f"/api/v1/instances/{instance}/events/scope", json={"accounts": "billing"}
+        )
+        assert answered.status_code == 202, answered.text
+        done = await legato.wait_for(instance, "Completed")
+    assert done["output"]["write"] == {
+        "plan": "a plan",
+        "scope": {"accounts": "billing"},
+        "attempt": 2,
+    }
+    assert planned == [1], "the journaled step before the question ran once"

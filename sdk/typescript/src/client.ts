@@ -133,6 +133,18 @@ export interface Recorded extends Answer {
   value?: unknown;
 }
 
+/** The body of `.../ask`. */
+export function questionBody(
+  name: string,
+  question: string,
+  options: { schema?: object; timeoutMs?: number },
+): Record<string, unknown> {
+  const body: Record<string, unknown> = { name, question };
+  if (options.schema !== undefined) body["schema"] = options.schema;
+  if (options.timeoutMs !== undefined) body["timeoutMs"] = options.timeoutMs;
+  return body;
+}
+
 /** Where entry `name` of a task is recorded, below `base` (the task's
  * `/api/v1/tasks/<token>` or its callback URL). */
 export function journalUrl(base: string, name: string): string {
@@ -273,7 +285,7 @@ export class Client {
   /** Sends a heartbeat, completion or failure, retrying what may be retried. */
   async report(
     token: string,
-    what: "heartbeat" | "complete" | "fail",
+    what: "heartbeat" | "complete" | "fail" | "ask",
     body: unknown,
   ): Promise<Answer> {
     let last: unknown;

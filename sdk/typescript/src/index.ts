@@ -26,5 +26,13 @@ export {
   createPushHandler,
   verify,
 } from "./push.js";
-export { FatalError, RetryableError, type Handler, type Task, type Usage } from "./task.js";
+export {
+  Asked,
+  type AskOptions,
+  FatalError,
+  RetryableError,
+  type Handler,
+  type Task,
+  type Usage,
+} from "./task.js";
 export { Worker, type WorkerOptions } from "./worker.js";

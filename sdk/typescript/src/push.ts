@@ -12,8 +12,9 @@
 import { createHmac, timingSafeEqual } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
 
-import { journalUrl, putJournal } from "./client.js";
+import { journalUrl, putJournal, questionBody } from "./client.js";
 import {
+  type AskOptions,
   type Handler,
   RetryableError,
   type Usage,
@@ -165,11 +166,25 @@ export function createPushHandler(
         }
         return answer.value;
       };
-      const task = taskOf(wire, abort.signal, progress, record);
+      const ask = async (name: string, question: string, options: AskOptions): Promise<void> => {
+        if (callback === "") {
+          throw new RetryableError("the task has no callbackUrl to ask at");
+        }
+        const response = await fetch(`${callback}/ask`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify(questionBody(name, question, options)),
+        });
+        if (response.status !== 200) {
+          throw new RetryableError(`question "${name}": ${response.status} ${await response.text()}`);
+        }
+      };
+      const task = taskOf(wire, abort.signal, progress, record, ask);
       if (respond === "callback" && callback !== "") {
         answer(res, 202, { accepted: wire.idempotencyKey });
         const outcome = await runHandler(handler, task);
         const usage = task.usage;
+        if ("asked" in outcome) return;
         if ("output" in outcome) {
           await callBack(callback, "complete", { output: outcome.output, ...(usage && { usage }) });
         } else {
@@ -183,6 +198,7 @@ export function createPushHandler(
       }
       res.once("close", () => abort.abort(new Error("the gateway hung up")));
       const outcome = await runHandler(handler, task);
+      if ("asked" in outcome) return answer(res, 202, { asked: outcome.asked }, task.usage);
       return "output" in outcome
         ? answer(res, 200, outcome.output, task.usage)
         : answer(res, outcome.retryable ? 500 : 422, { detail: outcome.error }, task.usage);

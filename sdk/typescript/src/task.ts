@@ -12,6 +12,15 @@ export class RetryableError extends Error {
   override name = "RetryableError";
 }
 
+/**
+ * Thrown by `task.ask` once the question is sent: the attempt ends there,
+ * holding no worker, and the task comes again with the answer. Let it pass
+ * (rethrow it if you catch errors around `ask`).
+ */
+export class Asked extends Error {
+  override name = "Asked";
+}
+
 /** The task as the gateway hands it out. */
 export interface WireTask {
   token: string;
@@ -30,6 +39,8 @@ export interface WireTask {
   leaseMs: number;
   /** What earlier attempts or deliveries recorded with `step`, by name. */
   journal?: Record<string, unknown>;
+  /** Answers to the questions the task asked with `ask`, by name. */
+  answers?: Record<string, unknown>;
 }
 
 /**
@@ -84,7 +95,27 @@ export interface Task {
   addUsage(spent: Usage): void;
   /** What `addUsage` counted so far; undefined when nothing. */
   readonly usage: Usage | undefined;
+  /** Answers to the questions this task asked with `ask`, by name. */
+  readonly answers: Readonly<Record<string, unknown>>;
+  /**
+   * Asks a person `question`, answered by the event `name` (its data must
+   * fit the JSON Schema `schema`, which the dashboard renders). The first
+   * time, the question is sent and the attempt ends here (throwing
+   * {@link Asked}, which the worker takes care of): no worker is held while
+   * the person thinks. Once answered, the task runs again and `ask`
+   * resolves to the answer. Code before the question runs again; its `step`
+   * calls do not. `timeoutMs`: no answer for this long fails the step.
+   */
+  ask(name: string, question: string, options?: AskOptions): Promise<unknown>;
 }
+
+export interface AskOptions {
+  schema?: object;
+  timeoutMs?: number;
+}
+
+/** Sends a question on. */
+export type AskQuestion = (name: string, question: string, options: AskOptions) => Promise<void>;
 
 /** What an attempt spent, as the protocol carries it. */
 export interface Usage {
@@ -101,8 +132,8 @@ export type RecordStep = (name: string, value: unknown) => Promise<unknown>;
 /** An agent: an async function from a task to its JSON output. */
 export type Handler = (task: Task) => Promise<unknown>;
 
-/** How an agent function's run ended: its output, or a failure. */
-export type Outcome = { output: unknown } | { error: string; retryable: boolean };
+/** How an agent function's run ended: its output, a failure, or a question. */
+export type Outcome = { output: unknown } | { error: string; retryable: boolean } | { asked: string };
 
 /**
  * Runs `handler` on `task` and classifies the end: a `FatalError` or an
@@ -113,6 +144,7 @@ export async function runHandler(handler: Handler, task: Task): Promise<Outcome>
   try {
     output = await handler(task);
   } catch (e) {
+    if (e instanceof Asked) return { asked: e.message };
     if (e instanceof FatalError) return { error: e.message || e.name, retryable: false };
     const error = e instanceof Error ? `${e.name}: ${e.message}` : String(e);
     return { error, retryable: true };
@@ -181,8 +213,10 @@ export function taskOf(
   signal: AbortSignal,
   progress: (message?: string, data?: unknown) => Promise<void>,
   record: RecordStep,
+  askQuestion: AskQuestion,
 ): Task {
   const journal = wire.journal ?? {};
+  const answers = wire.answers ?? {};
   const spending = new Spending();
   return {
     agent: wire.agent,
@@ -203,6 +237,18 @@ export function taskOf(
     journal,
     step: stepper(journal, record),
     addUsage: (spent: Usage) => spending.add(spent),
+    answers,
+    ask: async (name: string, question: string, options: AskOptions = {}): Promise<unknown> => {
+      if (Object.prototype.hasOwnProperty.call(answers, name)) return answers[name];
+      try {
+        await askQuestion(name, question, options);
+      } catch (e) {
+        if (e instanceof ProtocolError) throw new FatalError(`question "${name}": ${e.detail}`);
+        if (e instanceof FatalError || e instanceof RetryableError) throw e;
+        throw new RetryableError(`question "${name}" could not be asked: ${String(e)}`);
+      }
+      throw new Asked(name);
+    },
     get usage() {
       return spending.total;
     },

@@ -6,8 +6,17 @@
 
 import { hostname } from "node:os";
 
-import { type Answer, Client, Completions, ProtocolError, backoff, sleep } from "./client.js";
 import {
+  type Answer,
+  Client,
+  Completions,
+  ProtocolError,
+  backoff,
+  questionBody,
+  sleep,
+} from "./client.js";
+import {
+  type AskOptions,
   type Handler,
   type Outcome,
   RetryableError,
@@ -176,7 +185,15 @@ export class Worker {
       }
       return answer.value;
     };
-    const task = taskOf(wire, abort.signal, progress, record);
+    const ask = async (name: string, question: string, options: AskOptions): Promise<void> => {
+      const answer = await this.client.report(wire.token, "ask", questionBody(name, question, options));
+      if (!answer.wanted) {
+        const why = answer.detail ?? "no longer wanted";
+        this.cancel(wire.token, why);
+        throw new RetryableError(`the attempt is no longer wanted: ${why}`);
+      }
+    };
+    const task = taskOf(wire, abort.signal, progress, record, ask);
     const entry: Running = {
       token: wire.token,
       task,
@@ -229,7 +246,8 @@ export class Worker {
     } finally {
       clearInterval(beats);
     }
-    if (outcome === "aborted" || entry.cancelled) {
+    if (outcome === "aborted" || entry.cancelled || "asked" in outcome) {
+      // An asked question ended the attempt: the task comes again answered.
       return;
     }
     if ("output" in outcome) {

@@ -195,6 +195,38 @@ test("a killed worker's recorded steps are not run again", async () => {
   assert.deepEqual(recorded, ["model turn 1", "model turn 2", "model turn 3"]);
 });
 
+test("a task asks a person and goes on with the answer", async () => {
+  await legato.putAgent("ts-asker");
+  await legato.register({ name: "ts-asker", version: 1, steps: [step("write", "ts-asker", [], {})] });
+  const planned: number[] = [];
+  const write: Handler = async (task) => {
+    const plan = await task.step("plan", async () => {
+      planned.push(task.attempt);
+      return "a plan";
+    });
+    const scope = await task.ask("scope", "Which accounts?", { schema: { type: "object" } });
+    return { plan, scope, attempt: task.attempt };
+  };
+  const done = await serving({ "ts-asker": write }, async () => {
+    const id = await legato.start("ts-asker", {});
+    for (let i = 0; i < 300; i++) {
+      const current = await legato.call("GET", `/api/v1/instances/${id}`);
+      const steps = (current.body["steps"] as Doc[] | undefined) ?? [];
+      if (steps[0]?.["question"] !== undefined) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const answered = await legato.call("POST", `/api/v1/instances/${id}/events/scope`, { accounts: "billing" });
+    assert.equal(answered.status, 202);
+    return legato.waitFor(id, "Completed", 30_000);
+  });
+  assert.deepEqual((done["output"] as Doc)["write"], {
+    plan: "a plan",
+    scope: { accounts: "billing" },
+    attempt: 2,
+  });
+  assert.deepEqual(planned, [1], "the journaled step before the question ran once");
+});
+
 test("a terminated instance aborts its running task's signal", async () => {
   await legato.putAgent("ts-slow", { leaseMs: 1500 });
   await legato.register({ name: "ts-slow", version: 1, steps: [step("work", "ts-slow", [], {})] });

@@ -8,7 +8,9 @@
 //! `journal: [names]` records a journaled step of each name first (its
 //! value: the attempt that ran it), answered as `journal` in the output,
 //! so a retried task shows which attempt did the work. `usage` (tokens,
-//! cost, model) is reported as what the attempt spent. Tests,
+//! cost, model) is reported as what the attempt spent; `ask: {name,
+//! question, schema?, timeout_ms?}` asks a person after the journaled
+//! steps and answers with `answer`. Tests,
 //! benchmarks and operators use it to exercise the engine without models.
 
 use std::time::Duration;
@@ -42,6 +44,18 @@ struct EchoInput {
     fail_executions: u32,
     journal: Vec<String>,
     usage: Option<legato_contracts::Usage>,
+    ask: Option<EchoAsk>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EchoAsk {
+    name: String,
+    question: String,
+    #[serde(default)]
+    schema: Option<Value>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
 }
 
 #[async_trait]
@@ -66,6 +80,16 @@ impl Agent for Echo {
                 .await?;
             journal.insert(name.clone(), value);
         }
+        let answer = match &request.ask {
+            Some(ask) => {
+                let timeout = ask.timeout_ms.map(Duration::from_millis);
+                Some(
+                    ctx.ask(&ask.name, &ask.question, ask.schema.clone(), timeout)
+                        .await?,
+                )
+            }
+            None => None,
+        };
         if task.attempt <= request.hang_attempts {
             ctx.stop_heartbeats();
             // Until the orchestrator gives up on the attempt and cancels it.
@@ -95,6 +119,9 @@ impl Agent for Echo {
         let mut output = json!({"value": request.value, "attempt": task.attempt});
         if !journal.is_empty() {
             output["journal"] = Value::Object(journal);
+        }
+        if let Some(answer) = answer {
+            output["answer"] = answer;
         }
         Ok(output)
     }

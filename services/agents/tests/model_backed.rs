@@ -76,6 +76,7 @@ async fn run_once(kind: AgentKind, endpoint: String, input: Value) -> Payload {
         deadline: None,
         heartbeat_timeout_ms: None,
         resent: false,
+        answers: Default::default(),
     };
     let envelope = Envelope::new(
         "/test",

@@ -285,6 +285,10 @@ async function instancePage(id) {
     const finished = ["Completed", "Failed", "Terminated"].includes(instance.runtimeStatus);
     ended = finished;
     const waiting = instance.steps.filter((s) => s.status === "Waiting" && s.event);
+    // Questions tasks ask a person: answered with JSON that fits their schema.
+    const asking = instance.steps.filter((s) => s.question);
+    const answerBox = (step) => el("textarea", { class: "answer", "data-answer": step.question.name, rows: 3, cols: 50,
+      placeholder: step.question.schema ? JSON.stringify(step.question.schema) : '{"any": "json"}' });
     const reason = el("input", { id: "reason", placeholder: "reason (for a rejection)" });
     const signal = (event, data) => attempt(async () => { await api("POST", `${path}/events/${encodeURIComponent(event)}`, data); });
     const operate = (operation, question, body = {}) => attempt(async () => {
@@ -339,6 +343,17 @@ async function instancePage(id) {
         el("button", { class: "primary", id: "approve", onclick: () => signal(step.event, { approved: true, by: "dashboard" }) }, "Approve"), " ",
         reason, " ",
         el("button", { class: "danger", id: "reject", onclick: () => signal(step.event, { approved: false, reason: reason.value || "rejected in the dashboard" }) }, "Reject"))),
+      ...asking.map((step) => {
+        const box = answerBox(step);
+        return el("div", { class: "wait", "data-question": step.question.name },
+          el("strong", {}, `${step.id}${step.question.item !== undefined ? ` item ${step.question.item}` : ""} asks: `), step.question.question, " ",
+          box, " ",
+          el("button", { class: "primary", onclick: () => attempt(async () => {
+            let data;
+            try { data = JSON.parse(box.value || "null"); } catch (e) { throw new Error(`The answer is not JSON: ${e.message}`); }
+            await api("POST", `${path}/events/${encodeURIComponent(step.question.name)}`, data);
+          }) }, "Answer"));
+      }),
       el("h2", {}, "Steps"),
       el("div", { class: "graph", id: "graph" }, levels(instance.steps.filter((s) => !s.parent)).map((column) => el("div", { class: "level" }, column.map((s) => stepCard(s, instance.steps))))),
       el("h2", {}, "Actions"),

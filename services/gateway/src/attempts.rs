@@ -518,6 +518,19 @@ pub(crate) async fn complete_all(
     Ok(answers)
 }
 
+/// Sends the attempt's question on: the attempt ends here.
+pub(crate) async fn ask(
+    state: &GatewayState,
+    token: &Token,
+    asked: legato_contracts::TaskAsked,
+) -> Result<(), Problem> {
+    publish(state, &token.instance, None, asked.into()).await?;
+    let attempt = token.idempotency_key();
+    state.pace.forget(&attempt);
+    state.figures.dropped(token.agent.as_str(), &attempt);
+    Ok(())
+}
+
 /// Records the attempt's failure: retried under the step's policy when
 /// `retryable`, else the step fails.
 pub(crate) async fn fail(

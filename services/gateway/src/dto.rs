@@ -191,6 +191,26 @@ pub(crate) struct StepView {
     /// What the step's tasks reported spending (absent: nothing).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<UsageView>,
+    /// A question one of the step's tasks asks a person and waits on:
+    /// answer it with the event `name`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub question: Option<QuestionView>,
+}
+
+/// A question a task asks a person.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct QuestionView {
+    /// The event that answers it.
+    pub name: String,
+    pub question: String,
+    /// The JSON Schema the answer must fit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub schema: Option<Value>,
+    /// The `for_each` item that asks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item: Option<u32>,
 }
 
 /// How far a `for_each` step's items got.
@@ -408,6 +428,19 @@ fn step_views(
             usage: s
                 .filter(|s| !s.usage.is_empty())
                 .map(|s| UsageView::from(&s.usage)),
+            question: s.and_then(|s| {
+                let (index, slot) = s.tasks.iter().enumerate().find(|(_, t)| {
+                    t.status == legato_engine::SlotStatus::Backoff && t.question.is_some()
+                })?;
+                let question = slot.question.as_ref()?;
+                Some(QuestionView {
+                    name: question.name.to_string(),
+                    question: question.text.clone(),
+                    schema: question.schema.clone(),
+                    item: matches!(step.action, Action::ForEach { .. })
+                        .then(|| u32::try_from(index).unwrap_or(u32::MAX)),
+                })
+            }),
         });
         if let Some(body) = step.body() {
             step_views(state, body, Some(step.id.as_str()), views);

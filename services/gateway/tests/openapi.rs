@@ -45,6 +45,7 @@ fn contracts_openapi_json_is_the_served_document() {
         [
             "/api/v1/agents",
             "/api/v1/agents/{name}",
+            "/api/v1/callbacks/{capability}/ask",
             "/api/v1/callbacks/{capability}/complete",
             "/api/v1/callbacks/{capability}/fail",
             "/api/v1/callbacks/{capability}/heartbeat",
@@ -71,6 +72,7 @@ fn contracts_openapi_json_is_the_served_document() {
             "/api/v1/schedules/{name}/trigger",
             "/api/v1/tasks/complete",
             "/api/v1/tasks/poll",
+            "/api/v1/tasks/{token}/ask",
             "/api/v1/tasks/{token}/complete",
             "/api/v1/tasks/{token}/fail",
             "/api/v1/tasks/{token}/heartbeat",

@@ -202,6 +202,15 @@ fn to_input(envelope: &Envelope) -> Routed {
             error: f.error.clone(),
             usage: f.usage.clone(),
         },
+        Payload::TaskAsked(asked) => Event::TaskAsked {
+            at,
+            key: asked.key.clone(),
+            attempt: asked.attempt,
+            name: asked.name.clone(),
+            question: asked.question.clone(),
+            schema: asked.schema.clone(),
+            timeout_ms: asked.timeout_ms,
+        },
         Payload::TaskHeartbeat(beat) => {
             let news = (beat.progress.is_some() || beat.message.is_some()).then(|| AgentNews {
                 id: id.clone(),

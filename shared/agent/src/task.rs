@@ -75,6 +75,10 @@ pub struct TaskContext {
     /// The step's heartbeat lease, which shortens a progress turn.
     pub(crate) lease_ms: Option<u64>,
     pub(crate) journal: Arc<Journal>,
+    /// Answers to the questions the task asked, by name.
+    pub(crate) answers: Arc<std::collections::BTreeMap<String, Value>>,
+    /// Set when the attempt ended by asking: no result is sent.
+    pub(crate) asked: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl TaskContext {
@@ -206,6 +210,60 @@ impl TaskContext {
         if let Ok(mut slot) = self.custom_status.lock() {
             *slot = Some(status);
         }
+    }
+
+    /// Asks a person `question`, answered by an event named `name` (its
+    /// data must fit `schema`, when given, which the dashboard renders):
+    /// the first time, the attempt ends here without holding a worker,
+    /// returning an error for the agent to pass on with `?`, and the task
+    /// runs again once the answer comes (or fails its step after
+    /// `timeout`); then `ask` returns the answer. Code before the question
+    /// runs again, its journaled steps ([`TaskContext::step`]) do not.
+    pub async fn ask(
+        &self,
+        name: &str,
+        question: &str,
+        schema: Option<Value>,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<Value, TaskError> {
+        if let Some(answer) = self.answers.get(name) {
+            return Ok(answer.clone());
+        }
+        let event = legato_contracts::EventName::parse(name).map_err(|e| TaskError {
+            message: format!("question name {name:?}: {e}"),
+            retryable: false,
+        })?;
+        let asked = legato_contracts::TaskAsked {
+            key: self.key.clone(),
+            attempt: self.attempt,
+            name: event,
+            question: question.to_owned(),
+            schema,
+            timeout_ms: timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+        };
+        let envelope = Envelope::new(
+            self.source.clone(),
+            self.instance.clone(),
+            OffsetDateTime::now_utc(),
+            asked,
+        )
+        .with_traceparent(self.traceparent.clone());
+        self.bus
+            .publish_envelope(&envelope)
+            .await
+            .map_err(|e| TaskError {
+                message: format!("question {name} could not be asked: {e}"),
+                retryable: true,
+            })?;
+        self.asked.store(true, std::sync::atomic::Ordering::Relaxed);
+        Err(TaskError {
+            message: format!("waiting for an answer to {name}"),
+            retryable: true,
+        })
+    }
+
+    pub(crate) fn has_asked(&self) -> bool {
+        self.asked.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Counts what the attempt spent (model tokens, cost) into its result:

@@ -392,6 +392,8 @@ async fn handle_task(shared: &Shared, delivery: Delivery) {
             task.attempt,
             legato_contracts::journal::may_exist(dispatched, delivery.delivery_count),
         )),
+        answers: Arc::new(dispatched.answers.clone()),
+        asked: Arc::default(),
     };
     let lease = dispatched.heartbeat_timeout_ms;
     let agent = shared.agent.name().as_str();
@@ -407,6 +409,13 @@ async fn handle_task(shared: &Shared, delivery: Delivery) {
         shared.finish(&id, None);
         return settle(delivery.ack().await);
     };
+    if ctx.has_asked() {
+        // The question ended the attempt: the task runs again once it is
+        // answered.
+        shared.figures.dropped(agent, &attempt);
+        shared.finish(&id, None);
+        return settle(delivery.ack().await);
+    }
     let ended = if outcome.is_ok() {
         Outcome::Completed
     } else {

@@ -97,6 +97,7 @@ fn dispatched(attempt: u32, input: Value) -> Envelope {
             deadline: None,
             heartbeat_timeout_ms: None,
             resent: false,
+            answers: Default::default(),
         },
     )
 }

@@ -83,6 +83,7 @@ fn dispatched(item: u32) -> Envelope {
             deadline: None,
             heartbeat_timeout_ms: None,
             resent: false,
+            answers: Default::default(),
         },
     )
 }

@@ -126,6 +126,7 @@ mod tests {
             deadline: None,
             heartbeat_timeout_ms: None,
             resent: false,
+            answers: Default::default(),
         }
     }
 

@@ -22,8 +22,8 @@ pub use ids::{
 pub use payload::{
     CANCEL_ROUTING_PREFIX, HeartbeatKind, ParentLink, Payload, ProgressBatch, ProgressEvent,
     ProgressKind, RaiseEvent, RedriveInstance, RestartInstance, ResumeInstance, StartInstance,
-    SuspendInstance, TaskCancelled, TaskCompleted, TaskDispatched, TaskError, TaskFailed,
-    TaskHeartbeat, TerminateInstance, Topic,
+    SuspendInstance, TaskAsked, TaskCancelled, TaskCompleted, TaskDispatched, TaskError,
+    TaskFailed, TaskHeartbeat, TerminateInstance, Topic,
 };
 pub use status::RuntimeStatus;
 pub use task::{TaskKey, TaskRole};

@@ -172,6 +172,10 @@ pub struct TaskDispatched {
     /// read (see [`crate::journal::may_exist`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub resent: bool,
+    /// Answers to the questions the task asked a person (`ask`), by the
+    /// question's name: the task runs again once one is answered.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub answers: std::collections::BTreeMap<String, Value>,
 }
 
 /// Tells an agent to stop work whose result is no longer wanted.
@@ -219,6 +223,26 @@ pub struct TaskFailed {
     /// What the attempt spent before it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+}
+
+/// The attempt asks a person a question and ends: the task waits (no
+/// worker held) until an event named `name` answers it, then runs again
+/// with the answer (`TaskDispatched::answers`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskAsked {
+    pub key: TaskKey,
+    #[serde(deserialize_with = "attempt_number")]
+    pub attempt: u32,
+    /// The event that answers it.
+    pub name: EventName,
+    pub question: String,
+    /// A JSON Schema the answer must satisfy (the dashboard renders it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<Value>,
+    /// No answer for this long fails the step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
 /// An agent is still working; `progress` is relayed to watchers as is.
@@ -302,6 +326,9 @@ pub enum ProgressKind {
     /// Relayed from an agent: it recorded a journal entry (`data` holds
     /// the entry's `name` and `bytes`).
     JournalRecorded,
+    /// A task asks a person a question (`message`); `data` holds the
+    /// event `name` that answers it and the answer's `schema`, if any.
+    InputRequested,
 }
 
 /// What watchers of an instance see. `position` is the event's place among
@@ -413,6 +440,7 @@ payloads! {
     TaskCompleted(TaskCompleted) => "legato.task.completed.v1", AgentResults;
     TaskFailed(TaskFailed) => "legato.task.failed.v1", AgentResults;
     TaskHeartbeat(TaskHeartbeat) => "legato.task.heartbeat.v1", AgentResults;
+    TaskAsked(TaskAsked) => "legato.task.asked.v1", AgentResults;
     Progress(ProgressEvent) => "legato.progress.v1", Progress;
     ProgressBatch(ProgressBatch) => "legato.progress.batch.v1", Progress;
 }

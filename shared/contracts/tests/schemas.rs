@@ -109,6 +109,16 @@ fn samples() -> Vec<Payload> {
             deadline: Some(at),
             heartbeat_timeout_ms: Some(30_000),
             resent: false,
+            answers: Default::default(),
+        }
+        .into(),
+        legato_contracts::TaskAsked {
+            key: key(),
+            attempt: 1,
+            name: legato_contracts::EventName::parse("scope").unwrap(),
+            question: "Which accounts?".into(),
+            schema: Some(json!({"type": "object"})),
+            timeout_ms: Some(60_000),
         }
         .into(),
         TaskCancelled {

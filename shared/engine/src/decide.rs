@@ -159,6 +159,7 @@ fn apply(ctx: &mut Ctx, event: &Event) -> Result<(), Ignored> {
         },
         Event::TaskCompleted { .. }
         | Event::TaskFailed { .. }
+        | Event::TaskAsked { .. }
         | Event::TimerFired { .. }
         | Event::EventRaised { .. } => match ctx.state.status {
             RuntimeStatus::Running => apply_running(ctx, event),
@@ -194,6 +195,24 @@ pub(crate) fn apply_running(ctx: &mut Ctx, event: &Event) -> Result<(), Ignored>
             let over = spending::account(ctx, key, usage.as_ref());
             tasks::failed(ctx, key, *attempt, error)?;
             over
+        }
+        Event::TaskAsked {
+            key,
+            attempt,
+            name,
+            question,
+            schema,
+            timeout_ms,
+            ..
+        } => {
+            let asked = crate::questions::Asked {
+                name,
+                question,
+                schema: schema.as_ref(),
+                timeout_ms: *timeout_ms,
+            };
+            crate::questions::asked(ctx, key, *attempt, &asked)?;
+            None
         }
         Event::TimerFired { timer, .. } => {
             tasks::timer_fired(ctx, timer)?;

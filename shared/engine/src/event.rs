@@ -71,6 +71,20 @@ pub enum Event {
         at: OffsetDateTime,
         timer: TimerKey,
     },
+    /// The attempt asked a person a question and ended; the task waits for
+    /// an event named `name` (see `legato_contracts::TaskAsked`).
+    TaskAsked {
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+        key: TaskKey,
+        attempt: u32,
+        name: EventName,
+        question: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        schema: Option<Value>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_ms: Option<u64>,
+    },
     /// An agent's heartbeat that renews the attempt's heartbeat lease (the
     /// attempt is alive at `at`), carries news for the watchers, or both.
     TaskHeartbeat {
@@ -147,6 +161,7 @@ impl Event {
             | Self::TaskFailed { at, .. }
             | Self::TimerFired { at, .. }
             | Self::TaskHeartbeat { at, .. }
+            | Self::TaskAsked { at, .. }
             | Self::EventRaised { at, .. }
             | Self::TerminateRequested { at, .. }
             | Self::SuspendRequested { at, .. }
@@ -160,9 +175,9 @@ impl Event {
     /// suspended and events wait in its backlog.
     pub(crate) fn dedup_key(&self) -> Option<String> {
         match self {
-            Self::TaskCompleted { key, attempt, .. } | Self::TaskFailed { key, attempt, .. } => {
-                Some(format!("task:{key}#{attempt}"))
-            }
+            Self::TaskCompleted { key, attempt, .. }
+            | Self::TaskFailed { key, attempt, .. }
+            | Self::TaskAsked { key, attempt, .. } => Some(format!("task:{key}#{attempt}")),
             Self::TimerFired { timer, .. } => Some(format!("timer:{timer}")),
             Self::EventRaised { id, .. } => Some(format!("event:{id}")),
             _ => None,
@@ -213,6 +228,8 @@ pub enum TimerKey {
         attempt: u32,
         check: u32,
     },
+    /// How long the question `attempt` asked may go unanswered.
+    AskTimeout { key: TaskKey, attempt: u32 },
 }
 
 impl TimerKey {
@@ -221,6 +238,7 @@ impl TimerKey {
         match self {
             Self::Retry { key, .. }
             | Self::AttemptTimeout { key, .. }
+            | Self::AskTimeout { key, .. }
             | Self::HeartbeatLease { key, .. } => &key.step,
             Self::EventTimeout { step, .. } | Self::Delay { step, .. } => step,
         }
@@ -232,6 +250,7 @@ impl fmt::Display for TimerKey {
         match self {
             Self::Retry { key, attempt } => write!(f, "retry:{key}#{attempt}"),
             Self::AttemptTimeout { key, attempt } => write!(f, "timeout:{key}#{attempt}"),
+            Self::AskTimeout { key, attempt } => write!(f, "ask:{key}#{attempt}"),
             Self::EventTimeout {
                 execution,
                 step,

@@ -18,6 +18,7 @@ mod decide;
 mod event;
 mod iterations;
 mod lifecycle;
+mod questions;
 mod races;
 pub use lifecycle::{redrive_onto_refused, redrive_refused};
 mod scheduler;
@@ -31,6 +32,6 @@ pub use decide::{Decision, Outcome, decide, replay};
 pub use event::{AgentNews, Event, TimerKey};
 pub use spending::BUDGET_EXCEEDED;
 pub use state::{
-    ChildSlot, CompensationState, InstanceState, PendingEvent, SlotStatus, StepState, StepStatus,
-    TaskSlot,
+    ChildSlot, CompensationState, InstanceState, PendingEvent, Question, SlotStatus, StepState,
+    StepStatus, TaskSlot,
 };

@@ -263,6 +263,10 @@ pub(crate) fn event_raised(
     data: &Value,
 ) -> Result<(), Ignored> {
     first_delivery(ctx, id)?;
+    // A task's question of that name takes the answer first.
+    if crate::questions::answer(ctx, name, data) {
+        return Ok(());
+    }
     let waiting = ctx.state.waiting_for(name).cloned();
     match waiting {
         Some(step) => {
@@ -335,7 +339,9 @@ pub(crate) fn buffer_while_suspended(ctx: &mut Ctx, event: &Event) -> Result<(),
     // A late redelivery of something applied before the suspension must not
     // be kept either.
     let stale = match event {
-        Event::TaskCompleted { key, attempt, .. } | Event::TaskFailed { key, attempt, .. } => {
+        Event::TaskCompleted { key, attempt, .. }
+        | Event::TaskFailed { key, attempt, .. }
+        | Event::TaskAsked { key, attempt, .. } => {
             tasks::check_running(&ctx.state, key, *attempt).is_err()
         }
         Event::TimerFired { timer, .. } => !ctx.state.timers.contains(timer),

@@ -312,6 +312,29 @@ pub struct TaskSlot {
     /// told once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub news: Vec<String>,
+    /// The question the task asked a person and waits on (its slot is in
+    /// `Backoff` meanwhile, no worker held).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub question: Option<Question>,
+    /// Answers so far, by question name: every later attempt gets them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub answers: BTreeMap<String, Value>,
+    /// Attempts that ended by asking: they do not count against the
+    /// step's retry policy.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub asks: u32,
+}
+
+/// A question a task attempt asked a person.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Question {
+    /// The event that answers it.
+    pub name: EventName,
+    pub text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<Value>,
+    /// The attempt that asked.
+    pub attempt: u32,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -362,6 +385,9 @@ impl TaskSlot {
             lease_checks: 0,
             lease_ms: None,
             news: Vec::new(),
+            question: None,
+            answers: BTreeMap::new(),
+            asks: 0,
         }
     }
 
@@ -598,6 +624,36 @@ impl InstanceState {
 
     /// Every running attempt: its step, task key and slot (action tasks
     /// and compensations).
+    /// The questions tasks ask and wait on.
+    pub fn questions(&self) -> Vec<&Question> {
+        self.action_slots()
+            .into_iter()
+            .filter(|(_, slot)| slot.status == SlotStatus::Backoff)
+            .filter_map(|(_, slot)| slot.question.as_ref())
+            .collect()
+    }
+
+    /// Every action task's key and slot.
+    pub(crate) fn action_slots(&self) -> Vec<(TaskKey, &TaskSlot)> {
+        let Some(workflow) = self.workflow.as_ref() else {
+            return Vec::new();
+        };
+        let mut slots = Vec::new();
+        for step in workflow.all_steps() {
+            let Some(state) = self.steps.get(&step.id) else {
+                continue;
+            };
+            for (i, slot) in state.tasks.iter().enumerate() {
+                let item = crate::tasks::item_of(step, i);
+                slots.push((
+                    self.task_key(step.id.clone(), item, TaskRole::Action),
+                    &**slot,
+                ));
+            }
+        }
+        slots
+    }
+
     fn running_slots(&self) -> Vec<(&legato_workflow::Step, TaskKey, &TaskSlot)> {
         let Some(workflow) = self.workflow.as_ref() else {
             return Vec::new();
@@ -650,6 +706,7 @@ impl InstanceState {
                     deadline: None,
                     heartbeat_timeout_ms,
                     resent: true,
+                    answers: slot.answers.clone(),
                 })
             })
             .collect()

@@ -14,6 +14,10 @@ fn slot<'a>(state: &'a InstanceState, key: &TaskKey) -> Option<&'a TaskSlot> {
     state.task_slot(key)
 }
 
+pub(crate) fn slot_of<'a>(state: &'a InstanceState, key: &TaskKey) -> Option<&'a TaskSlot> {
+    slot(state, key)
+}
+
 pub(crate) fn slot_mut<'a>(ctx: &'a mut Ctx, key: &TaskKey) -> Option<&'a mut TaskSlot> {
     let step = ctx.state.step_mut(&key.step)?;
     match key.role {
@@ -77,6 +81,7 @@ pub(crate) fn dispatch(ctx: &mut Ctx, key: &TaskKey, timeout_ms: Option<u64>) {
         deadline,
         heartbeat_timeout_ms: lease,
         resent: false,
+        answers: slot.answers.clone(),
     };
     let agent = task.agent.to_string();
     ctx.commands.push(Command::DispatchTask(task));
@@ -204,6 +209,18 @@ fn after_action_completed(ctx: &mut Ctx, key: &TaskKey) {
     {
         scheduler::dispatch_queued(ctx, step);
     }
+}
+
+/// Ends the running attempt `attempt` without a result: its timeout and
+/// lease are no longer watched.
+pub(crate) fn end_attempt(ctx: &mut Ctx, key: &TaskKey, attempt: u32) -> Result<(), Ignored> {
+    running_slot(ctx, key, attempt)?;
+    ctx.cancel_timer(TimerKey::AttemptTimeout {
+        key: key.clone(),
+        attempt,
+    });
+    cancel_lease(ctx, key, attempt);
+    Ok(())
 }
 
 pub(crate) fn failed(
@@ -382,9 +399,11 @@ pub(crate) fn fail_attempt(ctx: &mut Ctx, key: &TaskKey, attempt: u32, error: &T
         .workflow()
         .ok()
         .and_then(|wf| wf.step(key.step.as_str()).map(|s| s.retry_policy()));
+    // Attempts that ended by asking a person are not failures.
+    let asks = slot(&ctx.state, key).map_or(0, |s| s.asks);
     let delay = policy
         .filter(|_| error.retryable)
-        .and_then(|p| p.delay_after(attempt));
+        .and_then(|p| p.delay_after(attempt.saturating_sub(asks).max(1)));
     let retrying = delay.is_some();
     if let Some(slot) = slot_mut(ctx, key) {
         slot.status = if retrying {
@@ -437,6 +456,7 @@ pub(crate) fn timer_fired(ctx: &mut Ctx, timer: &TimerKey) -> Result<(), Ignored
     }
     let workflow = ctx.workflow()?;
     match timer {
+        TimerKey::AskTimeout { key, attempt } => crate::questions::timed_out(ctx, key, *attempt),
         TimerKey::Retry { key, attempt } => {
             let backing_off = slot(&ctx.state, key)
                 .is_some_and(|s| s.status == SlotStatus::Backoff && s.attempt == *attempt);

@@ -62,6 +62,36 @@ impl fmt::Display for ValidationErrors {
     }
 }
 
+/// Whether `schema` is a JSON Schema that can check values.
+pub fn usable_schema(schema: &Value) -> Result<(), String> {
+    jsonschema::validator_for(schema)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// Checks `value` against the JSON Schema `schema`, listing every
+/// violation by JSON pointer.
+pub fn check_against(schema: &Value, value: &Value) -> Result<(), Vec<InputError>> {
+    let validator = jsonschema::validator_for(schema).map_err(|e| {
+        vec![InputError {
+            pointer: String::new(),
+            message: format!("the schema is not usable: {e}"),
+        }]
+    })?;
+    let errors: Vec<InputError> = validator
+        .iter_errors(value)
+        .map(|e| InputError {
+            pointer: e.instance_path().to_string(),
+            message: e.to_string(),
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
 /// A problem with a start input, located by JSON pointer (`/customer/id`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct InputError {
@@ -82,26 +112,9 @@ impl Workflow {
 
     /// Checks a start input against `input_schema`, listing every violation.
     pub fn check_input(&self, input: &Value) -> Result<(), Vec<InputError>> {
-        let Some(schema) = &self.input_schema else {
-            return Ok(());
-        };
-        let validator = jsonschema::validator_for(schema).map_err(|e| {
-            vec![InputError {
-                pointer: String::new(),
-                message: format!("input_schema is not usable: {e}"),
-            }]
-        })?;
-        let errors: Vec<InputError> = validator
-            .iter_errors(input)
-            .map(|e| InputError {
-                pointer: e.instance_path().to_string(),
-                message: e.to_string(),
-            })
-            .collect();
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors)
+        match &self.input_schema {
+            Some(schema) => check_against(schema, input),
+            None => Ok(()),
         }
     }
 

@@ -20,10 +20,11 @@ legato POSTs signed tasks to.
 
 from ._client import ProtocolError
 from ._push import PushApp, SignatureError, verify
-from ._task import FatalError, RetryableError, Task
+from ._task import Asked, FatalError, RetryableError, Task
 from ._worker import Handler, Worker
 
 __all__ = [
+    "Asked",
     "FatalError",
     "Handler",
     "ProtocolError",

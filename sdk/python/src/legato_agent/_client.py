@@ -100,6 +100,16 @@ async def put_journal(http: httpx.AsyncClient, url: str, value: Any, attempts: i
     raise last or RuntimeError("no attempt made")
 
 
+def question_body(name: str, question: str, schema: Any, timeout_ms: int | None) -> dict[str, Any]:
+    """The body of ``.../ask``."""
+    body: dict[str, Any] = {"name": name, "question": question}
+    if schema is not None:
+        body["schema"] = schema
+    if timeout_ms is not None:
+        body["timeoutMs"] = timeout_ms
+    return body
+
+
 def journal_url(base: str, name: str) -> str:
     """Where entry ``name`` of a task is recorded, below ``base`` (the task's
     ``/api/v1/tasks/<token>`` or its callback URL)."""
@@ -224,7 +234,8 @@ class Client:
         return await put_journal(self._http, url, value, self._report_attempts)
 
     async def report(self, token: str, what: str, body: dict[str, Any]) -> Answer:
-        """Sends a heartbeat, completion or failure, retrying what may be retried."""
+        """Sends a heartbeat, completion, failure or question, retrying what may
+        be retried."""
         last: Exception | None = None
         for attempt in range(self._report_attempts):
             response: httpx.Response | None = None

@@ -29,8 +29,8 @@ from typing import Any, Literal
 
 import httpx
 
-from ._client import journal_url, put_journal
-from ._task import RetryableError, Task, run
+from ._client import journal_url, put_journal, question_body
+from ._task import Asked, RetryableError, Task, run
 from ._worker import Handler
 
 log = logging.getLogger("legato_agent")
@@ -122,7 +122,9 @@ class PushApp:
             await _answer(send, 422, {"detail": "not a task for an agent served here"})
             return
         callback = str(raw.get("callbackUrl", ""))
-        task = Task.from_wire(raw, self._progress_to(callback), self._record_at(callback))
+        task = Task.from_wire(
+            raw, self._progress_to(callback), self._record_at(callback), self._ask_at(callback)
+        )
         if self._respond == "callback" and callback:
             job = asyncio.create_task(self._run_and_call_back(handler, task, callback))
             self._background.add(job)
@@ -148,6 +150,17 @@ class PushApp:
 
         return progress
 
+    def _ask_at(self, callback: str) -> Callable[[str, str, Any, int | None], Awaitable[None]]:
+        async def ask(name: str, question: str, schema: Any, timeout_ms: int | None) -> None:
+            if not callback:
+                raise RetryableError("the task has no callbackUrl to ask at")
+            body = question_body(name, question, schema, timeout_ms)
+            response = await self._http.post(f"{callback}/ask", json=body)
+            if response.status_code != 200:
+                raise RetryableError(f"question {name!r}: {response.status_code} {response.text}")
+
+        return ask
+
     def _record_at(self, callback: str) -> Callable[[str, Any], Awaitable[Any]]:
         async def record(name: str, value: Any) -> Any:
             if not callback:
@@ -162,6 +175,8 @@ class PushApp:
 
     async def _run_and_call_back(self, handler: Handler, task: Task, callback: str) -> None:
         status, answer = await _outcome(handler, task)
+        if status == 202:
+            return
         body: dict[str, Any]
         if status == 200:
             what, body = "complete", {"output": answer}
@@ -194,8 +209,12 @@ class PushApp:
 
 
 async def _outcome(handler: Handler, task: Task) -> tuple[int, Any]:
-    """The HTTP answer for the function's outcome."""
-    outcome = await run(handler, task)
+    """The HTTP answer for the function's outcome: 202 when it asked a person
+    (the task comes again answered; nothing calls back)."""
+    try:
+        outcome = await run(handler, task)
+    except Asked as asked:
+        return 202, {"asked": str(asked)}
     if outcome.error is None:
         return 200, outcome.output
     return (500 if outcome.retryable else 422), {"detail": outcome.error}

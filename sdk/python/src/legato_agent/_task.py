@@ -27,7 +27,15 @@ class FatalError(Exception):
     (and the workflow rolls back or fails as its definition says)."""
 
 
+class Asked(BaseException):
+    """Raised by :meth:`Task.ask` once the question is sent: the attempt ends
+    there, holding no worker, and the task comes again with the answer. A
+    ``BaseException``, so ``except Exception`` in agent code lets it pass."""
+
+
 Progress = Callable[[str | None, Any], Awaitable[None]]
+#: Sends a question on: name, question, schema, timeout in ms.
+AskQuestion = Callable[[str, str, Any, int | None], Awaitable[None]]
 #: Records a journal entry; answers the value that stands.
 Record = Callable[[str, Any], Awaitable[Any]]
 
@@ -88,11 +96,40 @@ class Task:
     #: What earlier attempts or deliveries of this task recorded with
     #: :meth:`step`, by name.
     journal: Mapping[str, Any] = field(repr=False, compare=False)
+    #: Answers to the questions this task asked with :meth:`ask`, by name.
+    answers: Mapping[str, Any] = field(repr=False, compare=False)
     _progress: Progress = field(repr=False, compare=False)
+    _ask: AskQuestion = field(repr=False, compare=False)
     _record: Record = field(repr=False, compare=False)
     _cancelled: asyncio.Event = field(repr=False, compare=False)
     _used: set[str] = field(repr=False, compare=False, default_factory=set)
     _spent: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
+
+    async def ask(
+        self,
+        name: str,
+        question: str,
+        *,
+        schema: Mapping[str, Any] | None = None,
+        timeout_ms: int | None = None,
+    ) -> Any:
+        """Asks a person ``question``, answered by the event ``name`` (its data
+        must fit the JSON Schema ``schema``, which the dashboard renders). The
+        first time, the question is sent and the attempt ends here (raising
+        :class:`Asked`, which the worker takes care of): no worker is held
+        while the person thinks. Once answered, the task runs again and
+        ``ask`` returns the answer. Code before the question runs again; its
+        :meth:`step` calls do not. ``timeout_ms``: no answer for this long
+        fails the step."""
+        if name in self.answers:
+            return self.answers[name]
+        try:
+            await self._ask(name, question, schema, timeout_ms)
+        except ProtocolError as e:
+            raise FatalError(f"question {name!r}: {e.detail}") from e
+        except (httpx.HTTPError, OSError) as e:
+            raise RetryableError(f"question {name!r} could not be asked: {e}") from e
+        raise Asked(name)
 
     def add_usage(
         self,
@@ -165,7 +202,9 @@ class Task:
         return self._cancelled.is_set()
 
     @classmethod
-    def from_wire(cls, raw: dict[str, Any], progress: Progress, record: Record) -> Task:
+    def from_wire(
+        cls, raw: dict[str, Any], progress: Progress, record: Record, ask: AskQuestion
+    ) -> Task:
         deadline = raw.get("deadline")
         return cls(
             agent=str(raw["agent"]),
@@ -183,7 +222,9 @@ class Task:
             lease_ms=int(raw["leaseMs"]),
             token=str(raw["token"]),
             journal=dict(raw.get("journal") or {}),
+            answers=dict(raw.get("answers") or {}),
             _progress=progress,
+            _ask=ask,
             _record=record,
             _cancelled=asyncio.Event(),
         )

@@ -15,8 +15,8 @@ from typing import Any, Self
 
 import httpx
 
-from ._client import Answer, Client, Completions, ProtocolError, _retry_after
-from ._task import Task, run
+from ._client import Answer, Client, Completions, ProtocolError, _retry_after, question_body
+from ._task import Asked, Task, run
 
 log = logging.getLogger("legato_agent")
 
@@ -166,7 +166,14 @@ class Worker:
                 raise asyncio.CancelledError
             return answer.body.get("value")
 
-        task = Task.from_wire(raw, progress, record)
+        async def ask(name: str, question: str, schema: Any, timeout_ms: int | None) -> None:
+            body = question_body(name, question, schema, timeout_ms)
+            answer = await self._client.report(token, "ask", body)
+            if not answer.wanted:
+                self._cancel(token, answer)
+                raise asyncio.CancelledError
+
+        task = Task.from_wire(raw, progress, record, ask)
         job = asyncio.create_task(self._run(task), name=f"legato:{task.key}#{task.attempt}")
         self._running[token] = (task, job)
 
@@ -203,6 +210,9 @@ class Worker:
         beats = asyncio.create_task(self._heartbeats(task))
         try:
             outcome = await run(handler, task)
+        except Asked:
+            # The question ended the attempt; the task comes again answered.
+            return
         except asyncio.CancelledError:
             if task.cancelled:
                 return

@@ -128,15 +128,17 @@ fn bounded_reason(state: &GatewayState, reason: Option<String>) -> Result<Option
 }
 
 /// Raise an external event (the body is the event's data; empty = null).
+/// An event named as a question a task asks answers it, and must fit the
+/// question's schema.
 #[utoipa::path(
     post,
     path = "/api/v1/instances/{id}/events/{name}",
     tag = "control",
-    params(("id" = String, Path), ("name" = String, Path, description = "The event name a `wait_for_event` step waits for")),
+    params(("id" = String, Path), ("name" = String, Path, description = "The event name a `wait_for_event` step waits for, or the name of a question a task asks")),
     request_body(content = Object, description = "Event data, any JSON"),
     responses(
         (status = 202, description = "Sent", body = Accepted),
-        (status = 400, description = "Bad name or malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Bad name, malformed JSON, or an answer that does not fit its question's schema (`errors[].field` is a JSON pointer into the data)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown instance", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "The instance has finished", body = Problem, content_type = "application/problem+json"),
     )
@@ -153,7 +155,56 @@ pub(crate) async fn raise_event(
     } else {
         parse_json(&body)?
     };
-    send(&state, &caller, id, For::Live, RaiseEvent { name, data }).await
+    let check = {
+        let (name, data) = (name.clone(), data.clone());
+        move |instance: &InstanceState| fits_question(instance, &name, &data)
+    };
+    send_checked(
+        &state,
+        &caller,
+        id,
+        For::Live,
+        RaiseEvent { name, data },
+        check,
+    )
+    .await
+}
+
+/// A 400 naming each problem when `data` answers a question a task asks
+/// and does not fit its schema.
+fn fits_question(instance: &InstanceState, name: &EventName, data: &Value) -> Result<(), Problem> {
+    let schema = instance
+        .questions()
+        .into_iter()
+        .find(|q| &q.name == name)
+        .and_then(|q| q.schema.clone());
+    let Some(schema) = schema else {
+        return Ok(());
+    };
+    legato_workflow::check_against(&schema, data).map_err(|errors| {
+        let fields: Vec<legato_service::problem::FieldError> = errors
+            .into_iter()
+            .map(|e| legato_service::problem::FieldError {
+                field: if e.pointer.is_empty() {
+                    "/".into()
+                } else {
+                    e.pointer
+                },
+                message: e.message,
+            })
+            .collect();
+        let detail = fields
+            .iter()
+            .map(|f| format!("{}: {}", f.field, f.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "The answer does not fit the question's schema",
+            detail,
+        )
+        .with_errors(fields)
+    })
 }
 
 /// Terminate: no more steps run, running tasks are cancelled, nothing is compensated.

@@ -5,6 +5,7 @@ mod control;
 mod dead_letters;
 mod instances;
 mod journal;
+mod questions;
 mod realtime;
 mod schedules;
 mod tasks;
@@ -47,6 +48,7 @@ pub(crate) use instances::{
 pub(crate) use journal::{
     __path_callback_record_step, __path_record_step, JournalAnswer, JournalRequest,
 };
+pub(crate) use questions::{__path_ask_question, __path_callback_ask, AskAnswer, AskRequest};
 pub(crate) use realtime::{__path_negotiate, __path_subscribe};
 pub(crate) use schedules::{
     __path_backfill_schedule, __path_delete_schedule, __path_get_schedule, __path_list_schedules,
@@ -148,6 +150,7 @@ pub(crate) fn routes() -> Router<GatewayState> {
             "/api/v1/tasks/{token}/journal/{name}",
             put(journal::record_step),
         )
+        .route("/api/v1/tasks/{token}/ask", post(questions::ask_question))
         .route("/api/v1/schedules", get(schedules::list_schedules))
         .route(
             "/api/v1/schedules/{name}",
@@ -192,6 +195,10 @@ pub(crate) fn callback_routes() -> Router<GatewayState> {
         .route(
             "/api/v1/callbacks/{capability}/journal/{name}",
             put(journal::callback_record_step),
+        )
+        .route(
+            "/api/v1/callbacks/{capability}/ask",
+            post(questions::callback_ask),
         )
 }
 

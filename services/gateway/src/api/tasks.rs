@@ -105,6 +105,10 @@ pub(crate) struct PulledTask {
     #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
     #[schema(value_type = Option<Object>)]
     pub journal: serde_json::Map<String, Value>,
+    /// Answers to the questions the task asked (`ask`), by name.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[schema(value_type = Option<Object>)]
+    pub answers: std::collections::BTreeMap<String, Value>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -332,6 +336,7 @@ pub(crate) fn pulled(taken: &attempts::Taken) -> PulledTask {
         deadline: task.deadline.map(rfc3339),
         lease_ms: taken.lease_ms,
         journal: taken.journal.clone(),
+        answers: task.answers.clone(),
     }
 }
 

@@ -36,6 +36,7 @@ fn task(agent_name: &str, item: u32) -> Envelope {
             deadline: None,
             heartbeat_timeout_ms: None,
             resent: false,
+            answers: Default::default(),
         },
     )
 }

@@ -1393,3 +1393,60 @@ async fn an_instance_past_its_budget_is_suspended_until_a_person_raises_it() {
     assert_eq!(done["usage"]["inputTokens"], 120);
     assert_eq!(done["budget"], json!({"tokens": 500}));
 }
+
+#[tokio::test]
+async fn a_task_asks_a_person_and_goes_on_with_the_answer() {
+    let dir = temp_dir();
+    let legato = launch(dir.path());
+    legato
+        .register(json!({
+            "name": "asking", "version": 1,
+            "steps": [{
+                "id": "write", "agent": "echo",
+                "input": {"value": 1, "journal": ["plan"], "ask": {
+                    "name": "scope", "question": "Which accounts?",
+                    "schema": {"type": "object", "required": ["accounts"],
+                               "properties": {"accounts": {"type": "string"}}}
+                }}
+            }],
+            "output": "${{ steps.write.output }}"
+        }))
+        .await;
+    let id = legato.start_instance("asking", json!({})).await;
+    let waiting = legato.wait_step(&id, "write", "Waiting").await;
+    let asked: Vec<&Value> = waiting["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row["progress"].as_array().into_iter().flatten())
+        .filter(|p| p["kind"] == "input_requested")
+        .collect();
+    assert_eq!(asked.len(), 1, "{waiting:#}");
+    assert_eq!(asked[0]["message"], "Which accounts?");
+    assert_eq!(asked[0]["data"]["name"], "scope");
+    assert_eq!(
+        step_of(&waiting, "write")["question"]["name"],
+        "scope",
+        "{waiting:#}"
+    );
+
+    // An answer that does not fit the schema is refused, naming the field.
+    let events = format!("/api/v1/instances/{id}/events/scope");
+    let (status, problem) = legato.post(&events, json!({"accounts": 7})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    assert_eq!(problem["errors"][0]["field"], "/accounts");
+    let (status, _) = legato
+        .post(&events, json!({"accounts": "billing only"}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let done = legato.wait_status(&id, "Completed").await;
+    // Attempt 2 replayed the journaled step and got the answer.
+    assert_eq!(
+        done["output"],
+        json!({
+            "value": 1, "attempt": 2,
+            "journal": {"plan": {"attempt": 1}},
+            "answer": {"accounts": "billing only"},
+        })
+    );
+}
