@@ -155,28 +155,33 @@ export function journalUrl(base: string, name: string): string {
  * Records a journal entry at `url`, retrying what may be retried:
  * recording a name twice keeps the first value, so a retry is safe.
  */
-export async function putJournal(
+/**
+ * Sends a report on a task, again while it may be retried (every report
+ * counts once however often it is sent); `once` for one not worth another
+ * try. Resolves to the answer's JSON body when the report was taken.
+ */
+async function send(
   url: string,
-  headers: Record<string, string>,
-  value: unknown,
-  attempts = 8,
-): Promise<Recorded> {
+  init: { method: string; headers: Record<string, string>; body: unknown },
+  attempts: number,
+  once = false,
+): Promise<Answer & { body?: Record<string, unknown> }> {
   let last: unknown;
   for (let attempt = 0; attempt < attempts; attempt++) {
     let response: Response | undefined;
     try {
       response = await fetch(url, {
-        method: "PUT",
-        headers: { ...headers, "content-type": "application/json" },
-        body: JSON.stringify({ value }),
+        method: init.method,
+        headers: { ...init.headers, "content-type": "application/json" },
+        body: JSON.stringify(init.body),
       });
     } catch (e) {
       last = e;
     }
     if (response !== undefined) {
       if (response.status === 200) {
-        const body = (await response.json()) as { value?: unknown };
-        return { wanted: true, value: body.value ?? null };
+        const body = (await response.json()) as Record<string, unknown>;
+        return { wanted: true, body };
       }
       const detail = await detailOf(response);
       if (response.status === 404 || response.status === 409) {
@@ -187,9 +192,24 @@ export async function putJournal(
       }
       last = new ProtocolError(response.status, detail);
     }
+    if (once) break;
     await sleep(backoff(response, attempt));
   }
   throw last instanceof Error ? last : new Error(String(last));
+}
+
+/**
+ * Records a journal entry at `url`, retrying what may be retried:
+ * recording a name twice keeps the first value, so a retry is safe.
+ */
+export async function putJournal(
+  url: string,
+  headers: Record<string, string>,
+  value: unknown,
+  attempts = 8,
+): Promise<Recorded> {
+  const answer = await send(url, { method: "PUT", headers, body: { value } }, attempts);
+  return answer.wanted ? { wanted: true, value: answer.body?.["value"] ?? null } : answer;
 }
 
 export class Client {
@@ -282,40 +302,16 @@ export class Client {
     return putJournal(url, this.headers, value, this.reportAttempts);
   }
 
-  /** Sends a heartbeat, completion or failure, retrying what may be retried. */
+  /** Sends a heartbeat, completion, failure or question, retrying what may be retried. */
   async report(
     token: string,
     what: "heartbeat" | "complete" | "fail" | "ask",
     body: unknown,
   ): Promise<Answer> {
-    let last: unknown;
-    for (let attempt = 0; attempt < this.reportAttempts; attempt++) {
-      let response: Response | undefined;
-      try {
-        response = await this.post(`/api/v1/tasks/${token}/${what}`, body);
-      } catch (e) {
-        last = e;
-      }
-      if (response !== undefined) {
-        if (response.status === 200) {
-          await response.body?.cancel();
-          return { wanted: true };
-        }
-        const detail = await detailOf(response);
-        if (response.status === 404 || response.status === 409) {
-          return { wanted: false, detail };
-        }
-        if (!RETRYABLE.has(response.status)) {
-          throw new ProtocolError(response.status, detail);
-        }
-        last = new ProtocolError(response.status, detail);
-      }
-      if (what === "heartbeat") {
-        // The next beat comes soon anyway; a lost one costs nothing.
-        break;
-      }
-      await sleep(backoff(response, attempt));
-    }
-    throw last instanceof Error ? last : new Error(String(last));
+    const url = `${this.base}/api/v1/tasks/${token}/${what}`;
+    // A heartbeat is not sent again: the next beat comes soon anyway.
+    const once = what === "heartbeat";
+    const answer = await send(url, { method: "POST", headers: this.headers, body }, this.reportAttempts, once);
+    return answer.detail === undefined ? { wanted: answer.wanted } : { wanted: answer.wanted, detail: answer.detail };
   }
 }

@@ -3,10 +3,14 @@
 //! Agents that use it fall back to a deterministic offline backend when
 //! [`LlmSettings::endpoint`] is empty, so the stack runs with no network.
 
+mod stream;
+
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
+
+pub use stream::{ChatReply, StreamReader, ToolCall, arguments};
 
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -120,34 +124,24 @@ impl ChatClient {
         }
     }
 
-    /// One system + user exchange; returns the assistant's text. `json_mode`
-    /// asks for a JSON object answer.
-    pub async fn complete(
-        &self,
-        system: &str,
-        user: &str,
-        json_mode: bool,
-    ) -> Result<String, LlmError> {
-        let mut body = json!({
-            "messages": [
-                {"role": "system", "content": system},
-                {"role": "user", "content": user},
-            ],
-            "temperature": 0,
-        });
+    /// A request of `body` to the endpoint, authenticated as configured.
+    fn request(&self, mut body: Value) -> reqwest::RequestBuilder {
         if self.settings.provider == Provider::OpenAi {
             body["model"] = json!(self.settings.model);
         }
-        if json_mode {
-            body["response_format"] = json!({"type": "json_object"});
+        let request = self.http.post(self.url()).json(&body);
+        if self.settings.api_key.is_empty() {
+            return request;
         }
-        let mut request = self.http.post(self.url()).json(&body);
-        if !self.settings.api_key.is_empty() {
-            request = match self.settings.provider {
-                Provider::OpenAi => request.bearer_auth(&self.settings.api_key),
-                Provider::Azure => request.header("api-key", &self.settings.api_key),
-            };
+        match self.settings.provider {
+            Provider::OpenAi => request.bearer_auth(&self.settings.api_key),
+            Provider::Azure => request.header("api-key", &self.settings.api_key),
         }
+    }
+
+    /// Sends `request`; throttling, 5xx and network trouble are transient,
+    /// any other refusal is not.
+    async fn send(request: reqwest::RequestBuilder) -> Result<reqwest::Response, LlmError> {
         let response = request
             .send()
             .await
@@ -163,6 +157,28 @@ impl ChatClient {
                 truncate(&text, 500)
             )));
         }
+        Ok(response)
+    }
+
+    /// One system + user exchange; returns the assistant's text. `json_mode`
+    /// asks for a JSON object answer.
+    pub async fn complete(
+        &self,
+        system: &str,
+        user: &str,
+        json_mode: bool,
+    ) -> Result<String, LlmError> {
+        let mut body = json!({
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": user},
+            ],
+            "temperature": 0,
+        });
+        if json_mode {
+            body["response_format"] = json!({"type": "json_object"});
+        }
+        let response = Self::send(self.request(body)).await?;
         let answer: ChatResponse = response
             .json()
             .await
@@ -173,6 +189,40 @@ impl ChatClient {
             .next()
             .and_then(|c| c.message.content)
             .ok_or_else(|| LlmError::Refused("the completion has no message content".into()))
+    }
+
+    /// A streamed completion of `messages` (chat-completions messages),
+    /// offering `tools` (function tools) when given: each piece of text
+    /// goes to `on_text` as it arrives; the reply holds the whole text, the
+    /// tool calls the model asked for and the tokens it spent.
+    pub async fn stream(
+        &self,
+        messages: &[Value],
+        tools: Option<&Value>,
+        on_text: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<ChatReply, LlmError> {
+        let mut body = json!({
+            "messages": messages,
+            "stream": true,
+            "stream_options": {"include_usage": true},
+        });
+        if let Some(tools) = tools {
+            body["tools"] = tools.clone();
+        }
+        let mut response = Self::send(self.request(body)).await?;
+        let mut reader = StreamReader::default();
+        while let Some(bytes) = response
+            .chunk()
+            .await
+            .map_err(|e| LlmError::Transient(format!("the stream broke off: {e}")))?
+        {
+            reader.feed(&bytes, on_text).map_err(LlmError::Refused)?;
+        }
+        let mut reply = reader.finish().map_err(LlmError::Transient)?;
+        if reply.model.is_none() {
+            reply.model = Some(self.settings.model.clone());
+        }
+        Ok(reply)
     }
 }
 
@@ -298,6 +348,64 @@ mod tests {
             .await
             .unwrap_err();
         assert!(!err.is_retryable(), "{err}");
+    }
+
+    /// A local endpoint that answers every request with an event stream,
+    /// recording the request's body.
+    async fn serve_stream(events: &'static str) -> (String, Seen) {
+        let seen: Seen = Arc::default();
+        let record = seen.clone();
+        let app = axum::Router::new().fallback(post(
+            move |uri: Uri, headers: HeaderMap, Json(body): Json<Value>| {
+                let record = record.clone();
+                async move {
+                    record
+                        .lock()
+                        .unwrap()
+                        .push((uri.to_string(), headers, body));
+                    ([("content-type", "text/event-stream")], events)
+                }
+            },
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (format!("http://{addr}"), seen)
+    }
+
+    #[tokio::test]
+    async fn a_streamed_completion_hands_out_its_text_and_counts_its_tokens() {
+        let (endpoint, seen) = serve_stream(concat!(
+            "data: {\"choices\":[{\"delta\":{\"content\":\"Ship \"}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"content\":\"it\"},\"finish_reason\":\"stop\"}]}\n\n",
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":2}}\n\n",
+            "data: [DONE]\n\n",
+        ))
+        .await;
+        let settings = LlmSettings {
+            endpoint: format!("{endpoint}/v1"),
+            ..LlmSettings::default()
+        };
+        let client = ChatClient::from_settings(&settings).unwrap().unwrap();
+        let mut pieces = Vec::new();
+        let messages = [json!({"role": "user", "content": "ship?"})];
+        let tools = json!([{"type": "function", "function": {"name": "open_pr", "parameters": {"type": "object"}}}]);
+        let reply = client
+            .stream(&messages, Some(&tools), &mut |text| {
+                pieces.push(text.to_owned())
+            })
+            .await
+            .unwrap();
+        assert_eq!(pieces, ["Ship ", "it"]);
+        assert_eq!(reply.content, "Ship it");
+        assert_eq!((reply.input_tokens, reply.output_tokens), (9, 2));
+        assert_eq!(reply.model.as_deref(), Some("gpt-4o-mini"));
+        let seen = seen.lock().unwrap();
+        let body = &seen[0].2;
+        assert_eq!(body["stream"], true);
+        assert_eq!(body["stream_options"]["include_usage"], true);
+        assert_eq!(body["tools"][0]["function"]["name"], "open_pr");
+        assert_eq!(body["model"], "gpt-4o-mini");
     }
 
     #[test]

@@ -79,6 +79,9 @@ pub struct TaskContext {
     pub(crate) answers: Arc<std::collections::BTreeMap<String, Value>>,
     /// Set when the attempt ended by asking: no result is sent.
     pub(crate) asked: Arc<std::sync::atomic::AtomicBool>,
+    /// Model calls made so far in this attempt: each is a journaled step
+    /// named by its place (`chat 1`, `chat 2`, …).
+    pub(crate) chats: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl TaskContext {
@@ -210,6 +213,40 @@ impl TaskContext {
         if let Ok(mut slot) = self.custom_status.lock() {
             *slot = Some(status);
         }
+    }
+
+    /// A model call through `client` (streamed), journaled as the step
+    /// `chat N` (the N-th call of the attempt, so the same code asks for
+    /// the same entries on every attempt): a later attempt gets the
+    /// recorded reply without calling the model. The tokens it spent are
+    /// counted into the result once (see [`TaskContext::add_usage`]).
+    pub async fn chat(
+        &self,
+        client: &crate::llm::ChatClient,
+        messages: &[Value],
+        tools: Option<&Value>,
+    ) -> Result<crate::llm::ChatReply, TaskError> {
+        let n = self
+            .chats
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        self.step(&format!("chat {n}"), || async {
+            let reply = client
+                .stream(messages, tools, &mut |_| {})
+                .await
+                .map_err(|e| TaskError {
+                    message: e.to_string(),
+                    retryable: e.is_retryable(),
+                })?;
+            self.add_usage(&Usage {
+                input_tokens: reply.input_tokens,
+                output_tokens: reply.output_tokens,
+                cost: 0.0,
+                model: reply.model.clone(),
+            });
+            Ok(reply)
+        })
+        .await
     }
 
     /// Asks a person `question`, answered by an event named `name` (its

@@ -394,6 +394,7 @@ async fn handle_task(shared: &Shared, delivery: Delivery) {
         )),
         answers: Arc::new(dispatched.answers.clone()),
         asked: Arc::default(),
+        chats: Arc::default(),
     };
     let lease = dispatched.heartbeat_timeout_ms;
     let agent = shared.agent.name().as_str();

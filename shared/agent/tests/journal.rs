@@ -272,3 +272,103 @@ async fn a_name_used_twice_and_a_worker_without_a_store_fail_clearly() {
         failed.error.message
     );
 }
+
+/// A model-backed agent: one `ctx.chat` against a local streaming
+/// endpoint, then a failure on the first attempt.
+struct Chatty {
+    name: AgentName,
+    client: legato_agent::llm::ChatClient,
+}
+
+#[async_trait]
+impl Agent for Chatty {
+    fn name(&self) -> &AgentName {
+        &self.name
+    }
+
+    async fn run(&self, task: &Task, ctx: &TaskContext) -> Result<Value, TaskError> {
+        let messages = [json!({"role": "user", "content": "plan it"})];
+        let reply = ctx.chat(&self.client, &messages, None).await?;
+        if task.attempt == 1 {
+            return Err(TaskError {
+                message: "crashed after the model answered".into(),
+                retryable: true,
+            });
+        }
+        Ok(json!({"said": reply.content}))
+    }
+}
+
+#[tokio::test]
+async fn a_model_call_is_journaled_and_its_tokens_counted_once() {
+    use axum::routing::post;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let app = axum::Router::new().fallback(post(move || {
+        let counted = counted.clone();
+        async move {
+            counted.fetch_add(1, Ordering::SeqCst);
+            (
+                [("content-type", "text/event-stream")],
+                concat!(
+                    "data: {\"model\":\"m\",\"choices\":[{\"delta\":{\"content\":\"a plan\"}}]}\n\n",
+                    "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":30,\"completion_tokens\":5}}\n\n",
+                    "data: [DONE]\n\n",
+                ),
+            )
+        }
+    }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let settings = legato_agent::llm::LlmSettings {
+        endpoint: format!("http://{addr}/v1"),
+        ..Default::default()
+    };
+    let client = legato_agent::llm::ChatClient::from_settings(&settings)
+        .unwrap()
+        .unwrap();
+
+    let bus = Arc::new(InProcessBus::default());
+    let mut results = bus
+        .subscribe(SubscriptionSpec::new(Topic::AgentResults, "test").bind("#"))
+        .await
+        .unwrap();
+    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    let shutdown = Shutdown::new();
+    let agent = Arc::new(Chatty {
+        name: AgentName::parse("looping").unwrap(),
+        client,
+    });
+    let worker = Worker::new(
+        agent,
+        bus.clone(),
+        WorkerSettings::default(),
+        shutdown.clone(),
+    )
+    .with_store(store);
+    tokio::spawn(worker.start().await.unwrap());
+
+    bus.publish_envelope(&dispatched(1, json!({})))
+        .await
+        .unwrap();
+    let (notices, first) = until_result(&mut results).await;
+    let Payload::TaskFailed(failed) = first else {
+        panic!("{first:?}");
+    };
+    let spent = failed.usage.expect("the failed attempt spent tokens");
+    assert_eq!((spent.input_tokens, spent.output_tokens), (30, 5));
+    assert_eq!(spent.model.as_deref(), Some("m"));
+    assert_eq!(notices[0]["name"], "chat 1");
+
+    bus.publish_envelope(&dispatched(2, json!({})))
+        .await
+        .unwrap();
+    let (_, second) = until_result(&mut results).await;
+    let Payload::TaskCompleted(done) = second else {
+        panic!("{second:?}");
+    };
+    assert_eq!(done.output, json!({"said": "a plan"}));
+    assert_eq!(done.usage, None, "the replayed call spent nothing");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the model was called once");
+}

@@ -47,6 +47,10 @@ impl Usage {
     /// Why this usage cannot be taken as reported: costs and tokens are
     /// counted up, never down.
     pub fn check(&self) -> Result<(), String> {
+        // JSON readers of the sums (the API's int64) read up to i64::MAX.
+        if i64::try_from(self.input_tokens).is_err() || i64::try_from(self.output_tokens).is_err() {
+            return Err(format!("tokens must be at most {}", i64::MAX));
+        }
         if !self.cost.is_finite() || self.cost < 0.0 {
             return Err("cost must be a finite number of at least 0".into());
         }
@@ -77,6 +81,9 @@ impl Budget {
         if self.tokens == Some(0) {
             return Err(("tokens", "must be at least 1".into()));
         }
+        if self.tokens.is_some_and(|t| i64::try_from(t).is_err()) {
+            return Err(("tokens", format!("must be at most {}", i64::MAX)));
+        }
         if let Some(cost) = self.cost
             && (!cost.is_finite() || cost <= 0.0)
         {
@@ -88,32 +95,8 @@ impl Budget {
     /// The field at fault and why, when this budget asks for more than
     /// `ceiling` allows.
     pub fn within(&self, ceiling: &Budget) -> Result<(), (&'static str, String)> {
-        match (self.tokens, ceiling.tokens) {
-            (Some(asked), Some(most)) if asked > most => {
-                return Err((
-                    "tokens",
-                    format!("must be at most {most}, the definition's ceiling"),
-                ));
-            }
-            (None, Some(most)) => {
-                return Err((
-                    "tokens",
-                    format!("must be set, at most {most}: the definition bounds tokens"),
-                ));
-            }
-            _ => {}
-        }
-        match (self.cost, ceiling.cost) {
-            (Some(asked), Some(most)) if asked > most => Err((
-                "cost",
-                format!("must be at most {most}, the definition's ceiling"),
-            )),
-            (None, Some(most)) => Err((
-                "cost",
-                format!("must be set, at most {most}: the definition bounds cost"),
-            )),
-            _ => Ok(()),
-        }
+        bound("tokens", self.tokens, ceiling.tokens)?;
+        bound("cost", self.cost, ceiling.cost)
     }
 
     /// Why `spent` is past this budget, if it is.
@@ -132,6 +115,25 @@ impl Budget {
             return Some(format!("budget exceeded: cost {} of {cost}", spent.cost));
         }
         None
+    }
+}
+
+/// One bound of a budget against the same bound of its ceiling.
+fn bound<T: PartialOrd + std::fmt::Display>(
+    field: &'static str,
+    asked: Option<T>,
+    most: Option<T>,
+) -> Result<(), (&'static str, String)> {
+    match (asked, most) {
+        (Some(asked), Some(most)) if asked > most => Err((
+            field,
+            format!("must be at most {most}, the definition's ceiling"),
+        )),
+        (None, Some(most)) => Err((
+            field,
+            format!("must be set, at most {most}: the definition bounds {field}"),
+        )),
+        _ => Ok(()),
     }
 }
 

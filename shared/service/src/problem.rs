@@ -62,6 +62,17 @@ impl Problem {
         .with_errors(vec![FieldError { field, message }])
     }
 
+    /// A 400 listing every field at fault, each as `field: message` in
+    /// the detail too.
+    pub fn fields(title: impl Into<String>, errors: Vec<FieldError>) -> Self {
+        let detail = errors
+            .iter()
+            .map(|f| format!("{}: {}", f.field, f.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Self::new(StatusCode::BAD_REQUEST, title, detail).with_errors(errors)
+    }
+
     pub fn with_errors(mut self, errors: Vec<FieldError>) -> Self {
         self.errors = errors;
         self

@@ -76,15 +76,23 @@ def _answer_of(results: Any, i: int) -> Answer:
     return Answer(wanted=False, body={"detail": detail or str(result)})
 
 
-async def put_journal(http: httpx.AsyncClient, url: str, value: Any, attempts: int = 8) -> Answer:
-    """Records a journal entry at ``url`` (a task's ``.../journal``), retrying
-    what may be retried: recording a name twice keeps the first value, so a
-    retry is safe. The answer's body holds the value that stands."""
+async def _send(
+    http: httpx.AsyncClient,
+    method: str,
+    url: str,
+    body: dict[str, Any],
+    attempts: int,
+    *,
+    once: bool = False,
+) -> Answer:
+    """Sends a report on a task, again while it may be retried (every report
+    counts once however often it is sent); ``once`` for one that is not
+    worth another try."""
     last: Exception | None = None
     for attempt in range(attempts):
         response: httpx.Response | None = None
         try:
-            response = await http.put(url, json={"value": value})
+            response = await http.request(method, url, json=body)
         except httpx.TransportError as e:
             last = e
         else:
@@ -96,8 +104,17 @@ async def put_journal(http: httpx.AsyncClient, url: str, value: Any, attempts: i
             if status not in _RETRYABLE_STATUS:
                 raise ProtocolError(status, _detail(response))
             last = ProtocolError(status, _detail(response))
+        if once:
+            break
         await asyncio.sleep(_retry_after(response, attempt))
     raise last or RuntimeError("no attempt made")
+
+
+async def put_journal(http: httpx.AsyncClient, url: str, value: Any, attempts: int = 8) -> Answer:
+    """Records a journal entry at ``url`` (a task's ``.../journal``), retrying
+    what may be retried: recording a name twice keeps the first value, so a
+    retry is safe. The answer's body holds the value that stands."""
+    return await _send(http, "PUT", url, {"value": value}, attempts)
 
 
 def question_body(name: str, question: str, schema: Any, timeout_ms: int | None) -> dict[str, Any]:
@@ -235,25 +252,7 @@ class Client:
 
     async def report(self, token: str, what: str, body: dict[str, Any]) -> Answer:
         """Sends a heartbeat, completion, failure or question, retrying what may
-        be retried."""
-        last: Exception | None = None
-        for attempt in range(self._report_attempts):
-            response: httpx.Response | None = None
-            try:
-                response = await self._http.post(f"/api/v1/tasks/{token}/{what}", json=body)
-            except httpx.TransportError as e:
-                last = e
-            else:
-                status = response.status_code
-                if status == 200:
-                    return Answer(wanted=True, body=response.json())
-                if status in (404, 409):
-                    return Answer(wanted=False, body={"detail": _detail(response)})
-                if status not in _RETRYABLE_STATUS:
-                    raise ProtocolError(status, _detail(response))
-                last = ProtocolError(status, _detail(response))
-            if what == "heartbeat":
-                # The next beat comes soon anyway; a lost one costs nothing.
-                break
-            await asyncio.sleep(_retry_after(response, attempt))
-        raise last or RuntimeError("no attempt made")
+        be retried (a heartbeat is not: the next one comes soon anyway)."""
+        url = f"/api/v1/tasks/{token}/{what}"
+        once = what == "heartbeat"
+        return await _send(self._http, "POST", url, body, self._report_attempts, once=once)

@@ -78,7 +78,7 @@ fn refused(problem: Problem) -> CompletionResult {
 pub(crate) async fn complete_many(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
-    JsonBody(request): JsonBody<CompleteManyRequest>,
+    JsonBody(mut request): JsonBody<CompleteManyRequest>,
 ) -> Result<Json<CompleteManyResponse>, Problem> {
     let count = request.completions.len();
     if !(1..=MAX_TASKS_PER_POLL).contains(&count) {
@@ -87,18 +87,19 @@ pub(crate) async fn complete_many(
             format!("must hold 1 to {MAX_TASKS_PER_POLL} completions"),
         ));
     }
+    // What a completion spent is part of the body's shape: a bad figure
+    // refuses the whole request, as a malformed body does.
+    let mut spent = Vec::with_capacity(count);
+    for (i, item) in request.completions.iter_mut().enumerate() {
+        spent.push(super::tasks::reported_usage(
+            &format!("/completions/{i}/usage"),
+            item.usage.take(),
+        )?);
+    }
     // Answers by position: the refused ones now, the rest once recorded.
     let mut results: Vec<Option<CompletionResult>> = Vec::with_capacity(count);
     let mut accepted = Vec::with_capacity(count);
-    for (i, item) in request.completions.into_iter().enumerate() {
-        let usage =
-            match super::tasks::reported_usage(&format!("/completions/{i}/usage"), item.usage) {
-                Ok(usage) => usage,
-                Err(problem) => {
-                    results.push(Some(refused(problem)));
-                    continue;
-                }
-            };
+    for (item, usage) in request.completions.into_iter().zip(spent) {
         let token = match Token::decode(&item.token) {
             Ok(token) => token,
             Err(problem) => {

@@ -182,7 +182,7 @@ fn fits_question(instance: &InstanceState, name: &EventName, data: &Value) -> Re
         return Ok(());
     };
     legato_workflow::check_against(&schema, data).map_err(|errors| {
-        let fields: Vec<legato_service::problem::FieldError> = errors
+        let fields = errors
             .into_iter()
             .map(|e| legato_service::problem::FieldError {
                 field: if e.pointer.is_empty() {
@@ -193,17 +193,7 @@ fn fits_question(instance: &InstanceState, name: &EventName, data: &Value) -> Re
                 message: e.message,
             })
             .collect();
-        let detail = fields
-            .iter()
-            .map(|f| format!("{}: {}", f.field, f.message))
-            .collect::<Vec<_>>()
-            .join("; ");
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "The answer does not fit the question's schema",
-            detail,
-        )
-        .with_errors(fields)
+        Problem::fields("The answer does not fit the question's schema", fields)
     })
 }
 
@@ -280,10 +270,8 @@ pub(crate) async fn resume(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<ResumeBody, true>,
 ) -> Result<(StatusCode, Json<Accepted>), Problem> {
-    if let Some(budget) = &body.budget {
-        crate::dto::checked_budget("/budget", budget, None)?;
-    }
-    let (target, budget) = (For::Resume, body.budget);
+    let budget = crate::dto::checked_budget("/budget", body.budget, None)?;
+    let target = For::Resume;
     let check = budget.clone();
     send_checked(
         &state,

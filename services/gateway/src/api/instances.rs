@@ -64,21 +64,12 @@ pub(crate) async fn start(
                 message: e.message,
             })
             .collect();
-        let detail = fields
-            .iter()
-            .map(|f| format!("{}: {}", f.field, f.message))
-            .collect::<Vec<_>>()
-            .join("; ");
-        return Err(Problem::new(
-            StatusCode::BAD_REQUEST,
+        return Err(Problem::fields(
             "Input does not match the workflow's input_schema",
-            detail,
-        )
-        .with_errors(fields));
+            fields,
+        ));
     }
-    if let Some(budget) = &request.budget {
-        crate::dto::checked_budget("/budget", budget, workflow.budget.as_ref())?;
-    }
+    let budget = crate::dto::checked_budget("/budget", request.budget, workflow.budget.as_ref())?;
     let now = OffsetDateTime::now_utc();
     let start = StartInstance {
         workflow: name,
@@ -86,7 +77,7 @@ pub(crate) async fn start(
         input: request.input,
         tenant: tenant.map(String::from),
         parent: None,
-        budget: request.budget,
+        budget,
     };
     let commit = records::accept_start(SOURCE, id.clone(), start, now)?;
     // Durable once committed; a start not published now is sent by the
