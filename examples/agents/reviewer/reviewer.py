@@ -40,8 +40,9 @@ def offline_review(change: str, request: str) -> dict[str, Any]:
     return {"approved": not comments, "comments": comments, "reviewer": "offline"}
 
 
-async def model_review(change: str, request: str) -> dict[str, Any]:
-    """Asks the configured chat model (OpenAI-compatible) for a review."""
+async def model_review(task: Task, change: str, request: str) -> dict[str, Any]:
+    """Asks the configured chat model (OpenAI-compatible) for a review,
+    counting the tokens it spent against the workflow's budget."""
     from openai import AsyncOpenAI
 
     client = AsyncOpenAI(
@@ -56,6 +57,12 @@ async def model_review(change: str, request: str) -> dict[str, Any]:
         ],
         response_format={"type": "json_object"},
     )
+    if reply.usage is not None:
+        task.add_usage(
+            input_tokens=reply.usage.prompt_tokens,
+            output_tokens=reply.usage.completion_tokens,
+            model=reply.model,
+        )
     text = reply.choices[0].message.content or "{}"
     verdict = json.loads(text)
     return {
@@ -72,8 +79,10 @@ async def review(task: Task) -> dict[str, Any]:
     request = str(task.input.get("request", ""))
     await task.progress("reviewing the change")
     if os.environ.get("LEGATO__LLM__ENDPOINT"):
-        # A model error is retried under the step's policy.
-        return await model_review(change, request)
+        # Journaled: a retry after a crash gets this review back instead of
+        # paying for it again. A model error is not recorded; the step's
+        # retry policy tries again.
+        return await task.step("model review", lambda: model_review(task, change, request))
     return offline_review(change, request)
 
 
