@@ -65,6 +65,17 @@ pub(crate) fn asked(
         .attempt(attempt)
         .message(asked.question)
         .data(json!({ "name": asked.name, "schema": asked.schema }));
+    // As for a step that waits: an event raised before anyone asked is
+    // kept, and answers the first question of its name.
+    if let Some(i) = ctx
+        .state
+        .pending_events
+        .iter()
+        .position(|e| &e.name == asked.name)
+    {
+        let early = ctx.state.pending_events.remove(i);
+        answer(ctx, &early.name, &early.data);
+    }
     Ok(())
 }
 

@@ -104,15 +104,15 @@ fn an_unanswered_question_times_out_and_fails_the_step() {
 }
 
 #[test]
-fn an_answer_for_nobody_waits_for_a_step_as_before() {
+fn an_answer_raised_before_the_question_is_kept_for_it() {
     let mut h = Harness::start(ONE, json!({}));
     h.take();
-    h.raise("scope", json!(1));
-    assert_eq!(
-        h.state.pending_events.len(),
-        1,
-        "kept for a step that waits later"
-    );
+    h.raise("scope", json!({"accounts": "all"}));
+    assert_eq!(h.state.pending_events.len(), 1, "kept for whoever asks");
     ask(&mut h, 1, "scope", None);
-    assert_eq!(h.state.steps["write"].status, StepStatus::Waiting);
+    assert!(h.state.pending_events.is_empty());
+    let again = h.dispatched();
+    assert_eq!(again.len(), 1, "answered at once");
+    assert_eq!(again[0].answers["scope"], json!({"accounts": "all"}));
+    assert_eq!(h.state.steps["write"].status, StepStatus::Running);
 }
