@@ -124,8 +124,7 @@ pub(crate) fn next_compensation(ctx: &mut Ctx) {
                     step.compensation = Some(TaskSlot::for_agent(spec.agent.clone(), rendered));
                 }
                 let key = ctx.state.task_key(id.clone(), None, TaskRole::Compensation);
-                let timeout = workflow.step(id.as_str()).and_then(|s| s.timeout_ms);
-                return tasks::dispatch(ctx, &key, timeout);
+                return tasks::dispatch(ctx, &key);
             }
             Err(e) => {
                 if let Some(comp) = ctx.state.compensation.as_mut() {

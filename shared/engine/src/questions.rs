@@ -114,11 +114,7 @@ pub(crate) fn answer(ctx: &mut Ctx, name: &EventName, data: &Value) -> bool {
             .step(&key.step)
             .item(key.item)
             .data(json!({ "event": name, "question": true }));
-        let timeout = ctx
-            .workflow()
-            .ok()
-            .and_then(|wf| wf.step(key.step.as_str()).and_then(|s| s.timeout_ms));
-        tasks::dispatch(ctx, key, timeout);
+        tasks::dispatch(ctx, key);
     }
     !waiting.is_empty()
 }

@@ -314,6 +314,6 @@ pub(crate) fn dispatch_queued(ctx: &mut Ctx, step: &Step) {
             tasks::item_of(step, next),
             TaskRole::Action,
         );
-        tasks::dispatch(ctx, &key, step.timeout_ms);
+        tasks::dispatch(ctx, &key);
     }
 }

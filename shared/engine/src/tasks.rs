@@ -53,9 +53,10 @@ fn lease_of(ctx: &Ctx, key: &TaskKey) -> Option<u64> {
 }
 
 /// Sends the next attempt of a queued or backing-off task: to its agent,
-/// or as a fresh child run.
-pub(crate) fn dispatch(ctx: &mut Ctx, key: &TaskKey, timeout_ms: Option<u64>) {
+/// or as a fresh child run, under its step's `timeout_ms`.
+pub(crate) fn dispatch(ctx: &mut Ctx, key: &TaskKey) {
     let Ok(workflow) = ctx.workflow() else { return };
+    let timeout_ms = workflow.step(key.step.as_str()).and_then(|s| s.timeout_ms);
     let deadline = timeout_ms.map(|ms| ctx.at_plus(ms));
     let lease = step_lease(ctx, key);
     let at = ctx.at;
@@ -461,8 +462,7 @@ pub(crate) fn timer_fired(ctx: &mut Ctx, timer: &TimerKey) -> Result<(), Ignored
             let backing_off = slot(&ctx.state, key)
                 .is_some_and(|s| s.status == SlotStatus::Backoff && s.attempt == *attempt);
             if backing_off {
-                let timeout = workflow.step(key.step.as_str()).and_then(|s| s.timeout_ms);
-                dispatch(ctx, key, timeout);
+                dispatch(ctx, key);
             }
         }
         TimerKey::AttemptTimeout { key, attempt } => {
