@@ -353,6 +353,20 @@ impl Reported {
     }
 }
 
+/// Nothing, when the attempt a token names is the one running; else the
+/// 404 or 409 of [`standing`], or a 409 for one whose result is recorded
+/// (its worker's word no longer counts).
+pub(crate) async fn running(state: &GatewayState, token: &Token) -> Result<(), Problem> {
+    if standing(state, token).await? == Standing::Completed {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "Task no longer wanted",
+            format!("task {} attempt {} is completed", token.key, token.attempt),
+        ));
+    }
+    Ok(())
+}
+
 /// Renews the attempt's lease (for `lease_ms` from now) and tells the
 /// watchers `message`/`data`, if any.
 pub(crate) async fn heartbeat(
@@ -362,13 +376,7 @@ pub(crate) async fn heartbeat(
     message: Option<String>,
     data: Option<Value>,
 ) -> Result<(), Problem> {
-    if standing(state, token).await? == Standing::Completed {
-        return Err(Problem::new(
-            StatusCode::CONFLICT,
-            "Task no longer wanted",
-            format!("task {} attempt {} is completed", token.key, token.attempt),
-        ));
-    }
+    running(state, token).await?;
     let news = message.is_some() || data.is_some();
     let beat = TaskHeartbeat {
         key: token.key.clone(),

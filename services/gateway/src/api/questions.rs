@@ -6,7 +6,6 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use legato_contracts::{EventName, TaskAsked};
 use legato_service::auth::Caller;
 use legato_service::problem::Problem;
@@ -17,7 +16,7 @@ use utoipa::ToSchema;
 use super::callbacks::capability;
 use super::tasks::{check_message, reporter};
 use crate::GatewayState;
-use crate::attempts::{self, Standing, Token};
+use crate::attempts::{self, Token};
 use crate::body::JsonBody;
 
 /// `POST /api/v1/tasks/{token}/ask`.
@@ -73,13 +72,7 @@ async fn ask(
     request: AskRequest,
 ) -> Result<AskAnswer, Problem> {
     let asked = question_of(token, request)?;
-    if attempts::standing(state, token).await? == Standing::Completed {
-        return Err(Problem::new(
-            StatusCode::CONFLICT,
-            "Task no longer wanted",
-            format!("task {} attempt {} is completed", token.key, token.attempt),
-        ));
-    }
+    attempts::running(state, token).await?;
     attempts::ask(state, token, asked).await?;
     Ok(AskAnswer {
         status: "asked".into(),

@@ -12,7 +12,7 @@ use legato_store::{JournalEntry, Journaled};
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 
-use super::{Standing, Token, lease_end, publish, standing};
+use super::{Token, lease_end, publish};
 use crate::GatewayState;
 
 /// The journal a task handed out carries, by entry name: empty without a
@@ -73,13 +73,7 @@ pub(crate) async fn record(
         .map_err(|e| Problem::field("/value", e.to_string()))?
         .len();
     journal::check_value_size(bytes).map_err(too_large)?;
-    if standing(state, token).await? == Standing::Completed {
-        return Err(Problem::new(
-            StatusCode::CONFLICT,
-            "Task no longer wanted",
-            format!("task {} attempt {} is completed", token.key, token.attempt),
-        ));
-    }
+    super::running(state, token).await?;
     let entry = JournalEntry {
         name: name.to_owned(),
         value,
