@@ -309,14 +309,7 @@ impl TaskContext {
     /// however often the task runs.
     pub fn add_usage(&self, spent: &Usage) {
         if let Ok(mut total) = self.usage.lock() {
-            let first = total.is_empty() && total.model.is_none();
-            let model = if first || total.model == spent.model {
-                spent.model.clone()
-            } else {
-                None
-            };
-            total.add(spent);
-            total.model = model;
+            total.merge(spent);
         }
     }
 

@@ -44,6 +44,19 @@ impl Usage {
         self.cost += other.cost;
     }
 
+    /// Adds `other` as more of one attempt's spending: the model stays
+    /// named while every part names the same one.
+    pub fn merge(&mut self, other: &Usage) {
+        let first = self.is_empty() && self.model.is_none();
+        let model = if first || self.model == other.model {
+            other.model.clone()
+        } else {
+            None
+        };
+        self.add(other);
+        self.model = model;
+    }
+
     /// Why this usage cannot be taken as reported: costs and tokens are
     /// counted up, never down.
     pub fn check(&self) -> Result<(), String> {
@@ -165,6 +178,19 @@ mod tests {
             }
         );
         assert_eq!(sum.tokens(), 17);
+        let mut one = Usage::default();
+        one.merge(&usage(1, 0, 0.0));
+        one.merge(&usage(2, 0, 0.0));
+        assert_eq!(one.model.as_deref(), Some("m"), "one model throughout");
+        one.merge(&Usage {
+            model: Some("other".into()),
+            ..usage(1, 0, 0.0)
+        });
+        assert_eq!(
+            (one.input_tokens, one.model),
+            (4, None),
+            "two models name none"
+        );
         assert!(Usage::default().is_empty());
         assert!(usage(0, 0, -1.0).check().is_err());
         assert!(usage(0, 0, f64::NAN).check().is_err());

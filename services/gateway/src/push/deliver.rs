@@ -235,11 +235,7 @@ fn count_spent(response: &Response, spent: &mut Usage) {
         .map(Usage::from)
         .and_then(|usage| usage.check().map(|()| usage));
     match read {
-        Ok(usage) => {
-            let model = usage.model.clone();
-            spent.add(&usage);
-            spent.model = spent.model.take().or(model);
-        }
+        Ok(usage) => spent.merge(&usage),
         Err(why) => tracing::warn!("a push answer's {USAGE_HEADER} is left out: {why}"),
     }
 }
