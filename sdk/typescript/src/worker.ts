@@ -176,22 +176,19 @@ export class Worker {
       if (data !== undefined) body["data"] = data;
       await this.beat(wire.token, body);
     };
-    const record = async (name: string, value: unknown): Promise<unknown> => {
-      const answer = await this.client.record(wire.token, name, value);
+    // A 404/409: the attempt is over; its function is cancelled.
+    const wanted = <A extends Answer>(answer: A): A => {
       if (!answer.wanted) {
         const why = answer.detail ?? "no longer wanted";
         this.cancel(wire.token, why);
         throw new RetryableError(`the attempt is no longer wanted: ${why}`);
       }
-      return answer.value;
+      return answer;
     };
+    const record = async (name: string, value: unknown): Promise<unknown> =>
+      wanted(await this.client.record(wire.token, name, value)).value;
     const ask = async (name: string, question: string, options: AskOptions): Promise<void> => {
-      const answer = await this.client.report(wire.token, "ask", questionBody(name, question, options));
-      if (!answer.wanted) {
-        const why = answer.detail ?? "no longer wanted";
-        this.cancel(wire.token, why);
-        throw new RetryableError(`the attempt is no longer wanted: ${why}`);
-      }
+      wanted(await this.client.report(wire.token, "ask", questionBody(name, question, options)));
     };
     const task = taskOf(wire, abort.signal, progress, record, ask);
     const entry: Running = {

@@ -159,19 +159,20 @@ class Worker:
                 body["data"] = data
             await self._beat(token, body)
 
-        async def record(name: str, value: Any) -> Any:
-            answer = await self._client.record(token, name, value)
+        def wanted(answer: Answer) -> Answer:
+            # A 404/409: the attempt is over; its function is cancelled.
             if not answer.wanted:
                 self._cancel(token, answer)
                 raise asyncio.CancelledError
+            return answer
+
+        async def record(name: str, value: Any) -> Any:
+            answer = wanted(await self._client.record(token, name, value))
             return answer.body.get("value")
 
         async def ask(name: str, question: str, schema: Any, timeout_ms: int | None) -> None:
             body = question_body(name, question, schema, timeout_ms)
-            answer = await self._client.report(token, "ask", body)
-            if not answer.wanted:
-                self._cancel(token, answer)
-                raise asyncio.CancelledError
+            wanted(await self._client.report(token, "ask", body))
 
         task = Task.from_wire(raw, progress, record, ask)
         job = asyncio.create_task(self._run(task), name=f"legato:{task.key}#{task.attempt}")
