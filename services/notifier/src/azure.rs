@@ -7,7 +7,9 @@
 //! failing is logged with the instance and skipped (watchers can read the
 //! history for it); it never stops the relay. An event too large for the
 //! service (1 MB a request) goes as a summary that points at the history
-//! instead.
+//! instead. Pieces of a model's output go down their instance's lane too
+//! (target `output`), so they keep their place among its events; they are
+//! not kept for a failover, as nothing keeps them for late watchers.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -16,8 +18,8 @@ use std::time::{Duration, Instant};
 use backon::{ExponentialBuilder, Retryable};
 use legato_contracts::InstanceId;
 use legato_service::Shutdown;
-use legato_signalr::PROGRESS_TARGET;
 use legato_signalr::azure::{AzureError, AzureSignalR, MAX_BODY_BYTES};
+use legato_signalr::{OUTPUT_TARGET, PROGRESS_TARGET};
 use serde_json::{Map, Value};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{Semaphore, mpsc};
@@ -25,7 +27,7 @@ use tokio::sync::{Semaphore, mpsc};
 use legato_service::leadership::{self, Leadership};
 
 use crate::ProgressHub;
-use crate::hub::Update;
+use crate::hub::{Relayed, Update};
 
 /// The lease of the notifier replica that relays to Azure SignalR: every
 /// replica keeps its own feed of all progress (its clients need it), but
@@ -101,13 +103,14 @@ pub async fn relay_to_azure(
                 if leadership.holds() {
                     tracing::info!(events = recent.len(), "took over the Azure SignalR relay; sending the last lease period's events again");
                     for (_, update) in recent.drain(..) {
-                        lanes.send(update);
+                        lanes.send(Relayed::Progress(update));
                     }
                 }
             }
             update = updates.recv() => match update {
-                Ok(update) if leadership.holds() => lanes.send(update),
-                Ok(update) => {
+                Ok(relayed) if leadership.holds() => lanes.send(relayed),
+                Ok(Relayed::Output(_)) => {}
+                Ok(Relayed::Progress(update)) => {
                     let now = Instant::now();
                     while recent.front().is_some_and(|(at, _)| now - *at > leadership::TTL) {
                         recent.pop_front();
@@ -130,7 +133,7 @@ pub async fn relay_to_azure(
 struct Lanes {
     azure: AzureSignalR,
     permits: Arc<Semaphore>,
-    lanes: HashMap<InstanceId, mpsc::Sender<Arc<Update>>>,
+    lanes: HashMap<InstanceId, mpsc::Sender<Relayed>>,
 }
 
 impl Lanes {
@@ -142,28 +145,39 @@ impl Lanes {
         }
     }
 
-    fn send(&mut self, update: Arc<Update>) {
+    fn send(&mut self, relayed: Relayed) {
         // A lane ends after its instance's final event.
         self.lanes.retain(|_, lane| !lane.is_closed());
         let (azure, permits) = (&self.azure, &self.permits);
         let lane = self
             .lanes
-            .entry(update.instance.clone())
+            .entry(relayed.instance().clone())
             .or_insert_with(|| lane(azure.clone(), permits.clone()));
-        if let Err(e) = lane.try_send(update) {
-            let update = e.into_inner();
-            tracing::error!(instance = %update.instance, position = update.event.position, "progress not relayed to Azure SignalR: {LANE_CAPACITY} events of this instance are already waiting; watchers can read the history");
+        match lane.try_send(relayed) {
+            Ok(()) => {}
+            Err(e) => match e.into_inner() {
+                Relayed::Progress(update) => {
+                    tracing::error!(instance = %update.instance, position = update.event.position, "progress not relayed to Azure SignalR: {LANE_CAPACITY} events of this instance are already waiting; watchers can read the history");
+                }
+                Relayed::Output(output) => {
+                    tracing::warn!(instance = %output.instance, call = %output.piece.call, seq = output.piece.seq, "a piece of output not relayed to Azure SignalR: {LANE_CAPACITY} events of this instance are already waiting");
+                }
+            },
         }
     }
 }
 
 /// One instance's sends, in order.
-fn lane(azure: AzureSignalR, permits: Arc<Semaphore>) -> mpsc::Sender<Arc<Update>> {
-    let (sender, mut events) = mpsc::channel::<Arc<Update>>(LANE_CAPACITY);
+fn lane(azure: AzureSignalR, permits: Arc<Semaphore>) -> mpsc::Sender<Relayed> {
+    let (sender, mut events) = mpsc::channel::<Relayed>(LANE_CAPACITY);
     tokio::spawn(async move {
-        while let Some(update) = events.recv().await {
-            send(&azure, &permits, &update).await;
-            if update.is_final() {
+        while let Some(relayed) = events.recv().await {
+            let (target, event) = match &relayed {
+                Relayed::Progress(update) => (PROGRESS_TARGET, for_azure(update)),
+                Relayed::Output(output) => (OUTPUT_TARGET, output.to_client_json()),
+            };
+            send(&azure, &permits, relayed.instance(), target, event).await;
+            if relayed.progress().is_some_and(|update| update.is_final()) {
                 return;
             }
         }
@@ -174,18 +188,23 @@ fn lane(azure: AzureSignalR, permits: Arc<Semaphore>) -> mpsc::Sender<Arc<Update
 /// Sends one event, retrying what may pass later. A permit is held per
 /// request, not across the waits between tries, so instances waiting out
 /// a `Retry-After` leave the others room.
-async fn send(azure: &AzureSignalR, permits: &Semaphore, update: &Update) {
+async fn send(
+    azure: &AzureSignalR,
+    permits: &Semaphore,
+    instance: &InstanceId,
+    target: &str,
+    event: Value,
+) {
     let retry = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
         .with_max_delay(Duration::from_secs(2))
         .with_max_times(5)
         .with_jitter();
-    let group = update.instance.to_string();
-    let event = for_azure(update);
+    let group = instance.to_string();
     let attempt = || async {
         let _permit = permits.acquire().await;
         azure
-            .send_to_group(&group, PROGRESS_TARGET, vec![event.clone()])
+            .send_to_group(&group, target, vec![event.clone()])
             .await
     };
     let sent = attempt
@@ -198,7 +217,8 @@ async fn send(azure: &AzureSignalR, permits: &Semaphore, update: &Update) {
         })
         .await;
     if let Err(e) = sent {
-        tracing::error!(instance = %group, position = update.event.position, "progress not relayed to Azure SignalR: {e}");
+        let position = event.get("position").and_then(Value::as_u64);
+        tracing::error!(instance = %group, target, position, "not relayed to Azure SignalR: {e}");
     }
 }
 

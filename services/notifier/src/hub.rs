@@ -11,12 +11,17 @@
 //! receiver are taken under the same lock that publishing holds. The
 //! buffer also drops redelivered messages (same message id), so watchers
 //! see each event once.
+//!
+//! The pieces of a model's output an agent relays go down the same
+//! channels, in the order they came, but are not buffered: a watcher who
+//! comes later reads the whole reply from the task's journal or result.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use legato_contracts::{InstanceId, ProgressEvent, ProgressKind};
+use legato_contracts::{AgentOutput, InstanceId, ProgressEvent, ProgressKind, TaskRole};
+use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
@@ -63,6 +68,74 @@ impl Update {
     }
 }
 
+/// What an instance's watchers are sent, in the order it came.
+#[derive(Debug, Clone)]
+pub enum Relayed {
+    Progress(Arc<Update>),
+    Output(Arc<Output>),
+}
+
+impl Relayed {
+    pub fn instance(&self) -> &InstanceId {
+        match self {
+            Self::Progress(update) => &update.instance,
+            Self::Output(output) => &output.instance,
+        }
+    }
+
+    /// The progress event, if this is one.
+    pub fn progress(&self) -> Option<&Arc<Update>> {
+        match self {
+            Self::Progress(update) => Some(update),
+            Self::Output(_) => None,
+        }
+    }
+}
+
+/// A piece of a model's output inside one of the instance's tasks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    pub instance: InstanceId,
+    pub piece: AgentOutput,
+}
+
+/// A piece as clients receive it: where in the instance it comes from,
+/// flat, like a progress event's `step`, `item` and `iteration`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ClientOutput<'a> {
+    instance_id: &'a str,
+    step: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    item: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iteration: Option<u32>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    compensation: bool,
+    attempt: u32,
+    call: &'a str,
+    seq: u64,
+    text: &'a str,
+}
+
+impl Output {
+    pub fn to_client_json(&self) -> Value {
+        let key = &self.piece.key;
+        serde_json::to_value(ClientOutput {
+            instance_id: self.instance.local(),
+            step: key.step.as_str(),
+            item: key.item,
+            iteration: key.iteration,
+            compensation: key.role == TaskRole::Compensation,
+            attempt: self.piece.attempt,
+            call: &self.piece.call,
+            seq: self.piece.seq,
+            text: &self.piece.text,
+        })
+        .unwrap_or(Value::Null)
+    }
+}
+
 pub fn is_final(kind: ProgressKind) -> bool {
     matches!(
         kind,
@@ -82,7 +155,7 @@ struct Inner {
     replay: HashMap<InstanceId, Replay>,
     /// The channel of each instance someone watches; removed with its last
     /// watcher.
-    watched: HashMap<InstanceId, broadcast::Sender<Arc<Update>>>,
+    watched: HashMap<InstanceId, broadcast::Sender<Relayed>>,
     next: u64,
 }
 
@@ -94,7 +167,7 @@ fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
 
 #[derive(Clone)]
 pub struct ProgressHub {
-    sender: broadcast::Sender<Arc<Update>>,
+    sender: broadcast::Sender<Relayed>,
     inner: Arc<Mutex<Inner>>,
 }
 
@@ -144,7 +217,7 @@ impl ProgressHub {
         }
         // Sent under the lock, so replay snapshots and receivers agree.
         if let Some(watchers) = inner.watched.get(&instance) {
-            let _all_gone_is_fine = watchers.send(update.clone());
+            let _all_gone_is_fine = watchers.send(Relayed::Progress(update.clone()));
         }
         let replay = inner.replay.entry(instance).or_default();
         if replay.events.len() == REPLAY_PER_INSTANCE {
@@ -154,11 +227,23 @@ impl ProgressHub {
         if update.is_final() {
             replay.finished_at = Some(Instant::now());
         }
-        let _no_relay_is_fine = self.sender.send(update);
+        let _no_relay_is_fine = self.sender.send(Relayed::Progress(update));
+    }
+
+    /// Passes a piece of a model's output to the instance's watchers now,
+    /// keeping nothing: pieces are worth seeing only as they come.
+    pub fn publish_output(&self, instance: InstanceId, piece: AgentOutput) {
+        let output = Relayed::Output(Arc::new(Output { instance, piece }));
+        let inner = self.lock();
+        // Under the lock, so a piece keeps its place among progress events.
+        if let Some(watchers) = inner.watched.get(output.instance()) {
+            let _all_gone_is_fine = watchers.send(output.clone());
+        }
+        let _no_relay_is_fine = self.sender.send(output);
     }
 
     /// Every instance's updates from now on (for relays that forward all).
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Update>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Relayed> {
         self.sender.subscribe()
     }
 
@@ -203,20 +288,20 @@ impl ProgressHub {
 /// when the last watcher's does.
 pub struct InstanceUpdates {
     /// `None` only while dropping.
-    receiver: Option<broadcast::Receiver<Arc<Update>>>,
+    receiver: Option<broadcast::Receiver<Relayed>>,
     instance: InstanceId,
     hub: Arc<Mutex<Inner>>,
 }
 
 impl InstanceUpdates {
-    pub async fn recv(&mut self) -> Result<Arc<Update>, RecvError> {
+    pub async fn recv(&mut self) -> Result<Relayed, RecvError> {
         match &mut self.receiver {
             Some(receiver) => receiver.recv().await,
             None => Err(RecvError::Closed),
         }
     }
 
-    pub fn try_recv(&mut self) -> Result<Arc<Update>, broadcast::error::TryRecvError> {
+    pub fn try_recv(&mut self) -> Result<Relayed, broadcast::error::TryRecvError> {
         match &mut self.receiver {
             Some(receiver) => receiver.try_recv(),
             None => Err(broadcast::error::TryRecvError::Closed),

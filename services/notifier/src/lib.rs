@@ -33,7 +33,7 @@ use legato_store::Store;
 use serde::{Deserialize, Serialize};
 
 pub use azure::{RELAY_LEASE, relay_to_azure};
-pub use hub::{InstanceUpdates, ProgressHub, Update};
+pub use hub::{InstanceUpdates, Output, ProgressHub, Relayed, Update};
 pub use standalone::run;
 
 /// Everything the standalone `notifier` binary reads.
@@ -186,7 +186,7 @@ fn progress_events(id: String, payload: Payload) -> Vec<(ProgressEvent, String)>
             .enumerate()
             .map(|(n, event)| (event, format!("{id}#{n}")))
             .collect(),
-        // Not on the progress topic: `feed` dead-letters those.
+        // Not progress: `take` relays or dead-letters those.
         _ => Vec::new(),
     }
 }
@@ -245,6 +245,14 @@ fn take(
                         hub.publish(subject.clone(), event, id);
                     }
                 });
+                Box::pin(delivery.ack())
+            }
+            Ok(Envelope {
+                subject,
+                payload: Payload::AgentOutput(piece),
+                ..
+            }) => {
+                hub.publish_output(subject, piece);
                 Box::pin(delivery.ack())
             }
             Ok(other) => {

@@ -11,7 +11,9 @@
 //! `after` instead (from the history where the notifier no longer holds
 //! them), so a client that reconnects misses and repeats nothing;
 //! `Unsubscribe(instanceId)` stops them. Positions run without a gap (see
-//! [`crate::cursor`]).
+//! [`crate::cursor`]). Between them come `output` invocations: a piece of
+//! what a model is writing inside one of the instance's tasks, as it
+//! arrives, sent to whoever watches then and to nobody later.
 //! Negotiate and connect are authenticated like the API (the client sends
 //! its token as `Authorization` on negotiate and `?access_token=` on the
 //! WebSocket); a connection watches only its caller's tenant's instances,
@@ -31,15 +33,15 @@ use legato_contracts::InstanceId;
 use legato_service::auth::{Caller, Principal};
 use legato_service::problem::Problem;
 use legato_service::records::state_of;
-use legato_signalr::PROGRESS_TARGET;
 use legato_signalr::protocol::{HandshakeRequest, Message, handshake_response, records};
+use legato_signalr::{OUTPUT_TARGET, PROGRESS_TARGET};
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::cursor::Cursor;
-use crate::{InstanceUpdates, NotifierState, Update};
+use crate::{InstanceUpdates, NotifierState, Output, Relayed, Update};
 
 /// The client pings every 15 s and gives up after 30 s of silence; the
 /// server does the same.
@@ -239,6 +241,7 @@ struct Watched {
 /// What a forwarder passes on.
 enum Feed {
     Update(Arc<Update>),
+    Output(Arc<Output>),
     /// The forwarder fell behind its instance's channel: the connection
     /// reads what it missed from the history.
     Lagged(InstanceId),
@@ -257,7 +260,8 @@ async fn forward_instance(
 ) {
     loop {
         let item = match updates.recv().await {
-            Ok(update) => Feed::Update(update),
+            Ok(Relayed::Progress(update)) => Feed::Update(update),
+            Ok(Relayed::Output(output)) => Feed::Output(output),
             Err(RecvError::Lagged(_)) => Feed::Lagged(instance.clone()),
             Err(RecvError::Closed) => return,
         };
@@ -295,6 +299,7 @@ impl Connection {
                 // Never closed: the connection holds a sender itself.
                 Some(fed) = self.fed.recv() => match fed {
                     Feed::Update(update) => self.forward(update).await,
+                    Feed::Output(output) => self.send_output(&output).await,
                     // What it missed is in the history by now.
                     Feed::Lagged(instance) => self.catch_up(&instance).await,
                 },
@@ -449,6 +454,18 @@ impl Connection {
             self.send_update(&update).await?;
         }
         Ok(())
+    }
+
+    async fn send_output(&mut self, output: &Output) -> Result<(), End> {
+        if !self.watching.contains_key(&output.instance) {
+            return Ok(());
+        }
+        self.send(&Message::Invocation {
+            invocation_id: None,
+            target: OUTPUT_TARGET.into(),
+            arguments: vec![output.to_client_json()],
+        })
+        .await
     }
 
     async fn send_update(&mut self, update: &Update) -> Result<(), End> {

@@ -11,6 +11,10 @@
 //! where the notifier no longer holds them. Positions run without a gap: a
 //! watcher that would skip some (it fell behind, or an event reached this
 //! notifier late) is sent the missing ones from the history first.
+//!
+//! Between them come `output` events (no `id:`): the pieces of what a model
+//! is writing inside one of the instance's tasks, as they arrive, for
+//! whoever watches then; they are not resent to a watcher who comes later.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -32,7 +36,7 @@ use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::cursor::Cursor;
-use crate::{InstanceUpdates, NotifierState, Update};
+use crate::{InstanceUpdates, NotifierState, Relayed, Update};
 
 /// Other parameters (`access_token`, which the authentication layer reads,
 /// and whatever a client library adds) are left alone.
@@ -118,14 +122,14 @@ pub(crate) async fn stream(
     };
     let mut pending = VecDeque::new();
     for update in replay {
-        pending.extend(cursor.admit(&*store, update).await);
+        let admitted = cursor.admit(&*store, update).await;
+        pending.extend(admitted.into_iter().map(Relayed::Progress));
     }
     // What the snapshot holds and this notifier does not (any more).
-    pending.extend(
-        cursor
-            .catch_up(&*store, Some(instance.position.saturating_add(1)))
-            .await,
-    );
+    let missed = cursor
+        .catch_up(&*store, Some(instance.position.saturating_add(1)))
+        .await;
+    pending.extend(missed.into_iter().map(Relayed::Progress));
     let watch = Watch {
         _slot: slot,
         shutdown,
@@ -150,7 +154,7 @@ struct Watch {
     cursor: Cursor,
     first: Option<Event>,
     /// Events to send before taking more from the hub.
-    pending: VecDeque<Arc<Update>>,
+    pending: VecDeque<Relayed>,
     /// The instance had finished when the stream opened: it ends with what
     /// is pending.
     done: bool,
@@ -165,18 +169,29 @@ fn progress_event(update: &Update) -> Event {
     event.json_data(&update.event).unwrap_or_default()
 }
 
+fn output_event(output: &crate::Output) -> Event {
+    Event::default()
+        .event("output")
+        .json_data(output.to_client_json())
+        .unwrap_or_default()
+}
+
 fn events(watch: Watch) -> impl Stream<Item = Result<Event, Infallible>> {
     futures::stream::unfold(watch, |mut w| async move {
         if let Some(first) = w.first.take() {
             return Some((Ok(first), w));
         }
         loop {
-            if let Some(update) = w.pending.pop_front() {
-                if update.is_final() {
-                    w.done = true;
-                    w.pending.clear();
+            match w.pending.pop_front() {
+                Some(Relayed::Progress(update)) => {
+                    if update.is_final() {
+                        w.done = true;
+                        w.pending.clear();
+                    }
+                    return Some((Ok(progress_event(&update)), w));
                 }
-                return Some((Ok(progress_event(&update)), w));
+                Some(Relayed::Output(output)) => return Some((Ok(output_event(&output)), w)),
+                None => {}
             }
             if w.done {
                 return None;
@@ -187,14 +202,17 @@ fn events(watch: Watch) -> impl Stream<Item = Result<Event, Infallible>> {
                 received = w.updates.recv() => received,
             };
             match received {
-                Ok(update) => {
+                Ok(Relayed::Progress(update)) => {
                     let admitted = w.cursor.admit(&*w.store, update).await;
-                    w.pending.extend(admitted);
+                    w.pending
+                        .extend(admitted.into_iter().map(Relayed::Progress));
                 }
-                // What it missed is in the history by now.
+                Ok(output @ Relayed::Output(_)) => w.pending.push_back(output),
+                // What it missed is in the history by now (pieces of output
+                // it missed are gone: the reply is in the task's journal).
                 Err(RecvError::Lagged(_)) => {
                     let missed = w.cursor.catch_up(&*w.store, None).await;
-                    w.pending.extend(missed);
+                    w.pending.extend(missed.into_iter().map(Relayed::Progress));
                 }
                 Err(RecvError::Closed) => return None,
             }

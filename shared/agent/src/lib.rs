@@ -6,6 +6,7 @@
 
 mod journal;
 pub mod llm;
+mod output;
 mod task;
 mod worker;
 

@@ -219,7 +219,9 @@ impl TaskContext {
     /// `chat N` (the N-th call of the attempt, so the same code asks for
     /// the same entries on every attempt): a later attempt gets the
     /// recorded reply without calling the model. The tokens it spent are
-    /// counted into the result once (see [`TaskContext::add_usage`]).
+    /// counted into the result once (see [`TaskContext::add_usage`]). The
+    /// text reaches the instance's watchers as the model writes it
+    /// (`output` events, before the call returns).
     pub async fn chat(
         &self,
         client: &crate::llm::ChatClient,
@@ -230,14 +232,17 @@ impl TaskContext {
             .chats
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
-        self.step(&format!("chat {n}"), || async {
-            let reply = client
-                .stream(messages, tools, &mut |_| {})
-                .await
-                .map_err(|e| TaskError {
-                    message: e.to_string(),
-                    retryable: e.is_retryable(),
-                })?;
+        let call = format!("chat {n}");
+        self.step(&call, || async {
+            let relay = crate::output::OutputRelay::start(self, call.clone());
+            let streamed = client
+                .stream(messages, tools, &mut |text| relay.push(text))
+                .await;
+            relay.finish().await;
+            let reply = streamed.map_err(|e| TaskError {
+                message: e.to_string(),
+                retryable: e.is_retryable(),
+            })?;
             self.add_usage(&Usage {
                 input_tokens: reply.input_tokens,
                 output_tokens: reply.output_tokens,

@@ -311,7 +311,8 @@ async fn a_model_call_is_journaled_and_its_tokens_counted_once() {
             (
                 [("content-type", "text/event-stream")],
                 concat!(
-                    "data: {\"model\":\"m\",\"choices\":[{\"delta\":{\"content\":\"a plan\"}}]}\n\n",
+                    "data: {\"model\":\"m\",\"choices\":[{\"delta\":{\"content\":\"a \"}}]}\n\n",
+                    "data: {\"model\":\"m\",\"choices\":[{\"delta\":{\"content\":\"plan\"}}]}\n\n",
                     "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":30,\"completion_tokens\":5}}\n\n",
                     "data: [DONE]\n\n",
                 ),
@@ -332,6 +333,10 @@ async fn a_model_call_is_journaled_and_its_tokens_counted_once() {
     let bus = Arc::new(InProcessBus::default());
     let mut results = bus
         .subscribe(SubscriptionSpec::new(Topic::AgentResults, "test").bind("#"))
+        .await
+        .unwrap();
+    let mut watched = bus
+        .subscribe(SubscriptionSpec::new(Topic::Progress, "watcher").bind("#"))
         .await
         .unwrap();
     let store = Arc::new(SqliteStore::in_memory().unwrap());
@@ -360,6 +365,21 @@ async fn a_model_call_is_journaled_and_its_tokens_counted_once() {
     assert_eq!((spent.input_tokens, spent.output_tokens), (30, 5));
     assert_eq!(spent.model.as_deref(), Some("m"));
     assert_eq!(notices[0]["name"], "chat 1");
+    // The text went out as it came, before the call was recorded.
+    let (mut text, mut seqs) = (String::new(), Vec::new());
+    while let Ok(delivery) = tokio::time::timeout(Duration::from_millis(200), watched.next()).await
+    {
+        let delivery = delivery.unwrap();
+        let Payload::AgentOutput(piece) = delivery.decode().unwrap().payload else {
+            panic!("only output on the progress topic here");
+        };
+        delivery.ack().await.unwrap();
+        assert_eq!((piece.call.as_str(), piece.attempt), ("chat 1", 1));
+        text.push_str(&piece.text);
+        seqs.push(piece.seq);
+    }
+    assert_eq!(text, "a plan");
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
 
     bus.publish_envelope(&dispatched(2, json!({})))
         .await
@@ -371,4 +391,10 @@ async fn a_model_call_is_journaled_and_its_tokens_counted_once() {
     assert_eq!(done.output, json!({"said": "a plan"}));
     assert_eq!(done.usage, None, "the replayed call spent nothing");
     assert_eq!(calls.load(Ordering::SeqCst), 1, "the model was called once");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), watched.next())
+            .await
+            .is_err(),
+        "a replayed call relays nothing"
+    );
 }

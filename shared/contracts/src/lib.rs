@@ -20,10 +20,10 @@ pub use ids::{
     TENANT_SEPARATOR, TenantId, WorkflowName,
 };
 pub use payload::{
-    CANCEL_ROUTING_PREFIX, HeartbeatKind, ParentLink, Payload, ProgressBatch, ProgressEvent,
-    ProgressKind, RaiseEvent, RedriveInstance, RestartInstance, ResumeInstance, StartInstance,
-    SuspendInstance, TaskAsked, TaskCancelled, TaskCompleted, TaskDispatched, TaskError,
-    TaskFailed, TaskHeartbeat, TerminateInstance, Topic,
+    AgentOutput, CANCEL_ROUTING_PREFIX, HeartbeatKind, ParentLink, Payload, ProgressBatch,
+    ProgressEvent, ProgressKind, RaiseEvent, RedriveInstance, RestartInstance, ResumeInstance,
+    StartInstance, SuspendInstance, TaskAsked, TaskCancelled, TaskCompleted, TaskDispatched,
+    TaskError, TaskFailed, TaskHeartbeat, TerminateInstance, Topic,
 };
 pub use status::RuntimeStatus;
 pub use task::{TaskKey, TaskRole};

@@ -245,6 +245,33 @@ pub struct TaskAsked {
     pub timeout_ms: Option<u64>,
 }
 
+/// A piece of what a model is writing inside a task, relayed to the
+/// instance's watchers as it comes and never recorded: a watcher who comes
+/// later reads the whole reply where the task keeps it (its journal, its
+/// result), not the pieces. Published straight to the progress topic by
+/// the agent's side (the Rust runtime, the gateway for pull and push
+/// agents), never through the orchestrator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentOutput {
+    pub key: TaskKey,
+    #[serde(deserialize_with = "attempt_number")]
+    pub attempt: u32,
+    /// Which output of the attempt the piece belongs to: a model call's
+    /// journal entry name (`chat 2`).
+    pub call: String,
+    /// The piece's place in its call's output, from 1. Pieces are sent in
+    /// order; one seen again (a redelivery) has a place already seen.
+    pub seq: u64,
+    pub text: String,
+}
+
+impl AgentOutput {
+    /// The most text one piece carries: far more than a model writes
+    /// between two sends, far less than a broker's message limit.
+    pub const MAX_TEXT_BYTES: usize = 64 * 1024;
+}
+
 /// An agent is still working; `progress` is relayed to watchers as is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -443,6 +470,7 @@ payloads! {
     TaskAsked(TaskAsked) => "legato.task.asked.v1", AgentResults;
     Progress(ProgressEvent) => "legato.progress.v1", Progress;
     ProgressBatch(ProgressBatch) => "legato.progress.batch.v1", Progress;
+    AgentOutput(AgentOutput) => "legato.agent.output.v1", Progress;
 }
 
 impl Payload {

@@ -35,8 +35,8 @@ fn parties(topic: Topic) -> (&'static str, &'static str, &'static str) {
             "the orchestrator",
         ),
         Topic::Progress => (
-            "What watchers of an instance see, in position order, keyed by instance id; dropped when nobody listens.",
-            "the orchestrator",
+            "What watchers of an instance see, keyed by instance id; dropped when nobody listens: progress in position order, and the pieces of a model's output as an agent writes them (outside the positions, never recorded).",
+            "the orchestrator (progress); the agents and the gateway (output pieces)",
             "the notifier",
         ),
     }

@@ -121,6 +121,14 @@ fn samples() -> Vec<Payload> {
             timeout_ms: Some(60_000),
         }
         .into(),
+        legato_contracts::AgentOutput {
+            key: key(),
+            attempt: 1,
+            call: "chat 1".into(),
+            seq: 3,
+            text: "The export covers".into(),
+        }
+        .into(),
         TaskCancelled {
             key: TaskKey {
                 role: TaskRole::Compensation,

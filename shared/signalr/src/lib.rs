@@ -19,6 +19,8 @@ pub mod protocol;
 pub const HUB: &str = "progress";
 /// The client method progress events invoke.
 pub const PROGRESS_TARGET: &str = "progress";
+/// The client method a piece of a model's output invokes.
+pub const OUTPUT_TARGET: &str = "output";
 
 use serde::{Deserialize, Serialize};
 
