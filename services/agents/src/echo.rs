@@ -10,7 +10,8 @@
 //! so a retried task shows which attempt did the work. `usage` (tokens,
 //! cost, model) is reported as what the attempt spent; `ask: {name,
 //! question, schema?, timeout_ms?}` asks a person after the journaled
-//! steps and answers with `answer`. Tests,
+//! steps and answers with `answer`; `output: [pieces]` relays the pieces
+//! to watchers as the output `echo` before answering. Tests,
 //! benchmarks and operators use it to exercise the engine without models.
 
 use std::time::Duration;
@@ -45,6 +46,7 @@ struct EchoInput {
     journal: Vec<String>,
     usage: Option<legato_contracts::Usage>,
     ask: Option<EchoAsk>,
+    output: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,6 +92,13 @@ impl Agent for Echo {
             }
             None => None,
         };
+        if !request.output.is_empty() {
+            let output = ctx.output("echo");
+            for piece in &request.output {
+                output.push(piece);
+            }
+            output.finish().await;
+        }
         if task.attempt <= request.hang_attempts {
             ctx.stop_heartbeats();
             // Until the orchestrator gives up on the attempt and cancels it.

@@ -26,6 +26,7 @@ use crate::GatewayState;
 use crate::registry::Agent;
 
 pub(crate) mod journal;
+pub(crate) mod output;
 mod token;
 
 pub(crate) use token::Token;

@@ -14,8 +14,8 @@ use legato_service::problem::{FieldError, Problem};
 #[derive(OpenApi)]
 #[openapi(
     info(title = "legato gateway", version = "1", description = "Start, follow and steer durable multi-agent workflows. Errors are application/problem+json."),
-    paths(register, list_workflows, get_workflow, list_versions, start, get_instance, list_instances, purge, raise_event, terminate, suspend, resume, restart, redrive, negotiate, subscribe, list_dead_letters, replay_dead_letter, discard_dead_letter, put_schedule, list_schedules, get_schedule, delete_schedule, pause_schedule, resume_schedule, trigger_schedule, backfill_schedule, put_agent, list_agents, get_agent, delete_agent, poll, heartbeat, complete, complete_many, fail, callback_complete, callback_fail, callback_heartbeat, record_step, callback_record_step, ask_question, callback_ask),
-    components(schemas(Problem, FieldError, StartRequest, StartResponse, InstanceView, StepView, ItemCounts, HistoryEntry, InstancePage, InstanceListItem, DefinitionView, DefinitionList, VersionList, ReasonBody, ResumeBody, BudgetView, UsageView, RestartBody, RedriveBody, Accepted, NegotiateResponse, SubscriptionRequest, DeadLetterPage, DeadLetterView, ScheduleView, RecentRun, ScheduleList, NoteBody, TriggerBody, BackfillBody, RunsRequested, legato_schedule::ScheduleSpec, legato_schedule::Overlap, AgentView, WorkerView, AgentList, crate::registry::AgentSpec, crate::registry::AgentKind, crate::registry::RegisteredKind, crate::registry::PushAuth, PollRequest, PollResponse, PulledTask, HeartbeatRequest, HeartbeatResponse, CompleteRequest, CompleteManyRequest, CompletionItem, CompleteManyResponse, CompletionResult, FailRequest, TaskAccepted, JournalRequest, JournalAnswer, AskRequest, AskAnswer, QuestionView)),
+    paths(register, list_workflows, get_workflow, list_versions, start, get_instance, list_instances, purge, raise_event, terminate, suspend, resume, restart, redrive, negotiate, subscribe, list_dead_letters, replay_dead_letter, discard_dead_letter, put_schedule, list_schedules, get_schedule, delete_schedule, pause_schedule, resume_schedule, trigger_schedule, backfill_schedule, put_agent, list_agents, get_agent, delete_agent, poll, heartbeat, complete, complete_many, fail, callback_complete, callback_fail, callback_heartbeat, record_step, callback_record_step, ask_question, callback_ask, relay_output, callback_output),
+    components(schemas(Problem, FieldError, StartRequest, StartResponse, InstanceView, StepView, ItemCounts, HistoryEntry, InstancePage, InstanceListItem, DefinitionView, DefinitionList, VersionList, ReasonBody, ResumeBody, BudgetView, UsageView, RestartBody, RedriveBody, Accepted, NegotiateResponse, SubscriptionRequest, DeadLetterPage, DeadLetterView, ScheduleView, RecentRun, ScheduleList, NoteBody, TriggerBody, BackfillBody, RunsRequested, legato_schedule::ScheduleSpec, legato_schedule::Overlap, AgentView, WorkerView, AgentList, crate::registry::AgentSpec, crate::registry::AgentKind, crate::registry::RegisteredKind, crate::registry::PushAuth, PollRequest, PollResponse, PulledTask, HeartbeatRequest, HeartbeatResponse, CompleteRequest, CompleteManyRequest, CompletionItem, CompleteManyResponse, CompletionResult, FailRequest, TaskAccepted, JournalRequest, JournalAnswer, AskRequest, AskAnswer, OutputRequest, QuestionView)),
     tags(
         (name = "workflows", description = "Definitions"),
         (name = "instances", description = "Start, read, list, purge"),
@@ -24,7 +24,7 @@ use legato_service::problem::{FieldError, Problem};
         (name = "dead-letters", description = "Messages consumers gave up on: list, replay, discard (operators)"),
         (name = "schedules", description = "Runs on a timetable: cron or interval, overlap policy, catch-up, pause, trigger, backfill"),
         (name = "agents", description = "The agent registry: built-in and pull agents"),
-        (name = "tasks", description = "Pull workers: long-poll for tasks, heartbeat, record journal entries, complete, fail"),
+        (name = "tasks", description = "Pull workers: long-poll for tasks, heartbeat, record journal entries, ask, relay output, complete, fail"),
     )
 )]
 pub struct ApiDoc;
@@ -99,7 +99,7 @@ fn base_document() -> Value {
                 "operationId": "stream",
                 "tags": ["instances"],
                 "summary": "Server-sent events of the instance's progress until it finishes",
-                "description": "Opens with a `status` event, then `progress` events whose `id:` is the event's position (unique and consecutive within the instance). `Last-Event-ID: N` or `?after=N` resumes exactly after position N.",
+                "description": "Opens with a `status` event, then `progress` events whose `id:` is the event's position (unique and consecutive within the instance). `Last-Event-ID: N` or `?after=N` resumes exactly after position N. Between them come `output` events without an `id:`: a piece of what a model writes inside one of the instance's tasks (`{instanceId, step, item?, iteration?, compensation?, attempt, call, seq, text}`), sent to whoever watches then and not kept for later watchers.",
                 "parameters": [
                     {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}},
                     {"name": "after", "in": "query", "required": false, "description": "Resume after this progress position (as Last-Event-ID).", "schema": {"type": "integer", "format": "int64", "minimum": 0}},
@@ -111,7 +111,7 @@ fn base_document() -> Value {
                         "type": "object",
                         "required": ["data"],
                         "properties": {
-                            "event": {"enum": ["status", "progress"]},
+                            "event": {"enum": ["status", "progress", "output"]},
                             "id": {"type": "string"},
                             "data": {"type": "string", "contentMediaType": "application/json"}
                         }

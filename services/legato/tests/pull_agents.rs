@@ -714,3 +714,116 @@ async fn a_pull_workers_journal_outlives_its_attempts_and_redrives() {
         "{done:#}"
     );
 }
+
+/// Pieces of what a worker's model writes reach a stream watching the
+/// instance as they are sent, in order and before the step completes;
+/// nothing of them is kept for a stream opened later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_workers_output_reaches_the_stream_live_and_is_not_kept() {
+    let dir = temp_dir();
+    let legato = Legato::start(dir.path());
+    let (status, body) = legato
+        .put("/api/v1/agents/reviewer", json!({"kind": "pull"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    legato.register(review_workflow("streamed", None)).await;
+    let id = legato
+        .start_instance("streamed", json!({"input": {"text": "x"}}))
+        .await;
+    let task = take_one(&legato, "reviewer").await;
+    let stream = legato
+        .client
+        .get(legato.stream_url(&id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+
+    let pieces = ["Looks ", "fine, ", "ship it."];
+    for (n, text) in pieces.iter().enumerate() {
+        let body = json!({"call": "chat 1", "seq": n + 1, "text": text});
+        let (status, answer) = task_call(&legato, &task, "output", body).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    }
+    for (body, field) in [
+        (json!({"call": "chat 1", "seq": 0, "text": "x"}), "/seq"),
+        (json!({"call": "", "seq": 4, "text": "x"}), "/call"),
+        (
+            json!({"call": "chat 1", "seq": 4, "text": "x".repeat(65_537)}),
+            "/text",
+        ),
+    ] {
+        let (status, problem) = task_call(&legato, &task, "output", body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+        assert_eq!(problem["errors"][0]["field"], field, "{problem}");
+    }
+    let (status, _) = task_call(&legato, &task, "complete", json!({"output": "ship it"})).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let text = tokio::time::timeout(Duration::from_secs(30), stream.text())
+        .await
+        .expect("the stream ends with the instance")
+        .unwrap();
+    let frames: Vec<(String, Value)> = text
+        .split("\n\n")
+        .filter_map(|frame| {
+            let event = frame.lines().find_map(|l| l.strip_prefix("event: "))?;
+            let data = frame.lines().find_map(|l| l.strip_prefix("data: "))?;
+            Some((event.to_owned(), serde_json::from_str(data).unwrap()))
+        })
+        .collect();
+    let output: Vec<&Value> = frames
+        .iter()
+        .filter(|(event, _)| event == "output")
+        .map(|(_, data)| data)
+        .collect();
+    assert_eq!(
+        output
+            .iter()
+            .map(|o| o["text"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        pieces,
+        "{text}"
+    );
+    assert_eq!(
+        (
+            &output[0]["instanceId"],
+            &output[0]["step"],
+            &output[0]["call"],
+            &output[0]["seq"],
+            &output[0]["attempt"]
+        ),
+        (
+            &json!(id),
+            &json!("review"),
+            &json!("chat 1"),
+            &json!(1),
+            &json!(1)
+        )
+    );
+    let last_piece = frames.iter().rposition(|(event, _)| event == "output");
+    let review_done = frames.iter().position(|(event, data)| {
+        event == "progress" && data["kind"] == "step_completed" && data["step"] == "review"
+    });
+    assert!(last_piece < review_done, "{text}");
+    assert!(
+        !text
+            .split("\n\n")
+            .any(|f| f.contains("event: output") && f.contains("id:")),
+        "an output event has no id: {text}"
+    );
+
+    // A stream opened now replays the progress, not the pieces.
+    legato.wait_status(&id, "Completed").await;
+    let later = legato
+        .client
+        .get(legato.stream_url(&id))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(later.contains("step_completed"), "{later}");
+    assert!(!later.contains("event: output"), "{later}");
+}

@@ -10,5 +10,6 @@ mod output;
 mod task;
 mod worker;
 
+pub use output::Output;
 pub use task::{Agent, Task, TaskContext};
 pub use worker::{Worker, WorkerSettings};

@@ -11,12 +11,15 @@ use tokio::task::JoinHandle;
 
 use crate::TaskContext;
 
-pub(crate) struct OutputRelay {
+/// One output of an attempt (a model reply, a tool's log) on its way to
+/// the instance's watchers: [`Output::push`] its text as it comes, then
+/// [`Output::finish`]. See [`TaskContext::output`].
+pub struct Output {
     pieces: mpsc::UnboundedSender<String>,
     sending: JoinHandle<()>,
 }
 
-impl OutputRelay {
+impl Output {
     /// Relays the output of `call` (its journal entry name).
     pub(crate) fn start(ctx: &TaskContext, call: String) -> Self {
         let (pieces, received) = mpsc::unbounded_channel();
@@ -24,7 +27,8 @@ impl OutputRelay {
         Self { pieces, sending }
     }
 
-    pub(crate) fn push(&self, text: &str) {
+    /// Sends `text` on (with whatever else comes before the next publish).
+    pub fn push(&self, text: &str) {
         if !text.is_empty() {
             let _sender_gone_is_fine = self.pieces.send(text.to_owned());
         }
@@ -32,7 +36,7 @@ impl OutputRelay {
 
     /// Returns once every piece pushed is out (or could not be sent), so
     /// watchers see the pieces before the step that wrote them completes.
-    pub(crate) async fn finish(self) {
+    pub async fn finish(self) {
         drop(self.pieces);
         let _a_panic_was_logged = self.sending.await;
     }

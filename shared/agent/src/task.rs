@@ -215,6 +215,15 @@ impl TaskContext {
         }
     }
 
+    /// Relays what the attempt writes as `call` (name it as the journal
+    /// entry that records the whole text, so a watcher who comes later
+    /// finds it there) to the instance's watchers as it comes: `output`
+    /// events on the stream and the hubs, never recorded. [`TaskContext::chat`]
+    /// does this for a model's reply; use it for text from elsewhere.
+    pub fn output(&self, call: &str) -> crate::Output {
+        crate::Output::start(self, call.to_owned())
+    }
+
     /// A model call through `client` (streamed), journaled as the step
     /// `chat N` (the N-th call of the attempt, so the same code asks for
     /// the same entries on every attempt): a later attempt gets the
@@ -234,7 +243,7 @@ impl TaskContext {
             + 1;
         let call = format!("chat {n}");
         self.step(&call, || async {
-            let relay = crate::output::OutputRelay::start(self, call.clone());
+            let relay = self.output(&call);
             let streamed = client
                 .stream(messages, tools, &mut |text| relay.push(text))
                 .await;

@@ -5,6 +5,7 @@ mod control;
 mod dead_letters;
 mod instances;
 mod journal;
+mod output;
 mod questions;
 mod realtime;
 mod schedules;
@@ -48,6 +49,7 @@ pub(crate) use instances::{
 pub(crate) use journal::{
     __path_callback_record_step, __path_record_step, JournalAnswer, JournalRequest,
 };
+pub(crate) use output::{__path_callback_output, __path_relay_output, OutputRequest};
 pub(crate) use questions::{__path_ask_question, __path_callback_ask, AskAnswer, AskRequest};
 pub(crate) use realtime::{__path_negotiate, __path_subscribe};
 pub(crate) use schedules::{
@@ -151,6 +153,7 @@ pub(crate) fn routes() -> Router<GatewayState> {
             put(journal::record_step),
         )
         .route("/api/v1/tasks/{token}/ask", post(questions::ask_question))
+        .route("/api/v1/tasks/{token}/output", post(output::relay_output))
         .route("/api/v1/schedules", get(schedules::list_schedules))
         .route(
             "/api/v1/schedules/{name}",
@@ -199,6 +202,10 @@ pub(crate) fn callback_routes() -> Router<GatewayState> {
         .route(
             "/api/v1/callbacks/{capability}/ask",
             post(questions::callback_ask),
+        )
+        .route(
+            "/api/v1/callbacks/{capability}/output",
+            post(output::callback_output),
         )
 }
 

@@ -45,15 +45,30 @@ async fn the_stock_signalr_client_authenticates_with_an_api_key() {
     run_stock_client(&legato, Some(key)).await;
 }
 
+#[tokio::test]
+async fn the_stock_signalr_client_sees_an_agents_output_as_it_is_written() {
+    let dir = temp_dir();
+    let legato = Legato::start(dir.path());
+    let summary = run_node(&legato, "output.mjs", None).await;
+    assert!(summary["pieces"].as_u64().unwrap() >= 1, "{summary}");
+}
+
 /// Runs tests/node/progress.mjs against `legato`, with an API key if given.
 async fn run_stock_client(legato: &Legato, key: Option<&str>) {
+    let summary = run_node(legato, "progress.mjs", key).await;
+    assert!(summary["events"].as_u64().unwrap() >= 15, "{summary}");
+}
+
+/// Runs a script of tests/node against `legato` and answers the summary it
+/// prints last.
+async fn run_node(legato: &Legato, name: &str, key: Option<&str>) -> Value {
     let script = signalr_test_dir();
     assert!(
         script.join("node_modules/@microsoft/signalr").is_dir(),
         "@microsoft/signalr is not installed: run `npm ci` in tests/node (./scripts/test does)"
     );
     let run = tokio::process::Command::new("node")
-        .arg("progress.mjs")
+        .arg(name)
         .arg(&legato.base)
         .args(key)
         .current_dir(&script)
@@ -68,8 +83,7 @@ async fn run_stock_client(legato: &Legato, key: Option<&str>) {
         output.status.success(),
         "node client failed\nstdout: {stdout}\nstderr: {stderr}"
     );
-    let summary: Value = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
-    assert!(summary["events"].as_u64().unwrap() >= 15, "{summary}");
+    serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap()
 }
 
 type Seen = Arc<Mutex<Vec<(Method, String, HeaderMap, Bytes)>>>;
@@ -276,6 +290,56 @@ async fn azure_mode_follows_the_signalr_rest_contract() {
         last_seq = seq;
     }
     assert!(sends.len() >= 10, "{} sends", sends.len());
+
+    // An agent's output goes to the same group as it is written, target
+    // `output`, in its place before the step's completion.
+    legato
+        .register(json!({
+            "name": "azure-output", "version": 1,
+            "steps": [{"id": "write", "agent": "echo",
+                "input": {"value": 1, "output": ["Hel", "lo"]}}]
+        }))
+        .await;
+    let id = legato
+        .start_instance("azure-output", json!({"instanceId": "azure-2"}))
+        .await;
+    legato.wait_status(&id, "Completed").await;
+    let group = "/api/v1/hubs/progress/groups/azure-2";
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let sent = loop {
+        let sent: Vec<Value> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.0 == Method::POST && r.1 == group)
+            .map(|r| serde_json::from_slice(&r.3).unwrap())
+            .collect();
+        if sent
+            .iter()
+            .any(|b| b["arguments"][0]["kind"] == "instance_completed")
+        {
+            break sent;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no instance_completed send for azure-2"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let text: String = sent
+        .iter()
+        .filter(|b| b["target"] == "output")
+        .map(|b| {
+            assert_eq!(b["arguments"][0]["call"], "echo", "{b}");
+            b["arguments"][0]["text"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(text, "Hello", "{sent:?}");
+    let last_piece = sent.iter().rposition(|b| b["target"] == "output");
+    let completed = sent
+        .iter()
+        .position(|b| b["arguments"][0]["kind"] == "step_completed");
+    assert!(last_piece < completed, "{sent:?}");
 
     // Negotiate redirects the stock client to the service with a client token.
     let negotiated = legato.negotiate("ana").await;
