@@ -5,7 +5,7 @@
 // live without a reload, approve it and see it complete, see another
 // complete although its progress messages are lost, reject another and
 // see it roll back and fail, see a loop drawn with its iterations, follow a child workflow run and back, see a run held by its budget and
-// resume it with a higher one, answer a task's question, look at the workflows, pause, resume and
+// resume it with a higher one, answer a task's question, see an agent's text appear as it writes it, look at the workflows, pause, resume and
 // trigger a schedule and open the run it started. A screenshot of each
 // page is written to the output directory.
 // Usage: node dashboard.mjs <base url> <admin api key> <output dir> <read-only api key>
@@ -235,6 +235,34 @@ try {
   await page.fill('[data-answer="scope"]', '{"accounts": "billing"}');
   await page.click('[data-question="scope"] button');
   await shows("dash-ask", "Completed");
+
+  // What an agent writes shows in its step's card as it is written.
+  const writer = await fetch(`${base}/api/v1/workflows/dash-writer`, {
+    method: "PUT",
+    headers: { "content-type": "application/json", authorization: `Bearer ${key}` },
+    body: JSON.stringify({ name: "dash-writer", version: 1, steps: [
+      { id: "go", wait_for_event: { name: "go" } },
+      { id: "write", needs: ["go"], agent: "echo", input: { value: 1, output: ["Looks ", "fine, ", "ship it."], sleep_ms: 2000 } }] }),
+  });
+  check(writer.status === 201 || writer.status === 200, `register dash-writer: ${writer.status}`);
+  const writing = await fetch(`${base}/api/v1/workflows/dash-writer/instances`, {
+    method: "POST",
+    headers: { "content-type": "application/json", authorization: `Bearer ${key}` },
+    body: JSON.stringify({ instanceId: "dash-write", input: {} }),
+  });
+  check(writing.status === 202, `start dash-write: ${writing.status}`);
+  await page.evaluate(() => (location.hash = "#/instances/dash-write"));
+  await page.waitForSelector('[data-step="go"][data-status="Waiting"]');
+  await page.waitForSelector("#live:not(.off)");
+  const go = await fetch(`${base}/api/v1/instances/dash-write/events/go`, {
+    method: "POST",
+    headers: { "content-type": "application/json", authorization: `Bearer ${key}` },
+    body: "{}",
+  });
+  check(go.status === 202, `raise go: ${go.status}`);
+  await page.waitForSelector('[data-step="write"][data-status="Running"] [data-output="write"] >> text=Looks fine, ship it.');
+  await shot("instance-output");
+  await shows("dash-write", "Completed");
 
   // The list shows both; the workflows and one definition's source.
   await page.evaluate(() => (location.hash = "#/"));

@@ -19,6 +19,10 @@ let pageGeneration = 0;
 // Counts navigations: a read or a connection a page started that ends
 // after the next page is shown must not show the page it was for.
 let routeSeq = 0;
+// What agents of the instance page write as they write it (`output`
+// invocations), by step: never stored, so gone with the page; the whole
+// text is in the task's journal and result once recorded.
+let liveOutput = new Map();
 // The instance list's next refresh (see instancesPage).
 let listTimer = null;
 const LIST_REFRESH_MS = 2000;
@@ -268,6 +272,7 @@ function stepCard(step, all = []) {
       `${items.completed}/${items.total} items`, items.failed ? `, ${items.failed} failed` : "", items.running ? `, ${items.running} running` : "") : null,
     items ? el("div", { class: "bar" }, el("span", { style: `width: ${items.total ? (100 * items.completed) / items.total : 0}%` })) : null,
     step.usage ? el("div", { class: "meta", "data-usage": tokens(step.usage) }, spent(step.usage)) : null,
+    liveOutput.has(step.id) ? el("pre", { class: "output", "data-output": step.id }, liveOutput.get(step.id).text) : null,
     step.error ? el("div", { class: "meta" }, step.error) : null,
     // Each child run (the latest attempt's of each task), by its page.
     ...(step.children || []).map((child) =>
@@ -275,8 +280,24 @@ function stepCard(step, all = []) {
     body.length ? el("div", { class: "graph body" }, levels(body).map((column) => el("div", { class: "level" }, column.map((s) => stepCard(s, all))))) : null);
 }
 
+// Appends a piece of an agent's output to its step's text, headed anew
+// when another call (or item, or attempt) of the step starts writing.
+function appendOutput(piece) {
+  const from = `${piece.call}${piece.item !== undefined ? ` · item ${piece.item}` : ""} · attempt ${piece.attempt}`;
+  const shown = liveOutput.get(piece.step);
+  if (!shown || shown.from !== from) {
+    const text = `${shown ? `${shown.text}\n` : ""}— ${from} —\n`;
+    liveOutput.set(piece.step, { from, text });
+  }
+  liveOutput.get(piece.step).text += piece.text;
+  const node = document.querySelector(`[data-output="${CSS.escape(piece.step)}"]`);
+  if (node) node.textContent = liveOutput.get(piece.step).text;
+  return Boolean(node);
+}
+
 async function instancePage(id) {
   const path = `/api/v1/instances/${encodeURIComponent(id)}`;
+  liveOutput = new Map();
   let ended = false;
   const visit = routeSeq;
   const render = async () => {
@@ -402,11 +423,17 @@ async function instancePage(id) {
     }
     if (generation === pageGeneration) idleTimer = setTimeout(idle, IDLE_REFRESH_MS);
   };
-  await follow(id, visit, () => {
+  const news = () => {
     lastNews = Date.now();
     clearTimeout(refreshTimer);
     refreshTimer = setTimeout(() => attempt(render), 150);
-  }, () => {
+  };
+  // A piece goes straight into its step's text; the first of a step draws
+  // the page again to make room for it.
+  const output = (piece) => {
+    if (!appendOutput(piece)) news();
+  };
+  await follow(id, visit, news, output, () => {
     generation = pageGeneration;
     idleTimer = setTimeout(idle, IDLE_REFRESH_MS);
   });
@@ -416,7 +443,7 @@ async function instancePage(id) {
 // hub or to Azure SignalR), then watches the instance: in Azure mode the
 // gateway adds the connection to the instance's group; the local hub
 // answers that with 409 and is asked directly.
-async function follow(id, visit, onProgress, onOpening) {
+async function follow(id, visit, onProgress, onOutput, onOpening) {
   closeLive();
   onOpening();
   const options = token() ? { accessTokenFactory: () => token() } : {};
@@ -432,6 +459,9 @@ async function follow(id, visit, onProgress, onOpening) {
     if (event.instanceId !== id) return;
     if (event.position) seen = event.position;
     onProgress(event);
+  });
+  connection.on("output", (piece) => {
+    if (piece.instanceId === id) onOutput(piece);
   });
   const subscribe = async () => {
     try {
