@@ -248,6 +248,61 @@ async def test_progress_reaches_the_instance_stream(legato: Legato) -> None:
     assert progress[0]["data"] == {"percent": 50}
 
 
+async def test_output_reaches_the_stream_as_it_is_written(legato: Legato) -> None:
+    await legato.put_agent("py-writer")
+    await legato.register(
+        {
+            "name": "py-writer",
+            "version": 1,
+            "steps": [
+                {"id": "go", "wait_for_event": {"name": "go"}},
+                step("write", "py-writer", ["go"], {}),
+            ],
+        }
+    )
+    pieces = ["Looks ", "fine, ", "ship ", "it."]
+
+    async def writer(task: Task) -> str:
+        async with task.output("chat 1") as out:
+            for piece in pieces:
+                out.push(piece)
+                await asyncio.sleep(0.01)
+        return "".join(pieces)
+
+    async with serving(legato, {"py-writer": writer}):
+        instance = await legato.start("py-writer", {})
+        seen: list[tuple[str, dict[str, Any]]] = []
+        async with legato.http.stream(
+            "GET", f"/api/v1/instances/{instance}/stream", timeout=30
+        ) as stream:
+            name = "message"
+            async for line in stream.aiter_lines():
+                if line.startswith("event:"):
+                    name = line[6:].strip()
+                if not line.startswith("data:"):
+                    continue
+                event = json.loads(line[5:])
+                seen.append((name, event))
+                if event.get("kind") == "waiting_for_event":
+                    raised = await legato.http.post(
+                        f"/api/v1/instances/{instance}/events/go", json={}
+                    )
+                    assert raised.status_code == 202, raised.text
+                if event.get("kind") == "instance_completed":
+                    break
+    output = [event for name, event in seen if name == "output"]
+    assert "".join(o["text"] for o in output) == "".join(pieces), seen
+    assert [o["seq"] for o in output] == list(range(1, len(output) + 1))
+    assert {(o["step"], o["call"], o["attempt"]) for o in output} == {("write", "chat 1", 1)}
+    last_piece = max(i for i, (name, _) in enumerate(seen) if name == "output")
+    written = next(
+        i
+        for i, (_, e) in enumerate(seen)
+        if e.get("kind") == "step_completed" and e.get("step") == "write"
+    )
+    assert last_piece < written, seen
+
+
 async def test_sigterm_drains_the_running_task_then_exits(legato: Legato) -> None:
     await legato.put_agent("py-drain", leaseMs=30_000)
     await legato.register(

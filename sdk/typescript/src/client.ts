@@ -212,6 +212,24 @@ export async function putJournal(
   return answer.wanted ? { wanted: true, value: answer.body?.["value"] ?? null } : answer;
 }
 
+/** Sends one piece of output to `url` (a task's `.../output`), once. */
+export async function postOutput(
+  url: string,
+  headers: Record<string, string>,
+  call: string,
+  seq: number,
+  text: string,
+): Promise<void> {
+  const response = await fetch(url, {
+    method: "POST",
+    headers: { ...headers, "content-type": "application/json" },
+    body: JSON.stringify({ call, seq, text }),
+  });
+  if (response.status !== 202) {
+    throw new ProtocolError(response.status, await detailOf(response));
+  }
+}
+
 export class Client {
   private readonly base: string;
   private readonly headers: Record<string, string>;
@@ -300,6 +318,11 @@ export class Client {
   record(token: string, name: string, value: unknown): Promise<Recorded> {
     const url = journalUrl(`${this.base}/api/v1/tasks/${token}`, name);
     return putJournal(url, this.headers, value, this.reportAttempts);
+  }
+
+  /** Relays a piece of the task's output once (a piece lost is only missed by watchers). */
+  output(token: string, call: string, seq: number, text: string): Promise<void> {
+    return postOutput(`${this.base}/api/v1/tasks/${token}/output`, this.headers, call, seq, text);
   }
 
   /** Sends a heartbeat, completion, failure or question, retrying what may be retried. */

@@ -20,6 +20,7 @@
  */
 
 export { ProtocolError } from "./client.js";
+export { Output } from "./output.js";
 export {
   type PushHandlerOptions,
   SignatureError,

@@ -12,7 +12,7 @@
 import { createHmac, timingSafeEqual } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
 
-import { journalUrl, putJournal, questionBody } from "./client.js";
+import { journalUrl, postOutput, putJournal, questionBody } from "./client.js";
 import {
   type AskOptions,
   type Handler,
@@ -179,7 +179,10 @@ export function createPushHandler(
           throw new RetryableError(`question "${name}": ${response.status} ${await response.text()}`);
         }
       };
-      const task = taskOf(wire, abort.signal, progress, record, ask);
+      const output = async (call: string, seq: number, text: string): Promise<void> => {
+        if (callback !== "") await postOutput(`${callback}/output`, {}, call, seq, text);
+      };
+      const task = taskOf(wire, abort.signal, progress, record, ask, output);
       if (respond === "callback" && callback !== "") {
         answer(res, 202, { accepted: wire.idempotencyKey });
         const outcome = await runHandler(handler, task);

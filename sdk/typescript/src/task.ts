@@ -1,5 +1,6 @@
 /** One attempt of one task, as an agent function sees it. */
 
+import { Output, type SendOutput } from "./output.js";
 import { ProtocolError } from "./client.js";
 
 /** Fails the step at once: no retry will mend it. */
@@ -107,6 +108,19 @@ export interface Task {
    * calls do not. `timeoutMs`: no answer for this long fails the step.
    */
   ask(name: string, question: string, options?: AskOptions): Promise<unknown>;
+  /**
+   * Relays what the attempt writes as `call` (name it as the `step` that
+   * records the whole text, such as `"chat 1"`, so a watcher who comes
+   * later finds it there) to the instance's watchers as it comes: `output`
+   * events on the stream, the hubs and the dashboard, never recorded.
+   *
+   * ```ts
+   * const out = task.output("chat 1");
+   * for await (const chunk of stream) out.push(chunk.choices[0]?.delta?.content ?? "");
+   * await out.finish();
+   * ```
+   */
+  output(call: string): Output;
 }
 
 export interface AskOptions {
@@ -214,6 +228,7 @@ export function taskOf(
   progress: (message?: string, data?: unknown) => Promise<void>,
   record: RecordStep,
   askQuestion: AskQuestion,
+  sendOutput: SendOutput,
 ): Task {
   const journal = wire.journal ?? {};
   const answers = wire.answers ?? {};
@@ -249,6 +264,7 @@ export function taskOf(
       }
       throw new Asked(name);
     },
+    output: (call: string) => new Output(call, sendOutput),
     get usage() {
       return spending.total;
     },

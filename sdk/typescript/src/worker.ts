@@ -190,7 +190,9 @@ export class Worker {
     const ask = async (name: string, question: string, options: AskOptions): Promise<void> => {
       wanted(await this.client.report(wire.token, "ask", questionBody(name, question, options)));
     };
-    const task = taskOf(wire, abort.signal, progress, record, ask);
+    const output = (call: string, seq: number, text: string): Promise<void> =>
+      this.client.output(wire.token, call, seq, text);
+    const task = taskOf(wire, abort.signal, progress, record, ask, output);
     const entry: Running = {
       token: wire.token,
       task,

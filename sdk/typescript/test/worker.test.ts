@@ -1,7 +1,7 @@
 /**
  * The TypeScript SDK against a real `legato up`: a workflow mixing a built-in,
  * a Python and a TypeScript agent; 500 tasks over 4 workers; a worker killed
- * mid-task; cancellation; progress on the instance's stream.
+ * mid-task; cancellation; progress and output on the instance's stream.
  */
 
 import assert from "node:assert/strict";
@@ -323,6 +323,63 @@ test("progress reaches the instance's stream", async () => {
   const progress = seen.filter((e) => e["kind"] === "agent_progress");
   assert.equal(progress[0]?.["message"], "halfway");
   assert.deepEqual(progress[0]?.["data"] as Json, { percent: 50 });
+});
+
+test("output reaches the instance's stream as it is written", async () => {
+  await legato.putAgent("ts-writer");
+  await legato.register({
+    name: "ts-writer",
+    version: 1,
+    steps: [{ id: "go", wait_for_event: { name: "go" } }, step("write", "ts-writer", ["go"], {})],
+  });
+  const pieces = ["Looks ", "fine, ", "ship ", "it."];
+  const seen: [string, Doc][] = await serving(
+    {
+      "ts-writer": async (task) => {
+        const out = task.output("chat 1");
+        for (const piece of pieces) {
+          out.push(piece);
+          await new Promise((resolve) => setTimeout(resolve, 10));
+        }
+        await out.finish();
+        return pieces.join("");
+      },
+    },
+    async () => {
+      const id = await legato.start("ts-writer", {});
+      const response = await fetch(`${legato.url}/api/v1/instances/${id}/stream`);
+      const events: [string, Doc][] = [];
+      const lines = createInterface({ input: (await import("node:stream")).Readable.fromWeb(response.body! as import("node:stream/web").ReadableStream) });
+      let name = "message";
+      for await (const line of lines) {
+        if (line.startsWith("event:")) name = line.slice(6).trim();
+        if (!line.startsWith("data:")) continue;
+        const event = JSON.parse(line.slice(5)) as Doc;
+        events.push([name, event]);
+        if (event["kind"] === "waiting_for_event") {
+          const raised = await fetch(`${legato.url}/api/v1/instances/${id}/events/go`, {
+            method: "POST",
+            headers: { "content-type": "application/json" },
+            body: "{}",
+          });
+          assert.equal(raised.status, 202);
+        }
+        if (event["kind"] === "instance_completed") break;
+      }
+      lines.close();
+      return events;
+    },
+  );
+  const output = seen.filter(([name]) => name === "output").map(([, event]) => event);
+  assert.equal(output.map((o) => o["text"]).join(""), pieces.join(""));
+  assert.deepEqual(
+    output.map((o) => o["seq"]),
+    output.map((_, n) => n + 1),
+  );
+  assert.ok(output.every((o) => o["step"] === "write" && o["call"] === "chat 1" && o["attempt"] === 1));
+  const lastPiece = seen.map(([name]) => name).lastIndexOf("output");
+  const written = seen.findIndex(([, e]) => e["kind"] === "step_completed" && e["step"] === "write");
+  assert.ok(lastPiece < written, JSON.stringify(seen));
 });
 
 test("SIGTERM drains the running task, then the worker exits", async () => {

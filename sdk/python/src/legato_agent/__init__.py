@@ -19,6 +19,7 @@ legato POSTs signed tasks to.
 """
 
 from ._client import ProtocolError
+from ._output import Output
 from ._push import PushApp, SignatureError, verify
 from ._task import Asked, FatalError, RetryableError, Task
 from ._worker import Handler, Worker
@@ -27,6 +28,7 @@ __all__ = [
     "Asked",
     "FatalError",
     "Handler",
+    "Output",
     "ProtocolError",
     "PushApp",
     "RetryableError",

@@ -127,6 +127,13 @@ def question_body(name: str, question: str, schema: Any, timeout_ms: int | None)
     return body
 
 
+async def post_output(http: httpx.AsyncClient, url: str, call: str, seq: int, text: str) -> None:
+    """Sends one piece of output to ``url`` (a task's ``.../output``)."""
+    response = await http.post(url, json={"call": call, "seq": seq, "text": text})
+    if response.status_code != 202:
+        raise ProtocolError(response.status_code, _detail(response))
+
+
 def journal_url(base: str, name: str) -> str:
     """Where entry ``name`` of a task is recorded, below ``base`` (the task's
     ``/api/v1/tasks/<token>`` or its callback URL)."""
@@ -249,6 +256,11 @@ class Client:
         """Records journal entry ``name`` of the task ``token`` names."""
         url = journal_url(f"/api/v1/tasks/{token}", name)
         return await put_journal(self._http, url, value, self._report_attempts)
+
+    async def output(self, token: str, call: str, seq: int, text: str) -> None:
+        """Relays a piece of the task's output once (a piece lost is only
+        missed by watchers)."""
+        await post_output(self._http, f"/api/v1/tasks/{token}/output", call, seq, text)
 
     async def report(self, token: str, what: str, body: dict[str, Any]) -> Answer:
         """Sends a heartbeat, completion, failure or question, retrying what may

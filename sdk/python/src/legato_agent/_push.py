@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import httpx
 
-from ._client import journal_url, put_journal, question_body
+from ._client import journal_url, post_output, put_journal, question_body
 from ._task import Asked, RetryableError, Task, run
 from ._worker import Handler
 
@@ -123,7 +123,11 @@ class PushApp:
             return
         callback = str(raw.get("callbackUrl", ""))
         task = Task.from_wire(
-            raw, self._progress_to(callback), self._record_at(callback), self._ask_at(callback)
+            raw,
+            self._progress_to(callback),
+            self._record_at(callback),
+            self._ask_at(callback),
+            self._output_to(callback),
         )
         if self._respond == "callback" and callback:
             job = asyncio.create_task(self._run_and_call_back(handler, task, callback))
@@ -149,6 +153,13 @@ class PushApp:
                 log.warning("progress not sent: %s", e)
 
         return progress
+
+    def _output_to(self, callback: str) -> Callable[[str, int, str], Awaitable[None]]:
+        async def output(call: str, seq: int, text: str) -> None:
+            if callback:
+                await post_output(self._http, f"{callback}/output", call, seq, text)
+
+        return output
 
     def _ask_at(self, callback: str) -> Callable[[str, str, Any, int | None], Awaitable[None]]:
         async def ask(name: str, question: str, schema: Any, timeout_ms: int | None) -> None:

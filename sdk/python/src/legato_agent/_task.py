@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import httpx
 
 from ._client import ProtocolError
+from ._output import Output, SendOutput
 
 T = TypeVar("T")
 
@@ -101,6 +102,7 @@ class Task:
     _progress: Progress = field(repr=False, compare=False)
     _ask: AskQuestion = field(repr=False, compare=False)
     _record: Record = field(repr=False, compare=False)
+    _output: SendOutput = field(repr=False, compare=False)
     _cancelled: asyncio.Event = field(repr=False, compare=False)
     _used: set[str] = field(repr=False, compare=False, default_factory=set)
     _spent: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
@@ -188,6 +190,19 @@ class Task:
             raise RetryableError(f"step {name!r} could not be recorded: {e}") from e
         return standing
 
+    def output(self, call: str) -> Output:
+        """Relays what the attempt writes as ``call`` (name it as the
+        :meth:`step` that records the whole text, such as ``"chat 1"``, so a
+        watcher who comes later finds it there) to the instance's watchers as
+        it comes: ``output`` events on the stream, the hubs and the dashboard,
+        never recorded::
+
+            async with task.output("chat 1") as out:
+                async for chunk in stream:
+                    out.push(chunk.choices[0].delta.content or "")
+        """
+        return Output(call, self._output)
+
     async def progress(self, message: str | None = None, data: Any = None) -> None:
         """Tells the instance's watchers how the work goes (live on the stream
         and the dashboard, and in the history). It also renews the lease."""
@@ -203,7 +218,12 @@ class Task:
 
     @classmethod
     def from_wire(
-        cls, raw: dict[str, Any], progress: Progress, record: Record, ask: AskQuestion
+        cls,
+        raw: dict[str, Any],
+        progress: Progress,
+        record: Record,
+        ask: AskQuestion,
+        output: SendOutput,
     ) -> Task:
         deadline = raw.get("deadline")
         return cls(
@@ -226,5 +246,6 @@ class Task:
             _progress=progress,
             _ask=ask,
             _record=record,
+            _output=output,
             _cancelled=asyncio.Event(),
         )

@@ -174,7 +174,10 @@ class Worker:
             body = question_body(name, question, schema, timeout_ms)
             wanted(await self._client.report(token, "ask", body))
 
-        task = Task.from_wire(raw, progress, record, ask)
+        async def output(call: str, seq: int, text: str) -> None:
+            await self._client.output(token, call, seq, text)
+
+        task = Task.from_wire(raw, progress, record, ask, output)
         job = asyncio.create_task(self._run(task), name=f"legato:{task.key}#{task.attempt}")
         self._running[token] = (task, job)
 
