@@ -303,6 +303,20 @@ async fn pushed_tasks_are_signed_cloudevents_and_every_answer_counts() {
         .await
         .unwrap();
     assert_eq!(beat.status(), StatusCode::OK);
+    // What the endpoint's model writes reaches a stream watching the run.
+    let stream = legato
+        .client
+        .get(legato.stream_url(&id))
+        .send()
+        .await
+        .unwrap();
+    let piece = client
+        .post(format!("{callback}/output"))
+        .json(&json!({"call": "chat 1", "seq": 1, "text": "calling back"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(piece.status(), StatusCode::ACCEPTED);
     let completed = client
         .post(format!("{callback}/complete"))
         .json(&json!({"output": {"called": "back"}}))
@@ -312,6 +326,14 @@ async fn pushed_tasks_are_signed_cloudevents_and_every_answer_counts() {
     assert_eq!(completed.status(), StatusCode::OK);
     let done = legato.wait_status(&id, "Completed").await;
     assert_eq!(step_of(&done, "push")["output"], json!({"called": "back"}));
+    let watched = tokio::time::timeout(std::time::Duration::from_secs(30), stream.text())
+        .await
+        .expect("the stream ends with the instance")
+        .unwrap();
+    assert!(
+        watched.contains("event: output") && watched.contains("\"text\":\"calling back\""),
+        "{watched}"
+    );
 
     // A 4xx fails the step for good, with the body as the message.
     let id = legato
