@@ -30,6 +30,34 @@ def legato_binary() -> Path:
     return binary
 
 
+def model_standin_binary() -> Path:
+    named = os.environ.get("LEGATO_MODEL_STANDIN")
+    if named:
+        return Path(named)
+    binary = legato_binary().with_name("legato-model-standin")
+    if not binary.exists():
+        raise RuntimeError(
+            f"no model stand-in at {binary}: cargo build -p legato-model-standin, "
+            "or set LEGATO_MODEL_STANDIN"
+        )
+    return binary
+
+
+@pytest.fixture(scope="session")
+def model_url() -> Iterator[str]:
+    """The OpenAI-compatible stand-in (tests/model-standin): its ``/v1``
+    base URL, for ``openai.AsyncOpenAI(base_url=..., api_key="sk-standin")``."""
+    process = subprocess.Popen(
+        [str(model_standin_binary())], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None
+    try:
+        yield process.stdout.readline().strip()
+    finally:
+        process.kill()
+        process.wait()
+
+
 #: The Standard Webhooks secret the test stack signs pushes with.
 SIGNING_SECRET = "whsec_" + base64.b64encode(b"legato-sdk-tests-signing-key-0123").decode()
 

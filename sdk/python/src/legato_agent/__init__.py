@@ -18,6 +18,7 @@ A :class:`PushApp` serves the same functions as push agents: an ASGI app
 legato POSTs signed tasks to.
 """
 
+from ._chat import ChatReply, ToolCall
 from ._client import ProtocolError
 from ._output import Output
 from ._push import PushApp, SignatureError, verify
@@ -26,6 +27,7 @@ from ._worker import Handler, Worker
 
 __all__ = [
     "Asked",
+    "ChatReply",
     "FatalError",
     "Handler",
     "Output",
@@ -34,6 +36,7 @@ __all__ = [
     "RetryableError",
     "SignatureError",
     "Task",
+    "ToolCall",
     "Worker",
     "verify",
 ]

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
+from ._chat import ChatReply, ToolCall, stream_reply
 from ._client import ProtocolError
 from ._output import Output, SendOutput
+
+if TYPE_CHECKING:
+    from openai import AsyncOpenAI
 
 T = TypeVar("T")
 
@@ -106,6 +110,8 @@ class Task:
     _cancelled: asyncio.Event = field(repr=False, compare=False)
     _used: set[str] = field(repr=False, compare=False, default_factory=set)
     _spent: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
+    #: Model calls made so far in this attempt (each is the step ``chat N``).
+    _chats: list[int] = field(repr=False, compare=False, default_factory=lambda: [0])
 
     async def ask(
         self,
@@ -202,6 +208,54 @@ class Task:
                     out.push(chunk.choices[0].delta.content or "")
         """
         return Output(call, self._output)
+
+    async def chat(
+        self,
+        messages: Iterable[Mapping[str, Any]],
+        *,
+        model: str,
+        tools: Iterable[Mapping[str, Any]] | None = None,
+        client: AsyncOpenAI | None = None,
+        **params: Any,
+    ) -> ChatReply:
+        """A model call through the ``openai`` package (``client``, else one
+        from ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL``), streamed, journaled
+        as the step ``chat N`` (the N-th call of the attempt, so the same code
+        asks for the same entries on every attempt): a later attempt gets the
+        recorded reply without calling the model. Its text reaches the
+        instance's watchers as it is written, and its tokens are counted into
+        the result once. Run each tool call it asks for with :meth:`tool`."""
+        self._chats[0] += 1
+        name = f"chat {self._chats[0]}"
+
+        async def call() -> ChatReply:
+            import openai
+
+            try:
+                reply = await stream_reply(
+                    client, self.output(name), model, messages, tools, params
+                )
+            except openai.APIStatusError as e:
+                if e.status_code in (408, 409, 429) or e.status_code >= 500:
+                    raise RetryableError(f"{name}: {e}") from e
+                raise FatalError(f"{name}: {e}") from e
+            except openai.APIError as e:
+                raise RetryableError(f"{name}: {e}") from e
+            self.add_usage(
+                input_tokens=reply["input_tokens"],
+                output_tokens=reply["output_tokens"],
+                model=reply["model"],
+            )
+            return reply
+
+        return await self.step(name, call)
+
+    async def tool(self, call: ToolCall, fn: Callable[[], Awaitable[T]]) -> T:
+        """Runs the tool call ``call`` (from a :meth:`chat` reply) once per
+        task, however often the task is tried: journaled as the step
+        ``tool <call id>``, so a resumed loop gets its result without running
+        the tool again."""
+        return await self.step(f"tool {call['id']}", fn)
 
     async def progress(self, message: str | None = None, data: Any = None) -> None:
         """Tells the instance's watchers how the work goes (live on the stream
