@@ -19,6 +19,7 @@
  * `http` handler legato POSTs signed tasks to.
  */
 
+export type { ChatMessage, ChatOptions, ChatReply, ToolCall } from "./chat.js";
 export { ProtocolError } from "./client.js";
 export { Output } from "./output.js";
 export {

@@ -1,26 +1,11 @@
 /** One attempt of one task, as an agent function sees it. */
 
-import { Output, type SendOutput } from "./output.js";
+import { type ChatMessage, type ChatOptions, type ChatReply, type ToolCall, streamReply } from "./chat.js";
 import { ProtocolError } from "./client.js";
+import { Asked, FatalError, RetryableError } from "./errors.js";
+import { Output, type SendOutput } from "./output.js";
 
-/** Fails the step at once: no retry will mend it. */
-export class FatalError extends Error {
-  override name = "FatalError";
-}
-
-/** Retried under the step's retry policy. Any other error counts as this. */
-export class RetryableError extends Error {
-  override name = "RetryableError";
-}
-
-/**
- * Thrown by `task.ask` once the question is sent: the attempt ends there,
- * holding no worker, and the task comes again with the answer. Let it pass
- * (rethrow it if you catch errors around `ask`).
- */
-export class Asked extends Error {
-  override name = "Asked";
-}
+export { Asked, FatalError, RetryableError };
 
 /** The task as the gateway hands it out. */
 export interface WireTask {
@@ -121,6 +106,22 @@ export interface Task {
    * ```
    */
   output(call: string): Output;
+  /**
+   * A model call through the `openai` package (`options.client`, else one
+   * from OPENAI_API_KEY and OPENAI_BASE_URL), streamed, journaled as the
+   * step `chat N` (the N-th call of the attempt, so the same code asks for
+   * the same entries on every attempt): a later attempt gets the recorded
+   * reply without calling the model. Its text reaches the instance's
+   * watchers as it is written, and its tokens are counted into the result
+   * once. Run each tool call it asks for with `tool`.
+   */
+  chat(messages: ChatMessage[], options: ChatOptions): Promise<ChatReply>;
+  /**
+   * Runs the tool call `call` (from a `chat` reply) once per task, however
+   * often the task is tried: journaled as the step `tool <call id>`, so a
+   * resumed loop gets its result without running the tool again.
+   */
+  tool<T>(call: ToolCall, fn: () => Promise<T>): Promise<T>;
 }
 
 export interface AskOptions {
@@ -233,6 +234,9 @@ export function taskOf(
   const journal = wire.journal ?? {};
   const answers = wire.answers ?? {};
   const spending = new Spending();
+  const step = stepper(journal, record);
+  const output = (call: string): Output => new Output(call, sendOutput);
+  let chats = 0;
   return {
     agent: wire.agent,
     instanceId: wire.instanceId,
@@ -250,7 +254,7 @@ export function taskOf(
     signal,
     progress,
     journal,
-    step: stepper(journal, record),
+    step,
     addUsage: (spent: Usage) => spending.add(spent),
     answers,
     ask: async (name: string, question: string, options: AskOptions = {}): Promise<unknown> => {
@@ -264,7 +268,19 @@ export function taskOf(
       }
       throw new Asked(name);
     },
-    output: (call: string) => new Output(call, sendOutput),
+    output,
+    chat: (messages: ChatMessage[], options: ChatOptions): Promise<ChatReply> => {
+      chats += 1;
+      const name = `chat ${chats}`;
+      return step(name, async () => {
+        const reply = await streamReply(name, messages, options, output(name));
+        const spent: Usage = { inputTokens: reply.inputTokens, outputTokens: reply.outputTokens };
+        if (reply.model !== null) spent.model = reply.model;
+        spending.add(spent);
+        return reply;
+      });
+    },
+    tool: <T>(call: ToolCall, fn: () => Promise<T>): Promise<T> => step(`tool ${call.id}`, fn),
     get usage() {
       return spending.total;
     },

@@ -21,6 +21,22 @@ export function binary(): string {
   return built;
 }
 
+/**
+ * The OpenAI-compatible model stand-in (tests/model-standin): started for a
+ * test, it answers its `/v1` base URL; `stop` ends it.
+ */
+export async function modelStandIn(): Promise<{ url: string; stop: () => void }> {
+  const named = process.env["LEGATO_MODEL_STANDIN"];
+  const path = named !== undefined && named !== "" ? named : join(dirname(binary()), "legato-model-standin");
+  if (!existsSync(path)) {
+    throw new Error(`no model stand-in at ${path}: cargo build -p legato-model-standin, or set LEGATO_MODEL_STANDIN`);
+  }
+  const child = spawn(path, [], { stdio: ["pipe", "pipe", "inherit"] });
+  const lines = createInterface({ input: child.stdout! });
+  const url = await new Promise<string>((resolveUrl) => lines.once("line", resolveUrl));
+  return { url: url.trim(), stop: () => child.kill("SIGKILL") };
+}
+
 /** The Standard Webhooks secret the test stack signs pushes with. */
 export const SIGNING_SECRET = `whsec_${Buffer.from("legato-ts-tests-signing-key-0123456").toString("base64")}`;
 

@@ -13,7 +13,7 @@ import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
 
 import { FatalError, type Handler, type Task, Worker } from "../src/index.js";
-import { type Doc, type Json, Legato, REPO, step } from "./legato.js";
+import { type Doc, type Json, Legato, modelStandIn, REPO, step } from "./legato.js";
 
 let legato: Legato;
 const quiet = { info: () => {}, warn: () => {}, error: console.error };
@@ -193,6 +193,51 @@ test("a killed worker's recorded steps are not run again", async () => {
     .filter((p) => p["kind"] === "journal_recorded")
     .map((p) => (p["data"] as Doc)["name"]);
   assert.deepEqual(recorded, ["model turn 1", "model turn 2", "model turn 3"]);
+});
+
+test("a ten-turn tool loop killed at turn seven repeats no model call or tool", async () => {
+  const model = await modelStandIn();
+  try {
+    await legato.putAgent("ts-tool-loop", { leaseMs: 1500 });
+    await legato.register({
+      name: "ts-tool-loop",
+      version: 1,
+      steps: [step("loop", "ts-tool-loop", [], {}, { retry: { max_attempts: 3, initial_interval_ms: 50 } })],
+    });
+    const script = fileURLToPath(new URL("./tool-loop-worker.js", import.meta.url));
+    const dying = spawn(process.execPath, [script, legato.url, "ts-tool-loop", model.url, "7"], {
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    const killed = await legato.start("ts-tool-loop", {});
+    assert.equal(await firstLine(dying.stdout!), `DYING ${killed} 7`);
+    const [, signal] = (await once(dying, "exit")) as [number | null, string | null];
+    assert.equal(signal, "SIGKILL");
+
+    const healthy = spawn(process.execPath, [script, legato.url, "ts-tool-loop", model.url], {
+      stdio: ["ignore", "ignore", "inherit"],
+    });
+    let resumed: Doc;
+    let whole: Doc;
+    try {
+      resumed = await legato.waitFor(killed, "Completed", 60_000);
+      whole = await legato.waitFor(await legato.start("ts-tool-loop", {}), "Completed", 60_000);
+    } finally {
+      healthy.kill("SIGKILL");
+      await once(healthy, "exit");
+    }
+    const base = model.url.replace(/\/v1$/, "");
+    const calls = (await (await fetch(`${base}/calls`)).json()) as Record<string, Record<string, number>>;
+    const effects = (await (await fetch(`${base}/effects`)).json()) as Record<string, number>;
+    const turns = Object.fromEntries(Array.from({ length: 10 }, (_, i) => [String(i + 1), 1]));
+    assert.deepEqual(calls[`loop:10 for ${killed}`], turns);
+    const done = Object.fromEntries(Object.entries(effects).filter(([key]) => key.startsWith(`${killed}/`)));
+    assert.deepEqual(done, Object.fromEntries(Array.from({ length: 9 }, (_, i) => [`${killed}/call_${i + 1}`, 1])));
+    const expected = { answer: `done after 10 turns: ${Array.from({ length: 9 }, (_, i) => 2 * (i + 1)).join(", ")}`, turns: 10 };
+    assert.deepEqual((resumed["output"] as Doc)["loop"], expected);
+    assert.deepEqual((whole["output"] as Doc)["loop"], expected);
+  } finally {
+    model.stop();
+  }
 });
 
 test("a task asks a person and goes on with the answer", async () => {

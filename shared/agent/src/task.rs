@@ -263,6 +263,23 @@ impl TaskContext {
         .await
     }
 
+    /// Runs the tool call `call` (from a [`TaskContext::chat`] reply) once
+    /// per task, however often the task is tried: journaled as the step
+    /// `tool <call id>`, so a resumed loop gets its result without running
+    /// the tool again.
+    pub async fn tool<T, F, Fut>(
+        &self,
+        call: &crate::llm::ToolCall,
+        work: F,
+    ) -> Result<T, TaskError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, TaskError>>,
+    {
+        self.step(&format!("tool {}", call.id), work).await
+    }
+
     /// Asks a person `question`, answered by an event named `name` (its
     /// data must fit `schema`, when given, which the dashboard renders):
     /// the first time, the attempt ends here without holding a worker,
