@@ -28,6 +28,41 @@ async fn twenty_kills_during_fifty_instances_over_rabbitmq_lose_and_duplicate_no
     chaos::twenty_kills_during_fifty_instances(support::services_env).await;
 }
 
+/// A task's question outlives the whole stack: `legato up` killed while
+/// the question waits, started again, the answer goes through and the task
+/// replays its journal to it.
+#[tokio::test]
+async fn a_question_asked_before_the_stack_was_killed_is_answered_after_its_restart() {
+    let dir = temp_dir();
+    let legato = Legato::start(dir.path());
+    legato
+        .register(json!({"name": "asking", "version": 1, "steps": [
+            {"id": "write", "agent": "echo", "input": {"value": 1, "journal": ["plan"],
+                "ask": {"name": "scope", "question": "Which accounts?"}}}
+        ], "output": "${{ steps.write.output }}"}))
+        .await;
+    let id = legato.start_instance("asking", json!({})).await;
+    legato.wait_step(&id, "write", "Waiting").await;
+    legato.kill();
+
+    let legato = Legato::start(dir.path());
+    let waiting = legato.wait_step(&id, "write", "Waiting").await;
+    assert_eq!(step_of(&waiting, "write")["question"]["name"], "scope");
+    let (status, _) = legato
+        .post(
+            &format!("/api/v1/instances/{id}/events/scope"),
+            json!({"accounts": "billing"}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED);
+    let done = legato.wait_status(&id, "Completed").await;
+    assert_eq!(
+        done["output"],
+        json!({"value": 1, "attempt": 2, "journal": {"plan": {"attempt": 1}},
+               "answer": {"accounts": "billing"}})
+    );
+}
+
 #[tokio::test]
 async fn a_killed_legato_up_finishes_the_run_after_restart_without_dispatching_twice() {
     let dir = temp_dir();
