@@ -11,7 +11,10 @@
 //! cost, model) is reported as what the attempt spent; `ask: {name,
 //! question, schema?, timeout_ms?}` asks a person after the journaled
 //! steps and answers with `answer`; `output: [pieces]` relays the pieces
-//! to watchers as the output `echo` before answering. Tests,
+//! to watchers as the output `echo` before answering; `output_clock:
+//! {pieces, every_ms}` pushes that many pieces that far apart, each the
+//! time it was pushed (microseconds since the Unix epoch, then a space),
+//! for `legato bench --output-pieces`. Tests,
 //! benchmarks and operators use it to exercise the engine without models.
 
 use std::time::Duration;
@@ -47,6 +50,14 @@ struct EchoInput {
     usage: Option<legato_contracts::Usage>,
     ask: Option<EchoAsk>,
     output: Vec<String>,
+    output_clock: Option<OutputClock>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutputClock {
+    pieces: u32,
+    every_ms: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,6 +107,18 @@ impl Agent for Echo {
             let output = ctx.output("echo");
             for piece in &request.output {
                 output.push(piece);
+            }
+            output.finish().await;
+        }
+        if let Some(clock) = &request.output_clock {
+            let output = ctx.output("clock");
+            // Bounded like any diagnostic: the step's timeout ends it too.
+            for _ in 0..clock.pieces.min(100_000) {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_micros());
+                output.push(&format!("{now} "));
+                tokio::time::sleep(Duration::from_millis(clock.every_ms)).await;
             }
             output.finish().await;
         }

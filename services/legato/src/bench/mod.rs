@@ -26,6 +26,7 @@ use time::OffsetDateTime;
 
 use crate::{LegatoConfig, Stack};
 
+mod agent_loops;
 mod agents;
 mod client;
 mod scale;
@@ -97,6 +98,16 @@ pub struct BenchOptions {
     /// ones costs (store requests and milliseconds per poll).
     #[arg(long, conflicts_with_all = ["fan_out", "sequence", "iterations", "children"])]
     pub schedules: Option<usize>,
+    /// Instead of the throughput run: runs of one echo step with and
+    /// without N journaled steps (`--instances` of each, one at a time, in
+    /// three interleaved rounds), reporting what a journaled step adds.
+    #[arg(long, conflicts_with_all = ["fan_out", "sequence", "iterations", "children", "schedules"])]
+    pub journal_steps: Option<usize>,
+    /// Instead of the throughput run: the echo agent writes N pieces of
+    /// output 5 ms apart; reports how long each took from its push to a
+    /// client of the instance's stream (p50, p99).
+    #[arg(long, conflicts_with_all = ["fan_out", "sequence", "iterations", "children", "schedules", "journal_steps"])]
+    pub output_pieces: Option<usize>,
     /// Also run the workflow on a `pull` agent (workers over HTTP) or a
     /// `push` agent (an endpoint legato POSTs to) after the built-in run,
     /// in the same stack, and print both.
@@ -280,8 +291,16 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         options.iterations,
         options.children,
     );
-    if let Some(shape) = shape {
-        let result = scale::run(&client, &base, shape).await;
+    // The runs of one shape each, instead of the throughput run.
+    let special = match (options.journal_steps, options.output_pieces, shape) {
+        (Some(steps), _, _) => {
+            Some(agent_loops::journal(&client, &base, steps.max(1), options.instances.max(1)).await)
+        }
+        (_, Some(pieces), _) => Some(agent_loops::output(&client, &base, pieces.max(1)).await),
+        (_, _, Some(shape)) => Some(scale::run(&client, &base, shape).await),
+        _ => None,
+    };
+    if let Some(result) = special {
         if let Some(stack) = stack {
             stack.shutdown().trigger();
             stack.wait().await?;
