@@ -5,7 +5,7 @@
 // live without a reload, approve it and see it complete, see another
 // complete although its progress messages are lost, reject another and
 // see it roll back and fail, see a loop drawn with its iterations, follow a child workflow run and back, see a run held by its budget and
-// resume it with a higher one, answer a task's question, see an agent's text appear as it writes it, look at the workflows, pause, resume and
+// resume it with a higher one, answer a task's question, see an agent's text appear as it writes it and a model loop's journal, look at the workflows, pause, resume and
 // trigger a schedule and open the run it started. A screenshot of each
 // page is written to the output directory.
 // Usage: node dashboard.mjs <base url> <admin api key> <output dir> <read-only api key>
@@ -263,6 +263,19 @@ try {
   await page.waitForSelector('[data-step="write"][data-status="Running"] [data-output="write"] >> text=Looks fine, ship it.');
   await shot("instance-output");
   await shows("dash-write", "Completed");
+
+  // The catalogue's model-and-tool loop: each turn and tool call is in the
+  // step's journal, listed on its card.
+  const dataRun = await fetch(`${base}/api/v1/workflows/ask-the-data/instances`, {
+    method: "POST",
+    headers: { "content-type": "application/json", authorization: `Bearer ${key}` },
+    body: JSON.stringify({ instanceId: "dash-data", input: { question: "last month's totals" } }),
+  });
+  check(dataRun.status === 202, `start dash-data: ${dataRun.status}`);
+  await page.evaluate(() => (location.hash = "#/instances/dash-data"));
+  await shows("dash-data", "Completed");
+  await page.waitForSelector('[data-journal="answer"] >> text=tool call_2');
+  await shot("instance-journal");
 
   // The list shows both; the workflows and one definition's source.
   await page.evaluate(() => (location.hash = "#/"));

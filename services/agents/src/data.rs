@@ -9,8 +9,9 @@
 //! gives a clear error; the second is the guarantee.
 //!
 //! Input: `{"sql": "..."}` runs that statement. `{"question": "..."}`
-//! without SQL asks the chat model for a statement over the database's
-//! tables, or offline lists the tables so a person can follow up.
+//! without SQL is answered by a model-and-tool loop ([`analyst`]): the chat
+//! model, or offline a deterministic stand-in for it, lists the tables and
+//! runs queries until it can answer in words.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -24,6 +25,7 @@ use serde_json::{Map, Value, json};
 
 use crate::input;
 
+mod analyst;
 pub mod demo;
 mod postgres;
 mod sqlite;
@@ -109,7 +111,7 @@ impl Database {
 
 /// A result set: column names, rows as JSON objects, and whether the row
 /// limit cut it short.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rows {
     pub columns: Vec<String>,
     pub rows: Vec<Map<String, Value>>,
@@ -225,29 +227,6 @@ impl DataAgent {
             }
         }
     }
-
-    async fn write_sql(&self, model: &ChatClient, question: &str) -> Result<String, TaskError> {
-        let tables = self.query(self.database.catalog_query()).await?;
-        let system = format!(
-            "Write one read-only SQL statement that answers the question. Tables: {}. \
-             Answer with a JSON object {{\"sql\": \"...\"}} only.",
-            serde_json::to_string(&tables.rows).unwrap_or_default()
-        );
-        let answer = model
-            .complete(&system, question, true)
-            .await
-            .map_err(|e| TaskError {
-                message: format!("data: {e}"),
-                retryable: e.is_retryable(),
-            })?;
-        #[derive(Deserialize)]
-        struct Answer {
-            sql: String,
-        }
-        serde_json::from_str::<Answer>(&answer)
-            .map(|a| a.sql)
-            .map_err(|e| input::retryable(format!("data: the model's answer has no SQL: {e}")))
-    }
 }
 
 #[async_trait]
@@ -258,27 +237,37 @@ impl Agent for DataAgent {
 
     async fn run(&self, task: &Task, ctx: &TaskContext) -> Result<Value, TaskError> {
         let request: DataRequest = input::parse("data", &task.input)?;
-        let (sql, note) = match (&request.sql, &request.question, &self.model) {
-            (Some(sql), _, _) => (sql.clone(), None),
-            (None, Some(question), Some(model)) => {
-                ctx.progress("asking the model for SQL", None).await;
-                (self.write_sql(model, question).await?, None)
+        match (&request.sql, &request.question) {
+            (Some(sql), _) => {
+                let rows = self.query(sql).await?;
+                Ok(json!({
+                    "question": request.question,
+                    "sql": sql,
+                    "columns": rows.columns,
+                    "rows": rows.rows,
+                    "truncated": rows.truncated,
+                }))
             }
-            (None, Some(_), None) => (
-                self.database.catalog_query().to_owned(),
-                Some("no chat model configured: listing the tables instead of answering"),
-            ),
-            (None, None, _) => return Err(input::fatal("data: input needs `sql` or `question`")),
-        };
-        let rows = self.query(&sql).await?;
-        Ok(json!({
-            "question": request.question,
-            "sql": sql,
-            "columns": rows.columns,
-            "rows": rows.rows,
-            "truncated": rows.truncated,
-            "note": note,
-        }))
+            (None, Some(question)) => {
+                let found = analyst::answer(self, ctx, self.model.as_ref(), question).await?;
+                let rows = found.rows.unwrap_or(Rows {
+                    columns: Vec::new(),
+                    rows: Vec::new(),
+                    truncated: false,
+                });
+                Ok(json!({
+                    "question": question,
+                    "sql": found.sql,
+                    "columns": rows.columns,
+                    "rows": rows.rows,
+                    "truncated": rows.truncated,
+                    "answer": found.answer,
+                    "turns": found.turns,
+                    "model": if self.model.is_some() { "configured" } else { "offline" },
+                }))
+            }
+            (None, None) => Err(input::fatal("data: input needs `sql` or `question`")),
+        }
     }
 }
 

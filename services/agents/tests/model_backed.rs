@@ -38,11 +38,6 @@ async fn model(content: &'static str) -> String {
 }
 
 async fn run_once(kind: AgentKind, endpoint: String, input: Value) -> Payload {
-    let bus = Arc::new(InProcessBus::default());
-    let mut results = bus
-        .subscribe(SubscriptionSpec::new(Topic::AgentResults, "test").bind("#"))
-        .await
-        .unwrap();
     let config = AgentConfig {
         llm: LlmSettings {
             endpoint,
@@ -51,14 +46,24 @@ async fn run_once(kind: AgentKind, endpoint: String, input: Value) -> Payload {
         },
         ..AgentConfig::default()
     };
-    let agent = build(kind, &config).unwrap();
+    run_with(kind, &config, input).await
+}
+
+async fn run_with(kind: AgentKind, config: &AgentConfig, input: Value) -> Payload {
+    let bus = Arc::new(InProcessBus::default());
+    let mut results = bus
+        .subscribe(SubscriptionSpec::new(Topic::AgentResults, "test").bind("#"))
+        .await
+        .unwrap();
+    let agent = build(kind, config).unwrap();
     let shutdown = Shutdown::new();
     let worker = Worker::new(
         agent,
         bus.clone(),
         WorkerSettings::default(),
         shutdown.clone(),
-    );
+    )
+    .with_store(Arc::new(legato_store::SqliteStore::in_memory().unwrap()));
     tokio::spawn(worker.start().await.unwrap());
     let task = TaskDispatched {
         key: TaskKey {
@@ -153,4 +158,52 @@ async fn the_coder_wraps_the_models_proposal_with_a_stable_change_id() {
         done.output["change_id"],
         legato_agents::coder::change_id("add export")
     );
+}
+
+/// The data agent answers a question with a model-and-tool loop: the model
+/// (the stand-in, scripted to call the first tool offered twice) lists the
+/// tables through the agent's tools, then answers with what they returned.
+#[tokio::test]
+async fn the_data_agent_answers_a_question_through_the_models_tool_calls() {
+    let model = legato_model_standin::ModelStandIn::start(0, "sk-test")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = AgentConfig {
+        llm: LlmSettings {
+            endpoint: model.base_url(),
+            api_key: "sk-test".into(),
+            model: "standin".into(),
+            ..LlmSettings::default()
+        },
+        ..AgentConfig::default()
+    };
+    config.data.url = format!("sqlite://{}", dir.path().join("demo.db").display());
+    legato_agents::data::demo::ensure(&dir.path().join("demo.db")).unwrap();
+    let Payload::TaskCompleted(done) = run_with(
+        AgentKind::Data,
+        &config,
+        json!({"question": "loop:3 which tables are there?"}),
+    )
+    .await
+    else {
+        panic!("expected a completion")
+    };
+    assert_eq!(
+        (&done.output["turns"], &done.output["model"]),
+        (&json!(3), &json!("configured"))
+    );
+    let answer = done.output["answer"].as_str().unwrap();
+    assert!(answer.starts_with("done after 3 turns: "), "{answer}");
+    assert!(
+        answer.contains("invoices"),
+        "the tool's rows reached the model: {answer}"
+    );
+    let calls = model.calls();
+    assert_eq!(
+        calls["loop:3 which tables are there?"].len(),
+        3,
+        "{calls:?}"
+    );
+    assert!(done.usage.is_some_and(|u| u.input_tokens > 0));
 }

@@ -23,6 +23,9 @@ let routeSeq = 0;
 // invocations), by step: never stored, so gone with the page; the whole
 // text is in the task's journal and result once recorded.
 let liveOutput = new Map();
+// Each step's journal entries (model turns, tool calls) by name, from the
+// instance page's history.
+let stepJournals = new Map();
 // The instance list's next refresh (see instancesPage).
 let listTimer = null;
 const LIST_REFRESH_MS = 2000;
@@ -272,6 +275,8 @@ function stepCard(step, all = []) {
       `${items.completed}/${items.total} items`, items.failed ? `, ${items.failed} failed` : "", items.running ? `, ${items.running} running` : "") : null,
     items ? el("div", { class: "bar" }, el("span", { style: `width: ${items.total ? (100 * items.completed) / items.total : 0}%` })) : null,
     step.usage ? el("div", { class: "meta", "data-usage": tokens(step.usage) }, spent(step.usage)) : null,
+    stepJournals.has(step.id) ? el("div", { class: "meta", "data-journal": step.id },
+      `journal: ${stepJournals.get(step.id).join(" · ")}`) : null,
     liveOutput.has(step.id) ? el("pre", { class: "output", "data-output": step.id }, liveOutput.get(step.id).text) : null,
     step.error ? el("div", { class: "meta" }, step.error) : null,
     // Each child run (the latest attempt's of each task), by its page.
@@ -303,6 +308,15 @@ async function instancePage(id) {
   const render = async () => {
     const instance = await api("GET", `${path}?history=true`);
     if (visit !== routeSeq) return;
+    stepJournals = new Map();
+    for (const row of instance.history || []) {
+      for (const p of row.progress || []) {
+        if (p.kind !== "journal_recorded" || !p.step || !p.data?.name) continue;
+        const names = stepJournals.get(p.step) || [];
+        if (!names.includes(p.data.name)) names.push(p.data.name);
+        stepJournals.set(p.step, names);
+      }
+    }
     const finished = ["Completed", "Failed", "Terminated"].includes(instance.runtimeStatus);
     ended = finished;
     const waiting = instance.steps.filter((s) => s.status === "Waiting" && s.event);

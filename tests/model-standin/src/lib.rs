@@ -8,8 +8,8 @@
 //!
 //! What it answers is scripted by the conversation's first user message:
 //! one holding `loop:N` is a tool loop of N turns (turn = 1 + the
-//! assistant messages sent back): turns 1 to N-1 ask for the tool `add`
-//! with `{"n": turn}`, turn N answers `done after N turns: ` and the tool
+//! assistant messages sent back): turns 1 to N-1 ask for the first tool the
+//! request offers with `{"n": turn}`, turn N answers `done after N turns: ` and the tool
 //! results it was sent, in order. Anything else is answered
 //! `you said: <last user message>`.
 //!
@@ -103,7 +103,8 @@ struct Request {
     stream: bool,
     usage_chunk: bool,
     model: String,
-    has_tools: bool,
+    /// The first tool the request offers.
+    tool: Option<String>,
     last_user: String,
     tool_results: Vec<String>,
     prompt_chars: usize,
@@ -158,7 +159,9 @@ fn parse(body: &Value) -> Result<Request, (String, String)> {
         stream: body["stream"] == true,
         usage_chunk: body["stream_options"]["include_usage"] == true,
         model: model.to_owned(),
-        has_tools: body["tools"].as_array().is_some_and(|t| !t.is_empty()),
+        tool: body["tools"][0]["function"]["name"]
+            .as_str()
+            .map(String::from),
         last_user: users.last().map(|m| text_of(m)).unwrap_or_default(),
         tool_results: messages
             .iter()
@@ -184,9 +187,9 @@ enum Answer {
 
 fn answer(request: &Request) -> Answer {
     match loop_turns(&request.conversation) {
-        Some(turns) if request.turn < turns && request.has_tools => Answer::Tool(
+        Some(turns) if request.turn < turns && request.tool.is_some() => Answer::Tool(
             format!("call_{}", request.turn),
-            "add".into(),
+            request.tool.clone().unwrap_or_default(),
             json!({"n": request.turn}).to_string(),
         ),
         Some(turns) => Answer::Text(format!(

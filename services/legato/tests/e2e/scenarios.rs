@@ -232,13 +232,37 @@ async fn feature_request_runs_planner_specialists_approval_and_finalize() {
     assert_eq!(plan[0]["agent"], "coder");
     assert_eq!(plan[1]["agent"], "data");
     assert_eq!(status["output"]["finalized"].as_array().unwrap().len(), 1);
-    // The data agent read the demo database.
-    let rows = &status["output"]["results"][1]["rows"];
+    // The data agent's loop (offline: the deterministic stand-in for a
+    // model) listed the tables, read last month's totals from the demo
+    // database and said what it found, each turn and tool call journaled.
+    let data = &status["output"]["results"][1];
     assert!(
-        rows.as_array()
-            .is_some_and(|r| r.iter().any(|t| t["table_name"] == "invoices")),
-        "{rows}"
+        data["rows"]
+            .as_array()
+            .is_some_and(|r| r.len() == 4 && r.iter().all(|row| row["total_cents"].is_i64())),
+        "{data}"
     );
+    assert!(
+        data["answer"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("Across 4 customers")),
+        "{data}"
+    );
+    assert_eq!(
+        (&data["turns"], &data["model"]),
+        (&json!(3), &json!("offline"))
+    );
+    let recorded: Vec<&str> = status["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row["progress"].as_array().into_iter().flatten())
+        .filter(|p| p["kind"] == "journal_recorded" && p["step"] == "work")
+        .filter_map(|p| p["data"]["name"].as_str())
+        .collect();
+    for entry in ["chat 1", "tool call_1", "chat 2", "tool call_2", "chat 3"] {
+        assert!(recorded.contains(&entry), "{entry} not in {recorded:?}");
+    }
 }
 
 #[tokio::test]
@@ -1449,4 +1473,59 @@ async fn a_task_asks_a_person_and_goes_on_with_the_answer() {
             "answer": {"accounts": "billing only"},
         })
     );
+}
+
+/// The catalogue's `ask-the-data`: the data agent's loop (offline, the
+/// deterministic stand-in for a model) answers in words; a watcher of the
+/// stream sees the words as they are written, before the step ends (the
+/// same step behind an event, so the stream is open before it runs).
+#[tokio::test]
+async fn ask_the_data_answers_in_words_streamed_to_watchers() {
+    let dir = temp_dir();
+    let legato = launch(dir.path());
+    let question = json!({"question": "What were last month's invoice totals?"});
+    let id = legato
+        .start_instance("ask-the-data", json!({"input": question}))
+        .await;
+    let done = legato.wait_status(&id, "Completed").await;
+    let answer = done["output"]["answer"].as_str().unwrap_or_default();
+    assert!(answer.starts_with("Across 4 customers"), "{done:#}");
+    assert!(
+        done["output"]["sql"]
+            .as_str()
+            .is_some_and(|sql| sql.contains("FROM invoices")),
+        "{done:#}"
+    );
+
+    legato
+        .register(json!({"name": "ask-when-told", "version": 1, "steps": [
+            {"id": "go", "wait_for_event": {"name": "go"}},
+            {"id": "answer", "needs": ["go"], "agent": "data", "input": question},
+        ]}))
+        .await;
+    let id = legato.start_instance("ask-when-told", json!({})).await;
+    legato.wait_step(&id, "go", "Waiting").await;
+    let stream = legato
+        .client
+        .get(legato.stream_url(&id))
+        .send()
+        .await
+        .unwrap();
+    let (status, _) = legato
+        .post(&format!("/api/v1/instances/{id}/events/go"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let text = tokio::time::timeout(Duration::from_secs(30), stream.text())
+        .await
+        .unwrap()
+        .unwrap();
+    let written: String = text
+        .split("\n\n")
+        .filter(|frame| frame.contains("event: output"))
+        .filter_map(|frame| frame.lines().find_map(|l| l.strip_prefix("data: ")))
+        .filter_map(|data| serde_json::from_str::<Value>(data).ok())
+        .filter(|piece| piece["call"] == "chat 3")
+        .map(|piece| piece["text"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(written, answer, "{text}");
 }
