@@ -48,7 +48,12 @@ export async function streamReply(
   output: Output,
 ): Promise<ChatReply> {
   const { client, tools, ...params } = options;
-  const openai = await import("openai");
+  let openai: typeof import("openai");
+  try {
+    openai = await import("openai");
+  } catch {
+    throw new FatalError(`${name}: task.chat needs the openai package (npm install openai)`);
+  }
   const api = client ?? new openai.OpenAI();
   const reply: ChatReply = { content: null, toolCalls: [], finishReason: null, model: null, inputTokens: 0, outputTokens: 0 };
   const text: string[] = [];

@@ -731,12 +731,7 @@ async fn a_pull_workers_output_reaches_the_stream_live_and_is_not_kept() {
         .start_instance("streamed", json!({"input": {"text": "x"}}))
         .await;
     let task = take_one(&legato, "reviewer").await;
-    let stream = legato
-        .client
-        .get(legato.stream_url(&id))
-        .send()
-        .await
-        .unwrap();
+    let stream = legato.open_stream(&id).await;
     assert_eq!(stream.status(), StatusCode::OK);
 
     let pieces = ["Looks ", "fine, ", "ship it."];
@@ -815,15 +810,7 @@ async fn a_pull_workers_output_reaches_the_stream_live_and_is_not_kept() {
 
     // A stream opened now replays the progress, not the pieces.
     legato.wait_status(&id, "Completed").await;
-    let later = legato
-        .client
-        .get(legato.stream_url(&id))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let later = legato.open_stream(&id).await.text().await.unwrap();
     assert!(later.contains("step_completed"), "{later}");
     assert!(!later.contains("event: output"), "{later}");
 }

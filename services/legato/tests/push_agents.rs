@@ -304,12 +304,7 @@ async fn pushed_tasks_are_signed_cloudevents_and_every_answer_counts() {
         .unwrap();
     assert_eq!(beat.status(), StatusCode::OK);
     // What the endpoint's model writes reaches a stream watching the run.
-    let stream = legato
-        .client
-        .get(legato.stream_url(&id))
-        .send()
-        .await
-        .unwrap();
+    let stream = legato.open_stream(&id).await;
     let piece = client
         .post(format!("{callback}/output"))
         .json(&json!({"call": "chat 1", "seq": 1, "text": "calling back"}))

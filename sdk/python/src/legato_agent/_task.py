@@ -229,7 +229,12 @@ class Task:
         name = f"chat {self._chats[0]}"
 
         async def call() -> ChatReply:
-            import openai
+            try:
+                import openai
+            except ImportError as e:
+                raise FatalError(
+                    "task.chat needs the openai package: pip install 'legato-agent[openai]'"
+                ) from e
 
             try:
                 reply = await stream_reply(

@@ -11,6 +11,7 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
 use super::client::drive;
+use super::scale::register;
 use crate::sse::Events;
 
 const PLAIN: &str = "bench-plain-step";
@@ -21,21 +22,6 @@ const WRITER: &str = "bench-output";
 const ROUNDS: usize = 3;
 /// How far apart the echo agent pushes its pieces.
 const PIECE_EVERY_MS: u64 = 5;
-
-async fn register(client: &reqwest::Client, base: &str, definition: Value) -> anyhow::Result<()> {
-    let name = definition["name"].as_str().unwrap_or_default().to_owned();
-    let put = client
-        .put(format!("{base}/api/v1/workflows/{name}"))
-        .json(&definition)
-        .send()
-        .await?;
-    anyhow::ensure!(
-        put.status().is_success(),
-        "registering {name}: {}",
-        put.status()
-    );
-    Ok(())
-}
 
 fn one_step(name: &str, input: Value) -> Value {
     json!({"name": name, "version": 1, "steps": [{"id": "work", "agent": "echo", "input": input}]})
@@ -52,11 +38,11 @@ pub(super) async fn journal(
     instances: usize,
 ) -> anyhow::Result<()> {
     let names: Vec<String> = (1..=steps).map(|n| format!("turn {n}")).collect();
-    register(client, base, one_step(PLAIN, json!({"value": 1}))).await?;
+    register(client, base, &one_step(PLAIN, json!({"value": 1}))).await?;
     register(
         client,
         base,
-        one_step(JOURNALED, json!({"value": 1, "journal": names})),
+        &one_step(JOURNALED, json!({"value": 1, "journal": names})),
     )
     .await?;
     for workflow in [PLAIN, JOURNALED] {
@@ -109,7 +95,7 @@ pub(super) async fn output(
     register(
         client,
         base,
-        json!({"name": WRITER, "version": 1, "steps": [
+        &json!({"name": WRITER, "version": 1, "steps": [
             {"id": "go", "wait_for_event": {"name": "go"}},
             {"id": "write", "needs": ["go"], "agent": "echo", "input": {"value": 1,
                 "output_clock": {"pieces": pieces, "every_ms": PIECE_EVERY_MS}}}

@@ -112,23 +112,33 @@ impl Shape {
     }
 }
 
+/// Registers a definition with the gateway at `base`.
+pub(super) async fn register(
+    client: &reqwest::Client,
+    base: &str,
+    definition: &Value,
+) -> anyhow::Result<()> {
+    let name = definition["name"].as_str().unwrap_or_default();
+    let put = client
+        .put(format!("{base}/api/v1/workflows/{name}"))
+        .json(definition)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        put.status().is_success(),
+        "registering {name}: {}",
+        put.status()
+    );
+    Ok(())
+}
+
 pub async fn run(client: &reqwest::Client, base: &str, shape: Shape) -> anyhow::Result<()> {
     for definition in shape
         .children_definition()
         .into_iter()
         .chain([shape.definition()])
     {
-        let name = definition["name"].as_str().unwrap_or_default().to_owned();
-        let put = client
-            .put(format!("{base}/api/v1/workflows/{name}"))
-            .json(&definition)
-            .send()
-            .await?;
-        anyhow::ensure!(
-            put.status().is_success(),
-            "registering {name}: {}",
-            put.status()
-        );
+        register(client, base, &definition).await?;
     }
     let input = shape.input();
     let began = Instant::now();

@@ -647,12 +647,7 @@ async fn the_stream_sends_progress_until_the_instance_finishes() {
     legato.register(approval_workflow(60_000)).await;
     let id = legato.start_instance("approve", json!({})).await;
     legato.wait_step(&id, "approve", "Waiting").await;
-    let stream = legato
-        .client
-        .get(legato.stream_url(&id))
-        .send()
-        .await
-        .unwrap();
+    let stream = legato.open_stream(&id).await;
     assert_eq!(stream.headers()["content-type"], "text/event-stream");
     legato
         .post(
@@ -1505,12 +1500,7 @@ async fn ask_the_data_answers_in_words_streamed_to_watchers() {
         .await;
     let id = legato.start_instance("ask-when-told", json!({})).await;
     legato.wait_step(&id, "go", "Waiting").await;
-    let stream = legato
-        .client
-        .get(legato.stream_url(&id))
-        .send()
-        .await
-        .unwrap();
+    let stream = legato.open_stream(&id).await;
     let (status, _) = legato
         .post(&format!("/api/v1/instances/{id}/events/go"), json!({}))
         .await;

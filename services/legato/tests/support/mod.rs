@@ -261,6 +261,11 @@ impl Legato {
         format!("{}/api/v1/instances/{id}/stream", self.stream_base)
     }
 
+    /// Opens the instance's progress stream (read it with `.text()`).
+    pub async fn open_stream(&self, id: &str) -> reqwest::Response {
+        self.client.get(self.stream_url(id)).send().await.unwrap()
+    }
+
     pub async fn register(&self, definition: Value) {
         let name = definition["name"].as_str().unwrap().to_owned();
         let response = self
