@@ -367,6 +367,7 @@ async fn a_tenants_worker_takes_only_its_tenants_tasks() {
             key("acme-worker", "acme-worker", Some("acme"), &["agent"]),
             key("beta", "beta-admin", Some("beta"), &["admin"]),
             key("beta-worker", "beta-worker", Some("beta"), &["agent"]),
+            key("acme-reader", "acme-reader", Some("acme"), &["read"]),
         ],
     );
     let as_ = |key: &str| legato.with_bearer(key);
@@ -444,6 +445,39 @@ async fn a_tenants_worker_takes_only_its_tenants_tasks() {
     );
     let (status, _) = acme.post("/api/v1/agents/reviewer", json!({})).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+
+    // Every call of a task's worker needs the agent role, whatever the token.
+    let reader = as_("acme-reader");
+    let body = json!({"call": "chat 1", "seq": 1, "text": "x"});
+    for (status, what) in [
+        (
+            reader
+                .post("/api/v1/tasks/poll", json!({"agents": ["reviewer"]}))
+                .await
+                .0,
+            "poll",
+        ),
+        (
+            reader
+                .put("/api/v1/tasks/t/journal/turn", json!({"value": 1}))
+                .await
+                .0,
+            "journal",
+        ),
+        (
+            reader
+                .post("/api/v1/tasks/t/ask", json!({"name": "q", "question": "?"}))
+                .await
+                .0,
+            "ask",
+        ),
+        (
+            reader.post("/api/v1/tasks/t/output", body).await.0,
+            "output",
+        ),
+    ] {
+        assert_eq!(status, StatusCode::FORBIDDEN, "a reader's {what}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

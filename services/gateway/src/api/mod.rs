@@ -79,7 +79,10 @@ pub(crate) fn required_role(method: &Method, path: &str) -> Role {
         | ("POST", "/api/v1/tasks/{token}/heartbeat")
         | ("POST", "/api/v1/tasks/{token}/complete")
         | ("POST", "/api/v1/tasks/complete")
-        | ("POST", "/api/v1/tasks/{token}/fail") => Role::Agent,
+        | ("POST", "/api/v1/tasks/{token}/fail")
+        | ("PUT", "/api/v1/tasks/{token}/journal/{name}")
+        | ("POST", "/api/v1/tasks/{token}/ask")
+        | ("POST", "/api/v1/tasks/{token}/output") => Role::Agent,
         ("POST", "/api/v1/instances/{id}/events/{name}") => Role::Signal,
         ("DELETE", "/api/v1/instances/{id}")
         | ("POST", "/api/v1/instances/{id}/terminate")
