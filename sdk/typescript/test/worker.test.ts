@@ -347,6 +347,11 @@ test("progress reaches the instance's stream", async () => {
     {
       "ts-chatty": async (task) => {
         await task.progress("halfway", { percent: 50 });
+        // A report sent just before the result can be overtaken by it in
+        // the orchestrator (it applies an instance's messages side by
+        // side), and news of a finished attempt is dropped: give the
+        // report its head start.
+        await new Promise((resolve) => setTimeout(resolve, 300));
         return "done";
       },
     },
