@@ -60,8 +60,23 @@ function duration(from, to) {
   return `${Math.floor(ms / 60_000)} min ${Math.round((ms % 60_000) / 1000)} s`;
 }
 
+// Live updates draw the instance page again while a person may be typing
+// in its fields (a budget, an event): what they typed, and where, stays.
 function show(...nodes) {
+  const samePage = view.dataset.page === location.hash;
+  const typed = samePage
+    ? [...view.querySelectorAll("input[id], textarea[id]")].filter((f) => f.value !== "").map((f) => [f.id, f.value])
+    : [];
+  const focused = samePage ? document.activeElement?.id : undefined;
   view.replaceChildren(...nodes.filter((n) => n !== null && n !== undefined && n !== false));
+  view.dataset.page = location.hash;
+  for (const [id, value] of typed) {
+    const field = document.getElementById(id);
+    if ((field instanceof HTMLInputElement || field instanceof HTMLTextAreaElement) && !field.disabled && field.value === "") {
+      field.value = value;
+    }
+  }
+  if (focused) document.getElementById(focused)?.focus();
 }
 
 function alert(message) {
