@@ -68,9 +68,7 @@ impl Agent for ToolLoop {
             if reply.tool_calls.is_empty() {
                 return Ok(json!({"answer": reply.content, "turns": turn}));
             }
-            messages.push(json!({"role": "assistant", "content": null,
-                "tool_calls": reply.tool_calls.iter().map(|c| json!({"id": c.id, "type": "function",
-                    "function": {"name": c.name, "arguments": c.arguments}})).collect::<Vec<_>>()}));
+            messages.push(reply.to_message());
             for call in &reply.tool_calls {
                 let doubled: i64 = ctx
                     .tool(call, || async {

@@ -65,9 +65,7 @@ pub(super) async fn answer(
             finding.answer = reply.content;
             return Ok(finding);
         }
-        messages.push(json!({"role": "assistant", "content": null,
-            "tool_calls": reply.tool_calls.iter().map(|c| json!({"id": c.id, "type": "function",
-                "function": {"name": c.name, "arguments": c.arguments}})).collect::<Vec<_>>()}));
+        messages.push(reply.to_message());
         for call in &reply.tool_calls {
             let result = ctx.tool(call, || run_tool(agent, call)).await?;
             if call.name == "run_sql" && result.get("error").is_none() {

@@ -31,6 +31,24 @@ pub struct ChatReply {
     pub output_tokens: u64,
 }
 
+impl ChatReply {
+    /// The reply as the assistant's message of the conversation sent back
+    /// with the tools' results: its text (none when empty) and the tool
+    /// calls it asked for.
+    pub fn to_message(&self) -> serde_json::Value {
+        let content = (!self.content.is_empty()).then_some(self.content.as_str());
+        let calls: Vec<serde_json::Value> = self
+            .tool_calls
+            .iter()
+            .map(|c| {
+                serde_json::json!({"id": c.id, "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments}})
+            })
+            .collect();
+        serde_json::json!({"role": "assistant", "content": content, "tool_calls": calls})
+    }
+}
+
 /// Builds a reply from the bytes of an event stream as they come; each
 /// text piece is handed to the caller as it is read.
 #[derive(Debug, Default)]
