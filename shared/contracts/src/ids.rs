@@ -223,6 +223,27 @@ identifier!(
         && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 );
 
+identifier!(
+    /// The name of an entity type (`customer-memory`, `repo-lock`), as its
+    /// tenant knows it: an entity's tenant is always that of whoever
+    /// operates it, so the name itself carries none.
+    EntityType,
+    "entity type",
+    "1-64 characters of a-z 0-9 - _, starting with a letter",
+    local_workflow_rule
+);
+
+identifier!(
+    /// The key of one entity within its type (a customer's id, a
+    /// repository's name).
+    EntityId,
+    "entity id",
+    "1-128 characters of A-Z a-z 0-9 - _ . : @",
+    |v| bounded(v, 128)
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'@'))
+);
+
 /// Joins a parent instance's id and the part that names one of its
 /// children; a caller's own ids never contain it.
 pub const CHILD_SEPARATOR: &str = "::";
@@ -303,6 +324,11 @@ mod tests {
         assert!(WorkflowName::parse("-x").is_err());
         assert!(EventName::parse("approval.granted").is_ok());
         assert!(EventName::parse("a b").is_err());
+        assert!(EntityType::parse("customer-memory").is_ok());
+        assert!(EntityType::parse("acme~memory").is_err());
+        assert!(EntityId::parse("jane@example.com").is_ok());
+        assert!(EntityId::parse("acme/billing").is_err());
+        assert!(EntityId::parse("a~b").is_err());
     }
 
     #[test]

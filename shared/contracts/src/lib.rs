@@ -6,6 +6,7 @@
 //! inner code holds an [`InstanceId`] or a [`StepId`], never a raw string that
 //! might be invalid.
 
+mod entity;
 mod envelope;
 mod ids;
 pub mod journal;
@@ -14,9 +15,12 @@ mod status;
 mod task;
 mod usage;
 
+pub use entity::{
+    Caller, EntityOperation, EntityRef, MAX_OPERATION_BYTES, MAX_OPERATION_ID, Operation,
+};
 pub use envelope::{DecodeError, Envelope, SPEC_VERSION, TraceParent};
 pub use ids::{
-    AgentName, CHILD_SEPARATOR, EventName, IdError, InstanceId, ScheduleName, StepId,
+    AgentName, CHILD_SEPARATOR, EntityId, EntityType, EventName, IdError, InstanceId, ScheduleName, StepId,
     TENANT_SEPARATOR, TenantId, WorkflowName,
 };
 pub use payload::{

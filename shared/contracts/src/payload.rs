@@ -462,6 +462,7 @@ payloads! {
     Resume(ResumeInstance) => "legato.instance.resume.v1", Commands;
     Restart(RestartInstance) => "legato.instance.restart.v1", Commands;
     Redrive(RedriveInstance) => "legato.instance.redrive.v1", Commands;
+    EntityOperation(crate::EntityOperation) => "legato.entity.operation.v1", Commands;
     TaskDispatched(TaskDispatched) => "legato.task.dispatched.v1", AgentTasks;
     TaskCancelled(TaskCancelled) => "legato.task.cancelled.v1", AgentTasks;
     TaskCompleted(TaskCompleted) => "legato.task.completed.v1", AgentResults;

@@ -15,6 +15,7 @@
 mod children;
 mod command;
 mod decide;
+pub mod entities;
 mod event;
 mod iterations;
 mod lifecycle;

@@ -18,6 +18,9 @@ use crate::{
     ScheduleRecord, StateParts, Store, StoreError, TenantFilter, TimerRow,
 };
 
+mod entities;
+pub use entities::*;
+
 const BASE: OffsetDateTime = datetime!(2026-01-01 00:00 UTC);
 
 /// The Table Storage endpoint tests use: Azurite on 127.0.0.1:10002, which
@@ -1300,6 +1303,10 @@ macro_rules! store_conformance_tests {
             schedules_are_written_at_the_version_read_and_found_when_due,
             agents_are_registered_at_the_version_read,
             journal_entries_are_recorded_once_bounded_and_go_with_the_instance,
+            entity_batches_commit_at_the_version_read_and_apply_each_id_once,
+            entities_keep_their_latest_operations_and_every_answer,
+            entities_list_by_tenant_and_type_in_pages,
+            deleting_an_entity_removes_its_operations_and_ids,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

@@ -13,6 +13,7 @@ mod agent;
 mod azure;
 pub mod conformance;
 mod dead_letter;
+mod entity;
 mod journal;
 mod json_text;
 mod report;
@@ -33,6 +34,10 @@ pub use agent::{AgentRecord, MAX_AGENTS_LISTED, StoredAgent};
 pub use azure::{
     ABSENCE_CONFIRMATION, AzureTableConnection, AzureTableStore, DEFAULT_REQUEST_TIMEOUT,
     INDEX_GRACE, table_requests,
+};
+pub use entity::{
+    ENTITY_OPERATIONS_KEPT, EntityAnswer, EntityCommit, EntityKey, EntityOperationRow, EntityPage,
+    EntityQuery, EntityRecord, EntitySummary, StoredEntity,
 };
 pub use dead_letter::{DeadLetter, DeadLetterPage, DeadLetterQuery};
 pub use journal::{JournalEntry, Journaled};
@@ -458,4 +463,34 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes every journal entry of the instance; how many there were.
     async fn clear_journal(&self, instance: &InstanceId) -> Result<u64, StoreError>;
+
+    async fn load_entity(&self, key: &EntityKey) -> Result<Option<StoredEntity>, StoreError>;
+
+    /// Writes the record, its new operations and their ids and answers
+    /// atomically if the expectation holds; returns the record's new
+    /// version. An operation id the entity applied before refuses the
+    /// whole commit with [`StoreError::Claimed`]. Operations older than
+    /// the latest [`ENTITY_OPERATIONS_KEPT`] go; their ids and answers
+    /// stay as long as the entity.
+    async fn commit_entity(&self, commit: EntityCommit) -> Result<Version, StoreError>;
+
+    /// The `seq` and answer of the operation `id` the entity applied.
+    async fn entity_answer(
+        &self,
+        key: &EntityKey,
+        id: &str,
+    ) -> Result<Option<(u64, EntityAnswer)>, StoreError>;
+
+    /// The entity's latest operations kept, newest first, at most `limit`.
+    async fn entity_operations(
+        &self,
+        key: &EntityKey,
+        limit: usize,
+    ) -> Result<Vec<EntityOperationRow>, StoreError>;
+
+    async fn list_entities(&self, query: &EntityQuery) -> Result<EntityPage, StoreError>;
+
+    /// Removes an entity with its operations, ids and answers: operations
+    /// sent afterwards start a new one. `false` if there was none.
+    async fn delete_entity(&self, key: &EntityKey) -> Result<bool, StoreError>;
 }

@@ -23,6 +23,7 @@ mod commit;
 mod connection;
 mod dead_letters;
 mod definitions;
+mod entities;
 mod index_reads;
 mod index_repair;
 mod journal;
@@ -105,6 +106,7 @@ pub struct AzureTableStore {
     instances: TableClient,
     index: TableClient,
     definitions: TableClient,
+    entities: TableClient,
     /// Outbox markers this process wrote, and when.
     markers: Mutex<HashMap<String, Instant>>,
     /// Outbox groups this process committed and has not yet deleted, so
@@ -173,6 +175,7 @@ impl AzureTableStore {
             instances,
             index: service.table_client(format!("{table_prefix}index")),
             definitions: service.table_client(format!("{table_prefix}definitions")),
+            entities: service.table_client(format!("{table_prefix}entities")),
             markers: Mutex::new(HashMap::new()),
             recent_groups: Mutex::new(HashMap::new()),
             part_blobs: Mutex::new(HashMap::new()),
@@ -180,7 +183,12 @@ impl AzureTableStore {
             absence_confirmation: ABSENCE_CONFIRMATION,
             schedules_indexed: std::sync::atomic::AtomicBool::new(false),
         };
-        for table in [&store.instances, &store.index, &store.definitions] {
+        for table in [
+            &store.instances,
+            &store.index,
+            &store.definitions,
+            &store.entities,
+        ] {
             match table.create().await {
                 Ok(_) => {}
                 Err(e) if status(&e) == Some(409) => {}
@@ -504,6 +512,44 @@ impl Store for AzureTableStore {
 
     async fn remove_dead_letter(&self, id: &str) -> Result<bool, StoreError> {
         self.remove_letter(id).await
+    }
+
+    async fn load_entity(
+        &self,
+        key: &crate::EntityKey,
+    ) -> Result<Option<crate::StoredEntity>, StoreError> {
+        self.entity_row(key).await
+    }
+
+    async fn commit_entity(&self, commit: crate::EntityCommit) -> Result<Version, StoreError> {
+        self.commit_entity_rows(commit).await
+    }
+
+    async fn entity_answer(
+        &self,
+        key: &crate::EntityKey,
+        id: &str,
+    ) -> Result<Option<(u64, crate::EntityAnswer)>, StoreError> {
+        self.entity_answer_row(key, id).await
+    }
+
+    async fn entity_operations(
+        &self,
+        key: &crate::EntityKey,
+        limit: usize,
+    ) -> Result<Vec<crate::EntityOperationRow>, StoreError> {
+        self.entity_operation_rows(key, limit).await
+    }
+
+    async fn list_entities(
+        &self,
+        query: &crate::EntityQuery,
+    ) -> Result<crate::EntityPage, StoreError> {
+        self.entity_rows(query).await
+    }
+
+    async fn delete_entity(&self, key: &crate::EntityKey) -> Result<bool, StoreError> {
+        self.delete_entity_rows(key).await
     }
 
     async fn put_agent(

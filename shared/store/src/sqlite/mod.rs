@@ -4,6 +4,7 @@
 
 mod agents;
 mod commit;
+mod entities;
 mod journal;
 mod replicas;
 mod schedules;
@@ -21,7 +22,8 @@ use time::OffsetDateTime;
 use crate::stored::{corrupt, from_millis, millis, topic_from};
 use crate::token::{self, ListPosition};
 use crate::{
-    Commit, DeadLetter, DeadLetterPage, DeadLetterQuery, DefinitionRecord, Expected, HistoryFrom,
+    Commit, DeadLetter, EntityAnswer, EntityCommit, EntityKey, EntityOperationRow, EntityPage,
+    EntityQuery, StoredEntity, DeadLetterPage, DeadLetterQuery, DefinitionRecord, Expected, HistoryFrom,
     HistoryRow, InstancePage, InstanceQuery, InstanceRecord, InstanceSummary, JsonText,
     OutboxEntry, OutboxRow, ScheduleRecord, StateParts, Store, StoreError, StoredInstance,
     StoredSchedule, TenantFilter, TimerRow, Version,
@@ -252,6 +254,7 @@ impl SqliteStore {
         // Room for every statement the store runs, so none is parsed twice.
         conn.set_prepared_statement_cache_capacity(64);
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
+        conn.execute_batch(entities::SCHEMA).map_err(unavailable)?;
         add_progress_columns(&conn)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
@@ -780,6 +783,38 @@ impl Store for SqliteStore {
                 .map_err(unavailable)
         })
         .await
+    }
+
+    async fn load_entity(&self, key: &EntityKey) -> Result<Option<StoredEntity>, StoreError> {
+        self.entity_row(key).await
+    }
+
+    async fn commit_entity(&self, commit: EntityCommit) -> Result<Version, StoreError> {
+        self.commit_entity_rows(commit).await
+    }
+
+    async fn entity_answer(
+        &self,
+        key: &EntityKey,
+        id: &str,
+    ) -> Result<Option<(u64, EntityAnswer)>, StoreError> {
+        self.entity_answer_row(key, id).await
+    }
+
+    async fn entity_operations(
+        &self,
+        key: &EntityKey,
+        limit: usize,
+    ) -> Result<Vec<EntityOperationRow>, StoreError> {
+        self.entity_operation_rows(key, limit).await
+    }
+
+    async fn list_entities(&self, query: &EntityQuery) -> Result<EntityPage, StoreError> {
+        self.entity_rows(query).await
+    }
+
+    async fn delete_entity(&self, key: &EntityKey) -> Result<bool, StoreError> {
+        self.delete_entity_rows(key).await
     }
 
     async fn put_agent(

@@ -1,0 +1,154 @@
+//! Durable entities: JSON state keyed by (type, id) that outlives any run,
+//! changed only by [`Operation`]s applied one at a time, each exactly once
+//! (see `docs/entities.md`). An entity belongs to the tenant of whoever
+//! operates it: the message's subject names that tenant, never the payload.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{EntityId, EntityType, InstanceId, TaskKey};
+
+/// The longest operation id: room for an instance id, a task key and a
+/// little more.
+pub const MAX_OPERATION_ID: usize = 512;
+/// The largest operation, as JSON: an entity's operations are its
+/// history, kept beside it.
+pub const MAX_OPERATION_BYTES: usize = 64 * 1024;
+
+/// One entity within its tenant.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntityRef {
+    #[serde(rename = "type")]
+    pub entity_type: EntityType,
+    pub id: EntityId,
+}
+
+impl std::fmt::Display for EntityRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.entity_type, self.id)
+    }
+}
+
+/// What an operation does to an entity's state. Each works at `path`, a
+/// JSON Pointer (RFC 6901) into the state, the whole state when empty;
+/// objects on the way are created as needed. An operation that cannot
+/// apply (an increment past its bounds, an append to a string) fails and
+/// changes nothing; it still counts as applied, so sending it again
+/// answers the same failure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Operation {
+    /// Replaces the value at `path`. Answers `null`.
+    Set {
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        path: String,
+        value: Value,
+    },
+    /// Merges `value` into the value at `path` as a JSON Merge Patch
+    /// (RFC 7386: `null` members remove). Answers `null`.
+    Merge {
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        path: String,
+        value: Value,
+    },
+    /// Appends `value` to the array at `path` (absent: a new one), then
+    /// keeps only the last `cap` items when a cap is given. Answers the
+    /// array's length.
+    Append {
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        path: String,
+        value: Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cap: Option<u32>,
+    },
+    /// Adds `by` (default 1) to the number at `path` (absent: 0). Fails,
+    /// changing nothing, when the sum would leave `[min, max]`. Answers
+    /// the new number.
+    Increment {
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        path: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<serde_json::Number>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        min: Option<serde_json::Number>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max: Option<serde_json::Number>,
+    },
+    /// Sets `value` at `path` only if the value there equals `expected`
+    /// (`null` for absent). Answers `{"swapped": bool, "current": value}`.
+    CompareAndSet {
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        path: String,
+        expected: Value,
+        value: Value,
+    },
+    /// Removes the value at `path`; the whole state becomes `null` when
+    /// `path` is empty. Answers `null`.
+    Remove {
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        path: String,
+    },
+}
+
+impl Operation {
+    /// Its name as the API and the workflow language spell it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Set { .. } => "set",
+            Self::Merge { .. } => "merge",
+            Self::Append { .. } => "append",
+            Self::Increment { .. } => "increment",
+            Self::CompareAndSet { .. } => "compare_and_set",
+            Self::Remove { .. } => "remove",
+        }
+    }
+}
+
+/// The task attempt waiting for an operation's answer: it comes back as
+/// that attempt's result (`legato.task.completed.v1` with the answer as
+/// output, or `legato.task.failed.v1`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Caller {
+    pub instance: InstanceId,
+    pub key: TaskKey,
+    pub attempt: u32,
+}
+
+/// `legato.entity.operation.v1`: apply `operation` to `entity`, once per
+/// `id`. With a `caller` it is a call (the answer goes back); without, a
+/// signal (fire and forget).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntityOperation {
+    pub entity: EntityRef,
+    /// Applied once per entity whatever the number of deliveries or
+    /// sends: a retried call reuses its first attempt's id and is answered
+    /// with the first result.
+    pub id: String,
+    pub operation: Operation,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<Caller>,
+}
+
+impl EntityOperation {
+    /// Why the message cannot be applied whatever the entity holds.
+    pub fn check(&self) -> Result<(), String> {
+        if self.id.is_empty() || self.id.len() > MAX_OPERATION_ID {
+            return Err(format!(
+                "operation id must be 1-{MAX_OPERATION_ID} characters"
+            ));
+        }
+        if self.id.chars().any(char::is_control) {
+            return Err("operation id must not contain control characters".into());
+        }
+        let bytes = serde_json::to_vec(&self.operation).map_or(usize::MAX, |b| b.len());
+        if bytes > MAX_OPERATION_BYTES {
+            return Err(format!(
+                "the operation is {bytes} bytes as JSON, more than {MAX_OPERATION_BYTES}"
+            ));
+        }
+        Ok(())
+    }
+}

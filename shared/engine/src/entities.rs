@@ -1,0 +1,360 @@
+//! What an operation does to an entity's state: pure, like the rest of
+//! the engine, so every replica applying the same operations in the same
+//! order comes to the same state and the same answers.
+
+use legato_contracts::Operation;
+use serde_json::{Map, Number, Value, json};
+
+/// The largest state an entity may grow to, as JSON: an operation that
+/// would pass it fails and changes nothing.
+pub const MAX_ENTITY_STATE_BYTES: usize = 256 * 1024;
+
+/// The state after `operation`, and its answer; on failure the state is
+/// unchanged and the error says why.
+pub fn apply(state: &Value, operation: &Operation) -> Result<(Value, Value), String> {
+    let mut next = state.clone();
+    let answer = apply_in(&mut next, operation)?;
+    if matches!(operation, Operation::CompareAndSet { .. }) && answer["swapped"] == false {
+        // A compare-and-set that did not swap leaves no trace, not even
+        // the members it walked through.
+        return Ok((state.clone(), answer));
+    }
+    let bytes = serde_json::to_vec(&next).map_or(usize::MAX, |b| b.len());
+    if bytes > MAX_ENTITY_STATE_BYTES {
+        return Err(format!(
+            "{} would make the state {bytes} bytes, more than {MAX_ENTITY_STATE_BYTES}",
+            operation.name()
+        ));
+    }
+    Ok((next, answer))
+}
+
+fn apply_in(state: &mut Value, operation: &Operation) -> Result<Value, String> {
+    match operation {
+        Operation::Set { path, value } => {
+            *slot(state, path)? = value.clone();
+            Ok(Value::Null)
+        }
+        Operation::Merge { path, value } => {
+            merge_patch(slot(state, path)?, value);
+            Ok(Value::Null)
+        }
+        Operation::Append { path, value, cap } => {
+            let target = slot(state, path)?;
+            if target.is_null() {
+                *target = Value::Array(Vec::new());
+            }
+            let Value::Array(items) = target else {
+                return Err(format!("append: {} holds {}, not an array", shown(path), kind(target)));
+            };
+            items.push(value.clone());
+            if let Some(cap) = cap {
+                let cap = *cap as usize;
+                if items.len() > cap {
+                    items.drain(..items.len() - cap);
+                }
+            }
+            Ok(json!(items.len()))
+        }
+        Operation::Increment { path, by, min, max } => {
+            let target = slot(state, path)?;
+            let current = match target {
+                Value::Null => Number::from(0),
+                Value::Number(n) => n.clone(),
+                other => {
+                    return Err(format!(
+                        "increment: {} holds {}, not a number",
+                        shown(path),
+                        kind(other)
+                    ));
+                }
+            };
+            let by = by.clone().unwrap_or_else(|| Number::from(1));
+            let sum = add(&current, &by)
+                .ok_or_else(|| format!("increment: {current} + {by} is out of range"))?;
+            if let Some(min) = min
+                && less(&sum, min)
+            {
+                return Err(format!("increment: {current} + {by} would go below the minimum {min}"));
+            }
+            if let Some(max) = max
+                && less(max, &sum)
+            {
+                return Err(format!("increment: {current} + {by} would pass the maximum {max}"));
+            }
+            *target = Value::Number(sum.clone());
+            Ok(Value::Number(sum))
+        }
+        Operation::CompareAndSet {
+            path,
+            expected,
+            value,
+        } => {
+            let target = slot(state, path)?;
+            let swapped = target == expected;
+            if swapped {
+                *target = value.clone();
+            }
+            Ok(json!({ "swapped": swapped, "current": target }))
+        }
+        Operation::Remove { path } => {
+            remove(state, path)?;
+            Ok(Value::Null)
+        }
+    }
+}
+
+/// The value at `path`, made on the way: `null`s and absent members become
+/// objects; an array is entered by index (or `-`, a new last item).
+fn slot<'a>(state: &'a mut Value, path: &str) -> Result<&'a mut Value, String> {
+    let mut here = state;
+    let mut walked = String::new();
+    for token in tokens(path)? {
+        if here.is_null() {
+            *here = Value::Object(Map::new());
+        }
+        let at = shown(&walked).to_owned();
+        walked.push('/');
+        walked.push_str(&token.replace('~', "~0").replace('/', "~1"));
+        here = match here {
+            Value::Object(members) => members.entry(token).or_insert(Value::Null),
+            Value::Array(items) => {
+                let index = if token == "-" {
+                    items.push(Value::Null);
+                    items.len() - 1
+                } else {
+                    array_index(&token, items.len(), &walked)?
+                };
+                &mut items[index]
+            }
+            other => {
+                return Err(format!(
+                    "path {}: {at} holds {}, which has no members",
+                    shown(path),
+                    kind(other)
+                ));
+            }
+        };
+    }
+    Ok(here)
+}
+
+fn remove(state: &mut Value, path: &str) -> Result<(), String> {
+    let mut tokens = tokens(path)?;
+    let Some(last) = tokens.pop() else {
+        *state = Value::Null;
+        return Ok(());
+    };
+    let mut here = state;
+    for token in tokens {
+        here = match here {
+            Value::Object(members) => match members.get_mut(&token) {
+                Some(next) => next,
+                None => return Ok(()),
+            },
+            Value::Array(items) => match token.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
+                Some(next) => next,
+                None => return Ok(()),
+            },
+            _ => return Ok(()),
+        };
+    }
+    match here {
+        Value::Object(members) => {
+            members.remove(&last);
+        }
+        Value::Array(items) => {
+            if let Ok(index) = last.parse::<usize>()
+                && index < items.len()
+            {
+                items.remove(index);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// A JSON Pointer's reference tokens, unescaped.
+fn tokens(path: &str) -> Result<Vec<String>, String> {
+    if path.is_empty() {
+        return Ok(Vec::new());
+    }
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err(format!("path {path:?} is not a JSON Pointer: it must start with /"));
+    };
+    Ok(rest
+        .split('/')
+        .map(|t| t.replace("~1", "/").replace("~0", "~"))
+        .collect())
+}
+
+fn array_index(token: &str, len: usize, walked: &str) -> Result<usize, String> {
+    match token.parse::<usize>() {
+        Ok(index) if index < len && (token == "0" || !token.starts_with('0')) => Ok(index),
+        _ => Err(format!(
+            "path {walked}: the array has {len} items and {token:?} is not one of their indexes"
+        )),
+    }
+}
+
+/// RFC 7386.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    if let Value::Object(members) = target {
+        for (name, value) in patch {
+            if value.is_null() {
+                members.remove(name);
+            } else {
+                merge_patch(members.entry(name.clone()).or_insert(Value::Null), value);
+            }
+        }
+    }
+}
+
+/// Integers stay integers while they fit; anything else is a float.
+fn add(a: &Number, b: &Number) -> Option<Number> {
+    if let (Some(a), Some(b)) = (a.as_i64(), b.as_i64()) {
+        return a.checked_add(b).map(Number::from);
+    }
+    Number::from_f64(a.as_f64()? + b.as_f64()?)
+}
+
+fn less(a: &Number, b: &Number) -> bool {
+    match (a.as_i64(), b.as_i64()) {
+        (Some(a), Some(b)) => a < b,
+        _ => a.as_f64().unwrap_or(f64::NAN) < b.as_f64().unwrap_or(f64::NAN),
+    }
+}
+
+fn shown(path: &str) -> &str {
+    if path.is_empty() { "the state" } else { path }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn op(value: Value) -> Operation {
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn run(state: Value, operation: Value) -> Result<(Value, Value), String> {
+        apply(&state, &op(operation))
+    }
+
+    #[test]
+    fn set_and_merge_make_their_path() {
+        let (state, answer) = run(Value::Null, json!({"op": "set", "path": "/a/b", "value": 1})).unwrap();
+        assert_eq!((state.clone(), answer), (json!({"a": {"b": 1}}), Value::Null));
+        let (state, _) = run(
+            state,
+            json!({"op": "merge", "value": {"a": {"c": 2, "b": null}, "d": [1]}}),
+        )
+        .unwrap();
+        assert_eq!(state, json!({"a": {"c": 2}, "d": [1]}));
+        let (state, _) = run(state, json!({"op": "set", "path": "/d/0", "value": "x"})).unwrap();
+        assert_eq!(state["d"], json!(["x"]));
+        let err = run(state, json!({"op": "set", "path": "/d/3", "value": 1})).unwrap_err();
+        assert!(err.contains("/d/3"), "{err}");
+        let err = run(json!({"a": 1}), json!({"op": "set", "path": "/a/b", "value": 1})).unwrap_err();
+        assert_eq!(err, "path /a/b: /a holds a number, which has no members");
+        let err = run(Value::Null, json!({"op": "set", "path": "a", "value": 1})).unwrap_err();
+        assert!(err.contains("must start with /"), "{err}");
+    }
+
+    #[test]
+    fn pointers_unescape_tilde_and_slash() {
+        let (state, _) = run(Value::Null, json!({"op": "set", "path": "/a~1b/c~0d", "value": true})).unwrap();
+        assert_eq!(state, json!({"a/b": {"c~d": true}}));
+        let (state, _) = run(state, json!({"op": "remove", "path": "/a~1b/c~0d"})).unwrap();
+        assert_eq!(state, json!({"a/b": {}}));
+    }
+
+    #[test]
+    fn append_keeps_the_last_cap_items() {
+        let mut state = Value::Null;
+        for n in 1..=5 {
+            let (next, answer) = run(
+                state,
+                json!({"op": "append", "path": "/requests", "value": n, "cap": 3}),
+            )
+            .unwrap();
+            assert_eq!(answer, json!(n.min(3)));
+            state = next;
+        }
+        assert_eq!(state, json!({"requests": [3, 4, 5]}));
+        let err = run(json!("x"), json!({"op": "append", "value": 1})).unwrap_err();
+        assert_eq!(err, "append: the state holds a string, not an array");
+    }
+
+    #[test]
+    fn increment_stays_within_its_bounds_and_fails_without_change() {
+        let (state, answer) = run(Value::Null, json!({"op": "increment"})).unwrap();
+        assert_eq!((state.clone(), answer), (json!(1), json!(1)));
+        let (state, answer) = run(state, json!({"op": "increment", "by": 4, "max": 5})).unwrap();
+        assert_eq!((state.clone(), answer), (json!(5), json!(5)));
+        let err = run(state.clone(), json!({"op": "increment", "max": 5})).unwrap_err();
+        assert_eq!(err, "increment: 5 + 1 would pass the maximum 5");
+        let err = run(state.clone(), json!({"op": "increment", "by": -6, "min": 0})).unwrap_err();
+        assert_eq!(err, "increment: 5 + -6 would go below the minimum 0");
+        let (state, answer) = run(state, json!({"op": "increment", "by": 0.25})).unwrap();
+        assert_eq!((state, answer), (json!(5.25), json!(5.25)));
+        let err = run(json!(i64::MAX), json!({"op": "increment"})).unwrap_err();
+        assert!(err.contains("out of range"), "{err}");
+        let err = run(json!({"n": "1"}), json!({"op": "increment", "path": "/n"})).unwrap_err();
+        assert_eq!(err, "increment: /n holds a string, not a number");
+    }
+
+    #[test]
+    fn compare_and_set_swaps_only_on_a_match() {
+        let cas = |expected: Value| {
+            json!({"op": "compare_and_set", "path": "/owner", "expected": expected, "value": "b"})
+        };
+        let (state, answer) = run(json!({"owner": "a"}), cas(json!("x"))).unwrap();
+        assert_eq!(answer, json!({"swapped": false, "current": "a"}));
+        let (state, answer) = run(state, cas(json!("a"))).unwrap();
+        assert_eq!(answer, json!({"swapped": true, "current": "b"}));
+        assert_eq!(state, json!({"owner": "b"}));
+        let (_, answer) = run(Value::Null, cas(Value::Null)).unwrap();
+        assert_eq!(answer, json!({"swapped": true, "current": "b"}));
+        let (state, _) = run(json!({}), json!({"op": "compare_and_set", "path": "/x/y", "expected": 1, "value": 2})).unwrap();
+        assert_eq!(state, json!({}), "a miss walks through nothing");
+    }
+
+    #[test]
+    fn remove_takes_a_member_an_item_or_everything() {
+        let state = json!({"a": [1, 2, 3], "b": 1});
+        let (state, _) = run(state, json!({"op": "remove", "path": "/a/1"})).unwrap();
+        assert_eq!(state, json!({"a": [1, 3], "b": 1}));
+        let (state, _) = run(state, json!({"op": "remove", "path": "/nothing/here"})).unwrap();
+        assert_eq!(state, json!({"a": [1, 3], "b": 1}));
+        let (state, _) = run(state, json!({"op": "remove"})).unwrap();
+        assert_eq!(state, Value::Null);
+    }
+
+    #[test]
+    fn a_state_past_its_limit_is_refused() {
+        let big = "x".repeat(MAX_ENTITY_STATE_BYTES);
+        let err = run(Value::Null, json!({"op": "set", "value": big})).unwrap_err();
+        assert!(err.starts_with("set would make the state"), "{err}");
+    }
+}
