@@ -319,6 +319,7 @@ fn step_views(
                 Action::Timer { .. } => "timer",
                 Action::Loop { .. } => "loop",
                 Action::Race { .. } => "race",
+                Action::Entity { .. } => "entity",
             }
             .to_owned(),
             parent: parent.map(str::to_owned),

@@ -4,6 +4,8 @@
 //! orchestrator replicas and two echo agent replicas sharing the work.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "e2e/entities.rs"]
+mod entities;
 #[path = "e2e/scenarios.rs"]
 mod scenarios;
 #[path = "support/mod.rs"]

@@ -7,7 +7,6 @@
 //! message for all of them, each still a history row of its own. Each
 //! message is answered (and so acked) only once that commit is durable.
 
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +24,7 @@ use tracing::Instrument;
 
 use crate::agents::AgentDirectory;
 use crate::effects;
+use crate::mailboxes::Mailboxes;
 use crate::settings::OrchestratorSettings;
 pub(crate) use answers::{Applied, ApplyError};
 
@@ -62,9 +62,8 @@ pub(crate) struct Applier {
     relay: Arc<OutboxRelay>,
     definitions: Definitions,
     agents: AgentDirectory,
-    /// Messages waiting for their instance's runner; an instance has an
-    /// entry while a runner works through it.
-    mailboxes: std::sync::Mutex<HashMap<InstanceId, Vec<Waiting>>>,
+    /// Messages waiting for their instance's runner.
+    mailboxes: Mailboxes<InstanceId, Waiting>,
     retry: ExponentialBuilder,
     remembered: std::sync::Mutex<HashMap<InstanceId, Known>>,
 }
@@ -165,7 +164,7 @@ impl Applier {
             relay,
             definitions: Definitions::default(),
             agents: AgentDirectory::new(),
-            mailboxes: std::sync::Mutex::default(),
+            mailboxes: Mailboxes::default(),
             retry,
             remembered: std::sync::Mutex::new(HashMap::new()),
         }
@@ -200,11 +199,6 @@ impl Applier {
         }
     }
 
-    fn mailboxes(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceId, Vec<Waiting>>> {
-        // Each critical section leaves the map consistent.
-        self.mailboxes.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Applies `input` to the instance, with whatever else arrives for it
     /// meanwhile, retrying conflicts with backoff. An unavailable store is
     /// an error at once.
@@ -220,16 +214,7 @@ impl Applier {
             traceparent: traceparent.cloned(),
             answer,
         };
-        let lead = match self.mailboxes().entry(id.clone()) {
-            Entry::Occupied(mut waiting_list) => {
-                waiting_list.get_mut().push(waiting);
-                false
-            }
-            Entry::Vacant(free) => {
-                free.insert(vec![waiting]);
-                true
-            }
-        };
+        let lead = self.mailboxes.post(id, waiting);
         if lead {
             // Detached: the runner goes on (and answers everyone) even if
             // the caller that started it stops waiting.
@@ -246,30 +231,8 @@ impl Applier {
 
     /// Works through the instance's mailbox until it is empty.
     async fn run(self: Arc<Self>, id: InstanceId) {
-        // Should this task die, the next message must start a runner
-        // again rather than wait behind one that is gone.
-        let mut stopped = StopRunning {
-            applier: &self,
-            id: &id,
-            armed: true,
-        };
-        loop {
-            let batch: Vec<Waiting> = {
-                let mut mailboxes = self.mailboxes();
-                let Some(waiting) = mailboxes.get_mut(&id) else {
-                    stopped.armed = false;
-                    return;
-                };
-                if waiting.is_empty() {
-                    // Under the same lock as the check, so a message
-                    // queued after it finds no runner and starts one.
-                    mailboxes.remove(&id);
-                    stopped.armed = false;
-                    return;
-                }
-                let take = waiting.len().min(MAX_BATCH);
-                waiting.drain(..take).collect()
-            };
+        let mut runner = self.mailboxes.runner(&id);
+        while let Some(batch) = runner.next_batch(MAX_BATCH) {
             let inputs: Vec<&Input> = batch.iter().map(|w| &w.input).collect();
             let traceparent = batch.iter().find_map(|w| w.traceparent.as_ref());
             let answers = self.apply_batch(&id, &inputs, traceparent).await;
@@ -583,20 +546,6 @@ fn missing(id: &InstanceId, input: &Input) -> Result<Applied, ApplyError> {
 
 /// Frees the instance's mailbox if its runner stops while armed (a panic);
 /// the messages in it are then answered with an error (their senders go).
-struct StopRunning<'a> {
-    applier: &'a Applier,
-    id: &'a InstanceId,
-    armed: bool,
-}
-
-impl Drop for StopRunning<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.applier.mailboxes().remove(self.id);
-        }
-    }
-}
-
 /// A run id for a start: random, so a reused instance id never shares task
 /// keys with its earlier runs (the Started event records it for replay),
 /// and within 53 bits, so agents in any language read it exactly.

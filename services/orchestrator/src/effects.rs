@@ -68,6 +68,7 @@ pub(crate) fn commit(
             let payload: Payload = match command {
                 Command::DispatchTask(task) => task.clone().into(),
                 Command::CancelTask(cancel) => cancel.clone().into(),
+                Command::OperateEntity(operation) => operation.clone().into(),
                 Command::PublishProgress(event) => {
                     progress.push(event.clone());
                     continue;

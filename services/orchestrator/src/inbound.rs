@@ -21,10 +21,18 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::apply::{Applied, Applier, ApplyError, Input};
+use crate::entities::Entities;
+
+/// Where a message's effect is applied.
+#[derive(Clone)]
+pub(crate) struct Appliers {
+    pub(crate) instances: Arc<Applier>,
+    pub(crate) entities: Arc<Entities>,
+}
 
 pub(crate) async fn consume(
     mut subscription: Box<dyn Subscription>,
-    applier: Arc<Applier>,
+    applier: Appliers,
     concurrency: usize,
     outage_hold: Duration,
     shutdown: Shutdown,
@@ -54,7 +62,7 @@ pub(crate) async fn consume(
 }
 
 async fn handle(
-    applier: &Arc<Applier>,
+    applier: &Appliers,
     delivery: Delivery,
     outage_hold: Duration,
     shutdown: &Shutdown,
@@ -69,14 +77,33 @@ async fn handle(
     async move {
         let traceparent =
             legato_service::telemetry::current_traceparent().or(envelope.traceparent.clone());
-        let input = match to_input(&envelope) {
-            Routed::Apply(input) => *input,
+        let routed = to_input(&envelope);
+        match &routed {
             // Bare beats of tasks without a lease prove only that the agent
             // lives, which the broker's lease on the delivery already does.
             Routed::Ignore => return settle(delivery.ack().await),
-            Routed::Reject(reason) => return settle(dead_letter(delivery, &reason).await),
+            Routed::Reject(reason) => return settle(dead_letter(delivery, reason).await),
+            Routed::Apply(_) | Routed::Entity(..) => {}
+        }
+        let applied = || async {
+            match &routed {
+                Routed::Apply(input) => {
+                    applier
+                        .instances
+                        .apply(&envelope.subject, input, traceparent.as_ref())
+                        .await
+                }
+                Routed::Entity(operation, at) => {
+                    applier
+                        .entities
+                        .apply(&envelope.subject, (**operation).clone(), *at)
+                        .await
+                }
+                Routed::Ignore => Ok(Applied::Ignored("a bare heartbeat".into())),
+                Routed::Reject(reason) => Err(ApplyError::Rejected(reason.clone())),
+            }
         };
-        let applied = (|| applier.apply(&envelope.subject, &input, traceparent.as_ref()))
+        let applied = applied
             .retry(outage_backoff(outage_hold))
             .when(ApplyError::store_unavailable)
             .notify(|e, wait| {
@@ -132,6 +159,8 @@ fn settle(result: Result<(), legato_bus::BusError>) {
 enum Routed {
     /// Boxed: an input is far larger than the other answers.
     Apply(Box<Input>),
+    /// An operation on the entity it names, received at that time.
+    Entity(Box<legato_contracts::EntityOperation>, OffsetDateTime),
     /// Nothing to apply: a heartbeat that renews no lease and has no news.
     Ignore,
     Reject(String),
@@ -149,6 +178,9 @@ fn to_input(envelope: &Envelope) -> Routed {
                 at,
                 start: start.clone(),
             }));
+        }
+        Payload::EntityOperation(operation) => {
+            return Routed::Entity(Box::new(operation.clone()), at);
         }
         Payload::RaiseEvent(e) => Event::EventRaised {
             at,

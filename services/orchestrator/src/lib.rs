@@ -14,7 +14,9 @@ mod agents;
 mod apply;
 mod children;
 mod effects;
+mod entities;
 mod inbound;
+mod mailboxes;
 mod metrics;
 mod recovery;
 mod schedules;
@@ -56,6 +58,10 @@ impl Orchestrator {
     ) -> anyhow::Result<Self> {
         let relay = Arc::new(OutboxRelay::new(bus.clone(), store.clone()));
         let applier = Arc::new(Applier::new(store.clone(), relay.clone(), settings.clone()));
+        let appliers = inbound::Appliers {
+            instances: applier.clone(),
+            entities: Arc::new(entities::Entities::new(store.clone(), bus.clone())),
+        };
         let prefetch = settings.concurrency.max(1);
         let commands = bus
             .subscribe(legato_bus::topology::orchestrator_commands().prefetch(prefetch))
@@ -80,14 +86,14 @@ impl Orchestrator {
         );
         tasks.spawn(inbound::consume(
             commands,
-            applier.clone(),
+            appliers.clone(),
             settings.concurrency,
             std::time::Duration::from_millis(settings.store_outage_hold_ms),
             shutdown.clone(),
         ));
         tasks.spawn(inbound::consume(
             results,
-            applier.clone(),
+            appliers,
             settings.concurrency,
             std::time::Duration::from_millis(settings.store_outage_hold_ms),
             shutdown.clone(),

@@ -76,6 +76,12 @@ async fn resend(
             .into_iter()
             .map(|task| Envelope::new(SOURCE, id.clone(), now, task))
             .collect();
+        envelopes.extend(
+            state
+                .running_entity_calls()
+                .into_iter()
+                .map(|operation| Envelope::new(SOURCE, id.clone(), now, operation)),
+        );
         envelopes.extend(children_in_flight(store, definitions, &state, now).await?);
         envelopes
     };

@@ -89,6 +89,13 @@ pub enum Operation {
         #[serde(default, skip_serializing_if = "String::is_empty")]
         path: String,
     },
+    /// Answers the value at `path` (`null` when absent) as last committed,
+    /// without waiting behind the operations queued for the entity and
+    /// without being recorded: reads never wait behind writes.
+    Read {
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        path: String,
+    },
 }
 
 impl Operation {
@@ -101,7 +108,13 @@ impl Operation {
             Self::Increment { .. } => "increment",
             Self::CompareAndSet { .. } => "compare_and_set",
             Self::Remove { .. } => "remove",
+            Self::Read { .. } => "read",
         }
+    }
+
+    /// Whether it changes nothing (a read).
+    pub fn is_read(&self) -> bool {
+        matches!(self, Self::Read { .. })
     }
 }
 
@@ -114,11 +127,16 @@ pub struct Caller {
     pub instance: InstanceId,
     pub key: TaskKey,
     pub attempt: u32,
+    /// The caller sent a signal: it waits only to know the operation was
+    /// applied (so a crash anywhere loses no signal), and is answered
+    /// `null` however the operation came out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub signal: bool,
 }
 
 /// `legato.entity.operation.v1`: apply `operation` to `entity`, once per
-/// `id`. With a `caller` it is a call (the answer goes back); without, a
-/// signal (fire and forget).
+/// `id`, and tell the `caller` (a workflow step's attempt) if there is
+/// one; the API's signals have none.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EntityOperation {

@@ -20,8 +20,8 @@ pub use entity::{
 };
 pub use envelope::{DecodeError, Envelope, SPEC_VERSION, TraceParent};
 pub use ids::{
-    AgentName, CHILD_SEPARATOR, EntityId, EntityType, EventName, IdError, InstanceId, ScheduleName, StepId,
-    TENANT_SEPARATOR, TenantId, WorkflowName,
+    AgentName, CHILD_SEPARATOR, EntityId, EntityType, EventName, IdError, InstanceId, ScheduleName,
+    StepId, TENANT_SEPARATOR, TenantId, WorkflowName,
 };
 pub use payload::{
     AgentOutput, CANCEL_ROUTING_PREFIX, HeartbeatKind, ParentLink, Payload, ProgressBatch,

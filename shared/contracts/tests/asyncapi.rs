@@ -20,8 +20,8 @@ fn contracts_dir() -> PathBuf {
 fn parties(topic: Topic) -> (&'static str, &'static str, &'static str) {
     match topic {
         Topic::Commands => (
-            "Start, raise-event, terminate, suspend, resume, restart and redrive requests for one instance, keyed by its id.",
-            "the gateway and the orchestrator's scheduler",
+            "Start, raise-event, terminate, suspend, resume, restart and redrive requests for one instance, keyed by its id; and operations on durable entities, keyed by their sender.",
+            "the gateway, the orchestrator's scheduler, and the orchestrator (entity operations of workflow steps)",
             "the orchestrator",
         ),
         Topic::AgentTasks => (

@@ -157,6 +157,26 @@ fn samples() -> Vec<Payload> {
             usage: None,
         }
         .into(),
+        EntityOperation {
+            entity: EntityRef {
+                entity_type: EntityType::parse("counter").unwrap(),
+                id: EntityId::parse("repo:acme.billing").unwrap(),
+            },
+            id: "i-1/e0/count".into(),
+            operation: Operation::Increment {
+                path: "/coders".into(),
+                by: Some(1.into()),
+                min: None,
+                max: Some(3.into()),
+            },
+            caller: Some(Caller {
+                instance: InstanceId::parse("i-1").unwrap(),
+                key: key(),
+                attempt: 1,
+                signal: true,
+            }),
+        }
+        .into(),
         TaskHeartbeat {
             key: key(),
             attempt: 1,

@@ -114,6 +114,11 @@ pub(crate) fn start_of(
 /// Tells whoever does an attempt to stop: its agent, or its child run
 /// (terminated).
 pub(crate) fn stop(ctx: &mut Ctx, key: &TaskKey, attempt: u32, reason: &str) {
+    // An operation sent to an entity is applied whatever happens to its
+    // sender: there is no one to stop.
+    if ctx.state.task_slot(key).is_some_and(|s| s.entity.is_some()) {
+        return;
+    }
     let child = ctx
         .state
         .task_slot(key)

@@ -17,6 +17,8 @@ pub enum Command {
     DispatchTask(TaskDispatched),
     /// Tell the agent to stop work whose result is no longer wanted.
     CancelTask(TaskCancelled),
+    /// Send an operation to a durable entity (an entity step's attempt).
+    OperateEntity(legato_contracts::EntityOperation),
     /// Start a child workflow run for a task attempt; its end comes back
     /// as that attempt's result.
     StartChild(ChildStart),

@@ -12,6 +12,12 @@ pub const MAX_ENTITY_STATE_BYTES: usize = 256 * 1024;
 /// The state after `operation`, and its answer; on failure the state is
 /// unchanged and the error says why.
 pub fn apply(state: &Value, operation: &Operation) -> Result<(Value, Value), String> {
+    if let Operation::Read { path } = operation {
+        return Ok((
+            state.clone(),
+            read(state, path)?.cloned().unwrap_or(Value::Null),
+        ));
+    }
     let mut next = state.clone();
     let answer = apply_in(&mut next, operation)?;
     if matches!(operation, Operation::CompareAndSet { .. }) && answer["swapped"] == false {
@@ -45,7 +51,11 @@ fn apply_in(state: &mut Value, operation: &Operation) -> Result<Value, String> {
                 *target = Value::Array(Vec::new());
             }
             let Value::Array(items) = target else {
-                return Err(format!("append: {} holds {}, not an array", shown(path), kind(target)));
+                return Err(format!(
+                    "append: {} holds {}, not an array",
+                    shown(path),
+                    kind(target)
+                ));
             };
             items.push(value.clone());
             if let Some(cap) = cap {
@@ -75,12 +85,16 @@ fn apply_in(state: &mut Value, operation: &Operation) -> Result<Value, String> {
             if let Some(min) = min
                 && less(&sum, min)
             {
-                return Err(format!("increment: {current} + {by} would go below the minimum {min}"));
+                return Err(format!(
+                    "increment: {current} + {by} would go below the minimum {min}"
+                ));
             }
             if let Some(max) = max
                 && less(max, &sum)
             {
-                return Err(format!("increment: {current} + {by} would pass the maximum {max}"));
+                return Err(format!(
+                    "increment: {current} + {by} would pass the maximum {max}"
+                ));
             }
             *target = Value::Number(sum.clone());
             Ok(Value::Number(sum))
@@ -101,7 +115,14 @@ fn apply_in(state: &mut Value, operation: &Operation) -> Result<Value, String> {
             remove(state, path)?;
             Ok(Value::Null)
         }
+        Operation::Read { path } => Ok(read(state, path)?.cloned().unwrap_or(Value::Null)),
     }
+}
+
+/// The value at `path`, if there is one.
+pub fn read<'a>(state: &'a Value, path: &str) -> Result<Option<&'a Value>, String> {
+    tokens(path)?;
+    Ok(state.pointer(path))
 }
 
 /// The value at `path`, made on the way: `null`s and absent members become
@@ -152,7 +173,8 @@ fn remove(state: &mut Value, path: &str) -> Result<(), String> {
                 Some(next) => next,
                 None => return Ok(()),
             },
-            Value::Array(items) => match token.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
+            Value::Array(items) => match token.parse::<usize>().ok().and_then(|i| items.get_mut(i))
+            {
                 Some(next) => next,
                 None => return Ok(()),
             },
@@ -181,7 +203,9 @@ fn tokens(path: &str) -> Result<Vec<String>, String> {
         return Ok(Vec::new());
     }
     let Some(rest) = path.strip_prefix('/') else {
-        return Err(format!("path {path:?} is not a JSON Pointer: it must start with /"));
+        return Err(format!(
+            "path {path:?} is not a JSON Pointer: it must start with /"
+        ));
     };
     Ok(rest
         .split('/')
@@ -263,8 +287,15 @@ mod tests {
 
     #[test]
     fn set_and_merge_make_their_path() {
-        let (state, answer) = run(Value::Null, json!({"op": "set", "path": "/a/b", "value": 1})).unwrap();
-        assert_eq!((state.clone(), answer), (json!({"a": {"b": 1}}), Value::Null));
+        let (state, answer) = run(
+            Value::Null,
+            json!({"op": "set", "path": "/a/b", "value": 1}),
+        )
+        .unwrap();
+        assert_eq!(
+            (state.clone(), answer),
+            (json!({"a": {"b": 1}}), Value::Null)
+        );
         let (state, _) = run(
             state,
             json!({"op": "merge", "value": {"a": {"c": 2, "b": null}, "d": [1]}}),
@@ -275,7 +306,11 @@ mod tests {
         assert_eq!(state["d"], json!(["x"]));
         let err = run(state, json!({"op": "set", "path": "/d/3", "value": 1})).unwrap_err();
         assert!(err.contains("/d/3"), "{err}");
-        let err = run(json!({"a": 1}), json!({"op": "set", "path": "/a/b", "value": 1})).unwrap_err();
+        let err = run(
+            json!({"a": 1}),
+            json!({"op": "set", "path": "/a/b", "value": 1}),
+        )
+        .unwrap_err();
         assert_eq!(err, "path /a/b: /a holds a number, which has no members");
         let err = run(Value::Null, json!({"op": "set", "path": "a", "value": 1})).unwrap_err();
         assert!(err.contains("must start with /"), "{err}");
@@ -283,7 +318,11 @@ mod tests {
 
     #[test]
     fn pointers_unescape_tilde_and_slash() {
-        let (state, _) = run(Value::Null, json!({"op": "set", "path": "/a~1b/c~0d", "value": true})).unwrap();
+        let (state, _) = run(
+            Value::Null,
+            json!({"op": "set", "path": "/a~1b/c~0d", "value": true}),
+        )
+        .unwrap();
         assert_eq!(state, json!({"a/b": {"c~d": true}}));
         let (state, _) = run(state, json!({"op": "remove", "path": "/a~1b/c~0d"})).unwrap();
         assert_eq!(state, json!({"a/b": {}}));
@@ -314,7 +353,11 @@ mod tests {
         assert_eq!((state.clone(), answer), (json!(5), json!(5)));
         let err = run(state.clone(), json!({"op": "increment", "max": 5})).unwrap_err();
         assert_eq!(err, "increment: 5 + 1 would pass the maximum 5");
-        let err = run(state.clone(), json!({"op": "increment", "by": -6, "min": 0})).unwrap_err();
+        let err = run(
+            state.clone(),
+            json!({"op": "increment", "by": -6, "min": 0}),
+        )
+        .unwrap_err();
         assert_eq!(err, "increment: 5 + -6 would go below the minimum 0");
         let (state, answer) = run(state, json!({"op": "increment", "by": 0.25})).unwrap();
         assert_eq!((state, answer), (json!(5.25), json!(5.25)));
@@ -326,9 +369,7 @@ mod tests {
 
     #[test]
     fn compare_and_set_swaps_only_on_a_match() {
-        let cas = |expected: Value| {
-            json!({"op": "compare_and_set", "path": "/owner", "expected": expected, "value": "b"})
-        };
+        let cas = |expected: Value| json!({"op": "compare_and_set", "path": "/owner", "expected": expected, "value": "b"});
         let (state, answer) = run(json!({"owner": "a"}), cas(json!("x"))).unwrap();
         assert_eq!(answer, json!({"swapped": false, "current": "a"}));
         let (state, answer) = run(state, cas(json!("a"))).unwrap();
@@ -336,7 +377,11 @@ mod tests {
         assert_eq!(state, json!({"owner": "b"}));
         let (_, answer) = run(Value::Null, cas(Value::Null)).unwrap();
         assert_eq!(answer, json!({"swapped": true, "current": "b"}));
-        let (state, _) = run(json!({}), json!({"op": "compare_and_set", "path": "/x/y", "expected": 1, "value": 2})).unwrap();
+        let (state, _) = run(
+            json!({}),
+            json!({"op": "compare_and_set", "path": "/x/y", "expected": 1, "value": 2}),
+        )
+        .unwrap();
         assert_eq!(state, json!({}), "a miss walks through nothing");
     }
 
@@ -349,6 +394,27 @@ mod tests {
         assert_eq!(state, json!({"a": [1, 3], "b": 1}));
         let (state, _) = run(state, json!({"op": "remove"})).unwrap();
         assert_eq!(state, Value::Null);
+    }
+
+    #[test]
+    fn read_answers_the_value_at_its_path_or_null() {
+        let state = json!({"a": {"b": [1, 2]}});
+        assert_eq!(
+            run(state.clone(), json!({"op": "read", "path": "/a/b/1"}))
+                .unwrap()
+                .1,
+            json!(2)
+        );
+        assert_eq!(
+            run(state.clone(), json!({"op": "read", "path": "/x"}))
+                .unwrap()
+                .1,
+            Value::Null
+        );
+        assert_eq!(
+            run(state.clone(), json!({"op": "read"})).unwrap(),
+            (state.clone(), state)
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod children;
 mod command;
 mod decide;
 pub mod entities;
+mod entity_steps;
 mod event;
 mod iterations;
 mod lifecycle;
@@ -30,6 +31,7 @@ mod tasks;
 pub use children::{MAX_DEPTH, result_of};
 pub use command::{ChildResult, ChildStart, Command};
 pub use decide::{Decision, Outcome, decide, replay};
+pub use entity_steps::EntitySlot;
 pub use event::{AgentNews, Event, TimerKey};
 pub use spending::BUDGET_EXCEEDED;
 pub use state::{

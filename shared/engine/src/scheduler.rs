@@ -228,6 +228,10 @@ fn start_step(ctx: &mut Ctx, step: &Step) {
                 Err(e) => tasks::step_failed(ctx, &step.id, e.to_string()),
             }
         }
+        Action::Entity { entity } => match crate::entity_steps::slot(entity, &scope) {
+            Ok(slot) => start_tasks(ctx, step, vec![slot]),
+            Err(e) => tasks::step_failed(ctx, &step.id, e),
+        },
         Action::Loop { repeat } => iterations::start(ctx, step, repeat),
         Action::Race { race } => races::start(ctx, step, race),
         Action::WaitForEvent { wait_for_event } => {

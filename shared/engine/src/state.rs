@@ -283,6 +283,10 @@ pub struct TaskSlot {
     pub agent: Option<AgentName>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub child: Option<ChildSlot>,
+    /// The entity its attempts operate on (the input is the operation);
+    /// `None` unless it is an entity step's task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entity: Option<crate::entity_steps::EntitySlot>,
     pub input: Value,
     pub status: SlotStatus,
     /// The current (or last) attempt; 0 before the first dispatch.
@@ -363,19 +367,30 @@ impl TaskSlot {
         Self::queued(None, Some(child), input)
     }
 
+    pub(crate) fn for_entity(entity: crate::entity_steps::EntitySlot, operation: Value) -> Self {
+        Self {
+            entity: Some(entity),
+            ..Self::queued(None, None, operation)
+        }
+    }
+
     /// The same work with its attempts not begun (a redriven item).
     pub(crate) fn again(&self) -> Self {
         let child = self.child.as_ref().map(|c| ChildSlot {
             workflow: c.workflow.clone(),
             instance: None,
         });
-        Self::queued(self.agent.clone(), child, self.input.clone())
+        Self {
+            entity: self.entity.clone(),
+            ..Self::queued(self.agent.clone(), child, self.input.clone())
+        }
     }
 
     fn queued(agent: Option<AgentName>, child: Option<ChildSlot>, input: Value) -> Self {
         Self {
             agent,
             child,
+            entity: None,
             input,
             status: SlotStatus::Queued,
             attempt: 0,
@@ -654,7 +669,7 @@ impl InstanceState {
         slots
     }
 
-    fn running_slots(&self) -> Vec<(&legato_workflow::Step, TaskKey, &TaskSlot)> {
+    pub(crate) fn running_slots(&self) -> Vec<(&legato_workflow::Step, TaskKey, &TaskSlot)> {
         let Some(workflow) = self.workflow.as_ref() else {
             return Vec::new();
         };
@@ -716,6 +731,12 @@ impl InstanceState {
     /// names: what a result for it must be to count.
     pub fn runs_attempt(&self, key: &TaskKey, attempt: u32) -> bool {
         crate::tasks::check_running(self, key, attempt).is_ok()
+    }
+
+    /// The operations of entity calls waiting for their answer (see
+    /// `running_tasks`).
+    pub fn running_entity_calls(&self) -> Vec<legato_contracts::EntityOperation> {
+        crate::entity_steps::running_calls(self)
     }
 
     /// The child runs of the attempts running as child workflows, as

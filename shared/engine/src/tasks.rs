@@ -70,6 +70,9 @@ pub(crate) fn dispatch(ctx: &mut Ctx, key: &TaskKey) {
     slot.lease_ms = None;
     slot.news.clear();
     let attempt = slot.attempt;
+    if slot.entity.is_some() {
+        return crate::entity_steps::send(ctx, key, attempt, deadline);
+    }
     let Some(agent) = slot.agent.clone() else {
         return children::start(ctx, key, attempt, deadline);
     };

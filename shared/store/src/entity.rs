@@ -121,8 +121,12 @@ pub(crate) fn answer_of(stored: Value) -> Result<EntityAnswer, crate::StoreError
             if let Some(Value::String(why)) = members.remove("error") {
                 return Ok(Err(why));
             }
-            Err(crate::StoreError::Corrupt("an entity answer without ok or error".into()))
+            Err(crate::StoreError::Corrupt(
+                "an entity answer without ok or error".into(),
+            ))
         }
-        _ => Err(crate::StoreError::Corrupt("an entity answer that is not an object".into())),
+        _ => Err(crate::StoreError::Corrupt(
+            "an entity answer that is not an object".into(),
+        )),
     }
 }

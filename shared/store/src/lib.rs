@@ -35,11 +35,11 @@ pub use azure::{
     ABSENCE_CONFIRMATION, AzureTableConnection, AzureTableStore, DEFAULT_REQUEST_TIMEOUT,
     INDEX_GRACE, table_requests,
 };
+pub use dead_letter::{DeadLetter, DeadLetterPage, DeadLetterQuery};
 pub use entity::{
     ENTITY_OPERATIONS_KEPT, EntityAnswer, EntityCommit, EntityKey, EntityOperationRow, EntityPage,
     EntityQuery, EntityRecord, EntitySummary, StoredEntity,
 };
-pub use dead_letter::{DeadLetter, DeadLetterPage, DeadLetterQuery};
 pub use journal::{JournalEntry, Journaled};
 pub use json_text::JsonText;
 pub use report::{MAX_REPORTS_LISTED, ReplicaReport};

@@ -279,6 +279,7 @@ impl Step {
                 templates.push(input);
             }
             Action::Workflow { input, .. } => templates.push(input),
+            Action::Entity { entity } => templates.extend(entity.templates()),
             // A loop's own fields are evaluated with its body's outputs,
             // when an iteration ends, not when the loop starts.
             Action::WaitForEvent { .. }
@@ -346,6 +347,10 @@ pub enum Action {
     },
     Race {
         race: RaceSpec,
+    },
+    /// An operation on a durable entity (`docs/entities.md`).
+    Entity {
+        entity: crate::EntityStep,
     },
 }
 

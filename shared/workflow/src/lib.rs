@@ -9,6 +9,7 @@
 //! lists every problem with the path where it was found.
 
 mod definition;
+mod entity_step;
 mod expr;
 mod parse;
 
@@ -21,6 +22,7 @@ pub use definition::{
     Action, AgentRef, ChildWorkflow, Compensation, LoopSpec, OnMaxIterations, OnTimeout, RaceSpec,
     RetryPolicy, Step, TimerSpec, WaitForEvent, Work, Workflow,
 };
+pub use entity_step::EntityStep;
 pub use expr::{Expr, ExprError, Scope, Template, Variables};
 pub use parse::{from_value, parse};
 

@@ -158,6 +158,7 @@ struct RawStep {
     #[serde(rename = "loop")]
     repeat: Option<RawLoop>,
     race: Option<RawRace>,
+    entity: Option<Value>,
 }
 
 /// A child workflow: its name, or its name and a pinned version.
@@ -288,6 +289,7 @@ fn parse_step(
         (raw.timer.is_some(), "timer"),
         (raw.repeat.is_some(), "loop"),
         (raw.race.is_some(), "race"),
+        (raw.entity.is_some(), "entity"),
     ]
     .into_iter()
     .filter_map(|(present, name)| present.then_some(name))
@@ -301,24 +303,22 @@ fn parse_step(
         problems.add(
             &label,
             format!(
-                "needs exactly one action of agent, workflow, for_each, wait_for_event, timer, loop, race; found {found}"
+                "needs exactly one action of agent, workflow, for_each, wait_for_event, timer, loop, race, entity; found {found}"
             ),
         );
     }
     let is_work = matches!(chosen.as_slice(), ["agent" | "workflow" | "for_each"]);
-    if !is_work {
-        if raw.input.is_some() {
-            problems.add(
-                &at("input"),
-                "only agent, workflow and for_each steps take an input",
-            );
-        }
-        if raw.retry.is_some() {
-            problems.add(
-                &at("retry"),
-                "only agent, workflow and for_each steps are retried",
-            );
-        }
+    if !is_work && raw.input.is_some() {
+        problems.add(
+            &at("input"),
+            "only agent, workflow and for_each steps take an input",
+        );
+    }
+    if !is_work && chosen.as_slice() != ["entity"] && raw.retry.is_some() {
+        problems.add(
+            &at("retry"),
+            "only agent, workflow, for_each and entity steps are retried",
+        );
     }
     if raw.max_parallel.is_some() && raw.for_each.is_none() {
         problems.add(&at("max_parallel"), "only applies to a for_each step");
@@ -455,6 +455,12 @@ fn parse_step(
         (problems.len() == before).then_some(RaceSpec { steps })
     });
 
+    let entity = raw.entity.and_then(|e| {
+        crate::entity_step::parse(e, base, &at("entity"), &mut |path, message| {
+            problems.add(&path, message)
+        })
+    });
+
     let action = match chosen.as_slice() {
         ["for_each"] => Action::ForEach {
             for_each: items?,
@@ -480,6 +486,7 @@ fn parse_step(
         ["timer"] => Action::Timer { timer: raw.timer? },
         ["loop"] => Action::Loop { repeat: repeat? },
         ["race"] => Action::Race { race: race? },
+        ["entity"] => Action::Entity { entity: entity? },
         _ => return None,
     };
     if problems.len() > before {
@@ -784,6 +791,7 @@ fn step_expression_references(step: &Step) -> Vec<(&'static str, BTreeSet<String
                 refs.push(("wait_for_event.on_timeout", o.output.step_references()));
             }
         }
+        Action::Entity { entity } => refs.push(("entity", entity.step_references())),
         Action::Timer { .. } | Action::Loop { .. } | Action::Race { .. } => {}
     }
     if let Some(c) = &step.compensate {

@@ -346,7 +346,7 @@ fn child_workflow_steps_are_checked_like_everything_else() {
         (
             "    workflow: coder\n",
             "    workflow: coder\n    agent: echo\n",
-            "needs exactly one action of agent, workflow, for_each, wait_for_event, timer, loop, race; found agent and workflow",
+            "needs exactly one action of agent, workflow, for_each, wait_for_event, timer, loop, race, entity; found agent and workflow",
         ),
         (
             "    workflow: { name: tester, version: 2 }",

@@ -4,6 +4,7 @@
 mod chaos;
 mod compose;
 mod dead_letters;
+mod entities;
 mod outage;
 mod scenarios;
 mod schedules;

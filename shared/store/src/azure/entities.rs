@@ -27,7 +27,10 @@ const RECORD_ROW: &str = "e";
 fn partition_of(key: &EntityKey) -> String {
     format!(
         "{}~{}~{}",
-        key.tenant.as_ref().map(TenantId::as_str).unwrap_or_default(),
+        key.tenant
+            .as_ref()
+            .map(TenantId::as_str)
+            .unwrap_or_default(),
         key.entity.entity_type,
         key.entity.id
     )
@@ -64,7 +67,9 @@ fn number(row: &Entity, name: &str) -> Result<u64, StoreError> {
 fn json_of(row: &Entity, name: &str) -> Result<Value, StoreError> {
     match payload::held(row, name)? {
         Held::Inline(bytes) => serde_json::from_slice(&bytes).map_err(|e| corrupt(name, e)),
-        Held::Blob { .. } => Err(StoreError::Corrupt(format!("a claim-checked entity {name}"))),
+        Held::Blob { .. } => Err(StoreError::Corrupt(format!(
+            "a claim-checked entity {name}"
+        ))),
     }
 }
 
@@ -81,7 +86,12 @@ fn put_value(row: &mut Entity, name: &str, value: &Value) -> Result<(), StoreErr
     Ok(())
 }
 
-fn row_with(partition: &str, row_key: &str, name: &str, value: &Value) -> Result<Entity, StoreError> {
+fn row_with(
+    partition: &str,
+    row_key: &str,
+    name: &str,
+    value: &Value,
+) -> Result<Entity, StoreError> {
     let mut row = Entity::new();
     row.insert("PartitionKey".into(), partition.into());
     row.insert("RowKey".into(), row_key.into());
@@ -123,10 +133,7 @@ impl AzureTableStore {
             "UpdatedMs".into(),
             millis(record.updated_at).to_string().into(),
         );
-        row.insert(
-            "Type".into(),
-            record.key.entity.entity_type.as_str().into(),
-        );
+        row.insert("Type".into(), record.key.entity.entity_type.as_str().into());
         let mut batch = self.entities.partition_key_client(&partition).transaction();
         let added = match &commit.expected {
             Expected::New => batch.insert(row),
@@ -152,9 +159,7 @@ impl AzureTableStore {
             .saturating_sub(commit.operations.len() as u64);
         let falls_out = |n: u64| n.saturating_sub(ENTITY_OPERATIONS_KEPT);
         for seq in falls_out(before) + 1..=falls_out(record.operations) {
-            batch = batch
-                .delete(operation_row(seq), None)
-                .map_err(failure)?;
+            batch = batch.delete(operation_row(seq), None).map_err(failure)?;
         }
         let response = batch.await.map_err(failure)?;
         if let Some(failed) = response
@@ -208,7 +213,10 @@ impl AzureTableStore {
         else {
             return Ok(None);
         };
-        Ok(Some((number(&row, "Seq")?, answer_of(json_of(&row, "A")?)?)))
+        Ok(Some((
+            number(&row, "Seq")?,
+            answer_of(json_of(&row, "A")?)?,
+        )))
     }
 
     pub(super) async fn entity_operation_rows(

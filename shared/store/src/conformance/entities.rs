@@ -5,8 +5,8 @@ use serde_json::json;
 
 use super::{BASE, unique};
 use crate::{
-    ENTITY_OPERATIONS_KEPT, EntityCommit, EntityKey, EntityOperationRow, EntityQuery,
-    EntityRecord, Expected, Store, StoreError, TenantFilter, Version,
+    ENTITY_OPERATIONS_KEPT, EntityCommit, EntityKey, EntityOperationRow, EntityQuery, EntityRecord,
+    Expected, Store, StoreError, TenantFilter, Version,
 };
 
 fn key(tenant: Option<&str>, entity_type: &EntityType, id: &str) -> EntityKey {
@@ -103,7 +103,10 @@ pub async fn entity_batches_commit_at_the_version_read_and_apply_each_id_once(st
     );
     assert_eq!(store.entity_answer(&key, "op-8").await.unwrap(), None);
     let recent = store.entity_operations(&key, 2).await.unwrap();
-    assert_eq!(recent, increments(6..=7).into_iter().rev().collect::<Vec<_>>());
+    assert_eq!(
+        recent,
+        increments(6..=7).into_iter().rev().collect::<Vec<_>>()
+    );
 }
 
 pub async fn entities_keep_their_latest_operations_and_every_answer(store: &dyn Store) {
@@ -113,7 +116,11 @@ pub async fn entities_keep_their_latest_operations_and_every_answer(store: &dyn 
     let mut from = 1;
     while from <= total {
         let to = (from + 15).min(total);
-        version = Some(apply(store, &key, version, increments(from..=to)).await.unwrap());
+        version = Some(
+            apply(store, &key, version, increments(from..=to))
+                .await
+                .unwrap(),
+        );
         from = to + 1;
     }
     let recent = store.entity_operations(&key, usize::MAX).await.unwrap();
@@ -138,9 +145,14 @@ pub async fn entities_list_by_tenant_and_type_in_pages(store: &dyn Store) {
         (Some("beta"), &kind, "a"),
         (None, &kind, "z"),
     ] {
-        apply(store, &key(tenant, entity_type, id), None, increments(1..=1))
-            .await
-            .unwrap();
+        apply(
+            store,
+            &key(tenant, entity_type, id),
+            None,
+            increments(1..=1),
+        )
+        .await
+        .unwrap();
     }
     let query = |tenant: TenantFilter, top: usize, continuation: Option<String>| EntityQuery {
         entity_type: Some(kind.clone()),
@@ -149,15 +161,26 @@ pub async fn entities_list_by_tenant_and_type_in_pages(store: &dyn Store) {
         continuation,
     };
     let acme = TenantFilter::Only(Some("acme".into()));
-    let first = store.list_entities(&query(acme.clone(), 2, None)).await.unwrap();
-    let ids: Vec<&str> = first.items.iter().map(|e| e.key.entity.id.as_str()).collect();
+    let first = store
+        .list_entities(&query(acme.clone(), 2, None))
+        .await
+        .unwrap();
+    let ids: Vec<&str> = first
+        .items
+        .iter()
+        .map(|e| e.key.entity.id.as_str())
+        .collect();
     assert_eq!(ids, ["a", "b"]);
     assert_eq!(first.items[0].operations, 1);
     let rest = store
         .list_entities(&query(acme, 2, first.continuation.clone()))
         .await
         .unwrap();
-    let ids: Vec<&str> = rest.items.iter().map(|e| e.key.entity.id.as_str()).collect();
+    let ids: Vec<&str> = rest
+        .items
+        .iter()
+        .map(|e| e.key.entity.id.as_str())
+        .collect();
     assert_eq!((ids, rest.continuation), (vec!["c"], None));
     let none = store
         .list_entities(&query(TenantFilter::Only(None), 10, None))
@@ -165,7 +188,10 @@ pub async fn entities_list_by_tenant_and_type_in_pages(store: &dyn Store) {
         .unwrap();
     assert_eq!(none.items.len(), 1);
     assert_eq!(none.items[0].key, key(None, &kind, "z"));
-    let all = store.list_entities(&query(TenantFilter::All, 10, None)).await.unwrap();
+    let all = store
+        .list_entities(&query(TenantFilter::All, 10, None))
+        .await
+        .unwrap();
     assert_eq!(all.items.len(), 5, "every tenant's, this type only");
     assert!(matches!(
         store

@@ -48,7 +48,10 @@ CREATE TABLE IF NOT EXISTS entity_claims (
 /// The three key columns of an entity.
 fn key_columns(key: &EntityKey) -> (String, String, String) {
     (
-        key.tenant.as_ref().map(|t| t.to_string()).unwrap_or_default(),
+        key.tenant
+            .as_ref()
+            .map(|t| t.to_string())
+            .unwrap_or_default(),
         key.entity.entity_type.to_string(),
         key.entity.id.to_string(),
     )
@@ -59,7 +62,8 @@ fn key_of(tenant: String, entity_type: String, id: String) -> Result<EntityKey, 
         .then(|| TenantId::parse(tenant))
         .transpose()
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let entity_type = EntityType::parse(entity_type).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let entity_type =
+        EntityType::parse(entity_type).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let id = EntityId::parse(id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     Ok(EntityKey::new(tenant, entity_type, id))
 }

@@ -22,11 +22,11 @@ use time::OffsetDateTime;
 use crate::stored::{corrupt, from_millis, millis, topic_from};
 use crate::token::{self, ListPosition};
 use crate::{
-    Commit, DeadLetter, EntityAnswer, EntityCommit, EntityKey, EntityOperationRow, EntityPage,
-    EntityQuery, StoredEntity, DeadLetterPage, DeadLetterQuery, DefinitionRecord, Expected, HistoryFrom,
+    Commit, DeadLetter, DeadLetterPage, DeadLetterQuery, DefinitionRecord, EntityAnswer,
+    EntityCommit, EntityKey, EntityOperationRow, EntityPage, EntityQuery, Expected, HistoryFrom,
     HistoryRow, InstancePage, InstanceQuery, InstanceRecord, InstanceSummary, JsonText,
-    OutboxEntry, OutboxRow, ScheduleRecord, StateParts, Store, StoreError, StoredInstance,
-    StoredSchedule, TenantFilter, TimerRow, Version,
+    OutboxEntry, OutboxRow, ScheduleRecord, StateParts, Store, StoreError, StoredEntity,
+    StoredInstance, StoredSchedule, TenantFilter, TimerRow, Version,
 };
 
 const SCHEMA: &str = r#"

@@ -237,4 +237,45 @@ impl Store for LimitedStore {
     async fn clear_journal(&self, instance: &InstanceId) -> Result<u64, StoreError> {
         self.inner.clear_journal(instance).await
     }
+
+    async fn load_entity(
+        &self,
+        key: &legato_store::EntityKey,
+    ) -> Result<Option<legato_store::StoredEntity>, StoreError> {
+        self.inner.load_entity(key).await
+    }
+
+    async fn commit_entity(
+        &self,
+        commit: legato_store::EntityCommit,
+    ) -> Result<Version, StoreError> {
+        self.inner.commit_entity(commit).await
+    }
+
+    async fn entity_answer(
+        &self,
+        key: &legato_store::EntityKey,
+        id: &str,
+    ) -> Result<Option<(u64, legato_store::EntityAnswer)>, StoreError> {
+        self.inner.entity_answer(key, id).await
+    }
+
+    async fn entity_operations(
+        &self,
+        key: &legato_store::EntityKey,
+        limit: usize,
+    ) -> Result<Vec<legato_store::EntityOperationRow>, StoreError> {
+        self.inner.entity_operations(key, limit).await
+    }
+
+    async fn list_entities(
+        &self,
+        query: &legato_store::EntityQuery,
+    ) -> Result<legato_store::EntityPage, StoreError> {
+        self.inner.list_entities(query).await
+    }
+
+    async fn delete_entity(&self, key: &legato_store::EntityKey) -> Result<bool, StoreError> {
+        self.inner.delete_entity(key).await
+    }
 }

@@ -1,0 +1,136 @@
+//! Durable entities end to end, run by each topology that includes this
+//! file (see `scenarios.rs`): operations from many instances at once
+//! applied once each, in order per sender, answers read by expressions.
+
+use serde_json::{Value, json};
+
+use crate::launch;
+use crate::support::{Legato, step_of, temp_dir};
+
+/// `times` increments of `counter/<input.counter>`, one call after the
+/// other; the output is the last answer.
+pub fn tally() -> Value {
+    json!({"name": "tally", "version": 1, "steps": [{
+        "id": "count",
+        "loop": {
+            "max_iterations": 1000,
+            "until": "${{ iteration >= input.times }}",
+            "output": "${{ steps.add.output }}",
+            "steps": [{"id": "add", "entity": {
+                "type": "counter", "id": "${{ input.counter }}", "op": "increment"
+            }}]
+        }
+    }], "output": "${{ steps.count.output }}"})
+}
+
+/// Reads `counter/<input.counter>`.
+pub fn read_counter() -> Value {
+    json!({"name": "read-counter", "version": 1, "steps": [
+        {"id": "read", "entity": {"type": "counter", "id": "${{ input.counter }}", "op": "read"}}
+    ], "output": "${{ steps.read.output }}"})
+}
+
+/// Starts `instances` tallies of `times` each on one counter.
+pub async fn start_tallies(
+    legato: &Legato,
+    counter: &str,
+    instances: usize,
+    times: u32,
+) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..instances {
+        ids.push(
+            legato
+                .start_instance(
+                    "tally",
+                    json!({"input": {"counter": counter, "times": times}}),
+                )
+                .await,
+        );
+    }
+    ids
+}
+
+pub async fn read_counter_value(legato: &Legato, counter: &str) -> Value {
+    let id = legato
+        .start_instance("read-counter", json!({"input": {"counter": counter}}))
+        .await;
+    legato.wait_status(&id, "Completed").await["output"].clone()
+}
+
+#[tokio::test]
+async fn increments_from_concurrent_instances_sum_exactly() {
+    let dir = temp_dir();
+    let legato = launch(dir.path());
+    legato.register(tally()).await;
+    legato.register(read_counter()).await;
+    let ids = start_tallies(&legato, "shared", 10, 10).await;
+    let mut answers = Vec::new();
+    for id in &ids {
+        let done = legato.wait_status(id, "Completed").await;
+        answers.push(done["output"].as_u64().unwrap());
+    }
+    assert_eq!(read_counter_value(&legato, "shared").await, json!(100));
+    // Every answer is a distinct count: no two increments saw one state.
+    answers.sort_unstable();
+    answers.dedup();
+    assert_eq!(answers.len(), ids.len(), "{answers:?}");
+    assert_eq!(
+        read_counter_value(&legato, "never-touched").await,
+        Value::Null
+    );
+}
+
+#[tokio::test]
+async fn an_entity_remembers_across_runs_and_answers_calls_signals_and_failures() {
+    let dir = temp_dir();
+    let legato = launch(dir.path());
+    legato
+        .register(json!({"name": "remember", "version": 1, "steps": [
+            {"id": "note", "entity": {"type": "customer-memory", "id": "${{ input.customer }}",
+                "op": "append", "path": "/requests", "value": "${{ input.request }}", "cap": 2,
+                "signal": true}},
+            {"id": "recall", "needs": ["note"], "entity": {"type": "customer-memory",
+                "id": "${{ input.customer }}", "op": "read", "path": "/requests"}},
+            {"id": "budget", "needs": ["recall"], "entity": {"type": "customer-memory",
+                "id": "${{ input.customer }}", "op": "increment", "path": "/spent",
+                "by": "${{ input.cost }}", "max": 10}},
+        ], "output": {"seen": "${{ steps.recall.output }}", "spent": "${{ steps.budget.output }}"}}))
+        .await;
+    let run = |request: &str, cost: u64| json!({"input": {"customer": "jane@example.com", "request": request, "cost": cost}});
+    let first = legato
+        .start_instance("remember", run("csv export", 4))
+        .await;
+    let first = legato.wait_status(&first, "Completed").await;
+    assert_eq!(first["output"], json!({"seen": ["csv export"], "spent": 4}));
+    assert_eq!(
+        step_of(&first, "note")["output"],
+        Value::Null,
+        "a signal has no answer"
+    );
+
+    let second = legato.start_instance("remember", run("totals", 5)).await;
+    let second = legato.wait_status(&second, "Completed").await;
+    assert_eq!(
+        second["output"],
+        json!({"seen": ["csv export", "totals"], "spent": 9})
+    );
+
+    // The cap keeps the last two; the bound fails the step for good.
+    let third = legato.start_instance("remember", run("refund", 5)).await;
+    let third = legato.wait_status(&third, "Failed").await;
+    assert_eq!(
+        step_of(&third, "recall")["output"],
+        json!(["totals", "refund"])
+    );
+    let error = step_of(&third, "budget")["error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(error.contains("would pass the maximum 10"), "{error}");
+    assert_eq!(
+        step_of(&third, "budget")["attempts"],
+        1,
+        "not retried: {third:#}"
+    );
+}
