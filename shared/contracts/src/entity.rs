@@ -98,7 +98,98 @@ pub enum Operation {
     },
 }
 
+/// Each operation's name, the fields it takes besides `op`, and those it
+/// needs.
+pub const OPERATION_FIELDS: &[(&str, &[&str], &[&str])] = &[
+    ("set", &["path", "value"], &["value"]),
+    ("merge", &["path", "value"], &["value"]),
+    ("append", &["path", "value", "cap"], &["value"]),
+    ("increment", &["path", "by", "min", "max"], &[]),
+    (
+        "compare_and_set",
+        &["path", "expected", "value"],
+        &["expected", "value"],
+    ),
+    ("remove", &["path"], &[]),
+    ("read", &["path"], &[]),
+];
+
+/// Why a JSON value is not an operation: the JSON Pointer of the field at
+/// fault (`/op`, `/by`; empty for the whole value) and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperationError {
+    pub pointer: String,
+    pub message: String,
+}
+
+impl OperationError {
+    fn at(field: &str, message: impl Into<String>) -> Self {
+        Self {
+            pointer: if field.is_empty() {
+                String::new()
+            } else {
+                format!("/{field}")
+            },
+            message: message.into(),
+        }
+    }
+}
+
 impl Operation {
+    /// Reads an operation from JSON, naming the field at fault (serde's
+    /// own errors cannot, inside a tagged enum).
+    pub fn from_json(value: Value) -> Result<Self, OperationError> {
+        let Value::Object(fields) = &value else {
+            return Err(OperationError::at(
+                "",
+                "must be a JSON object: `op` and its fields",
+            ));
+        };
+        let names: Vec<&str> = OPERATION_FIELDS.iter().map(|(name, _, _)| *name).collect();
+        let op = fields.get("op").and_then(Value::as_str);
+        let Some((name, allowed, needed)) = OPERATION_FIELDS
+            .iter()
+            .find(|(name, _, _)| Some(*name) == op)
+        else {
+            return Err(OperationError::at(
+                "op",
+                format!("must be one of {}", names.join(", ")),
+            ));
+        };
+        for field in fields.keys().filter(|f| *f != "op") {
+            if !allowed.contains(&field.as_str()) {
+                return Err(OperationError::at(
+                    field,
+                    format!("{name} takes only {}", allowed.join(", ")),
+                ));
+            }
+        }
+        if let Some(field) = needed.iter().find(|f| !fields.contains_key(**f)) {
+            return Err(OperationError::at(field, format!("is required by {name}")));
+        }
+        for (field, value) in fields {
+            let fits = match field.as_str() {
+                "path" => value
+                    .as_str()
+                    .is_some_and(|p| p.is_empty() || p.starts_with('/')),
+                "cap" => value.as_u64().is_some_and(|c| c <= u64::from(u32::MAX)),
+                "by" | "min" | "max" => value.is_number(),
+                _ => true,
+            };
+            if !fits {
+                return Err(OperationError::at(
+                    field,
+                    match field.as_str() {
+                        "path" => "must be a JSON Pointer: empty, or starting with /",
+                        "cap" => "must be a whole number from 0 to 4294967295",
+                        _ => "must be a number",
+                    },
+                ));
+            }
+        }
+        serde_json::from_value(value).map_err(|e| OperationError::at("", e.to_string()))
+    }
+
     /// Its name as the API and the workflow language spell it.
     pub fn name(&self) -> &'static str {
         match self {

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use legato_contracts::EntityType;
+use legato_contracts::{EntityType, OPERATION_FIELDS};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -35,21 +35,6 @@ impl EntityStep {
         found
     }
 }
-
-/// Each operation's fields besides `op`, and those it needs.
-const OPERATIONS: &[(&str, &[&str], &[&str])] = &[
-    ("set", &["path", "value"], &["value"]),
-    ("merge", &["path", "value"], &["value"]),
-    ("append", &["path", "value", "cap"], &["value"]),
-    ("increment", &["path", "by", "min", "max"], &[]),
-    (
-        "compare_and_set",
-        &["path", "expected", "value"],
-        &["expected", "value"],
-    ),
-    ("remove", &["path"], &[]),
-    ("read", &["path"], &[]),
-];
 
 /// Parses the `entity` object of a step, adding each problem found with
 /// the path it is at.
@@ -102,11 +87,11 @@ pub(crate) fn parse(
         }
     };
     let op = match fields.get("op") {
-        Some(Value::String(op)) => OPERATIONS.iter().find(|(name, _, _)| name == op),
+        Some(Value::String(op)) => OPERATION_FIELDS.iter().find(|(name, _, _)| name == op),
         _ => None,
     };
     let Some((name, allowed, needed)) = op else {
-        let names: Vec<&str> = OPERATIONS.iter().map(|(name, _, _)| *name).collect();
+        let names: Vec<&str> = OPERATION_FIELDS.iter().map(|(name, _, _)| *name).collect();
         fail(
             format!("{at}.op"),
             format!("is required: one of {}", names.join(", ")),

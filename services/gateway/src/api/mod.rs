@@ -3,6 +3,7 @@ mod callbacks;
 mod completions;
 mod control;
 mod dead_letters;
+mod entities;
 mod instances;
 mod journal;
 mod output;
@@ -42,6 +43,10 @@ pub(crate) use control::{
 pub(crate) use dead_letters::{
     __path_discard_dead_letter, __path_list_dead_letters, __path_replay_dead_letter,
     DeadLetterPage, DeadLetterView,
+};
+pub(crate) use entities::{
+    __path_delete_entity, __path_get_entity, __path_list_entities, __path_operate_entity,
+    EntityList, EntityOperationView, EntitySummaryView, EntityView, OperationAccepted,
 };
 pub(crate) use instances::{
     __path_get_instance, __path_list_instances, __path_purge, __path_start,
@@ -83,8 +88,10 @@ pub(crate) fn required_role(method: &Method, path: &str) -> Role {
         | ("PUT", "/api/v1/tasks/{token}/journal/{name}")
         | ("POST", "/api/v1/tasks/{token}/ask")
         | ("POST", "/api/v1/tasks/{token}/output") => Role::Agent,
-        ("POST", "/api/v1/instances/{id}/events/{name}") => Role::Signal,
+        ("POST", "/api/v1/instances/{id}/events/{name}")
+        | ("POST", "/api/v1/entities/{type}/{id}/operations") => Role::Signal,
         ("DELETE", "/api/v1/instances/{id}")
+        | ("DELETE", "/api/v1/entities/{type}/{id}")
         | ("POST", "/api/v1/instances/{id}/terminate")
         | ("POST", "/api/v1/instances/{id}/suspend")
         | ("POST", "/api/v1/instances/{id}/resume")
@@ -139,6 +146,15 @@ pub(crate) fn routes() -> Router<GatewayState> {
         .route("/api/v1/instances/{id}/resume", post(control::resume))
         .route("/api/v1/instances/{id}/restart", post(control::restart))
         .route("/api/v1/instances/{id}/redrive", post(control::redrive))
+        .route("/api/v1/entities", get(entities::list_entities))
+        .route(
+            "/api/v1/entities/{type}/{id}",
+            get(entities::get_entity).delete(entities::delete_entity),
+        )
+        .route(
+            "/api/v1/entities/{type}/{id}/operations",
+            post(entities::operate_entity),
+        )
         .route("/api/v1/agents", get(agents::list_agents))
         .route(
             "/api/v1/agents/{name}",

@@ -134,3 +134,109 @@ async fn an_entity_remembers_across_runs_and_answers_calls_signals_and_failures(
         "not retried: {third:#}"
     );
 }
+
+/// Polls an entity until `done` holds (bounded).
+async fn entity_when(legato: &Legato, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..300 {
+        let (status, body) = legato.get_json(path).await;
+        if status == reqwest::StatusCode::OK && done(&body) {
+            return body;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{path} never became what the test waits for");
+}
+
+#[tokio::test]
+async fn the_api_lists_reads_operates_once_per_key_and_deletes_entities() {
+    let dir = temp_dir();
+    let legato = launch(dir.path());
+    legato.register(tally()).await;
+    for id in start_tallies(&legato, "api-tally", 3, 10).await {
+        legato.wait_status(&id, "Completed").await;
+    }
+    let (status, view) = legato
+        .get_json("/api/v1/entities/counter/api-tally?operations=5")
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{view:#}");
+    assert_eq!(
+        (view["state"].clone(), view["operations"].clone()),
+        (json!(30), json!(30))
+    );
+    let recent = view["recent"].as_array().unwrap();
+    assert_eq!(recent.len(), 5);
+    assert_eq!(recent[0]["seq"], 30, "newest first");
+    assert_eq!(recent[0]["answer"], 30);
+    assert_eq!(recent[0]["operation"], json!({"op": "increment"}));
+    assert!(
+        recent[0]["sender"].as_str().is_some(),
+        "the tally that sent it: {recent:#?}"
+    );
+
+    // One key, sent three times: applied once.
+    let path = "/api/v1/entities/counter/api-tally/operations";
+    for _ in 0..3 {
+        let (status, body) = legato
+            .post_once(path, "bump-1", json!({"op": "increment", "by": 100}))
+            .await;
+        assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{body}");
+        assert_eq!(body["operationId"], "api/bump-1");
+    }
+    let (status, _) = legato
+        .post(path, json!({"op": "increment", "by": 1000}))
+        .await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED);
+    let view = entity_when(&legato, "/api/v1/entities/counter/api-tally", |v| {
+        v["operations"] == 32
+    })
+    .await;
+    assert_eq!(view["state"], json!(1130));
+    assert_eq!(view["recent"][1]["id"], "api/bump-1");
+    assert_eq!(view["recent"][1]["sender"], "api");
+
+    let (status, list) = legato.get_json("/api/v1/entities?type=counter").await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    let ids: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&"api-tally"), "{list:#}");
+
+    // Bad input is named; nothing is sent.
+    for (body, field) in [
+        (json!({"op": "teleport"}), "/op"),
+        (json!({"op": "increment", "by": "x"}), "/by"),
+        (json!({"op": "read"}), "/op"),
+        (json!([1]), "body"),
+    ] {
+        let (status, problem) = legato.post(path, body.clone()).await;
+        assert_eq!(
+            status,
+            reqwest::StatusCode::BAD_REQUEST,
+            "{body}: {problem}"
+        );
+        assert!(problem.to_string().contains(field), "{body}: {problem:#}");
+    }
+    let (status, problem) = legato
+        .post(
+            "/api/v1/entities/Counter/x/operations",
+            json!({"op": "remove"}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "{problem}");
+    let (status, problem) = legato.get_json("/api/v1/entities/counter/a%2Fb").await;
+    assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "{problem}");
+
+    assert_eq!(
+        legato.delete("/api/v1/entities/counter/api-tally").await,
+        reqwest::StatusCode::NO_CONTENT
+    );
+    let (status, _) = legato.get_json("/api/v1/entities/counter/api-tally").await;
+    assert_eq!(status, reqwest::StatusCode::NOT_FOUND);
+    assert_eq!(
+        legato.delete("/api/v1/entities/counter/api-tally").await,
+        reqwest::StatusCode::NOT_FOUND
+    );
+}

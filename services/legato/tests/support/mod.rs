@@ -329,6 +329,12 @@ impl Legato {
             .await
     }
 
+    /// A POST with an `Idempotency-Key`.
+    pub async fn post_once(&self, path: &str, key: &str, body: Value) -> (StatusCode, Value) {
+        let request = self.client.post(self.url(path)).json(&body);
+        self.answer(request.header("Idempotency-Key", key)).await
+    }
+
     pub async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
         self.answer(self.client.put(self.url(path)).json(&body))
             .await
