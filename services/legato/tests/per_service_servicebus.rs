@@ -6,6 +6,8 @@
 
 #[path = "e2e/chaos.rs"]
 mod chaos;
+#[path = "e2e/entities.rs"]
+mod entities;
 #[path = "e2e/scenarios.rs"]
 mod scenarios;
 #[path = "support/mod.rs"]
@@ -24,6 +26,13 @@ pub fn launch(data_dir: &Path) -> Legato {
 async fn twenty_kills_during_fifty_instances_over_servicebus_lose_and_duplicate_nothing() {
     let standin = support::ServiceBusStandIn::start();
     chaos::twenty_kills_during_fifty_instances(|dir| support::servicebus_env(dir, &standin)).await;
+}
+
+#[tokio::test]
+async fn entity_increments_over_servicebus_survive_orchestrator_kills_exactly() {
+    let standin = support::ServiceBusStandIn::start();
+    let env = |dir: &Path| support::servicebus_env(dir, &standin);
+    chaos::increments_survive_orchestrator_kills(env, 100, 100).await;
 }
 
 /// `legato bench --bus servicebus` runs the stack over the stand-in and

@@ -231,3 +231,66 @@ pub(crate) async fn dead_letters(env: &[(String, String)], legato: Option<&Legat
     }
     found
 }
+
+/// `instances` tallies of `times` increments each on one entity, while one
+/// of two orchestrator replicas is killed with `-9` (and restarted) every
+/// second or so: the entity ends at exactly `instances * times`, with as
+/// many operations applied, and nothing is dead-lettered.
+pub async fn increments_survive_orchestrator_kills(
+    settings: impl FnOnce(&Path) -> Vec<(String, String)>,
+    instances: usize,
+    times: u32,
+) {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    println!("chaos seed {seed}");
+    let mut rng = Lcg(seed);
+    let dir = temp_dir();
+    let env = settings(dir.path());
+    let gateway_port = free_port();
+    let mut gateway_env = env.clone();
+    gateway_env.push(("LEGATO__HTTP__PORT".into(), gateway_port.to_string()));
+    let mut orchestrator = Service::start("orchestrator", dir.path(), &env);
+    let _orchestrator_b = Service::start("orchestrator", dir.path(), &env);
+    let _gateway = Service::start("gateway", dir.path(), &gateway_env);
+    let legato = Legato::attach(format!("http://127.0.0.1:{gateway_port}"), dir.path());
+    legato.register(crate::entities::tally()).await;
+    let ids = crate::entities::start_tallies(&legato, "chaos", instances, times).await;
+    let total = instances as u64 * u64::from(times);
+    let path = "/api/v1/entities/counter/chaos";
+    let applied = || async {
+        let (_, entity) = legato.get_json(path).await;
+        entity["operations"].as_u64().unwrap_or(0)
+    };
+    let mut kills = 0;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while applied().await < total * 9 / 10 && kills < 20 {
+        tokio::time::sleep(Duration::from_millis(500 + rng.next(1000))).await;
+        orchestrator.kill();
+        orchestrator = Service::start("orchestrator", dir.path(), &env);
+        kills += 1;
+        assert!(
+            Instant::now() < deadline,
+            "seed {seed}: the kills took too long"
+        );
+    }
+    assert!(kills >= 2, "seed {seed}: only {kills} kills before the end");
+    for id in &ids {
+        legato
+            .wait_for(id, "completed", Duration::from_secs(300), |s| {
+                s["runtimeStatus"] == "Completed"
+            })
+            .await;
+    }
+    let (_, entity) = legato.get_json(path).await;
+    assert_eq!(entity["state"], json!(total), "seed {seed}: {entity:#}");
+    assert_eq!(
+        entity["operations"],
+        json!(total),
+        "seed {seed}: each increment applied once"
+    );
+    let dead = dead_letters(&env, Some(&legato)).await;
+    assert!(dead.is_empty(), "seed {seed}: dead-lettered: {dead:#?}");
+}

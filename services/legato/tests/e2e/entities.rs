@@ -2,6 +2,8 @@
 //! file (see `scenarios.rs`): operations from many instances at once
 //! applied once each, in order per sender, answers read by expressions.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 
 use crate::launch;
@@ -135,18 +137,6 @@ async fn an_entity_remembers_across_runs_and_answers_calls_signals_and_failures(
     );
 }
 
-/// Polls an entity until `done` holds (bounded).
-async fn entity_when(legato: &Legato, path: &str, done: impl Fn(&Value) -> bool) -> Value {
-    for _ in 0..300 {
-        let (status, body) = legato.get_json(path).await;
-        if status == reqwest::StatusCode::OK && done(&body) {
-            return body;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("{path} never became what the test waits for");
-}
-
 #[tokio::test]
 async fn the_api_lists_reads_operates_once_per_key_and_deletes_entities() {
     let dir = temp_dir();
@@ -186,10 +176,13 @@ async fn the_api_lists_reads_operates_once_per_key_and_deletes_entities() {
         .post(path, json!({"op": "increment", "by": 1000}))
         .await;
     assert_eq!(status, reqwest::StatusCode::ACCEPTED);
-    let view = entity_when(&legato, "/api/v1/entities/counter/api-tally", |v| {
-        v["operations"] == 32
-    })
-    .await;
+    let view = legato
+        .wait_for_json(
+            "/api/v1/entities/counter/api-tally",
+            Duration::from_secs(30),
+            |v| v["operations"] == 32,
+        )
+        .await;
     assert_eq!(view["state"], json!(1130));
     assert_eq!(view["recent"][1]["id"], "api/bump-1");
     assert_eq!(view["recent"][1]["sender"], "api");

@@ -29,6 +29,11 @@ async fn twenty_kills_during_fifty_instances_over_rabbitmq_lose_and_duplicate_no
     chaos::twenty_kills_during_fifty_instances(support::services_env).await;
 }
 
+#[tokio::test]
+async fn entity_increments_over_rabbitmq_survive_orchestrator_kills_exactly() {
+    chaos::increments_survive_orchestrator_kills(support::services_env, 100, 100).await;
+}
+
 /// A task's question outlives the whole stack: `legato up` killed while
 /// the question waits, started again, the answer goes through and the task
 /// replays its journal to it.
@@ -432,4 +437,40 @@ fn bench_scale_modes_report_growth_and_memory() {
         assert!(out.contains("mean gap between events"), "{out}");
         assert!(out.contains("peak resident"), "{out}");
     }
+}
+
+/// 10,000 increments of one entity from 100 instances at once, `legato up`
+/// killed with `-9` twice on the way: the entity ends at exactly 10,000,
+/// with as many operations applied (none twice, none lost).
+#[tokio::test]
+async fn ten_thousand_increments_from_a_hundred_instances_survive_two_kills_exactly() {
+    let dir = temp_dir();
+    let mut legato = Legato::start(dir.path());
+    legato.register(entities::tally()).await;
+    let ids = entities::start_tallies(&legato, "kills", 100, 100).await;
+    for at_least in [2_000, 6_000] {
+        legato
+            .wait_for_json(
+                "/api/v1/entities/counter/kills",
+                Duration::from_secs(300),
+                |e| e["operations"].as_u64().unwrap_or(0) >= at_least,
+            )
+            .await;
+        legato.kill();
+        legato = Legato::start(dir.path());
+    }
+    for id in &ids {
+        legato
+            .wait_for(id, "completed", Duration::from_secs(600), |s| {
+                s["runtimeStatus"] == "Completed"
+            })
+            .await;
+    }
+    let (_, entity) = legato.get_json("/api/v1/entities/counter/kills").await;
+    assert_eq!(entity["state"], json!(10_000), "{entity:#}");
+    assert_eq!(
+        entity["operations"],
+        json!(10_000),
+        "each increment applied once"
+    );
 }

@@ -378,6 +378,28 @@ impl Legato {
         }
     }
 
+    /// Polls a GET until it answers 200 with a body `done` holds of, or
+    /// the deadline passes.
+    pub async fn wait_for_json(
+        &self,
+        path: &str,
+        limit: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let (status, body) = self.get_json(path).await;
+            if status == StatusCode::OK && done(&body) {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{path}: not as awaited within {limit:?}: {status} {body:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// The agent as the registry lists it once `shown` holds of it (its
     /// figures are reported every 5 s; waits at most 20 s).
     pub async fn agent_when(&self, agent: &str, shown: impl Fn(&Value) -> bool) -> Value {
