@@ -320,6 +320,7 @@ fn step_views(
                 Action::Loop { .. } => "loop",
                 Action::Race { .. } => "race",
                 Action::Entity { .. } => "entity",
+                Action::Lock { .. } => "lock",
             }
             .to_owned(),
             parent: parent.map(str::to_owned),

@@ -6,19 +6,25 @@
 //! applied again. Calls are answered after the commit, as their task
 //! attempt's result; the message is acked only once that answer is sent.
 //! Reads skip the mailbox: they answer from the state as committed.
+//! Locking operations are answered when the holder's turn comes (see
+//! `reconcile` for holders that are gone).
+
+mod reconcile;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use legato_bus::Bus;
 use legato_contracts::{
-    Caller, EntityOperation, Envelope, InstanceId, Payload, TaskCompleted, TaskError, TaskFailed,
+    Caller, EntityOperation, Envelope, InstanceId, Operation, Payload, TaskCompleted, TaskError,
+    TaskFailed,
 };
-use legato_engine::entities;
+use legato_engine::entities::{self, LockState, Reply};
 use legato_store::{
     EntityAnswer, EntityCommit, EntityKey, EntityOperationRow, EntityRecord, Expected, Store,
     StoreError,
 };
+use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
@@ -42,12 +48,35 @@ pub(crate) struct Entities {
     mailboxes: Mailboxes<EntityKey, Waiting>,
 }
 
-struct Waiting {
+/// An operation to apply, whoever sent it.
+struct Op {
     operation: EntityOperation,
-    /// Who sent it: the message's subject.
+    /// Who sent it: the message's subject (or, for a release on behalf of
+    /// a holder that is gone, that holder).
     sender: InstanceId,
     at: OffsetDateTime,
+}
+
+struct Waiting {
+    op: Op,
     answer: oneshot::Sender<Result<Applied, ApplyError>>,
+}
+
+/// How an operation came out, as its caller and the waiters it let in
+/// are told.
+#[derive(Debug, Clone)]
+struct Outcome {
+    reply: Reply,
+    granted: Vec<Caller>,
+}
+
+/// What a batch came to.
+struct Batch {
+    outcomes: Vec<Outcome>,
+    /// Whether holders must be checked against their instances: someone
+    /// waits, or a locking operation came again (its first answer may
+    /// not have reached its caller).
+    reconcile: bool,
 }
 
 impl Entities {
@@ -76,6 +105,15 @@ impl Entities {
                 caller.instance
             )));
         }
+        if let Operation::Acquire { holder, .. } | Operation::Release { holder } =
+            &operation.operation
+            && holder.instance.tenant() != sender.tenant()
+        {
+            return Err(ApplyError::Rejected(format!(
+                "the holder {} is not in the tenant of the sender {sender}",
+                holder.instance
+            )));
+        }
         let key = EntityKey {
             tenant: sender.tenant(),
             entity: operation.entity.clone(),
@@ -85,9 +123,11 @@ impl Entities {
         }
         let (answer, answered) = oneshot::channel();
         let waiting = Waiting {
-            operation,
-            sender: sender.clone(),
-            at,
+            op: Op {
+                operation,
+                sender: sender.clone(),
+                at,
+            },
             answer,
         };
         if self.mailboxes.post(&key, waiting) {
@@ -115,23 +155,21 @@ impl Entities {
             .map(|stored| stored.record.state)
             .unwrap_or_default();
         let answer = entities::apply(&state, &operation.operation).map(|(_, answer)| answer);
-        self.reply(&[(operation, &answer)]).await?;
+        let outcome = Outcome {
+            reply: Reply::Now(answer),
+            granted: Vec::new(),
+        };
+        self.tell(&[(operation, outcome)]).await?;
         Ok(Applied::Accepted)
     }
 
     async fn run(self: Arc<Self>, key: EntityKey) {
         let mut runner = self.mailboxes.runner(&key);
         while let Some(batch) = runner.next_batch(MAX_BATCH) {
-            let answers = self.apply_batch(&key, &batch).await;
-            let replied = match &answers {
-                Ok(answers) => {
-                    let calls: Vec<_> = batch.iter().map(|w| &w.operation).zip(answers).collect();
-                    self.reply(&calls).await.map_err(ApplyError::from)
-                }
-                Err(e) => Err(e.again()),
-            };
+            let ops: Vec<&Op> = batch.iter().map(|w| &w.op).collect();
+            let done = self.apply_and_tell(&key, &ops).await;
             for waiting in batch {
-                let outcome = match &replied {
+                let outcome = match &done {
                     Ok(()) => Ok(Applied::Accepted),
                     Err(e) => Err(e.again()),
                 };
@@ -140,25 +178,51 @@ impl Entities {
         }
     }
 
-    /// Each operation's answer: applied now, or (its id applied before)
+    /// Applies `ops`, tells their callers and the waiters they let in, and
+    /// checks the holders when the lock calls for it.
+    async fn apply_and_tell(&self, key: &EntityKey, ops: &[&Op]) -> Result<(), ApplyError> {
+        let batch = self.apply_batch(key, ops).await?;
+        let told: Vec<_> = ops
+            .iter()
+            .map(|op| &op.operation)
+            .zip(batch.outcomes)
+            .collect();
+        let just_granted: Vec<Caller> = told
+            .iter()
+            .flat_map(|(op, outcome)| {
+                let own = match (&outcome.reply, &op.caller, &op.operation) {
+                    (Reply::Now(Ok(_)), Some(caller), Operation::Acquire { .. }) => {
+                        Some(caller.clone())
+                    }
+                    _ => None,
+                };
+                own.into_iter().chain(outcome.granted.iter().cloned())
+            })
+            .collect();
+        self.tell(&told).await?;
+        if batch.reconcile {
+            self.reconcile(key, &just_granted).await?;
+        }
+        Ok(())
+    }
+
+    /// Each operation's outcome: applied now, or (its id applied before)
     /// as the store recorded it.
-    async fn apply_batch(
-        &self,
-        key: &EntityKey,
-        batch: &[Waiting],
-    ) -> Result<Vec<EntityAnswer>, ApplyError> {
-        let mut answers: Vec<Option<EntityAnswer>> = batch.iter().map(|_| None).collect();
+    async fn apply_batch(&self, key: &EntityKey, ops: &[&Op]) -> Result<Batch, ApplyError> {
+        let mut outcomes: Vec<Option<Outcome>> = ops.iter().map(|_| None).collect();
+        let mut reconcile = false;
         for round in 0..MAX_ROUNDS {
-            let open: Vec<usize> = (0..batch.len()).filter(|&i| answers[i].is_none()).collect();
+            let open: Vec<usize> = (0..ops.len()).filter(|&i| outcomes[i].is_none()).collect();
             if open.is_empty() {
                 break;
             }
-            let planned = self.plan(key, batch, &open).await?;
+            let planned = self.plan(key, ops, &open).await?;
             match self.store.commit_entity(planned.commit).await {
                 Ok(_) => {
-                    for (i, answer) in planned.answered {
-                        answers[i] = Some(answer);
+                    for (i, outcome) in planned.outcomes {
+                        outcomes[i] = Some(outcome);
                     }
+                    reconcile |= !planned.lock.waiting.is_empty();
                 }
                 Err(StoreError::Claimed(id)) => {
                     let Some((_, answer)) = self.store.entity_answer(key, &id).await? else {
@@ -166,9 +230,12 @@ impl Entities {
                             "operation {id} on entity {key} was applied, and its answer is gone"
                         ))));
                     };
+                    let lock = self.lock_of(key).await?;
                     for &i in &open {
-                        if batch[i].operation.id == id {
-                            answers[i] = Some(answer.clone());
+                        let operation = &ops[i].operation;
+                        if operation.id == id {
+                            reconcile |= operation.operation.is_locking();
+                            outcomes[i] = Some(again(&operation.operation, &answer, &lock));
                         }
                     }
                 }
@@ -181,97 +248,144 @@ impl Entities {
                 Err(e) => return Err(e.into()),
             }
         }
-        answers
+        let outcomes = outcomes
             .into_iter()
-            .map(|answer| {
-                answer.ok_or_else(|| {
+            .map(|outcome| {
+                outcome.ok_or_else(|| {
                     ApplyError::Transient(StoreError::Conflict(format!(
                         "entity {key} kept changing under {MAX_ROUNDS} tries"
                     )))
                 })
             })
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok(Batch {
+            outcomes,
+            reconcile,
+        })
+    }
+
+    async fn lock_of(&self, key: &EntityKey) -> Result<LockState, ApplyError> {
+        let stored = self.store.load_entity(key).await?;
+        Ok(stored
+            .map(|s| lock_state(&s.record.lock))
+            .transpose()?
+            .unwrap_or_default())
     }
 
     /// The commit of the open operations (as many as fit) on the entity
-    /// as stored, and the answer each will have once it lands. An id sent
+    /// as stored, and the outcome each will have once it lands. An id sent
     /// twice in the batch is applied once and answered twice.
     async fn plan(
         &self,
         key: &EntityKey,
-        batch: &[Waiting],
+        ops: &[&Op],
         open: &[usize],
     ) -> Result<Planned, ApplyError> {
         let stored = self.store.load_entity(key).await?;
-        let (mut state, mut seq, expected) = match stored {
+        let (mut state, mut lock, mut seq, expected) = match stored {
             Some(s) => (
                 s.record.state,
+                lock_state(&s.record.lock)?,
                 s.record.operations,
                 Expected::Version(s.version),
             ),
-            None => (serde_json::Value::Null, 0, Expected::New),
+            None => (Value::Null, LockState::default(), 0, Expected::New),
         };
         let mut rows: Vec<EntityOperationRow> = Vec::new();
-        let mut answered: Vec<(usize, EntityAnswer)> = Vec::new();
+        let mut outcomes: Vec<(usize, Outcome)> = Vec::new();
         let mut bytes = 0;
         for &i in open {
-            let waiting = &batch[i];
-            if let Some(row) = rows.iter().find(|r| r.id == waiting.operation.id) {
-                answered.push((i, row.answer.clone()));
+            let op = ops[i];
+            if let Some(first) = rows.iter().position(|r| r.id == op.operation.id) {
+                let twin = outcomes
+                    .iter()
+                    .find(|(j, _)| ops[*j].operation.id == rows[first].id)
+                    .map(|(_, outcome)| Outcome {
+                        reply: outcome.reply.clone(),
+                        granted: Vec::new(),
+                    });
+                if let Some(twin) = twin {
+                    outcomes.push((i, twin));
+                }
                 continue;
             }
-            let answer = match entities::apply(&state, &waiting.operation.operation) {
-                Ok((next, answer)) => {
-                    state = next;
-                    Ok(answer)
-                }
-                Err(why) => Err(why),
-            };
-            let operation = serde_json::to_value(&waiting.operation.operation)
+            let applied = entities::apply_op(
+                &state,
+                &lock,
+                &op.operation.operation,
+                op.operation.caller.as_ref(),
+            );
+            let answer = recorded(&applied.reply, &applied.granted);
+            let operation = serde_json::to_value(&op.operation.operation)
                 .map_err(|e| ApplyError::Rejected(e.to_string()))?;
             bytes += operation.to_string().len() + 2 * answer_bytes(&answer);
             if bytes > MAX_BATCH_BYTES && !rows.is_empty() {
                 break;
             }
+            (state, lock) = (applied.state, applied.lock);
             seq += 1;
-            answered.push((i, answer.clone()));
+            outcomes.push((
+                i,
+                Outcome {
+                    reply: applied.reply,
+                    granted: applied.granted,
+                },
+            ));
             rows.push(EntityOperationRow {
                 seq,
-                id: waiting.operation.id.clone(),
-                at: waiting.at,
+                id: op.operation.id.clone(),
+                at: op.at,
                 operation,
                 answer,
-                sender: Some(sender_of(waiting).to_string()),
+                sender: Some(sender_of(op).to_string()),
             });
         }
         let updated_at = rows.last().map_or_else(OffsetDateTime::now_utc, |r| r.at);
+        let lock_value = if lock.is_free() {
+            Value::Null
+        } else {
+            serde_json::to_value(&lock).map_err(|e| ApplyError::Rejected(e.to_string()))?
+        };
         Ok(Planned {
             commit: EntityCommit {
                 record: EntityRecord {
                     key: key.clone(),
                     state,
+                    lock: lock_value,
                     operations: seq,
                     updated_at,
                 },
                 expected,
                 operations: rows,
             },
-            answered,
+            outcomes,
+            lock,
         })
     }
 
-    /// Sends each call's answer to the task attempt waiting for it, in one
-    /// publish; signals need none.
-    async fn reply(&self, answers: &[(&EntityOperation, &EntityAnswer)]) -> Result<(), StoreError> {
-        for (operation, answer) in answers {
-            let Some(caller) = &operation.caller else {
-                continue;
-            };
+    /// Sends each caller its answer (signals: that it applied) and each
+    /// waiter let in that it holds the lock.
+    async fn tell(&self, told: &[(&EntityOperation, Outcome)]) -> Result<(), StoreError> {
+        let mut messages = Vec::new();
+        for (operation, outcome) in told {
+            if let (Reply::Now(answer), Some(caller)) = (&outcome.reply, &operation.caller) {
+                messages.push((caller.clone(), result_of(caller, answer)));
+            }
+            for caller in &outcome.granted {
+                messages.push((caller.clone(), result_of(caller, &Ok(entities::granted()))));
+            }
+        }
+        self.send(messages).await
+    }
+
+    /// Publishes each result to the instance of the attempt it is for.
+    async fn send(&self, messages: Vec<(Caller, Payload)>) -> Result<(), StoreError> {
+        for (caller, payload) in messages {
             let envelope = Envelope::new(
                 crate::effects::SOURCE,
                 caller.instance.clone(),
                 OffsetDateTime::now_utc(),
-                result_of(caller, answer),
+                payload,
             );
             self.bus
                 .publish_envelope(&envelope)
@@ -284,17 +398,66 @@ impl Entities {
 
 struct Planned {
     commit: EntityCommit,
-    answered: Vec<(usize, EntityAnswer)>,
+    outcomes: Vec<(usize, Outcome)>,
+    /// The lock once the batch is applied.
+    lock: LockState,
 }
 
-/// The instance an operation came from: its caller's, else the message's
-/// subject.
-fn sender_of(waiting: &Waiting) -> &InstanceId {
-    waiting
-        .operation
+fn lock_state(value: &Value) -> Result<LockState, ApplyError> {
+    if value.is_null() {
+        return Ok(LockState::default());
+    }
+    serde_json::from_value(value.clone())
+        .map_err(|e| ApplyError::Transient(StoreError::Corrupt(format!("entity lock: {e}"))))
+}
+
+/// What the store keeps as an operation's answer: a waiting acquisition's
+/// is `{"waiting": true}`, a release's names the waiters it let in (so
+/// that, sent again, it tells them again).
+fn recorded(reply: &Reply, granted: &[Caller]) -> EntityAnswer {
+    match reply {
+        Reply::Now(answer) if !granted.is_empty() => {
+            answer.clone().map(|_| json!({ "granted": granted }))
+        }
+        Reply::Now(answer) => answer.clone(),
+        Reply::Later => Ok(json!({ "waiting": true })),
+    }
+}
+
+/// The outcome of an operation applied before, sent again: as recorded,
+/// but for an acquisition, whose caller learns where it stands now.
+fn again(operation: &Operation, answer: &EntityAnswer, lock: &LockState) -> Outcome {
+    match operation {
+        Operation::Acquire { holder, .. } => Outcome {
+            reply: if lock.holders.contains(holder) {
+                Reply::Now(Ok(entities::granted()))
+            } else {
+                Reply::Later
+            },
+            granted: Vec::new(),
+        },
+        Operation::Release { .. } => Outcome {
+            reply: Reply::Now(answer.clone()),
+            granted: answer
+                .as_ref()
+                .ok()
+                .and_then(|a| a.get("granted"))
+                .and_then(|g| serde_json::from_value(g.clone()).ok())
+                .unwrap_or_default(),
+        },
+        _ => Outcome {
+            reply: Reply::Now(answer.clone()),
+            granted: Vec::new(),
+        },
+    }
+}
+
+/// The instance an operation came from: its caller's, else the sender.
+fn sender_of(op: &Op) -> &InstanceId {
+    op.operation
         .caller
         .as_ref()
-        .map_or(&waiting.sender, |c: &Caller| &c.instance)
+        .map_or(&op.sender, |c: &Caller| &c.instance)
 }
 
 fn answer_bytes(answer: &EntityAnswer) -> usize {
@@ -305,27 +468,12 @@ fn answer_bytes(answer: &EntityAnswer) -> usize {
 }
 
 /// The attempt's result: the answer as its output, or a failure no retry
-/// mends (the same operation would fail the same way).
+/// mends (the same operation would fail the same way). A signal's is
+/// `null` whatever the answer.
 fn result_of(caller: &Caller, answer: &EntityAnswer) -> Payload {
-    if caller.signal {
-        return TaskCompleted {
-            key: caller.key.clone(),
-            attempt: caller.attempt,
-            output: serde_json::Value::Null,
-            custom_status: None,
-            usage: None,
-        }
-        .into();
-    }
     match answer {
-        Ok(output) => TaskCompleted {
-            key: caller.key.clone(),
-            attempt: caller.attempt,
-            output: output.clone(),
-            custom_status: None,
-            usage: None,
-        }
-        .into(),
+        _ if caller.signal => completed(caller, Value::Null),
+        Ok(output) => completed(caller, output.clone()),
         Err(message) => TaskFailed {
             key: caller.key.clone(),
             attempt: caller.attempt,
@@ -337,6 +485,17 @@ fn result_of(caller: &Caller, answer: &EntityAnswer) -> Payload {
         }
         .into(),
     }
+}
+
+fn completed(caller: &Caller, output: Value) -> Payload {
+    TaskCompleted {
+        key: caller.key.clone(),
+        attempt: caller.attempt,
+        output,
+        custom_status: None,
+        usage: None,
+    }
+    .into()
 }
 
 /// A number below `n` (at least 1), spread enough to part replicas that

@@ -89,6 +89,16 @@ pub enum Operation {
         #[serde(default, skip_serializing_if = "String::is_empty")]
         path: String,
     },
+    /// Holds the entity for `holder` (a lock step's acquisition) while
+    /// fewer than `capacity` hold it and nobody waits before; otherwise
+    /// `holder` waits its turn (first come, first served). Answers
+    /// `{"granted": true}` when held, now or later. Sent by the engine,
+    /// never by the API.
+    Acquire { holder: Holder, capacity: u32 },
+    /// Lets go of the entity for `holder` (holding or waiting), and grants
+    /// it to those waiting while there is room. Sent by the engine, and by
+    /// the orchestrator for a holder whose lock step is gone.
+    Release { holder: Holder },
     /// Answers the value at `path` (`null` when absent) as last committed,
     /// without waiting behind the operations queued for the entity and
     /// without being recorded: reads never wait behind writes.
@@ -200,13 +210,29 @@ impl Operation {
             Self::CompareAndSet { .. } => "compare_and_set",
             Self::Remove { .. } => "remove",
             Self::Read { .. } => "read",
+            Self::Acquire { .. } => "acquire",
+            Self::Release { .. } => "release",
         }
+    }
+
+    /// Whether it locks or unlocks (sent by the engine, never the API).
+    pub fn is_locking(&self) -> bool {
+        matches!(self, Self::Acquire { .. } | Self::Release { .. })
     }
 
     /// Whether it changes nothing (a read).
     pub fn is_read(&self) -> bool {
         matches!(self, Self::Read { .. })
     }
+}
+
+/// Who holds (or waits for) an entity as a lock: a lock step's
+/// acquisition task, one per entity it locks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Holder {
+    pub instance: InstanceId,
+    pub key: TaskKey,
 }
 
 /// The task attempt waiting for an operation's answer: it comes back as

@@ -16,8 +16,8 @@ mod task;
 mod usage;
 
 pub use entity::{
-    Caller, EntityOperation, EntityRef, MAX_OPERATION_BYTES, MAX_OPERATION_ID, OPERATION_FIELDS,
-    Operation, OperationError,
+    Caller, EntityOperation, EntityRef, Holder, MAX_OPERATION_BYTES, MAX_OPERATION_ID,
+    OPERATION_FIELDS, Operation, OperationError,
 };
 pub use envelope::{DecodeError, Envelope, SPEC_VERSION, TraceParent};
 pub use ids::{

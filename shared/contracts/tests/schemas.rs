@@ -177,6 +177,21 @@ fn samples() -> Vec<Payload> {
             }),
         }
         .into(),
+        EntityOperation {
+            entity: EntityRef {
+                entity_type: EntityType::parse("repo").unwrap(),
+                id: EntityId::parse("acme.billing").unwrap(),
+            },
+            id: "i-1/e0/edit[0]/release".into(),
+            operation: Operation::Release {
+                holder: Holder {
+                    instance: InstanceId::parse("i-1").unwrap(),
+                    key: key(),
+                },
+            },
+            caller: None,
+        }
+        .into(),
         TaskHeartbeat {
             key: key(),
             attempt: 1,

@@ -2,15 +2,147 @@
 //! the engine, so every replica applying the same operations in the same
 //! order comes to the same state and the same answers.
 
-use legato_contracts::Operation;
+use legato_contracts::{Caller, Holder, Operation};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Number, Value, json};
 
 /// The largest state an entity may grow to, as JSON: an operation that
 /// would pass it fails and changes nothing.
 pub const MAX_ENTITY_STATE_BYTES: usize = 256 * 1024;
 
+/// An entity held as a lock: who holds it and who waits, first come,
+/// first served. Kept beside the entity's state, which locking never
+/// touches.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LockState {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holders: Vec<Holder>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting: Vec<Waiter>,
+}
+
+impl LockState {
+    pub fn is_free(&self) -> bool {
+        self.holders.is_empty() && self.waiting.is_empty()
+    }
+}
+
+/// A holder waiting its turn, and the attempt to tell when it comes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Waiter {
+    pub holder: Holder,
+    pub capacity: u32,
+    pub caller: Caller,
+}
+
+/// When an operation's caller hears from it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// Now, with this answer.
+    Now(Result<Value, String>),
+    /// Later: an acquisition that waits its turn.
+    Later,
+}
+
+/// What one operation did: the new state and lock, the reply to its
+/// caller, and the waiters it let in (each to be told it holds the lock).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    pub state: Value,
+    pub lock: LockState,
+    pub reply: Reply,
+    pub granted: Vec<Caller>,
+}
+
+/// What a granted acquisition answers.
+pub fn granted() -> Value {
+    json!({ "granted": true })
+}
+
+/// Applies any operation, locking ones included, for `caller`.
+pub fn apply_op(
+    state: &Value,
+    lock: &LockState,
+    operation: &Operation,
+    caller: Option<&Caller>,
+) -> Applied {
+    let unchanged = |reply| Applied {
+        state: state.clone(),
+        lock: lock.clone(),
+        reply,
+        granted: Vec::new(),
+    };
+    match operation {
+        Operation::Acquire { holder, capacity } => {
+            let mut next = lock.clone();
+            if next.holders.contains(holder) {
+                return unchanged(Reply::Now(Ok(granted())));
+            }
+            if let Some(waiter) = next.waiting.iter_mut().find(|w| &w.holder == holder) {
+                // A later attempt of the same acquisition: it is the one to tell.
+                if let Some(caller) = caller {
+                    waiter.caller = caller.clone();
+                }
+                return Applied {
+                    lock: next,
+                    ..unchanged(Reply::Later)
+                };
+            }
+            if next.waiting.is_empty() && next.holders.len() < *capacity as usize {
+                next.holders.push(holder.clone());
+                return Applied {
+                    lock: next,
+                    ..unchanged(Reply::Now(Ok(granted())))
+                };
+            }
+            let Some(caller) = caller else {
+                return unchanged(Reply::Now(Err(
+                    "an acquisition needs a caller to tell when its turn comes".into(),
+                )));
+            };
+            next.waiting.push(Waiter {
+                holder: holder.clone(),
+                capacity: *capacity,
+                caller: caller.clone(),
+            });
+            Applied {
+                lock: next,
+                ..unchanged(Reply::Later)
+            }
+        }
+        Operation::Release { holder } => {
+            let mut next = lock.clone();
+            next.holders.retain(|h| h != holder);
+            next.waiting.retain(|w| &w.holder != holder);
+            let mut granted = Vec::new();
+            while let Some(first) = next.waiting.first() {
+                if next.holders.len() >= first.capacity as usize {
+                    break;
+                }
+                let first = next.waiting.remove(0);
+                next.holders.push(first.holder);
+                granted.push(first.caller);
+            }
+            Applied {
+                state: state.clone(),
+                lock: next,
+                reply: Reply::Now(Ok(json!({ "granted": granted }))),
+                granted,
+            }
+        }
+        other => match apply(state, other) {
+            Ok((next, answer)) => Applied {
+                state: next,
+                ..unchanged(Reply::Now(Ok(answer)))
+            },
+            Err(why) => unchanged(Reply::Now(Err(why))),
+        },
+    }
+}
+
 /// The state after `operation`, and its answer; on failure the state is
-/// unchanged and the error says why.
+/// unchanged and the error says why. Locking operations change only the
+/// lock ([`apply_op`]): here they answer nothing and change nothing.
 pub fn apply(state: &Value, operation: &Operation) -> Result<(Value, Value), String> {
     if let Operation::Read { path } = operation {
         return Ok((
@@ -116,6 +248,7 @@ fn apply_in(state: &mut Value, operation: &Operation) -> Result<Value, String> {
             Ok(Value::Null)
         }
         Operation::Read { path } => Ok(read(state, path)?.cloned().unwrap_or(Value::Null)),
+        Operation::Acquire { .. } | Operation::Release { .. } => Ok(Value::Null),
     }
 }
 
@@ -415,6 +548,101 @@ mod tests {
             run(state.clone(), json!({"op": "read"})).unwrap(),
             (state.clone(), state)
         );
+    }
+
+    fn holder(n: u32) -> Holder {
+        Holder {
+            instance: legato_contracts::InstanceId::parse(format!("i-{n}")).unwrap(),
+            key: legato_contracts::TaskKey {
+                run: 1,
+                execution: 0,
+                step: legato_contracts::StepId::parse("edit").unwrap(),
+                item: Some(0),
+                iteration: None,
+                role: legato_contracts::TaskRole::Action,
+            },
+        }
+    }
+
+    fn caller(n: u32, attempt: u32) -> Caller {
+        let h = holder(n);
+        Caller {
+            instance: h.instance,
+            key: h.key,
+            attempt,
+            signal: false,
+        }
+    }
+
+    fn acquire(lock: &LockState, n: u32, capacity: u32, attempt: u32) -> Applied {
+        let op = Operation::Acquire {
+            holder: holder(n),
+            capacity,
+        };
+        apply_op(&json!({"kept": true}), lock, &op, Some(&caller(n, attempt)))
+    }
+
+    fn release(lock: &LockState, n: u32) -> Applied {
+        apply_op(
+            &json!({"kept": true}),
+            lock,
+            &Operation::Release { holder: holder(n) },
+            None,
+        )
+    }
+
+    #[test]
+    fn a_lock_is_held_by_one_and_handed_on_in_turn() {
+        let first = acquire(&LockState::default(), 1, 1, 1);
+        assert_eq!(first.reply, Reply::Now(Ok(granted())));
+        assert_eq!(
+            first.state,
+            json!({"kept": true}),
+            "locking leaves the state alone"
+        );
+        let second = acquire(&first.lock, 2, 1, 1);
+        assert_eq!(second.reply, Reply::Later);
+        let third = acquire(&second.lock, 3, 1, 1);
+        // A retried attempt of a waiter keeps its place, told on its new attempt.
+        let again = acquire(&third.lock, 2, 1, 2);
+        assert_eq!(again.reply, Reply::Later);
+        assert_eq!(again.lock.waiting.len(), 2);
+        // The holder asking again holds it still.
+        assert_eq!(
+            acquire(&again.lock, 1, 1, 3).reply,
+            Reply::Now(Ok(granted()))
+        );
+        let handed = release(&again.lock, 1);
+        assert_eq!(handed.granted, vec![caller(2, 2)]);
+        assert_eq!(handed.lock.holders, vec![holder(2)]);
+        // A waiter that gives up leaves the line; the last release frees it.
+        let gave_up = release(&handed.lock, 3);
+        assert!(gave_up.granted.is_empty());
+        assert!(release(&gave_up.lock, 2).lock.is_free());
+        assert!(
+            release(&LockState::default(), 9).lock.is_free(),
+            "releasing nothing is fine"
+        );
+    }
+
+    #[test]
+    fn a_semaphore_lets_in_up_to_its_capacity() {
+        let mut lock = LockState::default();
+        for n in 1..=3 {
+            let applied = acquire(&lock, n, 3, 1);
+            assert_eq!(applied.reply, Reply::Now(Ok(granted())), "{n}");
+            lock = applied.lock;
+        }
+        let fourth = acquire(&lock, 4, 3, 1);
+        assert_eq!(fourth.reply, Reply::Later);
+        let fifth = acquire(&fourth.lock, 5, 3, 1);
+        let freed = release(&fifth.lock, 2);
+        assert_eq!(
+            freed.granted,
+            vec![caller(4, 1)],
+            "first come, first served"
+        );
+        assert_eq!(freed.lock.holders.len(), 3);
     }
 
     #[test]

@@ -92,12 +92,21 @@ fn operation_of(
         .entity
         .as_ref()
         .ok_or_else(|| format!("task {key} is not an entity operation"))?;
-    let operation: Operation = serde_json::from_value(slot.input.clone())
-        .map_err(|e| format!("entity operation {}: {e}", slot.input))?;
+    let (operation, id) = if crate::locks::is_acquisition(slot) {
+        // Each attempt asks anew (the entity knows its holder, and tells
+        // the latest attempt when its turn comes); a redelivery of one
+        // attempt is still one operation.
+        let operation = crate::locks::acquire(state, key, slot);
+        (operation, format!("{}/{key}@{}", state.id, slot.attempt))
+    } else {
+        let operation: Operation = serde_json::from_value(slot.input.clone())
+            .map_err(|e| format!("entity operation {}: {e}", slot.input))?;
+        // The same for every attempt and redelivery of the task.
+        (operation, format!("{}/{key}", state.id))
+    };
     Ok(EntityOperation {
         entity: spec.entity.clone(),
-        // The same for every attempt and redelivery of the task.
-        id: format!("{}/{key}", state.id),
+        id,
         operation,
         caller: Some(Caller {
             instance: state.id.clone(),

@@ -20,6 +20,7 @@ mod entity_steps;
 mod event;
 mod iterations;
 mod lifecycle;
+mod locks;
 mod questions;
 mod races;
 pub use lifecycle::{redrive_onto_refused, redrive_refused};
@@ -33,6 +34,7 @@ pub use command::{ChildResult, ChildStart, Command};
 pub use decide::{Decision, Outcome, decide, replay};
 pub use entity_steps::EntitySlot;
 pub use event::{AgentNews, Event, TimerKey};
+pub use locks::LockHold;
 pub use spending::BUDGET_EXCEEDED;
 pub use state::{
     ChildSlot, CompensationState, InstanceState, PendingEvent, Question, SlotStatus, StepState,

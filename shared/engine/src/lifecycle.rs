@@ -156,6 +156,11 @@ fn finish_failed(ctx: &mut Ctx) {
 /// Cancels in-flight tasks (telling their agents) and every pending timer.
 fn cancel_all_work(ctx: &mut Ctx, reason: &str) {
     let ids: Vec<StepId> = ctx.state.steps.keys().cloned().collect();
+    for id in &ids {
+        if crate::locks::is_active_lock(ctx, id) {
+            crate::locks::release(ctx, id);
+        }
+    }
     let cancels: Vec<_> = ids
         .iter()
         .flat_map(|id| stop_step(&mut ctx.state, id))
@@ -170,6 +175,9 @@ fn cancel_all_work(ctx: &mut Ctx, reason: &str) {
 /// (their agents told), the others dropped, its timers cancelled, and the
 /// step `Cancelled` if it was under way.
 pub(crate) fn cancel_step(ctx: &mut Ctx, id: &StepId, reason: &str) {
+    if crate::locks::is_active_lock(ctx, id) {
+        crate::locks::release(ctx, id);
+    }
     let cancels = stop_step(&mut ctx.state, id);
     tell_cancelled(ctx, cancels, reason);
     let timers: Vec<TimerKey> = ctx

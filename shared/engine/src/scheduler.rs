@@ -92,6 +92,16 @@ fn drive(ctx: &mut Ctx, workflow: &Workflow, block: Block<'_>) -> bool {
                     drive(ctx, workflow, Block::Body(&race.steps));
                     changed |= going(ctx) && races::settle(ctx, step, race);
                 }
+                // Its body runs once every entity is held; when the body is
+                // done, the lock step completes and lets go.
+                Action::Lock { lock }
+                    if crate::locks::holds_all(&ctx.state, &step.id)
+                        && drive(ctx, workflow, Block::Body(&lock.steps))
+                        && going(ctx) =>
+                {
+                    crate::locks::end(ctx, step, lock);
+                    changed = true;
+                }
                 _ => {}
             }
         }
@@ -232,6 +242,7 @@ fn start_step(ctx: &mut Ctx, step: &Step) {
             Ok(slot) => start_tasks(ctx, step, vec![slot]),
             Err(e) => tasks::step_failed(ctx, &step.id, e),
         },
+        Action::Lock { lock } => crate::locks::start(ctx, step, lock, &scope),
         Action::Loop { repeat } => iterations::start(ctx, step, repeat),
         Action::Race { race } => races::start(ctx, step, race),
         Action::WaitForEvent { wait_for_event } => {
@@ -274,7 +285,7 @@ fn set_status(ctx: &mut Ctx, id: &StepId, status: StepStatus) {
     }
 }
 
-fn start_tasks(ctx: &mut Ctx, step: &Step, slots: Vec<TaskSlot>) {
+pub(crate) fn start_tasks(ctx: &mut Ctx, step: &Step, slots: Vec<TaskSlot>) {
     if let Some(s) = ctx.state.step_mut(&step.id) {
         s.status = StepStatus::Running;
         s.tasks = slots.into_iter().map(std::sync::Arc::new).collect();

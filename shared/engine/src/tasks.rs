@@ -32,7 +32,8 @@ pub(crate) fn slot_mut<'a>(ctx: &'a mut Ctx, key: &TaskKey) -> Option<&'a mut Ta
 /// The `item` of a step's `index`-th action task: only `for_each` tasks
 /// carry their item index in the task key.
 pub(crate) fn item_of(step: &Step, index: usize) -> Option<u32> {
-    matches!(step.action, Action::ForEach { .. }).then(|| u32::try_from(index).unwrap_or(u32::MAX))
+    matches!(step.action, Action::ForEach { .. } | Action::Lock { .. })
+        .then(|| u32::try_from(index).unwrap_or(u32::MAX))
 }
 
 /// The heartbeat lease of a task's step: only action tasks have one.
@@ -199,6 +200,13 @@ fn after_action_completed(ctx: &mut Ctx, key: &TaskKey) {
         .iter()
         .all(|t| t.status == SlotStatus::Completed)
     {
+        if let Ok(workflow) = ctx.workflow()
+            && let Some(step) = workflow.step(key.step.as_str())
+            && let Action::Lock { lock } = &step.action
+        {
+            // Every entity is held: the critical section begins.
+            return crate::locks::acquired(ctx, step, lock);
+        }
         let outputs = step_state
             .tasks
             .iter()
@@ -575,6 +583,9 @@ pub(crate) fn step_failed(ctx: &mut Ctx, id: &StepId, error: String) {
 }
 
 fn mark_failed(ctx: &mut Ctx, id: &StepId, error: &str) {
+    if crate::locks::is_active_lock(ctx, id) {
+        crate::locks::release(ctx, id);
+    }
     let at = ctx.at;
     if let Some(s) = ctx.state.step_mut(id) {
         s.status = StepStatus::Failed;

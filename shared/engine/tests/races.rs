@@ -157,7 +157,7 @@ fn races_are_checked_like_everything_else() {
         (
             "        - { id: deadline, timer: { delay_ms: 5000 } }\n",
             "        - { id: deadline, loop: { max_iterations: 2, steps: [{ id: again, agent: echo }] } }\n",
-            "loops and races do not nest",
+            "loops, races and locks do not nest",
         ),
     ];
     for (from, to, expected) in cases {

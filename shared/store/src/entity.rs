@@ -42,6 +42,9 @@ impl std::fmt::Display for EntityKey {
 pub struct EntityRecord {
     pub key: EntityKey,
     pub state: Value,
+    /// Who holds the entity as a lock and who waits (the engine's
+    /// `LockState`); `null` when nobody does.
+    pub lock: Value,
     /// Operations applied so far: the last one's `seq`.
     pub operations: u64,
     /// Kept to the millisecond.

@@ -115,6 +115,7 @@ impl Workflow {
             let block = match &step.action {
                 Action::Loop { repeat } => Some(("loop", repeat.steps.len())),
                 Action::Race { race } => Some(("race", race.steps.len())),
+                Action::Lock { lock } => Some(("lock", lock.steps.len())),
                 _ => None,
             };
             if let Some((field, count)) = block {
@@ -201,6 +202,9 @@ fn named_agents_in<'a>(steps: &'a [Step], at: &str, named: &mut Vec<(String, &'a
             Action::Race { race } => {
                 named_agents_in(&race.steps, &format!("{at}/steps/{i}/race"), named);
             }
+            Action::Lock { lock } => {
+                named_agents_in(&lock.steps, &format!("{at}/steps/{i}/lock"), named);
+            }
             _ => {}
         }
         if let Some(compensate) = &step.compensate {
@@ -249,6 +253,7 @@ impl Step {
         match &self.action {
             Action::Loop { repeat } => Some(&repeat.steps),
             Action::Race { race } => Some(&race.steps),
+            Action::Lock { lock } => Some(&lock.steps),
             _ => None,
         }
     }
@@ -280,6 +285,7 @@ impl Step {
             }
             Action::Workflow { input, .. } => templates.push(input),
             Action::Entity { entity } => templates.extend(entity.templates()),
+            Action::Lock { lock } => templates.extend(lock.entities.iter().map(|t| &t.id)),
             // A loop's own fields are evaluated with its body's outputs,
             // when an iteration ends, not when the loop starts.
             Action::WaitForEvent { .. }
@@ -293,7 +299,7 @@ impl Step {
 
 /// The steps `exprs` and `templates` read as `steps.<id>`; `None` when one
 /// reads `steps` as a whole.
-fn steps_read_by(exprs: &[&Expr], templates: &[&Template]) -> Option<BTreeSet<String>> {
+pub(crate) fn steps_read_by(exprs: &[&Expr], templates: &[&Template]) -> Option<BTreeSet<String>> {
     if exprs.iter().any(|e| e.reads_all_steps()) || templates.iter().any(|t| t.reads_all_steps()) {
         return None;
     }
@@ -351,6 +357,10 @@ pub enum Action {
     /// An operation on a durable entity (`docs/entities.md`).
     Entity {
         entity: crate::EntityStep,
+    },
+    /// A block of steps run while holding entities (`docs/entities.md`).
+    Lock {
+        lock: crate::LockSpec,
     },
 }
 

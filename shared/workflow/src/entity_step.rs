@@ -154,3 +154,115 @@ fn template_at(
         })
         .ok()
 }
+
+/// A critical section: its steps run while the instance holds every
+/// entity named (exclusively, or as one of at most `capacity` holders),
+/// acquired one after the other in (type, id) order, so two lock steps
+/// never wait on each other in a cycle; released when the block ends,
+/// fails or is stopped.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LockSpec {
+    pub entities: Vec<LockTarget>,
+    /// At most this many holders at once (a semaphore); 1 is a lock.
+    #[serde(skip_serializing_if = "is_one")]
+    pub capacity: u32,
+    pub steps: Vec<crate::Step>,
+    /// The lock step's output; defaults to every body step's output by id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<Template>,
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
+}
+
+/// One entity a lock step holds; `id` is a template.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LockTarget {
+    #[serde(rename = "type")]
+    pub entity_type: EntityType,
+    pub id: Template,
+}
+
+impl LockSpec {
+    pub(crate) fn step_references(&self) -> BTreeSet<String> {
+        self.entities
+            .iter()
+            .flat_map(|t| t.id.step_references())
+            .collect()
+    }
+
+    /// The steps `output` reads (see `Step::steps_read`).
+    pub fn steps_read(&self) -> Option<BTreeSet<String>> {
+        crate::definition::steps_read_by(&[], &self.output.iter().collect::<Vec<_>>())
+    }
+}
+
+/// The most entities one lock step holds.
+pub const MAX_LOCKED: usize = 16;
+
+/// Parses a lock's `entities`, `capacity` and `output` (its steps are
+/// parsed by the caller, as a block).
+pub(crate) fn parse_lock_targets(
+    raw: Vec<Value>,
+    vars: Variables,
+    at: &str,
+    problem: &mut dyn FnMut(String, String),
+) -> Option<Vec<LockTarget>> {
+    if raw.is_empty() || raw.len() > MAX_LOCKED {
+        problem(
+            format!("{at}.entities"),
+            format!("must list 1-{MAX_LOCKED} entities, each {{type, id}}"),
+        );
+        return None;
+    }
+    let mut ok = true;
+    let mut targets = Vec::new();
+    for (i, target) in raw.into_iter().enumerate() {
+        let here = format!("{at}.entities[{i}]");
+        let Value::Object(mut fields) = target else {
+            ok = false;
+            problem(here, "must be {type, id}".into());
+            continue;
+        };
+        let entity_type = match fields.remove("type") {
+            Some(Value::String(name)) => EntityType::parse(name)
+                .map_err(|e| problem(format!("{here}.type"), e.to_string()))
+                .ok(),
+            _ => {
+                problem(
+                    format!("{here}.type"),
+                    "is required: the entity type's name".into(),
+                );
+                None
+            }
+        };
+        let id = match fields.remove("id") {
+            Some(id @ Value::String(_)) => Template::parse(id, vars)
+                .map_err(|errors| {
+                    for e in errors {
+                        problem(format!("{here}.id"), e.0);
+                    }
+                })
+                .ok(),
+            _ => {
+                problem(
+                    format!("{here}.id"),
+                    "is required: the entity's id, a string".into(),
+                );
+                None
+            }
+        };
+        for field in fields.keys() {
+            problem(
+                format!("{here}.{field}"),
+                "a lock's entity takes only type and id".into(),
+            );
+        }
+        match (entity_type, id, fields.is_empty()) {
+            (Some(entity_type), Some(id), true) => targets.push(LockTarget { entity_type, id }),
+            _ => ok = false,
+        }
+    }
+    ok.then_some(targets)
+}

@@ -22,7 +22,7 @@ pub use definition::{
     Action, AgentRef, ChildWorkflow, Compensation, LoopSpec, OnMaxIterations, OnTimeout, RaceSpec,
     RetryPolicy, Step, TimerSpec, WaitForEvent, Work, Workflow,
 };
-pub use entity_step::EntityStep;
+pub use entity_step::{EntityStep, LockSpec, LockTarget, MAX_LOCKED};
 pub use expr::{Expr, ExprError, Scope, Template, Variables};
 pub use parse::{from_value, parse};
 

@@ -12,6 +12,7 @@ use crate::definition::{
     Action, AgentRef, ChildWorkflow, Compensation, LoopSpec, OnMaxIterations, OnTimeout, RaceSpec,
     RetryPolicy, Step, StepIndex, TimerSpec, WaitForEvent, Work, Workflow,
 };
+use crate::entity_step::LockSpec;
 use crate::expr::{Expr, Template, Variables};
 use crate::{ValidationError, ValidationErrors};
 
@@ -159,6 +160,18 @@ struct RawStep {
     repeat: Option<RawLoop>,
     race: Option<RawRace>,
     entity: Option<Value>,
+    lock: Option<RawLock>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLock {
+    #[serde(default)]
+    entities: Vec<Value>,
+    capacity: Option<u32>,
+    #[serde(default)]
+    steps: Vec<Value>,
+    output: Option<Value>,
 }
 
 /// A child workflow: its name, or its name and a pinned version.
@@ -183,12 +196,14 @@ struct RawRace {
     steps: Vec<Value>,
 }
 
-/// Where a step is: at the top level, in a loop's body, or a race's branch.
+/// Where a step is: at the top level, in a loop's body, a race's branch,
+/// or a lock's critical section.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Block {
     Top,
     Loop,
     Race,
+    Lock,
 }
 
 #[derive(Deserialize)]
@@ -290,6 +305,7 @@ fn parse_step(
         (raw.repeat.is_some(), "loop"),
         (raw.race.is_some(), "race"),
         (raw.entity.is_some(), "entity"),
+        (raw.lock.is_some(), "lock"),
     ]
     .into_iter()
     .filter_map(|(present, name)| present.then_some(name))
@@ -303,7 +319,7 @@ fn parse_step(
         problems.add(
             &label,
             format!(
-                "needs exactly one action of agent, workflow, for_each, wait_for_event, timer, loop, race, entity; found {found}"
+                "needs exactly one action of agent, workflow, for_each, wait_for_event, timer, loop, race, entity, lock; found {found}"
             ),
         );
     }
@@ -314,10 +330,10 @@ fn parse_step(
             "only agent, workflow and for_each steps take an input",
         );
     }
-    if !is_work && chosen.as_slice() != ["entity"] && raw.retry.is_some() {
+    if !is_work && !matches!(chosen.as_slice(), ["entity" | "lock"]) && raw.retry.is_some() {
         problems.add(
             &at("retry"),
-            "only agent, workflow, for_each and entity steps are retried",
+            "only agent, workflow, for_each, entity and lock steps are retried (a lock's: waiting for the entities)",
         );
     }
     if raw.max_parallel.is_some() && raw.for_each.is_none() {
@@ -357,11 +373,15 @@ fn parse_step(
         );
     }
     if block != Block::Top {
-        for (present, field) in [(raw.repeat.is_some(), "loop"), (raw.race.is_some(), "race")] {
+        for (present, field) in [
+            (raw.repeat.is_some(), "loop"),
+            (raw.race.is_some(), "race"),
+            (raw.lock.is_some(), "lock"),
+        ] {
             if present {
                 problems.add(
                     &at(field),
-                    "loops and races do not nest: one cannot be inside a loop's body or a race's branches",
+                    "loops, races and locks do not nest: one cannot be inside a loop's body, a race's branches or a lock's steps",
                 );
             }
         }
@@ -369,7 +389,7 @@ fn parse_step(
     if block != Block::Top && raw.compensate.is_some() {
         problems.add(
             &at("compensate"),
-            "a step inside a loop or race is not compensated on its own (a loop's iterations would each need undoing): compensate the loop or race step",
+            "a step inside a loop, race or lock is not compensated on its own (a loop's iterations would each need undoing): compensate the loop, race or lock step",
         );
     }
     if block == Block::Race && !needs.is_empty() {
@@ -455,6 +475,9 @@ fn parse_step(
         (problems.len() == before).then_some(RaceSpec { steps })
     });
 
+    let lock = raw
+        .lock
+        .and_then(|l| parse_lock(l, base, &at("lock"), problems));
     let entity = raw.entity.and_then(|e| {
         crate::entity_step::parse(e, base, &at("entity"), &mut |path, message| {
             problems.add(&path, message)
@@ -487,6 +510,7 @@ fn parse_step(
         ["loop"] => Action::Loop { repeat: repeat? },
         ["race"] => Action::Race { race: race? },
         ["entity"] => Action::Entity { entity: entity? },
+        ["lock"] => Action::Lock { lock: lock? },
         _ => return None,
     };
     if problems.len() > before {
@@ -501,6 +525,38 @@ fn parse_step(
         timeout_ms: raw.timeout_ms,
         heartbeat_timeout_ms: raw.heartbeat_timeout_ms,
         compensate,
+    })
+}
+
+fn parse_lock(
+    raw: RawLock,
+    vars: Variables,
+    at: &str,
+    problems: &mut Problems,
+) -> Option<LockSpec> {
+    let before = problems.len();
+    let entities =
+        crate::entity_step::parse_lock_targets(raw.entities, vars, at, &mut |path, message| {
+            problems.add(&path, message)
+        });
+    if raw.capacity == Some(0) {
+        problems.add(&format!("{at}.capacity"), "must be at least 1");
+    }
+    if raw.steps.is_empty() {
+        problems.add(&format!("{at}.steps"), "must list at least one step");
+    }
+    let steps = parse_steps(&format!("{at}."), raw.steps, Block::Lock, problems);
+    let output = raw
+        .output
+        .map(|o| template(o, vars, &format!("{at}.output"), problems));
+    if problems.len() > before {
+        return None;
+    }
+    Some(LockSpec {
+        entities: entities?,
+        capacity: raw.capacity.unwrap_or(1),
+        steps,
+        output,
     })
 }
 
@@ -635,6 +691,7 @@ impl<'a> Places<'a> {
                 if let Some(body) = step.body() {
                     let kind = match step.action {
                         Action::Race { .. } => "race",
+                        Action::Lock { .. } => "lock",
                         _ => "loop",
                     };
                     add(body, Some((step.id.as_str(), kind)), map);
@@ -731,6 +788,25 @@ fn check_block(
             let inside = format!("{path} ({}).race.steps", step.id);
             check_block(&race.steps, &inside, &visible, places, problems);
         }
+        if let Action::Lock { lock } = &step.action {
+            let mut visible = ancestors.clone();
+            visible.extend(outer.iter().copied());
+            let inside = format!("{path} ({}).lock.steps", step.id);
+            check_block(&lock.steps, &inside, &visible, places, problems);
+            // `output` is rendered once the block is done.
+            visible.extend(lock.steps.iter().map(|s| s.id.as_str()));
+            for r in lock
+                .output
+                .iter()
+                .flat_map(Template::step_references)
+                .filter(|r| !visible.contains(r.as_str()))
+            {
+                problems.add(
+                    &format!("{path} ({}).lock.output", step.id),
+                    format!("reads steps.{r}, {}", places.why_unreadable(&r)),
+                );
+            }
+        }
         if let Action::Loop { repeat } = &step.action {
             let mut visible = ancestors;
             visible.extend(outer.iter().copied());
@@ -792,6 +868,7 @@ fn step_expression_references(step: &Step) -> Vec<(&'static str, BTreeSet<String
             }
         }
         Action::Entity { entity } => refs.push(("entity", entity.step_references())),
+        Action::Lock { lock } => refs.push(("lock.entities", lock.step_references())),
         Action::Timer { .. } | Action::Loop { .. } | Action::Race { .. } => {}
     }
     if let Some(c) = &step.compensate {

@@ -245,12 +245,12 @@ fn loops_are_checked_like_everything_else() {
         (
             "          input: \"${{ steps.write.output }}\"",
             "          input: \"${{ steps.write.output }}\"\n          compensate: { agent: coder }",
-            "steps[1] (draft).loop.steps[1] (review).compensate: a step inside a loop or race is not compensated on its own",
+            "steps[1] (draft).loop.steps[1] (review).compensate: a step inside a loop, race or lock is not compensated on its own",
         ),
         (
             "        - id: review",
             "        - id: inner\n          loop: { max_iterations: 2, steps: [{ id: deep, agent: echo }] }\n        - id: review",
-            "steps[1] (draft).loop.steps[1] (inner).loop: loops and races do not nest",
+            "steps[1] (draft).loop.steps[1] (inner).loop: loops, races and locks do not nest",
         ),
         (
             "        - id: review",
@@ -346,7 +346,7 @@ fn child_workflow_steps_are_checked_like_everything_else() {
         (
             "    workflow: coder\n",
             "    workflow: coder\n    agent: echo\n",
-            "needs exactly one action of agent, workflow, for_each, wait_for_event, timer, loop, race, entity; found agent and workflow",
+            "needs exactly one action of agent, workflow, for_each, wait_for_event, timer, loop, race, entity, lock; found agent and workflow",
         ),
         (
             "    workflow: { name: tester, version: 2 }",
@@ -377,6 +377,106 @@ fn child_workflow_steps_are_checked_like_everything_else() {
     for (from, to, expected) in cases {
         assert!(CHILDREN.contains(from), "{from}");
         let text = parse(&CHILDREN.replacen(from, to, 1))
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains(expected), "{from} -> {to}:\n{text}");
+    }
+}
+
+const ENTITIES: &str = r#"
+name: guarded
+version: 1
+steps:
+  - id: recall
+    entity: { type: customer, id: "${{ input.customer }}", op: read, path: /requests }
+  - id: change
+    needs: [recall]
+    lock:
+      entities:
+        - { type: repo, id: "${{ input.repo }}" }
+      capacity: 2
+      steps:
+        - id: code
+          agent: echo
+          input: { previous: "${{ steps.recall.output }}" }
+        - id: note
+          needs: [code]
+          entity: { type: customer, id: "${{ input.customer }}", op: append, path: /requests, value: "${{ steps.code.output }}", cap: 5, signal: true }
+      output: "${{ steps.code.output }}"
+output: "${{ steps.change.output }}"
+"#;
+
+#[test]
+fn entity_and_lock_steps_parse_and_read_back_the_same() {
+    let wf = parse(ENTITIES).unwrap();
+    let again = legato_workflow::from_value(serde_json::to_value(&wf).unwrap()).unwrap();
+    assert_eq!(again, wf);
+    assert_eq!(wf.all_steps().len(), 4, "the lock's steps are steps");
+    assert_eq!(wf.enclosing("note").unwrap().id.as_str(), "change");
+}
+
+#[test]
+fn entity_and_lock_steps_are_checked_like_everything_else() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "op: read, path: /requests",
+            "op: teleport",
+            "steps[0] (recall).entity.op: is required: one of set, merge, append, increment, compare_and_set, remove, read",
+        ),
+        (
+            "op: read, path: /requests",
+            "op: read, path: requests",
+            "steps[0] (recall).entity.path: must be a JSON Pointer",
+        ),
+        (
+            "op: read, path: /requests",
+            "op: read, signal: true",
+            "steps[0] (recall).entity.signal: a read is for its answer",
+        ),
+        (
+            "op: read, path: /requests",
+            "op: increment, value: 3",
+            "steps[0] (recall).entity.value: increment takes only path, by, min, max",
+        ),
+        (
+            "op: append, path: /requests, value",
+            "op: append, path: /requests, valu",
+            "steps[1] (change).lock.steps[1] (note).entity.value: is required by append",
+        ),
+        (
+            "type: customer, id: \"${{ input.customer }}\", op: read",
+            "type: Customer, id: \"${{ input.customer }}\", op: read",
+            "steps[0] (recall).entity.type: invalid entity type",
+        ),
+        (
+            "        - { type: repo, id: \"${{ input.repo }}\" }\n",
+            "        - { type: repo }\n",
+            "steps[1] (change).lock.entities[0].id: is required",
+        ),
+        (
+            "      capacity: 2\n",
+            "      capacity: 0\n",
+            "steps[1] (change).lock.capacity: must be at least 1",
+        ),
+        (
+            "          agent: echo\n",
+            "          agent: echo\n          compensate: { agent: echo }\n",
+            "steps[1] (change).lock.steps[0] (code).compensate: a step inside a loop, race or lock is not compensated on its own",
+        ),
+        (
+            "      output: \"${{ steps.code.output }}\"",
+            "      output: \"${{ steps.nowhere.output }}\"",
+            "steps (change).lock.output: reads steps.nowhere, which is not a step",
+        ),
+        (
+            "output: \"${{ steps.change.output }}\"",
+            "output: \"${{ steps.code.output }}\"",
+            "reads steps.code, which is inside lock change",
+        ),
+    ];
+    for (from, to, expected) in cases {
+        assert!(ENTITIES.contains(from), "{from}");
+        let text = parse(&ENTITIES.replacen(from, to, 1))
             .unwrap_err()
             .to_string();
         assert!(text.contains(expected), "{from} -> {to}:\n{text}");

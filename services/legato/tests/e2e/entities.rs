@@ -233,3 +233,142 @@ async fn the_api_lists_reads_operates_once_per_key_and_deletes_entities() {
         reqwest::StatusCode::NOT_FOUND
     );
 }
+
+/// A critical section over `repo/<input.repo>` (`capacity` holders at
+/// once): it counts itself in and out of `/inside` of the same entity's
+/// neighbour `occupancy/<input.repo>`, so its output is how many were in
+/// when it entered.
+pub fn guarded(capacity: u32) -> Value {
+    json!({"name": format!("guarded-{capacity}"), "version": 1, "steps": [{
+        "id": "edit",
+        "lock": {
+            "entities": [{"type": "repo", "id": "${{ input.repo }}"}],
+            "capacity": capacity,
+            "steps": [
+                {"id": "enter", "entity": {"type": "occupancy", "id": "${{ input.repo }}", "op": "increment"}},
+                {"id": "work", "needs": ["enter"], "agent": "echo",
+                 "input": {"value": "${{ steps.enter.output }}", "sleep_ms": 150}},
+                {"id": "leave", "needs": ["work"], "entity": {"type": "occupancy", "id": "${{ input.repo }}",
+                 "op": "increment", "by": -1}}
+            ],
+            "output": "${{ steps.enter.output }}"
+        }
+    }], "output": "${{ steps.edit.output }}"})
+}
+
+#[tokio::test]
+async fn a_lock_lets_one_instance_in_at_a_time_and_a_semaphore_up_to_its_capacity() {
+    let dir = temp_dir();
+    let legato = launch(dir.path());
+    for capacity in [1, 3] {
+        legato.register(guarded(capacity)).await;
+        let mut ids = Vec::new();
+        for _ in 0..6 {
+            let input = json!({"input": {"repo": format!("acme.billing-{capacity}")}});
+            ids.push(
+                legato
+                    .start_instance(&format!("guarded-{capacity}"), input)
+                    .await,
+            );
+        }
+        let mut most = 0;
+        for id in &ids {
+            let done = legato.wait_status(id, "Completed").await;
+            let inside = done["output"].as_u64().unwrap();
+            assert!(
+                inside >= 1 && inside <= u64::from(capacity),
+                "{inside} inside at once: {done:#}"
+            );
+            most = most.max(inside);
+        }
+        if capacity == 1 {
+            // Nobody's time inside overlaps anybody else's.
+            let mut spans = Vec::new();
+            for id in &ids {
+                let status = legato.status(id).await;
+                let started = step_of(&status, "enter")["startedAt"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+                let ended = step_of(&status, "leave")["completedAt"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+                spans.push((started, ended));
+            }
+            spans.sort();
+            for pair in spans.windows(2) {
+                assert!(
+                    pair[0].1 <= pair[1].0,
+                    "overlapping critical sections: {spans:#?}"
+                );
+            }
+        } else {
+            assert!(
+                most > 1,
+                "six at once on a semaphore of three: someone shared it"
+            );
+        }
+        let (_, lock) = legato
+            .get_json(&format!("/api/v1/entities/repo/acme.billing-{capacity}"))
+            .await;
+        assert_eq!(
+            lock["state"],
+            Value::Null,
+            "locking leaves the state alone: {lock:#}"
+        );
+    }
+}
+
+/// Holds `repo/<input.repo>` until the event `done` comes.
+pub fn holding() -> Value {
+    json!({"name": "holding", "version": 1, "steps": [{
+        "id": "edit",
+        "lock": {
+            "entities": [{"type": "repo", "id": "${{ input.repo }}"}],
+            "steps": [{"id": "wait", "wait_for_event": {"name": "done"}}]
+        }
+    }]})
+}
+
+#[tokio::test]
+async fn a_lock_held_by_a_terminated_run_goes_to_the_next_in_line() {
+    let dir = temp_dir();
+    let legato = launch(dir.path());
+    legato.register(holding()).await;
+    let input = json!({"input": {"repo": "acme.web"}});
+    let first = legato.start_instance("holding", input.clone()).await;
+    legato.wait_step(&first, "wait", "Waiting").await;
+    let second = legato.start_instance("holding", input).await;
+    legato.wait_step(&second, "edit", "Running").await;
+    let (status, _) = legato
+        .post(
+            &format!("/api/v1/instances/{first}/terminate"),
+            json!({"reason": "killed"}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED);
+    legato.wait_status(&first, "Terminated").await;
+    // The second was waiting in line; it holds the lock now.
+    legato.wait_step(&second, "wait", "Waiting").await;
+    let (status, _) = legato
+        .post(
+            &format!("/api/v1/instances/{second}/events/done"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED);
+    legato.wait_status(&second, "Completed").await;
+    let (_, lock) = legato.get_json("/api/v1/entities/repo/acme.web").await;
+    let ops: Vec<&str> = lock["recent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|op| op["operation"]["op"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ops,
+        ["release", "release", "acquire", "acquire"],
+        "{lock:#}"
+    );
+}

@@ -474,3 +474,40 @@ async fn ten_thousand_increments_from_a_hundred_instances_survive_two_kills_exac
         "each increment applied once"
     );
 }
+
+/// `legato up` killed with `-9` while one run holds a lock and another
+/// waits for it: after the restart the holder still holds it, and once it
+/// finishes the waiter gets it (nothing lost, nobody in twice).
+#[tokio::test]
+async fn a_lock_and_its_waiter_survive_a_kill_of_legato_up() {
+    let dir = temp_dir();
+    let legato = Legato::start(dir.path());
+    legato.register(entities::holding()).await;
+    let input = json!({"input": {"repo": "acme.api"}});
+    let first = legato.start_instance("holding", input.clone()).await;
+    legato.wait_step(&first, "wait", "Waiting").await;
+    let second = legato.start_instance("holding", input).await;
+    legato.wait_step(&second, "edit", "Running").await;
+    legato.kill();
+
+    let legato = Legato::start(dir.path());
+    legato.wait_step(&first, "wait", "Waiting").await;
+    let (_, lock) = legato.get_json("/api/v1/entities/repo/acme.api").await;
+    assert_eq!(
+        lock["recent"].as_array().unwrap().len(),
+        2,
+        "two acquisitions: {lock:#}"
+    );
+    let second_status = legato.status(&second).await;
+    assert_eq!(
+        step_of(&second_status, "wait")["status"],
+        "Pending",
+        "still in line"
+    );
+    let done = |id: &str| format!("/api/v1/instances/{id}/events/done");
+    legato.post(&done(&first), json!({})).await;
+    legato.wait_status(&first, "Completed").await;
+    legato.wait_step(&second, "wait", "Waiting").await;
+    legato.post(&done(&second), json!({})).await;
+    legato.wait_status(&second, "Completed").await;
+}

@@ -7,6 +7,7 @@ use limited_store::LimitedStore;
 use std::sync::atomic::Ordering;
 
 mod limited_store;
+mod locks;
 
 async fn applier_on_memory() -> (Arc<dyn Store>, Arc<Applier>) {
     applier_on(Arc::new(SqliteStore::in_memory().unwrap())).await

@@ -112,6 +112,7 @@ impl AzureTableStore {
             record: EntityRecord {
                 key: key.clone(),
                 state: json_of(&row, "S")?,
+                lock: json_of(&row, "L")?,
                 operations: number(&row, "Operations")?,
                 updated_at: from_millis(
                     i64::try_from(number(&row, "UpdatedMs")?).unwrap_or(i64::MAX),
@@ -128,6 +129,7 @@ impl AzureTableStore {
         let partition = partition_of(&commit.record.key);
         let record = &commit.record;
         let mut row = row_with(&partition, RECORD_ROW, "S", &record.state)?;
+        put_value(&mut row, "L", &record.lock)?;
         row.insert("Operations".into(), record.operations.to_string().into());
         row.insert(
             "UpdatedMs".into(),

@@ -52,6 +52,11 @@ async fn apply(
             record: EntityRecord {
                 key: key.clone(),
                 state: json!({"count": last}),
+                lock: if last.is_multiple_of(2) {
+                    json!({"holders": [{"instance": "i-1", "key": {"execution": 0, "step": "edit"}}]})
+                } else {
+                    serde_json::Value::Null
+                },
                 operations: last,
                 updated_at: BASE + time::Duration::seconds(last as i64),
             },
@@ -75,6 +80,7 @@ pub async fn entity_batches_commit_at_the_version_read_and_apply_each_id_once(st
     let loaded = store.load_entity(&key).await.unwrap().unwrap();
     assert_eq!(loaded.version, v1);
     assert_eq!(loaded.record.state, json!({"count": 3}));
+    assert_eq!(loaded.record.lock, serde_json::Value::Null);
     assert_eq!(loaded.record.operations, 3);
     assert_eq!(loaded.record.updated_at, BASE + time::Duration::seconds(3));
 
@@ -92,7 +98,24 @@ pub async fn entity_batches_commit_at_the_version_read_and_apply_each_id_once(st
         "{claimed:?}"
     );
     let loaded = store.load_entity(&key).await.unwrap().unwrap();
-    assert_eq!((loaded.version, loaded.record.operations), (v2, 7));
+    assert_eq!((loaded.version.clone(), loaded.record.operations), (v2, 7));
+    let v3 = apply(store, &key, Some(loaded.version), increments(8..=8))
+        .await
+        .unwrap();
+    let locked = store.load_entity(&key).await.unwrap().unwrap();
+    assert_eq!(
+        locked.record.lock["holders"][0]["instance"], "i-1",
+        "the lock is kept beside the state"
+    );
+    apply(store, &key, Some(v3), increments(9..=9))
+        .await
+        .unwrap();
+    let freed = store.load_entity(&key).await.unwrap().unwrap();
+    assert_eq!(
+        freed.record.lock,
+        serde_json::Value::Null,
+        "and goes when it is free"
+    );
     assert_eq!(
         store.entity_answer(&key, "op-2").await.unwrap(),
         Some((2, Ok(json!(2))))
@@ -101,11 +124,11 @@ pub async fn entity_batches_commit_at_the_version_read_and_apply_each_id_once(st
         store.entity_answer(&key, "op-7").await.unwrap(),
         Some((7, Err("increment: 6 + 1 would pass the maximum 6".into())))
     );
-    assert_eq!(store.entity_answer(&key, "op-8").await.unwrap(), None);
+    assert_eq!(store.entity_answer(&key, "op-10").await.unwrap(), None);
     let recent = store.entity_operations(&key, 2).await.unwrap();
     assert_eq!(
         recent,
-        increments(6..=7).into_iter().rev().collect::<Vec<_>>()
+        increments(8..=9).into_iter().rev().collect::<Vec<_>>()
     );
 }
 

@@ -17,6 +17,7 @@ CREATE TABLE IF NOT EXISTS entities (
     type TEXT NOT NULL,
     id TEXT NOT NULL,
     state TEXT NOT NULL,
+    lock TEXT,
     operations INTEGER NOT NULL,
     updated_at INTEGER NOT NULL,
     version INTEGER NOT NULL,
@@ -86,7 +87,7 @@ impl SqliteStore {
             let (tenant, entity_type, id) = key_columns(&key);
             let row = conn
                 .query_row(
-                    "SELECT state, operations, updated_at, version FROM entities \
+                    "SELECT state, operations, updated_at, version, lock FROM entities \
                      WHERE tenant = ?1 AND type = ?2 AND id = ?3",
                     params![tenant, entity_type, id],
                     |row| {
@@ -95,18 +96,24 @@ impl SqliteStore {
                             row.get::<_, i64>(1)?,
                             row.get::<_, i64>(2)?,
                             row.get::<_, i64>(3)?,
+                            row.get::<_, Option<String>>(4)?,
                         ))
                     },
                 )
                 .optional()
                 .map_err(unavailable)?;
-            let Some((state, operations, updated_at, version)) = row else {
+            let Some((state, operations, updated_at, version, lock)) = row else {
                 return Ok(None);
             };
             Ok(Some(StoredEntity {
                 record: EntityRecord {
                     key,
                     state: parse_json(&state)?,
+                    lock: lock
+                        .as_deref()
+                        .map(parse_json)
+                        .transpose()?
+                        .unwrap_or_default(),
                     operations: u64::try_from(operations).unwrap_or_default(),
                     updated_at: from_millis(updated_at)?,
                 },
@@ -125,6 +132,9 @@ impl SqliteStore {
             Expected::Version(v) => Some(schedules::version_number(v)?),
         };
         let state = json_text(&commit.record.state)?;
+        let lock = (!commit.record.lock.is_null())
+            .then(|| json_text(&commit.record.lock))
+            .transpose()?;
         let EntityCommit {
             record, operations, ..
         } = commit;
@@ -144,15 +154,24 @@ impl SqliteStore {
             let written = match expected {
                 None => tx.execute(
                     "INSERT OR IGNORE INTO entities \
-                     (tenant, type, id, state, operations, updated_at, version) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1)",
-                    params![tenant, entity_type, id, state, operations, updated_at],
+                     (tenant, type, id, state, operations, updated_at, version, lock) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7)",
+                    params![tenant, entity_type, id, state, operations, updated_at, lock],
                 ),
                 Some(at) => tx.execute(
                     "UPDATE entities SET state = ?4, operations = ?5, updated_at = ?6, \
-                     version = version + 1 \
+                     version = version + 1, lock = ?8 \
                      WHERE tenant = ?1 AND type = ?2 AND id = ?3 AND version = ?7",
-                    params![tenant, entity_type, id, state, operations, updated_at, at],
+                    params![
+                        tenant,
+                        entity_type,
+                        id,
+                        state,
+                        operations,
+                        updated_at,
+                        at,
+                        lock
+                    ],
                 ),
             }
             .map_err(unavailable)?;
