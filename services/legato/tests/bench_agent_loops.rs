@@ -1,4 +1,5 @@
-//! `legato bench --journal-steps` and `--output-pieces` run end to end
+//! `legato bench --journal-steps`, `--output-pieces` and
+//! `--entity-operations` run end to end
 //! and print their figures (the figures themselves are for people:
 //! docs/performance.md; nothing here times anything).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -37,4 +38,12 @@ async fn the_output_bench_times_every_piece_to_the_stream() {
     let out = bench(&["--output-pieces", "30"]).await;
     assert!(out.contains("live output: 30 pieces"), "{out}");
     assert!(out.contains("push to stream client: p50"), "{out}");
+}
+
+#[tokio::test]
+async fn the_entity_bench_applies_every_operation_on_one_entity_and_on_many() {
+    let out = bench(&["--entity-operations", "300", "--concurrency", "16"]).await;
+    assert!(out.contains("300 increments through the API"), "{out}");
+    assert!(out.contains("one entity:"), "{out}");
+    assert!(out.contains("100 entities:"), "{out}");
 }

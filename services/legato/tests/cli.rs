@@ -386,6 +386,74 @@ async fn the_cli_registers_lists_shows_and_removes_agents() {
     assert_eq!(gone.status.code(), Some(1));
 }
 
+#[tokio::test]
+async fn the_cli_signals_lists_shows_and_deletes_entities() {
+    let dir = temp_dir();
+    let up = start_legato(dir.path());
+    let base = up.base.as_str();
+    let signal = |key: &str| {
+        run(
+            base,
+            &[
+                "entities",
+                "signal",
+                "counter",
+                "visits",
+                r#"{"op": "increment", "by": 5}"#,
+                "--idempotency-key",
+                key,
+            ],
+        )
+    };
+    for key in ["one", "one", "two"] {
+        let sent = signal(key);
+        assert_eq!(sent.status.code(), Some(0), "{sent:?}");
+        assert!(stdout(&sent).contains(&format!("sent api/{key} to counter/visits")));
+    }
+    let mut shown = String::new();
+    for _ in 0..200 {
+        shown = stdout(&run(base, &["entities", "show", "counter", "visits"]));
+        if shown.contains("2 operations") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    assert!(shown.contains("counter/visits: 2 operations"), "{shown}");
+    assert!(shown.contains("state: 10"), "{shown}");
+    assert!(
+        shown.contains(r#"#2"#) && shown.contains("-> 10"),
+        "{shown}"
+    );
+    let listed = stdout(&run(base, &["entities", "ls", "--type", "counter"]));
+    assert!(
+        listed.contains("visits") && listed.contains("OPERATIONS"),
+        "{listed}"
+    );
+    let bad = run(
+        base,
+        &[
+            "entities",
+            "signal",
+            "counter",
+            "visits",
+            r#"{"op": "teleport"}"#,
+        ],
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("/op"),
+        "{bad:?}"
+    );
+    assert_eq!(
+        run(base, &["entities", "rm", "counter", "visits"])
+            .status
+            .code(),
+        Some(0)
+    );
+    let gone = run(base, &["entities", "show", "counter", "visits"]);
+    assert_eq!(gone.status.code(), Some(1));
+}
+
 /// A budget through the CLI: `start --budget-tokens`, `show` says what was
 /// spent of it, `resume --budget-tokens` raises it.
 #[tokio::test]

@@ -29,6 +29,7 @@ use crate::{LegatoConfig, Stack};
 mod agent_loops;
 mod agents;
 mod client;
+mod entities;
 mod scale;
 mod schedules;
 
@@ -108,6 +109,11 @@ pub struct BenchOptions {
     /// client of the instance's stream (p50, p99).
     #[arg(long, conflicts_with_all = ["fan_out", "sequence", "iterations", "children", "schedules", "journal_steps"])]
     pub output_pieces: Option<usize>,
+    /// Instead of the throughput run: N increments of durable entities
+    /// through the API (`--concurrency` in flight), all to one entity, then
+    /// spread over 100; reports operations applied per second.
+    #[arg(long, conflicts_with_all = ["fan_out", "sequence", "iterations", "children", "schedules", "journal_steps", "output_pieces"])]
+    pub entity_operations: Option<usize>,
     /// Also run the workflow on a `pull` agent (workers over HTTP) or a
     /// `push` agent (an endpoint legato POSTs to) after the built-in run,
     /// in the same stack, and print both.
@@ -292,12 +298,20 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         options.children,
     );
     // The runs of one shape each, instead of the throughput run.
-    let special = match (options.journal_steps, options.output_pieces, shape) {
-        (Some(steps), _, _) => {
+    let special = match (
+        options.entity_operations,
+        options.journal_steps,
+        options.output_pieces,
+        shape,
+    ) {
+        (Some(n), _, _, _) => {
+            Some(entities::run(&client, &base, n.max(1), options.concurrency).await)
+        }
+        (_, Some(steps), _, _) => {
             Some(agent_loops::journal(&client, &base, steps.max(1), options.instances.max(1)).await)
         }
-        (_, Some(pieces), _) => Some(agent_loops::output(&client, &base, pieces.max(1)).await),
-        (_, _, Some(shape)) => Some(scale::run(&client, &base, shape).await),
+        (_, _, Some(pieces), _) => Some(agent_loops::output(&client, &base, pieces.max(1)).await),
+        (_, _, _, Some(shape)) => Some(scale::run(&client, &base, shape).await),
         _ => None,
     };
     if let Some(result) = special {

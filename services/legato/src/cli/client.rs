@@ -75,9 +75,23 @@ impl Gateway {
         path: &str,
         body: Option<&Value>,
     ) -> anyhow::Result<Value> {
+        self.call_once(method, path, body, None).await
+    }
+
+    /// Like [`Gateway::call`], sending an `Idempotency-Key` when given.
+    pub async fn call_once(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        idempotency_key: Option<&str>,
+    ) -> anyhow::Result<Value> {
         let mut request = self
             .request(method.clone(), format!("{}{path}", self.base))
             .timeout(std::time::Duration::from_secs(60));
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
         if let Some(body) = body {
             request = request.json(body);
         }

@@ -7,6 +7,7 @@
 
 mod agents;
 mod client;
+mod entities;
 mod schedule;
 mod watch;
 
@@ -131,6 +132,9 @@ pub enum ClientCommand {
     /// The agent registry: built-in and pull agents.
     #[command(subcommand)]
     Agents(agents::AgentsCommand),
+    /// Durable entities: state shared across runs.
+    #[command(subcommand)]
+    Entities(entities::EntitiesCommand),
     /// Delete a finished instance and its history.
     Purge { id: String },
 }
@@ -281,6 +285,7 @@ pub async fn run(command: ClientCommand, target: Target) -> anyhow::Result<ExitC
         }
         ClientCommand::Schedule(command) => schedule::run(&gateway, output, command).await?,
         ClientCommand::Agents(command) => agents::run(&gateway, output, command).await?,
+        ClientCommand::Entities(command) => entities::run(&gateway, output, command).await?,
         ClientCommand::Purge { id } => {
             gateway.call(Method::DELETE, &instance(&id), None).await?;
             print(format!("purged {id}"), &json!({"id": id, "purged": true}));
