@@ -12,35 +12,21 @@
 mod reconcile;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use legato_bus::Bus;
 use legato_contracts::{
     Caller, EntityOperation, Envelope, InstanceId, Operation, Payload, TaskCompleted, TaskError,
     TaskFailed,
 };
-use legato_engine::entities::{self, LockState, Reply};
-use legato_store::{
-    EntityAnswer, EntityCommit, EntityKey, EntityOperationRow, EntityRecord, Expected, Store,
-    StoreError,
-};
-use serde_json::{Value, json};
+use legato_engine::entities::{self, Reply};
+use legato_service::entities::{self as shared, EntityOp, MAX_BATCH, Outcome};
+use legato_store::{EntityAnswer, EntityKey, Store, StoreError};
+use serde_json::Value;
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
 use crate::apply::{Applied, ApplyError};
 use crate::mailboxes::Mailboxes;
-
-/// Most operations one commit takes; more wait for the next. With each
-/// operation's claim and row and the row falling out of the kept window,
-/// well inside Table Storage's 100 operations per transaction.
-const MAX_BATCH: usize = 16;
-/// Most bytes of operations and answers one commit writes (each answer is
-/// kept twice), well inside Table Storage's 4 MiB per transaction.
-const MAX_BATCH_BYTES: usize = 1024 * 1024;
-/// Commits lost to another replica before the batch is handed back to the
-/// broker to be tried again.
-const MAX_ROUNDS: usize = 20;
 
 pub(crate) struct Entities {
     store: Arc<dyn Store>,
@@ -48,35 +34,9 @@ pub(crate) struct Entities {
     mailboxes: Mailboxes<EntityKey, Waiting>,
 }
 
-/// An operation to apply, whoever sent it.
-struct Op {
-    operation: EntityOperation,
-    /// Who sent it: the message's subject (or, for a release on behalf of
-    /// a holder that is gone, that holder).
-    sender: InstanceId,
-    at: OffsetDateTime,
-}
-
 struct Waiting {
-    op: Op,
+    op: EntityOp,
     answer: oneshot::Sender<Result<Applied, ApplyError>>,
-}
-
-/// How an operation came out, as its caller and the waiters it let in
-/// are told.
-#[derive(Debug, Clone)]
-struct Outcome {
-    reply: Reply,
-    granted: Vec<Caller>,
-}
-
-/// What a batch came to.
-struct Batch {
-    outcomes: Vec<Outcome>,
-    /// Whether holders must be checked against their instances: someone
-    /// waits, or a locking operation came again (its first answer may
-    /// not have reached its caller).
-    reconcile: bool,
 }
 
 impl Entities {
@@ -123,7 +83,7 @@ impl Entities {
         }
         let (answer, answered) = oneshot::channel();
         let waiting = Waiting {
-            op: Op {
+            op: EntityOp {
                 operation,
                 sender: sender.clone(),
                 at,
@@ -148,13 +108,7 @@ impl Entities {
         key: &EntityKey,
         operation: &EntityOperation,
     ) -> Result<Applied, ApplyError> {
-        let state = self
-            .store
-            .load_entity(key)
-            .await?
-            .map(|stored| stored.record.state)
-            .unwrap_or_default();
-        let answer = entities::apply(&state, &operation.operation).map(|(_, answer)| answer);
+        let answer = shared::read(&*self.store, key, &operation.operation).await?;
         let outcome = Outcome {
             reply: Reply::Now(answer),
             granted: Vec::new(),
@@ -166,7 +120,7 @@ impl Entities {
     async fn run(self: Arc<Self>, key: EntityKey) {
         let mut runner = self.mailboxes.runner(&key);
         while let Some(batch) = runner.next_batch(MAX_BATCH) {
-            let ops: Vec<&Op> = batch.iter().map(|w| &w.op).collect();
+            let ops: Vec<&EntityOp> = batch.iter().map(|w| &w.op).collect();
             let done = self.apply_and_tell(&key, &ops).await;
             for waiting in batch {
                 let outcome = match &done {
@@ -180,8 +134,8 @@ impl Entities {
 
     /// Applies `ops`, tells their callers and the waiters they let in, and
     /// checks the holders when the lock calls for it.
-    async fn apply_and_tell(&self, key: &EntityKey, ops: &[&Op]) -> Result<(), ApplyError> {
-        let batch = self.apply_batch(key, ops).await?;
+    async fn apply_and_tell(&self, key: &EntityKey, ops: &[&EntityOp]) -> Result<(), ApplyError> {
+        let batch = shared::apply_batch(&*self.store, key, ops).await?;
         let told: Vec<_> = ops
             .iter()
             .map(|op| &op.operation)
@@ -204,163 +158,6 @@ impl Entities {
             self.reconcile(key, &just_granted).await?;
         }
         Ok(())
-    }
-
-    /// Each operation's outcome: applied now, or (its id applied before)
-    /// as the store recorded it.
-    async fn apply_batch(&self, key: &EntityKey, ops: &[&Op]) -> Result<Batch, ApplyError> {
-        let mut outcomes: Vec<Option<Outcome>> = ops.iter().map(|_| None).collect();
-        let mut reconcile = false;
-        for round in 0..MAX_ROUNDS {
-            let open: Vec<usize> = (0..ops.len()).filter(|&i| outcomes[i].is_none()).collect();
-            if open.is_empty() {
-                break;
-            }
-            let planned = self.plan(key, ops, &open).await?;
-            match self.store.commit_entity(planned.commit).await {
-                Ok(_) => {
-                    for (i, outcome) in planned.outcomes {
-                        outcomes[i] = Some(outcome);
-                    }
-                    reconcile |= !planned.lock.waiting.is_empty();
-                }
-                Err(StoreError::Claimed(id)) => {
-                    let Some((_, answer)) = self.store.entity_answer(key, &id).await? else {
-                        return Err(ApplyError::Transient(StoreError::Unavailable(format!(
-                            "operation {id} on entity {key} was applied, and its answer is gone"
-                        ))));
-                    };
-                    let lock = self.lock_of(key).await?;
-                    for &i in &open {
-                        let operation = &ops[i].operation;
-                        if operation.id == id {
-                            reconcile |= operation.operation.is_locking();
-                            outcomes[i] = Some(again(&operation.operation, &answer, &lock));
-                        }
-                    }
-                }
-                Err(StoreError::Conflict(_)) => {
-                    // Another replica's batch landed first: read it and
-                    // apply on top, after a moment that grows.
-                    let pause = 1 + fastrand_below(2u64.pow(round.min(6) as u32));
-                    tokio::time::sleep(Duration::from_millis(pause)).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let outcomes = outcomes
-            .into_iter()
-            .map(|outcome| {
-                outcome.ok_or_else(|| {
-                    ApplyError::Transient(StoreError::Conflict(format!(
-                        "entity {key} kept changing under {MAX_ROUNDS} tries"
-                    )))
-                })
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(Batch {
-            outcomes,
-            reconcile,
-        })
-    }
-
-    async fn lock_of(&self, key: &EntityKey) -> Result<LockState, ApplyError> {
-        let stored = self.store.load_entity(key).await?;
-        Ok(stored
-            .map(|s| lock_state(&s.record.lock))
-            .transpose()?
-            .unwrap_or_default())
-    }
-
-    /// The commit of the open operations (as many as fit) on the entity
-    /// as stored, and the outcome each will have once it lands. An id sent
-    /// twice in the batch is applied once and answered twice.
-    async fn plan(
-        &self,
-        key: &EntityKey,
-        ops: &[&Op],
-        open: &[usize],
-    ) -> Result<Planned, ApplyError> {
-        let stored = self.store.load_entity(key).await?;
-        let (mut state, mut lock, mut seq, expected) = match stored {
-            Some(s) => (
-                s.record.state,
-                lock_state(&s.record.lock)?,
-                s.record.operations,
-                Expected::Version(s.version),
-            ),
-            None => (Value::Null, LockState::default(), 0, Expected::New),
-        };
-        let mut rows: Vec<EntityOperationRow> = Vec::new();
-        let mut outcomes: Vec<(usize, Outcome)> = Vec::new();
-        let mut bytes = 0;
-        for &i in open {
-            let op = ops[i];
-            if let Some(first) = rows.iter().position(|r| r.id == op.operation.id) {
-                let twin = outcomes
-                    .iter()
-                    .find(|(j, _)| ops[*j].operation.id == rows[first].id)
-                    .map(|(_, outcome)| Outcome {
-                        reply: outcome.reply.clone(),
-                        granted: Vec::new(),
-                    });
-                if let Some(twin) = twin {
-                    outcomes.push((i, twin));
-                }
-                continue;
-            }
-            let applied = entities::apply_op(
-                &state,
-                &lock,
-                &op.operation.operation,
-                op.operation.caller.as_ref(),
-            );
-            let answer = recorded(&applied.reply, &applied.granted);
-            let operation = serde_json::to_value(&op.operation.operation)
-                .map_err(|e| ApplyError::Rejected(e.to_string()))?;
-            bytes += operation.to_string().len() + 2 * answer_bytes(&answer);
-            if bytes > MAX_BATCH_BYTES && !rows.is_empty() {
-                break;
-            }
-            (state, lock) = (applied.state, applied.lock);
-            seq += 1;
-            outcomes.push((
-                i,
-                Outcome {
-                    reply: applied.reply,
-                    granted: applied.granted,
-                },
-            ));
-            rows.push(EntityOperationRow {
-                seq,
-                id: op.operation.id.clone(),
-                at: op.at,
-                operation,
-                answer,
-                sender: Some(sender_of(op).to_string()),
-            });
-        }
-        let updated_at = rows.last().map_or_else(OffsetDateTime::now_utc, |r| r.at);
-        let lock_value = if lock.is_free() {
-            Value::Null
-        } else {
-            serde_json::to_value(&lock).map_err(|e| ApplyError::Rejected(e.to_string()))?
-        };
-        Ok(Planned {
-            commit: EntityCommit {
-                record: EntityRecord {
-                    key: key.clone(),
-                    state,
-                    lock: lock_value,
-                    operations: seq,
-                    updated_at,
-                },
-                expected,
-                operations: rows,
-            },
-            outcomes,
-            lock,
-        })
     }
 
     /// Sends each caller its answer (signals: that it applied) and each
@@ -396,77 +193,6 @@ impl Entities {
     }
 }
 
-struct Planned {
-    commit: EntityCommit,
-    outcomes: Vec<(usize, Outcome)>,
-    /// The lock once the batch is applied.
-    lock: LockState,
-}
-
-fn lock_state(value: &Value) -> Result<LockState, ApplyError> {
-    if value.is_null() {
-        return Ok(LockState::default());
-    }
-    serde_json::from_value(value.clone())
-        .map_err(|e| ApplyError::Transient(StoreError::Corrupt(format!("entity lock: {e}"))))
-}
-
-/// What the store keeps as an operation's answer: a waiting acquisition's
-/// is `{"waiting": true}`, a release's names the waiters it let in (so
-/// that, sent again, it tells them again).
-fn recorded(reply: &Reply, granted: &[Caller]) -> EntityAnswer {
-    match reply {
-        Reply::Now(answer) if !granted.is_empty() => {
-            answer.clone().map(|_| json!({ "granted": granted }))
-        }
-        Reply::Now(answer) => answer.clone(),
-        Reply::Later => Ok(json!({ "waiting": true })),
-    }
-}
-
-/// The outcome of an operation applied before, sent again: as recorded,
-/// but for an acquisition, whose caller learns where it stands now.
-fn again(operation: &Operation, answer: &EntityAnswer, lock: &LockState) -> Outcome {
-    match operation {
-        Operation::Acquire { holder, .. } => Outcome {
-            reply: if lock.holders.contains(holder) {
-                Reply::Now(Ok(entities::granted()))
-            } else {
-                Reply::Later
-            },
-            granted: Vec::new(),
-        },
-        Operation::Release { .. } => Outcome {
-            reply: Reply::Now(answer.clone()),
-            granted: answer
-                .as_ref()
-                .ok()
-                .and_then(|a| a.get("granted"))
-                .and_then(|g| serde_json::from_value(g.clone()).ok())
-                .unwrap_or_default(),
-        },
-        _ => Outcome {
-            reply: Reply::Now(answer.clone()),
-            granted: Vec::new(),
-        },
-    }
-}
-
-/// The instance an operation came from: its caller's, else the sender.
-fn sender_of(op: &Op) -> &InstanceId {
-    op.operation
-        .caller
-        .as_ref()
-        .map_or(&op.sender, |c: &Caller| &c.instance)
-}
-
-fn answer_bytes(answer: &EntityAnswer) -> usize {
-    match answer {
-        Ok(value) => value.to_string().len(),
-        Err(why) => why.len(),
-    }
-}
-
 /// The attempt's result: the answer as its output, or a failure no retry
 /// mends (the same operation would fail the same way). A signal's is
 /// `null` whatever the answer.
@@ -496,10 +222,4 @@ fn completed(caller: &Caller, output: Value) -> Payload {
         usage: None,
     }
     .into()
-}
-
-/// A number below `n` (at least 1), spread enough to part replicas that
-/// collided.
-fn fastrand_below(n: u64) -> u64 {
-    uuid::Uuid::new_v4().as_u64_pair().0 % n.max(1)
 }

@@ -16,6 +16,7 @@ pub mod agent_figures;
 pub mod auth;
 pub mod cors;
 pub mod definitions;
+pub mod entities;
 pub mod health;
 pub mod leadership;
 pub mod metrics;

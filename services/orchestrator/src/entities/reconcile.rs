@@ -13,7 +13,9 @@ use legato_service::records::state_of;
 use legato_store::EntityKey;
 use time::OffsetDateTime;
 
-use super::{Entities, Op, lock_state};
+use legato_service::entities::{EntityOp, apply_batch, lock_state};
+
+use super::Entities;
 use crate::apply::ApplyError;
 
 /// Rounds of releasing holders that are gone: each may let in waiters
@@ -55,9 +57,9 @@ impl Entities {
                 return Ok(());
             }
             tracing::info!(entity = %key, holders = gone.len(), "releasing holders whose lock steps are over");
-            let ops: Vec<Op> = gone
+            let ops: Vec<EntityOp> = gone
                 .into_iter()
-                .map(|holder| Op {
+                .map(|holder| EntityOp {
                     operation: EntityOperation {
                         entity: key.entity.clone(),
                         id: format!("evict/{}/{}", holder.instance, holder.key),
@@ -70,8 +72,8 @@ impl Entities {
                     at: OffsetDateTime::now_utc(),
                 })
                 .collect();
-            let refs: Vec<&Op> = ops.iter().collect();
-            let batch = self.apply_batch(key, &refs).await?;
+            let refs: Vec<&EntityOp> = ops.iter().collect();
+            let batch = apply_batch(&*self.store, key, &refs).await?;
             let outcomes: Vec<_> = ops
                 .iter()
                 .map(|op| &op.operation)
