@@ -57,6 +57,13 @@ pub(crate) struct Journal {
     used: Mutex<HashSet<String>>,
 }
 
+impl Journal {
+    /// The store the journal is kept in, if the worker has one.
+    pub(crate) fn kept_in(&self) -> Option<&Arc<dyn Store>> {
+        self.store.as_ref()
+    }
+}
+
 /// What a step found.
 pub(crate) enum Found {
     /// Recorded by an earlier run: its value stands.

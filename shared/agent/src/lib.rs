@@ -4,12 +4,14 @@
 //! concurrency cap, recognising redelivered attempts, heartbeats and
 //! progress, cancellation, and draining on shutdown.
 
+mod entities;
 mod journal;
 pub mod llm;
 mod output;
 mod task;
 mod worker;
 
+pub use entities::Entity;
 pub use output::Output;
 pub use task::{Agent, Task, TaskContext};
 pub use worker::{Worker, WorkerSettings};

@@ -9,7 +9,8 @@
 
 use std::time::Duration;
 
-use legato_contracts::{Caller, EntityOperation, InstanceId, Operation};
+use legato_contracts::journal::JournalKey;
+use legato_contracts::{Caller, EntityOperation, EntityRef, InstanceId, Operation, TaskKey};
 use legato_engine::entities::{self, LockState, Reply};
 use legato_store::{
     EntityAnswer, EntityCommit, EntityKey, EntityOperationRow, EntityRecord, Expected, Store,
@@ -331,4 +332,62 @@ fn answer_bytes(answer: &EntityAnswer) -> usize {
 /// collided.
 fn spread_below(n: u64) -> u64 {
     uuid::Uuid::new_v4().as_u64_pair().0 % n.max(1)
+}
+
+/// The id of an agent's operation `name` within its task: the same for
+/// every attempt, redelivery and redrive of the task (`JournalKey`), new
+/// for each execution, so a restart (which clears the task's journal)
+/// applies it again while a redrive finds its answer in the journal.
+pub fn agent_operation_id(instance: &InstanceId, key: &TaskKey, name: &str) -> String {
+    format!(
+        "{instance}/{}/e{}/entity/{name}",
+        JournalKey::of(key),
+        key.execution
+    )
+}
+
+/// The journal entry an agent's operation is recorded under.
+pub fn agent_journal_name(name: &str) -> String {
+    format!("entity {name}")
+}
+
+/// Why `name` cannot name an agent's operation.
+pub fn check_agent_operation_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    legato_contracts::journal::check_name(&agent_journal_name(name))
+}
+
+/// Applies an agent's operation `name` on `entity` of its task's tenant,
+/// once per task (see [`agent_operation_id`]); answers what it answered.
+pub async fn agent_call(
+    store: &dyn Store,
+    instance: &InstanceId,
+    key: &TaskKey,
+    name: &str,
+    entity: EntityRef,
+    operation: Operation,
+) -> Result<EntityAnswer, StoreError> {
+    let entity_key = EntityKey {
+        tenant: instance.tenant(),
+        entity: entity.clone(),
+    };
+    if operation.is_read() {
+        return read(store, &entity_key, &operation).await;
+    }
+    let op = EntityOp {
+        operation: EntityOperation {
+            entity,
+            id: agent_operation_id(instance, key, name),
+            operation,
+            caller: None,
+        },
+        sender: instance.clone(),
+        at: OffsetDateTime::now_utc(),
+    };
+    let outcome = apply_one(store, &entity_key, &op).await?;
+    outcome.answer().cloned().ok_or_else(|| {
+        StoreError::Corrupt(format!("operation {} was left waiting", op.operation.id))
+    })
 }
