@@ -7,6 +7,8 @@
 //! on the next heartbeat, and tenants' workers kept apart.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "pull_agents/entities.rs"]
+mod entities;
 #[path = "support/mod.rs"]
 mod support;
 

@@ -10,6 +10,7 @@ mod output;
 mod questions;
 mod realtime;
 mod schedules;
+mod task_entities;
 mod tasks;
 mod workflows;
 
@@ -62,6 +63,10 @@ pub(crate) use schedules::{
     __path_pause_schedule, __path_put_schedule, __path_resume_schedule, __path_trigger_schedule,
     BackfillBody, NoteBody, RecentRun, RunsRequested, ScheduleList, ScheduleView, TriggerBody,
 };
+pub(crate) use task_entities::{
+    __path_call_entity, __path_callback_call_entity, __path_callback_read_entity,
+    __path_read_entity, EntityCallAnswer, EntityCallRequest, EntityValue,
+};
 pub(crate) use tasks::{
     __path_complete, __path_fail, __path_heartbeat, __path_poll, CompleteRequest, FailRequest,
     HeartbeatRequest, HeartbeatResponse, PollRequest, PollResponse, PulledTask, TaskAccepted,
@@ -87,7 +92,9 @@ pub(crate) fn required_role(method: &Method, path: &str) -> Role {
         | ("POST", "/api/v1/tasks/{token}/fail")
         | ("PUT", "/api/v1/tasks/{token}/journal/{name}")
         | ("POST", "/api/v1/tasks/{token}/ask")
-        | ("POST", "/api/v1/tasks/{token}/output") => Role::Agent,
+        | ("POST", "/api/v1/tasks/{token}/output")
+        | ("GET", "/api/v1/tasks/{token}/entities/{type}/{id}")
+        | ("POST", "/api/v1/tasks/{token}/entities/{type}/{id}") => Role::Agent,
         ("POST", "/api/v1/instances/{id}/events/{name}")
         | ("POST", "/api/v1/entities/{type}/{id}/operations") => Role::Signal,
         ("DELETE", "/api/v1/instances/{id}")
@@ -173,6 +180,10 @@ pub(crate) fn routes() -> Router<GatewayState> {
         )
         .route("/api/v1/tasks/{token}/ask", post(questions::ask_question))
         .route("/api/v1/tasks/{token}/output", post(output::relay_output))
+        .route(
+            "/api/v1/tasks/{token}/entities/{type}/{id}",
+            get(task_entities::read_entity).post(task_entities::call_entity),
+        )
         .route("/api/v1/schedules", get(schedules::list_schedules))
         .route(
             "/api/v1/schedules/{name}",
@@ -225,6 +236,10 @@ pub(crate) fn callback_routes() -> Router<GatewayState> {
         .route(
             "/api/v1/callbacks/{capability}/output",
             post(output::callback_output),
+        )
+        .route(
+            "/api/v1/callbacks/{capability}/entities/{type}/{id}",
+            get(task_entities::callback_read_entity).post(task_entities::callback_call_entity),
         )
 }
 
