@@ -148,3 +148,26 @@ def test_signatures_match_the_reference_implementation() -> None:
         verify(key, headers, body, now=now + 600)
     with pytest.raises(SignatureError):
         verify(key, {**headers, "webhook-signature": "v1,AAAA"}, body)
+
+
+async def test_a_push_app_operates_entities_through_its_callback(legato: Legato) -> None:
+    async def count(task: Task) -> dict[str, Any]:
+        visits = task.entity("counter", "push-visits")
+        seen = await visits.call("count", {"op": "increment"})
+        return {"seen": seen, "now": await visits.read()}
+
+    app = PushApp(agents={"py-push-count": count}, signing_secret=SIGNING_SECRET)
+    async with pushed_to(app) as url:
+        await legato.put_agent("py-push-count", kind="push", url=url)
+        await legato.register(
+            {
+                "name": "py-push-count",
+                "version": 1,
+                "steps": [{"id": "count", "agent": "py-push-count", "input": {}}],
+            }
+        )
+        for expected in (1, 2):
+            instance = await legato.start("py-push-count", {})
+            done = await legato.wait_for_end(instance)
+            assert done["runtimeStatus"] == "Completed", done
+            assert done["output"]["count"] == {"seen": expected, "now": expected}

@@ -20,14 +20,18 @@ legato POSTs signed tasks to.
 
 from ._chat import ChatReply, ToolCall
 from ._client import ProtocolError
+from ._entities import Entity, EntityOperationError
+from ._errors import Asked, FatalError, RetryableError
 from ._output import Output
 from ._push import PushApp, SignatureError, verify
-from ._task import Asked, FatalError, RetryableError, Task
+from ._task import Task
 from ._worker import Handler, Worker
 
 __all__ = [
     "Asked",
     "ChatReply",
+    "Entity",
+    "EntityOperationError",
     "FatalError",
     "Handler",
     "Output",

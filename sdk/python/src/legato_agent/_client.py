@@ -208,6 +208,11 @@ class Client:
     async def aclose(self) -> None:
         await self._http.aclose()
 
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """The connection, for the calls a task makes itself."""
+        return self._http
+
     async def poll(
         self, agents: list[str], max_tasks: int, wait_ms: int, worker_id: str
     ) -> list[dict[str, Any]]:
@@ -268,3 +273,38 @@ class Client:
         url = f"/api/v1/tasks/{token}/{what}"
         once = what == "heartbeat"
         return await _send(self._http, "POST", url, body, self._report_attempts, once=once)
+
+
+class EntitiesAt:
+    """A task's durable entities, below ``base`` (the task's
+    ``/api/v1/tasks/<token>`` or its callback URL)."""
+
+    def __init__(self, http: httpx.AsyncClient, base: str, attempts: int = 8) -> None:
+        self._http = http
+        self._base = base
+        self._attempts = attempts
+
+    def _url(self, entity_type: str, entity_id: str) -> str:
+        return f"{self._base}/entities/{quote(entity_type, safe='')}/{quote(entity_id, safe='')}"
+
+    async def read(self, entity_type: str, entity_id: str, path: str) -> Answer:
+        """The value at ``path`` as last committed (``body["value"]``)."""
+        url = self._url(entity_type, entity_id)
+        response = await self._http.get(url, params={"path": path} if path else None)
+        if response.status_code == 200:
+            return Answer(wanted=True, body=response.json())
+        if response.status_code in (404, 409):
+            return Answer(wanted=False, body={"detail": _detail(response)})
+        if response.status_code in _RETRYABLE_STATUS:
+            raise httpx.HTTPStatusError(
+                _detail(response), request=response.request, response=response
+            )
+        raise ProtocolError(response.status_code, _detail(response))
+
+    async def call(self, entity_type: str, entity_id: str, name: str, operation: Any) -> Answer:
+        """Applies ``operation`` once per task under ``name``; ``body`` holds
+        its ``answer`` or ``error``. Safe to send again, so it is retried."""
+        body = {"name": name, "operation": operation}
+        return await _send(
+            self._http, "POST", self._url(entity_type, entity_id), body, self._attempts
+        )

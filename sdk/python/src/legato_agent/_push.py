@@ -29,8 +29,9 @@ from typing import Any, Literal
 
 import httpx
 
-from ._client import journal_url, post_output, put_journal, question_body
-from ._task import Asked, RetryableError, Task, run
+from ._client import EntitiesAt, journal_url, post_output, put_journal, question_body
+from ._errors import Asked, RetryableError
+from ._task import Task, run
 from ._worker import Handler
 
 log = logging.getLogger("legato_agent")
@@ -128,6 +129,7 @@ class PushApp:
             self._record_at(callback),
             self._ask_at(callback),
             self._output_to(callback),
+            EntitiesAt(self._http, callback),
         )
         if self._respond == "callback" and callback:
             job = asyncio.create_task(self._run_and_call_back(handler, task, callback))

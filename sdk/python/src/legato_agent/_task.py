@@ -13,29 +13,14 @@ import httpx
 
 from ._chat import ChatReply, ToolCall, stream_reply
 from ._client import ProtocolError
+from ._entities import Entity, EntityAccess
+from ._errors import Asked, FatalError, RetryableError
 from ._output import Output, SendOutput
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
 
 T = TypeVar("T")
-
-
-class RetryableError(Exception):
-    """The attempt failed in a way a later attempt may not: retried under the
-    step's retry policy. Any exception an agent raises counts as this unless it
-    is a :class:`FatalError`."""
-
-
-class FatalError(Exception):
-    """The attempt failed in a way no retry will mend: the step fails at once
-    (and the workflow rolls back or fails as its definition says)."""
-
-
-class Asked(BaseException):
-    """Raised by :meth:`Task.ask` once the question is sent: the attempt ends
-    there, holding no worker, and the task comes again with the answer. A
-    ``BaseException``, so ``except Exception`` in agent code lets it pass."""
 
 
 Progress = Callable[[str | None, Any], Awaitable[None]]
@@ -107,6 +92,7 @@ class Task:
     _ask: AskQuestion = field(repr=False, compare=False)
     _record: Record = field(repr=False, compare=False)
     _output: SendOutput = field(repr=False, compare=False)
+    _entities: EntityAccess = field(repr=False, compare=False)
     _cancelled: asyncio.Event = field(repr=False, compare=False)
     _used: set[str] = field(repr=False, compare=False, default_factory=set)
     _spent: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
@@ -175,11 +161,7 @@ class Task:
         runs again next time). Give each step of a task its own ``name``. For
         model calls and tool calls: a crash at turn seven does not pay for
         turns one to six again."""
-        if name in self._used:
-            raise FatalError(
-                f"step {name!r} ran twice in one attempt: give each step of a task its own name"
-            )
-        self._used.add(name)
+        self._claim_name(name)
         if name in self.journal:
             recorded: T = self.journal[name]
             return recorded
@@ -195,6 +177,19 @@ class Task:
         except (httpx.HTTPError, OSError) as e:
             raise RetryableError(f"step {name!r} could not be recorded: {e}") from e
         return standing
+
+    def _claim_name(self, name: str) -> None:
+        if name in self._used:
+            raise FatalError(
+                f"step {name!r} ran twice in one attempt: give each step of a task its own name"
+            )
+        self._used.add(name)
+
+    def entity(self, entity_type: str, entity_id: str) -> Entity:
+        """The durable entity ``entity_type``/``entity_id`` of the task's tenant
+        (docs/entities.md): read it, or call or signal an operation on it,
+        applied once per task under the name you give it."""
+        return Entity(self, entity_type, entity_id)
 
     def output(self, call: str) -> Output:
         """Relays what the attempt writes as ``call`` (name it as the
@@ -283,6 +278,7 @@ class Task:
         record: Record,
         ask: AskQuestion,
         output: SendOutput,
+        entities: EntityAccess,
     ) -> Task:
         deadline = raw.get("deadline")
         return cls(
@@ -306,5 +302,6 @@ class Task:
             _ask=ask,
             _record=record,
             _output=output,
+            _entities=entities,
             _cancelled=asyncio.Event(),
         )

@@ -15,8 +15,17 @@ from typing import Any, Self
 
 import httpx
 
-from ._client import Answer, Client, Completions, ProtocolError, _retry_after, question_body
-from ._task import Asked, Task, run
+from ._client import (
+    Answer,
+    Client,
+    Completions,
+    EntitiesAt,
+    ProtocolError,
+    _retry_after,
+    question_body,
+)
+from ._errors import Asked
+from ._task import Task, run
 
 log = logging.getLogger("legato_agent")
 
@@ -177,7 +186,8 @@ class Worker:
         async def output(call: str, seq: int, text: str) -> None:
             await self._client.output(token, call, seq, text)
 
-        task = Task.from_wire(raw, progress, record, ask, output)
+        entities = EntitiesAt(self._client.http, f"/api/v1/tasks/{token}")
+        task = Task.from_wire(raw, progress, record, ask, output, entities)
         job = asyncio.create_task(self._run(task), name=f"legato:{task.key}#{task.attempt}")
         self._running[token] = (task, job)
 
