@@ -8,6 +8,7 @@
  * attempt is no longer wanted; it is returned, never retried.
  */
 
+import { type EntityAccess, entitiesAt } from "./entities.js";
 import type { Usage, WireTask } from "./task.js";
 
 const RETRYABLE = new Set([408, 429, 500, 502, 503, 504]);
@@ -152,15 +153,11 @@ export function journalUrl(base: string, name: string): string {
 }
 
 /**
- * Records a journal entry at `url`, retrying what may be retried:
- * recording a name twice keeps the first value, so a retry is safe.
- */
-/**
  * Sends a report on a task, again while it may be retried (every report
  * counts once however often it is sent); `once` for one not worth another
  * try. Resolves to the answer's JSON body when the report was taken.
  */
-async function send(
+export async function send(
   url: string,
   init: { method: string; headers: Record<string, string>; body: unknown },
   attempts: number,
@@ -212,6 +209,21 @@ export async function putJournal(
   return answer.wanted ? { wanted: true, value: answer.body?.["value"] ?? null } : answer;
 }
 
+/** A GET of `url`, once: its JSON body, or why not (404/409: not wanted). */
+export async function getJson(
+  url: string,
+  headers: Record<string, string>,
+): Promise<Answer & { body?: Record<string, unknown> }> {
+  const response = await fetch(url, { headers });
+  if (response.status === 200) {
+    return { wanted: true, body: (await response.json()) as Record<string, unknown> };
+  }
+  const detail = await detailOf(response);
+  if (response.status === 404 || response.status === 409) return { wanted: false, detail };
+  if (RETRYABLE.has(response.status)) throw new Error(`${response.status}: ${detail}`);
+  throw new ProtocolError(response.status, detail);
+}
+
 /** Sends one piece of output to `url` (a task's `.../output`), once. */
 export async function postOutput(
   url: string,
@@ -244,6 +256,11 @@ export class Client {
     if (apiKey !== undefined) {
       this.headers["authorization"] = `Bearer ${apiKey}`;
     }
+  }
+
+  /** The durable entities of the task `token` names. */
+  entities(token: string): EntityAccess {
+    return entitiesAt(`${this.base}/api/v1/tasks/${token}`, this.headers, this.reportAttempts);
   }
 
   private post(path: string, body: unknown, signal?: AbortSignal): Promise<Response> {

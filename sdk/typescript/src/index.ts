@@ -21,6 +21,7 @@
 
 export type { ChatMessage, ChatOptions, ChatReply, ToolCall } from "./chat.js";
 export { ProtocolError } from "./client.js";
+export { type Entity, EntityOperationError } from "./entities.js";
 export { Output } from "./output.js";
 export {
   type PushHandlerOptions,

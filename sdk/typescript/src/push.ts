@@ -13,6 +13,7 @@ import { createHmac, timingSafeEqual } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
 
 import { journalUrl, postOutput, putJournal, questionBody } from "./client.js";
+import { entitiesAt } from "./entities.js";
 import {
   type AskOptions,
   type Handler,
@@ -182,7 +183,7 @@ export function createPushHandler(
       const output = async (call: string, seq: number, text: string): Promise<void> => {
         if (callback !== "") await postOutput(`${callback}/output`, {}, call, seq, text);
       };
-      const task = taskOf(wire, abort.signal, progress, record, ask, output);
+      const task = taskOf(wire, abort.signal, progress, record, ask, output, entitiesAt(callback, {}));
       if (respond === "callback" && callback !== "") {
         answer(res, 202, { accepted: wire.idempotencyKey });
         const outcome = await runHandler(handler, task);

@@ -2,6 +2,7 @@
 
 import { type ChatMessage, type ChatOptions, type ChatReply, type ToolCall, streamReply } from "./chat.js";
 import { ProtocolError } from "./client.js";
+import { type Entity, type EntityAccess, entityOf } from "./entities.js";
 import { Asked, FatalError, RetryableError } from "./errors.js";
 import { Output, type SendOutput } from "./output.js";
 
@@ -122,6 +123,12 @@ export interface Task {
    * resumed loop gets its result without running the tool again.
    */
   tool<T>(call: ToolCall, fn: () => Promise<T>): Promise<T>;
+  /**
+   * The durable entity `type`/`id` of the task's tenant (docs/entities.md):
+   * read it, or call or signal an operation on it, applied once per task
+   * under the name you give it.
+   */
+  entity(type: string, id: string): Entity;
 }
 
 export interface AskOptions {
@@ -173,18 +180,26 @@ export async function runHandler(handler: Handler, task: Task): Promise<Outcome>
   return { output: output ?? null };
 }
 
-function stepper(
-  journal: Readonly<Record<string, unknown>>,
-  record: RecordStep,
-): <T>(name: string, fn: () => Promise<T>) => Promise<T> {
+/** Takes `name` for one step of the attempt; a name twice is a bug. */
+function claimer(): (name: string) => void {
   const used = new Set<string>();
-  return async <T>(name: string, fn: () => Promise<T>): Promise<T> => {
+  return (name: string): void => {
     if (used.has(name)) {
       throw new FatalError(
         `step "${name}" ran twice in one attempt: give each step of a task its own name`,
       );
     }
     used.add(name);
+  };
+}
+
+function stepper(
+  journal: Readonly<Record<string, unknown>>,
+  record: RecordStep,
+  claim: (name: string) => void,
+): <T>(name: string, fn: () => Promise<T>) => Promise<T> {
+  return async <T>(name: string, fn: () => Promise<T>): Promise<T> => {
+    claim(name);
     if (Object.prototype.hasOwnProperty.call(journal, name)) return journal[name] as T;
     const value = (await fn()) ?? null;
     try {
@@ -230,11 +245,13 @@ export function taskOf(
   record: RecordStep,
   askQuestion: AskQuestion,
   sendOutput: SendOutput,
+  entities: EntityAccess,
 ): Task {
   const journal = wire.journal ?? {};
   const answers = wire.answers ?? {};
   const spending = new Spending();
-  const step = stepper(journal, record);
+  const claim = claimer();
+  const step = stepper(journal, record, claim);
   const output = (call: string): Output => new Output(call, sendOutput);
   let chats = 0;
   return {
@@ -281,6 +298,7 @@ export function taskOf(
       });
     },
     tool: <T>(call: ToolCall, fn: () => Promise<T>): Promise<T> => step(`tool ${call.id}`, fn),
+    entity: (type: string, id: string): Entity => entityOf(type, id, entities, journal, claim),
     get usage() {
       return spending.total;
     },

@@ -192,7 +192,7 @@ export class Worker {
     };
     const output = (call: string, seq: number, text: string): Promise<void> =>
       this.client.output(wire.token, call, seq, text);
-    const task = taskOf(wire, abort.signal, progress, record, ask, output);
+    const task = taskOf(wire, abort.signal, progress, record, ask, output, this.client.entities(wire.token));
     const entry: Running = {
       token: wire.token,
       task,

@@ -1,6 +1,7 @@
 //! Load, decide, commit, publish: messages' effect on one instance.
 //!
-//! Messages for one instance are applied by one runner at a time. Those
+//! Messages for one instance are applied by one runner at a time, in the
+//! order they were posted (the consumer posts each as it takes it). Those
 //! that arrive while it works (the results of a fan-out, finishing
 //! together) wait in the instance's mailbox and are then decided one after
 //! the other and committed together: one load, one commit, one progress
@@ -26,7 +27,7 @@ use crate::agents::AgentDirectory;
 use crate::effects;
 use crate::mailboxes::Mailboxes;
 use crate::settings::OrchestratorSettings;
-pub(crate) use answers::{Applied, ApplyError};
+pub(crate) use answers::{Applied, ApplyError, Pending};
 
 /// Most messages one commit takes for an instance; more wait for the next.
 /// Keeps a commit well inside Table Storage's 100 operations per batch.
@@ -208,25 +209,32 @@ impl Applier {
         input: &Input,
         traceparent: Option<&TraceParent>,
     ) -> Result<Applied, ApplyError> {
+        self.submit(id, input, traceparent).answer().await
+    }
+
+    /// Posts `input` to the instance's mailbox now (so messages posted one
+    /// after the other are applied in that order), starting its runner if
+    /// none works through it; the answer comes with the commit.
+    pub(crate) fn submit(
+        self: &Arc<Self>,
+        id: &InstanceId,
+        input: &Input,
+        traceparent: Option<&TraceParent>,
+    ) -> Pending {
         let (answer, answered) = oneshot::channel();
         let waiting = Waiting {
             input: input.clone(),
             traceparent: traceparent.cloned(),
             answer,
         };
-        let lead = self.mailboxes.post(id, waiting);
-        if lead {
+        if self.mailboxes.post(id, waiting) {
             // Detached: the runner goes on (and answers everyone) even if
             // the caller that started it stops waiting.
             let applier = self.clone();
             let id = id.clone();
             tokio::spawn(async move { applier.run(id).await });
         }
-        answered.await.map_err(|_| {
-            ApplyError::Transient(StoreError::Unavailable(
-                "the instance's runner stopped".into(),
-            ))
-        })?
+        Pending(answered)
     }
 
     /// Works through the instance's mailbox until it is empty.

@@ -25,7 +25,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
-use crate::apply::{Applied, ApplyError};
+use crate::apply::{Applied, ApplyError, Pending};
 use crate::mailboxes::Mailboxes;
 
 pub(crate) struct Entities {
@@ -56,6 +56,36 @@ impl Entities {
         operation: EntityOperation,
         at: OffsetDateTime,
     ) -> Result<Applied, ApplyError> {
+        let key = self.key_of(sender, &operation)?;
+        if operation.operation.is_read() {
+            return self.read(&key, &operation).await;
+        }
+        self.post(key, sender, operation, at).answer().await
+    }
+
+    /// Posts `operation` to its entity's mailbox now (so operations posted
+    /// one after the other are applied in that order); `None` for a read
+    /// or an operation refused outright, which [`Entities::apply`] answers.
+    pub(crate) fn submit(
+        self: &Arc<Self>,
+        sender: &InstanceId,
+        operation: EntityOperation,
+        at: OffsetDateTime,
+    ) -> Option<Pending> {
+        let key = self.key_of(sender, &operation).ok()?;
+        if operation.operation.is_read() {
+            return None;
+        }
+        Some(self.post(key, sender, operation, at))
+    }
+
+    /// The entity `operation` is for, in `sender`'s tenant, unless it may
+    /// not be applied at all.
+    fn key_of(
+        &self,
+        sender: &InstanceId,
+        operation: &EntityOperation,
+    ) -> Result<EntityKey, ApplyError> {
         operation.check().map_err(ApplyError::Rejected)?;
         if let Some(caller) = &operation.caller
             && caller.instance.tenant() != sender.tenant()
@@ -74,13 +104,19 @@ impl Entities {
                 holder.instance
             )));
         }
-        let key = EntityKey {
+        Ok(EntityKey {
             tenant: sender.tenant(),
             entity: operation.entity.clone(),
-        };
-        if operation.operation.is_read() {
-            return self.read(&key, &operation).await;
-        }
+        })
+    }
+
+    fn post(
+        self: &Arc<Self>,
+        key: EntityKey,
+        sender: &InstanceId,
+        operation: EntityOperation,
+        at: OffsetDateTime,
+    ) -> Pending {
         let (answer, answered) = oneshot::channel();
         let waiting = Waiting {
             op: EntityOp {
@@ -96,11 +132,7 @@ impl Entities {
             let entities = self.clone();
             tokio::spawn(async move { entities.run(key).await });
         }
-        answered.await.map_err(|_| {
-            ApplyError::Transient(StoreError::Unavailable(
-                "the entity's runner stopped".into(),
-            ))
-        })?
+        Pending(answered)
     }
 
     async fn read(

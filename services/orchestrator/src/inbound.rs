@@ -20,7 +20,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::apply::{Applied, Applier, ApplyError, Input};
+use crate::apply::{Applied, Applier, ApplyError, Input, Pending};
 use crate::entities::Entities;
 
 /// Where a message's effect is applied.
@@ -48,10 +48,14 @@ pub(crate) async fn consume(
             _ = shutdown.wait() => break,
             d = subscription.next() => d?,
         };
+        // Posted here, in the order the broker delivered them, so one
+        // instance's (or entity's) messages are applied in that order
+        // however the tasks below are scheduled.
+        let taken = take(&applier, delivery);
         let applier = applier.clone();
         let shutdown = shutdown.clone();
         running.spawn(async move {
-            handle(&applier, delivery, outage_hold, &shutdown).await;
+            handle(&applier, taken, outage_hold, &shutdown).await;
             drop(permit);
         });
         while running.try_join_next().is_some() {}
@@ -61,23 +65,73 @@ pub(crate) async fn consume(
     Ok(())
 }
 
-async fn handle(
-    applier: &Appliers,
+/// A delivery as the consume loop takes it.
+enum Taken {
+    Undecodable(Delivery, String),
+    Routed(Box<RoutedDelivery>),
+}
+
+struct RoutedDelivery {
     delivery: Delivery,
-    outage_hold: Duration,
-    shutdown: &Shutdown,
-) {
+    envelope: Envelope,
+    span: tracing::Span,
+    traceparent: Option<legato_contracts::TraceParent>,
+    routed: Routed,
+    /// Its place in a mailbox, taken as it came; `None` for what is not
+    /// queued (reads, refusals) and for a post that failed at once.
+    posted: Option<Pending>,
+}
+
+/// Decodes and routes a delivery, and posts what a mailbox applies.
+fn take(applier: &Appliers, delivery: Delivery) -> Taken {
     let envelope = match delivery.decode() {
         Ok(e) => e,
-        Err(e) => return settle(dead_letter(delivery, &e.to_string()).await),
+        Err(e) => return Taken::Undecodable(delivery, e.to_string()),
     };
     legato_service::metrics::received("orchestrator", envelope.time);
     let span = tracing::info_span!("message", instance = %envelope.subject, r#type = envelope.type_name(), id = %envelope.id);
     legato_service::telemetry::continue_trace(&span, envelope.traceparent.as_ref());
+    let traceparent = span
+        .in_scope(legato_service::telemetry::current_traceparent)
+        .or(envelope.traceparent.clone());
+    let routed = to_input(&envelope);
+    let posted = match &routed {
+        Routed::Apply(input) => Some(applier.instances.submit(
+            &envelope.subject,
+            input,
+            traceparent.as_ref(),
+        )),
+        Routed::Entity(operation, at) => {
+            applier
+                .entities
+                .submit(&envelope.subject, (**operation).clone(), *at)
+        }
+        Routed::Ignore | Routed::Reject(_) => None,
+    };
+    Taken::Routed(Box::new(RoutedDelivery {
+        delivery,
+        envelope,
+        span,
+        traceparent,
+        routed,
+        posted,
+    }))
+}
+
+async fn handle(applier: &Appliers, taken: Taken, outage_hold: Duration, shutdown: &Shutdown) {
+    let taken = match taken {
+        Taken::Undecodable(delivery, why) => return settle(dead_letter(delivery, &why).await),
+        Taken::Routed(taken) => *taken,
+    };
+    let RoutedDelivery {
+        delivery,
+        envelope,
+        span,
+        traceparent,
+        routed,
+        posted,
+    } = taken;
     async move {
-        let traceparent =
-            legato_service::telemetry::current_traceparent().or(envelope.traceparent.clone());
-        let routed = to_input(&envelope);
         match &routed {
             // Bare beats of tasks without a lease prove only that the agent
             // lives, which the broker's lease on the delivery already does.
@@ -85,7 +139,14 @@ async fn handle(
             Routed::Reject(reason) => return settle(dead_letter(delivery, reason).await),
             Routed::Apply(_) | Routed::Entity(..) => {}
         }
+        // The first try is the post made as the message came; a try again
+        // (after the store was away) posts anew.
+        let posted = std::sync::Mutex::new(posted);
         let applied = || async {
+            let first = posted.lock().ok().and_then(|mut p| p.take());
+            if let Some(first) = first {
+                return first.answer().await;
+            }
             match &routed {
                 Routed::Apply(input) => {
                     applier

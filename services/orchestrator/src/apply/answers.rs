@@ -49,3 +49,17 @@ impl From<StoreError> for ApplyError {
         }
     }
 }
+
+/// A message posted to a mailbox: its answer comes once the batch it went
+/// into is committed.
+pub(crate) struct Pending(pub(crate) tokio::sync::oneshot::Receiver<Result<Applied, ApplyError>>);
+
+impl Pending {
+    pub(crate) async fn answer(self) -> Result<Applied, ApplyError> {
+        self.0.await.map_err(|_| {
+            ApplyError::Transient(StoreError::Unavailable(
+                "the mailbox's runner stopped".into(),
+            ))
+        })?
+    }
+}
