@@ -6,7 +6,7 @@
 // complete although its progress messages are lost, reject another and
 // see it roll back and fail, see a loop drawn with its iterations, follow a child workflow run and back, see a run held by its budget and
 // resume it with a higher one, answer a task's question, see an agent's text appear as it writes it and a model loop's journal, look at the workflows, pause, resume and
-// trigger a schedule and open the run it started. A screenshot of each
+// trigger a schedule and open the run it started, look at an entity and send it an operation. A screenshot of each
 // page is written to the output directory.
 // Usage: node dashboard.mjs <base url> <admin api key> <output dir> <read-only api key>
 import { mkdirSync } from "node:fs";
@@ -349,6 +349,29 @@ try {
   check((await page.textContent("#agent-kind")) === "pull", "the agent is not shown as a pull agent");
   await page.waitForSelector("#agent-figures >> text=0 running");
   await page.waitForSelector("#agent-workers >> text=no worker polled");
+
+  // The entities page: one made through the API, its state and latest
+  // operations, and an operation sent from the page.
+  const signal = await fetch(`${base}/api/v1/entities/counter/dash-visits/operations`, {
+    method: "POST",
+    headers: { "content-type": "application/json", authorization: `Bearer ${key}` },
+    body: JSON.stringify({ op: "increment", by: 2 }),
+  });
+  check(signal.status === 202, `signal an entity: ${signal.status} ${await signal.text()}`);
+  for (let i = 0; i < 40; i++) {
+    await page.evaluate(() => (location.hash = `#/entities?type=counter&at=${Date.now()}`));
+    await page.waitForSelector("#entities");
+    if (await page.$('#entities [data-entity="counter/dash-visits"]')) break;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  await page.click('#entities [data-entity="counter/dash-visits"]');
+  await page.waitForSelector("#entity-count >> text=1 operations");
+  await page.fill("#entity-operation", '{"op": "increment", "by": 3}');
+  await page.click("#send-operation");
+  await page.waitForSelector("#entity-count >> text=2 operations");
+  check((await page.textContent("#entity-state")).trim() === "5", "the entity's state is not 5");
+  await page.waitForSelector('#entity-operations [data-seq="2"] >> text=5');
+  await shot("entity");
 
   // Purge from the instance page, confirmed.
   await page.evaluate(() => (location.hash = "#/instances/dash-no"));

@@ -1,10 +1,12 @@
 // The legato dashboard: instances, one instance live, definitions,
-// schedules. Plain
+// schedules, agents, entities. Plain
 // modules, no build step; the gateway serves these files from its binary.
 // Every call goes to the gateway's own API with the signed-in token (an API
 // key or an access token) when the gateway asks for one; live updates come
 // through the stock SignalR client, which negotiates at /api/v1 and so
 // works unchanged against the local hub and Azure SignalR.
+
+import { entityPages } from "./entities.js";
 
 const TOKEN_KEY = "legato.token";
 const view = document.getElementById("view");
@@ -676,6 +678,10 @@ async function agentPage(name) {
   );
 }
 
+// ---- entities (entities.js) ----
+
+const { entitiesPage, entityPage } = entityPages({ el, api, show, attempt, json, when });
+
 // ---- routing ----
 
 async function route() {
@@ -686,7 +692,7 @@ async function route() {
   const [path, query = ""] = location.hash.replace(/^#/, "").split("?");
   const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
   for (const link of document.querySelectorAll("[data-nav]")) {
-    link.classList.toggle("active", link.dataset.nav === (["workflows", "schedules", "agents"].includes(parts[0]) ? parts[0] : "instances"));
+    link.classList.toggle("active", link.dataset.nav === (["workflows", "schedules", "agents", "entities"].includes(parts[0]) ? parts[0] : "instances"));
   }
   await attempt(async () => {
     if (parts[0] === "instances" && parts[1]) return instancePage(parts[1]);
@@ -696,6 +702,8 @@ async function route() {
     if (parts[0] === "schedules") return schedulesPage();
     if (parts[0] === "agents" && parts[1]) return agentPage(parts[1]);
     if (parts[0] === "agents") return agentsPage();
+    if (parts[0] === "entities" && parts[2]) return entityPage(parts[1], parts[2]);
+    if (parts[0] === "entities") return entitiesPage(new URLSearchParams(query));
     return instancesPage(new URLSearchParams(query));
   });
 }

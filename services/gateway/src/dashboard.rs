@@ -17,6 +17,11 @@ const FILES: &[(&str, &str, &str)] = &[
         include_str!("../dashboard/app.js"),
     ),
     (
+        "entities.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../dashboard/entities.js"),
+    ),
+    (
         "style.css",
         "text/css; charset=utf-8",
         include_str!("../dashboard/style.css"),
@@ -78,6 +83,13 @@ mod tests {
         for name in ["app.js", "style.css", "signalr.min.js"] {
             assert!(INDEX.contains(&format!("/dashboard/{name}")), "{name}");
             assert!(FILES.iter().any(|(n, _, _)| *n == name));
+        }
+        // And every module a served script imports.
+        for (_, _, body) in FILES {
+            for import in body.split("from \"./").skip(1) {
+                let name = import.split('"').next().unwrap_or_default();
+                assert!(FILES.iter().any(|(n, _, _)| *n == name), "{name}");
+            }
         }
     }
 }

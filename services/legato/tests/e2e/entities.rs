@@ -359,7 +359,14 @@ async fn a_lock_held_by_a_terminated_run_goes_to_the_next_in_line() {
         .await;
     assert_eq!(status, reqwest::StatusCode::ACCEPTED);
     legato.wait_status(&second, "Completed").await;
-    let (_, lock) = legato.get_json("/api/v1/entities/repo/acme.web").await;
+    // Its release goes out with its end, and is applied soon after.
+    let lock = legato
+        .wait_for_json(
+            "/api/v1/entities/repo/acme.web",
+            Duration::from_secs(30),
+            |e| e["operations"] == 4,
+        )
+        .await;
     let ops: Vec<&str> = lock["recent"]
         .as_array()
         .unwrap()
