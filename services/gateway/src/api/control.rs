@@ -99,13 +99,7 @@ async fn send_checked(
     }
     let envelope = Envelope::new(SOURCE, id.clone(), OffsetDateTime::now_utc(), payload)
         .with_traceparent(legato_service::telemetry::current_traceparent());
-    state.bus.publish_envelope(&envelope).await.map_err(|e| {
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Bus unavailable",
-            format!("{e}; retry the request"),
-        )
-    })?;
+    super::send_command(state, &envelope).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(Accepted {

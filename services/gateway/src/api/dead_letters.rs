@@ -124,10 +124,7 @@ pub(crate) async fn list_dead_letters(
     query: Result<Query<DeadLetterListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<DeadLetterPage>, Problem> {
     let Query(q) = query.map_err(|e| Problem::field("query", e.body_text()))?;
-    let top = q.top.unwrap_or(100);
-    if !(1..=1000).contains(&top) {
-        return Err(Problem::field("top", "must be between 1 and 1000"));
-    }
+    let top = super::page_size(q.top)?;
     let page = state
         .store
         .dead_letters(&DeadLetterQuery {

@@ -174,10 +174,7 @@ pub(crate) async fn list_entities(
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<EntityList>, Problem> {
     let Query(q) = query.map_err(|e| Problem::field("query", e.body_text()))?;
-    let top = q.top.unwrap_or(100);
-    if !(1..=1000).contains(&top) {
-        return Err(Problem::field("top", "must be between 1 and 1000"));
-    }
+    let top = super::page_size(q.top)?;
     let page = state
         .store
         .list_entities(&EntityQuery {
@@ -320,13 +317,7 @@ pub(crate) async fn operate_entity(
         .map_err(|e| Problem::field("tenant", e.to_string()))?;
     let envelope = Envelope::new(SOURCE, sender, OffsetDateTime::now_utc(), message)
         .with_traceparent(legato_service::telemetry::current_traceparent());
-    state.bus.publish_envelope(&envelope).await.map_err(|e| {
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Bus unavailable",
-            format!("{e}; retry the request"),
-        )
-    })?;
+    super::send_command(&state, &envelope).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(OperationAccepted { operation_id: id }),

@@ -289,10 +289,7 @@ pub(crate) async fn list_instances(
         }
         None => None,
     };
-    let top = q.top.unwrap_or(100);
-    if !(1..=1000).contains(&top) {
-        return Err(Problem::field("top", "must be between 1 and 1000"));
-    }
+    let top = super::page_size(q.top)?;
     let page = state
         .store
         .list(&InstanceQuery {

@@ -118,6 +118,30 @@ pub(crate) fn required_role(method: &Method, path: &str) -> Role {
 /// Every message the gateway sends says it came from here.
 pub(crate) const SOURCE: &str = "/legato/gateway";
 
+/// Publishes a command for the orchestrator: `503` (retry the request)
+/// while the bus is away.
+pub(crate) async fn send_command(
+    state: &GatewayState,
+    envelope: &legato_contracts::Envelope,
+) -> Result<(), Problem> {
+    state.bus.publish_envelope(envelope).await.map_err(|e| {
+        Problem::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "Bus unavailable",
+            format!("{e}; retry the request"),
+        )
+    })
+}
+
+/// A listing's page size: 1-1000, 100 unless asked.
+pub(crate) fn page_size(top: Option<usize>) -> Result<usize, Problem> {
+    let top = top.unwrap_or(100);
+    if !(1..=1000).contains(&top) {
+        return Err(Problem::field("top", "must be between 1 and 1000"));
+    }
+    Ok(top)
+}
+
 pub(crate) fn routes() -> Router<GatewayState> {
     Router::new()
         .route("/api/v1/workflows", get(workflows::list_workflows))

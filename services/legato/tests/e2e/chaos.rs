@@ -29,6 +29,25 @@ impl Lcg {
     }
 }
 
+/// A generator seeded from the clock, and the seed (printed, to replay a
+/// failing run).
+fn seeded() -> (u64, Lcg) {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    println!("chaos seed {seed}");
+    (seed, Lcg(seed))
+}
+
+/// `env` for a gateway on a free port, and the port.
+fn on_a_free_port(env: &[(String, String)]) -> (u16, Vec<(String, String)>) {
+    let port = free_port();
+    let mut gateway = env.to_vec();
+    gateway.push(("LEGATO__HTTP__PORT".into(), port.to_string()));
+    (port, gateway)
+}
+
 pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -41,17 +60,10 @@ pub(crate) fn free_port() -> u16 {
 pub async fn twenty_kills_during_fifty_instances(
     settings: impl FnOnce(&Path) -> Vec<(String, String)>,
 ) {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    println!("chaos seed {seed}");
-    let mut rng = Lcg(seed);
+    let (seed, mut rng) = seeded();
     let dir = temp_dir();
     let env = settings(dir.path());
-    let gateway_port = free_port();
-    let mut gateway_env = env.clone();
-    gateway_env.push(("LEGATO__HTTP__PORT".into(), gateway_port.to_string()));
+    let (gateway_port, gateway_env) = on_a_free_port(&env);
     let start = |name: &str| {
         let env = if name == "gateway" {
             &gateway_env
@@ -241,17 +253,10 @@ pub async fn increments_survive_orchestrator_kills(
     instances: usize,
     times: u32,
 ) {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    println!("chaos seed {seed}");
-    let mut rng = Lcg(seed);
+    let (seed, mut rng) = seeded();
     let dir = temp_dir();
     let env = settings(dir.path());
-    let gateway_port = free_port();
-    let mut gateway_env = env.clone();
-    gateway_env.push(("LEGATO__HTTP__PORT".into(), gateway_port.to_string()));
+    let (gateway_port, gateway_env) = on_a_free_port(&env);
     let mut orchestrator = Service::start("orchestrator", dir.path(), &env);
     let _orchestrator_b = Service::start("orchestrator", dir.path(), &env);
     let _gateway = Service::start("gateway", dir.path(), &gateway_env);
