@@ -135,9 +135,19 @@ fn constrain_parameters(path: &str, operation: &mut Value) {
     };
     for parameter in parameters {
         let schema = match (parameter["in"].as_str(), parameter["name"].as_str()) {
+            (Some("path"), Some("id")) if path.contains("/entities/") => {
+                json!({"type": "string", "pattern": "^[A-Za-z0-9_.:@-]{1,128}$"})
+            }
             (Some("path"), Some("id")) => {
                 json!({"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$"})
             }
+            (Some("path" | "query"), Some("type")) => {
+                json!({"type": "string", "pattern": "^[a-z][a-z0-9_-]{0,63}$"})
+            }
+            (Some("query"), Some("operations")) => {
+                json!({"type": "integer", "minimum": 0, "maximum": 100})
+            }
+            (Some("query"), Some("path")) => json!({"type": "string", "pattern": "^(/.*)?$"}),
             (Some("path"), Some("name")) if path.starts_with("/api/v1/agents/") => {
                 json!({"type": "string", "pattern": "^[a-z][a-z0-9-]{0,62}$"})
             }

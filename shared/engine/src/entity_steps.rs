@@ -34,8 +34,14 @@ pub(crate) fn slot(step: &EntityStep, scope: &Scope) -> Result<TaskSlot, String>
         other => return Err(format!("entity.id rendered to {other}, not a string")),
     };
     let operation = step.operation.render(scope).map_err(|e| e.to_string())?;
-    let parsed: Operation = serde_json::from_value(operation.clone())
-        .map_err(|e| format!("entity operation {operation}: {e}"))?;
+    let parsed = Operation::from_json(operation.clone())
+        .map_err(|e| format!("entity operation {operation}: {} {}", e.pointer, e.message))?;
+    if parsed.is_locking() {
+        return Err(format!(
+            "entity operation {operation}: {} is for lock steps",
+            parsed.name()
+        ));
+    }
     let slot = EntitySlot {
         entity: EntityRef {
             entity_type: step.entity_type.clone(),
