@@ -42,7 +42,27 @@ pub fn check(file: &Path) -> Result<String, String> {
         })
     })?;
     let steps = workflow.all_steps();
-    let loops = steps.iter().filter(|s| s.body().is_some()).count();
+    let count = |kind: fn(&legato_workflow::Action) -> bool| {
+        steps.iter().filter(|s| kind(&s.action)).count()
+    };
+    let blocks: Vec<String> = [
+        (
+            "loop",
+            count(|a| matches!(a, legato_workflow::Action::Loop { .. })),
+        ),
+        (
+            "race",
+            count(|a| matches!(a, legato_workflow::Action::Race { .. })),
+        ),
+        (
+            "lock",
+            count(|a| matches!(a, legato_workflow::Action::Lock { .. })),
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, n)| *n > 0)
+    .map(|(kind, n)| format!("{n} {kind}{}", if n == 1 { "" } else { "s" }))
+    .collect();
     let agents: BTreeSet<String> = workflow
         .named_agents()
         .into_iter()
@@ -54,12 +74,8 @@ pub fn check(file: &Path) -> Result<String, String> {
         workflow.version,
         steps.len()
     );
-    if loops > 0 {
-        let _ = write!(
-            summary,
-            " ({loops} loop{})",
-            if loops == 1 { "" } else { "s" }
-        );
+    if !blocks.is_empty() {
+        let _ = write!(summary, " ({})", blocks.join(", "));
     }
     if !agents.is_empty() {
         let names: Vec<String> = agents.into_iter().collect();

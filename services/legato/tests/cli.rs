@@ -541,6 +541,15 @@ async fn validate_checks_definitions_offline_with_the_messages_of_registration()
         ),
         "{lines}"
     );
+    let guarded = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../workflows/guarded-change.yaml");
+    let locked = run(
+        "http://127.0.0.1:9",
+        &["validate", guarded.to_str().unwrap()],
+    );
+    assert!(
+        stdout(&locked).contains("guarded-change v1: valid, 3 steps (1 lock); names agents coder"),
+        "{locked:?}"
+    );
 
     let dir = temp_dir();
     let broken = r#"{"name": "broken", "version": 1, "steps": [
