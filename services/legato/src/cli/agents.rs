@@ -79,10 +79,7 @@ pub async fn run(gateway: &Gateway, output: Output, command: AgentsCommand) -> a
             )
         }
     };
-    match output {
-        Output::Json => println!("{value}"),
-        Output::Text => println!("{text}"),
-    }
+    output.print(&text, &value);
     Ok(())
 }
 

@@ -35,6 +35,17 @@ pub enum Output {
     Json,
 }
 
+impl Output {
+    /// Prints what a command came to: `text` for people, `value` (the
+    /// gateway's answer) for scripts.
+    pub fn print(self, text: &str, value: &serde_json::Value) {
+        match self {
+            Output::Json => println!("{value}"),
+            Output::Text => println!("{text}"),
+        }
+    }
+}
+
 pub struct Gateway {
     base: String,
     stream_base: String,

@@ -118,10 +118,7 @@ pub async fn run(
             )
         }
     };
-    match output {
-        Output::Json => println!("{value}"),
-        Output::Text => println!("{text}"),
-    }
+    output.print(&text, &value);
     Ok(())
 }
 

@@ -157,10 +157,7 @@ pub async fn run(command: ClientCommand, target: Target) -> anyhow::Result<ExitC
     let gateway = Gateway::new(&target)?;
     let output = target.output;
     let instance = |id: &str| format!("/api/v1/instances/{}", segment(id));
-    let print = |text: String, value: &Value| match output {
-        Output::Json => println!("{value}"),
-        Output::Text => println!("{text}"),
-    };
+    let print = |text: String, value: &Value| output.print(&text, value);
     match command {
         ClientCommand::Start {
             workflow,
@@ -303,10 +300,7 @@ async fn operate(
 ) -> anyhow::Result<()> {
     let path = format!("/api/v1/instances/{}/{operation}", segment(id));
     let accepted = gateway.call(Method::POST, &path, Some(&body)).await?;
-    match output {
-        Output::Json => println!("{accepted}"),
-        Output::Text => println!("{operation} sent to {id}"),
-    }
+    output.print(&format!("{operation} sent to {id}"), &accepted);
     Ok(())
 }
 

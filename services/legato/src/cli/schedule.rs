@@ -176,10 +176,7 @@ pub async fn run(
             )
         }
     };
-    match output {
-        Output::Json => println!("{value}"),
-        Output::Text => println!("{text}"),
-    }
+    output.print(&text, &value);
     Ok(())
 }
 
