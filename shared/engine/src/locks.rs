@@ -76,9 +76,19 @@ pub(crate) fn acquire(state: &InstanceState, key: &TaskKey, slot: &TaskSlot) -> 
     }
 }
 
-/// Every entity is held: the body starts, each of its steps afresh.
+/// Every entity is held: the body starts. Its steps that completed before
+/// (a redrive of a lock step whose block failed) stay done, as a redrive
+/// promises; the others start afresh.
 pub(crate) fn acquired(ctx: &mut Ctx, step: &Step, lock: &LockSpec) {
     for inner in &lock.steps {
+        if ctx
+            .state
+            .steps
+            .get(&inner.id)
+            .is_some_and(|s| s.status.is_done())
+        {
+            continue;
+        }
         ctx.state
             .steps
             .insert(inner.id.clone(), Arc::new(StepState::pending()));
