@@ -13,12 +13,11 @@ mod reconcile;
 
 use std::sync::Arc;
 
-use legato_bus::Bus;
 use legato_contracts::{
-    Caller, EntityOperation, Envelope, InstanceId, Operation, Payload, TaskCompleted, TaskError,
-    TaskFailed,
+    Caller, EntityOperation, InstanceId, Operation, Payload, TaskCompleted, TaskError, TaskFailed,
 };
 use legato_engine::entities::{self, Reply};
+use legato_service::OutboxRelay;
 use legato_service::entities::{self as shared, EntityOp, MAX_BATCH, Outcome};
 use legato_store::{EntityAnswer, EntityKey, Store, StoreError};
 use serde_json::Value;
@@ -30,7 +29,9 @@ use crate::mailboxes::Mailboxes;
 
 pub(crate) struct Entities {
     store: Arc<dyn Store>,
-    bus: Arc<dyn Bus>,
+    /// Sends the answers: messages derived again from the store's claims
+    /// should a send be lost (the operation comes again), so never kept.
+    relay: Arc<OutboxRelay>,
     mailboxes: Mailboxes<EntityKey, Waiting>,
 }
 
@@ -40,10 +41,10 @@ struct Waiting {
 }
 
 impl Entities {
-    pub(crate) fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> Self {
+    pub(crate) fn new(store: Arc<dyn Store>, relay: Arc<OutboxRelay>) -> Self {
         Self {
             store,
-            bus,
+            relay,
             mailboxes: Mailboxes::default(),
         }
     }
@@ -201,27 +202,26 @@ impl Entities {
                 messages.push((caller.clone(), result_of(caller, answer)));
             }
             for caller in &outcome.granted {
-                messages.push((caller.clone(), result_of(caller, &Ok(entities::granted()))));
+                messages.push((caller.clone(), granted_to(caller)));
             }
         }
         self.send(messages).await
     }
 
-    /// Publishes each result to the instance of the attempt it is for.
+    /// Publishes each result to the instance of the attempt it is for,
+    /// all in flight together.
     async fn send(&self, messages: Vec<(Caller, Payload)>) -> Result<(), StoreError> {
-        for (caller, payload) in messages {
-            let envelope = Envelope::new(
-                crate::effects::SOURCE,
-                caller.instance.clone(),
-                OffsetDateTime::now_utc(),
-                payload,
-            );
-            self.bus
-                .publish_envelope(&envelope)
-                .await
-                .map_err(|e| StoreError::Unavailable(format!("answering {}: {e}", caller.key)))?;
-        }
-        Ok(())
+        let now = OffsetDateTime::now_utc();
+        let rows = messages
+            .into_iter()
+            .map(|(caller, payload)| {
+                crate::effects::outbox_row(&caller.instance, now, payload, None)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.relay
+            .send(&rows)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("answering entity operations: {e}")))
     }
 }
 
@@ -243,6 +243,11 @@ fn result_of(caller: &Caller, answer: &EntityAnswer) -> Payload {
         }
         .into(),
     }
+}
+
+/// What tells a holder's attempt that it holds the entity.
+fn granted_to(caller: &Caller) -> Payload {
+    result_of(caller, &Ok(entities::granted()))
 }
 
 fn completed(caller: &Caller, output: Value) -> Payload {

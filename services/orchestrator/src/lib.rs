@@ -60,7 +60,7 @@ impl Orchestrator {
         let applier = Arc::new(Applier::new(store.clone(), relay.clone(), settings.clone()));
         let appliers = inbound::Appliers {
             instances: applier.clone(),
-            entities: Arc::new(entities::Entities::new(store.clone(), bus.clone())),
+            entities: Arc::new(entities::Entities::new(store.clone(), relay.clone())),
         };
         let prefetch = settings.concurrency.max(1);
         let commands = bus

@@ -8,7 +8,6 @@
 
 use legato_contracts::{Caller, EntityOperation, Holder, Operation};
 use legato_engine::LockHold;
-use legato_engine::entities::granted;
 use legato_service::records::state_of;
 use legato_store::EntityKey;
 use time::OffsetDateTime;
@@ -102,7 +101,7 @@ impl Entities {
     async fn remind(&self, callers: &[Caller]) -> Result<(), ApplyError> {
         let grants = callers
             .iter()
-            .map(|c| (c.clone(), super::result_of(c, &Ok(granted()))))
+            .map(|c| (c.clone(), super::granted_to(c)))
             .collect();
         Ok(self.send(grants).await?)
     }

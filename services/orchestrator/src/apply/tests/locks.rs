@@ -35,10 +35,10 @@ async fn a_holder_whose_run_is_gone_is_released_for_the_next_in_line() {
     let relay = Arc::new(OutboxRelay::new(bus.clone(), store.clone()));
     let applier = Arc::new(Applier::new(
         store.clone(),
-        relay,
+        relay.clone(),
         OrchestratorSettings::default(),
     ));
-    let entities = Arc::new(Entities::new(store.clone(), bus.clone()));
+    let entities = Arc::new(Entities::new(store.clone(), relay));
     let (id, workflow, now) = (
         InstanceId::parse("live").unwrap(),
         WorkflowName::parse("guard").unwrap(),
