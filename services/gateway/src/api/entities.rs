@@ -147,14 +147,20 @@ fn entity_type(raw: String) -> Result<EntityType, Problem> {
     EntityType::parse(raw).map_err(|e| Problem::field("type", e.to_string()))
 }
 
+/// The entity a path's `type` and `id` name.
+pub(super) fn entity_of(raw_type: String, raw_id: String) -> Result<EntityRef, Problem> {
+    Ok(EntityRef {
+        entity_type: entity_type(raw_type)?,
+        id: EntityId::parse(raw_id).map_err(|e| Problem::field("id", e.to_string()))?,
+    })
+}
+
 /// The entity the path names, in the caller's tenant.
 fn key_of(caller: &Principal, raw_type: String, raw_id: String) -> Result<EntityKey, Problem> {
-    let id = EntityId::parse(raw_id).map_err(|e| Problem::field("id", e.to_string()))?;
-    Ok(EntityKey::new(
-        caller.tenant.clone(),
-        entity_type(raw_type)?,
-        id,
-    ))
+    Ok(EntityKey {
+        tenant: caller.tenant.clone(),
+        entity: entity_of(raw_type, raw_id)?,
+    })
 }
 
 /// Pages through the caller's tenant's entities, by type and id.
@@ -303,10 +309,7 @@ pub(crate) async fn operate_entity(
         None => format!("api/{}", uuid::Uuid::new_v4()),
     };
     let message = EntityOperation {
-        entity: EntityRef {
-            entity_type: key.entity.entity_type.clone(),
-            id: key.entity.id.clone(),
-        },
+        entity: key.entity.clone(),
         id: id.clone(),
         operation,
         caller: None,

@@ -7,7 +7,7 @@
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use legato_contracts::{EntityId, EntityRef, EntityType, Operation};
+use legato_contracts::{EntityRef, Operation};
 use legato_service::auth::Caller;
 use legato_service::entities::{agent_call, agent_journal_name, check_agent_operation_name};
 use legato_service::problem::Problem;
@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use utoipa::ToSchema;
 
 use super::callbacks::capability;
+use super::entities::entity_of;
 use super::tasks::reporter;
 use crate::GatewayState;
 use crate::attempts::{Token, journal};
@@ -59,14 +60,6 @@ pub(crate) struct EntityValue {
     /// The value at `path` as last committed; `null` when absent.
     #[schema(value_type = Object)]
     pub value: Value,
-}
-
-fn entity_of(raw_type: String, raw_id: String) -> Result<EntityRef, Problem> {
-    Ok(EntityRef {
-        entity_type: EntityType::parse(raw_type)
-            .map_err(|e| Problem::field("type", e.to_string()))?,
-        id: EntityId::parse(raw_id).map_err(|e| Problem::field("id", e.to_string()))?,
-    })
 }
 
 async fn read(
