@@ -4,12 +4,14 @@
 //! committed, and an operation that fails is an error no retry mends.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
+use common::next_result;
 use legato_agent::{Agent, Task, TaskContext, Worker, WorkerSettings};
-use legato_bus::{Bus, InProcessBus, Subscription, SubscriptionSpec};
+use legato_bus::{Bus, InProcessBus, SubscriptionSpec};
 use legato_contracts::{
     AgentName, EntityId, EntityType, Envelope, InstanceId, Payload, StepId, TaskDispatched,
     TaskError, TaskKey, TaskRole, TenantId, Topic, WorkflowName,
@@ -87,20 +89,6 @@ fn dispatched(attempt: u32, input: Value) -> Envelope {
     )
 }
 
-async fn result(results: &mut Box<dyn Subscription>) -> Payload {
-    loop {
-        let delivery = tokio::time::timeout(Duration::from_secs(10), results.next())
-            .await
-            .expect("a result within 10 s")
-            .unwrap();
-        let envelope = delivery.decode().unwrap();
-        delivery.ack().await.unwrap();
-        if !matches!(envelope.payload, Payload::TaskHeartbeat(_)) {
-            return envelope.payload;
-        }
-    }
-}
-
 #[tokio::test]
 async fn an_agents_call_is_applied_once_per_task_in_its_tenant() {
     let bus = Arc::new(InProcessBus::default());
@@ -126,9 +114,9 @@ async fn an_agents_call_is_applied_once_per_task_in_its_tenant() {
     bus.publish_envelope(&dispatched(1, input.clone()))
         .await
         .unwrap();
-    assert!(matches!(result(&mut results).await, Payload::TaskFailed(f) if f.error.retryable));
+    assert!(matches!(next_result(&mut results).await, Payload::TaskFailed(f) if f.error.retryable));
     bus.publish_envelope(&dispatched(2, input)).await.unwrap();
-    let Payload::TaskFailed(failed) = result(&mut results).await else {
+    let Payload::TaskFailed(failed) = next_result(&mut results).await else {
         panic!("the overdraw fails the task");
     };
     assert!(!failed.error.retryable, "{failed:?}");

@@ -3,12 +3,15 @@
 //! messages.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use common::next_result;
 use legato_agent::{Agent, Task, TaskContext, Worker, WorkerSettings};
 use legato_bus::{Bus, InProcessBus, OutgoingMessage, Subscription, SubscriptionSpec};
 use legato_contracts::{
@@ -119,21 +122,6 @@ async fn rig(sleep_ms: u64, concurrency: usize) -> Rig {
         stats,
         results,
         shutdown,
-    }
-}
-
-/// The next message on agent-results that is not a heartbeat.
-async fn next_result(results: &mut Box<dyn Subscription>) -> Payload {
-    loop {
-        let delivery = tokio::time::timeout(Duration::from_secs(10), results.next())
-            .await
-            .expect("a result within 10 s")
-            .unwrap();
-        let envelope = delivery.decode().unwrap();
-        delivery.ack().await.unwrap();
-        if !matches!(envelope.payload, Payload::TaskHeartbeat(_)) {
-            return envelope.payload;
-        }
     }
 }
 
