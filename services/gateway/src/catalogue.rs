@@ -3,11 +3,15 @@
 //! no-op; with different content it is skipped with a warning (registered
 //! versions never change; bump `version`). A file that does not parse, or
 //! that names an agent nobody registered, stops the start, naming the file
-//! and every problem in it.
+//! and every problem in it. Entity types (`*.entity.yaml`) are registered
+//! once the workflows are, shared by every tenant, replacing the type as
+//! registered when the file says otherwise.
 
 use std::path::Path;
 
-use legato_store::{DefinitionRecord, Store};
+use legato_contracts::{EntityType, WorkflowName};
+use legato_store::{DefinitionRecord, EntityTypeRecord, Expected, Store};
+use legato_workflow::EntityTypeDef;
 use time::OffsetDateTime;
 
 /// Registers every definition file in `dir` (and its directories);
@@ -19,7 +23,9 @@ pub async fn register_catalogue(store: &dyn Store, dir: &Path) -> anyhow::Result
     }
     let mut registered = 0;
     let mut read = Vec::new();
-    for path in files(dir)? {
+    let (types, workflows): (Vec<_>, Vec<_>) =
+        files(dir)?.into_iter().partition(|p| is_entity_type(p));
+    for path in workflows {
         let text = std::fs::read_to_string(&path)?;
         let workflow = legato_workflow::parse(&text)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
@@ -77,7 +83,56 @@ pub async fn register_catalogue(store: &dyn Store, dir: &Path) -> anyhow::Result
             }
         }
     }
+    for path in types {
+        registered += usize::from(register_entity_type(store, &path).await?);
+    }
     Ok(registered)
+}
+
+/// Whether the catalogue file at `path` is an entity type's.
+fn is_entity_type(path: &Path) -> bool {
+    path.file_stem()
+        .and_then(|stem| stem.to_str())
+        .is_some_and(|stem| stem.ends_with(".entity"))
+}
+
+/// Registers the entity type of the file at `path` (its `name` says which)
+/// unless it is registered as the file says; `true` when it was not.
+async fn register_entity_type(store: &dyn Store, path: &Path) -> anyhow::Result<bool> {
+    let fail = |why: String| anyhow::anyhow!("{}: {why}", path.display());
+    let text = std::fs::read_to_string(path)?;
+    let doc: serde_json::Value =
+        serde_yaml_ng::from_str(&text).map_err(|e| fail(format!("not YAML or JSON: {e}")))?;
+    let name = doc
+        .get("name")
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| fail("name: is required: the entity type's name".into()))?;
+    let name = EntityType::parse(name).map_err(|e| fail(format!("name: {e}")))?;
+    let def = EntityTypeDef::parse(&name, doc).map_err(|e| fail(e.to_string()))?;
+    for (field, workflow) in def.workflows() {
+        let known = WorkflowName::parse(workflow).map_err(|e| fail(format!("{field}: {e}")))?;
+        if store.get_definition(&known, None).await?.is_none() {
+            return Err(fail(format!(
+                "{field}: no workflow {workflow} is registered"
+            )));
+        }
+    }
+    let body = def.to_document();
+    let existing = store.get_entity_type(None, &name).await?;
+    let expected = match existing {
+        Some(existing) if existing.record.body == body => return Ok(false),
+        Some(existing) => Expected::Version(existing.version),
+        None => Expected::New,
+    };
+    let record = EntityTypeRecord {
+        name,
+        tenant: None,
+        body,
+        updated_at: OffsetDateTime::now_utc(),
+    };
+    store.put_entity_type(&record, &expected).await?;
+    tracing::info!(entity_type = %record.name, "registered");
+    Ok(true)
 }
 
 /// The catalogue files of `dir` and the directories in it (`*.yaml`,

@@ -29,6 +29,7 @@ use legato_bus::Bus;
 use legato_service::agent_figures::Tally;
 use legato_service::auth::{Authenticator, Guard};
 use legato_service::definitions::Definitions;
+use legato_service::entities::EntityTypes;
 use legato_service::{OutboxRelay, Shutdown};
 use legato_signalr::azure::AzureSignalR;
 use legato_store::Store;
@@ -45,6 +46,8 @@ pub struct GatewayState {
     pub relay: Arc<OutboxRelay>,
     pub settings: Arc<GatewaySettings>,
     pub definitions: Arc<Definitions>,
+    /// Entity types read lately, for agents' entity operations.
+    pub entity_types: Arc<EntityTypes>,
     /// Azure SignalR Service, when configured; otherwise clients use the
     /// notifier's local hub.
     pub signalr: Option<AzureSignalR>,
@@ -73,6 +76,7 @@ impl GatewayState {
             relay,
             settings: Arc::new(settings),
             definitions: Arc::default(),
+            entity_types: Arc::default(),
             signalr: None,
             allowed_origins: Arc::default(),
             memberships: Arc::default(),

@@ -58,6 +58,8 @@ fn contracts_openapi_json_is_the_served_document() {
             "/api/v1/entities",
             "/api/v1/entities/{type}/{id}",
             "/api/v1/entities/{type}/{id}/operations",
+            "/api/v1/entity-types",
+            "/api/v1/entity-types/{type}",
             "/api/v1/instances",
             "/api/v1/instances/{id}",
             "/api/v1/instances/{id}/events/{name}",

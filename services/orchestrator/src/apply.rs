@@ -523,6 +523,7 @@ impl Applier {
                     created_at: state.created_at,
                     parent: start.parent.clone(),
                     budget: start.budget.clone(),
+                    serves: start.entity_operation.clone(),
                 }
             }
         }))

@@ -3,8 +3,8 @@
 //! committed), and the messages that start, stop and answer children.
 
 use legato_contracts::{
-    InstanceId, ParentLink, Payload, StartInstance, TaskCompleted, TaskFailed, TenantId,
-    TerminateInstance, WorkflowName,
+    CustomOutcome, EntityLink, EntityOperation, InstanceId, Operation, ParentLink, Payload,
+    StartInstance, TaskCompleted, TaskFailed, TenantId, TerminateInstance, WorkflowName,
 };
 use legato_engine::{ChildResult, ChildStart, Command};
 use legato_service::definitions::Definitions;
@@ -95,6 +95,7 @@ pub(crate) fn message(command: &Command) -> Result<Option<(InstanceId, Payload)>
                 tenant: start.tenant.clone(),
                 parent: Some(start.parent.clone()),
                 budget: None,
+                entity_operation: None,
             };
             (start.child.clone(), payload.into())
         }
@@ -105,8 +106,37 @@ pub(crate) fn message(command: &Command) -> Result<Option<(InstanceId, Payload)>
             (child.clone(), payload.into())
         }
         Command::ReportToParent { parent, result } => report(parent, result),
+        Command::AnswerEntity {
+            instance,
+            link,
+            result,
+        } => answer(instance, link, result),
         _ => return Ok(None),
     }))
+}
+
+/// What a run applying an entity's custom operation tells the entity when
+/// it ends, and the run it comes from (the entity's tenant is its).
+pub(crate) fn answer(
+    instance: &InstanceId,
+    link: &EntityLink,
+    result: &ChildResult,
+) -> (InstanceId, Payload) {
+    let outcome = match result {
+        ChildResult::Completed { output, .. } => CustomOutcome::Completed(output.clone()),
+        ChildResult::Failed { error, .. } => CustomOutcome::Failed(error.message.clone()),
+    };
+    let message = EntityOperation {
+        entity: link.entity.clone(),
+        id: format!("{}/complete", link.operation),
+        operation: Operation::Complete {
+            operation: link.operation.clone(),
+            instance: instance.clone(),
+            outcome,
+        },
+        caller: None,
+    };
+    (instance.clone(), message.into())
 }
 
 /// The result a child's end is for its parent's task attempt, and the

@@ -92,7 +92,8 @@ pub(crate) fn commit(
                 // Sent above, as messages about other instances.
                 Command::StartChild(_)
                 | Command::TerminateChild { .. }
-                | Command::ReportToParent { .. } => continue,
+                | Command::ReportToParent { .. }
+                | Command::AnswerEntity { .. } => continue,
             };
             commit
                 .outbox

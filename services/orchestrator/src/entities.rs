@@ -7,7 +7,9 @@
 //! attempt's result; the message is acked only once that answer is sent.
 //! Reads skip the mailbox: they answer from the state as committed.
 //! Locking operations are answered when the holder's turn comes (see
-//! `reconcile` for holders that are gone).
+//! `reconcile` for holders that are gone). A custom operation makes the
+//! entity busy: its run is started once that is committed, and the
+//! operations queued behind it are answered when its outcome comes.
 
 mod reconcile;
 
@@ -18,7 +20,10 @@ use legato_contracts::{
 };
 use legato_engine::entities::{self, Reply};
 use legato_service::OutboxRelay;
-use legato_service::entities::{self as shared, EntityOp, MAX_BATCH, Outcome};
+use legato_service::definitions::Definitions;
+use legato_service::entities::{
+    self as shared, CustomStart, EntityOp, EntityTypes, MAX_BATCH, Outcome,
+};
 use legato_store::{EntityAnswer, EntityKey, Store, StoreError};
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -29,6 +34,8 @@ use crate::mailboxes::Mailboxes;
 
 pub(crate) struct Entities {
     store: Arc<dyn Store>,
+    types: EntityTypes,
+    definitions: Definitions,
     /// Sends the answers: messages derived again from the store's claims
     /// should a send be lost (the operation comes again), so never kept.
     relay: Arc<OutboxRelay>,
@@ -44,6 +51,8 @@ impl Entities {
     pub(crate) fn new(store: Arc<dyn Store>, relay: Arc<OutboxRelay>) -> Self {
         Self {
             store,
+            types: EntityTypes::default(),
+            definitions: Definitions::default(),
             relay,
             mailboxes: Mailboxes::default(),
         }
@@ -168,7 +177,7 @@ impl Entities {
     /// Applies `ops`, tells their callers and the waiters they let in, and
     /// checks the holders when the lock calls for it.
     async fn apply_and_tell(&self, key: &EntityKey, ops: &[&EntityOp]) -> Result<(), ApplyError> {
-        let batch = shared::apply_batch(&*self.store, key, ops).await?;
+        let batch = shared::apply_batch(&*self.store, &self.types, key, ops).await?;
         let told: Vec<_> = ops
             .iter()
             .map(|op| &op.operation)
@@ -187,6 +196,15 @@ impl Entities {
             })
             .collect();
         self.tell(&told).await?;
+        let answered = batch
+            .told
+            .iter()
+            .map(|(caller, answer)| (caller.clone(), result_of(caller, answer)))
+            .collect();
+        self.send(answered).await?;
+        if let Some(start) = &batch.start {
+            self.start(key, start).await?;
+        }
         if batch.reconcile {
             self.reconcile(key, &just_granted).await?;
         }
@@ -206,6 +224,19 @@ impl Entities {
             }
         }
         self.send(messages).await
+    }
+
+    /// Starts the run of the custom operation the entity is busy with (or
+    /// tells the entity it cannot run): a start of a run that exists
+    /// already is let go, or, if it ended, tells its outcome again.
+    async fn start(&self, key: &EntityKey, start: &CustomStart) -> Result<(), StoreError> {
+        let (subject, payload) =
+            shared::start_of(&*self.store, &self.definitions, key, start).await?;
+        let row = crate::effects::outbox_row(&subject, OffsetDateTime::now_utc(), payload, None)?;
+        self.relay
+            .send(&[row])
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("starting a custom operation: {e}")))
     }
 
     /// Publishes each result to the instance of the attempt it is for,

@@ -68,6 +68,7 @@ async fn resend(
             tenant: state.tenant.clone(),
             parent: None,
             budget: state.budget.clone(),
+            entity_operation: None,
         };
         vec![Envelope::new(SOURCE, id.clone(), now, start)]
     } else {

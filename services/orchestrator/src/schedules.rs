@@ -182,6 +182,7 @@ impl Scheduler {
             tenant: schedule.tenant.clone(),
             parent: None,
             budget: None,
+            entity_operation: None,
         };
         let commit = records::accept_start(SOURCE, id.clone(), start, OffsetDateTime::now_utc())?;
         match self.relay.commit(commit).await {

@@ -4,12 +4,29 @@
 //! task is tried, and its answer is a step of the task's journal, so a
 //! later attempt or a redrive carries on with the first answer.
 
-use legato_contracts::{EntityId, EntityRef, EntityType, Operation, TaskError};
-use legato_service::entities::{agent_call, agent_journal_name, check_agent_operation_name};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use legato_contracts::{EntityId, EntityRef, EntityType, Envelope, Operation, TaskError};
+use legato_service::definitions::Definitions;
+use legato_service::entities::{
+    Applying, EntityTypes, agent_call, agent_journal_name, check_agent_operation_name,
+};
 use legato_store::{Store, StoreError};
 use serde_json::{Value, json};
+use time::OffsetDateTime;
 
 use crate::TaskContext;
+
+/// The worker's entity types and workflows, as its tasks' operations
+/// read them.
+static TYPES: LazyLock<EntityTypes> = LazyLock::new(EntityTypes::default);
+static DEFINITIONS: LazyLock<Definitions> = LazyLock::new(Definitions::default);
+
+/// How long a call waits for an entity busy with a custom operation
+/// before its attempt fails (retryable: a later attempt waits on, and the
+/// operation is applied once).
+const WAIT_BEHIND_CUSTOM: Duration = Duration::from_secs(60);
 
 /// One entity, as an agent's task sees it (see [`TaskContext::entity`]).
 pub struct Entity<'a> {
@@ -89,7 +106,7 @@ impl Entity<'_> {
             .map_err(|why| fatal(format!("entity call {name:?}: {why}")))?;
         let operation = Operation::from_json(operation)
             .map_err(|e| fatal(format!("entity call {name:?}: {} {}", e.pointer, e.message)))?;
-        if operation.is_locking() || operation.is_read() {
+        if operation.is_internal() || operation.is_read() {
             return Err(fatal(format!(
                 "entity call {name:?}: {} is not for a call (read with `read`)",
                 operation.name()
@@ -116,15 +133,43 @@ impl Entity<'_> {
         name: &str,
         operation: Operation,
     ) -> Result<Result<Value, String>, TaskError> {
-        agent_call(
-            self.store()?,
-            &self.ctx.instance,
-            &self.ctx.key,
+        let applying = Applying {
+            store: self.store()?,
+            types: &TYPES,
+            definitions: &DEFINITIONS,
+            within: WAIT_BEHIND_CUSTOM,
+        };
+        let ctx = self.ctx;
+        let answer = agent_call(
+            &applying,
+            &ctx.instance,
+            &ctx.key,
             name,
             self.entity.clone(),
             operation,
+            async |subject, payload| {
+                let envelope = Envelope::new(
+                    ctx.source.clone(),
+                    subject,
+                    OffsetDateTime::now_utc(),
+                    payload,
+                )
+                .with_traceparent(ctx.traceparent.clone());
+                ctx.bus
+                    .publish_envelope(&envelope)
+                    .await
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))
+            },
         )
         .await
-        .map_err(unavailable)
+        .map_err(unavailable)?;
+        answer.ok_or_else(|| TaskError {
+            message: format!(
+                "entity {}: operation {name:?} still waits behind a custom operation after {} s",
+                self.entity,
+                WAIT_BEHIND_CUSTOM.as_secs()
+            ),
+            retryable: true,
+        })
     }
 }

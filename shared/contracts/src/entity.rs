@@ -106,6 +106,60 @@ pub enum Operation {
         #[serde(default, skip_serializing_if = "String::is_empty")]
         path: String,
     },
+    /// How the run applying a custom operation ended (sent by the
+    /// orchestrator when that run ends, never by the API): the entity
+    /// takes its new state and answer, then the operations that queued
+    /// behind it. Changes nothing unless the entity is busy with that
+    /// operation and run, so sent again it is harmless.
+    Complete {
+        /// The custom operation's id.
+        operation: String,
+        /// The run that applied it.
+        instance: InstanceId,
+        outcome: CustomOutcome,
+    },
+    /// An operation the entity's registered type declares, applied by the
+    /// workflow the type names for it (`{"op": "<name>", "input": ...}`).
+    #[serde(untagged)]
+    Custom(CustomOperation),
+}
+
+/// A custom operation: its name, as the entity's type declares it, and its
+/// input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomOperation {
+    #[serde(rename = "op")]
+    pub name: String,
+    #[serde(default)]
+    pub input: Value,
+}
+
+/// How a custom operation's run ended: its output (`{state?, answer?}`),
+/// or why it failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum CustomOutcome {
+    Completed(Value),
+    Failed(String),
+}
+
+/// Whether `name` may name a custom operation: the rule of entity type
+/// names, and none of the operations every entity has.
+pub fn check_custom_name(name: &str) -> Result<(), String> {
+    if EntityType::parse(name).is_err() {
+        return Err(format!(
+            "{name:?} must be 1-64 characters of a-z 0-9 - _, starting with a letter"
+        ));
+    }
+    if OPERATION_FIELDS.iter().any(|(op, _, _)| *op == name)
+        || ["acquire", "release", "complete"].contains(&name)
+    {
+        return Err(format!(
+            "{name} is an operation every entity has; a custom one needs another name"
+        ));
+    }
+    Ok(())
 }
 
 /// Each operation's name, the fields it takes besides `op`, and those it
@@ -123,6 +177,9 @@ pub const OPERATION_FIELDS: &[(&str, &[&str], &[&str])] = &[
     ("remove", &["path"], &[]),
     ("read", &["path"], &[]),
 ];
+
+/// What a custom operation takes besides `op`.
+const CUSTOM_FIELDS: (&str, &[&str], &[&str]) = ("a custom operation", &["input"], &[]);
 
 /// Why a JSON value is not an operation: the JSON Pointer of the field at
 /// fault (`/op`, `/by`; empty for the whole value) and what is wrong.
@@ -160,10 +217,17 @@ impl Operation {
         let Some((name, allowed, needed)) = OPERATION_FIELDS
             .iter()
             .find(|(name, _, _)| Some(*name) == op)
+            .or_else(|| {
+                op.filter(|op| check_custom_name(op).is_ok())
+                    .map(|_| &CUSTOM_FIELDS)
+            })
         else {
             return Err(OperationError::at(
                 "op",
-                format!("must be one of {}", names.join(", ")),
+                format!(
+                    "must be one of {}, or a custom operation of the entity's type",
+                    names.join(", ")
+                ),
             ));
         };
         for field in fields.keys().filter(|f| *f != "op") {
@@ -201,7 +265,7 @@ impl Operation {
     }
 
     /// Its name as the API and the workflow language spell it.
-    pub fn name(&self) -> &'static str {
+    pub fn name(&self) -> &str {
         match self {
             Self::Set { .. } => "set",
             Self::Merge { .. } => "merge",
@@ -212,12 +276,24 @@ impl Operation {
             Self::Read { .. } => "read",
             Self::Acquire { .. } => "acquire",
             Self::Release { .. } => "release",
+            Self::Complete { .. } => "complete",
+            Self::Custom(custom) => &custom.name,
         }
     }
 
     /// Whether it locks or unlocks (sent by the engine, never the API).
     pub fn is_locking(&self) -> bool {
         matches!(self, Self::Acquire { .. } | Self::Release { .. })
+    }
+
+    /// Whether the entity's type declares it, and a workflow applies it.
+    pub fn is_custom(&self) -> bool {
+        matches!(self, Self::Custom(_))
+    }
+
+    /// Whether only legato sends it, never the API, a workflow or an agent.
+    pub fn is_internal(&self) -> bool {
+        self.is_locking() || matches!(self, Self::Complete { .. })
     }
 
     /// Whether it changes nothing (a read).
@@ -251,6 +327,16 @@ pub struct Caller {
     pub signal: bool,
 }
 
+/// The custom operation a run applies, named in its start: its end is
+/// told to the entity as a [`Operation::Complete`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntityLink {
+    pub entity: EntityRef,
+    /// The custom operation's id.
+    pub operation: String,
+}
+
 /// `legato.entity.operation.v1`: apply `operation` to `entity`, once per
 /// `id`, and tell the `caller` (a workflow step's attempt) if there is
 /// one; the API's signals have none.
@@ -278,6 +364,9 @@ impl EntityOperation {
         if self.id.chars().any(char::is_control) {
             return Err("operation id must not contain control characters".into());
         }
+        if let Operation::Custom(custom) = &self.operation {
+            check_custom_name(&custom.name)?;
+        }
         let bytes = serde_json::to_vec(&self.operation).map_or(usize::MAX, |b| b.len());
         if bytes > MAX_OPERATION_BYTES {
             return Err(format!(
@@ -285,5 +374,54 @@ impl EntityOperation {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_custom_operation_is_its_name_and_input_on_the_wire() {
+        let wire = json!({"op": "summarize", "input": {"words": 40}});
+        let operation = Operation::from_json(wire.clone()).unwrap();
+        assert_eq!(
+            operation,
+            Operation::Custom(CustomOperation {
+                name: "summarize".into(),
+                input: json!({"words": 40}),
+            })
+        );
+        assert_eq!(operation.name(), "summarize");
+        assert_eq!(serde_json::to_value(&operation).unwrap(), wire);
+        let read: Operation = serde_json::from_value(wire).unwrap();
+        assert_eq!(read, operation);
+        // The built-in ones keep their fields' checks.
+        let err = Operation::from_json(json!({"op": "increment", "input": 1})).unwrap_err();
+        assert_eq!(err.pointer, "/input");
+        let err = Operation::from_json(json!({"op": "summarize", "by": 1})).unwrap_err();
+        assert_eq!(err.pointer, "/by");
+        let err = Operation::from_json(json!({"op": "Not A Name"})).unwrap_err();
+        assert_eq!(err.pointer, "/op");
+        assert!(check_custom_name("acquire").is_err());
+        assert!(check_custom_name("set").is_err());
+    }
+
+    #[test]
+    fn a_completion_reads_back() {
+        let operation = Operation::Complete {
+            operation: "i-1/e0/remember".into(),
+            instance: InstanceId::parse("entity.customer.00ff").unwrap(),
+            outcome: CustomOutcome::Completed(json!({"state": {"n": 1}, "answer": 1})),
+        };
+        let wire = serde_json::to_value(&operation).unwrap();
+        assert_eq!(wire["op"], "complete");
+        assert_eq!(
+            serde_json::from_value::<Operation>(wire).unwrap(),
+            operation
+        );
+        assert!(operation.is_internal());
     }
 }

@@ -16,8 +16,9 @@ mod task;
 mod usage;
 
 pub use entity::{
-    Caller, EntityOperation, EntityRef, Holder, MAX_OPERATION_BYTES, MAX_OPERATION_ID,
-    OPERATION_FIELDS, Operation, OperationError,
+    Caller, CustomOperation, CustomOutcome, EntityLink, EntityOperation, EntityRef, Holder,
+    MAX_OPERATION_BYTES, MAX_OPERATION_ID, OPERATION_FIELDS, Operation, OperationError,
+    check_custom_name,
 };
 pub use envelope::{DecodeError, Envelope, SPEC_VERSION, TraceParent};
 pub use ids::{

@@ -75,6 +75,10 @@ pub struct StartInstance {
     /// (the gateway holds it within the definition's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<Budget>,
+    /// Set when the instance applies an entity's custom operation: its end
+    /// is told to the entity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entity_operation: Option<crate::EntityLink>,
 }
 
 /// The task attempt of a parent instance a child workflow run does: the

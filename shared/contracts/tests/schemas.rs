@@ -67,6 +67,7 @@ fn samples() -> Vec<Payload> {
             tenant: None,
             parent: None,
             budget: None,
+            entity_operation: None,
         }
         .into(),
         StartInstance {
@@ -81,6 +82,50 @@ fn samples() -> Vec<Payload> {
                 depth: 1,
             }),
             budget: None,
+            entity_operation: None,
+        }
+        .into(),
+        StartInstance {
+            workflow: WorkflowName::parse("summarize-customer").unwrap(),
+            version: 1,
+            input: json!({"entity": {"type": "customer", "id": "jane"}, "operation": "summarize", "input": null, "state": {"requests": []}}),
+            tenant: None,
+            parent: None,
+            budget: None,
+            entity_operation: Some(EntityLink {
+                entity: EntityRef {
+                    entity_type: EntityType::parse("customer").unwrap(),
+                    id: EntityId::parse("jane").unwrap(),
+                },
+                operation: "i-1/e0/summarize".into(),
+            }),
+        }
+        .into(),
+        EntityOperation {
+            entity: EntityRef {
+                entity_type: EntityType::parse("customer").unwrap(),
+                id: EntityId::parse("jane").unwrap(),
+            },
+            id: "i-1/e0/summarize".into(),
+            operation: Operation::Custom(CustomOperation {
+                name: "summarize".into(),
+                input: json!({"words": 40}),
+            }),
+            caller: None,
+        }
+        .into(),
+        EntityOperation {
+            entity: EntityRef {
+                entity_type: EntityType::parse("customer").unwrap(),
+                id: EntityId::parse("jane").unwrap(),
+            },
+            id: "i-1/e0/summarize/complete".into(),
+            operation: Operation::Complete {
+                operation: "i-1/e0/summarize".into(),
+                instance: InstanceId::parse("entity.customer.0f2a").unwrap(),
+                outcome: CustomOutcome::Completed(json!({"state": {"summary": "csv"}, "answer": "csv"})),
+            },
+            caller: None,
         }
         .into(),
         RaiseEvent {

@@ -137,9 +137,20 @@ pub(crate) fn stop(ctx: &mut Ctx, key: &TaskKey, attempt: u32, reason: &str) {
     });
 }
 
-/// A child run ended: its parent's attempt has the result.
+/// A child run ended: its parent's attempt has the result. A run applying
+/// an entity's custom operation ended: the entity has it.
 pub(crate) fn report(ctx: &mut Ctx) {
-    if let (Some(parent), Some(result)) = (ctx.state.parent.clone(), result_of(&ctx.state)) {
+    let Some(result) = result_of(&ctx.state) else {
+        return;
+    };
+    if let Some(link) = ctx.state.serves.clone() {
+        ctx.commands.push(Command::AnswerEntity {
+            instance: ctx.state.id.clone(),
+            link,
+            result: result.clone(),
+        });
+    }
+    if let Some(parent) = ctx.state.parent.clone() {
         ctx.commands
             .push(Command::ReportToParent { parent, result });
     }

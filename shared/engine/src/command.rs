@@ -33,6 +33,13 @@ pub enum Command {
         parent: ParentLink,
         result: ChildResult,
     },
+    /// This instance applied an entity's custom operation and ended: the
+    /// entity takes its outcome.
+    AnswerEntity {
+        instance: InstanceId,
+        link: legato_contracts::EntityLink,
+        result: ChildResult,
+    },
     ScheduleTimer {
         timer: TimerKey,
         #[serde(with = "time::serde::rfc3339")]

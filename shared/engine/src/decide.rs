@@ -100,10 +100,12 @@ fn apply(ctx: &mut Ctx, event: &Event) -> Result<(), Ignored> {
             created_at,
             parent,
             budget,
+            serves,
             ..
         } => {
             // The start's budget, or else its definition's.
             ctx.state.budget = budget.clone().or_else(|| workflow.budget.clone());
+            ctx.state.serves = serves.clone();
             lifecycle::start(
                 ctx,
                 instance,

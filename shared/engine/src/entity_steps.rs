@@ -36,9 +36,9 @@ pub(crate) fn slot(step: &EntityStep, scope: &Scope) -> Result<TaskSlot, String>
     let operation = step.operation.render(scope).map_err(|e| e.to_string())?;
     let parsed = Operation::from_json(operation.clone())
         .map_err(|e| format!("entity operation {operation}: {} {}", e.pointer, e.message))?;
-    if parsed.is_locking() {
+    if parsed.is_internal() {
         return Err(format!(
-            "entity operation {operation}: {} is for lock steps",
+            "entity operation {operation}: {} is legato's own",
             parsed.name()
         ));
     }
@@ -77,7 +77,7 @@ pub(crate) fn send(
             return tasks::fail_attempt(ctx, key, attempt, &error);
         }
     };
-    let op = message.operation.name();
+    let op = message.operation.name().to_owned();
     ctx.commands.push(Command::OperateEntity(message));
     ctx.progress(ProgressKind::StepStarted)
         .step(&key.step)

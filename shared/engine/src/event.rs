@@ -44,6 +44,9 @@ pub enum Event {
         /// definition's budget.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         budget: Option<Budget>,
+        /// Set when the instance applies an entity's custom operation.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        serves: Option<legato_contracts::EntityLink>,
     },
     TaskCompleted {
         #[serde(with = "time::serde::rfc3339")]

@@ -96,6 +96,10 @@ pub struct InstanceState {
     /// The parent task this instance runs as a child workflow for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<ParentLink>,
+    /// The entity's custom operation this instance applies: its end is
+    /// told to the entity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serves: Option<legato_contracts::EntityLink>,
     /// What the instance's agents reported spending, summed.
     #[serde(default, skip_serializing_if = "Usage::is_empty")]
     pub usage: Usage,
@@ -440,6 +444,7 @@ impl InstanceState {
             backlog: Vec::new(),
             compensation: None,
             parent: None,
+            serves: None,
             usage: Usage::default(),
             budget: None,
         }
@@ -474,6 +479,7 @@ impl InstanceState {
             backlog: self.backlog.clone(),
             compensation: self.compensation.clone(),
             parent: self.parent.clone(),
+            serves: self.serves.clone(),
             usage: self.usage.clone(),
             budget: self.budget.clone(),
         }

@@ -230,6 +230,7 @@ fn a_start_budget_replaces_the_definitions() {
                 tokens: Some(10),
                 cost: None,
             }),
+            serves: None,
         },
     );
     assert_eq!(

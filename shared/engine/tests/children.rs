@@ -170,6 +170,7 @@ fn child_state(yaml: &str) -> (InstanceState, ParentLink) {
         created_at: None,
         parent: Some(parent.clone()),
         budget: None,
+        serves: None,
     };
     let decision = decide(&InstanceState::new(id), &started);
     (decision.state, parent)
@@ -309,6 +310,7 @@ steps:
         created_at: None,
         parent: deepest.parent.clone(),
         budget: None,
+        serves: None,
     };
     let decision = decide(&fresh, &started);
     assert_eq!(decision.state.status, RuntimeStatus::Failed);

@@ -162,6 +162,7 @@ impl Run {
             created_at: None,
             parent: None,
             budget: None,
+            serves: None,
         });
         run
     }

@@ -1320,6 +1320,7 @@ fn a_started_instance_keeps_its_creation_time() {
         created_at: state.created_at,
         parent: None,
         budget: None,
+        serves: None,
     };
     let decision = legato_engine::decide(&state, &started);
     assert!(decision.applied());

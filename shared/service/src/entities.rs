@@ -9,15 +9,23 @@
 
 use std::time::Duration;
 
+mod custom;
+mod plan;
+mod types;
+
 use legato_contracts::journal::JournalKey;
-use legato_contracts::{Caller, EntityOperation, EntityRef, InstanceId, Operation, TaskKey};
-use legato_engine::entities::{self, LockState, Reply};
-use legato_store::{
-    EntityAnswer, EntityCommit, EntityKey, EntityOperationRow, EntityRecord, Expected, Store,
-    StoreError,
+use legato_contracts::{
+    Caller, EntityOperation, EntityRef, InstanceId, Operation, Payload, TaskKey,
 };
-use serde_json::{Value, json};
+use legato_engine::entities::{self, LockState, Reply};
+use legato_store::{EntityAnswer, EntityKey, Store, StoreError};
+use serde_json::Value;
 use time::OffsetDateTime;
+
+use crate::definitions::Definitions;
+
+pub use custom::{CustomStart, custom_instance, start_of, wait_for_answer};
+pub use types::EntityTypes;
 
 /// Most operations one commit takes. With each operation's claim and row
 /// and the row falling out of the kept window, well inside Table
@@ -66,28 +74,57 @@ pub struct Batch {
     /// instances: someone waits, or a locking operation came again (its
     /// first answer may not have reached its caller).
     pub reconcile: bool,
+    /// Callers of operations that had queued behind a custom one and are
+    /// applied now, with their answers.
+    pub told: Vec<(Caller, EntityAnswer)>,
+    /// The run to start for the custom operation the entity is busy with.
+    pub start: Option<CustomStart>,
 }
 
 /// Applies `ops` to the entity, as many commits as they take.
 pub async fn apply_batch(
     store: &dyn Store,
+    types: &EntityTypes,
     key: &EntityKey,
     ops: &[&EntityOp],
 ) -> Result<Batch, StoreError> {
+    let def = types
+        .get(store, key.tenant.as_ref(), &key.entity.entity_type)
+        .await?;
     let mut outcomes: Vec<Option<Outcome>> = ops.iter().map(|_| None).collect();
     let mut reconcile = false;
-    for round in 0..MAX_ROUNDS {
+    let mut told = Vec::new();
+    let mut start = None;
+    let mut more = false;
+    let mut conflicts = 0;
+    loop {
         let open: Vec<usize> = (0..ops.len()).filter(|&i| outcomes[i].is_none()).collect();
-        if open.is_empty() {
+        if open.is_empty() && !more {
             break;
         }
-        let planned = plan(store, key, ops, &open).await?;
-        match store.commit_entity(planned.commit).await {
-            Ok(_) => {
+        let planned = plan::plan(store, key, def.as_deref(), ops, &open).await?;
+        let committed = if planned.changed {
+            store.commit_entity(planned.commit).await.map(drop)
+        } else {
+            Ok(())
+        };
+        match committed {
+            Ok(()) => {
                 for (i, outcome) in planned.outcomes {
                     outcomes[i] = Some(outcome);
                 }
                 reconcile |= !planned.lock.waiting.is_empty();
+                told.extend(planned.told);
+                more = planned.more;
+                start = match (planned.start, planned.lock.busy, &def) {
+                    (true, Some(busy), Some(def)) => Some(CustomStart {
+                        busy,
+                        state: planned.state,
+                        def: def.clone(),
+                    }),
+                    (_, Some(_), _) => start,
+                    _ => None,
+                };
             }
             Err(StoreError::Claimed(id)) => {
                 let Some((_, answer)) = store.entity_answer(key, &id).await? else {
@@ -104,11 +141,17 @@ pub async fn apply_batch(
                     }
                 }
             }
-            Err(StoreError::Conflict(_)) => {
+            Err(StoreError::Conflict(_)) if conflicts < MAX_ROUNDS => {
                 // Another writer's batch landed first: read it and apply on
                 // top, after a moment that grows.
-                let pause = 1 + spread_below(2u64.pow(round.min(6) as u32));
+                let pause = 1 + spread_below(2u64.pow(conflicts.min(6) as u32));
+                conflicts += 1;
                 tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+            Err(StoreError::Conflict(_)) => {
+                return Err(StoreError::Conflict(format!(
+                    "entity {key} kept changing under {MAX_ROUNDS} tries"
+                )));
             }
             Err(e) => return Err(e),
         }
@@ -116,31 +159,31 @@ pub async fn apply_batch(
     let outcomes = outcomes
         .into_iter()
         .map(|outcome| {
-            outcome.ok_or_else(|| {
-                StoreError::Conflict(format!(
-                    "entity {key} kept changing under {MAX_ROUNDS} tries"
-                ))
-            })
+            outcome.ok_or_else(|| StoreError::Unavailable(format!("entity {key}: no outcome")))
         })
         .collect::<Result<_, _>>()?;
     Ok(Batch {
         outcomes,
         reconcile,
+        told,
+        start,
     })
 }
 
 /// Applies one operation on its own: an agent's call.
 pub async fn apply_one(
     store: &dyn Store,
+    types: &EntityTypes,
     key: &EntityKey,
     op: &EntityOp,
-) -> Result<Outcome, StoreError> {
-    let batch = apply_batch(store, key, &[op]).await?;
-    batch
+) -> Result<(Outcome, Option<CustomStart>), StoreError> {
+    let batch = apply_batch(store, types, key, &[op]).await?;
+    let outcome = batch
         .outcomes
         .into_iter()
         .next()
-        .ok_or_else(|| StoreError::Unavailable(format!("entity {key}: no outcome")))
+        .ok_or_else(|| StoreError::Unavailable(format!("entity {key}: no outcome")))?;
+    Ok((outcome, batch.start))
 }
 
 /// Answers a read from the state as committed, without queuing.
@@ -174,117 +217,6 @@ pub fn lock_state(value: &Value) -> Result<LockState, StoreError> {
         .map_err(|e| StoreError::Corrupt(format!("entity lock: {e}")))
 }
 
-struct Planned {
-    commit: EntityCommit,
-    outcomes: Vec<(usize, Outcome)>,
-    /// The lock once the batch is applied.
-    lock: LockState,
-}
-
-/// The commit of the open operations (as many as fit) on the entity as
-/// stored, and the outcome each will have once it lands. An id sent twice
-/// in the batch is applied once and answered twice.
-async fn plan(
-    store: &dyn Store,
-    key: &EntityKey,
-    ops: &[&EntityOp],
-    open: &[usize],
-) -> Result<Planned, StoreError> {
-    let stored = store.load_entity(key).await?;
-    let (mut state, mut lock, mut seq, expected) = match stored {
-        Some(s) => (
-            s.record.state,
-            lock_state(&s.record.lock)?,
-            s.record.operations,
-            Expected::Version(s.version),
-        ),
-        None => (Value::Null, LockState::default(), 0, Expected::New),
-    };
-    let mut rows: Vec<EntityOperationRow> = Vec::new();
-    let mut outcomes: Vec<(usize, Outcome)> = Vec::new();
-    let mut bytes = 0;
-    for &i in open {
-        let op = ops[i];
-        if rows.iter().any(|r| r.id == op.operation.id) {
-            let twin = outcomes
-                .iter()
-                .find(|(j, _)| ops[*j].operation.id == op.operation.id)
-                .map(|(_, outcome)| Outcome {
-                    reply: outcome.reply.clone(),
-                    granted: Vec::new(),
-                });
-            if let Some(twin) = twin {
-                outcomes.push((i, twin));
-            }
-            continue;
-        }
-        let applied = entities::apply_op(
-            &state,
-            &lock,
-            &op.operation.operation,
-            op.operation.caller.as_ref(),
-        );
-        let answer = recorded(&applied.reply, &applied.granted);
-        let operation = serde_json::to_value(&op.operation.operation)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        bytes += operation.to_string().len() + 2 * answer_bytes(&answer);
-        if bytes > MAX_BATCH_BYTES && !rows.is_empty() {
-            break;
-        }
-        (state, lock) = (applied.state, applied.lock);
-        seq += 1;
-        outcomes.push((
-            i,
-            Outcome {
-                reply: applied.reply,
-                granted: applied.granted,
-            },
-        ));
-        rows.push(EntityOperationRow {
-            seq,
-            id: op.operation.id.clone(),
-            at: op.at,
-            operation,
-            answer,
-            sender: Some(sender_of(op).to_string()),
-        });
-    }
-    let updated_at = rows.last().map_or_else(OffsetDateTime::now_utc, |r| r.at);
-    let lock_value = if lock.is_free() {
-        Value::Null
-    } else {
-        serde_json::to_value(&lock).map_err(|e| StoreError::Corrupt(e.to_string()))?
-    };
-    Ok(Planned {
-        commit: EntityCommit {
-            record: EntityRecord {
-                key: key.clone(),
-                state,
-                lock: lock_value,
-                operations: seq,
-                updated_at,
-            },
-            expected,
-            operations: rows,
-        },
-        outcomes,
-        lock,
-    })
-}
-
-/// What the store keeps as an operation's answer: a waiting acquisition's
-/// is `{"waiting": true}`, a release's names the waiters it let in (so
-/// that, sent again, it tells them again).
-fn recorded(reply: &Reply, granted: &[Caller]) -> EntityAnswer {
-    match reply {
-        Reply::Now(answer) if !granted.is_empty() => {
-            answer.clone().map(|_| json!({ "granted": granted }))
-        }
-        Reply::Now(answer) => answer.clone(),
-        Reply::Later => Ok(json!({ "waiting": true })),
-    }
-}
-
 /// The outcome of an operation applied before, sent again: as recorded,
 /// but for an acquisition, whose caller learns where it stands now.
 fn again(operation: &Operation, answer: &EntityAnswer, lock: &LockState) -> Outcome {
@@ -310,21 +242,6 @@ fn again(operation: &Operation, answer: &EntityAnswer, lock: &LockState) -> Outc
             reply: Reply::Now(answer.clone()),
             granted: Vec::new(),
         },
-    }
-}
-
-/// The instance an operation came from: its caller's, else the sender.
-fn sender_of(op: &EntityOp) -> &InstanceId {
-    op.operation
-        .caller
-        .as_ref()
-        .map_or(&op.sender, |c: &Caller| &c.instance)
-}
-
-fn answer_bytes(answer: &EntityAnswer) -> usize {
-    match answer {
-        Ok(value) => value.to_string().len(),
-        Err(why) => why.len(),
     }
 }
 
@@ -359,22 +276,37 @@ pub fn check_agent_operation_name(name: &str) -> Result<(), String> {
     legato_contracts::journal::check_name(&agent_journal_name(name))
 }
 
+/// What applying an agent's operation takes.
+pub struct Applying<'a> {
+    pub store: &'a dyn Store,
+    pub types: &'a EntityTypes,
+    pub definitions: &'a Definitions,
+    /// How long to wait for an operation that waits behind a custom one
+    /// (or is one) before answering that it still waits.
+    pub within: Duration,
+}
+
 /// Applies an agent's operation `name` on `entity` of its task's tenant,
-/// once per task (see [`agent_operation_id`]); answers what it answered.
+/// once per task (see [`agent_operation_id`]); answers what it answered,
+/// or `None` when it still waits (behind a custom operation, or as one)
+/// after `within`: asked again, it goes on waiting, applied once. A custom
+/// operation's run is started with `send`.
 pub async fn agent_call(
-    store: &dyn Store,
+    applying: &Applying<'_>,
     instance: &InstanceId,
     key: &TaskKey,
     name: &str,
     entity: EntityRef,
     operation: Operation,
-) -> Result<EntityAnswer, StoreError> {
+    send: impl AsyncFnOnce(InstanceId, Payload) -> Result<(), StoreError>,
+) -> Result<Option<EntityAnswer>, StoreError> {
+    let store = applying.store;
     let entity_key = EntityKey {
         tenant: instance.tenant(),
         entity: entity.clone(),
     };
     if operation.is_read() {
-        return read(store, &entity_key, &operation).await;
+        return read(store, &entity_key, &operation).await.map(Some);
     }
     let op = EntityOp {
         operation: EntityOperation {
@@ -386,8 +318,13 @@ pub async fn agent_call(
         sender: instance.clone(),
         at: OffsetDateTime::now_utc(),
     };
-    let outcome = apply_one(store, &entity_key, &op).await?;
-    outcome.answer().cloned().ok_or_else(|| {
-        StoreError::Corrupt(format!("operation {} was left waiting", op.operation.id))
-    })
+    let (outcome, start) = apply_one(store, applying.types, &entity_key, &op).await?;
+    if let Some(answer) = outcome.answer() {
+        return Ok(Some(answer.clone()));
+    }
+    if let Some(start) = start {
+        let (subject, payload) = start_of(store, applying.definitions, &entity_key, &start).await?;
+        send(subject, payload).await?;
+    }
+    wait_for_answer(store, &entity_key, &op.operation.id, applying.within).await
 }

@@ -1,16 +1,16 @@
-//! Registered agents as the store keeps them: one document per agent name,
-//! written at the version read so two registrations never overwrite each
-//! other unseen. What the document says (kind, lease, endpoint) is the
-//! gateway's business; the store keeps it whole.
+//! Registered agents and entity types as the store keeps them: one
+//! document per name (see `registry`). What the document says (an agent's
+//! kind, lease and endpoint; a type's schema and custom operations) is the
+//! registrar's business; the store keeps it whole.
 
-use legato_contracts::AgentName;
+use legato_contracts::{AgentName, EntityType, TenantId};
 use serde_json::Value;
 use time::OffsetDateTime;
 
 use crate::Version;
 
 /// Most agents one listing returns.
-pub const MAX_AGENTS_LISTED: usize = 1_000;
+pub const MAX_AGENTS_LISTED: usize = crate::registry::MAX_REGISTERED_LISTED;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentRecord {
@@ -26,5 +26,22 @@ pub struct AgentRecord {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredAgent {
     pub record: AgentRecord,
+    pub version: Version,
+}
+
+/// An entity type, within its tenant (`None`: shared by every tenant; a
+/// tenant's own type of the same name shadows it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EntityTypeRecord {
+    pub name: EntityType,
+    pub tenant: Option<TenantId>,
+    /// The type's document (state schema, custom operations).
+    pub body: Value,
+    pub updated_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEntityType {
+    pub record: EntityTypeRecord,
     pub version: Version,
 }

@@ -1307,6 +1307,7 @@ macro_rules! store_conformance_tests {
             entities_keep_their_latest_operations_and_every_answer,
             entities_list_by_tenant_and_type_in_pages,
             deleting_an_entity_removes_its_operations_and_ids,
+            entity_types_are_registered_per_tenant_at_the_version_read,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

@@ -16,6 +16,7 @@ mod dead_letter;
 mod entity;
 mod journal;
 mod json_text;
+mod registry;
 mod report;
 mod schedule;
 mod sqlite;
@@ -25,12 +26,13 @@ mod token;
 use async_trait::async_trait;
 use legato_contracts::journal::JournalKey;
 use legato_contracts::{
-    AgentName, InstanceId, ProgressEvent, RuntimeStatus, ScheduleName, Topic, WorkflowName,
+    AgentName, EntityType, InstanceId, ProgressEvent, RuntimeStatus, ScheduleName, TenantId, Topic,
+    WorkflowName,
 };
 use serde_json::Value;
 use time::OffsetDateTime;
 
-pub use agent::{AgentRecord, MAX_AGENTS_LISTED, StoredAgent};
+pub use agent::{AgentRecord, EntityTypeRecord, MAX_AGENTS_LISTED, StoredAgent, StoredEntityType};
 pub use azure::{
     ABSENCE_CONFIRMATION, AzureTableConnection, AzureTableStore, DEFAULT_REQUEST_TIMEOUT,
     INDEX_GRACE, table_requests,
@@ -415,6 +417,32 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes an agent's registration; `false` if there was none.
     async fn delete_agent(&self, name: &AgentName) -> Result<bool, StoreError>;
+
+    /// Creates (`Expected::New`; conflict if it exists) or replaces (only at
+    /// the version given; conflict otherwise) an entity type's registration.
+    async fn put_entity_type(
+        &self,
+        record: &EntityTypeRecord,
+        expected: &Expected,
+    ) -> Result<Version, StoreError>;
+
+    /// The type `name` as `tenant` registered it (`None`: the shared one).
+    async fn get_entity_type(
+        &self,
+        tenant: Option<&TenantId>,
+        name: &EntityType,
+    ) -> Result<Option<StoredEntityType>, StoreError>;
+
+    /// Every registered entity type of every tenant, by tenant and name,
+    /// at most [`MAX_AGENTS_LISTED`].
+    async fn list_entity_types(&self) -> Result<Vec<StoredEntityType>, StoreError>;
+
+    /// Removes an entity type's registration; `false` if there was none.
+    async fn delete_entity_type(
+        &self,
+        tenant: Option<&TenantId>,
+        name: &EntityType,
+    ) -> Result<bool, StoreError>;
 
     /// Takes or keeps the lease `name` for `holder` until `ttl` from now,
     /// for work one replica at a time must do. True when `holder` holds it

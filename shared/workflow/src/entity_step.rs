@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use legato_contracts::{EntityType, OPERATION_FIELDS};
+use legato_contracts::{EntityType, OPERATION_FIELDS, check_custom_name};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -86,15 +86,22 @@ pub(crate) fn parse(
             false
         }
     };
+    let custom: (&str, &[&str], &[&str]) = ("a custom operation", &["input"], &[]);
     let op = match fields.get("op") {
-        Some(Value::String(op)) => OPERATION_FIELDS.iter().find(|(name, _, _)| name == op),
+        Some(Value::String(op)) => OPERATION_FIELDS
+            .iter()
+            .find(|(name, _, _)| name == op)
+            .or_else(|| check_custom_name(op).is_ok().then_some(&custom)),
         _ => None,
     };
     let Some((name, allowed, needed)) = op else {
         let names: Vec<&str> = OPERATION_FIELDS.iter().map(|(name, _, _)| *name).collect();
         fail(
             format!("{at}.op"),
-            format!("is required: one of {}", names.join(", ")),
+            format!(
+                "is required: one of {}, or a custom operation of the entity's type",
+                names.join(", ")
+            ),
         );
         return None;
     };

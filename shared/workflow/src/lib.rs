@@ -10,6 +10,7 @@
 
 mod definition;
 mod entity_step;
+mod entity_type;
 mod expr;
 mod parse;
 
@@ -23,6 +24,7 @@ pub use definition::{
     RetryPolicy, Step, TimerSpec, WaitForEvent, Work, Workflow,
 };
 pub use entity_step::{EntityStep, LockSpec, LockTarget, MAX_LOCKED};
+pub use entity_type::{CustomOperationDef, EntityTypeDef, MAX_CUSTOM_OPERATIONS};
 pub use expr::{Expr, ExprError, Scope, Template, Variables};
 pub use parse::{from_value, parse};
 

@@ -420,8 +420,18 @@ fn entity_and_lock_steps_are_checked_like_everything_else() {
     let cases: &[(&str, &str, &str)] = &[
         (
             "op: read, path: /requests",
-            "op: teleport",
-            "steps[0] (recall).entity.op: is required: one of set, merge, append, increment, compare_and_set, remove, read",
+            "op: Teleport",
+            "steps[0] (recall).entity.op: is required: one of set, merge, append, increment, compare_and_set, remove, read, or a custom operation of the entity's type",
+        ),
+        (
+            "op: read, path: /requests",
+            "op: summarize, path: /requests",
+            "steps[0] (recall).entity.path: a custom operation takes only input",
+        ),
+        (
+            "op: read, path: /requests",
+            "op: acquire",
+            "steps[0] (recall).entity.op: is required",
         ),
         (
             "op: read, path: /requests",

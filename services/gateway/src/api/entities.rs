@@ -244,8 +244,9 @@ pub(crate) async fn get_entity(
 }
 
 /// Signal an entity: apply an operation (`set`, `merge`, `append`,
-/// `increment`, `compare_and_set`, `remove`), in order with every other
-/// sent to it, once per `Idempotency-Key`.
+/// `increment`, `compare_and_set`, `remove`, or a custom operation its
+/// registered type declares), in order with every other sent to it, once
+/// per `Idempotency-Key`.
 #[utoipa::path(
     post,
     path = "/api/v1/entities/{type}/{id}/operations",
@@ -288,6 +289,16 @@ pub(crate) async fn operate_entity(
             "/op",
             "read is not sent: GET /api/v1/entities/{type}/{id} answers the state",
         ));
+    }
+    if let Operation::Custom(custom) = &operation {
+        super::entity_types::check_custom(
+            &state,
+            &caller,
+            &key.entity.entity_type,
+            &custom.name,
+            &custom.input,
+        )
+        .await?;
     }
     let id = match headers.get("idempotency-key") {
         Some(value) => {

@@ -78,6 +78,7 @@ pub(crate) async fn start(
         tenant: tenant.map(String::from),
         parent: None,
         budget,
+        entity_operation: None,
     };
     let commit = records::accept_start(SOURCE, id.clone(), start, now)?;
     // Durable once committed; a start not published now is sent by the

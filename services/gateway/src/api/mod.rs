@@ -4,6 +4,7 @@ mod completions;
 mod control;
 mod dead_letters;
 mod entities;
+mod entity_types;
 mod instances;
 mod journal;
 mod output;
@@ -49,6 +50,10 @@ pub(crate) use entities::{
     __path_delete_entity, __path_get_entity, __path_list_entities, __path_operate_entity,
     EntityList, EntityOperationView, EntitySummaryView, EntityView, OperationAccepted,
 };
+pub(crate) use entity_types::{
+    __path_delete_entity_type, __path_get_entity_type, __path_list_entity_types,
+    __path_put_entity_type, EntityTypeList, EntityTypeView,
+};
 pub(crate) use instances::{
     __path_get_instance, __path_list_instances, __path_purge, __path_start,
 };
@@ -81,6 +86,8 @@ pub(crate) fn required_role(method: &Method, path: &str) -> Role {
     match (method.as_str(), path) {
         ("PUT", "/api/v1/workflows/{name}")
         | ("PUT", "/api/v1/agents/{name}")
+        | ("PUT", "/api/v1/entity-types/{type}")
+        | ("DELETE", "/api/v1/entity-types/{type}")
         | ("DELETE", "/api/v1/agents/{name}")
         | ("PUT", "/api/v1/schedules/{name}")
         | ("DELETE", "/api/v1/schedules/{name}") => Role::Manage,
@@ -185,6 +192,13 @@ pub(crate) fn routes() -> Router<GatewayState> {
         .route(
             "/api/v1/entities/{type}/{id}/operations",
             post(entities::operate_entity),
+        )
+        .route("/api/v1/entity-types", get(entity_types::list_entity_types))
+        .route(
+            "/api/v1/entity-types/{type}",
+            put(entity_types::put_entity_type)
+                .get(entity_types::get_entity_type)
+                .delete(entity_types::delete_entity_type),
         )
         .route("/api/v1/agents", get(agents::list_agents))
         .route(

@@ -9,12 +9,21 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use legato_contracts::{EntityRef, Operation};
 use legato_service::auth::Caller;
-use legato_service::entities::{agent_call, agent_journal_name, check_agent_operation_name};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use legato_contracts::Envelope;
+use legato_service::entities::{
+    Applying, agent_call, agent_journal_name, check_agent_operation_name,
+};
 use legato_service::problem::Problem;
+use legato_store::StoreError;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use time::OffsetDateTime;
 use utoipa::ToSchema;
 
+use super::SOURCE;
 use super::callbacks::capability;
 use super::entities::entity_of;
 use super::tasks::reporter;
@@ -62,6 +71,58 @@ pub(crate) struct EntityValue {
     pub value: Value,
 }
 
+/// How long a request waits for an operation behind a custom one (or
+/// that is one) before answering `503`: asked again, it waits on, and is
+/// applied once.
+const WAIT_BEHIND_CUSTOM: Duration = Duration::from_secs(20);
+
+/// Applies the agent's operation; a custom operation's run is started
+/// through the bus.
+async fn apply(
+    state: &GatewayState,
+    token: &Token,
+    name: &str,
+    entity: EntityRef,
+    operation: Operation,
+) -> Result<Result<Value, String>, Problem> {
+    let applying = Applying {
+        store: &*state.store,
+        types: &state.entity_types,
+        definitions: &state.definitions,
+        within: WAIT_BEHIND_CUSTOM,
+    };
+    let shown = entity.to_string();
+    let answer = agent_call(
+        &applying,
+        &token.instance,
+        &token.key,
+        name,
+        entity,
+        operation,
+        async |subject, payload| {
+            let envelope = Envelope::new(SOURCE, subject, OffsetDateTime::now_utc(), payload)
+                .with_traceparent(legato_service::telemetry::current_traceparent());
+            state
+                .bus
+                .publish_envelope(&envelope)
+                .await
+                .map_err(|e| StoreError::Unavailable(e.to_string()))
+        },
+    )
+    .await?;
+    answer.ok_or_else(|| {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Entity busy",
+            format!(
+                "entity {shown} is busy with a custom operation and {name:?} waits behind it; \
+                 send the same request again (it is applied once)"
+            ),
+        )
+        .retry_after(Duration::from_secs(1))
+    })
+}
+
 async fn read(
     state: &GatewayState,
     token: &Token,
@@ -76,15 +137,7 @@ async fn read(
         ));
     }
     crate::attempts::running(state, token).await?;
-    let answer = agent_call(
-        &*state.store,
-        &token.instance,
-        &token.key,
-        "read",
-        entity,
-        Operation::Read { path },
-    )
-    .await?;
+    let answer = apply(state, token, "read", entity, Operation::Read { path }).await?;
     let value = answer.map_err(|why| Problem::field("path", why))?;
     Ok(Json(EntityValue { value }))
 }
@@ -111,15 +164,7 @@ async fn call(
     let recorded = match kept.get(&journal_name) {
         Some(value) => value.clone(),
         None => {
-            let answer = agent_call(
-                &*state.store,
-                &token.instance,
-                &token.key,
-                &request.name,
-                entity,
-                operation,
-            )
-            .await?;
+            let answer = apply(state, token, &request.name, entity, operation).await?;
             let value = match answer {
                 Ok(answer) => json!({ "ok": answer }),
                 Err(why) => json!({ "error": why }),

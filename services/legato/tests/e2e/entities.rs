@@ -379,3 +379,145 @@ async fn a_lock_held_by_a_terminated_run_goes_to_the_next_in_line() {
         "{lock:#}"
     );
 }
+
+/// Entity type `visitor`: a state of two counts, and custom operation
+/// `visit` applied by workflow `visit-op` (its echo agent hands back the
+/// new count, the output the state and answer).
+async fn register_visitor(legato: &Legato) {
+    legato
+        .register(json!({"name": "visit-op", "version": 1, "steps": [
+            {"id": "count", "agent": "echo",
+             "input": {"value": "${{ input.state.visits + input.input.by }}"}}
+        ], "output": {
+            "state": {"visits": "${{ steps.count.output.value }}", "notes": "${{ input.state.notes }}"},
+            "answer": "${{ steps.count.output.value }}"
+        }}))
+        .await;
+    let (status, body) = legato
+        .put(
+            "/api/v1/entity-types/visitor",
+            json!({
+                "state_schema": {"type": "object", "required": ["visits", "notes"],
+                    "properties": {"visits": {"type": "integer", "maximum": 1000},
+                                   "notes": {"type": "integer", "minimum": 0}}},
+                "operations": {"visit": {"workflow": "visit-op",
+                    "input_schema": {"type": "object", "required": ["by"],
+                                     "properties": {"by": {"type": "integer"}}}}}
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    legato
+        .register(json!({"name": "visits", "version": 1, "steps": [
+            {"id": "visit", "entity": {"type": "visitor", "id": "${{ input.visitor }}",
+                "op": "visit", "input": {"by": 1}}},
+            {"id": "note", "entity": {"type": "visitor", "id": "${{ input.visitor }}",
+                "op": "increment", "path": "/notes"}},
+        ], "output": {"visit": "${{ steps.visit.output }}", "note": "${{ steps.note.output }}"}}))
+        .await;
+}
+
+#[tokio::test]
+async fn custom_operations_are_applied_by_their_workflow_one_at_a_time_with_writes_queued_behind() {
+    let dir = temp_dir();
+    let legato = launch(dir.path());
+    register_visitor(&legato).await;
+    let (status, _) = legato
+        .post(
+            "/api/v1/entities/visitor/ann/operations",
+            json!({"op": "set", "value": {"visits": 0, "notes": 0}}),
+        )
+        .await;
+    assert_eq!(status, 202);
+
+    // Twelve runs at once, each a custom visit then an increment: every
+    // visit saw the count the one before left, and no increment that
+    // queued behind a visit was lost.
+    let mut ids = Vec::new();
+    for _ in 0..12 {
+        ids.push(
+            legato
+                .start_instance("visits", json!({"input": {"visitor": "ann"}}))
+                .await,
+        );
+    }
+    let mut visits = Vec::new();
+    for id in &ids {
+        let done = legato.wait_status(id, "Completed").await;
+        visits.push(done["output"]["visit"].as_u64().unwrap());
+    }
+    visits.sort_unstable();
+    assert_eq!(visits, (1..=12).collect::<Vec<u64>>());
+    let (_, entity) = legato.get_json("/api/v1/entities/visitor/ann").await;
+    assert_eq!(
+        entity["state"],
+        json!({"visits": 12, "notes": 12}),
+        "{entity:#}"
+    );
+
+    // The API checks a custom operation against the type, naming the field.
+    let (status, problem) = legato
+        .post(
+            "/api/v1/entities/visitor/ann/operations",
+            json!({"op": "visit", "input": {"by": "one"}}),
+        )
+        .await;
+    assert_eq!(status, 400, "{problem}");
+    assert_eq!(problem["errors"][0]["field"], "/input/by", "{problem}");
+    let (status, problem) = legato
+        .post(
+            "/api/v1/entities/visitor/ann/operations",
+            json!({"op": "leave"}),
+        )
+        .await;
+    assert_eq!(status, 400, "{problem}");
+    assert!(
+        problem.to_string().contains("no operation leave"),
+        "{problem}"
+    );
+
+    // A state the schema refuses fails the operation, changing nothing.
+    let (status, _) = legato
+        .post_once(
+            "/api/v1/entities/visitor/ann/operations",
+            "too-many",
+            json!({"op": "visit", "input": {"by": 5000}}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let entity = legato
+        .wait_for_json(
+            "/api/v1/entities/visitor/ann",
+            Duration::from_secs(30),
+            |e| {
+                e["recent"]
+                    .as_array()
+                    .is_some_and(|ops| ops.iter().any(|o| o["id"] == "api/too-many"))
+            },
+        )
+        .await;
+    assert_eq!(entity["state"], json!({"visits": 12, "notes": 12}));
+    let refused = entity["recent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["id"] == "api/too-many")
+        .unwrap()
+        .clone();
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("state_schema") && e.contains("/visits")),
+        "{refused:#}"
+    );
+    let (status, _) = legato
+        .post(
+            "/api/v1/entities/visitor/ann/operations",
+            json!({"op": "decrement"}),
+        )
+        .await;
+    assert_eq!(
+        status, 400,
+        "an undeclared operation is refused at the door"
+    );
+}

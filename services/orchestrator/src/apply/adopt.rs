@@ -1,9 +1,12 @@
-//! Child runs as the applier meets them: a child's first start creates
-//! it, and a start of a child that already ended reports its end again.
+//! Child runs (and runs of entities' custom operations) as the applier
+//! meets them: the first start creates the run, and a start of a run that
+//! already ended reports its end again.
 
-use legato_contracts::{InstanceId, ParentLink, StartInstance};
+use legato_contracts::{EntityLink, InstanceId, ParentLink, StartInstance};
 use legato_engine::InstanceState;
+use legato_service::entities::lock_state;
 use legato_service::records::state_of;
+use legato_store::EntityKey;
 use time::OffsetDateTime;
 
 use super::{Applied, Applier, ApplyError, Input, Known, missing};
@@ -19,30 +22,42 @@ impl Applier {
         id: &InstanceId,
         inputs: &[&Input],
     ) -> Result<Result<Known, Vec<Result<Applied, ApplyError>>>, ApplyError> {
-        let child_start = inputs.iter().find_map(|input| match input {
-            Input::Start {
-                at,
-                start:
-                    start @ StartInstance {
-                        parent: Some(parent),
-                        ..
-                    },
-            } => Some((*at, start, parent)),
+        let adoptable = inputs.iter().find_map(|input| match input {
+            Input::Start { at, start }
+                if start.parent.is_some() || start.entity_operation.is_some() =>
+            {
+                Some((*at, start))
+            }
             _ => None,
         });
-        let Some((at, start, parent)) = child_start else {
+        let Some((at, start)) = adoptable else {
             return Ok(Err(inputs.iter().map(|input| missing(id, input)).collect()));
         };
-        let waits = self.remembers_attempt(parent)
-            || match self.store.load(&parent.instance).await? {
-                Some(stored) => state_of(&stored.record)?.runs_attempt(&parent.key, parent.attempt),
-                None => false,
-            };
+        let waits = match (&start.parent, &start.entity_operation) {
+            (Some(parent), _) => {
+                self.remembers_attempt(parent)
+                    || match self.store.load(&parent.instance).await? {
+                        Some(stored) => {
+                            state_of(&stored.record)?.runs_attempt(&parent.key, parent.attempt)
+                        }
+                        None => false,
+                    }
+            }
+            (None, Some(link)) => self.entity_waits(id, link).await?,
+            (None, None) => false,
+        };
         if !waits {
-            let reason = format!(
-                "parent {} no longer waits for task {} attempt {}",
-                parent.instance, parent.key, parent.attempt
-            );
+            let reason = match (&start.parent, &start.entity_operation) {
+                (Some(parent), _) => format!(
+                    "parent {} no longer waits for task {} attempt {}",
+                    parent.instance, parent.key, parent.attempt
+                ),
+                (None, Some(link)) => format!(
+                    "entity {} no longer waits for operation {}",
+                    link.entity, link.operation
+                ),
+                (None, None) => "nobody waits for it".to_owned(),
+            };
             return Ok(Err(inputs
                 .iter()
                 .map(|_| Ok(Applied::Ignored(reason.clone())))
@@ -59,6 +74,23 @@ impl Applier {
             version: None,
             in_parts: false,
         }))
+    }
+
+    /// Whether the entity `link` names is busy with its operation, run by
+    /// `id`: a start it no longer waits for (the operation's outcome is in)
+    /// must not run the operation again.
+    async fn entity_waits(&self, id: &InstanceId, link: &EntityLink) -> Result<bool, ApplyError> {
+        let key = EntityKey {
+            tenant: id.tenant(),
+            entity: link.entity.clone(),
+        };
+        let Some(stored) = self.store.load_entity(&key).await? else {
+            return Ok(false);
+        };
+        let lock = lock_state(&stored.record.lock)?;
+        Ok(lock
+            .busy
+            .is_some_and(|busy| busy.instance == *id && busy.operation.id == link.operation))
     }
 
     /// Whether the parent as this process last committed it runs the
@@ -83,22 +115,30 @@ impl Applier {
         state: &InstanceState,
         start: &StartInstance,
     ) -> Applied {
-        let ended = legato_engine::result_of(state)
-            .filter(|_| start.parent.is_some() && start.parent == state.parent);
-        if let (Some(result), Some(parent)) = (ended, &state.parent) {
-            let (subject, payload) = children::report(parent, &result);
-            match effects::outbox_row(&subject, OffsetDateTime::now_utc(), payload, None) {
-                Ok(row) => {
-                    if let Err(e) = self.relay.send(&[row]).await {
-                        tracing::warn!(instance = %state.id, "could not tell the parent again how the child ended: {e}");
-                    }
-                    return Applied::Ignored(
-                        "already started; its end told to its parent again".into(),
-                    );
+        let Some(result) = legato_engine::result_of(state) else {
+            return Applied::Ignored("already started".into());
+        };
+        let told = match (&state.parent, &state.serves) {
+            (Some(parent), _) if start.parent.as_ref() == Some(parent) => {
+                children::report(parent, &result)
+            }
+            (_, Some(link)) if start.entity_operation.as_ref() == Some(link) => {
+                children::answer(&state.id, link, &result)
+            }
+            _ => return Applied::Ignored("already started".into()),
+        };
+        let (subject, payload) = told;
+        match effects::outbox_row(&subject, OffsetDateTime::now_utc(), payload, None) {
+            Ok(row) => {
+                if let Err(e) = self.relay.send(&[row]).await {
+                    tracing::warn!(instance = %state.id, "could not tell again how the run ended: {e}");
                 }
-                Err(e) => tracing::warn!(instance = %state.id, "no report for the parent: {e}"),
+                Applied::Ignored("already started; how it ended told again".into())
+            }
+            Err(e) => {
+                tracing::warn!(instance = %state.id, "no report of how the run ended: {e}");
+                Applied::Ignored("already started".into())
             }
         }
-        Applied::Ignored("already started".into())
     }
 }

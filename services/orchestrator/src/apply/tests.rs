@@ -57,6 +57,7 @@ async fn a_start_without_its_record_does_not_create_the_instance() {
             tenant: None,
             parent: None,
             budget: None,
+            entity_operation: None,
         },
     };
     let refused = applier.apply(&id, &start, None).await;
@@ -100,6 +101,7 @@ fn start_of(workflow: WorkflowName, tenant: Option<&str>, now: OffsetDateTime) -
             tenant: tenant.map(str::to_owned),
             parent: None,
             budget: None,
+            entity_operation: None,
         },
     }
 }
@@ -487,6 +489,7 @@ fn child_start(
                 depth: 1,
             }),
             budget: None,
+            entity_operation: None,
         },
     }
 }
@@ -560,7 +563,7 @@ async fn a_child_is_created_by_its_start_and_an_ended_one_reports_again() {
     );
     let again = applier.apply(&child, &start, None).await.unwrap();
     assert!(
-        matches!(&again, Applied::Ignored(why) if why.contains("told to its parent again")),
+        matches!(&again, Applied::Ignored(why) if why.contains("how it ended told again")),
         "{again:?}"
     );
 }

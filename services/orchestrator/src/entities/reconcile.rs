@@ -72,7 +72,7 @@ impl Entities {
                 })
                 .collect();
             let refs: Vec<&EntityOp> = ops.iter().collect();
-            let batch = apply_batch(&*self.store, key, &refs).await?;
+            let batch = apply_batch(&*self.store, &self.types, key, &refs).await?;
             let outcomes: Vec<_> = ops
                 .iter()
                 .map(|op| &op.operation)

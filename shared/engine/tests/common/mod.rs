@@ -70,6 +70,7 @@ impl Harness {
             created_at: None,
             parent: None,
             budget: None,
+            serves: None,
         });
         h
     }

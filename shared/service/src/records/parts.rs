@@ -324,6 +324,7 @@ mod tests {
             created_at: None,
             parent: None,
             budget: None,
+            serves: None,
         };
         decide(&InstanceState::new(id), &event).state
     }

@@ -17,7 +17,6 @@
 //!   [`index_repair`]).
 //! - definitions: one partition per workflow name, one row per version.
 
-mod agents;
 mod bench;
 mod commit;
 mod connection;
@@ -34,6 +33,7 @@ mod payload;
 mod published;
 mod purge;
 mod record_version;
+mod registry;
 mod replicas;
 mod rows;
 mod schedules;
@@ -59,6 +59,7 @@ pub use self::connection::AzureTableConnection;
 use self::connection::location;
 use self::keys::odata;
 use self::payload::{Encoded, Entity, Held, text};
+use crate::registry::{AGENTS, ENTITY_TYPES, entity_type_key};
 use crate::stored::{corrupt, from_millis, millis, topic_from};
 use crate::token::{self, ListPosition};
 use crate::{
@@ -557,22 +558,66 @@ impl Store for AzureTableStore {
         record: &crate::AgentRecord,
         expected: &Expected,
     ) -> Result<Version, StoreError> {
-        self.put_agent_row(record, expected).await
+        self.put_registered(AGENTS, &record.into(), expected).await
     }
 
     async fn get_agent(
         &self,
         name: &legato_contracts::AgentName,
     ) -> Result<Option<crate::StoredAgent>, StoreError> {
-        self.agent_row(name).await
+        self.registered(AGENTS, name.as_str())
+            .await?
+            .map(TryInto::try_into)
+            .transpose()
     }
 
     async fn list_agents(&self) -> Result<Vec<crate::StoredAgent>, StoreError> {
-        self.agent_rows().await
+        self.all_registered(AGENTS)
+            .await?
+            .into_iter()
+            .map(TryInto::try_into)
+            .collect()
     }
 
     async fn delete_agent(&self, name: &legato_contracts::AgentName) -> Result<bool, StoreError> {
-        self.delete_agent_row(name).await
+        self.delete_registered(AGENTS, name.as_str()).await
+    }
+
+    async fn put_entity_type(
+        &self,
+        record: &crate::EntityTypeRecord,
+        expected: &Expected,
+    ) -> Result<Version, StoreError> {
+        self.put_registered(ENTITY_TYPES, &record.into(), expected)
+            .await
+    }
+
+    async fn get_entity_type(
+        &self,
+        tenant: Option<&legato_contracts::TenantId>,
+        name: &legato_contracts::EntityType,
+    ) -> Result<Option<crate::StoredEntityType>, StoreError> {
+        self.registered(ENTITY_TYPES, &entity_type_key(tenant, name))
+            .await?
+            .map(TryInto::try_into)
+            .transpose()
+    }
+
+    async fn list_entity_types(&self) -> Result<Vec<crate::StoredEntityType>, StoreError> {
+        self.all_registered(ENTITY_TYPES)
+            .await?
+            .into_iter()
+            .map(TryInto::try_into)
+            .collect()
+    }
+
+    async fn delete_entity_type(
+        &self,
+        tenant: Option<&legato_contracts::TenantId>,
+        name: &legato_contracts::EntityType,
+    ) -> Result<bool, StoreError> {
+        self.delete_registered(ENTITY_TYPES, &entity_type_key(tenant, name))
+            .await
     }
 
     async fn put_schedule(

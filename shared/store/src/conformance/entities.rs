@@ -237,3 +237,97 @@ pub async fn deleting_an_entity_removes_its_operations_and_ids(store: &dyn Store
     let loaded = store.load_entity(&key).await.unwrap().unwrap();
     assert_eq!(loaded.record.operations, 2);
 }
+
+pub async fn entity_types_are_registered_per_tenant_at_the_version_read(store: &dyn Store) {
+    let tenant = TenantId::parse(unique("t").replace('-', "")).unwrap();
+    let name = EntityType::parse(unique("c").replace('-', "")).unwrap();
+    let at = time::macros::datetime!(2026-12-07 10:00 UTC);
+    let record = |tenant: Option<&TenantId>, visits: u64| crate::EntityTypeRecord {
+        name: name.clone(),
+        tenant: tenant.cloned(),
+        body: json!({"state_schema": {"type": "object", "maxProperties": visits}}),
+        updated_at: at,
+    };
+    let shared = record(None, 3);
+    let own = record(Some(&tenant), 5);
+    let v1 = store
+        .put_entity_type(&shared, &Expected::New)
+        .await
+        .unwrap();
+    store.put_entity_type(&own, &Expected::New).await.unwrap();
+    assert!(matches!(
+        store.put_entity_type(&own, &Expected::New).await,
+        Err(StoreError::Conflict(_))
+    ));
+    // One name, two registrations: the shared one and the tenant's own.
+    assert_eq!(
+        store
+            .get_entity_type(None, &name)
+            .await
+            .unwrap()
+            .unwrap()
+            .record,
+        shared
+    );
+    assert_eq!(
+        store
+            .get_entity_type(Some(&tenant), &name)
+            .await
+            .unwrap()
+            .unwrap()
+            .record,
+        own
+    );
+    let other = TenantId::parse(unique("t").replace('-', "")).unwrap();
+    assert_eq!(
+        store.get_entity_type(Some(&other), &name).await.unwrap(),
+        None
+    );
+
+    let changed = record(None, 4);
+    let v2 = store
+        .put_entity_type(&changed, &Expected::Version(v1.clone()))
+        .await
+        .unwrap();
+    assert_ne!(v1, v2);
+    assert!(matches!(
+        store.put_entity_type(&shared, &Expected::Version(v1)).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let listed: Vec<_> = store
+        .list_entity_types()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.record)
+        .filter(|r| r.name == name)
+        .collect();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.contains(&changed) && listed.contains(&own));
+
+    assert!(
+        store
+            .delete_entity_type(Some(&tenant), &name)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .delete_entity_type(Some(&tenant), &name)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.get_entity_type(Some(&tenant), &name).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .get_entity_type(None, &name)
+            .await
+            .unwrap()
+            .unwrap()
+            .record,
+        changed
+    );
+}

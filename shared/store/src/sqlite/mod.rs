@@ -2,10 +2,10 @@
 //! (WAL mode) or in-memory database behind one connection. Calls run on the
 //! blocking pool so they never stall the async runtime.
 
-mod agents;
 mod commit;
 mod entities;
 mod journal;
+mod registry;
 mod replicas;
 mod schedules;
 
@@ -19,6 +19,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::Value;
 use time::OffsetDateTime;
 
+use crate::registry::{AGENTS, ENTITY_TYPES, entity_type_key};
 use crate::stored::{corrupt, from_millis, millis, topic_from};
 use crate::token::{self, ListPosition};
 use crate::{
@@ -117,6 +118,13 @@ CREATE TABLE IF NOT EXISTS schedules (
 );
 CREATE INDEX IF NOT EXISTS schedules_by_due ON schedules (next_due) WHERE next_due IS NOT NULL;
 CREATE TABLE IF NOT EXISTS agents (
+    name TEXT PRIMARY KEY,
+    tenant TEXT,
+    body TEXT NOT NULL,
+    updated_at INTEGER NOT NULL,
+    version INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS entity_types (
     name TEXT PRIMARY KEY,
     tenant TEXT,
     body TEXT NOT NULL,
@@ -822,22 +830,66 @@ impl Store for SqliteStore {
         record: &crate::AgentRecord,
         expected: &Expected,
     ) -> Result<Version, StoreError> {
-        self.put_agent_row(record, expected).await
+        self.put_registered(AGENTS, &record.into(), expected).await
     }
 
     async fn get_agent(
         &self,
         name: &legato_contracts::AgentName,
     ) -> Result<Option<crate::StoredAgent>, StoreError> {
-        self.agent_row(name).await
+        self.registered(AGENTS, name.as_str())
+            .await?
+            .map(TryInto::try_into)
+            .transpose()
     }
 
     async fn list_agents(&self) -> Result<Vec<crate::StoredAgent>, StoreError> {
-        self.agent_rows().await
+        self.all_registered(AGENTS)
+            .await?
+            .into_iter()
+            .map(TryInto::try_into)
+            .collect()
     }
 
     async fn delete_agent(&self, name: &legato_contracts::AgentName) -> Result<bool, StoreError> {
-        self.delete_agent_row(name).await
+        self.delete_registered(AGENTS, name.as_str()).await
+    }
+
+    async fn put_entity_type(
+        &self,
+        record: &crate::EntityTypeRecord,
+        expected: &Expected,
+    ) -> Result<Version, StoreError> {
+        self.put_registered(ENTITY_TYPES, &record.into(), expected)
+            .await
+    }
+
+    async fn get_entity_type(
+        &self,
+        tenant: Option<&legato_contracts::TenantId>,
+        name: &legato_contracts::EntityType,
+    ) -> Result<Option<crate::StoredEntityType>, StoreError> {
+        self.registered(ENTITY_TYPES, &entity_type_key(tenant, name))
+            .await?
+            .map(TryInto::try_into)
+            .transpose()
+    }
+
+    async fn list_entity_types(&self) -> Result<Vec<crate::StoredEntityType>, StoreError> {
+        self.all_registered(ENTITY_TYPES)
+            .await?
+            .into_iter()
+            .map(TryInto::try_into)
+            .collect()
+    }
+
+    async fn delete_entity_type(
+        &self,
+        tenant: Option<&legato_contracts::TenantId>,
+        name: &legato_contracts::EntityType,
+    ) -> Result<bool, StoreError> {
+        self.delete_registered(ENTITY_TYPES, &entity_type_key(tenant, name))
+            .await
     }
 
     async fn put_schedule(

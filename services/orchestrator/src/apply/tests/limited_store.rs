@@ -156,6 +156,34 @@ impl Store for LimitedStore {
         self.inner.delete_agent(name).await
     }
 
+    async fn put_entity_type(
+        &self,
+        record: &legato_store::EntityTypeRecord,
+        expected: &Expected,
+    ) -> Result<Version, StoreError> {
+        self.inner.put_entity_type(record, expected).await
+    }
+
+    async fn get_entity_type(
+        &self,
+        tenant: Option<&legato_contracts::TenantId>,
+        name: &legato_contracts::EntityType,
+    ) -> Result<Option<legato_store::StoredEntityType>, StoreError> {
+        self.inner.get_entity_type(tenant, name).await
+    }
+
+    async fn list_entity_types(&self) -> Result<Vec<legato_store::StoredEntityType>, StoreError> {
+        self.inner.list_entity_types().await
+    }
+
+    async fn delete_entity_type(
+        &self,
+        tenant: Option<&legato_contracts::TenantId>,
+        name: &legato_contracts::EntityType,
+    ) -> Result<bool, StoreError> {
+        self.inner.delete_entity_type(tenant, name).await
+    }
+
     async fn put_schedule(
         &self,
         record: &ScheduleRecord,
