@@ -10,6 +10,7 @@ use legato_contracts::{
     Operation,
 };
 use legato_service::auth::{Caller, Principal};
+use legato_service::entities::lock_state;
 use legato_service::problem::Problem;
 use legato_store::{
     ENTITY_OPERATIONS_KEPT, EntityKey, EntityOperationRow, EntityQuery, EntitySummary, TenantFilter,
@@ -69,6 +70,27 @@ pub(crate) struct EntityView {
     pub updated_at: String,
     /// The latest operations, newest first.
     pub recent: Vec<EntityOperationView>,
+    /// The custom operation under way, while there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub busy: Option<BusyView>,
+    /// Operations waiting behind it, to apply in order once it is over.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub queued: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// A custom operation under way.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct BusyView {
+    /// Its name, as the entity's type declares it.
+    pub operation: String,
+    pub operation_id: String,
+    /// The run applying it (an instance of the workflow the type names).
+    pub instance: String,
 }
 
 /// One applied operation.
@@ -233,6 +255,7 @@ pub(crate) async fn get_entity(
     } else {
         state.store.entity_operations(&key, recent).await?
     };
+    let control = lock_state(&stored.record.lock)?;
     Ok(Json(EntityView {
         entity_type: key.entity.entity_type.to_string(),
         id: key.entity.id.to_string(),
@@ -240,6 +263,12 @@ pub(crate) async fn get_entity(
         operations: stored.record.operations,
         updated_at: rfc3339(stored.record.updated_at),
         recent: operations.into_iter().map(Into::into).collect(),
+        busy: control.busy.map(|busy| BusyView {
+            operation: busy.operation.operation.name().to_owned(),
+            operation_id: busy.operation.id,
+            instance: busy.instance.local().to_owned(),
+        }),
+        queued: control.queued.len(),
     }))
 }
 

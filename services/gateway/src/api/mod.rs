@@ -47,7 +47,7 @@ pub(crate) use dead_letters::{
     DeadLetterPage, DeadLetterView,
 };
 pub(crate) use entities::{
-    __path_delete_entity, __path_get_entity, __path_list_entities, __path_operate_entity,
+    __path_delete_entity, __path_get_entity, __path_list_entities, __path_operate_entity, BusyView,
     EntityList, EntityOperationView, EntitySummaryView, EntityView, OperationAccepted,
 };
 pub(crate) use entity_types::{

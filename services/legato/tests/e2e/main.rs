@@ -511,3 +511,93 @@ async fn a_lock_and_its_waiter_survive_a_kill_of_legato_up() {
     legato.post(&done(&second), json!({})).await;
     legato.wait_status(&second, "Completed").await;
 }
+
+/// `legato up` killed with `-9` while an entity is busy with a custom
+/// operation (its run waits for an event) and writes wait behind it:
+/// after the restart the run goes on, and once it ends its outcome and
+/// every queued write are applied, each once.
+#[tokio::test]
+async fn a_custom_operation_and_the_writes_behind_it_survive_a_kill_of_legato_up() {
+    let dir = temp_dir();
+    let legato = Legato::start(dir.path());
+    register_held_visitor(&legato).await;
+    let (status, _) = legato
+        .post(
+            "/api/v1/entities/held-visitor/bo/operations",
+            json!({"op": "set", "value": {"visits": 0, "notes": 0}}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let input = json!({"input": {"visitor": "bo"}});
+    let visiting = legato.start_instance("held-visits", input.clone()).await;
+    let noting = legato.start_instance("notes", input).await;
+    let busy = legato
+        .wait_for_json(
+            "/api/v1/entities/held-visitor/bo",
+            Duration::from_secs(30),
+            |e| e["queued"] == 1,
+        )
+        .await;
+    let run = busy["busy"]["instance"].as_str().unwrap().to_owned();
+    legato.wait_step(&run, "go", "Waiting").await;
+    legato.kill();
+
+    let legato = Legato::start(dir.path());
+    legato.wait_step(&run, "go", "Waiting").await;
+    let (status, _) = legato
+        .post(&format!("/api/v1/instances/{run}/events/go"), json!({}))
+        .await;
+    assert_eq!(status, 202);
+    let visited = legato.wait_status(&visiting, "Completed").await;
+    assert_eq!(visited["output"], json!({"visit": 1, "note": 2}));
+    let noted = legato.wait_status(&noting, "Completed").await;
+    assert_eq!(noted["output"], json!(1), "queued behind the visit");
+    let (_, entity) = legato.get_json("/api/v1/entities/held-visitor/bo").await;
+    assert_eq!(
+        entity["state"],
+        json!({"visits": 1, "notes": 2}),
+        "{entity:#}"
+    );
+    assert_eq!(
+        entity["operations"], 4,
+        "set, visit, two increments: {entity:#}"
+    );
+    assert!(entity.get("busy").is_none(), "{entity:#}");
+}
+
+/// Entity type `held-visitor`: as `visitor`, but its `visit` waits for
+/// event `go` before counting; workflow `held-visits` visits then notes,
+/// `notes` only notes.
+async fn register_held_visitor(legato: &Legato) {
+    legato
+        .register(json!({"name": "held-visit-op", "version": 1, "steps": [
+            {"id": "go", "wait_for_event": {"name": "go"}},
+            {"id": "count", "needs": ["go"], "agent": "echo",
+             "input": {"value": "${{ input.state.visits + input.input.by }}"}}
+        ], "output": {
+            "state": {"visits": "${{ steps.count.output.value }}", "notes": "${{ input.state.notes }}"},
+            "answer": "${{ steps.count.output.value }}"
+        }}))
+        .await;
+    let (status, body) = legato
+        .put(
+            "/api/v1/entity-types/held-visitor",
+            json!({"operations": {"visit": {"workflow": "held-visit-op"}}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    legato
+        .register(json!({"name": "held-visits", "version": 1, "steps": [
+            {"id": "visit", "entity": {"type": "held-visitor", "id": "${{ input.visitor }}",
+                "op": "visit", "input": {"by": 1}}},
+            {"id": "note", "needs": ["visit"], "entity": {"type": "held-visitor",
+                "id": "${{ input.visitor }}", "op": "increment", "path": "/notes"}},
+        ], "output": {"visit": "${{ steps.visit.output }}", "note": "${{ steps.note.output }}"}}))
+        .await;
+    legato
+        .register(json!({"name": "notes", "version": 1, "steps": [
+            {"id": "note", "entity": {"type": "held-visitor", "id": "${{ input.visitor }}",
+                "op": "increment", "path": "/notes"}},
+        ], "output": "${{ steps.note.output }}"}))
+        .await;
+}
