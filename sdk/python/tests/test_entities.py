@@ -63,3 +63,76 @@ async def test_a_python_agents_memory_outlives_runs_and_its_calls_apply_once(
     response = await legato.http.get(f"/api/v1/entities/customer/{customer}")
     assert response.status_code == 200, response.text
     assert response.json()["state"] == {"visits": 2, "requests": ["csv export", "totals"]}
+
+
+async def keep_memory(task: Task) -> dict[str, Any]:
+    """Custom operation ``remember`` of type ``py-customer``: given the state
+    and the operation's input, the new state and the answer."""
+    state = task.input["state"] or {"requests": [], "remembered": 0}
+    request = task.input["input"]["request"]
+    requests = [*state["requests"], request][-3:]
+    remembered = state["remembered"] + 1
+    return {
+        "state": {"requests": requests, "remembered": remembered},
+        "answer": remembered,
+    }
+
+
+async def test_a_python_agent_is_an_entity_types_logic_one_operation_at_a_time(
+    legato: Legato,
+) -> None:
+    await legato.put_agent("py-keeper", leaseMs=5_000)
+    await legato.register(
+        {
+            "name": "py-remember-op",
+            "version": 1,
+            "steps": [{"id": "keep", "agent": "py-keeper", "input": "${{ input }}"}],
+            "output": "${{ steps.keep.output }}",
+        }
+    )
+    response = await legato.http.put(
+        "/api/v1/entity-types/py-customer",
+        json={
+            "state_schema": {
+                "type": "object",
+                "properties": {"requests": {"type": "array", "maxItems": 3}},
+            },
+            "operations": {
+                "remember": {
+                    "workflow": "py-remember-op",
+                    "input_schema": {"type": "object", "required": ["request"]},
+                }
+            },
+        },
+    )
+    assert response.status_code == 201, response.text
+    await legato.register(
+        {
+            "name": "py-remember",
+            "version": 1,
+            "steps": [
+                {
+                    "id": "remember",
+                    "entity": {
+                        "type": "py-customer",
+                        "id": "${{ input.customer }}",
+                        "op": "remember",
+                        "input": {"request": "${{ input.request }}"},
+                    },
+                }
+            ],
+            "output": "${{ steps.remember.output }}",
+        }
+    )
+    async with serving(legato, {"py-keeper": keep_memory}):
+        runs = [
+            await legato.start("py-remember", {"customer": "kim", "request": f"r{n}"})
+            for n in range(8)
+        ]
+        answers = sorted([(await legato.wait_for(run, "Completed"))["output"] for run in runs])
+    # Each operation saw the state the one before left: no two saw one state.
+    assert answers == list(range(1, 9))
+    response = await legato.http.get("/api/v1/entities/py-customer/kim")
+    state = response.json()["state"]
+    assert state["remembered"] == 8
+    assert len(state["requests"]) == 3

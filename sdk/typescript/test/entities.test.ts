@@ -72,3 +72,63 @@ test("an agent's memory outlives runs and its calls apply once per task", async 
     await running;
   }
 });
+
+/** Custom operation `remember` of type `ts-customer`: given the state and
+ * the operation's input, the new state and the answer. */
+async function keepMemory(task: Task): Promise<unknown> {
+  const input = task.input as { state: { requests: string[]; remembered: number } | null; input: { request: string } };
+  const state = input.state ?? { requests: [], remembered: 0 };
+  const remembered = state.remembered + 1;
+  return {
+    state: { requests: [...state.requests, input.input.request].slice(-3), remembered },
+    answer: remembered,
+  };
+}
+
+/** An agent that calls the custom operation itself, once per task. */
+async function callRemember(task: Task): Promise<unknown> {
+  const input = task.input as { customer: string; request: string };
+  return task.entity("ts-customer", input.customer).call("remember", { op: "remember", input: { request: input.request } });
+}
+
+test("a TypeScript agent is an entity type's logic, called by other agents one operation at a time", async () => {
+  for (const name of ["ts-keeper", "ts-caller"]) await legato.putAgent(name, { leaseMs: 5_000 });
+  await legato.register({
+    name: "ts-remember-op",
+    version: 1,
+    steps: [{ id: "keep", agent: "ts-keeper", input: "${{ input }}" }],
+    output: "${{ steps.keep.output }}",
+  });
+  const put = await legato.call("PUT", "/api/v1/entity-types/ts-customer", {
+    operations: { remember: { workflow: "ts-remember-op" } },
+  });
+  assert.equal(put.status, 201, JSON.stringify(put.body));
+  await legato.register({
+    name: "ts-caller",
+    version: 1,
+    steps: [{ id: "call", agent: "ts-caller", input: "${{ input }}" }],
+    output: "${{ steps.call.output }}",
+  });
+  const worker = new Worker({
+    url: legato.url,
+    agents: { "ts-keeper": keepMemory, "ts-caller": callRemember },
+    pollWaitMs: 2_000,
+    logger: quiet,
+  });
+  const running = worker.run({ handleSignals: false });
+  try {
+    const runs: string[] = [];
+    for (let n = 0; n < 6; n++) runs.push(await legato.start("ts-caller", { customer: "lee", request: `r${n}` }));
+    const answers: number[] = [];
+    for (const run of runs) answers.push((await legato.waitFor(run, "Completed"))["output"] as number);
+    answers.sort((a, b) => a - b);
+    assert.deepEqual(answers, [1, 2, 3, 4, 5, 6], "each saw the state the one before left");
+    const { body } = await legato.call("GET", "/api/v1/entities/ts-customer/lee");
+    const state = body["state"] as { requests: string[]; remembered: number };
+    assert.equal(state.remembered, 6);
+    assert.equal(state.requests.length, 3, "the type's logic keeps the last three");
+  } finally {
+    worker.stop();
+    await running;
+  }
+});
