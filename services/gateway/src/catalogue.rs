@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use legato_contracts::{EntityType, WorkflowName};
+use legato_contracts::WorkflowName;
 use legato_store::{DefinitionRecord, EntityTypeRecord, Expected, Store};
 use legato_workflow::EntityTypeDef;
 use time::OffsetDateTime;
@@ -101,14 +101,8 @@ fn is_entity_type(path: &Path) -> bool {
 async fn register_entity_type(store: &dyn Store, path: &Path) -> anyhow::Result<bool> {
     let fail = |why: String| anyhow::anyhow!("{}: {why}", path.display());
     let text = std::fs::read_to_string(path)?;
-    let doc: serde_json::Value =
-        serde_yaml_ng::from_str(&text).map_err(|e| fail(format!("not YAML or JSON: {e}")))?;
-    let name = doc
-        .get("name")
-        .and_then(serde_json::Value::as_str)
-        .ok_or_else(|| fail("name: is required: the entity type's name".into()))?;
-    let name = EntityType::parse(name).map_err(|e| fail(format!("name: {e}")))?;
-    let def = EntityTypeDef::parse(&name, doc).map_err(|e| fail(e.to_string()))?;
+    let def = EntityTypeDef::from_file_text(&text).map_err(|e| fail(e.to_string()))?;
+    let name = def.name.clone();
     for (field, workflow) in def.workflows() {
         let known = WorkflowName::parse(workflow).map_err(|e| fail(format!("{field}: {e}")))?;
         if store.get_definition(&known, None).await?.is_none() {

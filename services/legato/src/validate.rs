@@ -30,17 +30,14 @@ pub fn run(files: &[impl AsRef<Path>]) -> ExitCode {
 pub fn check(file: &Path) -> Result<String, String> {
     let shown = file.display();
     let text = std::fs::read_to_string(file).map_err(|e| format!("{shown}: {e}\n"))?;
-    let workflow = legato_workflow::parse(&text).map_err(|errors| {
-        errors.0.iter().fold(String::new(), |mut out, e| {
-            let at = if e.path.is_empty() {
-                String::new()
-            } else {
-                format!("{}: ", e.path)
-            };
-            let _ = writeln!(out, "{shown}: {at}{}", e.message);
-            out
-        })
-    })?;
+    let is_type = file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .is_some_and(|s| s.ends_with(".entity"));
+    if is_type {
+        return check_entity_type(file, &text);
+    }
+    let workflow = legato_workflow::parse(&text).map_err(|errors| listed(file, &errors))?;
     let steps = workflow.all_steps();
     let count = |kind: fn(&legato_workflow::Action) -> bool| {
         steps.iter().filter(|s| kind(&s.action)).count()
@@ -96,6 +93,48 @@ pub fn check(file: &Path) -> Result<String, String> {
             summary,
             "; starts child runs of {} (registration checks they are registered)",
             names.join(", ")
+        );
+    }
+    Ok(summary)
+}
+
+/// Every problem, one line each, with the file and the path.
+fn listed(file: &Path, errors: &legato_workflow::ValidationErrors) -> String {
+    errors.0.iter().fold(String::new(), |mut out, e| {
+        let at = if e.path.is_empty() {
+            String::new()
+        } else {
+            format!("{}: ", e.path)
+        };
+        let _ = writeln!(out, "{}: {at}{}", file.display(), e.message);
+        out
+    })
+}
+
+/// An entity type's file (`*.entity.yaml`): its `name` names the type.
+fn check_entity_type(file: &Path, text: &str) -> Result<String, String> {
+    let def = legato_workflow::EntityTypeDef::from_file_text(text)
+        .map_err(|errors| listed(file, &errors))?;
+    let mut summary = format!(
+        "{}: entity type {}: valid, {}",
+        file.display(),
+        def.name,
+        if def.state_schema.is_some() {
+            "a state schema"
+        } else {
+            "no state schema"
+        }
+    );
+    if !def.operations.is_empty() {
+        let ops: Vec<String> = def
+            .operations
+            .iter()
+            .map(|(op, d)| format!("{op} (workflow {})", d.workflow))
+            .collect();
+        let _ = write!(
+            summary,
+            ", custom operations {} (registration checks the workflows are registered)",
+            ops.join(", ")
         );
     }
     Ok(summary)

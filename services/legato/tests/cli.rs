@@ -452,6 +452,64 @@ async fn the_cli_signals_lists_shows_and_deletes_entities() {
     );
     let gone = run(base, &["entities", "show", "counter", "visits"]);
     assert_eq!(gone.status.code(), Some(1));
+
+    // Entity types: checked offline, registered, listed, shown, removed.
+    let file = dir.path().join("tally.entity.yaml");
+    std::fs::write(
+        &file,
+        "name: tally\ndescription: A bounded count.\nstate_schema: { type: integer, maximum: 3 }\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let valid = run(base, &["validate", file]);
+    assert!(
+        stdout(&valid).contains("entity type tally: valid, a state schema"),
+        "{valid:?}"
+    );
+    let put = run(base, &["entity-types", "put", file]);
+    assert_eq!(put.status.code(), Some(0), "{put:?}");
+    assert!(
+        stdout(&put).contains("registered entity type tally"),
+        "{put:?}"
+    );
+    let listed = stdout(&run(base, &["entity-types", "ls"]));
+    assert!(
+        listed.contains("tally") && listed.contains("A bounded count."),
+        "{listed}"
+    );
+    let shown = stdout(&run(base, &["entity-types", "show", "tally"]));
+    assert!(shown.contains(r#""maximum":3"#), "{shown}");
+    let over = run(
+        base,
+        &[
+            "entities",
+            "signal",
+            "tally",
+            "t1",
+            r#"{"op": "set", "value": 4}"#,
+        ],
+    );
+    assert_eq!(over.status.code(), Some(0), "{over:?}");
+    let mut refused = String::new();
+    for _ in 0..200 {
+        refused = stdout(&run(base, &["entities", "show", "tally", "t1"]));
+        if refused.contains("failed:") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    assert!(
+        refused.contains("state_schema") && refused.contains("state: null"),
+        "the schema refused it, nothing changed: {refused}"
+    );
+    assert_eq!(
+        run(base, &["entity-types", "rm", "tally"]).status.code(),
+        Some(0)
+    );
+    assert_eq!(
+        run(base, &["entity-types", "show", "tally"]).status.code(),
+        Some(1)
+    );
 }
 
 /// A budget through the CLI: `start --budget-tokens`, `show` says what was

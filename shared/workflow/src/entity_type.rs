@@ -162,6 +162,19 @@ impl EntityTypeDef {
         Self::parse(expected, doc)
     }
 
+    /// Reads a type's file (YAML or JSON), whose `name` names the type.
+    pub fn from_file_text(text: &str) -> Result<Self, ValidationErrors> {
+        let doc: Value = serde_yaml_ng::from_str(text)
+            .map_err(|e| ValidationErrors::one("", format!("not a YAML or JSON document: {e}")))?;
+        let name = doc
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ValidationErrors::one("name", "is required: the entity type's name"))?;
+        let name =
+            EntityType::parse(name).map_err(|e| ValidationErrors::one("name", e.to_string()))?;
+        Self::parse(&name, doc)
+    }
+
     /// The workflows its custom operations name, each with the path of
     /// the operation naming it (`operations.summarize.workflow`).
     pub fn workflows(&self) -> impl Iterator<Item = (String, &str)> {

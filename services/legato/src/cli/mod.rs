@@ -8,6 +8,7 @@
 mod agents;
 mod client;
 mod entities;
+mod entity_types;
 mod schedule;
 mod watch;
 
@@ -135,6 +136,9 @@ pub enum ClientCommand {
     /// Durable entities: state shared across runs.
     #[command(subcommand)]
     Entities(entities::EntitiesCommand),
+    /// Entity types: a state schema and custom operations.
+    #[command(subcommand, name = "entity-types")]
+    EntityTypes(entity_types::EntityTypesCommand),
     /// Delete a finished instance and its history.
     Purge { id: String },
 }
@@ -283,6 +287,7 @@ pub async fn run(command: ClientCommand, target: Target) -> anyhow::Result<ExitC
         ClientCommand::Schedule(command) => schedule::run(&gateway, output, command).await?,
         ClientCommand::Agents(command) => agents::run(&gateway, output, command).await?,
         ClientCommand::Entities(command) => entities::run(&gateway, output, command).await?,
+        ClientCommand::EntityTypes(command) => entity_types::run(&gateway, output, command).await?,
         ClientCommand::Purge { id } => {
             gateway.call(Method::DELETE, &instance(&id), None).await?;
             print(format!("purged {id}"), &json!({"id": id, "purged": true}));

@@ -520,6 +520,14 @@ async fn a_lock_and_its_waiter_survive_a_kill_of_legato_up() {
 async fn a_custom_operation_and_the_writes_behind_it_survive_a_kill_of_legato_up() {
     let dir = temp_dir();
     let legato = Legato::start(dir.path());
+    // The catalogue's types are registered with its workflows.
+    let (status, customer) = legato.get_json("/api/v1/entity-types/customer").await;
+    assert_eq!(status, 200, "{customer}");
+    assert_eq!(customer["shared"], true);
+    assert!(
+        customer["definition"]["state_schema"].is_object(),
+        "{customer}"
+    );
     register_held_visitor(&legato).await;
     let (status, _) = legato
         .post(
