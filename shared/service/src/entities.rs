@@ -7,11 +7,12 @@
 //! version check, reload and apply on top, so an entity changes one batch
 //! at a time whoever writes it.
 
-use std::time::Duration;
-
 mod custom;
 mod plan;
 mod types;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use legato_contracts::journal::JournalKey;
 use legato_contracts::{
@@ -19,6 +20,7 @@ use legato_contracts::{
 };
 use legato_engine::entities::{self, LockState, Reply};
 use legato_store::{EntityAnswer, EntityKey, Store, StoreError};
+use legato_workflow::EntityTypeDef;
 use serde_json::Value;
 use time::OffsetDateTime;
 
@@ -88,9 +90,18 @@ pub async fn apply_batch(
     key: &EntityKey,
     ops: &[&EntityOp],
 ) -> Result<Batch, StoreError> {
-    let def = types
-        .get(store, key.tenant.as_ref(), &key.entity.entity_type)
-        .await?;
+    let (tenant, entity_type) = (key.tenant.as_ref(), &key.entity.entity_type);
+    let mut def = types.get(store, tenant, entity_type).await?;
+    let undeclared =
+        |def: &Option<Arc<EntityTypeDef>>, op: &&EntityOp| match &op.operation.operation {
+            Operation::Custom(custom) => def
+                .as_ref()
+                .is_none_or(|d| !d.operations.contains_key(&custom.name)),
+            _ => false,
+        };
+    if ops.iter().any(|op| undeclared(&def, op)) {
+        def = types.read(store, tenant, entity_type).await?;
+    }
     let mut outcomes: Vec<Option<Outcome>> = ops.iter().map(|_| None).collect();
     let mut reconcile = false;
     let mut told = Vec::new();

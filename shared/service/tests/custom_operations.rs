@@ -95,7 +95,10 @@ async fn state(store: &dyn Store) -> Value {
 }
 
 async fn registered() -> SqliteStore {
-    let store = SqliteStore::in_memory().unwrap();
+    registered_in(SqliteStore::in_memory().unwrap()).await
+}
+
+async fn registered_in(store: SqliteStore) -> SqliteStore {
     store
         .put_entity_type(
             &EntityTypeRecord {
@@ -282,4 +285,17 @@ async fn a_long_queue_drains_over_several_commits_and_a_full_one_refuses() {
         "every queued increment once"
     );
     assert!(lock_of(&store, &key()).await.unwrap().is_free());
+}
+
+#[tokio::test]
+async fn a_type_registered_a_moment_ago_is_read_again_rather_than_refused() {
+    let store = SqliteStore::in_memory().unwrap();
+    let types = EntityTypes::default();
+    // Kept as unregistered by a first batch…
+    apply(&store, &types, &[increment("n0")]).await;
+    // …then registered: the custom operation is not refused for good.
+    let registered = registered_in(store).await;
+    let batch = apply(&registered, &types, &[visit("v1")]).await;
+    assert!(matches!(batch.outcomes[0].reply, Reply::Later), "begun");
+    assert!(batch.start.is_some());
 }

@@ -249,9 +249,10 @@ pub(crate) async fn check_custom(
     operation: &str,
     input: &Value,
 ) -> Result<(), Problem> {
+    // Read now, not as kept: a type registered a moment ago counts.
     let def = state
         .entity_types
-        .get(&*state.store, caller.tenant.as_ref(), name)
+        .read(&*state.store, caller.tenant.as_ref(), name)
         .await?
         .ok_or_else(|| {
             Problem::field(

@@ -39,6 +39,19 @@ impl EntityTypes {
         {
             return Ok(def.clone());
         }
+        self.read(store, tenant, name).await
+    }
+
+    /// As [`EntityTypes::get`], read from the store now: before refusing
+    /// an operation for good because the type kept lately does not
+    /// declare it (it may have been registered since).
+    pub async fn read(
+        &self,
+        store: &dyn Store,
+        tenant: Option<&TenantId>,
+        name: &EntityType,
+    ) -> Result<Option<Arc<EntityTypeDef>>, StoreError> {
+        let key = (tenant.cloned(), name.clone());
         let def = registered(store, tenant, name).await?.map(Arc::new);
         if let Ok(mut kept) = self.kept.lock() {
             kept.insert(key, (Instant::now(), def.clone()));
