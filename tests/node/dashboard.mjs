@@ -373,6 +373,47 @@ try {
   await page.waitForSelector('#entity-operations [data-seq="2"] >> text=5');
   await shot("entity");
 
+  // An entity busy with a custom operation (its run waits for an event)
+  // says so, linking the run, with the operations waiting behind it.
+  const putJson = (path, body, type) =>
+    fetch(`${base}${path}`, {
+      method: "PUT",
+      headers: { "content-type": type, authorization: `Bearer ${key}` },
+      body,
+    });
+  const heldOp = await putJson(
+    "/api/v1/workflows/dash-held-op",
+    JSON.stringify({
+      name: "dash-held-op", version: 1,
+      steps: [{ id: "go", wait_for_event: { name: "go" } }],
+      output: { answer: "done" },
+    }),
+    "application/json",
+  );
+  check(heldOp.status === 201 || heldOp.status === 200, `register dash-held-op: ${heldOp.status}`);
+  const visitor = await putJson(
+    "/api/v1/entity-types/dash-visitor",
+    JSON.stringify({ operations: { visit: { workflow: "dash-held-op" } } }),
+    "application/json",
+  );
+  check(visitor.status === 201 || visitor.status === 200, `register dash-visitor: ${visitor.status} ${await visitor.text()}`);
+  for (const op of [{ op: "visit" }, { op: "set", value: 1 }]) {
+    const sent = await fetch(`${base}/api/v1/entities/dash-visitor/ann/operations`, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${key}` },
+      body: JSON.stringify(op),
+    });
+    check(sent.status === 202, `send ${op.op}: ${sent.status} ${await sent.text()}`);
+  }
+  for (let i = 0; i < 40; i++) {
+    await page.evaluate((at) => (location.hash = `#/entities/dash-visitor/ann?at=${at}`), Date.now());
+    await page.waitForSelector("#entity-state");
+    if (await page.$("#entity-busy >> text=1 operations wait")) break;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  await page.waitForSelector("#entity-busy >> text=custom operation visit");
+  await shot("entity-busy");
+
   // Purge from the instance page, confirmed.
   await page.evaluate(() => (location.hash = "#/instances/dash-no"));
   await page.click("#purge");

@@ -54,6 +54,11 @@ export function entityPages({ el, api, show, attempt, json, when }) {
       show(
         el("h1", {}, `${e.type}/${e.id} `, el("span", { class: "muted", id: "entity-count" }, `${e.operations} operations`)),
         el("p", { class: "muted" }, `updated ${when(e.updatedAt)}`),
+        e.busy
+          ? el("p", { id: "entity-busy" }, `Busy with custom operation ${e.busy.operation}, applied by run `,
+              el("a", { href: `#/instances/${encodeURIComponent(e.busy.instance)}` }, e.busy.instance),
+              `; ${e.queued || 0} operations wait behind it.`)
+          : null,
         el("h2", {}, "State"),
         el("div", { id: "entity-state" }, json(e.state)),
         el("h2", {}, "Send an operation"),

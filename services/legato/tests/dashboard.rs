@@ -77,7 +77,7 @@ async fn the_dashboard_follows_runs_live_and_steers_them_in_a_browser() {
     );
     let summary: Value = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
     let shots = summary["screenshots"].as_array().unwrap();
-    assert_eq!(shots.len(), 19, "{summary}");
+    assert_eq!(shots.len(), 20, "{summary}");
     for shot in shots {
         let size = std::fs::metadata(shot.as_str().unwrap()).unwrap().len();
         assert!(size > 10_000, "{shot} is {size} bytes");
