@@ -60,7 +60,7 @@ fn type_name(raw: String) -> Result<EntityType, Problem> {
     path = "/api/v1/entity-types/{type}",
     tag = "entities",
     params(("type" = String, Path, description = "1-64 characters of a-z 0-9 - _, starting with a letter")),
-    request_body(content = String, description = "The type, YAML or JSON: `state_schema`, `operations` (docs/entities.md)", content_type = "application/yaml"),
+    request_body(content = Object, description = "The type, a YAML or JSON object: `description`, `state_schema`, `operations` (docs/entities.md)", content_type = "application/yaml"),
     responses(
         (status = 201, description = "Registered", body = EntityTypeView),
         (status = 200, description = "Replaced", body = EntityTypeView),
@@ -76,22 +76,8 @@ pub(crate) async fn put_entity_type(
 ) -> Result<(StatusCode, Json<EntityTypeView>), Problem> {
     let name = type_name(raw)?;
     let text = std::str::from_utf8(&body).map_err(|_| Problem::field("body", "is not UTF-8"))?;
-    let def = EntityTypeDef::parse_text(&name, text).map_err(|errors| {
-        let fields = errors
-            .0
-            .iter()
-            .map(|e| FieldError {
-                field: e.path.clone(),
-                message: e.message.clone(),
-            })
-            .collect();
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "Invalid entity type",
-            errors.to_string(),
-        )
-        .with_errors(fields)
-    })?;
+    let def = EntityTypeDef::parse_text(&name, text)
+        .map_err(|errors| super::invalid("Invalid entity type", &errors))?;
     let missing = unregistered_workflows(&state, caller.tenant.as_ref(), &def).await?;
     if !missing.is_empty() {
         return Err(Problem::new(

@@ -125,6 +125,24 @@ pub(crate) fn required_role(method: &Method, path: &str) -> Role {
 /// Every message the gateway sends says it came from here.
 pub(crate) const SOURCE: &str = "/legato/gateway";
 
+/// A `400` listing every problem of a document with its path.
+pub(crate) fn invalid(title: &str, errors: &legato_workflow::ValidationErrors) -> Problem {
+    let fields = errors
+        .0
+        .iter()
+        .map(|e| legato_service::problem::FieldError {
+            field: e.path.clone(),
+            message: e.message.clone(),
+        })
+        .collect();
+    Problem::new(
+        axum::http::StatusCode::BAD_REQUEST,
+        title,
+        errors.to_string(),
+    )
+    .with_errors(fields)
+}
+
 /// Publishes a command for the orchestrator: `503` (retry the request)
 /// while the bus is away.
 pub(crate) async fn send_command(

@@ -45,22 +45,8 @@ pub(crate) async fn register(
 ) -> Result<(StatusCode, Json<DefinitionView>), Problem> {
     let name = own_workflow_name(&caller, name)?;
     let text = std::str::from_utf8(&body).map_err(|_| Problem::field("body", "is not UTF-8"))?;
-    let workflow = legato_workflow::parse(text).map_err(|errors| {
-        let fields = errors
-            .0
-            .iter()
-            .map(|e| FieldError {
-                field: e.path.clone(),
-                message: e.message.clone(),
-            })
-            .collect();
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "Invalid workflow definition",
-            errors.to_string(),
-        )
-        .with_errors(fields)
-    })?;
+    let workflow = legato_workflow::parse(text)
+        .map_err(|errors| super::invalid("Invalid workflow definition", &errors))?;
     if workflow.name.as_str() != name.local() {
         return Err(Problem::field(
             "name",

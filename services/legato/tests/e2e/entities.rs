@@ -380,19 +380,27 @@ async fn a_lock_held_by_a_terminated_run_goes_to_the_next_in_line() {
     );
 }
 
+/// Workflow `name`, applying custom operation `visit`: its echo agent
+/// hands back the new count, its output the new state and the answer;
+/// `held`, it first waits for event `go`.
+pub fn visit_op(name: &str, held: bool) -> Value {
+    let mut steps = vec![json!({"id": "count", "agent": "echo",
+        "input": {"value": "${{ input.state.visits + input.input.by }}"}})];
+    if held {
+        steps[0]["needs"] = json!(["go"]);
+        steps.insert(0, json!({"id": "go", "wait_for_event": {"name": "go"}}));
+    }
+    json!({"name": name, "version": 1, "steps": steps, "output": {
+        "state": {"visits": "${{ steps.count.output.value }}", "notes": "${{ input.state.notes }}"},
+        "answer": "${{ steps.count.output.value }}"
+    }})
+}
+
 /// Entity type `visitor`: a state of two counts, and custom operation
 /// `visit` applied by workflow `visit-op` (its echo agent hands back the
 /// new count, the output the state and answer).
 async fn register_visitor(legato: &Legato) {
-    legato
-        .register(json!({"name": "visit-op", "version": 1, "steps": [
-            {"id": "count", "agent": "echo",
-             "input": {"value": "${{ input.state.visits + input.input.by }}"}}
-        ], "output": {
-            "state": {"visits": "${{ steps.count.output.value }}", "notes": "${{ input.state.notes }}"},
-            "answer": "${{ steps.count.output.value }}"
-        }}))
-        .await;
+    legato.register(visit_op("visit-op", false)).await;
     let (status, body) = legato
         .put(
             "/api/v1/entity-types/visitor",

@@ -578,14 +578,7 @@ async fn a_custom_operation_and_the_writes_behind_it_survive_a_kill_of_legato_up
 /// `notes` only notes.
 async fn register_held_visitor(legato: &Legato) {
     legato
-        .register(json!({"name": "held-visit-op", "version": 1, "steps": [
-            {"id": "go", "wait_for_event": {"name": "go"}},
-            {"id": "count", "needs": ["go"], "agent": "echo",
-             "input": {"value": "${{ input.state.visits + input.input.by }}"}}
-        ], "output": {
-            "state": {"visits": "${{ steps.count.output.value }}", "notes": "${{ input.state.notes }}"},
-            "answer": "${{ steps.count.output.value }}"
-        }}))
+        .register(entities::visit_op("held-visit-op", true))
         .await;
     let (status, body) = legato
         .put(
