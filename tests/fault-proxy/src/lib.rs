@@ -47,6 +47,9 @@ pub struct Faults {
     pub latency: Duration,
     /// Each chunk's latency is `latency` plus or minus up to this much.
     pub jitter: Duration,
+    /// At most this many bytes a second each way per connection (a thin
+    /// or congested link); unlimited when `None`.
+    pub bandwidth: Option<u64>,
 }
 
 pub struct FaultProxy {
@@ -108,6 +111,11 @@ impl FaultProxy {
 
     pub fn set_link(&self, link: Link) {
         self.faults.send_modify(|f| f.link = link);
+    }
+
+    /// At most `bytes_per_second` each way per connection; `None` lifts it.
+    pub fn set_bandwidth(&self, bytes_per_second: Option<u64>) {
+        self.faults.send_modify(|f| f.bandwidth = bytes_per_second);
     }
 
     pub fn set_latency(&self, latency: Duration, jitter: Duration) {
@@ -287,14 +295,25 @@ async fn write_side(
     mut watches: Watches,
     serial: u64,
 ) {
+    // Under a bandwidth limit a chunk arrives once its last byte would
+    // have crossed the link, after the chunks before it.
+    let mut free_at = Instant::now();
     while let Some((due, chunk)) = chunks.recv().await {
-        tokio::time::sleep_until(due).await;
+        let bandwidth = watches.faults.borrow().bandwidth;
+        let crossing = bandwidth.map_or(Duration::ZERO, |b| transfer(chunk.len(), b));
+        free_at = due.max(free_at) + crossing;
+        tokio::time::sleep_until(free_at).await;
         if !link_up(&mut watches, serial).await || to.write_all(&chunk).await.is_err() {
             return;
         }
     }
     // The reader saw the end: pass the half-close on.
     let _ = to.shutdown().await;
+}
+
+/// How long `bytes` take at `bytes_per_second`.
+fn transfer(bytes: usize, bytes_per_second: u64) -> Duration {
+    Duration::from_secs_f64(bytes as f64 / bytes_per_second.max(1) as f64)
 }
 
 /// `latency` plus a uniform draw from `-jitter..=jitter`, never negative.

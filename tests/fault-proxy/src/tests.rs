@@ -158,3 +158,28 @@ async fn forgotten_connections_go_silent_for_good_while_new_ones_go_through() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn a_bandwidth_limit_paces_what_passes_and_lifting_it_frees_the_link() {
+    let proxy = FaultProxy::start(echo_server().await).await.unwrap();
+    let mut socket = TcpStream::connect(proxy.addr()).await.unwrap();
+    // 8 KiB a second each way: 12 KiB there and back takes over a second
+    // (the echo's own 1 KiB reads make the chunks small, so pacing shows).
+    proxy.set_bandwidth(Some(8 * 1024));
+    let payload = vec![7u8; 12 * 1024];
+    let began = std::time::Instant::now();
+    assert_eq!(
+        round_trip(&mut socket, &payload, LONG).await.unwrap(),
+        payload
+    );
+    assert!(
+        began.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        began.elapsed()
+    );
+    proxy.set_bandwidth(None);
+    assert_eq!(
+        round_trip(&mut socket, b"free", LONG).await.unwrap(),
+        b"free"
+    );
+}
