@@ -6,7 +6,13 @@
 //! hang. At the end it checks that every instance completed, that every
 //! task's result was recorded exactly once and that nothing is left
 //! dead-lettered, and prints the tally; it exits 1 when any check fails.
+//! With `--network`, every service reaches the broker and the store through
+//! fault proxies of its own (latency with jitter throughout, partitions of
+//! one replica from one dependency, hung links, dropped connections), and
+//! no service may exit on its own: each recovers without a restart. With
+//! `--bus servicebus` it runs over a Service Bus (the stand-in) instead.
 
+mod network;
 mod stack;
 mod verdict;
 
@@ -46,6 +52,33 @@ pub struct ChaosOptions {
     /// Give up when the run takes longer (seconds).
     #[arg(long, default_value_t = 7200)]
     pub limit_s: u64,
+    /// `rabbitmq` (`--amqp-url`) or `servicebus` (`--servicebus` and
+    /// `--servicebus-endpoint`, such as the stand-in's: `cargo run -p
+    /// legato-servicebus-standin -- --port 5380`).
+    #[arg(long, default_value = "rabbitmq")]
+    pub bus: String,
+    /// A Service Bus connection string (`Endpoint=sb://…;SharedAccessKeyName=…;SharedAccessKey=…`).
+    #[arg(long)]
+    pub servicebus: Option<String>,
+    /// Where the Service Bus REST API is served (the stand-in's URL).
+    #[arg(long)]
+    pub servicebus_endpoint: Option<String>,
+    /// Network faults too: each service reaches the broker and the store
+    /// through proxies of its own.
+    #[arg(long)]
+    pub network: bool,
+    /// With `--network`: latency added each way on every link.
+    #[arg(long, default_value_t = 200)]
+    pub latency_ms: u64,
+    /// With `--network`: each chunk's latency is within this much of it.
+    #[arg(long, default_value_t = 100)]
+    pub jitter_ms: u64,
+    /// With `--network`: how long a partition lasts (seconds).
+    #[arg(long, default_value_t = 30)]
+    pub partition_s: u64,
+    /// With `--network`: how long a hung link lasts (seconds).
+    #[arg(long, default_value_t = 15)]
+    pub hang_s: u64,
 }
 
 /// What can go wrong, as the soak makes it happen.
@@ -60,6 +93,13 @@ enum Fault {
     /// An instance whose `for_each` items hang on their first attempt
     /// without heartbeats: the lease fails them and the retry runs.
     HungAgent,
+    /// One replica cut off from the broker or the store for a while.
+    Partition,
+    /// One replica's link to the broker or the store stops answering for a
+    /// while, without closing.
+    HangLink,
+    /// One replica's connections to the broker or the store closed once.
+    DropConnections,
 }
 
 impl Fault {
@@ -72,6 +112,9 @@ impl Fault {
             Self::RestartBroker => "broker restart",
             Self::RestartStore => "store restart (Azurite)",
             Self::HungAgent => "hung agent (lease lost, retried)",
+            Self::Partition => "partition: a replica from broker or store",
+            Self::HangLink => "hung link: a replica to broker or store",
+            Self::DropConnections => "dropped connections of a replica",
         }
     }
 }
@@ -101,7 +144,15 @@ fn child_workflow() -> Value {
     ], "output": "${{ steps.inner.output.value }}"})
 }
 
-fn workflow() -> Value {
+/// The soak's workflow. Under network faults its leased items get enough
+/// attempts to outlast a partition: a replica cut off from the broker
+/// cannot heartbeat, so its items lose their leases and run again.
+fn workflow(network: bool) -> Value {
+    let retry = if network {
+        json!({"max_attempts": 12, "initial_interval_ms": 500, "backoff": 2.0, "max_interval_ms": 5000})
+    } else {
+        json!({"max_attempts": 4, "initial_interval_ms": 200, "backoff": 2.0})
+    };
     json!({"name": "soak", "version": 1, "steps": [
         echo("a", &[], json!({"value": 1, "sleep_ms": "${{ input.ms }}"})),
         echo("b", &[], json!({"value": 2, "sleep_ms": "${{ input.ms }}"})),
@@ -111,7 +162,7 @@ fn workflow() -> Value {
          "input": {"value": "${{ item }}", "sleep_ms": "${{ input.ms }}", "hang_attempts": "${{ input.hang }}",
                    "journal": ["plan", "draft"]},
          "max_parallel": 2, "heartbeat_timeout_ms": 1500,
-         "retry": {"max_attempts": 4, "initial_interval_ms": 200, "backoff": 2.0}},
+         "retry": retry},
         // Two rounds of a loop, each its own work under the faults.
         {"id": "rounds", "needs": ["each"], "loop": {
             "max_iterations": 3,
@@ -137,15 +188,75 @@ fn workflow() -> Value {
 /// The running stack and how to reach it.
 struct Soak {
     dir: PathBuf,
+    /// What every service is given, before its own links.
     env: Vec<(String, String)>,
-    gateway_env: Vec<(String, String)>,
+    gateway_port: u16,
+    bus: BusKind,
     base: String,
     azurite: Azurite,
+    network: Option<network::Network>,
     orchestrators: Vec<Process>,
     agents: Vec<Process>,
     gateway: Process,
     notifier: Process,
     client: reqwest::Client,
+}
+
+/// The broker the soak runs over, and how services reach it.
+#[derive(Clone)]
+enum BusKind {
+    RabbitMq { url: String },
+    ServiceBus { endpoint: String },
+}
+
+impl BusKind {
+    fn of(options: &ChaosOptions) -> anyhow::Result<(Self, Vec<(&'static str, String)>)> {
+        match options.bus.as_str() {
+            "rabbitmq" => Ok((
+                Self::RabbitMq {
+                    url: options.amqp_url.clone(),
+                },
+                vec![
+                    ("LEGATO__BUS__KIND", "rabbitmq".to_owned()),
+                    ("LEGATO__BUS__QUEUE_EXPIRY_MS", "600000".to_owned()),
+                ],
+            )),
+            "servicebus" => {
+                let (Some(connection), Some(endpoint)) =
+                    (&options.servicebus, &options.servicebus_endpoint)
+                else {
+                    anyhow::bail!("--bus servicebus needs --servicebus and --servicebus-endpoint");
+                };
+                Ok((
+                    Self::ServiceBus {
+                        endpoint: endpoint.clone(),
+                    },
+                    vec![
+                        ("LEGATO__BUS__KIND", "servicebus".to_owned()),
+                        ("LEGATO__BUS__CONNECTION_STRING", connection.clone()),
+                        // A killed consumer's messages come back within 5 s.
+                        ("LEGATO__BUS__LOCK_DURATION_MS", "5000".to_owned()),
+                    ],
+                ))
+            }
+            other => anyhow::bail!("--bus {other}: rabbitmq or servicebus"),
+        }
+    }
+
+    fn url(&self) -> &str {
+        match self {
+            Self::RabbitMq { url } => url,
+            Self::ServiceBus { endpoint } => endpoint,
+        }
+    }
+
+    /// The setting that says where the broker is.
+    fn setting(&self) -> &'static str {
+        match self {
+            Self::RabbitMq { .. } => "LEGATO__BUS__URL",
+            Self::ServiceBus { .. } => "LEGATO__BUS__ENDPOINT",
+        }
+    }
 }
 
 impl Soak {
@@ -154,58 +265,112 @@ impl Soak {
         std::fs::create_dir_all(dir.join("no-config"))?;
         let azurite = Azurite::start(&options.azurite, &dir.join("azurite"))?;
         let gateway_port = stack::free_port()?;
-        let env: Vec<(String, String)> = [
-            ("LEGATO__BUS__KIND", "rabbitmq".to_owned()),
-            ("LEGATO__BUS__URL", options.amqp_url.clone()),
-            ("LEGATO__BUS__PREFIX", format!("chaos-{seed}.")),
-            ("LEGATO__BUS__QUEUE_EXPIRY_MS", "600000".to_owned()),
-            ("LEGATO__STORE__KIND", "azure_table".to_owned()),
-            (
-                "LEGATO__STORE__CONNECTION_STRING",
-                azurite.connection_string(),
-            ),
-            ("LEGATO__STORE__TABLE_PREFIX", format!("chaos{seed}")),
-            ("LEGATO__HTTP__PORT", "0".to_owned()),
-            ("LEGATO__TELEMETRY__LOG", "error".to_owned()),
-            (
-                "LEGATO_CONFIG_DIR",
-                dir.join("no-config").display().to_string(),
-            ),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        let mut gateway_env = env.clone();
-        gateway_env.retain(|(k, _)| k != "LEGATO__HTTP__PORT");
-        gateway_env.push(("LEGATO__HTTP__PORT".into(), gateway_port.to_string()));
-        let start = |name: &str| Process::start(name, &dir, &env);
-        let orchestrators = vec![start("orchestrator")?, start("orchestrator")?];
-        let agents = vec![start("agent-echo")?, start("agent-echo")?];
-        let notifier = start("notifier")?;
-        let gateway = Process::start("gateway", &dir, &gateway_env)?;
-        Ok(Self {
+        let (bus, bus_env) = BusKind::of(options)?;
+        let env: Vec<(String, String)> = bus_env
+            .into_iter()
+            .chain([
+                (
+                    "LEGATO__BUS__PREFIX",
+                    match bus {
+                        BusKind::RabbitMq { .. } => format!("chaos-{seed}."),
+                        BusKind::ServiceBus { .. } => format!("chaos{seed}-"),
+                    },
+                ),
+                ("LEGATO__STORE__KIND", "azure_table".to_owned()),
+                ("LEGATO__STORE__TABLE_PREFIX", format!("chaos{seed}")),
+                ("LEGATO__TELEMETRY__LOG", "error".to_owned()),
+                (
+                    "LEGATO_CONFIG_DIR",
+                    dir.join("no-config").display().to_string(),
+                ),
+            ])
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        let network = if options.network {
+            let upstreams = [
+                (network::Dependency::Broker, network::address_of(bus.url())?),
+                (
+                    network::Dependency::Store,
+                    std::net::SocketAddr::from(([127, 0, 0, 1], azurite.port)),
+                ),
+            ]
+            .into_iter()
+            .collect();
+            Some(network::Network::new(
+                upstreams,
+                network::Weather {
+                    latency: Duration::from_millis(options.latency_ms),
+                    jitter: Duration::from_millis(options.jitter_ms),
+                    partition: Duration::from_secs(options.partition_s),
+                    hang: Duration::from_secs(options.hang_s),
+                },
+            )?)
+        } else {
+            None
+        };
+        let mut soak = Self {
             base: format!("http://127.0.0.1:{gateway_port}"),
             dir,
             env,
-            gateway_env,
+            gateway_port,
+            bus,
             azurite,
-            orchestrators,
-            agents,
-            gateway,
-            notifier,
+            network,
+            orchestrators: Vec::new(),
+            agents: Vec::new(),
+            gateway: Process::none(),
+            notifier: Process::none(),
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()?,
-        })
+        };
+        soak.orchestrators = vec![
+            soak.launch("orchestrator", 0)?,
+            soak.launch("orchestrator", 1)?,
+        ];
+        soak.agents = vec![soak.launch("agent-echo", 0)?, soak.launch("agent-echo", 1)?];
+        soak.notifier = soak.launch("notifier", 0)?;
+        soak.gateway = soak.launch("gateway", 0)?;
+        Ok(soak)
     }
 
-    fn restart(&self, name: &str) -> anyhow::Result<Process> {
-        let env = if name == "gateway" {
-            &self.gateway_env
+    /// Starts service `name` as replica `n`: with `--network`, reaching
+    /// the broker and the store through that replica's own proxies.
+    fn launch(&mut self, name: &str, n: usize) -> anyhow::Result<Process> {
+        let slot = format!("{name}-{n}");
+        let mut env = self.env.clone();
+        let port = if name == "gateway" {
+            self.gateway_port
         } else {
-            &self.env
+            0
         };
-        Process::start(name, &self.dir, env)
+        env.push(("LEGATO__HTTP__PORT".into(), port.to_string()));
+        let (bus_url, store_port) = match &mut self.network {
+            Some(network) => (
+                network::url_at(
+                    self.bus.url(),
+                    network.address(&slot, network::Dependency::Broker)?,
+                )?,
+                network.address(&slot, network::Dependency::Store)?.port(),
+            ),
+            None => (self.bus.url().to_owned(), self.azurite.port),
+        };
+        env.push((self.bus.setting().into(), bus_url));
+        env.push((
+            "LEGATO__STORE__CONNECTION_STRING".into(),
+            self.azurite.connection_string_at(store_port),
+        ));
+        Process::start(name, &self.dir, &env).map(|p| p.named(slot))
+    }
+
+    /// The replicas that exited though nobody killed them.
+    fn exited_on_their_own(&mut self) -> Vec<String> {
+        self.orchestrators
+            .iter_mut()
+            .chain(self.agents.iter_mut())
+            .chain([&mut self.gateway, &mut self.notifier])
+            .filter_map(Process::exited)
+            .collect()
     }
 
     fn inject(&mut self, fault: Fault, rng: &mut Rng, rabbitmqctl: &str) -> anyhow::Result<()> {
@@ -213,20 +378,20 @@ impl Soak {
             Fault::KillOrchestrator => {
                 let n = rng.below(self.orchestrators.len() as u64) as usize;
                 self.orchestrators[n].crash();
-                self.orchestrators[n] = self.restart("orchestrator")?;
+                self.orchestrators[n] = self.launch("orchestrator", n)?;
             }
             Fault::KillAgent => {
                 let n = rng.below(self.agents.len() as u64) as usize;
                 self.agents[n].crash();
-                self.agents[n] = self.restart("agent-echo")?;
+                self.agents[n] = self.launch("agent-echo", n)?;
             }
             Fault::KillGateway => {
                 self.gateway.crash();
-                self.gateway = self.restart("gateway")?;
+                self.gateway = self.launch("gateway", 0)?;
             }
             Fault::KillNotifier => {
                 self.notifier.crash();
-                self.notifier = self.restart("notifier")?;
+                self.notifier = self.launch("notifier", 0)?;
             }
             Fault::RestartBroker => stack::restart_broker(rabbitmqctl)?,
             Fault::RestartStore => {
@@ -236,6 +401,22 @@ impl Soak {
             }
             // Made by the instance started next (see `start_instance`).
             Fault::HungAgent => {}
+            Fault::Partition | Fault::HangLink | Fault::DropConnections => {
+                let Some(network) = &mut self.network else {
+                    return Ok(());
+                };
+                let links = network.links();
+                let (slot, dependency) = &links[rng.below(links.len() as u64) as usize];
+                match fault {
+                    Fault::Partition => {
+                        network.cut(slot, *dependency, legato_fault_proxy::Link::Partitioned)
+                    }
+                    Fault::HangLink => {
+                        network.cut(slot, *dependency, legato_fault_proxy::Link::Hung)
+                    }
+                    _ => network.drop_connections(slot, *dependency),
+                }
+            }
         }
         Ok(())
     }
@@ -293,8 +474,18 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<std::process::ExitCode
             .map_or(1, |d| d.as_secs())
     });
     println!(
-        "chaos: seed {seed}, {} instances, {} faults",
-        options.instances, options.faults
+        "chaos: seed {seed}, {} instances, {} faults over {}{}",
+        options.instances,
+        options.faults,
+        options.bus,
+        if options.network {
+            format!(
+                ", every link {} ms ± {} ms, partitions of {} s, hung links of {} s",
+                options.latency_ms, options.jitter_ms, options.partition_s, options.hang_s
+            )
+        } else {
+            String::new()
+        }
     );
     let began = Instant::now();
     let limit = Duration::from_secs(options.limit_s);
@@ -306,8 +497,12 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<std::process::ExitCode
         &child_workflow(),
     )
     .await?;
-    soak.send(reqwest::Method::PUT, "/api/v1/workflows/soak", &workflow())
-        .await?;
+    soak.send(
+        reqwest::Method::PUT,
+        "/api/v1/workflows/soak",
+        &workflow(options.network),
+    )
+    .await?;
     let kinds: Vec<Fault> = [
         Fault::KillOrchestrator,
         Fault::KillOrchestrator,
@@ -320,7 +515,21 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<std::process::ExitCode
         Fault::RestartStore,
     ]
     .into_iter()
-    .chain((!options.no_broker_restarts).then_some(Fault::RestartBroker))
+    .chain(
+        (!options.no_broker_restarts && options.bus == "rabbitmq").then_some(Fault::RestartBroker),
+    )
+    .chain(
+        options
+            .network
+            .then_some([
+                Fault::Partition,
+                Fault::Partition,
+                Fault::HangLink,
+                Fault::DropConnections,
+            ])
+            .into_iter()
+            .flatten(),
+    )
     .collect();
     let mut tally: BTreeMap<Fault, usize> = BTreeMap::new();
     let ids: Vec<String> = (0..options.instances)
@@ -333,6 +542,9 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<std::process::ExitCode
             began.elapsed() < limit,
             "the run took longer than {limit:?}"
         );
+        if let Some(network) = &mut soak.network {
+            network.heal_due(false);
+        }
         let mut hang = false;
         if faults < options.faults {
             let fault = kinds[rng.below(kinds.len() as u64) as usize];
@@ -360,7 +572,15 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<std::process::ExitCode
         tokio::time::sleep(Duration::from_millis(150 + rng.below(600))).await;
     }
     let faulted = began.elapsed();
-    let verdict = verdict::check(&soak, &ids, limit.saturating_sub(began.elapsed())).await;
+    // The cuts heal; the latency stays while the last instances finish.
+    if let Some(network) = &mut soak.network {
+        network.heal_due(true);
+    }
+    let mut verdict = verdict::check(&soak, &ids, limit.saturating_sub(began.elapsed())).await;
+    // Each service recovers from every fault but its kills on its own.
+    for slot in soak.exited_on_their_own() {
+        verdict.problem(format!("{slot} exited though nobody killed it"));
+    }
     println!(
         "chaos: seed {seed}: {} faults over {} instances in {:.0?} (all finished after {:.0?})",
         faults,

@@ -14,7 +14,9 @@ use anyhow::Context;
 const START_LIMIT: Duration = Duration::from_secs(240);
 
 pub(crate) struct Process {
-    child: Child,
+    child: Option<Child>,
+    /// Which replica it is (`orchestrator-1`).
+    slot: String,
 }
 
 impl Process {
@@ -41,20 +43,44 @@ impl Process {
         });
         rx.recv_timeout(START_LIMIT)
             .with_context(|| format!("{name} did not start within {START_LIMIT:?}"))?;
-        Ok(Self { child })
+        Ok(Self {
+            child: Some(child),
+            slot: name.to_owned(),
+        })
+    }
+
+    /// A place for a process not started yet.
+    pub fn none() -> Self {
+        Self {
+            child: None,
+            slot: String::new(),
+        }
+    }
+
+    pub fn named(mut self, slot: String) -> Self {
+        self.slot = slot;
+        self
     }
 
     /// SIGKILL, like a crash.
     pub fn crash(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Its slot if it has exited (nobody killed it: a crash does not
+    /// leave it here).
+    pub fn exited(&mut self) -> Option<String> {
+        let child = self.child.as_mut()?;
+        matches!(child.try_wait(), Ok(Some(_))).then(|| self.slot.clone())
     }
 }
 
 impl Drop for Process {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.crash();
     }
 }
 
@@ -117,11 +143,15 @@ impl Azurite {
     }
 
     pub fn connection_string(&self) -> String {
+        self.connection_string_at(self.port)
+    }
+
+    /// As [`Azurite::connection_string`], reaching it at `port` (a proxy's).
+    pub fn connection_string_at(&self, port: u16) -> String {
         format!(
             "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;\
              AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;\
-             TableEndpoint=http://127.0.0.1:{}/devstoreaccount1;",
-            self.port
+             TableEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"
         )
     }
 }

@@ -28,6 +28,10 @@ pub(super) struct Verdict {
 }
 
 impl Verdict {
+    pub(super) fn problem(&mut self, problem: String) {
+        self.problems.push(problem);
+    }
+
     pub(super) fn passed(&self) -> bool {
         self.problems.is_empty() && self.dead_letters.is_empty()
     }
