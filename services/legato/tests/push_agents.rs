@@ -142,6 +142,10 @@ async fn serve_endpoint() -> (String, Endpoint) {
 }
 
 fn start(dir: &std::path::Path) -> Legato {
+    start_with(dir, &[])
+}
+
+fn start_with(dir: &std::path::Path, extra: &[(&str, &str)]) -> Legato {
     let config = dir.join("conf");
     std::fs::create_dir_all(&config).unwrap();
     std::fs::write(
@@ -153,15 +157,14 @@ fn start(dir: &std::path::Path) -> Legato {
         ),
     )
     .unwrap();
-    Legato::start_with_env(
-        dir,
-        &[
-            ("LEGATO_CONFIG_DIR", config.to_str().unwrap()),
-            // Where a managed-identity token would be asked for: never a
-            // push target, whatever the allow-list says.
-            ("IDENTITY_ENDPOINT", "http://127.0.0.2:42356/msi/token"),
-        ],
-    )
+    let mut env = vec![
+        ("LEGATO_CONFIG_DIR", config.to_str().unwrap()),
+        // Where a managed-identity token would be asked for: never a
+        // push target, whatever the allow-list says.
+        ("IDENTITY_ENDPOINT", "http://127.0.0.2:42356/msi/token"),
+    ];
+    env.extend_from_slice(extra);
+    Legato::start_with_env(dir, &env)
 }
 
 fn workflow(name: &str, agent: &str) -> Value {
@@ -497,4 +500,55 @@ async fn a_push_agent_behind_entra_id_gets_a_managed_identity_token() {
     assert_eq!(verdicts.len(), 1, "{verdicts:?}");
     assert_eq!(verdicts[0].as_ref().unwrap()["oid"], "legato-gateway");
     assert_eq!(identity.issued(), vec![AUDIENCE.to_owned()]);
+}
+
+/// A push endpoint reached through a link that stops answering (the fault
+/// proxy hangs it): each delivery ends at `gateway.push.timeout_ms` instead
+/// of waiting for ever, and is tried again under the task's lease; once the
+/// link answers, the task completes, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_endpoint_that_stops_answering_is_given_up_at_the_deadline_and_tried_again() {
+    let dir = temp_dir();
+    let legato = start_with(dir.path(), &[("LEGATO__GATEWAY__PUSH__TIMEOUT_MS", "500")]);
+    let (base, endpoint) = serve_endpoint().await;
+    let upstream = base.trim_start_matches("http://").parse().unwrap();
+    let proxy = legato_fault_proxy::FaultProxy::start(upstream)
+        .await
+        .unwrap();
+    let auth = json!({"header": "x-api-key", "secret": "agent_key"});
+    let (status, view) = legato
+        .put(
+            "/api/v1/agents/push-hung",
+            json!({"kind": "push", "url": format!("http://{}/agent/sync", proxy.addr()),
+                   "auth": auth, "leaseMs": 5000}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{view}");
+    legato.register(workflow("push-hung", "push-hung")).await;
+    proxy.set_link(legato_fault_proxy::Link::Hung);
+    let id = legato
+        .start_instance("push-hung", json!({"input": {"text": "through"}}))
+        .await;
+    // Deliveries go out and end at their deadline while the link hangs.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while proxy.connections() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a hung delivery was never given up: {} connections",
+            proxy.connections()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(legato.status(&id).await["runtimeStatus"], "Running");
+    proxy.set_link(legato_fault_proxy::Link::Up);
+    let done = legato.wait_status(&id, "Completed").await;
+    assert_eq!(
+        step_of(&done, "push")["output"]["reviewed"],
+        json!({"text": "through"})
+    );
+    assert_eq!(
+        endpoint.seen.lock().unwrap().len(),
+        1,
+        "the hung deliveries never reached it; the one that did counts"
+    );
 }

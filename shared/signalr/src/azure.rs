@@ -253,10 +253,7 @@ impl AzureSignalR {
         hub: &str,
         token_lifetime: Duration,
     ) -> Result<Self, AzureError> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| AzureError::ConnectionString(format!("HTTP client: {e}")))?;
+        let http = client(DEFAULT_REQUEST_TIMEOUT)?;
         Ok(Self {
             http,
             endpoint,
@@ -265,6 +262,13 @@ impl AzureSignalR {
             token_lifetime,
             membership_ttl: Duration::from_secs(86_400),
         })
+    }
+
+    /// Each REST call fails after `timeout` (a hung link is then left for
+    /// a new connection).
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Result<Self, AzureError> {
+        self.http = client(timeout)?;
+        Ok(self)
     }
 
     /// How long a user added to a group stays in it.
@@ -468,6 +472,18 @@ fn segment(text: &str) -> String {
         }
     }
     out
+}
+
+/// Each REST call's deadline unless `signalr.request_timeout_ms` says
+/// otherwise.
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The HTTP client of the REST calls, each ending at `timeout`.
+fn client(timeout: Duration) -> Result<reqwest::Client, AzureError> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .map_err(|e| AzureError::ConnectionString(format!("HTTP client: {e}")))
 }
 
 #[cfg(test)]

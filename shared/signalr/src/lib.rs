@@ -44,6 +44,10 @@ pub struct SignalRSettings {
     /// How often the gateway removes the users it added to groups of
     /// instances that have since finished.
     pub membership_sweep_ms: u64,
+    /// The deadline of each call to Azure SignalR's REST API: a link that
+    /// stops answering fails the call then, and the next goes out on a new
+    /// connection.
+    pub request_timeout_ms: u64,
 }
 
 impl std::fmt::Debug for SignalRSettings {
@@ -60,6 +64,7 @@ impl std::fmt::Debug for SignalRSettings {
             .field("membership_ttl_s", &self.membership_ttl_s)
             .field("allowed_origins", &self.allowed_origins)
             .field("membership_sweep_ms", &self.membership_sweep_ms)
+            .field("request_timeout_ms", &self.request_timeout_ms)
             .finish()
     }
 }
@@ -72,6 +77,7 @@ impl Default for SignalRSettings {
             membership_ttl_s: 86_400,
             allowed_origins: Vec::new(),
             membership_sweep_ms: 10_000,
+            request_timeout_ms: 30_000,
         }
     }
 }
@@ -88,6 +94,11 @@ impl SignalRSettings {
             HUB,
             std::time::Duration::from_secs(self.token_lifetime_s.max(60)),
         )
+        .and_then(|azure| {
+            azure.with_request_timeout(std::time::Duration::from_millis(
+                self.request_timeout_ms.max(1),
+            ))
+        })
         .map(|azure| {
             Some(
                 azure.with_membership_ttl(std::time::Duration::from_secs(

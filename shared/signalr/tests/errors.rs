@@ -67,3 +67,42 @@ async fn a_service_that_does_not_answer_is_transient() {
     let error = azure.add_user_to_group("i-1", "ana").await.unwrap_err();
     assert!(error.is_transient(), "{error}");
 }
+
+/// A service that accepts the connection and then never answers (a hung
+/// link, through the fault proxy): each call ends at the deadline set by
+/// `signalr.request_timeout_ms`, transient, and once the link answers again
+/// the next call goes through.
+#[tokio::test]
+async fn a_service_that_stops_answering_fails_each_call_at_its_deadline() {
+    let upstream = {
+        let app = axum::Router::new().fallback(|| async { StatusCode::ACCEPTED });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        addr
+    };
+    let proxy = legato_fault_proxy::FaultProxy::start(upstream)
+        .await
+        .unwrap();
+    let settings = legato_signalr::SignalRSettings {
+        connection_string: format!(
+            "Endpoint=http://127.0.0.1;Port={};AccessKey=a2V5;Version=1.0;",
+            proxy.addr().port()
+        ),
+        request_timeout_ms: 500,
+        ..Default::default()
+    };
+    let azure = settings.azure().unwrap().unwrap();
+    azure.add_user_to_group("i-1", "ana").await.unwrap();
+    proxy.set_link(legato_fault_proxy::Link::Hung);
+    let began = std::time::Instant::now();
+    let error = azure.add_user_to_group("i-1", "bo").await.unwrap_err();
+    assert!(error.is_transient(), "{error}");
+    assert!(
+        began.elapsed() < Duration::from_secs(10),
+        "ended at its deadline, not never: {:?}",
+        began.elapsed()
+    );
+    proxy.set_link(legato_fault_proxy::Link::Up);
+    azure.add_user_to_group("i-1", "cy").await.unwrap();
+}
