@@ -18,7 +18,7 @@ use legato_contracts::journal::JournalKey;
 use legato_contracts::{
     Caller, EntityOperation, EntityRef, InstanceId, Operation, Payload, TaskKey,
 };
-use legato_engine::entities::{self, LockState, Reply};
+use legato_engine::entities::{self, LockState, MAX_QUEUED, Reply};
 use legato_store::{EntityAnswer, EntityKey, Store, StoreError};
 use legato_workflow::EntityTypeDef;
 use serde_json::Value;
@@ -108,10 +108,18 @@ pub async fn apply_batch(
     let mut start = None;
     let mut more = false;
     let mut conflicts = 0;
-    loop {
+    // Each commit takes at least one operation (or one of the queue) or
+    // loses to another writer; this bounds a batch that does neither.
+    let most = ops.len() + MAX_QUEUED + MAX_ROUNDS;
+    for commits in 0.. {
         let open: Vec<usize> = (0..ops.len()).filter(|&i| outcomes[i].is_none()).collect();
         if open.is_empty() && !more {
             break;
+        }
+        if commits > most {
+            return Err(StoreError::Unavailable(format!(
+                "entity {key}: the batch made no headway in {most} commits"
+            )));
         }
         let planned = plan::plan(store, key, def.as_deref(), ops, &open).await?;
         let committed = if planned.changed {

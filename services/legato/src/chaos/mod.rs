@@ -185,6 +185,10 @@ fn workflow(network: bool) -> Value {
     ], "output": "${{ steps.join.output.value }}"})
 }
 
+/// How often a replica's start is tried while its links are cut: longer
+/// than any partition.
+const MAX_START_TRIES: usize = 60;
+
 /// The running stack and how to reach it.
 struct Soak {
     dir: PathBuf,
@@ -195,6 +199,9 @@ struct Soak {
     base: String,
     azurite: Azurite,
     network: Option<network::Network>,
+    /// Starts of a replica that failed because its link was cut, tried
+    /// again.
+    failed_starts: usize,
     orchestrators: Vec<Process>,
     agents: Vec<Process>,
     gateway: Process,
@@ -316,6 +323,7 @@ impl Soak {
             bus,
             azurite,
             network,
+            failed_starts: 0,
             orchestrators: Vec::new(),
             agents: Vec::new(),
             gateway: Process::none(),
@@ -360,7 +368,24 @@ impl Soak {
             "LEGATO__STORE__CONNECTION_STRING".into(),
             self.azurite.connection_string_at(store_port),
         ));
-        Process::start(name, &self.dir, &env).map(|p| p.named(slot))
+        // A replica started while its link is cut cannot reach what it
+        // needs and exits; the soak starts it again, as a platform would.
+        let mut tries = 0;
+        loop {
+            match Process::start(name, &self.dir, &env) {
+                Ok(process) => return Ok(process.named(slot)),
+                Err(e) if self.network.is_some() && tries < MAX_START_TRIES => {
+                    tries += 1;
+                    self.failed_starts += 1;
+                    tracing::debug!("{slot} did not start ({e:#}); starting it again");
+                    std::thread::sleep(Duration::from_secs(2));
+                    if let Some(network) = &mut self.network {
+                        network.heal_due(false);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The replicas that exited though nobody killed them.
@@ -590,6 +615,12 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<std::process::ExitCode
     );
     for (fault, n) in &tally {
         println!("  {:<36} {n:>6}", fault.describe());
+    }
+    if soak.network.is_some() {
+        println!(
+            "  {:<36} {:>6}",
+            "starts cut off, tried again", soak.failed_starts
+        );
     }
     verdict.print();
     let dir = soak.dir.clone();

@@ -118,7 +118,7 @@ impl Applier {
         let Some(result) = legato_engine::result_of(state) else {
             return Applied::Ignored("already started".into());
         };
-        let told = match (&state.parent, &state.serves) {
+        let (subject, payload) = match (&state.parent, &state.serves) {
             (Some(parent), _) if start.parent.as_ref() == Some(parent) => {
                 children::report(parent, &result)
             }
@@ -127,7 +127,6 @@ impl Applier {
             }
             _ => return Applied::Ignored("already started".into()),
         };
-        let (subject, payload) = told;
         match effects::outbox_row(&subject, OffsetDateTime::now_utc(), payload, None) {
             Ok(row) => {
                 if let Err(e) = self.relay.send(&[row]).await {
