@@ -379,9 +379,6 @@ impl Soak {
                     self.failed_starts += 1;
                     tracing::debug!("{slot} did not start ({e:#}); starting it again");
                     std::thread::sleep(Duration::from_secs(2));
-                    if let Some(network) = &mut self.network {
-                        network.heal_due(false);
-                    }
                 }
                 Err(e) => return Err(e),
             }
@@ -427,7 +424,7 @@ impl Soak {
             // Made by the instance started next (see `start_instance`).
             Fault::HungAgent => {}
             Fault::Partition | Fault::HangLink | Fault::DropConnections => {
-                let Some(network) = &mut self.network else {
+                let Some(network) = &self.network else {
                     return Ok(());
                 };
                 let links = network.links();
@@ -567,9 +564,6 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<std::process::ExitCode
             began.elapsed() < limit,
             "the run took longer than {limit:?}"
         );
-        if let Some(network) = &mut soak.network {
-            network.heal_due(false);
-        }
         let mut hang = false;
         if faults < options.faults {
             let fault = kinds[rng.below(kinds.len() as u64) as usize];
@@ -598,8 +592,8 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<std::process::ExitCode
     }
     let faulted = began.elapsed();
     // The cuts heal; the latency stays while the last instances finish.
-    if let Some(network) = &mut soak.network {
-        network.heal_due(true);
+    if let Some(network) = &soak.network {
+        network.heal_all();
     }
     let mut verdict = verdict::check(&soak, &ids, limit.saturating_sub(began.elapsed())).await;
     // Each service recovers from every fault but its kills on its own.

@@ -7,7 +7,9 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use anyhow::Context;
 use legato_fault_proxy::{FaultProxy, Link};
@@ -46,9 +48,14 @@ pub(crate) struct Network {
     runtime: Option<tokio::runtime::Runtime>,
     upstreams: BTreeMap<Dependency, SocketAddr>,
     weather: Weather,
-    proxies: BTreeMap<(String, Dependency), FaultProxy>,
-    /// Cuts to heal, and when.
-    cuts: Vec<(Instant, String, Dependency)>,
+    proxies: BTreeMap<(String, Dependency), Arc<Cuttable>>,
+}
+
+/// A link and how many times it was cut: a cut heals itself when its time
+/// is up unless a later cut of the same link holds on.
+struct Cuttable {
+    proxy: FaultProxy,
+    cuts: AtomicU64,
 }
 
 impl Network {
@@ -66,7 +73,6 @@ impl Network {
             upstreams,
             weather,
             proxies: BTreeMap::new(),
-            cuts: Vec::new(),
         })
     }
 
@@ -74,8 +80,8 @@ impl Network {
     /// with the weather's latency.
     pub fn address(&mut self, slot: &str, dependency: Dependency) -> anyhow::Result<SocketAddr> {
         let key = (slot.to_owned(), dependency);
-        if let Some(proxy) = self.proxies.get(&key) {
-            return Ok(proxy.addr());
+        if let Some(link) = self.proxies.get(&key) {
+            return Ok(link.proxy.addr());
         }
         let upstream = *self
             .upstreams
@@ -90,7 +96,13 @@ impl Network {
         .map_err(|_| anyhow::anyhow!("the proxy's thread panicked"))??;
         proxy.set_latency(self.weather.latency, self.weather.jitter);
         let addr = proxy.addr();
-        self.proxies.insert(key, proxy);
+        self.proxies.insert(
+            key,
+            Arc::new(Cuttable {
+                proxy,
+                cuts: AtomicU64::new(0),
+            }),
+        );
         Ok(addr)
     }
 
@@ -99,41 +111,43 @@ impl Network {
         self.proxies.keys().cloned().collect()
     }
 
-    /// Cuts `slot` off from `dependency` (partitioned, or hung) until the
-    /// weather's time for it has passed.
-    pub fn cut(&mut self, slot: &str, dependency: Dependency, link: Link) {
-        let key = (slot.to_owned(), dependency);
-        if let Some(proxy) = self.proxies.get(&key) {
-            proxy.set_link(link);
-            let lasts = if link == Link::Hung {
-                self.weather.hang
-            } else {
-                self.weather.partition
-            };
-            self.cuts.push((Instant::now() + lasts, key.0, dependency));
-        }
+    /// Cuts `slot` off from `dependency` (partitioned, or hung); it heals
+    /// on its own once the weather's time for it has passed.
+    pub fn cut(&self, slot: &str, dependency: Dependency, link: Link) {
+        let (Some(cuttable), Some(runtime)) = (
+            self.proxies.get(&(slot.to_owned(), dependency)),
+            &self.runtime,
+        ) else {
+            return;
+        };
+        let lasts = if link == Link::Hung {
+            self.weather.hang
+        } else {
+            self.weather.partition
+        };
+        let cut = cuttable.cuts.fetch_add(1, Ordering::SeqCst) + 1;
+        cuttable.proxy.set_link(link);
+        let cuttable = cuttable.clone();
+        runtime.spawn(async move {
+            tokio::time::sleep(lasts).await;
+            if cuttable.cuts.load(Ordering::SeqCst) == cut {
+                cuttable.proxy.set_link(Link::Up);
+            }
+        });
     }
 
     /// Closes `slot`'s open connections to `dependency` once.
     pub fn drop_connections(&self, slot: &str, dependency: Dependency) {
-        if let Some(proxy) = self.proxies.get(&(slot.to_owned(), dependency)) {
-            proxy.drop_connections();
+        if let Some(cuttable) = self.proxies.get(&(slot.to_owned(), dependency)) {
+            cuttable.proxy.drop_connections();
         }
     }
 
-    /// Heals the cuts whose time is up (all of them with `all`); the
-    /// latency stays.
-    pub fn heal_due(&mut self, all: bool) {
-        let now = Instant::now();
-        let (due, later): (Vec<_>, Vec<_>) = self
-            .cuts
-            .drain(..)
-            .partition(|(at, _, _)| all || *at <= now);
-        self.cuts = later;
-        for (_, slot, dependency) in due {
-            if let Some(proxy) = self.proxies.get(&(slot, dependency)) {
-                proxy.set_link(Link::Up);
-            }
+    /// Heals every cut now; the latency stays.
+    pub fn heal_all(&self) {
+        for cuttable in self.proxies.values() {
+            cuttable.cuts.fetch_add(1, Ordering::SeqCst);
+            cuttable.proxy.set_link(Link::Up);
         }
     }
 }
