@@ -269,6 +269,11 @@ impl BusKind {
 impl Soak {
     fn start(options: &ChaosOptions, seed: u64) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("legato-chaos-{seed}"));
+        // A run repeated with its seed starts from nothing: a failed run
+        // leaves its store behind, whose instances carry the same ids.
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
         std::fs::create_dir_all(dir.join("no-config"))?;
         let azurite = Azurite::start(&options.azurite, &dir.join("azurite"))?;
         let gateway_port = stack::free_port()?;
