@@ -322,10 +322,11 @@ pub(crate) async fn operate_entity(
     if let Operation::Custom(custom) = &operation {
         super::entity_types::check_custom(
             &state,
-            &caller,
+            caller.tenant.as_ref(),
             &key.entity.entity_type,
             &custom.name,
             &custom.input,
+            "",
         )
         .await?;
     }

@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use legato_contracts::{EntityType, TenantId, WorkflowName};
-use legato_service::auth::{Caller, Principal};
+use legato_service::auth::Caller;
 use legato_service::problem::{FieldError, Problem};
 use legato_store::{EntityTypeRecord, Expected, StoredEntityType};
 use legato_workflow::EntityTypeDef;
@@ -226,23 +226,25 @@ fn not_registered(name: &EntityType) -> Problem {
     )
 }
 
-/// Why a custom operation sent through the API cannot be applied: the
-/// entity's type does not declare it, or its input does not fit.
+/// Why a custom operation sent through the API (or an agent's call, its
+/// fields under `at`) cannot be applied: the entity's type does not
+/// declare it, or its input does not fit.
 pub(crate) async fn check_custom(
     state: &GatewayState,
-    caller: &Principal,
+    tenant: Option<&TenantId>,
     name: &EntityType,
     operation: &str,
     input: &Value,
+    at: &str,
 ) -> Result<(), Problem> {
     // Read now, not as kept: a type registered a moment ago counts.
     let def = state
         .entity_types
-        .read(&*state.store, caller.tenant.as_ref(), name)
+        .read(&*state.store, tenant, name)
         .await?
         .ok_or_else(|| {
             Problem::field(
-                "/op",
+                format!("{at}/op"),
                 format!(
                     "{operation} is not an operation every entity has, and entity type {name} \
                      is not registered to declare it"
@@ -252,19 +254,18 @@ pub(crate) async fn check_custom(
     def.check_operation(operation, input)
         .map(drop)
         .map_err(|errors| {
-            let detail = errors
+            let fields: Vec<FieldError> = errors
+                .into_iter()
+                .map(|e| FieldError {
+                    field: format!("{at}{}", e.pointer),
+                    message: e.message,
+                })
+                .collect();
+            let detail = fields
                 .iter()
-                .map(|e| format!("{}: {}", e.pointer, e.message))
+                .map(|e| format!("{}: {}", e.field, e.message))
                 .collect::<Vec<_>>()
                 .join("; ");
-            Problem::new(StatusCode::BAD_REQUEST, "Invalid operation", detail).with_errors(
-                errors
-                    .into_iter()
-                    .map(|e| FieldError {
-                        field: e.pointer,
-                        message: e.message,
-                    })
-                    .collect(),
-            )
+            Problem::new(StatusCode::BAD_REQUEST, "Invalid operation", detail).with_errors(fields)
         })
 }

@@ -158,6 +158,17 @@ async fn call(
             "a read is a GET of the same path",
         ));
     }
+    if let Operation::Custom(custom) = &operation {
+        super::entity_types::check_custom(
+            state,
+            token.instance.tenant().as_ref(),
+            &entity.entity_type,
+            &custom.name,
+            &custom.input,
+            "/operation",
+        )
+        .await?;
+    }
     crate::attempts::running(state, token).await?;
     let journal_name = agent_journal_name(&request.name);
     let kept = journal::read(state, &token.instance, &token.key).await?;
