@@ -4,10 +4,10 @@
 
 use legato_contracts::{
     CustomOutcome, EntityLink, EntityOperation, InstanceId, Operation, ParentLink, Payload,
-    StartInstance, TaskCompleted, TaskFailed, TenantId, TerminateInstance, WorkflowName,
+    StartInstance, TaskCompleted, TaskFailed, TenantId, TerminateInstance,
 };
 use legato_engine::{ChildResult, ChildStart, Command};
-use legato_service::definitions::Definitions;
+use legato_service::definitions::{Definitions, visible_names};
 use legato_store::{Store, StoreError};
 
 /// Pins the definition `start` runs: its parent's tenant's own workflow by
@@ -25,16 +25,7 @@ pub(crate) async fn resolve(
     let Ok(tenant) = tenant else {
         return Ok(Err(format!("tenant {:?} is not valid", start.tenant)));
     };
-    let mut candidates = Vec::new();
-    if let Some(tenant) = &tenant
-        && let Ok(own) = WorkflowName::scoped(Some(tenant), local.as_str())
-    {
-        candidates.push(own);
-    }
-    if let Ok(shared) = WorkflowName::scoped(None, local.as_str()) {
-        candidates.push(shared);
-    }
-    for name in candidates {
+    for name in visible_names(tenant.as_ref(), &local) {
         let Some(latest) = store.get_definition(&name, None).await? else {
             continue;
         };

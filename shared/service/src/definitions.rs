@@ -6,9 +6,19 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use legato_contracts::WorkflowName;
+use legato_contracts::{TenantId, WorkflowName};
 use legato_store::{DefinitionRecord, Store, StoreError};
 use legato_workflow::Workflow;
+
+/// The workflows `local` may name in `tenant`'s scope, in the order they
+/// are looked for: the tenant's own (which shadows the shared one), then
+/// the shared one.
+pub fn visible_names(tenant: Option<&TenantId>, local: &str) -> Vec<WorkflowName> {
+    let own = tenant.and_then(|tenant| WorkflowName::scoped(Some(tenant), local).ok());
+    own.into_iter()
+        .chain(WorkflowName::scoped(None, local).ok())
+        .collect()
+}
 
 #[derive(Default)]
 pub struct Definitions {

@@ -27,7 +27,7 @@ use time::OffsetDateTime;
 use crate::definitions::Definitions;
 
 pub use custom::{CustomStart, custom_instance, start_of, wait_for_answer};
-pub use types::EntityTypes;
+pub use types::{EntityTypes, visible_type};
 
 /// Most operations one commit takes. With each operation's claim and row
 /// and the row falling out of the kept window, well inside Table

@@ -6,8 +6,9 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use legato_contracts::{EntityType, TenantId, WorkflowName};
-use legato_service::auth::Caller;
+use legato_contracts::{EntityType, TenantId};
+use legato_service::auth::{Caller, Principal};
+use legato_service::entities::visible_type;
 use legato_service::problem::{FieldError, Problem};
 use legato_store::{EntityTypeRecord, Expected, StoredEntityType};
 use legato_workflow::EntityTypeDef;
@@ -78,7 +79,7 @@ pub(crate) async fn put_entity_type(
     let text = std::str::from_utf8(&body).map_err(|_| Problem::field("body", "is not UTF-8"))?;
     let def = EntityTypeDef::parse_text(&name, text)
         .map_err(|errors| super::invalid("Invalid entity type", &errors))?;
-    let missing = unregistered_workflows(&state, caller.tenant.as_ref(), &def).await?;
+    let missing = unregistered_workflows(&state, &caller, &def).await?;
     if !missing.is_empty() {
         return Err(Problem::new(
             StatusCode::BAD_REQUEST,
@@ -110,21 +111,17 @@ pub(crate) async fn put_entity_type(
 /// The operations whose workflow neither the tenant nor everyone registered.
 async fn unregistered_workflows(
     state: &GatewayState,
-    tenant: Option<&TenantId>,
+    caller: &Principal,
     def: &EntityTypeDef,
 ) -> Result<Vec<FieldError>, Problem> {
     let mut missing = Vec::new();
     for (path, workflow) in def.workflows() {
-        let mut found = false;
-        for scope in [tenant, None] {
-            if let Ok(name) = WorkflowName::scoped(scope, workflow)
-                && state.store.get_definition(&name, None).await?.is_some()
-            {
-                found = true;
-                break;
-            }
-        }
-        if !found {
+        let names = super::visible_workflow_names(caller, workflow.to_owned())?;
+        if super::workflows::resolve_workflow(state, names)
+            .await?
+            .1
+            .is_none()
+        {
             missing.push(FieldError {
                 field: path,
                 message: format!("no workflow {workflow} is registered"),
@@ -180,12 +177,10 @@ pub(crate) async fn get_entity_type(
     Path(raw): Path<String>,
 ) -> Result<Json<EntityTypeView>, Problem> {
     let name = type_name(raw)?;
-    for scope in [caller.tenant.as_ref(), None] {
-        if let Some(stored) = state.store.get_entity_type(scope, &name).await? {
-            return Ok(Json(stored.into()));
-        }
-    }
-    Err(not_registered(&name))
+    visible_type(&*state.store, caller.tenant.as_ref(), &name)
+        .await?
+        .map(|stored| Json(stored.into()))
+        .ok_or_else(|| not_registered(&name))
 }
 
 /// Remove the caller's own entity type. Its entities keep their state;

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use legato_contracts::{
     CustomOutcome, EntityLink, EntityOperation, InstanceId, Operation, Payload, StartInstance,
-    WorkflowName,
 };
 use legato_engine::entities::Busy;
 use legato_store::{EntityAnswer, EntityKey, Store, StoreError};
@@ -17,7 +16,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
-use crate::definitions::Definitions;
+use crate::definitions::{Definitions, visible_names};
 
 /// The custom operation an entity is busy with, whose run is to start,
 /// and the state it sees.
@@ -87,16 +86,7 @@ pub async fn start_of(
         "input": input,
         "state": start.state,
     });
-    let mut names = Vec::new();
-    if let Some(tenant) = &key.tenant
-        && let Ok(own) = WorkflowName::scoped(Some(tenant), def.workflow.as_str())
-    {
-        names.push(own);
-    }
-    if let Ok(shared) = WorkflowName::scoped(None, def.workflow.as_str()) {
-        names.push(shared);
-    }
-    for workflow in names {
+    for workflow in visible_names(key.tenant.as_ref(), &def.workflow) {
         let Some(latest) = store.get_definition(&workflow, None).await? else {
             continue;
         };

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use legato_contracts::{EntityType, TenantId};
-use legato_store::{Store, StoreError};
+use legato_store::{Store, StoreError, StoredEntityType};
 use legato_workflow::EntityTypeDef;
 
 type Key = (Option<TenantId>, EntityType);
@@ -68,22 +68,36 @@ impl EntityTypes {
     }
 }
 
-/// The type as registered: the tenant's own, else the shared one.
-async fn registered(
+/// The type as `tenant` sees it: its own registration, else the shared
+/// one.
+pub async fn visible_type(
     store: &dyn Store,
     tenant: Option<&TenantId>,
     name: &EntityType,
-) -> Result<Option<EntityTypeDef>, StoreError> {
+) -> Result<Option<StoredEntityType>, StoreError> {
     let mut scopes = vec![None];
     if tenant.is_some() {
         scopes.insert(0, tenant);
     }
     for scope in scopes {
         if let Some(stored) = store.get_entity_type(scope, name).await? {
-            return EntityTypeDef::parse(name, stored.record.body)
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt(format!("entity type {name}: {e}")));
+            return Ok(Some(stored));
         }
     }
     Ok(None)
+}
+
+/// The type as registered, read.
+async fn registered(
+    store: &dyn Store,
+    tenant: Option<&TenantId>,
+    name: &EntityType,
+) -> Result<Option<EntityTypeDef>, StoreError> {
+    visible_type(store, tenant, name)
+        .await?
+        .map(|stored| {
+            EntityTypeDef::parse(name, stored.record.body)
+                .map_err(|e| StoreError::Corrupt(format!("entity type {name}: {e}")))
+        })
+        .transpose()
 }
