@@ -61,7 +61,10 @@ impl Entities {
                 .map(|holder| EntityOp {
                     operation: EntityOperation {
                         entity: key.entity.clone(),
-                        id: format!("evict/{}/{}", holder.instance, holder.key),
+                        // The id of the holder's own release: whichever
+                        // of the two comes second is the same operation
+                        // again, and is applied once.
+                        id: format!("{}/{}/release", holder.instance, holder.key),
                         operation: Operation::Release {
                             holder: holder.clone(),
                         },

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use legato_bus::{Bus, InProcessBus, Subscription, SubscriptionSpec};
-use legato_contracts::{Envelope, Holder, Payload, Topic};
+use legato_contracts::{EntityOperation, Envelope, Holder, Operation, Payload, Topic};
 use legato_store::{EntityCommit, EntityKey, EntityRecord, SqliteStore};
 use serde_json::json;
 
@@ -126,9 +126,26 @@ async fn a_holder_whose_run_is_gone_is_released_for_the_next_in_line() {
         .collect();
     assert_eq!(
         ids,
-        [format!("evict/ghost/{}", caller.key), acquire.id.clone()],
+        [format!("ghost/{}/release", caller.key), acquire.id.clone()],
         "the acquisition queued, then the ghost was released on its behalf"
     );
+    // The ghost's own release, late: the same operation as its eviction,
+    // so nothing is recorded twice and the live holder keeps the lock.
+    let late = EntityOperation {
+        entity: acquire.entity.clone(),
+        id: format!("ghost/{}/release", caller.key),
+        operation: Operation::Release {
+            holder: ghost.clone(),
+        },
+        caller: None,
+    };
+    entities.apply(&sent.subject, late, now).await.unwrap();
+    let stored = store.load_entity(&key).await.unwrap().unwrap();
+    assert_eq!(
+        stored.record.operations, 2,
+        "the late release is not recorded"
+    );
+    assert_eq!(stored.record.lock["holders"], json!([live]));
 
     let grant = Input::Event(Event::TaskCompleted {
         at: OffsetDateTime::now_utc(),
