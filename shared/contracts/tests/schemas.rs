@@ -333,6 +333,31 @@ fn golden_examples_match_schema_and_round_trip() {
     }
 }
 
+/// The messages each earlier release sent (its examples, frozen under
+/// `contracts/golden/<release>/messages` when it was superseded) are read
+/// by this one: a rolling upgrade has old producers beside new consumers.
+#[test]
+fn messages_of_earlier_releases_are_read() {
+    let golden = contracts_dir().join("golden");
+    let mut read = 0;
+    for release in std::fs::read_dir(&golden).unwrap() {
+        let messages = release.unwrap().path().join("messages");
+        let Ok(files) = std::fs::read_dir(&messages) else {
+            continue;
+        };
+        for file in files {
+            let path = file.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let decoded = Envelope::decode(text.as_bytes())
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let stem = path.file_stem().unwrap().to_string_lossy();
+            assert_eq!(decoded.type_name(), stem, "{}", path.display());
+            read += 1;
+        }
+    }
+    assert!(read > 0, "no golden messages under {}", golden.display());
+}
+
 #[test]
 fn schema_and_decoder_both_refuse_bad_data() {
     let envelope_schema = schema_for("envelope");

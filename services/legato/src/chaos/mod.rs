@@ -11,9 +11,12 @@
 //! one replica from one dependency, hung links, dropped connections), and
 //! no service may exit on its own: each recovers without a restart. With
 //! `--bus servicebus` it runs over a Service Bus (the stand-in) instead.
+//! With `--upgrade-from <earlier legato>`, it is a rolling upgrade instead
+//! of faults (see `upgrade`).
 
 mod network;
 mod stack;
+mod upgrade;
 mod verdict;
 
 use std::collections::BTreeMap;
@@ -79,6 +82,11 @@ pub struct ChaosOptions {
     /// With `--network`: how long a hung link lasts (seconds).
     #[arg(long, default_value_t = 15)]
     pub hang_s: u64,
+    /// A rolling upgrade instead of faults: the stack starts on this
+    /// earlier `legato` binary (`scripts/earlier-build`), and its replicas
+    /// are replaced one at a time by this one's while the instances run.
+    #[arg(long)]
+    pub upgrade_from: Option<PathBuf>,
 }
 
 /// What can go wrong, as the soak makes it happen.
@@ -192,6 +200,8 @@ const MAX_START_TRIES: usize = 60;
 /// The running stack and how to reach it.
 struct Soak {
     dir: PathBuf,
+    /// The `legato` binary replicas are started from.
+    exe: PathBuf,
     /// What every service is given, before its own links.
     env: Vec<(String, String)>,
     gateway_port: u16,
@@ -320,9 +330,14 @@ impl Soak {
         } else {
             None
         };
+        let exe = match &options.upgrade_from {
+            Some(earlier) => earlier.clone(),
+            None => std::env::current_exe()?,
+        };
         let mut soak = Self {
             base: format!("http://127.0.0.1:{gateway_port}"),
             dir,
+            exe,
             env,
             gateway_port,
             bus,
@@ -377,7 +392,7 @@ impl Soak {
         // needs and exits; the soak starts it again, as a platform would.
         let mut tries = 0;
         loop {
-            match Process::start(name, &self.dir, &env) {
+            match Process::start(&self.exe, name, &self.dir, &env) {
                 Ok(process) => return Ok(process.named(slot)),
                 Err(e) if self.network.is_some() && tries < MAX_START_TRIES => {
                     tries += 1;
@@ -500,20 +515,28 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<std::process::ExitCode
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_secs())
     });
-    println!(
-        "chaos: seed {seed}, {} instances, {} faults over {}{}",
-        options.instances,
-        options.faults,
-        options.bus,
-        if options.network {
-            format!(
-                ", every link {} ms ± {} ms, partitions of {} s, hung links of {} s",
-                options.latency_ms, options.jitter_ms, options.partition_s, options.hang_s
-            )
-        } else {
-            String::new()
-        }
-    );
+    match &options.upgrade_from {
+        Some(earlier) => println!(
+            "chaos: seed {seed}, {} instances, a rolling upgrade from {} over {}",
+            options.instances,
+            earlier.display(),
+            options.bus
+        ),
+        None => println!(
+            "chaos: seed {seed}, {} instances, {} faults over {}{}",
+            options.instances,
+            options.faults,
+            options.bus,
+            if options.network {
+                format!(
+                    ", every link {} ms ± {} ms, partitions of {} s, hung links of {} s",
+                    options.latency_ms, options.jitter_ms, options.partition_s, options.hang_s
+                )
+            } else {
+                String::new()
+            }
+        ),
+    }
     let began = Instant::now();
     let limit = Duration::from_secs(options.limit_s);
     let mut rng = Rng(seed);
@@ -530,6 +553,49 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<std::process::ExitCode
         &workflow(options.network),
     )
     .await?;
+    let (runs, problems) = match options.upgrade_from {
+        Some(_) => upgrade::roll(&mut soak, &options, seed, &mut rng).await?,
+        None => (
+            faults(&mut soak, &options, seed, &mut rng, began).await?,
+            Vec::new(),
+        ),
+    };
+    // The cuts heal; the latency stays while the last instances finish.
+    if let Some(network) = &soak.network {
+        network.heal_all();
+    }
+    let mut verdict = verdict::check(&soak, &runs, limit.saturating_sub(began.elapsed())).await;
+    for problem in problems {
+        verdict.problem(problem);
+    }
+    // Each service recovers from every fault but its kills on its own.
+    for slot in soak.exited_on_their_own() {
+        verdict.problem(format!("{slot} exited though nobody killed it"));
+    }
+    println!("chaos: all finished after {:.0?}", began.elapsed());
+    verdict.print();
+    let dir = soak.dir.clone();
+    drop(soak);
+    if let Err(e) = std::fs::remove_dir_all(&dir) {
+        tracing::debug!("{} left behind: {e}", dir.display());
+    }
+    Ok(if verdict.passed() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
+}
+
+/// Starts the instances of the soak workflow while it injects the faults
+/// between starts, and prints its tally.
+async fn faults(
+    soak: &mut Soak,
+    options: &ChaosOptions,
+    seed: u64,
+    rng: &mut Rng,
+    began: Instant,
+) -> anyhow::Result<Vec<verdict::Expected>> {
+    let limit = Duration::from_secs(options.limit_s);
     let kinds: Vec<Fault> = [
         Fault::KillOrchestrator,
         Fault::KillOrchestrator,
@@ -572,7 +638,7 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<std::process::ExitCode
         let mut hang = false;
         if faults < options.faults {
             let fault = kinds[rng.below(kinds.len() as u64) as usize];
-            soak.inject(fault, &mut rng, &options.rabbitmqctl)
+            soak.inject(fault, rng, &options.rabbitmqctl)
                 .with_context(|| format!("injecting {}", fault.describe()))?;
             hang = fault == Fault::HungAgent;
             *tally.entry(fault).or_default() += 1;
@@ -589,27 +655,16 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<std::process::ExitCode
         let starts = (ids.len() - next).div_ceil(left).max(usize::from(hang));
         for _ in 0..starts {
             let Some(id) = ids.get(next) else { break };
-            soak.start_instance(id, &mut rng, hang).await?;
+            soak.start_instance(id, rng, hang).await?;
             hang = false;
             next += 1;
         }
         tokio::time::sleep(Duration::from_millis(150 + rng.below(600))).await;
     }
-    let faulted = began.elapsed();
-    // The cuts heal; the latency stays while the last instances finish.
-    if let Some(network) = &soak.network {
-        network.heal_all();
-    }
-    let mut verdict = verdict::check(&soak, &ids, limit.saturating_sub(began.elapsed())).await;
-    // Each service recovers from every fault but its kills on its own.
-    for slot in soak.exited_on_their_own() {
-        verdict.problem(format!("{slot} exited though nobody killed it"));
-    }
     println!(
-        "chaos: seed {seed}: {} faults over {} instances in {:.0?} (all finished after {:.0?})",
+        "chaos: seed {seed}: {} faults over {} instances in {:.0?}",
         faults,
         ids.len(),
-        faulted,
         began.elapsed()
     );
     for (fault, n) in &tally {
@@ -621,15 +676,5 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<std::process::ExitCode
             "starts cut off, tried again", soak.failed_starts
         );
     }
-    verdict.print();
-    let dir = soak.dir.clone();
-    drop(soak);
-    if let Err(e) = std::fs::remove_dir_all(&dir) {
-        tracing::debug!("{} left behind: {e}", dir.display());
-    }
-    Ok(if verdict.passed() {
-        std::process::ExitCode::SUCCESS
-    } else {
-        std::process::ExitCode::FAILURE
-    })
+    Ok(ids.into_iter().map(verdict::Expected::soak).collect())
 }

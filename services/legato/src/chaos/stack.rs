@@ -20,9 +20,13 @@ pub(crate) struct Process {
 }
 
 impl Process {
-    /// `legato run <name>`, once it reports its address.
-    pub fn start(name: &str, dir: &Path, env: &[(String, String)]) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe()?;
+    /// `<exe> run <name>`, once it reports its address.
+    pub fn start(
+        exe: &Path,
+        name: &str,
+        dir: &Path,
+        env: &[(String, String)],
+    ) -> anyhow::Result<Self> {
         let mut child = Command::new(exe)
             .args(["run", name])
             .current_dir(dir)
@@ -67,6 +71,14 @@ impl Process {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, as a platform replacing it sends: it drains and exits
+    /// (killed if it has not within `grace`).
+    pub fn stop(&mut self, grace: Duration) {
+        if let Some(mut child) = self.child.take() {
+            interrupt(&mut child, "-TERM", grace);
         }
     }
 
@@ -130,15 +142,7 @@ impl Azurite {
     /// 5 s otherwise).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-INT", &child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            interrupt(&mut child, "-INT", Duration::from_secs(20));
         }
     }
 
@@ -163,6 +167,20 @@ impl Drop for Azurite {
             let _ = child.wait();
         }
     }
+}
+
+/// Sends `signal` (`kill`'s spelling) and waits up to `grace` for the
+/// child to exit, then kills it.
+fn interrupt(child: &mut Child, signal: &str, grace: Duration) {
+    let _ = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + grace;
+    while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 pub(crate) fn free_port() -> anyhow::Result<u16> {

@@ -12,6 +12,41 @@ use super::Soak;
 /// Tasks an instance of the soak workflow runs: a, b, three items, two
 /// rounds of a loop's two steps, one race's winner, the child run, join.
 const TASKS: usize = 12;
+/// Tasks of the approval workflow's instances: before and after.
+const APPROVAL_TASKS: usize = 2;
+
+/// An instance the soak started and what it should have done: output 3,
+/// each of its tasks' results recorded once.
+pub(super) struct Expected {
+    pub id: String,
+    pub workflow: &'static str,
+    tasks: usize,
+    /// It ran a child workflow (`<id>::kid.a1`).
+    child: bool,
+}
+
+impl Expected {
+    /// An instance of the soak workflow.
+    pub fn soak(id: String) -> Self {
+        Self {
+            id,
+            workflow: "soak",
+            tasks: TASKS,
+            child: true,
+        }
+    }
+
+    /// An instance of the approval workflow (a wait for an event and a
+    /// timer side by side).
+    pub fn approval(id: String) -> Self {
+        Self {
+            id,
+            workflow: super::upgrade::APPROVAL_WORKFLOW,
+            tasks: APPROVAL_TASKS,
+            child: false,
+        }
+    }
+}
 /// How long dead letters are looked for after the last instance finished
 /// (the keeper parks what reaches a dead-letter queue within moments).
 const DEAD_LETTER_SETTLE: Duration = Duration::from_secs(5);
@@ -60,17 +95,21 @@ impl Verdict {
     }
 }
 
-pub(super) async fn check(soak: &Soak, ids: &[String], limit: Duration) -> Verdict {
+pub(super) async fn check(soak: &Soak, runs: &[Expected], limit: Duration) -> Verdict {
     let mut verdict = Verdict {
-        instances: ids.len(),
-        results_expected: ids.len() * TASKS,
+        instances: runs.len(),
+        results_expected: runs.iter().map(|run| run.tasks).sum(),
         ..Verdict::default()
     };
     let deadline = Instant::now() + limit.max(Duration::from_secs(60));
-    for id in ids {
+    for run in runs {
+        let id = &run.id;
         match finished(soak, id, deadline).await {
-            Ok(status) => judge(&mut verdict, id, &status),
+            Ok(status) => judge(&mut verdict, run, &status),
             Err(problem) => verdict.problems.push(problem),
+        }
+        if !run.child {
+            continue;
         }
         // Its child run: started once, its one task's result recorded once.
         let child = format!("{id}::kid.a1");
@@ -88,15 +127,15 @@ pub(super) async fn check(soak: &Soak, ids: &[String], limit: Duration) -> Verdi
             Err(problem) => verdict.problems.push(problem),
         }
     }
-    match listed(soak, ids).await {
+    match listed(soak, runs).await {
         Ok(n) => verdict.listed = n,
         Err(e) => verdict.problems.push(format!("instances not listed: {e}")),
     }
-    if verdict.listed != ids.len() {
+    if verdict.listed != runs.len() {
         verdict.problems.push(format!(
             "GET /instances lists {} of the {} instances",
             verdict.listed,
-            ids.len()
+            runs.len()
         ));
     }
     tokio::time::sleep(DEAD_LETTER_SETTLE).await;
@@ -121,26 +160,30 @@ pub(super) async fn check(soak: &Soak, ids: &[String], limit: Duration) -> Verdi
     verdict
 }
 
-/// How many of the run's instances the listing shows, page by page.
-async fn listed(soak: &Soak, ids: &[String]) -> anyhow::Result<usize> {
-    let wanted: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
+/// How many of the run's instances the listing shows, workflow by
+/// workflow, page by page.
+async fn listed(soak: &Soak, runs: &[Expected]) -> anyhow::Result<usize> {
+    let wanted: BTreeSet<&str> = runs.iter().map(|run| run.id.as_str()).collect();
+    let workflows: BTreeSet<&str> = runs.iter().map(|run| run.workflow).collect();
     let mut seen = BTreeSet::new();
-    let mut token: Option<String> = None;
-    // Bounded: each page holds up to 1,000 and the run has `ids.len()`.
-    for _ in 0..(ids.len() / 100 + 10) {
-        let mut path = "/api/v1/instances?workflow=soak&top=1000".to_owned();
-        if let Some(token) = &token {
-            path.push_str(&format!("&continuationToken={token}"));
-        }
-        let page = soak.send(reqwest::Method::GET, &path, &Value::Null).await?;
-        for item in page["items"].as_array().into_iter().flatten() {
-            if let Some(id) = item["id"].as_str().filter(|id| wanted.contains(id)) {
-                seen.insert(id.to_owned());
+    for workflow in workflows {
+        let mut token: Option<String> = None;
+        // Bounded: each page holds up to 1,000 and the run has `runs.len()`.
+        for _ in 0..(runs.len() / 100 + 10) {
+            let mut path = format!("/api/v1/instances?workflow={workflow}&top=1000");
+            if let Some(token) = &token {
+                path.push_str(&format!("&continuationToken={token}"));
             }
-        }
-        match page["continuationToken"].as_str() {
-            Some(next) => token = Some(next.to_owned()),
-            None => return Ok(seen.len()),
+            let page = soak.send(reqwest::Method::GET, &path, &Value::Null).await?;
+            for item in page["items"].as_array().into_iter().flatten() {
+                if let Some(id) = item["id"].as_str().filter(|id| wanted.contains(id)) {
+                    seen.insert(id.to_owned());
+                }
+            }
+            match page["continuationToken"].as_str() {
+                Some(next) => token = Some(next.to_owned()),
+                None => break,
+            }
         }
     }
     Ok(seen.len())
@@ -165,7 +208,8 @@ async fn finished(soak: &Soak, id: &str, deadline: Instant) -> Result<Value, Str
     }
 }
 
-fn judge(verdict: &mut Verdict, id: &str, status: &Value) {
+fn judge(verdict: &mut Verdict, run: &Expected, status: &Value) {
+    let (id, tasks) = (&run.id, run.tasks);
     if status["runtimeStatus"] != "Completed" || status["output"] != 3 {
         verdict.problems.push(format!(
             "{id} ended {} with output {} ({})",
@@ -176,10 +220,10 @@ fn judge(verdict: &mut Verdict, id: &str, status: &Value) {
     verdict.completed += 1;
     let results = task_results(status);
     let distinct: BTreeSet<&String> = results.iter().collect();
-    if results.len() == TASKS && distinct.len() == TASKS {
-        verdict.results_once += TASKS;
+    if results.len() == tasks && distinct.len() == tasks {
+        verdict.results_once += tasks;
     } else {
-        verdict.results_once += distinct.len().min(TASKS);
+        verdict.results_once += distinct.len().min(tasks);
         verdict.problems.push(format!(
             "{id}: {} results recorded for {} tasks",
             results.len(),

@@ -5,6 +5,7 @@ mod chaos;
 mod compose;
 mod dead_letters;
 mod entities;
+mod golden;
 mod outage;
 mod scenarios;
 mod schedules;
