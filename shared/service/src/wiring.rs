@@ -1,14 +1,62 @@
 //! Opens the adapters the settings name. Services depend on the `Bus` and
 //! `Store` traits only; this is the one place that knows the adapters.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use legato_bus::{
-    Bus, RabbitMqBus, RabbitMqOptions, ServiceBusBus, ServiceBusConnection, ServiceBusOptions,
+    Bus, BusError, RabbitMqBus, RabbitMqOptions, ServiceBusBus, ServiceBusConnection,
+    ServiceBusOptions,
 };
-use legato_store::{AzureTableConnection, AzureTableStore, SqliteStore, Store};
+use legato_store::{AzureTableConnection, AzureTableStore, SqliteStore, Store, StoreError};
 
 use crate::settings::{BusSettings, SettingsError, StoreSettings};
+
+/// How long a service starting waits for its broker and store to answer.
+/// One started while its link is cut (a partition, a dependency still
+/// starting) comes up once the link heals instead of exiting at once;
+/// past this it exits, and its platform starts it again.
+pub const STARTUP_WAIT: Duration = Duration::from_secs(120);
+
+/// Whether an error opening a dependency may pass if tried again.
+trait Transient {
+    fn transient(&self) -> bool;
+}
+
+impl Transient for BusError {
+    fn transient(&self) -> bool {
+        matches!(self, BusError::Unavailable(_))
+    }
+}
+
+impl Transient for StoreError {
+    fn transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// Opens `what` with `open`, trying again while it is unavailable, backing
+/// off from 250 ms to 5 s, for up to `wait`.
+async fn patiently<T, E, F, Fut>(what: &str, wait: Duration, mut open: F) -> Result<T, E>
+where
+    E: Transient + std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let deadline = Instant::now() + wait;
+    let mut pause = Duration::from_millis(250);
+    loop {
+        match open().await {
+            Err(e) if e.transient() && Instant::now() + pause < deadline => {
+                tracing::warn!("{what} not reachable yet, trying again in {pause:?}: {e}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            result => return result,
+        }
+    }
+}
 
 pub async fn open_store(settings: &StoreSettings) -> anyhow::Result<Arc<dyn Store>> {
     match settings {
@@ -37,9 +85,11 @@ pub async fn open_store(settings: &StoreSettings) -> anyhow::Result<Arc<dyn Stor
             }
             let timeout = std::time::Duration::from_millis(*request_timeout_ms);
             // The message names the endpoint, never the key.
-            let store = AzureTableStore::connect_with_timeout(&connection, table_prefix, timeout)
-                .await
-                .map_err(|e| anyhow::anyhow!("store (Azure Table Storage): {e}"))?;
+            let store = patiently("store (Azure Table Storage)", STARTUP_WAIT, || {
+                AzureTableStore::connect_with_timeout(&connection, table_prefix, timeout)
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("store (Azure Table Storage): {e}"))?;
             Ok(Arc::new(store))
         }
     }
@@ -114,8 +164,17 @@ fn in_process_outside_up() -> SettingsError {
     )
 }
 
-/// The bus for a standalone service process.
+/// The bus for a standalone service process, waiting up to
+/// [`STARTUP_WAIT`] for it to answer.
 pub async fn open_bus(settings: &BusSettings) -> anyhow::Result<Arc<dyn Bus>> {
+    open_bus_within(settings, STARTUP_WAIT).await
+}
+
+/// [`open_bus`], waiting up to `wait` for the broker.
+pub async fn open_bus_within(
+    settings: &BusSettings,
+    wait: Duration,
+) -> anyhow::Result<Arc<dyn Bus>> {
     match settings {
         BusSettings::InProcess => Err(in_process_outside_up().into()),
         BusSettings::Rabbitmq {
@@ -130,26 +189,27 @@ pub async fn open_bus(settings: &BusSettings) -> anyhow::Result<Arc<dyn Bus>> {
                     .then(|| std::time::Duration::from_millis(*queue_expiry_ms)),
                 timeout: std::time::Duration::from_millis((*timeout_ms).max(1)),
             };
-            let bus = RabbitMqBus::connect(url, options).await.map_err(|e| {
-                anyhow::anyhow!(
-                    "bus (RabbitMQ at {}): {e}",
-                    crate::settings::redact_url(url)
-                )
-            })?;
+            let what = format!("bus (RabbitMQ at {})", crate::settings::redact_url(url));
+            let bus = patiently(&what, wait, || RabbitMqBus::connect(url, options.clone()))
+                .await
+                .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
             Ok(Arc::new(bus))
         }
-        BusSettings::Servicebus { .. } => Ok(Arc::new(open_servicebus(settings).await?)),
+        BusSettings::Servicebus { .. } => Ok(Arc::new(open_servicebus(settings, wait).await?)),
     }
 }
 
-/// The Service Bus adapter the settings describe (also for `legato bench`).
-pub async fn open_servicebus(settings: &BusSettings) -> anyhow::Result<ServiceBusBus> {
+/// The Service Bus adapter the settings describe (also for `legato
+/// bench`), waiting up to `wait` for the namespace to answer.
+async fn open_servicebus(settings: &BusSettings, wait: Duration) -> anyhow::Result<ServiceBusBus> {
     let (connection, options) = servicebus_settings(settings)?;
-    let host = connection.host.clone();
     // The message names the namespace, never the key.
-    ServiceBusBus::connect(connection, options)
-        .await
-        .map_err(|e| anyhow::anyhow!("bus (Service Bus at {host}): {e}"))
+    let what = format!("bus (Service Bus at {})", connection.host);
+    patiently(&what, wait, || {
+        ServiceBusBus::connect(connection.clone(), options.clone())
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{what}: {e}"))
 }
 
 /// The Service Bus connection and options, checked without I/O.

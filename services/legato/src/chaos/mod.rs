@@ -388,8 +388,9 @@ impl Soak {
             "LEGATO__STORE__CONNECTION_STRING".into(),
             self.azurite.connection_string_at(store_port),
         ));
-        // A replica started while its link is cut cannot reach what it
-        // needs and exits; the soak starts it again, as a platform would.
+        // A replica started while its link is cut waits for it (up to
+        // `wiring::STARTUP_WAIT`); one that gives up exits, and the soak
+        // starts it again, as a platform would (counted: none should).
         let mut tries = 0;
         loop {
             match Process::start(&self.exe, name, &self.dir, &env) {
