@@ -278,7 +278,9 @@ impl BusKind {
 
 impl Soak {
     fn start(options: &ChaosOptions, seed: u64) -> anyhow::Result<Self> {
-        let dir = std::env::temp_dir().join(format!("legato-chaos-{seed}"));
+        // Apart per bus: soaks over RabbitMQ and Service Bus may run side
+        // by side, started in the same second (the seed).
+        let dir = std::env::temp_dir().join(format!("legato-chaos-{}-{seed}", options.bus));
         // A run repeated with its seed starts from nothing: a failed run
         // leaves its store behind, whose instances carry the same ids.
         if dir.exists() {
