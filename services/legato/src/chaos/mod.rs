@@ -120,8 +120,8 @@ impl Fault {
             Self::RestartBroker => "broker restart",
             Self::RestartStore => "store restart (Azurite)",
             Self::HungAgent => "hung agent (lease lost, retried)",
-            Self::Partition => "partition: a replica from broker or store",
-            Self::HangLink => "hung link: a replica to broker or store",
+            Self::Partition => "partition: one replica cut off",
+            Self::HangLink => "hung link of one replica",
             Self::DropConnections => "dropped connections of a replica",
         }
     }
