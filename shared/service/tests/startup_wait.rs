@@ -30,6 +30,22 @@ fn rabbitmq_through(proxy: &FaultProxy) -> BusSettings {
     .unwrap()
 }
 
+/// What `opening` opened once the proxy healed, after checking it was
+/// still waiting while the link was cut.
+async fn opened_once_healed<T>(
+    opening: tokio::task::JoinHandle<anyhow::Result<T>>,
+    proxy: &FaultProxy,
+) -> T {
+    tokio::time::sleep(CUT_FOR).await;
+    assert!(!opening.is_finished(), "it gave up while the link was cut");
+    proxy.heal();
+    let opened = tokio::time::timeout(Duration::from_secs(30), opening)
+        .await
+        .expect("opened once the link healed")
+        .unwrap();
+    opened.unwrap_or_else(|e| panic!("{e:#}"))
+}
+
 #[tokio::test]
 async fn a_bus_cut_off_at_start_is_waited_for() {
     let proxy = partitioned("127.0.0.1:5672").await;
@@ -38,14 +54,7 @@ async fn a_bus_cut_off_at_start_is_waited_for() {
         tokio::spawn(
             async move { wiring::open_bus_within(&settings, Duration::from_secs(60)).await },
         );
-    tokio::time::sleep(CUT_FOR).await;
-    assert!(!opening.is_finished(), "it gave up while the link was cut");
-    proxy.heal();
-    let bus = tokio::time::timeout(Duration::from_secs(30), opening)
-        .await
-        .expect("opened once the link healed")
-        .unwrap();
-    assert!(bus.is_ok(), "{:?}", bus.err());
+    opened_once_healed(opening, &proxy).await;
 }
 
 #[tokio::test]
@@ -72,12 +81,5 @@ async fn a_store_cut_off_at_start_is_waited_for() {
     }))
     .unwrap();
     let opening = tokio::spawn(async move { wiring::open_store(&settings).await });
-    tokio::time::sleep(CUT_FOR).await;
-    assert!(!opening.is_finished(), "it gave up while the link was cut");
-    proxy.heal();
-    let store = tokio::time::timeout(Duration::from_secs(30), opening)
-        .await
-        .expect("opened once the link healed")
-        .unwrap();
-    assert!(store.is_ok(), "{:?}", store.err());
+    opened_once_healed(opening, &proxy).await;
 }
