@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use serde_json::json;
 
+use super::stack::Process;
 use super::{ChaosOptions, Rng, Soak, stack, verdict};
 
 /// What can go wrong, as the soak makes it happen.
@@ -52,22 +52,14 @@ impl Soak {
         match fault {
             Fault::KillOrchestrator => {
                 let n = rng.below(self.orchestrators.len() as u64) as usize;
-                self.orchestrators[n].crash();
-                self.orchestrators[n] = self.launch("orchestrator", n)?;
+                self.relaunch("orchestrator", n, Process::crash)?;
             }
             Fault::KillAgent => {
                 let n = rng.below(self.agents.len() as u64) as usize;
-                self.agents[n].crash();
-                self.agents[n] = self.launch("agent-echo", n)?;
+                self.relaunch("agent-echo", n, Process::crash)?;
             }
-            Fault::KillGateway => {
-                self.gateway.crash();
-                self.gateway = self.launch("gateway", 0)?;
-            }
-            Fault::KillNotifier => {
-                self.notifier.crash();
-                self.notifier = self.launch("notifier", 0)?;
-            }
+            Fault::KillGateway => self.relaunch("gateway", 0, Process::crash)?,
+            Fault::KillNotifier => self.relaunch("notifier", 0, Process::crash)?,
             Fault::RestartBroker => stack::restart_broker(rabbitmqctl)?,
             Fault::RestartStore => {
                 self.azurite.stop();
@@ -94,20 +86,6 @@ impl Soak {
             }
         }
         Ok(())
-    }
-
-    async fn start_instance(&self, id: &str, rng: &mut Rng, hang: bool) -> anyhow::Result<()> {
-        let body = json!({
-            "instanceId": id,
-            "input": {"ms": 100 + rng.below(400), "hang": u32::from(hang)},
-        });
-        self.send(
-            reqwest::Method::POST,
-            "/api/v1/workflows/soak/instances",
-            &body,
-        )
-        .await
-        .map(|_| ())
     }
 }
 
@@ -180,7 +158,7 @@ pub(super) async fn run(
         let starts = (ids.len() - next).div_ceil(left).max(usize::from(hang));
         for _ in 0..starts {
             let Some(id) = ids.get(next) else { break };
-            soak.start_instance(id, rng, hang).await?;
+            soak.start_instance("soak", id, rng, hang).await?;
             hang = false;
             next += 1;
         }

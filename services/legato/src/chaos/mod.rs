@@ -370,6 +370,56 @@ impl Soak {
         }
     }
 
+    /// Replica `n` of service `name` ended by `end` (a crash, or a stop as
+    /// a platform stops it) and started again from `self.exe`.
+    fn relaunch(
+        &mut self,
+        name: &str,
+        n: usize,
+        end: impl FnOnce(&mut Process),
+    ) -> anyhow::Result<()> {
+        let slot = match name {
+            "orchestrator" => &mut self.orchestrators[n],
+            "agent-echo" => &mut self.agents[n],
+            "gateway" => &mut self.gateway,
+            "notifier" => &mut self.notifier,
+            other => anyhow::bail!("no replica of {other}"),
+        };
+        end(slot);
+        // Put in its place after the launch; a failed launch leaves the
+        // ended process there.
+        let process = self.launch(name, n)?;
+        match name {
+            "orchestrator" => self.orchestrators[n] = process,
+            "agent-echo" => self.agents[n] = process,
+            "gateway" => self.gateway = process,
+            _ => self.notifier = process,
+        }
+        Ok(())
+    }
+
+    /// Starts instance `id` of `workflow` with the soak's input (`hang`:
+    /// its leased items hang on their first attempt).
+    async fn start_instance(
+        &self,
+        workflow: &str,
+        id: &str,
+        rng: &mut Rng,
+        hang: bool,
+    ) -> anyhow::Result<()> {
+        let body = json!({
+            "instanceId": id,
+            "input": {"ms": 100 + rng.below(400), "hang": u32::from(hang)},
+        });
+        self.send(
+            reqwest::Method::POST,
+            &format!("/api/v1/workflows/{workflow}/instances"),
+            &body,
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// The replicas that exited though nobody killed them.
     fn exited_on_their_own(&mut self) -> Vec<String> {
         self.orchestrators

@@ -108,7 +108,8 @@ pub(super) async fn roll(
     for phase in 0..phases {
         let batch = &runs[started..(started + per_phase).min(runs.len())];
         for run in batch {
-            start(soak, run, rng).await?;
+            soak.start_instance(run.workflow, &run.id, rng, false)
+                .await?;
         }
         started += batch.len();
         // Half of those started so far are approved while this phase's
@@ -143,17 +144,6 @@ pub(super) async fn roll(
     Ok((runs, problems))
 }
 
-async fn start(soak: &Soak, run: &Expected, rng: &mut Rng) -> anyhow::Result<()> {
-    let body = json!({"instanceId": run.id, "input": {"ms": 100 + rng.below(400), "hang": 0}});
-    soak.send(
-        reqwest::Method::POST,
-        &format!("/api/v1/workflows/{}/instances", run.workflow),
-        &body,
-    )
-    .await
-    .map(|_| ())
-}
-
 /// Raises the approvals of those of `runs` that wait for one (an event
 /// raised before its step waits is kept for it).
 async fn approve(soak: &Soak, runs: &[Expected]) -> anyhow::Result<()> {
@@ -173,22 +163,7 @@ impl Soak {
     /// started again from this build.
     fn replace(&mut self, name: &str, n: usize) -> anyhow::Result<()> {
         self.exe = std::env::current_exe()?;
-        let slot = match name {
-            "orchestrator" => &mut self.orchestrators[n],
-            "agent-echo" => &mut self.agents[n],
-            "gateway" => &mut self.gateway,
-            "notifier" => &mut self.notifier,
-            other => anyhow::bail!("no replica of {other}"),
-        };
-        slot.stop(GRACE);
-        let process = self.launch(name, n)?;
-        match name {
-            "orchestrator" => self.orchestrators[n] = process,
-            "agent-echo" => self.agents[n] = process,
-            "gateway" => self.gateway = process,
-            _ => self.notifier = process,
-        }
-        Ok(())
+        self.relaunch(name, n, |process| process.stop(GRACE))
     }
 }
 
