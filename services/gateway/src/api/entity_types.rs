@@ -248,19 +248,5 @@ pub(crate) async fn check_custom(
         })?;
     def.check_operation(operation, input)
         .map(drop)
-        .map_err(|errors| {
-            let fields: Vec<FieldError> = errors
-                .into_iter()
-                .map(|e| FieldError {
-                    field: format!("{at}{}", e.pointer),
-                    message: e.message,
-                })
-                .collect();
-            let detail = fields
-                .iter()
-                .map(|e| format!("{}: {}", e.field, e.message))
-                .collect::<Vec<_>>()
-                .join("; ");
-            Problem::new(StatusCode::BAD_REQUEST, "Invalid operation", detail).with_errors(fields)
-        })
+        .map_err(|errors| Problem::fields("Invalid operation", super::fields_at(at, errors)))
 }

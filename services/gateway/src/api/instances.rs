@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use legato_contracts::{CHILD_SEPARATOR, InstanceId, RuntimeStatus, StartInstance};
 use legato_service::auth::Caller;
-use legato_service::problem::{FieldError, Problem};
+use legato_service::problem::Problem;
 use legato_service::records;
 use legato_store::{HistoryFrom, InstanceQuery, Store, StoreError, TenantFilter};
 use serde::Deserialize;
@@ -57,16 +57,9 @@ pub(crate) async fn start(
         .map_err(|e| Problem::field("/instanceId", e.to_string()))?;
     let (name, version, workflow) = find_workflow(&state, &caller, name, request.version).await?;
     if let Err(errors) = workflow.check_input(&request.input) {
-        let fields: Vec<FieldError> = errors
-            .into_iter()
-            .map(|e| FieldError {
-                field: format!("/input{}", e.pointer),
-                message: e.message,
-            })
-            .collect();
         return Err(Problem::fields(
             "Input does not match the workflow's input_schema",
-            fields,
+            super::fields_at("/input", errors),
         ));
     }
     let budget = crate::dto::checked_budget("/budget", request.budget, workflow.budget.as_ref())?;

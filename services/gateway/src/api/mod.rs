@@ -143,6 +143,21 @@ pub(crate) fn invalid(title: &str, errors: &legato_workflow::ValidationErrors) -
     .with_errors(fields)
 }
 
+/// Schema errors of a value found at `prefix` in the request, each field
+/// the full pointer (`/input/amount`).
+pub(crate) fn fields_at(
+    prefix: &str,
+    errors: Vec<legato_workflow::InputError>,
+) -> Vec<legato_service::problem::FieldError> {
+    errors
+        .into_iter()
+        .map(|e| legato_service::problem::FieldError {
+            field: format!("{prefix}{}", e.pointer),
+            message: e.message,
+        })
+        .collect()
+}
+
 /// Publishes a command for the orchestrator: `503` (retry the request)
 /// while the bus is away.
 pub(crate) async fn send_command(
