@@ -115,7 +115,7 @@ pub(super) async fn roll(
         // Half of those started so far are approved while this phase's
         // mix runs; the rest after the upgrade.
         approve(soak, &runs[approved..started / 2]).await?;
-        approved = approved.max(started / 2);
+        approved = started / 2;
         // The notifier is new, the orchestrators still old.
         if phase == 1 {
             probe.publish(soak).await?;
